@@ -1,0 +1,7 @@
+"""``python -m fastlr``: the same as the ``fastlr`` console script."""
+
+import sys
+
+from fastlr.cli import main
+
+sys.exit(main())

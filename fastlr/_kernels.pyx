@@ -1,0 +1,830 @@
+# fastlr/_kernels.pyx -- optimizer update kernels, in place on float32/float64 buffers.
+#
+# Design notes
+# ------------
+# a) C level. One `noexcept nogil` function per (optimizer, dtype) on raw pointers, a length
+#    and a hyperparameter struct (declared in _kernels.pxd: the C API other Cython code
+#    cimports). It turns the hyperparameters into per-step coefficients once (bias
+#    corrections in double, as torch does), then runs a fused-type core loop that reads every
+#    buffer once and writes it once: no second pass, no temporaries, no OpenMP inside.
+# b) Threaded loop. `parallel_spans` splits [0, n) into at most n_threads cache-line aligned
+#    spans, one OpenMP thread each, and stays serial below PARALLEL_MIN_SIZE elements. Updates
+#    are element-wise, so the split never changes a bit of the result.
+# c) Arithmetic. The cores follow torch.optim's single-tensor path operation by operation in
+#    the buffers' dtype (lerp for the first moments, `v*b2 + (1-b2)*g*g`, eps outside the
+#    square root), so float32 results track torch to the last bits. One deliberate
+#    difference: Adam multiplies sqrt(v) by 1/sqrt(1 - beta2^t) instead of dividing by
+#    sqrt(1 - beta2^t), which saves a division per element (the divider bounds Adam in
+#    cache) and moves results by about an ulp. Build flags: -O3 -fno-math-errno
+#    -ffp-contract=off, never -ffast-math (setup.py).
+# d) Python layer. `sgd`, `rmsprop`, `adam`, `adamw` validate everything (types, dtypes,
+#    shapes, layout, writeability, overlap, missing or superfluous state, hyperparameter
+#    ranges) before any buffer is touched, in compiled code through NumPy's C API, then
+#    release the GIL for the update. `fastlr.kernels` re-exports them.
+#
+# Argument directions on the kernels: param and state buffers are IN/OUT, grad is IN only
+# (read-only gradient arrays are accepted).
+
+cimport cython
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.math cimport isfinite, pow, sqrt, sqrtf
+from libc.stdint cimport int64_t
+
+import operator
+
+import numpy as np
+
+cnp.import_array()
+
+# ---------------------------------------------------------------------------------------
+# OpenMP, degrading to a serial build when the compiler has none (no bare `cimport openmp`)
+# ---------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FASTLR_HAVE_OPENMP 1
+    static int fastlr_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define FASTLR_HAVE_OPENMP 0
+    static int fastlr_omp_max_threads(void) { return 1; }
+    #endif
+    """
+    int FASTLR_HAVE_OPENMP
+    int fastlr_omp_max_threads() noexcept nogil
+
+ctypedef fused floating:
+    float
+    double
+
+cdef enum:
+    # Spans handed to threads start on multiples of this many elements (256 bytes for float32).
+    SPAN_ALIGN = 64
+    # Limits on what one call validates: param, grad and up to three state buffers.
+    MAX_ARRAYS = 5
+    # The GIL is released for spans at least this long (below it, releasing costs more than
+    # it lets other threads gain).
+    NOGIL_MIN_SIZE = 4096
+
+
+cdef int max_threads() noexcept nogil:
+    return fastlr_omp_max_threads()
+
+
+cdef void parallel_spans(span_fn fn, void* ctx, Py_ssize_t n, int n_threads) noexcept nogil:
+    cdef Py_ssize_t n_spans, span, i, start, stop
+    if n_threads <= 1 or n < PARALLEL_MIN_SIZE:
+        fn(ctx, 0, n)
+        return
+    # Every span gets at least PARALLEL_MIN_SIZE / 2 elements.
+    n_spans = min(<Py_ssize_t>n_threads, n // (PARALLEL_MIN_SIZE // 2))
+    if n_spans <= 1:
+        fn(ctx, 0, n)
+        return
+    span = (n + n_spans - 1) // n_spans
+    span = (span + SPAN_ALIGN - 1) // SPAN_ALIGN * SPAN_ALIGN
+    for i in prange(n_spans, schedule="static", num_threads=n_spans):
+        start = i * span
+        stop = min(start + span, n)
+        if start < stop:
+            fn(ctx, start, stop)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-step coefficients (derived once per call from the hyperparameters, in double)
+# ---------------------------------------------------------------------------------------
+ctypedef struct SGDCoef:
+    double lr, momentum, one_minus_dampening, weight_decay, sign
+    int first, nesterov
+
+ctypedef struct RMSpropCoef:
+    double lr, alpha, one_minus_alpha, eps, weight_decay, momentum, sign
+
+ctypedef struct AdamCoef:
+    double beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
+    double step_size, inv_bias_correction2_sqrt, decay, sign
+    int l2
+
+
+cdef inline void sgd_coef(const SGDHyper* h, SGDCoef* c) noexcept nogil:
+    c.lr = h.lr
+    c.momentum = h.momentum
+    c.one_minus_dampening = 1.0 - h.dampening
+    c.weight_decay = h.weight_decay
+    c.sign = -1.0 if h.maximize else 1.0
+    c.first = h.step <= 1
+    c.nesterov = h.nesterov
+
+
+cdef inline void rmsprop_coef(const RMSpropHyper* h, RMSpropCoef* c) noexcept nogil:
+    c.lr = h.lr
+    c.alpha = h.alpha
+    c.one_minus_alpha = 1.0 - h.alpha
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.momentum = h.momentum
+    c.sign = -1.0 if h.maximize else 1.0
+
+
+cdef inline void adam_coef(const AdamHyper* h, AdamCoef* c) noexcept nogil:
+    cdef double t = <double>h.step
+    c.beta1 = h.beta1
+    c.one_minus_beta1 = 1.0 - h.beta1
+    c.beta2 = h.beta2
+    c.one_minus_beta2 = 1.0 - h.beta2
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.step_size = h.lr / (1.0 - pow(h.beta1, t))
+    c.inv_bias_correction2_sqrt = 1.0 / sqrt(1.0 - pow(h.beta2, t))
+    c.sign = -1.0 if h.maximize else 1.0
+    c.l2 = h.weight_decay != 0.0 and not h.decoupled_weight_decay
+    # p *= 1 - lr*wd before the update (AdamW); multiplying by exactly 1.0 is a no-op.
+    c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Core loops. Loop-invariant branches are hoisted so every loop body is straight-line code
+# that GCC vectorizes. `sign * g` applies maximize exactly (a multiplication by +-1).
+# ---------------------------------------------------------------------------------------
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void sgd_core(floating* p, const floating* grad, floating* buf,  # IN/OUT, IN, IN/OUT
+                          Py_ssize_t n, const SGDCoef* c) noexcept nogil:
+    cdef floating lr = <floating>c.lr
+    cdef floating mom = <floating>c.momentum
+    cdef floating omd = <floating>c.one_minus_dampening
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating sign = <floating>c.sign
+    cdef floating g, b
+    cdef Py_ssize_t i
+    cdef bint l2 = c.weight_decay != 0.0
+    if buf == NULL:
+        if l2:
+            for i in range(n):
+                g = sign * grad[i] + wd * p[i]
+                p[i] = p[i] - lr * g
+        else:
+            for i in range(n):
+                p[i] = p[i] - lr * (sign * grad[i])
+        return
+    if c.first:
+        # torch: the buffer is None on its first use and becomes a copy of the gradient.
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            buf[i] = g
+            if c.nesterov:
+                g = g + mom * g
+            p[i] = p[i] - lr * g
+        return
+    if c.nesterov:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            b = buf[i] * mom + omd * g
+            buf[i] = b
+            p[i] = p[i] - lr * (g + mom * b)
+    else:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            b = buf[i] * mom + omd * g
+            buf[i] = b
+            p[i] = p[i] - lr * b
+
+
+cdef inline floating fsqrt(floating x) noexcept nogil:
+    # sqrtf for float32: libc.math's sqrt would widen to double (correctly rounded all the
+    # same, but half the vector lanes).
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline floating lerp(floating start, floating end, floating weight, floating weight_m1,
+                          bint weight_small) noexcept nogil:
+    # torch's lerp: start + w*(end - start) for w < 0.5, else end - (end - start)*(1 - w).
+    # weight_m1 = -(1 - w), so both branches read base + k*(end - start).
+    if weight_small:
+        return start + weight * (end - start)
+    return end + weight_m1 * (end - start)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void rmsprop_core(floating* p, const floating* grad, floating* sq,  # IN/OUT, IN, IN/OUT
+                              floating* buf, floating* ga,                     # IN/OUT or NULL
+                              Py_ssize_t n, const RMSpropCoef* c) noexcept nogil:
+    cdef floating lr = <floating>c.lr
+    cdef floating alpha = <floating>c.alpha
+    cdef floating oma = <floating>c.one_minus_alpha
+    cdef floating oma_m1 = -(<floating>1 - oma)
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating mom = <floating>c.momentum
+    cdef floating sign = <floating>c.sign
+    cdef bint oma_small = oma < <floating>0.5
+    cdef bint l2 = c.weight_decay != 0.0
+    cdef floating g, s, a, avg, b
+    cdef Py_ssize_t i
+    if ga == NULL and buf == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            p[i] = p[i] + (-lr) * (g / (fsqrt(s) + eps))
+    elif ga == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            b = buf[i] * mom + g / (fsqrt(s) + eps)
+            buf[i] = b
+            p[i] = p[i] + (-lr) * b
+    elif buf == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            a = lerp(ga[i], g, oma, oma_m1, oma_small)
+            ga[i] = a
+            p[i] = p[i] + (-lr) * (g / (fsqrt(s - a * a) + eps))
+    else:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            a = lerp(ga[i], g, oma, oma_m1, oma_small)
+            ga[i] = a
+            b = buf[i] * mom + g / (fsqrt(s - a * a) + eps)
+            buf[i] = b
+            p[i] = p[i] + (-lr) * b
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void adam_core(floating* p, const floating* grad,           # IN/OUT, IN
+                           floating* m, floating* v, floating* vmax,     # IN/OUT (vmax or NULL)
+                           Py_ssize_t n, const AdamCoef* c) noexcept nogil:
+    cdef floating omb1 = <floating>c.one_minus_beta1
+    cdef floating omb1_m1 = -(<floating>1 - omb1)
+    cdef floating b2 = <floating>c.beta2
+    cdef floating omb2 = <floating>c.one_minus_beta2
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating step_size = <floating>c.step_size
+    cdef floating inv_bc2s = <floating>c.inv_bias_correction2_sqrt
+    cdef floating decay = <floating>c.decay
+    cdef floating sign = <floating>c.sign
+    cdef bint omb1_small = omb1 < <floating>0.5
+    cdef bint l2 = c.l2
+    cdef floating g, mi, vi, vh
+    cdef Py_ssize_t i
+    if vmax == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+            m[i] = mi
+            vi = v[i] * b2 + omb2 * g * g
+            v[i] = vi
+            p[i] = p[i] * decay - step_size * (mi / (fsqrt(vi) * inv_bc2s + eps))
+    else:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+            m[i] = mi
+            vi = v[i] * b2 + omb2 * g * g
+            v[i] = vi
+            # torch.maximum: NaN in either operand gives NaN.
+            vh = vmax[i]
+            if vi > vh or vi != vi:
+                vh = vi
+            vmax[i] = vh
+            p[i] = p[i] * decay - step_size * (mi / (fsqrt(vh) * inv_bc2s + eps))
+
+
+# ---------------------------------------------------------------------------------------
+# The public C API: serial per-dtype functions
+# ---------------------------------------------------------------------------------------
+cdef void sgd_f32(float* param, const float* grad, float* momentum_buffer,
+                  Py_ssize_t n, const SGDHyper* h) noexcept nogil:
+    cdef SGDCoef c
+    sgd_coef(h, &c)
+    sgd_core(param, grad, momentum_buffer, n, &c)
+
+cdef void sgd_f64(double* param, const double* grad, double* momentum_buffer,
+                  Py_ssize_t n, const SGDHyper* h) noexcept nogil:
+    cdef SGDCoef c
+    sgd_coef(h, &c)
+    sgd_core(param, grad, momentum_buffer, n, &c)
+
+cdef void rmsprop_f32(float* param, const float* grad, float* square_avg,
+                      float* momentum_buffer, float* grad_avg,
+                      Py_ssize_t n, const RMSpropHyper* h) noexcept nogil:
+    cdef RMSpropCoef c
+    rmsprop_coef(h, &c)
+    rmsprop_core(param, grad, square_avg, momentum_buffer, grad_avg, n, &c)
+
+cdef void rmsprop_f64(double* param, const double* grad, double* square_avg,
+                      double* momentum_buffer, double* grad_avg,
+                      Py_ssize_t n, const RMSpropHyper* h) noexcept nogil:
+    cdef RMSpropCoef c
+    rmsprop_coef(h, &c)
+    rmsprop_core(param, grad, square_avg, momentum_buffer, grad_avg, n, &c)
+
+cdef void adam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+                   float* max_exp_avg_sq, Py_ssize_t n, const AdamHyper* h) noexcept nogil:
+    cdef AdamCoef c
+    adam_coef(h, &c)
+    adam_core(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, &c)
+
+cdef void adam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+                   double* max_exp_avg_sq, Py_ssize_t n, const AdamHyper* h) noexcept nogil:
+    cdef AdamCoef c
+    adam_coef(h, &c)
+    adam_core(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, &c)
+
+
+# ---------------------------------------------------------------------------------------
+# Jobs: one update over one span of buffers, run through parallel_spans
+# ---------------------------------------------------------------------------------------
+ctypedef void (*core_fn)(char** ptrs, Py_ssize_t n, const void* coef) noexcept nogil
+
+ctypedef struct Job:
+    core_fn core          # the per-dtype core, called on [start, stop)
+    const void* coef      # its coefficients (SGDCoef / RMSpropCoef / AdamCoef)
+    char* ptrs[5]         # param, grad, then the state buffers (NULL when unused)
+    Py_ssize_t itemsize
+
+
+cdef inline char* _at(char* ptr, Py_ssize_t offset) noexcept nogil:
+    return NULL if ptr == NULL else ptr + offset
+
+
+cdef void job_span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    cdef Job* job = <Job*>ctx
+    cdef char* ptrs[5]
+    cdef Py_ssize_t offset = start * job.itemsize
+    cdef int k
+    for k in range(5):
+        ptrs[k] = _at(job.ptrs[k], offset)
+    job.core(ptrs, stop - start, job.coef)
+
+
+cdef void sgd_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    sgd_core(<float*>b[0], <const float*>b[1], <float*>b[2], n, <const SGDCoef*>c)
+
+cdef void sgd_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    sgd_core(<double*>b[0], <const double*>b[1], <double*>b[2], n, <const SGDCoef*>c)
+
+cdef void rmsprop_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    rmsprop_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], <float*>b[4],
+                 n, <const RMSpropCoef*>c)
+
+cdef void rmsprop_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    rmsprop_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3],
+                 <double*>b[4], n, <const RMSpropCoef*>c)
+
+cdef void adam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adam_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], <float*>b[4],
+              n, <const AdamCoef*>c)
+
+cdef void adam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3],
+              <double*>b[4], n, <const AdamCoef*>c)
+
+
+cdef inline void run_job(core_fn core, const void* coef, Py_ssize_t itemsize,
+                         void* p0, const void* p1, void* p2, void* p3, void* p4,
+                         Py_ssize_t n, int n_threads) noexcept nogil:
+    cdef Job job
+    job.core = core
+    job.coef = coef
+    job.itemsize = itemsize
+    job.ptrs[0] = <char*>p0
+    job.ptrs[1] = <char*>p1
+    job.ptrs[2] = <char*>p2
+    job.ptrs[3] = <char*>p3
+    job.ptrs[4] = <char*>p4
+    parallel_spans(job_span, &job, n, n_threads)
+
+
+# ---- the public C API: threaded per-dtype functions ----
+cdef void sgd_f32_parallel(float* param, const float* grad, float* momentum_buffer,
+                           Py_ssize_t n, const SGDHyper* h, int n_threads) noexcept nogil:
+    cdef SGDCoef c
+    sgd_coef(h, &c)
+    run_job(sgd_core_f32, &c, 4, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
+
+cdef void sgd_f64_parallel(double* param, const double* grad, double* momentum_buffer,
+                           Py_ssize_t n, const SGDHyper* h, int n_threads) noexcept nogil:
+    cdef SGDCoef c
+    sgd_coef(h, &c)
+    run_job(sgd_core_f64, &c, 8, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
+
+cdef void rmsprop_f32_parallel(float* param, const float* grad, float* square_avg,
+                               float* momentum_buffer, float* grad_avg,
+                               Py_ssize_t n, const RMSpropHyper* h, int n_threads) noexcept nogil:
+    cdef RMSpropCoef c
+    rmsprop_coef(h, &c)
+    run_job(rmsprop_core_f32, &c, 4, param, grad, square_avg, momentum_buffer, grad_avg,
+            n, n_threads)
+
+cdef void rmsprop_f64_parallel(double* param, const double* grad, double* square_avg,
+                               double* momentum_buffer, double* grad_avg,
+                               Py_ssize_t n, const RMSpropHyper* h, int n_threads) noexcept nogil:
+    cdef RMSpropCoef c
+    rmsprop_coef(h, &c)
+    run_job(rmsprop_core_f64, &c, 8, param, grad, square_avg, momentum_buffer, grad_avg,
+            n, n_threads)
+
+cdef void adam_f32_parallel(float* param, const float* grad, float* exp_avg,
+                            float* exp_avg_sq, float* max_exp_avg_sq, Py_ssize_t n,
+                            const AdamHyper* h, int n_threads) noexcept nogil:
+    cdef AdamCoef c
+    adam_coef(h, &c)
+    run_job(adam_core_f32, &c, 4, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+            n, n_threads)
+
+cdef void adam_f64_parallel(double* param, const double* grad, double* exp_avg,
+                            double* exp_avg_sq, double* max_exp_avg_sq, Py_ssize_t n,
+                            const AdamHyper* h, int n_threads) noexcept nogil:
+    cdef AdamCoef c
+    adam_coef(h, &c)
+    run_job(adam_core_f64, &c, 8, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+            n, n_threads)
+
+
+# =======================================================================================
+# Python layer: thread setting, validation, the callable kernels
+# =======================================================================================
+
+cdef int _n_threads_setting = 0      # 0: follow the OpenMP maximum, read at call time
+
+#: True when this build has OpenMP (large spans use several threads).
+HAVE_OPENMP = bool(FASTLR_HAVE_OPENMP)
+
+
+def get_num_threads():
+    """The thread count kernels use when called with ``n_threads=None``.
+
+    It is the value given to :func:`set_num_threads`, or else the OpenMP maximum read now
+    (so ``OMP_NUM_THREADS`` and threadpoolctl apply). A build without OpenMP returns 1.
+    """
+    if _n_threads_setting > 0:
+        return _n_threads_setting
+    return max(1, fastlr_omp_max_threads())
+
+
+def set_num_threads(n_threads):
+    """Set the thread count for ``n_threads=None``; ``None`` restores the OpenMP default."""
+    global _n_threads_setting
+    if n_threads is None:
+        _n_threads_setting = 0
+        return
+    _n_threads_setting = _threads_arg("fastlr.set_num_threads", n_threads)
+
+
+cdef int _threads_arg(str fn, object n_threads) except -1:
+    if n_threads is None:
+        if _n_threads_setting > 0:
+            return _n_threads_setting
+        return max(1, fastlr_omp_max_threads())
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        raise TypeError(f"{fn}: n_threads must be an int >= 1 or None, got "
+                        f"{type(n_threads).__name__} {n_threads!r}")
+    if n_threads < 1 or n_threads > 4096:
+        raise ValueError(f"{fn}: n_threads must be between 1 and 4096 or None, got {n_threads}")
+    return <int>n_threads
+
+
+cdef double _real(str fn, str name, object value) except? -1.0:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{fn}: {name} must be a real number, got "
+                        f"{type(value).__name__} {value!r}")
+    cdef double v = value
+    if not isfinite(v):
+        raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
+    return v
+
+
+cdef double _nonneg(str fn, str name, object value) except? -1.0:
+    cdef double v = _real(fn, name, value)
+    if v < 0.0:
+        raise ValueError(f"{fn}: {name} must be >= 0, got {value!r}")
+    return v
+
+
+cdef double _unit(str fn, str name, object value) except? -1.0:
+    """A decay rate in [0, 1)."""
+    cdef double v = _real(fn, name, value)
+    if not (0.0 <= v < 1.0):
+        raise ValueError(f"{fn}: {name} must be in [0, 1), got {value!r}")
+    return v
+
+
+cdef int64_t _step(str fn, object step) except -1:
+    if isinstance(step, (bool, np.bool_)):
+        raise TypeError(f"{fn}: step must be an int >= 1, got {step!r}")
+    try:
+        s = operator.index(step)
+    except TypeError:
+        raise TypeError(f"{fn}: step must be an int >= 1 (the 1-based update number), got "
+                        f"{type(step).__name__} {step!r}") from None
+    if s < 1:
+        raise ValueError(f"{fn}: step must be >= 1 (the 1-based update number), got {s}")
+    if s >= 2 ** 63:
+        raise ValueError(f"{fn}: step must be < 2**63, got {s}")
+    return <int64_t>s
+
+
+cdef bint _flag(str fn, str name, object value) except -1:
+    if not isinstance(value, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+cdef str _dtype_name(cnp.ndarray a):
+    return str(a.dtype)
+
+
+cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int k, nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(b):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(b, k):
+            return False
+    return True
+
+
+cdef str _layout(cnp.ndarray a):
+    if cnp.PyArray_IS_C_CONTIGUOUS(a):
+        return "C-contiguous"
+    if cnp.PyArray_IS_F_CONTIGUOUS(a):
+        return "F-contiguous"
+    return f"not contiguous (strides {(<object>a).strides})"
+
+
+ctypedef struct Checked:
+    int n_arrays
+    int type_num            # NPY_FLOAT or NPY_DOUBLE
+    Py_ssize_t size         # elements per array
+    Py_ssize_t itemsize
+    char* data[MAX_ARRAYS]  # NULL for an absent optional buffer
+
+
+cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
+                       Checked* out) except -1:
+    """Validate param (arrays[0]), grad (arrays[1]) and state buffers (the rest) for an
+    in-place update; the first n_required must be arrays, later ones may be None (absent).
+    Raises before anything is written."""
+    cdef int k, j, n = len(arrays)
+    cdef cnp.ndarray p, a
+    cdef int type_num
+    cdef bint c_order = True
+    cdef char* lo[MAX_ARRAYS]
+    cdef char* hi[MAX_ARRAYS]
+    out.n_arrays = n
+    for k in range(n):
+        obj = arrays[k]
+        name = names[k]
+        if obj is None and k >= n_required:
+            out.data[k] = NULL
+            continue
+        if not cnp.PyArray_Check(obj):
+            raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, got "
+                            f"{type(obj).__name__}")
+        a = <cnp.ndarray>obj
+        type_num = cnp.PyArray_TYPE(a)
+        if k == 0:
+            p = a
+            if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
+                raise TypeError(f"{fn}: param must have dtype float32 or float64, got "
+                                f"{_dtype_name(a)}")
+            out.type_num = type_num
+            out.size = cnp.PyArray_SIZE(a)
+            out.itemsize = cnp.PyArray_ITEMSIZE(a)
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)):
+                raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
+                                 f"{(<object>a).strides} for shape {(<object>a).shape}; an "
+                                 f"in-place update cannot be applied to a copy")
+            c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
+        else:
+            if type_num != out.type_num:
+                raise TypeError(f"{fn}: {name} has dtype {_dtype_name(a)} but param has dtype "
+                                f"{_dtype_name(p)}; the arrays of one parameter share its "
+                                f"dtype (float32 or float64)")
+            if not _same_shape(a, p):
+                raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but param has "
+                                 f"shape {(<object>p).shape}; they must be equal")
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order
+                    else cnp.PyArray_IS_F_CONTIGUOUS(a)):
+                raise ValueError(f"{fn}: {name} is {_layout(a)} but param is {_layout(p)}; the "
+                                 f"arrays of one parameter must share one contiguous layout")
+        if cnp.PyArray_ISBYTESWAPPED(a):
+            raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
+                            f"{name}.astype({name}.dtype.newbyteorder('='))")
+        if not cnp.PyArray_ISALIGNED(a):
+            raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
+                             f"an aligned buffer")
+        if k != 1 and not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is updated "
+                             f"in place")
+        out.data[k] = <char*>cnp.PyArray_DATA(a)
+        lo[k] = out.data[k]
+        hi[k] = lo[k] + out.size * out.itemsize
+    # Overlap: no written buffer may share memory with another buffer (the grad included).
+    if out.size > 0:
+        for k in range(n):
+            if out.data[k] == NULL:
+                continue
+            for j in range(k + 1, n):
+                if out.data[j] != NULL and lo[k] < hi[j] and lo[j] < hi[k]:
+                    raise ValueError(f"{fn}: {names[k]} and {names[j]} overlap in memory; "
+                                     f"every buffer of an update must be a separate array")
+    return 0
+
+
+cdef int _need(str fn, bint needed, object buf, str buf_name, str why) except -1:
+    if needed and buf is None:
+        raise ValueError(f"{fn}: {why} needs {buf_name}, got None "
+                         f"(fastlr.kernels.make_state allocates it)")
+    if not needed and buf is not None:
+        raise ValueError(f"{fn}: {buf_name} was given but {why} does not use it; pass None")
+    return 0
+
+
+_SGD_NAMES = ("param", "grad", "momentum_buffer")
+_RMSPROP_NAMES = ("param", "grad", "square_avg", "momentum_buffer", "grad_avg")
+_ADAM_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0, dampening=0.0,
+        nesterov=False, weight_decay=0.0, maximize=False, n_threads=None):
+    """SGD with momentum, dampening, Nesterov and L2 weight decay, in place (torch.optim.SGD).
+
+    With ``g = -grad if maximize else grad``::
+
+        g   = g + weight_decay * param                       (if weight_decay != 0)
+        buf = g                                  (step == 1: the buffer starts as g)
+        buf = momentum * buf + (1 - dampening) * g           (step > 1)
+        g   = g + momentum * buf if nesterov else buf         (if momentum != 0)
+        param = param - lr * g
+
+    ``param`` (and ``momentum_buffer``, required exactly when ``momentum != 0``) are updated
+    in place; ``grad`` is only read. ``step`` is the 1-based update number of these
+    buffers. ``lr`` is in parameter units per gradient unit. ``n_threads=None`` uses
+    :func:`fastlr.get_num_threads`. Returns None.
+    """
+    cdef str fn = "fastlr.kernels.sgd"
+    cdef SGDHyper h
+    cdef Checked c
+    h.step = _step(fn, step)
+    h.lr = _nonneg(fn, "lr", lr)
+    h.momentum = _nonneg(fn, "momentum", momentum)
+    h.dampening = _real(fn, "dampening", dampening)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.nesterov = _flag(fn, "nesterov", nesterov)
+    h.maximize = _flag(fn, "maximize", maximize)
+    if h.nesterov and (h.momentum <= 0.0 or h.dampening != 0.0):
+        raise ValueError(f"{fn}: nesterov=True requires momentum > 0 and dampening == 0, got "
+                         f"momentum={momentum!r}, dampening={dampening!r}")
+    cdef int nt = _threads_arg(fn, n_threads)
+    _need(fn, h.momentum != 0.0, momentum_buffer, "momentum_buffer",
+          f"momentum={momentum!r}")
+    _check_arrays(fn, _SGD_NAMES, (param, grad, momentum_buffer), 2, &c)
+    cdef SGDCoef coef
+    sgd_coef(&h, &coef)
+    cdef core_fn core = sgd_core_f32 if c.type_num == cnp.NPY_FLOAT else sgd_core_f64
+    if c.size >= NOGIL_MIN_SIZE:
+        with nogil:
+            run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], NULL, NULL,
+                    c.size, nt)
+    else:
+        run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], NULL, NULL,
+                c.size, nt)
+
+
+def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr,
+            alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False,
+            n_threads=None):
+    """RMSprop, optionally centered and with momentum, in place (torch.optim.RMSprop).
+
+    With ``g = -grad if maximize else grad`` and ``g = g + weight_decay * param``::
+
+        square_avg = alpha * square_avg + (1 - alpha) * g**2
+        grad_avg   = grad_avg + (1 - alpha) * (g - grad_avg)  (centered: grad_avg given)
+        avg        = sqrt(square_avg - grad_avg**2) + eps      (centered)
+                   = sqrt(square_avg) + eps                    (otherwise; eps outside sqrt)
+        buf   = momentum * buf + g / avg;  param = param - lr * buf   (momentum > 0)
+        param = param - lr * g / avg                                  (momentum == 0)
+
+    No bias correction. ``momentum_buffer`` is required exactly when ``momentum > 0`` (it
+    starts at zeros); passing ``grad_avg`` selects the centered variant. Returns None.
+    """
+    cdef str fn = "fastlr.kernels.rmsprop"
+    cdef RMSpropHyper h
+    cdef Checked c
+    h.lr = _nonneg(fn, "lr", lr)
+    h.alpha = _nonneg(fn, "alpha", alpha)
+    h.eps = _nonneg(fn, "eps", eps)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.momentum = _nonneg(fn, "momentum", momentum)
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _need(fn, h.momentum > 0.0, momentum_buffer, "momentum_buffer", f"momentum={momentum!r}")
+    _check_arrays(fn, _RMSPROP_NAMES, (param, grad, square_avg, momentum_buffer, grad_avg), 3,
+                  &c)
+    cdef RMSpropCoef coef
+    rmsprop_coef(&h, &coef)
+    cdef core_fn core = rmsprop_core_f32 if c.type_num == cnp.NPY_FLOAT else rmsprop_core_f64
+    if c.size >= NOGIL_MIN_SIZE:
+        with nogil:
+            run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                    c.data[4], c.size, nt)
+    else:
+        run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                c.data[4], c.size, nt)
+
+
+cdef _adam(str fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
+           eps, weight_decay, bint decoupled, maximize, n_threads):
+    cdef AdamHyper h
+    cdef Checked c
+    h.step = _step(fn, step)
+    h.lr = _nonneg(fn, "lr", lr)
+    h.beta1 = _unit(fn, "beta1", beta1)
+    h.beta2 = _unit(fn, "beta2", beta2)
+    h.eps = _nonneg(fn, "eps", eps)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.decoupled_weight_decay = decoupled
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _check_arrays(fn, _ADAM_NAMES, (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq), 4,
+                  &c)
+    cdef AdamCoef coef
+    adam_coef(&h, &coef)
+    cdef core_fn core = adam_core_f32 if c.type_num == cnp.NPY_FLOAT else adam_core_f64
+    if c.size >= NOGIL_MIN_SIZE:
+        with nogil:
+            run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                    c.data[4], c.size, nt)
+    else:
+        run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                c.data[4], c.size, nt)
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1=0.9,
+         beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+         maximize=False, n_threads=None):
+    """Adam, with AMSGrad and L2 or decoupled weight decay, in place (torch.optim.Adam).
+
+    With ``g = -grad if maximize else grad`` and ``t = step`` (1-based)::
+
+        param = param * (1 - lr * weight_decay)     (decoupled_weight_decay, i.e. AdamW)
+        g     = g + weight_decay * param            (otherwise, if weight_decay != 0)
+        exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+        v = max(max_exp_avg_sq, exp_avg_sq) -> max_exp_avg_sq   (AMSGrad: buffer given)
+        v = exp_avg_sq                                            (otherwise)
+        param = param - lr / (1 - beta1**t) * exp_avg / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    eps is added after the bias correction of sqrt(v), as torch does. Passing
+    ``max_exp_avg_sq`` selects AMSGrad (the max is over the raw second moment). Returns None.
+    """
+    _adam("fastlr.kernels.adam", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
+          beta1, beta2, eps, weight_decay,
+          _flag("fastlr.kernels.adam", "decoupled_weight_decay", decoupled_weight_decay),
+          maximize, n_threads)
+
+
+def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1=0.9,
+          beta2=0.999, eps=1e-8, weight_decay=1e-2, maximize=False, n_threads=None):
+    """AdamW: :func:`adam` with decoupled weight decay (torch.optim.AdamW).
+
+    ``param = param * (1 - lr * weight_decay)`` before the Adam update; the decay uses the
+    current lr, so a scheduled lr scales it too. Default ``weight_decay=1e-2``. Returns None.
+    """
+    _adam("fastlr.kernels.adamw", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
+          beta1, beta2, eps, weight_decay, True, maximize, n_threads)

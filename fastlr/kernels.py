@@ -1,0 +1,95 @@
+"""In-place optimizer kernels: the backend API of fastlr.
+
+Each function updates a parameter and its optimizer state in place, on the caller's
+float32 or float64 NumPy arrays, with torch.optim's update rule (its single-tensor path).
+Everything is validated before any buffer is touched; the update itself runs in compiled
+code without the GIL, split across OpenMP threads for large arrays.
+
+>>> import numpy as np
+>>> from fastlr import kernels
+>>> p = np.ones(4, dtype=np.float32)
+>>> g = np.full(4, 0.5, dtype=np.float32)
+>>> state = kernels.make_state("adam", p)       # {'exp_avg': ..., 'exp_avg_sq': ...}
+>>> kernels.adam(p, g, **state, step=1, lr=0.1)
+>>> p
+array([0.9, 0.9, 0.9, 0.9], dtype=float32)
+
+``fastlr.reference`` holds pure-NumPy twins with the same names and signatures.
+"""
+
+import numpy as np
+
+from fastlr._kernels import (
+    HAVE_OPENMP,
+    adam,
+    adamw,
+    get_num_threads,
+    rmsprop,
+    set_num_threads,
+    sgd,
+)
+
+__all__ = [
+    "sgd",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "make_state",
+    "state_names",
+    "get_num_threads",
+    "set_num_threads",
+    "HAVE_OPENMP",
+    "KERNELS",
+]
+
+#: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference``.
+KERNELS = ("sgd", "rmsprop", "adam", "adamw")
+
+
+def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False):
+    """The state buffers ``kernel`` needs with these options, in argument order.
+
+    >>> state_names("rmsprop", momentum=0.9, centered=True)
+    ('square_avg', 'momentum_buffer', 'grad_avg')
+    """
+    if kernel == "sgd":
+        _only(kernel, centered=centered, amsgrad=amsgrad)
+        return ("momentum_buffer",) if momentum != 0 else ()
+    if kernel == "rmsprop":
+        _only(kernel, amsgrad=amsgrad)
+        names = ("square_avg",)
+        if momentum > 0:
+            names += ("momentum_buffer",)
+        if centered:
+            names += ("grad_avg",)
+        return names
+    if kernel in ("adam", "adamw"):
+        _only(kernel, momentum=momentum, centered=centered)
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+    raise ValueError(f"fastlr.kernels.state_names: unknown kernel {kernel!r}; expected one of "
+                     f"{', '.join(KERNELS)}")
+
+
+def _only(kernel, **unused):
+    for name, value in unused.items():
+        if value:
+            raise ValueError(f"fastlr.kernels.make_state: {kernel} has no option {name} "
+                             f"(got {name}={value!r})")
+
+
+def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False):
+    """Allocate the zero-filled state buffers ``kernel`` needs for ``param``.
+
+    Returns a dict keyed by the kernel's argument names, so ``kernel(param, grad, **state,
+    ...)`` works. Buffers have param's shape, dtype and memory layout (C or F order).
+    For SGD, pass the ``momentum`` you will step with (no buffer without momentum).
+    """
+    if not isinstance(param, np.ndarray):
+        raise TypeError(f"fastlr.kernels.make_state: param must be a numpy.ndarray, got "
+                        f"{type(param).__name__}")
+    if param.dtype not in (np.float32, np.float64):
+        raise TypeError(f"fastlr.kernels.make_state: param must have dtype float32 or "
+                        f"float64, got {param.dtype}")
+    order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
+    names = state_names(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad)
+    return {name: np.zeros(param.shape, dtype=param.dtype, order=order) for name in names}

@@ -1,0 +1,320 @@
+"""Pure-NumPy reference implementations of the fastlr optimizer kernels.
+
+This module is the test oracle for :mod:`fastlr.kernels`, in the spirit of
+bottleneck's ``bn.slow``: every compiled kernel has a twin here with the
+**same name and the same signature**, written as plain, readable NumPy
+(temporaries and all) rather than fast code.  It shares no code with the
+compiled kernels and imports nothing but NumPy, so it works even when the
+extension module has not been built, and a bug in the compiled code cannot
+hide in a helper that the oracle also uses.
+
+Semantics follow ``torch.optim`` 2.13's single-tensor path
+(``foreach=False``), formula for formula:
+
+* :func:`sgd`     -- ``torch.optim.SGD``
+* :func:`rmsprop` -- ``torch.optim.RMSprop``
+* :func:`adam`    -- ``torch.optim.Adam`` (``decoupled_weight_decay`` and
+  ``amsgrad`` included)
+* :func:`adamw`   -- ``torch.optim.AdamW`` (Adam with decoupled weight decay)
+
+Conventions shared by all functions:
+
+* ``param`` and the state buffers are updated **in place** (results are
+  written back with ``buf[...] = new``, so the caller's arrays change) and
+  the functions return ``None``.  ``grad`` is never modified.
+* Optional state is switched on by passing its buffer: ``grad_avg`` makes
+  RMSprop centered, ``max_exp_avg_sq`` makes Adam/AdamW use AMSGrad.  State
+  buffers start as zeros (``np.zeros_like(param)``) and belong to the caller.
+* ``step`` is the 1-based number of the update being applied to these buffers
+  (1 on the first call).  Torch keeps it in optimizer state; here the caller
+  passes it.
+* Arithmetic happens in the arrays' own dtype: hyperparameters are converted
+  to Python floats, which NumPy >= 2 (NEP 50) does not let upcast a float32
+  array, so float32 stays float32 throughout.
+* ``n_threads`` is accepted for signature compatibility and ignored; the
+  reference is serial.
+* Validation is deliberately minimal (this is an oracle, not the public API):
+  shapes must match, ``step`` must be >= 1 where it is used, and state that
+  the chosen options need must be supplied, else :class:`ValueError`.
+"""
+
+import numpy as np
+
+__all__ = ["sgd", "rmsprop", "adam", "adamw"]
+
+
+# ---------------------------------------------------------------------------
+# small helpers (validation and torch's lerp); no numerics shared with kernels
+# ---------------------------------------------------------------------------
+
+def _check_shapes(param, **arrays):
+    for name, arr in arrays.items():
+        if arr is not None and np.shape(arr) != np.shape(param):
+            raise ValueError(
+                f"{name} has shape {np.shape(arr)}, expected {np.shape(param)} "
+                "(the shape of param)"
+            )
+
+
+def _check_step(step):
+    if step is None or step < 1:
+        raise ValueError(f"step must be >= 1 (1-based update number), got {step!r}")
+
+
+def _lerp(start, end, weight):
+    """``torch.lerp(start, end, weight)`` for a scalar ``weight``.
+
+    Mathematically ``start + weight * (end - start)``.  Torch evaluates it in
+    one of two ways for better rounding (ATen/native/Lerp.h)::
+
+        |weight| <  0.5:  start + weight * (end - start)
+        |weight| >= 0.5:  end - (end - start) * (1 - weight)
+    """
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1.0 - weight)
+
+
+# ---------------------------------------------------------------------------
+# SGD
+# ---------------------------------------------------------------------------
+
+def sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0,
+        dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+        n_threads=None):
+    """One SGD step (``torch.optim.SGD``), in place.
+
+    With ``p`` = param, ``g`` = grad, ``b`` = momentum_buffer, ``t`` = step::
+
+        g = -g                       if maximize
+        g = g + weight_decay * p     if weight_decay != 0
+        if momentum != 0:
+            b = g                                    if t == 1  (a copy; no
+                                                     (1 - dampening) factor)
+            b = momentum * b + (1 - dampening) * g   if t > 1
+            g = g + momentum * b     if nesterov
+            g = b                    otherwise
+        p = p - lr * g
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    momentum_buffer : ndarray, optional
+        Required (and updated in place) when ``momentum != 0``; its contents
+        are ignored and overwritten on ``step == 1``.
+    step : int
+        1-based update number, >= 1.
+    lr, momentum, dampening, weight_decay : float
+        Hyperparameters as in torch.
+    nesterov, maximize : bool
+        Options as in torch.  (Torch's constructor also requires
+        ``momentum > 0`` and ``dampening == 0`` for Nesterov; the reference
+        just applies the formula.)
+    n_threads : ignored
+    """
+    _check_step(step)
+    lr, momentum, dampening, weight_decay = (
+        float(lr), float(momentum), float(dampening), float(weight_decay))
+    grad = np.asarray(grad)
+    _check_shapes(param, grad=grad, momentum_buffer=momentum_buffer)
+
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+
+    if momentum != 0:
+        if momentum_buffer is None:
+            raise ValueError("momentum != 0 requires momentum_buffer")
+        if step == 1:
+            buf = g.copy()
+        else:
+            buf = momentum * momentum_buffer + (1.0 - dampening) * g
+        momentum_buffer[...] = buf
+        if nesterov:
+            g = g + momentum * buf
+        else:
+            g = buf
+
+    param[...] = param - lr * g
+
+
+# ---------------------------------------------------------------------------
+# RMSprop
+# ---------------------------------------------------------------------------
+
+def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *,
+            lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+            maximize=False, n_threads=None):
+    """One RMSprop step (``torch.optim.RMSprop``), in place.
+
+    Centered when ``grad_avg`` is given.  With ``p`` = param, ``g`` = grad,
+    ``v`` = square_avg, ``a`` = grad_avg, ``b`` = momentum_buffer::
+
+        g = -g                       if maximize
+        g = g + weight_decay * p     if weight_decay != 0
+        v = alpha * v + (1 - alpha) * g * g
+        if centered:
+            a = lerp(a, g, 1 - alpha)          # a + (1 - alpha) * (g - a)
+            avg = sqrt(v - a * a) + eps
+        else:
+            avg = sqrt(v) + eps                # eps outside the sqrt
+        if momentum > 0:
+            b = momentum * b + g / avg
+            p = p - lr * b
+        else:
+            p = p - lr * g / avg
+
+    There is no bias correction, so no ``step`` argument.
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    square_avg : ndarray
+        Running average of squared gradients (starts at zeros), in place.
+    momentum_buffer : ndarray, optional
+        Required (and updated in place) when ``momentum > 0``; starts at
+        zeros (unlike SGD there is no first-step special case).
+    grad_avg : ndarray, optional
+        Running average of gradients (starts at zeros); passing it selects
+        the centered variant.  Updated in place.
+    lr, alpha, eps, weight_decay, momentum : float
+        Hyperparameters as in torch.
+    maximize : bool
+    n_threads : ignored
+    """
+    lr, alpha, eps, weight_decay, momentum = (
+        float(lr), float(alpha), float(eps), float(weight_decay), float(momentum))
+    grad = np.asarray(grad)
+    _check_shapes(param, grad=grad, square_avg=square_avg,
+                  momentum_buffer=momentum_buffer, grad_avg=grad_avg)
+    if momentum > 0 and momentum_buffer is None:
+        raise ValueError("momentum > 0 requires momentum_buffer")
+
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+
+    sq = alpha * square_avg + (1.0 - alpha) * g * g
+    square_avg[...] = sq
+
+    if grad_avg is not None:
+        ga = _lerp(grad_avg, g, 1.0 - alpha)
+        grad_avg[...] = ga
+        avg = np.sqrt(sq - ga * ga) + eps
+    else:
+        avg = np.sqrt(sq) + eps
+
+    if momentum > 0:
+        buf = momentum * momentum_buffer + g / avg
+        momentum_buffer[...] = buf
+        param[...] = param - lr * buf
+    else:
+        param[...] = param - lr * (g / avg)
+
+
+# ---------------------------------------------------------------------------
+# Adam / AdamW
+# ---------------------------------------------------------------------------
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+         beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+         decoupled_weight_decay=False, maximize=False, n_threads=None):
+    """One Adam step (``torch.optim.Adam``), in place.
+
+    AMSGrad when ``max_exp_avg_sq`` is given.  With ``p`` = param,
+    ``g`` = grad, ``m`` = exp_avg, ``v`` = exp_avg_sq,
+    ``vmax`` = max_exp_avg_sq, ``t`` = step::
+
+        g = -g                            if maximize
+        if weight_decay != 0:
+            p = p * (1 - lr * weight_decay)   if decoupled_weight_decay (AdamW)
+            g = g + weight_decay * p          otherwise (L2 penalty)
+        m = lerp(m, g, 1 - beta1)         # m + (1 - beta1) * (g - m)
+        v = beta2 * v + (1 - beta2) * g * g
+        bc1 = 1 - beta1 ** t              # Python float (float64) scalars
+        bc2 = 1 - beta2 ** t
+        if amsgrad:
+            vmax = maximum(vmax, v)       # NaN-propagating
+            vhat = vmax
+        else:
+            vhat = v
+        denom = sqrt(vhat) / sqrt(bc2) + eps
+        p = p - (lr / bc1) * m / denom
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    exp_avg, exp_avg_sq : ndarray
+        First and second moment estimates (start at zeros), in place.
+    max_exp_avg_sq : ndarray, optional
+        Running maximum of ``exp_avg_sq`` (starts at zeros); passing it
+        selects AMSGrad.  Updated in place.
+    step : int
+        1-based update number, >= 1 (used for bias correction).
+    lr, beta1, beta2, eps, weight_decay : float
+        Hyperparameters as in torch (torch's ``betas=(beta1, beta2)``).
+    decoupled_weight_decay, maximize : bool
+    n_threads : ignored
+    """
+    _check_step(step)
+    lr, beta1, beta2, eps, weight_decay = (
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay))
+    grad = np.asarray(grad)
+    _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
+                  max_exp_avg_sq=max_exp_avg_sq)
+
+    g = -grad if maximize else grad
+    p = param
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            p = p * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+
+    m = _lerp(exp_avg, g, 1.0 - beta1)
+    v = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
+    exp_avg[...] = m
+    exp_avg_sq[...] = v
+
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2 ** 0.5
+
+    if max_exp_avg_sq is not None:
+        vmax = np.maximum(max_exp_avg_sq, v)
+        max_exp_avg_sq[...] = vmax
+        vhat = vmax
+    else:
+        vhat = v
+
+    denom = np.sqrt(vhat) / bias_correction2_sqrt + eps
+    param[...] = p - step_size * (m / denom)
+
+
+def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+          beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, maximize=False,
+          n_threads=None):
+    """One AdamW step (``torch.optim.AdamW``), in place.
+
+    Exactly :func:`adam` with ``decoupled_weight_decay=True`` (note the
+    different default ``weight_decay=1e-2``)::
+
+        p = p * (1 - lr * weight_decay)
+        ... then the Adam update with the undecayed gradient
+
+    AMSGrad when ``max_exp_avg_sq`` is given.  See :func:`adam` for the
+    parameters.
+    """
+    adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
+         beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+         decoupled_weight_decay=True, maximize=maximize, n_threads=n_threads)

@@ -1,0 +1,125 @@
+"""Build script for fastlr's Cython extensions.
+
+Everything declarative lives in pyproject.toml; this file only says how the compiled
+modules are built. Environment switches (all optional, read at build time):
+
+FASTLR_NATIVE=1         add -march=native (a build for this CPU only; never for wheels).
+FASTLR_DEBUG_CYTHON=1   turn Cython's boundscheck / wraparound / initializedcheck on.
+FASTLR_NO_OPENMP=1      build without OpenMP even when the compiler has it (serial kernels).
+FASTLR_ANNOTATE=1       write Cython's annotated HTML next to each .pyx.
+
+Flags: -O3 -fno-math-errno -ffp-contract=off and never -ffast-math: results must be the
+same bits on every build, NaN and Inf must behave as IEEE says, and a -ffast-math link can
+flip flush-to-zero for the whole process. -fno-math-errno lets sqrt vectorize.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _env_flag(name):
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no")
+
+
+DEBUG = _env_flag("FASTLR_DEBUG_CYTHON")
+
+# The one place for compiler directives.
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "nonecheck": False,
+    "cdivision": True,
+    "embedsignature": True,
+    "binding": True,
+}
+
+# Extensions: (module name, sources). Later modules are added here.
+MODULES = [
+    ("fastlr._kernels", ["fastlr/_kernels.pyx"]),
+]
+
+BASE_COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+OPENMP_TEST = r"""
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return omp_get_max_threads() > 0 && n > 0 ? 0 : 1;
+}
+"""
+
+
+class BuildExt(build_ext):
+    """build_ext that picks compiler flags and detects OpenMP with a compile test."""
+
+    def _compiles_with(self, flags):
+        tmp = tempfile.mkdtemp(prefix="fastlr-omp-")
+        try:
+            src = os.path.join(tmp, "omp_test.c")
+            with open(src, "w") as f:
+                f.write(OPENMP_TEST)
+            objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+            self.compiler.link_executable(
+                objs, "omp_test", output_dir=tmp, extra_postargs=flags
+            )
+            return True
+        except Exception:
+            return False
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def build_extensions(self):
+        ctype = self.compiler.compiler_type
+        if ctype == "msvc":
+            compile_args, omp_flags = ["/O2", "/fp:precise"], ["/openmp"]
+        else:
+            compile_args, omp_flags = list(BASE_COMPILE_ARGS), ["-fopenmp"]
+            if _env_flag("FASTLR_NATIVE"):
+                compile_args.append("-march=native")
+        use_openmp = False
+        if _env_flag("FASTLR_NO_OPENMP"):
+            print("fastlr: FASTLR_NO_OPENMP set; building serial kernels")
+        elif self._compiles_with(omp_flags):
+            use_openmp = True
+        else:
+            print(
+                "fastlr: WARNING: the compiler has no OpenMP support; building serial "
+                "kernels (results are identical, large arrays use one core)",
+                file=sys.stderr,
+            )
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args + (omp_flags if use_openmp else [])
+            ext.extra_link_args = omp_flags if use_openmp else []
+        super().build_extensions()
+
+
+def extensions():
+    exts = [
+        Extension(
+            name,
+            sources,
+            include_dirs=[np.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
+        )
+        for name, sources in MODULES
+    ]
+    return cythonize(
+        exts,
+        compiler_directives=DIRECTIVES,
+        annotate=_env_flag("FASTLR_ANNOTATE"),
+        # Rebuild when a debug switch flips, not only when sources change.
+        force=DEBUG,
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt}, zip_safe=False)
