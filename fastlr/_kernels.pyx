@@ -518,11 +518,15 @@ cdef int _threads_arg(str fn, object n_threads) except -1:
 
 
 cdef double _real(str fn, str name, object value) except? -1.0:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
-                                                                     np.floating)):
+    cdef double v
+    if type(value) is float:            # the common case, without isinstance calls
+        v = <double>value
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{fn}: {name} must be a real number, got "
                         f"{type(value).__name__} {value!r}")
-    cdef double v = value
+    else:
+        v = value
     if not isfinite(v):
         raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
     return v
@@ -544,6 +548,8 @@ cdef double _unit(str fn, str name, object value) except? -1.0:
 
 
 cdef int64_t _step(str fn, object step) except -1:
+    if type(step) is int and 1 <= step < 2 ** 63:     # the common case
+        return <int64_t>step
     if isinstance(step, (bool, np.bool_)):
         raise TypeError(f"{fn}: step must be an int >= 1, got {step!r}")
     try:
@@ -559,6 +565,8 @@ cdef int64_t _step(str fn, object step) except -1:
 
 
 cdef bint _flag(str fn, str name, object value) except -1:
+    if value is True or value is False:
+        return value is True
     if not isinstance(value, (bool, np.bool_, int, np.integer)):
         raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
