@@ -45,6 +45,7 @@ DIRECTIVES = {
 # Extensions: (module name, sources). Later modules are added here.
 MODULES = [
     ("fastlr._kernels", ["fastlr/_kernels.pyx"]),
+    ("fastlr._schedules", ["fastlr/_schedules.pyx"]),
 ]
 
 BASE_COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]

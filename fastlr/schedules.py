@@ -1,0 +1,398 @@
+"""Learning-rate schedules: pure functions of the step, evaluated in C.
+
+Every constructor returns a :class:`Schedule`. ``s(t)`` is the value after ``t`` completed
+steps (an int >= 0; an optimizer's first update uses ``s(0)``), ``s.values(ts)`` evaluates an
+array of steps in one C call, ``s * c`` scales a schedule, schedules pickle, and their
+``repr`` reads like the call that built them. After its end a schedule holds its final
+value; it never raises for a large ``t``.
+
+>>> from fastlr import schedules
+>>> s = schedules.warmup_cosine(1e-3, warmup_steps=2, total_steps=6)
+>>> [round(v, 6) for v in s.values(range(8)).tolist()]
+[0.0, 0.0005, 0.001, 0.000854, 0.0005, 0.000146, 0.0, 0.0]
+>>> s
+warmup_cosine(0.001, warmup_steps=2, total_steps=6)
+
+The first argument is the value a schedule starts from (``init``) or its peak (``peak``);
+values are in the units of whatever the schedule drives (usually the learning rate). Steps
+and lengths are integers. A plain Python callable ``step -> float`` is accepted wherever a
+schedule is (:func:`as_schedule`); it works everywhere but is evaluated in Python with the
+GIL, the slower path.
+"""
+
+import math
+import numbers
+import operator
+
+from fastlr._schedules import KINDS, Schedule, _build
+
+__all__ = [
+    "Schedule", "as_schedule", "from_callable", "constant", "step_decay", "multistep",
+    "exponential", "exponential_decay", "inverse_time", "polynomial", "linear", "cosine",
+    "cosine_restarts", "cyclic", "one_cycle", "piecewise_constant", "piecewise_linear",
+    "warmup_cosine", "warmup", "join",
+]
+
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+ONE_CYCLE_ANNEALS = ("cos", "linear")
+
+
+# ---------------------------------------------------------------------------------------
+# argument checks: ValueError / TypeError naming the argument, raised at construction
+# ---------------------------------------------------------------------------------------
+def _value(fn, name, value, *, minimum=None, above=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"schedules.{fn}: {name} must be a real number, got "
+                        f"{type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"schedules.{fn}: {name} must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"schedules.{fn}: {name} must be >= {minimum}, got {value!r}")
+    if above is not None and value <= above:
+        raise ValueError(f"schedules.{fn}: {name} must be > {above}, got {value!r}")
+    return value
+
+
+def _int(fn, name, value, *, minimum=0):
+    if isinstance(value, bool):
+        raise ValueError(f"schedules.{fn}: {name} must be an integer, got {value!r}")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise ValueError(f"schedules.{fn}: {name} must be an integer, got "
+                         f"{type(value).__name__} {value!r}") from None
+    if result < minimum:
+        raise ValueError(f"schedules.{fn}: {name} must be >= {minimum}, got {result}")
+    if result >= 2 ** 63:
+        raise ValueError(f"schedules.{fn}: {name} must be < 2**63, got {result}")
+    return result
+
+
+def _steps(fn, name, values, *, increasing):
+    try:
+        items = list(values)
+    except TypeError:
+        raise TypeError(f"schedules.{fn}: {name} must be a sequence of integers, got "
+                        f"{type(values).__name__}") from None
+    items = [_int(fn, f"{name}[{i}]", v) for i, v in enumerate(items)]
+    if increasing:
+        for i in range(1, len(items)):
+            if items[i] <= items[i - 1]:
+                raise ValueError(f"schedules.{fn}: {name} must be strictly increasing, got "
+                                 f"{name}[{i - 1}]={items[i - 1]} then {name}[{i}]={items[i]}")
+    return items
+
+
+def _values(fn, name, values):
+    try:
+        items = list(values)
+    except TypeError:
+        raise TypeError(f"schedules.{fn}: {name} must be a sequence of numbers, got "
+                        f"{type(values).__name__}") from None
+    return [_value(fn, f"{name}[{i}]", v) for i, v in enumerate(items)]
+
+
+def _choice(fn, name, value, choices):
+    if value not in choices:
+        raise ValueError(f"schedules.{fn}: unknown {name} {value!r}; expected one of "
+                         f"{', '.join(repr(c) for c in choices)}")
+    return choices.index(value)
+
+
+def _flag(fn, name, value):
+    if not isinstance(value, (bool, int)):
+        raise TypeError(f"schedules.{fn}: {name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _make(name, args, kwargs, defaults, **parts):
+    """A Schedule whose repr shows the positional args and the non-default keywords."""
+    explicit = {k: v for k, v in kwargs.items() if k not in defaults or defaults[k] != v
+                or type(defaults[k]) is not type(v)}
+    return _build(KINDS[parts.pop("kind", name)], name, tuple(args), explicit, **parts)
+
+
+# ---------------------------------------------------------------------------------------
+# conversion
+# ---------------------------------------------------------------------------------------
+def as_schedule(value, name="schedule"):
+    """A Schedule from a Schedule (itself), a number (:func:`constant`) or a Python callable
+    ``step -> float`` (:func:`from_callable`, evaluated in Python: slower, still correct)."""
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return constant(value)
+    if callable(value):
+        return from_callable(value)
+    raise TypeError(f"{name} must be a number, a fastlr schedule or a callable step -> float, "
+                    f"got {type(value).__name__} {value!r}")
+
+
+def from_callable(fn):
+    """Wrap a Python callable ``fn(step: int) -> float`` as a Schedule.
+
+    It composes like any schedule but is evaluated in Python, holding the GIL. An exception
+    it raises propagates to whoever evaluated the schedule.
+    """
+    if not callable(fn):
+        raise TypeError(f"schedules.from_callable: fn must be callable, got {fn!r}")
+    return _build(KINDS["callback"], "from_callable", (fn,), {}, fn=fn)
+
+
+def _scaled(schedule, factor):
+    if isinstance(factor, Schedule) or not isinstance(factor, numbers.Real):
+        return NotImplemented
+    factor = _value("scale", "factor", factor)
+    return _build(KINDS["scale"], "_scaled", (schedule, factor), {}, p=(factor,),
+                  children=(schedule,))
+
+
+def _rebuild(ctor, args, kwargs):
+    """Unpickle: call the constructor again (schedules are pure functions of their args)."""
+    return globals()[ctor](*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# constructors (DESIGN.md §4)
+# ---------------------------------------------------------------------------------------
+def constant(value):
+    """``value`` at every step."""
+    v = _value("constant", "value", value)
+    return _make("constant", (value,), {}, {}, p=(v,))
+
+
+def step_decay(init, step_size, gamma=0.1):
+    """``init * gamma ** (t // step_size)`` (torch StepLR)."""
+    fn = "step_decay"
+    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, minimum=0.0))
+    k = (_int(fn, "step_size", step_size, minimum=1),)
+    return _make(fn, (init, step_size), {"gamma": gamma}, {"gamma": 0.1}, p=p, k=k)
+
+
+def multistep(init, milestones, gamma=0.1):
+    """``init * gamma ** (number of milestones <= t)`` (torch MultiStepLR); milestones in any
+    order, a duplicate counts twice."""
+    fn = "multistep"
+    ms = sorted(_steps(fn, "milestones", milestones, increasing=False))
+    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, minimum=0.0))
+    return _make(fn, (init, list(milestones)), {"gamma": gamma}, {"gamma": 0.1}, p=p,
+                 ivals=ms)
+
+
+def exponential(init, gamma):
+    """``init * gamma ** t`` (torch ExponentialLR)."""
+    fn = "exponential"
+    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, minimum=0.0))
+    return _make(fn, (init, gamma), {}, {}, p=p)
+
+
+def exponential_decay(init, transition_steps, decay_rate, *, staircase=False,
+                      transition_begin=0, end=None):
+    """optax ``exponential_decay``: ``init`` until ``transition_begin``, then
+    ``init * decay_rate ** ((t - transition_begin) / transition_steps)`` (the exponent
+    floored when ``staircase``), bounded by ``end`` when given (a floor when decaying, a cap
+    when growing)."""
+    fn = "exponential_decay"
+    p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, above=0.0),
+         0.0 if end is None else _value(fn, "end", end))
+    k = (_int(fn, "transition_steps", transition_steps, minimum=1),
+         _int(fn, "transition_begin", transition_begin), int(_flag(fn, "staircase", staircase)),
+         int(end is not None))
+    return _make(fn, (init, transition_steps, decay_rate),
+                 {"staircase": staircase, "transition_begin": transition_begin, "end": end},
+                 {"staircase": False, "transition_begin": 0, "end": None}, p=p, k=k)
+
+
+def inverse_time(init, decay_steps, decay_rate, *, staircase=False):
+    """``init / (1 + decay_rate * t / decay_steps)`` (Keras InverseTimeDecay; ``t //
+    decay_steps`` when ``staircase``)."""
+    fn = "inverse_time"
+    p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, minimum=0.0))
+    k = (_int(fn, "decay_steps", decay_steps, minimum=1),
+         int(_flag(fn, "staircase", staircase)))
+    return _make(fn, (init, decay_steps, decay_rate), {"staircase": staircase},
+                 {"staircase": False}, p=p, k=k)
+
+
+def polynomial(init, total_steps, *, end=0.0, power=1.0):
+    """``(init - end) * (1 - min(t, T) / T) ** power + end`` with ``T = total_steps`` (torch
+    PolynomialLR when ``end=0``)."""
+    fn = "polynomial"
+    p = (_value(fn, "init", init), _value(fn, "end", end),
+         _value(fn, "power", power, minimum=0.0))
+    k = (_int(fn, "total_steps", total_steps, minimum=1),)
+    return _make(fn, (init, total_steps), {"end": end, "power": power},
+                 {"end": 0.0, "power": 1.0}, p=p, k=k)
+
+
+def linear(init, *, start_factor=1.0 / 3, end_factor=1.0, total_steps=5):
+    """``init * (s + (e - s) * min(t, T) / T)`` (torch LinearLR): from ``start_factor *
+    init`` to ``end_factor * init`` over ``total_steps``."""
+    fn = "linear"
+    p = (_value(fn, "init", init), _value(fn, "start_factor", start_factor, minimum=0.0),
+         _value(fn, "end_factor", end_factor, minimum=0.0))
+    k = (_int(fn, "total_steps", total_steps, minimum=1),)
+    return _make(fn, (init,), {"start_factor": start_factor, "end_factor": end_factor,
+                               "total_steps": total_steps},
+                 {"start_factor": 1.0 / 3, "end_factor": 1.0, "total_steps": 5}, p=p, k=k)
+
+
+def cosine(init, total_steps, *, end=0.0):
+    """``end + (init - end) * (1 + cos(pi * min(t, T) / T)) / 2``: torch CosineAnnealingLR
+    up to ``T = total_steps``, then it holds ``end`` (torch's rises again)."""
+    fn = "cosine"
+    p = (_value(fn, "init", init), _value(fn, "end", end))
+    k = (_int(fn, "total_steps", total_steps, minimum=1),)
+    return _make(fn, (init, total_steps), {"end": end}, {"end": 0.0}, p=p, k=k)
+
+
+def cosine_restarts(init, period, *, period_mult=1, end=0.0, decay=1.0):
+    """SGDR (torch CosineAnnealingWarmRestarts): cosine from ``init * decay**i`` to ``end``
+    over cycle ``i``, which lasts ``period * period_mult**i`` steps; cycles are found with
+    integer arithmetic. ``decay`` scales each restart's peak (Keras ``m_mul``)."""
+    fn = "cosine_restarts"
+    p = (_value(fn, "init", init), _value(fn, "end", end),
+         _value(fn, "decay", decay, minimum=0.0))
+    k = (_int(fn, "period", period, minimum=1),
+         _int(fn, "period_mult", period_mult, minimum=1))
+    return _make(fn, (init, period), {"period_mult": period_mult, "end": end, "decay": decay},
+                 {"period_mult": 1, "end": 0.0, "decay": 1.0}, p=p, k=k)
+
+
+def cyclic(base, peak, *, step_size_up=2000, step_size_down=None, mode="triangular",
+           gamma=1.0):
+    """torch CyclicLR: up from ``base`` to ``peak`` in ``step_size_up`` steps and back in
+    ``step_size_down`` (default: the same); ``mode`` ``'triangular'`` keeps the amplitude,
+    ``'triangular2'`` halves it every cycle, ``'exp_range'`` scales it by ``gamma ** t``."""
+    fn = "cyclic"
+    up = _int(fn, "step_size_up", step_size_up, minimum=1)
+    down = up if step_size_down is None else _int(fn, "step_size_down", step_size_down)
+    p = (_value(fn, "base", base), _value(fn, "peak", peak),
+         _value(fn, "gamma", gamma, above=0.0))
+    k = (up, down, _choice(fn, "mode", mode, CYCLIC_MODES))
+    return _make(fn, (base, peak), {"step_size_up": step_size_up,
+                                    "step_size_down": step_size_down, "mode": mode,
+                                    "gamma": gamma},
+                 {"step_size_up": 2000, "step_size_down": None, "mode": "triangular",
+                  "gamma": 1.0}, p=p, k=k)
+
+
+def one_cycle(peak, total_steps, *, pct_start=0.3, anneal="cos", div_factor=25.0,
+              final_div_factor=1e4, three_phase=False):
+    """torch OneCycleLR: from ``peak / div_factor`` up to ``peak`` over the first
+    ``pct_start`` of ``total_steps``, then down to ``peak / div_factor / final_div_factor``
+    (three-phase: back to the initial value, then down). ``anneal`` is ``'cos'`` or
+    ``'linear'``. Holds its last value after ``total_steps``. Phase ends are at
+    ``pct*N - 1``, ``2*pct*N - 2`` (three-phase) and ``N - 1``; arguments that make a phase
+    empty or reversed are rejected."""
+    fn = "one_cycle"
+    n = _int(fn, "total_steps", total_steps, minimum=2)
+    pct = _value(fn, "pct_start", pct_start)
+    if not 0.0 < pct < 1.0:
+        raise ValueError(f"schedules.{fn}: pct_start must be in (0, 1), got {pct_start!r}")
+    anneal_code = _choice(fn, "anneal", anneal, ONE_CYCLE_ANNEALS)
+    three = _flag(fn, "three_phase", three_phase)
+    peak_v = _value(fn, "peak", peak)
+    div = _value(fn, "div_factor", div_factor, above=0.0)
+    final_div = _value(fn, "final_div_factor", final_div_factor, above=0.0)
+    # torch's phase ends, in its own arithmetic
+    ends = [float(pct * n) - 1]
+    if three:
+        ends.append(float(2 * pct * n) - 2)
+    ends.append(float(n - 1))
+    start = 0.0
+    for i, end_step in enumerate(ends):
+        if not end_step > start:
+            raise ValueError(
+                f"schedules.{fn}: pct_start={pct_start!r} with total_steps={total_steps} "
+                f"leaves phase {i + 1} empty or reversed (it would run from step {start:g} "
+                f"to {end_step:g}); use more steps or another pct_start")
+        start = end_step
+    initial = peak_v / div
+    minimum = initial / final_div
+    ends += [0.0] * (3 - len(ends))
+    p = (initial, peak_v, minimum, ends[0], ends[1], ends[2])
+    k = (n, anneal_code, int(three))
+    return _make(fn, (peak, total_steps),
+                 {"pct_start": pct_start, "anneal": anneal, "div_factor": div_factor,
+                  "final_div_factor": final_div_factor, "three_phase": three_phase},
+                 {"pct_start": 0.3, "anneal": "cos", "div_factor": 25.0,
+                  "final_div_factor": 1e4, "three_phase": False}, p=p, k=k)
+
+
+def piecewise_constant(boundaries, values):
+    """``values[i]`` for ``boundaries[i-1] <= t < boundaries[i]``: the value switches at
+    ``t == b`` (optax; Keras switches at ``b + 1``). ``len(values) == len(boundaries) + 1``;
+    boundaries are strictly increasing steps."""
+    fn = "piecewise_constant"
+    b = _steps(fn, "boundaries", boundaries, increasing=True)
+    v = _values(fn, "values", values)
+    if len(v) != len(b) + 1:
+        raise ValueError(f"schedules.{fn}: values needs len(boundaries) + 1 = {len(b) + 1} "
+                         f"entries, got {len(v)}")
+    return _make(fn, (list(boundaries), list(values)), {}, {}, ivals=b, dvals=v)
+
+
+def piecewise_linear(boundaries, values):
+    """Linear between the knots ``(boundaries[i], values[i])``, held before the first and
+    after the last. Equal lengths (at least one knot); boundaries strictly increasing."""
+    fn = "piecewise_linear"
+    b = _steps(fn, "boundaries", boundaries, increasing=True)
+    v = _values(fn, "values", values)
+    if len(v) != len(b) or not b:
+        raise ValueError(f"schedules.{fn}: boundaries and values need the same length >= 1, "
+                         f"got {len(b)} and {len(v)}")
+    return _make(fn, (list(boundaries), list(values)), {}, {}, ivals=b, dvals=v)
+
+
+def warmup_cosine(peak, *, warmup_steps, total_steps, init=0.0, end=0.0):
+    """Linear from ``init`` to ``peak`` over ``warmup_steps``, then cosine from ``peak`` to
+    ``end`` until ``total_steps`` (which includes the warmup, as optax's
+    ``warmup_cosine_decay_schedule``); holds ``end`` after."""
+    fn = "warmup_cosine"
+    w = _int(fn, "warmup_steps", warmup_steps)
+    n = _int(fn, "total_steps", total_steps, minimum=1)
+    if n <= w:
+        raise ValueError(f"schedules.{fn}: total_steps (={n}) includes the warmup and must be "
+                         f"> warmup_steps (={w})")
+    p = (_value(fn, "peak", peak), _value(fn, "init", init), _value(fn, "end", end))
+    return _make(fn, (peak,), {"warmup_steps": warmup_steps, "total_steps": total_steps,
+                               "init": init, "end": end},
+                 {"init": 0.0, "end": 0.0}, p=p, k=(w, n))
+
+
+def warmup(schedule, warmup_steps, *, start_factor=0.0):
+    """A linear ramp from ``start_factor * s(0)`` to ``s(0)`` over ``warmup_steps``, then
+    ``s(t - warmup_steps)``: the wrapped schedule starts at 0 when the warmup ends.
+    ``warmup_steps=0`` is the schedule itself."""
+    fn = "warmup"
+    inner = as_schedule(schedule, f"schedules.{fn}: schedule")
+    w = _int(fn, "warmup_steps", warmup_steps)
+    sf = _value(fn, "start_factor", start_factor, minimum=0.0)
+    if w == 0:
+        return inner
+    return _make(fn, (inner, warmup_steps), {"start_factor": start_factor},
+                 {"start_factor": 0.0}, p=(sf,), k=(w,), children=(inner,))
+
+
+def join(schedules, boundaries):
+    """``schedules[i](t - boundaries[i-1])`` where ``i`` counts the boundaries <= t: each
+    piece restarts at 0 (torch SequentialLR, optax join_schedules).
+    ``len(boundaries) == len(schedules) - 1``, strictly increasing."""
+    fn = "join"
+    try:
+        parts = [as_schedule(s, f"schedules.{fn}: schedules[{i}]")
+                 for i, s in enumerate(schedules)]
+    except TypeError as error:
+        if "schedules[" in str(error):
+            raise
+        raise TypeError(f"schedules.{fn}: schedules must be a sequence of schedules, got "
+                        f"{type(schedules).__name__}") from None
+    if not parts:
+        raise ValueError(f"schedules.{fn}: schedules must not be empty")
+    b = _steps(fn, "boundaries", boundaries, increasing=True)
+    if len(b) != len(parts) - 1:
+        raise ValueError(f"schedules.{fn}: boundaries needs len(schedules) - 1 = "
+                         f"{len(parts) - 1} entries, got {len(b)}")
+    return _make(fn, (parts, list(boundaries)), {}, {}, ivals=b, children=tuple(parts))
