@@ -46,6 +46,7 @@ DIRECTIVES = {
 MODULES = [
     ("fastlr._kernels", ["fastlr/_kernels.pyx"]),
     ("fastlr._schedules", ["fastlr/_schedules.pyx"]),
+    ("fastlr._optim", ["fastlr/_optim.pyx"]),
 ]
 
 BASE_COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]

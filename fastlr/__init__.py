@@ -4,6 +4,8 @@ The update loops of SGD (momentum, Nesterov), RMSprop and Adam/AdamW run in comp
 in place on your float32/float64 NumPy arrays, with torch.optim's semantics.
 
 Modules:
+  fastlr.optim      SGD, RMSprop, Adam, AdamW: param groups, state, one C call per step
+  fastlr.schedules  learning-rate schedules evaluated in C
   fastlr.kernels    in-place kernels (validate, then one C call)
   fastlr.reference  pure-NumPy twins of the kernels, the test oracle
 """
@@ -15,8 +17,9 @@ except ImportError as _error:  # pragma: no cover - exercised by an unbuilt tree
 
     raise_build_error(_error)
 
-from fastlr import kernels, reference
+from fastlr import kernels, reference, schedules
 from fastlr._kernels import get_num_threads, set_num_threads
+from fastlr.optim import SGD, Adam, AdamW, Optimizer, RMSprop, flat_buffer
 
 try:
     from importlib.metadata import PackageNotFoundError, version
@@ -25,7 +28,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - an in-place build that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["kernels", "reference", "get_num_threads", "set_num_threads", "get_include",
+__all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Optimizer", "flat_buffer", "kernels",
+           "reference", "schedules", "get_num_threads", "set_num_threads", "get_include",
            "__version__"]
 
 

@@ -1,0 +1,517 @@
+# fastlr/_optim.pyx -- the optimizer step: every array of every group in one C call.
+#
+# Design notes
+# ------------
+# a) fastlr/optim.py owns the Python side (param groups, state allocation, coalescing of
+#    adjacent views into spans, checkpoints) and hands the engine a fixed layout with
+#    `configure`: one SpanC per contiguous run of params (same group, dtype and count), raw
+#    pointers to param and state memory, and per group the source of every hyperparameter
+#    (a constant or a schedule handle). Nothing in the layout changes per step.
+# b) `step(grads, t)` is the hot path, all compiled: check the grads (count, dtype, shape,
+#    layout; an error names the index and nothing is touched), evaluate each group's
+#    schedules at t and check the values, derive per-span coefficients (bias corrections
+#    from each span's own update count), then release the GIL and run every piece in one
+#    pass -- serial below PARALLEL_MIN_SIZE elements in total, else one OpenMP region that
+#    splits the concatenated elements evenly across threads. Element-wise updates make the
+#    result independent of the split. Nothing is allocated per step.
+# c) Grads that are adjacent views of one buffer (or one flat grad array) let a coalesced
+#    span run as one piece; otherwise the span runs param by param, with the same bits.
+
+from cython.parallel cimport prange
+from libc.math cimport isfinite
+from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+cimport numpy as cnp
+
+from fastlr._core cimport (AdamCoef, RMSpropCoef, SGDCoef, adam_coef, adam_core_f32,
+                           adam_core_f64, core_fn, rmsprop_coef, rmsprop_core_f32,
+                           rmsprop_core_f64, sgd_coef, sgd_core_f32, sgd_core_f64)
+from fastlr._kernels cimport PARALLEL_MIN_SIZE, AdamHyper, RMSpropHyper, SGDHyper, max_threads
+from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
+                                schedule_value)
+
+import numpy as np
+
+from fastlr._schedules import Schedule
+
+cnp.import_array()
+
+cdef enum:
+    K_SGD = 0
+    K_RMSPROP = 1
+    K_ADAM = 2
+    MAX_STATE = 3
+    SPAN_ALIGN = 64
+
+KINDS = {"sgd": K_SGD, "rmsprop": K_RMSPROP, "adam": K_ADAM}
+
+ctypedef struct HyperSrc:
+    double value              # the constant, or the value evaluated this step
+    const void* schedule      # NULL for a constant
+
+ctypedef struct GroupC:
+    HyperSrc lr, momentum, beta1, weight_decay      # the schedulable ones
+    double dampening, alpha, eps, beta2
+    int nesterov, maximize, decoupled
+
+ctypedef union CoefU:
+    SGDCoef sgd
+    RMSpropCoef rmsprop
+    AdamCoef adam
+
+ctypedef struct SpanC:
+    char* param
+    char* state[MAX_STATE]    # NULL when unused
+    Py_ssize_t n              # elements
+    Py_ssize_t itemsize
+    Py_ssize_t first          # index of its first param
+    Py_ssize_t n_params
+    int group
+    core_fn core
+
+ctypedef struct ParamC:
+    char* data
+    Py_ssize_t nbytes
+    Py_ssize_t offset         # bytes from its span's start
+    int span
+    int type_num
+    int ndim
+    int f_order               # 1 when only F-contiguous (multi-dimensional F layout)
+
+ctypedef struct Piece:
+    char* ptrs[5]             # param, grad, state...
+    Py_ssize_t n
+    Py_ssize_t itemsize
+    Py_ssize_t start          # first element in the concatenation of all pieces
+    core_fn core
+    const void* coef
+
+
+cdef inline char* _off(char* p, Py_ssize_t nbytes) noexcept nogil:
+    return NULL if p == NULL else p + nbytes
+
+
+cdef void run_piece_range(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t lo,
+                          Py_ssize_t hi) noexcept nogil:
+    """Update global elements [lo, hi) of the concatenated pieces."""
+    cdef Py_ssize_t a = 0, b = n_pieces, mid, i, k, s, e
+    cdef char* ptrs[5]
+    cdef const Piece* pc
+    while b - a > 1:                        # the piece that holds element lo
+        mid = (a + b) // 2
+        if pieces[mid].start <= lo:
+            a = mid
+        else:
+            b = mid
+    i = a
+    while i < n_pieces and pieces[i].start < hi:
+        pc = &pieces[i]
+        s = lo - pc.start if lo > pc.start else 0
+        e = hi - pc.start if hi - pc.start < pc.n else pc.n
+        if e > s:
+            for k in range(5):
+                ptrs[k] = _off(pc.ptrs[k], s * pc.itemsize)
+            pc.core(ptrs, e - s, pc.coef)
+        i += 1
+
+
+cdef void run_pieces(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t total,
+                     int n_threads) noexcept nogil:
+    cdef Py_ssize_t n_spans, span, i, lo, hi
+    cdef const Piece* pc
+    if n_threads <= 1 or total < PARALLEL_MIN_SIZE:
+        for i in range(n_pieces):
+            pc = &pieces[i]
+            pc.core(<char**>pc.ptrs, pc.n, pc.coef)
+        return
+    n_spans = min(<Py_ssize_t>n_threads, total // (PARALLEL_MIN_SIZE // 2))
+    span = (total + n_spans - 1) // n_spans
+    span = (span + SPAN_ALIGN - 1) // SPAN_ALIGN * SPAN_ALIGN
+    for i in prange(n_spans, schedule="static", num_threads=n_spans):
+        lo = i * span
+        hi = min(lo + span, total)
+        if lo < hi:
+            run_piece_range(pieces, n_pieces, lo, hi)
+
+
+cdef class Engine:
+    """The compiled step of one optimizer (see the design notes). For fastlr.optim only."""
+
+    cdef int kind
+    cdef str name                 # e.g. "fastlr.Adam", for messages
+    cdef Py_ssize_t n_params, n_spans, n_groups
+    cdef ParamC* params
+    cdef SpanC* spans
+    cdef GroupC* groups
+    cdef CoefU* coefs             # per span
+    cdef Piece* pieces            # up to n_params
+    cdef char** grad_ptrs         # per param, this step
+    cdef object _keep             # arrays and schedules the pointers refer to
+    cdef object _param_arrays     # list of param ndarrays (for shape checks)
+    cdef int64_t[::1] counts      # per-param update counts (owned by optim.py)
+    cdef int needs_gil            # a group has a Python-callable schedule
+    cdef readonly Py_ssize_t total_size
+
+    def __cinit__(self):
+        self.params = NULL
+        self.spans = NULL
+        self.groups = NULL
+        self.coefs = NULL
+        self.pieces = NULL
+        self.grad_ptrs = NULL
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self):
+        free(self.params)
+        free(self.spans)
+        free(self.groups)
+        free(self.coefs)
+        free(self.pieces)
+        free(self.grad_ptrs)
+        self.params = NULL
+        self.spans = NULL
+        self.groups = NULL
+        self.coefs = NULL
+        self.pieces = NULL
+        self.grad_ptrs = NULL
+
+    def __init__(self, str kind, str name):
+        self.kind = KINDS[kind]
+        self.name = name
+        self.n_params = self.n_spans = self.n_groups = 0
+
+    def configure(self, list params, list spans, list groups, counts):
+        """params: ndarrays in order; spans: (first, n_params, group, (state arrays)) with
+        the state arrays' memory covering the span; groups: dicts of resolved hyper-
+        parameters (schedulable ones as float or Schedule); counts: int64 array per param."""
+        cdef Py_ssize_t i, j, first, nparams
+        cdef cnp.ndarray a, st
+        cdef SpanC* sp
+        cdef ParamC* pp
+        cdef GroupC* g
+        self._free()
+        keep = []
+        self.n_params = len(params)
+        self.n_spans = len(spans)
+        self.n_groups = len(groups)
+        self.params = <ParamC*>calloc(max(self.n_params, 1), sizeof(ParamC))
+        self.spans = <SpanC*>calloc(max(self.n_spans, 1), sizeof(SpanC))
+        self.groups = <GroupC*>calloc(max(self.n_groups, 1), sizeof(GroupC))
+        self.coefs = <CoefU*>calloc(max(self.n_spans, 1), sizeof(CoefU))
+        self.pieces = <Piece*>calloc(max(self.n_params, 1), sizeof(Piece))
+        self.grad_ptrs = <char**>calloc(max(self.n_params, 1), sizeof(char*))
+        if (self.params == NULL or self.spans == NULL or self.groups == NULL
+                or self.coefs == NULL or self.pieces == NULL or self.grad_ptrs == NULL):
+            self._free()
+            raise MemoryError()
+        self._param_arrays = list(params)
+        self.counts = counts
+        self.total_size = 0
+        for i in range(self.n_params):
+            a = <cnp.ndarray>params[i]
+            pp = &self.params[i]
+            pp.data = <char*>cnp.PyArray_DATA(a)
+            pp.nbytes = cnp.PyArray_NBYTES(a)
+            pp.type_num = cnp.PyArray_TYPE(a)
+            pp.ndim = cnp.PyArray_NDIM(a)
+            pp.f_order = not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            self.total_size += cnp.PyArray_SIZE(a)
+        for i in range(self.n_spans):
+            first, nparams, group, states = spans[i]
+            sp = &self.spans[i]
+            sp.first = first
+            sp.n_params = nparams
+            sp.group = group
+            a = <cnp.ndarray>params[first]
+            sp.param = <char*>cnp.PyArray_DATA(a)
+            sp.itemsize = cnp.PyArray_ITEMSIZE(a)
+            sp.n = 0
+            for j in range(first, first + nparams):
+                self.params[j].span = i
+                self.params[j].offset = self.params[j].data - sp.param
+                sp.n += self.params[j].nbytes // sp.itemsize
+            for j in range(MAX_STATE):
+                sp.state[j] = NULL
+            for j in range(len(states)):
+                st = <cnp.ndarray>states[j]
+                keep.append(st)
+                sp.state[j] = <char*>cnp.PyArray_DATA(st)
+            f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
+            if self.kind == K_SGD:
+                sp.core = sgd_core_f64 if f64 else sgd_core_f32
+            elif self.kind == K_RMSPROP:
+                sp.core = rmsprop_core_f64 if f64 else rmsprop_core_f32
+            else:
+                sp.core = adam_core_f64 if f64 else adam_core_f32
+        self.needs_gil = 0
+        for i in range(self.n_groups):
+            gd = groups[i]
+            g = &self.groups[i]
+            self._source(&g.lr, gd.get("lr", 0.0), keep)
+            self._source(&g.momentum, gd.get("momentum", 0.0), keep)
+            self._source(&g.beta1, gd.get("beta1", 0.0), keep)
+            self._source(&g.weight_decay, gd.get("weight_decay", 0.0), keep)
+            g.dampening = gd.get("dampening", 0.0)
+            g.alpha = gd.get("alpha", 0.0)
+            g.eps = gd.get("eps", 0.0)
+            g.beta2 = gd.get("beta2", 0.0)
+            g.nesterov = gd.get("nesterov", False)
+            g.maximize = gd.get("maximize", False)
+            g.decoupled = gd.get("decoupled_weight_decay", False)
+        self._keep = keep
+
+    cdef int _source(self, HyperSrc* src, object value, list keep) except -1:
+        if isinstance(value, Schedule):
+            keep.append(value)
+            src.schedule = schedule_handle(value)
+            src.value = 0.0
+            if schedule_needs_gil(src.schedule):
+                self.needs_gil = 1
+        else:
+            src.schedule = NULL
+            src.value = value
+        return 0
+
+    def group_values(self, int64_t t):
+        """The schedulable hyperparameters of every group at step t (for last/next lr)."""
+        self._evaluate(t)
+        return [{"lr": self.groups[i].lr.value, "momentum": self.groups[i].momentum.value,
+                 "beta1": self.groups[i].beta1.value,
+                 "weight_decay": self.groups[i].weight_decay.value}
+                for i in range(self.n_groups)]
+
+    cdef int _evaluate(self, int64_t t) except -1:
+        cdef Py_ssize_t i
+        cdef GroupC* g
+        for i in range(self.n_groups):
+            g = &self.groups[i]
+            if g.lr.schedule != NULL:
+                g.lr.value = schedule_value(g.lr.schedule, t)
+            if g.momentum.schedule != NULL:
+                g.momentum.value = schedule_value(g.momentum.schedule, t)
+            if g.beta1.schedule != NULL:
+                g.beta1.value = schedule_value(g.beta1.schedule, t)
+            if g.weight_decay.schedule != NULL:
+                g.weight_decay.value = schedule_value(g.weight_decay.schedule, t)
+        if self.needs_gil:
+            for obj in self._keep:
+                if isinstance(obj, Schedule):
+                    check_schedule_error(obj)
+        return 0
+
+    cdef int _check_values(self, int64_t t) except -1:
+        cdef Py_ssize_t i
+        cdef GroupC* g
+        for i in range(self.n_groups):
+            g = &self.groups[i]
+            if not (isfinite(g.lr.value) and g.lr.value >= 0.0):
+                self._bad_value(i, "lr", g.lr.value, t, "a finite number >= 0")
+            if not (isfinite(g.weight_decay.value) and g.weight_decay.value >= 0.0):
+                self._bad_value(i, "weight_decay", g.weight_decay.value, t,
+                                "a finite number >= 0")
+            if self.kind == K_ADAM:
+                if not (0.0 <= g.beta1.value < 1.0):
+                    self._bad_value(i, "betas[0]", g.beta1.value, t, "in [0, 1)")
+            else:
+                if not (isfinite(g.momentum.value) and g.momentum.value >= 0.0):
+                    self._bad_value(i, "momentum", g.momentum.value, t, "a finite number >= 0")
+                if g.nesterov and not g.momentum.value > 0.0:
+                    self._bad_value(i, "momentum", g.momentum.value, t,
+                                    "> 0 (nesterov=True)")
+        return 0
+
+    cdef int _bad_value(self, Py_ssize_t group, str name, double value, int64_t t,
+                        str expected) except -1:
+        raise ValueError(f"{self.name}.step: param_groups[{group}]['{name}'] is {value!r} at "
+                         f"step {t} (from its schedule); expected {expected}. Nothing was "
+                         f"updated")
+
+    cdef int _check_grads(self, object grads) except -1:
+        cdef Py_ssize_t i, n = self.n_params
+        cdef cnp.ndarray g, p
+        cdef ParamC* pp
+        cdef char* base
+        cdef char* gp
+        cdef Py_ssize_t expected_bytes = 0
+        if cnp.PyArray_Check(grads):
+            # one flat gradient buffer covering every param, in param order
+            g = <cnp.ndarray>grads
+            if n and (cnp.PyArray_TYPE(g) != self.params[0].type_num):
+                raise TypeError(f"{self.name}.step: the flat grad buffer has dtype {g.dtype} "
+                                f"but the params are {(<object>self._param_arrays[0]).dtype}")
+            for i in range(n):
+                if self.params[i].type_num != self.params[0].type_num:
+                    raise TypeError(f"{self.name}.step: a single grad array needs params of "
+                                    f"one dtype; pass a list of grads instead")
+                expected_bytes += self.params[i].nbytes
+            if cnp.PyArray_NBYTES(g) != expected_bytes:
+                raise ValueError(f"{self.name}.step: the flat grad buffer has "
+                                 f"{cnp.PyArray_SIZE(g)} elements but the params have "
+                                 f"{self.total_size} in all")
+            if not cnp.PyArray_IS_C_CONTIGUOUS(g) or not cnp.PyArray_ISALIGNED(g) or \
+                    cnp.PyArray_ISBYTESWAPPED(g):
+                raise ValueError(f"{self.name}.step: the flat grad buffer must be C-contiguous, "
+                                 f"aligned and in native byte order")
+            base = <char*>cnp.PyArray_DATA(g)
+            for i in range(n):
+                self.grad_ptrs[i] = base
+                base += self.params[i].nbytes
+            return self._check_grad_overlap(<char*>cnp.PyArray_DATA(g), expected_bytes)
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"{self.name}.step: grads must be a list of arrays (one per param) "
+                            f"or one flat array, got {type(grads).__name__}")
+        if len(grads) != n:
+            raise ValueError(f"{self.name}.step: got {len(grads)} grads for {n} params")
+        for i in range(n):
+            obj = grads[i]
+            pp = &self.params[i]
+            if not cnp.PyArray_Check(obj):
+                raise TypeError(f"{self.name}.step: grads[{i}] must be a numpy.ndarray, got "
+                                f"{type(obj).__name__}")
+            g = <cnp.ndarray>obj
+            if cnp.PyArray_TYPE(g) != pp.type_num:
+                raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
+                                f"params[{i}] has dtype "
+                                f"{(<object>self._param_arrays[i]).dtype}")
+            p = <cnp.ndarray>self._param_arrays[i]
+            if cnp.PyArray_NBYTES(g) != pp.nbytes or not _same_shape(g, p):
+                raise ValueError(f"{self.name}.step: grads[{i}] has shape {(<object>g).shape} "
+                                 f"but params[{i}] has shape {(<object>p).shape}")
+            if not (cnp.PyArray_IS_F_CONTIGUOUS(g) if pp.f_order
+                    else cnp.PyArray_IS_C_CONTIGUOUS(g)):
+                raise ValueError(f"{self.name}.step: grads[{i}] must be "
+                                 f"{'F' if pp.f_order else 'C'}-contiguous like params[{i}], "
+                                 f"got strides {(<object>g).strides}")
+            if not cnp.PyArray_ISALIGNED(g) or cnp.PyArray_ISBYTESWAPPED(g):
+                raise ValueError(f"{self.name}.step: grads[{i}] must be aligned and in native "
+                                 f"byte order")
+            gp = <char*>cnp.PyArray_DATA(g)
+            if pp.nbytes and gp < pp.data + pp.nbytes and pp.data < gp + pp.nbytes:
+                raise ValueError(f"{self.name}.step: grads[{i}] overlaps params[{i}] in memory")
+            self.grad_ptrs[i] = gp
+        return 0
+
+    cdef int _check_grad_overlap(self, char* lo, Py_ssize_t nbytes) except -1:
+        cdef Py_ssize_t i
+        cdef ParamC* pp
+        for i in range(self.n_params):
+            pp = &self.params[i]
+            if pp.nbytes and lo < pp.data + pp.nbytes and pp.data < lo + nbytes:
+                raise ValueError(f"{self.name}.step: the flat grad buffer overlaps "
+                                 f"params[{i}] in memory")
+        return 0
+
+    cdef void _coefs(self, int64_t t) noexcept:
+        cdef Py_ssize_t i
+        cdef SpanC* sp
+        cdef GroupC* g
+        cdef int64_t count
+        cdef SGDHyper sh
+        cdef RMSpropHyper rh
+        cdef AdamHyper ah
+        for i in range(self.n_spans):
+            sp = &self.spans[i]
+            g = &self.groups[sp.group]
+            count = self.counts[sp.first] + 1          # this update's 1-based number
+            if self.kind == K_SGD:
+                sh.lr = g.lr.value
+                sh.momentum = g.momentum.value
+                sh.dampening = g.dampening
+                sh.weight_decay = g.weight_decay.value
+                sh.step = count
+                sh.nesterov = g.nesterov
+                sh.maximize = g.maximize
+                sgd_coef(&sh, &self.coefs[i].sgd)
+            elif self.kind == K_RMSPROP:
+                rh.lr = g.lr.value
+                rh.alpha = g.alpha
+                rh.eps = g.eps
+                rh.weight_decay = g.weight_decay.value
+                rh.momentum = g.momentum.value
+                rh.maximize = g.maximize
+                rmsprop_coef(&rh, &self.coefs[i].rmsprop)
+            else:
+                if i > 0 and sp.group == self.spans[i - 1].group and \
+                        count == self.counts[self.spans[i - 1].first] + 1:
+                    self.coefs[i] = self.coefs[i - 1]      # same group and count: reuse
+                    continue
+                ah.lr = g.lr.value
+                ah.beta1 = g.beta1.value
+                ah.beta2 = g.beta2
+                ah.eps = g.eps
+                ah.weight_decay = g.weight_decay.value
+                ah.step = count
+                ah.decoupled_weight_decay = g.decoupled
+                ah.maximize = g.maximize
+                adam_coef(&ah, &self.coefs[i].adam)
+
+    cdef Py_ssize_t _pieces(self) noexcept:
+        cdef Py_ssize_t i, j, k, n_pieces = 0, start = 0
+        cdef SpanC* sp
+        cdef Piece* pc
+        cdef bint adjacent
+        for i in range(self.n_spans):
+            sp = &self.spans[i]
+            adjacent = True
+            for j in range(sp.first + 1, sp.first + sp.n_params):
+                if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes:
+                    adjacent = False
+                    break
+            if adjacent:
+                pc = &self.pieces[n_pieces]
+                n_pieces += 1
+                pc.ptrs[0] = sp.param
+                pc.ptrs[1] = self.grad_ptrs[sp.first]
+                for k in range(MAX_STATE):
+                    pc.ptrs[2 + k] = sp.state[k]
+                pc.n = sp.n
+                pc.itemsize = sp.itemsize
+                pc.core = sp.core
+                pc.coef = &self.coefs[i]
+                pc.start = start
+                start += pc.n
+            else:
+                for j in range(sp.first, sp.first + sp.n_params):
+                    pc = &self.pieces[n_pieces]
+                    n_pieces += 1
+                    pc.ptrs[0] = self.params[j].data
+                    pc.ptrs[1] = self.grad_ptrs[j]
+                    for k in range(MAX_STATE):
+                        pc.ptrs[2 + k] = _off(sp.state[k], self.params[j].offset)
+                    pc.n = self.params[j].nbytes // sp.itemsize
+                    pc.itemsize = sp.itemsize
+                    pc.core = sp.core
+                    pc.coef = &self.coefs[i]
+                    pc.start = start
+                    start += pc.n
+        return n_pieces
+
+    def step(self, grads, int64_t t, int n_threads):
+        """Check grads, evaluate schedules at t, update every param in one pass; then count."""
+        cdef Py_ssize_t i, n_pieces
+        self._check_grads(grads)
+        self._evaluate(t)
+        self._check_values(t)
+        self._coefs(t)
+        n_pieces = self._pieces()
+        if self.total_size >= 4096:
+            with nogil:
+                run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
+        else:
+            run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
+        for i in range(self.n_params):
+            self.counts[i] += 1
+
+
+cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
+    cdef int k, nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(b):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(b, k):
+            return False
+    return True

@@ -1,0 +1,664 @@
+"""Stateful optimizers: SGD, RMSprop, Adam and AdamW with torch.optim's names and rules.
+
+>>> import numpy as np, fastlr
+>>> w = np.ones(3, dtype=np.float32)
+>>> opt = fastlr.Adam([w], lr=0.1)
+>>> opt.step([np.array([0.5, -0.5, 0.0], dtype=np.float32)])
+>>> w
+array([0.9, 1.1, 1. ], dtype=float32)
+>>> opt.steps
+1
+
+``params`` is an array, a list of arrays, or a list of group dicts ``{"params": [...],
+"lr": ...}`` overriding any hyperparameter per group. Arrays are updated in place. ``lr``
+(and ``momentum``, ``betas[0]``, ``weight_decay``) take a number, a :mod:`fastlr.schedules`
+schedule (evaluated in C each step) or a Python callable ``step -> float`` (slower). Update
+``t + 1`` uses ``schedule(t)``.
+
+``opt.step(grads)`` takes the grads in param order (or one flat grad array when the params
+are views of one flat buffer, see :func:`flat_buffer`), checks them in compiled code and
+updates every array of every group in one C call. Params that are adjacent views of one
+buffer (same group and dtype) are updated as one span.
+"""
+
+import json
+import numbers
+import os
+import tempfile
+
+import numpy as np
+
+from fastlr import reference
+from fastlr._optim import Engine
+from fastlr.schedules import Schedule, as_schedule
+
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "flat_buffer"]
+
+_FORMAT = "fastlr-optimizer-1"
+
+
+def flat_buffer(shapes, dtype=np.float32):
+    """One zero-filled contiguous buffer and C-contiguous views of it, one per shape.
+
+    >>> flat, (w, b) = flat_buffer([(2, 3), (3,)])
+    >>> flat.shape, w.shape, b.shape, np.shares_memory(flat, b)
+    ((9,), (2, 3), (3,), True)
+
+    Use it for params (the optimizer then updates all of them as one span) and for grads
+    (``opt.step(flat_grad)`` or ``opt.step(grad_views)``).
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"fastlr.flat_buffer: dtype must be float32 or float64, got {dtype}")
+    shapes = [tuple(int(d) for d in np.atleast_1d(s)) if not isinstance(s, tuple) or s
+              else () for s in shapes]
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    if any(n < 0 for n in sizes):
+        raise ValueError("fastlr.flat_buffer: shapes must have non-negative dimensions")
+    flat = np.zeros(sum(sizes), dtype=dtype)
+    views, offset = [], 0
+    for shape, n in zip(shapes, sizes):
+        views.append(flat[offset:offset + n].reshape(shape))
+        offset += n
+    return flat, views
+
+
+class ParamGroup(dict):
+    """A param group: a dict like torch's. Writing a hyperparameter takes effect at the next
+    step; the ``params`` entry cannot be replaced (use ``add_param_group``)."""
+
+    __slots__ = ("_owner",)
+
+    def __setitem__(self, key, value):
+        if key == "params":
+            raise TypeError("a param group's 'params' cannot be replaced; build a new "
+                            "optimizer or use add_param_group")
+        owner = getattr(self, "_owner", None)
+        if owner is not None:
+            owner._check_hyper(key, value, where="param_groups[...]")
+            owner._dirty = True
+        dict.__setitem__(self, key, value)
+
+    def update(self, *args, **kwargs):
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+
+class Optimizer:
+    """Base class: param groups, state, checkpoints and the one-call step."""
+
+    _kernel = None          # "sgd", "rmsprop" or "adam"
+    _schedulable = ()       # hyperparameters that take a schedule
+
+    def __init__(self, params, defaults, n_threads=None):
+        self.defaults = dict(defaults)
+        for key, value in self.defaults.items():
+            self._check_hyper(key, value, where="")
+        self._n_threads = self._threads_arg(n_threads)
+        self.param_groups = []
+        self._params = []
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._state = []                # per param: {name: view}
+        self._t = 0
+        self._last = None
+        self._engine = Engine(self._kernel, self._name)
+        groups = self._groups_arg(params)
+        for group in groups:
+            self._add_group(group)
+        self._configure()
+
+    # ---- construction -------------------------------------------------------------------
+    @property
+    def _name(self):
+        return f"fastlr.{type(self).__name__}"
+
+    @staticmethod
+    def _threads_arg(n_threads):
+        if n_threads is None:
+            return None
+        if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or \
+                not 1 <= n_threads <= 4096:
+            raise ValueError(f"n_threads must be an int in [1, 4096] or None, got {n_threads!r}")
+        return int(n_threads)
+
+    def _groups_arg(self, params):
+        if isinstance(params, np.ndarray):
+            return [{"params": [params]}]
+        if isinstance(params, dict):
+            return [params]
+        try:
+            items = list(params)
+        except TypeError:
+            raise TypeError(f"{self._name}: params must be an array, a list of arrays or a "
+                            f"list of dicts, got {type(params).__name__}") from None
+        if not items:
+            raise ValueError(f"{self._name}: params is empty")
+        if all(isinstance(p, dict) for p in items):
+            return items
+        if any(isinstance(p, dict) for p in items):
+            raise TypeError(f"{self._name}: params mixes arrays and group dicts")
+        return [{"params": items}]
+
+    def _check_param(self, i, p):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"{self._name}: params[{i}] must be a numpy.ndarray, got "
+                            f"{type(p).__name__}")
+        if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
+            raise TypeError(f"{self._name}: params[{i}] must have dtype float32 or float64 "
+                            f"(native byte order), got {p.dtype}")
+        if not (p.flags.c_contiguous or p.flags.f_contiguous):
+            raise ValueError(f"{self._name}: params[{i}] must be contiguous (C or F order), "
+                             f"got strides {p.strides}; an update applied to a copy is lost")
+        if not p.flags.writeable:
+            raise ValueError(f"{self._name}: params[{i}] is read-only but is updated in place")
+        if not p.flags.aligned:
+            raise ValueError(f"{self._name}: params[{i}] is not aligned in memory")
+
+    def _check_hyper(self, key, value, where):
+        """Type and range of one hyperparameter (torch's checks), before it is used."""
+        name = f"{self._name}: {where}{'[' + repr(key) + ']' if where else key}"
+        if key in self._flags:
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {value!r}")
+            return
+        if key == "betas":
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+            self._check_hyper("beta1", value[0], where)
+            self._check_hyper("beta2", value[1], where)
+            return
+        if key not in self._ranges:
+            if key == "params":
+                return
+            raise ValueError(f"{self._name}: unknown hyperparameter {key!r}; expected one of "
+                             f"{', '.join(sorted(self._ranges) + sorted(self._flags))}")
+        if key in self._schedulable and not isinstance(value, numbers.Real):
+            if isinstance(value, Schedule) or callable(value):
+                return
+            raise TypeError(f"{name} must be a number, a fastlr schedule or a callable, got "
+                            f"{type(value).__name__}")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        low, high, text = self._ranges[key]
+        v = float(value)
+        if not (np.isfinite(v) and v >= low and (high is None or v < high)):
+            raise ValueError(f"{name} must be {text}, got {value!r}")
+
+    def _add_group(self, group):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{self._name}: a param group must be a dict with a 'params' entry")
+        params = group["params"]
+        params = [params] if isinstance(params, np.ndarray) else list(params)
+        if not params:
+            raise ValueError(f"{self._name}: a param group has no params")
+        start = len(self._params)
+        for j, p in enumerate(params):
+            self._check_param(start + j, p)
+        full = ParamGroup()
+        for key, value in group.items():
+            if key != "params":
+                self._check_hyper(key, value, where="param group ")
+        for key, value in self.defaults.items():
+            dict.__setitem__(full, key, group.get(key, value))
+        dict.__setitem__(full, "params", params)
+        self._check_overlap(self._params + params)
+        self._params.extend(params)
+        full._owner = self
+        self.param_groups.append(full)
+        self._counts = np.concatenate([self._counts, np.zeros(len(params), dtype=np.int64)])
+        self._state.extend({} for _ in params)
+
+    def _check_overlap(self, params):
+        spans = sorted((p.__array_interface__["data"][0], p.nbytes, i)
+                       for i, p in enumerate(params) if p.nbytes)
+        for (a, na, i), (b, nb, j) in zip(spans, spans[1:]):
+            if b < a + na:
+                raise ValueError(f"{self._name}: params[{min(i, j)}] and params[{max(i, j)}] "
+                                 f"overlap in memory (a param may appear only once)")
+
+    def add_param_group(self, param_group):
+        """Add a group (torch's ``add_param_group``): its params start their own update count
+        at 1, its missing hyperparameters come from the optimizer's defaults."""
+        self._add_group(param_group)
+        self._configure()
+
+    # ---- layout: spans of adjacent params, state buffers, the compiled engine -------------
+    def _state_names(self, group):
+        raise NotImplementedError
+
+    def _resolved(self, group):
+        """The group's hyperparameters as the engine wants them."""
+        out = {}
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if key == "betas":
+                b1, b2 = value
+                out["beta1"] = self._source(b1)
+                out["beta2"] = float(b2)
+            elif key in self._schedulable:
+                out[key] = self._source(value)
+            elif key in self._flags:
+                out[key] = bool(value)
+            else:
+                out[key] = float(value)
+        return out
+
+    @staticmethod
+    def _source(value):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        return as_schedule(value)
+
+    def _configure(self):
+        spans, index = [], 0
+        for g, group in enumerate(self.param_groups):
+            names = self._state_names(group)
+            params = group["params"]
+            j = 0
+            while j < len(params):
+                k = j + 1
+                while k < len(params) and self._adjacent(params[k - 1], params[k]) and \
+                        self._counts[index + k] == self._counts[index + j]:
+                    k += 1
+                states = self._span_state(index + j, params[j:k], names)
+                spans.append((index + j, k - j, g, states))
+                j = k
+            index += len(params)
+        self._spans = spans
+        self._engine.configure(self._params, spans,
+                               [self._resolved(g) for g in self.param_groups], self._counts)
+        self._dirty = False
+
+    @staticmethod
+    def _adjacent(a, b):
+        return (a.dtype == b.dtype and a.size and b.size
+                and a.__array_interface__["data"][0] + a.nbytes
+                == b.__array_interface__["data"][0])
+
+    def _span_state(self, first, params, names):
+        """One contiguous block per state buffer for a span, viewed per param; existing
+        buffers are kept (copied into the new block)."""
+        blocks = []
+        sizes = [p.size for p in params]
+        for name in names:
+            block = np.zeros(sum(sizes), dtype=params[0].dtype)
+            offset = 0
+            for j, (p, n) in enumerate(zip(params, sizes)):
+                order = "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
+                view = block[offset:offset + n].reshape(p.shape, order=order)
+                old = self._state[first + j].get(name)
+                if old is not None:
+                    view[...] = old
+                self._state[first + j][name] = view
+                offset += n
+            blocks.append(block)
+        for j in range(len(params)):
+            for name in list(self._state[first + j]):
+                if name not in names:
+                    del self._state[first + j][name]
+        return tuple(blocks)
+
+    # ---- the step -------------------------------------------------------------------------
+    def step(self, grads):
+        """Apply one update to every param from ``grads`` (a list in param order, or one flat
+        array when the params are views of one buffer). Raises before touching anything
+        when a grad or a scheduled hyperparameter is invalid."""
+        if self._dirty:
+            self._configure()
+        n_threads = self._n_threads if self._n_threads is not None else _default_threads()
+        self._engine.step(grads, self._t, n_threads)
+        self._t += 1
+        self._last = None
+
+    @property
+    def steps(self):
+        """Updates applied so far (the step count ``t`` that drives the schedules)."""
+        return self._t
+
+    @property
+    def state(self):
+        """Per-param state, keyed by param index: ``{"step": updates applied to it, buffer
+        name: the buffer (a live view)}``."""
+        return {i: dict(st, step=int(self._counts[i])) for i, st in enumerate(self._state)}
+
+    def _values_at(self, t):
+        if self._dirty:
+            self._configure()
+        return self._engine.group_values(t)
+
+    @property
+    def last_lr(self):
+        """The lr each group used in the last update (None before the first)."""
+        if self._t == 0:
+            return None
+        return [v["lr"] for v in self._values_at(self._t - 1)]
+
+    @property
+    def next_lr(self):
+        """The lr each group will use in the next update."""
+        return [v["lr"] for v in self._values_at(self._t)]
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def state_dict(self):
+        """A plain dict: ``{"format", "steps", "state": {i: {"step", buffers}},
+        "param_groups": [hyperparameters, "params": indices]}``, arrays copied. A scheduled
+        hyperparameter is saved as ``{"schedule": repr}``: schedules are code, rebuilt by the
+        code that builds the optimizer."""
+        groups, index = [], 0
+        for group in self.param_groups:
+            g = {}
+            for key, value in group.items():
+                if key == "params":
+                    g[key] = list(range(index, index + len(value)))
+                    index += len(value)
+                else:
+                    g[key] = _plain(value)
+            groups.append(g)
+        state = {i: dict({k: np.array(v, copy=True) for k, v in st.items()},
+                         step=int(self._counts[i])) for i, st in enumerate(self._state)}
+        return {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore a state dict. Everything is validated first; on any error nothing
+        changes."""
+        name = f"{self._name}.load_state_dict"
+        sd = state_dict
+        if not isinstance(sd, dict):
+            raise TypeError(f"{name}: expected a dict, got {type(sd).__name__}")
+        for key in ("steps", "state", "param_groups"):
+            if key not in sd:
+                raise ValueError(f"{name}: the state dict has no {key!r} entry")
+        if sd.get("format", _FORMAT) != _FORMAT:
+            raise ValueError(f"{name}: unknown format {sd.get('format')!r}")
+        steps = _nonneg_int(name, "steps", sd["steps"])
+        groups = sd["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"{name}: the state dict has "
+                             f"{len(groups) if isinstance(groups, (list, tuple)) else '?'} "
+                             f"param groups, this optimizer has {len(self.param_groups)}")
+        new_hypers, index = [], 0
+        for g, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict):
+                raise TypeError(f"{name}: param_groups[{g}] must be a dict")
+            n = len(group["params"])
+            if list(saved.get("params", [])) != list(range(index, index + n)):
+                raise ValueError(f"{name}: param_groups[{g}] holds params "
+                                 f"{saved.get('params')}, expected {list(range(index, index + n))}")
+            index += n
+            hyper = {}
+            for key, value in saved.items():
+                if key == "params":
+                    continue
+                if key not in group:
+                    raise ValueError(f"{name}: param_groups[{g}] has an unknown "
+                                     f"hyperparameter {key!r}")
+                current = group[key]
+                if _is_marker(value) or (key == "betas" and isinstance(value, (list, tuple))
+                                         and any(_is_marker(v) for v in value)):
+                    if _plain(current) != _fix_pair(value):
+                        raise ValueError(f"{name}: param_groups[{g}][{key!r}] was the "
+                                         f"schedule {value}; this optimizer has "
+                                         f"{_plain(current)!r}. Build it with the same "
+                                         f"schedule (schedules are code)")
+                    continue
+                value = tuple(value) if key == "betas" else value
+                self._check_hyper(key, value, where=f"param_groups[{g}]")
+                hyper[key] = value
+            new_hypers.append(hyper)
+        state = sd["state"]
+        if not isinstance(state, dict):
+            raise TypeError(f"{name}: 'state' must be a dict keyed by param index")
+        new_state = {}
+        for i, p in enumerate(self._params):
+            st = state.get(i, state.get(str(i)))
+            if not isinstance(st, dict):
+                raise ValueError(f"{name}: the state dict has no state for param {i}")
+            count = _nonneg_int(name, f"state[{i}]['step']", st.get("step"))
+            bufs = {}
+            for buf in self._state[i]:
+                if buf not in st:
+                    raise ValueError(f"{name}: state[{i}] has no {buf!r} buffer, which this "
+                                     f"optimizer's options need")
+                arr = st[buf]
+                if not isinstance(arr, np.ndarray) or arr.shape != p.shape or \
+                        arr.dtype.kind != "f":
+                    raise ValueError(f"{name}: state[{i}][{buf!r}] must be a float array of "
+                                     f"shape {p.shape}, got "
+                                     f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                                     f"{getattr(arr, 'shape', '')}")
+                bufs[buf] = arr
+            extra = set(st) - set(self._state[i]) - {"step"}
+            if extra:
+                raise ValueError(f"{name}: state[{i}] has buffers {sorted(extra)} that this "
+                                 f"optimizer's options do not use")
+            new_state[i] = (count, bufs)
+        # everything checked: apply
+        for group, hyper in zip(self.param_groups, new_hypers):
+            for key, value in hyper.items():
+                dict.__setitem__(group, key, value)
+        for i, (count, bufs) in new_state.items():
+            self._counts[i] = count
+            for buf, arr in bufs.items():
+                np.copyto(self._state[i][buf], arr, casting="same_kind")
+        self._t = steps
+        self._configure()
+
+    def save(self, path):
+        """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically: a temporary
+        file in the same directory, then a rename."""
+        sd = self.state_dict()
+        arrays = {"format": np.array(_FORMAT), "steps": np.array(sd["steps"], dtype=np.int64),
+                  "param_groups": np.array(json.dumps(sd["param_groups"]))}
+        for i, st in sd["state"].items():
+            arrays[f"state/{i}/step"] = np.array(st["step"], dtype=np.int64)
+            for k, v in st.items():
+                if k != "step":
+                    arrays[f"state/{i}/{k}"] = v
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".fastlr-", suffix=".npz.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path):
+        """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises
+        ``ValueError`` and changes nothing."""
+        name = f"{self._name}.load"
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as data:
+                files = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError) as error:
+            raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
+                             f"({error})") from error
+        except Exception as error:      # zipfile.BadZipFile and friends
+            raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
+                             f"({type(error).__name__}: {error})") from error
+        try:
+            if str(files["format"]) != _FORMAT:
+                raise ValueError(f"unknown format {str(files['format'])!r}")
+            sd = {"format": _FORMAT, "steps": int(files["steps"]),
+                  "param_groups": json.loads(str(files["param_groups"])), "state": {}}
+            for key, value in files.items():
+                if key.startswith("state/"):
+                    _, i, buf = key.split("/", 2)
+                    entry = sd["state"].setdefault(int(i), {})
+                    entry[buf] = int(value) if buf == "step" else value
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
+                             f"({error})") from error
+        self.load_state_dict(sd)
+
+    # ---- pure-NumPy twin of the step, for tests and demos ---------------------------------
+    def step_reference(self, grads):
+        """The same update as :meth:`step`, computed by :mod:`fastlr.reference` in Python
+        (slow; the oracle the tests hold :meth:`step` to)."""
+        if isinstance(grads, np.ndarray):
+            flat, grads, off = grads.reshape(-1), [], 0
+            for p in self._params:
+                grads.append(flat[off:off + p.size].reshape(p.shape))
+                off += p.size
+        if len(grads) != len(self._params):
+            raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
+                             f"{len(self._params)} params")
+        values = self._values_at(self._t)
+        index = 0
+        fn = getattr(reference, self._kernel)
+        for group, v in zip(self.param_groups, values):
+            kwargs = self._reference_kwargs(group, v)
+            for p in group["params"]:
+                st = self._state[index]
+                step = int(self._counts[index]) + 1
+                fn(p, grads[index], **st, **kwargs(step))
+                index += 1
+        self._counts += 1
+        self._t += 1
+
+
+def _default_threads():
+    from fastlr import get_num_threads
+    return get_num_threads()
+
+
+def _plain(value):
+    if isinstance(value, Schedule) or callable(value):
+        return {"schedule": repr(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def _fix_pair(value):
+    return [v for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _is_marker(value):
+    return isinstance(value, dict) and set(value) == {"schedule"}
+
+
+def _nonneg_int(name, what, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or \
+            value < 0:
+        raise ValueError(f"{name}: {what} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
+_NONNEG = (0.0, None, "a finite number >= 0")
+_UNIT = (0.0, 1.0, "in [0, 1)")
+
+
+class SGD(Optimizer):
+    """SGD with momentum, dampening, Nesterov and L2 weight decay (torch.optim.SGD)."""
+
+    _kernel = "sgd"
+    _schedulable = ("lr", "momentum", "weight_decay")
+    _flags = ("nesterov", "maximize")
+    _ranges = {"lr": _NONNEG, "momentum": _NONNEG, "dampening": (-np.inf, None, "finite"),
+               "weight_decay": _NONNEG}
+
+    def __init__(self, params, lr=1e-3, *, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, maximize=False, n_threads=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize), n_threads)
+        for i, g in enumerate(self.param_groups):
+            m = g["momentum"]
+            if g["nesterov"] and (g["dampening"] != 0 or
+                                  (isinstance(m, numbers.Real) and m <= 0)):
+                raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
+                                 f"dampening == 0 (param group {i})")
+
+    def _state_names(self, group):
+        m = group["momentum"]
+        return ("momentum_buffer",) if not isinstance(m, numbers.Real) or m != 0 else ()
+
+    def _reference_kwargs(self, group, v):
+        names = self._state_names(group)
+        def kwargs(step):
+            return dict(step=step, lr=v["lr"], momentum=v["momentum"] if names else 0.0,
+                        dampening=group["dampening"], nesterov=group["nesterov"],
+                        weight_decay=v["weight_decay"], maximize=group["maximize"])
+        return kwargs
+
+
+class RMSprop(Optimizer):
+    """RMSprop, optionally centered and with momentum (torch.optim.RMSprop)."""
+
+    _kernel = "rmsprop"
+    _schedulable = ("lr", "momentum", "weight_decay")
+    _flags = ("centered", "maximize")
+    _ranges = {"lr": _NONNEG, "alpha": _NONNEG, "eps": _NONNEG, "weight_decay": _NONNEG,
+               "momentum": _NONNEG}
+
+    def __init__(self, params, lr=1e-2, *, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, centered=False, maximize=False, n_threads=None):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered,
+                                      maximize=maximize), n_threads)
+
+    def _state_names(self, group):
+        m = group["momentum"]
+        names = ("square_avg",)
+        if not isinstance(m, numbers.Real) or m > 0:
+            names += ("momentum_buffer",)
+        if group["centered"]:
+            names += ("grad_avg",)
+        return names
+
+    def _reference_kwargs(self, group, v):
+        def kwargs(step):
+            return dict(lr=v["lr"], alpha=group["alpha"], eps=group["eps"],
+                        weight_decay=v["weight_decay"], momentum=v["momentum"],
+                        maximize=group["maximize"])
+        return kwargs
+
+
+class Adam(Optimizer):
+    """Adam with AMSGrad and L2 or decoupled weight decay (torch.optim.Adam)."""
+
+    _kernel = "adam"
+    _schedulable = ("lr", "beta1", "weight_decay")
+    _flags = ("amsgrad", "maximize", "decoupled_weight_decay")
+    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
+               "weight_decay": _NONNEG, "betas": None}
+
+    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, maximize=False, decoupled_weight_decay=False, n_threads=None):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(
+            betas, (list, tuple)) else betas, eps=eps, weight_decay=weight_decay,
+            amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
+            n_threads)
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+
+    def _reference_kwargs(self, group, v):
+        def kwargs(step):
+            return dict(step=step, lr=v["lr"], beta1=v["beta1"], beta2=group["betas"][1],
+                        eps=group["eps"], weight_decay=v["weight_decay"],
+                        decoupled_weight_decay=group["decoupled_weight_decay"],
+                        maximize=group["maximize"])
+        return kwargs
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay, ``weight_decay=1e-2`` (torch.optim.AdamW)."""
+
+    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, maximize=False, n_threads=None):
+        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
+                         n_threads=n_threads)
