@@ -24,13 +24,17 @@ def test_tests_import_the_installed_package():
 
 
 def test_cython_api_and_typing_files_ship():
-    for name in ["_kernels.pxd", "_kernels.pyi", "py.typed", "_kernels.pyx"]:
+    for name in ["_kernels.pxd", "_kernels.pyi", "py.typed", "_kernels.pyx", "_core.pxd",
+                 "_schedules.pxd", "_schedules.pyi", "_optim.pyi"]:
         assert (PACKAGE_DIR / name).is_file(), f"{name} is missing from {PACKAGE_DIR}"
     pxd = (PACKAGE_DIR / "_kernels.pxd").read_text()
     for fn in ["sgd_f32", "sgd_f64", "rmsprop_f32", "rmsprop_f64", "adam_f32", "adam_f64",
                "adam_f32_parallel", "parallel_spans"]:
         assert f" {fn}(" in pxd
     assert (pathlib.Path(fastlr.get_include()) / "fastlr" / "_kernels.pxd").is_file()
+    spxd = (PACKAGE_DIR / "_schedules.pxd").read_text()
+    for fn in ["schedule_handle", "schedule_value", "schedule_values", "check_schedule_error"]:
+        assert f" {fn}(" in spxd
 
 
 def test_unbuilt_source_tree_says_how_to_build(tmp_path):
@@ -71,6 +75,9 @@ def test_docstring_examples_run():
     import doctest
 
     import fastlr.kernels
+    import fastlr.optim
+    import fastlr.schedules
 
-    result = doctest.testmod(fastlr.kernels, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (fastlr.kernels, fastlr.schedules, fastlr.optim):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
