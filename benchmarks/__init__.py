@@ -1,0 +1,1 @@
+"""asv benchmark suite for fastlr (see asv.conf.json at the top of the repository)."""

@@ -1,0 +1,113 @@
+"""Shared helpers for the fastlr asv suite: implementations, sizes and test data.
+
+Nothing here runs a kernel at import time. asv imports the suite once in a fork server
+and forks one child per benchmark run; an OpenMP parallel region in the parent before
+fork() could leave the children with a broken libgomp thread pool.
+"""
+
+import ctypes
+import os
+import sys
+import timeit
+
+import numpy as np
+
+from fastlr import kernels, reference
+
+#: The implementations compared side by side (an asv parameter).
+IMPLS = {"fastlr": kernels, "reference": reference}
+
+#: Array sizes: 1K (call overhead), 64K (L2), 1M (LLC-ish), 16M (memory bound).
+SIZES = [1024, 65536, 1048576, 16777216]
+
+DTYPES = ["float32", "float64"]
+
+#: Fixed step for the timed calls: the step number only changes the bias corrections.
+STEP = 10
+LR = 1e-3
+SEED = 20240611
+
+
+_MALLOC_DONE = False
+
+
+def steady_state_malloc():
+    """Pin glibc malloc's mmap/trim thresholds at the values a long-running process reaches.
+
+    glibc starts with a 128 KiB mmap threshold and raises it (up to 32 MiB, trim threshold
+    twice that) each time it frees an mmap'ed block. A fresh benchmark process therefore
+    times the reference's NumPy temporaries (256 KiB .. 32 MiB) either mmap'ed and
+    page-faulted, or trimmed and re-grown, on every call, depending on incidental heap
+    history (setup order): 5x swings for the same code at 64K float32. Fixing the
+    thresholds at glibc's own ceiling measures the steady state of a training process and
+    makes every run see the same allocator. It only helps the reference (the kernels do
+    not allocate), so the reported speedups are the conservative ones. Idempotent; a no-op
+    off Linux/glibc or when MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ are set.
+    """
+    global _MALLOC_DONE
+    if _MALLOC_DONE:
+        return
+    _MALLOC_DONE = True
+    if not sys.platform.startswith("linux"):
+        return
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 64 << 20)
+
+
+def adam_data(n, dtype, seed=SEED):
+    """Realistic, non-degenerate Adam inputs for an ``n``-element ``dtype`` parameter.
+
+    Returns a dict with ``param``, ``grad``, ``exp_avg`` and ``exp_avg_sq`` (all fresh,
+    C-contiguous, ``dtype``). The state looks like Adam's after ``STEP - 1`` steps of
+    N(0, 1e-2) gradients: no zero buffers, nothing near the subnormal range (a zero
+    ``exp_avg_sq`` at step 10 would be a different, slower, workload for float32 on
+    some CPUs, and all-zero buffers make every element identical).
+    """
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng([seed, n, dtype.itemsize])
+    t = STEP - 1
+    param = rng.standard_normal(n, dtype=np.float64)
+    grad = rng.normal(0.0, 1e-2, n)
+    exp_avg = (1.0 - 0.9**t) * rng.normal(0.0, 1e-2, n)
+    exp_avg_sq = (1.0 - 0.999**t) * rng.normal(0.0, 1e-2, n) ** 2 + 1e-12
+    return {
+        "param": param.astype(dtype),
+        "grad": grad.astype(dtype),
+        "exp_avg": exp_avg.astype(dtype),
+        "exp_avg_sq": exp_avg_sq.astype(dtype),
+    }
+
+
+def copy_data(data):
+    return {k: v.copy() for k, v in data.items()}
+
+
+def per_call_time(fn, min_sample=5e-3):
+    """Calibrate a batch size for ``fn`` and return ``(batch, sample)``.
+
+    Warms up, then calibrates a batch size such that one batch of ``fn()`` takes at
+    least ``min_sample`` seconds; ``sample()`` times one fresh batch and returns the
+    time per call.
+    """
+    timer = timeit.Timer(fn)
+    timer.timeit(2)  # warm up first: page faults, OpenMP thread start, allocator growth
+    batch = 1
+    while True:
+        t = timer.timeit(batch)
+        if t >= min_sample or batch >= 1 << 20:
+            break
+        batch = max(batch + 1, int(batch * min(10.0, 1.2 * min_sample / max(t, 1e-9))))
+
+    def sample():
+        return timer.timeit(batch) / batch
+
+    return batch, sample
