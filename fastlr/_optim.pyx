@@ -151,6 +151,10 @@ cdef class Engine:
     cdef object _keep             # arrays and schedules the pointers refer to
     cdef object _param_arrays     # list of param ndarrays (for shape checks)
     cdef int64_t[::1] counts      # per-param update counts (owned by optim.py)
+    cdef unsigned char[::1] started   # SGD: the param's momentum buffer is in use (torch:
+                                      # "buffer is not None"); owned by optim.py
+    cdef double[:, ::1] used      # per group: lr, momentum, beta1, weight_decay of the last
+                                  # step (owned by optim.py)
     cdef int needs_gil            # a group has a Python-callable schedule
     cdef readonly Py_ssize_t total_size
 
@@ -184,10 +188,12 @@ cdef class Engine:
         self.name = name
         self.n_params = self.n_spans = self.n_groups = 0
 
-    def configure(self, list params, list spans, list groups, counts):
-        """params: ndarrays in order; spans: (first, n_params, group, (state arrays)) with
-        the state arrays' memory covering the span; groups: dicts of resolved hyper-
-        parameters (schedulable ones as float or Schedule); counts: int64 array per param."""
+    def configure(self, list params, list spans, list groups, counts, started, used):
+        """params: ndarrays in order; spans: (first, n_params, group, state slots) where the
+        slots follow the kernel's state arguments (None when unused) and each array's
+        memory covers the span; groups: dicts of resolved hyperparameters (schedulable ones
+        as float or Schedule); counts (int64), started (uint8): per param; used: float64
+        (n_groups, 4), written by each step."""
         cdef Py_ssize_t i, j, first, nparams
         cdef cnp.ndarray a, st
         cdef SpanC* sp
@@ -210,6 +216,8 @@ cdef class Engine:
             raise MemoryError()
         self._param_arrays = list(params)
         self.counts = counts
+        self.started = started
+        self.used = used
         self.total_size = 0
         for i in range(self.n_params):
             a = <cnp.ndarray>params[i]
@@ -237,9 +245,10 @@ cdef class Engine:
             for j in range(MAX_STATE):
                 sp.state[j] = NULL
             for j in range(len(states)):
-                st = <cnp.ndarray>states[j]
-                keep.append(st)
-                sp.state[j] = <char*>cnp.PyArray_DATA(st)
+                if states[j] is not None:
+                    st = <cnp.ndarray>states[j]
+                    keep.append(st)
+                    sp.state[j] = <char*>cnp.PyArray_DATA(st)
             f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
             if self.kind == K_SGD:
                 sp.core = sgd_core_f64 if f64 else sgd_core_f32
@@ -247,6 +256,19 @@ cdef class Engine:
                 sp.core = rmsprop_core_f64 if f64 else rmsprop_core_f32
             else:
                 sp.core = adam_core_f64 if f64 else adam_core_f32
+        self._keep = keep
+        self._set_groups(groups)
+
+    def set_groups(self, list groups):
+        """New hyperparameters for the same groups (a param_groups write): no reallocation."""
+        if len(groups) != self.n_groups:
+            raise ValueError("set_groups needs the configured number of groups")
+        self._set_groups(groups)
+
+    cdef int _set_groups(self, list groups) except -1:
+        cdef Py_ssize_t i
+        cdef GroupC* g
+        keep = [obj for obj in self._keep if not isinstance(obj, Schedule)]
         self.needs_gil = 0
         for i in range(self.n_groups):
             gd = groups[i]
@@ -263,6 +285,7 @@ cdef class Engine:
             g.maximize = gd.get("maximize", False)
             g.decoupled = gd.get("decoupled_weight_decay", False)
         self._keep = keep
+        return 0
 
     cdef int _source(self, HyperSrc* src, object value, list keep) except -1:
         if isinstance(value, Schedule):
@@ -277,7 +300,8 @@ cdef class Engine:
         return 0
 
     def group_values(self, int64_t t):
-        """The schedulable hyperparameters of every group at step t (for last/next lr)."""
+        """The schedulable hyperparameters of every group at step t (for next lr and the
+        reference step)."""
         self._evaluate(t)
         return [{"lr": self.groups[i].lr.value, "momentum": self.groups[i].momentum.value,
                  "beta1": self.groups[i].beta1.value,
@@ -309,26 +333,25 @@ cdef class Engine:
         for i in range(self.n_groups):
             g = &self.groups[i]
             if not (isfinite(g.lr.value) and g.lr.value >= 0.0):
-                self._bad_value(i, "lr", g.lr.value, t, "a finite number >= 0")
+                self._bad_value(i, "lr", &g.lr, t, "a finite number >= 0")
             if not (isfinite(g.weight_decay.value) and g.weight_decay.value >= 0.0):
-                self._bad_value(i, "weight_decay", g.weight_decay.value, t,
-                                "a finite number >= 0")
+                self._bad_value(i, "weight_decay", &g.weight_decay, t, "a finite number >= 0")
             if self.kind == K_ADAM:
                 if not (0.0 <= g.beta1.value < 1.0):
-                    self._bad_value(i, "betas[0]", g.beta1.value, t, "in [0, 1)")
+                    self._bad_value(i, "betas[0]", &g.beta1, t, "in [0, 1)")
             else:
                 if not (isfinite(g.momentum.value) and g.momentum.value >= 0.0):
-                    self._bad_value(i, "momentum", g.momentum.value, t, "a finite number >= 0")
+                    self._bad_value(i, "momentum", &g.momentum, t, "a finite number >= 0")
                 if g.nesterov and not g.momentum.value > 0.0:
-                    self._bad_value(i, "momentum", g.momentum.value, t,
-                                    "> 0 (nesterov=True)")
+                    self._bad_value(i, "momentum", &g.momentum, t, "> 0 (nesterov=True)")
         return 0
 
-    cdef int _bad_value(self, Py_ssize_t group, str name, double value, int64_t t,
+    cdef int _bad_value(self, Py_ssize_t group, str name, HyperSrc* src, int64_t t,
                         str expected) except -1:
-        raise ValueError(f"{self.name}.step: param_groups[{group}]['{name}'] is {value!r} at "
-                         f"step {t} (from its schedule); expected {expected}. Nothing was "
-                         f"updated")
+        origin = " (from its schedule)" if src.schedule != NULL else ""
+        raise ValueError(f"{self.name}.step: param_groups[{group}]['{name}'] is "
+                         f"{src.value!r} at step {t}{origin}; expected {expected}. Nothing "
+                         f"was updated")
 
     cdef int _check_grads(self, object grads) except -1:
         cdef Py_ssize_t i, n = self.n_params
@@ -422,7 +445,7 @@ cdef class Engine:
                 sh.momentum = g.momentum.value
                 sh.dampening = g.dampening
                 sh.weight_decay = g.weight_decay.value
-                sh.step = count
+                sh.step = 2 if self.started[sp.first] else 1     # torch: buffer is None
                 sh.nesterov = g.nesterov
                 sh.maximize = g.maximize
                 sgd_coef(&sh, &self.coefs[i].sgd)
@@ -454,8 +477,12 @@ cdef class Engine:
         cdef SpanC* sp
         cdef Piece* pc
         cdef bint adjacent
+        cdef int no_momentum
+        cdef int buf_slot = 0 if self.kind == K_SGD else 1
         for i in range(self.n_spans):
             sp = &self.spans[i]
+            # torch runs the momentum branch only while momentum != 0 (SGD) / > 0 (RMSprop)
+            no_momentum = self.kind != K_ADAM and self.groups[sp.group].momentum.value == 0.0
             adjacent = True
             for j in range(sp.first + 1, sp.first + sp.n_params):
                 if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes:
@@ -467,7 +494,7 @@ cdef class Engine:
                 pc.ptrs[0] = sp.param
                 pc.ptrs[1] = self.grad_ptrs[sp.first]
                 for k in range(MAX_STATE):
-                    pc.ptrs[2 + k] = sp.state[k]
+                    pc.ptrs[2 + k] = NULL if (no_momentum and k == buf_slot) else sp.state[k]
                 pc.n = sp.n
                 pc.itemsize = sp.itemsize
                 pc.core = sp.core
@@ -481,7 +508,8 @@ cdef class Engine:
                     pc.ptrs[0] = self.params[j].data
                     pc.ptrs[1] = self.grad_ptrs[j]
                     for k in range(MAX_STATE):
-                        pc.ptrs[2 + k] = _off(sp.state[k], self.params[j].offset)
+                        pc.ptrs[2 + k] = NULL if (no_momentum and k == buf_slot) else \
+                            _off(sp.state[k], self.params[j].offset)
                     pc.n = self.params[j].nbytes // sp.itemsize
                     pc.itemsize = sp.itemsize
                     pc.core = sp.core
@@ -492,7 +520,9 @@ cdef class Engine:
 
     def step(self, grads, int64_t t, int n_threads):
         """Check grads, evaluate schedules at t, update every param in one pass; then count."""
-        cdef Py_ssize_t i, n_pieces
+        cdef Py_ssize_t i, j, n_pieces
+        cdef SpanC* sp
+        cdef GroupC* g
         self._check_grads(grads)
         self._evaluate(t)
         self._check_values(t)
@@ -503,8 +533,20 @@ cdef class Engine:
                 run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
         else:
             run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
+        for i in range(self.n_groups):
+            g = &self.groups[i]
+            self.used[i, 0] = g.lr.value
+            self.used[i, 1] = g.momentum.value
+            self.used[i, 2] = g.beta1.value
+            self.used[i, 3] = g.weight_decay.value
         for i in range(self.n_params):
             self.counts[i] += 1
+        if self.kind == K_SGD:
+            for i in range(self.n_spans):
+                sp = &self.spans[i]
+                if sp.state[0] != NULL and self.groups[sp.group].momentum.value != 0.0:
+                    for j in range(sp.first, sp.first + sp.n_params):
+                        self.started[j] = 1
 
 
 cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):

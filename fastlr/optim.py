@@ -74,10 +74,22 @@ class ParamGroup(dict):
             raise TypeError("a param group's 'params' cannot be replaced; build a new "
                             "optimizer or use add_param_group")
         owner = getattr(self, "_owner", None)
-        if owner is not None:
-            owner._check_hyper(key, value, where="param_groups[...]")
-            owner._dirty = True
+        if owner is None:
+            dict.__setitem__(self, key, value)
+            return
+        owner._check_hyper(key, value, where="param_groups[...]")
+        missing = object()
+        old = self.get(key, missing)
         dict.__setitem__(self, key, value)
+        try:
+            owner._validate_group(self)
+        except ValueError:
+            if old is missing:
+                dict.__delitem__(self, key)
+            else:
+                dict.__setitem__(self, key, old)
+            raise
+        owner._dirty = True
 
     def update(self, *args, **kwargs):
         for k, v in dict(*args, **kwargs).items():
@@ -92,6 +104,8 @@ class Optimizer:
 
     _kernel = None          # "sgd", "rmsprop" or "adam"
     _schedulable = ()       # hyperparameters that take a schedule
+    _slots = ()             # the kernel's state arguments, in order
+    _optional_state = ()    # buffers torch creates on first use (absent before)
 
     def __init__(self, params, defaults, n_threads=None):
         self.defaults = dict(defaults)
@@ -100,10 +114,12 @@ class Optimizer:
         self._n_threads = self._threads_arg(n_threads)
         self.param_groups = []
         self._params = []
-        self._counts = np.zeros(0, dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)     # per param: updates applied
+        self._started = np.zeros(0, dtype=np.uint8)    # per param: SGD buffer in use
+        self._used = np.zeros((0, 4), dtype=np.float64)  # per group: values of the last step
         self._state = []                # per param: {name: view}
+        self._layout = None             # the span structure the state blocks were made for
         self._t = 0
-        self._last = None
         self._engine = Engine(self._kernel, self._name)
         groups = self._groups_arg(params)
         for group in groups:
@@ -204,12 +220,18 @@ class Optimizer:
         for key, value in self.defaults.items():
             dict.__setitem__(full, key, group.get(key, value))
         dict.__setitem__(full, "params", params)
+        self._validate_group(full)
         self._check_overlap(self._params + params)
         self._params.extend(params)
         full._owner = self
         self.param_groups.append(full)
         self._counts = np.concatenate([self._counts, np.zeros(len(params), dtype=np.int64)])
+        self._started = np.concatenate([self._started, np.zeros(len(params), dtype=np.uint8)])
+        self._used = np.concatenate([self._used, np.full((1, 4), np.nan)])
         self._state.extend({} for _ in params)
+
+    def _validate_group(self, group):
+        """Checks of a whole group's options (after a change); subclasses add theirs."""
 
     def _check_overlap(self, params):
         spans = sorted((p.__array_interface__["data"][0], p.nbytes, i)
@@ -254,7 +276,7 @@ class Optimizer:
         return as_schedule(value)
 
     def _configure(self):
-        spans, index = [], 0
+        layout, index = [], 0
         for g, group in enumerate(self.param_groups):
             names = self._state_names(group)
             params = group["params"]
@@ -262,15 +284,26 @@ class Optimizer:
             while j < len(params):
                 k = j + 1
                 while k < len(params) and self._adjacent(params[k - 1], params[k]) and \
-                        self._counts[index + k] == self._counts[index + j]:
+                        self._counts[index + k] == self._counts[index + j] and \
+                        self._started[index + k] == self._started[index + j]:
                     k += 1
-                states = self._span_state(index + j, params[j:k], names)
-                spans.append((index + j, k - j, g, states))
+                layout.append((index + j, k - j, g, names))
                 j = k
             index += len(params)
-        self._spans = spans
-        self._engine.configure(self._params, spans,
-                               [self._resolved(g) for g in self.param_groups], self._counts)
+        groups = [self._resolved(g) for g in self.param_groups]
+        if layout == self._layout:
+            # same spans and buffers: new hyperparameters only, state stays where it is
+            self._engine.set_groups(groups)
+        else:
+            spans = []
+            for first, n, g, names in layout:
+                blocks = self._span_state(first, self._params[first:first + n], names)
+                slots = tuple(blocks.get(name) for name in self._slots)
+                spans.append((first, n, g, slots))
+            self._spans = spans
+            self._layout = layout
+            self._engine.configure(self._params, spans, groups, self._counts, self._started,
+                                   self._used)
         self._dirty = False
 
     @staticmethod
@@ -281,8 +314,8 @@ class Optimizer:
 
     def _span_state(self, first, params, names):
         """One contiguous block per state buffer for a span, viewed per param; existing
-        buffers are kept (copied into the new block)."""
-        blocks = []
+        buffers are kept (copied into the new block). Returns {name: block}."""
+        blocks = {}
         sizes = [p.size for p in params]
         for name in names:
             block = np.zeros(sum(sizes), dtype=params[0].dtype)
@@ -295,12 +328,12 @@ class Optimizer:
                     view[...] = old
                 self._state[first + j][name] = view
                 offset += n
-            blocks.append(block)
+            blocks[name] = block
         for j in range(len(params)):
             for name in list(self._state[first + j]):
                 if name not in names:
                     del self._state[first + j][name]
-        return tuple(blocks)
+        return blocks
 
     # ---- the step -------------------------------------------------------------------------
     def step(self, grads):
@@ -312,7 +345,6 @@ class Optimizer:
         n_threads = self._n_threads if self._n_threads is not None else _default_threads()
         self._engine.step(grads, self._t, n_threads)
         self._t += 1
-        self._last = None
 
     @property
     def steps(self):
@@ -323,7 +355,11 @@ class Optimizer:
     def state(self):
         """Per-param state, keyed by param index: ``{"step": updates applied to it, buffer
         name: the buffer (a live view)}``."""
-        return {i: dict(st, step=int(self._counts[i])) for i, st in enumerate(self._state)}
+        return {i: dict(self._live_state(i), step=int(self._counts[i]))
+                for i in range(len(self._state))}
+
+    def _live_state(self, i):
+        return self._state[i]
 
     def _values_at(self, t):
         if self._dirty:
@@ -333,9 +369,9 @@ class Optimizer:
     @property
     def last_lr(self):
         """The lr each group used in the last update (None before the first)."""
-        if self._t == 0:
+        if self._t == 0 or np.isnan(self._used[:, 0]).any():
             return None
-        return [v["lr"] for v in self._values_at(self._t - 1)]
+        return [float(v) for v in self._used[:, 0]]
 
     @property
     def next_lr(self):
@@ -358,8 +394,8 @@ class Optimizer:
                 else:
                     g[key] = _plain(value)
             groups.append(g)
-        state = {i: dict({k: np.array(v, copy=True) for k, v in st.items()},
-                         step=int(self._counts[i])) for i, st in enumerate(self._state)}
+        state = {i: dict({k: np.array(v, copy=True) for k, v in self._live_state(i).items()},
+                         step=int(self._counts[i])) for i in range(len(self._state))}
         return {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict):
@@ -396,15 +432,11 @@ class Optimizer:
                 if key not in group:
                     raise ValueError(f"{name}: param_groups[{g}] has an unknown "
                                      f"hyperparameter {key!r}")
-                current = group[key]
-                if _is_marker(value) or (key == "betas" and isinstance(value, (list, tuple))
-                                         and any(_is_marker(v) for v in value)):
-                    if _plain(current) != _fix_pair(value):
-                        raise ValueError(f"{name}: param_groups[{g}][{key!r}] was the "
-                                         f"schedule {value}; this optimizer has "
-                                         f"{_plain(current)!r}. Build it with the same "
-                                         f"schedule (schedules are code)")
-                    continue
+                if _is_marker(value):
+                    continue        # a schedule: code, rebuilt by the code that built this
+                if key == "betas" and isinstance(value, (list, tuple)) and len(value) == 2 \
+                        and _is_marker(value[0]):
+                    value = (group["betas"][0], value[1])
                 value = tuple(value) if key == "betas" else value
                 self._check_hyper(key, value, where=f"param_groups[{g}]")
                 hyper[key] = value
@@ -420,6 +452,8 @@ class Optimizer:
             count = _nonneg_int(name, f"state[{i}]['step']", st.get("step"))
             bufs = {}
             for buf in self._state[i]:
+                if buf not in st and buf in self._optional_state:
+                    continue
                 if buf not in st:
                     raise ValueError(f"{name}: state[{i}] has no {buf!r} buffer, which this "
                                      f"optimizer's options need")
@@ -442,10 +476,19 @@ class Optimizer:
                 dict.__setitem__(group, key, value)
         for i, (count, bufs) in new_state.items():
             self._counts[i] = count
-            for buf, arr in bufs.items():
-                np.copyto(self._state[i][buf], arr, casting="same_kind")
+            for buf, view in self._state[i].items():
+                if buf in bufs:
+                    np.copyto(view, bufs[buf], casting="same_kind")
+                else:
+                    view[...] = 0
+            self._started[i] = all(b in bufs for b in self._optional_state
+                                   if b in self._state[i])
         self._t = steps
+        self._dirty = True
         self._configure()
+        self._used[...] = np.nan
+        if steps > 0:
+            self._used[:, 0] = [v["lr"] for v in self._engine.group_values(steps - 1)]
 
     def save(self, path):
         """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically: a temporary
@@ -477,7 +520,7 @@ class Optimizer:
         ``ValueError`` and changes nothing."""
         name = f"{self._name}.load"
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as data:
+            with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
                 files = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError) as error:
             raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
@@ -515,13 +558,12 @@ class Optimizer:
         values = self._values_at(self._t)
         index = 0
         fn = getattr(reference, self._kernel)
-        for group, v in zip(self.param_groups, values):
-            kwargs = self._reference_kwargs(group, v)
+        for g, (group, v) in enumerate(zip(self.param_groups, values)):
             for p in group["params"]:
-                st = self._state[index]
-                step = int(self._counts[index]) + 1
-                fn(p, grads[index], **st, **kwargs(step))
+                kwargs = self._reference_kwargs(group, v, index)
+                fn(p, grads[index], **kwargs)
                 index += 1
+            self._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
         self._counts += 1
         self._t += 1
 
@@ -539,10 +581,6 @@ def _plain(value):
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return value.item()
     return value
-
-
-def _fix_pair(value):
-    return [v for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _is_marker(value):
@@ -574,23 +612,37 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), n_threads)
-        for i, g in enumerate(self.param_groups):
-            m = g["momentum"]
-            if g["nesterov"] and (g["dampening"] != 0 or
+
+    _slots = ("momentum_buffer",)
+    _optional_state = ("momentum_buffer",)
+
+    def _validate_group(self, group):
+        m = group["momentum"]
+        if group["nesterov"] and (group["dampening"] != 0 or
                                   (isinstance(m, numbers.Real) and m <= 0)):
-                raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
-                                 f"dampening == 0 (param group {i})")
+            raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
+                             f"dampening == 0, got momentum={m!r}, "
+                             f"dampening={group['dampening']!r}")
 
     def _state_names(self, group):
         m = group["momentum"]
         return ("momentum_buffer",) if not isinstance(m, numbers.Real) or m != 0 else ()
 
-    def _reference_kwargs(self, group, v):
-        names = self._state_names(group)
-        def kwargs(step):
-            return dict(step=step, lr=v["lr"], momentum=v["momentum"] if names else 0.0,
-                        dampening=group["dampening"], nesterov=group["nesterov"],
-                        weight_decay=v["weight_decay"], maximize=group["maximize"])
+    def _live_state(self, i):
+        # torch: the momentum buffer is None until momentum is first applied
+        st = self._state[i]
+        return st if self._started[i] else {k: v for k, v in st.items()
+                                            if k != "momentum_buffer"}
+
+    def _reference_kwargs(self, group, v, i):
+        buf = self._state[i].get("momentum_buffer")
+        use = buf is not None and v["momentum"] != 0
+        kwargs = dict(step=2 if self._started[i] else 1, lr=v["lr"],
+                      momentum=v["momentum"] if use else 0.0, dampening=group["dampening"],
+                      nesterov=group["nesterov"] and use, weight_decay=v["weight_decay"],
+                      maximize=group["maximize"], momentum_buffer=buf if use else None)
+        if use:
+            self._started[i] = 1
         return kwargs
 
 
@@ -609,6 +661,8 @@ class RMSprop(Optimizer):
                                       momentum=momentum, centered=centered,
                                       maximize=maximize), n_threads)
 
+    _slots = ("square_avg", "momentum_buffer", "grad_avg")
+
     def _state_names(self, group):
         m = group["momentum"]
         names = ("square_avg",)
@@ -618,12 +672,14 @@ class RMSprop(Optimizer):
             names += ("grad_avg",)
         return names
 
-    def _reference_kwargs(self, group, v):
-        def kwargs(step):
-            return dict(lr=v["lr"], alpha=group["alpha"], eps=group["eps"],
-                        weight_decay=v["weight_decay"], momentum=v["momentum"],
-                        maximize=group["maximize"])
-        return kwargs
+    def _reference_kwargs(self, group, v, i):
+        st = self._state[i]
+        use = "momentum_buffer" in st and v["momentum"] > 0
+        return dict(lr=v["lr"], alpha=group["alpha"], eps=group["eps"],
+                    weight_decay=v["weight_decay"], momentum=v["momentum"] if use else 0.0,
+                    maximize=group["maximize"], square_avg=st["square_avg"],
+                    momentum_buffer=st["momentum_buffer"] if use else None,
+                    grad_avg=st.get("grad_avg"))
 
 
 class Adam(Optimizer):
@@ -642,16 +698,16 @@ class Adam(Optimizer):
             amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
             n_threads)
 
+    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
     def _state_names(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
-    def _reference_kwargs(self, group, v):
-        def kwargs(step):
-            return dict(step=step, lr=v["lr"], beta1=v["beta1"], beta2=group["betas"][1],
-                        eps=group["eps"], weight_decay=v["weight_decay"],
-                        decoupled_weight_decay=group["decoupled_weight_decay"],
-                        maximize=group["maximize"])
-        return kwargs
+    def _reference_kwargs(self, group, v, i):
+        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], beta1=v["beta1"],
+                    beta2=group["betas"][1], eps=group["eps"], weight_decay=v["weight_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"],
+                    maximize=group["maximize"], **self._state[i])
 
 
 class AdamW(Adam):
