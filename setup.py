@@ -4,6 +4,8 @@ Everything declarative lives in pyproject.toml; this file only says how the comp
 modules are built. Environment switches (all optional, read at build time):
 
 FASTLR_NATIVE=1         add -march=native (a build for this CPU only; never for wheels).
+                        Without it the build is portable: baseline x86-64 code, plus the core
+                        loops compiled again for x86-64-v3 (AVX2) and chosen at run time.
 FASTLR_DEBUG_CYTHON=1   turn Cython's boundscheck / wraparound / initializedcheck on.
 FASTLR_NO_OPENMP=1      build without OpenMP even when the compiler has it (serial kernels).
 FASTLR_ANNOTATE=1       write Cython's annotated HTML next to each .pyx.
@@ -14,6 +16,7 @@ flip flush-to-zero for the whole process. -fno-math-errno lets sqrt vectorize.
 """
 
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -47,6 +50,9 @@ MODULES = [
     ("fastlr._kernels", ["fastlr/_kernels.pyx"]),
     ("fastlr._schedules", ["fastlr/_schedules.pyx"]),
     ("fastlr._optim", ["fastlr/_optim.pyx"]),
+    # the core loops, once per instruction-set level (fastlr/_dispatch.py picks one at run time)
+    ("fastlr._cores_baseline", ["fastlr/_cores_baseline.pyx"]),
+    ("fastlr._cores_x86_64_v3", ["fastlr/_cores_x86_64_v3.pyx"]),
 ]
 
 BASE_COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
@@ -61,15 +67,18 @@ int main(void) {
 """
 
 
+PLAIN_TEST = "int main(void) { return 0; }\n"
+
+
 class BuildExt(build_ext):
     """build_ext that picks compiler flags and detects OpenMP with a compile test."""
 
-    def _compiles_with(self, flags):
-        tmp = tempfile.mkdtemp(prefix="fastlr-omp-")
+    def _compiles_with(self, flags, source=None):
+        tmp = tempfile.mkdtemp(prefix="fastlr-cc-")
         try:
             src = os.path.join(tmp, "omp_test.c")
             with open(src, "w") as f:
-                f.write(OPENMP_TEST)
+                f.write(OPENMP_TEST if source is None else source)
             objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
             self.compiler.link_executable(
                 objs, "omp_test", output_dir=tmp, extra_postargs=flags
@@ -99,9 +108,21 @@ class BuildExt(build_ext):
                 "kernels (results are identical, large arrays use one core)",
                 file=sys.stderr,
             )
+        v3_flags = ["-march=x86-64-v3", "-mtune=generic"]
+        build_v3 = (ctype != "msvc" and platform.machine().lower() in ("x86_64", "amd64")
+                    and self._compiles_with(v3_flags, source=PLAIN_TEST))
+        kept = []
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + (omp_flags if use_openmp else [])
             ext.extra_link_args = omp_flags if use_openmp else []
+            if ext.name.endswith("_x86_64_v3"):
+                if not build_v3:
+                    print("fastlr: not building the x86-64-v3 core loops (not x86-64, or the "
+                          "compiler lacks -march=x86-64-v3); the baseline loops are used")
+                    continue
+                ext.extra_compile_args = ext.extra_compile_args + v3_flags
+            kept.append(ext)
+        self.extensions = kept
         super().build_extensions()
 
 

@@ -17,6 +17,8 @@ except ImportError as _error:  # pragma: no cover - exercised by an unbuilt tree
 
     raise_build_error(_error)
 
+_kernels._init_cores()
+
 from fastlr import kernels, reference, schedules
 from fastlr._kernels import get_num_threads, set_num_threads
 from fastlr.optim import SGD, Adam, AdamW, Optimizer, RMSprop, flat_buffer

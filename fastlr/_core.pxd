@@ -270,3 +270,11 @@ cdef inline void adam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept n
 cdef inline void adam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
     adam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3],
               <double*>b[4], n, <const AdamCoef*>c)
+
+# ---- a table of the adapters, one per compiled instruction-set variant ----
+# fastlr/_cores_baseline.pyx and _cores_x86_64_v3.pyx compile these same loops for the
+# baseline ISA and for x86-64-v3 (AVX2); fastlr/_dispatch.py picks one at import.
+ctypedef struct CoreTable:
+    core_fn sgd[2]          # [float32, float64]
+    core_fn rmsprop[2]
+    core_fn adam[2]

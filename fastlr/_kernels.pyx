@@ -29,10 +29,10 @@
 cimport cython
 cimport numpy as cnp
 
-from fastlr._core cimport (AdamCoef, RMSpropCoef, SGDCoef, adam_coef, adam_core, adam_core_f32,
-                           adam_core_f64, core_fn, rmsprop_coef, rmsprop_core,
-                           rmsprop_core_f32, rmsprop_core_f64, sgd_coef, sgd_core,
-                           sgd_core_f32, sgd_core_f64)
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from fastlr._core cimport (AdamCoef, CoreTable, RMSpropCoef, SGDCoef, adam_coef, core_fn,
+                           rmsprop_coef, sgd_coef)
 from cython.parallel cimport prange
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t
@@ -70,6 +70,33 @@ cdef enum:
     NOGIL_MIN_SIZE = 4096
 
 
+# The core loops in use: the fastest compiled variant this CPU runs (fastlr/_dispatch.py).
+cdef const CoreTable* CORES = NULL
+cdef str _cpu_target = ""
+
+
+def _set_cores(str target):
+    """Use the core loops compiled for ``target`` (a name of fastlr._dispatch.TARGETS).
+    Not thread-safe: call it when no kernel is running. Optimizers built before the call
+    keep the loops they were built with."""
+    global CORES, _cpu_target
+    from fastlr import _dispatch, _optim
+
+    capsule = _dispatch.table(target)
+    CORES = <const CoreTable*>PyCapsule_GetPointer(capsule, b"fastlr.CoreTable")
+    _CAPSULES[target] = capsule             # keep the capsule (and its module) alive
+    _cpu_target = target
+    _optim._set_cores(capsule)
+
+
+_CAPSULES = {}
+
+
+def cpu_target():
+    """The instruction-set variant of the core loops in use: 'x86-64-v3' or 'baseline'."""
+    return _cpu_target
+
+
 cdef int max_threads() noexcept nogil:
     return fastlr_omp_max_threads()
 
@@ -100,39 +127,39 @@ cdef void sgd_f32(float* param, const float* grad, float* momentum_buffer,
                   Py_ssize_t n, const SGDHyper* h) noexcept nogil:
     cdef SGDCoef c
     sgd_coef(h, &c)
-    sgd_core(param, grad, momentum_buffer, n, &c)
+    run_job(CORES.sgd[0], &c, 4, param, grad, momentum_buffer, NULL, NULL, n, 1)
 
 cdef void sgd_f64(double* param, const double* grad, double* momentum_buffer,
                   Py_ssize_t n, const SGDHyper* h) noexcept nogil:
     cdef SGDCoef c
     sgd_coef(h, &c)
-    sgd_core(param, grad, momentum_buffer, n, &c)
+    run_job(CORES.sgd[1], &c, 8, param, grad, momentum_buffer, NULL, NULL, n, 1)
 
 cdef void rmsprop_f32(float* param, const float* grad, float* square_avg,
                       float* momentum_buffer, float* grad_avg,
                       Py_ssize_t n, const RMSpropHyper* h) noexcept nogil:
     cdef RMSpropCoef c
     rmsprop_coef(h, &c)
-    rmsprop_core(param, grad, square_avg, momentum_buffer, grad_avg, n, &c)
+    run_job(CORES.rmsprop[0], &c, 4, param, grad, square_avg, momentum_buffer, grad_avg, n, 1)
 
 cdef void rmsprop_f64(double* param, const double* grad, double* square_avg,
                       double* momentum_buffer, double* grad_avg,
                       Py_ssize_t n, const RMSpropHyper* h) noexcept nogil:
     cdef RMSpropCoef c
     rmsprop_coef(h, &c)
-    rmsprop_core(param, grad, square_avg, momentum_buffer, grad_avg, n, &c)
+    run_job(CORES.rmsprop[1], &c, 8, param, grad, square_avg, momentum_buffer, grad_avg, n, 1)
 
 cdef void adam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
                    float* max_exp_avg_sq, Py_ssize_t n, const AdamHyper* h) noexcept nogil:
     cdef AdamCoef c
     adam_coef(h, &c)
-    adam_core(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, &c)
+    run_job(CORES.adam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, 1)
 
 cdef void adam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
                    double* max_exp_avg_sq, Py_ssize_t n, const AdamHyper* h) noexcept nogil:
     cdef AdamCoef c
     adam_coef(h, &c)
-    adam_core(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, &c)
+    run_job(CORES.adam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,20 +206,20 @@ cdef void sgd_f32_parallel(float* param, const float* grad, float* momentum_buff
                            Py_ssize_t n, const SGDHyper* h, int n_threads) noexcept nogil:
     cdef SGDCoef c
     sgd_coef(h, &c)
-    run_job(sgd_core_f32, &c, 4, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
+    run_job(CORES.sgd[0], &c, 4, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
 
 cdef void sgd_f64_parallel(double* param, const double* grad, double* momentum_buffer,
                            Py_ssize_t n, const SGDHyper* h, int n_threads) noexcept nogil:
     cdef SGDCoef c
     sgd_coef(h, &c)
-    run_job(sgd_core_f64, &c, 8, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
+    run_job(CORES.sgd[1], &c, 8, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
 
 cdef void rmsprop_f32_parallel(float* param, const float* grad, float* square_avg,
                                float* momentum_buffer, float* grad_avg,
                                Py_ssize_t n, const RMSpropHyper* h, int n_threads) noexcept nogil:
     cdef RMSpropCoef c
     rmsprop_coef(h, &c)
-    run_job(rmsprop_core_f32, &c, 4, param, grad, square_avg, momentum_buffer, grad_avg,
+    run_job(CORES.rmsprop[0], &c, 4, param, grad, square_avg, momentum_buffer, grad_avg,
             n, n_threads)
 
 cdef void rmsprop_f64_parallel(double* param, const double* grad, double* square_avg,
@@ -200,7 +227,7 @@ cdef void rmsprop_f64_parallel(double* param, const double* grad, double* square
                                Py_ssize_t n, const RMSpropHyper* h, int n_threads) noexcept nogil:
     cdef RMSpropCoef c
     rmsprop_coef(h, &c)
-    run_job(rmsprop_core_f64, &c, 8, param, grad, square_avg, momentum_buffer, grad_avg,
+    run_job(CORES.rmsprop[1], &c, 8, param, grad, square_avg, momentum_buffer, grad_avg,
             n, n_threads)
 
 cdef void adam_f32_parallel(float* param, const float* grad, float* exp_avg,
@@ -208,7 +235,7 @@ cdef void adam_f32_parallel(float* param, const float* grad, float* exp_avg,
                             const AdamHyper* h, int n_threads) noexcept nogil:
     cdef AdamCoef c
     adam_coef(h, &c)
-    run_job(adam_core_f32, &c, 4, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+    run_job(CORES.adam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
             n, n_threads)
 
 cdef void adam_f64_parallel(double* param, const double* grad, double* exp_avg,
@@ -216,7 +243,7 @@ cdef void adam_f64_parallel(double* param, const double* grad, double* exp_avg,
                             const AdamHyper* h, int n_threads) noexcept nogil:
     cdef AdamCoef c
     adam_coef(h, &c)
-    run_job(adam_core_f64, &c, 8, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+    run_job(CORES.adam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
             n, n_threads)
 
 
@@ -470,7 +497,7 @@ def sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0, dampening=
     _check_arrays(fn, _SGD_NAMES, (param, grad, momentum_buffer), 2, &c)
     cdef SGDCoef coef
     sgd_coef(&h, &coef)
-    cdef core_fn core = sgd_core_f32 if c.type_num == cnp.NPY_FLOAT else sgd_core_f64
+    cdef core_fn core = CORES.sgd[c.type_num == cnp.NPY_DOUBLE]
     if c.size >= NOGIL_MIN_SIZE:
         with nogil:
             run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], NULL, NULL,
@@ -512,7 +539,7 @@ def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr,
                   &c)
     cdef RMSpropCoef coef
     rmsprop_coef(&h, &coef)
-    cdef core_fn core = rmsprop_core_f32 if c.type_num == cnp.NPY_FLOAT else rmsprop_core_f64
+    cdef core_fn core = CORES.rmsprop[c.type_num == cnp.NPY_DOUBLE]
     if c.size >= NOGIL_MIN_SIZE:
         with nogil:
             run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
@@ -539,7 +566,7 @@ cdef _adam(str fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, b
                   &c)
     cdef AdamCoef coef
     adam_coef(&h, &coef)
-    cdef core_fn core = adam_core_f32 if c.type_num == cnp.NPY_FLOAT else adam_core_f64
+    cdef core_fn core = CORES.adam[c.type_num == cnp.NPY_DOUBLE]
     if c.size >= NOGIL_MIN_SIZE:
         with nogil:
             run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
@@ -582,3 +609,8 @@ def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, be
     """
     _adam("fastlr.kernels.adamw", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
           beta1, beta2, eps, weight_decay, True, maximize, n_threads)
+
+
+def _init_cores():
+    from fastlr import _dispatch
+    _set_cores(_dispatch.default_target())

@@ -25,9 +25,10 @@ from libc.string cimport memset
 
 cimport numpy as cnp
 
-from fastlr._core cimport (AdamCoef, RMSpropCoef, SGDCoef, adam_coef, adam_core_f32,
-                           adam_core_f64, core_fn, rmsprop_coef, rmsprop_core_f32,
-                           rmsprop_core_f64, sgd_coef, sgd_core_f32, sgd_core_f64)
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from fastlr._core cimport (AdamCoef, CoreTable, RMSpropCoef, SGDCoef, adam_coef, core_fn,
+                           rmsprop_coef, sgd_coef)
 from fastlr._kernels cimport PARALLEL_MIN_SIZE, AdamHyper, RMSpropHyper, SGDHyper, max_threads
 from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
                                 schedule_value)
@@ -37,6 +38,17 @@ import numpy as np
 from fastlr._schedules import Schedule
 
 cnp.import_array()
+
+# The core loops in use, set by fastlr._kernels._set_cores (the CPU dispatch).
+cdef const CoreTable* CORES = NULL
+_CAPSULE = None
+
+
+def _set_cores(capsule):
+    global CORES, _CAPSULE
+    CORES = <const CoreTable*>PyCapsule_GetPointer(capsule, b"fastlr.CoreTable")
+    _CAPSULE = capsule
+
 
 cdef enum:
     K_SGD = 0
@@ -199,6 +211,8 @@ cdef class Engine:
         cdef SpanC* sp
         cdef ParamC* pp
         cdef GroupC* g
+        if CORES == NULL:
+            raise RuntimeError("fastlr's core loops are not initialised (import fastlr)")
         self._free()
         keep = []
         self.n_params = len(params)
@@ -251,11 +265,11 @@ cdef class Engine:
                     sp.state[j] = <char*>cnp.PyArray_DATA(st)
             f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
             if self.kind == K_SGD:
-                sp.core = sgd_core_f64 if f64 else sgd_core_f32
+                sp.core = CORES.sgd[f64]
             elif self.kind == K_RMSPROP:
-                sp.core = rmsprop_core_f64 if f64 else rmsprop_core_f32
+                sp.core = CORES.rmsprop[f64]
             else:
-                sp.core = adam_core_f64 if f64 else adam_core_f32
+                sp.core = CORES.adam[f64]
         self._keep = keep
         self._set_groups(groups)
 
