@@ -8,6 +8,8 @@ Modules:
   fastlr.schedules  learning-rate schedules evaluated in C
   fastlr.kernels    in-place kernels (validate, then one C call)
   fastlr.reference  pure-NumPy twins of the kernels, the test oracle
+  fastlr.lr_finder  the learning-rate range test (fastlr.find_lr)
+  fastlr.plot       pictures of schedules and curves (needs matplotlib)
 """
 
 try:
@@ -21,6 +23,7 @@ _kernels._init_cores()
 
 from fastlr import kernels, reference, schedules
 from fastlr._kernels import get_num_threads, set_num_threads
+from fastlr.lr_finder import LRFinderResult, find_lr
 from fastlr.optim import SGD, Adam, AdamW, Optimizer, RMSprop, flat_buffer
 
 try:
@@ -30,7 +33,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - an in-place build that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Optimizer", "flat_buffer", "kernels",
+__all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Optimizer", "flat_buffer", "find_lr",
+           "LRFinderResult", "kernels",
            "reference", "schedules", "get_num_threads", "set_num_threads", "get_include",
            "__version__"]
 

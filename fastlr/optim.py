@@ -347,6 +347,11 @@ class Optimizer:
         self._t += 1
 
     @property
+    def params(self):
+        """Every param array, in order (the caller's arrays, updated in place)."""
+        return list(self._params)
+
+    @property
     def steps(self):
         """Updates applied so far (the step count ``t`` that drives the schedules)."""
         return self._t
