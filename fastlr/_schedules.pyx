@@ -80,9 +80,9 @@ cdef inline Py_ssize_t count_le(const int64_t* a, Py_ssize_t n, int64_t t) noexc
     return lo
 
 
-cdef inline double cosine_between(double start, double end, int64_t t, int64_t T) noexcept nogil:
+cdef inline double cosine_between(double start, double end, int64_t t, double T) noexcept nogil:
     # torch CosineAnnealingLR's closed form: end + (start - end) * (1 + cos(pi t / T)) / 2
-    return end + (start - end) * (1.0 + cos(M_PI * <double>t / <double>T)) / 2.0
+    return end + (start - end) * (1.0 + cos(M_PI * <double>t / T)) / 2.0
 
 
 cdef double call_python(PyObject* owner, int64_t t) noexcept with gil:
@@ -117,10 +117,10 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
             if s.k[2]:
                 p = floor(p)
             v = s.p[0] * pow(s.p[1], p)
-        if s.k[3]:                          # end value: a floor when decaying, a cap when growing
+        if s.k[3]:                          # optax: a floor when rate < 1, else a cap
             if s.p[1] < 1.0:
                 v = v if v > s.p[2] else s.p[2]
-            elif s.p[1] > 1.0:
+            else:
                 v = v if v < s.p[2] else s.p[2]
         return v
     if kind == INVERSE_TIME:                # Keras InverseTimeDecay
@@ -138,9 +138,10 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
         return s.p[0] * (s.p[1] + (s.p[2] - s.p[1]) * <double>c / <double>T)
     if kind == COSINE:                      # holds `end` after T
         T = s.k[0]
-        return cosine_between(s.p[0], s.p[1], t if t < T else T, T)
+        return cosine_between(s.p[0], s.p[1], t if t < T else T, <double>T)
     if kind == COSINE_RESTARTS:             # SGDR: cycle i of length period * mult^i
         cycle_len = s.k[0]
+        x = <double>cycle_len               # the current cycle's length
         i = 0
         if s.k[1] == 1:
             i = t // cycle_len
@@ -150,11 +151,16 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
                 t -= cycle_len
                 i += 1
                 if cycle_len > INT64_MAX // s.k[1]:
-                    break                   # the next cycle is longer than any int64 step
+                    # this cycle is longer than any int64 step: it is the last one reached
+                    x = <double>cycle_len * <double>s.k[1]
+                    break
                 cycle_len *= s.k[1]
-        return cosine_between(s.p[0] * pow(s.p[2], <double>i), s.p[1], t, cycle_len)
+                x = <double>cycle_len
+        # Keras m_mul: `decay` scales each restart's amplitude above `end`
+        return s.p[1] + (s.p[0] - s.p[1]) * pow(s.p[2], <double>i) * (
+            1.0 + cos(M_PI * <double>t / x)) / 2.0
     if kind == CYCLIC:                      # torch CyclicLR, operation by operation
-        total = <double>(s.k[0] + s.k[1])
+        total = <double>s.k[0] + <double>s.k[1]     # (no int64 overflow for huge steps)
         ratio = <double>s.k[0] / total
         x = floor(1.0 + <double>t / total)          # the cycle, 1-based
         p = 1.0 + <double>t / total - x             # position within the cycle
@@ -205,7 +211,7 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
             return s.p[1] + (s.p[0] - s.p[1]) * (<double>t / <double>s.k[0])
         T = s.k[1] - s.k[0]
         t -= s.k[0]
-        return cosine_between(s.p[0], s.p[2], t if t < T else T, T)
+        return cosine_between(s.p[0], s.p[2], t if t < T else T, <double>T)
     if kind == WARMUP:                      # ramp start_factor * s(0) -> s(0), then s(t - W)
         if t < s.k[0]:
             v = node_value(s.children[0], 0)
@@ -300,6 +306,10 @@ cdef class Schedule:
     def __dealloc__(self):
         free(self._child_nodes)
 
+    def __init__(self, *args, **kwargs):
+        raise TypeError("build schedules with the constructors in fastlr.schedules "
+                        "(e.g. schedules.cosine(0.1, 1000))")
+
     @property
     def is_compiled(self):
         """True when the whole schedule is C data (no Python callable inside)."""
@@ -323,10 +333,12 @@ cdef class Schedule:
         if arr.size and arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and \
                 np.max(arr) > INT64_MAX:
             raise ValueError("Schedule.values: steps must be < 2**63")
+        if arr.size and arr.dtype.kind == "f" and np.max(arr) >= 2.0 ** 63:
+            raise ValueError("Schedule.values: steps must be < 2**63")
         if arr.size and arr.dtype.kind in "if" and np.min(arr) < 0:
             raise ValueError(f"Schedule.values: steps must be >= 0 (completed steps), got "
                              f"{np.min(arr)}")
-        steps = np.ascontiguousarray(arr, dtype=np.int64)
+        steps = arr.astype(np.int64, order="C")     # a copy, keeping 0-d shapes
         out = np.empty(steps.shape, dtype=np.float64)
         cdef int64_t* tp = <int64_t*>cnp.PyArray_DATA(steps)
         cdef double* op = <double*>cnp.PyArray_DATA(out)

@@ -24,6 +24,8 @@ import math
 import numbers
 import operator
 
+import numpy as np
+
 from fastlr._schedules import KINDS, Schedule, _build
 
 __all__ = [
@@ -101,7 +103,7 @@ def _choice(fn, name, value, choices):
 
 
 def _flag(fn, name, value):
-    if not isinstance(value, (bool, int)):
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"schedules.{fn}: {name} must be a bool, got {value!r}")
     return bool(value)
 
@@ -174,10 +176,9 @@ def multistep(init, milestones, gamma=0.1):
     """``init * gamma ** (number of milestones <= t)`` (torch MultiStepLR); milestones in any
     order, a duplicate counts twice."""
     fn = "multistep"
-    ms = sorted(_steps(fn, "milestones", milestones, increasing=False))
+    ms = _steps(fn, "milestones", milestones, increasing=False)
     p = (_value(fn, "init", init), _value(fn, "gamma", gamma, minimum=0.0))
-    return _make(fn, (init, list(milestones)), {"gamma": gamma}, {"gamma": 0.1}, p=p,
-                 ivals=ms)
+    return _make(fn, (init, ms), {"gamma": gamma}, {"gamma": 0.1}, p=p, ivals=sorted(ms))
 
 
 def exponential(init, gamma):
@@ -248,9 +249,10 @@ def cosine(init, total_steps, *, end=0.0):
 
 
 def cosine_restarts(init, period, *, period_mult=1, end=0.0, decay=1.0):
-    """SGDR (torch CosineAnnealingWarmRestarts): cosine from ``init * decay**i`` to ``end``
-    over cycle ``i``, which lasts ``period * period_mult**i`` steps; cycles are found with
-    integer arithmetic. ``decay`` scales each restart's peak (Keras ``m_mul``)."""
+    """SGDR (torch CosineAnnealingWarmRestarts): over cycle ``i``, which lasts
+    ``period * period_mult**i`` steps (found with integer arithmetic),
+    ``end + (init - end) * decay**i * (1 + cos(pi * t_i / T_i)) / 2``: ``decay`` scales
+    each restart's height above ``end`` (Keras ``m_mul``; with ``end=0`` the peak)."""
     fn = "cosine_restarts"
     p = (_value(fn, "init", init), _value(fn, "end", end),
          _value(fn, "decay", decay, minimum=0.0))
@@ -331,7 +333,7 @@ def piecewise_constant(boundaries, values):
     if len(v) != len(b) + 1:
         raise ValueError(f"schedules.{fn}: values needs len(boundaries) + 1 = {len(b) + 1} "
                          f"entries, got {len(v)}")
-    return _make(fn, (list(boundaries), list(values)), {}, {}, ivals=b, dvals=v)
+    return _make(fn, (b, v), {}, {}, ivals=b, dvals=v)
 
 
 def piecewise_linear(boundaries, values):
@@ -343,7 +345,7 @@ def piecewise_linear(boundaries, values):
     if len(v) != len(b) or not b:
         raise ValueError(f"schedules.{fn}: boundaries and values need the same length >= 1, "
                          f"got {len(b)} and {len(v)}")
-    return _make(fn, (list(boundaries), list(values)), {}, {}, ivals=b, dvals=v)
+    return _make(fn, (b, v), {}, {}, ivals=b, dvals=v)
 
 
 def warmup_cosine(peak, *, warmup_steps, total_steps, init=0.0, end=0.0):
@@ -395,4 +397,4 @@ def join(schedules, boundaries):
     if len(b) != len(parts) - 1:
         raise ValueError(f"schedules.{fn}: boundaries needs len(schedules) - 1 = "
                          f"{len(parts) - 1} entries, got {len(b)}")
-    return _make(fn, (parts, list(boundaries)), {}, {}, ivals=b, children=tuple(parts))
+    return _make(fn, (parts, b), {}, {}, ivals=b, children=tuple(parts))
