@@ -502,9 +502,12 @@ def test_plot_without_matplotlib_says_how_to_install(result, monkeypatch):
         result.plot()
 
 
-def test_import_does_not_import_matplotlib():
+def test_import_does_not_import_matplotlib(tmp_path):
     import subprocess
 
     code = ("import sys, fastlr.lr_finder; "
-            "sys.exit(1 if 'matplotlib' in sys.modules else 0)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+            "sys.exit(3 if 'matplotlib' in sys.modules else 0)")
+    # run outside the clone: at its top, `python -c` would import the source tree
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr or "importing fastlr imported matplotlib"
