@@ -1,10 +1,17 @@
-"""Optimizer kernels: fastlr's compiled kernels against the pure-NumPy reference.
+"""Optimizer kernels: fastlr's compiled kernels against the pure-NumPy reference, in-place
+NumPy and torch.
 
-Each ``time_`` benchmark is parametrized over the implementation first, so ``asv show`` /
-``asv compare`` / the HTML pages list fastlr and reference side by side. The ``track_``
-benchmarks time both implementations interleaved in one process and report the ratio,
-which holds up on a noisy or shared machine far better than two absolute timings taken
-minutes apart.
+The ``Time*`` classes time one in-place step of SGD, SGD+momentum, Nesterov, RMSprop, Adam
+and AdamW; each is parametrized over the implementation first, so ``asv show`` /
+``asv compare`` / the HTML pages list the implementations side by side. ``TrackStepMemory``
+and ``PeakmemStep`` measure what 1000 steps allocate. ``TrackAdamSpeedup`` times fastlr
+and the reference interleaved in one process and reports the ratio, which holds up on a
+noisy or shared machine far better than two absolute timings taken minutes apart (``fastlr
+bench`` does the same for every implementation; the rooflines are in bench_roofline.py).
+
+Threads: "-2t" implementations run fastlr with ``n_threads=2`` / torch with
+``torch.set_num_threads(2)``, the others 1 thread. Each benchmark process runs one
+implementation only, so OMP_WAIT_POLICY is left alone here.
 
 Timing notes (seen with asv 0.6.6 / asv_runner 0.3.2): with a ``setup`` method present, asv times one call per
 sample and re-runs ``setup`` before every sample. ``setup`` therefore builds the arrays
@@ -20,6 +27,7 @@ values (see there).
 """
 
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -29,35 +37,27 @@ from .common import (
     LR,
     SIZES,
     STEP,
+    STEP_IMPLS,
     adam_data,
     copy_data,
     per_call_time,
     steady_state_malloc,
+    stepper,
 )
 
-# (n, dtype) -> dict of arrays. asv runs each parameter combination in its own process,
-# so this holds one entry; it only spares setup() the regeneration before every sample.
-_CACHE = {}
+class _TimeStep:
+    """Seconds per in-place step of one optimizer, per implementation, size and dtype.
 
+    impl: fastlr (the compiled kernel, 1 thread), fastlr-2t (n_threads=2), reference
+    (fastlr.reference), numpy (in-place out= ufuncs, fastlr.bench.numpy_inplace_*); the
+    torch classes: torch-fused, torch-fused-2t (torch.set_num_threads(2)), torch-foreach,
+    torch-forloop (``opt.step()``; skipped without torch).
+    """
 
-def _cached(n, dtype):
-    key = (n, dtype)
-    data = _CACHE.get(key)
-    if data is None:
-        _CACHE.clear()  # never hold two sizes at once (16M float64 x 4 = 512 MiB)
-        data = _CACHE[key] = adam_data(n, dtype)
-    return data
-
-
-class TimeAdam:
-    """Time per Adam step (in place, no AMSGrad, no weight decay), seconds per call."""
-
-    params = [list(IMPLS), SIZES, DTYPES]
+    optimizer = None
     param_names = ["impl", "n", "dtype"]
-
     # One call per sample (asv forces number=1 when setup exists). 5..100 samples per
-    # round, at most ~2 s of sampling per round, 2 rounds (separate processes): the
-    # reference at 16M float64 (~0.3 s/call) costs ~2 x 2.5 s, the 1K cases well under 1 s.
+    # round, at most ~2 s of sampling per round, 2 rounds (separate processes).
     rounds = 2
     repeat = (5, 100, 2.0)
     warmup_time = 0.1
@@ -65,13 +65,149 @@ class TimeAdam:
 
     def setup(self, impl, n, dtype):
         steady_state_malloc()
-        self.fn = IMPLS[impl].adam
-        d = _cached(n, dtype)
-        self.param, self.grad = d["param"], d["grad"]
-        self.exp_avg, self.exp_avg_sq = d["exp_avg"], d["exp_avg_sq"]
+        self.step = stepper(impl, self.optimizer, n, dtype)
+
+
+# The grid is trimmed so that `asv run --quick` of the whole suite stays within about two
+# minutes: asv spawns a process per parameter combination (~0.25 s; a torch one costs ~3 s:
+# its import plus the first optimizer step). Adam gets every size and both dtypes; the
+# other optimizers float32 at an in-cache (64K) and a memory-bound (16M) size; torch gets
+# Adam fused at 1K / 64K / 16M and RMSprop's for-loop at 16M, 1 thread. `fastlr bench`
+# covers torch for every optimizer at 1 and 2 threads, and bench_roofline.py the float64
+# rooflines of every optimizer.
+_TRIMMED = [STEP_IMPLS, [65536, 16777216], ["float32"]]
+
+
+class TimeAdam(_TimeStep):
+    """Adam (no weight decay, no AMSGrad), seconds per step."""
+
+    optimizer = "adam"
+    params = [STEP_IMPLS, SIZES, DTYPES]
 
     def time_adam(self, impl, n, dtype):
-        self.fn(self.param, self.grad, self.exp_avg, self.exp_avg_sq, step=STEP, lr=LR)
+        self.step()
+
+
+class TimeAdamTorch(_TimeStep):
+    """torch.optim.Adam(fused=True).step(), float32, 1 thread, seconds per step."""
+
+    optimizer = "adam"
+    params = [["torch-fused"], [1024, 65536, 16777216], ["float32"]]
+
+    def time_adam(self, impl, n, dtype):
+        self.step()
+
+
+class TimeAdamW(_TimeStep):
+    """AdamW (weight decay 1e-2), seconds per step."""
+
+    optimizer = "adamw"
+    params = _TRIMMED
+
+    def time_adamw(self, impl, n, dtype):
+        self.step()
+
+
+class TimeSGD(_TimeStep):
+    """Plain SGD, seconds per step."""
+
+    optimizer = "sgd"
+    params = _TRIMMED
+
+    def time_sgd(self, impl, n, dtype):
+        self.step()
+
+
+class TimeMomentum(_TimeStep):
+    """SGD with momentum 0.9, seconds per step."""
+
+    optimizer = "momentum"
+    params = _TRIMMED
+
+    def time_momentum(self, impl, n, dtype):
+        self.step()
+
+
+class TimeNesterov(_TimeStep):
+    """SGD with Nesterov momentum 0.9, seconds per step."""
+
+    optimizer = "nesterov"
+    params = _TRIMMED
+
+    def time_nesterov(self, impl, n, dtype):
+        self.step()
+
+
+class TimeRMSprop(_TimeStep):
+    """RMSprop (alpha 0.99), seconds per step."""
+
+    optimizer = "rmsprop"
+    params = _TRIMMED
+
+    def time_rmsprop(self, impl, n, dtype):
+        self.step()
+
+
+class TimeRMSpropTorch(_TimeStep):
+    """torch.optim.RMSprop for-loop (torch's fastest CPU mode for it: there is no fused
+    kernel, and foreach is slower on CPU), float32 16M, seconds per step."""
+
+    optimizer = "rmsprop"
+    params = [["torch-forloop"], [16777216], ["float32"]]
+
+    def time_rmsprop(self, impl, n, dtype):
+        self.step()
+
+
+class TrackStepMemory:
+    """Peak bytes allocated (tracemalloc) during 1000 steps at 64K float32, beyond the
+    inputs: fastlr's kernels and the in-place NumPy step allocate no array memory (a few
+    hundred bytes to a few KiB of transient Python objects), the reference allocates its
+    temporaries. torch's allocator is invisible to tracemalloc: torch is not measured."""
+
+    params = [["fastlr", "reference", "numpy"], ["sgd", "adam"]]
+    param_names = ["impl", "optimizer"]
+    unit = "bytes"
+    timeout = 120
+    N = 65536
+    STEPS = 1000
+
+    def setup(self, impl, optimizer):
+        steady_state_malloc()
+        self.step = stepper(impl, optimizer, self.N, "float32")
+
+    def track_peak_alloc_1000_steps(self, impl, optimizer):
+        step = self.step
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            for _ in range(self.STEPS):
+                step()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return peak - base
+
+
+class PeakmemStep:
+    """Peak resident memory of a process that runs 1000 Adam steps at 256K float32 (the
+    inputs and the interpreter included, so compare implementations, not absolutes). torch
+    is left out: its import alone dwarfs the differences."""
+
+    params = [["fastlr", "reference", "numpy"]]
+    param_names = ["impl"]
+    timeout = 120
+    N = 262144
+
+    def setup(self, impl):
+        steady_state_malloc()
+        self.step = stepper(impl, "adam", self.N, "float32")
+
+    def peakmem_adam_1000_steps(self, impl):
+        step = self.step
+        for _ in range(1000):
+            step()
 
 
 class TrackAdamSpeedup:

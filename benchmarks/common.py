@@ -2,7 +2,13 @@
 
 Nothing here runs a kernel at import time. asv imports the suite once in a fork server
 and forks one child per benchmark run; an OpenMP parallel region in the parent before
-fork() could leave the children with a broken libgomp thread pool.
+fork() could leave the children with a broken libgomp thread pool. torch is imported only by
+the torch benchmarks (asv spawns a process per parameter combination, and importing torch
+costs about 1.5 s).
+
+The optimizer-step benchmarks (bench_kernels.Time*) share their implementations with
+``fastlr bench`` (fastlr/bench.py): the in-place NumPy baselines, the torch setups and the
+staggered buffer layout all come from there, so asv and ``fastlr bench`` time the same code.
 """
 
 import ctypes
@@ -12,7 +18,7 @@ import timeit
 
 import numpy as np
 
-from fastlr import kernels, reference
+from fastlr import bench, kernels, reference
 
 #: The implementations compared side by side (an asv parameter).
 IMPLS = {"fastlr": kernels, "reference": reference}
@@ -111,3 +117,79 @@ def per_call_time(fn, min_sample=5e-3):
         return timer.timeit(batch) / batch
 
     return batch, sample
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizer steps over fastlr, the reference, in-place NumPy and torch (bench_kernels.Time*)
+# ---------------------------------------------------------------------------------------
+#: Implementations of one optimizer step, 1 thread unless the name ends in "-<k>t" (k
+#: threads: fastlr's n_threads, torch.set_num_threads). "numpy": fastlr.bench.numpy_inplace_*
+#: (out= ufuncs, preallocated scratch); "torch-fused" / "torch-foreach" / "torch-forloop":
+#: torch.optim with fused=True / foreach=True / foreach=False. The thread count is part of
+#: the implementation's name rather than a separate parameter because asv spawns a process
+#: per parameter combination (~0.25 s, ~1.8 s with torch's import) and reference / numpy
+#: are single-threaded: a threads parameter would only add skipped combinations.
+STEP_IMPLS = ["fastlr", "fastlr-2t", "reference", "numpy"]
+TORCH_IMPLS = ["torch-fused", "torch-fused-2t", "torch-foreach", "torch-forloop"]
+_TORCH_MODE = {"torch-fused": "fused", "torch-foreach": "foreach", "torch-forloop": "for-loop"}
+
+# (optimizer, n, dtype) -> base inputs, and (impl, optimizer, n, dtype) -> stepper. asv
+# runs every parameter combination in its own process, so each holds one entry; they only
+# spare setup() (re-run before every sample) the rebuilding.
+_INPUTS = {}
+_STEPPERS = {}
+
+
+def inputs(optimizer, n, dtype):
+    """Param, grad and state for ``optimizer`` (fastlr.bench.make_inputs, staggered layout),
+    cached for the process (one size at a time)."""
+    key = (optimizer, n, dtype)
+    data = _INPUTS.get(key)
+    if data is None:
+        _INPUTS.clear()
+        data = _INPUTS[key] = bench.make_inputs(optimizer, n, dtype)
+    return data
+
+
+def split_impl(impl):
+    """'fastlr-2t' -> ('fastlr', 2); 'numpy' -> ('numpy', 1)."""
+    base, sep, tail = impl.rpartition("-")
+    if sep and tail.endswith("t") and tail[:-1].isdigit():
+        return base, int(tail[:-1])
+    return impl, 1
+
+
+def stepper(impl, optimizer, n, dtype):
+    """A zero-argument callable doing one in-place step of ``optimizer`` with ``impl``.
+
+    Raises NotImplementedError (asv: skipped) when torch is not installed or has no such
+    mode (fused RMSprop).
+    """
+    base, threads = split_impl(impl)
+    if base == "torch-fused" and not bench.SPECS[optimizer].torch_fused:
+        raise NotImplementedError(f"torch has no fused CPU {optimizer}")
+    torch = None
+    if base.startswith("torch"):
+        try:
+            import torch
+        except ImportError:
+            raise NotImplementedError("torch is not installed") from None
+    key = (impl, optimizer, n, dtype)
+    step = _STEPPERS.get(key)
+    if step is not None:
+        return step
+    _STEPPERS.clear()
+    data = bench.clone_inputs(inputs(optimizer, n, dtype))
+    if base == "fastlr":
+        step = bench.fastlr_stepper(optimizer, data, threads)
+    elif base == "reference":
+        step = bench.reference_stepper(optimizer, data)
+    elif base == "numpy":
+        step = bench.numpy_stepper(optimizer, data)
+    else:
+        torch.set_num_threads(threads)
+        step = bench.torch_stepper(optimizer, data, _TORCH_MODE[base])
+    if base in ("fastlr", "torch-fused", "torch-foreach", "torch-forloop"):
+        step()                  # warm up: thread pools, torch's lazy initialization
+    _STEPPERS[key] = step
+    return step

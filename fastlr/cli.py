@@ -1,4 +1,4 @@
-"""The ``fastlr`` command line: ``fastlr demo``, ``fastlr schedule``.
+"""The ``fastlr`` command line: ``fastlr demo``, ``fastlr schedule``, ``fastlr bench``.
 
 ``fastlr demo`` trains a small NumPy MLP on scikit-learn's bundled handwritten digits (a
 synthetic dataset when scikit-learn is missing): a learning-rate range test picks the lr,
@@ -7,6 +7,7 @@ optimizer step and with the same optimizer driven by ``fastlr.reference`` -- and
 are compared: losses, held-out accuracy, and what one optimizer step costs with each.
 
 ``fastlr schedule NAME --arg value ...`` prints or draws any built-in schedule.
+``fastlr bench`` times the optimizer steps against NumPy and torch (see fastlr.bench).
 """
 
 import argparse
@@ -274,6 +275,11 @@ def _schedule_from_args(name, pairs):
 def main(argv=None):
     import fastlr
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from fastlr.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fastlr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"fastlr {fastlr.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +295,8 @@ def main(argv=None):
     p.add_argument("--out", default=None,
                    help="directory for the pictures (default: a new fastlr-demo-* folder)")
     p.add_argument("--no-plots", action="store_true", help="draw no pictures")
+    sub.add_parser("bench", help="time fastlr against the NumPy reference, in-place NumPy and "
+                                 "torch, with rooflines (fastlr bench --help)")
     s = sub.add_parser("schedule", help="print or draw a built-in schedule, e.g. "
                                         "fastlr schedule cosine --init 0.1 --total_steps 100")
     s.add_argument("name", help="a constructor of fastlr.schedules, e.g. warmup_cosine")

@@ -90,3 +90,11 @@ def test_console_entry_point_runs_demo_quickly(tmp_path):
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "faster" in proc.stdout
+
+
+def test_bench_subcommand_runs(capfd):
+    # (fastlr bench may re-run itself in a child process with OpenMP settings: capfd)
+    assert cli.main(["bench", "--quick", "--no-torch", "--optimizers", "adam",
+                     "--sizes", "1K", "--threads", "1"]) == 0
+    out = capfd.readouterr().out
+    assert "adam" in out and "% roof" in out
