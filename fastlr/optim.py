@@ -30,6 +30,7 @@ import numpy as np
 
 from fastlr import reference
 from fastlr._optim import Engine
+from fastlr.kernels import zeros_like_many
 from fastlr.schedules import Schedule, as_schedule
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "flat_buffer"]
@@ -317,8 +318,10 @@ class Optimizer:
         buffers are kept (copied into the new block). Returns {name: block}."""
         blocks = {}
         sizes = [p.size for p in params]
-        for name in names:
-            block = np.zeros(sum(sizes), dtype=params[0].dtype)
+        # one allocation for all the span's buffers, staggered when large (see
+        # fastlr.kernels.STAGGER_BYTES)
+        fresh = zeros_like_many(len(names), (sum(sizes),), params[0].dtype)
+        for name, block in zip(names, fresh):
             offset = 0
             for j, (p, n) in enumerate(zip(params, sizes)):
                 order = "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"

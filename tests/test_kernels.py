@@ -251,3 +251,20 @@ def test_num_threads_setting():
     finally:
         fastlr.set_num_threads(None)
     assert fastlr.get_num_threads() == default
+
+
+def test_make_state_buffers_are_separate_aligned_and_staggered_when_large():
+    for n in (10, 1 << 20):               # small: packed; large: staggered by STAGGER_BYTES
+        p = np.ones(n, np.float32)
+        st = kernels.make_state("adam", p, amsgrad=True)
+        bufs = list(st.values())
+        for a, b in itertools.combinations(bufs, 2):
+            assert not np.shares_memory(a, b)
+        addrs = [b.ctypes.data for b in bufs]
+        assert all(a % 64 == 0 for a in addrs)
+        gaps = {y - x for x, y in zip(addrs, addrs[1:])}
+        expected = (n * 4 + 63) // 64 * 64 + (kernels.STAGGER_BYTES if n * 4 >= 1 << 20 else 0)
+        assert gaps == {expected}
+        for b in bufs:
+            b[...] = 1.0                  # writable, and writing one leaves the others alone
+        assert all(np.all(b == 1.0) for b in bufs)
