@@ -11,9 +11,6 @@ The optimizer-step benchmarks (bench_kernels.Time*) share their implementations 
 staggered buffer layout all come from there, so asv and ``fastlr bench`` time the same code.
 """
 
-import ctypes
-import os
-import sys
 import timeit
 
 import numpy as np
@@ -34,7 +31,6 @@ LR = 1e-3
 SEED = 20240611
 
 
-_MALLOC_DONE = False
 
 
 def steady_state_malloc():
@@ -50,23 +46,9 @@ def steady_state_malloc():
     not allocate), so the reported speedups are the conservative ones. Idempotent; a no-op
     off Linux/glibc or when MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ are set.
     """
-    global _MALLOC_DONE
-    if _MALLOC_DONE:
-        return
-    _MALLOC_DONE = True
-    if not sys.platform.startswith("linux"):
-        return
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 64 << 20)
+    from fastlr.bench import _pin_malloc
+
+    _pin_malloc()
 
 
 def adam_data(n, dtype, seed=SEED):

@@ -149,26 +149,19 @@ class LRFinderResult:
         (``pip install 'fastlr[plot]'``), imported here, not at ``import fastlr``; with no
         display and no ``MPLBACKEND`` it uses the non-interactive Agg backend.
         """
-        try:
-            import matplotlib
-        except ImportError:
-            matplotlib = None
-        if matplotlib is None:
-            raise ImportError("fastlr's plots need matplotlib: pip install 'fastlr[plot]' "
-                              "(or pip install matplotlib)")
+        from fastlr.plot import require_matplotlib
+
         created = ax is None
         plt = None
         if ax is None:
             if path is not None:
+                require_matplotlib()
                 # a figure outside pyplot: no backend, nothing left open
                 from matplotlib.figure import Figure
                 fig = Figure(figsize=(7, 4))
                 ax = fig.add_subplot()
             else:
-                import os
-                if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
-                    matplotlib.use("Agg")
-                import matplotlib.pyplot as plt
+                plt = require_matplotlib()
                 fig, ax = plt.subplots(figsize=(7, 4))
         fig = ax.figure
         finite = np.isfinite(self.smoothed_losses)
