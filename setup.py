@@ -10,9 +10,9 @@ FASTLR_DEBUG_CYTHON=1   turn Cython's boundscheck / wraparound / initializedchec
 FASTLR_NO_OPENMP=1      build without OpenMP even when the compiler has it (serial kernels).
 FASTLR_ANNOTATE=1       write Cython's annotated HTML next to each .pyx.
 
-Flags: -O3 -fno-math-errno -ffp-contract=off and never -ffast-math: results must be the
-same bits on every build, NaN and Inf must behave as IEEE says, and a -ffast-math link can
-flip flush-to-zero for the whole process. -fno-math-errno lets sqrt vectorize.
+Flags: -O3 -fno-math-errno -ffp-contract=off and no fast-math flags at all: results must be
+the same bits on every build, NaN and Inf must behave as IEEE says, and linking with
+fast-math can flip flush-to-zero for the whole process. -fno-math-errno lets sqrt vectorize.
 """
 
 import os

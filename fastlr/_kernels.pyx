@@ -29,6 +29,8 @@
 cimport cython
 cimport numpy as cnp
 
+from fastlr._arrays cimport same_shape
+
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastlr._core cimport (AdamCoef, CoreTable, RMSpropCoef, SGDCoef, adam_coef, core_fn,
@@ -349,14 +351,6 @@ cdef str _dtype_name(cnp.ndarray a):
     return str(a.dtype)
 
 
-cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
-    cdef int k, nd = cnp.PyArray_NDIM(a)
-    if nd != cnp.PyArray_NDIM(b):
-        return False
-    for k in range(nd):
-        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(b, k):
-            return False
-    return True
 
 
 cdef str _layout(cnp.ndarray a):
@@ -416,7 +410,7 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
                 raise TypeError(f"{fn}: {name} has dtype {_dtype_name(a)} but param has dtype "
                                 f"{_dtype_name(p)}; the arrays of one parameter share its "
                                 f"dtype (float32 or float64)")
-            if not _same_shape(a, p):
+            if not same_shape(a, p):
                 raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but param has "
                                  f"shape {(<object>p).shape}; they must be equal")
             if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order

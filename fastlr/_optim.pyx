@@ -25,6 +25,8 @@ from libc.string cimport memset
 
 cimport numpy as cnp
 
+from fastlr._arrays cimport same_shape
+
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastlr._core cimport (AdamCoef, CoreTable, RMSpropCoef, SGDCoef, adam_coef, core_fn,
@@ -415,7 +417,7 @@ cdef class Engine:
                                 f"params[{i}] has dtype "
                                 f"{(<object>self._param_arrays[i]).dtype}")
             p = <cnp.ndarray>self._param_arrays[i]
-            if cnp.PyArray_NBYTES(g) != pp.nbytes or not _same_shape(g, p):
+            if cnp.PyArray_NBYTES(g) != pp.nbytes or not same_shape(g, p):
                 raise ValueError(f"{self.name}.step: grads[{i}] has shape {(<object>g).shape} "
                                  f"but params[{i}] has shape {(<object>p).shape}")
             if not (cnp.PyArray_IS_F_CONTIGUOUS(g) if pp.f_order
@@ -563,11 +565,3 @@ cdef class Engine:
                         self.started[j] = 1
 
 
-cdef bint _same_shape(cnp.ndarray a, cnp.ndarray b):
-    cdef int k, nd = cnp.PyArray_NDIM(a)
-    if nd != cnp.PyArray_NDIM(b):
-        return False
-    for k in range(nd):
-        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(b, k):
-            return False
-    return True

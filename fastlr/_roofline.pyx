@@ -45,20 +45,10 @@ import numpy as np
 
 cnp.import_array()
 
-# OpenMP, degrading to a serial build when the compiler has none (no bare `cimport openmp`).
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define FASTLR_ROOFLINE_HAVE_OPENMP 1
-    static int fastlr_roofline_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    #define FASTLR_ROOFLINE_HAVE_OPENMP 0
-    static int fastlr_roofline_max_threads(void) { return 1; }
-    #endif
-    """
-    int FASTLR_ROOFLINE_HAVE_OPENMP
-    int fastlr_roofline_max_threads() noexcept nogil
+# OpenMP facts come from the kernels module (its #ifdef _OPENMP shim; same build flags).
+from fastlr._kernels cimport max_threads
+
+from fastlr._kernels import HAVE_OPENMP
 
 cdef enum:
     SPAN_ALIGN = 64        # elements: spans start on 256-byte (f32) boundaries
@@ -77,7 +67,6 @@ PATTERN_OF = {"sgd": "sgd", "momentum": "momentum", "nesterov": "momentum",
 _KIND = {"sgd": SGD, "momentum": MOMENTUM, "adam": ADAM}
 _N_ARRAYS = {"sgd": 2, "momentum": 3, "adam": 4}
 
-HAVE_OPENMP = bool(FASTLR_ROOFLINE_HAVE_OPENMP)
 
 
 # The loops: one pass over [0, n) of already offset pointers. Multiply/add only. Plain C
@@ -245,7 +234,7 @@ def _dtype(dtype):
 
 def _threads(n_threads):
     if n_threads is None:
-        return max(1, fastlr_roofline_max_threads())
+        return max(1, max_threads())
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) \
             or n_threads < 1:
         raise ValueError(f"fastlr._roofline: n_threads must be an int >= 1 or None, got "
