@@ -17,7 +17,6 @@
 # c) Grads that are adjacent views of one buffer (or one flat grad array) let a coalesced
 #    span run as one piece; otherwise the span runs param by param, with the same bits.
 
-from cython.parallel cimport prange
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
@@ -31,7 +30,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastlr._core cimport (AdamCoef, CoreTable, RMSpropCoef, SGDCoef, adam_coef, core_fn,
                            rmsprop_coef, sgd_coef)
-from fastlr._kernels cimport PARALLEL_MIN_SIZE, AdamHyper, RMSpropHyper, SGDHyper, max_threads
+from fastlr._kernels cimport AdamHyper, RMSpropHyper, SGDHyper, parallel_spans
 from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
                                 schedule_value)
 
@@ -57,7 +56,6 @@ cdef enum:
     K_RMSPROP = 1
     K_ADAM = 2
     MAX_STATE = 3
-    SPAN_ALIGN = 64
 
 KINDS = {"sgd": K_SGD, "rmsprop": K_RMSPROP, "adam": K_ADAM}
 
@@ -131,23 +129,23 @@ cdef void run_piece_range(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t l
         i += 1
 
 
+ctypedef struct PieceList:
+    const Piece* pieces
+    Py_ssize_t n_pieces
+
+
+cdef void piece_span(void* ctx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef const PieceList* lst = <const PieceList*>ctx
+    run_piece_range(lst.pieces, lst.n_pieces, lo, hi)
+
+
 cdef void run_pieces(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t total,
                      int n_threads) noexcept nogil:
-    cdef Py_ssize_t n_spans, span, i, lo, hi
-    cdef const Piece* pc
-    if n_threads <= 1 or total < PARALLEL_MIN_SIZE:
-        for i in range(n_pieces):
-            pc = &pieces[i]
-            pc.core(<char**>pc.ptrs, pc.n, pc.coef)
-        return
-    n_spans = min(<Py_ssize_t>n_threads, total // (PARALLEL_MIN_SIZE // 2))
-    span = (total + n_spans - 1) // n_spans
-    span = (span + SPAN_ALIGN - 1) // SPAN_ALIGN * SPAN_ALIGN
-    for i in prange(n_spans, schedule="static", num_threads=n_spans):
-        lo = i * span
-        hi = min(lo + span, total)
-        if lo < hi:
-            run_piece_range(pieces, n_pieces, lo, hi)
+    # the kernels' threaded loop over the concatenated elements of all pieces
+    cdef PieceList lst
+    lst.pieces = pieces
+    lst.n_pieces = n_pieces
+    parallel_spans(piece_span, &lst, total, n_threads)
 
 
 cdef class Engine:
@@ -171,14 +169,6 @@ cdef class Engine:
                                   # step (owned by optim.py)
     cdef int needs_gil            # a group has a Python-callable schedule
     cdef readonly Py_ssize_t total_size
-
-    def __cinit__(self):
-        self.params = NULL
-        self.spans = NULL
-        self.groups = NULL
-        self.coefs = NULL
-        self.pieces = NULL
-        self.grad_ptrs = NULL
 
     def __dealloc__(self):
         self._free()

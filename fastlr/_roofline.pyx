@@ -14,9 +14,8 @@
 # Bytes count what is read plus what is written; every written line was just read (read-
 # modify-write), so there is no write-allocate (RFO) traffic to add.
 #
-# Threads: [0, n) is cut into at most n_threads spans that start on multiples of SPAN_ALIGN
-# elements and hold at least MIN_SPAN elements each (below that one thread does it all, as
-# the kernels do), one OpenMP thread per span (prange, static schedule). One call runs
+# Threads: [0, n) is split by the kernels' own threaded loop (fastlr._kernels.parallel_spans:
+# the same spans, the same serial threshold, one OpenMP thread per span). One call runs
 # `passes` passes and opens one parallel region: each thread sweeps its own span `passes`
 # times, so no barrier or region cost is paid per pass (this is the machine's limit, not a
 # kernel's).
@@ -37,7 +36,6 @@
 cimport cython
 cimport numpy as cnp
 
-from cython.parallel cimport prange
 
 import time
 
@@ -46,13 +44,10 @@ import numpy as np
 cnp.import_array()
 
 # OpenMP facts come from the kernels module (its #ifdef _OPENMP shim; same build flags).
-from fastlr._kernels cimport max_threads
+from fastlr._kernels cimport max_threads, parallel_spans
 
 from fastlr._kernels import HAVE_OPENMP
 
-cdef enum:
-    SPAN_ALIGN = 64        # elements: spans start on 256-byte (f32) boundaries
-    MIN_SPAN = 16384       # elements per thread at least (the kernels' PARALLEL_MIN_SIZE / 2)
 
 cdef enum Kind:
     SGD = 0
@@ -186,7 +181,8 @@ ctypedef struct Job:
     Py_ssize_t passes
 
 
-cdef void run_span(const Job* job, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+cdef void run_span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    cdef const Job* job = <const Job*>ctx
     cdef Py_ssize_t off = start * job.itemsize, r
     cdef char* q[4]
     cdef int k
@@ -197,20 +193,8 @@ cdef void run_span(const Job* job, Py_ssize_t start, Py_ssize_t stop) noexcept n
 
 
 cdef void run_job(const Job* job, Py_ssize_t n, int n_threads) noexcept nogil:
-    cdef Py_ssize_t n_spans, span, s, start, stop
-    n_spans = 1
-    if n_threads > 1:
-        n_spans = min(<Py_ssize_t>n_threads, n // MIN_SPAN)
-    if n_spans <= 1:
-        run_span(job, 0, n)
-        return
-    span = (n + n_spans - 1) // n_spans
-    span = (span + SPAN_ALIGN - 1) // SPAN_ALIGN * SPAN_ALIGN
-    for s in prange(n_spans, schedule="static", num_threads=n_spans):
-        start = s * span
-        stop = min(start + span, n)
-        if start < stop:
-            run_span(job, start, stop)
+    # the kernels' own threaded loop: the same split, so the same threading as the kernels
+    parallel_spans(run_span, <void*>job, n, n_threads)
 
 
 # ---------------------------------------------------------------------------------------
