@@ -50,6 +50,59 @@ ctypedef struct AdamHyper:
     int decoupled_weight_decay   # 1: p *= 1 - lr*wd (AdamW); 0: g += wd*p (L2)
     int maximize
 
+ctypedef struct AdagradHyper:
+    double lr
+    double lr_decay
+    double weight_decay
+    double eps
+    int64_t step            # 1-based update number: lr / (1 + (step - 1) * lr_decay)
+    int maximize
+
+ctypedef struct AdadeltaHyper:
+    double lr
+    double rho
+    double eps
+    double weight_decay
+    int maximize
+
+ctypedef struct AdamaxHyper:
+    double lr
+    double beta1
+    double beta2
+    double eps
+    double weight_decay
+    int64_t step            # 1-based update number, drives the bias correction
+    int maximize
+
+ctypedef struct NAdamHyper:
+    double lr
+    double beta1
+    double beta2
+    double eps
+    double weight_decay
+    double momentum_decay
+    double mu_product       # product of mu_1 .. mu_(step-1) (1.0 before the first update)
+    int64_t step
+    int decoupled_weight_decay
+    int maximize
+
+ctypedef struct RAdamHyper:
+    double lr
+    double beta1
+    double beta2
+    double eps
+    double weight_decay
+    int64_t step
+    int decoupled_weight_decay
+    int maximize
+
+ctypedef struct LionHyper:
+    double lr
+    double beta1            # interpolation of the update direction
+    double beta2            # decay of the momentum
+    double weight_decay     # decoupled: p -= lr * wd * p (optax's add_decayed_weights)
+    int maximize
+
 # Elements below which the *_parallel functions stay serial (a parallel region costs about
 # 2 us on two threads; below this size that is more than the work it would share).
 cdef enum:
@@ -100,3 +153,67 @@ cdef void adam_f32_parallel(float* param, const float* grad, float* exp_avg,
 cdef void adam_f64_parallel(double* param, const double* grad, double* exp_avg,
                             double* exp_avg_sq, double* max_exp_avg_sq, Py_ssize_t n,
                             const AdamHyper* h, int n_threads) noexcept nogil
+
+# ---- Adagrad (lr_decay, L2 weight decay, maximize); state_sum starts at initial_accumulator_value ----
+cdef void adagrad_f32(float* param, const float* grad, float* state_sum,
+        Py_ssize_t n, const AdagradHyper* h) noexcept nogil
+cdef void adagrad_f64(double* param, const double* grad, double* state_sum,
+        Py_ssize_t n, const AdagradHyper* h) noexcept nogil
+cdef void adagrad_f32_parallel(float* param, const float* grad, float* state_sum,
+        Py_ssize_t n, const AdagradHyper* h, int n_threads) noexcept nogil
+cdef void adagrad_f64_parallel(double* param, const double* grad, double* state_sum,
+        Py_ssize_t n, const AdagradHyper* h, int n_threads) noexcept nogil
+
+# ---- Adadelta (L2 weight decay, maximize) ----
+cdef void adadelta_f32(float* param, const float* grad, float* square_avg, float* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h) noexcept nogil
+cdef void adadelta_f64(double* param, const double* grad, double* square_avg, double* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h) noexcept nogil
+cdef void adadelta_f32_parallel(float* param, const float* grad, float* square_avg, float* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h, int n_threads) noexcept nogil
+cdef void adadelta_f64_parallel(double* param, const double* grad, double* square_avg, double* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h, int n_threads) noexcept nogil
+
+# ---- Adamax (bias correction, L2 weight decay, maximize) ----
+cdef void adamax_f32(float* param, const float* grad, float* exp_avg, float* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h) noexcept nogil
+cdef void adamax_f64(double* param, const double* grad, double* exp_avg, double* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h) noexcept nogil
+cdef void adamax_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h, int n_threads) noexcept nogil
+cdef void adamax_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h, int n_threads) noexcept nogil
+
+# ---- NAdam (momentum decay, L2 or decoupled weight decay, maximize); the caller keeps
+#      mu_product: after the update it is h.mu_product * nadam_mu(h.beta1, h.momentum_decay, h.step) ----
+cdef void nadam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h) noexcept nogil
+cdef void nadam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h) noexcept nogil
+cdef void nadam_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h, int n_threads) noexcept nogil
+cdef void nadam_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h, int n_threads) noexcept nogil
+
+# ---- RAdam (rectification, L2 or decoupled weight decay, maximize) ----
+cdef void radam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h) noexcept nogil
+cdef void radam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h) noexcept nogil
+cdef void radam_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h, int n_threads) noexcept nogil
+cdef void radam_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h, int n_threads) noexcept nogil
+
+# ---- Lion (optax's definition: sign of the interpolated momentum, decoupled decay) ----
+cdef void lion_f32(float* param, const float* grad, float* exp_avg,
+        Py_ssize_t n, const LionHyper* h) noexcept nogil
+cdef void lion_f64(double* param, const double* grad, double* exp_avg,
+        Py_ssize_t n, const LionHyper* h) noexcept nogil
+cdef void lion_f32_parallel(float* param, const float* grad, float* exp_avg,
+        Py_ssize_t n, const LionHyper* h, int n_threads) noexcept nogil
+cdef void lion_f64_parallel(double* param, const double* grad, double* exp_avg,
+        Py_ssize_t n, const LionHyper* h, int n_threads) noexcept nogil
+
+# NAdam's momentum coefficient mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay)).
+cdef double nadam_mu(double beta1, double momentum_decay, int64_t step) noexcept nogil

@@ -33,8 +33,10 @@ from fastlr._arrays cimport same_shape
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from fastlr._core cimport (AdamCoef, CoreTable, RMSpropCoef, SGDCoef, adam_coef, core_fn,
-                           rmsprop_coef, sgd_coef)
+from fastlr._core cimport (AdadeltaCoef, AdagradCoef, AdamaxCoef, AdamCoef, CoreTable,
+                           LionCoef, NAdamCoef, RAdamCoef, RMSpropCoef, SGDCoef, adadelta_coef,
+                           adagrad_coef, adam_coef, adamax_coef, core_fn, lion_coef, nadam_coef,
+                           nadam_mu_of, radam_coef, rmsprop_coef, sgd_coef)
 from cython.parallel cimport prange
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t
@@ -247,6 +249,155 @@ cdef void adam_f64_parallel(double* param, const double* grad, double* exp_avg,
     adam_coef(h, &c)
     run_job(CORES.adam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
             n, n_threads)
+
+
+# ---- the public C API: Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion ----
+cdef double nadam_mu(double beta1, double momentum_decay, int64_t step) noexcept nogil:
+    return nadam_mu_of(beta1, momentum_decay, step)
+
+cdef void adagrad_f32(float* param, const float* grad, float* state_sum,
+        Py_ssize_t n, const AdagradHyper* h) noexcept nogil:
+    cdef AdagradCoef c
+    adagrad_coef(h, &c)
+    run_job(CORES.adagrad[0], &c, 4, param, grad, state_sum, NULL, NULL, n, 1)
+
+cdef void adagrad_f32_parallel(float* param, const float* grad, float* state_sum,
+        Py_ssize_t n, const AdagradHyper* h, int n_threads) noexcept nogil:
+    cdef AdagradCoef c
+    adagrad_coef(h, &c)
+    run_job(CORES.adagrad[0], &c, 4, param, grad, state_sum, NULL, NULL, n, n_threads)
+
+cdef void adagrad_f64(double* param, const double* grad, double* state_sum,
+        Py_ssize_t n, const AdagradHyper* h) noexcept nogil:
+    cdef AdagradCoef c
+    adagrad_coef(h, &c)
+    run_job(CORES.adagrad[1], &c, 8, param, grad, state_sum, NULL, NULL, n, 1)
+
+cdef void adagrad_f64_parallel(double* param, const double* grad, double* state_sum,
+        Py_ssize_t n, const AdagradHyper* h, int n_threads) noexcept nogil:
+    cdef AdagradCoef c
+    adagrad_coef(h, &c)
+    run_job(CORES.adagrad[1], &c, 8, param, grad, state_sum, NULL, NULL, n, n_threads)
+
+cdef void adadelta_f32(float* param, const float* grad, float* square_avg, float* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h) noexcept nogil:
+    cdef AdadeltaCoef c
+    adadelta_coef(h, &c)
+    run_job(CORES.adadelta[0], &c, 4, param, grad, square_avg, acc_delta, NULL, n, 1)
+
+cdef void adadelta_f32_parallel(float* param, const float* grad, float* square_avg, float* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h, int n_threads) noexcept nogil:
+    cdef AdadeltaCoef c
+    adadelta_coef(h, &c)
+    run_job(CORES.adadelta[0], &c, 4, param, grad, square_avg, acc_delta, NULL, n, n_threads)
+
+cdef void adadelta_f64(double* param, const double* grad, double* square_avg, double* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h) noexcept nogil:
+    cdef AdadeltaCoef c
+    adadelta_coef(h, &c)
+    run_job(CORES.adadelta[1], &c, 8, param, grad, square_avg, acc_delta, NULL, n, 1)
+
+cdef void adadelta_f64_parallel(double* param, const double* grad, double* square_avg, double* acc_delta,
+        Py_ssize_t n, const AdadeltaHyper* h, int n_threads) noexcept nogil:
+    cdef AdadeltaCoef c
+    adadelta_coef(h, &c)
+    run_job(CORES.adadelta[1], &c, 8, param, grad, square_avg, acc_delta, NULL, n, n_threads)
+
+cdef void adamax_f32(float* param, const float* grad, float* exp_avg, float* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h) noexcept nogil:
+    cdef AdamaxCoef c
+    adamax_coef(h, &c)
+    run_job(CORES.adamax[0], &c, 4, param, grad, exp_avg, exp_inf, NULL, n, 1)
+
+cdef void adamax_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h, int n_threads) noexcept nogil:
+    cdef AdamaxCoef c
+    adamax_coef(h, &c)
+    run_job(CORES.adamax[0], &c, 4, param, grad, exp_avg, exp_inf, NULL, n, n_threads)
+
+cdef void adamax_f64(double* param, const double* grad, double* exp_avg, double* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h) noexcept nogil:
+    cdef AdamaxCoef c
+    adamax_coef(h, &c)
+    run_job(CORES.adamax[1], &c, 8, param, grad, exp_avg, exp_inf, NULL, n, 1)
+
+cdef void adamax_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_inf,
+        Py_ssize_t n, const AdamaxHyper* h, int n_threads) noexcept nogil:
+    cdef AdamaxCoef c
+    adamax_coef(h, &c)
+    run_job(CORES.adamax[1], &c, 8, param, grad, exp_avg, exp_inf, NULL, n, n_threads)
+
+cdef void nadam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h) noexcept nogil:
+    cdef NAdamCoef c
+    nadam_coef(h, &c)
+    run_job(CORES.nadam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
+
+cdef void nadam_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h, int n_threads) noexcept nogil:
+    cdef NAdamCoef c
+    nadam_coef(h, &c)
+    run_job(CORES.nadam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
+
+cdef void nadam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h) noexcept nogil:
+    cdef NAdamCoef c
+    nadam_coef(h, &c)
+    run_job(CORES.nadam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
+
+cdef void nadam_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const NAdamHyper* h, int n_threads) noexcept nogil:
+    cdef NAdamCoef c
+    nadam_coef(h, &c)
+    run_job(CORES.nadam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
+
+cdef void radam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h) noexcept nogil:
+    cdef RAdamCoef c
+    radam_coef(h, &c)
+    run_job(CORES.radam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
+
+cdef void radam_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h, int n_threads) noexcept nogil:
+    cdef RAdamCoef c
+    radam_coef(h, &c)
+    run_job(CORES.radam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
+
+cdef void radam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h) noexcept nogil:
+    cdef RAdamCoef c
+    radam_coef(h, &c)
+    run_job(CORES.radam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
+
+cdef void radam_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
+        Py_ssize_t n, const RAdamHyper* h, int n_threads) noexcept nogil:
+    cdef RAdamCoef c
+    radam_coef(h, &c)
+    run_job(CORES.radam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
+
+cdef void lion_f32(float* param, const float* grad, float* exp_avg,
+        Py_ssize_t n, const LionHyper* h) noexcept nogil:
+    cdef LionCoef c
+    lion_coef(h, &c)
+    run_job(CORES.lion[0], &c, 4, param, grad, exp_avg, NULL, NULL, n, 1)
+
+cdef void lion_f32_parallel(float* param, const float* grad, float* exp_avg,
+        Py_ssize_t n, const LionHyper* h, int n_threads) noexcept nogil:
+    cdef LionCoef c
+    lion_coef(h, &c)
+    run_job(CORES.lion[0], &c, 4, param, grad, exp_avg, NULL, NULL, n, n_threads)
+
+cdef void lion_f64(double* param, const double* grad, double* exp_avg,
+        Py_ssize_t n, const LionHyper* h) noexcept nogil:
+    cdef LionCoef c
+    lion_coef(h, &c)
+    run_job(CORES.lion[1], &c, 8, param, grad, exp_avg, NULL, NULL, n, 1)
+
+cdef void lion_f64_parallel(double* param, const double* grad, double* exp_avg,
+        Py_ssize_t n, const LionHyper* h, int n_threads) noexcept nogil:
+    cdef LionCoef c
+    lion_coef(h, &c)
+    run_job(CORES.lion[1], &c, 8, param, grad, exp_avg, NULL, NULL, n, n_threads)
 
 
 # =======================================================================================
@@ -603,6 +754,231 @@ def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, be
     """
     _adam("fastlr.kernels.adamw", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
           beta1, beta2, eps, weight_decay, True, maximize, n_threads)
+
+
+# ---- Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion ----------------------------------------
+cdef int _run(core_fn core, const void* coef, Checked* c, int nt) except -1:
+    """Run a validated update: the GIL is released for large arrays."""
+    cdef int k
+    for k in range(c.n_arrays, MAX_ARRAYS):
+        c.data[k] = NULL
+    if c.size >= NOGIL_MIN_SIZE:
+        with nogil:
+            run_job(core, coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                    c.data[4], c.size, nt)
+    else:
+        run_job(core, coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                c.data[4], c.size, nt)
+    return 0
+
+
+cdef double _closed_unit(str fn, str name, object value) except? -1.0:
+    """A rate in [0, 1]."""
+    cdef double v = _real(fn, name, value)
+    if not (0.0 <= v <= 1.0):
+        raise ValueError(f"{fn}: {name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def adagrad(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
+            maximize=False, n_threads=None):
+    """Adagrad with lr decay and L2 weight decay, in place (torch.optim.Adagrad).
+
+    With ``g = -grad if maximize else grad`` and ``t = step`` (1-based)::
+
+        g         = g + weight_decay * param                  (if weight_decay != 0)
+        clr       = lr / (1 + (t - 1) * lr_decay)
+        state_sum = state_sum + g**2
+        param     = param - clr * g / (sqrt(state_sum) + eps)
+
+    ``state_sum`` starts at ``initial_accumulator_value`` (torch's default 0;
+    :func:`fastlr.kernels.make_state` fills it). ``lr`` is in parameter units per
+    normalised gradient. Returns None.
+    """
+    cdef str fn = "fastlr.kernels.adagrad"
+    cdef AdagradHyper h
+    cdef Checked c
+    h.step = _step(fn, step)
+    h.lr = _nonneg(fn, "lr", lr)
+    h.lr_decay = _nonneg(fn, "lr_decay", lr_decay)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.eps = _nonneg(fn, "eps", eps)
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _check_arrays(fn, ("param", "grad", "state_sum"), (param, grad, state_sum), 3, &c)
+    cdef AdagradCoef coef
+    adagrad_coef(&h, &coef)
+    _run(CORES.adagrad[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
+
+
+def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
+             weight_decay=0.0, maximize=False, n_threads=None):
+    """Adadelta with L2 weight decay, in place (torch.optim.Adadelta).
+
+    With ``g = -grad if maximize else grad`` and ``g = g + weight_decay * param``::
+
+        square_avg = rho * square_avg + (1 - rho) * g**2
+        delta      = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta  = rho * acc_delta + (1 - rho) * delta**2
+        param      = param - lr * delta
+
+    eps sits inside both square roots; both buffers start at zeros; no step count is
+    needed. Returns None.
+    """
+    cdef str fn = "fastlr.kernels.adadelta"
+    cdef AdadeltaHyper h
+    cdef Checked c
+    h.lr = _nonneg(fn, "lr", lr)
+    h.rho = _closed_unit(fn, "rho", rho)
+    h.eps = _nonneg(fn, "eps", eps)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _check_arrays(fn, ("param", "grad", "square_avg", "acc_delta"),
+                  (param, grad, square_avg, acc_delta), 4, &c)
+    cdef AdadeltaCoef coef
+    adadelta_coef(&h, &coef)
+    _run(CORES.adadelta[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
+
+
+def adamax(param, grad, exp_avg, exp_inf, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=0.0, maximize=False, n_threads=None):
+    """Adamax (Adam with an infinity norm), in place (torch.optim.Adamax).
+
+    With ``g = -grad if maximize else grad``, ``g = g + weight_decay * param`` and
+    ``t = step`` (1-based)::
+
+        exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+        exp_inf = maximum(beta2 * exp_inf, |g| + eps)       (NaN in either gives NaN)
+        param   = param - lr / (1 - beta1**t) * exp_avg / exp_inf
+
+    Both buffers start at zeros. Returns None.
+    """
+    cdef str fn = "fastlr.kernels.adamax"
+    cdef AdamaxHyper h
+    cdef Checked c
+    h.step = _step(fn, step)
+    h.lr = _nonneg(fn, "lr", lr)
+    h.beta1 = _unit(fn, "beta1", beta1)
+    h.beta2 = _unit(fn, "beta2", beta2)
+    h.eps = _nonneg(fn, "eps", eps)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _check_arrays(fn, ("param", "grad", "exp_avg", "exp_inf"), (param, grad, exp_avg, exp_inf),
+                  4, &c)
+    cdef AdamaxCoef coef
+    adamax_coef(&h, &coef)
+    _run(CORES.adamax[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1=0.9, beta2=0.999,
+          eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
+          maximize=False, n_threads=None):
+    """NAdam (Adam with Nesterov momentum), in place (torch.optim.NAdam). Returns the new
+    ``mu_product``: pass it to the next call (start with 1.0).
+
+    With ``g = -grad if maximize else grad``, ``t = step`` (1-based) and
+    ``mu(t) = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``::
+
+        param = param * (1 - lr * weight_decay)    (decoupled_weight_decay)
+        g     = g + weight_decay * param           (otherwise, if weight_decay != 0)
+        P     = mu_product * mu(t)                 (the returned mu_product)
+        exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+        denom = sqrt(exp_avg_sq / (1 - beta2**t)) + eps
+        param = param - lr * (1 - mu(t)) / (1 - P) * g / denom
+        param = param - lr * mu(t+1) / (1 - P * mu(t+1)) * exp_avg / denom
+
+    ``mu_product`` is the product mu(1)...mu(t-1), a float in [0, 1]; torch keeps it in
+    each parameter's state (as fastlr.NAdam does). Both buffers start at zeros.
+    """
+    cdef str fn = "fastlr.kernels.nadam"
+    cdef NAdamHyper h
+    cdef Checked c
+    h.step = _step(fn, step)
+    h.mu_product = _closed_unit(fn, "mu_product", mu_product)
+    h.lr = _nonneg(fn, "lr", lr)
+    h.beta1 = _unit(fn, "beta1", beta1)
+    h.beta2 = _unit(fn, "beta2", beta2)
+    h.eps = _nonneg(fn, "eps", eps)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.momentum_decay = _nonneg(fn, "momentum_decay", momentum_decay)
+    h.decoupled_weight_decay = _flag(fn, "decoupled_weight_decay", decoupled_weight_decay)
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _check_arrays(fn, ("param", "grad", "exp_avg", "exp_avg_sq"),
+                  (param, grad, exp_avg, exp_avg_sq), 4, &c)
+    cdef NAdamCoef coef
+    nadam_coef(&h, &coef)
+    _run(CORES.nadam[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
+    return coef.mu_product
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, decoupled_weight_decay=False, maximize=False, n_threads=None):
+    """RAdam (rectified Adam), in place (torch.optim.RAdam).
+
+    With ``g = -grad if maximize else grad``, ``t = step`` (1-based), weight decay as in
+    :func:`nadam`, ``rho_inf = 2 / (1 - beta2) - 1`` and
+    ``rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)``::
+
+        exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+        m_hat = exp_avg / (1 - beta1**t)
+        r     = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+        param = param - m_hat * lr * sqrt(1 - beta2**t) / (sqrt(exp_avg_sq) + eps) * r
+                                                              (rho_t > 5)
+        param = param - m_hat * lr                             (otherwise: the first steps)
+
+    eps is added to the uncorrected sqrt(exp_avg_sq), as torch does. Returns None.
+    """
+    cdef str fn = "fastlr.kernels.radam"
+    cdef RAdamHyper h
+    cdef Checked c
+    h.step = _step(fn, step)
+    h.lr = _nonneg(fn, "lr", lr)
+    h.beta1 = _unit(fn, "beta1", beta1)
+    h.beta2 = _unit(fn, "beta2", beta2)
+    h.eps = _nonneg(fn, "eps", eps)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.decoupled_weight_decay = _flag(fn, "decoupled_weight_decay", decoupled_weight_decay)
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _check_arrays(fn, ("param", "grad", "exp_avg", "exp_avg_sq"),
+                  (param, grad, exp_avg, exp_avg_sq), 4, &c)
+    cdef RAdamCoef coef
+    radam_coef(&h, &coef)
+    _run(CORES.radam[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
+
+
+def lion(param, grad, exp_avg, *, lr, beta1=0.9, beta2=0.99, weight_decay=1e-3,
+         maximize=False, n_threads=None):
+    """Lion (evolved sign momentum), in place, as optax.lion defines it.
+
+    With ``g = -grad if maximize else grad``::
+
+        u       = sign((1 - beta1) * g + beta1 * exp_avg)     (sign(0) = 0, NaN stays NaN)
+        exp_avg = (1 - beta2) * g + beta2 * exp_avg
+        param   = param - lr * (u + weight_decay * param)
+
+    The decay is decoupled and scaled by lr (optax's add_decayed_weights before
+    scale_by_learning_rate). ``exp_avg`` (optax's ``mu``) starts at zeros. Default
+    ``weight_decay=1e-3`` as optax. Returns None.
+    """
+    cdef str fn = "fastlr.kernels.lion"
+    cdef LionHyper h
+    cdef Checked c
+    h.lr = _nonneg(fn, "lr", lr)
+    h.beta1 = _closed_unit(fn, "beta1", beta1)
+    h.beta2 = _closed_unit(fn, "beta2", beta2)
+    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
+    h.maximize = _flag(fn, "maximize", maximize)
+    cdef int nt = _threads_arg(fn, n_threads)
+    _check_arrays(fn, ("param", "grad", "exp_avg"), (param, grad, exp_avg), 3, &c)
+    cdef LionCoef coef
+    lion_coef(&h, &coef)
+    _run(CORES.lion[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
 
 
 def _init_cores():

@@ -21,9 +21,15 @@ import numpy as np
 
 from fastlr._kernels import (
     HAVE_OPENMP,
+    adadelta,
+    adagrad,
     adam,
+    adamax,
     adamw,
     get_num_threads,
+    lion,
+    nadam,
+    radam,
     rmsprop,
     set_num_threads,
     sgd,
@@ -34,6 +40,12 @@ __all__ = [
     "rmsprop",
     "adam",
     "adamw",
+    "adagrad",
+    "adadelta",
+    "adamax",
+    "nadam",
+    "radam",
+    "lion",
     "make_state",
     "state_names",
     "get_num_threads",
@@ -43,7 +55,8 @@ __all__ = [
 ]
 
 #: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference``.
-KERNELS = ("sgd", "rmsprop", "adam", "adamw")
+KERNELS = ("sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
+           "lion")
 
 
 def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False):
@@ -66,8 +79,16 @@ def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False):
     if kernel in ("adam", "adamw"):
         _only(kernel, momentum=momentum, centered=centered)
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+    if kernel in _FIXED_STATE:
+        _only(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad)
+        return _FIXED_STATE[kernel]
     raise ValueError(f"fastlr.kernels.state_names: unknown kernel {kernel!r}; expected one of "
                      f"{', '.join(KERNELS)}")
+
+
+_FIXED_STATE = {"adagrad": ("state_sum",), "adadelta": ("square_avg", "acc_delta"),
+                "adamax": ("exp_avg", "exp_inf"), "nadam": ("exp_avg", "exp_avg_sq"),
+                "radam": ("exp_avg", "exp_avg_sq"), "lion": ("exp_avg",)}
 
 
 def _only(kernel, **unused):
@@ -99,12 +120,18 @@ def zeros_like_many(count, shape, dtype, order="C"):
             for k in range(count)]
 
 
-def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False):
+def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False,
+               initial_accumulator_value=0.0):
     """Allocate the zero-filled state buffers ``kernel`` needs for ``param``.
 
     Returns a dict keyed by the kernel's argument names, so ``kernel(param, grad, **state,
     ...)`` works. Buffers have param's shape, dtype and memory layout (C or F order).
-    For SGD, pass the ``momentum`` you will step with (no buffer without momentum).
+    For SGD, pass the ``momentum`` you will step with (no buffer without momentum). For
+    Adagrad, ``state_sum`` is filled with ``initial_accumulator_value`` (torch's option).
+
+    >>> state = make_state("adagrad", np.ones(3), initial_accumulator_value=0.1)
+    >>> state["state_sum"]
+    array([0.1, 0.1, 0.1])
     """
     if not isinstance(param, np.ndarray):
         raise TypeError(f"fastlr.kernels.make_state: param must be a numpy.ndarray, got "
@@ -114,4 +141,14 @@ def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False):
                         f"float64, got {param.dtype}")
     order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
     names = state_names(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad)
-    return dict(zip(names, zeros_like_many(len(names), param.shape, param.dtype, order)))
+    state = dict(zip(names, zeros_like_many(len(names), param.shape, param.dtype, order)))
+    if initial_accumulator_value != 0:
+        if kernel != "adagrad":
+            raise ValueError(f"fastlr.kernels.make_state: initial_accumulator_value is an "
+                             f"Adagrad option, not one of {kernel}")
+        value = float(initial_accumulator_value)
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"fastlr.kernels.make_state: initial_accumulator_value must be a "
+                             f"finite number >= 0, got {initial_accumulator_value!r}")
+        state["state_sum"][...] = value
+    return state

@@ -16,6 +16,9 @@ Semantics follow ``torch.optim`` 2.13's single-tensor path
 * :func:`adam`    -- ``torch.optim.Adam`` (``decoupled_weight_decay`` and
   ``amsgrad`` included)
 * :func:`adamw`   -- ``torch.optim.AdamW`` (Adam with decoupled weight decay)
+* :func:`adagrad`, :func:`adadelta`, :func:`adamax`, :func:`nadam`,
+  :func:`radam` -- the torch.optim classes of the same names
+* :func:`lion`    -- ``optax.lion`` (torch 2.13 has no Lion)
 
 Conventions shared by all functions:
 
@@ -40,7 +43,8 @@ Conventions shared by all functions:
 
 import numpy as np
 
-__all__ = ["sgd", "rmsprop", "adam", "adamw"]
+__all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
+           "lion"]
 
 
 # ---------------------------------------------------------------------------
@@ -318,3 +322,162 @@ def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
     adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
          beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
          decoupled_weight_decay=True, maximize=maximize, n_threads=n_threads)
+
+
+# ---------------------------------------------------------------------------
+# Adagrad, Adadelta, Adamax, NAdam, RAdam (torch.optim), Lion (optax)
+# ---------------------------------------------------------------------------
+
+def _decay_or_l2(param, g, lr, weight_decay, decoupled):
+    """torch's two weight decays: returns (p, g) after ``p * (1 - lr*wd)`` or
+    ``g + wd * p``."""
+    if weight_decay != 0:
+        if decoupled:
+            return param * (1.0 - lr * weight_decay), g
+        return param, g + weight_decay * param
+    return param, g
+
+
+def adagrad(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
+            eps=1e-10, maximize=False, n_threads=None):
+    """One Adagrad step (``torch.optim.Adagrad``), in place::
+
+        g = -g if maximize;  g = g + weight_decay * p
+        clr = lr / (1 + (t - 1) * lr_decay)
+        state_sum = state_sum + g * g
+        p = p + (-clr * g) / (sqrt(state_sum) + eps)
+    """
+    _check_step(step)
+    _check_shapes(param, grad=grad, state_sum=state_sum)
+    lr, lr_decay, weight_decay, eps = float(lr), float(lr_decay), float(weight_decay), float(eps)
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    _, g = _decay_or_l2(param, g, lr, weight_decay, False)
+    clr = lr / (1.0 + (step - 1) * lr_decay)
+    s = state_sum + g * g
+    state_sum[...] = s
+    param[...] = param + (-clr * g) / (np.sqrt(s) + eps)
+
+
+def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
+             weight_decay=0.0, maximize=False, n_threads=None):
+    """One Adadelta step (``torch.optim.Adadelta``), in place::
+
+        g = -g if maximize;  g = g + weight_decay * p
+        square_avg = rho * square_avg + (1 - rho) * g * g
+        delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+        p = p - lr * delta
+    """
+    _check_shapes(param, grad=grad, square_avg=square_avg, acc_delta=acc_delta)
+    lr, rho, eps, weight_decay = float(lr), float(rho), float(eps), float(weight_decay)
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    _, g = _decay_or_l2(param, g, lr, weight_decay, False)
+    sq = square_avg * rho + (1.0 - rho) * g * g
+    square_avg[...] = sq
+    delta = np.sqrt(acc_delta + eps) / np.sqrt(sq + eps) * g
+    acc_delta[...] = acc_delta * rho + (1.0 - rho) * delta * delta
+    param[...] = param + (-lr) * delta
+
+
+def adamax(param, grad, exp_avg, exp_inf, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+           weight_decay=0.0, maximize=False, n_threads=None):
+    """One Adamax step (``torch.optim.Adamax``), in place::
+
+        g = -g if maximize;  g = g + weight_decay * p
+        m = lerp(m, g, 1 - beta1)
+        u = maximum(beta2 * u, |g| + eps)          # NaN-propagating
+        p = p + (-(lr / (1 - beta1 ** t)) * m) / u
+    """
+    _check_step(step)
+    _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_inf=exp_inf)
+    lr, beta1, beta2, eps, weight_decay = (float(lr), float(beta1), float(beta2), float(eps),
+                                           float(weight_decay))
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    _, g = _decay_or_l2(param, g, lr, weight_decay, False)
+    m = _lerp(exp_avg, g, 1.0 - beta1)
+    exp_avg[...] = m
+    u = np.maximum(exp_inf * beta2, np.abs(g) + eps)
+    exp_inf[...] = u
+    clr = lr / (1.0 - beta1 ** step)
+    param[...] = param + (-clr * m) / u
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1=0.9, beta2=0.999,
+          eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
+          maximize=False, n_threads=None):
+    """One NAdam step (``torch.optim.NAdam``), in place; returns the new ``mu_product``::
+
+        mu(t) = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+        P = mu_product * mu(t);  P' = P * mu(t + 1)
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
+        denom = sqrt(v / (1 - beta2 ** t)) + eps
+        p = p + (-lr * (1 - mu(t)) / (1 - P) * g) / denom
+        p = p + (-lr * mu(t + 1) / (1 - P') * m) / denom
+    """
+    _check_step(step)
+    _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    lr, beta1, beta2, eps, weight_decay, momentum_decay = (
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+        float(momentum_decay))
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    p, g = _decay_or_l2(param, g, lr, weight_decay, decoupled_weight_decay)
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * momentum_decay))
+    product = float(mu_product) * mu
+    product_next = product * mu_next
+    m = _lerp(exp_avg, g, 1.0 - beta1)
+    exp_avg[...] = m
+    v = exp_avg_sq * beta2 + (1.0 - beta2) * g * g
+    exp_avg_sq[...] = v
+    denom = np.sqrt(v / (1.0 - beta2 ** step)) + eps
+    p = p + ((-lr * (1.0 - mu) / (1.0 - product)) * g) / denom
+    param[...] = p + ((-lr * mu_next / (1.0 - product_next)) * m) / denom
+    return product
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+          weight_decay=0.0, decoupled_weight_decay=False, maximize=False, n_threads=None):
+    """One RAdam step (``torch.optim.RAdam``), in place::
+
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 t beta2 ** t / (1 - beta2 ** t)
+        rho_t > 5:  p = p - m / bc1 * lr * (sqrt(bc2) / (sqrt(v) + eps)) * rect
+        otherwise:  p = p - m / bc1 * lr
+    """
+    _check_step(step)
+    _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    lr, beta1, beta2, eps, weight_decay = (float(lr), float(beta1), float(beta2), float(eps),
+                                           float(weight_decay))
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    p, g = _decay_or_l2(param, g, lr, weight_decay, decoupled_weight_decay)
+    m = _lerp(exp_avg, g, 1.0 - beta1)
+    exp_avg[...] = m
+    v = exp_avg_sq * beta2 + (1.0 - beta2) * g * g
+    exp_avg_sq[...] = v
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / bc2
+    if rho_t > 5.0:
+        rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
+        param[...] = p - m / bc1 * lr * (bc2 ** 0.5 / (np.sqrt(v) + eps)) * rect
+    else:
+        param[...] = p - m / bc1 * lr
+
+
+def lion(param, grad, exp_avg, *, lr, beta1=0.9, beta2=0.99, weight_decay=1e-3,
+         maximize=False, n_threads=None):
+    """One Lion step (``optax.lion``), in place::
+
+        u = sign((1 - beta1) * g + beta1 * m)
+        m = (1 - beta2) * g + beta2 * m
+        p = p + (-lr) * (u + weight_decay * p)
+    """
+    _check_shapes(param, grad=grad, exp_avg=exp_avg)
+    lr, beta1, beta2, weight_decay = float(lr), float(beta1), float(beta2), float(weight_decay)
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    u = np.sign((1.0 - beta1) * g + beta1 * exp_avg)
+    exp_avg[...] = (1.0 - beta2) * g + beta2 * exp_avg
+    param[...] = param + (-lr) * (u + weight_decay * param)
