@@ -1,10 +1,12 @@
 """fastlr: optimizer steps and learning-rate schedules as typed Cython kernels.
 
-The update loops of SGD (momentum, Nesterov), RMSprop and Adam/AdamW run in compiled code,
+The update loops of SGD (momentum, Nesterov), RMSprop, Adam/AdamW and more run in compiled code,
 in place on your float32/float64 NumPy arrays, with torch.optim's semantics.
 
 Modules:
-  fastlr.optim      SGD, RMSprop, Adam, AdamW: param groups, state, one C call per step
+  fastlr.optim      SGD, RMSprop, Adam, AdamW, Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion:
+                    param groups, state, clipping, one C call per step
+  fastlr.plateau    ReduceLROnPlateau, a metric-driven lr controller
   fastlr.schedules  learning-rate schedules evaluated in C
   fastlr.kernels    in-place kernels (validate, then one C call)
   fastlr.reference  pure-NumPy twins of the kernels, the test oracle
@@ -24,7 +26,9 @@ _kernels._init_cores()
 from fastlr import kernels, reference, schedules
 from fastlr._kernels import get_num_threads, set_num_threads
 from fastlr.lr_finder import LRFinderResult, find_lr
-from fastlr.optim import SGD, Adam, AdamW, Optimizer, RMSprop, flat_buffer
+from fastlr.optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer,
+                          RAdam, RMSprop, clip_grad_norm, flat_buffer)
+from fastlr.plateau import ReduceLROnPlateau
 
 try:
     from importlib.metadata import PackageNotFoundError, version
@@ -33,7 +37,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - an in-place build that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Optimizer", "flat_buffer", "find_lr",
+__all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam",
+           "Lion", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "find_lr",
            "LRFinderResult", "kernels",
            "reference", "schedules", "get_num_threads", "set_num_threads", "get_include",
            "__version__"]

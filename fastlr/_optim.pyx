@@ -17,7 +17,7 @@
 # c) Grads that are adjacent views of one buffer (or one flat grad array) let a coalesced
 #    span run as one piece; otherwise the span runs param by param, with the same bits.
 
-from libc.math cimport isfinite
+from libc.math cimport isfinite, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
@@ -28,9 +28,14 @@ from fastlr._arrays cimport same_shape
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from fastlr._core cimport (AdamCoef, CoreTable, RMSpropCoef, SGDCoef, adam_coef, core_fn,
-                           rmsprop_coef, sgd_coef)
-from fastlr._kernels cimport AdamHyper, RMSpropHyper, SGDHyper, parallel_spans
+from fastlr._core cimport (AdadeltaCoef, AdagradCoef, AdamaxCoef, AdamCoef, CoreTable,
+                           LionCoef, NAdamCoef, RAdamCoef, RMSpropCoef, SGDCoef, adadelta_coef,
+                           adagrad_coef, adam_coef, adamax_coef, core_fn, lion_coef, nadam_coef,
+                           radam_coef, rmsprop_coef, sgd_coef)
+from fastlr._kernels cimport (AdadeltaHyper, AdagradHyper, AdamaxHyper, AdamHyper, LionHyper,
+                              NAdamHyper, PARALLEL_MIN_SIZE, RAdamHyper, RMSpropHyper, SGDHyper,
+                              parallel_spans)
+from cython.parallel cimport prange
 from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
                                 schedule_value)
 
@@ -55,23 +60,42 @@ cdef enum:
     K_SGD = 0
     K_RMSPROP = 1
     K_ADAM = 2
+    K_ADAGRAD = 3
+    K_ADADELTA = 4
+    K_ADAMAX = 5
+    K_NADAM = 6
+    K_RADAM = 7
+    K_LION = 8
     MAX_STATE = 3
+    # Gradient reductions (norm, non-finite scan) work in blocks of this many elements of
+    # the concatenated grads: the unit handed to a thread, and the unit of the fixed-order
+    # final sum, so the norm has the same bits for any thread count.
+    REDUCE_BLOCK = 16384
 
-KINDS = {"sgd": K_SGD, "rmsprop": K_RMSPROP, "adam": K_ADAM}
+KINDS = {"sgd": K_SGD, "rmsprop": K_RMSPROP, "adam": K_ADAM, "adagrad": K_ADAGRAD,
+         "adadelta": K_ADADELTA, "adamax": K_ADAMAX, "nadam": K_NADAM, "radam": K_RADAM,
+         "lion": K_LION}
 
 ctypedef struct HyperSrc:
-    double value              # the constant, or the value evaluated this step
+    double value              # the value this step (lr: times the group's lr scale)
+    double constant           # the constant (when schedule is NULL)
     const void* schedule      # NULL for a constant
 
 ctypedef struct GroupC:
     HyperSrc lr, momentum, beta1, weight_decay      # the schedulable ones
-    double dampening, alpha, eps, beta2
+    double dampening, alpha, eps, beta2, lr_decay, rho, momentum_decay
     int nesterov, maximize, decoupled
 
 ctypedef union CoefU:
     SGDCoef sgd
     RMSpropCoef rmsprop
     AdamCoef adam
+    AdagradCoef adagrad
+    AdadeltaCoef adadelta
+    AdamaxCoef adamax
+    NAdamCoef nadam
+    RAdamCoef radam
+    LionCoef lion
 
 ctypedef struct SpanC:
     char* param
@@ -148,6 +172,79 @@ cdef void run_pieces(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t total,
     parallel_spans(piece_span, &lst, total, n_threads)
 
 
+# ---------------------------------------------------------------------------------------
+# Gradient reductions over the concatenated grads of all pieces (ptrs[1]): the sum of
+# squares (clipping by global norm) and the non-finite scan, in fixed blocks
+# ---------------------------------------------------------------------------------------
+cdef void reduce_block(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t lo, Py_ssize_t hi,
+                       int want_norm, int want_scan, double* block_sum,
+                       unsigned char* block_flag) noexcept nogil:
+    cdef Py_ssize_t a = 0, b = n_pieces, mid, i, s, e
+    cdef double acc[8]
+    cdef int k, f64
+    cdef unsigned char flag = 0
+    cdef const Piece* pc
+    cdef const char* x
+    for k in range(8):
+        acc[k] = 0.0
+    while b - a > 1:                        # the piece that holds element lo
+        mid = (a + b) // 2
+        if pieces[mid].start <= lo:
+            a = mid
+        else:
+            b = mid
+    i = a
+    while i < n_pieces and pieces[i].start < hi:
+        pc = &pieces[i]
+        s = lo - pc.start if lo > pc.start else 0
+        e = hi - pc.start if hi - pc.start < pc.n else pc.n
+        if e > s:
+            f64 = pc.itemsize == 8
+            x = pc.ptrs[1] + s * pc.itemsize
+            if want_norm:
+                CORES.sumsq[f64](x, e - s, pc.start + s, acc)
+            if want_scan and not flag:
+                flag = CORES.nonfinite[f64](x, e - s)
+        i += 1
+    block_sum[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    block_flag[0] = flag
+
+
+cdef void reduce_pieces(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t total,
+                        int want_norm, int want_scan, double* block_sums,   # OUT (scratch)
+                        unsigned char* block_flags, int n_threads,           # OUT (scratch)
+                        double* sumsq, int* nonfinite) noexcept nogil:      # OUT
+    """Sum of squares (in double) and the non-finite flag of all grads. block_sums and
+    block_flags hold ceil(total / REDUCE_BLOCK) entries."""
+    cdef Py_ssize_t n_blocks = (total + REDUCE_BLOCK - 1) // REDUCE_BLOCK, blk
+    cdef int nt = n_threads
+    cdef double sq = 0.0
+    cdef int flag = 0
+    if nt > n_blocks:
+        nt = <int>n_blocks
+    if nt > 1 and total >= PARALLEL_MIN_SIZE:
+        for blk in prange(n_blocks, schedule="static", num_threads=nt):
+            reduce_block(pieces, n_pieces, blk * REDUCE_BLOCK,
+                         min(blk * REDUCE_BLOCK + REDUCE_BLOCK, total), want_norm, want_scan,
+                         &block_sums[blk], &block_flags[blk])
+    else:
+        for blk in range(n_blocks):
+            reduce_block(pieces, n_pieces, blk * REDUCE_BLOCK,
+                         min(blk * REDUCE_BLOCK + REDUCE_BLOCK, total), want_norm, want_scan,
+                         &block_sums[blk], &block_flags[blk])
+    for blk in range(n_blocks):              # in block order: the same bits for any split
+        sq = sq + block_sums[blk]
+        flag = flag | block_flags[blk]
+    sumsq[0] = sq
+    nonfinite[0] = flag
+
+
+cdef inline double clip_scale(double max_norm, double norm) noexcept nogil:
+    """torch.nn.utils.clip_grad_norm_'s factor: min(max_norm / (norm + 1e-6), 1), NaN kept."""
+    cdef double coef = max_norm / (norm + 1e-6)
+    return 1.0 if coef >= 1.0 else coef
+
+
 cdef class Engine:
     """The compiled step of one optimizer (see the design notes). For fastlr.optim only."""
 
@@ -167,8 +264,13 @@ cdef class Engine:
                                       # "buffer is not None"); owned by optim.py
     cdef double[:, ::1] used      # per group: lr, momentum, beta1, weight_decay of the last
                                   # step (owned by optim.py)
+    cdef double[::1] mu_product   # NAdam: per param, the product of its mu_t (optim.py's)
+    cdef double[::1] lr_scale     # per group: factor on the lr (ReduceLROnPlateau's)
+    cdef double* block_sums       # reduction scratch, one per REDUCE_BLOCK of grads
+    cdef unsigned char* block_flags
     cdef int needs_gil            # a group has a Python-callable schedule
     cdef readonly Py_ssize_t total_size
+    cdef readonly double last_grad_norm   # of the last step that computed it (else NaN)
 
     def __dealloc__(self):
         self._free()
@@ -180,6 +282,10 @@ cdef class Engine:
         free(self.coefs)
         free(self.pieces)
         free(self.grad_ptrs)
+        free(self.block_sums)
+        free(self.block_flags)
+        self.block_sums = NULL
+        self.block_flags = NULL
         self.params = NULL
         self.spans = NULL
         self.groups = NULL
@@ -191,13 +297,16 @@ cdef class Engine:
         self.kind = KINDS[kind]
         self.name = name
         self.n_params = self.n_spans = self.n_groups = 0
+        self.last_grad_norm = float("nan")
 
-    def configure(self, list params, list spans, list groups, counts, started, used):
+    def configure(self, list params, list spans, list groups, counts, started, used,
+                  mu_product, lr_scale):
         """params: ndarrays in order; spans: (first, n_params, group, state slots) where the
         slots follow the kernel's state arguments (None when unused) and each array's
         memory covers the span; groups: dicts of resolved hyperparameters (schedulable ones
-        as float or Schedule); counts (int64), started (uint8): per param; used: float64
-        (n_groups, 4), written by each step."""
+        as float or Schedule); counts (int64), started (uint8), mu_product (float64): per
+        param; used: float64 (n_groups, 4), written by each step; lr_scale: float64 per
+        group, read by each step."""
         cdef Py_ssize_t i, j, first, nparams
         cdef cnp.ndarray a, st
         cdef SpanC* sp
@@ -224,6 +333,8 @@ cdef class Engine:
         self.counts = counts
         self.started = started
         self.used = used
+        self.mu_product = mu_product
+        self.lr_scale = lr_scale
         self.total_size = 0
         for i in range(self.n_params):
             a = <cnp.ndarray>params[i]
@@ -234,6 +345,12 @@ cdef class Engine:
             pp.ndim = cnp.PyArray_NDIM(a)
             pp.f_order = not cnp.PyArray_IS_C_CONTIGUOUS(a)
             self.total_size += cnp.PyArray_SIZE(a)
+        n_blocks = max(1, (self.total_size + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
+        self.block_sums = <double*>calloc(n_blocks, sizeof(double))
+        self.block_flags = <unsigned char*>calloc(n_blocks, sizeof(unsigned char))
+        if self.block_sums == NULL or self.block_flags == NULL:
+            self._free()
+            raise MemoryError()
         for i in range(self.n_spans):
             first, nparams, group, states = spans[i]
             sp = &self.spans[i]
@@ -256,14 +373,28 @@ cdef class Engine:
                     keep.append(st)
                     sp.state[j] = <char*>cnp.PyArray_DATA(st)
             f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
-            if self.kind == K_SGD:
-                sp.core = CORES.sgd[f64]
-            elif self.kind == K_RMSPROP:
-                sp.core = CORES.rmsprop[f64]
-            else:
-                sp.core = CORES.adam[f64]
+            sp.core = self._core(f64)
         self._keep = keep
         self._set_groups(groups)
+
+    cdef core_fn _core(self, int f64):
+        if self.kind == K_SGD:
+            return CORES.sgd[f64]
+        if self.kind == K_RMSPROP:
+            return CORES.rmsprop[f64]
+        if self.kind == K_ADAM:
+            return CORES.adam[f64]
+        if self.kind == K_ADAGRAD:
+            return CORES.adagrad[f64]
+        if self.kind == K_ADADELTA:
+            return CORES.adadelta[f64]
+        if self.kind == K_ADAMAX:
+            return CORES.adamax[f64]
+        if self.kind == K_NADAM:
+            return CORES.nadam[f64]
+        if self.kind == K_RADAM:
+            return CORES.radam[f64]
+        return CORES.lion[f64]
 
     def set_groups(self, list groups):
         """New hyperparameters for the same groups (a param_groups write): no reallocation."""
@@ -287,6 +418,9 @@ cdef class Engine:
             g.alpha = gd.get("alpha", 0.0)
             g.eps = gd.get("eps", 0.0)
             g.beta2 = gd.get("beta2", 0.0)
+            g.lr_decay = gd.get("lr_decay", 0.0)
+            g.rho = gd.get("rho", 0.0)
+            g.momentum_decay = gd.get("momentum_decay", 0.0)
             g.nesterov = gd.get("nesterov", False)
             g.maximize = gd.get("maximize", False)
             g.decoupled = gd.get("decoupled_weight_decay", False)
@@ -302,7 +436,7 @@ cdef class Engine:
                 self.needs_gil = 1
         else:
             src.schedule = NULL
-            src.value = value
+            src.value = src.constant = value
         return 0
 
     def group_values(self, int64_t t):
@@ -319,8 +453,8 @@ cdef class Engine:
         cdef GroupC* g
         for i in range(self.n_groups):
             g = &self.groups[i]
-            if g.lr.schedule != NULL:
-                g.lr.value = schedule_value(g.lr.schedule, t)
+            g.lr.value = (schedule_value(g.lr.schedule, t) if g.lr.schedule != NULL
+                          else g.lr.constant) * self.lr_scale[i]
             if g.momentum.schedule != NULL:
                 g.momentum.value = schedule_value(g.momentum.schedule, t)
             if g.beta1.schedule != NULL:
@@ -342,10 +476,13 @@ cdef class Engine:
                 self._bad_value(i, "lr", &g.lr, t, "a finite number >= 0")
             if not (isfinite(g.weight_decay.value) and g.weight_decay.value >= 0.0):
                 self._bad_value(i, "weight_decay", &g.weight_decay, t, "a finite number >= 0")
-            if self.kind == K_ADAM:
+            if self.kind == K_LION:
+                if not (0.0 <= g.beta1.value <= 1.0):
+                    self._bad_value(i, "betas[0]", &g.beta1, t, "in [0, 1]")
+            elif self.kind in (K_ADAM, K_ADAMAX, K_NADAM, K_RADAM):
                 if not (0.0 <= g.beta1.value < 1.0):
                     self._bad_value(i, "betas[0]", &g.beta1, t, "in [0, 1)")
-            else:
+            elif self.kind == K_SGD or self.kind == K_RMSPROP:
                 if not (isfinite(g.momentum.value) and g.momentum.value >= 0.0):
                     self._bad_value(i, "momentum", &g.momentum, t, "a finite number >= 0")
                 if g.nesterov and not g.momentum.value > 0.0:
@@ -442,6 +579,12 @@ cdef class Engine:
         cdef SGDHyper sh
         cdef RMSpropHyper rh
         cdef AdamHyper ah
+        cdef AdagradHyper gh
+        cdef AdadeltaHyper dh
+        cdef AdamaxHyper xh
+        cdef NAdamHyper nh
+        cdef RAdamHyper qh
+        cdef LionHyper lh
         for i in range(self.n_spans):
             sp = &self.spans[i]
             g = &self.groups[sp.group]
@@ -463,6 +606,59 @@ cdef class Engine:
                 rh.momentum = g.momentum.value
                 rh.maximize = g.maximize
                 rmsprop_coef(&rh, &self.coefs[i].rmsprop)
+            elif self.kind == K_ADAGRAD:
+                gh.lr = g.lr.value
+                gh.lr_decay = g.lr_decay
+                gh.weight_decay = g.weight_decay.value
+                gh.eps = g.eps
+                gh.step = count
+                gh.maximize = g.maximize
+                adagrad_coef(&gh, &self.coefs[i].adagrad)
+            elif self.kind == K_ADADELTA:
+                dh.lr = g.lr.value
+                dh.rho = g.rho
+                dh.eps = g.eps
+                dh.weight_decay = g.weight_decay.value
+                dh.maximize = g.maximize
+                adadelta_coef(&dh, &self.coefs[i].adadelta)
+            elif self.kind == K_ADAMAX:
+                xh.lr = g.lr.value
+                xh.beta1 = g.beta1.value
+                xh.beta2 = g.beta2
+                xh.eps = g.eps
+                xh.weight_decay = g.weight_decay.value
+                xh.step = count
+                xh.maximize = g.maximize
+                adamax_coef(&xh, &self.coefs[i].adamax)
+            elif self.kind == K_NADAM:
+                nh.lr = g.lr.value
+                nh.beta1 = g.beta1.value
+                nh.beta2 = g.beta2
+                nh.eps = g.eps
+                nh.weight_decay = g.weight_decay.value
+                nh.momentum_decay = g.momentum_decay
+                nh.mu_product = self.mu_product[sp.first]
+                nh.step = count
+                nh.decoupled_weight_decay = g.decoupled
+                nh.maximize = g.maximize
+                nadam_coef(&nh, &self.coefs[i].nadam)
+            elif self.kind == K_RADAM:
+                qh.lr = g.lr.value
+                qh.beta1 = g.beta1.value
+                qh.beta2 = g.beta2
+                qh.eps = g.eps
+                qh.weight_decay = g.weight_decay.value
+                qh.step = count
+                qh.decoupled_weight_decay = g.decoupled
+                qh.maximize = g.maximize
+                radam_coef(&qh, &self.coefs[i].radam)
+            elif self.kind == K_LION:
+                lh.lr = g.lr.value
+                lh.beta1 = g.beta1.value
+                lh.beta2 = g.beta2
+                lh.weight_decay = g.weight_decay.value
+                lh.maximize = g.maximize
+                lion_coef(&lh, &self.coefs[i].lion)
             else:
                 if i > 0 and sp.group == self.spans[i - 1].group and \
                         count == self.counts[self.spans[i - 1].first] + 1:
@@ -478,6 +674,33 @@ cdef class Engine:
                 ah.maximize = g.maximize
                 adam_coef(&ah, &self.coefs[i].adam)
 
+    cdef void _scale_grads(self, double scale) noexcept:
+        """Fold a factor on every grad into the coefficients: the cores read grad[i] as
+        sign * grad[i], so scaling sign (+-1) applies clipping exactly as
+        ``grad *= scale`` (in the grads' dtype) before the step would."""
+        cdef Py_ssize_t i
+        cdef CoefU* c
+        for i in range(self.n_spans):
+            c = &self.coefs[i]
+            if self.kind == K_SGD:
+                c.sgd.sign *= scale
+            elif self.kind == K_RMSPROP:
+                c.rmsprop.sign *= scale
+            elif self.kind == K_ADAM:
+                c.adam.sign *= scale
+            elif self.kind == K_ADAGRAD:
+                c.adagrad.sign *= scale
+            elif self.kind == K_ADADELTA:
+                c.adadelta.sign *= scale
+            elif self.kind == K_ADAMAX:
+                c.adamax.sign *= scale
+            elif self.kind == K_NADAM:
+                c.nadam.sign *= scale
+            elif self.kind == K_RADAM:
+                c.radam.sign *= scale
+            else:
+                c.lion.sign *= scale
+
     cdef Py_ssize_t _pieces(self) noexcept:
         cdef Py_ssize_t i, j, k, n_pieces = 0, start = 0
         cdef SpanC* sp
@@ -488,7 +711,8 @@ cdef class Engine:
         for i in range(self.n_spans):
             sp = &self.spans[i]
             # torch runs the momentum branch only while momentum != 0 (SGD) / > 0 (RMSprop)
-            no_momentum = self.kind != K_ADAM and self.groups[sp.group].momentum.value == 0.0
+            no_momentum = (self.kind == K_SGD or self.kind == K_RMSPROP) and \
+                self.groups[sp.group].momentum.value == 0.0
             adjacent = True
             for j in range(sp.first + 1, sp.first + sp.n_params):
                 if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes:
@@ -524,16 +748,41 @@ cdef class Engine:
                     start += pc.n
         return n_pieces
 
-    def step(self, grads, int64_t t, int n_threads):
-        """Check grads, evaluate schedules at t, update every param in one pass; then count."""
+    def step(self, grads, int64_t t, int n_threads, double max_grad_norm=0.0,
+             bint skip_nonfinite=False):
+        """Check grads, evaluate schedules at t, update every param in one pass; then count.
+        max_grad_norm > 0 clips by the global norm (fused: one reduction pass over the grads,
+        the factor applied inside the update). skip_nonfinite: when a grad element is NaN or
+        Inf, nothing is written and False is returned. Returns True when the update ran."""
         cdef Py_ssize_t i, j, n_pieces
         cdef SpanC* sp
         cdef GroupC* g
+        cdef double sumsq = 0.0, scale = 1.0
+        cdef int nonfinite = 0
+        cdef int want_norm = max_grad_norm > 0.0
         self._check_grads(grads)
         self._evaluate(t)
         self._check_values(t)
-        self._coefs(t)
         n_pieces = self._pieces()
+        if want_norm or skip_nonfinite:
+            if self.total_size >= 4096:
+                with nogil:
+                    reduce_pieces(self.pieces, n_pieces, self.total_size, want_norm,
+                                  skip_nonfinite, self.block_sums, self.block_flags, n_threads,
+                                  &sumsq, &nonfinite)
+            else:
+                reduce_pieces(self.pieces, n_pieces, self.total_size, want_norm,
+                              skip_nonfinite, self.block_sums, self.block_flags, n_threads,
+                              &sumsq, &nonfinite)
+            if want_norm:
+                self.last_grad_norm = sqrt(sumsq)
+            if nonfinite:
+                return False
+            if want_norm:
+                scale = clip_scale(max_grad_norm, self.last_grad_norm)
+        self._coefs(t)
+        if scale != 1.0:
+            self._scale_grads(scale)
         if self.total_size >= 4096:
             with nogil:
                 run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
@@ -547,11 +796,112 @@ cdef class Engine:
             self.used[i, 3] = g.weight_decay.value
         for i in range(self.n_params):
             self.counts[i] += 1
+        if self.kind == K_NADAM:
+            for i in range(self.n_spans):
+                sp = &self.spans[i]
+                for j in range(sp.first, sp.first + sp.n_params):
+                    self.mu_product[j] = self.coefs[i].nadam.mu_product
         if self.kind == K_SGD:
             for i in range(self.n_spans):
                 sp = &self.spans[i]
                 if sp.state[0] != NULL and self.groups[sp.group].momentum.value != 0.0:
                     for j in range(sp.first, sp.first + sp.n_params):
                         self.started[j] = 1
+        return True
 
 
+# ---------------------------------------------------------------------------------------
+# The functional global-norm clip
+# ---------------------------------------------------------------------------------------
+def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None):
+    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm``;
+    return the norm they had (torch.nn.utils.clip_grad_norm_).
+
+    ``norm = sqrt(sum of g**2 over every element of every grad)``, accumulated in double
+    in fixed blocks (the same bits for any thread count); then every grad is multiplied by
+    ``min(max_norm / (norm + 1e-6), 1)`` in its own dtype (nothing is written when that is
+    1). A NaN or Inf element makes the norm non-finite and, as in torch, the factor
+    NaN or 0: ``error_if_nonfinite=True`` raises ValueError instead, before writing
+    anything. ``grads``: one float32/float64 array or a list of them (dtypes may differ),
+    contiguous and writeable. The optimizers' ``max_grad_norm=`` does the same inside the
+    step without a separate pass over the grads for the scaling.
+    """
+    cdef str fn = "fastlr.clip_grad_norm"
+    cdef Py_ssize_t i, n, total = 0
+    cdef cnp.ndarray a
+    cdef Piece* pieces
+    cdef double* block_sums
+    cdef unsigned char* block_flags
+    cdef double sumsq = 0.0, norm, scale, limit
+    cdef int nonfinite = 0, nt
+    from fastlr._kernels import get_num_threads
+    if isinstance(grads, np.ndarray):
+        arrays = [grads]
+    elif isinstance(grads, (list, tuple)):
+        arrays = list(grads)
+    else:
+        raise TypeError(f"{fn}: grads must be an array or a list of arrays, got "
+                        f"{type(grads).__name__}")
+    if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, (int, float,
+                                                                          np.integer,
+                                                                          np.floating)):
+        raise TypeError(f"{fn}: max_norm must be a real number, got {type(max_norm).__name__}")
+    limit = max_norm
+    if not (isfinite(limit) and limit > 0.0):
+        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}")
+    if n_threads is None:
+        nt = get_num_threads()
+    elif isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)) \
+            or not 1 <= n_threads <= 4096:
+        raise ValueError(f"{fn}: n_threads must be an int in [1, 4096] or None, got "
+                         f"{n_threads!r}")
+    else:
+        nt = n_threads
+    n = len(arrays)
+    for i in range(n):
+        obj = arrays[i]
+        if not isinstance(obj, np.ndarray):
+            raise TypeError(f"{fn}: grads[{i}] must be a numpy.ndarray, got "
+                            f"{type(obj).__name__}")
+        a = <cnp.ndarray>obj
+        if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT and cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE:
+            raise TypeError(f"{fn}: grads[{i}] must have dtype float32 or float64, got "
+                            f"{a.dtype}")
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)) or \
+                not cnp.PyArray_ISALIGNED(a) or cnp.PyArray_ISBYTESWAPPED(a):
+            raise ValueError(f"{fn}: grads[{i}] must be contiguous, aligned and in native "
+                             f"byte order, got strides {obj.strides}")
+        if not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"{fn}: grads[{i}] is read-only but is scaled in place")
+        total += cnp.PyArray_SIZE(a)
+    n_blocks = max(1, (total + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
+    pieces = <Piece*>calloc(max(n, 1), sizeof(Piece))
+    block_sums = <double*>calloc(n_blocks, sizeof(double))
+    block_flags = <unsigned char*>calloc(n_blocks, 1)
+    try:
+        if pieces == NULL or block_sums == NULL or block_flags == NULL:
+            raise MemoryError()
+        total = 0
+        for i in range(n):
+            a = <cnp.ndarray>arrays[i]
+            pieces[i].ptrs[1] = <char*>cnp.PyArray_DATA(a)
+            pieces[i].n = cnp.PyArray_SIZE(a)
+            pieces[i].itemsize = cnp.PyArray_ITEMSIZE(a)
+            pieces[i].start = total
+            total += pieces[i].n
+        with nogil:
+            reduce_pieces(pieces, n, total, 1, 0, block_sums, block_flags, nt, &sumsq,
+                          &nonfinite)
+    finally:
+        free(pieces)
+        free(block_sums)
+        free(block_flags)
+    norm = sqrt(sumsq)
+    if error_if_nonfinite and not isfinite(norm):
+        raise ValueError(f"{fn}: the total norm of the grads is {norm!r} (a NaN or Inf "
+                         f"element); nothing was scaled")
+    scale = clip_scale(limit, norm)
+    if scale != 1.0:
+        for obj in arrays:
+            np.multiply(obj, obj.dtype.type(scale), out=obj)
+    return norm

@@ -29,11 +29,12 @@ import tempfile
 import numpy as np
 
 from fastlr import reference
-from fastlr._optim import Engine
+from fastlr._optim import Engine, clip_grad_norm
 from fastlr.kernels import zeros_like_many
 from fastlr.schedules import Schedule, as_schedule
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "flat_buffer"]
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax",
+           "NAdam", "RAdam", "Lion", "flat_buffer", "clip_grad_norm"]
 
 _FORMAT = "fastlr-optimizer-1"
 
@@ -108,16 +109,24 @@ class Optimizer:
     _slots = ()             # the kernel's state arguments, in order
     _optional_state = ()    # buffers torch creates on first use (absent before)
 
-    def __init__(self, params, defaults, n_threads=None):
+    def __init__(self, params, defaults, n_threads=None, max_grad_norm=None,
+                 skip_nonfinite=False):
         self.defaults = dict(defaults)
         for key, value in self.defaults.items():
             self._check_hyper(key, value, where="")
         self._n_threads = self._threads_arg(n_threads)
+        self.max_grad_norm = max_grad_norm
+        self.skip_nonfinite = skip_nonfinite
         self.param_groups = []
         self._params = []
         self._counts = np.zeros(0, dtype=np.int64)     # per param: updates applied
         self._started = np.zeros(0, dtype=np.uint8)    # per param: SGD buffer in use
         self._used = np.zeros((0, 4), dtype=np.float64)  # per group: values of the last step
+        self._mu_product = np.zeros(0, dtype=np.float64)  # per param: NAdam's product of mu_t
+        self._lr_scale = np.zeros(0, dtype=np.float64)    # per group: factor on the lr
+        self._skipped = 0               # steps skipped for non-finite grads
+        self._plateau = None            # an attached ReduceLROnPlateau
+        self._pending_plateau = None    # its checkpointed state, until one is attached
         self._state = []                # per param: {name: view}
         self._layout = None             # the span structure the state blocks were made for
         self._t = 0
@@ -128,6 +137,34 @@ class Optimizer:
         self._configure()
 
     # ---- construction -------------------------------------------------------------------
+    @property
+    def max_grad_norm(self):
+        """Clip the grads to this global L2 norm inside each step (None: no clipping)."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value):
+        if value is not None:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{self._name}: max_grad_norm must be a number > 0 or None, "
+                                f"got {type(value).__name__}")
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{self._name}: max_grad_norm must be a finite number > 0 "
+                                 f"or None, got {value!r}")
+            value = float(value)
+        self._max_grad_norm = value
+
+    @property
+    def skip_nonfinite(self):
+        """Skip a step whose grads hold a NaN or Inf (False: propagate them, as torch)."""
+        return self._skip_nonfinite
+
+    @skip_nonfinite.setter
+    def skip_nonfinite(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{self._name}: skip_nonfinite must be a bool, got {value!r}")
+        self._skip_nonfinite = bool(value)
+
     @property
     def _name(self):
         return f"fastlr.{type(self).__name__}"
@@ -229,6 +266,8 @@ class Optimizer:
         self._counts = np.concatenate([self._counts, np.zeros(len(params), dtype=np.int64)])
         self._started = np.concatenate([self._started, np.zeros(len(params), dtype=np.uint8)])
         self._used = np.concatenate([self._used, np.full((1, 4), np.nan)])
+        self._mu_product = np.concatenate([self._mu_product, np.ones(len(params))])
+        self._lr_scale = np.concatenate([self._lr_scale, np.ones(1)])
         self._state.extend({} for _ in params)
 
     def _validate_group(self, group):
@@ -286,7 +325,8 @@ class Optimizer:
                 k = j + 1
                 while k < len(params) and self._adjacent(params[k - 1], params[k]) and \
                         self._counts[index + k] == self._counts[index + j] and \
-                        self._started[index + k] == self._started[index + j]:
+                        self._started[index + k] == self._started[index + j] and \
+                        self._mu_product[index + k] == self._mu_product[index + j]:
                     k += 1
                 layout.append((index + j, k - j, g, names))
                 j = k
@@ -298,13 +338,14 @@ class Optimizer:
         else:
             spans = []
             for first, n, g, names in layout:
-                blocks = self._span_state(first, self._params[first:first + n], names)
+                blocks = self._span_state(first, self._params[first:first + n], names,
+                                          self._state_fill(self.param_groups[g]))
                 slots = tuple(blocks.get(name) for name in self._slots)
                 spans.append((first, n, g, slots))
             self._spans = spans
             self._layout = layout
             self._engine.configure(self._params, spans, groups, self._counts, self._started,
-                                   self._used)
+                                   self._used, self._mu_product, self._lr_scale)
         self._dirty = False
 
     @staticmethod
@@ -313,7 +354,11 @@ class Optimizer:
                 and a.__array_interface__["data"][0] + a.nbytes
                 == b.__array_interface__["data"][0])
 
-    def _span_state(self, first, params, names):
+    def _state_fill(self, group):
+        """Initial values of state buffers that do not start at zero: {name: value}."""
+        return {}
+
+    def _span_state(self, first, params, names, fill):
         """One contiguous block per state buffer for a span, viewed per param; existing
         buffers are kept (copied into the new block). Returns {name: block}."""
         blocks = {}
@@ -329,6 +374,8 @@ class Optimizer:
                 old = self._state[first + j].get(name)
                 if old is not None:
                     view[...] = old
+                elif name in fill:
+                    view[...] = fill[name]
                 self._state[first + j][name] = view
                 offset += n
             blocks[name] = block
@@ -342,12 +389,35 @@ class Optimizer:
     def step(self, grads):
         """Apply one update to every param from ``grads`` (a list in param order, or one flat
         array when the params are views of one buffer). Raises before touching anything
-        when a grad or a scheduled hyperparameter is invalid."""
+        when a grad or a scheduled hyperparameter is invalid.
+
+        With ``skip_nonfinite=True`` it returns whether the update was applied: grads that
+        hold a NaN or Inf skip the whole step (nothing is written, no counter moves, the
+        schedules do not advance, :attr:`skipped_steps` goes up) and it returns False;
+        otherwise True. Without the option it returns None and non-finite grads propagate
+        into params and state, as in torch. With
+        ``max_grad_norm``, the grads are scaled by ``min(max_norm / (norm + 1e-6), 1)``
+        (torch's clip_grad_norm_) inside the update; :attr:`last_grad_norm` is the norm.
+        """
         if self._dirty:
             self._configure()
         n_threads = self._n_threads if self._n_threads is not None else _default_threads()
-        self._engine.step(grads, self._t, n_threads)
-        self._t += 1
+        if self._engine.step(grads, self._t, n_threads, self._max_grad_norm or 0.0,
+                             self._skip_nonfinite):
+            self._t += 1
+            return True if self._skip_nonfinite else None
+        self._skipped += 1
+        return False
+
+    @property
+    def skipped_steps(self):
+        """Steps skipped because a grad held a NaN or Inf (``skip_nonfinite=True``)."""
+        return self._skipped
+
+    @property
+    def last_grad_norm(self):
+        """The global L2 norm of the grads of the last step that clipped (NaN before)."""
+        return self._engine.last_grad_norm
 
     @property
     def params(self):
@@ -404,7 +474,16 @@ class Optimizer:
             groups.append(g)
         state = {i: dict({k: np.array(v, copy=True) for k, v in self._live_state(i).items()},
                          step=int(self._counts[i])) for i in range(len(self._state))}
-        return {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups}
+        if self._kernel == "nadam":
+            for i, st in state.items():
+                st["mu_product"] = float(self._mu_product[i])
+        sd = {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups,
+              "skipped_steps": self._skipped, "lr_scale": [float(v) for v in self._lr_scale]}
+        plateau = (self._plateau.state_dict() if self._plateau is not None
+                   else self._pending_plateau)
+        if plateau is not None:
+            sd["plateau"] = dict(plateau)
+        return sd
 
     def load_state_dict(self, state_dict):
         """Restore a state dict. Everything is validated first; on any error nothing
@@ -419,6 +498,20 @@ class Optimizer:
         if sd.get("format", _FORMAT) != _FORMAT:
             raise ValueError(f"{name}: unknown format {sd.get('format')!r}")
         steps = _nonneg_int(name, "steps", sd["steps"])
+        skipped = _nonneg_int(name, "skipped_steps", sd.get("skipped_steps", 0))
+        lr_scale = sd.get("lr_scale", [1.0] * len(self.param_groups))
+        if not isinstance(lr_scale, (list, tuple, np.ndarray)) or \
+                len(lr_scale) != len(self.param_groups) or \
+                not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and
+                        np.isfinite(v) and v >= 0 for v in lr_scale):
+            raise ValueError(f"{name}: lr_scale must hold one finite number >= 0 per param "
+                             f"group ({len(self.param_groups)}), got {lr_scale!r}")
+        plateau = sd.get("plateau")
+        if plateau is not None:
+            from fastlr.plateau import _check_plateau_state
+            plateau = _check_plateau_state(name, plateau)
+            if self._plateau is not None:
+                self._plateau._check_compatible(name, plateau)
         groups = sd["param_groups"]
         if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
             raise ValueError(f"{name}: the state dict has "
@@ -459,6 +552,15 @@ class Optimizer:
                 raise ValueError(f"{name}: the state dict has no state for param {i}")
             count = _nonneg_int(name, f"state[{i}]['step']", st.get("step"))
             bufs = {}
+            if self._kernel == "nadam":
+                mp = st.get("mu_product")
+                if isinstance(mp, np.ndarray) and mp.ndim == 0:
+                    mp = mp.item()
+                if isinstance(mp, (bool, np.bool_)) or not isinstance(mp, numbers.Real) or \
+                        not 0.0 <= mp <= 1.0:
+                    raise ValueError(f"{name}: state[{i}]['mu_product'] must be a number in "
+                                     f"[0, 1], got {mp!r}")
+                bufs["mu_product"] = float(mp)
             for buf in self._state[i]:
                 if buf not in st and buf in self._optional_state:
                     continue
@@ -473,7 +575,8 @@ class Optimizer:
                                      f"{getattr(arr, 'dtype', type(arr).__name__)} "
                                      f"{getattr(arr, 'shape', '')}")
                 bufs[buf] = arr
-            extra = set(st) - set(self._state[i]) - {"step"}
+            extra = set(st) - set(self._state[i]) - {"step"} - \
+                ({"mu_product"} if self._kernel == "nadam" else set())
             if extra:
                 raise ValueError(f"{name}: state[{i}] has buffers {sorted(extra)} that this "
                                  f"optimizer's options do not use")
@@ -484,6 +587,8 @@ class Optimizer:
                 dict.__setitem__(group, key, value)
         for i, (count, bufs) in new_state.items():
             self._counts[i] = count
+            if "mu_product" in bufs:
+                self._mu_product[i] = bufs["mu_product"]
             for buf, view in self._state[i].items():
                 if buf in bufs:
                     np.copyto(view, bufs[buf], casting="same_kind")
@@ -492,6 +597,13 @@ class Optimizer:
             self._started[i] = all(b in bufs for b in self._optional_state
                                    if b in self._state[i])
         self._t = steps
+        self._skipped = skipped
+        self._lr_scale[:] = [float(v) for v in lr_scale]
+        if plateau is not None:
+            if self._plateau is not None:
+                self._plateau._load(plateau)
+            else:
+                self._pending_plateau = plateau
         self._dirty = True
         self._configure()
         self._used[...] = np.nan
@@ -503,7 +615,11 @@ class Optimizer:
         file in the same directory, then a rename."""
         sd = self.state_dict()
         arrays = {"format": np.array(_FORMAT), "steps": np.array(sd["steps"], dtype=np.int64),
-                  "param_groups": np.array(json.dumps(sd["param_groups"]))}
+                  "param_groups": np.array(json.dumps(sd["param_groups"])),
+                  "skipped_steps": np.array(sd["skipped_steps"], dtype=np.int64),
+                  "lr_scale": np.array(sd["lr_scale"], dtype=np.float64)}
+        if "plateau" in sd:
+            arrays["plateau"] = np.array(json.dumps(sd["plateau"]))
         for i, st in sd["state"].items():
             arrays[f"state/{i}/step"] = np.array(st["step"], dtype=np.int64)
             for k, v in st.items():
@@ -541,11 +657,18 @@ class Optimizer:
                 raise ValueError(f"unknown format {str(files['format'])!r}")
             sd = {"format": _FORMAT, "steps": int(files["steps"]),
                   "param_groups": json.loads(str(files["param_groups"])), "state": {}}
+            if "skipped_steps" in files:
+                sd["skipped_steps"] = int(files["skipped_steps"])
+            if "lr_scale" in files:
+                sd["lr_scale"] = [float(v) for v in np.asarray(files["lr_scale"]).reshape(-1)]
+            if "plateau" in files:
+                sd["plateau"] = json.loads(str(files["plateau"]))
             for key, value in files.items():
                 if key.startswith("state/"):
                     _, i, buf = key.split("/", 2)
                     entry = sd["state"].setdefault(int(i), {})
-                    entry[buf] = int(value) if buf == "step" else value
+                    entry[buf] = (int(value) if buf == "step" else
+                                  float(value) if buf == "mu_product" else value)
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
                              f"({error})") from error
@@ -563,17 +686,30 @@ class Optimizer:
         if len(grads) != len(self._params):
             raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
                              f"{len(self._params)} params")
+        grads = [np.asarray(g) for g in grads]
+        if self._skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
+            self._skipped += 1
+            return False
+        if self._max_grad_norm is not None:
+            norm = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
+            coef = self._max_grad_norm / (norm + 1e-6)
+            scale = 1.0 if coef >= 1.0 else coef
+            if scale != 1.0:
+                grads = [g * g.dtype.type(scale) for g in grads]
         values = self._values_at(self._t)
         index = 0
         fn = getattr(reference, self._kernel)
         for g, (group, v) in enumerate(zip(self.param_groups, values)):
             for p in group["params"]:
                 kwargs = self._reference_kwargs(group, v, index)
-                fn(p, grads[index], **kwargs)
+                out = fn(p, grads[index], **kwargs)
+                if self._kernel == "nadam":
+                    self._mu_product[index] = out
                 index += 1
             self._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
         self._counts += 1
         self._t += 1
+        return True if self._skip_nonfinite else None
 
 
 def _default_threads():
@@ -602,6 +738,10 @@ def _nonneg_int(name, what, value):
     return int(value)
 
 
+def _pair(betas):
+    return tuple(betas) if isinstance(betas, (list, tuple)) else betas
+
+
 _NONNEG = (0.0, None, "a finite number >= 0")
 _UNIT = (0.0, 1.0, "in [0, 1)")
 
@@ -616,10 +756,12 @@ class SGD(Optimizer):
                "weight_decay": _NONNEG}
 
     def __init__(self, params, lr=1e-3, *, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, maximize=False, n_threads=None):
+                 nesterov=False, maximize=False, n_threads=None,
+                 max_grad_norm=None, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), n_threads)
+                                      maximize=maximize), n_threads,
+                         max_grad_norm, skip_nonfinite)
 
     _slots = ("momentum_buffer",)
     _optional_state = ("momentum_buffer",)
@@ -664,10 +806,12 @@ class RMSprop(Optimizer):
                "momentum": _NONNEG}
 
     def __init__(self, params, lr=1e-2, *, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered=False, maximize=False, n_threads=None):
+                 momentum=0.0, centered=False, maximize=False, n_threads=None,
+                 max_grad_norm=None, skip_nonfinite=False):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
-                                      maximize=maximize), n_threads)
+                                      maximize=maximize), n_threads, max_grad_norm,
+                         skip_nonfinite)
 
     _slots = ("square_avg", "momentum_buffer", "grad_avg")
 
@@ -700,11 +844,13 @@ class Adam(Optimizer):
                "weight_decay": _NONNEG, "betas": None}
 
     def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, decoupled_weight_decay=False, n_threads=None):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(
-            betas, (list, tuple)) else betas, eps=eps, weight_decay=weight_decay,
-            amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay),
-            n_threads)
+                 amsgrad=False, maximize=False, decoupled_weight_decay=False, n_threads=None,
+                 max_grad_norm=None, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         n_threads, max_grad_norm, skip_nonfinite)
 
     _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -722,7 +868,192 @@ class AdamW(Adam):
     """AdamW: Adam with decoupled weight decay, ``weight_decay=1e-2`` (torch.optim.AdamW)."""
 
     def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False, n_threads=None):
+                 amsgrad=False, maximize=False, n_threads=None, max_grad_norm=None,
+                 skip_nonfinite=False):
         super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                         n_threads=n_threads)
+                         n_threads=n_threads, max_grad_norm=max_grad_norm,
+                         skip_nonfinite=skip_nonfinite)
+
+
+_CLOSED_UNIT = (0.0, float(np.nextafter(1.0, 2.0)), "in [0, 1]")   # 1.0 included
+
+
+class Adagrad(Optimizer):
+    """Adagrad with lr decay and L2 weight decay (torch.optim.Adagrad)."""
+
+    _kernel = "adagrad"
+    _schedulable = ("lr", "weight_decay")
+    _flags = ("maximize",)
+    _ranges = {"lr": _NONNEG, "lr_decay": _NONNEG, "weight_decay": _NONNEG,
+               "initial_accumulator_value": _NONNEG, "eps": _NONNEG}
+    _slots = ("state_sum",)
+
+    def __init__(self, params, lr=1e-2, *, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, n_threads=None,
+                 max_grad_norm=None, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize),
+                         n_threads, max_grad_norm, skip_nonfinite)
+
+    def _state_names(self, group):
+        return ("state_sum",)
+
+    def _state_fill(self, group):
+        return {"state_sum": float(group["initial_accumulator_value"])}
+
+    def _reference_kwargs(self, group, v, i):
+        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], lr_decay=group["lr_decay"],
+                    weight_decay=v["weight_decay"], eps=group["eps"],
+                    maximize=group["maximize"], **self._state[i])
+
+
+class Adadelta(Optimizer):
+    """Adadelta with L2 weight decay (torch.optim.Adadelta)."""
+
+    _kernel = "adadelta"
+    _schedulable = ("lr", "weight_decay")
+    _flags = ("maximize",)
+    _ranges = {"lr": _NONNEG, "rho": _CLOSED_UNIT, "eps": _NONNEG, "weight_decay": _NONNEG}
+    _slots = ("square_avg", "acc_delta")
+
+    def __init__(self, params, lr=1.0, *, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
+                 n_threads=None, max_grad_norm=None, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize),
+                         n_threads, max_grad_norm, skip_nonfinite)
+
+    def _state_names(self, group):
+        return ("square_avg", "acc_delta")
+
+    def _reference_kwargs(self, group, v, i):
+        return dict(lr=v["lr"], rho=group["rho"], eps=group["eps"],
+                    weight_decay=v["weight_decay"], maximize=group["maximize"],
+                    **self._state[i])
+
+
+class Adamax(Optimizer):
+    """Adamax, Adam with an infinity norm (torch.optim.Adamax)."""
+
+    _kernel = "adamax"
+    _schedulable = ("lr", "beta1", "weight_decay")
+    _flags = ("maximize",)
+    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
+               "weight_decay": _NONNEG, "betas": None}
+    _slots = ("exp_avg", "exp_inf")
+
+    def __init__(self, params, lr=2e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 maximize=False, n_threads=None, max_grad_norm=None, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
+                                      weight_decay=weight_decay, maximize=maximize),
+                         n_threads, max_grad_norm, skip_nonfinite)
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_inf")
+
+    def _reference_kwargs(self, group, v, i):
+        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], beta1=v["beta1"],
+                    beta2=group["betas"][1], eps=group["eps"], weight_decay=v["weight_decay"],
+                    maximize=group["maximize"], **self._state[i])
+
+
+class NAdam(Optimizer):
+    """NAdam, Adam with Nesterov momentum and momentum decay (torch.optim.NAdam).
+
+    Each param's ``mu_product`` (the product of its momentum coefficients so far) is part of
+    its state, as in torch: ``opt.state[i]["mu_product"]`` and the state dict.
+    """
+
+    _kernel = "nadam"
+    _schedulable = ("lr", "beta1", "weight_decay")
+    _flags = ("maximize", "decoupled_weight_decay")
+    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
+               "weight_decay": _NONNEG, "momentum_decay": _NONNEG, "betas": None}
+    _slots = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=2e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,
+                 n_threads=None, max_grad_norm=None, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
+                                      weight_decay=weight_decay, momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize),
+                         n_threads, max_grad_norm, skip_nonfinite)
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    @property
+    def state(self):
+        """Per-param state as :attr:`Optimizer.state`, plus its ``mu_product`` (a float)."""
+        state = super().state
+        for i, st in state.items():
+            st["mu_product"] = float(self._mu_product[i])
+        return state
+
+    def _reference_kwargs(self, group, v, i):
+        return dict(step=int(self._counts[i]) + 1, mu_product=float(self._mu_product[i]),
+                    lr=v["lr"], beta1=v["beta1"], beta2=group["betas"][1], eps=group["eps"],
+                    weight_decay=v["weight_decay"], momentum_decay=group["momentum_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"],
+                    maximize=group["maximize"], **self._state[i])
+
+
+class RAdam(Optimizer):
+    """RAdam, rectified Adam (torch.optim.RAdam)."""
+
+    _kernel = "radam"
+    _schedulable = ("lr", "beta1", "weight_decay")
+    _flags = ("maximize", "decoupled_weight_decay")
+    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
+               "weight_decay": _NONNEG, "betas": None}
+    _slots = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, maximize=False, n_threads=None,
+                 max_grad_norm=None, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
+                                      weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize),
+                         n_threads, max_grad_norm, skip_nonfinite)
+
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _reference_kwargs(self, group, v, i):
+        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], beta1=v["beta1"],
+                    beta2=group["betas"][1], eps=group["eps"], weight_decay=v["weight_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"],
+                    maximize=group["maximize"], **self._state[i])
+
+
+class Lion(Optimizer):
+    """Lion, the sign of interpolated momentum, as optax.lion defines it (torch has none).
+
+    ``u = sign((1 - b1) g + b1 m)``, ``m = (1 - b2) g + b2 m``,
+    ``p = p - lr (u + weight_decay p)``. Defaults as optax (``betas=(0.9, 0.99)``,
+    ``weight_decay=1e-3``); ``lr=1e-4`` (Lion wants a 3-10x smaller lr than AdamW).
+    """
+
+    _kernel = "lion"
+    _schedulable = ("lr", "beta1", "weight_decay")
+    _flags = ("maximize",)
+    _ranges = {"lr": _NONNEG, "beta1": _CLOSED_UNIT, "beta2": _CLOSED_UNIT,
+               "weight_decay": _NONNEG, "betas": None}
+    _slots = ("exp_avg",)
+
+    def __init__(self, params, lr=1e-4, *, betas=(0.9, 0.99), weight_decay=1e-3,
+                 maximize=False, n_threads=None, max_grad_norm=None, skip_nonfinite=False):
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), weight_decay=weight_decay,
+                                      maximize=maximize),
+                         n_threads, max_grad_norm, skip_nonfinite)
+
+    def _state_names(self, group):
+        return ("exp_avg",)
+
+    def _reference_kwargs(self, group, v, i):
+        return dict(lr=v["lr"], beta1=v["beta1"], beta2=group["betas"][1],
+                    weight_decay=v["weight_decay"], maximize=group["maximize"],
+                    **self._state[i])

@@ -1,0 +1,229 @@
+"""ReduceLROnPlateau: cut the learning rate when a metric stops improving (torch's rules).
+
+It is a controller driven by a metric, not a schedule of the step: each group's lr is
+``schedule(t) * scale`` (or ``lr * scale`` for a constant), and the controller lowers
+``scale``. So it composes with any schedule (a warmup, a cosine...), and its state (the
+scales, the best metric, the counters) is part of the optimizer's checkpoint.
+
+>>> import numpy as np, fastlr
+>>> w = np.zeros(2)
+>>> opt = fastlr.SGD([w], lr=1.0)
+>>> plateau = fastlr.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+>>> lrs = []
+>>> for loss in [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8]:
+...     cut = plateau.step(loss)        # True when this call lowered the lr
+...     lrs.append(opt.next_lr[0])
+>>> lrs
+[1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25]
+"""
+
+import math
+import numbers
+
+__all__ = ["ReduceLROnPlateau"]
+
+_CONFIG = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lrs",
+           "eps")
+_COUNTERS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
+
+
+class ReduceLROnPlateau:
+    """Multiply each group's lr by ``factor`` when ``metric`` has not improved for more than
+    ``patience`` calls of :meth:`step` (torch.optim.lr_scheduler.ReduceLROnPlateau).
+
+    Rules (torch's): the metric improves when it is below ``best * (1 - threshold)``
+    (``mode="min"``, ``threshold_mode="rel"``), below ``best - threshold`` ("abs"), or
+    above ``best * (1 + threshold)`` / ``best + threshold`` for ``mode="max"``. Calls that do
+    not improve count as bad; during the ``cooldown`` calls after a cut they are ignored.
+    When more than ``patience`` are bad, each group's lr becomes
+    ``max(lr * factor, min_lr)``, applied only when that lowers it by more than ``eps``.
+
+    With a schedule the cut scales what the schedule gives from then on: ``lr(t) =
+    schedule(t) * scale``. ``min_lr`` (a number, or one per group) bounds the lr at the
+    moment of a cut, as in torch; a schedule may still go lower afterwards.
+    """
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        from fastlr.optim import Optimizer
+
+        name = "fastlr.ReduceLROnPlateau"
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{name}: optimizer must be a fastlr optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if optimizer._plateau is not None:
+            raise ValueError(f"{name}: this optimizer already has a ReduceLROnPlateau")
+        n_groups = len(optimizer.param_groups)
+        if isinstance(min_lr, (list, tuple)):
+            if len(min_lr) != n_groups:
+                raise ValueError(f"{name}: expected {n_groups} min_lr values (one per param "
+                                 f"group), got {len(min_lr)}")
+            self._default_min_lr = None
+            min_lrs = list(min_lr)
+        else:
+            self._default_min_lr = min_lr
+            min_lrs = [min_lr] * n_groups
+        config = dict(mode=mode, factor=factor, patience=patience, threshold=threshold,
+                      threshold_mode=threshold_mode, cooldown=cooldown, min_lrs=min_lrs,
+                      eps=eps)
+        _check_config(name, config)
+        self.optimizer = optimizer
+        self.__dict__.update(config)
+        self.min_lrs = [float(v) for v in min_lrs]
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+        pending = optimizer._pending_plateau
+        if pending is not None:
+            self._check_compatible(name, pending)
+            self._load(pending)
+            optimizer._pending_plateau = None
+        optimizer._plateau = self
+
+    # ---- torch's rules ------------------------------------------------------------------
+    @property
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def is_better(self, a, best):
+        """Whether metric ``a`` improves on ``best`` under this mode and threshold."""
+        if self.mode == "min" and self.threshold_mode == "rel":
+            return a < best * (1.0 - self.threshold)
+        if self.mode == "min":
+            return a < best - self.threshold
+        if self.threshold_mode == "rel":
+            return a > best * (self.threshold + 1.0)
+        return a > best + self.threshold
+
+    def step(self, metric):
+        """Report the metric of an epoch (or evaluation); cut the lr after a plateau.
+        Returns True when this call cut the lr of some group."""
+        if isinstance(metric, (bool,)) or not isinstance(metric, numbers.Real):
+            try:
+                metric = float(metric)      # a 0-d array, a numpy scalar
+            except (TypeError, ValueError):
+                raise TypeError(f"fastlr.ReduceLROnPlateau.step: metric must be a real "
+                                f"number, got {type(metric).__name__}") from None
+        current = float(metric)
+        self.last_epoch += 1
+        if self.is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.in_cooldown:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0         # ignore bad epochs in cooldown
+        cut = False
+        if self.num_bad_epochs > self.patience:
+            cut = self._reduce_lr()
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+        return cut
+
+    def _reduce_lr(self):
+        opt = self.optimizer
+        n_groups = len(opt.param_groups)
+        if len(self.min_lrs) != n_groups:
+            if self._default_min_lr is None:
+                raise ValueError(f"fastlr.ReduceLROnPlateau: the optimizer has {n_groups} "
+                                 f"param groups but min_lr has {len(self.min_lrs)} values; "
+                                 f"set min_lrs to one per group")
+            self.min_lrs = [float(self._default_min_lr)] * n_groups
+        lrs = opt.next_lr
+        cut = False
+        for i, old_lr in enumerate(lrs):
+            new_lr = max(old_lr * self.factor, self.min_lrs[i])
+            if old_lr - new_lr > self.eps:
+                scale = opt._lr_scale[i]
+                if old_lr * self.factor >= self.min_lrs[i]:
+                    opt._lr_scale[i] = scale * self.factor
+                else:
+                    opt._lr_scale[i] = scale * (new_lr / old_lr)   # old_lr > new_lr >= 0
+                cut = True
+        return cut
+
+    def get_last_lr(self):
+        """The lr each group gets at the next optimizer step."""
+        return self.optimizer.next_lr
+
+    @property
+    def scales(self):
+        """The factor on each group's lr (1.0 until the first cut)."""
+        return [float(v) for v in self.optimizer._lr_scale]
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self):
+        """Configuration and counters as plain numbers (the scales are in the optimizer's
+        state dict, which also holds this)."""
+        sd = {key: getattr(self, key) for key in _CONFIG + _COUNTERS}
+        sd["min_lrs"] = list(self.min_lrs)
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """Restore :meth:`state_dict`; validated first, nothing changes on error."""
+        name = "fastlr.ReduceLROnPlateau.load_state_dict"
+        sd = _check_plateau_state(name, state_dict)
+        self._check_compatible(name, sd)
+        self._load(sd)
+
+    def _check_compatible(self, name, sd):
+        n_groups = len(self.optimizer.param_groups)
+        if len(sd["min_lrs"]) != n_groups:
+            raise ValueError(f"{name}: the plateau state has {len(sd['min_lrs'])} min_lrs "
+                             f"but the optimizer has {n_groups} param groups")
+
+    def _load(self, sd):
+        for key in _CONFIG + _COUNTERS:
+            setattr(self, key, sd[key])
+        self.min_lrs = [float(v) for v in sd["min_lrs"]]
+
+
+def _check_config(name, c):
+    if c["mode"] not in ("min", "max"):
+        raise ValueError(f"{name}: mode must be 'min' or 'max', got {c['mode']!r}")
+    if c["threshold_mode"] not in ("rel", "abs"):
+        raise ValueError(f"{name}: threshold_mode must be 'rel' or 'abs', got "
+                         f"{c['threshold_mode']!r}")
+    for key, low, high, text in (("factor", 0.0, 1.0, "in [0, 1)"),
+                                 ("threshold", 0.0, None, "a finite number >= 0"),
+                                 ("eps", 0.0, None, "a finite number >= 0")):
+        v = c[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name}: {key} must be a real number, got {type(v).__name__}")
+        if not (math.isfinite(v) and v >= low and (high is None or v < high)):
+            raise ValueError(f"{name}: {key} must be {text}, got {v!r}")
+    for key in ("patience", "cooldown"):
+        v = c[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"{name}: {key} must be an int >= 0, got {v!r}")
+    for v in c["min_lrs"]:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
+                not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}: min_lr must be finite numbers >= 0, got {v!r}")
+
+
+def _check_plateau_state(name, sd):
+    """Validate a plateau state dict (from a checkpoint); returns a clean copy."""
+    if not isinstance(sd, dict):
+        raise TypeError(f"{name}: the plateau state must be a dict, got {type(sd).__name__}")
+    missing = [k for k in _CONFIG + _COUNTERS if k not in sd]
+    if missing:
+        raise ValueError(f"{name}: the plateau state has no {', '.join(missing)}")
+    out = {k: sd[k] for k in _CONFIG + _COUNTERS}
+    if not isinstance(out["min_lrs"], (list, tuple)):
+        raise ValueError(f"{name}: the plateau state's min_lrs must be a list")
+    out["min_lrs"] = list(out["min_lrs"])
+    _check_config(name, out)
+    best = out["best"]
+    if isinstance(best, bool) or not isinstance(best, numbers.Real) or math.isnan(best):
+        raise ValueError(f"{name}: the plateau state's best must be a number, got {best!r}")
+    out["best"] = float(best)
+    for key in ("num_bad_epochs", "cooldown_counter", "last_epoch"):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"{name}: the plateau state's {key} must be an int >= 0, got "
+                             f"{v!r}")
+        out[key] = int(v)
+    return out
