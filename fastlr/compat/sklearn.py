@@ -1,0 +1,273 @@
+"""scikit-learn-style optimizers: ``SGDOptimizer`` and ``AdamOptimizer``.
+
+Drop-in versions of ``sklearn.neural_network._stochastic_optimizers.SGDOptimizer`` and
+``AdamOptimizer`` (the optimizers inside ``MLPClassifier`` / ``MLPRegressor``): the same
+constructor arguments in the same order, the same attributes (``learning_rate_init``,
+``learning_rate``, ``momentum``, ``nesterov``, ``lr_schedule``, ``power_t``, ``velocities``;
+``beta_1``, ``beta_2``, ``epsilon``, ``t``, ``ms``, ``vs``), the same methods
+(``update_params(params, grads)``, ``iteration_ends(time_step)``,
+``trigger_stopping(msg, verbose)``) and the same numbers, bit for bit, in float64 and (with
+NumPy >= 2) in float32. scikit-learn is not needed: nothing here imports it.
+
+The differences from sklearn's classes:
+
+* the update runs in one compiled call per step over all arrays
+  (:mod:`fastlr._sklearn_kernels`), in place, with no temporaries; sklearn allocates a few
+  arrays per parameter per step and rebinds ``velocities`` / ``ms`` / ``vs`` to them. Here
+  these lists hold buffers allocated once (``np.zeros_like``) and updated in place; you may
+  replace a list (e.g. to copy state from sklearn's optimizer) before the next step;
+* every array is checked (float32/float64, dtype, shape and layout equal to its state,
+  contiguous, writeable, no overlap) before any is written: a bad step raises ``TypeError``
+  / ``ValueError`` naming the argument and leaves every buffer and ``t`` unchanged;
+* constructor arguments are validated as ``MLPClassifier`` validates them;
+* a keyword-only ``n_threads`` (``None``: :func:`fastlr.get_num_threads`).
+
+The update rules (sklearn's, which differ from torch's)::
+
+    SGD:   velocity = momentum * velocity - learning_rate * grad
+           param   += momentum * velocity - learning_rate * grad   (nesterov, the default)
+           param   += velocity                                     (otherwise)
+    Adam:  t += 1
+           m = beta_1 * m + (1 - beta_1) * grad ;  v = beta_2 * v + (1 - beta_2) * grad**2
+           learning_rate = learning_rate_init * sqrt(1 - beta_2**t) / (1 - beta_1**t)
+           param += -learning_rate * m / (sqrt(v) + epsilon)
+
+``SGDOptimizer.lr_schedule``: ``'constant'``; ``'invscaling'`` (``iteration_ends(t)`` sets
+``learning_rate = learning_rate_init / (t + 1) ** power_t``, where sklearn's MLP passes the
+number of samples seen so far); ``'adaptive'`` (``trigger_stopping`` divides the learning
+rate by 5 and returns False, until it is <= 1e-6, then returns True).
+
+A NumPy training loop (params and grads: lists of float arrays, updated in place)::
+
+    from fastlr.compat.sklearn import AdamOptimizer
+    opt = AdamOptimizer(params, learning_rate_init=1e-3)
+    for epoch in range(n_epochs):
+        for batch in batches:
+            grads = compute_grads(params, batch)
+            opt.update_params(params, grads)
+        opt.iteration_ends(samples_seen)
+
+Inside ``MLPClassifier`` / ``MLPRegressor``: sklearn builds its optimizer in the private
+method ``_fit_stochastic`` from the names ``SGDOptimizer`` / ``AdamOptimizer`` of the private
+module ``sklearn.neural_network._multilayer_perceptron``; it has no public hook. The only way
+in is monkeypatching those names, which :func:`patch_mlp` does for the duration of a
+``with`` block (it relies on sklearn internals and may stop working with a future release)::
+
+    with fastlr.compat.sklearn.patch_mlp():
+        clf = MLPClassifier(solver="adam").fit(X, y)
+"""
+
+import contextlib
+import math
+import numbers
+
+import numpy as np
+
+from fastlr._sklearn_kernels import _adam_sklearn_list, _sgd_sklearn_list
+
+__all__ = ["SGDOptimizer", "AdamOptimizer", "patch_mlp"]
+
+_SCHEDULES = ("constant", "invscaling", "adaptive")
+
+
+def _real(cls, name, value, lo, hi=math.inf, lo_open=False, hi_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{cls}: {name} must be a real number, got "
+                        f"{type(value).__name__} {value!r}")
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{cls}: {name} must be a finite number, got {value!r}")
+    if x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi):
+        if hi == math.inf:
+            want = f"{'>' if lo_open else '>='} {lo:g}"
+        else:
+            want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"{cls}: {name} must be {want}, got {value!r}")
+    return x
+
+
+def _params(cls, params):
+    if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
+        raise TypeError(f"{cls}: params must be a list of float32/float64 arrays (sklearn "
+                        f"passes coefs_ + intercepts_), got {type(params).__name__}")
+    params = list(params)
+    for k, p in enumerate(params):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"{cls}: params[{k}] must be a numpy.ndarray, got "
+                            f"{type(p).__name__}")
+        if p.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{cls}: params[{k}] must have dtype float32 or float64, got "
+                            f"{p.dtype}")
+        if not (p.flags.c_contiguous or p.flags.f_contiguous):
+            raise ValueError(f"{cls}: params[{k}] must be contiguous (C or F order), got "
+                             f"strides {p.strides} for shape {p.shape}; it is updated in place")
+    return params
+
+
+def _threads(cls, n_threads):
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, numbers.Integral):
+        raise TypeError(f"{cls}: n_threads must be an int >= 1 or None, got "
+                        f"{type(n_threads).__name__} {n_threads!r}")
+    if not 1 <= n_threads <= 4096:
+        raise ValueError(f"{cls}: n_threads must be between 1 and 4096 or None, got "
+                         f"{n_threads}")
+    return int(n_threads)
+
+
+class _BaseOptimizer:
+    """Shared by both optimizers: sklearn's ``BaseOptimizer`` interface."""
+
+    def __init__(self, learning_rate_init, n_threads):
+        cls = type(self).__name__
+        self.learning_rate_init = _real(cls, "learning_rate_init", learning_rate_init, 0.0,
+                                        lo_open=True)
+        self.learning_rate = float(learning_rate_init)
+        self.n_threads = _threads(cls, n_threads)
+
+    def iteration_ends(self, time_step):
+        """Called by the training loop at the end of each epoch; ``time_step`` is the number
+        of samples trained on so far (sklearn's ``t_``). Only ``'invscaling'`` uses it."""
+        _real(f"{type(self).__name__}.iteration_ends", "time_step", time_step, 0.0)
+
+    def trigger_stopping(self, msg, verbose):
+        """Called when the loss stopped improving; returns True when training should stop.
+        Prints ``msg + " Stopping."`` when ``verbose``."""
+        if verbose:
+            print(msg + " Stopping.")
+        return True
+
+
+class SGDOptimizer(_BaseOptimizer):
+    """Stochastic gradient descent with momentum, as sklearn's MLP does it.
+
+    ``SGDOptimizer(params, learning_rate_init=0.1, lr_schedule='constant', momentum=0.9,
+    nesterov=True, power_t=0.5, *, n_threads=None)``: the arguments and defaults of
+    ``sklearn.neural_network._stochastic_optimizers.SGDOptimizer``. ``params`` is a list of
+    float32/float64 arrays (sklearn passes ``coefs_ + intercepts_``); ``velocities`` holds
+    one zero buffer per param, updated in place. See the module docstring for the rules.
+    """
+
+    def __init__(self, params, learning_rate_init=0.1, lr_schedule="constant", momentum=0.9,
+                 nesterov=True, power_t=0.5, *, n_threads=None):
+        cls = type(self).__name__
+        super().__init__(learning_rate_init, n_threads)
+        if not isinstance(lr_schedule, str) or lr_schedule not in _SCHEDULES:
+            raise ValueError(f"{cls}: lr_schedule must be one of {_SCHEDULES}, got "
+                             f"{lr_schedule!r}")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"{cls}: nesterov must be a bool, got {type(nesterov).__name__} "
+                            f"{nesterov!r}")
+        self.lr_schedule = lr_schedule
+        self.momentum = _real(cls, "momentum", momentum, 0.0, 1.0)
+        self.nesterov = bool(nesterov)
+        self.power_t = _real(cls, "power_t", power_t, 0.0)
+        self.velocities = [np.zeros_like(p) for p in _params(cls, params)]
+
+    def update_params(self, params, grads):
+        """Update ``params`` in place with ``grads`` (lists aligned with ``velocities``)."""
+        _sgd_sklearn_list(params, grads, self.velocities, lr=self.learning_rate,
+                          momentum=self.momentum, nesterov=self.nesterov,
+                          n_threads=self.n_threads)
+
+    def iteration_ends(self, time_step):
+        """'invscaling': ``learning_rate = learning_rate_init / (time_step + 1) ** power_t``."""
+        super().iteration_ends(time_step)
+        if self.lr_schedule == "invscaling":
+            self.learning_rate = (
+                float(self.learning_rate_init) / (time_step + 1) ** self.power_t
+            )
+
+    def trigger_stopping(self, msg, verbose):
+        """'adaptive': divide ``learning_rate`` by 5 and go on (False) until it is <= 1e-6,
+        then stop (True). Other schedules stop at once. Prints as sklearn does."""
+        if self.lr_schedule != "adaptive":
+            if verbose:
+                print(msg + " Stopping.")
+            return True
+        if self.learning_rate <= 1e-6:
+            if verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self.learning_rate /= 5.0
+        if verbose:
+            print(msg + " Setting learning rate to %f" % self.learning_rate)
+        return False
+
+    def __repr__(self):
+        return (f"SGDOptimizer(<{len(self.velocities)} params>, learning_rate_init="
+                f"{self.learning_rate_init!r}, lr_schedule={self.lr_schedule!r}, momentum="
+                f"{self.momentum!r}, nesterov={self.nesterov!r}, power_t={self.power_t!r})")
+
+
+class AdamOptimizer(_BaseOptimizer):
+    """Adam in the "epsilon-hat" form, as sklearn's MLP does it.
+
+    ``AdamOptimizer(params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999,
+    epsilon=1e-8, *, n_threads=None)``: the arguments and defaults of
+    ``sklearn.neural_network._stochastic_optimizers.AdamOptimizer``. ``t`` counts the
+    updates; ``ms`` / ``vs`` hold one zero buffer per param, updated in place;
+    ``learning_rate`` is the bias-corrected step size of the last update (a float64), as in
+    sklearn. See the module docstring for the rules.
+    """
+
+    def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, *, n_threads=None):
+        cls = type(self).__name__
+        super().__init__(learning_rate_init, n_threads)
+        self.beta_1 = _real(cls, "beta_1", beta_1, 0.0, 1.0, hi_open=True)
+        self.beta_2 = _real(cls, "beta_2", beta_2, 0.0, 1.0, hi_open=True)
+        self.epsilon = _real(cls, "epsilon", epsilon, 0.0, lo_open=True)
+        self.t = 0
+        params = _params(cls, params)
+        self.ms = [np.zeros_like(p) for p in params]
+        self.vs = [np.zeros_like(p) for p in params]
+
+    def update_params(self, params, grads):
+        """Update ``params`` in place with ``grads`` (lists aligned with ``ms`` / ``vs``);
+        ``t`` and ``learning_rate`` advance only when the update happened."""
+        t = self.t + 1
+        _adam_sklearn_list(params, grads, self.ms, self.vs, step=t,
+                           lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
+                           eps=self.epsilon, n_threads=self.n_threads)
+        self.t = t
+        # sklearn's expression, so the value (a float64 scalar) is the same bits
+        self.learning_rate = (
+            self.learning_rate_init * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+        )
+
+    def __repr__(self):
+        return (f"AdamOptimizer(<{len(self.ms)} params>, learning_rate_init="
+                f"{self.learning_rate_init!r}, beta_1={self.beta_1!r}, beta_2="
+                f"{self.beta_2!r}, epsilon={self.epsilon!r}; t={self.t})")
+
+
+@contextlib.contextmanager
+def patch_mlp():
+    """Make sklearn's ``MLPClassifier`` / ``MLPRegressor`` use these optimizers inside the
+    ``with`` block (``solver='sgd'`` and ``'adam'``).
+
+    This is monkeypatching: it swaps the names ``SGDOptimizer`` / ``AdamOptimizer`` in the
+    private module ``sklearn.neural_network._multilayer_perceptron``, which sklearn's
+    ``_fit_stochastic`` looks up when it builds its optimizer (at ``fit``, and at the first
+    ``partial_fit``). It relies on sklearn internals and may break with a future release;
+    it raises ``RuntimeError`` if the names are gone. Not thread-safe (it patches a module
+    for the whole process while active).
+    """
+    try:
+        from sklearn.neural_network import _multilayer_perceptron as mlp
+    except ImportError as error:
+        raise ImportError("fastlr.compat.sklearn.patch_mlp needs scikit-learn") from error
+    names = ("SGDOptimizer", "AdamOptimizer")
+    missing = [n for n in names if not hasattr(mlp, n)]
+    if missing:
+        raise RuntimeError(f"sklearn.neural_network._multilayer_perceptron has no {missing}: "
+                           f"this scikit-learn version cannot be patched")
+    saved = {n: getattr(mlp, n) for n in names}
+    mlp.SGDOptimizer, mlp.AdamOptimizer = SGDOptimizer, AdamOptimizer
+    try:
+        yield
+    finally:
+        for n, obj in saved.items():
+            setattr(mlp, n, obj)
