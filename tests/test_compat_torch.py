@@ -99,6 +99,7 @@ def _assert_same_state(opt_fl, opt_t, params_fl, params_t, what):
     worst = 0.0
     for i, (pf, pt) in enumerate(zip(params_fl, params_t)):
         worst = max(worst, _assert_close(f"{what}: param {i}", pf, pt))
+        assert (pf in opt_fl.state) == (pt in opt_t.state), (what, i)
         sf, st = opt_fl.state.get(pf, {}), opt_t.state.get(pt, {})
         assert sorted(sf) == sorted(st), (what, i, sorted(sf), sorted(st))
         for key, want in st.items():
@@ -313,7 +314,18 @@ def test_loaded_state_in_another_layout_is_copied_into_the_params_layout():
     assert opt_f.state[p]["exp_avg"].is_contiguous()
     torch.testing.assert_close(opt_f.state[p]["exp_avg"], opt_t.state[ref]["exp_avg"],
                                rtol=0, atol=0)
+    # and buffers that share memory (with each other or the param) are separated
+    sd2 = _roundtrip(opt_t.state_dict())
+    sd2["state"][0]["exp_avg_sq"] = sd2["state"][0]["exp_avg"]
+    other = torch.nn.Parameter(ref.detach().clone())
+    opt_f2 = ft.Adam([other], lr=0.1)
+    opt_f2.load_state_dict(sd2)
+    st2 = opt_f2.state[other]
+    assert st2["exp_avg"].data_ptr() != st2["exp_avg_sq"].data_ptr()
+    assert torch.equal(st2["exp_avg"], st2["exp_avg_sq"])
     g = torch.randn(6, 4, dtype=torch.float64)
+    other.grad = g.clone()
+    opt_f2.step()                                       # the kernel accepts the buffers
     p.grad, ref.grad = g.clone(), g.clone()
     opt_f.step()
     opt_t.step()
@@ -331,9 +343,9 @@ def test_step_runs_the_kernels_on_views_of_the_tensors(monkeypatch):
     calls = []
     kernel = ft.Adam._kernel
 
-    def spy(param, grad, **kw):
-        calls.append((param, grad, kw))
-        return kernel(param, grad, **kw)
+    def spy(param, grad, *bufs, **kw):
+        calls.append((param, grad, bufs, kw))
+        return kernel(param, grad, *bufs, **kw)
 
     monkeypatch.setattr(ft.Adam, "_kernel", staticmethod(spy))
     ptr = p.data_ptr()
@@ -343,13 +355,14 @@ def test_step_runs_the_kernels_on_views_of_the_tensors(monkeypatch):
     real = [c for c in calls if c[0].size]             # (the rest check hyperparameters)
     assert len(real) == 2
     st = opt.state[p]
-    for param, grad, kw in real:
+    for param, grad, bufs, kw in real:         # adam(param, grad, exp_avg, exp_avg_sq, max..)
         assert np.shares_memory(param, p.detach().numpy())
         assert np.shares_memory(grad, p.grad.numpy())
-        for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-            assert np.shares_memory(kw[name], st[name].numpy()), name
+        assert len(bufs) == 3
+        for buf, name in zip(bufs, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")):
+            assert np.shares_memory(buf, st[name].numpy()), name
         assert kw["n_threads"] == 1 and kw["lr"] == 0.1
-    assert [kw["step"] for _, _, kw in real] == [1, 2]
+    assert [kw["step"] for *_, kw in real] == [1, 2]
 
 
 def test_update_is_visible_to_autograd_version_counter():

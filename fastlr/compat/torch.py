@@ -49,13 +49,13 @@ from fastlr import kernels as _kernels
 __all__ = ["SGD", "RMSprop", "Adam", "AdamW"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
+_STRIDED = torch.strided
 # torch options that select another implementation; only these values are accepted.
-_UNSUPPORTED = {
-    "foreach": (None, False),
-    "fused": (None, False),
-    "capturable": (False,),
-    "differentiable": (False,),
-}
+# (name, whether None is accepted too): torch's defaults are foreach=None, fused=None,
+# capturable=False, differentiable=False.
+_UNSUPPORTED = (("foreach", True), ("fused", True), ("capturable", False),
+                ("differentiable", False))
 # Empty arrays for checking a group's hyperparameters with the kernel itself (a 0-element
 # update validates every argument and writes nothing).
 _EMPTY = np.empty(0, dtype=np.float64)
@@ -89,6 +89,7 @@ class _FastlrStep:
     """
 
     _kernel = None
+    _positional = ()        # the kernel's state arguments, in order
     _takes_step = True      # the kernel takes the 1-based update number
     _step_state = True      # torch keeps state["step"] (Adam, RMSprop; not SGD)
 
@@ -124,28 +125,34 @@ class _FastlrStep:
     # -- checkpoints ----------------------------------------------------------------------
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        # Loaded state tensors are cast to each parameter's dtype and device by torch; a
-        # buffer whose memory layout differs from the parameter's (or that is the parameter
-        # itself) is copied into the parameter's layout, as the kernels need.
+        # Loaded state tensors are cast to each parameter's dtype and device by torch (and
+        # kept, not copied, when they already match). A buffer whose memory layout differs
+        # from the parameter's, or that shares memory with the parameter or with another
+        # buffer of it, is copied into a new tensor in the parameter's layout, as the kernels
+        # need. Anything else unusual is left for step() to refuse.
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state.get(p)
-                if not st or p.device.type != "cpu" or p.dtype not in _FLOAT_DTYPES:
+                if (not st or p.device.type != "cpu" or p.dtype not in _FLOAT_DTYPES
+                        or p.layout != torch.strided or p.is_neg()):
                     continue
                 pv = p.detach().numpy()
+                kept = [pv]
                 for key, value in list(st.items()):
                     if (key == "step" or not isinstance(value, torch.Tensor)
                             or value.shape != p.shape or value.dtype != p.dtype
                             or value.device.type != "cpu" or value.layout != torch.strided):
                         continue
                     v = value.detach()
-                    vv = v.numpy() if not (v.is_neg() or v.is_conj()) else None
-                    if (vv is None or not _same_layout(vv, pv)
-                            or np.may_share_memory(vv, pv)):
+                    vv = None if v.is_neg() else v.numpy()
+                    if (vv is None or value.requires_grad or not _same_layout(vv, pv)
+                            or any(np.may_share_memory(vv, a) for a in kept)):
                         buf = torch.empty_like(p, memory_format=torch.preserve_format,
                                                requires_grad=False)
                         buf.copy_(v)
                         st[key] = buf
+                        vv = buf.numpy()
+                    kept.append(vv)
 
     # -- the step -------------------------------------------------------------------------
     def step(self, closure=None):
@@ -167,8 +174,14 @@ class _FastlrStep:
                 f"(param_groups[{gi}]['params'][{k}])")
 
     def _plan(self):
-        """Validate everything and return the work: nothing is written here."""
+        """Validate every group and parameter and return the work; nothing is written.
+
+        The fast path costs a few microseconds per parameter (mostly the NumPy views);
+        anything unusual goes through ``_diagnose``, which raises the precise error.
+        """
         cls = f"fastlr.compat.torch.{type(self).__name__}"
+        positional = self._positional
+        step_state = self._step_state
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
@@ -182,45 +195,69 @@ class _FastlrStep:
                 g = p.grad
                 if g is None:
                     continue
-                where = self._where(gi, k, index)
-                pv, gv = self._check_param(where, p, g)
+                try:
+                    if not (isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor)
+                            and p.is_cpu and g.is_cpu and p.dtype in _FLOAT_DTYPES
+                            and g.dtype is p.dtype and p.layout is _STRIDED
+                            and g.layout is _STRIDED):
+                        raise _Unusual
+                    pv = p.detach().numpy()
+                    gv = g.numpy() if not g.requires_grad else g.detach().numpy()
+                    if not (gv.shape == pv.shape and _contiguous(pv) and _same_layout(gv, pv)
+                            and not (pv.size and np.may_share_memory(pv, gv))):
+                        raise _Unusual
+                except (_Unusual, TypeError, RuntimeError):
+                    # a neg-bit grad is only read: a resolved copy is fine
+                    if isinstance(g, torch.Tensor) and g.is_neg() and not p.is_neg():
+                        g = g.resolve_neg()
+                    pv, gv = self._diagnose(self._where(gi, k, index), p, g)
                 st = self.state.get(p)
-                bufs = {}
+                bufs = dict.fromkeys(positional)
                 step = 0
+                step_view = None
                 if st:
                     for name in names:
                         t = st.get(name)
                         if t is not None:
-                            bufs[name] = self._check_buffer(where, name, t, p, pv)
-                    if self._step_state:
-                        step = self._read_step(where, st)
-                    elif "momentum_buffer" in bufs:
+                            bufs[name] = self._check_buffer(self._where, (gi, k, index), name,
+                                                            t, pv)
+                    if step_state:
+                        step, step_view = self._read_step(self._where, (gi, k, index), st)
+                    elif bufs.get("momentum_buffer") is not None:
                         step = 1        # SGD: the buffer exists (torch: "not None")
-                work.append((p, pv, gv, bufs, step))
-            plan.append((group, hyper, names, work))
+                work.append((p, pv, gv, st, bufs, step, step_view))
+            plan.append((hyper, names, work))
         return plan
 
     def _apply(self, plan):
         fn = self._kernel
-        n_threads = self.n_threads
+        takes_step = self._takes_step
+        step_state = self._step_state
         updated = []
-        for group, hyper, names, work in plan:
-            for p, pv, gv, bufs, step in work:
-                st = self.state[p]
-                new = {}
+        for hyper, names, work in plan:
+            kw = dict(hyper, n_threads=self.n_threads)
+            for p, pv, gv, st, bufs, step, step_view in work:
+                new = None
                 for name in names:
-                    if name not in bufs:
+                    if bufs[name] is None:
                         t = torch.zeros_like(p, memory_format=torch.preserve_format,
                                              requires_grad=False)
+                        new = new or {}
                         new[name] = t
                         bufs[name] = t.numpy()
-                if self._takes_step:
-                    fn(pv, gv, **bufs, step=step + 1, n_threads=n_threads, **hyper)
+                if takes_step:
+                    fn(pv, gv, *bufs.values(), step=step + 1, **kw)
                 else:
-                    fn(pv, gv, **bufs, n_threads=n_threads, **hyper)
-                st.update(new)
-                if self._step_state:
-                    self._write_step(st, step + 1)
+                    fn(pv, gv, *bufs.values(), **kw)
+                if new:
+                    if st is None:
+                        st = self.state[p]      # (torch's SGD without momentum has none)
+                    st.update(new)
+                if step_state:
+                    if step_view is not None:
+                        step_view[()] = step + 1        # in place, as torch's step_t += 1
+                    else:
+                        st["step"] = torch.tensor(float(step + 1), dtype=_scalar_dtype())
                 updated.append(p)
         if updated:
             # the update went through NumPy views: tell autograd the tensors changed, as
@@ -239,7 +276,9 @@ class _FastlrStep:
             raise type(exc)(f"{cls}: param_groups[{gi}]: {exc}") from None
 
     @staticmethod
-    def _check_param(where, p, g):
+    def _diagnose(where, p, g):
+        """The checks of the fast path one by one, raising the first that fails; returns
+        the NumPy views when all pass."""
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"{where} is a {type(p).__name__}, not a torch.Tensor")
         if p.device.type != "cpu":
@@ -267,11 +306,12 @@ class _FastlrStep:
         if p.is_neg():
             raise TypeError(f"{where} is a negative view (torch._neg_view); it cannot be "
                             f"updated in place through NumPy")
-        if g.is_neg():
-            g = g.resolve_neg()          # the grad is only read: a resolved copy is fine
-        pv = p.detach().numpy()
-        gv = g.detach().numpy()
-        if not (pv.flags.c_contiguous or pv.flags.f_contiguous):
+        try:
+            pv = p.detach().numpy()
+            gv = g.detach().numpy()
+        except (TypeError, RuntimeError) as exc:
+            raise TypeError(f"{where}: no NumPy view of the tensor ({exc})") from None
+        if not _contiguous(pv):
             raise ValueError(f"{where} is not contiguous (shape {tuple(p.shape)}, strides "
                              f"{tuple(p.stride())}); an in-place update needs a contiguous "
                              f"tensor (p.data = p.data.contiguous() makes one)")
@@ -279,51 +319,68 @@ class _FastlrStep:
             raise ValueError(f"{where} is {_layout(pv)} but its gradient is {_layout(gv)} "
                              f"(strides {tuple(g.stride())}); the gradient must have the "
                              f"parameter's layout")
-        if gv.size and np.may_share_memory(pv, gv):
+        if pv.size and np.may_share_memory(pv, gv):
             raise ValueError(f"{where} and its gradient share memory")
         return pv, gv
 
     @staticmethod
-    def _check_buffer(where, name, t, p, pv):
+    def _check_buffer(where_fn, at, name, t, pv):
+        try:
+            if not (isinstance(t, torch.Tensor) and not t.requires_grad):
+                raise _Unusual
+            tv = t.numpy()
+            if tv.dtype == pv.dtype and tv.shape == pv.shape and _same_layout(tv, pv):
+                return tv
+        except (_Unusual, TypeError, RuntimeError):
+            pass
+        where = where_fn(*at)
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{where}: state[{name!r}] is a {type(t).__name__}, not a tensor")
-        if t.device.type != "cpu" or t.dtype != p.dtype:
+        if t.device.type != "cpu" or t.dtype != _TORCH_DTYPE[pv.dtype.type]:
             raise TypeError(f"{where}: state[{name!r}] is a {t.dtype} tensor on {t.device}, "
-                            f"but the parameter is a {p.dtype} tensor on the cpu")
-        if t.shape != p.shape:
+                            f"but the parameter is a {_TORCH_DTYPE[pv.dtype.type]} tensor on "
+                            f"the cpu")
+        if tuple(t.shape) != pv.shape:
             raise ValueError(f"{where}: state[{name!r}] has shape {tuple(t.shape)} but the "
-                             f"parameter has shape {tuple(p.shape)}")
-        if t.layout != torch.strided or t.is_neg():
-            raise TypeError(f"{where}: state[{name!r}] is not a plain dense tensor")
-        tv = t.detach().numpy()
-        if not _same_layout(tv, pv):
-            raise ValueError(f"{where}: state[{name!r}] is {_layout(tv)} but the parameter "
-                             f"is {_layout(pv)}; they must share one layout")
-        return tv
+                             f"parameter has shape {pv.shape}")
+        if t.layout != torch.strided or t.is_neg() or t.requires_grad:
+            raise TypeError(f"{where}: state[{name!r}] is not a plain dense tensor without "
+                            f"requires_grad")
+        tv = t.numpy()
+        raise ValueError(f"{where}: state[{name!r}] is {_layout(tv)} but the parameter is "
+                         f"{_layout(pv)}; they must share one layout")
 
     @staticmethod
-    def _read_step(where, st):
+    def _read_step(where_fn, at, st):
+        """(update count so far, a writable 0-d NumPy view of state['step'] or None)."""
         s = st.get("step")
         if s is None:
-            raise ValueError(f"{where}: its state has no 'step' (state keys: "
+            raise ValueError(f"{where_fn(*at)}: its state has no 'step' (state keys: "
                              f"{sorted(map(str, st))})")
+        view = None
         try:
-            v = float(s)
+            if isinstance(s, torch.Tensor) and s.is_cpu and not s.requires_grad:
+                view = s.numpy()
+                if view.shape != ():
+                    view = view.reshape(())     # a one-element tensor (raises otherwise)
+                if not view.flags.writeable:
+                    view = None
+            v = float(view if view is not None else s)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{where}: state['step'] must be a number or a one-element "
-                            f"tensor, got {type(s).__name__}") from None
+            raise TypeError(f"{where_fn(*at)}: state['step'] must be a number or a one-element "
+                            f"tensor, got {s!r}") from None
         if not (v >= 0 and v == int(v) and v < 2.0 ** 62):
-            raise ValueError(f"{where}: state['step'] must be a whole number >= 0, got {v}")
-        return int(v)
+            raise ValueError(f"{where_fn(*at)}: state['step'] must be a whole number >= 0, got {v}")
+        return int(v), view
 
-    @staticmethod
-    def _write_step(st, n):
-        s = st.get("step")
-        if isinstance(s, torch.Tensor) and s.device.type == "cpu" and s.numel() == 1 \
-                and not s.requires_grad:
-            s.detach().numpy()[...] = n          # in place, as torch's step_t += 1
-        else:
-            st["step"] = torch.tensor(float(n), dtype=_scalar_dtype())
+
+class _Unusual(Exception):
+    """Internal: the fast path of a check saw something that needs the slow path."""
+
+
+def _contiguous(a):
+    flags = a.flags
+    return flags.c_contiguous or flags.f_contiguous
 
 
 def _same_layout(a, p):
@@ -332,13 +389,14 @@ def _same_layout(a, p):
 
 
 def _check_options(where, options):
-    for key, allowed in _UNSUPPORTED.items():
-        value = options.get(key, allowed[0])
-        if not any(value is a for a in allowed):
-            shown = " or ".join(repr(a) for a in allowed)
-            raise ValueError(f"{where}: {key}={value!r} is not supported (fastlr's kernels do "
-                             f"the update on CPU tensors); pass {key}={shown}, or use "
-                             f"torch.optim for {key}")
+    for key, none_ok in _UNSUPPORTED:
+        value = options.get(key, False)
+        if value is False or (value is None and none_ok):
+            continue
+        shown = f"{key}=None or False" if none_ok else f"{key}=False"
+        raise ValueError(f"{where}: {key}={value!r} is not supported (fastlr's kernels do the "
+                         f"update on CPU tensors); pass {shown}, or use torch.optim for "
+                         f"{key}")
 
 
 class SGD(_FastlrStep, torch.optim.SGD):
@@ -347,6 +405,7 @@ class SGD(_FastlrStep, torch.optim.SGD):
     (None: ``fastlr.get_num_threads()``)."""
 
     _kernel = staticmethod(_kernels.sgd)
+    _positional = ("momentum_buffer",)
     _step_state = False
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
@@ -374,6 +433,7 @@ class RMSprop(_FastlrStep, torch.optim.RMSprop):
     in ``fastlr.kernels.rmsprop``. ``n_threads`` as for :class:`SGD`."""
 
     _kernel = staticmethod(_kernels.rmsprop)
+    _positional = ("square_avg", "momentum_buffer", "grad_avg")
     _takes_step = False
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
@@ -406,6 +466,7 @@ class Adam(_FastlrStep, torch.optim.Adam):
     runs in ``fastlr.kernels.adam``. ``n_threads`` as for :class:`SGD`."""
 
     _kernel = staticmethod(_kernels.adam)
+    _positional = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
@@ -439,6 +500,7 @@ class AdamW(_FastlrStep, torch.optim.AdamW):
     :class:`SGD`."""
 
     _kernel = staticmethod(_kernels.adamw)
+    _positional = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
