@@ -1,0 +1,111 @@
+"""The PyTorch bridge: one ``step()`` of ``fastlr.compat.torch.Adam`` against torch.optim.Adam.
+
+Float32 Adam over 10 parameter tensors of about n/10 elements each (n = 64K: per-tensor
+overhead shows; n = 16M: memory bound), 1 thread (``n_threads=1``,
+``torch.set_num_threads(1)``). impl: ``fastlr-bridge`` (``fastlr.compat.torch.Adam``, a
+torch optimizer whose step runs fastlr's kernel on NumPy views of the tensors),
+``torch-fused`` (``torch.optim.Adam(fused=True)``) and ``torch-forloop`` (torch's default
+on CPU tensors: the single-tensor for-loop, ``foreach=False``). Every benchmark is skipped
+(``NotImplementedError`` in ``setup``) when torch is not installed.
+
+As in bench_kernels.py, ``setup`` (re-run by asv before every sample) builds the tensors
+once per process and steps the same optimizer afterwards: Adam at a steady state.
+``TrackBridgeSpeedup`` times the three interleaved in one process and reports the ratios,
+which hold up on a noisy machine better than absolute timings.
+"""
+
+import time
+
+from .common import per_call_time, steady_state_malloc
+
+SIZES = {"64K": 65536, "16M": 16777216}
+N_TENSORS = 10
+IMPLS = ["fastlr-bridge", "torch-fused", "torch-forloop"]
+
+_CACHE = {}
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise NotImplementedError("torch is not installed") from None
+    return torch
+
+
+def _tensors(torch, n):
+    """10 float32 parameters (with grads) of n elements in all, seeded."""
+    base, extra = divmod(n, N_TENSORS)
+    g = torch.Generator().manual_seed(20240611)
+    params = []
+    for k in range(N_TENSORS):
+        size = base + (k < extra)
+        p = torch.nn.Parameter(torch.randn(size, generator=g))
+        p.grad = 1e-2 * torch.randn(size, generator=g)
+        params.append(p)
+    return params
+
+
+def step_fn(impl, size):
+    """A zero-argument callable doing one optimizer step (cached for the process)."""
+    key = (impl, size)
+    if key in _CACHE:
+        return _CACHE[key]
+    torch = _import_torch()
+    torch.set_num_threads(1)
+    params = _tensors(torch, SIZES[size])
+    if impl == "fastlr-bridge":
+        from fastlr.compat.torch import Adam
+
+        opt = Adam(params, lr=1e-3, n_threads=1)
+    elif impl == "torch-fused":
+        opt = torch.optim.Adam(params, lr=1e-3, fused=True)
+    elif impl == "torch-forloop":
+        opt = torch.optim.Adam(params, lr=1e-3, foreach=False)
+    else:
+        raise ValueError(impl)
+    for _ in range(3):          # state allocated, thread pools and lazy init warmed up
+        opt.step()
+    _CACHE[key] = opt.step
+    return opt.step
+
+
+class TimeBridgeAdamStep:
+    """Seconds per ``opt.step()``: float32 Adam, 10 tensors, 1 thread."""
+
+    params = [IMPLS, list(SIZES)]
+    param_names = ["impl", "size"]
+    timeout = 180
+
+    def setup(self, impl, size):
+        _import_torch()
+        steady_state_malloc()
+        self.step = step_fn(impl, size)
+
+    def time_step(self, impl, size):
+        self.step()
+
+
+class TrackBridgeSpeedup:
+    """torch time / fastlr bridge time per step (interleaved in one process, best of 7)."""
+
+    params = [["torch-fused", "torch-forloop"], list(SIZES)]
+    param_names = ["versus", "size"]
+    unit = "x"
+    timeout = 300
+
+    def setup(self, versus, size):
+        _import_torch()
+        steady_state_malloc()
+        self.samplers = {k: per_call_time(step_fn(k, size))[1]
+                         for k in ("fastlr-bridge", versus)}
+
+    def track_speedup(self, versus, size):
+        best = {k: float("inf") for k in self.samplers}
+        start = time.perf_counter()
+        for i in range(7):
+            if i >= 3 and time.perf_counter() - start > 8.0:
+                break
+            for k, sample in self.samplers.items():
+                best[k] = min(best[k], sample())
+        return round(best[versus] / best["fastlr-bridge"], 2)

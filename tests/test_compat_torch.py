@@ -1,0 +1,653 @@
+"""fastlr.compat.torch: torch.optim optimizers whose update runs in fastlr's kernels.
+
+Each bridge class is checked against the ``torch.optim`` class of the same name
+(``foreach=False``: torch's single-tensor path), with the tolerances of DESIGN.md section 2
+(``max|fastlr - torch| <= rtol * max(1, max|torch|)``, rtol 1e-10 in float64, 1e-4 in
+float32): 100-step trajectories for every option, two param groups, a torch LR scheduler and
+a parameter whose grad is sometimes None; a small MLP trained with real backward passes;
+state dicts moved between torch and fastlr in both directions; and every refused input,
+which must raise before anything is written.
+"""
+
+import copy
+import inspect
+import io
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch",
+    reason="torch not installed; pip install torch==2.13.0 to test fastlr.compat.torch",
+)
+
+import fastlr  # noqa: E402
+import fastlr.compat.torch as ft  # noqa: E402
+
+N_STEPS = 100
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
+DTYPES = [torch.float32, torch.float64]
+CLASSES = ["SGD", "RMSprop", "Adam", "AdamW"]
+STATE_KEYS = {"SGD": ("momentum_buffer",),
+              "RMSprop": ("step", "square_avg", "momentum_buffer", "grad_avg"),
+              "Adam": ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+              "AdamW": ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+
+
+def _case(cls, id, **kw):
+    return pytest.param(cls, kw, id=f"{cls.lower()}-{id}")
+
+
+SGD_BASE = dict(lr=0.05)
+RMS_BASE = dict(lr=1e-2, alpha=0.9, eps=1e-4)
+ADAM_BASE = dict(lr=1e-2, eps=1e-3, betas=(0.8, 0.95))
+
+CASES = [
+    _case("SGD", "plain", **SGD_BASE),
+    _case("SGD", "momentum", **SGD_BASE, momentum=0.9),
+    _case("SGD", "dampening", **SGD_BASE, momentum=0.9, dampening=0.1),
+    _case("SGD", "nesterov", **SGD_BASE, momentum=0.9, nesterov=True),
+    _case("SGD", "weight_decay", **SGD_BASE, weight_decay=0.05),
+    _case("SGD", "maximize-momentum", **SGD_BASE, momentum=0.9, maximize=True),
+    _case("SGD", "all", **SGD_BASE, momentum=0.8, nesterov=True, weight_decay=0.05,
+          maximize=True),
+    _case("RMSprop", "plain", **RMS_BASE),
+    _case("RMSprop", "centered", **RMS_BASE, centered=True),
+    _case("RMSprop", "momentum", **RMS_BASE, momentum=0.9),
+    _case("RMSprop", "weight_decay", **RMS_BASE, weight_decay=0.05),
+    _case("RMSprop", "maximize", **RMS_BASE, maximize=True),
+    _case("RMSprop", "all", **RMS_BASE, centered=True, momentum=0.7, weight_decay=0.05,
+          maximize=True),
+    _case("Adam", "plain", **ADAM_BASE),
+    _case("Adam", "defaults"),
+    _case("Adam", "amsgrad", **ADAM_BASE, amsgrad=True),
+    _case("Adam", "weight_decay", **ADAM_BASE, weight_decay=0.05),
+    _case("Adam", "decoupled_weight_decay", **ADAM_BASE, weight_decay=0.05,
+          decoupled_weight_decay=True),
+    _case("Adam", "maximize", **ADAM_BASE, maximize=True),
+    _case("Adam", "all", **ADAM_BASE, amsgrad=True, weight_decay=0.05,
+          decoupled_weight_decay=True, maximize=True),
+    _case("AdamW", "defaults"),
+    _case("AdamW", "weight_decay", **ADAM_BASE, weight_decay=0.1),
+    _case("AdamW", "amsgrad-maximize", **ADAM_BASE, weight_decay=0.1, amsgrad=True,
+          maximize=True),
+]
+
+
+def _seed(*parts):
+    return zlib.crc32(repr(parts).encode())
+
+
+def _assert_close(what, got, want):
+    assert got.dtype == want.dtype, (what, got.dtype, want.dtype)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    g = got.detach().double()
+    w = want.detach().double()
+    scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0
+    err = float((g - w).abs().max()) if w.numel() else 0.0
+    tol = RTOL[want.dtype] * scale
+    assert err <= tol, f"{what}: max|fastlr - torch| = {err:.3e} > {tol:.3e}"
+    return err / scale
+
+
+def _assert_same_state(opt_fl, opt_t, params_fl, params_t, what):
+    """Params and state of the two optimizers agree (state: same keys, types, values)."""
+    worst = 0.0
+    for i, (pf, pt) in enumerate(zip(params_fl, params_t)):
+        worst = max(worst, _assert_close(f"{what}: param {i}", pf, pt))
+        assert (pf in opt_fl.state) == (pt in opt_t.state), (what, i)
+        sf, st = opt_fl.state.get(pf, {}), opt_t.state.get(pt, {})
+        assert sorted(sf) == sorted(st), (what, i, sorted(sf), sorted(st))
+        for key, want in st.items():
+            got = sf[key]
+            if key == "step":
+                assert isinstance(got, torch.Tensor) and got.dtype == want.dtype, (got, want)
+                assert float(got) == float(want), (what, i, float(got), float(want))
+            else:
+                worst = max(worst, _assert_close(f"{what}: state {i} {key}", got, want))
+    return worst
+
+
+# ---------------------------------------------------------------------------------------
+# trajectories: every option, two param groups, a torch LR scheduler, skipped params
+# ---------------------------------------------------------------------------------------
+
+def _params(dtype, seed):
+    """A C-ordered matrix, an F-ordered (transposed) matrix, a vector and a scalar."""
+    g = torch.Generator().manual_seed(seed)
+    mats = [torch.randn(7, 13, generator=g, dtype=dtype),
+            torch.randn(5, 9, generator=g, dtype=dtype).t(),     # F-contiguous (9, 5)
+            torch.randn(37, generator=g, dtype=dtype),
+            torch.randn((), generator=g, dtype=dtype)]
+    return mats
+
+
+def _grads(params, step, seed):
+    g = torch.Generator().manual_seed(seed + 7919 * step)
+    scale = 10.0 ** (3.0 * float(torch.rand((), generator=g)) - 2.0)
+    out = []
+    for p in params:
+        # same shape, dtype and strides as the param (autograd's grads do the same)
+        gr = torch.empty_like(p, memory_format=torch.preserve_format)
+        gr.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        out.append(gr)
+    return out
+
+
+def _make(cls_name, kw, tensors, scheduler):
+    """(fastlr optimizer, torch optimizer, fastlr params, torch params, schedulers)."""
+    pf = [torch.nn.Parameter(t.clone(memory_format=torch.preserve_format)) for t in tensors]
+    pt = [torch.nn.Parameter(t.clone(memory_format=torch.preserve_format)) for t in tensors]
+    kw2 = dict(kw)
+    second = {"lr": kw.get("lr", 1e-3) * 0.3}
+    if "weight_decay" in kw:
+        second["weight_decay"] = kw["weight_decay"] * 2
+
+    def groups(ps):
+        return [{"params": ps[:2]}, {"params": ps[2:], **second}]
+
+    of = getattr(ft, cls_name)(groups(pf), **kw2)
+    ot = getattr(torch.optim, cls_name)(groups(pt), foreach=False, **kw2)
+    if scheduler == "step":
+        scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=10, gamma=0.7) for o in (of, ot)]
+    else:
+        scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=N_STEPS // 2)
+                  for o in (of, ot)]
+    return of, ot, pf, pt, scheds
+
+
+def _trajectory(cls_name, kw, dtype, scheduler, n_steps=N_STEPS):
+    seed = _seed(cls_name, sorted(kw.items()), str(dtype))
+    of, ot, pf, pt, scheds = _make(cls_name, kw, _params(dtype, seed), scheduler)
+    worst = 0.0
+    for t in range(1, n_steps + 1):
+        grads = _grads(pf, t, seed)
+        for k, (a, b, g) in enumerate(zip(pf, pt, grads)):
+            skip = k == 2 and t % 7 == 0              # grad None: torch skips the param
+            a.grad = None if skip else g.clone(memory_format=torch.preserve_format)
+            b.grad = None if skip else g.clone(memory_format=torch.preserve_format)
+        assert of.step() is None
+        ot.step()
+        for s in scheds:
+            s.step()
+        assert [g["lr"] for g in of.param_groups] == [g["lr"] for g in ot.param_groups]
+        worst = max(worst, _assert_same_state(of, ot, pf, pt, f"step {t}"))
+    return of, ot, pf, pt, worst
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("cls_name, kw", CASES)
+def test_trajectory_matches_torch(cls_name, kw, dtype):
+    scheduler = "cosine" if zlib.crc32(repr(kw).encode()) % 2 else "step"
+    of, ot, pf, pt, _ = _trajectory(cls_name, kw, dtype, scheduler)
+    # the skipped param was updated less often, by exactly the skipped steps
+    if STATE_KEYS[cls_name][0] == "step":
+        assert float(of.state[pf[2]]["step"]) == N_STEPS - N_STEPS // 7
+        assert float(of.state[pf[0]]["step"]) == N_STEPS
+    # the layouts survived: state tensors have their param's strides, params kept storage
+    for p in pf:
+        for key, buf in of.state[p].items():
+            if key != "step":
+                assert buf.stride() == p.stride() or p.dim() < 2, (key, buf.stride())
+
+
+@pytest.mark.parametrize("scheduler", ["step", "cosine"])
+def test_lr_schedulers_drive_the_bridge(scheduler):
+    kw = dict(lr=0.05, betas=(0.8, 0.95), eps=1e-3)
+    of, ot, *_ = _trajectory("Adam", kw, torch.float64, scheduler, n_steps=30)
+    lrs = [g["lr"] for g in of.param_groups]
+    assert lrs == [g["lr"] for g in ot.param_groups]
+    assert lrs[0] < 0.05 and lrs[1] < lrs[0]          # the scheduler changed both groups
+
+
+# ---------------------------------------------------------------------------------------
+# a real model: backward passes, closure, losses
+# ---------------------------------------------------------------------------------------
+
+MLP_CASES = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+             ("RMSprop", dict(lr=1e-2, centered=True, momentum=0.5)),
+             ("Adam", dict(lr=1e-2, amsgrad=True)),
+             ("AdamW", dict(lr=1e-2, weight_decay=0.1))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("cls_name, kw", MLP_CASES, ids=[c[0].lower() for c in MLP_CASES])
+def test_mlp_losses_match_torch(cls_name, kw, dtype):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 8, generator=g, dtype=dtype)
+    y = torch.sin(X @ torch.randn(8, 1, generator=g, dtype=dtype))
+    torch.manual_seed(0)
+    model_t = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                                  torch.nn.Linear(16, 1)).to(dtype)
+    model_f = copy.deepcopy(model_t)
+    opt_t = getattr(torch.optim, cls_name)(model_t.parameters(), foreach=False, **kw)
+    opt_f = getattr(ft, cls_name)(model_f.parameters(), **kw)
+
+    def closure_for(model, opt):
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(X), y)
+            loss.backward()
+            return loss
+        return closure
+
+    losses_t, losses_f = [], []
+    for _ in range(20):
+        losses_t.append(opt_t.step(closure_for(model_t, opt_t)).item())
+        loss = opt_f.step(closure_for(model_f, opt_f))
+        assert isinstance(loss, torch.Tensor) and loss.requires_grad   # the closure's loss
+        losses_f.append(loss.item())
+    tol = RTOL[dtype]
+    np.testing.assert_allclose(losses_f, losses_t, rtol=tol, atol=tol)
+    assert losses_f[-1] < 0.7 * losses_f[0]                             # it trained
+    for a, b in zip(model_f.parameters(), model_t.parameters()):
+        _assert_close("param", a, b)
+        assert a.requires_grad and a.is_leaf
+
+
+# ---------------------------------------------------------------------------------------
+# state dicts both ways
+# ---------------------------------------------------------------------------------------
+
+STATE_CASES = [("SGD", dict(lr=0.05, momentum=0.9)),
+               ("RMSprop", dict(lr=1e-2, centered=True, momentum=0.5)),
+               ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.01)),
+               ("AdamW", dict(lr=1e-2))]
+
+
+def _roundtrip(sd):
+    """A state dict as torch.save / torch.load give it back (a deep copy)."""
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+@pytest.mark.parametrize("direction", ["torch->fastlr", "fastlr->torch"])
+@pytest.mark.parametrize("cls_name, kw", STATE_CASES, ids=[c[0].lower() for c in STATE_CASES])
+def test_state_dict_moves_between_torch_and_fastlr(cls_name, kw, direction):
+    dtype = torch.float64
+    seed = _seed(cls_name, direction)
+    tensors = _params(dtype, seed)
+    src_cls = torch.optim if direction == "torch->fastlr" else ft
+    dst_cls = ft if direction == "torch->fastlr" else torch.optim
+    p_src = [torch.nn.Parameter(t.clone(memory_format=torch.preserve_format)) for t in tensors]
+    opt_src = getattr(src_cls, cls_name)(p_src, **kw)
+    for t in range(1, 31):
+        for p, g in zip(p_src, _grads(p_src, t, seed)):
+            p.grad = g
+        opt_src.step()
+    sd = _roundtrip(opt_src.state_dict())
+    p_dst = [torch.nn.Parameter(p.detach().clone(memory_format=torch.preserve_format))
+             for p in p_src]
+    opt_dst = getattr(dst_cls, cls_name)(p_dst, **kw)
+    opt_dst.load_state_dict(sd)
+    _assert_same_state(opt_dst, opt_src, p_dst, p_src, "after load")
+    for t in range(31, 61):
+        grads = _grads(p_src, t, seed)
+        for a, b, g in zip(p_src, p_dst, grads):
+            a.grad = g.clone(memory_format=torch.preserve_format)
+            b.grad = g.clone(memory_format=torch.preserve_format)
+        opt_src.step()
+        opt_dst.step()
+        _assert_same_state(opt_dst, opt_src, p_dst, p_src, f"step {t}")
+    if cls_name != "SGD":
+        assert float(opt_dst.state[p_dst[0]]["step"]) == 60
+
+
+def test_loaded_state_in_another_layout_is_copied_into_the_params_layout():
+    ref = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    opt_t = torch.optim.Adam([ref], lr=0.1)
+    ref.grad = torch.randn(6, 4, dtype=torch.float64)
+    opt_t.step()
+    p = torch.nn.Parameter(ref.detach().clone())
+    sd = _roundtrip(opt_t.state_dict())
+    # an F-ordered exp_avg (C-ordered param): torch keeps it as is on load
+    sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"].t().contiguous().t()
+    assert not sd["state"][0]["exp_avg"].is_contiguous()
+    opt_f = ft.Adam([p], lr=0.1)
+    opt_f.load_state_dict(sd)
+    assert opt_f.state[p]["exp_avg"].is_contiguous()
+    torch.testing.assert_close(opt_f.state[p]["exp_avg"], opt_t.state[ref]["exp_avg"],
+                               rtol=0, atol=0)
+    # and buffers that share memory (with each other or the param) are separated
+    sd2 = _roundtrip(opt_t.state_dict())
+    sd2["state"][0]["exp_avg_sq"] = sd2["state"][0]["exp_avg"]
+    other = torch.nn.Parameter(ref.detach().clone())
+    opt_f2 = ft.Adam([other], lr=0.1)
+    opt_f2.load_state_dict(sd2)
+    st2 = opt_f2.state[other]
+    assert st2["exp_avg"].data_ptr() != st2["exp_avg_sq"].data_ptr()
+    assert torch.equal(st2["exp_avg"], st2["exp_avg_sq"])
+    g = torch.randn(6, 4, dtype=torch.float64)
+    other.grad = g.clone()
+    opt_f2.step()                                       # the kernel accepts the buffers
+    p.grad, ref.grad = g.clone(), g.clone()
+    opt_f.step()
+    opt_t.step()
+    _assert_close("param", p, ref)
+
+
+# ---------------------------------------------------------------------------------------
+# zero copy, through the kernels, autograd, threads
+# ---------------------------------------------------------------------------------------
+
+def test_step_runs_the_kernels_on_views_of_the_tensors(monkeypatch):
+    p = torch.nn.Parameter(torch.randn(5, 3))
+    p.grad = torch.randn(5, 3)
+    opt = ft.Adam([p], lr=0.1, amsgrad=True, n_threads=1)
+    calls = []
+    kernel = ft.Adam._kernel
+
+    def spy(param, grad, *bufs, **kw):
+        calls.append((param, grad, bufs, kw))
+        return kernel(param, grad, *bufs, **kw)
+
+    monkeypatch.setattr(ft.Adam, "_kernel", staticmethod(spy))
+    ptr = p.data_ptr()
+    opt.step()
+    opt.step()
+    assert p.data_ptr() == ptr                         # updated in place
+    real = [c for c in calls if c[0].size]             # (the rest check hyperparameters)
+    assert len(real) == 2
+    st = opt.state[p]
+    for param, grad, bufs, kw in real:         # adam(param, grad, exp_avg, exp_avg_sq, max..)
+        assert np.shares_memory(param, p.detach().numpy())
+        assert np.shares_memory(grad, p.grad.numpy())
+        assert len(bufs) == 3
+        for buf, name in zip(bufs, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")):
+            assert np.shares_memory(buf, st[name].numpy()), name
+        assert kw["n_threads"] == 1 and kw["lr"] == 0.1
+    assert [kw["step"] for *_, kw in real] == [1, 2]
+
+
+def test_update_is_visible_to_autograd_version_counter():
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = ft.SGD([p], lr=0.1)
+    y = (p * p).sum()                    # saves p for backward
+    p.grad = torch.ones(4)
+    opt.step()
+    assert p.requires_grad and p.is_leaf
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_params_without_grad_are_skipped():
+    a = torch.nn.Parameter(torch.randn(3))
+    b = torch.nn.Parameter(torch.randn(3))
+    b0 = b.detach().clone()
+    opt = ft.Adam([a, b], lr=0.1)
+    a.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(b, b0) and b not in opt.state and b.grad is None
+    assert float(opt.state[a]["step"]) == 1
+
+
+def test_n_threads():
+    p = torch.nn.Parameter(torch.randn(100_000))
+    q = torch.nn.Parameter(p.detach().clone())
+    g = torch.randn(100_000)
+    for par, n in ((p, 1), (q, 2)):
+        par.grad = g.clone()
+        opt = ft.AdamW([par], lr=0.1, n_threads=n)
+        assert opt.n_threads == n
+        opt.step()
+        assert copy.deepcopy(opt).n_threads == n
+    assert torch.equal(p, q)                  # bit-identical for every thread count
+    with pytest.raises(ValueError, match="n_threads"):
+        ft.Adam([p], n_threads=0)
+    with pytest.raises(TypeError, match="n_threads"):
+        ft.SGD([p], n_threads="2")
+
+
+def test_tensor_lr_as_torch():
+    tensors = _params(torch.float64, 5)
+    pf = [torch.nn.Parameter(t.clone()) for t in tensors]
+    pt = [torch.nn.Parameter(t.clone()) for t in tensors]
+    of = ft.Adam(pf, lr=torch.tensor(0.01, dtype=torch.float64))
+    ot = torch.optim.Adam(pt, lr=torch.tensor(0.01, dtype=torch.float64), foreach=False)
+    for t in range(1, 11):
+        for a, b, g in zip(pf, pt, _grads(pf, t, 5)):
+            a.grad, b.grad = g.clone(), g.clone()
+        of.step()
+        ot.step()
+    _assert_same_state(of, ot, pf, pt, "tensor lr")
+
+
+# ---------------------------------------------------------------------------------------
+# torch's constructor: signature, defaults, checks
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_signature_and_defaults_are_torchs(cls_name):
+    ours = inspect.signature(getattr(ft, cls_name).__init__).parameters
+    theirs = inspect.signature(getattr(torch.optim, cls_name).__init__).parameters
+    assert list(ours)[:-1] == list(theirs)
+    for name, par in theirs.items():
+        assert (ours[name].kind, ours[name].default) == (par.kind, par.default), name
+    nt = ours["n_threads"]
+    assert (nt.kind, nt.default) == (inspect.Parameter.KEYWORD_ONLY, None)
+    p = torch.nn.Parameter(torch.randn(2))
+    fo = getattr(ft, cls_name)([p])
+    to = getattr(torch.optim, cls_name)([p])
+    assert fo.defaults == to.defaults
+    assert isinstance(fo, getattr(torch.optim, cls_name))
+
+
+@pytest.mark.parametrize("cls_name, kw", [
+    ("SGD", dict(lr=-1.0)), ("SGD", dict(momentum=-0.1)),
+    ("SGD", dict(nesterov=True, momentum=0.9, dampening=0.1)),
+    ("RMSprop", dict(alpha=-0.5)), ("RMSprop", dict(eps=-1.0)),
+    ("Adam", dict(betas=(1.0, 0.9))), ("Adam", dict(weight_decay=-1.0)),
+    ("AdamW", dict(eps=-1e-8)),
+])
+def test_constructor_checks_are_torchs(cls_name, kw):
+    p = torch.nn.Parameter(torch.randn(2))
+    with pytest.raises(ValueError) as theirs:
+        getattr(torch.optim, cls_name)([p], **kw)
+    with pytest.raises(ValueError) as ours:
+        getattr(ft, cls_name)([p], **kw)
+    assert str(ours.value) == str(theirs.value)
+
+
+# (class, option) for each of torch's implementation switches that the class has
+SWITCHES = [(c, o) for c in CLASSES for o in ("foreach", "fused", "capturable", "differentiable")
+            if o in inspect.signature(getattr(torch.optim, c).__init__).parameters]
+
+
+@pytest.mark.parametrize("value", [True])
+@pytest.mark.parametrize("cls_name, option", SWITCHES)
+def test_other_implementations_are_refused(cls_name, option, value):
+    p = torch.nn.Parameter(torch.randn(2))
+    with pytest.raises(ValueError, match=f"{option}=True is not supported"):
+        getattr(ft, cls_name)([p], **{option: value})
+    ok = getattr(ft, cls_name)([p], **{option: False})             # the default works
+    q = torch.nn.Parameter(torch.randn(2))
+    with pytest.raises(ValueError, match=f"{option}=True is not supported"):
+        ok.add_param_group({"params": [q], option: True})
+    assert len(ok.param_groups) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# refused inputs: raised at step, before anything is written
+# ---------------------------------------------------------------------------------------
+
+def _snapshot(opt):
+    snap = []
+    for group in opt.param_groups:
+        for p in group["params"]:
+            meta = p.device.type == "meta"
+            clone = (lambda t: t) if meta else (lambda t: t.detach().clone())
+            st = {k: (clone(v) if isinstance(v, torch.Tensor) else v)
+                  for k, v in opt.state.get(p, {}).items()}
+            snap.append((p, clone(p), None if p.grad is None else clone(p.grad),
+                         p.grad, st, p in opt.state))
+    return snap
+
+
+def _assert_unchanged(opt, snap):
+    for p, p0, g0, grad_obj, st0, had_state in snap:
+        assert (p in opt.state) == had_state
+        assert p.grad is grad_obj
+        if p.device.type == "meta":
+            continue
+        assert torch.equal(p.detach(), p0)
+        if g0 is not None:
+            if p.grad.layout == torch.strided:
+                assert torch.equal(p.grad, g0)
+            else:
+                assert torch.equal(p.grad.to_dense(), g0.to_dense())
+        st = opt.state.get(p, {})
+        assert sorted(st) == sorted(st0)
+        for k, v in st0.items():
+            assert torch.equal(st[k], v), k
+
+
+def _bad_param(kind):
+    """A parameter (with grad) that the bridge must refuse, the error type and message."""
+    if kind == "sparse-grad":
+        p = torch.nn.Parameter(torch.randn(4))
+        p.grad = torch.randn(4).to_sparse()
+        return p, TypeError, "sparse gradient"
+    if kind in ("complex64", "float16", "bfloat16"):
+        dt = getattr(torch, kind)
+        p = torch.nn.Parameter(torch.randn(4, dtype=dt))
+        p.grad = torch.randn(4, dtype=dt)
+        return p, TypeError, f"dtype torch.{kind}"
+    if kind == "meta-device":
+        p = torch.nn.Parameter(torch.empty(4, device="meta"))
+        p.grad = torch.empty(4, device="meta")
+        return p, TypeError, "on device meta"
+    if kind == "noncontiguous-param":
+        p = torch.nn.Parameter(torch.randn(4, 6)[:, ::2])
+        assert not p.is_contiguous()
+        p.grad = torch.randn(4, 3)
+        return p, ValueError, "not contiguous"
+    if kind == "noncontiguous-grad":
+        p = torch.nn.Parameter(torch.randn(4, 3))
+        p.grad = torch.randn(4, 6)[:, ::2]
+        return p, ValueError, "gradient is not contiguous"
+    if kind == "grad-other-layout":
+        p = torch.nn.Parameter(torch.randn(4, 3))
+        p.grad = torch.randn(3, 4).t()                 # F-ordered grad, C-ordered param
+        return p, ValueError, "gradient is F-contiguous"
+    if kind == "grad-dtype":
+        p = torch.nn.Parameter(torch.randn(4))
+        p.grad = torch.randn(4)
+        p.data = torch.randn(4, dtype=torch.float64)   # torch checks dtype only on assignment
+        return p, TypeError, "gradient has dtype torch.float32"
+    if kind == "grad-shape":
+        p = torch.nn.Parameter(torch.randn(4))
+        p.grad = torch.randn(4)
+        p.data = torch.randn(5)
+        return p, ValueError, r"gradient has shape \(4,\)"
+    if kind == "grad-is-param":
+        p = torch.nn.Parameter(torch.randn(4))
+        p.grad = p.detach()
+        return p, ValueError, "share memory"
+    raise AssertionError(kind)
+
+
+BAD_PARAMS = ["sparse-grad", "complex64", "float16", "bfloat16", "meta-device",
+              "noncontiguous-param", "noncontiguous-grad", "grad-other-layout", "grad-dtype",
+              "grad-shape", "grad-is-param"]
+
+
+def _stepped(cls_name, kw, dtype=torch.float32):
+    """An optimizer with two groups, stepped twice (so it has state), grads set."""
+    tensors = _params(dtype, 11)
+    ps = [torch.nn.Parameter(t.clone(memory_format=torch.preserve_format)) for t in tensors]
+    opt = getattr(ft, cls_name)([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.001}], **kw)
+    for t in (1, 2):
+        for p, g in zip(ps, _grads(ps, t, 11)):
+            p.grad = g
+        opt.step()
+    return opt, ps
+
+
+ERROR_KW = {"SGD": dict(lr=0.1, momentum=0.9), "RMSprop": dict(momentum=0.5, centered=True),
+            "Adam": dict(amsgrad=True), "AdamW": dict()}
+
+
+@pytest.mark.parametrize("kind", BAD_PARAMS)
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_refused_params_change_nothing(cls_name, kind):
+    opt, ps = _stepped(cls_name, ERROR_KW[cls_name])
+    bad, exc, msg = _bad_param(kind)
+    opt.add_param_group({"params": [bad]})
+    snap = _snapshot(opt)
+    with pytest.raises(exc, match=msg) as info:
+        opt.step()
+    assert "parameter 4 (param_groups[2]['params'][0])" in str(info.value)
+    _assert_unchanged(opt, snap)
+    # without the bad param's grad, the same optimizer steps again
+    bad.grad = None
+    opt.step()
+    assert not torch.equal(ps[0].detach(), snap[0][1])
+
+
+@pytest.mark.parametrize("cls_name, key, value, match", [
+    ("SGD", "lr", -0.1, "lr must be >= 0"),
+    ("SGD", "nesterov", True, "nesterov=True requires"),
+    ("RMSprop", "eps", -1.0, "eps must be >= 0"),
+    ("Adam", "betas", (1.5, 0.9), "beta1 must be in"),
+    ("AdamW", "weight_decay", float("nan"), "weight_decay must be a finite number"),
+    ("Adam", "foreach", True, "foreach=True is not supported"),
+    ("AdamW", "fused", True, "fused=True is not supported"),
+    ("RMSprop", "capturable", True, "capturable=True is not supported"),
+    ("SGD", "differentiable", True, "differentiable=True is not supported"),
+])
+def test_bad_group_settings_change_nothing(cls_name, key, value, match):
+    kw = dict(ERROR_KW[cls_name])
+    if cls_name == "SGD" and key == "nesterov":
+        kw["dampening"] = 0.5             # fine without nesterov; refused with it
+    opt, ps = _stepped(cls_name, kw)
+    opt.param_groups[1][key] = value
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=match) as info:
+        opt.step()
+    assert "param_groups[1]" in str(info.value)
+    _assert_unchanged(opt, snap)
+
+
+def test_bad_state_changes_nothing():
+    opt, ps = _stepped("Adam", {})
+    opt.state[ps[3]]["exp_avg"] = torch.zeros(3)
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"parameter 3 .*state\['exp_avg'\] has shape"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+
+
+# ---------------------------------------------------------------------------------------
+# torch stays optional
+# ---------------------------------------------------------------------------------------
+
+def _python(code):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
+    prelude = f"import sys; sys.path.insert(0, {root!r})\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_import_without_torch_says_how_to_install_it():
+    r = _python("sys.modules['torch'] = None\n"       # import torch -> ImportError
+                "import fastlr, fastlr.compat\n"
+                "try:\n"
+                "    import fastlr.compat.torch\n"
+                "except ImportError as e:\n"
+                "    print('ImportError:', e)\n")
+    assert r.returncode == 0, r.stderr
+    assert "ImportError: fastlr.compat.torch needs PyTorch" in r.stdout
+    assert "pip install torch" in r.stdout
+
+
+def test_fastlr_compat_does_not_import_torch():
+    r = _python("import fastlr, fastlr.compat, fastlr.kernels\n"
+                "print('torch' in sys.modules)\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
