@@ -34,6 +34,7 @@ from fastlr._kernels import (
     set_num_threads,
     sgd,
 )
+from fastlr._sklearn_kernels import adam_sklearn, sgd_sklearn
 
 __all__ = [
     "sgd",
@@ -46,6 +47,8 @@ __all__ = [
     "nadam",
     "radam",
     "lion",
+    "sgd_sklearn",
+    "adam_sklearn",
     "make_state",
     "state_names",
     "get_num_threads",

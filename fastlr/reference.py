@@ -19,6 +19,8 @@ Semantics follow ``torch.optim`` 2.13's single-tensor path
 * :func:`adagrad`, :func:`adadelta`, :func:`adamax`, :func:`nadam`,
   :func:`radam` -- the torch.optim classes of the same names
 * :func:`lion`    -- ``optax.lion`` (torch 2.13 has no Lion)
+* :func:`sgd_sklearn`, :func:`adam_sklearn` -- scikit-learn's MLP optimizers
+  (lr inside the velocity; Adam's epsilon-hat form), from ``_reference_sklearn``
 
 Conventions shared by all functions:
 
@@ -43,8 +45,10 @@ Conventions shared by all functions:
 
 import numpy as np
 
+from fastlr._reference_sklearn import adam_sklearn, sgd_sklearn
+
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
-           "lion"]
+           "lion", "sgd_sklearn", "adam_sklearn"]
 
 
 # ---------------------------------------------------------------------------
