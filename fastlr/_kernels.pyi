@@ -72,3 +72,25 @@ def adamw(
     maximize: bool = False,
     n_threads: Optional[int] = None,
 ) -> None: ...
+def adagrad(param: _Float, grad: _Float, state_sum: _Float, *, step: int, lr: float,
+            lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
+            maximize: bool = False, n_threads: Optional[int] = None) -> None: ...
+def adadelta(param: _Float, grad: _Float, square_avg: _Float, acc_delta: _Float, *,
+             lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
+             maximize: bool = False, n_threads: Optional[int] = None) -> None: ...
+def adamax(param: _Float, grad: _Float, exp_avg: _Float, exp_inf: _Float, *, step: int,
+           lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+           weight_decay: float = 0.0, maximize: bool = False,
+           n_threads: Optional[int] = None) -> None: ...
+def nadam(param: _Float, grad: _Float, exp_avg: _Float, exp_avg_sq: _Float, *, step: int,
+          mu_product: float, lr: float, beta1: float = 0.9, beta2: float = 0.999,
+          eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+          decoupled_weight_decay: bool = False, maximize: bool = False,
+          n_threads: Optional[int] = None) -> float: ...
+def radam(param: _Float, grad: _Float, exp_avg: _Float, exp_avg_sq: _Float, *, step: int,
+          lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+          maximize: bool = False, n_threads: Optional[int] = None) -> None: ...
+def lion(param: _Float, grad: _Float, exp_avg: _Float, *, lr: float, beta1: float = 0.9,
+         beta2: float = 0.99, weight_decay: float = 1e-3, maximize: bool = False,
+         n_threads: Optional[int] = None) -> None: ...
