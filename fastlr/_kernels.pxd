@@ -115,8 +115,13 @@ ctypedef void (*span_fn)(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept 
 # cache-line aligned spans, one per OpenMP thread; serial below PARALLEL_MIN_SIZE.
 cdef void parallel_spans(span_fn fn, void* ctx, Py_ssize_t n, int n_threads) noexcept nogil
 
-# The OpenMP maximum thread count (1 in a build without OpenMP).
+# The OpenMP maximum thread count (1 in a build without OpenMP, and in a forked child).
 cdef int max_threads() noexcept nogil
+
+# The thread count a threaded loop of your own may use: n_threads, or 1 in a child process
+# forked from one that ran fastlr (GNU OpenMP's thread pool does not survive fork; a
+# parallel region there hangs). parallel_spans applies it already.
+cdef int usable_threads(int n_threads) noexcept nogil
 
 # ---- SGD (momentum, dampening, Nesterov, L2 weight decay, maximize) ----
 cdef void sgd_f32(float* param, const float* grad, float* momentum_buffer,

@@ -60,9 +60,25 @@ cdef extern from *:
     #define FASTLR_HAVE_OPENMP 0
     static int fastlr_omp_max_threads(void) { return 1; }
     #endif
+
+    /* GNU OpenMP's thread pool does not survive fork(): a child that opens a parallel
+       region after its parent has used one waits forever for threads that are not there.
+       So a forked child runs serial until it calls fastlr.set_num_threads itself. */
+    static int fastlr_forked_child = 0;
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <pthread.h>
+    static void fastlr_atfork_child(void) { fastlr_forked_child = 1; }
+    static int fastlr_register_atfork(void) {
+        return pthread_atfork(NULL, NULL, fastlr_atfork_child);
+    }
+    #else
+    static int fastlr_register_atfork(void) { return 0; }
+    #endif
     """
     int FASTLR_HAVE_OPENMP
     int fastlr_omp_max_threads() noexcept nogil
+    int fastlr_forked_child
+    int fastlr_register_atfork() noexcept nogil
 
 cdef enum:
     # Spans handed to threads start on multiples of this many elements (256 bytes for float32).
@@ -102,12 +118,24 @@ def cpu_target():
 
 
 cdef int max_threads() noexcept nogil:
+    if fastlr_forked_child:
+        return 1
     return fastlr_omp_max_threads()
+
+
+cdef int usable_threads(int n_threads) noexcept nogil:
+    if fastlr_forked_child:
+        return 1
+    return n_threads
+
+
+if fastlr_register_atfork() != 0:
+    raise ImportError("fastlr._kernels: pthread_atfork failed")
 
 
 cdef void parallel_spans(span_fn fn, void* ctx, Py_ssize_t n, int n_threads) noexcept nogil:
     cdef Py_ssize_t n_spans, span, i, start, stop
-    if n_threads <= 1 or n < PARALLEL_MIN_SIZE:
+    if n_threads <= 1 or n < PARALLEL_MIN_SIZE or fastlr_forked_child:
         fn(ctx, 0, n)
         return
     # Every span gets at least PARALLEL_MIN_SIZE / 2 elements.
@@ -416,22 +444,37 @@ def get_num_threads():
     It is the value given to :func:`set_num_threads`, or else the OpenMP maximum read now
     (so ``OMP_NUM_THREADS`` and threadpoolctl apply). A build without OpenMP returns 1.
     """
+    if fastlr_forked_child:
+        return 1
     if _n_threads_setting > 0:
         return _n_threads_setting
     return max(1, fastlr_omp_max_threads())
 
 
 def set_num_threads(n_threads):
-    """Set the thread count for ``n_threads=None``; ``None`` restores the OpenMP default."""
-    global _n_threads_setting
-    if n_threads is None:
-        _n_threads_setting = 0
-        return
-    _n_threads_setting = _threads_arg("fastlr.set_num_threads", n_threads)
+    """Set the thread count for ``n_threads=None``; ``None`` restores the OpenMP default.
+
+    In a process forked from one that ran fastlr (a ``fork`` multiprocessing worker, a
+    data loader), kernels run on one thread: GNU OpenMP's thread pool does not survive
+    ``fork`` and a parallel region in the child would hang. Calling ``set_num_threads`` in
+    the child lifts that; do it only when the parent never opened an OpenMP region (or use
+    the ``spawn`` / ``forkserver`` start methods, whose workers start fresh).
+    """
+    global _n_threads_setting, fastlr_forked_child
+    value = 0 if n_threads is None else _threads_arg("fastlr.set_num_threads", n_threads)
+    fastlr_forked_child = 0
+    _n_threads_setting = value
+
+
+def in_forked_child():
+    """True in a forked child where fastlr runs serial (see :func:`set_num_threads`)."""
+    return bool(fastlr_forked_child)
 
 
 cdef int _threads_arg(str fn, object n_threads) except -1:
     if n_threads is None:
+        if fastlr_forked_child:
+            return 1
         if _n_threads_setting > 0:
             return _n_threads_setting
         return max(1, fastlr_omp_max_threads())

@@ -34,7 +34,7 @@ from fastlr._core cimport (AdadeltaCoef, AdagradCoef, AdamaxCoef, AdamCoef, Core
                            radam_coef, rmsprop_coef, sgd_coef)
 from fastlr._kernels cimport (AdadeltaHyper, AdagradHyper, AdamaxHyper, AdamHyper, LionHyper,
                               NAdamHyper, PARALLEL_MIN_SIZE, RAdamHyper, RMSpropHyper, SGDHyper,
-                              parallel_spans)
+                              parallel_spans, usable_threads)
 from cython.parallel cimport prange
 from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
                                 schedule_value)
@@ -217,7 +217,7 @@ cdef void reduce_pieces(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t tot
     """Sum of squares (in double) and the non-finite flag of all grads. block_sums and
     block_flags hold ceil(total / REDUCE_BLOCK) entries."""
     cdef Py_ssize_t n_blocks = (total + REDUCE_BLOCK - 1) // REDUCE_BLOCK, blk
-    cdef int nt = n_threads
+    cdef int nt = usable_threads(n_threads)
     cdef double sq = 0.0
     cdef int flag = 0
     if nt > n_blocks:

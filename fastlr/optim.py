@@ -21,10 +21,12 @@ updates every array of every group in one C call. Params that are adjacent views
 buffer (same group and dtype) are updated as one span.
 """
 
+import contextlib
 import json
 import numbers
 import os
 import tempfile
+import threading
 
 import numpy as np
 
@@ -130,6 +132,7 @@ class Optimizer:
         self._state = []                # per param: {name: view}
         self._layout = None             # the span structure the state blocks were made for
         self._t = 0
+        self._busy = threading.Lock()   # held while stepping or changing the layout
         self._engine = Engine(self._kernel, self._name)
         groups = self._groups_arg(params)
         for group in groups:
@@ -284,8 +287,23 @@ class Optimizer:
     def add_param_group(self, param_group):
         """Add a group (torch's ``add_param_group``): its params start their own update count
         at 1, its missing hyperparameters come from the optimizer's defaults."""
-        self._add_group(param_group)
-        self._configure()
+        with self._exclusive("add_param_group"):
+            self._add_group(param_group)
+            self._configure()
+
+    @contextlib.contextmanager
+    def _exclusive(self, what):
+        """One step (or layout change) at a time: a second thread gets a clear error
+        instead of racing the first (the step runs without the GIL)."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"{self._name}.{what}: the optimizer is being stepped or "
+                               f"changed by another thread; an optimizer is not shared by "
+                               f"threads that step it concurrently (give each its own, or "
+                               f"hold a lock around step)")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     # ---- layout: spans of adjacent params, state buffers, the compiled engine -------------
     def _state_names(self, group):
@@ -399,14 +417,23 @@ class Optimizer:
         ``max_grad_norm``, the grads are scaled by ``min(max_norm / (norm + 1e-6), 1)``
         (torch's clip_grad_norm_) inside the update; :attr:`last_grad_norm` is the norm.
         """
-        if self._dirty:
-            self._configure()
-        n_threads = self._n_threads if self._n_threads is not None else _default_threads()
-        if self._engine.step(grads, self._t, n_threads, self._max_grad_norm or 0.0,
-                             self._skip_nonfinite):
-            self._t += 1
+        if not self._busy.acquire(blocking=False):
+            with self._exclusive("step"):       # raises the explanation
+                pass
+        try:
+            if self._dirty:
+                self._configure()
+            n_threads = self._n_threads if self._n_threads is not None else _default_threads()
+            applied = self._engine.step(grads, self._t, n_threads, self._max_grad_norm or 0.0,
+                                        self._skip_nonfinite)
+            if applied:
+                self._t += 1
+            else:
+                self._skipped += 1
+        finally:
+            self._busy.release()
+        if applied:
             return True if self._skip_nonfinite else None
-        self._skipped += 1
         return False
 
     @property
@@ -488,6 +515,10 @@ class Optimizer:
     def load_state_dict(self, state_dict):
         """Restore a state dict. Everything is validated first; on any error nothing
         changes."""
+        with self._exclusive("load_state_dict"):
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict):
         name = f"{self._name}.load_state_dict"
         sd = state_dict
         if not isinstance(sd, dict):
