@@ -813,51 +813,15 @@ cdef class Engine:
 # ---------------------------------------------------------------------------------------
 # The functional global-norm clip
 # ---------------------------------------------------------------------------------------
-def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None):
-    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm``;
-    return the norm they had (torch.nn.utils.clip_grad_norm_).
-
-    ``norm = sqrt(sum of g**2 over every element of every grad)``, accumulated in double
-    in fixed blocks (the same bits for any thread count); then every grad is multiplied by
-    ``min(max_norm / (norm + 1e-6), 1)`` in its own dtype (nothing is written when that is
-    1). A NaN or Inf element makes the norm non-finite and, as in torch, the factor
-    NaN or 0: ``error_if_nonfinite=True`` raises ValueError instead, before writing
-    anything. ``grads``: one float32/float64 array or a list of them (dtypes may differ),
-    contiguous and writeable. The optimizers' ``max_grad_norm=`` does the same inside the
-    step without a separate pass over the grads for the scaling.
-    """
-    cdef str fn = "fastlr.clip_grad_norm"
-    cdef Py_ssize_t i, n, total = 0
+cdef _reduce_arrays(str fn, list arrays, int nt, int want_norm, int want_scan, bint writeable):
+    """Validate a list of float arrays and reduce them: (sum of squares, any non-finite)."""
+    cdef Py_ssize_t i, n = len(arrays), total = 0
     cdef cnp.ndarray a
     cdef Piece* pieces
     cdef double* block_sums
     cdef unsigned char* block_flags
-    cdef double sumsq = 0.0, norm, scale, limit
-    cdef int nonfinite = 0, nt
-    from fastlr._kernels import get_num_threads
-    if isinstance(grads, np.ndarray):
-        arrays = [grads]
-    elif isinstance(grads, (list, tuple)):
-        arrays = list(grads)
-    else:
-        raise TypeError(f"{fn}: grads must be an array or a list of arrays, got "
-                        f"{type(grads).__name__}")
-    if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, (int, float,
-                                                                          np.integer,
-                                                                          np.floating)):
-        raise TypeError(f"{fn}: max_norm must be a real number, got {type(max_norm).__name__}")
-    limit = max_norm
-    if not (isfinite(limit) and limit > 0.0):
-        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}")
-    if n_threads is None:
-        nt = get_num_threads()
-    elif isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)) \
-            or not 1 <= n_threads <= 4096:
-        raise ValueError(f"{fn}: n_threads must be an int in [1, 4096] or None, got "
-                         f"{n_threads!r}")
-    else:
-        nt = n_threads
-    n = len(arrays)
+    cdef double sumsq = 0.0
+    cdef int nonfinite = 0
     for i in range(n):
         obj = arrays[i]
         if not isinstance(obj, np.ndarray):
@@ -871,7 +835,7 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
                 not cnp.PyArray_ISALIGNED(a) or cnp.PyArray_ISBYTESWAPPED(a):
             raise ValueError(f"{fn}: grads[{i}] must be contiguous, aligned and in native "
                              f"byte order, got strides {obj.strides}")
-        if not cnp.PyArray_ISWRITEABLE(a):
+        if writeable and not cnp.PyArray_ISWRITEABLE(a):
             raise ValueError(f"{fn}: grads[{i}] is read-only but is scaled in place")
         total += cnp.PyArray_SIZE(a)
     n_blocks = max(1, (total + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
@@ -890,12 +854,71 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
             pieces[i].start = total
             total += pieces[i].n
         with nogil:
-            reduce_pieces(pieces, n, total, 1, 0, block_sums, block_flags, nt, &sumsq,
-                          &nonfinite)
+            reduce_pieces(pieces, n, total, want_norm, want_scan, block_sums, block_flags,
+                          nt, &sumsq, &nonfinite)
     finally:
         free(pieces)
         free(block_sums)
         free(block_flags)
+    return sumsq, bool(nonfinite)
+
+
+cdef int _nt_arg(str fn, object n_threads) except -1:
+    from fastlr._kernels import get_num_threads
+    if n_threads is None:
+        return get_num_threads()
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)) \
+            or not 1 <= n_threads <= 4096:
+        raise ValueError(f"{fn}: n_threads must be an int in [1, 4096] or None, got "
+                         f"{n_threads!r}")
+    return n_threads
+
+
+def grad_stats(grads, *, n_threads=None):
+    """(sum of squares in double, whether any element is NaN or Inf) over all ``grads`` (an
+    array or a list), with the blocks of :func:`clip_grad_norm` (same bits for any thread
+    count). For code that combines norms itself, e.g. across processes."""
+    cdef str fn = "fastlr.grad_stats"
+    if isinstance(grads, np.ndarray):
+        arrays = [grads]
+    elif isinstance(grads, (list, tuple)):
+        arrays = list(grads)
+    else:
+        raise TypeError(f"{fn}: grads must be an array or a list of arrays, got "
+                        f"{type(grads).__name__}")
+    return _reduce_arrays(fn, arrays, _nt_arg(fn, n_threads), 1, 1, False)
+
+
+def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None):
+    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm``;
+    return the norm they had (torch.nn.utils.clip_grad_norm_).
+
+    ``norm = sqrt(sum of g**2 over every element of every grad)``, accumulated in double
+    in fixed blocks (the same bits for any thread count); then every grad is multiplied by
+    ``min(max_norm / (norm + 1e-6), 1)`` in its own dtype (nothing is written when that is
+    1). A NaN or Inf element makes the norm non-finite and, as in torch, the factor
+    NaN or 0: ``error_if_nonfinite=True`` raises ValueError instead, before writing
+    anything. ``grads``: one float32/float64 array or a list of them (dtypes may differ),
+    contiguous and writeable. The optimizers' ``max_grad_norm=`` does the same inside the
+    step without a separate pass over the grads for the scaling.
+    """
+    cdef str fn = "fastlr.clip_grad_norm"
+    cdef double norm, scale, limit
+    if isinstance(grads, np.ndarray):
+        arrays = [grads]
+    elif isinstance(grads, (list, tuple)):
+        arrays = list(grads)
+    else:
+        raise TypeError(f"{fn}: grads must be an array or a list of arrays, got "
+                        f"{type(grads).__name__}")
+    if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, (int, float,
+                                                                          np.integer,
+                                                                          np.floating)):
+        raise TypeError(f"{fn}: max_norm must be a real number, got {type(max_norm).__name__}")
+    limit = max_norm
+    if not (isfinite(limit) and limit > 0.0):
+        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}")
+    sumsq, _ = _reduce_arrays(fn, arrays, _nt_arg(fn, n_threads), 1, 0, True)
     norm = sqrt(sumsq)
     if error_if_nonfinite and not isfinite(norm):
         raise ValueError(f"{fn}: the total norm of the grads is {norm!r} (a NaN or Inf "

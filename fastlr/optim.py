@@ -644,66 +644,12 @@ class Optimizer:
     def save(self, path):
         """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically: a temporary
         file in the same directory, then a rename."""
-        sd = self.state_dict()
-        arrays = {"format": np.array(_FORMAT), "steps": np.array(sd["steps"], dtype=np.int64),
-                  "param_groups": np.array(json.dumps(sd["param_groups"])),
-                  "skipped_steps": np.array(sd["skipped_steps"], dtype=np.int64),
-                  "lr_scale": np.array(sd["lr_scale"], dtype=np.float64)}
-        if "plateau" in sd:
-            arrays["plateau"] = np.array(json.dumps(sd["plateau"]))
-        for i, st in sd["state"].items():
-            arrays[f"state/{i}/step"] = np.array(st["step"], dtype=np.int64)
-            for k, v in st.items():
-                if k != "step":
-                    arrays[f"state/{i}/{k}"] = v
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastlr-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_checkpoint(self.state_dict(), path)
 
     def load(self, path):
         """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises
         ``ValueError`` and changes nothing."""
-        name = f"{self._name}.load"
-        try:
-            with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
-                files = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as error:
-            raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
-                             f"({error})") from error
-        except Exception as error:      # zipfile.BadZipFile and friends
-            raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
-                             f"({type(error).__name__}: {error})") from error
-        try:
-            if str(files["format"]) != _FORMAT:
-                raise ValueError(f"unknown format {str(files['format'])!r}")
-            sd = {"format": _FORMAT, "steps": int(files["steps"]),
-                  "param_groups": json.loads(str(files["param_groups"])), "state": {}}
-            if "skipped_steps" in files:
-                sd["skipped_steps"] = int(files["skipped_steps"])
-            if "lr_scale" in files:
-                sd["lr_scale"] = [float(v) for v in np.asarray(files["lr_scale"]).reshape(-1)]
-            if "plateau" in files:
-                sd["plateau"] = json.loads(str(files["plateau"]))
-            for key, value in files.items():
-                if key.startswith("state/"):
-                    _, i, buf = key.split("/", 2)
-                    entry = sd["state"].setdefault(int(i), {})
-                    entry[buf] = (int(value) if buf == "step" else
-                                  float(value) if buf == "mu_product" else value)
-        except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
-                             f"({error})") from error
-        self.load_state_dict(sd)
+        self.load_state_dict(read_checkpoint(path, f"{self._name}.load"))
 
     # ---- pure-NumPy twin of the step, for tests and demos ---------------------------------
     def step_reference(self, grads):
@@ -741,6 +687,70 @@ class Optimizer:
         self._counts += 1
         self._t += 1
         return True if self._skip_nonfinite else None
+
+
+def write_checkpoint(sd, path):
+    """Write an optimizer state dict to ``path`` as ``.npz`` (no pickle), atomically: a
+    temporary file in the same directory, fsync, then a rename."""
+    arrays = {"format": np.array(_FORMAT), "steps": np.array(sd["steps"], dtype=np.int64),
+              "param_groups": np.array(json.dumps(sd["param_groups"])),
+              "skipped_steps": np.array(sd["skipped_steps"], dtype=np.int64),
+              "lr_scale": np.array(sd["lr_scale"], dtype=np.float64)}
+    if "plateau" in sd:
+        arrays["plateau"] = np.array(json.dumps(sd["plateau"]))
+    for i, st in sd["state"].items():
+        arrays[f"state/{i}/step"] = np.array(st["step"], dtype=np.int64)
+        for k, v in st.items():
+            if k != "step":
+                arrays[f"state/{i}/{k}"] = v
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastlr-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_checkpoint(path, name="fastlr.read_checkpoint"):
+    """Read what :func:`write_checkpoint` wrote, as a state dict. A truncated or corrupted
+    file raises ``ValueError``."""
+    try:
+        with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
+            files = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
+                         f"({error})") from error
+    except Exception as error:      # zipfile.BadZipFile and friends
+        raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
+                         f"({type(error).__name__}: {error})") from error
+    try:
+        if str(files["format"]) != _FORMAT:
+            raise ValueError(f"unknown format {str(files['format'])!r}")
+        sd = {"format": _FORMAT, "steps": int(files["steps"]),
+              "param_groups": json.loads(str(files["param_groups"])), "state": {}}
+        if "skipped_steps" in files:
+            sd["skipped_steps"] = int(files["skipped_steps"])
+        if "lr_scale" in files:
+            sd["lr_scale"] = [float(v) for v in np.asarray(files["lr_scale"]).reshape(-1)]
+        if "plateau" in files:
+            sd["plateau"] = json.loads(str(files["plateau"]))
+        for key, value in files.items():
+            if key.startswith("state/"):
+                _, i, buf = key.split("/", 2)
+                entry = sd["state"].setdefault(int(i), {})
+                entry[buf] = (int(value) if buf == "step" else
+                              float(value) if buf == "mu_product" else value)
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
+                         f"({error})") from error
+    return sd
 
 
 def _default_threads():
