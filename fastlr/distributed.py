@@ -1,0 +1,481 @@
+"""Data-parallel training over MPI with the optimizer state sharded across ranks (ZeRO-1).
+
+Every rank holds all the params (views of one flat buffer) and computes grads on its part
+of the batch. :meth:`ShardedOptimizer.step` then
+
+1. agrees with every rank, in one small all-reduce, that the grads are valid, that all
+   ranks passed the same number of arrays, and whether any grad holds a NaN or Inf
+   (``skip_nonfinite``): a rank that errs makes every rank raise, nobody hangs;
+2. reduce-scatters the flat grad, so each rank holds the mean grad of its contiguous shard
+   (shards differ by at most one element when sizes do not divide);
+3. clips by the global norm if asked (the norm of the mean grad: one all-reduce of a
+   scalar);
+4. runs the fastlr optimizer on its shard only, so each rank keeps 1/N of the state;
+5. all-gathers the updated shards, so every rank ends with the full updated params.
+
+The transport is MPI through mpi4py (``pip install "fastlr[mpi]"`` and an MPI library,
+e.g. Debian's ``openmpi-bin libopenmpi-dev``). Start with ``mpirun -n 2 python train.py``.
+Each rank uses one OpenMP thread by default (``n_threads``).
+"""
+
+import math
+import numbers
+import time
+
+import numpy as np
+
+from fastlr import optim as _optim
+from fastlr._optim import grad_stats
+
+__all__ = ["ShardedOptimizer", "shard_bounds"]
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as error:
+        raise ImportError("fastlr.distributed needs mpi4py and an MPI library: "
+                          "pip install 'fastlr[mpi]' (and e.g. apt install openmpi-bin "
+                          "libopenmpi-dev)") from error
+    return MPI
+
+
+def shard_bounds(total, world_size):
+    """(counts, displacements) of ``world_size`` contiguous shards of ``total`` elements:
+    the first ``total % world_size`` shards get one element more.
+
+    >>> shard_bounds(10, 3)
+    ([4, 3, 3], [0, 4, 7])
+    """
+    base, extra = divmod(int(total), int(world_size))
+    counts = [base + (1 if r < extra else 0) for r in range(world_size)]
+    displs = [int(v) for v in np.concatenate([[0], np.cumsum(counts)[:-1]])]
+    return counts, displs
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _flat_view(arrays, what):
+    """The 1-D view covering ``arrays`` when they are C-contiguous, adjacent views of one
+    buffer in order; else None."""
+    first = arrays[0]
+    dtype, root = first.dtype, _root(first)
+    end = _address(first)
+    for a in arrays:
+        if a.dtype != dtype or not a.flags.c_contiguous or _root(a) is not root or \
+                (a.size and _address(a) != end):
+            return None
+        end += a.nbytes
+    total = sum(a.size for a in arrays)
+    base = first.reshape(-1)
+    return np.lib.stride_tricks.as_strided(base, shape=(total,), strides=(dtype.itemsize,),
+                                           writeable=base.flags.writeable)
+
+
+class ShardedOptimizer:
+    """A fastlr optimizer data-parallel over MPI ranks, its state sharded (ZeRO stage 1).
+
+    ``optimizer``: a fastlr optimizer class (``fastlr.AdamW``, ...) or its name
+    (``"AdamW"``); ``params``: the model's params as C-contiguous views of one flat buffer
+    (:func:`fastlr.flat_buffer`), as a list or a list of group dicts; ``comm``: an mpi4py
+    communicator (``MPI.COMM_WORLD`` by default); ``hyperparameters``: the optimizer's own
+    (``lr`` with schedules, ``betas``, ...). Rank 0's initial params are broadcast to all.
+
+    ``step(grads)`` takes this rank's grads: the flat grad buffer, or one array per param
+    (views of one buffer are used in place; other arrays are copied into an internal flat
+    buffer). It is collective: every rank calls it once per step.
+
+    ``max_grad_norm`` clips by the norm of the mean grad over all params and ranks;
+    ``skip_nonfinite`` skips the step on every rank when any rank's grad holds a NaN or
+    Inf. The shard's optimizer is :attr:`optimizer` (a plain fastlr optimizer over this
+    rank's slice of every param: its hyperparameters, ``param_groups`` writes and
+    ``ReduceLROnPlateau`` work as usual when every rank does the same).
+    """
+
+    def __init__(self, optimizer, params, comm=None, *, max_grad_norm=None,
+                 skip_nonfinite=False, n_threads=1, **hyperparameters):
+        MPI = _mpi()
+        self._MPI = MPI
+        self.comm = comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank, self.world_size = comm.Get_rank(), comm.Get_size()
+        name = "fastlr.distributed.ShardedOptimizer"
+        cls = getattr(_optim, optimizer, None) if isinstance(optimizer, str) else optimizer
+        if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)) or \
+                cls is _optim.Optimizer:
+            raise TypeError(f"{name}: optimizer must be a fastlr optimizer class or its name, "
+                            f"got {optimizer!r}")
+        groups = params if isinstance(params, (list, tuple)) and params and \
+            all(isinstance(g, dict) for g in params) else [{"params": params}]
+        group_params = []
+        for g in groups:
+            ps = g.get("params")
+            ps = [ps] if isinstance(ps, np.ndarray) else list(ps or [])
+            group_params.append(ps)
+        flat_params = [p for ps in group_params for p in ps]
+        # every rank checks its own params, then all compare what they have
+        local_error = None
+        signature = None
+        if not flat_params or not all(isinstance(p, np.ndarray) for p in flat_params):
+            local_error = "params must be a non-empty list of numpy arrays"
+        elif flat_params[0].dtype not in (np.float32, np.float64):
+            local_error = f"params must be float32 or float64, got {flat_params[0].dtype}"
+        else:
+            self._flat = _flat_view(flat_params, "params")
+            if self._flat is None or not self._flat.flags.writeable:
+                local_error = ("params must be writeable, C-contiguous views of one flat "
+                               "buffer, in order (use fastlr.flat_buffer)")
+            else:
+                signature = (str(flat_params[0].dtype), [len(ps) for ps in group_params],
+                             [tuple(p.shape) for p in flat_params], cls.__name__)
+        everyone = comm.allgather((local_error, signature))
+        errors = [(r, e) for r, (e, _) in enumerate(everyone) if e is not None]
+        if errors:
+            r, e = errors[0]
+            raise ValueError(f"{name}: rank {r}: {e}" if r != self.rank else f"{name}: {e}")
+        for r, (_, sig) in enumerate(everyone):
+            if sig != everyone[0][1]:
+                raise ValueError(f"{name}: rank {r} has params {sig} but rank 0 has "
+                                 f"{everyone[0][1]} (dtype, params per group, shapes, "
+                                 f"optimizer); every rank must build the same model")
+        self._dtype = flat_params[0].dtype
+        self._mpi_type = MPI.FLOAT if self._dtype == np.float32 else MPI.DOUBLE
+        self._shapes = [p.shape for p in flat_params]
+        self._group_param_counts = [len(ps) for ps in group_params]
+        self._sizes = [p.size for p in flat_params]
+        self.total_size = total = int(sum(self._sizes))
+        comm.Bcast([self._flat, self._mpi_type], root=0)
+        self._counts, self._displs = shard_bounds(total, self.world_size)
+        lo = self._displs[self.rank]
+        hi = lo + self._counts[self.rank]
+        self.bounds = (lo, hi)
+        # this rank's slice of every param that reaches into [lo, hi); a group with none
+        # gets one empty slice, so every rank's optimizer has the same groups
+        self._pieces = []           # (param index, offset in the param, length)
+        inner_groups, start, index = [], 0, 0
+        for g, ps in zip(groups, group_params):
+            views = []
+            for p in ps:
+                a, b = start, start + p.size
+                s, e = max(a, lo), min(b, hi)
+                if e > s:
+                    views.append(self._flat[s:e])
+                    self._pieces.append((index, s - a, e - s))
+                start = b
+                index += 1
+            if not views:
+                views.append(self._flat[lo:lo])
+                self._pieces.append((None, 0, 0))
+            inner_groups.append(dict({k: v for k, v in g.items() if k != "params"},
+                                     params=views))
+        self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
+        self._n_threads = n_threads
+        self._shard_grad = np.zeros(hi - lo, dtype=self._dtype)
+        self._flat_grad = None      # allocated on first use, for grads given as arrays
+        self.max_grad_norm = max_grad_norm
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skipped_steps = 0
+        self.last_grad_norm = math.nan
+        #: seconds of the last step: {"check", "reduce_scatter", "clip", "update",
+        #: "all_gather"}
+        self.timings = {}
+
+    # ---- the step -------------------------------------------------------------------------
+    def _grad_buffer(self, grads):
+        """This rank's grads as one flat array (a view when possible); raises on bad input
+        without touching anything."""
+        name = "fastlr.distributed.ShardedOptimizer.step"
+        if isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.size == self.total_size:
+            arrays = [grads]
+        elif isinstance(grads, (list, tuple)):
+            arrays = list(grads)
+            if len(arrays) != len(self._shapes):
+                raise ValueError(f"{name}: got {len(arrays)} grads for {len(self._shapes)} "
+                                 f"params")
+            for i, (g, shape) in enumerate(zip(arrays, self._shapes)):
+                if not isinstance(g, np.ndarray):
+                    raise TypeError(f"{name}: grads[{i}] must be a numpy.ndarray, got "
+                                    f"{type(g).__name__}")
+                if g.shape != shape:
+                    raise ValueError(f"{name}: grads[{i}] has shape {g.shape} but params[{i}] "
+                                     f"has shape {shape}")
+        else:
+            raise TypeError(f"{name}: grads must be the flat grad buffer ({self.total_size} "
+                            f"elements) or a list of arrays, got {type(grads).__name__}")
+        for i, g in enumerate(arrays):
+            if g.dtype != self._dtype:
+                raise TypeError(f"{name}: grads[{i}] has dtype {g.dtype} but the params are "
+                                f"{self._dtype}")
+        flat = _flat_view(arrays, "grads")
+        if flat is not None and flat.size == self.total_size and flat.flags.aligned:
+            if np.shares_memory(flat, self._flat):
+                raise ValueError(f"{name}: the grads share memory with the params")
+            return flat
+        if self._flat_grad is None:
+            self._flat_grad = np.empty(self.total_size, dtype=self._dtype)
+        start = 0
+        for g, n in zip(arrays, self._sizes):
+            self._flat_grad[start:start + n] = g.reshape(-1)
+            start += n
+        return self._flat_grad
+
+    def step(self, grads):
+        """One collective data-parallel update. Returns None, or with ``skip_nonfinite``
+        True (applied) / False (skipped on every rank)."""
+        MPI = self._MPI
+        t0 = time.perf_counter()
+        error = flat = None
+        nonfinite = False
+        try:
+            flat = self._grad_buffer(grads)
+            if self.skip_nonfinite:
+                nonfinite = grad_stats(flat, n_threads=self._n_threads)[1]
+        except (TypeError, ValueError) as e:
+            error = e
+        n_arrays = len(grads) if isinstance(grads, (list, tuple)) else 1
+        agree = np.array([error is not None, n_arrays, n_arrays * n_arrays, nonfinite],
+                         dtype=np.float64)
+        self.comm.Allreduce(MPI.IN_PLACE, agree, op=MPI.SUM)
+        if agree[0]:
+            if error is not None:
+                raise error
+            raise ValueError(f"fastlr.distributed.ShardedOptimizer.step: {int(agree[0])} "
+                             f"other rank(s) passed invalid grads (this rank's were fine); "
+                             f"nothing was updated on any rank")
+        if agree[2] * self.world_size != agree[1] * agree[1]:
+            raise ValueError("fastlr.distributed.ShardedOptimizer.step: the ranks passed "
+                             "different numbers of grad arrays; nothing was updated")
+        if agree[3]:
+            self.skipped_steps += 1
+            self.timings = {"check": time.perf_counter() - t0}
+            return False
+        t1 = time.perf_counter()
+        self.comm.Reduce_scatter([flat, self._mpi_type],
+                                 [self._shard_grad, self._mpi_type],
+                                 recvcounts=self._counts, op=MPI.SUM)
+        if self.world_size > 1:
+            np.divide(self._shard_grad, self._dtype.type(self.world_size),
+                      out=self._shard_grad)
+        t2 = time.perf_counter()
+        if self.max_grad_norm is not None:
+            sumsq = np.array([grad_stats(self._shard_grad, n_threads=self._n_threads)[0]])
+            self.comm.Allreduce(MPI.IN_PLACE, sumsq, op=MPI.SUM)
+            self.last_grad_norm = norm = math.sqrt(sumsq[0])
+            coef = self.max_grad_norm / (norm + 1e-6)
+            scale = 1.0 if coef >= 1.0 else coef       # NaN stays NaN, as torch
+            if scale != 1.0:
+                np.multiply(self._shard_grad, self._dtype.type(scale), out=self._shard_grad)
+        t3 = time.perf_counter()
+        self.optimizer.step(self._shard_grad)
+        t4 = time.perf_counter()
+        self.comm.Allgatherv(MPI.IN_PLACE,
+                             [self._flat, self._counts, self._displs, self._mpi_type])
+        t5 = time.perf_counter()
+        self.timings = {"check": t1 - t0, "reduce_scatter": t2 - t1, "clip": t3 - t2,
+                        "update": t4 - t3, "all_gather": t5 - t4}
+        return True if self.skip_nonfinite else None
+
+    @property
+    def max_grad_norm(self):
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+                    not (math.isfinite(value) and value > 0):
+                raise ValueError(f"fastlr.distributed.ShardedOptimizer: max_grad_norm must "
+                                 f"be a finite number > 0 or None, got {value!r}")
+            value = float(value)
+        self._max_grad_norm = value
+
+    @property
+    def steps(self):
+        return self.optimizer.steps
+
+    @property
+    def state_elements(self):
+        """Elements of optimizer state this rank holds (about 1/N of one process's)."""
+        return sum(int(np.size(v)) for st in self.optimizer.state.values()
+                   for k, v in st.items() if isinstance(v, np.ndarray))
+
+    # ---- state ----------------------------------------------------------------------------
+    def state_dict(self):
+        """This rank's state: its shard's optimizer state dict and where the shard lies.
+        Loads back with :meth:`load_state_dict` on the same rank of the same world size."""
+        return {"format": "fastlr-sharded-1", "rank": self.rank,
+                "world_size": self.world_size, "total_size": self.total_size,
+                "bounds": list(self.bounds), "skipped_steps": self.skipped_steps,
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        """Restore :meth:`state_dict` (per rank; not collective)."""
+        name = "fastlr.distributed.ShardedOptimizer.load_state_dict"
+        sd = state_dict
+        if not isinstance(sd, dict) or sd.get("format") != "fastlr-sharded-1":
+            raise ValueError(f"{name}: not a sharded state dict (use "
+                             f"load_gathered_state_dict for a gathered one)")
+        for key, mine in (("rank", self.rank), ("world_size", self.world_size),
+                          ("total_size", self.total_size), ("bounds", list(self.bounds))):
+            if sd.get(key) != mine:
+                raise ValueError(f"{name}: the state is for {key}={sd.get(key)!r}, this rank "
+                                 f"has {mine!r}; load a gathered state to re-shard")
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.skipped_steps = _optim._nonneg_int(name, "skipped_steps",
+                                                sd.get("skipped_steps", 0))
+
+    def gathered_state_dict(self, root=0):
+        """Collective: the state of the whole model, on rank ``root`` (None elsewhere), in
+        the format of a single-process fastlr optimizer over the full params (it loads into
+        one with ``load_state_dict``, or onto any number of ranks with
+        :meth:`load_gathered_state_dict`)."""
+        MPI = self._MPI
+        mine = self.optimizer.state_dict()
+        info = []
+        for j, (k, offset, length) in enumerate(self._pieces):
+            st = mine["state"][j]
+            names = tuple(sorted(n for n in st if n not in ("step", "mu_product")))
+            info.append((k, offset, length, st["step"], st.get("mu_product"), names))
+        everyone = self.comm.allgather(info)
+        names = sorted({n for rank_info in everyone for item in rank_info for n in item[5]})
+        full = {}
+        for n in names:
+            local = np.zeros(self._counts[self.rank], dtype=self._dtype)
+            pos = 0
+            for j, (k, offset, length) in enumerate(self._pieces):
+                if length and n in mine["state"][j]:
+                    local[pos:pos + length] = mine["state"][j][n].reshape(-1)
+                pos += length
+            out = np.empty(self.total_size, dtype=self._dtype) if self.rank == root else None
+            self.comm.Gatherv([local, self._mpi_type],
+                              [out, self._counts, self._displs, self._mpi_type]
+                              if self.rank == root else None, root=root)
+            full[n] = out
+        if self.rank != root:
+            return None
+        starts = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
+        per_param = {}
+        for rank_info in everyone:
+            for k, offset, length, step, mu, pnames in rank_info:
+                if k is None:
+                    continue
+                entry = per_param.setdefault(k, {"step": step, "mu": mu, "names": set(pnames)})
+                entry["names"] &= set(pnames)
+        state = {}
+        for k, shape in enumerate(self._shapes):
+            entry = per_param.get(k, {"step": 0, "mu": None, "names": set()})
+            st = {"step": int(entry["step"])}
+            for n in sorted(entry["names"]):
+                st[n] = full[n][starts[k]:starts[k + 1]].reshape(shape).copy()
+            if entry["mu"] is not None:
+                st["mu_product"] = float(entry["mu"])
+            state[k] = st
+        groups, index = [], 0
+        for saved, n_params in zip(mine["param_groups"], self._group_param_counts):
+            groups.append(dict(saved, params=list(range(index, index + n_params))))
+            index += n_params
+        sd = {key: mine[key] for key in mine if key not in ("state", "param_groups")}
+        sd.update(state=state, param_groups=groups)
+        sd["skipped_steps"] = self.skipped_steps
+        return sd
+
+    def load_gathered_state_dict(self, state_dict, root=None):
+        """Collective when ``root`` is given (the state is broadcast from that rank; others
+        pass None); with ``root=None`` every rank passes the same gathered state (e.g. read
+        from one file). Each rank takes its shard: any number of ranks can load what any
+        number of ranks saved."""
+        name = "fastlr.distributed.ShardedOptimizer.load_gathered_state_dict"
+        MPI = self._MPI
+        sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
+        error = None
+        try:
+            inner = self._shard_state(name, sd)
+        except (TypeError, ValueError, KeyError) as e:
+            error = e
+        failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
+        if failed:
+            if error is not None:
+                raise error if not isinstance(error, KeyError) else ValueError(
+                    f"{name}: the state has no {error}")
+            raise ValueError(f"{name}: the state does not fit another rank's shard; nothing "
+                             f"was loaded")
+        self.optimizer.load_state_dict(inner)
+        self.skipped_steps = int(sd.get("skipped_steps", 0))
+
+    def _shard_state(self, name, sd):
+        if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or \
+                not isinstance(sd.get("param_groups"), (list, tuple)):
+            raise ValueError(f"{name}: expected a gathered (single-process format) state dict")
+        state = {}
+        for j, (k, offset, length) in enumerate(self._pieces):
+            if k is None:
+                st = {"step": 0}
+                ref = sd["state"].get(0, sd["state"].get("0", {}))
+                for n, v in ref.items():
+                    if isinstance(v, np.ndarray) and v.ndim > 0:
+                        st[n] = np.zeros(0, dtype=self._dtype)
+                    elif n == "mu_product":
+                        st[n] = 1.0
+                state[j] = st
+                continue
+            full = sd["state"].get(k, sd["state"].get(str(k)))
+            if not isinstance(full, dict):
+                raise ValueError(f"{name}: the state has no entry for param {k}")
+            st = {}
+            for n, v in full.items():
+                if n == "step" or n == "mu_product":
+                    st[n] = v
+                    continue
+                v = np.asarray(v)
+                if v.shape != self._shapes[k]:
+                    raise ValueError(f"{name}: state[{k}][{n!r}] has shape {v.shape}, the "
+                                     f"param has {self._shapes[k]}")
+                st[n] = v.reshape(-1)[offset:offset + length]
+            state[j] = st
+        groups = []
+        index = 0
+        pieces_per_group = self._inner_group_sizes()
+        if len(sd["param_groups"]) != len(pieces_per_group):
+            raise ValueError(f"{name}: the state has {len(sd['param_groups'])} param groups, "
+                             f"the model {len(pieces_per_group)}")
+        for saved, n in zip(sd["param_groups"], pieces_per_group):
+            if not isinstance(saved, dict):
+                raise ValueError(f"{name}: a param group must be a dict")
+            groups.append(dict(saved, params=list(range(index, index + n))))
+            index += n
+        inner = {k: v for k, v in sd.items() if k not in ("state", "param_groups")}
+        inner.update(state=state, param_groups=groups)
+        inner.pop("skipped_steps", None)
+        return inner
+
+    def _inner_group_sizes(self):
+        return [len(g["params"]) for g in self.optimizer.param_groups]
+
+    def save(self, path, root=0):
+        """Collective: write the gathered state (single-process format, ``.npz``, atomic)
+        from rank ``root``."""
+        sd = self.gathered_state_dict(root=root)
+        if self.rank == root:
+            _optim.write_checkpoint(sd, path)
+        self.comm.Barrier()
+
+    def load(self, path):
+        """Collective: every rank reads ``path`` (written by :meth:`save`, on any number of
+        ranks, or by a single-process optimizer) and takes its shard."""
+        error = sd = None
+        try:
+            sd = _optim.read_checkpoint(path, "fastlr.distributed.ShardedOptimizer.load")
+        except ValueError as e:
+            error = e
+        if self.comm.allreduce(int(error is not None), op=self._MPI.SUM):
+            raise error if error is not None else ValueError(
+                "fastlr.distributed.ShardedOptimizer.load: another rank could not read the "
+                "checkpoint")
+        self.load_gathered_state_dict(sd)
