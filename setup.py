@@ -52,6 +52,7 @@ MODULES = [
     ("fastlr._optim", ["fastlr/_optim.pyx"]),
     ("fastlr._roofline", ["fastlr/_roofline.pyx"]),
     ("fastlr._sklearn_kernels", ["fastlr/_sklearn_kernels.pyx"]),
+    ("fastlr._ema", ["fastlr/_ema.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_dispatch.py picks one at run time)
     ("fastlr._cores_baseline", ["fastlr/_cores_baseline.pyx"]),
     ("fastlr._cores_x86_64_v3", ["fastlr/_cores_x86_64_v3.pyx"]),
