@@ -116,6 +116,11 @@ ctypedef struct ParamC:
     int ndim
     int f_order               # 1 when only F-contiguous (multi-dimensional F layout)
 
+ctypedef struct Region:        # memory a step writes: a param or a state block
+    char* lo
+    char* hi
+    Py_ssize_t tag            # param index, or -1 for an optimizer state buffer
+
 ctypedef struct Piece:
     char* ptrs[5]             # param, grad, state...
     Py_ssize_t n
@@ -269,6 +274,8 @@ cdef class Engine:
     cdef double* block_sums       # reduction scratch, one per REDUCE_BLOCK of grads
     cdef unsigned char* block_flags
     cdef int needs_gil            # a group has a Python-callable schedule
+    cdef Region* written          # every region a step writes, sorted by address
+    cdef Py_ssize_t n_written
     cdef readonly Py_ssize_t total_size
     cdef readonly double last_grad_norm   # of the last step that computed it (else NaN)
 
@@ -284,6 +291,9 @@ cdef class Engine:
         free(self.grad_ptrs)
         free(self.block_sums)
         free(self.block_flags)
+        free(self.written)
+        self.written = NULL
+        self.n_written = 0
         self.block_sums = NULL
         self.block_flags = NULL
         self.params = NULL
@@ -375,7 +385,52 @@ cdef class Engine:
             f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
             sp.core = self._core(f64)
         self._keep = keep
+        self._set_written()
         self._set_groups(groups)
+
+    cdef int _set_written(self) except -1:
+        """The sorted table of written regions, so a grad overlapping any of them (another
+        param, a state buffer) is refused in O(log n) per grad."""
+        cdef Py_ssize_t i, k
+        regions = [(<Py_ssize_t>self.params[i].data, self.params[i].nbytes, i)
+                   for i in range(self.n_params) if self.params[i].nbytes]
+        for i in range(self.n_spans):
+            for k in range(MAX_STATE):
+                if self.spans[i].state[k] != NULL and self.spans[i].n:
+                    regions.append((<Py_ssize_t>self.spans[i].state[k],
+                                    self.spans[i].n * self.spans[i].itemsize, -1))
+        regions.sort()
+        self.written = <Region*>calloc(max(len(regions), 1), sizeof(Region))
+        if self.written == NULL:
+            raise MemoryError()
+        for i, (lo, nbytes, tag) in enumerate(regions):
+            self.written[i].lo = <char*><Py_ssize_t>lo
+            self.written[i].hi = self.written[i].lo + <Py_ssize_t>nbytes
+            self.written[i].tag = tag
+        self.n_written = len(regions)
+        return 0
+
+    cdef Py_ssize_t _written_hit(self, char* lo, char* hi) noexcept:
+        """Index of a written region overlapping [lo, hi), or -1 (regions are disjoint and
+        sorted, so the last one starting below hi is the only candidate)."""
+        cdef Py_ssize_t a = 0, b = self.n_written, mid
+        if lo >= hi:
+            return -1
+        while a < b:
+            mid = (a + b) // 2
+            if self.written[mid].lo < hi:
+                a = mid + 1
+            else:
+                b = mid
+        if a > 0 and self.written[a - 1].hi > lo:
+            return a - 1
+        return -1
+
+    cdef int _refuse_overlap(self, str what, Py_ssize_t hit) except -1:
+        cdef Py_ssize_t tag = self.written[hit].tag
+        target = f"params[{tag}]" if tag >= 0 else "an optimizer state buffer"
+        raise ValueError(f"{self.name}.step: {what} overlaps {target} in memory, which the "
+                         f"step writes; pass grads in their own arrays")
 
     cdef core_fn _core(self, int f64):
         if self.kind == K_SGD:
@@ -502,7 +557,11 @@ cdef class Engine:
         cdef ParamC* pp
         cdef char* base
         cdef char* gp
-        cdef Py_ssize_t expected_bytes = 0
+        cdef Py_ssize_t expected_bytes = 0, hit
+        for i in range(n):
+            if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._param_arrays[i]):
+                raise ValueError(f"{self.name}.step: params[{i}] is read-only "
+                                 f"(flags.writeable=False) but is updated in place")
         if cnp.PyArray_Check(grads):
             # one flat gradient buffer covering every param, in param order
             g = <cnp.ndarray>grads
@@ -558,6 +617,9 @@ cdef class Engine:
             gp = <char*>cnp.PyArray_DATA(g)
             if pp.nbytes and gp < pp.data + pp.nbytes and pp.data < gp + pp.nbytes:
                 raise ValueError(f"{self.name}.step: grads[{i}] overlaps params[{i}] in memory")
+            hit = self._written_hit(gp, gp + pp.nbytes)
+            if hit >= 0:
+                self._refuse_overlap(f"grads[{i}]", hit)
             self.grad_ptrs[i] = gp
         return 0
 
@@ -569,6 +631,9 @@ cdef class Engine:
             if pp.nbytes and lo < pp.data + pp.nbytes and pp.data < lo + nbytes:
                 raise ValueError(f"{self.name}.step: the flat grad buffer overlaps "
                                  f"params[{i}] in memory")
+        i = self._written_hit(lo, lo + nbytes)
+        if i >= 0:
+            self._refuse_overlap("the flat grad buffer", i)
         return 0
 
     cdef void _coefs(self, int64_t t) noexcept:
