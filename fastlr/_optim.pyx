@@ -911,7 +911,11 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
                                                                           np.integer,
                                                                           np.floating)):
         raise TypeError(f"{fn}: max_norm must be a real number, got {type(max_norm).__name__}")
-    limit = max_norm
+    try:
+        limit = max_norm
+    except OverflowError:               # an int beyond the double range
+        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}") \
+            from None
     if not (isfinite(limit) and limit > 0.0):
         raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}")
     if n_threads is None:
@@ -939,6 +943,14 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
         if not cnp.PyArray_ISWRITEABLE(a):
             raise ValueError(f"{fn}: grads[{i}] is read-only but is scaled in place")
         total += cnp.PyArray_SIZE(a)
+    if n > 1:       # every grad is scaled in place: one array twice would be scaled twice
+        spans = sorted((<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[i]),
+                        cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]), i)
+                       for i in range(n) if cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]))
+        for (lo_a, n_a, i_a), (lo_b, n_b, i_b) in zip(spans, spans[1:]):
+            if lo_b < lo_a + n_a:
+                raise ValueError(f"{fn}: grads[{min(i_a, i_b)}] and grads[{max(i_a, i_b)}] "
+                                 f"overlap in memory (each is scaled in place once)")
     n_blocks = max(1, (total + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
     pieces = <Piece*>calloc(max(n, 1), sizeof(Piece))
     block_sums = <double*>calloc(n_blocks, sizeof(double))
