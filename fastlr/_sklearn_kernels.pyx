@@ -34,7 +34,7 @@
 cimport cython
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport isfinite, pow, sqrt, sqrtf
+from libc.math cimport INFINITY, isfinite, pow, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -173,7 +173,10 @@ cdef double _real(str fn, str name, object value, double lo, double hi, bint hi_
         raise TypeError(f"{fn}: {name} must be a real number, got "
                         f"{type(value).__name__} {value!r}")
     else:
-        x = value
+        try:
+            x = value
+        except OverflowError:           # an int beyond the double range
+            x = INFINITY
     if not isfinite(x):
         raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
     if x < lo or x > hi or (hi_open and x == hi):

@@ -151,7 +151,7 @@ class Optimizer:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{self._name}: max_grad_norm must be a number > 0 or None, "
                                 f"got {type(value).__name__}")
-            if not (np.isfinite(value) and value > 0):
+            if not (_finite(value) and value > 0):
                 raise ValueError(f"{self._name}: max_grad_norm must be a finite number > 0 "
                                  f"or None, got {value!r}")
             value = float(value)
@@ -240,7 +240,10 @@ class Optimizer:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
         low, high, text = self._ranges[key]
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:           # an int beyond the double range
+            v = float("inf")
         if not (np.isfinite(v) and v >= low and (high is None or v < high)):
             raise ValueError(f"{name} must be {text}, got {value!r}")
 
@@ -534,7 +537,7 @@ class Optimizer:
         if not isinstance(lr_scale, (list, tuple, np.ndarray)) or \
                 len(lr_scale) != len(self.param_groups) or \
                 not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and
-                        np.isfinite(v) and v >= 0 for v in lr_scale):
+                        _finite(v) and v >= 0 for v in lr_scale):
             raise ValueError(f"{name}: lr_scale must hold one finite number >= 0 per param "
                              f"group ({len(self.param_groups)}), got {lr_scale!r}")
         plateau = sd.get("plateau")
@@ -760,6 +763,14 @@ def _plain(value):
 
 def _is_marker(value):
     return isinstance(value, dict) and set(value) == {"schedule"}
+
+
+def _finite(value):
+    """Whether a real number is finite (an int beyond the double range is not)."""
+    try:
+        return bool(np.isfinite(float(value)))
+    except OverflowError:
+        return False
 
 
 def _nonneg_int(name, what, value):
