@@ -251,7 +251,11 @@ class Optimizer:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{self._name}: a param group must be a dict with a 'params' entry")
         params = group["params"]
-        params = [params] if isinstance(params, np.ndarray) else list(params)
+        try:
+            params = [params] if isinstance(params, np.ndarray) else list(params)
+        except TypeError:
+            raise TypeError(f"{self._name}: a param group's 'params' must be an array or a "
+                            f"list of arrays, got {type(params).__name__}") from None
         if not params:
             raise ValueError(f"{self._name}: a param group has no params")
         start = len(self._params)
@@ -556,7 +560,9 @@ class Optimizer:
             if not isinstance(saved, dict):
                 raise TypeError(f"{name}: param_groups[{g}] must be a dict")
             n = len(group["params"])
-            if list(saved.get("params", [])) != list(range(index, index + n)):
+            held = saved.get("params", [])
+            if not isinstance(held, (list, tuple, np.ndarray)) or \
+                    list(held) != list(range(index, index + n)):
                 raise ValueError(f"{name}: param_groups[{g}] holds params "
                                  f"{saved.get('params')}, expected {list(range(index, index + n))}")
             index += n
@@ -579,6 +585,12 @@ class Optimizer:
         state = sd["state"]
         if not isinstance(state, dict):
             raise TypeError(f"{name}: 'state' must be a dict keyed by param index")
+        indices = {str(i) for i in range(len(self._params))}
+        unknown = [k for k in state if not (isinstance(k, (int, np.integer, str)) and
+                                            str(k) in indices)]
+        if unknown:
+            raise ValueError(f"{name}: 'state' has entries {unknown[:5]!r} for params this "
+                             f"optimizer does not have (it has {len(self._params)})")
         new_state = {}
         for i, p in enumerate(self._params):
             st = state.get(i, state.get(str(i)))
@@ -689,10 +701,10 @@ class Optimizer:
         try:
             if str(files["format"]) != _FORMAT:
                 raise ValueError(f"unknown format {str(files['format'])!r}")
-            sd = {"format": _FORMAT, "steps": int(files["steps"]),
+            sd = {"format": _FORMAT, "steps": _int_member(files["steps"], "steps"),
                   "param_groups": json.loads(str(files["param_groups"])), "state": {}}
             if "skipped_steps" in files:
-                sd["skipped_steps"] = int(files["skipped_steps"])
+                sd["skipped_steps"] = _int_member(files["skipped_steps"], "skipped_steps")
             if "lr_scale" in files:
                 sd["lr_scale"] = [float(v) for v in np.asarray(files["lr_scale"]).reshape(-1)]
             if "plateau" in files:
@@ -700,8 +712,10 @@ class Optimizer:
             for key, value in files.items():
                 if key.startswith("state/"):
                     _, i, buf = key.split("/", 2)
+                    if not i.isdigit() or str(int(i)) != i:
+                        raise ValueError(f"member {key!r} has no param index")
                     entry = sd["state"].setdefault(int(i), {})
-                    entry[buf] = (int(value) if buf == "step" else
+                    entry[buf] = (_int_member(value, key) if buf == "step" else
                                   float(value) if buf == "mu_product" else value)
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
@@ -765,6 +779,14 @@ def _is_marker(value):
     return isinstance(value, dict) and set(value) == {"schedule"}
 
 
+def _int_member(value, key):
+    """An integer counter from an .npz member: a 0-d integer array, exactly."""
+    if not (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu"):
+        raise ValueError(f"member {key!r} must be a 0-d integer array, got "
+                         f"{getattr(value, 'dtype', '?')} of shape {getattr(value, 'shape', '?')}")
+    return int(value)
+
+
 def _finite(value):
     """Whether a real number is finite (an int beyond the double range is not)."""
     try:
@@ -775,8 +797,8 @@ def _finite(value):
 
 def _nonneg_int(name, what, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or \
-            value < 0:
-        raise ValueError(f"{name}: {what} must be an int >= 0, got {value!r}")
+            not 0 <= value < 2 ** 63:
+        raise ValueError(f"{name}: {what} must be an int in [0, 2**63), got {value!r}")
     return int(value)
 
 
