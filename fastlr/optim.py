@@ -24,6 +24,7 @@ buffer (same group and dtype) are updated as one span.
 import contextlib
 import json
 import numbers
+import operator
 import os
 import tempfile
 import threading
@@ -54,11 +55,15 @@ def flat_buffer(shapes, dtype=np.float32):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"fastlr.flat_buffer: dtype must be float32 or float64, got {dtype}")
-    shapes = [tuple(int(d) for d in np.atleast_1d(s)) if not isinstance(s, tuple) or s
-              else () for s in shapes]
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    if any(n < 0 for n in sizes):
+    try:
+        shapes = [tuple(operator.index(d) for d in np.atleast_1d(s).tolist())
+                  if not isinstance(s, tuple) or s else () for s in shapes]
+    except TypeError:
+        raise TypeError(f"fastlr.flat_buffer: shapes must be a list of shapes (tuples of "
+                        f"ints), got {shapes!r:.80}") from None
+    if any(d < 0 for s in shapes for d in s):
         raise ValueError("fastlr.flat_buffer: shapes must have non-negative dimensions")
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     flat = np.zeros(sum(sizes), dtype=dtype)
     views, offset = [], 0
     for shape, n in zip(shapes, sizes):
