@@ -177,6 +177,9 @@ def bad_arrays(like):
         ("misaligned", misaligned(shape, dt)),
         ("byteswapped", np.ones(shape, dtype=dt.newbyteorder())),
         ("structured", np.zeros(shape, dtype=[("a", dt)])),
+        ("masked", np.ma.masked_array(np.ones(shape, dtype=dt), mask=np.zeros(shape, bool))),
+        ("matrix", np.asmatrix(np.ones(shape, dtype=dt)) if len(shape) == 2 else
+         np.ones(shape, dtype=dt)[::-1]),
     ]
     return out
 
@@ -1486,6 +1489,10 @@ def all_cases():
                  plateau_cases() + flat_buffer_cases() + sklearn_cases())
     # normalize builders that return only a callable
     for c in cases:
+        if "=masked" in c.name or "=matrix" in c.name:
+            c.expect = "either"
+            c.why = ("an ndarray subclass of the right dtype, shape and layout: its buffer is "
+                     "used in place (a mask is ignored)")
         b = c.build
 
         def build(b=b):
