@@ -153,6 +153,13 @@ def readonly(a):
     return a
 
 
+def _matrix(a):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)   # np.matrix is on its way out
+        return np.asmatrix(a)
+
+
 def bad_arrays(like):
     """(label, value, expected outcome) replacing an array argument shaped like ``like``."""
     shape, dt = like.shape, like.dtype
@@ -178,7 +185,7 @@ def bad_arrays(like):
         ("byteswapped", np.ones(shape, dtype=dt.newbyteorder())),
         ("structured", np.zeros(shape, dtype=[("a", dt)])),
         ("masked", np.ma.masked_array(np.ones(shape, dtype=dt), mask=np.zeros(shape, bool))),
-        ("matrix", np.asmatrix(np.ones(shape, dtype=dt)) if len(shape) == 2 else
+        ("matrix", _matrix(np.ones(shape, dtype=dt)) if len(shape) == 2 else
          np.ones(shape, dtype=dt)[::-1]),
     ]
     return out
