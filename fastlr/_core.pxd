@@ -152,10 +152,11 @@ cdef inline void radam_coef(const RAdamHyper* h, RAdamCoef* c) noexcept nogil:
     c.weight_decay = h.weight_decay
     c.bias_correction1 = 1.0 - pow(h.beta1, t)
     c.lr = h.lr
-    c.sqrt_bias_correction2 = sqrt(bc2)
+    # torch writes these square roots as x ** 0.5 (C's pow), which can differ from sqrt
+    c.sqrt_bias_correction2 = pow(bc2, 0.5)
     c.rectified = rho_t > 5.0
-    c.rect = sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                  / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) if c.rectified else 1.0
+    c.rect = pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5) if c.rectified else 1.0
     c.sign = -1.0 if h.maximize else 1.0
     c.l2 = h.weight_decay != 0.0 and not h.decoupled_weight_decay
     c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0

@@ -38,7 +38,7 @@ from fastlr._core cimport (AdadeltaCoef, AdagradCoef, AdamaxCoef, AdamCoef, Core
                            adagrad_coef, adam_coef, adamax_coef, core_fn, lion_coef, nadam_coef,
                            nadam_mu_of, radam_coef, rmsprop_coef, sgd_coef)
 from cython.parallel cimport prange
-from libc.math cimport isfinite
+from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int64_t
 
 import operator
@@ -495,7 +495,10 @@ cdef double _real(str fn, str name, object value) except? -1.0:
         raise TypeError(f"{fn}: {name} must be a real number, got "
                         f"{type(value).__name__} {value!r}")
     else:
-        v = value
+        try:
+            v = value
+        except OverflowError:           # an int beyond the double range
+            v = INFINITY
     if not isfinite(v):
         raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
     return v

@@ -116,6 +116,11 @@ ctypedef struct ParamC:
     int ndim
     int f_order               # 1 when only F-contiguous (multi-dimensional F layout)
 
+ctypedef struct Region:        # memory a step writes: a param or a state block
+    char* lo
+    char* hi
+    Py_ssize_t tag            # param index, or -1 for an optimizer state buffer
+
 ctypedef struct Piece:
     char* ptrs[5]             # param, grad, state...
     Py_ssize_t n
@@ -269,6 +274,8 @@ cdef class Engine:
     cdef double* block_sums       # reduction scratch, one per REDUCE_BLOCK of grads
     cdef unsigned char* block_flags
     cdef int needs_gil            # a group has a Python-callable schedule
+    cdef Region* written          # every region a step writes, sorted by address
+    cdef Py_ssize_t n_written
     cdef readonly Py_ssize_t total_size
     cdef readonly double last_grad_norm   # of the last step that computed it (else NaN)
 
@@ -284,6 +291,9 @@ cdef class Engine:
         free(self.grad_ptrs)
         free(self.block_sums)
         free(self.block_flags)
+        free(self.written)
+        self.written = NULL
+        self.n_written = 0
         self.block_sums = NULL
         self.block_flags = NULL
         self.params = NULL
@@ -375,7 +385,52 @@ cdef class Engine:
             f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
             sp.core = self._core(f64)
         self._keep = keep
+        self._set_written()
         self._set_groups(groups)
+
+    cdef int _set_written(self) except -1:
+        """The sorted table of written regions, so a grad overlapping any of them (another
+        param, a state buffer) is refused in O(log n) per grad."""
+        cdef Py_ssize_t i, k
+        regions = [(<Py_ssize_t>self.params[i].data, self.params[i].nbytes, i)
+                   for i in range(self.n_params) if self.params[i].nbytes]
+        for i in range(self.n_spans):
+            for k in range(MAX_STATE):
+                if self.spans[i].state[k] != NULL and self.spans[i].n:
+                    regions.append((<Py_ssize_t>self.spans[i].state[k],
+                                    self.spans[i].n * self.spans[i].itemsize, -1))
+        regions.sort()
+        self.written = <Region*>calloc(max(len(regions), 1), sizeof(Region))
+        if self.written == NULL:
+            raise MemoryError()
+        for i, (lo, nbytes, tag) in enumerate(regions):
+            self.written[i].lo = <char*><Py_ssize_t>lo
+            self.written[i].hi = self.written[i].lo + <Py_ssize_t>nbytes
+            self.written[i].tag = tag
+        self.n_written = len(regions)
+        return 0
+
+    cdef Py_ssize_t _written_hit(self, char* lo, char* hi) noexcept:
+        """Index of a written region overlapping [lo, hi), or -1 (regions are disjoint and
+        sorted, so the last one starting below hi is the only candidate)."""
+        cdef Py_ssize_t a = 0, b = self.n_written, mid
+        if lo >= hi:
+            return -1
+        while a < b:
+            mid = (a + b) // 2
+            if self.written[mid].lo < hi:
+                a = mid + 1
+            else:
+                b = mid
+        if a > 0 and self.written[a - 1].hi > lo:
+            return a - 1
+        return -1
+
+    cdef int _refuse_overlap(self, str what, Py_ssize_t hit) except -1:
+        cdef Py_ssize_t tag = self.written[hit].tag
+        target = f"params[{tag}]" if tag >= 0 else "an optimizer state buffer"
+        raise ValueError(f"{self.name}.step: {what} overlaps {target} in memory, which the "
+                         f"step writes; pass grads in their own arrays")
 
     cdef core_fn _core(self, int f64):
         if self.kind == K_SGD:
@@ -502,7 +557,11 @@ cdef class Engine:
         cdef ParamC* pp
         cdef char* base
         cdef char* gp
-        cdef Py_ssize_t expected_bytes = 0
+        cdef Py_ssize_t expected_bytes = 0, hit
+        for i in range(n):
+            if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._param_arrays[i]):
+                raise ValueError(f"{self.name}.step: params[{i}] is read-only "
+                                 f"(flags.writeable=False) but is updated in place")
         if cnp.PyArray_Check(grads):
             # one flat gradient buffer covering every param, in param order
             g = <cnp.ndarray>grads
@@ -558,6 +617,9 @@ cdef class Engine:
             gp = <char*>cnp.PyArray_DATA(g)
             if pp.nbytes and gp < pp.data + pp.nbytes and pp.data < gp + pp.nbytes:
                 raise ValueError(f"{self.name}.step: grads[{i}] overlaps params[{i}] in memory")
+            hit = self._written_hit(gp, gp + pp.nbytes)
+            if hit >= 0:
+                self._refuse_overlap(f"grads[{i}]", hit)
             self.grad_ptrs[i] = gp
         return 0
 
@@ -569,6 +631,9 @@ cdef class Engine:
             if pp.nbytes and lo < pp.data + pp.nbytes and pp.data < lo + nbytes:
                 raise ValueError(f"{self.name}.step: the flat grad buffer overlaps "
                                  f"params[{i}] in memory")
+        i = self._written_hit(lo, lo + nbytes)
+        if i >= 0:
+            self._refuse_overlap("the flat grad buffer", i)
         return 0
 
     cdef void _coefs(self, int64_t t) noexcept:
@@ -838,6 +903,14 @@ cdef _reduce_arrays(str fn, list arrays, int nt, int want_norm, int want_scan, b
         if writeable and not cnp.PyArray_ISWRITEABLE(a):
             raise ValueError(f"{fn}: grads[{i}] is read-only but is scaled in place")
         total += cnp.PyArray_SIZE(a)
+    if writeable and n > 1:   # each grad is scaled in place: one array twice, scaled twice
+        spans = sorted((<Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[i]),
+                        cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]), i)
+                       for i in range(n) if cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i]))
+        for (lo_a, n_a, i_a), (lo_b, n_b, i_b) in zip(spans, spans[1:]):
+            if lo_b < lo_a + n_a:
+                raise ValueError(f"{fn}: grads[{min(i_a, i_b)}] and grads[{max(i_a, i_b)}] "
+                                 f"overlap in memory (each is scaled in place once)")
     n_blocks = max(1, (total + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
     pieces = <Piece*>calloc(max(n, 1), sizeof(Piece))
     block_sums = <double*>calloc(n_blocks, sizeof(double))
@@ -915,7 +988,11 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
                                                                           np.integer,
                                                                           np.floating)):
         raise TypeError(f"{fn}: max_norm must be a real number, got {type(max_norm).__name__}")
-    limit = max_norm
+    try:
+        limit = max_norm
+    except OverflowError:               # an int beyond the double range
+        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}") \
+            from None
     if not (isfinite(limit) and limit > 0.0):
         raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}")
     sumsq, _ = _reduce_arrays(fn, arrays, _nt_arg(fn, n_threads), 1, 0, True)
@@ -925,6 +1002,7 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
                          f"element); nothing was scaled")
     scale = clip_scale(limit, norm)
     if scale != 1.0:
-        for obj in arrays:
-            np.multiply(obj, obj.dtype.type(scale), out=obj)
+        with np.errstate(invalid="ignore"):     # inf * 0 = nan, as torch (silently)
+            for obj in arrays:
+                np.multiply(obj, obj.dtype.type(scale), out=obj)
     return norm

@@ -88,7 +88,22 @@ cdef inline double cosine_between(double start, double end, int64_t t, double T)
 cdef double call_python(PyObject* owner, int64_t t) noexcept with gil:
     cdef Schedule s = <Schedule>owner
     try:
-        return float(s._fn(t))
+        value = s._fn(t)
+    except BaseException as error:
+        if s._error is None:
+            s._error = error
+        return NAN
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError, OverflowError) as bad:
+        if s._error is None:
+            kind = TypeError if isinstance(bad, TypeError) else ValueError
+            s._error = kind(f"a from_callable schedule: its callable returned "
+                            f"{type(value).__name__} {value!r:.80} at step {t}; expected a "
+                            f"finite real number")
+        return NAN
     except BaseException as error:
         if s._error is None:
             s._error = error

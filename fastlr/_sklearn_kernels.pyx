@@ -34,7 +34,7 @@
 cimport cython
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport isfinite, pow, sqrt, sqrtf
+from libc.math cimport INFINITY, isfinite, pow, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -173,7 +173,10 @@ cdef double _real(str fn, str name, object value, double lo, double hi, bint hi_
         raise TypeError(f"{fn}: {name} must be a real number, got "
                         f"{type(value).__name__} {value!r}")
     else:
-        x = value
+        try:
+            x = value
+        except OverflowError:           # an int beyond the double range
+            x = INFINITY
     if not isfinite(x):
         raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
     if x < lo or x > hi or (hi_open and x == hi):
@@ -362,6 +365,33 @@ cdef object _lists(str fn, tuple names, tuple lists):
     return n
 
 
+cdef int _cross_overlap(str fn, tuple names, tuple lists, Py_ssize_t n) except -1:
+    """Across the aligned lists (the second one holds the grads, only read): no written
+    array may share memory with another array (params[0] is params[1], a grad that views
+    another param...). Sorted sweep: O(m log m) for m arrays."""
+    if n < 2:
+        return 0
+    spans = []
+    for name, lst in zip(names, lists):
+        for k in range(n):
+            a = lst[k]
+            if a.nbytes:
+                spans.append((a.__array_interface__["data"][0], a.nbytes, f"{name}[{k}]",
+                              name != names[1]))
+    spans.sort()
+    reach_any = reach_written = None         # (end address, name) reaching furthest so far
+    for lo, nbytes, name, written in spans:
+        prev = reach_any if written else reach_written
+        if prev is not None and prev[0] > lo:
+            raise ValueError(f"{fn}: {prev[1]} and {name} overlap in memory; every buffer "
+                             f"of an update must be a separate array")
+        if reach_any is None or lo + nbytes > reach_any[0]:
+            reach_any = (lo + nbytes, name)
+        if written and (reach_written is None or lo + nbytes > reach_written[0]):
+            reach_written = (lo + nbytes, name)
+    return 0
+
+
 def _sgd_sklearn_list(params, grads, velocities, *, lr, momentum, nesterov, n_threads=None):
     """:func:`sgd_sklearn` over aligned lists of arrays: every array is checked before any
     is written, then all are updated in one call (fastlr.compat.sklearn.SGDOptimizer)."""
@@ -383,6 +413,7 @@ def _sgd_sklearn_list(params, grads, velocities, *, lr, momentum, nesterov, n_th
             jobs[k].momentum = mom
             jobs[k].nesterov = nest
             total += jobs[k].n
+        _cross_overlap(fn, ("params", "grads", "velocities"), (params, grads, velocities), n)
         _run(sgd_span, jobs, n, total, nt)
     finally:
         free(jobs)
@@ -406,6 +437,7 @@ def _adam_sklearn_list(params, grads, ms, vs, *, step, lr, beta1, beta2, eps, n_
                    (params[k], grads[k], ms[k], vs[k]), &jobs[k])
             jobs[k].adam = c
             total += jobs[k].n
+        _cross_overlap(fn, ("params", "grads", "ms", "vs"), (params, grads, ms, vs), n)
         _run(adam_span, jobs, n, total, nt)
     finally:
         free(jobs)

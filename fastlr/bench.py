@@ -180,12 +180,13 @@ def _signed_grad(grad, maximize, weight_decay, param, t0, t1):
 
 def _lerp_inplace(start, end, weight, tmp):
     """start = torch.lerp(start, end, weight), in place (fastlr.reference._lerp's branches)."""
+    weight = start.dtype.type(weight)          # in the arrays' dtype, as torch
     np.subtract(end, start, out=tmp)
     if abs(weight) < 0.5:
         np.multiply(tmp, weight, out=tmp)
         np.add(start, tmp, out=start)
     else:
-        np.multiply(tmp, 1.0 - weight, out=tmp)
+        np.multiply(tmp, start.dtype.type(1.0) - weight, out=tmp)
         np.subtract(end, tmp, out=start)
 
 

@@ -17,6 +17,8 @@ array([0.9, 0.9, 0.9, 0.9], dtype=float32)
 ``fastlr.reference`` holds pure-NumPy twins with the same names and signatures.
 """
 
+import numbers
+
 import numpy as np
 
 from fastlr._kernels import (
@@ -145,6 +147,10 @@ def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False,
     order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
     names = state_names(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad)
     state = dict(zip(names, zeros_like_many(len(names), param.shape, param.dtype, order)))
+    if isinstance(initial_accumulator_value, (bool, np.bool_)) or \
+            not isinstance(initial_accumulator_value, numbers.Real):
+        raise TypeError(f"fastlr.kernels.make_state: initial_accumulator_value must be a real "
+                        f"number, got {type(initial_accumulator_value).__name__}")
     if initial_accumulator_value != 0:
         if kernel != "adagrad":
             raise ValueError(f"fastlr.kernels.make_state: initial_accumulator_value is an "

@@ -23,7 +23,9 @@ buffer (same group and dtype) are updated as one span.
 
 import contextlib
 import json
+import math
 import numbers
+import operator
 import os
 import tempfile
 import threading
@@ -54,11 +56,15 @@ def flat_buffer(shapes, dtype=np.float32):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"fastlr.flat_buffer: dtype must be float32 or float64, got {dtype}")
-    shapes = [tuple(int(d) for d in np.atleast_1d(s)) if not isinstance(s, tuple) or s
-              else () for s in shapes]
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    if any(n < 0 for n in sizes):
+    try:
+        shapes = [tuple(operator.index(d) for d in np.atleast_1d(s).tolist())
+                  if not isinstance(s, tuple) or s else () for s in shapes]
+    except TypeError:
+        raise TypeError(f"fastlr.flat_buffer: shapes must be a list of shapes (tuples of "
+                        f"ints), got {shapes!r:.80}") from None
+    if any(d < 0 for s in shapes for d in s):
         raise ValueError("fastlr.flat_buffer: shapes must have non-negative dimensions")
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     flat = np.zeros(sum(sizes), dtype=dtype)
     views, offset = [], 0
     for shape, n in zip(shapes, sizes):
@@ -151,7 +157,7 @@ class Optimizer:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{self._name}: max_grad_norm must be a number > 0 or None, "
                                 f"got {type(value).__name__}")
-            if not (np.isfinite(value) and value > 0):
+            if not (_finite(value) and value > 0):
                 raise ValueError(f"{self._name}: max_grad_norm must be a finite number > 0 "
                                  f"or None, got {value!r}")
             value = float(value)
@@ -240,7 +246,10 @@ class Optimizer:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
         low, high, text = self._ranges[key]
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:           # an int beyond the double range
+            v = float("inf")
         if not (np.isfinite(v) and v >= low and (high is None or v < high)):
             raise ValueError(f"{name} must be {text}, got {value!r}")
 
@@ -248,7 +257,11 @@ class Optimizer:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{self._name}: a param group must be a dict with a 'params' entry")
         params = group["params"]
-        params = [params] if isinstance(params, np.ndarray) else list(params)
+        try:
+            params = [params] if isinstance(params, np.ndarray) else list(params)
+        except TypeError:
+            raise TypeError(f"{self._name}: a param group's 'params' must be an array or a "
+                            f"list of arrays, got {type(params).__name__}") from None
         if not params:
             raise ValueError(f"{self._name}: a param group has no params")
         start = len(self._params)
@@ -505,7 +518,8 @@ class Optimizer:
             for i, st in state.items():
                 st["mu_product"] = float(self._mu_product[i])
         sd = {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups,
-              "skipped_steps": self._skipped, "lr_scale": [float(v) for v in self._lr_scale]}
+              "skipped_steps": self._skipped, "lr_scale": [float(v) for v in self._lr_scale],
+              "last_lr": self.last_lr}
         plateau = (self._plateau.state_dict() if self._plateau is not None
                    else self._pending_plateau)
         if plateau is not None:
@@ -534,9 +548,16 @@ class Optimizer:
         if not isinstance(lr_scale, (list, tuple, np.ndarray)) or \
                 len(lr_scale) != len(self.param_groups) or \
                 not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and
-                        np.isfinite(v) and v >= 0 for v in lr_scale):
+                        _finite(v) and v >= 0 for v in lr_scale):
             raise ValueError(f"{name}: lr_scale must hold one finite number >= 0 per param "
                              f"group ({len(self.param_groups)}), got {lr_scale!r}")
+        last_lr = sd.get("last_lr")
+        if last_lr is not None and (
+                not isinstance(last_lr, (list, tuple, np.ndarray)) or
+                len(last_lr) != len(self.param_groups) or
+                not all(_finite_nonneg(v) for v in last_lr)):
+            raise ValueError(f"{name}: last_lr must be None or one finite lr >= 0 per param "
+                             f"group, got {last_lr!r}")
         plateau = sd.get("plateau")
         if plateau is not None:
             from fastlr.plateau import _check_plateau_state
@@ -553,7 +574,9 @@ class Optimizer:
             if not isinstance(saved, dict):
                 raise TypeError(f"{name}: param_groups[{g}] must be a dict")
             n = len(group["params"])
-            if list(saved.get("params", [])) != list(range(index, index + n)):
+            held = saved.get("params", [])
+            if not isinstance(held, (list, tuple, np.ndarray)) or \
+                    list(held) != list(range(index, index + n)):
                 raise ValueError(f"{name}: param_groups[{g}] holds params "
                                  f"{saved.get('params')}, expected {list(range(index, index + n))}")
             index += n
@@ -576,6 +599,12 @@ class Optimizer:
         state = sd["state"]
         if not isinstance(state, dict):
             raise TypeError(f"{name}: 'state' must be a dict keyed by param index")
+        indices = {str(i) for i in range(len(self._params))}
+        unknown = [k for k in state if not (isinstance(k, (int, np.integer, str)) and
+                                            str(k) in indices)]
+        if unknown:
+            raise ValueError(f"{name}: 'state' has entries {unknown[:5]!r} for params this "
+                             f"optimizer does not have (it has {len(self._params)})")
         new_state = {}
         for i, p in enumerate(self._params):
             st = state.get(i, state.get(str(i)))
@@ -638,7 +667,9 @@ class Optimizer:
         self._dirty = True
         self._configure()
         self._used[...] = np.nan
-        if steps > 0:
+        if last_lr is not None:
+            self._used[:, 0] = [float(v) for v in last_lr]
+        elif steps > 0:         # an older checkpoint: the lr the schedule gave last
             self._used[:, 0] = [v["lr"] for v in self._engine.group_values(steps - 1)]
 
     def save(self, path):
@@ -696,6 +727,8 @@ def write_checkpoint(sd, path):
               "param_groups": np.array(json.dumps(sd["param_groups"])),
               "skipped_steps": np.array(sd["skipped_steps"], dtype=np.int64),
               "lr_scale": np.array(sd["lr_scale"], dtype=np.float64)}
+    if sd.get("last_lr") is not None:
+        arrays["last_lr"] = np.array(sd["last_lr"], dtype=np.float64)
     if "plateau" in sd:
         arrays["plateau"] = np.array(json.dumps(sd["plateau"]))
     for i, st in sd["state"].items():
@@ -733,19 +766,23 @@ def read_checkpoint(path, name="fastlr.read_checkpoint"):
     try:
         if str(files["format"]) != _FORMAT:
             raise ValueError(f"unknown format {str(files['format'])!r}")
-        sd = {"format": _FORMAT, "steps": int(files["steps"]),
+        sd = {"format": _FORMAT, "steps": _int_member(files["steps"], "steps"),
               "param_groups": json.loads(str(files["param_groups"])), "state": {}}
         if "skipped_steps" in files:
-            sd["skipped_steps"] = int(files["skipped_steps"])
+            sd["skipped_steps"] = _int_member(files["skipped_steps"], "skipped_steps")
         if "lr_scale" in files:
             sd["lr_scale"] = [float(v) for v in np.asarray(files["lr_scale"]).reshape(-1)]
+        if "last_lr" in files:
+            sd["last_lr"] = [float(v) for v in np.asarray(files["last_lr"]).reshape(-1)]
         if "plateau" in files:
             sd["plateau"] = json.loads(str(files["plateau"]))
         for key, value in files.items():
             if key.startswith("state/"):
                 _, i, buf = key.split("/", 2)
+                if not i.isdigit() or str(int(i)) != i:
+                    raise ValueError(f"member {key!r} has no param index")
                 entry = sd["state"].setdefault(int(i), {})
-                entry[buf] = (int(value) if buf == "step" else
+                entry[buf] = (_int_member(value, key) if buf == "step" else
                               float(value) if buf == "mu_product" else value)
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
@@ -772,10 +809,36 @@ def _is_marker(value):
     return isinstance(value, dict) and set(value) == {"schedule"}
 
 
+def _finite_nonneg(v):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        return False
+    try:
+        v = float(v)
+    except OverflowError:
+        return False
+    return math.isfinite(v) and v >= 0
+
+
+def _int_member(value, key):
+    """An integer counter from an .npz member: a 0-d integer array, exactly."""
+    if not (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu"):
+        raise ValueError(f"member {key!r} must be a 0-d integer array, got "
+                         f"{getattr(value, 'dtype', '?')} of shape {getattr(value, 'shape', '?')}")
+    return int(value)
+
+
+def _finite(value):
+    """Whether a real number is finite (an int beyond the double range is not)."""
+    try:
+        return bool(np.isfinite(float(value)))
+    except OverflowError:
+        return False
+
+
 def _nonneg_int(name, what, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or \
-            value < 0:
-        raise ValueError(f"{name}: {what} must be an int >= 0, got {value!r}")
+            not 0 <= value < 2 ** 63:
+        raise ValueError(f"{name}: {what} must be an int in [0, 2**63), got {value!r}")
     return int(value)
 
 

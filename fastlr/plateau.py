@@ -105,7 +105,11 @@ class ReduceLROnPlateau:
             except (TypeError, ValueError):
                 raise TypeError(f"fastlr.ReduceLROnPlateau.step: metric must be a real "
                                 f"number, got {type(metric).__name__}") from None
-        current = float(metric)
+        try:
+            current = float(metric)
+        except OverflowError:           # an int beyond the double range
+            raise ValueError(f"fastlr.ReduceLROnPlateau.step: metric must be a number in "
+                             f"the double range, got an int too large for a float") from None
         self.last_epoch += 1
         if self.is_better(current, self.best):
             self.best = current
@@ -180,6 +184,13 @@ class ReduceLROnPlateau:
         self.min_lrs = [float(v) for v in sd["min_lrs"]]
 
 
+def _finite(v):
+    try:
+        return math.isfinite(v)
+    except OverflowError:               # an int beyond the double range
+        return False
+
+
 def _check_config(name, c):
     if c["mode"] not in ("min", "max"):
         raise ValueError(f"{name}: mode must be 'min' or 'max', got {c['mode']!r}")
@@ -192,7 +203,7 @@ def _check_config(name, c):
         v = c[key]
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"{name}: {key} must be a real number, got {type(v).__name__}")
-        if not (math.isfinite(v) and v >= low and (high is None or v < high)):
+        if not (_finite(v) and v >= low and (high is None or v < high)):
             raise ValueError(f"{name}: {key} must be {text}, got {v!r}")
     for key in ("patience", "cooldown"):
         v = c[key]
@@ -200,7 +211,7 @@ def _check_config(name, c):
             raise ValueError(f"{name}: {key} must be an int >= 0, got {v!r}")
     for v in c["min_lrs"]:
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
-                not (math.isfinite(v) and v >= 0):
+                not (_finite(v) and v >= 0):
             raise ValueError(f"{name}: min_lr must be finite numbers >= 0, got {v!r}")
 
 

@@ -67,6 +67,7 @@ def _check_shapes(param, **arrays):
 def _check_step(step):
     if step is None or step < 1:
         raise ValueError(f"step must be >= 1 (1-based update number), got {step!r}")
+    return int(step)        # a Python int: 0.999 ** np.int64(7) rounds differently
 
 
 def _lerp(start, end, weight):
@@ -77,10 +78,15 @@ def _lerp(start, end, weight):
 
         |weight| <  0.5:  start + weight * (end - start)
         |weight| >= 0.5:  end - (end - start) * (1 - weight)
+
+    The weight, its complement and the branch test are in the arrays' dtype, as in torch
+    (for float32, ``1 - w`` is rounded to float32 before ``1 - (1 - w)`` is formed).
     """
+    dtype = np.result_type(start)
+    weight = dtype.type(weight)
     if abs(weight) < 0.5:
         return start + weight * (end - start)
-    return end - (end - start) * (1.0 - weight)
+    return end - (end - start) * (dtype.type(1.0) - weight)
 
 
 # ---------------------------------------------------------------------------
@@ -123,7 +129,7 @@ def sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0,
         just applies the formula.)
     n_threads : ignored
     """
-    _check_step(step)
+    step = _check_step(step)
     lr, momentum, dampening, weight_decay = (
         float(lr), float(momentum), float(dampening), float(weight_decay))
     grad = np.asarray(grad)
@@ -273,7 +279,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
     decoupled_weight_decay, maximize : bool
     n_threads : ignored
     """
-    _check_step(step)
+    step = _check_step(step)
     lr, beta1, beta2, eps, weight_decay = (
         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay))
     grad = np.asarray(grad)
@@ -351,7 +357,7 @@ def adagrad(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
         state_sum = state_sum + g * g
         p = p + (-clr * g) / (sqrt(state_sum) + eps)
     """
-    _check_step(step)
+    step = _check_step(step)
     _check_shapes(param, grad=grad, state_sum=state_sum)
     lr, lr_decay, weight_decay, eps = float(lr), float(lr_decay), float(weight_decay), float(eps)
     g = -np.asarray(grad) if maximize else np.asarray(grad)
@@ -392,7 +398,7 @@ def adamax(param, grad, exp_avg, exp_inf, *, step, lr, beta1=0.9, beta2=0.999, e
         u = maximum(beta2 * u, |g| + eps)          # NaN-propagating
         p = p + (-(lr / (1 - beta1 ** t)) * m) / u
     """
-    _check_step(step)
+    step = _check_step(step)
     _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_inf=exp_inf)
     lr, beta1, beta2, eps, weight_decay = (float(lr), float(beta1), float(beta2), float(eps),
                                            float(weight_decay))
@@ -418,7 +424,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1=0.9, 
         p = p + (-lr * (1 - mu(t)) / (1 - P) * g) / denom
         p = p + (-lr * mu(t + 1) / (1 - P') * m) / denom
     """
-    _check_step(step)
+    step = _check_step(step)
     _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     lr, beta1, beta2, eps, weight_decay, momentum_decay = (
         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
@@ -449,7 +455,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
         rho_t > 5:  p = p - m / bc1 * lr * (sqrt(bc2) / (sqrt(v) + eps)) * rect
         otherwise:  p = p - m / bc1 * lr
     """
-    _check_step(step)
+    step = _check_step(step)
     _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     lr, beta1, beta2, eps, weight_decay = (float(lr), float(beta1), float(beta2), float(eps),
                                            float(weight_decay))
@@ -482,6 +488,7 @@ def lion(param, grad, exp_avg, *, lr, beta1=0.9, beta2=0.99, weight_decay=1e-3,
     _check_shapes(param, grad=grad, exp_avg=exp_avg)
     lr, beta1, beta2, weight_decay = float(lr), float(beta1), float(beta2), float(weight_decay)
     g = -np.asarray(grad) if maximize else np.asarray(grad)
-    u = np.sign((1.0 - beta1) * g + beta1 * exp_avg)
+    x = (1.0 - beta1) * g + beta1 * exp_avg
+    u = np.where(x > 0, 1.0, np.where(x < 0, -1.0, x)).astype(x.dtype)   # keeps -0 and NaN
     exp_avg[...] = (1.0 - beta2) * g + beta2 * exp_avg
     param[...] = param + (-lr) * (u + weight_decay * param)

@@ -46,9 +46,12 @@ def _value(fn, name, value, *, minimum=None, above=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"schedules.{fn}: {name} must be a real number, got "
                         f"{type(value).__name__} {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:               # an int beyond the double range
+        value = math.inf
     if not math.isfinite(value):
-        raise ValueError(f"schedules.{fn}: {name} must be finite, got {value!r}")
+        raise ValueError(f"schedules.{fn}: {name} must be finite, got {value!r:.80}")
     if minimum is not None and value < minimum:
         raise ValueError(f"schedules.{fn}: {name} must be >= {minimum}, got {value!r}")
     if above is not None and value <= above:

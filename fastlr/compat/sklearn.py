@@ -74,7 +74,10 @@ def _real(cls, name, value, lo, hi=math.inf, lo_open=False, hi_open=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{cls}: {name} must be a real number, got "
                         f"{type(value).__name__} {value!r}")
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:               # an int beyond the double range
+        x = math.inf
     if not math.isfinite(x):
         raise ValueError(f"{cls}: {name} must be a finite number, got {value!r}")
     if x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi):
