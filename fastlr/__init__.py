@@ -7,6 +7,9 @@ Modules:
   fastlr.optim      SGD, RMSprop, Adam, AdamW, Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion:
                     param groups, state, clipping, one C call per step
   fastlr.plateau    ReduceLROnPlateau, a metric-driven lr controller
+  fastlr.ema        EMA: an exponential moving average of the params (fused kernel)
+  fastlr.compat     scikit-learn-style and torch.optim front ends
+  fastlr.distributed  ZeRO-1 data-parallel training over MPI (needs mpi4py)
   fastlr.schedules  learning-rate schedules evaluated in C
   fastlr.kernels    in-place kernels (validate, then one C call)
   fastlr.reference  pure-NumPy twins of the kernels, the test oracle
@@ -28,6 +31,7 @@ from fastlr._kernels import get_num_threads, set_num_threads
 from fastlr.lr_finder import LRFinderResult, find_lr
 from fastlr.optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer,
                           RAdam, RMSprop, clip_grad_norm, flat_buffer)
+from fastlr.ema import EMA
 from fastlr.plateau import ReduceLROnPlateau
 
 try:
@@ -38,7 +42,7 @@ except PackageNotFoundError:  # pragma: no cover - an in-place build that was ne
     __version__ = "0+unknown"
 
 __all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam",
-           "Lion", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "find_lr",
+           "Lion", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA", "find_lr",
            "LRFinderResult", "kernels",
            "reference", "schedules", "get_num_threads", "set_num_threads", "get_include",
            "__version__"]

@@ -6,8 +6,9 @@ of the batch. :meth:`ShardedOptimizer.step` then
 1. agrees with every rank, in one small all-reduce, that the grads are valid, that all
    ranks passed the same number of arrays, and whether any grad holds a NaN or Inf
    (``skip_nonfinite``): a rank that errs makes every rank raise, nobody hangs;
-2. reduce-scatters the flat grad, so each rank holds the mean grad of its contiguous shard
-   (shards differ by at most one element when sizes do not divide);
+2. reduce-scatters the flat grad (a direct exchange with each other rank), so each rank
+   holds the mean grad of its contiguous shard (shards differ by at most one element when
+   sizes do not divide);
 3. clips by the global norm if asked (the norm of the mean grad: one all-reduce of a
    scalar);
 4. runs the fastlr optimizer on its shard only, so each rank keeps 1/N of the state;
@@ -179,6 +180,7 @@ class ShardedOptimizer:
         self._n_threads = n_threads
         self._shard_grad = np.zeros(hi - lo, dtype=self._dtype)
         self._flat_grad = None      # allocated on first use, for grads given as arrays
+        self._recv = None           # the reduce-scatter's receive buffer (one shard)
         self.max_grad_norm = max_grad_norm
         self.skip_nonfinite = bool(skip_nonfinite)
         self.skipped_steps = 0
@@ -226,6 +228,27 @@ class ShardedOptimizer:
             start += n
         return self._flat_grad
 
+    def _reduce_scatter(self, flat):
+        """self._shard_grad = the sum over ranks of their flat[lo:hi]. Direct exchange: in
+        round k each rank sends the shard of rank r+k and receives its own shard from rank
+        r-k, adding it in (a fixed order, so repeatable). Open MPI's Reduce_scatter over
+        shared memory measured ~9x slower for 64 MB on the development machine."""
+        MPI, comm, T = self._MPI, self.comm, self._mpi_type
+        r, n = self.rank, self.world_size
+        lo, hi = self.bounds
+        acc = self._shard_grad
+        acc[...] = flat[lo:hi]
+        if n == 1:
+            return
+        if self._recv is None:
+            self._recv = np.empty(len(acc), dtype=self._dtype)
+        for k in range(1, n):
+            dst, src = (r + k) % n, (r - k) % n
+            a = self._displs[dst]
+            comm.Sendrecv([flat[a:a + self._counts[dst]], T], dst, sendtag=7,
+                          recvbuf=[self._recv, T], source=src, recvtag=7)
+            np.add(acc, self._recv, out=acc)
+
     def step(self, grads):
         """One collective data-parallel update. Returns None, or with ``skip_nonfinite``
         True (applied) / False (skipped on every rank)."""
@@ -257,9 +280,7 @@ class ShardedOptimizer:
             self.timings = {"check": time.perf_counter() - t0}
             return False
         t1 = time.perf_counter()
-        self.comm.Reduce_scatter([flat, self._mpi_type],
-                                 [self._shard_grad, self._mpi_type],
-                                 recvcounts=self._counts, op=MPI.SUM)
+        self._reduce_scatter(flat)
         if self.world_size > 1:
             np.divide(self._shard_grad, self._dtype.type(self.world_size),
                       out=self._shard_grad)

@@ -36,6 +36,7 @@ from fastlr._kernels import (
     set_num_threads,
     sgd,
 )
+from fastlr._ema import ema_update, swap_buffers
 from fastlr._sklearn_kernels import adam_sklearn, sgd_sklearn
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "lion",
     "sgd_sklearn",
     "adam_sklearn",
+    "ema_update",
+    "swap_buffers",
     "make_state",
     "state_names",
     "get_num_threads",

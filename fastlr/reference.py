@@ -19,6 +19,7 @@ Semantics follow ``torch.optim`` 2.13's single-tensor path
 * :func:`adagrad`, :func:`adadelta`, :func:`adamax`, :func:`nadam`,
   :func:`radam` -- the torch.optim classes of the same names
 * :func:`lion`    -- ``optax.lion`` (torch 2.13 has no Lion)
+* :func:`ema_update`, :func:`swap_buffers` -- the weight EMA's kernels (torch's lerp)
 * :func:`sgd_sklearn`, :func:`adam_sklearn` -- scikit-learn's MLP optimizers
   (lr inside the velocity; Adam's epsilon-hat form), from ``_reference_sklearn``
 
@@ -45,10 +46,11 @@ Conventions shared by all functions:
 
 import numpy as np
 
+from fastlr._reference_ema import ema_update, swap_buffers
 from fastlr._reference_sklearn import adam_sklearn, sgd_sklearn
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
-           "lion", "sgd_sklearn", "adam_sklearn"]
+           "lion", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers"]
 
 
 # ---------------------------------------------------------------------------

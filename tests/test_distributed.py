@@ -94,3 +94,21 @@ def test_one_rank_equals_the_plain_optimizer():
     np.testing.assert_array_equal(flat, rflat)
     assert dist.state_elements == 2 * flat.size
     assert set(dist.timings) == {"check", "reduce_scatter", "clip", "update", "all_gather"}
+
+
+def test_example_trains_like_one_process():
+    missing = _mpi_missing()
+    if missing:
+        pytest.skip(missing)
+    env = dict(os.environ, PYTHONPATH=FASTLR_ROOT, OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    example = os.path.join(os.path.dirname(HERE), "examples", "distributed_mlp.py")
+    if not os.path.exists(example):
+        pytest.skip("examples/ is not present (an installed copy)")
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run(["mpirun", "-n", "2", "--oversubscribe", sys.executable, example,
+                              "--epochs", "1"], cwd=cwd, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    gap = float(out.stdout.rsplit("params: ", 1)[1].split()[0])
+    assert gap < 1e-12, out.stdout
