@@ -18,13 +18,17 @@ FASTLR_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
 
 
 def _mpi_missing():
+    reason = None
     if shutil.which("mpirun") is None:
-        return "mpirun is not installed (Debian: apt install openmpi-bin libopenmpi-dev)"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install 'fastlr[mpi]')"
-    return None
+        reason = "mpirun is not installed (Debian: apt install openmpi-bin libopenmpi-dev)"
+    else:
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            reason = "mpi4py is not installed (pip install 'fastlr[mpi]')"
+    if reason and os.environ.get("FASTLR_REQUIRE_MPI") == "1":
+        pytest.fail(f"FASTLR_REQUIRE_MPI=1 but {reason}")
+    return reason
 
 
 def _mpirun(n, *checks, timeout=600):
