@@ -29,7 +29,7 @@
 cimport cython
 cimport numpy as cnp
 
-from fastlr._arrays cimport same_shape
+from fastlr._arrays cimport real_arg, same_shape
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -486,22 +486,8 @@ cdef int _threads_arg(str fn, object n_threads) except -1:
     return <int>n_threads
 
 
-cdef double _real(str fn, str name, object value) except? -1.0:
-    cdef double v
-    if type(value) is float:            # the common case, without isinstance calls
-        v = <double>value
-    elif isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a real number, got "
-                        f"{type(value).__name__} {value!r}")
-    else:
-        try:
-            v = value
-        except OverflowError:           # an int beyond the double range
-            v = INFINITY
-    if not isfinite(v):
-        raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
-    return v
+cdef inline double _real(str fn, str name, object value) except? -1.0:
+    return real_arg(fn, name, value)
 
 
 cdef double _nonneg(str fn, str name, object value) except? -1.0:

@@ -38,7 +38,7 @@ from libc.math cimport INFINITY, isfinite, pow, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
-from fastlr._arrays cimport same_shape
+from fastlr._arrays cimport real_arg, same_shape
 from fastlr._kernels cimport parallel_spans, span_fn
 
 import operator
@@ -165,20 +165,7 @@ cdef int _threads(str fn, object n_threads) except -1:
 
 cdef double _real(str fn, str name, object value, double lo, double hi, bint hi_open) except? -1.0:
     """A finite real number in [lo, hi] (or [lo, hi) when hi_open)."""
-    cdef double x
-    if type(value) is float:
-        x = <double>value
-    elif isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a real number, got "
-                        f"{type(value).__name__} {value!r}")
-    else:
-        try:
-            x = value
-        except OverflowError:           # an int beyond the double range
-            x = INFINITY
-    if not isfinite(x):
-        raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
+    cdef double x = real_arg(fn, name, value)
     if x < lo or x > hi or (hi_open and x == hi):
         rng = f">= {lo:g}" if hi == np.inf else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
         raise ValueError(f"{fn}: {name} must be {rng}, got {value!r}")

@@ -233,7 +233,7 @@ class ShardedOptimizer:
         round k each rank sends the shard of rank r+k and receives its own shard from rank
         r-k, adding it in (a fixed order, so repeatable). Open MPI's Reduce_scatter over
         shared memory measured ~9x slower for 64 MB on the development machine."""
-        MPI, comm, T = self._MPI, self.comm, self._mpi_type
+        comm, T = self.comm, self._mpi_type
         r, n = self.rank, self.world_size
         lo, hi = self.bounds
         acc = self._shard_grad
@@ -357,7 +357,6 @@ class ShardedOptimizer:
         the format of a single-process fastlr optimizer over the full params (it loads into
         one with ``load_state_dict``, or onto any number of ranks with
         :meth:`load_gathered_state_dict`)."""
-        MPI = self._MPI
         mine = self.optimizer.state_dict()
         info = []
         for j, (k, offset, length) in enumerate(self._pieces):

@@ -12,7 +12,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 
 import numpy as np
 
@@ -307,19 +306,9 @@ class EMA:
                   "config": np.array(json.dumps({k: sd[k] for k in _CONFIG_KEYS}))}
         for i, a in enumerate(sd["averaged"]):
             arrays[f"averaged/{i}"] = a
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastlr-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        from fastlr.optim import write_npz_atomic
+
+        write_npz_atomic(arrays, path)
 
     def load(self, path):
         """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises

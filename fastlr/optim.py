@@ -736,6 +736,12 @@ def write_checkpoint(sd, path):
         for k, v in st.items():
             if k != "step":
                 arrays[f"state/{i}/{k}"] = v
+    write_npz_atomic(arrays, path)
+
+
+def write_npz_atomic(arrays, path):
+    """``np.savez(path, **arrays)`` atomically: a temporary file in the same directory,
+    fsync, then a rename, so ``path`` is either the old file or the complete new one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastlr-", suffix=".npz.tmp", dir=directory)

@@ -108,8 +108,8 @@ class ReduceLROnPlateau:
         try:
             current = float(metric)
         except OverflowError:           # an int beyond the double range
-            raise ValueError(f"fastlr.ReduceLROnPlateau.step: metric must be a number in "
-                             f"the double range, got an int too large for a float") from None
+            raise ValueError("fastlr.ReduceLROnPlateau.step: metric must be a number in "
+                             "the double range, got an int too large for a float") from None
         self.last_epoch += 1
         if self.is_better(current, self.best):
             self.best = current

@@ -819,8 +819,6 @@ def _sd_mutations(name):
                          ("threshold_mode", {"threshold_mode": "x"}),
                          ("eps -1", {"eps": -1.0})):
         def mutate(sd, opt, value=value):
-            import fastlr
-            p = fastlr.ReduceLROnPlateau.__new__(fastlr.ReduceLROnPlateau)
             base = dict(mode="min", factor=0.1, patience=10, threshold=1e-4,
                         threshold_mode="rel", cooldown=0, min_lrs=[0.0], eps=1e-8,
                         best=math.inf, num_bad_epochs=0, cooldown_counter=0, last_epoch=0)

@@ -7,7 +7,6 @@ on any rank is shared (one all-reduce per check), so every rank reports it and t
 status is non-zero. Prints "PASSED <n>" from rank 0 when every check passed.
 """
 
-import math
 import os
 import sys
 import tempfile
