@@ -304,15 +304,18 @@ class Optimizer:
             self._add_group(param_group)
             self._configure()
 
+    def _busy_error(self, what):
+        return RuntimeError(f"{self._name}.{what}: the optimizer is being stepped or "
+                            f"changed by another thread; an optimizer is not shared by "
+                            f"threads that step it concurrently (give each its own, or "
+                            f"hold a lock around step)")
+
     @contextlib.contextmanager
     def _exclusive(self, what):
         """One step (or layout change) at a time: a second thread gets a clear error
         instead of racing the first (the step runs without the GIL)."""
         if not self._busy.acquire(blocking=False):
-            raise RuntimeError(f"{self._name}.{what}: the optimizer is being stepped or "
-                               f"changed by another thread; an optimizer is not shared by "
-                               f"threads that step it concurrently (give each its own, or "
-                               f"hold a lock around step)")
+            raise self._busy_error(what)
         try:
             yield
         finally:
@@ -431,8 +434,9 @@ class Optimizer:
         (torch's clip_grad_norm_) inside the update; :attr:`last_grad_norm` is the norm.
         """
         if not self._busy.acquire(blocking=False):
-            with self._exclusive("step"):       # raises the explanation
-                pass
+            # raise now: trying again (the other thread may just have let go) and going on
+            # would step without the lock and then release a lock this call does not hold
+            raise self._busy_error("step")
         try:
             if self._dirty:
                 self._configure()
