@@ -800,9 +800,7 @@ def read_checkpoint(path, name="fastlr.read_checkpoint"):
     return sd
 
 
-def _default_threads():
-    from fastlr import get_num_threads
-    return get_num_threads()
+from fastlr._kernels import get_num_threads as _default_threads  # noqa: E402
 
 
 def _plain(value):
