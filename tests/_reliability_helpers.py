@@ -9,8 +9,12 @@ import textwrap
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(ROOT, "tests")
+import fastlr
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# the folder holding the fastlr under test (an in-place build's tree, or site-packages for
+# an installed copy); subprocesses get it first on their path, never an unbuilt source tree
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
 
 # kernel -> (make_state options, call options); "step" and "mu_product" are added per call.
 KERNEL_CALLS = {

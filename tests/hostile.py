@@ -34,7 +34,17 @@ import zipfile
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+# the folder holding the fastlr under test (an in-place build's tree, or site-packages for
+# an installed copy): children get it first on their path, never an unbuilt source tree
+FASTLR_ROOT = None
+
+
+def _fastlr_root():
+    global FASTLR_ROOT
+    if FASTLR_ROOT is None:
+        import fastlr
+        FASTLR_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
+    return FASTLR_ROOT
 
 ERR = (TypeError, ValueError)
 
@@ -1527,7 +1537,7 @@ def _child(start, stop):
 
 
 def _spawn(start, stop, timeout):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=_fastlr_root() + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONFAULTHANDLER="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     cwd = tempfile.gettempdir()
     return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", str(start),
