@@ -8,12 +8,15 @@
     every bad input raises a TypeError/ValueError naming the argument, before any write.
 """
 
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
+import fastlr
 from fastlr import _reference_sklearn as ref
 from fastlr import _sklearn_kernels as K
 from fastlr.compat import sklearn as compat
@@ -298,7 +301,13 @@ def test_module_imports_and_runs_without_sklearn():
             "SGDOptimizer(p).update_params(p, [np.ones(3)])\n"
             "assert 'sklearn' not in [m.split('.')[0] for m in sys.modules if sys.modules[m]]\n"
             "print(o.t)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # run outside the checkout (`-c` puts the cwd first on sys.path), with the fastlr under
+    # test (an in-place tree or site-packages) first on the path
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=cwd, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
 
