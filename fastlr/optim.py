@@ -1,4 +1,5 @@
-"""Stateful optimizers: SGD, RMSprop, Adam and AdamW with torch.optim's names and rules.
+"""Stateful optimizers with torch.optim's names and rules: SGD, RMSprop, Adam, AdamW, Adagrad,
+Adadelta, Adamax, NAdam, RAdam; and Lion (optax's definition).
 
 >>> import numpy as np, fastlr
 >>> w = np.ones(3, dtype=np.float32)
