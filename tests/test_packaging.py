@@ -74,10 +74,13 @@ def test_version_and_openmp_flags():
 def test_docstring_examples_run():
     import doctest
 
+    import fastlr.distributed
     import fastlr.kernels
     import fastlr.optim
+    import fastlr.plateau
     import fastlr.schedules
 
-    for module in (fastlr.kernels, fastlr.schedules, fastlr.optim):
+    for module in (fastlr.kernels, fastlr.schedules, fastlr.optim, fastlr.plateau,
+                   fastlr.distributed):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
