@@ -35,3 +35,29 @@ cdef inline double real_arg(str fn, str name, object value) except? -1.0:
     if not isfinite(v):
         raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
     return v
+
+
+cdef inline str layout_name(cnp.ndarray a):
+    """'C-contiguous', 'F-contiguous' or 'not contiguous (strides ...)', for messages."""
+    if cnp.PyArray_IS_C_CONTIGUOUS(a):
+        return "C-contiguous"
+    if cnp.PyArray_IS_F_CONTIGUOUS(a):
+        return "F-contiguous"
+    return f"not contiguous (strides {(<object>a).strides})"
+
+
+cdef inline int check_like(str fn, str name, cnp.ndarray a, str ref_name,
+                           cnp.ndarray ref) except -1:
+    """``a`` has ``ref``'s dtype, shape and contiguous layout; else a TypeError/ValueError
+    naming both."""
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref):
+        raise TypeError(f"{fn}: {name} has dtype {a.dtype} but {ref_name} has dtype "
+                        f"{ref.dtype}; they must be equal (float32 or float64)")
+    if not same_shape(a, ref):
+        raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but {ref_name} has "
+                         f"shape {(<object>ref).shape}; they must be equal")
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if cnp.PyArray_IS_C_CONTIGUOUS(ref)
+            else cnp.PyArray_IS_F_CONTIGUOUS(a)):
+        raise ValueError(f"{fn}: {name} is {layout_name(a)} but {ref_name} is "
+                         f"{layout_name(ref)}; they must share one contiguous layout")
+    return 0

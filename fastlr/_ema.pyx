@@ -32,7 +32,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy
 
-from fastlr._arrays cimport same_shape
+from fastlr._arrays cimport check_like, layout_name, same_shape
 from fastlr._core cimport lerp
 from fastlr._kernels cimport parallel_spans, span_fn
 
@@ -130,12 +130,8 @@ cdef void job_span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
 # ---------------------------------------------------------------------------------------
 # Validation helpers
 # ---------------------------------------------------------------------------------------
-cdef str _layout(cnp.ndarray a):
-    if cnp.PyArray_IS_C_CONTIGUOUS(a):
-        return "C-contiguous"
-    if cnp.PyArray_IS_F_CONTIGUOUS(a):
-        return "F-contiguous"
-    return f"not contiguous (strides {(<object>a).strides})"
+cdef inline str _layout(cnp.ndarray a):
+    return layout_name(a)
 
 
 cdef cnp.ndarray _check_one(str fn, str name, object obj, bint written):
@@ -229,16 +225,7 @@ cdef class _Pairs:
             bn = b_name if single else f"{b_name}[{i}]"
             x = _check_one(fn, an, al[i], True)
             y = _check_one(fn, bn, bl[i], b_written)
-            if cnp.PyArray_TYPE(x) != cnp.PyArray_TYPE(y):
-                raise TypeError(f"{fn}: {bn} has dtype {y.dtype} but {an} has dtype "
-                                f"{x.dtype}; they must be equal (float32 or float64)")
-            if not same_shape(x, y):
-                raise ValueError(f"{fn}: {bn} has shape {(<object>y).shape} but {an} has "
-                                 f"shape {(<object>x).shape}; they must be equal")
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(y) if cnp.PyArray_IS_C_CONTIGUOUS(x)
-                    else cnp.PyArray_IS_F_CONTIGUOUS(y)):
-                raise ValueError(f"{fn}: {bn} is {_layout(y)} but {an} is {_layout(x)}; "
-                                 f"they must share one contiguous layout")
+            check_like(fn, bn, y, an, x)
         self.a_arrays = tuple(al)
         self.b_arrays = tuple(bl)
         self.n = n

@@ -29,7 +29,7 @@
 cimport cython
 cimport numpy as cnp
 
-from fastlr._arrays cimport real_arg, same_shape
+from fastlr._arrays cimport layout_name, real_arg, same_shape
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -536,12 +536,8 @@ cdef str _dtype_name(cnp.ndarray a):
 
 
 
-cdef str _layout(cnp.ndarray a):
-    if cnp.PyArray_IS_C_CONTIGUOUS(a):
-        return "C-contiguous"
-    if cnp.PyArray_IS_F_CONTIGUOUS(a):
-        return "F-contiguous"
-    return f"not contiguous (strides {(<object>a).strides})"
+cdef inline str _layout(cnp.ndarray a):
+    return layout_name(a)
 
 
 ctypedef struct Checked:

@@ -38,7 +38,7 @@ from libc.math cimport INFINITY, isfinite, pow, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
-from fastlr._arrays cimport real_arg, same_shape
+from fastlr._arrays cimport check_like, layout_name, real_arg, same_shape
 from fastlr._kernels cimport parallel_spans, span_fn
 
 import operator
@@ -194,12 +194,8 @@ cdef int64_t _step(str fn, object step) except -1:
     return <int64_t>s
 
 
-cdef str _layout(cnp.ndarray a):
-    if cnp.PyArray_IS_C_CONTIGUOUS(a):
-        return "C-contiguous"
-    if cnp.PyArray_IS_F_CONTIGUOUS(a):
-        return "F-contiguous"
-    return f"not contiguous (strides {(<object>a).strides})"
+cdef inline str _layout(cnp.ndarray a):
+    return layout_name(a)
 
 
 cdef int _check(str fn, tuple names, tuple arrays, Job* job) except -1:
@@ -230,16 +226,7 @@ cdef int _check(str fn, tuple names, tuple arrays, Job* job) except -1:
             job.n = cnp.PyArray_SIZE(a)
             nbytes = job.n * cnp.PyArray_ITEMSIZE(a)
         else:
-            if cnp.PyArray_TYPE(a) != job.type_num:
-                raise TypeError(f"{fn}: {name} has dtype {a.dtype} but {names[0]} has dtype "
-                                f"{p.dtype}; they must be equal (float32 or float64)")
-            if not same_shape(a, p):
-                raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but {names[0]} "
-                                 f"has shape {(<object>p).shape}; they must be equal")
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if cnp.PyArray_IS_C_CONTIGUOUS(p)
-                    else cnp.PyArray_IS_F_CONTIGUOUS(a)):
-                raise ValueError(f"{fn}: {name} is {_layout(a)} but {names[0]} is "
-                                 f"{_layout(p)}; they must share one contiguous layout")
+            check_like(fn, name, a, names[0], p)
         if cnp.PyArray_ISBYTESWAPPED(a):
             raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str})")
         if not cnp.PyArray_ISALIGNED(a):
