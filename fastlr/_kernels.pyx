@@ -629,6 +629,21 @@ cdef int _need(str fn, bint needed, object buf, str buf_name, str why) except -1
     return 0
 
 
+cdef int _run(core_fn core, const void* coef, Checked* c, int nt) except -1:
+    """Run a validated update: the GIL is released for large arrays."""
+    cdef int k
+    for k in range(c.n_arrays, MAX_ARRAYS):
+        c.data[k] = NULL
+    if c.size >= NOGIL_MIN_SIZE:
+        with nogil:
+            run_job(core, coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                    c.data[4], c.size, nt)
+    else:
+        run_job(core, coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
+                c.data[4], c.size, nt)
+    return 0
+
+
 _SGD_NAMES = ("param", "grad", "momentum_buffer")
 _RMSPROP_NAMES = ("param", "grad", "square_avg", "momentum_buffer", "grad_avg")
 _ADAM_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -670,14 +685,7 @@ def sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0, dampening=
     _check_arrays(fn, _SGD_NAMES, (param, grad, momentum_buffer), 2, &c)
     cdef SGDCoef coef
     sgd_coef(&h, &coef)
-    cdef core_fn core = CORES.sgd[c.type_num == cnp.NPY_DOUBLE]
-    if c.size >= NOGIL_MIN_SIZE:
-        with nogil:
-            run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], NULL, NULL,
-                    c.size, nt)
-    else:
-        run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], NULL, NULL,
-                c.size, nt)
+    _run(CORES.sgd[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
 
 
 def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr,
@@ -712,14 +720,7 @@ def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr,
                   &c)
     cdef RMSpropCoef coef
     rmsprop_coef(&h, &coef)
-    cdef core_fn core = CORES.rmsprop[c.type_num == cnp.NPY_DOUBLE]
-    if c.size >= NOGIL_MIN_SIZE:
-        with nogil:
-            run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
-                    c.data[4], c.size, nt)
-    else:
-        run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
-                c.data[4], c.size, nt)
+    _run(CORES.rmsprop[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
 
 
 cdef _adam(str fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
@@ -739,14 +740,7 @@ cdef _adam(str fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, b
                   &c)
     cdef AdamCoef coef
     adam_coef(&h, &coef)
-    cdef core_fn core = CORES.adam[c.type_num == cnp.NPY_DOUBLE]
-    if c.size >= NOGIL_MIN_SIZE:
-        with nogil:
-            run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
-                    c.data[4], c.size, nt)
-    else:
-        run_job(core, &coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
-                c.data[4], c.size, nt)
+    _run(CORES.adam[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1=0.9,
@@ -785,21 +779,6 @@ def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, be
 
 
 # ---- Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion ----------------------------------------
-cdef int _run(core_fn core, const void* coef, Checked* c, int nt) except -1:
-    """Run a validated update: the GIL is released for large arrays."""
-    cdef int k
-    for k in range(c.n_arrays, MAX_ARRAYS):
-        c.data[k] = NULL
-    if c.size >= NOGIL_MIN_SIZE:
-        with nogil:
-            run_job(core, coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
-                    c.data[4], c.size, nt)
-    else:
-        run_job(core, coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
-                c.data[4], c.size, nt)
-    return 0
-
-
 cdef double _closed_unit(str fn, str name, object value) except? -1.0:
     """A rate in [0, 1]."""
     cdef double v = _real(fn, name, value)

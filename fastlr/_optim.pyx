@@ -24,7 +24,7 @@ from libc.string cimport memset
 
 cimport numpy as cnp
 
-from fastlr._arrays cimport same_shape
+from fastlr._arrays cimport real_arg, same_shape
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -947,19 +947,21 @@ cdef int _nt_arg(str fn, object n_threads) except -1:
     return n_threads
 
 
+cdef list _grad_list(str fn, object grads):
+    if isinstance(grads, np.ndarray):
+        return [grads]
+    if isinstance(grads, (list, tuple)):
+        return list(grads)
+    raise TypeError(f"{fn}: grads must be an array or a list of arrays, got "
+                    f"{type(grads).__name__}")
+
+
 def grad_stats(grads, *, n_threads=None):
     """(sum of squares in double, whether any element is NaN or Inf) over all ``grads`` (an
     array or a list), with the blocks of :func:`clip_grad_norm` (same bits for any thread
     count). For code that combines norms itself, e.g. across processes."""
     cdef str fn = "fastlr.grad_stats"
-    if isinstance(grads, np.ndarray):
-        arrays = [grads]
-    elif isinstance(grads, (list, tuple)):
-        arrays = list(grads)
-    else:
-        raise TypeError(f"{fn}: grads must be an array or a list of arrays, got "
-                        f"{type(grads).__name__}")
-    return _reduce_arrays(fn, arrays, _nt_arg(fn, n_threads), 1, 1, False)
+    return _reduce_arrays(fn, _grad_list(fn, grads), _nt_arg(fn, n_threads), 1, 1, False)
 
 
 def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None):
@@ -976,24 +978,10 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
     step without a separate pass over the grads for the scaling.
     """
     cdef str fn = "fastlr.clip_grad_norm"
-    cdef double norm, scale, limit
-    if isinstance(grads, np.ndarray):
-        arrays = [grads]
-    elif isinstance(grads, (list, tuple)):
-        arrays = list(grads)
-    else:
-        raise TypeError(f"{fn}: grads must be an array or a list of arrays, got "
-                        f"{type(grads).__name__}")
-    if isinstance(max_norm, (bool, np.bool_)) or not isinstance(max_norm, (int, float,
-                                                                          np.integer,
-                                                                          np.floating)):
-        raise TypeError(f"{fn}: max_norm must be a real number, got {type(max_norm).__name__}")
-    try:
-        limit = max_norm
-    except OverflowError:               # an int beyond the double range
-        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}") \
-            from None
-    if not (isfinite(limit) and limit > 0.0):
+    cdef double norm, scale
+    cdef list arrays = _grad_list(fn, grads)
+    cdef double limit = real_arg(fn, "max_norm", max_norm)
+    if not limit > 0.0:
         raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}")
     sumsq, _ = _reduce_arrays(fn, arrays, _nt_arg(fn, n_threads), 1, 0, True)
     norm = sqrt(sumsq)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import numbers
-import os
 
 import numpy as np
 
@@ -313,16 +312,10 @@ class EMA:
     def load(self, path):
         """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises
         ``ValueError`` and changes nothing."""
+        from fastlr.optim import read_npz_members
+
         name = "fastlr.EMA.load"
-        try:
-            with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
-                files = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as error:
-            raise ValueError(f"{name}: {path!s} is not a readable fastlr EMA checkpoint "
-                             f"({error})") from error
-        except Exception as error:      # zipfile.BadZipFile and friends
-            raise ValueError(f"{name}: {path!s} is not a readable fastlr EMA checkpoint "
-                             f"({type(error).__name__}: {error})") from error
+        files = read_npz_members(path, name, "fastlr EMA checkpoint")
         try:
             if str(files["format"]) != _FORMAT:
                 raise ValueError(f"unknown format {str(files['format'])!r}")

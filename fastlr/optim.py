@@ -24,7 +24,6 @@ buffer (same group and dtype) are updated as one span.
 
 import contextlib
 import json
-import math
 import numbers
 import operator
 import os
@@ -552,8 +551,7 @@ class Optimizer:
         lr_scale = sd.get("lr_scale", [1.0] * len(self.param_groups))
         if not isinstance(lr_scale, (list, tuple, np.ndarray)) or \
                 len(lr_scale) != len(self.param_groups) or \
-                not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and
-                        _finite(v) and v >= 0 for v in lr_scale):
+                not all(_finite_nonneg(v) for v in lr_scale):
             raise ValueError(f"{name}: lr_scale must hold one finite number >= 0 per param "
                              f"group ({len(self.param_groups)}), got {lr_scale!r}")
         last_lr = sd.get("last_lr")
@@ -762,18 +760,23 @@ def write_npz_atomic(arrays, path):
         raise
 
 
+def read_npz_members(path, name, what):
+    """Every member of the ``.npz`` at ``path`` (no pickles), or a ValueError saying that
+    ``path`` is not a readable ``what``."""
+    try:
+        with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{name}: {path!s} is not a readable {what} ({error})") from error
+    except Exception as error:      # zipfile.BadZipFile and friends
+        raise ValueError(f"{name}: {path!s} is not a readable {what} "
+                         f"({type(error).__name__}: {error})") from error
+
+
 def read_checkpoint(path, name="fastlr.read_checkpoint"):
     """Read what :func:`write_checkpoint` wrote, as a state dict. A truncated or corrupted
     file raises ``ValueError``."""
-    try:
-        with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
-            files = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
-                         f"({error})") from error
-    except Exception as error:      # zipfile.BadZipFile and friends
-        raise ValueError(f"{name}: {path!s} is not a readable fastlr checkpoint "
-                         f"({type(error).__name__}: {error})") from error
+    files = read_npz_members(path, name, "fastlr checkpoint")
     try:
         if str(files["format"]) != _FORMAT:
             raise ValueError(f"unknown format {str(files['format'])!r}")
@@ -819,13 +822,9 @@ def _is_marker(value):
 
 
 def _finite_nonneg(v):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        return False
-    try:
-        v = float(v)
-    except OverflowError:
-        return False
-    return math.isfinite(v) and v >= 0
+    """Whether ``v`` is a real number (not a bool), finite and >= 0."""
+    return (not isinstance(v, (bool, np.bool_)) and isinstance(v, numbers.Real)
+            and _finite(v) and v >= 0)
 
 
 def _int_member(value, key):
