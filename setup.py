@@ -47,15 +47,19 @@ DIRECTIVES = {
 
 # Extensions: (module name, sources). Later modules are added here.
 MODULES = [
+    # the C API modules (other Cython code cimports them by these names)
     ("fastlr._kernels", ["fastlr/_kernels.pyx"]),
     ("fastlr._schedules", ["fastlr/_schedules.pyx"]),
-    ("fastlr._optim", ["fastlr/_optim.pyx"]),
-    ("fastlr._roofline", ["fastlr/_roofline.pyx"]),
-    ("fastlr._sklearn_kernels", ["fastlr/_sklearn_kernels.pyx"]),
-    ("fastlr._ema", ["fastlr/_ema.pyx"]),
-    # the core loops, once per instruction-set level (fastlr/_dispatch.py picks one at run time)
-    ("fastlr._cores_baseline", ["fastlr/_cores_baseline.pyx"]),
-    ("fastlr._cores_x86_64_v3", ["fastlr/_cores_x86_64_v3.pyx"]),
+    # the compiled core: the optimizer engine, the EMA and scikit-learn-convention kernels
+    ("fastlr._core.engine", ["fastlr/_core/engine.pyx"]),
+    ("fastlr._core.sklearn_kernels", ["fastlr/_core/sklearn_kernels.pyx"]),
+    ("fastlr._core.ema", ["fastlr/_core/ema.pyx"]),
+    # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
+    # run time)
+    ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),
+    ("fastlr._core.cores_x86_64_v3", ["fastlr/_core/cores_x86_64_v3.pyx"]),
+    # the benchmark's roofline loops
+    ("fastlr._tools.roofline", ["fastlr/_tools/roofline.pyx"]),
 ]
 
 BASE_COMPILE_ARGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]

@@ -49,7 +49,7 @@ class _TimeStep:
     """Seconds per in-place step of one optimizer, per implementation, size and dtype.
 
     impl: fastlr (the compiled kernel, 1 thread), fastlr-2t (n_threads=2), reference
-    (fastlr.reference), numpy (in-place out= ufuncs, fastlr.bench.numpy_inplace_*); the
+    (fastlr.reference), numpy (in-place out= ufuncs, fastlr._tools.bench.numpy_inplace_*); the
     torch classes: torch-fused, torch-fused-2t (torch.set_num_threads(2)), torch-foreach,
     torch-forloop (``opt.step()``; skipped without torch).
     """

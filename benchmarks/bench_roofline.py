@@ -1,6 +1,6 @@
 """Memory rooflines: what this machine gives each optimizer's access pattern, every run.
 
-``fastlr._roofline`` runs plain C loops with the streams of an optimizer step (SGD: read p, g,
+``fastlr._tools.roofline`` runs plain C loops with the streams of an optimizer step (SGD: read p, g,
 write p = 12 B/elem f32; momentum/Nesterov/RMSprop: 20 B; Adam/AdamW: 28 B) and trivial
 arithmetic, so out of cache they run at the memory bandwidth those streams get. GB/s counts
 bytes read + written (every write follows a read of the same line: no RFO).
@@ -11,13 +11,13 @@ times the fastlr kernel and the pattern loop interleaved in one process (float32
 float64, 1 and 2 threads) and reports the kernel's share of the roofline in percent (the
 "% of roofline" of notes/perf.md section 7; AdamW and Nesterov share Adam's and momentum's
 patterns and loops).
-Both use the staggered buffer layout of ``fastlr bench`` (see ``fastlr._roofline``).
+Both use the staggered buffer layout of ``fastlr bench`` (see ``fastlr._tools.roofline``).
 """
 
 import time
 
-from fastlr import _roofline
-from fastlr.bench import fastlr_stepper, make_inputs
+from fastlr._tools import roofline as _roofline
+from fastlr._tools.bench import fastlr_stepper, make_inputs
 
 from .common import steady_state_malloc
 

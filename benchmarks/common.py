@@ -7,7 +7,7 @@ the torch benchmarks (asv spawns a process per parameter combination, and import
 costs about 1.5 s).
 
 The optimizer-step benchmarks (bench_kernels.Time*) share their implementations with
-``fastlr bench`` (fastlr/bench.py): the in-place NumPy baselines, the torch setups and the
+``fastlr bench`` (fastlr/_tools/bench.py): the in-place NumPy baselines, the torch setups and the
 staggered buffer layout all come from there, so asv and ``fastlr bench`` time the same code.
 """
 
@@ -15,7 +15,8 @@ import timeit
 
 import numpy as np
 
-from fastlr import bench, kernels, reference
+from fastlr import kernels, reference
+from fastlr._tools import bench
 
 #: The implementations compared side by side (an asv parameter).
 IMPLS = {"fastlr": kernels, "reference": reference}
@@ -46,7 +47,7 @@ def steady_state_malloc():
     not allocate), so the reported speedups are the conservative ones. Idempotent; a no-op
     off Linux/glibc or when MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ are set.
     """
-    from fastlr.bench import _pin_malloc
+    from fastlr._tools.bench import _pin_malloc
 
     _pin_malloc()
 
@@ -105,7 +106,7 @@ def per_call_time(fn, min_sample=5e-3):
 # Optimizer steps over fastlr, the reference, in-place NumPy and torch (bench_kernels.Time*)
 # ---------------------------------------------------------------------------------------
 #: Implementations of one optimizer step, 1 thread unless the name ends in "-<k>t" (k
-#: threads: fastlr's n_threads, torch.set_num_threads). "numpy": fastlr.bench.numpy_inplace_*
+#: threads: fastlr's n_threads, torch.set_num_threads). "numpy": fastlr._tools.bench.numpy_inplace_*
 #: (out= ufuncs, preallocated scratch); "torch-fused" / "torch-foreach" / "torch-forloop":
 #: torch.optim with fused=True / foreach=True / foreach=False. The thread count is part of
 #: the implementation's name rather than a separate parameter because asv spawns a process
@@ -123,7 +124,7 @@ _STEPPERS = {}
 
 
 def inputs(optimizer, n, dtype):
-    """Param, grad and state for ``optimizer`` (fastlr.bench.make_inputs, staggered layout),
+    """Param, grad and state for ``optimizer`` (fastlr._tools.bench.make_inputs, staggered layout),
     cached for the process (one size at a time)."""
     key = (optimizer, n, dtype)
     data = _INPUTS.get(key)

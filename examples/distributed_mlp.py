@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 import fastlr
 from fastlr import distributed, schedules
-from fastlr.cli import init_params, load_data, loss_and_grads
+from fastlr._tools.cli import init_params, load_data, loss_and_grads
 
 
 def main():

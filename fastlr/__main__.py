@@ -2,6 +2,6 @@
 
 import sys
 
-from fastlr.cli import main
+from fastlr._tools.cli import main
 
 sys.exit(main())

@@ -29,11 +29,11 @@
 cimport cython
 cimport numpy as cnp
 
-from fastlr._arrays cimport layout_name, real_arg, same_shape
+from fastlr._core.arrays cimport layout_name, real_arg, same_shape
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from fastlr._core cimport (AdadeltaCoef, AdagradCoef, AdamaxCoef, AdamCoef, CoreTable,
+from fastlr._core.loops cimport (AdadeltaCoef, AdagradCoef, AdamaxCoef, AdamCoef, CoreTable,
                            LionCoef, NAdamCoef, RAdamCoef, RMSpropCoef, SGDCoef, adadelta_coef,
                            adagrad_coef, adam_coef, adamax_coef, core_fn, lion_coef, nadam_coef,
                            nadam_mu_of, radam_coef, rmsprop_coef, sgd_coef)
@@ -90,17 +90,17 @@ cdef enum:
     NOGIL_MIN_SIZE = 4096
 
 
-# The core loops in use: the fastest compiled variant this CPU runs (fastlr/_dispatch.py).
+# The core loops in use: the fastest compiled variant this CPU runs (fastlr/_core/dispatch.py).
 cdef const CoreTable* CORES = NULL
 cdef str _cpu_target = ""
 
 
 def _set_cores(str target):
-    """Use the core loops compiled for ``target`` (a name of fastlr._dispatch.TARGETS).
+    """Use the core loops compiled for ``target`` (a name of fastlr._core.dispatch.TARGETS).
     Not thread-safe: call it when no kernel is running. Optimizers built before the call
     keep the loops they were built with."""
     global CORES, _cpu_target
-    from fastlr import _dispatch, _optim
+    from fastlr._core import dispatch as _dispatch, engine as _optim
 
     capsule = _dispatch.table(target)
     CORES = <const CoreTable*>PyCapsule_GetPointer(capsule, b"fastlr.CoreTable")
@@ -989,5 +989,5 @@ def lion(param, grad, exp_avg, *, lr, beta1=0.9, beta2=0.99, weight_decay=1e-3,
 
 
 def _init_cores():
-    from fastlr import _dispatch
+    from fastlr._core import dispatch as _dispatch
     _set_cores(_dispatch.default_target())

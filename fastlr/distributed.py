@@ -26,7 +26,8 @@ import time
 import numpy as np
 
 from fastlr import optim as _optim
-from fastlr._optim import grad_stats
+from fastlr.optim import base as _optim_base
+from fastlr._core.engine import grad_stats
 
 __all__ = ["ShardedOptimizer", "shard_bounds"]
 
@@ -356,7 +357,7 @@ class ShardedOptimizer:
                 raise ValueError(f"{name}: the state is for {key}={sd.get(key)!r}, this rank "
                                  f"has {mine!r}; load a gathered state to re-shard")
         self.optimizer.load_state_dict(sd["optimizer"])
-        self.skipped_steps = _optim._nonneg_int(name, "skipped_steps",
+        self.skipped_steps = _optim_base._nonneg_int(name, "skipped_steps",
                                                 sd.get("skipped_steps", 0))
 
     def gathered_state_dict(self, root=0):

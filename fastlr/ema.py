@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from fastlr import _ema
+from fastlr._core import ema as _ema
 
 __all__ = ["EMA", "WARMUPS"]
 
@@ -305,14 +305,14 @@ class EMA:
                   "config": np.array(json.dumps({k: sd[k] for k in _CONFIG_KEYS}))}
         for i, a in enumerate(sd["averaged"]):
             arrays[f"averaged/{i}"] = a
-        from fastlr.optim import write_npz_atomic
+        from fastlr.optim.checkpoint import write_npz_atomic
 
         write_npz_atomic(arrays, path)
 
     def load(self, path):
         """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises
         ``ValueError`` and changes nothing."""
-        from fastlr.optim import read_npz_members
+        from fastlr.optim.checkpoint import read_npz_members
 
         name = "fastlr.EMA.load"
         files = read_npz_members(path, name, "fastlr EMA checkpoint")

@@ -36,8 +36,8 @@ from fastlr._kernels import (
     set_num_threads,
     sgd,
 )
-from fastlr._ema import ema_update, swap_buffers
-from fastlr._sklearn_kernels import adam_sklearn, sgd_sklearn
+from fastlr._core.ema import ema_update, swap_buffers
+from fastlr._core.sklearn_kernels import adam_sklearn, sgd_sklearn
 
 __all__ = [
     "sgd",

@@ -20,11 +20,10 @@ scales, the best metric, the counters) is part of the optimizer's checkpoint.
 import math
 import numbers
 
-__all__ = ["ReduceLROnPlateau"]
+from fastlr.optim.base import Optimizer
+from fastlr.optim.plateau_state import _CONFIG, _COUNTERS, _check_config, _check_plateau_state
 
-_CONFIG = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lrs",
-           "eps")
-_COUNTERS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
+__all__ = ["ReduceLROnPlateau"]
 
 
 class ReduceLROnPlateau:
@@ -45,8 +44,6 @@ class ReduceLROnPlateau:
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
-        from fastlr.optim import Optimizer
-
         name = "fastlr.ReduceLROnPlateau"
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{name}: optimizer must be a fastlr optimizer, got "
@@ -182,59 +179,3 @@ class ReduceLROnPlateau:
         for key in _CONFIG + _COUNTERS:
             setattr(self, key, sd[key])
         self.min_lrs = [float(v) for v in sd["min_lrs"]]
-
-
-def _finite(v):
-    try:
-        return math.isfinite(v)
-    except OverflowError:               # an int beyond the double range
-        return False
-
-
-def _check_config(name, c):
-    if c["mode"] not in ("min", "max"):
-        raise ValueError(f"{name}: mode must be 'min' or 'max', got {c['mode']!r}")
-    if c["threshold_mode"] not in ("rel", "abs"):
-        raise ValueError(f"{name}: threshold_mode must be 'rel' or 'abs', got "
-                         f"{c['threshold_mode']!r}")
-    for key, low, high, text in (("factor", 0.0, 1.0, "in [0, 1)"),
-                                 ("threshold", 0.0, None, "a finite number >= 0"),
-                                 ("eps", 0.0, None, "a finite number >= 0")):
-        v = c[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{name}: {key} must be a real number, got {type(v).__name__}")
-        if not (_finite(v) and v >= low and (high is None or v < high)):
-            raise ValueError(f"{name}: {key} must be {text}, got {v!r}")
-    for key in ("patience", "cooldown"):
-        v = c[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"{name}: {key} must be an int >= 0, got {v!r}")
-    for v in c["min_lrs"]:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
-                not (_finite(v) and v >= 0):
-            raise ValueError(f"{name}: min_lr must be finite numbers >= 0, got {v!r}")
-
-
-def _check_plateau_state(name, sd):
-    """Validate a plateau state dict (from a checkpoint); returns a clean copy."""
-    if not isinstance(sd, dict):
-        raise TypeError(f"{name}: the plateau state must be a dict, got {type(sd).__name__}")
-    missing = [k for k in _CONFIG + _COUNTERS if k not in sd]
-    if missing:
-        raise ValueError(f"{name}: the plateau state has no {', '.join(missing)}")
-    out = {k: sd[k] for k in _CONFIG + _COUNTERS}
-    if not isinstance(out["min_lrs"], (list, tuple)):
-        raise ValueError(f"{name}: the plateau state's min_lrs must be a list")
-    out["min_lrs"] = list(out["min_lrs"])
-    _check_config(name, out)
-    best = out["best"]
-    if isinstance(best, bool) or not isinstance(best, numbers.Real) or math.isnan(best):
-        raise ValueError(f"{name}: the plateau state's best must be a number, got {best!r}")
-    out["best"] = float(best)
-    for key in ("num_bad_epochs", "cooldown_counter", "last_epoch"):
-        v = out[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"{name}: the plateau state's {key} must be an int >= 0, got "
-                             f"{v!r}")
-        out[key] = int(v)
-    return out

@@ -12,7 +12,7 @@ NumPy >= 2) in float32. scikit-learn is not needed: nothing here imports it.
 The differences from sklearn's classes:
 
 * the update runs in one compiled call per step over all arrays
-  (:mod:`fastlr._sklearn_kernels`), in place, with no temporaries; sklearn allocates a few
+  (:mod:`fastlr._core.sklearn_kernels`), in place, with no temporaries; sklearn allocates a few
   arrays per parameter per step and rebinds ``velocities`` / ``ms`` / ``vs`` to them. Here
   these lists hold buffers allocated once (``np.zeros_like``) and updated in place; you may
   replace a list (e.g. to copy state from sklearn's optimizer) before the next step;
@@ -63,7 +63,7 @@ import numbers
 
 import numpy as np
 
-from fastlr._sklearn_kernels import _adam_sklearn_list, _sgd_sklearn_list
+from fastlr._core.sklearn_kernels import _adam_sklearn_list, _sgd_sklearn_list
 
 __all__ = ["SGDOptimizer", "AdamOptimizer", "patch_mlp"]
 

@@ -1,0 +1,63 @@
+# fastlr/_core/arrays.pxd -- small argument helpers shared by the compiled modules (private).
+
+cimport numpy as cnp
+from libc.math cimport INFINITY, isfinite
+
+import numpy as np
+
+
+cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Equal ndim and dimensions."""
+    cdef int k, nd = cnp.PyArray_NDIM(a)
+    if nd != cnp.PyArray_NDIM(b):
+        return False
+    for k in range(nd):
+        if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(b, k):
+            return False
+    return True
+
+
+cdef inline double real_arg(str fn, str name, object value) except? -1.0:
+    """``value`` as a finite double: TypeError for a bool or a non-number, ValueError for
+    NaN, an infinity or an int beyond the double range; the message names ``name``."""
+    cdef double v
+    if type(value) is float:            # the common case, without isinstance calls
+        v = <double>value
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a real number, got "
+                        f"{type(value).__name__} {value!r}")
+    else:
+        try:
+            v = value
+        except OverflowError:           # an int beyond the double range
+            v = INFINITY
+    if not isfinite(v):
+        raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
+    return v
+
+
+cdef inline str layout_name(cnp.ndarray a):
+    """'C-contiguous', 'F-contiguous' or 'not contiguous (strides ...)', for messages."""
+    if cnp.PyArray_IS_C_CONTIGUOUS(a):
+        return "C-contiguous"
+    if cnp.PyArray_IS_F_CONTIGUOUS(a):
+        return "F-contiguous"
+    return f"not contiguous (strides {(<object>a).strides})"
+
+
+cdef inline int check_like(str fn, str name, cnp.ndarray a, str ref_name,
+                           cnp.ndarray ref) except -1:
+    """``a`` has ``ref``'s dtype, shape and contiguous layout; else a TypeError/ValueError
+    naming both."""
+    if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref):
+        raise TypeError(f"{fn}: {name} has dtype {a.dtype} but {ref_name} has dtype "
+                        f"{ref.dtype}; they must be equal (float32 or float64)")
+    if not same_shape(a, ref):
+        raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but {ref_name} has "
+                         f"shape {(<object>ref).shape}; they must be equal")
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if cnp.PyArray_IS_C_CONTIGUOUS(ref)
+            else cnp.PyArray_IS_F_CONTIGUOUS(a)):
+        raise ValueError(f"{fn}: {name} is {layout_name(a)} but {ref_name} is "
+                         f"{layout_name(ref)}; they must share one contiguous layout")
+    return 0

@@ -1,0 +1,690 @@
+# fastlr/_core/loops.pxd -- the update loops shared by fastlr's compiled modules (private).
+#
+# Inline definitions, compiled into every module that cimports them (_kernels, _optim):
+# per-step coefficients derived once from the hyperparameters (in double, as torch does),
+# fused-type core loops that read every buffer once and write it once, and per-dtype
+# adapters with one signature (`core_fn`) so a caller can hold them as function pointers.
+# Not part of the stable C API (_kernels.pxd is); it may change in any release.
+
+cimport cython
+from cython cimport floating
+from libc.math cimport fabs, pow, sqrt, sqrtf
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+
+from fastlr._kernels cimport (AdadeltaHyper, AdagradHyper, AdamaxHyper, AdamHyper, LionHyper,
+                             NAdamHyper, RAdamHyper, RMSpropHyper, SGDHyper)
+
+ctypedef void (*core_fn)(char** ptrs, Py_ssize_t n, const void* coef) noexcept nogil
+
+
+# ---------------------------------------------------------------------------------------
+# Per-step coefficients (derived once per call from the hyperparameters, in double)
+# ---------------------------------------------------------------------------------------
+ctypedef struct SGDCoef:
+    double lr, momentum, one_minus_dampening, weight_decay, sign
+    int first, nesterov
+
+ctypedef struct RMSpropCoef:
+    double lr, alpha, one_minus_alpha, eps, weight_decay, momentum, sign
+
+ctypedef struct AdamCoef:
+    double beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
+    double step_size, inv_bias_correction2_sqrt, decay, sign
+    int l2
+
+
+ctypedef struct AdagradCoef:
+    double clr, eps, weight_decay, sign
+
+ctypedef struct AdadeltaCoef:
+    double lr, rho, one_minus_rho, eps, weight_decay, sign
+
+ctypedef struct AdamaxCoef:
+    double one_minus_beta1, beta2, eps, weight_decay, neg_clr, sign
+
+ctypedef struct NAdamCoef:
+    double one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bias_correction2
+    double grad_coef, avg_coef, decay, sign
+    double mu_product       # after this update
+    int l2
+
+ctypedef struct RAdamCoef:
+    double one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, bias_correction1
+    double lr, sqrt_bias_correction2, rect, decay, sign
+    int l2, rectified
+
+ctypedef struct LionCoef:
+    double neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay, sign
+
+
+cdef inline void sgd_coef(const SGDHyper* h, SGDCoef* c) noexcept nogil:
+    c.lr = h.lr
+    c.momentum = h.momentum
+    c.one_minus_dampening = 1.0 - h.dampening
+    c.weight_decay = h.weight_decay
+    c.sign = -1.0 if h.maximize else 1.0
+    c.first = h.step <= 1
+    c.nesterov = h.nesterov
+
+
+cdef inline void rmsprop_coef(const RMSpropHyper* h, RMSpropCoef* c) noexcept nogil:
+    c.lr = h.lr
+    c.alpha = h.alpha
+    c.one_minus_alpha = 1.0 - h.alpha
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.momentum = h.momentum
+    c.sign = -1.0 if h.maximize else 1.0
+
+
+cdef inline void adam_coef(const AdamHyper* h, AdamCoef* c) noexcept nogil:
+    cdef double t = <double>h.step
+    c.beta1 = h.beta1
+    c.one_minus_beta1 = 1.0 - h.beta1
+    c.beta2 = h.beta2
+    c.one_minus_beta2 = 1.0 - h.beta2
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.step_size = h.lr / (1.0 - pow(h.beta1, t))
+    c.inv_bias_correction2_sqrt = 1.0 / sqrt(1.0 - pow(h.beta2, t))
+    c.sign = -1.0 if h.maximize else 1.0
+    c.l2 = h.weight_decay != 0.0 and not h.decoupled_weight_decay
+    # p *= 1 - lr*wd before the update (AdamW); multiplying by exactly 1.0 is a no-op.
+    c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0
+
+
+cdef inline void adagrad_coef(const AdagradHyper* h, AdagradCoef* c) noexcept nogil:
+    c.clr = h.lr / (1.0 + <double>(h.step - 1) * h.lr_decay)
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.sign = -1.0 if h.maximize else 1.0
+
+
+cdef inline void adadelta_coef(const AdadeltaHyper* h, AdadeltaCoef* c) noexcept nogil:
+    c.lr = h.lr
+    c.rho = h.rho
+    c.one_minus_rho = 1.0 - h.rho
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.sign = -1.0 if h.maximize else 1.0
+
+
+cdef inline void adamax_coef(const AdamaxHyper* h, AdamaxCoef* c) noexcept nogil:
+    c.one_minus_beta1 = 1.0 - h.beta1
+    c.beta2 = h.beta2
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.neg_clr = -(h.lr / (1.0 - pow(h.beta1, <double>h.step)))
+    c.sign = -1.0 if h.maximize else 1.0
+
+
+cdef inline double nadam_mu_of(double beta1, double momentum_decay, int64_t step) noexcept nogil:
+    return beta1 * (1.0 - 0.5 * pow(0.96, <double>step * momentum_decay))
+
+
+cdef inline void nadam_coef(const NAdamHyper* h, NAdamCoef* c) noexcept nogil:
+    cdef double mu = nadam_mu_of(h.beta1, h.momentum_decay, h.step)
+    cdef double mu_next = nadam_mu_of(h.beta1, h.momentum_decay, h.step + 1)
+    cdef double prod = h.mu_product * mu
+    c.one_minus_beta1 = 1.0 - h.beta1
+    c.beta2 = h.beta2
+    c.one_minus_beta2 = 1.0 - h.beta2
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.bias_correction2 = 1.0 - pow(h.beta2, <double>h.step)
+    c.grad_coef = -h.lr * (1.0 - mu) / (1.0 - prod)
+    c.avg_coef = (-h.lr * mu_next) / (1.0 - prod * mu_next)
+    c.mu_product = prod
+    c.sign = -1.0 if h.maximize else 1.0
+    c.l2 = h.weight_decay != 0.0 and not h.decoupled_weight_decay
+    c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0
+
+
+cdef inline void radam_coef(const RAdamHyper* h, RAdamCoef* c) noexcept nogil:
+    cdef double t = <double>h.step
+    cdef double bc2 = 1.0 - pow(h.beta2, t)
+    cdef double rho_inf = 2.0 / (1.0 - h.beta2) - 1.0
+    cdef double rho_t = rho_inf - 2.0 * t * pow(h.beta2, t) / bc2
+    c.one_minus_beta1 = 1.0 - h.beta1
+    c.beta2 = h.beta2
+    c.one_minus_beta2 = 1.0 - h.beta2
+    c.eps = h.eps
+    c.weight_decay = h.weight_decay
+    c.bias_correction1 = 1.0 - pow(h.beta1, t)
+    c.lr = h.lr
+    # torch writes these square roots as x ** 0.5 (C's pow), which can differ from sqrt
+    c.sqrt_bias_correction2 = pow(bc2, 0.5)
+    c.rectified = rho_t > 5.0
+    c.rect = pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), 0.5) if c.rectified else 1.0
+    c.sign = -1.0 if h.maximize else 1.0
+    c.l2 = h.weight_decay != 0.0 and not h.decoupled_weight_decay
+    c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0
+
+
+cdef inline void lion_coef(const LionHyper* h, LionCoef* c) noexcept nogil:
+    c.neg_lr = -h.lr
+    c.beta1 = h.beta1
+    c.one_minus_beta1 = 1.0 - h.beta1
+    c.beta2 = h.beta2
+    c.one_minus_beta2 = 1.0 - h.beta2
+    c.weight_decay = h.weight_decay
+    c.sign = -1.0 if h.maximize else 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Core loops. Loop-invariant branches are hoisted so every loop body is straight-line code
+# that GCC vectorizes. `sign * g` applies maximize exactly (a multiplication by +-1).
+# ---------------------------------------------------------------------------------------
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void sgd_core(floating* p, const floating* grad, floating* buf,  # IN/OUT, IN, IN/OUT
+                          Py_ssize_t n, const SGDCoef* c) noexcept nogil:
+    cdef floating lr = <floating>c.lr
+    cdef floating mom = <floating>c.momentum
+    cdef floating omd = <floating>c.one_minus_dampening
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating sign = <floating>c.sign
+    cdef floating g, b
+    cdef Py_ssize_t i
+    cdef bint l2 = c.weight_decay != 0.0
+    if buf == NULL:
+        if l2:
+            for i in range(n):
+                g = sign * grad[i] + wd * p[i]
+                p[i] = p[i] - lr * g
+        else:
+            for i in range(n):
+                p[i] = p[i] - lr * (sign * grad[i])
+        return
+    if c.first:
+        # torch: the buffer is None on its first use and becomes a copy of the gradient.
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            buf[i] = g
+            if c.nesterov:
+                g = g + mom * g
+            p[i] = p[i] - lr * g
+        return
+    if c.nesterov:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            b = buf[i] * mom + omd * g
+            buf[i] = b
+            p[i] = p[i] - lr * (g + mom * b)
+    else:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            b = buf[i] * mom + omd * g
+            buf[i] = b
+            p[i] = p[i] - lr * b
+
+
+cdef inline floating fsqrt(floating x) noexcept nogil:
+    # sqrtf for float32: libc.math's sqrt would widen to double (correctly rounded all the
+    # same, but half the vector lanes).
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline floating lerp(floating start, floating end, floating weight, floating weight_m1,
+                          bint weight_small) noexcept nogil:
+    # torch's lerp: start + w*(end - start) for w < 0.5, else end - (end - start)*(1 - w).
+    # weight_m1 = -(1 - w), so both branches read base + k*(end - start).
+    if weight_small:
+        return start + weight * (end - start)
+    return end + weight_m1 * (end - start)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void rmsprop_core(floating* p, const floating* grad, floating* sq,  # IN/OUT, IN, IN/OUT
+                              floating* buf, floating* ga,                     # IN/OUT or NULL
+                              Py_ssize_t n, const RMSpropCoef* c) noexcept nogil:
+    cdef floating lr = <floating>c.lr
+    cdef floating alpha = <floating>c.alpha
+    cdef floating oma = <floating>c.one_minus_alpha
+    cdef floating oma_m1 = -(<floating>1 - oma)
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating mom = <floating>c.momentum
+    cdef floating sign = <floating>c.sign
+    cdef bint oma_small = oma < <floating>0.5
+    cdef bint l2 = c.weight_decay != 0.0
+    cdef floating g, s, a, avg, b
+    cdef Py_ssize_t i
+    if ga == NULL and buf == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            p[i] = p[i] + (-lr) * (g / (fsqrt(s) + eps))
+    elif ga == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            b = buf[i] * mom + g / (fsqrt(s) + eps)
+            buf[i] = b
+            p[i] = p[i] + (-lr) * b
+    elif buf == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            a = lerp(ga[i], g, oma, oma_m1, oma_small)
+            ga[i] = a
+            p[i] = p[i] + (-lr) * (g / (fsqrt(s - a * a) + eps))
+    else:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            s = sq[i] * alpha + oma * g * g
+            sq[i] = s
+            a = lerp(ga[i], g, oma, oma_m1, oma_small)
+            ga[i] = a
+            b = buf[i] * mom + g / (fsqrt(s - a * a) + eps)
+            buf[i] = b
+            p[i] = p[i] + (-lr) * b
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void adam_core(floating* p, const floating* grad,           # IN/OUT, IN
+                           floating* m, floating* v, floating* vmax,     # IN/OUT (vmax or NULL)
+                           Py_ssize_t n, const AdamCoef* c) noexcept nogil:
+    cdef floating omb1 = <floating>c.one_minus_beta1
+    cdef floating omb1_m1 = -(<floating>1 - omb1)
+    cdef floating b2 = <floating>c.beta2
+    cdef floating omb2 = <floating>c.one_minus_beta2
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating step_size = <floating>c.step_size
+    cdef floating inv_bc2s = <floating>c.inv_bias_correction2_sqrt
+    cdef floating decay = <floating>c.decay
+    cdef floating sign = <floating>c.sign
+    cdef bint omb1_small = omb1 < <floating>0.5
+    cdef bint l2 = c.l2
+    cdef floating g, mi, vi, vh
+    cdef Py_ssize_t i
+    if vmax == NULL:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+            m[i] = mi
+            vi = v[i] * b2 + omb2 * g * g
+            v[i] = vi
+            p[i] = p[i] * decay - step_size * (mi / (fsqrt(vi) * inv_bc2s + eps))
+    else:
+        for i in range(n):
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * p[i]
+            mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+            m[i] = mi
+            vi = v[i] * b2 + omb2 * g * g
+            v[i] = vi
+            # torch.maximum: NaN in either operand gives NaN.
+            vh = vmax[i]
+            if vi > vh or vi != vi:
+                vh = vi
+            vmax[i] = vh
+            p[i] = p[i] * decay - step_size * (mi / (fsqrt(vh) * inv_bc2s + eps))
+
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void adagrad_core(floating* p, const floating* grad, floating* ssum,  # IN/OUT, IN, IN/OUT
+                              Py_ssize_t n, const AdagradCoef* c) noexcept nogil:
+    cdef floating neg_clr = -<floating>c.clr
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating sign = <floating>c.sign
+    cdef bint l2 = c.weight_decay != 0.0
+    cdef floating g, s
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = sign * grad[i]
+        if l2:
+            g = g + wd * p[i]
+        s = ssum[i] + g * g
+        ssum[i] = s
+        # torch: param.addcdiv_(grad, sqrt(sum) + eps, value=-clr) = p + (-clr * g) / std
+        p[i] = p[i] + (neg_clr * g) / (fsqrt(s) + eps)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void adadelta_core(floating* p, const floating* grad,            # IN/OUT, IN
+                               floating* sq, floating* acc,                  # IN/OUT
+                               Py_ssize_t n, const AdadeltaCoef* c) noexcept nogil:
+    cdef floating neg_lr = -<floating>c.lr
+    cdef floating rho = <floating>c.rho
+    cdef floating omr = <floating>c.one_minus_rho
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating sign = <floating>c.sign
+    cdef bint l2 = c.weight_decay != 0.0
+    cdef floating g, s, d, a
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = sign * grad[i]
+        if l2:
+            g = g + wd * p[i]
+        s = sq[i] * rho + omr * g * g
+        sq[i] = s
+        d = fsqrt(acc[i] + eps) / fsqrt(s + eps)
+        d = d * g
+        a = acc[i] * rho + omr * d * d
+        acc[i] = a
+        p[i] = p[i] + neg_lr * d
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void adamax_core(floating* p, const floating* grad,               # IN/OUT, IN
+                             floating* m, floating* u,                        # IN/OUT
+                             Py_ssize_t n, const AdamaxCoef* c) noexcept nogil:
+    cdef floating omb1 = <floating>c.one_minus_beta1
+    cdef floating omb1_m1 = -(<floating>1 - omb1)
+    cdef bint omb1_small = omb1 < <floating>0.5
+    cdef floating b2 = <floating>c.beta2
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating neg_clr = <floating>c.neg_clr
+    cdef floating sign = <floating>c.sign
+    cdef bint l2 = c.weight_decay != 0.0
+    cdef floating g, mi, a, b, ui
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = sign * grad[i]
+        if l2:
+            g = g + wd * p[i]
+        mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+        m[i] = mi
+        # torch.maximum(exp_inf * beta2, |g| + eps): NaN in either gives NaN
+        a = u[i] * b2
+        b = (g if g >= 0 else -g) + eps
+        ui = a
+        if b > a or b != b:
+            ui = b
+        u[i] = ui
+        p[i] = p[i] + (neg_clr * mi) / ui
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void nadam_core(floating* p, const floating* grad,                # IN/OUT, IN
+                            floating* m, floating* v,                         # IN/OUT
+                            Py_ssize_t n, const NAdamCoef* c) noexcept nogil:
+    cdef floating omb1 = <floating>c.one_minus_beta1
+    cdef floating omb1_m1 = -(<floating>1 - omb1)
+    cdef bint omb1_small = omb1 < <floating>0.5
+    cdef floating b2 = <floating>c.beta2
+    cdef floating omb2 = <floating>c.one_minus_beta2
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating bc2 = <floating>c.bias_correction2
+    cdef floating gc = <floating>c.grad_coef
+    cdef floating ac = <floating>c.avg_coef
+    cdef floating decay = <floating>c.decay
+    cdef floating sign = <floating>c.sign
+    cdef bint l2 = c.l2
+    cdef floating g, pi, mi, vi, denom
+    cdef Py_ssize_t i
+    for i in range(n):
+        pi = p[i] * decay
+        g = sign * grad[i]
+        if l2:
+            g = g + wd * pi
+        mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+        m[i] = mi
+        vi = v[i] * b2 + omb2 * g * g
+        v[i] = vi
+        denom = fsqrt(vi / bc2) + eps
+        pi = pi + (gc * g) / denom
+        p[i] = pi + (ac * mi) / denom
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void radam_core(floating* p, const floating* grad,                # IN/OUT, IN
+                            floating* m, floating* v,                         # IN/OUT
+                            Py_ssize_t n, const RAdamCoef* c) noexcept nogil:
+    cdef floating omb1 = <floating>c.one_minus_beta1
+    cdef floating omb1_m1 = -(<floating>1 - omb1)
+    cdef bint omb1_small = omb1 < <floating>0.5
+    cdef floating b2 = <floating>c.beta2
+    cdef floating omb2 = <floating>c.one_minus_beta2
+    cdef floating eps = <floating>c.eps
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating bc1 = <floating>c.bias_correction1
+    cdef floating lr = <floating>c.lr
+    cdef floating sbc2 = <floating>c.sqrt_bias_correction2
+    cdef floating rect = <floating>c.rect
+    cdef floating decay = <floating>c.decay
+    cdef floating sign = <floating>c.sign
+    cdef bint l2 = c.l2
+    cdef floating g, pi, mi, vi
+    cdef Py_ssize_t i
+    if c.rectified:
+        for i in range(n):
+            pi = p[i] * decay
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * pi
+            mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+            m[i] = mi
+            vi = v[i] * b2 + omb2 * g * g
+            v[i] = vi
+            # torch: (m / bc1) * lr * (sqrt(bc2) / (sqrt(v) + eps)) * rect
+            p[i] = pi - (mi / bc1 * lr) * (sbc2 / (fsqrt(vi) + eps)) * rect
+    else:
+        for i in range(n):
+            pi = p[i] * decay
+            g = sign * grad[i]
+            if l2:
+                g = g + wd * pi
+            mi = lerp(m[i], g, omb1, omb1_m1, omb1_small)
+            m[i] = mi
+            v[i] = v[i] * b2 + omb2 * g * g
+            p[i] = pi - mi / bc1 * lr
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void lion_core(floating* p, const floating* grad, floating* m,   # IN/OUT, IN, IN/OUT
+                           Py_ssize_t n, const LionCoef* c) noexcept nogil:
+    cdef floating neg_lr = <floating>c.neg_lr
+    cdef floating b1 = <floating>c.beta1
+    cdef floating omb1 = <floating>c.one_minus_beta1
+    cdef floating b2 = <floating>c.beta2
+    cdef floating omb2 = <floating>c.one_minus_beta2
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating sign = <floating>c.sign
+    cdef floating g, x, u, mi
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = sign * grad[i]
+        mi = m[i]
+        x = omb1 * g + b1 * mi
+        # sign(x), keeping 0 and NaN (jnp.sign)
+        u = x
+        if x > 0:
+            u = 1
+        elif x < 0:
+            u = -1
+        m[i] = omb2 * g + b2 * mi
+        p[i] = p[i] + neg_lr * (u + wd * p[i])
+
+
+# ---------------------------------------------------------------------------------------
+# Gradient reductions (clipping by global norm, the non-finite scan). Element i of a
+# segment that starts at global element `start` adds into lane (start + i) % 8 in double,
+# so the sums depend only on global positions: not on how the elements are split into
+# segments, blocks or threads.
+# ---------------------------------------------------------------------------------------
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void sumsq_core(const floating* x, Py_ssize_t n, Py_ssize_t start,
+                            double* acc) noexcept nogil:              # IN, OUT (8 lanes)
+    cdef Py_ssize_t i = 0, lane
+    cdef double a0, a1, a2, a3, a4, a5, a6, a7, t
+    while i < n and (start + i) % 8 != 0:
+        t = <double>x[i]
+        acc[(start + i) % 8] += t * t
+        i += 1
+    a0 = acc[0]; a1 = acc[1]; a2 = acc[2]; a3 = acc[3]
+    a4 = acc[4]; a5 = acc[5]; a6 = acc[6]; a7 = acc[7]
+    while i + 8 <= n:
+        a0 = a0 + <double>x[i] * <double>x[i]
+        a1 = a1 + <double>x[i + 1] * <double>x[i + 1]
+        a2 = a2 + <double>x[i + 2] * <double>x[i + 2]
+        a3 = a3 + <double>x[i + 3] * <double>x[i + 3]
+        a4 = a4 + <double>x[i + 4] * <double>x[i + 4]
+        a5 = a5 + <double>x[i + 5] * <double>x[i + 5]
+        a6 = a6 + <double>x[i + 6] * <double>x[i + 6]
+        a7 = a7 + <double>x[i + 7] * <double>x[i + 7]
+        i += 8
+    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3
+    acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7
+    while i < n:
+        t = <double>x[i]
+        lane = (start + i) % 8
+        acc[lane] += t * t
+        i += 1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline bint nonfinite_core(const floating* x, Py_ssize_t n) noexcept nogil:
+    """True when an element is NaN or +-Inf: an integer max over the exponent bits, which
+    vectorizes (no floating-point reduction order to keep)."""
+    cdef const uint32_t* b32
+    cdef const uint64_t* b64
+    cdef uint32_t m32 = 0
+    cdef uint64_t m64 = 0
+    cdef Py_ssize_t i
+    if floating is float:
+        b32 = <const uint32_t*>x
+        for i in range(n):
+            m32 = max(m32, b32[i] & 0x7f800000u)
+        return m32 == 0x7f800000u
+    else:
+        b64 = <const uint64_t*>x
+        for i in range(n):
+            m64 = max(m64, b64[i] & 0x7ff0000000000000u)
+        return m64 == 0x7ff0000000000000u
+
+
+
+# ---- per-dtype adapters: core_fn(ptrs = [param, grad, state...], n, coef) ----
+cdef inline void sgd_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    sgd_core(<float*>b[0], <const float*>b[1], <float*>b[2], n, <const SGDCoef*>c)
+
+cdef inline void sgd_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    sgd_core(<double*>b[0], <const double*>b[1], <double*>b[2], n, <const SGDCoef*>c)
+
+cdef inline void rmsprop_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    rmsprop_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], <float*>b[4],
+                 n, <const RMSpropCoef*>c)
+
+cdef inline void rmsprop_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    rmsprop_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3],
+                 <double*>b[4], n, <const RMSpropCoef*>c)
+
+cdef inline void adam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adam_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], <float*>b[4],
+              n, <const AdamCoef*>c)
+
+cdef inline void adam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3],
+              <double*>b[4], n, <const AdamCoef*>c)
+
+cdef inline void adagrad_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adagrad_core(<float*>b[0], <const float*>b[1], <float*>b[2], n, <const AdagradCoef*>c)
+
+cdef inline void adagrad_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adagrad_core(<double*>b[0], <const double*>b[1], <double*>b[2], n, <const AdagradCoef*>c)
+
+cdef inline void adadelta_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adadelta_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const AdadeltaCoef*>c)
+
+cdef inline void adadelta_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adadelta_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const AdadeltaCoef*>c)
+
+cdef inline void adamax_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adamax_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const AdamaxCoef*>c)
+
+cdef inline void adamax_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    adamax_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const AdamaxCoef*>c)
+
+cdef inline void nadam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    nadam_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const NAdamCoef*>c)
+
+cdef inline void nadam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    nadam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const NAdamCoef*>c)
+
+cdef inline void radam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    radam_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const RAdamCoef*>c)
+
+cdef inline void radam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    radam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const RAdamCoef*>c)
+
+cdef inline void lion_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    lion_core(<float*>b[0], <const float*>b[1], <float*>b[2], n, <const LionCoef*>c)
+
+cdef inline void lion_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
+    lion_core(<double*>b[0], <const double*>b[1], <double*>b[2], n, <const LionCoef*>c)
+
+# ---- gradient reductions, per dtype: acc is 8 double lanes (see sumsq_core) ----
+ctypedef void (*sumsq_fn)(const char* x, Py_ssize_t n, Py_ssize_t start, double* acc) noexcept nogil
+ctypedef bint (*nonfinite_fn)(const char* x, Py_ssize_t n) noexcept nogil
+
+cdef inline void sumsq_f32(const char* x, Py_ssize_t n, Py_ssize_t start, double* acc) noexcept nogil:
+    sumsq_core(<const float*>x, n, start, acc)
+
+cdef inline void sumsq_f64(const char* x, Py_ssize_t n, Py_ssize_t start, double* acc) noexcept nogil:
+    sumsq_core(<const double*>x, n, start, acc)
+
+cdef inline bint nonfinite_f32(const char* x, Py_ssize_t n) noexcept nogil:
+    return nonfinite_core(<const float*>x, n)
+
+cdef inline bint nonfinite_f64(const char* x, Py_ssize_t n) noexcept nogil:
+    return nonfinite_core(<const double*>x, n)
+
+# ---- a table of the adapters, one per compiled instruction-set variant ----
+# fastlr/_core/cores_baseline.pyx and _cores_x86_64_v3.pyx compile these same loops for the
+# baseline ISA and for x86-64-v3 (AVX2); fastlr/_core/dispatch.py picks one at import.
+ctypedef struct CoreTable:
+    core_fn sgd[2]          # [float32, float64]
+    core_fn rmsprop[2]
+    core_fn adam[2]
+    core_fn adagrad[2]
+    core_fn adadelta[2]
+    core_fn adamax[2]
+    core_fn nadam[2]
+    core_fn radam[2]
+    core_fn lion[2]
+    sumsq_fn sumsq[2]
+    nonfinite_fn nonfinite[2]

@@ -1,0 +1,40 @@
+# Type stubs for the compiled module fastlr._core.sklearn_kernels (scikit-learn-convention kernels).
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Float = Union[NDArray[np.float32], NDArray[np.float64]]
+
+def sgd_sklearn(
+    param: _Float,                      # IN/OUT
+    grad: _Float,                       # IN (may be read-only)
+    velocity: _Float,                   # IN/OUT
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    n_threads: Optional[int] = None,
+) -> None: ...
+def adam_sklearn(
+    param: _Float,                      # IN/OUT
+    grad: _Float,                       # IN (may be read-only)
+    m: _Float,                          # IN/OUT
+    v: _Float,                          # IN/OUT
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    n_threads: Optional[int] = None,
+) -> None: ...
+def _sgd_sklearn_list(
+    params: Sequence[_Float], grads: Sequence[_Float], velocities: Sequence[_Float], *,
+    lr: float, momentum: float, nesterov: bool, n_threads: Optional[int] = None,
+) -> None: ...
+def _adam_sklearn_list(
+    params: Sequence[_Float], grads: Sequence[_Float], ms: Sequence[_Float],
+    vs: Sequence[_Float], *, step: int, lr: float, beta1: float, beta2: float, eps: float,
+    n_threads: Optional[int] = None,
+) -> None: ...

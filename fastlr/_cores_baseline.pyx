@@ -1,4 +1,0 @@
-# The core loops for the baseline instruction set of the build (x86-64: SSE2).
-include "_cores.pxi"
-
-TARGET = "baseline"

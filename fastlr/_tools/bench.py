@@ -1,0 +1,1067 @@
+"""``fastlr bench``: how fast fastlr's optimizer steps are on this machine, and how close to
+its memory bandwidth.
+
+For each optimizer, array size, dtype and thread count it times one in-place step of
+
+* ``fastlr``     -- the compiled kernel (``fastlr.kernels``),
+* ``reference``  -- its pure-NumPy twin (``fastlr.reference``: readable NumPy, temporaries),
+* ``numpy``      -- a best-effort in-place NumPy step (``out=`` ufuncs into preallocated
+  scratch: :func:`numpy_inplace_adam` and friends, the same update as the reference),
+* ``torch``      -- ``torch.optim`` with ``fused=True`` (RMSprop has no fused CPU kernel:
+  the faster of ``foreach=True`` and the for-loop), ``opt.step()`` as a user calls it,
+  ``torch.set_num_threads(k)`` for the same k (when torch is installed),
+* ``roofline``   -- a plain C loop with the same memory streams and trivial arithmetic
+  (``fastlr._tools.roofline``): the bandwidth this machine gives that access pattern, measured
+  in the same run, at the same size and thread count.
+
+All of them are sampled round-robin in one process, so a noisy neighbour slows every
+implementation alike; the table reports medians. GB/s counts the bytes a step must move
+(reads + writes, no write-allocate: SGD 12, SGD+momentum/Nesterov/RMSprop 20, Adam/AdamW
+28 bytes per float32 element, twice that for float64); "% roofline" is the kernel's GB/s
+over the pattern loop's GB/s. In cache the pattern loop runs at cache bandwidth, which an
+optimizer step (call overhead, divisions, square roots) does not reach: there the column
+says how far from bandwidth-bound the step is, not how far from its own limit.
+
+Buffers of every implementation (and of the roofline loop) are laid out alike
+(``--layout staggered``, the default): streams a little more than n*itemsize apart. Same-
+size arrays allocated one after the other can alias in the memory system and run at half
+the bandwidth on some machines; ``--layout natural`` shows what plain ``np.zeros`` gives.
+
+OpenMP: ``fastlr bench`` runs with ``OMP_WAIT_POLICY=passive`` so that the OpenMP threads
+of fastlr and of torch (two runtimes in one process) sleep rather than spin between
+parallel regions and steal each other's cores, and with ``GOMP_SPINCOUNT=10000`` (about
+0.1 ms) so that a runtime's threads still wait briefly for its next region before they
+sleep. Pure passive (``--spin-count 0``) makes every parallel region wake a sleeping
+thread; on a 2-vCPU VM that costs 20-100 us, which buries fastlr's and torch's 2-thread
+steps below ~1M elements under the hypervisor's wake-up latency. With 0.1 ms of spinning,
+a runtime stops competing for the cores at most 0.1 ms after its last step, under 2 % of
+a timed batch (>= 5 ms). libgomp (fastlr's and torch's own copy alike) reads these
+variables when it loads, so ``main`` re-runs itself in a subprocess with them set when
+they differ (a value already in the environment is kept). :func:`run` cannot do that: set
+them before Python starts when calling it directly (the result records them under
+``machine``).
+
+glibc's malloc thresholds are pinned at the values a long-running process reaches (as in
+the asv suite), so the reference's, NumPy's and torch's temporaries are recycled rather
+than mmap'ed and page-faulted on every step: that only speeds up the baselines.
+
+    fastlr bench               # ~1 minute: 5 optimizers x 1K..16M, float32, 1 and max threads
+    fastlr bench --quick       # a few seconds
+    fastlr bench --optimizers adam --sizes 64K,16M --dtypes float32,float64 --json out.json
+"""
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+import fastlr
+from fastlr import kernels, reference
+from fastlr._tools import roofline as _roofline
+
+__all__ = [
+    "run",
+    "main",
+    "format_report",
+    "plot",
+    "machine_info",
+    "SPECS",
+    "make_inputs",
+    "clone_inputs",
+    "fastlr_stepper",
+    "reference_stepper",
+    "numpy_stepper",
+    "torch_stepper",
+    "numpy_inplace_sgd",
+    "numpy_inplace_rmsprop",
+    "numpy_inplace_adam",
+    "numpy_inplace_adamw",
+    "numpy_scratch",
+]
+
+#: The step number every timed call uses (> 1: momentum buffers take the steady-state path).
+STEP = 10
+SEED = 20240611
+
+DEFAULT_OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+DEFAULT_SIZES = (1 << 10, 1 << 16, 1 << 20, 1 << 24)
+DEFAULT_DTYPES = ("float32",)
+DEFAULT_REPEAT = 7
+DEFAULT_MIN_SAMPLE = 5e-3
+QUICK_OPTIMIZERS = ("sgd", "adam")
+QUICK_SIZES = (1 << 10, 1 << 16)
+QUICK_REPEAT = 3
+QUICK_MIN_SAMPLE = 1e-3
+
+IMPLS = ("fastlr", "reference", "numpy", "torch")
+#: GOMP_SPINCOUNT set by ``main`` when the environment has none (see the module notes).
+DEFAULT_SPIN_COUNT = 10000
+TORCH_MODES = ("fused", "foreach", "for-loop")
+
+
+class Spec(NamedTuple):
+    """One benchmarked optimizer configuration."""
+
+    kernel: str          # the function name in fastlr.kernels / fastlr.reference
+    hyper: dict          # its keyword arguments (besides step and n_threads)
+    state: tuple         # state buffer names, in argument order (torch uses the same names)
+    uses_step: bool      # the kernel takes step=
+    torch_class: str     # torch.optim class name
+    torch_kwargs: dict
+    torch_fused: bool    # torch has a fused CPU kernel for it
+    title: str
+
+
+SPECS = {
+    "sgd": Spec("sgd", {"lr": 1e-2}, (), True, "SGD", {"lr": 1e-2}, True, "SGD"),
+    "momentum": Spec("sgd", {"lr": 1e-2, "momentum": 0.9}, ("momentum_buffer",), True, "SGD",
+                     {"lr": 1e-2, "momentum": 0.9}, True, "SGD, momentum 0.9"),
+    "nesterov": Spec("sgd", {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
+                     ("momentum_buffer",), True, "SGD",
+                     {"lr": 1e-2, "momentum": 0.9, "nesterov": True}, True,
+                     "SGD, Nesterov momentum 0.9"),
+    "rmsprop": Spec("rmsprop", {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}, ("square_avg",), False,
+                    "RMSprop", {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}, False, "RMSprop"),
+    "adam": Spec("adam", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+                 ("exp_avg", "exp_avg_sq"), True, "Adam",
+                 {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, True, "Adam"),
+    "adamw": Spec("adamw", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                            "weight_decay": 1e-2},
+                  ("exp_avg", "exp_avg_sq"), True, "AdamW",
+                  {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
+                  True, "AdamW, weight decay 1e-2"),
+}
+OPTIMIZERS = tuple(SPECS)
+
+
+def bytes_per_element(optimizer, dtype):
+    """Bytes one element of a step of ``optimizer`` reads plus writes."""
+    return _roofline.bytes_per_element(_roofline.PATTERN_OF[optimizer], dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# In-place NumPy baselines: out= ufuncs into preallocated scratch, no temporaries. They
+# apply fastlr.reference's formulas operation by operation, in the same order and dtype,
+# so they give the reference's bits (tests/tools/test_bench.py checks it).
+# ---------------------------------------------------------------------------------------
+def numpy_scratch(param, count=2):
+    """Scratch arrays for the ``numpy_inplace_*`` functions (two are enough for all)."""
+    return [np.empty_like(param) for _ in range(count)]
+
+
+def _scratch(param, scratch):
+    if scratch is None:
+        return numpy_scratch(param)
+    if len(scratch) < 2:
+        raise ValueError("numpy_inplace_*: scratch must hold at least two arrays like param")
+    return scratch
+
+
+def _signed_grad(grad, maximize, weight_decay, param, t0, t1):
+    """g = -grad if maximize; g = g + weight_decay * param: in t0 (or grad itself)."""
+    g = grad
+    if maximize:
+        np.negative(grad, out=t0)
+        g = t0
+    if weight_decay != 0:
+        np.multiply(param, weight_decay, out=t1)
+        np.add(g, t1, out=t0)
+        g = t0
+    return g
+
+
+def _lerp_inplace(start, end, weight, tmp):
+    """start = torch.lerp(start, end, weight), in place (fastlr.reference._lerp's branches)."""
+    weight = start.dtype.type(weight)          # in the arrays' dtype, as torch
+    np.subtract(end, start, out=tmp)
+    if abs(weight) < 0.5:
+        np.multiply(tmp, weight, out=tmp)
+        np.add(start, tmp, out=start)
+    else:
+        np.multiply(tmp, start.dtype.type(1.0) - weight, out=tmp)
+        np.subtract(end, tmp, out=start)
+
+
+def numpy_inplace_sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0,
+                      dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+                      n_threads=None, scratch=None):
+    """:func:`fastlr.reference.sgd` with in-place ufuncs (``scratch``: see numpy_scratch)."""
+    t0, t1 = _scratch(param, scratch)[:2]
+    lr, momentum, dampening, weight_decay = (float(lr), float(momentum), float(dampening),
+                                             float(weight_decay))
+    g = _signed_grad(grad, maximize, weight_decay, param, t0, t1)
+    if momentum != 0:
+        if momentum_buffer is None:
+            raise ValueError("momentum != 0 requires momentum_buffer")
+        if step == 1:
+            np.copyto(momentum_buffer, g)
+        else:
+            np.multiply(momentum_buffer, momentum, out=momentum_buffer)
+            np.multiply(g, 1.0 - dampening, out=t1)
+            np.add(momentum_buffer, t1, out=momentum_buffer)
+        if nesterov:
+            np.multiply(momentum_buffer, momentum, out=t1)
+            np.add(g, t1, out=t1)
+            g = t1
+        else:
+            g = momentum_buffer
+    out = g if (g is t0 or g is t1) else t1
+    np.multiply(g, lr, out=out)
+    np.subtract(param, out, out=param)
+
+
+def numpy_inplace_rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *,
+                          lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                          maximize=False, n_threads=None, scratch=None):
+    """:func:`fastlr.reference.rmsprop` with in-place ufuncs."""
+    t0, t1 = _scratch(param, scratch)[:2]
+    lr, alpha, eps, weight_decay, momentum = (float(lr), float(alpha), float(eps),
+                                              float(weight_decay), float(momentum))
+    if momentum > 0 and momentum_buffer is None:
+        raise ValueError("momentum > 0 requires momentum_buffer")
+    g = _signed_grad(grad, maximize, weight_decay, param, t0, t1)
+    np.multiply(square_avg, alpha, out=square_avg)
+    np.multiply(g, 1.0 - alpha, out=t1)
+    np.multiply(t1, g, out=t1)
+    np.add(square_avg, t1, out=square_avg)
+    if grad_avg is not None:
+        _lerp_inplace(grad_avg, g, 1.0 - alpha, t1)
+        np.multiply(grad_avg, grad_avg, out=t1)
+        np.subtract(square_avg, t1, out=t1)
+        np.sqrt(t1, out=t1)
+    else:
+        np.sqrt(square_avg, out=t1)
+    np.add(t1, eps, out=t1)                       # avg
+    np.divide(g, t1, out=t1)                      # g / avg
+    if momentum > 0:
+        np.multiply(momentum_buffer, momentum, out=momentum_buffer)
+        np.add(momentum_buffer, t1, out=momentum_buffer)
+        np.multiply(momentum_buffer, lr, out=t1)
+    else:
+        np.multiply(t1, lr, out=t1)
+    np.subtract(param, t1, out=param)
+
+
+def numpy_inplace_adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                       decoupled_weight_decay=False, maximize=False, n_threads=None,
+                       scratch=None):
+    """:func:`fastlr.reference.adam` with in-place ufuncs."""
+    if step is None or step < 1:
+        raise ValueError(f"step must be >= 1 (1-based update number), got {step!r}")
+    t0, t1 = _scratch(param, scratch)[:2]
+    lr, beta1, beta2, eps, weight_decay = (float(lr), float(beta1), float(beta2), float(eps),
+                                           float(weight_decay))
+    decoupled = weight_decay != 0 and decoupled_weight_decay
+    g = _signed_grad(grad, maximize, 0.0 if decoupled else weight_decay, param, t0, t1)
+    if decoupled:
+        np.multiply(param, 1.0 - lr * weight_decay, out=param)
+    _lerp_inplace(exp_avg, g, 1.0 - beta1, t1)
+    np.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
+    np.multiply(g, 1.0 - beta2, out=t1)
+    np.multiply(t1, g, out=t1)
+    np.add(exp_avg_sq, t1, out=exp_avg_sq)
+    step_size = lr / (1.0 - beta1 ** step)
+    bias_correction2_sqrt = (1.0 - beta2 ** step) ** 0.5
+    vhat = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        vhat = max_exp_avg_sq
+    np.sqrt(vhat, out=t1)
+    np.divide(t1, bias_correction2_sqrt, out=t1)
+    np.add(t1, eps, out=t1)                       # denom
+    np.divide(exp_avg, t1, out=t1)
+    np.multiply(t1, step_size, out=t1)
+    np.subtract(param, t1, out=param)
+
+
+def numpy_inplace_adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+                        beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, maximize=False,
+                        n_threads=None, scratch=None):
+    """:func:`fastlr.reference.adamw` with in-place ufuncs."""
+    numpy_inplace_adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
+                       beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                       decoupled_weight_decay=True, maximize=maximize, scratch=scratch)
+
+
+NUMPY_INPLACE = {"sgd": numpy_inplace_sgd, "rmsprop": numpy_inplace_rmsprop,
+                 "adam": numpy_inplace_adam, "adamw": numpy_inplace_adamw}
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs and steppers (zero-argument callables doing one step in place)
+# ---------------------------------------------------------------------------------------
+def _names(optimizer):
+    return ("param", "grad") + SPECS[optimizer].state
+
+
+def make_inputs(optimizer, n, dtype="float32", *, seed=SEED, layout="staggered"):
+    """Param, grad and state for ``optimizer`` at ``n`` elements: a dict of arrays.
+
+    The state looks like the optimizer's after ``STEP - 1`` steps of N(0, 1e-2) gradients:
+    nothing zero, nothing near the subnormal range. Values repeat with a period of 64 K
+    elements (cheap to make at 16 M; irrelevant to speed). Arrays are laid out by
+    ``fastlr._tools.roofline.stream_arrays(layout=...)``.
+    """
+    if optimizer not in SPECS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
+                         f"{', '.join(OPTIMIZERS)}")
+    dt = np.dtype(dtype)
+    names = _names(optimizer)
+    arrays = _roofline.stream_arrays(n, dt, len(names), layout)
+    rng = np.random.default_rng([seed, n, dt.itemsize])
+    block = max(1, min(n, 1 << 16))
+    t = STEP - 1
+    values = {
+        "param": lambda: rng.standard_normal(block),
+        "grad": lambda: rng.normal(0.0, 1e-2, block),
+        "momentum_buffer": lambda: rng.normal(0.0, 1e-2, block) * (1 - 0.9 ** t) / 0.1,
+        "square_avg": lambda: (1 - 0.99 ** t) * rng.normal(0.0, 1e-2, block) ** 2 + 1e-12,
+        "exp_avg": lambda: (1 - 0.9 ** t) * rng.normal(0.0, 1e-2, block),
+        "exp_avg_sq": lambda: (1 - 0.999 ** t) * rng.normal(0.0, 1e-2, block) ** 2 + 1e-12,
+    }
+    out = {}
+    for name, a in zip(names, arrays):
+        v = values[name]().astype(dt)
+        if n:
+            flat = a.reshape(-1)
+            reps = n // block
+            flat[:reps * block].reshape(reps, block)[...] = v
+            flat[reps * block:] = v[:n - reps * block]
+        out[name] = a
+    return out
+
+
+def clone_inputs(inputs, layout="staggered"):
+    """A copy of ``inputs`` (from :func:`make_inputs`) in fresh buffers of ``layout``."""
+    names = list(inputs)
+    first = inputs[names[0]]
+    arrays = _roofline.stream_arrays(first.size, first.dtype, len(names), layout)
+    out = {}
+    for name, a in zip(names, arrays):
+        np.copyto(a, inputs[name].reshape(-1))
+        out[name] = a.reshape(inputs[name].shape)
+    return out
+
+
+def fastlr_stepper(optimizer, arrays, n_threads=1):
+    """One fastlr kernel call on ``arrays`` (updated in place): a zero-argument callable."""
+    spec = SPECS[optimizer]
+    fn = getattr(kernels, spec.kernel)
+    p, g = arrays["param"], arrays["grad"]
+    h = spec.hyper
+    k = n_threads
+    if spec.kernel in ("adam", "adamw"):
+        m, v = arrays["exp_avg"], arrays["exp_avg_sq"]
+        lr, b1, b2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
+        wd = h.get("weight_decay", 1e-2 if spec.kernel == "adamw" else 0.0)
+        return lambda: fn(p, g, m, v, step=STEP, lr=lr, beta1=b1, beta2=b2, eps=eps,
+                          weight_decay=wd, n_threads=k)
+    if spec.kernel == "rmsprop":
+        sq = arrays["square_avg"]
+        lr, alpha, eps = h["lr"], h["alpha"], h["eps"]
+        return lambda: fn(p, g, sq, lr=lr, alpha=alpha, eps=eps, n_threads=k)
+    lr = h["lr"]
+    if "momentum_buffer" in arrays:
+        buf = arrays["momentum_buffer"]
+        mom, nesterov = h["momentum"], h.get("nesterov", False)
+        return lambda: fn(p, g, buf, step=STEP, lr=lr, momentum=mom, nesterov=nesterov,
+                          n_threads=k)
+    return lambda: fn(p, g, step=STEP, lr=lr, n_threads=k)
+
+
+def _kwargs(spec):
+    kw = dict(spec.hyper)
+    if spec.uses_step:
+        kw["step"] = STEP
+    return kw
+
+
+def reference_stepper(optimizer, arrays):
+    """One ``fastlr.reference`` call on ``arrays``: a zero-argument callable."""
+    spec = SPECS[optimizer]
+    fn = getattr(reference, spec.kernel)
+    args = tuple(arrays[name] for name in _names(optimizer))
+    kw = _kwargs(spec)
+    return lambda: fn(*args, **kw)
+
+
+def numpy_stepper(optimizer, arrays, scratch=None):
+    """One in-place NumPy step (``numpy_inplace_*``) on ``arrays``: a zero-argument callable.
+    ``scratch``: two arrays like param (allocated, staggered, when None)."""
+    spec = SPECS[optimizer]
+    fn = NUMPY_INPLACE[spec.kernel]
+    args = tuple(arrays[name] for name in _names(optimizer))
+    p = arrays["param"]
+    if scratch is None:
+        scratch = [a.reshape(p.shape) for a in _roofline.stream_arrays(p.size, p.dtype, 2)]
+    kw = dict(_kwargs(spec), scratch=scratch)
+    return lambda: fn(*args, **kw)
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_stepper(optimizer, arrays, mode="fused"):
+    """``torch.optim.<Class>([param], ..., <mode>).step`` over ``arrays`` (shared memory,
+    updated in place): a zero-argument callable. ``mode`` is "fused", "foreach" or
+    "for-loop". One step is taken here so torch creates its state, then the state tensors
+    are replaced by views of ``arrays`` (the same values and memory layout as the other
+    implementations). Raises NotImplementedError without torch or for a mode torch lacks
+    (fused RMSprop). Note: torch's foreach Nesterov SGD uses ``grad`` as scratch (adds
+    momentum * buf into it), so repeated steps in that mode change the gradient."""
+    torch = _import_torch()
+    if torch is None:
+        raise NotImplementedError("torch is not installed")
+    spec = SPECS[optimizer]
+    kwargs = dict(spec.torch_kwargs)
+    if mode == "fused":
+        if not spec.torch_fused:
+            raise NotImplementedError(f"torch has no fused CPU {spec.torch_class}")
+        kwargs["fused"] = True
+    elif mode == "foreach":
+        kwargs["foreach"] = True
+    elif mode == "for-loop":
+        kwargs["foreach"] = False
+    else:
+        raise ValueError(f"torch mode must be one of {', '.join(TORCH_MODES)}, got {mode!r}")
+    saved = {name: arrays[name].copy() for name in spec.state}
+    param = torch.nn.Parameter(torch.from_numpy(arrays["param"]))
+    param.grad = torch.from_numpy(arrays["grad"])
+    opt = getattr(torch.optim, spec.torch_class)([param], **kwargs)
+    opt.step()
+    state = opt.state[param]
+    for name in spec.state:
+        np.copyto(arrays[name], saved[name])
+        state[name] = torch.from_numpy(arrays[name])
+    opt._fastlr_bench_param = param      # keep the tensors alive with the callable
+    return opt.step
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------
+class _Entry:
+    """One implementation at one thread count: calibrated batch, samples (s per call)."""
+
+    def __init__(self, impl, threads, fn=None, prepare=None, roofline=None, mode=None):
+        self.impl = impl
+        self.threads = threads
+        self.fn = fn
+        self.prepare = prepare
+        self.roofline = roofline      # (pattern, buffers) for the pattern loop
+        self.mode = mode
+        self.batch = 1
+        self.samples = []
+
+    def _batch_time(self, batch):
+        if self.roofline is not None:
+            pattern, bufs = self.roofline
+            return _roofline.time_passes(pattern, bufs, self.threads, batch)
+        fn = self.fn
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        return (time.perf_counter() - t0) / batch
+
+    def calibrate(self, min_sample):
+        if self.prepare is not None:
+            self.prepare()
+        self._batch_time(1)                           # warm up: caches, page faults, threads
+        batch = 1
+        while True:
+            t = self._batch_time(batch) * batch
+            if t >= min_sample or batch >= 1 << 22:
+                break
+            batch = max(batch + 1, int(batch * min(10.0, 1.2 * min_sample / max(t, 1e-9))))
+        self.batch = batch
+
+    def sample(self):
+        if self.prepare is not None:
+            self.prepare()
+        self.samples.append(self._batch_time(self.batch))
+
+    def median(self):
+        return statistics.median(self.samples) if self.samples else None
+
+
+def _measure(entries, repeat, min_sample):
+    """Calibrate, then ``repeat`` round-robin rounds (start rotated each round)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for e in entries:
+            e.calibrate(min_sample)
+        for r in range(repeat):
+            k = r % len(entries)
+            for e in entries[k:] + entries[:k]:
+                e.sample()
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
+    """Measure every implementation for one (optimizer, n, dtype); one row per thread count."""
+    spec = SPECS[optimizer]
+    pattern = _roofline.PATTERN_OF[optimizer]
+    base = make_inputs(optimizer, n, dtype, layout=layout)
+    entries = []
+    for k in threads:
+        entries.append(_Entry("fastlr", k, fastlr_stepper(optimizer, clone_inputs(base, layout),
+                                                          k)))
+    for k in threads:
+        entries.append(_Entry("roofline", k,
+                              roofline=(pattern, _roofline.make_buffers(pattern, n, dtype,
+                                                                        layout))))
+    entries.append(_Entry("numpy", 1, numpy_stepper(optimizer, clone_inputs(base, layout))))
+    entries.append(_Entry("reference", 1, reference_stepper(optimizer,
+                                                            clone_inputs(base, layout))))
+    if torch is not None:
+        modes = ("fused",) if spec.torch_fused else ("foreach", "for-loop")
+        for mode in modes:
+            step = torch_stepper(optimizer, clone_inputs(base, layout), mode)
+            for k in threads:
+                entries.append(_Entry("torch", k, step,
+                                      prepare=(lambda k=k: torch.set_num_threads(k)),
+                                      mode=mode))
+    del base
+    _measure(entries, repeat, min_sample)
+
+    def one(impl, k=None):
+        for e in entries:
+            if e.impl == impl and (k is None or e.threads == k):
+                return e
+        return None
+
+    rows = []
+    bpe = bytes_per_element(optimizer, dtype)
+    for k in threads:
+        fast = one("fastlr", k)
+        roof = one("roofline", k)
+        t_fast = fast.median()
+        times = {"fastlr": t_fast, "reference": one("reference").median(),
+                 "numpy": one("numpy").median(), "torch": None}
+        torch_times = {e.mode: e.median() for e in entries
+                       if e.impl == "torch" and e.threads == k}
+        torch_mode = None
+        if torch_times:
+            torch_mode = min(torch_times, key=torch_times.get)
+            times["torch"] = torch_times[torch_mode]
+        t_roof = roof.median()
+        samples = {"fastlr": fast.samples, "roofline": roof.samples,
+                   "reference": one("reference").samples, "numpy": one("numpy").samples}
+        for e in entries:
+            if e.impl == "torch" and e.threads == k:
+                samples[f"torch-{e.mode}"] = e.samples
+        rows.append({
+            "optimizer": optimizer,
+            "title": spec.title,
+            "dtype": str(np.dtype(dtype)),
+            "n": n,
+            "threads": k,
+            "pattern": pattern,
+            "bytes_per_element": bpe,
+            "time_s": times,
+            "torch_mode": torch_mode,
+            "torch_time_s": torch_times,
+            "roofline_time_s": t_roof,
+            "speedup": {impl: (times[impl] / t_fast if times[impl] else None)
+                        for impl in ("reference", "numpy", "torch")},
+            "ns_per_element": t_fast / n * 1e9,
+            "gbps": bpe * n / t_fast / 1e9,
+            "roofline_gbps": bpe * n / t_roof / 1e9,
+            "roofline_fraction": t_roof / t_fast,
+            "samples_s": samples,
+            "batch": {f"{e.impl}{'-' + e.mode if e.mode else ''}@{e.threads}": e.batch
+                      for e in entries if e.threads == k or e.impl in ("numpy", "reference")},
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Machine description
+# ---------------------------------------------------------------------------------------
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def machine_info(torch=None):
+    """What the numbers were measured on: CPU, cores, versions, fastlr's build."""
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": _usable_cores(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "fastlr": fastlr.__version__,
+        "cpu_target": fastlr._kernels.cpu_target(),
+        "roofline_loops": _roofline.cpu_variant(),
+        "openmp": bool(kernels.HAVE_OPENMP),
+        "max_threads": fastlr.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "malloc_pinned": _MALLOC_PINNED,
+    }
+    if torch is not None:
+        try:
+            info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        except Exception:                           # pragma: no cover - old torch
+            pass
+    return info
+
+
+# ---------------------------------------------------------------------------------------
+# The programmatic API
+# ---------------------------------------------------------------------------------------
+_MALLOC_PINNED = False
+
+
+def _pin_malloc():
+    """Fix glibc malloc's mmap/trim thresholds at the ceiling a long-running process
+    reaches (32 / 64 MiB), once; a no-op off glibc or when MALLOC_MMAP_THRESHOLD_ /
+    MALLOC_TRIM_THRESHOLD_ are set. See benchmarks/common.py:steady_state_malloc."""
+    global _MALLOC_PINNED
+    if _MALLOC_PINNED or not sys.platform.startswith("linux"):
+        return
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3          # <malloc.h>
+    _MALLOC_PINNED = bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(
+        mallopt(m_trim_threshold, 64 << 20))
+
+
+def _default_threads():
+    top = max(1, fastlr.get_num_threads())
+    return (1, top) if top > 1 else (1,)
+
+
+def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, quick=False,
+        torch=None, layout="staggered", min_sample=None, progress=None, pin_malloc=True):
+    """Run the benchmark and return its results as a JSON-ready dict.
+
+    ``optimizers`` (names of :data:`SPECS`), ``sizes`` (elements), ``dtypes``, ``threads``
+    (thread counts) and ``repeat`` (round-robin rounds; medians are reported) default to
+    the full run, or with ``quick=True`` to a few-seconds smoke run. ``torch``: None uses
+    torch when it is installed, False never, True requires it. ``min_sample``: seconds per
+    timed batch. ``progress``: a text stream for progress lines (None: silent).
+    ``pin_malloc``: fix glibc's malloc thresholds for the rest of the process (see the
+    module notes; it makes the baselines' temporaries cheaper and their timings stable).
+
+    Returns ``{"machine": ..., "config": ..., "rows": [...], "elapsed_s": ...}``; each row
+    is one (optimizer, dtype, n, threads) with ``time_s`` per implementation (median
+    seconds per step), ``speedup`` of fastlr over each, ``gbps``, ``roofline_gbps`` and
+    ``roofline_fraction``, and the raw samples.
+    """
+    optimizers = tuple(optimizers or (QUICK_OPTIMIZERS if quick else DEFAULT_OPTIMIZERS))
+    sizes = tuple(int(n) for n in (sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)))
+    dtypes = tuple(str(np.dtype(d)) for d in (dtypes or DEFAULT_DTYPES))
+    threads = tuple(int(k) for k in (threads or _default_threads()))
+    repeat = int(repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT))
+    min_sample = float(min_sample or (QUICK_MIN_SAMPLE if quick else DEFAULT_MIN_SAMPLE))
+    for name in optimizers:
+        if name not in SPECS:
+            raise ValueError(f"unknown optimizer {name!r}; expected one of "
+                             f"{', '.join(OPTIMIZERS)}")
+    for d in dtypes:
+        if d not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {d}")
+    if any(n < 1 for n in sizes) or any(k < 1 for k in threads) or repeat < 1:
+        raise ValueError("sizes, threads and repeat must be >= 1")
+    if layout not in ("staggered", "natural"):
+        raise ValueError(f"layout must be 'staggered' or 'natural', got {layout!r}")
+    if torch is False:
+        torch_mod = None
+    else:
+        torch_mod = _import_torch()
+        if torch_mod is None and torch is True:
+            raise ImportError("torch is not installed (pass torch=None to skip it)")
+    saved_torch_threads = torch_mod.get_num_threads() if torch_mod is not None else None
+    if pin_malloc:
+        _pin_malloc()
+
+    start = time.perf_counter()
+    groups = [(o, d, n) for o in optimizers for d in dtypes for n in sizes]
+    rows = []
+    try:
+        for i, (opt, dtype, n) in enumerate(groups):
+            if progress is not None:
+                _progress(progress, i, len(groups), opt, dtype, n, time.perf_counter() - start)
+            rows.extend(_group(opt, n, dtype, threads, repeat, min_sample, torch_mod, layout))
+            gc.collect()
+    finally:
+        if saved_torch_threads is not None:
+            torch_mod.set_num_threads(saved_torch_threads)
+        if progress is not None:
+            _progress_done(progress, len(groups), time.perf_counter() - start)
+    return {
+        "format": "fastlr-bench-1",
+        "machine": machine_info(torch_mod),
+        "config": {"optimizers": list(optimizers), "sizes": list(sizes),
+                   "dtypes": list(dtypes), "threads": list(threads), "repeat": repeat,
+                   "min_sample_s": min_sample, "layout": layout, "quick": bool(quick),
+                   "step": STEP, "torch": torch_mod is not None},
+        "rows": rows,
+        "elapsed_s": time.perf_counter() - start,
+    }
+
+
+def _progress(stream, i, total, opt, dtype, n, elapsed):
+    line = f"[{i + 1}/{total}] {opt} {dtype} n={_size_label(n)} ({elapsed:.0f} s)"
+    if _isatty(stream):
+        stream.write("\r\033[K" + line)
+    else:
+        stream.write(line + "\n")
+    stream.flush()
+
+
+def _progress_done(stream, total, elapsed):
+    line = f"fastlr bench: {total} groups in {elapsed:.1f} s"
+    stream.write(("\r\033[K" + line + "\n") if _isatty(stream) else line + "\n")
+    stream.flush()
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+def _size_label(n):
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def _parse_size(text):
+    t = text.strip().upper()
+    mult = 1
+    if t and t[-1] in "KMG":
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[t[-1]]
+        t = t[:-1]
+    try:
+        value = float(t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1024, 64K, 16M)")
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"not a positive whole size: {text!r}")
+    return int(value)
+
+
+def _time_label(t):
+    if t is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t / 1e-9:.3g} ns"
+
+
+def _ratio_label(x):
+    if x is None:
+        return "-"
+    return f"{x:.2f}x" if x < 10 else f"{x:.1f}x" if x < 100 else f"{x:.0f}x"
+
+
+def format_report(results):
+    """The machine header and the results table, as text."""
+    m = results["machine"]
+    c = results["config"]
+    torch_part = f"torch {m['torch']}" if m.get("torch") else "torch not installed"
+    lines = [
+        f"fastlr bench: {m['cpu']}, {m['usable_cores']} usable of {m['cores']} cores",
+        f"  python {m['python']}, numpy {m['numpy']}, {torch_part}, fastlr {m['fastlr']} "
+        f"(core loops {m['cpu_target']}, roofline loops {m.get('roofline_loops', '?')}, "
+        f"OpenMP {'on' if m['openmp'] else 'off'}), "
+        f"OMP_WAIT_POLICY={m.get('omp_wait_policy') or 'unset'}, "
+        f"GOMP_SPINCOUNT={m.get('gomp_spincount') or 'unset'}",
+        f"  median of {c['repeat']} interleaved rounds per cell; layout {c['layout']}; "
+        f"time is one in-place step; xN = that implementation's time / fastlr's;",
+        "  GB/s = bytes the step must move / time; roofline = a C loop with the same "
+        "streams, same size and threads, this run",
+        "",
+    ]
+    header = ("optimizer", "dtype", "size", "thr", "fastlr", "torch", "x ref", "x numpy",
+              "x torch", "torch mode", "GB/s", "roof GB/s", "% roof")
+    table = []
+    for r in results["rows"]:
+        table.append((
+            r["optimizer"], r["dtype"], _size_label(r["n"]), str(r["threads"]),
+            _time_label(r["time_s"]["fastlr"]), _time_label(r["time_s"]["torch"]),
+            _ratio_label(r["speedup"]["reference"]), _ratio_label(r["speedup"]["numpy"]),
+            _ratio_label(r["speedup"]["torch"]), r["torch_mode"] or "-",
+            f"{r['gbps']:.1f}", f"{r['roofline_gbps']:.1f}",
+            f"{100 * r['roofline_fraction']:.0f}%",
+        ))
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+              for i, h in enumerate(header)]
+    left = {0, 1, 9}
+
+    def fmt(row):
+        return "  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                         for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+
+    lines.append(fmt(header))
+    lines.append(fmt(tuple("-" * w for w in widths)))
+    prev = None
+    for r, row in zip(results["rows"], table):
+        key = (r["optimizer"], r["dtype"])
+        if prev is not None and key != prev:
+            lines.append("")
+        prev = key
+        lines.append(fmt(row))
+    lines.append("")
+    lines.append(f"{len(results['rows'])} rows in {results['elapsed_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _require_matplotlib():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("fastlr bench --plot needs matplotlib: pip install 'fastlr[plot]' "
+                          "(or pip install matplotlib)") from None
+    return Figure
+
+
+def plot(results, path):
+    """Write a PNG bar chart of ``results`` to ``path``: for each dtype and thread count,
+    fastlr's speedup over each implementation (log scale) and, below it, fastlr's % of
+    the roofline. Needs matplotlib (imported here)."""
+    Figure = _require_matplotlib()
+    rows = results["rows"]
+    panels = sorted({(r["dtype"], r["threads"]) for r in rows}) or [("float32", 1)]
+    groups = []
+    for r in rows:
+        g = (r["optimizer"], r["n"])
+        if g not in groups:
+            groups.append(g)
+    fig = Figure(figsize=(max(7.0, 0.6 * len(groups) + 2.0), 5.0 * len(panels)))
+    axes = fig.subplots(2 * len(panels), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": [1.6, 1.0] * len(panels)})[:, 0]
+    colors = {"reference": "#bbbbbb", "numpy": "#6fa8dc", "torch": "#e69138"}
+    x = np.arange(len(groups))
+    labels = [f"{o}\n{_size_label(n)}" for o, n in groups]
+    for i, (dtype, k) in enumerate(panels):
+        ax, ax2 = axes[2 * i], axes[2 * i + 1]
+        by = {(r["optimizer"], r["n"]): r for r in rows
+              if r["dtype"] == dtype and r["threads"] == k}
+        for j, impl in enumerate(("reference", "numpy", "torch")):
+            vals = [by[g]["speedup"][impl] if g in by and by[g]["speedup"][impl] else np.nan
+                    for g in groups]
+            ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=f"vs {impl}", color=colors[impl])
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("speedup (x)")
+        ax.set_title(f"{dtype}, {k} thread{'s' if k > 1 else ''}: fastlr's speedup",
+                     fontsize=10)
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+        pct = [100 * by[g]["roofline_fraction"] if g in by else np.nan for g in groups]
+        ax2.bar(x, pct, 0.6, color="#6aa84f")
+        ax2.axhline(100.0, color="black", lw=0.8)
+        ax2.set_ylabel("% of roofline")
+        ax2.set_title("fastlr GB/s / GB/s of a C loop with the same streams (same size)",
+                      fontsize=9)
+        ax2.set_xticks(x, labels, fontsize=7)
+    fig.suptitle(f"fastlr bench: {results['machine']['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+def _csv(convert, allowed=None, what="value"):
+    def parse(text):
+        out = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            value = convert(part)
+            if allowed is not None and value not in allowed:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {what} {part!r}; expected one of {', '.join(allowed)}")
+            out.append(value)
+        if not out:
+            raise argparse.ArgumentTypeError(f"no {what} given")
+        return out
+    return parse
+
+
+def _dtype_name(text):
+    return {"f32": "float32", "f64": "float64"}.get(text.lower(), text.lower())
+
+
+def _threads_value(text):
+    if text.lower() == "max":
+        return max(1, fastlr.get_num_threads())
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a thread count: {text!r}")
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {k}")
+    return k
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="fastlr bench",
+        description="Time fastlr's optimizer steps against fastlr.reference, in-place NumPy "
+                    "and torch (fused), and against this machine's memory bandwidth for the "
+                    "same access pattern. About a minute by default; --quick for a few "
+                    "seconds.",
+        epilog="Runs with OMP_WAIT_POLICY=passive and GOMP_SPINCOUNT=10000 (re-running "
+               "itself in a subprocess to set them; values already in the environment are "
+               "kept) so that fastlr's and torch's OpenMP threads do not spin against each "
+               "other for more than ~0.1 ms.")
+    p.add_argument("--optimizers", type=_csv(str.lower, OPTIMIZERS, "optimizer"),
+                   help=f"comma-separated, from {','.join(OPTIMIZERS)} "
+                        f"(default {','.join(DEFAULT_OPTIMIZERS)})")
+    p.add_argument("--sizes", type=_csv(_parse_size, what="size"),
+                   help="comma-separated element counts, K/M/G = 2**10/20/30 "
+                        "(default 1K,64K,1M,16M)")
+    p.add_argument("--dtypes", type=_csv(_dtype_name, ("float32", "float64"), "dtype"),
+                   help="float32,float64 (default float32)")
+    p.add_argument("--threads", type=_csv(_threads_value, what="thread count"),
+                   help="comma-separated thread counts, or max (default 1,max)")
+    p.add_argument("--repeat", type=int, help=f"interleaved rounds (default {DEFAULT_REPEAT})")
+    p.add_argument("--min-sample", type=float, help="seconds per timed batch (default 0.005)")
+    p.add_argument("--layout", choices=("staggered", "natural"), default="staggered",
+                   help="buffer placement: staggered (default, conflict-free, the same for "
+                        "every implementation) or natural (separate np.zeros arrays)")
+    p.add_argument("--quick", action="store_true",
+                   help="a few-seconds smoke run (sgd,adam; 1K,64K; 3 rounds)")
+    p.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
+    p.add_argument("--spin-count", type=int, metavar="N",
+                   help="GOMP_SPINCOUNT for both OpenMP runtimes (default: the environment's, "
+                        f"else {DEFAULT_SPIN_COUNT}; 0: pure passive waiting)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def _openmp_env(spin_count):
+    """The OpenMP variables the benchmark wants: the environment's, else ours."""
+    want = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive"),
+            "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", str(DEFAULT_SPIN_COUNT))}
+    if spin_count is not None:
+        want["GOMP_SPINCOUNT"] = str(spin_count)
+    return want
+
+
+def _relaunch(argv, openmp_env):
+    """Run ``fastlr bench`` again in a child with ``openmp_env`` set; its exit code."""
+    env = dict(os.environ)
+    env.update(openmp_env)
+    env["FASTLR_BENCH_CHILD"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in
+                                                  env.get("PYTHONPATH", "").split(os.pathsep)
+                                                  if p])
+    # drop sys.path[0] (the current directory for -c): at the top of a clone it would
+    # import the source tree instead of the fastlr this process runs
+    code = ("import sys; sys.path.pop(0); from fastlr._tools.bench import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    try:
+        return subprocess.call([sys.executable, "-c", code, *argv], env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv=None):
+    """``fastlr bench [options]``; returns the exit code (0 on success)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                       # --help or a usage error
+        return e.code if isinstance(e.code, int) else 2
+    if args.repeat is not None and args.repeat < 1:
+        print("fastlr bench: --repeat must be >= 1", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            _require_matplotlib()
+        except ImportError as e:
+            print(f"fastlr bench: {e}", file=sys.stderr)
+            return 2
+    if args.spin_count is not None and args.spin_count < 0:
+        print("fastlr bench: --spin-count must be >= 0", file=sys.stderr)
+        return 2
+    openmp_env = _openmp_env(args.spin_count)
+    if (any(os.environ.get(k) != v for k, v in openmp_env.items())
+            and not os.environ.get("FASTLR_BENCH_CHILD")):
+        return _relaunch(argv, openmp_env)
+    try:
+        results = run(args.optimizers, args.sizes, args.dtypes, args.threads, args.repeat,
+                      quick=args.quick, torch=False if args.no_torch else None,
+                      layout=args.layout, min_sample=args.min_sample,
+                      progress=None if args.quiet else sys.stderr)
+    except KeyboardInterrupt:
+        print("\nfastlr bench: interrupted", file=sys.stderr)
+        return 130
+    to_stdout_json = args.json == "-"
+    report = format_report(results)
+    print(report, file=sys.stderr if to_stdout_json else sys.stdout)
+    if args.json:
+        text = json.dumps(results, indent=1, allow_nan=False)
+        if to_stdout_json:
+            sys.stdout.write(text + "\n")
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+            print(f"results written to {args.json}", file=sys.stderr)
+    if args.plot:
+        plot(results, args.plot)
+        print(f"chart written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

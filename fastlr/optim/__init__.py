@@ -1,0 +1,34 @@
+"""Stateful optimizers with torch.optim's names and rules: SGD, RMSprop, Adam, AdamW, Adagrad,
+Adadelta, Adamax, NAdam, RAdam; and Lion (optax's definition).
+
+>>> import numpy as np, fastlr
+>>> w = np.ones(3, dtype=np.float32)
+>>> opt = fastlr.Adam([w], lr=0.1)
+>>> opt.step([np.array([0.5, -0.5, 0.0], dtype=np.float32)])
+>>> w
+array([0.9, 1.1, 1. ], dtype=float32)
+>>> opt.steps
+1
+
+``params`` is an array, a list of arrays, or a list of group dicts ``{"params": [...],
+"lr": ...}`` overriding any hyperparameter per group. Arrays are updated in place. ``lr``
+(and ``momentum``, ``betas[0]``, ``weight_decay``) take a number, a :mod:`fastlr.schedules`
+schedule (evaluated in C each step) or a Python callable ``step -> float`` (slower). Update
+``t + 1`` uses ``schedule(t)``.
+
+``opt.step(grads)`` takes the grads in param order (or one flat grad array when the params
+are views of one flat buffer, see :func:`flat_buffer`), checks them in compiled code and
+updates every array of every group in one C call. Params that are adjacent views of one
+buffer (same group and dtype) are updated as one span.
+"""
+
+
+from fastlr._core.engine import clip_grad_norm
+from fastlr.optim.base import Optimizer, ParamGroup, flat_buffer  # noqa: F401
+from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa: F401
+                                     write_checkpoint, write_npz_atomic)
+from fastlr.optim.families import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam,
+                                   RAdam, RMSprop)
+
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax",
+           "NAdam", "RAdam", "Lion", "flat_buffer", "clip_grad_norm"]

@@ -1,0 +1,265 @@
+"""Checks of fastlr.distributed, run on every rank under MPI:
+
+    mpirun -n 2 python tests/distributed/mpi_checks.py        (and -n 3: uneven shards)
+
+tests/distributed/test_distributed.py runs this under mpirun. Each check runs on every rank; a failure
+on any rank is shared (one all-reduce per check), so every rank reports it and the exit
+status is non-zero. Prints "PASSED <n>" from rank 0 when every check passed.
+"""
+
+import os
+import sys
+import tempfile
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+import fastlr
+from fastlr import distributed, schedules
+
+COMM = MPI.COMM_WORLD
+RANK, N = COMM.Get_rank(), COMM.Get_size()
+SHAPES = [(3, 4), (5,), (7, 2), (1,)]          # 32 elements: uneven on 3 ranks
+
+
+def rank_grads(step, size, dtype=np.float64, scale=1.0):
+    """Every rank's grads at a step, the same on every rank (so each can build the mean)."""
+    return [(scale * np.random.default_rng([step, r]).standard_normal(size)).astype(dtype)
+            for r in range(N)]
+
+
+def mean_of(gs):
+    return (sum(g.astype(np.float64) for g in gs) / N).astype(gs[0].dtype)
+
+
+def build(cls, dtype=np.float64, comm=COMM, seed=0, shapes=SHAPES, **kw):
+    flat, views = fastlr.flat_buffer(shapes, dtype)
+    flat[:] = np.random.default_rng(seed).standard_normal(flat.size)
+    dist = distributed.ShardedOptimizer(cls, views, comm, **kw)
+    return flat, dist
+
+
+def reference(cls, dtype=np.float64, seed=0, shapes=SHAPES, **kw):
+    flat, views = fastlr.flat_buffer(shapes, dtype)
+    flat[:] = np.random.default_rng(seed).standard_normal(flat.size)
+    return flat, getattr(fastlr, cls)(views, **kw)
+
+
+def rel(a, b):
+    return float(np.max(np.abs(a.astype(np.float64) - b)) / max(1.0, np.max(np.abs(b))))
+
+
+CONFIGS = [
+    ("SGD", dict(lr=schedules.cosine(0.05, 40), momentum=0.9, nesterov=True)),
+    ("Adam", dict(lr=schedules.warmup_cosine(0.01, warmup_steps=5, total_steps=40))),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    ("RMSprop", dict(lr=schedules.step_decay(0.01, 10, 0.5), momentum=0.5, centered=True)),
+    ("NAdam", dict(lr=0.01)),
+    ("Lion", dict(lr=1e-3)),
+]
+
+
+def check_parity():
+    """N ranks = one process stepping on the mean grad (float64 1e-12 relative)."""
+    for cls, kw in CONFIGS:
+        for clip in (None, 0.5):
+            flat, dist = build(cls, max_grad_norm=clip, **kw)
+            rflat, ref = reference(cls, max_grad_norm=clip, **kw)
+            for t in range(40):
+                gs = rank_grads(t, flat.size)
+                dist.step(gs[RANK].copy())
+                ref.step(mean_of(gs))
+            assert rel(flat, rflat) < 1e-12, (cls, clip, rel(flat, rflat))
+            if clip is not None:
+                assert abs(dist.last_grad_norm - ref.last_grad_norm) < 1e-12 * ref.last_grad_norm
+    # float32 and a list of non-adjacent grad arrays (copied into the flat buffer)
+    flat, dist = build("Adam", np.float32, lr=1e-2)
+    rflat, ref = reference("Adam", np.float32, lr=1e-2)
+    for t in range(30):
+        gs = rank_grads(t, flat.size, np.float32)
+        mine, pos = [], 0
+        for shape in SHAPES:
+            n = int(np.prod(shape))
+            mine.append(gs[RANK][pos:pos + n].reshape(shape).copy())
+            pos += n
+        dist.step(mine)
+        ref.step(mean_of(gs))
+    assert rel(flat, rflat) < 1e-5, rel(flat, rflat)
+
+
+def check_state_memory():
+    """Each rank holds 1/N of the state (its shard, +- one element per buffer)."""
+    flat, dist = build("Adam", lr=1e-3)
+    dist.step(rank_grads(0, flat.size)[RANK])
+    counts, _ = distributed.shard_bounds(flat.size, N)
+    assert dist.state_elements == 2 * counts[RANK], (dist.state_elements, counts)
+    assert abs(dist.state_elements - 2 * flat.size / N) <= 2
+    assert dist.bounds[1] - dist.bounds[0] == counts[RANK]
+
+
+def check_params_broadcast_and_identical():
+    flat, views = fastlr.flat_buffer(SHAPES)
+    flat[:] = RANK + 1.0                       # different on every rank
+    dist = distributed.ShardedOptimizer("SGD", views, lr=0.1)
+    assert np.all(flat == 1.0)                 # rank 0's params everywhere
+    dist.step(rank_grads(0, flat.size, np.float32)[RANK])
+    everyone = COMM.allgather(flat.copy())
+    assert all(np.array_equal(everyone[0], f) for f in everyone)
+
+
+def check_resume_same_ranks():
+    """Per-rank state dicts: resuming on the same ranks is bit-identical."""
+    kw = dict(lr=schedules.cosine(0.01, 30), max_grad_norm=1.0, skip_nonfinite=True)
+    flat, dist = build("AdamW", **kw)
+    for t in range(30):
+        if t == 12:
+            sd, saved = dist.state_dict(), flat.copy()
+        dist.step(rank_grads(t, flat.size)[RANK])
+    flat2, dist2 = build("AdamW", seed=5, **kw)
+    flat2[:] = saved
+    dist2.load_state_dict(sd)
+    for t in range(12, 30):
+        dist2.step(rank_grads(t, flat.size)[RANK])
+    assert np.array_equal(flat, flat2)
+    assert dist2.steps == dist.steps == 30
+
+
+def check_resume_other_rank_counts():
+    """A gathered state (a file written by rank 0) loads onto 1, 2 or N ranks and into a
+    single-process optimizer; each continues like the uninterrupted single process."""
+    kw = dict(lr=schedules.cosine(0.01, 30))
+    path = os.path.join(tempfile.gettempdir(), f"fastlr-mpi-{os.getppid()}-{N}.npz")
+    path = COMM.bcast(path, root=0)
+    for cls in ("Adam", "SGD", "NAdam"):
+        extra = dict(momentum=0.9) if cls == "SGD" else {}
+        flat, dist = build(cls, **kw, **extra)
+        rflat, ref = reference(cls, **kw, **extra)
+        for t in range(12):
+            gs = rank_grads(t, flat.size)
+            dist.step(gs[RANK])
+            ref.step(mean_of(gs))
+        dist.save(path)
+        saved = flat.copy()
+        for t in range(12, 30):
+            ref.step(mean_of(rank_grads(t, flat.size)))
+        for size in sorted({1, max(1, N - 1), N}):
+            sub = COMM.Split(0 if RANK < size else MPI.UNDEFINED, RANK)
+            if sub != MPI.COMM_NULL:
+                f2, d2 = build(cls, comm=sub, seed=9, **kw, **extra)
+                f2[:] = saved
+                d2.load(path)
+                for t in range(12, 30):
+                    gs = rank_grads(t, flat.size)     # the N-rank mean, split over `size`
+                    mean = mean_of(gs)
+                    d2.step(mean.copy())              # every rank of sub passes the mean
+                assert rel(f2, rflat) < 1e-12, (cls, size, rel(f2, rflat))
+                sub.Free()
+        # the gathered state loads into a plain single-process optimizer
+        sd = dist.gathered_state_dict()
+        if RANK == 0:
+            f3, single = reference(cls, seed=3, **kw, **extra)
+            f3[:] = saved
+            single.load_state_dict(sd)
+            for t in range(12, 30):
+                single.step(mean_of(rank_grads(t, flat.size)))
+            assert rel(f3, rflat) < 1e-12
+    COMM.Barrier()
+    if RANK == 0 and os.path.exists(path):
+        os.unlink(path)
+
+
+def _raises_everywhere(fn, match):
+    try:
+        fn()
+    except (TypeError, ValueError) as error:
+        assert match in str(error), str(error)
+        return
+    raise AssertionError(f"no ValueError ({match})")
+
+
+def check_misuse():
+    """Mismatches are caught collectively: every rank raises, none hangs."""
+    shapes = SHAPES if RANK == 0 else [(3, 4), (5,), (2, 7), (1,)]
+    _raises_everywhere(lambda: build("Adam", shapes=shapes, lr=1e-3), "rank")
+    dtype = np.float64 if RANK == 0 else np.float32
+    _raises_everywhere(lambda: build("Adam", dtype, lr=1e-3), "rank")
+    flat, dist = build("Adam", lr=1e-3)
+    before = flat.copy()
+    good = rank_grads(0, flat.size)[RANK]
+    bad = good.astype(np.float32) if RANK == N - 1 else good
+    _raises_everywhere(lambda: dist.step(bad), "dtype" if RANK == N - 1 else "other rank")
+    if N > 1:
+        # valid grads, but rank 0 passes one array per param and the others the flat buffer
+        views, pos = [], 0
+        for shape in SHAPES:
+            n = int(np.prod(shape))
+            views.append(good[pos:pos + n].reshape(shape))
+            pos += n
+        _raises_everywhere(lambda: dist.step(views if RANK == 0 else good),
+                           "different numbers")
+        short = good[:-1] if RANK == 0 else good
+        _raises_everywhere(lambda: dist.step(short), "other rank" if RANK else "grad")
+    assert np.array_equal(flat, before) and dist.steps == 0
+    dist.step(good)
+    assert dist.steps == 1
+
+
+def check_skip_nonfinite():
+    """A NaN on one rank skips the step on every rank; nothing changes anywhere."""
+    flat, dist = build("Adam", lr=1e-2, skip_nonfinite=True, max_grad_norm=1.0)
+    rflat, ref = reference("Adam", lr=1e-2, max_grad_norm=1.0)
+    for t in range(10):
+        gs = rank_grads(t, flat.size)
+        if t == 4:
+            g = gs[RANK].copy()
+            if RANK == N - 1:
+                g[3] = np.nan
+            before = flat.copy()
+            assert dist.step(g) is False
+            assert np.array_equal(flat, before) and dist.skipped_steps == 1
+            continue
+        assert dist.step(gs[RANK]) is True
+        ref.step(mean_of(gs))
+    assert rel(flat, rflat) < 1e-12 and dist.steps == 9
+
+
+def check_tiny_model():
+    """Fewer elements than ranks: some shards are empty, still correct."""
+    flat, dist = build("Adam", shapes=[(2,)], lr=0.1)
+    rflat, ref = reference("Adam", shapes=[(2,)], lr=0.1)
+    for t in range(5):
+        gs = rank_grads(t, 2)
+        dist.step(gs[RANK])
+        ref.step(mean_of(gs))
+    assert rel(flat, rflat) < 1e-12
+
+
+CHECKS = [check_parity, check_state_memory, check_params_broadcast_and_identical,
+          check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
+          check_skip_nonfinite, check_tiny_model]
+
+
+def main():
+    failures = 0
+    wanted = sys.argv[1:]
+    checks = [c for c in CHECKS if not wanted or c.__name__ in wanted]
+    for check in checks:
+        error = None
+        try:
+            check()
+        except Exception:
+            error = traceback.format_exc()
+        failed = COMM.allreduce(int(error is not None), op=MPI.SUM)
+        if error is not None:
+            print(f"rank {RANK}: FAILED {check.__name__}\n{error}", flush=True)
+        elif failed and RANK == 0:
+            print(f"FAILED {check.__name__} (on another rank)", flush=True)
+        failures += bool(failed)
+    if RANK == 0:
+        print(f"PASSED {len(checks) - failures} FAILED {failures} ranks {N}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

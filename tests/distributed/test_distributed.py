@@ -1,0 +1,118 @@
+"""fastlr.distributed under MPI: tests/distributed/mpi_checks.py run by mpirun on 2 and 3 ranks (3:
+uneven shards), skipped cleanly without mpirun or mpi4py; and what works without MPI."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+import fastlr
+from fastlr import distributed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FASTLR_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
+
+
+def _mpi_missing():
+    reason = None
+    if shutil.which("mpirun") is None:
+        reason = "mpirun is not installed (Debian: apt install openmpi-bin libopenmpi-dev)"
+    else:
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            reason = "mpi4py is not installed (pip install 'fastlr[mpi]')"
+    if reason and os.environ.get("FASTLR_REQUIRE_MPI") == "1":
+        pytest.fail(f"FASTLR_REQUIRE_MPI=1 but {reason}")
+    return reason
+
+
+def _mpirun(n, *checks, timeout=600):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [FASTLR_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+        OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
+    cmd = ["mpirun", "-n", str(n), "--oversubscribe", sys.executable,
+           os.path.join(HERE, "mpi_checks.py"), *checks]
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+
+@pytest.mark.parametrize("n_ranks", [2, 3])
+def test_under_mpirun(n_ranks):
+    missing = _mpi_missing()
+    if missing:
+        pytest.skip(missing)
+    result = _mpirun(n_ranks)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-6000:]
+    assert f"FAILED 0 ranks {n_ranks}" in out, out[-6000:]
+
+
+def test_shard_bounds_balance():
+    for total in (0, 1, 2, 31, 32, 1000003):
+        for n in (1, 2, 3, 7):
+            counts, displs = distributed.shard_bounds(total, n)
+            assert sum(counts) == total and max(counts) - min(counts) <= 1
+            assert displs == list(np.cumsum([0] + counts[:-1]))
+
+
+def test_without_mpi4py_the_error_says_what_to_install():
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "import numpy as np, fastlr, fastlr.distributed as d\n"
+            "try:\n"
+            "    d.ShardedOptimizer('Adam', [np.zeros(3)], lr=1e-3)\n"
+            "except ImportError as e:\n"
+            "    print('ImportError:', e)\n")
+    env = dict(os.environ, PYTHONPATH=FASTLR_ROOT)
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert "ImportError: fastlr.distributed needs mpi4py" in out.stdout, out.stderr
+    assert "fastlr[mpi]" in out.stdout
+
+
+def test_one_rank_equals_the_plain_optimizer():
+    """COMM_SELF (or a 1-rank world): the sharded optimizer is the plain one, bit for bit."""
+    if _mpi_missing():
+        pytest.skip(_mpi_missing())
+    from mpi4py import MPI
+
+    flat, views = fastlr.flat_buffer([(4, 3), (5,)], np.float64)
+    flat[:] = np.arange(flat.size) / 7.0
+    rflat, rviews = fastlr.flat_buffer([(4, 3), (5,)], np.float64)
+    rflat[:] = flat
+    dist = distributed.ShardedOptimizer(fastlr.AdamW, views, MPI.COMM_SELF, lr=1e-2,
+                                        max_grad_norm=0.5)
+    ref = fastlr.AdamW(rviews, lr=1e-2, max_grad_norm=0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        g = rng.standard_normal(flat.size)
+        dist.step(g)
+        ref.step(g.copy())
+    np.testing.assert_array_equal(flat, rflat)
+    assert dist.state_elements == 2 * flat.size
+    assert set(dist.timings) == {"check", "reduce_scatter", "clip", "update", "all_gather"}
+
+
+def test_example_trains_like_one_process():
+    missing = _mpi_missing()
+    if missing:
+        pytest.skip(missing)
+    env = dict(os.environ, PYTHONPATH=FASTLR_ROOT, OMPI_ALLOW_RUN_AS_ROOT="1",
+               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    example = os.path.join(os.path.dirname(os.path.dirname(HERE)), "examples", "distributed_mlp.py")
+    if not os.path.exists(example):
+        pytest.skip("examples/ is not present (an installed copy)")
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run(["mpirun", "-n", "2", "--oversubscribe", sys.executable, example,
+                              "--epochs", "1"], cwd=cwd, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    gap = float(out.stdout.rsplit("params: ", 1)[1].split()[0])
+    assert gap < 1e-12, out.stdout
