@@ -455,6 +455,17 @@ def _decl(fam, dt, parallel, tail=""):
     return "\n".join(lines)
 
 
+def _literal(value):
+    """A default as the kernels' signatures spell it: ``1e-8``, ``4e-3``, ``0.99``."""
+    if isinstance(value, float) and 0.0 < abs(value) < 0.1:
+        mantissa, exponent = f"{value:e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        text = f"{mantissa}e{int(exponent)}"
+        if float(text) == value:
+            return text
+    return repr(value)
+
+
 @dataclass(frozen=True)
 class _Keyword:
     name: str
@@ -478,9 +489,22 @@ class _Kernel:
         """The Python signature (without ``def name``), as the kernels take it."""
         pos = ["param", "grad"] + [st.name if not st.when else f"{st.name}=None"
                                    for st in self.fam.state]
-        kw = [k.name if k.default is _REQUIRED else f"{k.name}={k.default!r}"
+        kw = [k.name if k.default is _REQUIRED else f"{k.name}={_literal(k.default)}"
               for k in self.keywords]
         return ", ".join(pos + ["*"] + kw + ["n_threads=None"])
+
+    def def_line(self):
+        """``def name(...):`` wrapped at 96 columns."""
+        head = f"def {self.name}("
+        lines, line = [], head
+        for piece in (self.signature() + "):").split(" "):
+            if len(line) + 1 + len(piece) > 96 and line.strip():
+                lines.append(line.rstrip())
+                line = " " * len(head) + piece
+            else:
+                line += ("" if line.endswith("(") or not line.strip() else " ") + piece
+        lines.append(line)
+        return "\n".join(lines)
 
 
 def _kernels():
@@ -534,11 +558,11 @@ def _job_states(fam):
 
 
 def _state_names(fam):
-    return "".join(f'"{st.name}", ' for st in fam.state)
+    return "".join(f', "{st.name}"' for st in fam.state)
 
 
 def _state_args(fam):
-    return "".join(f"{st.name}, " for st in fam.state)
+    return "".join(f", {st.name}" for st in fam.state)
 
 
 def _n_required(fam):

@@ -1,10 +1,22 @@
-# fastlr/_core/loops.pxd -- the update loops shared by fastlr's compiled modules (private).
+# fastlr/_core/loops.pxd -- the update maths shared by fastlr's compiled modules (private).
 #
-# Inline definitions, compiled into every module that cimports them (_kernels, _optim):
-# per-step coefficients derived once from the hyperparameters (in double, as torch does),
-# fused-type core loops that read every buffer once and write it once, and per-dtype
-# adapters with one signature (`core_fn`) so a caller can hold them as function pointers.
-# Not part of the stable C API (_kernels.pxd is); it may change in any release.
+# The hand-written part of every optimizer family, and the only one: per family `x` (the
+# table's row in fastlr/_specs.py),
+# * `XCoef` and `x_coef(const XHyper* h, XCoef* c)`: the per-step coefficients, derived once
+#   per call from the C API's hyperparameter struct (in double, as torch does). Every XCoef
+#   has a `double sign` (+-1 for maximize) that the core multiplies each grad by: clipping
+#   scales it;
+# * `x_core(param, grad, <state buffers in table order>, n, const XCoef*)`: the fused-type
+#   core loop that reads every buffer once and writes it once, loop-invariant branches
+#   hoisted so each loop body is straight-line code GCC vectorizes (-ffp-contract=off: the
+#   same bits in every instruction-set variant).
+# Plus the gradient reductions (sum of squares, non-finite scan).
+#
+# Everything around these is generated from the table (setup.py renders the templates):
+# the per-dtype adapters with one signature (`core_fn`) and the CoreTable
+# (families.pxd), the C API functions and Python kernels (_kernels_api.pxi), the engine's
+# per-family dispatch (engine_families.pxi). Not part of the stable C API (_kernels.pxd
+# is); it may change in any release.
 
 cimport cython
 from cython cimport floating
