@@ -507,12 +507,12 @@ class _Kernel:
         return "\n".join(lines)
 
 
-def _kernels():
+def _kernels(families, optimizers, docs):
     """The validated kernels, in table order, with their keywords and fixed fields."""
     out = []
-    for kernel in kernels():
-        opt = next(o for o in OPTIMIZERS.values() if o.kernel == kernel)
-        fam = FAMILIES[opt.family]
+    for kernel in dict.fromkeys(o.kernel for o in optimizers.values()):
+        opt = next(o for o in optimizers.values() if o.kernel == kernel)
+        fam = families[opt.family]
         kws = [_Keyword("step", _REQUIRED, "step", True)] if fam.uses_step else []
         kws += [_Keyword(name, _REQUIRED, "closed_unit", True)
                 for name, _ in fam.scalar_state]
@@ -527,7 +527,10 @@ def _kernels():
                 else h.default
             kws.append(_Keyword(name, _REQUIRED if default is None else default, h.check,
                                 name in {f[1] for f in fam.c_fields}))
-        out.append(_Kernel(kernel, fam, tuple(kws), fixed, KERNEL_DOCS[kernel]))
+        missing = {f[1] for f in fam.c_fields} - {k.name for k in kws} - set(fixed)
+        if missing:
+            raise ValueError(f"kernel {kernel}: no keyword sets the C field(s) {sorted(missing)}")
+        out.append(_Kernel(kernel, fam, tuple(kws), fixed, docs[kernel]))
     return out
 
 
@@ -598,8 +601,8 @@ def _indent(text, n):
     return "\n".join(pad + line if line.strip() else line for line in text.split("\n"))
 
 
-def _check_table():
-    for fam in FAMILIES.values():
+def _check_table(families):
+    for fam in families.values():
         if fam.hypers[0].name != "lr":
             raise ValueError(f"{fam.name}: the first hyperparameter must be lr")
         if len(fam.state) > 3:
@@ -611,12 +614,18 @@ def _check_table():
             raise ValueError(f"{fam.name}: optional state buffers must come last")
 
 
-def template_namespace():
-    """What the build-time templates see: the families (in table order) and helpers."""
-    _check_table()
-    return {"FAMILIES": list(FAMILIES.values()), "OPTIMIZERS": list(OPTIMIZERS.values()),
-            "CHECKS": CHECKS, "KERNELS": _kernels(), "REQUIRED": _REQUIRED,
-            "MAX_STATE": 3, "MAX_HYPERS": max(len(f.hypers) for f in FAMILIES.values()),
+def template_namespace(families=None, optimizers=None, kernel_docs=None):
+    """What the build-time templates see: the families (in table order) and helpers. The
+    arguments replace the table's FAMILIES / OPTIMIZERS / KERNEL_DOCS (the tests render a
+    table with an extra row)."""
+    families = FAMILIES if families is None else families
+    optimizers = OPTIMIZERS if optimizers is None else optimizers
+    docs = KERNEL_DOCS if kernel_docs is None else kernel_docs
+    _check_table(families)
+    return {"FAMILIES": list(families.values()), "OPTIMIZERS": list(optimizers.values()),
+            "CHECKS": CHECKS, "KERNELS": _kernels(families, optimizers, docs),
+            "REQUIRED": _REQUIRED, "MAX_STATE": 3,
+            "MAX_HYPERS": max(len(f.hypers) for f in families.values()),
             "enum": _enum, "coef_struct": _coef_struct, "c_args": _c_args, "decl": _decl,
             "when_hypers": _when_hypers, "when_c": _when_c, "indent": _indent,
             "hidx": _hidx, "hyper_value": _hyper_value, "display": _display,
