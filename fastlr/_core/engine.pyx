@@ -28,6 +28,7 @@
 # e) Files: this one (the Engine class), pieces.pxi (the piece runner and the gradient
 #    reductions), clip.pxi (clip_grad_norm, grad_stats), engine_families.pxi (generated).
 
+cimport cython
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
@@ -76,6 +77,7 @@ ctypedef struct HyperSrc:
 
 ctypedef struct GroupC:
     HyperSrc h[MAX_HYPERS]    # in the family's hyperparameter order (flags as 0.0 / 1.0)
+    unsigned int dropped      # this step: state slots not passed to the core (bit k: slot k)
 
 ctypedef struct SpanC:
     char* param
@@ -106,6 +108,7 @@ include "pieces.pxi"
 include "engine_families.pxi"
 
 
+@cython.final
 cdef class Engine:
     """The compiled step of one optimizer (see the design notes). For fastlr.optim only."""
 
@@ -363,7 +366,8 @@ cdef class Engine:
         return 0
 
     cdef int _check_values(self, int64_t t) except -1:
-        """The schedulable hyperparameters' table rules (CHECKS), on this step's values."""
+        """The schedulable hyperparameters' table rules (CHECKS), on this step's values; then
+        each group's state slots this step leaves out (GroupC.dropped)."""
         cdef Py_ssize_t i
         cdef int j
         cdef double v
@@ -383,6 +387,9 @@ cdef class Engine:
             if self.kind == K_SGD and g.h[H_SGD_NESTEROV].value != 0.0 and \
                     not g.h[H_SGD_MOMENTUM].value > 0.0:
                 self._bad_value(i, "momentum", &g.h[H_SGD_MOMENTUM], t, "> 0 (nesterov=True)")
+            # the state buffers whose `when` fails this step are left out (torch runs no
+            # momentum branch while momentum is 0)
+            g.dropped = self.ops.dropped(g) if self.ops.dropped != NULL else 0
         return 0
 
     cdef int _bad_value(self, Py_ssize_t group, str name, HyperSrc* src, int64_t t,
@@ -509,10 +516,6 @@ cdef class Engine:
         for i in range(self.n_spans):
             self.ops.scale(&self.coefs[i], scale)
 
-    cdef inline unsigned int _dropped(self, int group) noexcept:
-        """The state slots a step leaves out for this group (see FamilyOps.dropped)."""
-        return self.ops.dropped(&self.groups[group]) if self.ops.dropped != NULL else 0
-
     cdef Py_ssize_t _pieces(self) noexcept:
         cdef Py_ssize_t i, j, k, n_pieces = 0, start = 0
         cdef SpanC* sp
@@ -521,9 +524,7 @@ cdef class Engine:
         cdef unsigned int dropped
         for i in range(self.n_spans):
             sp = &self.spans[i]
-            # a buffer whose `when` fails this step is not passed (torch runs no momentum
-            # branch while momentum is 0)
-            dropped = self._dropped(sp.group)
+            dropped = self.groups[sp.group].dropped
             adjacent = True
             for j in range(sp.first + 1, sp.first + sp.n_params):
                 if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes:
@@ -615,7 +616,7 @@ cdef class Engine:
         if k >= 0:                                  # the first-use buffer is now in use
             for i in range(self.n_spans):
                 sp = &self.spans[i]
-                if sp.state[k] != NULL and not (self._dropped(sp.group) >> k) & 1:
+                if sp.state[k] != NULL and not (self.groups[sp.group].dropped >> k) & 1:
                     for j in range(sp.first, sp.first + sp.n_params):
                         self.started[j] = 1
         return True
