@@ -493,6 +493,26 @@ class _Kernel:
               for k in self.keywords]
         return ", ".join(pos + ["*"] + kw + ["n_threads=None"])
 
+    def stub(self):
+        """The kernel's type stub (fastlr/_kernels.pyi)."""
+        def row(text, comment=""):
+            line = f"    {text},"
+            return line if not comment else f"{line.ljust(38)}  # {comment}"
+        rows = [row("param: _Float", "IN/OUT"), row("grad: _Float", "IN (may be read-only)")]
+        for st in self.fam.state:
+            rows.append(row(f"{st.name}: _Float", "IN/OUT") if not st.when else
+                        row(f"{st.name}: Optional[_Float] = None",
+                            f"IN/OUT, exactly when {st.when}"))
+        rows.append("    *,")
+        for k in self.keywords:
+            kind = ("int" if k.check == "step" else "bool" if k.check == "flag" else "float")
+            rows.append(row(f"{k.name}: {kind}" if k.default is _REQUIRED
+                            else f"{k.name}: {kind} = {_literal(k.default)}"))
+        rows.append(row("n_threads: Optional[int] = None"))
+        ret = "float" if self.fam.scalar_state else "None"
+        return "\n".join([f"def {self.name}("] + [r.rstrip() for r in rows]
+                         + [f") -> {ret}: ..."])
+
     def def_line(self):
         """``def name(...):`` wrapped at 96 columns."""
         head = f"def {self.name}("

@@ -115,6 +115,18 @@ def test_kernels_pxd_declares_every_family_of_the_table(specs):
     assert len(kernels) == 4 * len(specs.FAMILIES) + 1          # + parallel_spans
 
 
+def test_kernel_stubs_follow_the_table(specs):
+    import ast
+    tree = ast.parse(rendered(specs)["_kernels.pyi"])
+    stubs = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for name in specs.kernels():
+        args = stubs[name].args
+        fam = specs.FAMILIES[specs.OPTIMIZERS[next(
+            c for c, o in specs.OPTIMIZERS.items() if o.kernel == name)].family]
+        assert [a.arg for a in args.args] == ["param", "grad"] + [st.name for st in fam.state]
+        assert [a.arg for a in args.kwonlyargs][-1] == "n_threads"
+
+
 def test_built_files_match_the_table(specs):
     """The rendered files next to the templates are what the table gives now (setup.py
     rewrites them on every build; a stale one means the build did not run)."""
@@ -161,6 +173,8 @@ def test_a_new_row_is_all_it_takes(specs):
     assert "if not (g.h[1].value > 0):" in eng               # `extra` exists when decay > 0
     assert "o.fill = fakeopt_fill" in eng and '"fakeopt": K_FAKEOPT' in eng
     assert "('decay', 'in [0, 1)')" in eng                    # its schedulable check
+
+    assert "def fakeopt(\n" in out["_kernels.pyi"]
 
     api = out["_kernels_api.pxi"]
     assert "def fakeopt(param, grad, slow, fast, extra=None, *, step, lr, decay=0.5, " \
