@@ -623,8 +623,8 @@ def _indent(text, n):
 
 def _check_table(families):
     for fam in families.values():
-        if fam.hypers[0].name != "lr":
-            raise ValueError(f"{fam.name}: the first hyperparameter must be lr")
+        if fam.hypers[0].name != "lr" or not fam.hypers[0].schedulable:
+            raise ValueError(f"{fam.name}: the first hyperparameter must be lr, schedulable")
         if len(fam.state) > 3:
             raise ValueError(f"{fam.name}: at most 3 state buffers (the cores take 5 pointers)")
         if len(fam.scalar_state) > 1:

@@ -350,13 +350,14 @@ cdef class Engine:
 
     cdef int _evaluate(self, int64_t t) except -1:
         cdef Py_ssize_t i
-        cdef int k
+        cdef int j, k
         cdef GroupC* g
         for i in range(self.n_groups):
             g = &self.groups[i]
             g.h[0].value = (schedule_value(g.h[0].schedule, t) if g.h[0].schedule != NULL
                             else g.h[0].constant) * self.lr_scale[i]        # h[0] is lr
-            for k in range(1, self.ops.n_hypers):
+            for j in range(1, self.ops.n_checks):      # the other schedulable ones
+                k = self.ops.checks[j].index
                 if g.h[k].schedule != NULL:
                     g.h[k].value = schedule_value(g.h[k].schedule, t)
         if self.needs_gil:
