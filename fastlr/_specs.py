@@ -612,6 +612,17 @@ def _checks(fam):
     return [(j, i, h) for j, (i, h) in enumerate(rows)]
 
 
+def _check_c(rule, v):
+    """A CHECKS rule as a C condition on ``v`` (NaN fails every comparison)."""
+    low, high, inclusive, _ = CHECKS[rule]
+    conds = [] if low is not None and high is not None else [f"isfinite({v})"]
+    if low is not None:
+        conds.append(f"{v} >= {low!r}")
+    if high is not None:
+        conds.append(f"{v} {'<=' if inclusive else '<'} {high!r}")
+    return " and ".join(conds)
+
+
 def _used(fam, name):
     return _hidx(fam, name) if name in [h.name for h in fam.hypers] else -1
 
@@ -652,7 +663,7 @@ def template_namespace(families=None, optimizers=None, kernel_docs=None):
             "USED": ("lr", "momentum", "beta1", "weight_decay"), "used": _used,
             "adapter_args": _adapter_args, "job_states": _job_states,
             "state_names": _state_names, "state_args": _state_args, "n_required": _n_required,
-            "why": _why, "dropped": _dropped, "checks": _checks,
+            "why": _why, "dropped": _dropped, "checks": _checks, "check_c": _check_c,
             "repr": repr, "len": len, "enumerate": enumerate}
 
 

@@ -356,8 +356,8 @@ cdef class Engine:
             g = &self.groups[i]
             g.h[0].value = (schedule_value(g.h[0].schedule, t) if g.h[0].schedule != NULL
                             else g.h[0].constant) * self.lr_scale[i]        # h[0] is lr
-            for j in range(1, self.ops.n_checks):      # the other schedulable ones
-                k = self.ops.checks[j].index
+            for j in range(1, self.ops.n_sched):       # the other schedulable ones
+                k = self.ops.sched[j]
                 if g.h[k].schedule != NULL:
                     g.h[k].value = schedule_value(g.h[k].schedule, t)
         if self.needs_gil:
@@ -367,30 +367,21 @@ cdef class Engine:
         return 0
 
     cdef int _check_values(self, int64_t t) except -1:
-        """The schedulable hyperparameters' table rules (CHECKS), on this step's values; then
-        each group's state slots this step leaves out (GroupC.dropped)."""
+        """The schedulable hyperparameters' table rules (CHECKS), on this step's values; the
+        family's check also sets each group's state slots this step leaves out."""
         cdef Py_ssize_t i
         cdef int j
-        cdef double v
         cdef GroupC* g
-        cdef const CheckC* ck
         for i in range(self.n_groups):
             g = &self.groups[i]
-            for j in range(self.ops.n_checks):
-                ck = &self.ops.checks[j]
-                v = g.h[ck.index].value
-                if not (isfinite(v) and (not ck.has_low or v >= ck.low) and
-                        (not ck.has_high or (v <= ck.high if ck.high_inclusive
-                                             else v < ck.high))):
-                    name, text = self.check_text[j]
-                    self._bad_value(i, name, &g.h[ck.index], t, text)
+            j = self.ops.check(g)
+            if j >= 0:
+                name, text = self.check_text[j]
+                self._bad_value(i, name, &g.h[self.ops.sched[j]], t, text)
             # SGD: torch's nesterov rule, on the scheduled momentum too
             if self.kind == K_SGD and g.h[H_SGD_NESTEROV].value != 0.0 and \
                     not g.h[H_SGD_MOMENTUM].value > 0.0:
                 self._bad_value(i, "momentum", &g.h[H_SGD_MOMENTUM], t, "> 0 (nesterov=True)")
-            # the state buffers whose `when` fails this step are left out (torch runs no
-            # momentum branch while momentum is 0)
-            g.dropped = self.ops.dropped(g) if self.ops.dropped != NULL else 0
         return 0
 
     cdef int _bad_value(self, Py_ssize_t group, str name, HyperSrc* src, int64_t t,
