@@ -2,16 +2,24 @@
 
 Everything that used to be written once per optimizer is derived from :data:`OPTIMIZERS`:
 
-* at build time (``setup.py`` renders the Tempita templates with :func:`template_namespace`):
-  the C API's hyperparameter structs and per-dtype functions (``adam_f32``,
-  ``adam_f64_parallel``, ...), the per-dtype core adapters and the core table, the engine's
-  per-family dispatch, and the validated Python kernels;
+* at build time (``setup.py`` renders every ``fastlr/**/*.tp`` Tempita template with
+  :func:`template_namespace`, through :func:`render_templates`): the C API's hyperparameter
+  structs and per-dtype functions (``adam_f32``, ``adam_f64_parallel``, ...; ``_kernels.pxd``
+  and ``_kernels_api.pxi``), the family numbers, per-dtype core adapters and the core table
+  (``_core/families.pxd``), the engine's per-family dispatch (``_core/engine_families.pxi``),
+  and the validated Python kernels with their stubs (``_kernels_api.pxi``,
+  ``_kernels.pyi``; docstrings from :data:`KERNEL_DOCS`);
 * at import time: :func:`fastlr.kernels.state_names` / ``make_state``, the optimizer classes'
   signatures and checks, the ``fastlr bench`` rows, the ``fastlr.compat.torch`` classes;
 * in the tests: the parametrization, and the coverage test that names whatever a row lacks.
 
 The maths is not here: each family's coefficient function and fused core loop are written by
 hand, once, in ``fastlr/_core/loops.pxd``; its NumPy twin in ``fastlr/reference``.
+
+A new family ``x`` on the compiled side: its row here (:data:`FAMILIES`, :data:`OPTIMIZERS`,
+:data:`KERNEL_DOCS`), and in ``loops.pxd`` its ``XCoef`` struct (with a ``double sign``),
+``x_coef(const XHyper*, XCoef*)`` and ``x_core(param, grad, <state in table order>, n,
+const XCoef*)``. Rows may not reorder or change an existing family's ``c_fields`` (the ABI).
 
 Vocabulary
 ----------
