@@ -138,6 +138,7 @@ cdef class Engine:
     cdef double* block_sums       # reduction scratch, one per REDUCE_BLOCK of grads
     cdef unsigned char* block_flags
     cdef int needs_gil            # a group has a Python-callable schedule
+    cdef int scheduled            # a group has a schedule for a hyperparameter other than lr
     cdef Region* written          # every region a step writes, sorted by address
     cdef Py_ssize_t n_written
     cdef readonly Py_ssize_t total_size
@@ -311,6 +312,7 @@ cdef class Engine:
         cdef GroupC* g
         keep = [obj for obj in self._keep if not isinstance(obj, Schedule)]
         self.needs_gil = 0
+        self.scheduled = 0
         for i in range(self.n_groups):
             gd = groups[i]
             g = &self.groups[i]
@@ -318,6 +320,8 @@ cdef class Engine:
                 value = gd.get(self.hyper_keys[k], 0.0)
                 if self.schedulable[k]:
                     self._source(&g.h[k], value, keep)
+                    if k > 0 and g.h[k].schedule != NULL:
+                        self.scheduled = 1
                 else:                                   # a number (a flag: 0.0 or 1.0)
                     g.h[k].schedule = NULL
                     g.h[k].value = g.h[k].constant = value
@@ -352,14 +356,16 @@ cdef class Engine:
         cdef Py_ssize_t i
         cdef int j, k
         cdef GroupC* g
+        cdef const FamilyOps* ops = self.ops
         for i in range(self.n_groups):
             g = &self.groups[i]
             g.h[0].value = (schedule_value(g.h[0].schedule, t) if g.h[0].schedule != NULL
                             else g.h[0].constant) * self.lr_scale[i]        # h[0] is lr
-            for j in range(1, self.ops.n_sched):       # the other schedulable ones
-                k = self.ops.sched[j]
-                if g.h[k].schedule != NULL:
-                    g.h[k].value = schedule_value(g.h[k].schedule, t)
+            if self.scheduled:
+                for j in range(1, ops.n_sched):        # the other schedulable ones
+                    k = ops.sched[j]
+                    if g.h[k].schedule != NULL:
+                        g.h[k].value = schedule_value(g.h[k].schedule, t)
         if self.needs_gil:
             for obj in self._keep:
                 if isinstance(obj, Schedule):
@@ -594,8 +600,10 @@ cdef class Engine:
         else:
             run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
         for i in range(self.n_groups):
-            for k in range(4):
-                self.used[i, k] = self._used_value(i, k)
+            self.used[i, 0] = self._used_value(i, 0)
+            self.used[i, 1] = self._used_value(i, 1)
+            self.used[i, 2] = self._used_value(i, 2)
+            self.used[i, 3] = self._used_value(i, 3)
         for i in range(self.n_params):
             self.counts[i] += 1
         if self.ops.scalar_out != NULL:             # the per-param scalar after the update
