@@ -13,12 +13,18 @@ FASTLR_ANNOTATE=1       write Cython's annotated HTML next to each .pyx.
 Flags: -O3 -fno-math-errno -ffp-contract=off and no fast-math flags at all: results must be
 the same bits on every build, NaN and Inf must behave as IEEE says, and linking with
 fast-math can flip flush-to-zero for the whole process. -fno-math-errno lets sqrt vectorize.
+
+Generated sources: before cythonize, every fastlr/**/*.tp (a Tempita template) is rendered
+to the same path without .tp, from the optimizer table in fastlr/_specs.py (its
+template_namespace); a file is rewritten only when its content changed. The rendered files
+are not committed (.gitignore); sdists carry the templates, wheels the rendered files.
 """
 
 import os
 import platform
 import shutil
 import sys
+import importlib.util
 import tempfile
 
 import numpy as np
@@ -133,7 +139,25 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def render_templates():
+    """Render fastlr/**/*.tp from the table (fastlr/_specs.py, imported by path: the
+    package is not built yet)."""
+    spec = importlib.util.spec_from_file_location(
+        "_fastlr_specs", os.path.join(HERE, "fastlr", "_specs.py"))
+    specs = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = specs           # dataclasses look their module up
+    try:
+        spec.loader.exec_module(specs)
+        specs.render_templates(os.path.join(HERE, "fastlr"))
+    finally:
+        del sys.modules[spec.name]
+
+
 def extensions():
+    render_templates()
     exts = [
         Extension(
             name,

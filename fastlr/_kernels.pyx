@@ -2,26 +2,34 @@
 #
 # Design notes
 # ------------
-# a) C level. One `noexcept nogil` function per (optimizer, dtype) on raw pointers, a length
+# a) What is generated. The optimizer table (fastlr/_specs.py) drives, through the Tempita
+#    templates setup.py renders before cythonize: the C API's hyperparameter structs and
+#    declarations (_kernels.pxd from _kernels.pxd.tp); the C API's functions and the
+#    validated Python kernels (_kernels_api.pxi from _kernels_api.pxi.tp, included at the
+#    end of this file); the family numbers, per-dtype adapters and CoreTable
+#    (fastlr/_core/families.pxd from families.pxd.tp). This file holds what is written once
+#    for all families: OpenMP, the threaded loop, jobs, argument checks.
+# b) What is hand-written per family: the maths only. Its coefficient struct and function
+#    (hyperparameters -> per-step coefficients, in double, bias corrections as torch) and
+#    its fused-type core loop, in fastlr/_core/loops.pxd, which reads every buffer once and
+#    writes it once: no second pass, no temporaries, no OpenMP inside.
+# c) C level. One `noexcept nogil` function per (optimizer, dtype) on raw pointers, a length
 #    and a hyperparameter struct (declared in _kernels.pxd: the C API other Cython code
-#    cimports). It turns the hyperparameters into per-step coefficients once (bias
-#    corrections in double, as torch does), then runs a fused-type core loop that reads every
-#    buffer once and writes it once: no second pass, no temporaries, no OpenMP inside. The
-#    coefficients and core loops are inline code in _core.pxd, shared with the optimizers.
-# b) Threaded loop. `parallel_spans` splits [0, n) into at most n_threads cache-line aligned
+#    cimports): coefficients once, then the core loop of the CPU's instruction-set variant.
+# d) Threaded loop. `parallel_spans` splits [0, n) into at most n_threads cache-line aligned
 #    spans, one OpenMP thread each, and stays serial below PARALLEL_MIN_SIZE elements. Updates
 #    are element-wise, so the split never changes a bit of the result.
-# c) Arithmetic. The cores follow torch.optim's single-tensor path operation by operation in
+# e) Arithmetic. The cores follow torch.optim's single-tensor path operation by operation in
 #    the buffers' dtype (lerp for the first moments, `v*b2 + (1-b2)*g*g`, eps outside the
 #    square root), so float32 results track torch to the last bits. One deliberate
 #    difference: Adam multiplies sqrt(v) by 1/sqrt(1 - beta2^t) instead of dividing by
 #    sqrt(1 - beta2^t), which saves a division per element (the divider bounds Adam in
 #    cache) and moves results by about an ulp. Build flags: -O3 -fno-math-errno
 #    -ffp-contract=off, never -ffast-math (setup.py).
-# d) Python layer. `sgd`, `rmsprop`, `adam`, `adamw` validate everything (types, dtypes,
-#    shapes, layout, writeability, overlap, missing or superfluous state, hyperparameter
-#    ranges) before any buffer is touched, in compiled code through NumPy's C API, then
-#    release the GIL for the update. `fastlr.kernels` re-exports them.
+# f) Python layer. The kernels (`sgd`, ..., `adamw`, ...) validate everything (types,
+#    dtypes, shapes, layout, writeability, overlap, missing or superfluous state,
+#    hyperparameter ranges) before any buffer is touched, in compiled code through NumPy's
+#    C API, then release the GIL for the update. `fastlr.kernels` re-exports them.
 #
 # Argument directions on the kernels: param and state buffers are IN/OUT, grad is IN only
 # (read-only gradient arrays are accepted).
@@ -33,10 +41,8 @@ from fastlr._core.arrays cimport layout_name, real_arg, same_shape
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from fastlr._core.loops cimport (AdadeltaCoef, AdagradCoef, AdamaxCoef, AdamCoef, CoreTable,
-                           LionCoef, NAdamCoef, RAdamCoef, RMSpropCoef, SGDCoef, adadelta_coef,
-                           adagrad_coef, adam_coef, adamax_coef, core_fn, lion_coef, nadam_coef,
-                           nadam_mu_of, radam_coef, rmsprop_coef, sgd_coef)
+from fastlr._core.families cimport CoreTable
+from fastlr._core.loops cimport core_fn, nadam_mu_of
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int64_t
@@ -153,53 +159,11 @@ cdef void parallel_spans(span_fn fn, void* ctx, Py_ssize_t n, int n_threads) noe
 
 
 # ---------------------------------------------------------------------------------------
-# The public C API: serial per-dtype functions
-# ---------------------------------------------------------------------------------------
-cdef void sgd_f32(float* param, const float* grad, float* momentum_buffer,
-                  Py_ssize_t n, const SGDHyper* h) noexcept nogil:
-    cdef SGDCoef c
-    sgd_coef(h, &c)
-    run_job(CORES.sgd[0], &c, 4, param, grad, momentum_buffer, NULL, NULL, n, 1)
-
-cdef void sgd_f64(double* param, const double* grad, double* momentum_buffer,
-                  Py_ssize_t n, const SGDHyper* h) noexcept nogil:
-    cdef SGDCoef c
-    sgd_coef(h, &c)
-    run_job(CORES.sgd[1], &c, 8, param, grad, momentum_buffer, NULL, NULL, n, 1)
-
-cdef void rmsprop_f32(float* param, const float* grad, float* square_avg,
-                      float* momentum_buffer, float* grad_avg,
-                      Py_ssize_t n, const RMSpropHyper* h) noexcept nogil:
-    cdef RMSpropCoef c
-    rmsprop_coef(h, &c)
-    run_job(CORES.rmsprop[0], &c, 4, param, grad, square_avg, momentum_buffer, grad_avg, n, 1)
-
-cdef void rmsprop_f64(double* param, const double* grad, double* square_avg,
-                      double* momentum_buffer, double* grad_avg,
-                      Py_ssize_t n, const RMSpropHyper* h) noexcept nogil:
-    cdef RMSpropCoef c
-    rmsprop_coef(h, &c)
-    run_job(CORES.rmsprop[1], &c, 8, param, grad, square_avg, momentum_buffer, grad_avg, n, 1)
-
-cdef void adam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
-                   float* max_exp_avg_sq, Py_ssize_t n, const AdamHyper* h) noexcept nogil:
-    cdef AdamCoef c
-    adam_coef(h, &c)
-    run_job(CORES.adam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, 1)
-
-cdef void adam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
-                   double* max_exp_avg_sq, Py_ssize_t n, const AdamHyper* h) noexcept nogil:
-    cdef AdamCoef c
-    adam_coef(h, &c)
-    run_job(CORES.adam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, 1)
-
-
-# ---------------------------------------------------------------------------------------
 # Jobs: one update over one span of buffers, run through parallel_spans
 # ---------------------------------------------------------------------------------------
 ctypedef struct Job:
     core_fn core          # the per-dtype core, called on [start, stop)
-    const void* coef      # its coefficients (SGDCoef / RMSpropCoef / AdamCoef)
+    const void* coef      # its coefficients (the family's XCoef)
     char* ptrs[5]         # param, grad, then the state buffers (NULL when unused)
     Py_ssize_t itemsize
 
@@ -233,199 +197,9 @@ cdef inline void run_job(core_fn core, const void* coef, Py_ssize_t itemsize,
     parallel_spans(job_span, &job, n, n_threads)
 
 
-# ---- the public C API: threaded per-dtype functions ----
-cdef void sgd_f32_parallel(float* param, const float* grad, float* momentum_buffer,
-                           Py_ssize_t n, const SGDHyper* h, int n_threads) noexcept nogil:
-    cdef SGDCoef c
-    sgd_coef(h, &c)
-    run_job(CORES.sgd[0], &c, 4, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
-
-cdef void sgd_f64_parallel(double* param, const double* grad, double* momentum_buffer,
-                           Py_ssize_t n, const SGDHyper* h, int n_threads) noexcept nogil:
-    cdef SGDCoef c
-    sgd_coef(h, &c)
-    run_job(CORES.sgd[1], &c, 8, param, grad, momentum_buffer, NULL, NULL, n, n_threads)
-
-cdef void rmsprop_f32_parallel(float* param, const float* grad, float* square_avg,
-                               float* momentum_buffer, float* grad_avg,
-                               Py_ssize_t n, const RMSpropHyper* h, int n_threads) noexcept nogil:
-    cdef RMSpropCoef c
-    rmsprop_coef(h, &c)
-    run_job(CORES.rmsprop[0], &c, 4, param, grad, square_avg, momentum_buffer, grad_avg,
-            n, n_threads)
-
-cdef void rmsprop_f64_parallel(double* param, const double* grad, double* square_avg,
-                               double* momentum_buffer, double* grad_avg,
-                               Py_ssize_t n, const RMSpropHyper* h, int n_threads) noexcept nogil:
-    cdef RMSpropCoef c
-    rmsprop_coef(h, &c)
-    run_job(CORES.rmsprop[1], &c, 8, param, grad, square_avg, momentum_buffer, grad_avg,
-            n, n_threads)
-
-cdef void adam_f32_parallel(float* param, const float* grad, float* exp_avg,
-                            float* exp_avg_sq, float* max_exp_avg_sq, Py_ssize_t n,
-                            const AdamHyper* h, int n_threads) noexcept nogil:
-    cdef AdamCoef c
-    adam_coef(h, &c)
-    run_job(CORES.adam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-            n, n_threads)
-
-cdef void adam_f64_parallel(double* param, const double* grad, double* exp_avg,
-                            double* exp_avg_sq, double* max_exp_avg_sq, Py_ssize_t n,
-                            const AdamHyper* h, int n_threads) noexcept nogil:
-    cdef AdamCoef c
-    adam_coef(h, &c)
-    run_job(CORES.adam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-            n, n_threads)
-
-
-# ---- the public C API: Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion ----
+# NAdam's mu_t for C callers that keep mu_product themselves.
 cdef double nadam_mu(double beta1, double momentum_decay, int64_t step) noexcept nogil:
     return nadam_mu_of(beta1, momentum_decay, step)
-
-cdef void adagrad_f32(float* param, const float* grad, float* state_sum,
-        Py_ssize_t n, const AdagradHyper* h) noexcept nogil:
-    cdef AdagradCoef c
-    adagrad_coef(h, &c)
-    run_job(CORES.adagrad[0], &c, 4, param, grad, state_sum, NULL, NULL, n, 1)
-
-cdef void adagrad_f32_parallel(float* param, const float* grad, float* state_sum,
-        Py_ssize_t n, const AdagradHyper* h, int n_threads) noexcept nogil:
-    cdef AdagradCoef c
-    adagrad_coef(h, &c)
-    run_job(CORES.adagrad[0], &c, 4, param, grad, state_sum, NULL, NULL, n, n_threads)
-
-cdef void adagrad_f64(double* param, const double* grad, double* state_sum,
-        Py_ssize_t n, const AdagradHyper* h) noexcept nogil:
-    cdef AdagradCoef c
-    adagrad_coef(h, &c)
-    run_job(CORES.adagrad[1], &c, 8, param, grad, state_sum, NULL, NULL, n, 1)
-
-cdef void adagrad_f64_parallel(double* param, const double* grad, double* state_sum,
-        Py_ssize_t n, const AdagradHyper* h, int n_threads) noexcept nogil:
-    cdef AdagradCoef c
-    adagrad_coef(h, &c)
-    run_job(CORES.adagrad[1], &c, 8, param, grad, state_sum, NULL, NULL, n, n_threads)
-
-cdef void adadelta_f32(float* param, const float* grad, float* square_avg, float* acc_delta,
-        Py_ssize_t n, const AdadeltaHyper* h) noexcept nogil:
-    cdef AdadeltaCoef c
-    adadelta_coef(h, &c)
-    run_job(CORES.adadelta[0], &c, 4, param, grad, square_avg, acc_delta, NULL, n, 1)
-
-cdef void adadelta_f32_parallel(float* param, const float* grad, float* square_avg, float* acc_delta,
-        Py_ssize_t n, const AdadeltaHyper* h, int n_threads) noexcept nogil:
-    cdef AdadeltaCoef c
-    adadelta_coef(h, &c)
-    run_job(CORES.adadelta[0], &c, 4, param, grad, square_avg, acc_delta, NULL, n, n_threads)
-
-cdef void adadelta_f64(double* param, const double* grad, double* square_avg, double* acc_delta,
-        Py_ssize_t n, const AdadeltaHyper* h) noexcept nogil:
-    cdef AdadeltaCoef c
-    adadelta_coef(h, &c)
-    run_job(CORES.adadelta[1], &c, 8, param, grad, square_avg, acc_delta, NULL, n, 1)
-
-cdef void adadelta_f64_parallel(double* param, const double* grad, double* square_avg, double* acc_delta,
-        Py_ssize_t n, const AdadeltaHyper* h, int n_threads) noexcept nogil:
-    cdef AdadeltaCoef c
-    adadelta_coef(h, &c)
-    run_job(CORES.adadelta[1], &c, 8, param, grad, square_avg, acc_delta, NULL, n, n_threads)
-
-cdef void adamax_f32(float* param, const float* grad, float* exp_avg, float* exp_inf,
-        Py_ssize_t n, const AdamaxHyper* h) noexcept nogil:
-    cdef AdamaxCoef c
-    adamax_coef(h, &c)
-    run_job(CORES.adamax[0], &c, 4, param, grad, exp_avg, exp_inf, NULL, n, 1)
-
-cdef void adamax_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_inf,
-        Py_ssize_t n, const AdamaxHyper* h, int n_threads) noexcept nogil:
-    cdef AdamaxCoef c
-    adamax_coef(h, &c)
-    run_job(CORES.adamax[0], &c, 4, param, grad, exp_avg, exp_inf, NULL, n, n_threads)
-
-cdef void adamax_f64(double* param, const double* grad, double* exp_avg, double* exp_inf,
-        Py_ssize_t n, const AdamaxHyper* h) noexcept nogil:
-    cdef AdamaxCoef c
-    adamax_coef(h, &c)
-    run_job(CORES.adamax[1], &c, 8, param, grad, exp_avg, exp_inf, NULL, n, 1)
-
-cdef void adamax_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_inf,
-        Py_ssize_t n, const AdamaxHyper* h, int n_threads) noexcept nogil:
-    cdef AdamaxCoef c
-    adamax_coef(h, &c)
-    run_job(CORES.adamax[1], &c, 8, param, grad, exp_avg, exp_inf, NULL, n, n_threads)
-
-cdef void nadam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
-        Py_ssize_t n, const NAdamHyper* h) noexcept nogil:
-    cdef NAdamCoef c
-    nadam_coef(h, &c)
-    run_job(CORES.nadam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
-
-cdef void nadam_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
-        Py_ssize_t n, const NAdamHyper* h, int n_threads) noexcept nogil:
-    cdef NAdamCoef c
-    nadam_coef(h, &c)
-    run_job(CORES.nadam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
-
-cdef void nadam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
-        Py_ssize_t n, const NAdamHyper* h) noexcept nogil:
-    cdef NAdamCoef c
-    nadam_coef(h, &c)
-    run_job(CORES.nadam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
-
-cdef void nadam_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
-        Py_ssize_t n, const NAdamHyper* h, int n_threads) noexcept nogil:
-    cdef NAdamCoef c
-    nadam_coef(h, &c)
-    run_job(CORES.nadam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
-
-cdef void radam_f32(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
-        Py_ssize_t n, const RAdamHyper* h) noexcept nogil:
-    cdef RAdamCoef c
-    radam_coef(h, &c)
-    run_job(CORES.radam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
-
-cdef void radam_f32_parallel(float* param, const float* grad, float* exp_avg, float* exp_avg_sq,
-        Py_ssize_t n, const RAdamHyper* h, int n_threads) noexcept nogil:
-    cdef RAdamCoef c
-    radam_coef(h, &c)
-    run_job(CORES.radam[0], &c, 4, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
-
-cdef void radam_f64(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
-        Py_ssize_t n, const RAdamHyper* h) noexcept nogil:
-    cdef RAdamCoef c
-    radam_coef(h, &c)
-    run_job(CORES.radam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, 1)
-
-cdef void radam_f64_parallel(double* param, const double* grad, double* exp_avg, double* exp_avg_sq,
-        Py_ssize_t n, const RAdamHyper* h, int n_threads) noexcept nogil:
-    cdef RAdamCoef c
-    radam_coef(h, &c)
-    run_job(CORES.radam[1], &c, 8, param, grad, exp_avg, exp_avg_sq, NULL, n, n_threads)
-
-cdef void lion_f32(float* param, const float* grad, float* exp_avg,
-        Py_ssize_t n, const LionHyper* h) noexcept nogil:
-    cdef LionCoef c
-    lion_coef(h, &c)
-    run_job(CORES.lion[0], &c, 4, param, grad, exp_avg, NULL, NULL, n, 1)
-
-cdef void lion_f32_parallel(float* param, const float* grad, float* exp_avg,
-        Py_ssize_t n, const LionHyper* h, int n_threads) noexcept nogil:
-    cdef LionCoef c
-    lion_coef(h, &c)
-    run_job(CORES.lion[0], &c, 4, param, grad, exp_avg, NULL, NULL, n, n_threads)
-
-cdef void lion_f64(double* param, const double* grad, double* exp_avg,
-        Py_ssize_t n, const LionHyper* h) noexcept nogil:
-    cdef LionCoef c
-    lion_coef(h, &c)
-    run_job(CORES.lion[1], &c, 8, param, grad, exp_avg, NULL, NULL, n, 1)
-
-cdef void lion_f64_parallel(double* param, const double* grad, double* exp_avg,
-        Py_ssize_t n, const LionHyper* h, int n_threads) noexcept nogil:
-    cdef LionCoef c
-    lion_coef(h, &c)
-    run_job(CORES.lion[1], &c, 8, param, grad, exp_avg, NULL, NULL, n, n_threads)
 
 
 # =======================================================================================
@@ -644,141 +418,6 @@ cdef int _run(core_fn core, const void* coef, Checked* c, int nt) except -1:
     return 0
 
 
-_SGD_NAMES = ("param", "grad", "momentum_buffer")
-_RMSPROP_NAMES = ("param", "grad", "square_avg", "momentum_buffer", "grad_avg")
-_ADAM_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-
-def sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0, dampening=0.0,
-        nesterov=False, weight_decay=0.0, maximize=False, n_threads=None):
-    """SGD with momentum, dampening, Nesterov and L2 weight decay, in place (torch.optim.SGD).
-
-    With ``g = -grad if maximize else grad``::
-
-        g   = g + weight_decay * param                       (if weight_decay != 0)
-        buf = g                                  (step == 1: the buffer starts as g)
-        buf = momentum * buf + (1 - dampening) * g           (step > 1)
-        g   = g + momentum * buf if nesterov else buf         (if momentum != 0)
-        param = param - lr * g
-
-    ``param`` (and ``momentum_buffer``, required exactly when ``momentum != 0``) are updated
-    in place; ``grad`` is only read. ``step`` is the 1-based update number of these
-    buffers. ``lr`` is in parameter units per gradient unit. ``n_threads=None`` uses
-    :func:`fastlr.get_num_threads`. Returns None.
-    """
-    cdef str fn = "fastlr.kernels.sgd"
-    cdef SGDHyper h
-    cdef Checked c
-    h.step = _step(fn, step)
-    h.lr = _nonneg(fn, "lr", lr)
-    h.momentum = _nonneg(fn, "momentum", momentum)
-    h.dampening = _real(fn, "dampening", dampening)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.nesterov = _flag(fn, "nesterov", nesterov)
-    h.maximize = _flag(fn, "maximize", maximize)
-    if h.nesterov and (h.momentum <= 0.0 or h.dampening != 0.0):
-        raise ValueError(f"{fn}: nesterov=True requires momentum > 0 and dampening == 0, got "
-                         f"momentum={momentum!r}, dampening={dampening!r}")
-    cdef int nt = _threads_arg(fn, n_threads)
-    _need(fn, h.momentum != 0.0, momentum_buffer, "momentum_buffer",
-          f"momentum={momentum!r}")
-    _check_arrays(fn, _SGD_NAMES, (param, grad, momentum_buffer), 2, &c)
-    cdef SGDCoef coef
-    sgd_coef(&h, &coef)
-    _run(CORES.sgd[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-
-
-def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *, lr,
-            alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False,
-            n_threads=None):
-    """RMSprop, optionally centered and with momentum, in place (torch.optim.RMSprop).
-
-    With ``g = -grad if maximize else grad`` and ``g = g + weight_decay * param``::
-
-        square_avg = alpha * square_avg + (1 - alpha) * g**2
-        grad_avg   = grad_avg + (1 - alpha) * (g - grad_avg)  (centered: grad_avg given)
-        avg        = sqrt(square_avg - grad_avg**2) + eps      (centered)
-                   = sqrt(square_avg) + eps                    (otherwise; eps outside sqrt)
-        buf   = momentum * buf + g / avg;  param = param - lr * buf   (momentum > 0)
-        param = param - lr * g / avg                                  (momentum == 0)
-
-    No bias correction. ``momentum_buffer`` is required exactly when ``momentum > 0`` (it
-    starts at zeros); passing ``grad_avg`` selects the centered variant. Returns None.
-    """
-    cdef str fn = "fastlr.kernels.rmsprop"
-    cdef RMSpropHyper h
-    cdef Checked c
-    h.lr = _nonneg(fn, "lr", lr)
-    h.alpha = _nonneg(fn, "alpha", alpha)
-    h.eps = _nonneg(fn, "eps", eps)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.momentum = _nonneg(fn, "momentum", momentum)
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _need(fn, h.momentum > 0.0, momentum_buffer, "momentum_buffer", f"momentum={momentum!r}")
-    _check_arrays(fn, _RMSPROP_NAMES, (param, grad, square_avg, momentum_buffer, grad_avg), 3,
-                  &c)
-    cdef RMSpropCoef coef
-    rmsprop_coef(&h, &coef)
-    _run(CORES.rmsprop[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-
-
-cdef _adam(str fn, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2,
-           eps, weight_decay, bint decoupled, maximize, n_threads):
-    cdef AdamHyper h
-    cdef Checked c
-    h.step = _step(fn, step)
-    h.lr = _nonneg(fn, "lr", lr)
-    h.beta1 = _unit(fn, "beta1", beta1)
-    h.beta2 = _unit(fn, "beta2", beta2)
-    h.eps = _nonneg(fn, "eps", eps)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.decoupled_weight_decay = decoupled
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _check_arrays(fn, _ADAM_NAMES, (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq), 4,
-                  &c)
-    cdef AdamCoef coef
-    adam_coef(&h, &coef)
-    _run(CORES.adam[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1=0.9,
-         beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-         maximize=False, n_threads=None):
-    """Adam, with AMSGrad and L2 or decoupled weight decay, in place (torch.optim.Adam).
-
-    With ``g = -grad if maximize else grad`` and ``t = step`` (1-based)::
-
-        param = param * (1 - lr * weight_decay)     (decoupled_weight_decay, i.e. AdamW)
-        g     = g + weight_decay * param            (otherwise, if weight_decay != 0)
-        exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
-        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
-        v = max(max_exp_avg_sq, exp_avg_sq) -> max_exp_avg_sq   (AMSGrad: buffer given)
-        v = exp_avg_sq                                            (otherwise)
-        param = param - lr / (1 - beta1**t) * exp_avg / (sqrt(v) / sqrt(1 - beta2**t) + eps)
-
-    eps is added after the bias correction of sqrt(v), as torch does. Passing
-    ``max_exp_avg_sq`` selects AMSGrad (the max is over the raw second moment). Returns None.
-    """
-    _adam("fastlr.kernels.adam", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
-          beta1, beta2, eps, weight_decay,
-          _flag("fastlr.kernels.adam", "decoupled_weight_decay", decoupled_weight_decay),
-          maximize, n_threads)
-
-
-def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr, beta1=0.9,
-          beta2=0.999, eps=1e-8, weight_decay=1e-2, maximize=False, n_threads=None):
-    """AdamW: :func:`adam` with decoupled weight decay (torch.optim.AdamW).
-
-    ``param = param * (1 - lr * weight_decay)`` before the Adam update; the decay uses the
-    current lr, so a scheduled lr scales it too. Default ``weight_decay=1e-2``. Returns None.
-    """
-    _adam("fastlr.kernels.adamw", param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
-          beta1, beta2, eps, weight_decay, True, maximize, n_threads)
-
-
-# ---- Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion ----------------------------------------
 cdef double _closed_unit(str fn, str name, object value) except? -1.0:
     """A rate in [0, 1]."""
     cdef double v = _real(fn, name, value)
@@ -787,205 +426,8 @@ cdef double _closed_unit(str fn, str name, object value) except? -1.0:
     return v
 
 
-def adagrad(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10,
-            maximize=False, n_threads=None):
-    """Adagrad with lr decay and L2 weight decay, in place (torch.optim.Adagrad).
-
-    With ``g = -grad if maximize else grad`` and ``t = step`` (1-based)::
-
-        g         = g + weight_decay * param                  (if weight_decay != 0)
-        clr       = lr / (1 + (t - 1) * lr_decay)
-        state_sum = state_sum + g**2
-        param     = param - clr * g / (sqrt(state_sum) + eps)
-
-    ``state_sum`` starts at ``initial_accumulator_value`` (torch's default 0;
-    :func:`fastlr.kernels.make_state` fills it). ``lr`` is in parameter units per
-    normalised gradient. Returns None.
-    """
-    cdef str fn = "fastlr.kernels.adagrad"
-    cdef AdagradHyper h
-    cdef Checked c
-    h.step = _step(fn, step)
-    h.lr = _nonneg(fn, "lr", lr)
-    h.lr_decay = _nonneg(fn, "lr_decay", lr_decay)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.eps = _nonneg(fn, "eps", eps)
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _check_arrays(fn, ("param", "grad", "state_sum"), (param, grad, state_sum), 3, &c)
-    cdef AdagradCoef coef
-    adagrad_coef(&h, &coef)
-    _run(CORES.adagrad[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-
-
-def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
-             weight_decay=0.0, maximize=False, n_threads=None):
-    """Adadelta with L2 weight decay, in place (torch.optim.Adadelta).
-
-    With ``g = -grad if maximize else grad`` and ``g = g + weight_decay * param``::
-
-        square_avg = rho * square_avg + (1 - rho) * g**2
-        delta      = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
-        acc_delta  = rho * acc_delta + (1 - rho) * delta**2
-        param      = param - lr * delta
-
-    eps sits inside both square roots; both buffers start at zeros; no step count is
-    needed. Returns None.
-    """
-    cdef str fn = "fastlr.kernels.adadelta"
-    cdef AdadeltaHyper h
-    cdef Checked c
-    h.lr = _nonneg(fn, "lr", lr)
-    h.rho = _closed_unit(fn, "rho", rho)
-    h.eps = _nonneg(fn, "eps", eps)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _check_arrays(fn, ("param", "grad", "square_avg", "acc_delta"),
-                  (param, grad, square_avg, acc_delta), 4, &c)
-    cdef AdadeltaCoef coef
-    adadelta_coef(&h, &coef)
-    _run(CORES.adadelta[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-
-
-def adamax(param, grad, exp_avg, exp_inf, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
-           weight_decay=0.0, maximize=False, n_threads=None):
-    """Adamax (Adam with an infinity norm), in place (torch.optim.Adamax).
-
-    With ``g = -grad if maximize else grad``, ``g = g + weight_decay * param`` and
-    ``t = step`` (1-based)::
-
-        exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
-        exp_inf = maximum(beta2 * exp_inf, |g| + eps)       (NaN in either gives NaN)
-        param   = param - lr / (1 - beta1**t) * exp_avg / exp_inf
-
-    Both buffers start at zeros. Returns None.
-    """
-    cdef str fn = "fastlr.kernels.adamax"
-    cdef AdamaxHyper h
-    cdef Checked c
-    h.step = _step(fn, step)
-    h.lr = _nonneg(fn, "lr", lr)
-    h.beta1 = _unit(fn, "beta1", beta1)
-    h.beta2 = _unit(fn, "beta2", beta2)
-    h.eps = _nonneg(fn, "eps", eps)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _check_arrays(fn, ("param", "grad", "exp_avg", "exp_inf"), (param, grad, exp_avg, exp_inf),
-                  4, &c)
-    cdef AdamaxCoef coef
-    adamax_coef(&h, &coef)
-    _run(CORES.adamax[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-
-
-def nadam(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1=0.9, beta2=0.999,
-          eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
-          maximize=False, n_threads=None):
-    """NAdam (Adam with Nesterov momentum), in place (torch.optim.NAdam). Returns the new
-    ``mu_product``: pass it to the next call (start with 1.0).
-
-    With ``g = -grad if maximize else grad``, ``t = step`` (1-based) and
-    ``mu(t) = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``::
-
-        param = param * (1 - lr * weight_decay)    (decoupled_weight_decay)
-        g     = g + weight_decay * param           (otherwise, if weight_decay != 0)
-        P     = mu_product * mu(t)                 (the returned mu_product)
-        exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
-        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
-        denom = sqrt(exp_avg_sq / (1 - beta2**t)) + eps
-        param = param - lr * (1 - mu(t)) / (1 - P) * g / denom
-        param = param - lr * mu(t+1) / (1 - P * mu(t+1)) * exp_avg / denom
-
-    ``mu_product`` is the product mu(1)...mu(t-1), a float in [0, 1]; torch keeps it in
-    each parameter's state (as fastlr.NAdam does). Both buffers start at zeros.
-    """
-    cdef str fn = "fastlr.kernels.nadam"
-    cdef NAdamHyper h
-    cdef Checked c
-    h.step = _step(fn, step)
-    h.mu_product = _closed_unit(fn, "mu_product", mu_product)
-    h.lr = _nonneg(fn, "lr", lr)
-    h.beta1 = _unit(fn, "beta1", beta1)
-    h.beta2 = _unit(fn, "beta2", beta2)
-    h.eps = _nonneg(fn, "eps", eps)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.momentum_decay = _nonneg(fn, "momentum_decay", momentum_decay)
-    h.decoupled_weight_decay = _flag(fn, "decoupled_weight_decay", decoupled_weight_decay)
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _check_arrays(fn, ("param", "grad", "exp_avg", "exp_avg_sq"),
-                  (param, grad, exp_avg, exp_avg_sq), 4, &c)
-    cdef NAdamCoef coef
-    nadam_coef(&h, &coef)
-    _run(CORES.nadam[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-    return coef.mu_product
-
-
-def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
-          weight_decay=0.0, decoupled_weight_decay=False, maximize=False, n_threads=None):
-    """RAdam (rectified Adam), in place (torch.optim.RAdam).
-
-    With ``g = -grad if maximize else grad``, ``t = step`` (1-based), weight decay as in
-    :func:`nadam`, ``rho_inf = 2 / (1 - beta2) - 1`` and
-    ``rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)``::
-
-        exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
-        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
-        m_hat = exp_avg / (1 - beta1**t)
-        r     = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
-        param = param - m_hat * lr * sqrt(1 - beta2**t) / (sqrt(exp_avg_sq) + eps) * r
-                                                              (rho_t > 5)
-        param = param - m_hat * lr                             (otherwise: the first steps)
-
-    eps is added to the uncorrected sqrt(exp_avg_sq), as torch does. Returns None.
-    """
-    cdef str fn = "fastlr.kernels.radam"
-    cdef RAdamHyper h
-    cdef Checked c
-    h.step = _step(fn, step)
-    h.lr = _nonneg(fn, "lr", lr)
-    h.beta1 = _unit(fn, "beta1", beta1)
-    h.beta2 = _unit(fn, "beta2", beta2)
-    h.eps = _nonneg(fn, "eps", eps)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.decoupled_weight_decay = _flag(fn, "decoupled_weight_decay", decoupled_weight_decay)
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _check_arrays(fn, ("param", "grad", "exp_avg", "exp_avg_sq"),
-                  (param, grad, exp_avg, exp_avg_sq), 4, &c)
-    cdef RAdamCoef coef
-    radam_coef(&h, &coef)
-    _run(CORES.radam[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
-
-
-def lion(param, grad, exp_avg, *, lr, beta1=0.9, beta2=0.99, weight_decay=1e-3,
-         maximize=False, n_threads=None):
-    """Lion (evolved sign momentum), in place, as optax.lion defines it.
-
-    With ``g = -grad if maximize else grad``::
-
-        u       = sign((1 - beta1) * g + beta1 * exp_avg)     (sign(0) = 0, NaN stays NaN)
-        exp_avg = (1 - beta2) * g + beta2 * exp_avg
-        param   = param - lr * (u + weight_decay * param)
-
-    The decay is decoupled and scaled by lr (optax's add_decayed_weights before
-    scale_by_learning_rate). ``exp_avg`` (optax's ``mu``) starts at zeros. Default
-    ``weight_decay=1e-3`` as optax. Returns None.
-    """
-    cdef str fn = "fastlr.kernels.lion"
-    cdef LionHyper h
-    cdef Checked c
-    h.lr = _nonneg(fn, "lr", lr)
-    h.beta1 = _closed_unit(fn, "beta1", beta1)
-    h.beta2 = _closed_unit(fn, "beta2", beta2)
-    h.weight_decay = _nonneg(fn, "weight_decay", weight_decay)
-    h.maximize = _flag(fn, "maximize", maximize)
-    cdef int nt = _threads_arg(fn, n_threads)
-    _check_arrays(fn, ("param", "grad", "exp_avg"), (param, grad, exp_avg), 3, &c)
-    cdef LionCoef coef
-    lion_coef(&h, &coef)
-    _run(CORES.lion[c.type_num == cnp.NPY_DOUBLE], &coef, &c, nt)
+# The C API and the validated kernels, per family of the table (generated).
+include "_kernels_api.pxi"
 
 
 def _init_cores():

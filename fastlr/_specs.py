@@ -2,16 +2,24 @@
 
 Everything that used to be written once per optimizer is derived from :data:`OPTIMIZERS`:
 
-* at build time (``setup.py`` renders the Tempita templates with :func:`template_namespace`):
-  the C API's hyperparameter structs and per-dtype functions (``adam_f32``,
-  ``adam_f64_parallel``, ...), the per-dtype core adapters and the core table, the engine's
-  per-family dispatch, and the validated Python kernels;
+* at build time (``setup.py`` renders every ``fastlr/**/*.tp`` Tempita template with
+  :func:`template_namespace`, through :func:`render_templates`): the C API's hyperparameter
+  structs and per-dtype functions (``adam_f32``, ``adam_f64_parallel``, ...; ``_kernels.pxd``
+  and ``_kernels_api.pxi``), the family numbers, per-dtype core adapters and the core table
+  (``_core/families.pxd``), the engine's per-family dispatch (``_core/engine_families.pxi``),
+  and the validated Python kernels with their stubs (``_kernels_api.pxi``,
+  ``_kernels.pyi``; docstrings from :data:`KERNEL_DOCS`);
 * at import time: :func:`fastlr.kernels.state_names` / ``make_state``, the optimizer classes'
   signatures and checks, the ``fastlr bench`` rows, the ``fastlr.compat.torch`` classes;
 * in the tests: the parametrization, and the coverage test that names whatever a row lacks.
 
 The maths is not here: each family's coefficient function and fused core loop are written by
 hand, once, in ``fastlr/_core/loops.pxd``; its NumPy twin in ``fastlr/reference``.
+
+A new family ``x`` on the compiled side: its row here (:data:`FAMILIES`, :data:`OPTIMIZERS`,
+:data:`KERNEL_DOCS`), and in ``loops.pxd`` its ``XCoef`` struct (with a ``double sign``),
+``x_coef(const XHyper*, XCoef*)`` and ``x_core(param, grad, <state in table order>, n,
+const XCoef*)``. Rows may not reorder or change an existing family's ``c_fields`` (the ABI).
 
 Vocabulary
 ----------
@@ -32,10 +40,12 @@ state
     hyperparameters, or None for always) and its fill value.
 """
 
+import re
 from dataclasses import dataclass, field
 
 __all__ = ["Hyper", "State", "Family", "Optimizer", "FAMILIES", "OPTIMIZERS", "CHECKS",
-           "family", "optimizer", "template_namespace"]
+           "KERNEL_DOCS", "family", "optimizer", "template_namespace",
+           "render_templates"]
 
 #: Range rules: name -> (low, high, high_inclusive, text). ``None`` bounds are open; every
 #: rule also requires a finite real number (``flag`` is a bool instead).
@@ -75,6 +85,9 @@ class Family:
     kernel_doc: str               # a line for the C API's comment
     uses_step: bool = True        # the kernel takes the 1-based step
     scalar_state: tuple = ()      # per-param scalars carried between steps: ((name, init),)
+    kernel_keywords: tuple = ()   # the validated kernel's keyword order, when not ``hypers``'
+    first_use_step: str = ""      # a state buffer: ``step`` is 1 on its first use, else 2
+                                  # (torch's "buffer is None"); "" : the update count
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,8 @@ class Optimizer:
     fixed: dict = field(default_factory=dict)      # hyperparameters the class fixes
     torch: str = ""               # torch.optim class name, "" when torch has none
     options: tuple = ()           # class-only options (not hyperparameters of the kernel)
+    kernel_defaults: dict = field(default_factory=dict)  # the kernel's defaults differing
+                                                         # from the family's (adamw)
 
 
 def _h(name, default, check, schedulable=False, doc="", pair=""):
@@ -114,7 +129,9 @@ FAMILIES = {f.name: f for f in (
         (_LR, _h("momentum", 0.0, "nonneg", True, "momentum factor"),
          _h("dampening", 0.0, "finite", doc="dampening of the momentum"), _WD,
          _h("nesterov", False, "flag", doc="Nesterov momentum"), _MAX),
-        "SGD (momentum, dampening, Nesterov, L2 weight decay, maximize)"),
+        "SGD (momentum, dampening, Nesterov, L2 weight decay, maximize)",
+        kernel_keywords=("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize"),
+        first_use_step="momentum_buffer"),
     Family(
         "rmsprop", "RMSpropHyper",
         ((_D, "lr", ""), (_D, "alpha", ""), (_D, "eps", ""), (_D, "weight_decay", ""),
@@ -209,7 +226,7 @@ OPTIMIZERS = {o.cls: o for o in (
               "AdamW: Adam with decoupled weight decay",
               defaults={"lr": 1e-3, "weight_decay": 1e-2},
               fixed={"decoupled_weight_decay": True}, torch="AdamW",
-              options=(("amsgrad", False),)),
+              options=(("amsgrad", False),), kernel_defaults={"weight_decay": 1e-2}),
     Optimizer("Adagrad", "adagrad", "adagrad", "torch.optim.Adagrad",
               "Adagrad with lr decay and L2 weight decay",
               defaults={"lr": 1e-2}, torch="Adagrad",
@@ -228,6 +245,141 @@ OPTIMIZERS = {o.cls: o for o in (
               defaults={"lr": 1e-4}),
 )}
 
+
+#: The validated kernels' docstrings (the formula each implements), by kernel name.
+KERNEL_DOCS = {
+    "sgd": """SGD with momentum, dampening, Nesterov and L2 weight decay, in place (torch.optim.SGD).
+
+With ``g = -grad if maximize else grad``::
+
+    g   = g + weight_decay * param                       (if weight_decay != 0)
+    buf = g                                  (step == 1: the buffer starts as g)
+    buf = momentum * buf + (1 - dampening) * g           (step > 1)
+    g   = g + momentum * buf if nesterov else buf         (if momentum != 0)
+    param = param - lr * g
+
+``param`` (and ``momentum_buffer``, required exactly when ``momentum != 0``) are updated
+in place; ``grad`` is only read. ``step`` is the 1-based update number of these
+buffers. ``lr`` is in parameter units per gradient unit. ``n_threads=None`` uses
+:func:`fastlr.get_num_threads`. Returns None.
+""",
+    "rmsprop": """RMSprop, optionally centered and with momentum, in place (torch.optim.RMSprop).
+
+With ``g = -grad if maximize else grad`` and ``g = g + weight_decay * param``::
+
+    square_avg = alpha * square_avg + (1 - alpha) * g**2
+    grad_avg   = grad_avg + (1 - alpha) * (g - grad_avg)  (centered: grad_avg given)
+    avg        = sqrt(square_avg - grad_avg**2) + eps      (centered)
+               = sqrt(square_avg) + eps                    (otherwise; eps outside sqrt)
+    buf   = momentum * buf + g / avg;  param = param - lr * buf   (momentum > 0)
+    param = param - lr * g / avg                                  (momentum == 0)
+
+No bias correction. ``momentum_buffer`` is required exactly when ``momentum > 0`` (it
+starts at zeros); passing ``grad_avg`` selects the centered variant. Returns None.
+""",
+    "adam": """Adam, with AMSGrad and L2 or decoupled weight decay, in place (torch.optim.Adam).
+
+With ``g = -grad if maximize else grad`` and ``t = step`` (1-based)::
+
+    param = param * (1 - lr * weight_decay)     (decoupled_weight_decay, i.e. AdamW)
+    g     = g + weight_decay * param            (otherwise, if weight_decay != 0)
+    exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+    v = max(max_exp_avg_sq, exp_avg_sq) -> max_exp_avg_sq   (AMSGrad: buffer given)
+    v = exp_avg_sq                                            (otherwise)
+    param = param - lr / (1 - beta1**t) * exp_avg / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+eps is added after the bias correction of sqrt(v), as torch does. Passing
+``max_exp_avg_sq`` selects AMSGrad (the max is over the raw second moment). Returns None.
+""",
+    "adamw": """AdamW: :func:`adam` with decoupled weight decay (torch.optim.AdamW).
+
+``param = param * (1 - lr * weight_decay)`` before the Adam update; the decay uses the
+current lr, so a scheduled lr scales it too. Default ``weight_decay=1e-2``. Returns None.
+""",
+    "adagrad": """Adagrad with lr decay and L2 weight decay, in place (torch.optim.Adagrad).
+
+With ``g = -grad if maximize else grad`` and ``t = step`` (1-based)::
+
+    g         = g + weight_decay * param                  (if weight_decay != 0)
+    clr       = lr / (1 + (t - 1) * lr_decay)
+    state_sum = state_sum + g**2
+    param     = param - clr * g / (sqrt(state_sum) + eps)
+
+``state_sum`` starts at ``initial_accumulator_value`` (torch's default 0;
+:func:`fastlr.kernels.make_state` fills it). ``lr`` is in parameter units per
+normalised gradient. Returns None.
+""",
+    "adadelta": """Adadelta with L2 weight decay, in place (torch.optim.Adadelta).
+
+With ``g = -grad if maximize else grad`` and ``g = g + weight_decay * param``::
+
+    square_avg = rho * square_avg + (1 - rho) * g**2
+    delta      = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+    acc_delta  = rho * acc_delta + (1 - rho) * delta**2
+    param      = param - lr * delta
+
+eps sits inside both square roots; both buffers start at zeros; no step count is
+needed. Returns None.
+""",
+    "adamax": """Adamax (Adam with an infinity norm), in place (torch.optim.Adamax).
+
+With ``g = -grad if maximize else grad``, ``g = g + weight_decay * param`` and
+``t = step`` (1-based)::
+
+    exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+    exp_inf = maximum(beta2 * exp_inf, |g| + eps)       (NaN in either gives NaN)
+    param   = param - lr / (1 - beta1**t) * exp_avg / exp_inf
+
+Both buffers start at zeros. Returns None.
+""",
+    "nadam": """NAdam (Adam with Nesterov momentum), in place (torch.optim.NAdam). Returns the new
+``mu_product``: pass it to the next call (start with 1.0).
+
+With ``g = -grad if maximize else grad``, ``t = step`` (1-based) and
+``mu(t) = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``::
+
+    param = param * (1 - lr * weight_decay)    (decoupled_weight_decay)
+    g     = g + weight_decay * param           (otherwise, if weight_decay != 0)
+    P     = mu_product * mu(t)                 (the returned mu_product)
+    exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+    denom = sqrt(exp_avg_sq / (1 - beta2**t)) + eps
+    param = param - lr * (1 - mu(t)) / (1 - P) * g / denom
+    param = param - lr * mu(t+1) / (1 - P * mu(t+1)) * exp_avg / denom
+
+``mu_product`` is the product mu(1)...mu(t-1), a float in [0, 1]; torch keeps it in
+each parameter's state (as fastlr.NAdam does). Both buffers start at zeros.
+""",
+    "radam": """RAdam (rectified Adam), in place (torch.optim.RAdam).
+
+With ``g = -grad if maximize else grad``, ``t = step`` (1-based), weight decay as in
+:func:`nadam`, ``rho_inf = 2 / (1 - beta2) - 1`` and
+``rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)``::
+
+    exp_avg    = exp_avg + (1 - beta1) * (g - exp_avg)
+    exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+    m_hat = exp_avg / (1 - beta1**t)
+    r     = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+    param = param - m_hat * lr * sqrt(1 - beta2**t) / (sqrt(exp_avg_sq) + eps) * r
+                                                          (rho_t > 5)
+    param = param - m_hat * lr                             (otherwise: the first steps)
+
+eps is added to the uncorrected sqrt(exp_avg_sq), as torch does. Returns None.
+""",
+    "lion": """Lion (evolved sign momentum), in place, as optax.lion defines it.
+
+With ``g = -grad if maximize else grad``::
+
+    u       = sign((1 - beta1) * g + beta1 * exp_avg)     (sign(0) = 0, NaN stays NaN)
+    exp_avg = (1 - beta2) * g + beta2 * exp_avg
+    param   = param - lr * (u + weight_decay * param)
+
+The decay is decoupled and scaled by lr (optax's add_decayed_weights before
+scale_by_learning_rate). ``exp_avg`` (optax's ``mu``) starts at zeros. Default
+``weight_decay=1e-3`` as optax. Returns None.
+""",
+}
 
 def family(name):
     """The :class:`Family` row ``name`` (a ValueError naming the known ones otherwise)."""
@@ -253,7 +405,306 @@ def kernels():
     return tuple(dict.fromkeys(o.kernel for o in OPTIMIZERS.values()))
 
 
-def template_namespace():
-    """What the build-time templates see: the families (in table order) and helpers."""
-    return {"FAMILIES": list(FAMILIES.values()), "OPTIMIZERS": list(OPTIMIZERS.values()),
-            "CHECKS": CHECKS}
+# ---------------------------------------------------------------------------------------
+# Build time: what the Tempita templates (fastlr/**/*.tp) see, and the renderer setup.py runs
+# ---------------------------------------------------------------------------------------
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+_C_DTYPES = {"f32": "float", "f64": "double"}
+
+
+def _enum(fam):
+    """The family's number in the compiled tables: ``K_ADAM``."""
+    return "K_" + fam.name.upper()
+
+
+def _coef_struct(fam):
+    """The family's coefficient struct in fastlr/_core/loops.pxd: ``AdamCoef``."""
+    return fam.struct[:-len("Hyper")] + "Coef"
+
+
+def _when_hypers(fam, st):
+    """The hyperparameters a state's ``when`` reads, or None when it reads something else
+    (a class option such as ``amsgrad``: then the buffer's presence selects the variant)."""
+    if not st.when:
+        return None
+    names = [w for w in _IDENT.findall(st.when) if not w.isdigit()]
+    hyper_names = {h.name for h in fam.hypers}
+    return names if names and all(n in hyper_names for n in names) else None
+
+
+def _when_c(fam, st, prefix):
+    """The state's ``when`` as a C expression over ``prefix + hyper`` (hyper-only conditions)."""
+    names = _when_hypers(fam, st)
+    return _IDENT.sub(lambda m: prefix(m.group(0)) if m.group(0) in names else m.group(0),
+                      st.when)
+
+
+def _c_args(fam, dt):
+    """The C API's pointer arguments: param, grad, then the state buffers in table order."""
+    t = _C_DTYPES[dt]
+    return ([f"{t}* param", f"const {t}* grad"] + [f"{t}* {st.name}" for st in fam.state])
+
+
+def _decl(fam, dt, parallel, tail=""):
+    """``cdef void adam_f32(...) noexcept nogil`` (wrapped at 96 columns) + tail."""
+    head = f"cdef void {fam.name}_{dt}{'_parallel' if parallel else ''}("
+    args = _c_args(fam, dt) + ["Py_ssize_t n", f"const {fam.struct}* h"]
+    if parallel:
+        args.append("int n_threads")
+    lines, line = [], head
+    for k, a in enumerate(args):
+        piece = a + (", " if k < len(args) - 1 else ")")
+        if len(line) + len(piece.rstrip()) > 92 and line.strip() != head.strip():
+            lines.append(line.rstrip())
+            line = " " * len(head) + piece
+        else:
+            line += piece
+    lines.append(line + " noexcept nogil" + tail)
+    return "\n".join(lines)
+
+
+def _literal(value):
+    """A default as the kernels' signatures spell it: ``1e-8``, ``4e-3``, ``0.99``."""
+    if isinstance(value, float) and 0.0 < abs(value) < 0.1:
+        mantissa, exponent = f"{value:e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        text = f"{mantissa}e{int(exponent)}"
+        if float(text) == value:
+            return text
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class _Keyword:
+    name: str
+    default: object               # _REQUIRED: keyword without default
+    check: str                    # a key of CHECKS (scalar state: "closed_unit")
+    field: bool                   # also a field of the family's C struct
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    name: str                     # fastlr.kernels.<name>
+    fam: Family
+    keywords: tuple               # _Keyword rows, in signature order (after ``*``)
+    fixed: dict                   # C field -> value (AdamW's decoupled_weight_decay)
+    doc: str
+
+    def signature(self):
+        """The Python signature (without ``def name``), as the kernels take it."""
+        pos = ["param", "grad"] + [st.name if not st.when else f"{st.name}=None"
+                                   for st in self.fam.state]
+        kw = [k.name if k.default is _REQUIRED else f"{k.name}={_literal(k.default)}"
+              for k in self.keywords]
+        return ", ".join(pos + ["*"] + kw + ["n_threads=None"])
+
+    def stub(self):
+        """The kernel's type stub (fastlr/_kernels.pyi)."""
+        def row(text, comment=""):
+            line = f"    {text},"
+            return line if not comment else f"{line.ljust(38)}  # {comment}"
+        rows = [row("param: _Float", "IN/OUT"), row("grad: _Float", "IN (may be read-only)")]
+        for st in self.fam.state:
+            rows.append(row(f"{st.name}: _Float", "IN/OUT") if not st.when else
+                        row(f"{st.name}: Optional[_Float] = None",
+                            f"IN/OUT, exactly when {st.when}"))
+        rows.append("    *,")
+        for k in self.keywords:
+            kind = ("int" if k.check == "step" else "bool" if k.check == "flag" else "float")
+            rows.append(row(f"{k.name}: {kind}" if k.default is _REQUIRED
+                            else f"{k.name}: {kind} = {_literal(k.default)}"))
+        rows.append(row("n_threads: Optional[int] = None"))
+        ret = "float" if self.fam.scalar_state else "None"
+        return "\n".join([f"def {self.name}("] + [r.rstrip() for r in rows]
+                         + [f") -> {ret}: ..."])
+
+    def def_line(self):
+        """``def name(...):`` wrapped at 96 columns."""
+        head = f"def {self.name}("
+        lines, line = [], head
+        for piece in (self.signature() + "):").split(" "):
+            if len(line) + 1 + len(piece) > 96 and line.strip():
+                lines.append(line.rstrip())
+                line = " " * len(head) + piece
+            else:
+                line += ("" if line.endswith("(") or not line.strip() else " ") + piece
+        lines.append(line)
+        return "\n".join(lines)
+
+
+def _kernels(families, optimizers, docs):
+    """The validated kernels, in table order, with their keywords and fixed fields."""
+    out = []
+    for kernel in dict.fromkeys(o.kernel for o in optimizers.values()):
+        opt = next(o for o in optimizers.values() if o.kernel == kernel)
+        fam = families[opt.family]
+        kws = [_Keyword("step", _REQUIRED, "step", True)] if fam.uses_step else []
+        kws += [_Keyword(name, _REQUIRED, "closed_unit", True)
+                for name, _ in fam.scalar_state]
+        hypers = {h.name: h for h in fam.hypers}
+        order = fam.kernel_keywords or tuple(hypers)
+        fixed = dict(opt.fixed) if kernel != fam.name else {}
+        for name in order:
+            if name in fixed:
+                continue
+            h = hypers[name]
+            default = opt.kernel_defaults.get(name, h.default) if kernel != fam.name \
+                else h.default
+            kws.append(_Keyword(name, _REQUIRED if default is None else default, h.check,
+                                name in {f[1] for f in fam.c_fields}))
+        missing = {f[1] for f in fam.c_fields} - {k.name for k in kws} - set(fixed)
+        if missing:
+            raise ValueError(f"kernel {kernel}: no keyword sets the C field(s) {sorted(missing)}")
+        out.append(_Kernel(kernel, fam, tuple(kws), fixed, docs[kernel]))
+    return out
+
+
+def _hidx(fam, name):
+    """The index of hyperparameter ``name`` in the family's order (the engine's GroupC.h)."""
+    return [h.name for h in fam.hypers].index(name)
+
+
+def _hyper_value(fam, ctype, name):
+    """The engine's C expression for hyperparameter ``name`` as a struct field of ``ctype``."""
+    v = f"g.h[{_hidx(fam, name)}].value"
+    return v if ctype == "double" else f"<{ctype}>{v}"
+
+
+def _display(h):
+    """A hyperparameter as a param group names it: ``betas[0]`` for a pair's first."""
+    return f"{h.pair}[{0 if h.name.endswith('1') else 1}]" if h.pair else h.name
+
+
+def _adapter_args(fam, ctype):
+    """The state pointers an adapter passes its core: ``<float*>b[2], <float*>b[3], ``."""
+    return "".join(f"<{ctype}*>b[{2 + k}], " for k in range(len(fam.state)))
+
+
+def _job_states(fam):
+    """The state arguments of run_job: the family's buffers, then NULL up to 3."""
+    return ", ".join([st.name for st in fam.state] + ["NULL"] * (3 - len(fam.state)))
+
+
+def _state_names(fam):
+    return "".join(f', "{st.name}"' for st in fam.state)
+
+
+def _state_args(fam):
+    return "".join(f", {st.name}" for st in fam.state)
+
+
+def _n_required(fam):
+    """Arrays a kernel requires: param, grad and the state buffers that always exist."""
+    return 2 + len([st for st in fam.state if not st.when])
+
+
+def _why(fam, st):
+    """The f-string text naming the values a state's ``when`` reads: ``momentum={momentum!r}``."""
+    return ", ".join(f"{n}={{{n}!r}}" for n in _when_hypers(fam, st))
+
+
+def _dropped(fam):
+    """(slot, C condition over the engine's GroupC ``g``, state) for every state buffer
+    whose ``when`` reads hyperparameters (checked each step: they may be scheduled)."""
+    return [(k, _when_c(fam, st, lambda n: f"g.h[{_hidx(fam, n)}].value"), st)
+            for k, st in enumerate(fam.state) if _when_hypers(fam, st)]
+
+
+def _checks(fam):
+    """(check number, hyper index, Hyper) for the schedulable hyperparameters (the engine
+    checks their values each step)."""
+    rows = [(i, h) for i, h in enumerate(fam.hypers) if h.schedulable]
+    return [(j, i, h) for j, (i, h) in enumerate(rows)]
+
+
+def _check_c(rule, v):
+    """A CHECKS rule as a C condition on ``v`` (NaN fails every comparison)."""
+    low, high, inclusive, _ = CHECKS[rule]
+    conds = [] if low is not None and high is not None else [f"isfinite({v})"]
+    if low is not None:
+        conds.append(f"{v} >= {low!r}")
+    if high is not None:
+        conds.append(f"{v} {'<=' if inclusive else '<'} {high!r}")
+    return " and ".join(conds)
+
+
+def _used(fam, name):
+    return _hidx(fam, name) if name in [h.name for h in fam.hypers] else -1
+
+
+def _indent(text, n):
+    pad = " " * n
+    return "\n".join(pad + line if line.strip() else line for line in text.split("\n"))
+
+
+def _check_table(families):
+    for fam in families.values():
+        if fam.hypers[0].name != "lr" or not fam.hypers[0].schedulable:
+            raise ValueError(f"{fam.name}: the first hyperparameter must be lr, schedulable")
+        if len(fam.state) > 3:
+            raise ValueError(f"{fam.name}: at most 3 state buffers (the cores take 5 pointers)")
+        if len(fam.scalar_state) > 1:
+            raise ValueError(f"{fam.name}: the engine carries one per-param scalar")
+        opt = [st.name for st in fam.state if st.when]
+        if [st.name for st in fam.state][len(fam.state) - len(opt):] != opt:
+            raise ValueError(f"{fam.name}: optional state buffers must come last")
+
+
+def template_namespace(families=None, optimizers=None, kernel_docs=None):
+    """What the build-time templates see: the families (in table order) and helpers. The
+    arguments replace the table's FAMILIES / OPTIMIZERS / KERNEL_DOCS (the tests render a
+    table with an extra row)."""
+    families = FAMILIES if families is None else families
+    optimizers = OPTIMIZERS if optimizers is None else optimizers
+    docs = KERNEL_DOCS if kernel_docs is None else kernel_docs
+    _check_table(families)
+    return {"FAMILIES": list(families.values()), "OPTIMIZERS": list(optimizers.values()),
+            "CHECKS": CHECKS, "KERNELS": _kernels(families, optimizers, docs),
+            "REQUIRED": _REQUIRED, "MAX_STATE": 3,
+            "MAX_HYPERS": max(len(f.hypers) for f in families.values()),
+            "enum": _enum, "coef_struct": _coef_struct, "c_args": _c_args, "decl": _decl,
+            "when_hypers": _when_hypers, "when_c": _when_c, "indent": _indent,
+            "hidx": _hidx, "hyper_value": _hyper_value, "display": _display,
+            "USED": ("lr", "momentum", "beta1", "weight_decay"), "used": _used,
+            "adapter_args": _adapter_args, "job_states": _job_states,
+            "state_names": _state_names, "state_args": _state_args, "n_required": _n_required,
+            "why": _why, "dropped": _dropped, "checks": _checks, "check_c": _check_c,
+            "repr": repr, "len": len, "enumerate": enumerate}
+
+
+def render_templates(root, namespace=None, write=True):
+    """Render every ``*.tp`` under ``root`` to the same path without ``.tp``, with a header
+    naming its template; write a file only when its content changed (keeps rebuilds
+    incremental). Returns {output path: rendered text}. Needs Cython (its Tempita)."""
+    import os
+
+    from Cython import Tempita
+
+    ns = template_namespace() if namespace is None else namespace
+    out = {}
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if not name.endswith(".tp"):
+                continue
+            src = os.path.join(dirpath, name)
+            dst = src[:-len(".tp")]
+            with open(src, encoding="utf-8") as f:
+                template = Tempita.Template(f.read(), name=src)
+            # the namespace as the templates' globals too, so comprehensions see it
+            template.default_namespace = dict(Tempita.Template.default_namespace, **ns)
+            rel = os.path.relpath(src, os.path.dirname(root)).replace(os.sep, "/")
+            text = (f"# generated from {rel} by setup.py from fastlr/_specs.py; do not edit\n"
+                    + template.substitute(ns))
+            out[dst] = text
+            if write:
+                old = None
+                if os.path.exists(dst):
+                    with open(dst, encoding="utf-8") as f:
+                        old = f.read()
+                if old != text:
+                    with open(dst, "w", encoding="utf-8") as f:
+                        f.write(text)
+    return out

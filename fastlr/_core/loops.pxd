@@ -1,10 +1,22 @@
-# fastlr/_core/loops.pxd -- the update loops shared by fastlr's compiled modules (private).
+# fastlr/_core/loops.pxd -- the update maths shared by fastlr's compiled modules (private).
 #
-# Inline definitions, compiled into every module that cimports them (_kernels, _optim):
-# per-step coefficients derived once from the hyperparameters (in double, as torch does),
-# fused-type core loops that read every buffer once and write it once, and per-dtype
-# adapters with one signature (`core_fn`) so a caller can hold them as function pointers.
-# Not part of the stable C API (_kernels.pxd is); it may change in any release.
+# The hand-written part of every optimizer family, and the only one: per family `x` (the
+# table's row in fastlr/_specs.py),
+# * `XCoef` and `x_coef(const XHyper* h, XCoef* c)`: the per-step coefficients, derived once
+#   per call from the C API's hyperparameter struct (in double, as torch does). Every XCoef
+#   has a `double sign` (+-1 for maximize) that the core multiplies each grad by: clipping
+#   scales it;
+# * `x_core(param, grad, <state buffers in table order>, n, const XCoef*)`: the fused-type
+#   core loop that reads every buffer once and writes it once, loop-invariant branches
+#   hoisted so each loop body is straight-line code GCC vectorizes (-ffp-contract=off: the
+#   same bits in every instruction-set variant).
+# Plus the gradient reductions (sum of squares, non-finite scan).
+#
+# Everything around these is generated from the table (setup.py renders the templates):
+# the per-dtype adapters with one signature (`core_fn`) and the CoreTable
+# (families.pxd), the C API functions and Python kernels (_kernels_api.pxi), the engine's
+# per-family dispatch (engine_families.pxi). Not part of the stable C API (_kernels.pxd
+# is); it may change in any release.
 
 cimport cython
 from cython cimport floating
@@ -598,65 +610,6 @@ cdef inline bint nonfinite_core(const floating* x, Py_ssize_t n) noexcept nogil:
 
 
 
-# ---- per-dtype adapters: core_fn(ptrs = [param, grad, state...], n, coef) ----
-cdef inline void sgd_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    sgd_core(<float*>b[0], <const float*>b[1], <float*>b[2], n, <const SGDCoef*>c)
-
-cdef inline void sgd_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    sgd_core(<double*>b[0], <const double*>b[1], <double*>b[2], n, <const SGDCoef*>c)
-
-cdef inline void rmsprop_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    rmsprop_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], <float*>b[4],
-                 n, <const RMSpropCoef*>c)
-
-cdef inline void rmsprop_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    rmsprop_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3],
-                 <double*>b[4], n, <const RMSpropCoef*>c)
-
-cdef inline void adam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adam_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], <float*>b[4],
-              n, <const AdamCoef*>c)
-
-cdef inline void adam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3],
-              <double*>b[4], n, <const AdamCoef*>c)
-
-cdef inline void adagrad_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adagrad_core(<float*>b[0], <const float*>b[1], <float*>b[2], n, <const AdagradCoef*>c)
-
-cdef inline void adagrad_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adagrad_core(<double*>b[0], <const double*>b[1], <double*>b[2], n, <const AdagradCoef*>c)
-
-cdef inline void adadelta_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adadelta_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const AdadeltaCoef*>c)
-
-cdef inline void adadelta_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adadelta_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const AdadeltaCoef*>c)
-
-cdef inline void adamax_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adamax_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const AdamaxCoef*>c)
-
-cdef inline void adamax_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    adamax_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const AdamaxCoef*>c)
-
-cdef inline void nadam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    nadam_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const NAdamCoef*>c)
-
-cdef inline void nadam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    nadam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const NAdamCoef*>c)
-
-cdef inline void radam_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    radam_core(<float*>b[0], <const float*>b[1], <float*>b[2], <float*>b[3], n, <const RAdamCoef*>c)
-
-cdef inline void radam_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    radam_core(<double*>b[0], <const double*>b[1], <double*>b[2], <double*>b[3], n, <const RAdamCoef*>c)
-
-cdef inline void lion_core_f32(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    lion_core(<float*>b[0], <const float*>b[1], <float*>b[2], n, <const LionCoef*>c)
-
-cdef inline void lion_core_f64(char** b, Py_ssize_t n, const void* c) noexcept nogil:
-    lion_core(<double*>b[0], <const double*>b[1], <double*>b[2], n, <const LionCoef*>c)
-
 # ---- gradient reductions, per dtype: acc is 8 double lanes (see sumsq_core) ----
 ctypedef void (*sumsq_fn)(const char* x, Py_ssize_t n, Py_ssize_t start, double* acc) noexcept nogil
 ctypedef bint (*nonfinite_fn)(const char* x, Py_ssize_t n) noexcept nogil
@@ -672,19 +625,3 @@ cdef inline bint nonfinite_f32(const char* x, Py_ssize_t n) noexcept nogil:
 
 cdef inline bint nonfinite_f64(const char* x, Py_ssize_t n) noexcept nogil:
     return nonfinite_core(<const double*>x, n)
-
-# ---- a table of the adapters, one per compiled instruction-set variant ----
-# fastlr/_core/cores_baseline.pyx and _cores_x86_64_v3.pyx compile these same loops for the
-# baseline ISA and for x86-64-v3 (AVX2); fastlr/_core/dispatch.py picks one at import.
-ctypedef struct CoreTable:
-    core_fn sgd[2]          # [float32, float64]
-    core_fn rmsprop[2]
-    core_fn adam[2]
-    core_fn adagrad[2]
-    core_fn adadelta[2]
-    core_fn adamax[2]
-    core_fn nadam[2]
-    core_fn radam[2]
-    core_fn lion[2]
-    sumsq_fn sumsq[2]
-    nonfinite_fn nonfinite[2]
