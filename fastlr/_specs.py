@@ -257,3 +257,64 @@ def template_namespace():
     """What the build-time templates see: the families (in table order) and helpers."""
     return {"FAMILIES": list(FAMILIES.values()), "OPTIMIZERS": list(OPTIMIZERS.values()),
             "CHECKS": CHECKS}
+
+
+# ---- derived views of the table (used by fastlr.kernels, fastlr.optim, compat, bench) ----
+
+class _Unknown:
+    """A hyperparameter whose value is not a number (a schedule): every condition on it
+    holds, so the buffers it may need exist."""
+
+    def __bool__(self):
+        return True
+
+    def _cmp(self, other):
+        return True
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _cmp
+    __hash__ = object.__hash__
+
+
+UNKNOWN = _Unknown()
+
+_WHEN_CODE = {}
+
+
+def _when_code(expr):
+    code = _WHEN_CODE.get(expr)
+    if code is None:
+        code = _WHEN_CODE[expr] = compile(expr, f"<State.when {expr!r}>", "eval")
+    return code
+
+
+def when_names(expr):
+    """The names a ``State.when`` condition reads."""
+    return tuple(_when_code(expr).co_names) if expr else ()
+
+
+def state_options(family_name):
+    """The options (hyperparameters or class options) a family's state conditions read."""
+    return tuple(dict.fromkeys(n for s in family(family_name).state for n in when_names(s.when)))
+
+
+def state_names(family_name, values):
+    """The family's state buffers that exist for ``values`` (a mapping of the names the
+    conditions read; :data:`UNKNOWN` for a scheduled one), in C argument order."""
+    out = []
+    for s in family(family_name).state:
+        if not s.when or eval(_when_code(s.when), {"__builtins__": {}}, values):
+            out.append(s.name)
+    return tuple(out)
+
+
+def fill_options():
+    """The options that fill a state buffer (``State.fill``), e.g. initial_accumulator_value."""
+    return tuple(dict.fromkeys(s.fill for f in FAMILIES.values() for s in f.state if s.fill))
+
+
+def fill_owner(option):
+    """The first class (in table order) whose family fills a buffer with ``option``."""
+    for o in OPTIMIZERS.values():
+        if any(s.fill == option for s in FAMILIES[o.family].state):
+            return o.cls
+    return None
