@@ -63,6 +63,7 @@ class State:
     name: str
     when: str = ""                # "" always; else a Python expression over the hyperparameters
     fill: str = ""                # "" zeros; else the hyperparameter whose value fills it
+    lazy: bool = False            # torch creates it at the first update that uses it
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ FAMILIES = {f.name: f for f in (
         ((_D, "lr", ""), (_D, "momentum", ""), (_D, "dampening", ""), (_D, "weight_decay", ""),
          (_I64, "step", "1-based update number; step == 1 initialises the momentum buffer"),
          (_INT, "nesterov", "0 or 1"), (_INT, "maximize", "0 or 1")),
-        (State("momentum_buffer", "momentum != 0"),),
+        (State("momentum_buffer", "momentum != 0", lazy=True),),
         (_LR, _h("momentum", 0.0, "nonneg", True, "momentum factor"),
          _h("dampening", 0.0, "finite", doc="dampening of the momentum"), _WD,
          _h("nesterov", False, "flag", doc="Nesterov momentum"), _MAX),

@@ -91,6 +91,8 @@ class Optimizer:
     _schedulable = ()       # hyperparameters that take a schedule
     _slots = ()             # the kernel's state arguments, in order
     _optional_state = ()    # buffers torch creates on first use (absent before)
+    _scalar = None          # the name of the per-param scalar state (NAdam's mu_product)
+    _scalar_init = 1.0      # its value before the first update
 
     def __init__(self, params, defaults, n_threads=None, max_grad_norm=None,
                  skip_nonfinite=False):
@@ -257,7 +259,8 @@ class Optimizer:
         self._counts = np.concatenate([self._counts, np.zeros(len(params), dtype=np.int64)])
         self._started = np.concatenate([self._started, np.zeros(len(params), dtype=np.uint8)])
         self._used = np.concatenate([self._used, np.full((1, 4), np.nan)])
-        self._mu_product = np.concatenate([self._mu_product, np.ones(len(params))])
+        self._mu_product = np.concatenate([self._mu_product,
+                                           np.full(len(params), self._scalar_init)])
         self._lr_scale = np.concatenate([self._lr_scale, np.ones(1)])
         self._state.extend({} for _ in params)
 
@@ -451,12 +454,22 @@ class Optimizer:
     @property
     def state(self):
         """Per-param state, keyed by param index: ``{"step": updates applied to it, buffer
-        name: the buffer (a live view)}``."""
-        return {i: dict(self._live_state(i), step=int(self._counts[i]))
-                for i in range(len(self._state))}
+        name: the buffer (a live view)}``, plus the optimizer's scalar state (NAdam's
+        ``mu_product``, a float)."""
+        state = {i: dict(self._live_state(i), step=int(self._counts[i]))
+                 for i in range(len(self._state))}
+        if self._scalar:
+            for i, st in state.items():
+                st[self._scalar] = float(self._mu_product[i])
+        return state
 
     def _live_state(self, i):
-        return self._state[i]
+        """Param ``i``'s buffers as torch shows them: a lazily created one (torch's SGD
+        momentum buffer) is absent until the param's first update that uses it."""
+        st = self._state[i]
+        if not self._optional_state or self._started[i]:
+            return st
+        return {k: v for k, v in st.items() if k not in self._optional_state}
 
     def _values_at(self, t):
         if self._dirty:
@@ -493,9 +506,9 @@ class Optimizer:
             groups.append(g)
         state = {i: dict({k: np.array(v, copy=True) for k, v in self._live_state(i).items()},
                          step=int(self._counts[i])) for i in range(len(self._state))}
-        if self._kernel == "nadam":
+        if self._scalar:
             for i, st in state.items():
-                st["mu_product"] = float(self._mu_product[i])
+                st[self._scalar] = float(self._mu_product[i])
         sd = {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups,
               "skipped_steps": self._skipped, "lr_scale": [float(v) for v in self._lr_scale],
               "last_lr": self.last_lr}
@@ -589,15 +602,15 @@ class Optimizer:
                 raise ValueError(f"{name}: the state dict has no state for param {i}")
             count = _nonneg_int(name, f"state[{i}]['step']", st.get("step"))
             bufs = {}
-            if self._kernel == "nadam":
-                mp = st.get("mu_product")
+            if self._scalar:
+                mp = st.get(self._scalar)
                 if isinstance(mp, np.ndarray) and mp.ndim == 0:
                     mp = mp.item()
                 if isinstance(mp, (bool, np.bool_)) or not isinstance(mp, numbers.Real) or \
                         not 0.0 <= mp <= 1.0:
-                    raise ValueError(f"{name}: state[{i}]['mu_product'] must be a number in "
-                                     f"[0, 1], got {mp!r}")
-                bufs["mu_product"] = float(mp)
+                    raise ValueError(f"{name}: state[{i}][{self._scalar!r}] must be a number "
+                                     f"in [0, 1], got {mp!r}")
+                bufs[self._scalar] = float(mp)
             for buf in self._state[i]:
                 if buf not in st and buf in self._optional_state:
                     continue
@@ -613,7 +626,7 @@ class Optimizer:
                                      f"{getattr(arr, 'shape', '')}")
                 bufs[buf] = arr
             extra = set(st) - set(self._state[i]) - {"step"} - \
-                ({"mu_product"} if self._kernel == "nadam" else set())
+                ({self._scalar} if self._scalar else set())
             if extra:
                 raise ValueError(f"{name}: state[{i}] has buffers {sorted(extra)} that this "
                                  f"optimizer's options do not use")
@@ -624,8 +637,8 @@ class Optimizer:
                 dict.__setitem__(group, key, value)
         for i, (count, bufs) in new_state.items():
             self._counts[i] = count
-            if "mu_product" in bufs:
-                self._mu_product[i] = bufs["mu_product"]
+            if self._scalar:
+                self._mu_product[i] = bufs[self._scalar]
             for buf, view in self._state[i].items():
                 if buf in bufs:
                     np.copyto(view, bufs[buf], casting="same_kind")
@@ -688,7 +701,7 @@ class Optimizer:
             for p in group["params"]:
                 kwargs = self._reference_kwargs(group, v, index)
                 out = fn(p, grads[index], **kwargs)
-                if self._kernel == "nadam":
+                if self._scalar:
                     self._mu_product[index] = out
                 index += 1
             self._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
