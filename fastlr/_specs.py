@@ -89,6 +89,8 @@ class Optimizer:
     fixed: dict = field(default_factory=dict)      # hyperparameters the class fixes
     torch: str = ""               # torch.optim class name, "" when torch has none
     options: tuple = ()           # class-only options (not hyperparameters of the kernel)
+    torch_state: dict = field(default_factory=dict)  # state name -> torch's key where they
+    #                               differ; "step": "" when torch keeps no step count
 
 
 def _h(name, default, check, schedulable=False, doc="", pair=""):
@@ -199,7 +201,7 @@ FAMILIES = {f.name: f for f in (
 OPTIMIZERS = {o.cls: o for o in (
     Optimizer("SGD", "sgd", "sgd", "torch.optim.SGD",
               "SGD with momentum, dampening, Nesterov and L2 weight decay",
-              defaults={"lr": 1e-3}, torch="SGD"),
+              defaults={"lr": 1e-3}, torch="SGD", torch_state={"step": ""}),
     Optimizer("RMSprop", "rmsprop", "rmsprop", "torch.optim.RMSprop",
               "RMSprop, optionally centered and with momentum",
               defaults={"lr": 1e-2}, torch="RMSprop", options=(("centered", False),)),
@@ -214,7 +216,8 @@ OPTIMIZERS = {o.cls: o for o in (
     Optimizer("Adagrad", "adagrad", "adagrad", "torch.optim.Adagrad",
               "Adagrad with lr decay and L2 weight decay",
               defaults={"lr": 1e-2}, torch="Adagrad",
-              options=(("initial_accumulator_value", 0.0),)),
+              options=(("initial_accumulator_value", 0.0),),
+              torch_state={"state_sum": "sum"}),
     Optimizer("Adadelta", "adadelta", "adadelta", "torch.optim.Adadelta",
               "Adadelta with L2 weight decay", defaults={"lr": 1.0}, torch="Adadelta"),
     Optimizer("Adamax", "adamax", "adamax", "torch.optim.Adamax",
