@@ -273,7 +273,9 @@ class _FastlrStep:
                         bufs[name] = t.numpy()
                 if scalar is not None:
                     value, view = extra if extra is not None else (self._scalar_init, None)
-                    kw[scalar] = self._scalar_in(value, step + 1, hyper)
+                    kw[scalar] = self._scalar_in(
+                        value, step + 1, hyper,
+                        view.dtype if view is not None else _NP_SCALAR[_scalar_dtype()])
                 if takes_step:
                     out = fn(pv, gv, *bufs.values(), step=step + 1, **kw)
                 else:
@@ -407,8 +409,9 @@ class _FastlrStep:
         return v, view
 
     @staticmethod
-    def _scalar_in(value, step, hyper):
-        """The scalar state handed to the kernel for update ``step`` (its stored value)."""
+    def _scalar_in(value, step, hyper, dtype):
+        """The scalar state handed to the kernel for update ``step`` (its stored value; a
+        family may adjust it for the precision torch keeps it in, see _SCALAR_IN)."""
         return value
 
     @staticmethod
@@ -460,6 +463,27 @@ def _check_options(where, options):
                          f"{key}")
 
 
+
+
+_NP_SCALAR = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _nadam_mu_product(value, step, hyper, dtype):
+    """torch keeps NAdam's mu_product in a tensor of its default dtype; in float32 the
+    product an update uses is rounded: ``P = f32(f32(P_prev) * f32(mu_t))``. The kernel
+    forms ``P_prev * mu_t`` in double, so it is handed ``P / mu_t``, which gives torch's
+    ``P`` to the last bit of a double (at most 1: the kernel's range; at the first update
+    ``f32(mu_1)`` may round up, a difference of one float32 rounding)."""
+    if dtype == np.float64:
+        return value
+    mu = hyper["beta1"] * (1.0 - 0.5 * 0.96 ** (step * hyper["momentum_decay"]))
+    if mu == 0.0:
+        return value
+    return min(float(np.float32(value) * np.float32(mu)) / mu, 1.0)
+
+
+#: Per family: the adjustment of its scalar state for the precision torch stores it in.
+_SCALAR_IN = {"nadam": _nadam_mu_product}
 
 
 def _bridge(row):
@@ -518,6 +542,8 @@ def _bridge(row):
         _takes_step=family.uses_step,
         _step_state=row.torch_state.get("step", "step") == "step",
         _hyper=staticmethod(_hyper),
+        **({"_scalar_in": staticmethod(_SCALAR_IN[family.name])}
+           if family.name in _SCALAR_IN else {}),
         _state_names=staticmethod(_state_names),
     )
     return type(row.cls, (_FastlrStep, base), attrs)
