@@ -33,16 +33,20 @@ import numpy as np
 import pytest
 
 import fastlr
+from fastlr import _specs
 from fastlr import schedules as S
 
 DTYPES = [np.float64, np.float32]
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 N_STEPS = 100
-ALL = ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam",
-       "Lion"]
-TORCH_HAS = [n for n in ALL if n != "Lion"]
+ALL = list(_specs.OPTIMIZERS)                                   # the table's classes
+TORCH_HAS = [n for n, o in _specs.OPTIMIZERS.items() if o.torch]
 # fastlr's state names that differ from torch's state keys
-TORCH_KEY = {"state_sum": "sum"}
+TORCH_KEY = {k: v for o in _specs.OPTIMIZERS.values() for k, v in o.torch_state.items()
+             if k != "step"}
+# the torch classes beyond SGD, RMSprop and Adam/AdamW (this file's families)
+NEW_TORCH_FAMILIES = [n for n in TORCH_HAS
+                      if _specs.OPTIMIZERS[n].family not in ("sgd", "rmsprop", "adam")]
 # options that make every optimizer keep (and use) its state buffers
 RICH = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
         "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
@@ -342,7 +346,7 @@ def test_family_trajectory_matches_torch(torch, cls_name, g0, g1, dtype):
         assert params[2].flags.f_contiguous
 
 
-@pytest.mark.parametrize("cls_name", ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam"])
+@pytest.mark.parametrize("cls_name", NEW_TORCH_FAMILIES)
 def test_scheduled_beta1_and_weight_decay_match_torch(torch, cls_name):
     """beta1 (where the class schedules it) and weight_decay as schedules: torch's group
     entries set to their values before each update."""
@@ -496,7 +500,7 @@ def test_lion_defaults():
 
 def test_new_family_defaults_are_torchs(torch):
     import inspect
-    for name in ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam"]:
+    for name in NEW_TORCH_FAMILIES:
         mine = fastlr.__dict__[name]([np.zeros(2)]).defaults
         sig = inspect.signature(getattr(torch.optim, name))
         for k, v in mine.items():
