@@ -23,7 +23,7 @@ __all__ = ["Optimizer", "ParamGroup", "flat_buffer"]
 class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
     """Base class: param groups, state, checkpoints and the one-call step."""
 
-    _kernel = None          # "sgd", "rmsprop" or "adam"
+    _kernel = None          # the kernel family ("sgd", "adam", ...; see fastlr._specs)
     _schedulable = ()       # hyperparameters that take a schedule
     _slots = ()             # the kernel's state arguments, in order
     _optional_state = ()    # buffers torch creates on first use (absent before)

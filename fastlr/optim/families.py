@@ -18,8 +18,6 @@ import numpy as np
 from fastlr import _specs, reference
 from fastlr.optim.base import Optimizer
 
-__all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam",
-           "RAdam", "Lion", "CLASSES", "class_for"]
 
 _COMMON = (("n_threads", None), ("max_grad_norm", None), ("skip_nonfinite", False))
 
@@ -116,7 +114,9 @@ def _doc(row, family, signature):
     if formula:
         lines += [f"The update of each param (``fastlr.reference.{row.kernel}``)::", "",
                   formula, ""]
-    hypers = {h.pair or h.name: h for h in family.hypers}
+    hypers = {}
+    for h in family.hypers:
+        hypers.setdefault(h.pair or h.name, h)
     lines += ["Parameters", "----------", "params : array, list of arrays or list of group "
               "dicts", "    Updated in place."]
     for name, default in signature:
@@ -124,7 +124,10 @@ def _doc(row, family, signature):
         text = h.doc if h is not None else "class option"
         if h is not None and h.pair:
             text = " and ".join(x.doc for x in family.hypers if x.pair == h.pair)
-        sched = " (a number or a schedule)" if h is not None and h.schedulable else ""
+        sched = ""
+        if h is not None and h.schedulable:
+            sched = (f" ({name}[0] may be a schedule)" if h.pair
+                     else " (a number or a schedule)")
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
     for name, value in row.fixed.items():
         lines += [f"({name} is fixed to {value!r})"]
@@ -243,13 +246,7 @@ def class_for(name):
     return CLASSES[_specs.optimizer(name).cls]
 
 
-SGD = CLASSES["SGD"]
-RMSprop = CLASSES["RMSprop"]
-Adam = CLASSES["Adam"]
-AdamW = CLASSES["AdamW"]
-Adagrad = CLASSES["Adagrad"]
-Adadelta = CLASSES["Adadelta"]
-Adamax = CLASSES["Adamax"]
-NAdam = CLASSES["NAdam"]
-RAdam = CLASSES["RAdam"]
-Lion = CLASSES["Lion"]
+# SGD, RMSprop, Adam, AdamW, Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion: module attributes
+globals().update(CLASSES)
+
+__all__ = [*CLASSES, "CLASSES", "class_for"]
