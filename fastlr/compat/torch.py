@@ -200,6 +200,7 @@ class _FastlrStep:
         step_state = self._step_state
         keys = self._keys
         scalar = self._scalar
+        lazy = self._lazy
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
@@ -242,12 +243,16 @@ class _FastlrStep:
                                                             keys[name], t, pv)
                     if step_state:
                         step, step_view = self._read_step(self._where, (gi, k, index), st)
-                    elif any(bufs[name] is not None for name in self._lazy):
-                        step = 1        # SGD: the buffer exists (torch: "not None")
+                    else:
+                        for name in lazy:
+                            if bufs[name] is not None:
+                                step = 1    # SGD: the buffer exists (torch: "not None")
                     if scalar is not None and scalar in st:
                         extra = self._read_scalar(self._where, (gi, k, index), st)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
-            fills = {name: float(_number(group[option])) for name, option in self._fills}
+            fills = None
+            if self._fills:
+                fills = {name: float(_number(group[option])) for name, option in self._fills}
             plan.append((hyper, names, work, fills))
         return plan
 
@@ -266,7 +271,7 @@ class _FastlrStep:
                     if bufs[name] is None:
                         t = torch.zeros_like(p, memory_format=torch.preserve_format,
                                              requires_grad=False)
-                        if name in fills:
+                        if fills and name in fills:
                             t.fill_(fills[name])
                         new = new or {}
                         new[keys[name]] = t
@@ -501,19 +506,26 @@ def _bridge(row):
         if h.pair:
             index = [x.name for x in family.hypers if x.pair == h.pair].index(h.name)
         hypers.append((h.name, h.pair or h.name, index, h.check == "flag"))
-    options = _specs.state_options(family.name)
-
-    def _hyper(group):
-        kw = {}
-        for name, key, index, flag in hypers:
-            value = group[key]
-            if index is not None:
-                value = value[index]
-            kw[name] = value if flag else _number(value)
-        return kw
-
-    def _state_names(group):
-        return _specs.state_names(family.name, {n: _number(group[n]) for n in options})
+    # _hyper(group) and _state_names(group) run once per group and step: written out
+    # (straight-line code from the row, as a hand-written class would have them)
+    items = []
+    for name, key, index, flag in hypers:
+        value = f"group[{key!r}]" + (f"[{index}]" if index is not None else "")
+        items.append(f"{name}={value}" if flag else f"{name}=_number({value})")
+    lines = ["def _hyper(group):", f"    return dict({', '.join(items)})",
+             "def _state_names(group):"]
+    flags = {h.name for h in family.hypers if h.check == "flag"} | \
+        {name for name, default in row.options if isinstance(default, bool)}
+    lines += [f"    {n} = group[{n!r}]" if n in flags else f"    {n} = _number(group[{n!r}])"
+              for n in _specs.state_options(family.name)]
+    lines.append("    names = ()")
+    for st in family.state:
+        add = f"names += ({st.name!r},)"
+        lines.append(f"    if {st.when}:\n        {add}" if st.when else f"    {add}")
+    lines.append("    return names")
+    scope = {"_number": _number}
+    exec(compile("\n".join(lines) + "\n", f"<fastlr.compat.torch.{row.cls}>", "exec"), scope)
+    _hyper, _state_names = scope["_hyper"], scope["_state_names"]
 
     def __init__(self, params, *args, n_threads=None, **kwargs):
         bound = sig.bind(self, params, *args, **kwargs)
