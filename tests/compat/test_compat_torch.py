@@ -690,6 +690,36 @@ def test_bad_state_changes_nothing():
     _assert_unchanged(opt, snap)
 
 
+@pytest.mark.parametrize("cls_name", [c for c in CLASSES if STATE_KEYS[c][-1] in SCALAR_KEYS
+                                      and STATE_KEYS[c][-1] != "step"])
+@pytest.mark.parametrize("value", [1.5, -0.1, float("inf")])
+def test_bad_scalar_state_changes_nothing(cls_name, value):
+    key = STATE_KEYS[cls_name][-1]                 # NAdam's mu_product
+    opt, ps = _stepped(cls_name, {})
+    opt.state[ps[3]][key] = torch.tensor(value)
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=rf"parameter 3 .*state\['{key}'\] must be in \[0, 1\]"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+
+
+@pytest.mark.parametrize("cls_name", [c for c in CLASSES
+                                      if _specs.optimizer(c).torch_state.get("state_sum")])
+def test_state_keeps_torchs_names(cls_name):
+    """Adagrad's buffer is torch's "sum" (the kernel's state_sum), filled with
+    initial_accumulator_value, in a group added later too."""
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    q = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    opt = getattr(ft, cls_name)([p], initial_accumulator_value=0.25)
+    opt.add_param_group({"params": [q]})
+    p.grad, q.grad = torch.zeros(5, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    opt.step()
+    for t in (p, q):
+        assert "state_sum" not in opt.state[t]
+        assert torch.equal(opt.state[t]["sum"], torch.full_like(t, 0.25))
+        assert float(opt.state[t]["step"]) == 1
+
+
 # ---------------------------------------------------------------------------------------
 # torch stays optional
 # ---------------------------------------------------------------------------------------
