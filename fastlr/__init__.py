@@ -44,10 +44,9 @@ except PackageNotFoundError:  # pragma: no cover - an in-place build that was ne
 # the optimizer classes, one per row of the table (fastlr._specs): fastlr.SGD, fastlr.Adam, ...
 globals().update(_CLASSES)
 
-__all__ = [*_CLASSES, "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA", "find_lr",
-           "LRFinderResult", "kernels",
-           "reference", "schedules", "get_num_threads", "set_num_threads", "get_include",
-           "__version__"]
+__all__ = [*_CLASSES, "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
+           "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
+           "set_num_threads", "get_include", "__version__"]
 
 
 def get_include():
