@@ -46,10 +46,6 @@ __all__ = [
 #: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference`` (the table's).
 KERNELS = _specs.kernels()
 
-# The options that switch state buffers on (the names in the table's ``State.when``
-# conditions), in the order their checks run, and their defaults.
-_OPTION_DEFAULTS = {"momentum": 0.0, "centered": False, "amsgrad": False}
-
 
 def _kernel_row(kernel, who="state_names"):
     for row in _specs.OPTIMIZERS.values():
@@ -75,6 +71,8 @@ def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False, **option
         if name not in used and value:
             raise ValueError(f"fastlr.kernels.make_state: {kernel} has no option {name} "
                              f"(got {name}={value!r})")
+    for name in used:
+        values.setdefault(name, 0)      # an option not given is off
     return _specs.state_names(row.family, values)
 
 
