@@ -27,6 +27,7 @@ Torch-free parts always run; torch parts skip with a reason when torch is missin
 import contextlib
 import copy
 import functools
+import inspect
 import zlib
 
 import numpy as np
@@ -1325,3 +1326,43 @@ def test_corrupted_checkpoints_raise_and_change_nothing():
     sa, sb = snapshot(target), snapshot(src)
     del sa["params"], sb["params"]          # params are not part of a checkpoint
     assert sa == sb
+
+
+# ---------------------------------------------------------------------------------------
+# classes come from the table: a new row of an existing family is a working class
+# ---------------------------------------------------------------------------------------
+def test_classes_are_the_tables():
+    from fastlr.optim import families
+    assert list(families.CLASSES) == list(_specs.OPTIMIZERS)
+    for name, cls in families.CLASSES.items():
+        row = _specs.OPTIMIZERS[name]
+        assert getattr(fastlr, name) is cls and cls.__name__ == name
+        assert cls._kernel == row.family
+        assert cls._slots == tuple(s.name for s in _specs.FAMILIES[row.family].state)
+        assert row.doc in cls.__doc__
+        sig = inspect.signature(cls.__init__).parameters
+        assert list(sig)[:2] == ["self", "params"] and "n_threads" in sig
+        for key in row.fixed:
+            assert key not in sig
+
+
+def test_a_new_row_makes_a_working_class():
+    """A row the table does not have (NAdam with decoupled weight decay fixed, as AdamW is
+    to Adam) gives a class that steps as NAdam(decoupled_weight_decay=True) does."""
+    from fastlr.optim import families
+    row = _specs.Optimizer("NAdamW", "nadam", "nadam", "torch.optim.NAdam", "NAdamW",
+                           defaults={"lr": 2e-3, "weight_decay": 1e-2},
+                           fixed={"decoupled_weight_decay": True})
+    cls = families._make_class(row, (fastlr.NAdam,))
+    sig = inspect.signature(cls.__init__).parameters
+    assert "decoupled_weight_decay" not in sig and sig["weight_decay"].default == 1e-2
+    a, b = np.ones(5), np.ones(5)
+    mine = cls([a], lr=0.1)
+    want = fastlr.NAdam([b], lr=0.1, weight_decay=1e-2, decoupled_weight_decay=True)
+    assert mine.defaults == want.defaults
+    for t in range(3):
+        g = np.linspace(-1, 1, 5) * (t + 1)
+        mine.step([g])
+        want.step([g.copy()])
+    np.testing.assert_array_equal(a, b)
+    assert mine.state[0]["mu_product"] == want.state[0]["mu_product"]
