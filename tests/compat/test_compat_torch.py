@@ -667,6 +667,11 @@ def test_refused_params_change_nothing(cls_name, kind):
     ("AdamW", "fused", True, "fused=True is not supported"),
     ("RMSprop", "capturable", True, "capturable=True is not supported"),
     ("SGD", "differentiable", True, "differentiable=True is not supported"),
+    ("Adagrad", "lr_decay", -1.0, "lr_decay must be"),
+    ("Adadelta", "rho", 1.5, "rho must be in"),
+    ("Adamax", "betas", (0.9, 1.0), "beta2 must be in"),
+    ("NAdam", "momentum_decay", float("inf"), "momentum_decay must be a finite number"),
+    ("RAdam", "foreach", True, "foreach=True is not supported"),
 ])
 def test_bad_group_settings_change_nothing(cls_name, key, value, match):
     kw = dict(ERROR_KW[cls_name])
