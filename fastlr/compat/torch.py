@@ -247,7 +247,7 @@ class _FastlrStep:
                         for name in lazy:
                             if bufs[name] is not None:
                                 step = 1    # SGD: the buffer exists (torch: "not None")
-                    if scalar is not None and scalar in st:
+                    if scalar is not None:
                         extra = self._read_scalar(self._where, (gi, k, index), st)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
             fills = None
@@ -395,7 +395,10 @@ class _FastlrStep:
 
     def _read_scalar(self, where_fn, at, st):
         """(the scalar state's value, a writable 0-d NumPy view of its tensor or None)."""
-        s = st[self._scalar]
+        s = st.get(self._scalar)
+        if s is None:
+            raise ValueError(f"{where_fn(*at)}: its state has no {self._scalar!r} (state "
+                             f"keys: {sorted(map(str, st))})")
         view = None
         try:
             if isinstance(s, torch.Tensor) and s.is_cpu and not s.requires_grad:

@@ -706,6 +706,11 @@ def test_bad_scalar_state_changes_nothing(cls_name, value):
     with pytest.raises(ValueError, match=rf"parameter 3 .*state\['{key}'\] must be in \[0, 1\]"):
         opt.step()
     _assert_unchanged(opt, snap)
+    del opt.state[ps[3]][key]
+    snap = _snapshot(opt)
+    with pytest.raises(ValueError, match=rf"parameter 3 .*its state has no '{key}'"):
+        opt.step()
+    _assert_unchanged(opt, snap)
 
 
 @pytest.mark.parametrize("cls_name", [c for c in CLASSES
