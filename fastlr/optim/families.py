@@ -41,7 +41,6 @@ class _TableOptimizer(Optimizer):
 
     _row = None
     _family = None
-    _params_order = ()      # the constructor's hyperparameters (and options), in order
 
     def _state_names(self, group):
         values = {}
@@ -178,7 +177,6 @@ def _make_class(row, bases, namespace=None):
         _optional_state=tuple(s.name for s in family.state if s.lazy),
         _scalar=family.scalar_state[0][0] if family.scalar_state else None,
         _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
-        _params_order=tuple(name for name, _ in signature),
     )
     attrs.update(namespace or {})
     cls = type(row.cls, bases, attrs)
