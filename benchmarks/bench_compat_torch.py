@@ -1,4 +1,5 @@
-"""The PyTorch bridge: one ``step()`` of ``fastlr.compat.torch.Adam`` against torch.optim.Adam.
+"""The PyTorch bridge: one ``step()`` of ``fastlr.compat.torch.Adam`` against torch.optim.Adam
+(and, in ``TimeBridgeStep``, of every bridged class against torch's for-loop).
 
 Float32 Adam over 10 parameter tensors of about n/10 elements each (n = 64K: per-tensor
 overhead shows; n = 16M: memory bound), 1 thread (``n_threads=1``,
@@ -109,3 +110,48 @@ class TrackBridgeSpeedup:
             for k, sample in self.samplers.items():
                 best[k] = min(best[k], sample())
         return round(best[versus] / best["fastlr-bridge"], 2)
+
+
+def _bridged():
+    """The bridged classes (every row of fastlr's table with a torch class)."""
+    from fastlr import _specs
+    return [o.cls for o in _specs.OPTIMIZERS.values() if o.torch]
+
+
+def class_step_fn(impl, cls_name):
+    """One ``opt.step()`` of ``cls_name`` at 64K (10 tensors), class defaults (cached)."""
+    key = ("class", impl, cls_name)
+    if key in _CACHE:
+        return _CACHE[key]
+    torch = _import_torch()
+    torch.set_num_threads(1)
+    params = _tensors(torch, SIZES["64K"])
+    if impl == "fastlr-bridge":
+        import fastlr.compat.torch as ft
+
+        opt = getattr(ft, cls_name)(params, n_threads=1)
+    elif impl == "torch-forloop":
+        opt = getattr(torch.optim, cls_name)(params, foreach=False)
+    else:
+        raise ValueError(impl)
+    for _ in range(3):
+        opt.step()
+    _CACHE[key] = opt.step
+    return opt.step
+
+
+class TimeBridgeStep:
+    """Seconds per ``opt.step()`` of every bridged class: float32, 10 tensors of 64K in all,
+    the class defaults, 1 thread; the bridge against torch's for-loop."""
+
+    params = [["fastlr-bridge", "torch-forloop"], _bridged()]
+    param_names = ["impl", "optimizer"]
+    timeout = 180
+
+    def setup(self, impl, optimizer):
+        _import_torch()
+        steady_state_malloc()
+        self.step = class_step_fn(impl, optimizer)
+
+    def time_step(self, impl, optimizer):
+        self.step()

@@ -16,16 +16,17 @@ element) over the plain step.
 
 import numpy as np
 
-from fastlr import kernels, reference
+from fastlr import _specs, kernels, reference
 
 from .common import steady_state_malloc
 
-_STATE = {"adagrad": ("state_sum",), "adadelta": ("square_avg", "acc_delta"),
-          "adamax": ("exp_avg", "exp_inf"), "nadam": ("exp_avg", "exp_avg_sq"),
-          "radam": ("exp_avg", "exp_avg_sq"), "lion": ("exp_avg",)}
-_STEPS = ("adagrad", "adamax", "nadam", "radam")        # kernels that take step=
-_TORCH = {"adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "NAdam",
-          "radam": "RAdam"}
+# the table's rows beyond SGD / RMSprop / Adam / AdamW (those have their own benchmarks)
+_ROWS = {o.kernel: o for o in _specs.OPTIMIZERS.values() if o.family not in
+         ("sgd", "rmsprop", "adam")}
+_FAMILY = {k: _specs.family(o.family) for k, o in _ROWS.items()}
+_STATE = {k: kernels.state_names(k) for k in _ROWS}
+_STEPS = tuple(k for k in _ROWS if _FAMILY[k].uses_step)        # kernels that take step=
+_TORCH = {k: o.torch for k, o in _ROWS.items() if o.torch}
 
 
 def _data(n, dtype, names, seed=7):
@@ -45,7 +46,7 @@ class TimeFamilyStep:
     """Seconds per in-place step, float32, 1 thread."""
 
     params = [["fastlr", "reference", "torch-forloop"],
-              ["adagrad", "adadelta", "adamax", "nadam", "radam", "lion"], [65536, 16777216]]
+              list(_ROWS), [65536, 16777216]]
     param_names = ["impl", "optimizer", "n"]
     timeout = 120
 
@@ -54,7 +55,7 @@ class TimeFamilyStep:
         d = _data(n, np.float32, _STATE[optimizer])
         if impl == "torch-forloop":
             if optimizer not in _TORCH:
-                raise NotImplementedError("torch has no Lion")
+                raise NotImplementedError(f"torch has no {_ROWS[optimizer].cls}")
             try:
                 import torch
             except ImportError:
@@ -70,8 +71,7 @@ class TimeFamilyStep:
         kw = {"lr": 1e-3}
         if optimizer in _STEPS:
             kw["step"] = 10
-        if optimizer == "nadam":
-            kw["mu_product"] = 0.5
+        kw.update({name: 0.5 for name, _ in _FAMILY[optimizer].scalar_state})  # mu_product
         if impl == "fastlr":
             kw["n_threads"] = 1
         args = [d["param"], d["grad"]] + [d[name] for name in _STATE[optimizer]]

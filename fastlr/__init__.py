@@ -29,8 +29,8 @@ _kernels._init_cores()
 from fastlr import kernels, reference, schedules
 from fastlr._kernels import get_num_threads, set_num_threads
 from fastlr.lr_finder import LRFinderResult, find_lr
-from fastlr.optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer,
-                          RAdam, RMSprop, clip_grad_norm, flat_buffer)
+from fastlr.optim import Optimizer, clip_grad_norm, flat_buffer
+from fastlr.optim.families import CLASSES as _CLASSES
 from fastlr.ema import EMA
 from fastlr.plateau import ReduceLROnPlateau
 
@@ -41,11 +41,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - an in-place build that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam",
-           "Lion", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA", "find_lr",
-           "LRFinderResult", "kernels",
-           "reference", "schedules", "get_num_threads", "set_num_threads", "get_include",
-           "__version__"]
+# the optimizer classes, one per row of the table (fastlr._specs): fastlr.SGD, fastlr.Adam, ...
+globals().update(_CLASSES)
+
+__all__ = [*_CLASSES, "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
+           "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
+           "set_num_threads", "get_include", "__version__"]
 
 
 def get_include():

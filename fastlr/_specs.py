@@ -73,6 +73,7 @@ class State:
     name: str
     when: str = ""                # "" always; else a Python expression over the hyperparameters
     fill: str = ""                # "" zeros; else the hyperparameter whose value fills it
+    lazy: bool = False            # torch creates it at the first update that uses it
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class Optimizer:
     options: tuple = ()           # class-only options (not hyperparameters of the kernel)
     kernel_defaults: dict = field(default_factory=dict)  # the kernel's defaults differing
                                                          # from the family's (adamw)
+    torch_state: dict = field(default_factory=dict)  # state name -> torch's key where they
+    #                               differ; "step": "" when torch keeps no step count
 
 
 def _h(name, default, check, schedulable=False, doc="", pair=""):
@@ -125,7 +128,7 @@ FAMILIES = {f.name: f for f in (
         ((_D, "lr", ""), (_D, "momentum", ""), (_D, "dampening", ""), (_D, "weight_decay", ""),
          (_I64, "step", "1-based update number; step == 1 initialises the momentum buffer"),
          (_INT, "nesterov", "0 or 1"), (_INT, "maximize", "0 or 1")),
-        (State("momentum_buffer", "momentum != 0"),),
+        (State("momentum_buffer", "momentum != 0", lazy=True),),
         (_LR, _h("momentum", 0.0, "nonneg", True, "momentum factor"),
          _h("dampening", 0.0, "finite", doc="dampening of the momentum"), _WD,
          _h("nesterov", False, "flag", doc="Nesterov momentum"), _MAX),
@@ -215,7 +218,7 @@ FAMILIES = {f.name: f for f in (
 OPTIMIZERS = {o.cls: o for o in (
     Optimizer("SGD", "sgd", "sgd", "torch.optim.SGD",
               "SGD with momentum, dampening, Nesterov and L2 weight decay",
-              defaults={"lr": 1e-3}, torch="SGD"),
+              defaults={"lr": 1e-3}, torch="SGD", torch_state={"step": ""}),
     Optimizer("RMSprop", "rmsprop", "rmsprop", "torch.optim.RMSprop",
               "RMSprop, optionally centered and with momentum",
               defaults={"lr": 1e-2}, torch="RMSprop", options=(("centered", False),)),
@@ -230,7 +233,8 @@ OPTIMIZERS = {o.cls: o for o in (
     Optimizer("Adagrad", "adagrad", "adagrad", "torch.optim.Adagrad",
               "Adagrad with lr decay and L2 weight decay",
               defaults={"lr": 1e-2}, torch="Adagrad",
-              options=(("initial_accumulator_value", 0.0),)),
+              options=(("initial_accumulator_value", 0.0),),
+              torch_state={"state_sum": "sum"}),
     Optimizer("Adadelta", "adadelta", "adadelta", "torch.optim.Adadelta",
               "Adadelta with L2 weight decay", defaults={"lr": 1.0}, torch="Adadelta"),
     Optimizer("Adamax", "adamax", "adamax", "torch.optim.Adamax",
@@ -708,3 +712,64 @@ def render_templates(root, namespace=None, write=True):
                     with open(dst, "w", encoding="utf-8") as f:
                         f.write(text)
     return out
+
+
+# ---- derived views of the table (used by fastlr.kernels, fastlr.optim, compat, bench) ----
+
+class _Unknown:
+    """A hyperparameter whose value is not a number (a schedule): every condition on it
+    holds, so the buffers it may need exist."""
+
+    def __bool__(self):
+        return True
+
+    def _cmp(self, other):
+        return True
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _cmp
+    __hash__ = object.__hash__
+
+
+UNKNOWN = _Unknown()
+
+_WHEN_CODE = {}
+
+
+def _when_code(expr):
+    code = _WHEN_CODE.get(expr)
+    if code is None:
+        code = _WHEN_CODE[expr] = compile(expr, f"<State.when {expr!r}>", "eval")
+    return code
+
+
+def when_names(expr):
+    """The names a ``State.when`` condition reads."""
+    return tuple(_when_code(expr).co_names) if expr else ()
+
+
+def state_options(family_name):
+    """The options (hyperparameters or class options) a family's state conditions read."""
+    return tuple(dict.fromkeys(n for s in family(family_name).state for n in when_names(s.when)))
+
+
+def state_names(family_name, values):
+    """The family's state buffers that exist for ``values`` (a mapping of the names the
+    conditions read; :data:`UNKNOWN` for a scheduled one), in C argument order."""
+    out = []
+    for s in family(family_name).state:
+        if not s.when or eval(_when_code(s.when), {"__builtins__": {}}, values):
+            out.append(s.name)
+    return tuple(out)
+
+
+def fill_options():
+    """The options that fill a state buffer (``State.fill``), e.g. initial_accumulator_value."""
+    return tuple(dict.fromkeys(s.fill for f in FAMILIES.values() for s in f.state if s.fill))
+
+
+def fill_owner(option):
+    """The first class (in table order) whose family fills a buffer with ``option``."""
+    for o in OPTIMIZERS.values():
+        if any(s.fill == option for s in FAMILIES[o.family].state):
+            return o.cls
+    return None

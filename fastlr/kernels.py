@@ -21,35 +21,16 @@ import numbers
 
 import numpy as np
 
-from fastlr._kernels import (
-    HAVE_OPENMP,
-    adadelta,
-    adagrad,
-    adam,
-    adamax,
-    adamw,
-    get_num_threads,
-    lion,
-    nadam,
-    radam,
-    rmsprop,
-    set_num_threads,
-    sgd,
-)
+from fastlr import _kernels, _specs
+from fastlr._kernels import HAVE_OPENMP, get_num_threads, set_num_threads
 from fastlr._core.ema import ema_update, swap_buffers
 from fastlr._core.sklearn_kernels import adam_sklearn, sgd_sklearn
 
+# the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
+globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})
+
 __all__ = [
-    "sgd",
-    "rmsprop",
-    "adam",
-    "adamw",
-    "adagrad",
-    "adadelta",
-    "adamax",
-    "nadam",
-    "radam",
-    "lion",
+    *_specs.kernels(),
     "sgd_sklearn",
     "adam_sklearn",
     "ema_update",
@@ -62,48 +43,37 @@ __all__ = [
     "KERNELS",
 ]
 
-#: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference``.
-KERNELS = ("sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
-           "lion")
+#: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference`` (the table's).
+KERNELS = _specs.kernels()
 
 
-def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False):
+def _kernel_row(kernel, who="state_names"):
+    for row in _specs.OPTIMIZERS.values():
+        if row.kernel == kernel:
+            return row
+    raise ValueError(f"fastlr.kernels.{who}: unknown kernel {kernel!r}; expected one of "
+                     f"{', '.join(KERNELS)}")
+
+
+def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False, **options):
     """The state buffers ``kernel`` needs with these options, in argument order.
 
     >>> state_names("rmsprop", momentum=0.9, centered=True)
     ('square_avg', 'momentum_buffer', 'grad_avg')
+
+    The buffers and their conditions are the table's (``fastlr._specs``, ``State.when``);
+    an option the kernel's conditions do not use must be left at its default.
     """
-    if kernel == "sgd":
-        _only(kernel, centered=centered, amsgrad=amsgrad)
-        return ("momentum_buffer",) if momentum != 0 else ()
-    if kernel == "rmsprop":
-        _only(kernel, amsgrad=amsgrad)
-        names = ("square_avg",)
-        if momentum > 0:
-            names += ("momentum_buffer",)
-        if centered:
-            names += ("grad_avg",)
-        return names
-    if kernel in ("adam", "adamw"):
-        _only(kernel, momentum=momentum, centered=centered)
-        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
-    if kernel in _FIXED_STATE:
-        _only(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad)
-        return _FIXED_STATE[kernel]
-    raise ValueError(f"fastlr.kernels.state_names: unknown kernel {kernel!r}; expected one of "
-                     f"{', '.join(KERNELS)}")
-
-
-_FIXED_STATE = {"adagrad": ("state_sum",), "adadelta": ("square_avg", "acc_delta"),
-                "adamax": ("exp_avg", "exp_inf"), "nadam": ("exp_avg", "exp_avg_sq"),
-                "radam": ("exp_avg", "exp_avg_sq"), "lion": ("exp_avg",)}
-
-
-def _only(kernel, **unused):
-    for name, value in unused.items():
-        if value:
+    row = _kernel_row(kernel)
+    values = dict(momentum=momentum, centered=centered, amsgrad=amsgrad, **options)
+    used = _specs.state_options(row.family)
+    for name, value in values.items():
+        if name not in used and value:
             raise ValueError(f"fastlr.kernels.make_state: {kernel} has no option {name} "
                              f"(got {name}={value!r})")
+    for name in used:
+        values.setdefault(name, 0)      # an option not given is off
+    return _specs.state_names(row.family, values)
 
 
 #: Large state buffers are placed this many bytes (64 KiB + one cache line) further apart
@@ -129,13 +99,14 @@ def zeros_like_many(count, shape, dtype, order="C"):
 
 
 def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False,
-               initial_accumulator_value=0.0):
+               initial_accumulator_value=0.0, **options):
     """Allocate the zero-filled state buffers ``kernel`` needs for ``param``.
 
     Returns a dict keyed by the kernel's argument names, so ``kernel(param, grad, **state,
     ...)`` works. Buffers have param's shape, dtype and memory layout (C or F order).
     For SGD, pass the ``momentum`` you will step with (no buffer without momentum). For
-    Adagrad, ``state_sum`` is filled with ``initial_accumulator_value`` (torch's option).
+    Adagrad, ``state_sum`` is filled with ``initial_accumulator_value`` (torch's option;
+    in general: a buffer whose table row names a ``fill`` option starts at its value).
 
     >>> state = make_state("adagrad", np.ones(3), initial_accumulator_value=0.1)
     >>> state["state_sum"]
@@ -148,19 +119,27 @@ def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False,
         raise TypeError(f"fastlr.kernels.make_state: param must have dtype float32 or "
                         f"float64, got {param.dtype}")
     order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
-    names = state_names(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad)
+    fills = dict(initial_accumulator_value=initial_accumulator_value)
+    for key in list(options):
+        if key in _specs.fill_options():
+            fills[key] = options.pop(key)
+    names = state_names(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad,
+                        **options)
     state = dict(zip(names, zeros_like_many(len(names), param.shape, param.dtype, order)))
-    if isinstance(initial_accumulator_value, (bool, np.bool_)) or \
-            not isinstance(initial_accumulator_value, numbers.Real):
-        raise TypeError(f"fastlr.kernels.make_state: initial_accumulator_value must be a real "
-                        f"number, got {type(initial_accumulator_value).__name__}")
-    if initial_accumulator_value != 0:
-        if kernel != "adagrad":
-            raise ValueError(f"fastlr.kernels.make_state: initial_accumulator_value is an "
-                             f"Adagrad option, not one of {kernel}")
-        value = float(initial_accumulator_value)
-        if not (np.isfinite(value) and value >= 0):
-            raise ValueError(f"fastlr.kernels.make_state: initial_accumulator_value must be a "
-                             f"finite number >= 0, got {initial_accumulator_value!r}")
-        state["state_sum"][...] = value
+    family = _specs.family(_kernel_row(kernel).family)
+    filled = {s.fill: s.name for s in family.state if s.fill and s.name in state}
+    for option, value in fills.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"fastlr.kernels.make_state: {option} must be a real "
+                            f"number, got {type(value).__name__}")
+        if value == 0:
+            continue
+        if option not in filled:
+            raise ValueError(f"fastlr.kernels.make_state: {option} is an "
+                             f"{_specs.fill_owner(option)} option, not one of {kernel}")
+        v = float(value)
+        if not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"fastlr.kernels.make_state: {option} must be a "
+                             f"finite number >= 0, got {value!r}")
+        state[filled[option]][...] = v
     return state

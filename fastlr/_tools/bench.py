@@ -1,15 +1,20 @@
 """``fastlr bench``: how fast fastlr's optimizer steps are on this machine, and how close to
 its memory bandwidth.
 
+The optimizers are the rows of fastlr's optimizer table (``fastlr._specs``: ``sgd``,
+``rmsprop``, ``adam``, ``adamw``, ``adagrad``, ``adadelta``, ``adamax``, ``nadam``, ``radam``,
+``lion``, each with its class defaults) and the SGD variants ``momentum`` and ``nesterov``.
 For each optimizer, array size, dtype and thread count it times one in-place step of
 
 * ``fastlr``     -- the compiled kernel (``fastlr.kernels``),
 * ``reference``  -- its pure-NumPy twin (``fastlr.reference``: readable NumPy, temporaries),
 * ``numpy``      -- a best-effort in-place NumPy step (``out=`` ufuncs into preallocated
-  scratch: :func:`numpy_inplace_adam` and friends, the same update as the reference),
+  scratch: ``fastlr.reference.inplace``, the same update as the reference; SGD, RMSprop,
+  Adam and AdamW have one, the other optimizers' rows show "-" and the report says so),
 * ``torch``      -- ``torch.optim`` with ``fused=True`` (RMSprop has no fused CPU kernel:
   the faster of ``foreach=True`` and the for-loop), ``opt.step()`` as a user calls it,
-  ``torch.set_num_threads(k)`` for the same k (when torch is installed),
+  ``torch.set_num_threads(k)`` for the same k (when torch is installed and has the
+  optimizer),
 * ``roofline``   -- a plain C loop with the same memory streams and trivial arithmetic
   (``fastlr._tools.roofline``): the bandwidth this machine gives that access pattern, measured
   in the same run, at the same size and thread count.
@@ -65,8 +70,11 @@ from typing import NamedTuple
 import numpy as np
 
 import fastlr
-from fastlr import kernels, reference
+from fastlr import _specs, kernels, reference
 from fastlr._tools import roofline as _roofline
+from fastlr.reference import inplace as _inplace
+from fastlr.reference.inplace import (numpy_inplace_adam, numpy_inplace_adamw,  # noqa: F401
+                                      numpy_inplace_rmsprop, numpy_inplace_sgd, numpy_scratch)
 
 __all__ = [
     "run",
@@ -81,6 +89,8 @@ __all__ = [
     "reference_stepper",
     "numpy_stepper",
     "torch_stepper",
+    "has_numpy",
+    "pattern",
     "numpy_inplace_sgd",
     "numpy_inplace_rmsprop",
     "numpy_inplace_adam",
@@ -112,189 +122,100 @@ class Spec(NamedTuple):
     """One benchmarked optimizer configuration."""
 
     kernel: str          # the function name in fastlr.kernels / fastlr.reference
-    hyper: dict          # its keyword arguments (besides step and n_threads)
-    state: tuple         # state buffer names, in argument order (torch uses the same names)
+    hyper: dict          # its keyword arguments (besides step, the scalars and n_threads)
+    state: tuple         # state buffer names, in argument order
     uses_step: bool      # the kernel takes step=
-    torch_class: str     # torch.optim class name
+    torch_class: str     # torch.optim class name ("" when torch has none)
     torch_kwargs: dict
     torch_fused: bool    # torch has a fused CPU kernel for it
     title: str
+    scalars: dict = {}   # per-param scalar state the kernel takes (NAdam's mu_product)
+    torch_state: dict = {}   # state buffer name -> torch's state key, where they differ
 
 
-SPECS = {
-    "sgd": Spec("sgd", {"lr": 1e-2}, (), True, "SGD", {"lr": 1e-2}, True, "SGD"),
-    "momentum": Spec("sgd", {"lr": 1e-2, "momentum": 0.9}, ("momentum_buffer",), True, "SGD",
-                     {"lr": 1e-2, "momentum": 0.9}, True, "SGD, momentum 0.9"),
-    "nesterov": Spec("sgd", {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
-                     ("momentum_buffer",), True, "SGD",
-                     {"lr": 1e-2, "momentum": 0.9, "nesterov": True}, True,
-                     "SGD, Nesterov momentum 0.9"),
-    "rmsprop": Spec("rmsprop", {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}, ("square_avg",), False,
-                    "RMSprop", {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8}, False, "RMSprop"),
-    "adam": Spec("adam", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-                 ("exp_avg", "exp_avg_sq"), True, "Adam",
-                 {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}, True, "Adam"),
-    "adamw": Spec("adamw", {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
-                            "weight_decay": 1e-2},
-                  ("exp_avg", "exp_avg_sq"), True, "AdamW",
-                  {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2},
-                  True, "AdamW, weight decay 1e-2"),
+#: torch.optim classes with a fused CPU implementation (torch 2.13).
+TORCH_FUSED_CPU = ("SGD", "Adam", "AdamW", "Adagrad")
+
+#: Rows besides the table's one per optimizer, and the table rows' bench settings that
+#: differ from the class defaults: name -> (class, hyperparameters, title).
+VARIANTS = {
+    "sgd": ("SGD", {"lr": 1e-2}, "SGD"),
+    "momentum": ("SGD", {"lr": 1e-2, "momentum": 0.9}, "SGD, momentum 0.9"),
+    "nesterov": ("SGD", {"lr": 1e-2, "momentum": 0.9, "nesterov": True},
+                 "SGD, Nesterov momentum 0.9"),
+    "adamw": ("AdamW", {}, "AdamW, weight decay 1e-2"),
 }
+
+
+def _spec(cls, overrides, title):
+    """The bench configuration of a table row: the class defaults that are not zero (or
+    False) as the kernel's keyword arguments, ``overrides`` on top; the state buffers those
+    options need."""
+    row = _specs.optimizer(cls)
+    fam = _specs.family(row.family)
+    hyper, torch_kwargs = {}, {}
+    for h in fam.hypers:
+        if h.name in row.fixed:
+            continue
+        if h.pair:
+            pair = row.defaults.get(h.pair)
+            index = [x.name for x in fam.hypers if x.pair == h.pair].index(h.name)
+            default = pair[index] if pair is not None else h.default
+        else:
+            default = row.defaults.get(h.name, h.default)
+        value = overrides.get(h.name, default)
+        if value:
+            hyper[h.name] = value
+    for name, value in hyper.items():
+        h = next(x for x in fam.hypers if x.name == name)
+        if h.pair:
+            torch_kwargs[h.pair] = tuple(hyper.get(x.name, x.default) for x in fam.hypers
+                                         if x.pair == h.pair)
+        else:
+            torch_kwargs[name] = value
+    values = {**dict(row.options), **{h.name: hyper.get(h.name, 0) for h in fam.hypers}}
+    state = _specs.state_names(fam.name, {n: values.get(n, 0)
+                                          for n in _specs.state_options(fam.name)})
+    return Spec(row.kernel, hyper, state, fam.uses_step, row.torch, torch_kwargs,
+                row.torch in TORCH_FUSED_CPU, title, dict(fam.scalar_state),
+                {k: v for k, v in row.torch_state.items() if k != "step"})
+
+
+def _build_specs():
+    specs = {}
+    for row in _specs.OPTIMIZERS.values():
+        for name, (cls, overrides, title) in VARIANTS.items():
+            if cls == row.cls:
+                specs[name] = _spec(cls, overrides, title)
+        if row.kernel not in specs:
+            specs[row.kernel] = _spec(row.cls, {}, row.cls)
+    return specs
+
+
+#: Every benchmarked configuration, by name: one per row of the table (its kernel name) and
+#: the SGD variants "momentum" and "nesterov".
+SPECS = _build_specs()
 OPTIMIZERS = tuple(SPECS)
+
+#: The roofline pattern of a step by its number of state buffers (p and g, plus those).
+_PATTERN_BY_STATE = {0: "sgd", 1: "momentum", 2: "adam"}
+
+
+def pattern(optimizer):
+    """The roofline loop with ``optimizer``'s memory streams."""
+    n = len(SPECS[optimizer].state)
+    if n not in _PATTERN_BY_STATE:
+        raise ValueError(f"fastlr bench: no roofline pattern for {n} state buffers")
+    return _PATTERN_BY_STATE[n]
 
 
 def bytes_per_element(optimizer, dtype):
     """Bytes one element of a step of ``optimizer`` reads plus writes."""
-    return _roofline.bytes_per_element(_roofline.PATTERN_OF[optimizer], dtype)
+    return _roofline.bytes_per_element(pattern(optimizer), dtype)
 
 
-# ---------------------------------------------------------------------------------------
-# In-place NumPy baselines: out= ufuncs into preallocated scratch, no temporaries. They
-# apply fastlr.reference's formulas operation by operation, in the same order and dtype,
-# so they give the reference's bits (tests/tools/test_bench.py checks it).
-# ---------------------------------------------------------------------------------------
-def numpy_scratch(param, count=2):
-    """Scratch arrays for the ``numpy_inplace_*`` functions (two are enough for all)."""
-    return [np.empty_like(param) for _ in range(count)]
-
-
-def _scratch(param, scratch):
-    if scratch is None:
-        return numpy_scratch(param)
-    if len(scratch) < 2:
-        raise ValueError("numpy_inplace_*: scratch must hold at least two arrays like param")
-    return scratch
-
-
-def _signed_grad(grad, maximize, weight_decay, param, t0, t1):
-    """g = -grad if maximize; g = g + weight_decay * param: in t0 (or grad itself)."""
-    g = grad
-    if maximize:
-        np.negative(grad, out=t0)
-        g = t0
-    if weight_decay != 0:
-        np.multiply(param, weight_decay, out=t1)
-        np.add(g, t1, out=t0)
-        g = t0
-    return g
-
-
-def _lerp_inplace(start, end, weight, tmp):
-    """start = torch.lerp(start, end, weight), in place (fastlr.reference._lerp's branches)."""
-    weight = start.dtype.type(weight)          # in the arrays' dtype, as torch
-    np.subtract(end, start, out=tmp)
-    if abs(weight) < 0.5:
-        np.multiply(tmp, weight, out=tmp)
-        np.add(start, tmp, out=start)
-    else:
-        np.multiply(tmp, start.dtype.type(1.0) - weight, out=tmp)
-        np.subtract(end, tmp, out=start)
-
-
-def numpy_inplace_sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0,
-                      dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
-                      n_threads=None, scratch=None):
-    """:func:`fastlr.reference.sgd` with in-place ufuncs (``scratch``: see numpy_scratch)."""
-    t0, t1 = _scratch(param, scratch)[:2]
-    lr, momentum, dampening, weight_decay = (float(lr), float(momentum), float(dampening),
-                                             float(weight_decay))
-    g = _signed_grad(grad, maximize, weight_decay, param, t0, t1)
-    if momentum != 0:
-        if momentum_buffer is None:
-            raise ValueError("momentum != 0 requires momentum_buffer")
-        if step == 1:
-            np.copyto(momentum_buffer, g)
-        else:
-            np.multiply(momentum_buffer, momentum, out=momentum_buffer)
-            np.multiply(g, 1.0 - dampening, out=t1)
-            np.add(momentum_buffer, t1, out=momentum_buffer)
-        if nesterov:
-            np.multiply(momentum_buffer, momentum, out=t1)
-            np.add(g, t1, out=t1)
-            g = t1
-        else:
-            g = momentum_buffer
-    out = g if (g is t0 or g is t1) else t1
-    np.multiply(g, lr, out=out)
-    np.subtract(param, out, out=param)
-
-
-def numpy_inplace_rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *,
-                          lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                          maximize=False, n_threads=None, scratch=None):
-    """:func:`fastlr.reference.rmsprop` with in-place ufuncs."""
-    t0, t1 = _scratch(param, scratch)[:2]
-    lr, alpha, eps, weight_decay, momentum = (float(lr), float(alpha), float(eps),
-                                              float(weight_decay), float(momentum))
-    if momentum > 0 and momentum_buffer is None:
-        raise ValueError("momentum > 0 requires momentum_buffer")
-    g = _signed_grad(grad, maximize, weight_decay, param, t0, t1)
-    np.multiply(square_avg, alpha, out=square_avg)
-    np.multiply(g, 1.0 - alpha, out=t1)
-    np.multiply(t1, g, out=t1)
-    np.add(square_avg, t1, out=square_avg)
-    if grad_avg is not None:
-        _lerp_inplace(grad_avg, g, 1.0 - alpha, t1)
-        np.multiply(grad_avg, grad_avg, out=t1)
-        np.subtract(square_avg, t1, out=t1)
-        np.sqrt(t1, out=t1)
-    else:
-        np.sqrt(square_avg, out=t1)
-    np.add(t1, eps, out=t1)                       # avg
-    np.divide(g, t1, out=t1)                      # g / avg
-    if momentum > 0:
-        np.multiply(momentum_buffer, momentum, out=momentum_buffer)
-        np.add(momentum_buffer, t1, out=momentum_buffer)
-        np.multiply(momentum_buffer, lr, out=t1)
-    else:
-        np.multiply(t1, lr, out=t1)
-    np.subtract(param, t1, out=param)
-
-
-def numpy_inplace_adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
-                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                       decoupled_weight_decay=False, maximize=False, n_threads=None,
-                       scratch=None):
-    """:func:`fastlr.reference.adam` with in-place ufuncs."""
-    if step is None or step < 1:
-        raise ValueError(f"step must be >= 1 (1-based update number), got {step!r}")
-    t0, t1 = _scratch(param, scratch)[:2]
-    lr, beta1, beta2, eps, weight_decay = (float(lr), float(beta1), float(beta2), float(eps),
-                                           float(weight_decay))
-    decoupled = weight_decay != 0 and decoupled_weight_decay
-    g = _signed_grad(grad, maximize, 0.0 if decoupled else weight_decay, param, t0, t1)
-    if decoupled:
-        np.multiply(param, 1.0 - lr * weight_decay, out=param)
-    _lerp_inplace(exp_avg, g, 1.0 - beta1, t1)
-    np.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
-    np.multiply(g, 1.0 - beta2, out=t1)
-    np.multiply(t1, g, out=t1)
-    np.add(exp_avg_sq, t1, out=exp_avg_sq)
-    step_size = lr / (1.0 - beta1 ** step)
-    bias_correction2_sqrt = (1.0 - beta2 ** step) ** 0.5
-    vhat = exp_avg_sq
-    if max_exp_avg_sq is not None:
-        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        vhat = max_exp_avg_sq
-    np.sqrt(vhat, out=t1)
-    np.divide(t1, bias_correction2_sqrt, out=t1)
-    np.add(t1, eps, out=t1)                       # denom
-    np.divide(exp_avg, t1, out=t1)
-    np.multiply(t1, step_size, out=t1)
-    np.subtract(param, t1, out=param)
-
-
-def numpy_inplace_adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
-                        beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, maximize=False,
-                        n_threads=None, scratch=None):
-    """:func:`fastlr.reference.adamw` with in-place ufuncs."""
-    numpy_inplace_adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
-                       beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                       decoupled_weight_decay=True, maximize=maximize, scratch=scratch)
-
-
-NUMPY_INPLACE = {"sgd": numpy_inplace_sgd, "rmsprop": numpy_inplace_rmsprop,
-                 "adam": numpy_inplace_adam, "adamw": numpy_inplace_adamw}
+# In-place NumPy baselines live with the other NumPy twins, in fastlr.reference.inplace.
+NUMPY_INPLACE = _inplace.INPLACE
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,10 +249,15 @@ def make_inputs(optimizer, n, dtype="float32", *, seed=SEED, layout="staggered")
         "square_avg": lambda: (1 - 0.99 ** t) * rng.normal(0.0, 1e-2, block) ** 2 + 1e-12,
         "exp_avg": lambda: (1 - 0.9 ** t) * rng.normal(0.0, 1e-2, block),
         "exp_avg_sq": lambda: (1 - 0.999 ** t) * rng.normal(0.0, 1e-2, block) ** 2 + 1e-12,
+        "exp_inf": lambda: np.abs(rng.normal(0.0, 1e-2, block)) + 1e-12,
+        "state_sum": lambda: t * rng.normal(0.0, 1e-2, block) ** 2 + 1e-12,
+        "acc_delta": lambda: (1 - 0.9 ** t) * rng.normal(0.0, 1e-4, block) ** 2 + 1e-12,
     }
+    # any other buffer (a new row's): small positive values, safe under a square root
+    other = lambda: rng.normal(0.0, 1e-2, block) ** 2 + 1e-12        # noqa: E731
     out = {}
     for name, a in zip(names, arrays):
-        v = values[name]().astype(dt)
+        v = values.get(name, other)().astype(dt)
         if n:
             flat = a.reshape(-1)
             reps = n // block
@@ -354,35 +280,30 @@ def clone_inputs(inputs, layout="staggered"):
 
 
 def fastlr_stepper(optimizer, arrays, n_threads=1):
-    """One fastlr kernel call on ``arrays`` (updated in place): a zero-argument callable."""
+    """One fastlr kernel call on ``arrays`` (updated in place): a zero-argument callable.
+
+    The call is written out (positional arrays, one keyword per hyperparameter, constants
+    bound as locals) as a user would write it, so that it costs what such a call costs."""
     spec = SPECS[optimizer]
-    fn = getattr(kernels, spec.kernel)
-    p, g = arrays["param"], arrays["grad"]
-    h = spec.hyper
-    k = n_threads
-    if spec.kernel in ("adam", "adamw"):
-        m, v = arrays["exp_avg"], arrays["exp_avg_sq"]
-        lr, b1, b2, eps = h["lr"], h["beta1"], h["beta2"], h["eps"]
-        wd = h.get("weight_decay", 1e-2 if spec.kernel == "adamw" else 0.0)
-        return lambda: fn(p, g, m, v, step=STEP, lr=lr, beta1=b1, beta2=b2, eps=eps,
-                          weight_decay=wd, n_threads=k)
-    if spec.kernel == "rmsprop":
-        sq = arrays["square_avg"]
-        lr, alpha, eps = h["lr"], h["alpha"], h["eps"]
-        return lambda: fn(p, g, sq, lr=lr, alpha=alpha, eps=eps, n_threads=k)
-    lr = h["lr"]
-    if "momentum_buffer" in arrays:
-        buf = arrays["momentum_buffer"]
-        mom, nesterov = h["momentum"], h.get("nesterov", False)
-        return lambda: fn(p, g, buf, step=STEP, lr=lr, momentum=mom, nesterov=nesterov,
-                          n_threads=k)
-    return lambda: fn(p, g, step=STEP, lr=lr, n_threads=k)
+    scope = {"fn": getattr(kernels, spec.kernel)}
+    args = []
+    for i, name in enumerate(("param", "grad") + spec.state):
+        scope[f"a{i}"] = arrays[name]
+        args.append(f"a{i}")
+    kw = dict(_kwargs(spec), n_threads=n_threads)
+    for name, value in kw.items():
+        scope[f"k_{name}"] = value
+    call = ", ".join(args + [f"{name}=k_{name}" for name in kw])
+    params = ", ".join(f"{v}={v}" for v in scope)
+    exec(f"def _make({params}):\n    return lambda: fn({call})\n", scope)
+    return scope["_make"]()
 
 
 def _kwargs(spec):
     kw = dict(spec.hyper)
     if spec.uses_step:
         kw["step"] = STEP
+    kw.update(spec.scalars)
     return kw
 
 
@@ -396,16 +317,24 @@ def reference_stepper(optimizer, arrays):
 
 
 def numpy_stepper(optimizer, arrays, scratch=None):
-    """One in-place NumPy step (``numpy_inplace_*``) on ``arrays``: a zero-argument callable.
+    """One in-place NumPy step (``numpy_inplace_*``) on ``arrays``: a zero-argument callable,
+    or None when ``optimizer`` has no in-place NumPy baseline (see :func:`has_numpy`).
     ``scratch``: two arrays like param (allocated, staggered, when None)."""
     spec = SPECS[optimizer]
-    fn = NUMPY_INPLACE[spec.kernel]
+    fn = NUMPY_INPLACE.get(spec.kernel)
+    if fn is None:
+        return None
     args = tuple(arrays[name] for name in _names(optimizer))
     p = arrays["param"]
     if scratch is None:
         scratch = [a.reshape(p.shape) for a in _roofline.stream_arrays(p.size, p.dtype, 2)]
     kw = dict(_kwargs(spec), scratch=scratch)
     return lambda: fn(*args, **kw)
+
+
+def has_numpy(optimizer):
+    """Whether ``optimizer`` has an in-place NumPy baseline (fastlr.reference.inplace)."""
+    return SPECS[optimizer].kernel in NUMPY_INPLACE
 
 
 def _import_torch():
@@ -428,6 +357,8 @@ def torch_stepper(optimizer, arrays, mode="fused"):
     if torch is None:
         raise NotImplementedError("torch is not installed")
     spec = SPECS[optimizer]
+    if not spec.torch_class or not hasattr(torch.optim, spec.torch_class):
+        raise NotImplementedError(f"torch has no {optimizer} optimizer")
     kwargs = dict(spec.torch_kwargs)
     if mode == "fused":
         if not spec.torch_fused:
@@ -447,7 +378,7 @@ def torch_stepper(optimizer, arrays, mode="fused"):
     state = opt.state[param]
     for name in spec.state:
         np.copyto(arrays[name], saved[name])
-        state[name] = torch.from_numpy(arrays[name])
+        state[spec.torch_state.get(name, name)] = torch.from_numpy(arrays[name])
     opt._fastlr_bench_param = param      # keep the tensors alive with the callable
     return opt.step
 
@@ -518,7 +449,7 @@ def _measure(entries, repeat, min_sample):
 def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
     """Measure every implementation for one (optimizer, n, dtype); one row per thread count."""
     spec = SPECS[optimizer]
-    pattern = _roofline.PATTERN_OF[optimizer]
+    streams = pattern(optimizer)
     base = make_inputs(optimizer, n, dtype, layout=layout)
     entries = []
     for k in threads:
@@ -526,12 +457,14 @@ def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
                                                           k)))
     for k in threads:
         entries.append(_Entry("roofline", k,
-                              roofline=(pattern, _roofline.make_buffers(pattern, n, dtype,
+                              roofline=(streams, _roofline.make_buffers(streams, n, dtype,
                                                                         layout))))
-    entries.append(_Entry("numpy", 1, numpy_stepper(optimizer, clone_inputs(base, layout))))
+    if has_numpy(optimizer):
+        entries.append(_Entry("numpy", 1, numpy_stepper(optimizer,
+                                                        clone_inputs(base, layout))))
     entries.append(_Entry("reference", 1, reference_stepper(optimizer,
                                                             clone_inputs(base, layout))))
-    if torch is not None:
+    if torch is not None and spec.torch_class and hasattr(torch.optim, spec.torch_class):
         modes = ("fused",) if spec.torch_fused else ("foreach", "for-loop")
         for mode in modes:
             step = torch_stepper(optimizer, clone_inputs(base, layout), mode)
@@ -550,12 +483,13 @@ def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
 
     rows = []
     bpe = bytes_per_element(optimizer, dtype)
+    numpy_entry = one("numpy")
     for k in threads:
         fast = one("fastlr", k)
         roof = one("roofline", k)
         t_fast = fast.median()
         times = {"fastlr": t_fast, "reference": one("reference").median(),
-                 "numpy": one("numpy").median(), "torch": None}
+                 "numpy": numpy_entry.median() if numpy_entry else None, "torch": None}
         torch_times = {e.mode: e.median() for e in entries
                        if e.impl == "torch" and e.threads == k}
         torch_mode = None
@@ -564,7 +498,8 @@ def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
             times["torch"] = torch_times[torch_mode]
         t_roof = roof.median()
         samples = {"fastlr": fast.samples, "roofline": roof.samples,
-                   "reference": one("reference").samples, "numpy": one("numpy").samples}
+                   "reference": one("reference").samples,
+                   "numpy": numpy_entry.samples if numpy_entry else None}
         for e in entries:
             if e.impl == "torch" and e.threads == k:
                 samples[f"torch-{e.mode}"] = e.samples
@@ -574,8 +509,9 @@ def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
             "dtype": str(np.dtype(dtype)),
             "n": n,
             "threads": k,
-            "pattern": pattern,
+            "pattern": streams,
             "bytes_per_element": bpe,
+            "numpy_baseline": numpy_entry is not None,
             "time_s": times,
             "torch_mode": torch_mode,
             "torch_time_s": torch_times,
@@ -852,6 +788,11 @@ def format_report(results):
         prev = key
         lines.append(fmt(row))
     lines.append("")
+    without = sorted({r["optimizer"] for r in results["rows"]
+                      if not r.get("numpy_baseline", True)})
+    if without:
+        lines.append(f"x numpy '-': no in-place NumPy baseline for {', '.join(without)} "
+                     f"(fastlr.reference.inplace has none)")
     lines.append(f"{len(results['rows'])} rows in {results['elapsed_s']:.1f} s")
     return "\n".join(lines)
 

@@ -1,12 +1,13 @@
 """``torch.optim`` optimizers whose update runs in fastlr's kernels (needs PyTorch).
 
-``SGD``, ``RMSprop``, ``Adam`` and ``AdamW`` are subclasses of the ``torch.optim`` classes of
-the same names: the same constructor (plus an optional ``n_threads``), defaults, argument
-checks, ``param_groups``, ``state``, ``state_dict()`` / ``load_state_dict()``, hooks and LR
-schedulers. Only ``step()`` differs: it hands zero-copy NumPy views of each CPU float32 /
-float64 parameter, its gradient and its state tensors to ``fastlr.kernels`` (``sgd``,
-``rmsprop``, ``adam``, ``adamw``), which update them in place with torch's single-tensor
-arithmetic.
+``SGD``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam`` and
+``RAdam`` (every row of fastlr's optimizer table that names a torch class) are subclasses of
+the ``torch.optim`` classes of the same names: the same constructor (plus an optional
+``n_threads``), defaults, argument checks, ``param_groups``, ``state``, ``state_dict()`` /
+``load_state_dict()``, hooks and LR schedulers. Only ``step()`` differs: it hands zero-copy
+NumPy views of each CPU float32 / float64 parameter, its gradient and its state tensors to
+the row's ``fastlr.kernels`` function (``sgd``, ``rmsprop``, ``adam``, ``adamw``, ...), which
+updates them in place with torch's single-tensor arithmetic.
 
     import torch
     from fastlr.compat.torch import AdamW
@@ -18,7 +19,8 @@ arithmetic.
     opt.step()                                      # fastlr.kernels.adamw on each tensor
 
 State has torch's names and types (``step`` a scalar tensor, ``exp_avg`` ..., tensors of the
-parameter's shape, dtype and layout), so a state dict saved by ``torch.optim.Adam`` loads into
+parameter's shape, dtype and layout; Adagrad's ``sum``, NAdam's ``mu_product`` a scalar
+tensor), so a state dict saved by ``torch.optim.Adam`` loads into
 ``fastlr.compat.torch.Adam`` and back. Like torch, ``load_state_dict`` keeps (does not copy)
 loaded state tensors that already have the parameter's dtype and device; ones whose memory
 layout differs from the parameter's are copied into its layout.
@@ -42,11 +44,18 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         "torch==2.13.0` gives the CPU build); fastlr itself does not depend on it."
     ) from exc
 
+import inspect
+
 import numpy as np
 
+from fastlr import _specs
 from fastlr import kernels as _kernels
 
-__all__ = ["SGD", "RMSprop", "Adam", "AdamW"]
+#: The bridged classes: every row of the table with a torch class, in table order.
+TORCH_CLASSES = tuple(o.cls for o in _specs.OPTIMIZERS.values()
+                      if o.torch and hasattr(torch.optim, o.torch))
+
+__all__ = list(TORCH_CLASSES)
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
@@ -84,12 +93,18 @@ def _layout(a):
 class _FastlrStep:
     """The step shared by the bridge classes (mixed in before the torch class).
 
-    Subclasses set ``_kernel`` (a ``fastlr.kernels`` function) and implement
-    ``_hyper(group)`` (the kernel's keyword arguments) and ``_state_names(group)``.
+    The classes are made from the table by :func:`_bridge`, which sets ``_kernel`` (a
+    ``fastlr.kernels`` function), ``_hyper(group)`` (the kernel's keyword arguments) and
+    ``_state_names(group)`` and the attributes below.
     """
 
     _kernel = None
     _positional = ()        # the kernel's state arguments, in order
+    _keys = {}              # kernel argument name -> torch's state key (Adagrad: sum)
+    _fills = ()             # (kernel argument, group option): buffers that start at a value
+    _lazy = ()              # buffers torch creates at the first update that uses them
+    _scalar = None          # per-param scalar state (NAdam's mu_product), a 0-d tensor
+    _scalar_init = 1.0
     _takes_step = True      # the kernel takes the 1-based update number
     _step_state = True      # torch keeps state["step"] (Adam, RMSprop; not SGD)
 
@@ -139,7 +154,8 @@ class _FastlrStep:
                 pv = p.detach().numpy()
                 kept = [pv]
                 for key, value in list(st.items()):
-                    if (key == "step" or not isinstance(value, torch.Tensor)
+                    if (key == "step" or key == self._scalar
+                            or not isinstance(value, torch.Tensor)
                             or value.shape != p.shape or value.dtype != p.dtype
                             or value.device.type != "cpu" or value.layout != torch.strided):
                         continue
@@ -182,6 +198,9 @@ class _FastlrStep:
         cls = f"fastlr.compat.torch.{type(self).__name__}"
         positional = self._positional
         step_state = self._step_state
+        keys = self._keys
+        scalar = self._scalar
+        lazy = self._lazy
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
@@ -215,44 +234,66 @@ class _FastlrStep:
                 bufs = dict.fromkeys(positional)
                 step = 0
                 step_view = None
+                extra = None
                 if st:
                     for name in names:
-                        t = st.get(name)
+                        t = st.get(keys[name])
                         if t is not None:
-                            bufs[name] = self._check_buffer(self._where, (gi, k, index), name,
-                                                            t, pv)
+                            bufs[name] = self._check_buffer(self._where, (gi, k, index),
+                                                            keys[name], t, pv)
                     if step_state:
                         step, step_view = self._read_step(self._where, (gi, k, index), st)
-                    elif bufs.get("momentum_buffer") is not None:
-                        step = 1        # SGD: the buffer exists (torch: "not None")
-                work.append((p, pv, gv, st, bufs, step, step_view))
-            plan.append((hyper, names, work))
+                    else:
+                        for name in lazy:
+                            if bufs[name] is not None:
+                                step = 1    # SGD: the buffer exists (torch: "not None")
+                    if scalar is not None:
+                        extra = self._read_scalar(self._where, (gi, k, index), st)
+                work.append((p, pv, gv, st, bufs, step, step_view, extra))
+            fills = None
+            if self._fills:
+                fills = {name: float(_number(group[option])) for name, option in self._fills}
+            plan.append((hyper, names, work, fills))
         return plan
 
     def _apply(self, plan):
         fn = self._kernel
         takes_step = self._takes_step
         step_state = self._step_state
+        keys = self._keys
+        scalar = self._scalar
         updated = []
-        for hyper, names, work in plan:
+        for hyper, names, work, fills in plan:
             kw = dict(hyper, n_threads=self.n_threads)
-            for p, pv, gv, st, bufs, step, step_view in work:
+            for p, pv, gv, st, bufs, step, step_view, extra in work:
                 new = None
                 for name in names:
                     if bufs[name] is None:
                         t = torch.zeros_like(p, memory_format=torch.preserve_format,
                                              requires_grad=False)
+                        if fills and name in fills:
+                            t.fill_(fills[name])
                         new = new or {}
-                        new[name] = t
+                        new[keys[name]] = t
                         bufs[name] = t.numpy()
+                if scalar is not None:
+                    value, view = extra if extra is not None else (self._scalar_init, None)
+                    kw[scalar] = self._scalar_in(
+                        value, step + 1, hyper,
+                        view.dtype if view is not None else _NP_SCALAR[_scalar_dtype()])
                 if takes_step:
-                    fn(pv, gv, *bufs.values(), step=step + 1, **kw)
+                    out = fn(pv, gv, *bufs.values(), step=step + 1, **kw)
                 else:
-                    fn(pv, gv, *bufs.values(), **kw)
+                    out = fn(pv, gv, *bufs.values(), **kw)
                 if new:
                     if st is None:
                         st = self.state[p]      # (torch's SGD without momentum has none)
                     st.update(new)
+                if scalar is not None:
+                    if view is not None:
+                        view[()] = out                  # in place, as torch's *= mu
+                    else:
+                        st[scalar] = torch.tensor(out, dtype=_scalar_dtype())
                 if step_state:
                     if step_view is not None:
                         step_view[()] = step + 1        # in place, as torch's step_t += 1
@@ -269,6 +310,8 @@ class _FastlrStep:
         kw = dict(hyper)
         if self._takes_step:
             kw["step"] = 1
+        if self._scalar is not None:
+            kw[self._scalar] = self._scalar_init
         try:
             self._kernel(_EMPTY, _EMPTY, **{name: _EMPTY for name in names},
                          n_threads=self.n_threads, **kw)
@@ -350,6 +393,35 @@ class _FastlrStep:
         raise ValueError(f"{where}: state[{name!r}] is {_layout(tv)} but the parameter is "
                          f"{_layout(pv)}; they must share one layout")
 
+    def _read_scalar(self, where_fn, at, st):
+        """(the scalar state's value, a writable 0-d NumPy view of its tensor or None)."""
+        s = st.get(self._scalar)
+        if s is None:
+            raise ValueError(f"{where_fn(*at)}: its state has no {self._scalar!r} (state "
+                             f"keys: {sorted(map(str, st))})")
+        view = None
+        try:
+            if isinstance(s, torch.Tensor) and s.is_cpu and not s.requires_grad:
+                view = s.numpy()
+                if view.shape != ():
+                    view = view.reshape(())
+                if not view.flags.writeable:
+                    view = None
+            v = float(view if view is not None else s)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{where_fn(*at)}: state[{self._scalar!r}] must be a number or a "
+                            f"one-element tensor, got {s!r}") from None
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{where_fn(*at)}: state[{self._scalar!r}] must be in [0, 1], "
+                             f"got {v}")
+        return v, view
+
+    @staticmethod
+    def _scalar_in(value, step, hyper, dtype):
+        """The scalar state handed to the kernel for update ``step`` (its stored value; a
+        family may adjust it for the precision torch keeps it in, see _SCALAR_IN)."""
+        return value
+
     @staticmethod
     def _read_step(where_fn, at, st):
         """(update count so far, a writable 0-d NumPy view of state['step'] or None)."""
@@ -399,123 +471,97 @@ def _check_options(where, options):
                          f"{key}")
 
 
-class SGD(_FastlrStep, torch.optim.SGD):
-    """``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay, maximize) whose
-    update runs in ``fastlr.kernels.sgd``. ``n_threads``: the kernels' thread count
-    (None: ``fastlr.get_num_threads()``)."""
-
-    _kernel = staticmethod(_kernels.sgd)
-    _positional = ("momentum_buffer",)
-    _step_state = False
-
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
-                 fused=None, n_threads=None):
-        self._fastlr_init(n_threads, dict(foreach=foreach, differentiable=differentiable,
-                                          fused=fused))
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
-                         foreach=foreach, differentiable=differentiable, fused=fused)
-
-    @staticmethod
-    def _hyper(group):
-        return dict(lr=_number(group["lr"]), momentum=_number(group["momentum"]),
-                    dampening=_number(group["dampening"]), nesterov=group["nesterov"],
-                    weight_decay=_number(group["weight_decay"]), maximize=group["maximize"])
-
-    @staticmethod
-    def _state_names(group):
-        return ("momentum_buffer",) if _number(group["momentum"]) != 0 else ()
 
 
-class RMSprop(_FastlrStep, torch.optim.RMSprop):
-    """``torch.optim.RMSprop`` (centered, momentum, weight decay, maximize) whose update runs
-    in ``fastlr.kernels.rmsprop``. ``n_threads`` as for :class:`SGD`."""
-
-    _kernel = staticmethod(_kernels.rmsprop)
-    _positional = ("square_avg", "momentum_buffer", "grad_avg")
-    _takes_step = False
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, n_threads=None):
-        self._fastlr_init(n_threads, dict(foreach=foreach, differentiable=differentiable,
-                                          capturable=capturable))
-        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered, capturable=capturable,
-                         foreach=foreach, maximize=maximize, differentiable=differentiable)
-
-    @staticmethod
-    def _hyper(group):
-        return dict(lr=_number(group["lr"]), alpha=_number(group["alpha"]),
-                    eps=_number(group["eps"]), weight_decay=_number(group["weight_decay"]),
-                    momentum=_number(group["momentum"]), maximize=group["maximize"])
-
-    @staticmethod
-    def _state_names(group):
-        names = ("square_avg",)
-        if _number(group["momentum"]) > 0:
-            names += ("momentum_buffer",)
-        if group["centered"]:
-            names += ("grad_avg",)
-        return names
+_NP_SCALAR = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
-class Adam(_FastlrStep, torch.optim.Adam):
-    """``torch.optim.Adam`` (AMSGrad, L2 or decoupled weight decay, maximize) whose update
-    runs in ``fastlr.kernels.adam``. ``n_threads`` as for :class:`SGD`."""
-
-    _kernel = staticmethod(_kernels.adam)
-    _positional = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False,
-                 n_threads=None):
-        self._fastlr_init(n_threads, dict(foreach=foreach, differentiable=differentiable,
-                                          capturable=capturable, fused=fused))
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, foreach=foreach, maximize=maximize,
-                         capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=decoupled_weight_decay)
-
-    @staticmethod
-    def _hyper(group):
-        beta1, beta2 = group["betas"]
-        return dict(lr=_number(group["lr"]), beta1=_number(beta1), beta2=_number(beta2),
-                    eps=_number(group["eps"]), weight_decay=_number(group["weight_decay"]),
-                    decoupled_weight_decay=group["decoupled_weight_decay"],
-                    maximize=group["maximize"])
-
-    @staticmethod
-    def _state_names(group):
-        if group["amsgrad"]:
-            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-        return ("exp_avg", "exp_avg_sq")
+def _nadam_mu_product(value, step, hyper, dtype):
+    """torch keeps NAdam's mu_product in a tensor of its default dtype; in float32 the
+    product an update uses is rounded: ``P = f32(f32(P_prev) * f32(mu_t))``. The kernel
+    forms ``P_prev * mu_t`` in double, so it is handed ``P / mu_t``, which gives torch's
+    ``P`` to the last bit of a double (at most 1: the kernel's range; at the first update
+    ``f32(mu_1)`` may round up, a difference of one float32 rounding)."""
+    if dtype == np.float64:
+        return value
+    mu = hyper["beta1"] * (1.0 - 0.5 * 0.96 ** (step * hyper["momentum_decay"]))
+    if mu == 0.0:
+        return value
+    return min(float(np.float32(value) * np.float32(mu)) / mu, 1.0)
 
 
-class AdamW(_FastlrStep, torch.optim.AdamW):
-    """``torch.optim.AdamW`` (decoupled weight decay, default ``weight_decay=1e-2``; AMSGrad,
-    maximize) whose update runs in ``fastlr.kernels.adamw``. ``n_threads`` as for
-    :class:`SGD`."""
+#: Per family: the adjustment of its scalar state for the precision torch stores it in.
+_SCALAR_IN = {"nadam": _nadam_mu_product}
 
-    _kernel = staticmethod(_kernels.adamw)
-    _positional = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None, n_threads=None):
-        self._fastlr_init(n_threads, dict(foreach=foreach, differentiable=differentiable,
-                                          capturable=capturable, fused=fused))
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, foreach=foreach,
-                         capturable=capturable, differentiable=differentiable, fused=fused)
+def _bridge(row):
+    """The ``fastlr.compat.torch`` class of a row of the table: a subclass of its torch
+    class whose step runs ``fastlr.kernels.<row.kernel>``."""
+    family = _specs.family(row.family)
+    base = getattr(torch.optim, row.torch)
+    sig = inspect.signature(base.__init__)
+    switches = tuple(k for k, _ in _UNSUPPORTED if k in sig.parameters)
+    hypers = []          # (kernel keyword, group key, index in a pair or None, is a flag)
+    for h in family.hypers:
+        if h.name in row.fixed:
+            continue
+        index = None
+        if h.pair:
+            index = [x.name for x in family.hypers if x.pair == h.pair].index(h.name)
+        hypers.append((h.name, h.pair or h.name, index, h.check == "flag"))
+    # _hyper(group) and _state_names(group) run once per group and step: written out
+    # (straight-line code from the row, as a hand-written class would have them)
+    items = []
+    for name, key, index, flag in hypers:
+        value = f"group[{key!r}]" + (f"[{index}]" if index is not None else "")
+        items.append(f"{name}={value}" if flag else f"{name}=_number({value})")
+    lines = ["def _hyper(group):", f"    return dict({', '.join(items)})",
+             "def _state_names(group):"]
+    flags = {h.name for h in family.hypers if h.check == "flag"} | \
+        {name for name, default in row.options if isinstance(default, bool)}
+    lines += [f"    {n} = group[{n!r}]" if n in flags else f"    {n} = _number(group[{n!r}])"
+              for n in _specs.state_options(family.name)]
+    lines.append("    names = ()")
+    for st in family.state:
+        add = f"names += ({st.name!r},)"
+        lines.append(f"    if {st.when}:\n        {add}" if st.when else f"    {add}")
+    lines.append("    return names")
+    scope = {"_number": _number}
+    exec(compile("\n".join(lines) + "\n", f"<fastlr.compat.torch.{row.cls}>", "exec"), scope)
+    _hyper, _state_names = scope["_hyper"], scope["_state_names"]
 
-    @staticmethod
-    def _hyper(group):
-        beta1, beta2 = group["betas"]
-        return dict(lr=_number(group["lr"]), beta1=_number(beta1), beta2=_number(beta2),
-                    eps=_number(group["eps"]), weight_decay=_number(group["weight_decay"]),
-                    maximize=group["maximize"])
+    def __init__(self, params, *args, n_threads=None, **kwargs):
+        bound = sig.bind(self, params, *args, **kwargs)
+        bound.apply_defaults()
+        self._fastlr_init(n_threads, {k: bound.arguments[k] for k in switches})
+        base.__init__(self, params, *args, **kwargs)
 
-    _state_names = staticmethod(Adam._state_names)
+    __init__.__signature__ = sig.replace(parameters=[
+        *sig.parameters.values(),
+        inspect.Parameter("n_threads", inspect.Parameter.KEYWORD_ONLY, default=None)])
+    __init__.__qualname__ = f"{row.cls}.__init__"
+    keys = {st.name: row.torch_state.get(st.name, st.name) for st in family.state}
+    attrs = dict(
+        __module__=__name__,
+        __doc__=(f"``torch.optim.{row.torch}`` ({family.kernel_doc}) whose update runs in "
+                 f"``fastlr.kernels.{row.kernel}``. ``n_threads``: the kernels' thread count "
+                 f"(None: ``fastlr.get_num_threads()``)."),
+        __init__=__init__,
+        _kernel=staticmethod(getattr(_kernels, row.kernel)),
+        _positional=tuple(st.name for st in family.state),
+        _keys=keys,
+        _fills=tuple((st.name, st.fill) for st in family.state if st.fill),
+        _lazy=tuple(st.name for st in family.state if st.lazy),
+        _scalar=family.scalar_state[0][0] if family.scalar_state else None,
+        _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
+        _takes_step=family.uses_step,
+        _step_state=row.torch_state.get("step", "step") == "step",
+        _hyper=staticmethod(_hyper),
+        **({"_scalar_in": staticmethod(_SCALAR_IN[family.name])}
+           if family.name in _SCALAR_IN else {}),
+        _state_names=staticmethod(_state_names),
+    )
+    return type(row.cls, (_FastlrStep, base), attrs)
+
+
+globals().update({name: _bridge(_specs.OPTIMIZERS[name]) for name in TORCH_CLASSES})

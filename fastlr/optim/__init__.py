@@ -27,8 +27,9 @@ from fastlr._core.engine import clip_grad_norm
 from fastlr.optim.base import Optimizer, ParamGroup, flat_buffer  # noqa: F401
 from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa: F401
                                      write_checkpoint, write_npz_atomic)
-from fastlr.optim.families import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam,
-                                   RAdam, RMSprop)
+from fastlr.optim.families import CLASSES
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax",
-           "NAdam", "RAdam", "Lion", "flat_buffer", "clip_grad_norm"]
+# the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
+globals().update(CLASSES)
+
+__all__ = ["Optimizer", *CLASSES, "flat_buffer", "clip_grad_norm"]

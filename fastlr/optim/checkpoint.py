@@ -1,10 +1,17 @@
-"""Optimizer checkpoints: ``.npz`` files (no pickle), written atomically."""
+"""Optimizer checkpoints: the state dict (:class:`CheckpointMixin`: ``state_dict``,
+``load_state_dict``, ``save``, ``load``) and its ``.npz`` files (no pickle), written
+atomically."""
 
 import json
+import numbers
 import os
 import tempfile
 
 import numpy as np
+
+from fastlr.optim.groups import _finite_nonneg, _nonneg_int
+from fastlr.optim.plateau_state import _check_plateau_state
+from fastlr.schedules import Schedule
 
 _FORMAT = "fastlr-optimizer-1"
 
@@ -98,3 +105,202 @@ def _int_member(value, key):
     return int(value)
 
 
+class CheckpointMixin:
+    """state_dict / load_state_dict / save / load (part of :class:`Optimizer`)."""
+
+    def state_dict(self):
+        """A plain dict: ``{"format", "steps", "state": {i: {"step", buffers}},
+        "param_groups": [hyperparameters, "params": indices]}``, arrays copied. A scheduled
+        hyperparameter is saved as ``{"schedule": repr}``: schedules are code, rebuilt by the
+        code that builds the optimizer."""
+        groups, index = [], 0
+        for group in self.param_groups:
+            g = {}
+            for key, value in group.items():
+                if key == "params":
+                    g[key] = list(range(index, index + len(value)))
+                    index += len(value)
+                else:
+                    g[key] = _plain(value)
+            groups.append(g)
+        state = {i: dict({k: np.array(v, copy=True) for k, v in self._live_state(i).items()},
+                         step=int(self._counts[i])) for i in range(len(self._state))}
+        if self._scalar:
+            for i, st in state.items():
+                st[self._scalar] = float(self._mu_product[i])
+        sd = {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups,
+              "skipped_steps": self._skipped, "lr_scale": [float(v) for v in self._lr_scale],
+              "last_lr": self.last_lr}
+        plateau = (self._plateau.state_dict() if self._plateau is not None
+                   else self._pending_plateau)
+        if plateau is not None:
+            sd["plateau"] = dict(plateau)
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """Restore a state dict. Everything is validated first; on any error nothing
+        changes."""
+        with self._exclusive("load_state_dict"):
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict):
+        name = f"{self._name}.load_state_dict"
+        sd = state_dict
+        if not isinstance(sd, dict):
+            raise TypeError(f"{name}: expected a dict, got {type(sd).__name__}")
+        for key in ("steps", "state", "param_groups"):
+            if key not in sd:
+                raise ValueError(f"{name}: the state dict has no {key!r} entry")
+        if sd.get("format", _FORMAT) != _FORMAT:
+            raise ValueError(f"{name}: unknown format {sd.get('format')!r}")
+        steps = _nonneg_int(name, "steps", sd["steps"])
+        skipped = _nonneg_int(name, "skipped_steps", sd.get("skipped_steps", 0))
+        lr_scale = sd.get("lr_scale", [1.0] * len(self.param_groups))
+        if not isinstance(lr_scale, (list, tuple, np.ndarray)) or \
+                len(lr_scale) != len(self.param_groups) or \
+                not all(_finite_nonneg(v) for v in lr_scale):
+            raise ValueError(f"{name}: lr_scale must hold one finite number >= 0 per param "
+                             f"group ({len(self.param_groups)}), got {lr_scale!r}")
+        last_lr = sd.get("last_lr")
+        if last_lr is not None and (
+                not isinstance(last_lr, (list, tuple, np.ndarray)) or
+                len(last_lr) != len(self.param_groups) or
+                not all(_finite_nonneg(v) for v in last_lr)):
+            raise ValueError(f"{name}: last_lr must be None or one finite lr >= 0 per param "
+                             f"group, got {last_lr!r}")
+        plateau = sd.get("plateau")
+        if plateau is not None:
+            plateau = _check_plateau_state(name, plateau)
+            if self._plateau is not None:
+                self._plateau._check_compatible(name, plateau)
+        groups = sd["param_groups"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"{name}: the state dict has "
+                             f"{len(groups) if isinstance(groups, (list, tuple)) else '?'} "
+                             f"param groups, this optimizer has {len(self.param_groups)}")
+        new_hypers, index = [], 0
+        for g, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict):
+                raise TypeError(f"{name}: param_groups[{g}] must be a dict")
+            n = len(group["params"])
+            held = saved.get("params", [])
+            if not isinstance(held, (list, tuple, np.ndarray)) or \
+                    list(held) != list(range(index, index + n)):
+                raise ValueError(f"{name}: param_groups[{g}] holds params "
+                                 f"{saved.get('params')}, expected {list(range(index, index + n))}")
+            index += n
+            hyper = {}
+            for key, value in saved.items():
+                if key == "params":
+                    continue
+                if key not in group:
+                    raise ValueError(f"{name}: param_groups[{g}] has an unknown "
+                                     f"hyperparameter {key!r}")
+                if _is_marker(value):
+                    continue        # a schedule: code, rebuilt by the code that built this
+                if key == "betas" and isinstance(value, (list, tuple)) and len(value) == 2 \
+                        and _is_marker(value[0]):
+                    value = (group["betas"][0], value[1])
+                value = tuple(value) if key == "betas" else value
+                self._check_hyper(key, value, where=f"param_groups[{g}]")
+                hyper[key] = value
+            new_hypers.append(hyper)
+        state = sd["state"]
+        if not isinstance(state, dict):
+            raise TypeError(f"{name}: 'state' must be a dict keyed by param index")
+        indices = {str(i) for i in range(len(self._params))}
+        unknown = [k for k in state if not (isinstance(k, (int, np.integer, str)) and
+                                            str(k) in indices)]
+        if unknown:
+            raise ValueError(f"{name}: 'state' has entries {unknown[:5]!r} for params this "
+                             f"optimizer does not have (it has {len(self._params)})")
+        new_state = {}
+        for i, p in enumerate(self._params):
+            st = state.get(i, state.get(str(i)))
+            if not isinstance(st, dict):
+                raise ValueError(f"{name}: the state dict has no state for param {i}")
+            count = _nonneg_int(name, f"state[{i}]['step']", st.get("step"))
+            bufs = {}
+            if self._scalar:
+                mp = st.get(self._scalar)
+                if isinstance(mp, np.ndarray) and mp.ndim == 0:
+                    mp = mp.item()
+                if isinstance(mp, (bool, np.bool_)) or not isinstance(mp, numbers.Real) or \
+                        not 0.0 <= mp <= 1.0:
+                    raise ValueError(f"{name}: state[{i}][{self._scalar!r}] must be a number "
+                                     f"in [0, 1], got {mp!r}")
+                bufs[self._scalar] = float(mp)
+            for buf in self._state[i]:
+                if buf not in st and buf in self._optional_state:
+                    continue
+                if buf not in st:
+                    raise ValueError(f"{name}: state[{i}] has no {buf!r} buffer, which this "
+                                     f"optimizer's options need")
+                arr = st[buf]
+                if not isinstance(arr, np.ndarray) or arr.shape != p.shape or \
+                        arr.dtype.kind != "f":
+                    raise ValueError(f"{name}: state[{i}][{buf!r}] must be a float array of "
+                                     f"shape {p.shape}, got "
+                                     f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                                     f"{getattr(arr, 'shape', '')}")
+                bufs[buf] = arr
+            extra = set(st) - set(self._state[i]) - {"step"} - \
+                ({self._scalar} if self._scalar else set())
+            if extra:
+                raise ValueError(f"{name}: state[{i}] has buffers {sorted(extra)} that this "
+                                 f"optimizer's options do not use")
+            new_state[i] = (count, bufs)
+        # everything checked: apply
+        for group, hyper in zip(self.param_groups, new_hypers):
+            for key, value in hyper.items():
+                dict.__setitem__(group, key, value)
+        for i, (count, bufs) in new_state.items():
+            self._counts[i] = count
+            if self._scalar:
+                self._mu_product[i] = bufs[self._scalar]
+            for buf, view in self._state[i].items():
+                if buf in bufs:
+                    np.copyto(view, bufs[buf], casting="same_kind")
+                else:
+                    view[...] = 0
+            self._started[i] = all(b in bufs for b in self._optional_state
+                                   if b in self._state[i])
+        self._t = steps
+        self._skipped = skipped
+        self._lr_scale[:] = [float(v) for v in lr_scale]
+        if plateau is not None:
+            if self._plateau is not None:
+                self._plateau._load(plateau)
+            else:
+                self._pending_plateau = plateau
+        self._dirty = True
+        self._configure()
+        self._used[...] = np.nan
+        if last_lr is not None:
+            self._used[:, 0] = [float(v) for v in last_lr]
+        elif steps > 0:         # an older checkpoint: the lr the schedule gave last
+            self._used[:, 0] = [v["lr"] for v in self._engine.group_values(steps - 1)]
+
+    def save(self, path):
+        """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically: a temporary
+        file in the same directory, then a rename."""
+        write_checkpoint(self.state_dict(), path)
+
+    def load(self, path):
+        """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises
+        ``ValueError`` and changes nothing."""
+        self.load_state_dict(read_checkpoint(path, f"{self._name}.load"))
+
+
+def _plain(value):
+    if isinstance(value, Schedule) or callable(value):
+        return {"schedule": repr(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    return value
+
+
+def _is_marker(value):
+    return isinstance(value, dict) and set(value) == {"schedule"}

@@ -1,40 +1,199 @@
 """The optimizer classes: SGD, RMSprop, Adam, AdamW, Adagrad, Adadelta, Adamax, NAdam, RAdam
-(torch.optim) and Lion (optax)."""
+(torch.optim) and Lion (optax), each built from its row of the table (``fastlr._specs``).
+
+A row gives the class everything that used to be written per class: the constructor's
+signature and defaults, the kernel family, which hyperparameters take a schedule, the flags
+and range checks, the state buffers (in the kernel's argument order), when each exists and
+what it starts at, the per-param scalar state, the keyword arguments of the NumPy twin and
+the docstring. What is left here per class is what is genuinely that optimizer's semantics:
+SGD's rule that Nesterov needs momentum and no dampening, and SGD's momentum buffer, which
+torch creates at the first update that uses it.
+"""
 
 import numbers
+import re
 
 import numpy as np
 
+from fastlr import _specs, reference
 from fastlr.optim.base import Optimizer
+
+
+_COMMON = (("n_threads", None), ("max_grad_norm", None), ("skip_nonfinite", False))
 
 
 def _pair(betas):
     return tuple(betas) if isinstance(betas, (list, tuple)) else betas
 
 
-_NONNEG = (0.0, None, "a finite number >= 0")
-_UNIT = (0.0, 1.0, "in [0, 1)")
+def _range(check):
+    """A ``CHECKS`` rule as the (low, high, text) of ``Optimizer._check_hyper``: ``low <= v
+    < high`` (an inclusive high is the next double up)."""
+    low, high, inclusive, text = _specs.CHECKS[check]
+    low = -np.inf if low is None else low
+    if high is not None and inclusive:
+        high = float(np.nextafter(high, np.inf))
+    return (low, high, text)
 
 
-class SGD(Optimizer):
-    """SGD with momentum, dampening, Nesterov and L2 weight decay (torch.optim.SGD)."""
+class _TableOptimizer(Optimizer):
+    """An optimizer class described by a row of the table (``_row``, ``_family``)."""
 
-    _kernel = "sgd"
-    _schedulable = ("lr", "momentum", "weight_decay")
-    _flags = ("nesterov", "maximize")
-    _ranges = {"lr": _NONNEG, "momentum": _NONNEG, "dampening": (-np.inf, None, "finite"),
-               "weight_decay": _NONNEG}
+    _row = None
+    _family = None
 
-    def __init__(self, params, lr=1e-3, *, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, maximize=False, n_threads=None,
-                 max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), n_threads,
-                         max_grad_norm, skip_nonfinite)
+    def _state_names(self, group):
+        values = {}
+        for name in _specs.state_options(self._family.name):
+            v = group[name]
+            scheduled = not isinstance(v, (numbers.Real, np.bool_))
+            values[name] = _specs.UNKNOWN if scheduled else v
+        return _specs.state_names(self._family.name, values)
 
-    _slots = ("momentum_buffer",)
-    _optional_state = ("momentum_buffer",)
+    def _state_fill(self, group):
+        return {s.name: float(group[s.fill]) for s in self._family.state if s.fill}
+
+    def _reference_kwargs(self, group, v, i):
+        kwargs = {}
+        if self._family.uses_step:
+            kwargs["step"] = int(self._counts[i]) + 1
+        if self._scalar:
+            kwargs[self._scalar] = float(self._mu_product[i])
+        for h in self._family.hypers:
+            if h.schedulable:
+                kwargs[h.name] = v[h.name]
+            elif h.pair:
+                kwargs[h.name] = group[h.pair][_pair_index(self._family, h)]
+            else:
+                kwargs[h.name] = group[h.name]
+        kwargs.update(self._state[i])
+        return kwargs
+
+
+def _pair_index(family, hyper):
+    return [h.name for h in family.hypers if h.pair == hyper.pair].index(hyper.name)
+
+
+def _signature(row, family):
+    """[(name, default)] of the constructor after ``params``: the hyperparameters (a pair
+    as one argument, e.g. ``betas``) in the family's order, the class's options before the
+    first flag; fixed hyperparameters are not arguments."""
+    out, seen = [], set()
+    for h in family.hypers:
+        if h.name in row.fixed:
+            continue
+        name = h.pair or h.name
+        if name in seen:
+            continue
+        seen.add(name)
+        if h.pair:
+            default = row.defaults.get(name, tuple(x.default for x in family.hypers
+                                                   if x.pair == h.pair))
+        else:
+            default = row.defaults.get(name, h.default)
+        out.append((name, default, h.check == "flag"))
+    first_flag = next((k for k, (_, _, flag) in enumerate(out) if flag), len(out))
+    options = [(name, default, isinstance(default, bool)) for name, default in row.options]
+    out[first_flag:first_flag] = options
+    return [(name, default) for name, default, _ in out]
+
+
+def _formula(kernel):
+    """The first literal block (after ``::``) of the NumPy twin's docstring."""
+    doc = getattr(reference, kernel).__doc__ or ""
+    m = re.search(r"::\n\n((?:(?: {8}.*)?\n)+)", doc)
+    if not m:
+        return ""
+    return "\n".join(line[4:] for line in m.group(1).rstrip().splitlines())
+
+
+def _doc(row, family, signature):
+    lines = [f"{row.doc} ({row.follows}).", ""]
+    formula = _formula(row.kernel)
+    if formula:
+        lines += [f"The update of each param (``fastlr.reference.{row.kernel}``)::", "",
+                  formula, ""]
+    hypers = {}
+    for h in family.hypers:
+        hypers.setdefault(h.pair or h.name, h)
+    lines += ["Parameters", "----------", "params : array, list of arrays or list of group "
+              "dicts", "    Updated in place."]
+    for name, default in signature:
+        h = hypers.get(name)
+        text = h.doc if h is not None else "class option"
+        if h is not None and h.pair:
+            text = " and ".join(x.doc for x in family.hypers if x.pair == h.pair)
+        sched = ""
+        if h is not None and h.schedulable:
+            sched = (f" ({name}[0] may be a schedule)" if h.pair
+                     else " (a number or a schedule)")
+        lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
+    for name, value in row.fixed.items():
+        lines += [f"({name} is fixed to {value!r})"]
+    lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`."]
+    for name, init in family.scalar_state:
+        lines += ["", f"Each param's ``{name}`` (starting at {init!r}) is part of its state, "
+                      f"as in torch: ``opt.state[i][{name!r}]`` and the state dict."]
+    return "\n".join(lines) + "\n"
+
+
+def _init_source(signature, row, family):
+    """The source of the class's ``__init__`` (a real function, so that inspect, help()
+    and wrong arguments behave as for a hand-written one)."""
+    args = ["self", "params"]
+    first = signature[0]
+    args.append(first[0] if first[1] is None else f"{first[0]}=_d[{first[0]!r}]")
+    args.append("*")
+    args += [f"{name}=_d[{name!r}]" for name, _ in signature[1:]]
+    args += [f"{name}={default!r}" for name, default in _COMMON]
+    pairs = {h.pair for h in family.hypers if h.pair}
+    entries = [f"{name}=_pair({name})" if name in pairs else f"{name}={name}"
+               for name, _ in signature]
+    entries += [f"{name}=_fixed[{name!r}]" for name in row.fixed]
+    return (f"def __init__({', '.join(args)}):\n"
+            f"    _Optimizer.__init__(self, params, dict({', '.join(entries)}),\n"
+            f"                        n_threads, max_grad_norm, skip_nonfinite)\n")
+
+
+def _make_class(row, bases, namespace=None):
+    family = _specs.family(row.family)
+    signature = _signature(row, family)
+    flags = tuple(h.name for h in family.hypers if h.check == "flag") + \
+        tuple(name for name, default in row.options if isinstance(default, bool))
+    ranges = {h.name: _range(h.check) for h in family.hypers if h.check != "flag"}
+    ranges.update({name: _range("nonneg") for name, default in row.options
+                   if not isinstance(default, bool)})
+    if any(h.pair for h in family.hypers):
+        ranges.update({h.pair: None for h in family.hypers if h.pair})
+    attrs = dict(
+        __module__=__name__,
+        __doc__=_doc(row, family, signature),
+        _row=row, _family=family,
+        _kernel=family.name,
+        _schedulable=tuple(h.name for h in family.hypers if h.schedulable),
+        _flags=flags,
+        _ranges=ranges,
+        _slots=tuple(s.name for s in family.state),
+        _optional_state=tuple(s.name for s in family.state if s.lazy),
+        _scalar=family.scalar_state[0][0] if family.scalar_state else None,
+        _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
+    )
+    attrs.update(namespace or {})
+    cls = type(row.cls, bases, attrs)
+    scope = {"_d": dict(signature), "_pair": _pair, "_fixed": dict(row.fixed),
+             "_Optimizer": Optimizer}
+    exec(compile(_init_source(signature, row, family), f"<fastlr.{row.cls}.__init__>",
+                 "exec"), scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{row.cls}.__init__"
+    init.__module__ = __name__
+    cls.__init__ = init
+    return cls
+
+
+class _SGDSemantics:
+    """SGD's own rules (torch.optim.SGD): Nesterov needs momentum > 0 and no dampening;
+    the momentum buffer starts lazily, at the first update that applies momentum."""
 
     def _validate_group(self, group):
         m = group["momentum"]
@@ -43,16 +202,6 @@ class SGD(Optimizer):
             raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
                              f"dampening == 0, got momentum={m!r}, "
                              f"dampening={group['dampening']!r}")
-
-    def _state_names(self, group):
-        m = group["momentum"]
-        return ("momentum_buffer",) if not isinstance(m, numbers.Real) or m != 0 else ()
-
-    def _live_state(self, i):
-        # torch: the momentum buffer is None until momentum is first applied
-        st = self._state[i]
-        return st if self._started[i] else {k: v for k, v in st.items()
-                                            if k != "momentum_buffer"}
 
     def _reference_kwargs(self, group, v, i):
         buf = self._state[i].get("momentum_buffer")
@@ -66,265 +215,36 @@ class SGD(Optimizer):
         return kwargs
 
 
-class RMSprop(Optimizer):
-    """RMSprop, optionally centered and with momentum (torch.optim.RMSprop)."""
-
-    _kernel = "rmsprop"
-    _schedulable = ("lr", "momentum", "weight_decay")
-    _flags = ("centered", "maximize")
-    _ranges = {"lr": _NONNEG, "alpha": _NONNEG, "eps": _NONNEG, "weight_decay": _NONNEG,
-               "momentum": _NONNEG}
-
-    def __init__(self, params, lr=1e-2, *, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered=False, maximize=False, n_threads=None,
-                 max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=centered,
-                                      maximize=maximize), n_threads, max_grad_norm,
-                         skip_nonfinite)
-
-    _slots = ("square_avg", "momentum_buffer", "grad_avg")
-
-    def _state_names(self, group):
-        m = group["momentum"]
-        names = ("square_avg",)
-        if not isinstance(m, numbers.Real) or m > 0:
-            names += ("momentum_buffer",)
-        if group["centered"]:
-            names += ("grad_avg",)
-        return names
-
-    def _reference_kwargs(self, group, v, i):
-        st = self._state[i]
-        use = "momentum_buffer" in st and v["momentum"] > 0
-        return dict(lr=v["lr"], alpha=group["alpha"], eps=group["eps"],
-                    weight_decay=v["weight_decay"], momentum=v["momentum"] if use else 0.0,
-                    maximize=group["maximize"], square_avg=st["square_avg"],
-                    momentum_buffer=st["momentum_buffer"] if use else None,
-                    grad_avg=st.get("grad_avg"))
+#: Per-optimizer semantics that the table does not describe: mixins, by class name.
+_SEMANTICS = {"SGD": _SGDSemantics}
 
 
-class Adam(Optimizer):
-    """Adam with AMSGrad and L2 or decoupled weight decay (torch.optim.Adam)."""
-
-    _kernel = "adam"
-    _schedulable = ("lr", "beta1", "weight_decay")
-    _flags = ("amsgrad", "maximize", "decoupled_weight_decay")
-    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
-               "weight_decay": _NONNEG, "betas": None}
-
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, decoupled_weight_decay=False, n_threads=None,
-                 max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
-                                      weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay),
-                         n_threads, max_grad_norm, skip_nonfinite)
-
-    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def _state_names(self, group):
-        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
-
-    def _reference_kwargs(self, group, v, i):
-        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], beta1=v["beta1"],
-                    beta2=group["betas"][1], eps=group["eps"], weight_decay=v["weight_decay"],
-                    decoupled_weight_decay=group["decoupled_weight_decay"],
-                    maximize=group["maximize"], **self._state[i])
+def _build():
+    classes = {}
+    by_family = {}
+    for row in _specs.OPTIMIZERS.values():
+        parent = by_family.get(row.family)
+        if parent is not None:
+            bases = (parent,)           # AdamW is an Adam (fixed decoupled weight decay)
+        else:
+            extra = _SEMANTICS.get(row.cls)
+            bases = ((extra,) if extra else ()) + (_TableOptimizer,)
+        cls = _make_class(row, bases)
+        classes[row.cls] = cls
+        by_family.setdefault(row.family, cls)
+    return classes
 
 
-class AdamW(Adam):
-    """AdamW: Adam with decoupled weight decay, ``weight_decay=1e-2`` (torch.optim.AdamW)."""
-
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False, n_threads=None, max_grad_norm=None,
-                 skip_nonfinite=False):
-        super().__init__(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
-                         n_threads=n_threads, max_grad_norm=max_grad_norm,
-                         skip_nonfinite=skip_nonfinite)
+#: Every optimizer class, by name, in table order.
+CLASSES = _build()
 
 
-_CLOSED_UNIT = (0.0, float(np.nextafter(1.0, 2.0)), "in [0, 1]")   # 1.0 included
+def class_for(name):
+    """The optimizer class named ``name`` (a row of the table)."""
+    return CLASSES[_specs.optimizer(name).cls]
 
 
-class Adagrad(Optimizer):
-    """Adagrad with lr decay and L2 weight decay (torch.optim.Adagrad)."""
+# SGD, RMSprop, Adam, AdamW, Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion: module attributes
+globals().update(CLASSES)
 
-    _kernel = "adagrad"
-    _schedulable = ("lr", "weight_decay")
-    _flags = ("maximize",)
-    _ranges = {"lr": _NONNEG, "lr_decay": _NONNEG, "weight_decay": _NONNEG,
-               "initial_accumulator_value": _NONNEG, "eps": _NONNEG}
-    _slots = ("state_sum",)
-
-    def __init__(self, params, lr=1e-2, *, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, maximize=False, n_threads=None,
-                 max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize),
-                         n_threads, max_grad_norm, skip_nonfinite)
-
-    def _state_names(self, group):
-        return ("state_sum",)
-
-    def _state_fill(self, group):
-        return {"state_sum": float(group["initial_accumulator_value"])}
-
-    def _reference_kwargs(self, group, v, i):
-        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], lr_decay=group["lr_decay"],
-                    weight_decay=v["weight_decay"], eps=group["eps"],
-                    maximize=group["maximize"], **self._state[i])
-
-
-class Adadelta(Optimizer):
-    """Adadelta with L2 weight decay (torch.optim.Adadelta)."""
-
-    _kernel = "adadelta"
-    _schedulable = ("lr", "weight_decay")
-    _flags = ("maximize",)
-    _ranges = {"lr": _NONNEG, "rho": _CLOSED_UNIT, "eps": _NONNEG, "weight_decay": _NONNEG}
-    _slots = ("square_avg", "acc_delta")
-
-    def __init__(self, params, lr=1.0, *, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
-                 n_threads=None, max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize),
-                         n_threads, max_grad_norm, skip_nonfinite)
-
-    def _state_names(self, group):
-        return ("square_avg", "acc_delta")
-
-    def _reference_kwargs(self, group, v, i):
-        return dict(lr=v["lr"], rho=group["rho"], eps=group["eps"],
-                    weight_decay=v["weight_decay"], maximize=group["maximize"],
-                    **self._state[i])
-
-
-class Adamax(Optimizer):
-    """Adamax, Adam with an infinity norm (torch.optim.Adamax)."""
-
-    _kernel = "adamax"
-    _schedulable = ("lr", "beta1", "weight_decay")
-    _flags = ("maximize",)
-    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
-               "weight_decay": _NONNEG, "betas": None}
-    _slots = ("exp_avg", "exp_inf")
-
-    def __init__(self, params, lr=2e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 maximize=False, n_threads=None, max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
-                                      weight_decay=weight_decay, maximize=maximize),
-                         n_threads, max_grad_norm, skip_nonfinite)
-
-    def _state_names(self, group):
-        return ("exp_avg", "exp_inf")
-
-    def _reference_kwargs(self, group, v, i):
-        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], beta1=v["beta1"],
-                    beta2=group["betas"][1], eps=group["eps"], weight_decay=v["weight_decay"],
-                    maximize=group["maximize"], **self._state[i])
-
-
-class NAdam(Optimizer):
-    """NAdam, Adam with Nesterov momentum and momentum decay (torch.optim.NAdam).
-
-    Each param's ``mu_product`` (the product of its momentum coefficients so far) is part of
-    its state, as in torch: ``opt.state[i]["mu_product"]`` and the state dict.
-    """
-
-    _kernel = "nadam"
-    _schedulable = ("lr", "beta1", "weight_decay")
-    _flags = ("maximize", "decoupled_weight_decay")
-    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
-               "weight_decay": _NONNEG, "momentum_decay": _NONNEG, "betas": None}
-    _slots = ("exp_avg", "exp_avg_sq")
-
-    def __init__(self, params, lr=2e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,
-                 n_threads=None, max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
-                                      weight_decay=weight_decay, momentum_decay=momentum_decay,
-                                      decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize),
-                         n_threads, max_grad_norm, skip_nonfinite)
-
-    def _state_names(self, group):
-        return ("exp_avg", "exp_avg_sq")
-
-    @property
-    def state(self):
-        """Per-param state as :attr:`Optimizer.state`, plus its ``mu_product`` (a float)."""
-        state = super().state
-        for i, st in state.items():
-            st["mu_product"] = float(self._mu_product[i])
-        return state
-
-    def _reference_kwargs(self, group, v, i):
-        return dict(step=int(self._counts[i]) + 1, mu_product=float(self._mu_product[i]),
-                    lr=v["lr"], beta1=v["beta1"], beta2=group["betas"][1], eps=group["eps"],
-                    weight_decay=v["weight_decay"], momentum_decay=group["momentum_decay"],
-                    decoupled_weight_decay=group["decoupled_weight_decay"],
-                    maximize=group["maximize"], **self._state[i])
-
-
-class RAdam(Optimizer):
-    """RAdam, rectified Adam (torch.optim.RAdam)."""
-
-    _kernel = "radam"
-    _schedulable = ("lr", "beta1", "weight_decay")
-    _flags = ("maximize", "decoupled_weight_decay")
-    _ranges = {"lr": _NONNEG, "beta1": _UNIT, "beta2": _UNIT, "eps": _NONNEG,
-               "weight_decay": _NONNEG, "betas": None}
-    _slots = ("exp_avg", "exp_avg_sq")
-
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, maximize=False, n_threads=None,
-                 max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
-                                      weight_decay=weight_decay,
-                                      decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize),
-                         n_threads, max_grad_norm, skip_nonfinite)
-
-    def _state_names(self, group):
-        return ("exp_avg", "exp_avg_sq")
-
-    def _reference_kwargs(self, group, v, i):
-        return dict(step=int(self._counts[i]) + 1, lr=v["lr"], beta1=v["beta1"],
-                    beta2=group["betas"][1], eps=group["eps"], weight_decay=v["weight_decay"],
-                    decoupled_weight_decay=group["decoupled_weight_decay"],
-                    maximize=group["maximize"], **self._state[i])
-
-
-class Lion(Optimizer):
-    """Lion, the sign of interpolated momentum, as optax.lion defines it (torch has none).
-
-    ``u = sign((1 - b1) g + b1 m)``, ``m = (1 - b2) g + b2 m``,
-    ``p = p - lr (u + weight_decay p)``. Defaults as optax (``betas=(0.9, 0.99)``,
-    ``weight_decay=1e-3``); ``lr=1e-4`` (Lion wants a 3-10x smaller lr than AdamW).
-    """
-
-    _kernel = "lion"
-    _schedulable = ("lr", "beta1", "weight_decay")
-    _flags = ("maximize",)
-    _ranges = {"lr": _NONNEG, "beta1": _CLOSED_UNIT, "beta2": _CLOSED_UNIT,
-               "weight_decay": _NONNEG, "betas": None}
-    _slots = ("exp_avg",)
-
-    def __init__(self, params, lr=1e-4, *, betas=(0.9, 0.99), weight_decay=1e-3,
-                 maximize=False, n_threads=None, max_grad_norm=None, skip_nonfinite=False):
-        super().__init__(params, dict(lr=lr, betas=_pair(betas), weight_decay=weight_decay,
-                                      maximize=maximize),
-                         n_threads, max_grad_norm, skip_nonfinite)
-
-    def _state_names(self, group):
-        return ("exp_avg",)
-
-    def _reference_kwargs(self, group, v, i):
-        return dict(lr=v["lr"], beta1=v["beta1"], beta2=group["betas"][1],
-                    weight_decay=v["weight_decay"], maximize=group["maximize"],
-                    **self._state[i])
-
+__all__ = [*CLASSES, "CLASSES", "class_for"]

@@ -22,6 +22,8 @@ Semantics follow ``torch.optim`` 2.13's single-tensor path
 * :func:`ema_update`, :func:`swap_buffers` -- the weight EMA's kernels (torch's lerp)
 * :func:`sgd_sklearn`, :func:`adam_sklearn` -- scikit-learn's MLP optimizers
   (lr inside the velocity; Adam's epsilon-hat form), from ``_reference_sklearn``
+* :mod:`fastlr.reference.inplace` -- the same updates with in-place ``out=`` ufuncs
+  (``numpy_inplace_sgd`` ...): the best a NumPy user can do, ``fastlr bench``'s baseline
 
 Conventions shared by all functions:
 

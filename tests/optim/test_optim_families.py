@@ -27,22 +27,27 @@ Torch-free parts always run; torch parts skip with a reason when torch is missin
 import contextlib
 import copy
 import functools
+import inspect
 import zlib
 
 import numpy as np
 import pytest
 
 import fastlr
+from fastlr import _specs
 from fastlr import schedules as S
 
 DTYPES = [np.float64, np.float32]
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 N_STEPS = 100
-ALL = ["SGD", "RMSprop", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam",
-       "Lion"]
-TORCH_HAS = [n for n in ALL if n != "Lion"]
+ALL = list(_specs.OPTIMIZERS)                                   # the table's classes
+TORCH_HAS = [n for n, o in _specs.OPTIMIZERS.items() if o.torch]
 # fastlr's state names that differ from torch's state keys
-TORCH_KEY = {"state_sum": "sum"}
+TORCH_KEY = {k: v for o in _specs.OPTIMIZERS.values() for k, v in o.torch_state.items()
+             if k != "step"}
+# the torch classes beyond SGD, RMSprop and Adam/AdamW (this file's families)
+NEW_TORCH_FAMILIES = [n for n in TORCH_HAS
+                      if _specs.OPTIMIZERS[n].family not in ("sgd", "rmsprop", "adam")]
 # options that make every optimizer keep (and use) its state buffers
 RICH = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
         "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
@@ -342,7 +347,7 @@ def test_family_trajectory_matches_torch(torch, cls_name, g0, g1, dtype):
         assert params[2].flags.f_contiguous
 
 
-@pytest.mark.parametrize("cls_name", ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam"])
+@pytest.mark.parametrize("cls_name", NEW_TORCH_FAMILIES)
 def test_scheduled_beta1_and_weight_decay_match_torch(torch, cls_name):
     """beta1 (where the class schedules it) and weight_decay as schedules: torch's group
     entries set to their values before each update."""
@@ -496,7 +501,7 @@ def test_lion_defaults():
 
 def test_new_family_defaults_are_torchs(torch):
     import inspect
-    for name in ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam"]:
+    for name in NEW_TORCH_FAMILIES:
         mine = fastlr.__dict__[name]([np.zeros(2)]).defaults
         sig = inspect.signature(getattr(torch.optim, name))
         for k, v in mine.items():
@@ -1321,3 +1326,43 @@ def test_corrupted_checkpoints_raise_and_change_nothing():
     sa, sb = snapshot(target), snapshot(src)
     del sa["params"], sb["params"]          # params are not part of a checkpoint
     assert sa == sb
+
+
+# ---------------------------------------------------------------------------------------
+# classes come from the table: a new row of an existing family is a working class
+# ---------------------------------------------------------------------------------------
+def test_classes_are_the_tables():
+    from fastlr.optim import families
+    assert list(families.CLASSES) == list(_specs.OPTIMIZERS)
+    for name, cls in families.CLASSES.items():
+        row = _specs.OPTIMIZERS[name]
+        assert getattr(fastlr, name) is cls and cls.__name__ == name
+        assert cls._kernel == row.family
+        assert cls._slots == tuple(s.name for s in _specs.FAMILIES[row.family].state)
+        assert row.doc in cls.__doc__
+        sig = inspect.signature(cls.__init__).parameters
+        assert list(sig)[:2] == ["self", "params"] and "n_threads" in sig
+        for key in row.fixed:
+            assert key not in sig
+
+
+def test_a_new_row_makes_a_working_class():
+    """A row the table does not have (NAdam with decoupled weight decay fixed, as AdamW is
+    to Adam) gives a class that steps as NAdam(decoupled_weight_decay=True) does."""
+    from fastlr.optim import families
+    row = _specs.Optimizer("NAdamW", "nadam", "nadam", "torch.optim.NAdam", "NAdamW",
+                           defaults={"lr": 2e-3, "weight_decay": 1e-2},
+                           fixed={"decoupled_weight_decay": True})
+    cls = families._make_class(row, (fastlr.NAdam,))
+    sig = inspect.signature(cls.__init__).parameters
+    assert "decoupled_weight_decay" not in sig and sig["weight_decay"].default == 1e-2
+    a, b = np.ones(5), np.ones(5)
+    mine = cls([a], lr=0.1)
+    want = fastlr.NAdam([b], lr=0.1, weight_decay=1e-2, decoupled_weight_decay=True)
+    assert mine.defaults == want.defaults
+    for t in range(3):
+        g = np.linspace(-1, 1, 5) * (t + 1)
+        mine.step([g])
+        want.step([g.copy()])
+    np.testing.assert_array_equal(a, b)
+    assert mine.state[0]["mu_product"] == want.state[0]["mu_product"]

@@ -107,14 +107,16 @@ def test_steppers_compute_the_reference_update(optimizer):
     got_numpy = bench.clone_inputs(base)
     got_fastlr = bench.clone_inputs(base)
     step_ref = bench.reference_stepper(optimizer, ref)
-    steppers = [bench.numpy_stepper(optimizer, got_numpy),
-                bench.fastlr_stepper(optimizer, got_fastlr, 1)]
+    numpy_step = bench.numpy_stepper(optimizer, got_numpy)
+    assert (numpy_step is not None) == bench.has_numpy(optimizer)
+    steppers = [s for s in (numpy_step, bench.fastlr_stepper(optimizer, got_fastlr, 1)) if s]
     for _ in range(3):
         step_ref()
         for s in steppers:
             s()
     for name in base:
-        np.testing.assert_array_equal(got_numpy[name], ref[name])
+        if numpy_step is not None:
+            np.testing.assert_array_equal(got_numpy[name], ref[name])
         np.testing.assert_allclose(got_fastlr[name], ref[name], rtol=2e-6, atol=1e-9)
     assert not np.array_equal(ref["param"], base["param"])          # something happened
 
@@ -123,26 +125,36 @@ def test_steppers_compute_the_reference_update(optimizer):
 def test_torch_stepper_steps_the_given_arrays(optimizer):
     """torch's state is swapped for views of our arrays: a torch step from that state is
     the reference's step (torch is at its step 2 then)."""
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
+    spec = bench.SPECS[optimizer]
     arrays = bench.make_inputs(optimizer, 1000, "float64")
-    modes = ("fused", "foreach", "for-loop") if bench.SPECS[optimizer].torch_fused \
-        else ("foreach", "for-loop")
-    for mode in modes:
-        mine = bench.clone_inputs(arrays)
-        step = bench.torch_stepper(optimizer, mine, mode)
-        expect = bench.clone_inputs(mine)
-        spec = bench.SPECS[optimizer]
-        kw = dict(spec.hyper)
-        if spec.uses_step:
-            kw["step"] = 2
-        getattr(reference, spec.kernel)(*[expect[n] for n in ("param", "grad") + spec.state],
-                                        **kw)
-        step()
-        for name in expect:
-            if name == "grad":
-                continue        # torch's foreach Nesterov SGD adds momentum * buf into grad
-            np.testing.assert_allclose(mine[name], expect[name], rtol=1e-12, atol=1e-15,
-                                       err_msg=f"{optimizer} {mode} {name}")
+    if not spec.torch_class:
+        with pytest.raises(NotImplementedError, match="torch has no"):
+            bench.torch_stepper(optimizer, bench.clone_inputs(arrays), "for-loop")
+        return
+    modes = ("fused", "foreach", "for-loop") if spec.torch_fused else ("foreach", "for-loop")
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)      # torch's scalar state (mu_product) in double
+    try:
+        for mode in modes:
+            mine = bench.clone_inputs(arrays)
+            step = bench.torch_stepper(optimizer, mine, mode)
+            expect = bench.clone_inputs(mine)
+            kw = dict(spec.hyper)
+            if spec.uses_step:
+                kw["step"] = 2
+            torch_state = next(iter(step.__self__.state.values()))
+            kw.update({k: float(torch_state[k]) for k in spec.scalars})
+            getattr(reference, spec.kernel)(
+                *[expect[n] for n in ("param", "grad") + spec.state], **kw)
+            step()
+            for name in expect:
+                if name == "grad":
+                    continue    # torch's foreach Nesterov SGD adds momentum * buf into grad
+                np.testing.assert_allclose(mine[name], expect[name], rtol=1e-12, atol=1e-15,
+                                           err_msg=f"{optimizer} {mode} {name}")
+    finally:
+        torch.set_default_dtype(old)
     if not bench.SPECS[optimizer].torch_fused:
         with pytest.raises(NotImplementedError, match="no fused"):
             bench.torch_stepper(optimizer, bench.clone_inputs(arrays), "fused")
@@ -223,7 +235,7 @@ def test_make_inputs_are_steady_state_like():
     again = bench.make_inputs("adam", 70000, "float32")
     np.testing.assert_array_equal(again["grad"], data["grad"])     # deterministic
     with pytest.raises(ValueError, match="unknown optimizer"):
-        bench.make_inputs("lion", 10)
+        bench.make_inputs("adamx", 10)
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,7 +299,7 @@ def test_report_and_plot(quick_results, tmp_path):
 
 def test_run_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown optimizer"):
-        bench.run(["lion"], [16], threads=[1], torch=False)
+        bench.run(["adamx"], [16], threads=[1], torch=False)
     with pytest.raises(ValueError, match="float32 or float64"):
         bench.run(["sgd"], [16], ["float16"], threads=[1], torch=False)
     with pytest.raises(ValueError, match="layout"):
@@ -340,7 +352,7 @@ def test_main_relaunches_with_passive_wait_policy(tmp_path, monkeypatch):
 def test_main_usage_errors(capsys, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     monkeypatch.setenv("GOMP_SPINCOUNT", str(bench.DEFAULT_SPIN_COUNT))
-    assert bench.main(["--optimizers", "lion"]) == 2
+    assert bench.main(["--optimizers", "adamx"]) == 2
     assert "unknown optimizer" in capsys.readouterr().err
     assert bench.main(["--sizes", "12Q"]) == 2
     assert bench.main(["--repeat", "0"]) == 2
@@ -372,3 +384,43 @@ def _have_matplotlib():
     except ImportError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------
+# every row of the optimizer table is a bench row
+# ---------------------------------------------------------------------------------------
+def test_every_table_row_is_a_bench_row():
+    from fastlr import _specs
+    kernels = [o.kernel for o in _specs.OPTIMIZERS.values()]
+    assert [name for name in bench.OPTIMIZERS if name in kernels] == kernels
+    assert bench.DEFAULT_OPTIMIZERS == ("sgd", "momentum", "rmsprop", "adam", "adamw")
+    for name in ("momentum", "nesterov"):
+        assert bench.SPECS[name].kernel == "sgd"
+    assert bench.SPECS["nesterov"].hyper == {"lr": 1e-2, "momentum": 0.9, "nesterov": True}
+    assert bench.SPECS["adamw"].torch_kwargs == {"lr": 1e-3, "betas": (0.9, 0.999),
+                                                 "eps": 1e-8, "weight_decay": 1e-2}
+    assert bench.SPECS["adagrad"].torch_state == {"state_sum": "sum"}
+    assert bench.SPECS["nadam"].scalars == {"mu_product": 1.0}
+    assert [n for n in bench.OPTIMIZERS if not bench.has_numpy(n)] == [
+        "adagrad", "adadelta", "adamax", "nadam", "radam", "lion"]
+
+
+def test_rows_without_a_numpy_baseline_say_so(capsys):
+    r = bench.run(["lion", "adagrad"], [1000], ["float32"], [1], 1, torch=False,
+                  min_sample=1e-4)
+    for row in r["rows"]:
+        assert row["numpy_baseline"] is False and row["time_s"]["numpy"] is None
+        assert row["speedup"]["numpy"] is None and row["gbps"] > 0
+    report = bench.format_report(r)
+    assert "no in-place NumPy baseline for adagrad, lion" in report
+    json.dumps(r, allow_nan=False)
+
+
+def test_main_runs_any_table_optimizer(capsys, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    monkeypatch.setenv("GOMP_SPINCOUNT", str(bench.DEFAULT_SPIN_COUNT))
+    assert bench.main(["--optimizers", "nadam,radam", "--sizes", "1K", "--threads", "1",
+                       "--repeat", "1", "--min-sample", "0.0001", "--no-torch",
+                       "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "nadam" in out and "radam" in out

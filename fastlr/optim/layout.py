@@ -1,0 +1,141 @@
+"""Memory layout: spans of adjacent params, one block per state buffer and span, and the
+compiled engine configured with them."""
+
+import numbers
+import operator
+
+import numpy as np
+
+from fastlr.kernels import zeros_like_many
+from fastlr.schedules import as_schedule
+
+
+def flat_buffer(shapes, dtype=np.float32):
+    """One zero-filled contiguous buffer and C-contiguous views of it, one per shape.
+
+    >>> flat, (w, b) = flat_buffer([(2, 3), (3,)])
+    >>> flat.shape, w.shape, b.shape, np.shares_memory(flat, b)
+    ((9,), (2, 3), (3,), True)
+
+    Use it for params (the optimizer then updates all of them as one span) and for grads
+    (``opt.step(flat_grad)`` or ``opt.step(grad_views)``).
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"fastlr.flat_buffer: dtype must be float32 or float64, got {dtype}")
+    try:
+        shapes = [tuple(operator.index(d) for d in np.atleast_1d(s).tolist())
+                  if not isinstance(s, tuple) or s else () for s in shapes]
+    except TypeError:
+        raise TypeError(f"fastlr.flat_buffer: shapes must be a list of shapes (tuples of "
+                        f"ints), got {shapes!r:.80}") from None
+    if any(d < 0 for s in shapes for d in s):
+        raise ValueError("fastlr.flat_buffer: shapes must have non-negative dimensions")
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    flat = np.zeros(sum(sizes), dtype=dtype)
+    views, offset = [], 0
+    for shape, n in zip(shapes, sizes):
+        views.append(flat[offset:offset + n].reshape(shape))
+        offset += n
+    return flat, views
+
+
+class LayoutMixin:
+    """Spans, state buffers and the engine's configuration (part of :class:`Optimizer`)."""
+
+    def _state_names(self, group):
+        raise NotImplementedError
+
+    def _resolved(self, group):
+        """The group's hyperparameters as the engine wants them."""
+        out = {}
+        for key, value in group.items():
+            if key == "params":
+                continue
+            if key == "betas":
+                b1, b2 = value
+                out["beta1"] = self._source(b1)
+                out["beta2"] = float(b2)
+            elif key in self._schedulable:
+                out[key] = self._source(value)
+            elif key in self._flags:
+                out[key] = bool(value)
+            else:
+                out[key] = float(value)
+        return out
+
+    @staticmethod
+    def _source(value):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        return as_schedule(value)
+
+    def _configure(self):
+        layout, index = [], 0
+        for g, group in enumerate(self.param_groups):
+            names = self._state_names(group)
+            params = group["params"]
+            j = 0
+            while j < len(params):
+                k = j + 1
+                while k < len(params) and self._adjacent(params[k - 1], params[k]) and \
+                        self._counts[index + k] == self._counts[index + j] and \
+                        self._started[index + k] == self._started[index + j] and \
+                        self._mu_product[index + k] == self._mu_product[index + j]:
+                    k += 1
+                layout.append((index + j, k - j, g, names))
+                j = k
+            index += len(params)
+        groups = [self._resolved(g) for g in self.param_groups]
+        if layout == self._layout:
+            # same spans and buffers: new hyperparameters only, state stays where it is
+            self._engine.set_groups(groups)
+        else:
+            spans = []
+            for first, n, g, names in layout:
+                blocks = self._span_state(first, self._params[first:first + n], names,
+                                          self._state_fill(self.param_groups[g]))
+                slots = tuple(blocks.get(name) for name in self._slots)
+                spans.append((first, n, g, slots))
+            self._spans = spans
+            self._layout = layout
+            self._engine.configure(self._params, spans, groups, self._counts, self._started,
+                                   self._used, self._mu_product, self._lr_scale)
+        self._dirty = False
+
+    @staticmethod
+    def _adjacent(a, b):
+        return (a.dtype == b.dtype and a.size and b.size
+                and a.__array_interface__["data"][0] + a.nbytes
+                == b.__array_interface__["data"][0])
+
+    def _state_fill(self, group):
+        """Initial values of state buffers that do not start at zero: {name: value}."""
+        return {}
+
+    def _span_state(self, first, params, names, fill):
+        """One contiguous block per state buffer for a span, viewed per param; existing
+        buffers are kept (copied into the new block). Returns {name: block}."""
+        blocks = {}
+        sizes = [p.size for p in params]
+        # one allocation for all the span's buffers, staggered when large (see
+        # fastlr.kernels.STAGGER_BYTES)
+        fresh = zeros_like_many(len(names), (sum(sizes),), params[0].dtype)
+        for name, block in zip(names, fresh):
+            offset = 0
+            for j, (p, n) in enumerate(zip(params, sizes)):
+                order = "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
+                view = block[offset:offset + n].reshape(p.shape, order=order)
+                old = self._state[first + j].get(name)
+                if old is not None:
+                    view[...] = old
+                elif name in fill:
+                    view[...] = fill[name]
+                self._state[first + j][name] = view
+                offset += n
+            blocks[name] = block
+        for j in range(len(params)):
+            for name in list(self._state[first + j]):
+                if name not in names:
+                    del self._state[first + j][name]
+        return blocks

@@ -1,0 +1,137 @@
+"""The step: one compiled call per update, what it reports, and its pure-NumPy twin."""
+
+import numpy as np
+
+from fastlr import reference
+from fastlr._kernels import get_num_threads as _default_threads
+
+
+class StepMixin:
+    """The step and what it exposes (part of :class:`Optimizer`)."""
+
+    def step(self, grads):
+        """Apply one update to every param from ``grads`` (a list in param order, or one flat
+        array when the params are views of one buffer). Raises before touching anything
+        when a grad or a scheduled hyperparameter is invalid.
+
+        With ``skip_nonfinite=True`` it returns whether the update was applied: grads that
+        hold a NaN or Inf skip the whole step (nothing is written, no counter moves, the
+        schedules do not advance, :attr:`skipped_steps` goes up) and it returns False;
+        otherwise True. Without the option it returns None and non-finite grads propagate
+        into params and state, as in torch. With
+        ``max_grad_norm``, the grads are scaled by ``min(max_norm / (norm + 1e-6), 1)``
+        (torch's clip_grad_norm_) inside the update; :attr:`last_grad_norm` is the norm.
+        """
+        if not self._busy.acquire(blocking=False):
+            # raise now: trying again (the other thread may just have let go) and going on
+            # would step without the lock and then release a lock this call does not hold
+            raise self._busy_error("step")
+        try:
+            if self._dirty:
+                self._configure()
+            n_threads = self._n_threads if self._n_threads is not None else _default_threads()
+            applied = self._engine.step(grads, self._t, n_threads, self._max_grad_norm or 0.0,
+                                        self._skip_nonfinite)
+            if applied:
+                self._t += 1
+            else:
+                self._skipped += 1
+        finally:
+            self._busy.release()
+        if applied:
+            return True if self._skip_nonfinite else None
+        return False
+
+    @property
+    def skipped_steps(self):
+        """Steps skipped because a grad held a NaN or Inf (``skip_nonfinite=True``)."""
+        return self._skipped
+
+    @property
+    def last_grad_norm(self):
+        """The global L2 norm of the grads of the last step that clipped (NaN before)."""
+        return self._engine.last_grad_norm
+
+    @property
+    def params(self):
+        """Every param array, in order (the caller's arrays, updated in place)."""
+        return list(self._params)
+
+    @property
+    def steps(self):
+        """Updates applied so far (the step count ``t`` that drives the schedules)."""
+        return self._t
+
+    @property
+    def state(self):
+        """Per-param state, keyed by param index: ``{"step": updates applied to it, buffer
+        name: the buffer (a live view)}``, plus the optimizer's scalar state (NAdam's
+        ``mu_product``, a float)."""
+        state = {i: dict(self._live_state(i), step=int(self._counts[i]))
+                 for i in range(len(self._state))}
+        if self._scalar:
+            for i, st in state.items():
+                st[self._scalar] = float(self._mu_product[i])
+        return state
+
+    def _live_state(self, i):
+        """Param ``i``'s buffers as torch shows them: a lazily created one (torch's SGD
+        momentum buffer) is absent until the param's first update that uses it."""
+        st = self._state[i]
+        if not self._optional_state or self._started[i]:
+            return st
+        return {k: v for k, v in st.items() if k not in self._optional_state}
+
+    def _values_at(self, t):
+        if self._dirty:
+            self._configure()
+        return self._engine.group_values(t)
+
+    @property
+    def last_lr(self):
+        """The lr each group used in the last update (None before the first)."""
+        if self._t == 0 or np.isnan(self._used[:, 0]).any():
+            return None
+        return [float(v) for v in self._used[:, 0]]
+
+    @property
+    def next_lr(self):
+        """The lr each group will use in the next update."""
+        return [v["lr"] for v in self._values_at(self._t)]
+
+    # ---- pure-NumPy twin of the step, for tests and demos ---------------------------------
+    def step_reference(self, grads):
+        """The same update as :meth:`step`, computed by :mod:`fastlr.reference` in Python
+        (slow; the oracle the tests hold :meth:`step` to)."""
+        if isinstance(grads, np.ndarray):
+            flat, grads, off = grads.reshape(-1), [], 0
+            for p in self._params:
+                grads.append(flat[off:off + p.size].reshape(p.shape))
+                off += p.size
+        if len(grads) != len(self._params):
+            raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
+                             f"{len(self._params)} params")
+        grads = [np.asarray(g) for g in grads]
+        if self._skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
+            self._skipped += 1
+            return False
+        if self._max_grad_norm is not None:
+            norm = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
+            coef = self._max_grad_norm / (norm + 1e-6)
+            scale = 1.0 if coef >= 1.0 else coef
+            if scale != 1.0:
+                grads = [g * g.dtype.type(scale) for g in grads]
+        values = self._values_at(self._t)
+        index = 0
+        fn = getattr(reference, self._kernel)
+        for g, (group, v) in enumerate(zip(self.param_groups, values)):
+            for p in group["params"]:
+                kwargs = self._reference_kwargs(group, v, index)
+                out = fn(p, grads[index], **kwargs)
+                if self._scalar:
+                    self._mu_product[index] = out
+                index += 1
+            self._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
+        self._counts += 1
+        self._t += 1
+        return True if self._skip_nonfinite else None
