@@ -12,7 +12,8 @@
 #   ValueError;
 # * an integer is an int or np.integer (anything with __index__), never a bool and never a
 #   float, even an integral one (2.0 is a TypeError);
-# * a flag is a bool or np.bool_ only (0/1 and other ints are a TypeError);
+# * a flag is a bool or np.bool_, or the integer 0 or 1 (the kernels' C convention); other
+#   integers are a ValueError, other kinds (a float, a str, None) a TypeError;
 # * a thread count is an int in [1, MAX_THREADS] or None (None: fastlr.get_num_threads()).
 
 from libc.stdint cimport int64_t
@@ -40,7 +41,7 @@ cpdef double real_arg(str fn, str name, object value) except? -1.0
 cpdef double checked_real(str fn, str name, object value, int rule) except? -1.0
 # An integer in [low, high] (high = INT64_MAX: no upper limit besides 2**63).
 cpdef int64_t int_arg(str fn, str name, object value, int64_t low, int64_t high) except? -1
-# A bool or np.bool_, as a C int 0/1.
+# A bool, np.bool_ or the integer 0 or 1, as a C int 0/1.
 cpdef bint flag_arg(str fn, str name, object value) except -1
 # The 1-based update number of a kernel: an integer in [1, 2**63).
 cpdef int64_t step_arg(str fn, object step) except -1

@@ -6,6 +6,7 @@ import operator
 
 import numpy as np
 
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.math cimport isfinite
 from libc.stdint cimport INT64_MAX, int64_t
 
@@ -117,8 +118,12 @@ cdef object _integer(str fn, str name, object value, str what):
 cpdef int64_t int_arg(str fn, str name, object value, int64_t low, int64_t high) except? -1:
     """An integer in ``[low, high]`` (``high == INT_MAX``: below 2**63): TypeError for a
     bool, a float (even 2.0), an array or a non-number; ValueError outside the range."""
-    if type(value) is int and low <= value <= high:     # the common case
-        return <int64_t>value
+    cdef int overflow = 0
+    cdef long long c
+    if type(value) is int:              # the common case, in C
+        c = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow == 0 and low <= c <= high:
+            return <int64_t>c
     v = _integer(fn, name, value, f"an int >= {low}" if high == INT64_MAX else "an int")
     if v < low:
         raise ValueError(f"{fn}: {name} must be >= {low}, got {v}")
@@ -130,20 +135,29 @@ cpdef int64_t int_arg(str fn, str name, object value, int64_t low, int64_t high)
 
 
 cpdef bint flag_arg(str fn, str name, object value) except -1:
-    """A bool or np.bool_; anything else (0 and 1 included) is a TypeError."""
+    """A bool or np.bool_, or the integers 0 and 1: TypeError for any other kind (a float, a
+    str, None), ValueError for any other integer."""
     if value is True:
         return True
     if value is False:
         return False
     if isinstance(value, np.bool_):
         return bool(value)
+    if isinstance(value, (int, np.integer)):
+        if value == 0 or value == 1:
+            return value == 1
+        raise ValueError(f"{fn}: {name} must be a bool (or 0 or 1), got {value!r}")
     raise TypeError(f"{fn}: {name} must be a bool, got {_kind(value)}")
 
 
 cpdef int64_t step_arg(str fn, object step) except -1:
     """The 1-based update number: an integer in [1, 2**63)."""
-    if type(step) is int and 1 <= step <= INT64_MAX:    # the common case
-        return <int64_t>step
+    cdef int overflow = 0
+    cdef long long c
+    if type(step) is int:               # the common case, in C
+        c = PyLong_AsLongLongAndOverflow(step, &overflow)
+        if overflow == 0 and c >= 1:
+            return <int64_t>c
     s = _integer(fn, "step", step, "an int >= 1 (the 1-based update number)")
     if s < 1:
         raise ValueError(f"{fn}: step must be >= 1 (the 1-based update number), got {s}")
@@ -157,8 +171,12 @@ cpdef int threads_arg(str fn, object n_threads) except -1:
     now)."""
     if n_threads is None:
         return _default_threads()
-    if type(n_threads) is int and 1 <= n_threads <= MAX_THREADS:    # the common case
-        return <int>n_threads
+    cdef int overflow = 0
+    cdef long long c
+    if type(n_threads) is int:          # the common case, in C
+        c = PyLong_AsLongLongAndOverflow(n_threads, &overflow)
+        if overflow == 0 and 1 <= c <= MAX_THREADS:
+            return <int>c
     n = _integer(fn, "n_threads", n_threads, "an int >= 1 or None")
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"{fn}: n_threads must be between 1 and {MAX_THREADS} or None, got "
