@@ -26,7 +26,6 @@ import numpy as np
 
 from fastlr import optim as _optim
 from fastlr._core.args import INT_MAX, POSITIVE, checked_real, flag_arg, int_arg, threads_arg
-from fastlr.optim import base as _optim_base
 from fastlr._core.engine import grad_stats
 
 __all__ = ["ShardedOptimizer", "shard_bounds"]
@@ -367,9 +366,9 @@ class ShardedOptimizer:
             if sd.get(key) != mine:
                 raise ValueError(f"{name}: the state is for {key}={sd.get(key)!r}, this rank "
                                  f"has {mine!r}; load a gathered state to re-shard")
+        skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
         self.optimizer.load_state_dict(sd["optimizer"])
-        self.skipped_steps = _optim_base._nonneg_int(name, "skipped_steps",
-                                                sd.get("skipped_steps", 0))
+        self.skipped_steps = skipped
 
     def gathered_state_dict(self, root=0):
         """Collective: the state of the whole model, on rank ``root`` (None elsewhere), in
@@ -440,6 +439,7 @@ class ShardedOptimizer:
         error = None
         try:
             inner = self._shard_state(name, sd)
+            skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
         except (TypeError, ValueError, KeyError) as e:
             error = e
         failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
@@ -450,7 +450,7 @@ class ShardedOptimizer:
             raise ValueError(f"{name}: the state does not fit another rank's shard; nothing "
                              f"was loaded")
         self.optimizer.load_state_dict(inner)
-        self.skipped_steps = int(sd.get("skipped_steps", 0))
+        self.skipped_steps = skipped
 
     def _shard_state(self, name, sd):
         if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or \
