@@ -60,6 +60,7 @@ MODULES = [
     ("fastlr._core.engine", ["fastlr/_core/engine.pyx"]),
     ("fastlr._core.sklearn_kernels", ["fastlr/_core/sklearn_kernels.pyx"]),
     ("fastlr._core.ema", ["fastlr/_core/ema.pyx"]),
+    ("fastlr._core.args", ["fastlr/_core/args.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

@@ -22,11 +22,11 @@ from libc.math cimport M_PI, NAN, cos, floor, pow
 from libc.stdint cimport INT64_MAX, int64_t
 from libc.stdlib cimport free, malloc
 
-import operator
-
 import numpy as np
 
 cimport numpy as cnp
+
+from fastlr._core.args cimport int_arg
 
 cnp.import_array()
 
@@ -280,19 +280,12 @@ cdef int check_schedule_error(object schedule) except -1:
     return 0
 
 
-cdef int64_t _step_arg(object t) except -1:
-    if isinstance(t, (bool, np.bool_)):
-        raise TypeError(f"a schedule's step must be an int >= 0, got {t!r}")
-    try:
-        t = operator.index(t)
-    except TypeError:
-        raise TypeError(f"a schedule's step must be an int >= 0 (completed steps), got "
-                        f"{type(t).__name__} {t!r}") from None
-    if t < 0:
-        raise ValueError(f"a schedule's step must be >= 0 (completed steps), got {t}")
-    if t > INT64_MAX:
-        raise ValueError(f"a schedule's step must be < 2**63, got {t}")
-    return <int64_t>t
+cdef str _VALUES = "fastlr.schedules.Schedule.values"
+
+
+cdef inline int64_t _step_arg(object t) except -1:
+    """A schedule's step: completed steps, an int in [0, 2**63)."""
+    return int_arg("fastlr.schedules.Schedule", "step", t, 0, INT64_MAX)
 
 
 cdef class Schedule:
@@ -322,8 +315,8 @@ cdef class Schedule:
         free(self._child_nodes)
 
     def __init__(self, *args, **kwargs):
-        raise TypeError("build schedules with the constructors in fastlr.schedules "
-                        "(e.g. schedules.cosine(0.1, 1000))")
+        raise TypeError("fastlr.schedules.Schedule: build schedules with the constructors in "
+                        "fastlr.schedules (e.g. schedules.cosine(0.1, 1000))")
 
     @property
     def is_compiled(self):
@@ -341,17 +334,17 @@ cdef class Schedule:
         arr = np.asarray(ts)
         if arr.dtype.kind not in "iu":
             if arr.dtype == object or arr.dtype.kind == "b" or arr.size and arr.dtype.kind != "f":
-                raise TypeError(f"Schedule.values: ts must hold integers, got dtype {arr.dtype}")
+                raise TypeError(f"{_VALUES}: ts must hold integers, got dtype {arr.dtype}")
             if arr.size and not np.all(np.isfinite(arr) & (arr == np.floor(arr))):
-                raise TypeError("Schedule.values: ts must hold integers (completed steps), "
+                raise TypeError(f"{_VALUES}: ts must hold integers (completed steps), "
                                 "got non-integer values")
         if arr.size and arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and \
                 np.max(arr) > INT64_MAX:
-            raise ValueError("Schedule.values: steps must be < 2**63")
+            raise ValueError(f"{_VALUES}: steps must be < 2**63")
         if arr.size and arr.dtype.kind == "f" and np.max(arr) >= 2.0 ** 63:
-            raise ValueError("Schedule.values: steps must be < 2**63")
+            raise ValueError(f"{_VALUES}: steps must be < 2**63")
         if arr.size and arr.dtype.kind in "if" and np.min(arr) < 0:
-            raise ValueError(f"Schedule.values: steps must be >= 0 (completed steps), got "
+            raise ValueError(f"{_VALUES}: steps must be >= 0 (completed steps), got "
                              f"{np.min(arr)}")
         steps = arr.astype(np.int64, order="C")     # a copy, keeping 0-d shapes
         out = np.empty(steps.shape, dtype=np.float64)

@@ -20,13 +20,12 @@ Each rank uses one OpenMP thread by default (``n_threads``).
 """
 
 import math
-import numbers
 import time
 
 import numpy as np
 
 from fastlr import optim as _optim
-from fastlr.optim import base as _optim_base
+from fastlr._core.args import INT_MAX, POSITIVE, checked_real, flag_arg, int_arg, threads_arg
 from fastlr._core.engine import grad_stats
 
 __all__ = ["ShardedOptimizer", "shard_bounds"]
@@ -49,10 +48,22 @@ def shard_bounds(total, world_size):
     >>> shard_bounds(10, 3)
     ([4, 3, 3], [0, 4, 7])
     """
-    base, extra = divmod(int(total), int(world_size))
+    fn = "fastlr.distributed.shard_bounds"
+    total = int_arg(fn, "total", total, 0, INT_MAX)
+    world_size = int_arg(fn, "world_size", world_size, 1, INT_MAX)
+    base, extra = divmod(total, world_size)
     counts = [base + (1 if r < extra else 0) for r in range(world_size)]
     displs = [int(v) for v in np.concatenate([[0], np.cumsum(counts)[:-1]])]
     return counts, displs
+
+
+def _max_norm_arg(name, value):
+    """None (no clipping) or a finite number > 0."""
+    return None if value is None else checked_real(name, "max_grad_norm", value, POSITIVE)
+
+
+def _root_arg(name, root, world_size):
+    return int_arg(name, "root", root, 0, world_size - 1)
 
 
 def _address(a):
@@ -114,6 +125,11 @@ class ShardedOptimizer:
                 cls is _optim.Optimizer:
             raise TypeError(f"{name}: optimizer must be a fastlr optimizer class or its name, "
                             f"got {optimizer!r}")
+        # scalar arguments first: every rank raises alike, before any collective call
+        skip_nonfinite = flag_arg(name, "skip_nonfinite", skip_nonfinite)
+        max_grad_norm = _max_norm_arg(name, max_grad_norm)
+        if n_threads is not None:
+            n_threads = threads_arg(name, n_threads)
         groups = params if isinstance(params, (list, tuple)) and params and \
             all(isinstance(g, dict) for g in params) else [{"params": params}]
         group_params = []
@@ -183,7 +199,7 @@ class ShardedOptimizer:
         self._flat_grad = None      # allocated on first use, for grads given as arrays
         self._recv = None           # the reduce-scatter's receive buffer (one shard)
         self.max_grad_norm = max_grad_norm
-        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
         self.last_grad_norm = math.nan
         #: seconds of the last step: {"check", "reduce_scatter", "clip", "update",
@@ -317,13 +333,7 @@ class ShardedOptimizer:
 
     @max_grad_norm.setter
     def max_grad_norm(self, value):
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-                    not (math.isfinite(value) and value > 0):
-                raise ValueError(f"fastlr.distributed.ShardedOptimizer: max_grad_norm must "
-                                 f"be a finite number > 0 or None, got {value!r}")
-            value = float(value)
-        self._max_grad_norm = value
+        self._max_grad_norm = _max_norm_arg("fastlr.distributed.ShardedOptimizer", value)
 
     @property
     def steps(self):
@@ -356,15 +366,17 @@ class ShardedOptimizer:
             if sd.get(key) != mine:
                 raise ValueError(f"{name}: the state is for {key}={sd.get(key)!r}, this rank "
                                  f"has {mine!r}; load a gathered state to re-shard")
+        skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
         self.optimizer.load_state_dict(sd["optimizer"])
-        self.skipped_steps = _optim_base._nonneg_int(name, "skipped_steps",
-                                                sd.get("skipped_steps", 0))
+        self.skipped_steps = skipped
 
     def gathered_state_dict(self, root=0):
         """Collective: the state of the whole model, on rank ``root`` (None elsewhere), in
         the format of a single-process fastlr optimizer over the full params (it loads into
         one with ``load_state_dict``, or onto any number of ranks with
         :meth:`load_gathered_state_dict`)."""
+        _root_arg("fastlr.distributed.ShardedOptimizer.gathered_state_dict", root,
+                  self.world_size)
         mine = self.optimizer.state_dict()
         info = []
         for j, (k, offset, length) in enumerate(self._pieces):
@@ -421,10 +433,13 @@ class ShardedOptimizer:
         number of ranks saved."""
         name = "fastlr.distributed.ShardedOptimizer.load_gathered_state_dict"
         MPI = self._MPI
+        if root is not None:
+            _root_arg(name, root, self.world_size)
         sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
         error = None
         try:
             inner = self._shard_state(name, sd)
+            skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
         except (TypeError, ValueError, KeyError) as e:
             error = e
         failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
@@ -435,7 +450,7 @@ class ShardedOptimizer:
             raise ValueError(f"{name}: the state does not fit another rank's shard; nothing "
                              f"was loaded")
         self.optimizer.load_state_dict(inner)
-        self.skipped_steps = int(sd.get("skipped_steps", 0))
+        self.skipped_steps = skipped
 
     def _shard_state(self, name, sd):
         if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or \
@@ -489,6 +504,7 @@ class ShardedOptimizer:
     def save(self, path, root=0):
         """Collective: write the gathered state (single-process format, ``.npz``, atomic)
         from rank ``root``."""
+        _root_arg("fastlr.distributed.ShardedOptimizer.save", root, self.world_size)
         sd = self.gathered_state_dict(root=root)
         if self.rank == root:
             _optim.write_checkpoint(sd, path)

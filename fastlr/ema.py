@@ -9,12 +9,12 @@ and of timm's ``ModelEmaV3`` (``torch._foreach_lerp_``), i.e.
 
 import contextlib
 import json
-import math
-import numbers
 
 import numpy as np
 
 from fastlr._core import ema as _ema
+from fastlr._core.args import (CLOSED_UNIT, INT_MAX, POSITIVE, checked_real, choice_arg,
+                               int_arg, threads_arg)
 
 __all__ = ["EMA", "WARMUPS"]
 
@@ -26,35 +26,20 @@ _CONFIG_KEYS = ("decay", "warmup", "warmup_gamma", "warmup_power", "min_decay")
 
 def _config(name, decay, warmup, warmup_gamma, warmup_power, min_decay):
     """Validate the hyperparameters and return them as a dict of plain Python values."""
-    d = _ema.check_decay(name, "decay", decay)
-    if warmup is not None and not isinstance(warmup, str):
-        raise TypeError(f"{name}: warmup must be None, 'tf' or 'timm', got "
-                        f"{type(warmup).__name__} {warmup!r}")
-    if warmup not in WARMUPS:
-        raise ValueError(f"{name}: warmup must be None, 'tf' or 'timm', got {warmup!r}")
-    values = {}
-    for key, value in (("warmup_gamma", warmup_gamma), ("warmup_power", warmup_power)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name}: {key} must be a real number > 0, got "
-                            f"{type(value).__name__} {value!r}")
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name}: {key} must be a finite number > 0, got {value!r}")
-        values[key] = float(value)
-    m = _ema.check_decay(name, "min_decay", min_decay)
+    d = checked_real(name, "decay", decay, CLOSED_UNIT)
+    choice_arg(name, "warmup", warmup, WARMUPS)
+    gamma = checked_real(name, "warmup_gamma", warmup_gamma, POSITIVE)
+    power = checked_real(name, "warmup_power", warmup_power, POSITIVE)
+    m = checked_real(name, "min_decay", min_decay, CLOSED_UNIT)
     if m > d:
         raise ValueError(f"{name}: min_decay must be <= decay, got min_decay={min_decay!r} "
                          f"and decay={decay!r}")
-    return {"decay": d, "warmup": warmup, "warmup_gamma": values["warmup_gamma"],
-            "warmup_power": values["warmup_power"], "min_decay": m}
+    return {"decay": d, "warmup": warmup, "warmup_gamma": gamma, "warmup_power": power,
+            "min_decay": m}
 
 
 def _count(name, what, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: {what} must be an int >= 0, got "
-                        f"{type(value).__name__} {value!r}")
-    if not 0 <= value < 2 ** 63:
-        raise ValueError(f"{name}: {what} must be an int in [0, 2**63), got {value!r}")
-    return int(value)
+    return int_arg(name, what, value, 0, INT_MAX)
 
 
 class EMA:
@@ -100,7 +85,7 @@ class EMA:
                  warmup_power=2.0 / 3.0, min_decay=0.0, n_threads=None):
         name = "fastlr.EMA"
         self._config = _config(name, decay, warmup, warmup_gamma, warmup_power, min_decay)
-        self._n_threads = None if n_threads is None else _ema.check_threads(name, n_threads)
+        self._n_threads = None if n_threads is None else threads_arg(name, n_threads)
         plist = _ema.check_arrays(name, "params", params)
         if not plist:
             raise ValueError(f"{name}: params is an empty list; give at least one array")
@@ -144,7 +129,7 @@ class EMA:
 
     @n_threads.setter
     def n_threads(self, value):
-        self._n_threads = None if value is None else _ema.check_threads("fastlr.EMA", value)
+        self._n_threads = None if value is None else threads_arg("fastlr.EMA", value)
 
     @property
     def updates(self):
@@ -190,7 +175,7 @@ class EMA:
     def _threads(self):
         if self._n_threads is not None:
             return self._n_threads
-        return _ema.check_threads("fastlr.EMA", None)
+        return threads_arg("fastlr.EMA", None)
 
     def update(self):
         """Fold the current params into the averages (call after each optimizer step)."""

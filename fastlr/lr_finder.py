@@ -22,10 +22,11 @@ True
 """
 
 import math
-import numbers
 
 import numpy as np
 
+from fastlr._core.args import (INT_MAX, POSITIVE, UNIT, checked_real, choice_arg, flag_arg,
+                               int_arg, real_arg)
 from fastlr.optim import Optimizer
 
 __all__ = ["find_lr", "LRFinderResult", "SUGGESTIONS"]
@@ -38,6 +39,7 @@ SUGGESTIONS = ("valley", "steepest", "min_div_10")
 SKIP_END = 5
 
 _MODES = ("exp", "linear")
+_NAME = "fastlr.find_lr"
 
 
 def _lr_sweep(start_lr, end_lr, num_steps, mode):
@@ -207,57 +209,42 @@ class LRFinderResult:
 # ---------------------------------------------------------------------------------------
 # the range test
 # ---------------------------------------------------------------------------------------
-def _check_real(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"find_lr: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"find_lr: {name} must be finite, got {value!r}")
-    return value
-
-
 def _check_args(optimizer, loss_and_grads, start_lr, end_lr, num_steps, mode, smooth,
-                diverge_factor):
+                diverge_factor, restore):
+    fn = _NAME
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"find_lr: optimizer must be a fastlr optimizer (fastlr.SGD, "
-                        f"RMSprop, Adam, AdamW), got {type(optimizer).__name__}")
+        raise TypeError(f"{fn}: optimizer must be a fastlr optimizer (fastlr.SGD, "
+                        f"RMSprop, Adam, AdamW, ...), got {type(optimizer).__name__}")
     if not callable(loss_and_grads):
-        raise TypeError(f"find_lr: loss_and_grads must be a callable step -> (loss, grads), "
+        raise TypeError(f"{fn}: loss_and_grads must be a callable step -> (loss, grads), "
                         f"got {type(loss_and_grads).__name__}")
-    start_lr = _check_real("start_lr", start_lr)
-    if start_lr <= 0:
-        raise ValueError(f"find_lr: start_lr must be > 0, got {start_lr!r}")
-    end_lr = _check_real("end_lr", end_lr)
+    start_lr = checked_real(fn, "start_lr", start_lr, POSITIVE)
+    end_lr = real_arg(fn, "end_lr", end_lr)
     if end_lr <= start_lr:
-        raise ValueError(f"find_lr: end_lr must be > start_lr ({start_lr!r}), got {end_lr!r}")
-    if isinstance(num_steps, (bool, np.bool_)) or not isinstance(num_steps, numbers.Integral):
-        raise TypeError(f"find_lr: num_steps must be an int, got {type(num_steps).__name__}")
-    if num_steps < 2:
-        raise ValueError(f"find_lr: num_steps must be >= 2, got {num_steps!r}")
-    if mode not in _MODES:
-        raise ValueError(f"find_lr: mode must be 'exp' or 'linear', got {mode!r}")
-    smooth = _check_real("smooth", smooth)
-    if not 0.0 <= smooth < 1.0:
-        raise ValueError(f"find_lr: smooth must be in [0, 1), got {smooth!r}")
-    diverge_factor = _check_real("diverge_factor", diverge_factor)
+        raise ValueError(f"{fn}: end_lr must be > start_lr ({start_lr!r}), got {end_lr!r}")
+    num_steps = int_arg(fn, "num_steps", num_steps, 2, INT_MAX)
+    choice_arg(fn, "mode", mode, _MODES)
+    smooth = checked_real(fn, "smooth", smooth, UNIT)
+    diverge_factor = real_arg(fn, "diverge_factor", diverge_factor)
     if diverge_factor <= 1.0:
-        raise ValueError(f"find_lr: diverge_factor must be > 1, got {diverge_factor!r}")
-    return start_lr, end_lr, int(num_steps), smooth, diverge_factor
+        raise ValueError(f"{fn}: diverge_factor must be > 1, got {diverge_factor!r}")
+    flag_arg(fn, "restore", restore)
+    return start_lr, end_lr, num_steps, smooth, diverge_factor
 
 
 def _as_loss(step, out):
     if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise TypeError(f"find_lr: loss_and_grads({step}) must return (loss, grads), got "
+        raise TypeError(f"{_NAME}: loss_and_grads({step}) must return (loss, grads), got "
                         f"{type(out).__name__}")
     loss = out[0]
     if isinstance(loss, (bool, np.bool_)):
-        raise TypeError(f"find_lr: loss_and_grads({step}) returned a bool loss")
+        raise TypeError(f"{_NAME}: loss_and_grads({step}) returned a bool loss")
     try:
         arr = np.asarray(loss, dtype=np.float64)
     except (TypeError, ValueError):
         arr = None
     if arr is None or arr.size != 1:
-        raise TypeError(f"find_lr: loss_and_grads({step}) must return a scalar loss, got "
+        raise TypeError(f"{_NAME}: loss_and_grads({step}) must return a scalar loss, got "
                         f"{type(loss).__name__}"
                         f"{'' if arr is None else ' of shape ' + str(arr.shape)}")
     return float(arr.reshape(())), out[1]
@@ -305,7 +292,8 @@ def find_lr(optimizer, loss_and_grads, *, start_lr=1e-7, end_lr=10.0, num_steps=
     The params and state are copied once (memory: about one extra copy of each).
     """
     start_lr, end_lr, num_steps, smooth, diverge_factor = _check_args(
-        optimizer, loss_and_grads, start_lr, end_lr, num_steps, mode, smooth, diverge_factor)
+        optimizer, loss_and_grads, start_lr, end_lr, num_steps, mode, smooth, diverge_factor,
+        restore)
     opt = optimizer
     sweep = _lr_sweep(start_lr, end_lr, num_steps, mode)
     groups = [dict(g) for g in opt.param_groups]          # the original objects

@@ -20,10 +20,14 @@ scales, the best metric, the counters) is part of the optimizer's checkpoint.
 import math
 import numbers
 
+from fastlr._core.args import INT_MAX, NONNEG, UNIT, checked_real, choice_arg, int_arg
 from fastlr.optim.base import Optimizer
-from fastlr.optim.plateau_state import _CONFIG, _COUNTERS, _check_config, _check_plateau_state
+from fastlr.optim.plateau_state import _CONFIG, _COUNTERS, _check_plateau_state
 
 __all__ = ["ReduceLROnPlateau"]
+
+_MODES = ("min", "max")
+_THRESHOLD_MODES = ("rel", "abs")
 
 
 class ReduceLROnPlateau:
@@ -55,15 +59,21 @@ class ReduceLROnPlateau:
             if len(min_lr) != n_groups:
                 raise ValueError(f"{name}: expected {n_groups} min_lr values (one per param "
                                  f"group), got {len(min_lr)}")
+            min_lrs = [checked_real(name, f"min_lr[{i}]", v, NONNEG)
+                       for i, v in enumerate(min_lr)]
             self._default_min_lr = None
-            min_lrs = list(min_lr)
         else:
-            self._default_min_lr = min_lr
-            min_lrs = [min_lr] * n_groups
-        config = dict(mode=mode, factor=factor, patience=patience, threshold=threshold,
-                      threshold_mode=threshold_mode, cooldown=cooldown, min_lrs=min_lrs,
-                      eps=eps)
-        _check_config(name, config)
+            self._default_min_lr = checked_real(name, "min_lr", min_lr, NONNEG)
+            min_lrs = [self._default_min_lr] * n_groups
+        config = dict(mode=_MODES[choice_arg(name, "mode", mode, _MODES)],
+                      factor=checked_real(name, "factor", factor, UNIT),
+                      patience=int_arg(name, "patience", patience, 0, INT_MAX),
+                      threshold=checked_real(name, "threshold", threshold, NONNEG),
+                      threshold_mode=_THRESHOLD_MODES[choice_arg(name, "threshold_mode",
+                                                                 threshold_mode,
+                                                                 _THRESHOLD_MODES)],
+                      cooldown=int_arg(name, "cooldown", cooldown, 0, INT_MAX),
+                      min_lrs=min_lrs, eps=checked_real(name, "eps", eps, NONNEG))
         self.optimizer = optimizer
         self.__dict__.update(config)
         self.min_lrs = [float(v) for v in min_lrs]

@@ -20,12 +20,10 @@ schedule is (:func:`as_schedule`); it works everywhere but is evaluated in Pytho
 GIL, the slower path.
 """
 
-import math
 import numbers
-import operator
 
-import numpy as np
-
+from fastlr._core.args import (FINITE, INT_MAX, NONNEG, POSITIVE, checked_real, choice_arg,
+                               flag_arg, int_arg)
 from fastlr._schedules import KINDS, Schedule, _build
 
 __all__ = [
@@ -37,54 +35,33 @@ __all__ = [
 
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 ONE_CYCLE_ANNEALS = ("cos", "linear")
+_PREFIX = "fastlr.schedules."
 
 
 # ---------------------------------------------------------------------------------------
 # argument checks: ValueError / TypeError naming the argument, raised at construction
 # ---------------------------------------------------------------------------------------
-def _value(fn, name, value, *, minimum=None, above=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"schedules.{fn}: {name} must be a real number, got "
-                        f"{type(value).__name__} {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:               # an int beyond the double range
-        value = math.inf
-    if not math.isfinite(value):
-        raise ValueError(f"schedules.{fn}: {name} must be finite, got {value!r:.80}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"schedules.{fn}: {name} must be >= {minimum}, got {value!r}")
-    if above is not None and value <= above:
-        raise ValueError(f"schedules.{fn}: {name} must be > {above}, got {value!r}")
-    return value
+# fastlr._core.args holds the rules; these name the callable ("fastlr.schedules.<fn>") and
+# add the sequence arguments.
+def _value(fn, name, value, rule=FINITE):
+    return checked_real(_PREFIX + fn, name, value, rule)
 
 
-def _int(fn, name, value, *, minimum=0):
-    if isinstance(value, bool):
-        raise ValueError(f"schedules.{fn}: {name} must be an integer, got {value!r}")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise ValueError(f"schedules.{fn}: {name} must be an integer, got "
-                         f"{type(value).__name__} {value!r}") from None
-    if result < minimum:
-        raise ValueError(f"schedules.{fn}: {name} must be >= {minimum}, got {result}")
-    if result >= 2 ** 63:
-        raise ValueError(f"schedules.{fn}: {name} must be < 2**63, got {result}")
-    return result
+def _int(fn, name, value, minimum=0):
+    return int_arg(_PREFIX + fn, name, value, minimum, INT_MAX)
 
 
 def _steps(fn, name, values, *, increasing):
     try:
         items = list(values)
     except TypeError:
-        raise TypeError(f"schedules.{fn}: {name} must be a sequence of integers, got "
+        raise TypeError(f"{_PREFIX}{fn}: {name} must be a sequence of integers, got "
                         f"{type(values).__name__}") from None
     items = [_int(fn, f"{name}[{i}]", v) for i, v in enumerate(items)]
     if increasing:
         for i in range(1, len(items)):
             if items[i] <= items[i - 1]:
-                raise ValueError(f"schedules.{fn}: {name} must be strictly increasing, got "
+                raise ValueError(f"{_PREFIX}{fn}: {name} must be strictly increasing, got "
                                  f"{name}[{i - 1}]={items[i - 1]} then {name}[{i}]={items[i]}")
     return items
 
@@ -93,22 +70,17 @@ def _values(fn, name, values):
     try:
         items = list(values)
     except TypeError:
-        raise TypeError(f"schedules.{fn}: {name} must be a sequence of numbers, got "
+        raise TypeError(f"{_PREFIX}{fn}: {name} must be a sequence of numbers, got "
                         f"{type(values).__name__}") from None
     return [_value(fn, f"{name}[{i}]", v) for i, v in enumerate(items)]
 
 
 def _choice(fn, name, value, choices):
-    if value not in choices:
-        raise ValueError(f"schedules.{fn}: unknown {name} {value!r}; expected one of "
-                         f"{', '.join(repr(c) for c in choices)}")
-    return choices.index(value)
+    return choice_arg(_PREFIX + fn, name, value, choices)
 
 
 def _flag(fn, name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"schedules.{fn}: {name} must be a bool, got {value!r}")
-    return bool(value)
+    return flag_arg(_PREFIX + fn, name, value)
 
 
 def _make(name, args, kwargs, defaults, **parts):
@@ -121,7 +93,7 @@ def _make(name, args, kwargs, defaults, **parts):
 # ---------------------------------------------------------------------------------------
 # conversion
 # ---------------------------------------------------------------------------------------
-def as_schedule(value, name="schedule"):
+def as_schedule(value, name="fastlr.schedules.as_schedule: schedule"):
     """A Schedule from a Schedule (itself), a number (:func:`constant`) or a Python callable
     ``step -> float`` (:func:`from_callable`, evaluated in Python: slower, still correct)."""
     if isinstance(value, Schedule):
@@ -141,14 +113,14 @@ def from_callable(fn):
     it raises propagates to whoever evaluated the schedule.
     """
     if not callable(fn):
-        raise TypeError(f"schedules.from_callable: fn must be callable, got {fn!r}")
+        raise TypeError(f"fastlr.schedules.from_callable: fn must be callable, got {fn!r}")
     return _build(KINDS["callback"], "from_callable", (fn,), {}, fn=fn)
 
 
 def _scaled(schedule, factor):
     if isinstance(factor, Schedule) or not isinstance(factor, numbers.Real):
         return NotImplemented
-    factor = _value("scale", "factor", factor)
+    factor = _value("Schedule.__mul__", "factor", factor)
     return _build(KINDS["scale"], "_scaled", (schedule, factor), {}, p=(factor,),
                   children=(schedule,))
 
@@ -170,7 +142,7 @@ def constant(value):
 def step_decay(init, step_size, gamma=0.1):
     """``init * gamma ** (t // step_size)`` (torch StepLR)."""
     fn = "step_decay"
-    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, minimum=0.0))
+    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, NONNEG))
     k = (_int(fn, "step_size", step_size, minimum=1),)
     return _make(fn, (init, step_size), {"gamma": gamma}, {"gamma": 0.1}, p=p, k=k)
 
@@ -180,14 +152,14 @@ def multistep(init, milestones, gamma=0.1):
     order, a duplicate counts twice."""
     fn = "multistep"
     ms = _steps(fn, "milestones", milestones, increasing=False)
-    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, minimum=0.0))
+    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, NONNEG))
     return _make(fn, (init, ms), {"gamma": gamma}, {"gamma": 0.1}, p=p, ivals=sorted(ms))
 
 
 def exponential(init, gamma):
     """``init * gamma ** t`` (torch ExponentialLR)."""
     fn = "exponential"
-    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, minimum=0.0))
+    p = (_value(fn, "init", init), _value(fn, "gamma", gamma, NONNEG))
     return _make(fn, (init, gamma), {}, {}, p=p)
 
 
@@ -198,7 +170,7 @@ def exponential_decay(init, transition_steps, decay_rate, *, staircase=False,
     floored when ``staircase``), bounded by ``end`` when given (a floor when decaying, a cap
     when growing)."""
     fn = "exponential_decay"
-    p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, above=0.0),
+    p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, POSITIVE),
          0.0 if end is None else _value(fn, "end", end))
     k = (_int(fn, "transition_steps", transition_steps, minimum=1),
          _int(fn, "transition_begin", transition_begin), int(_flag(fn, "staircase", staircase)),
@@ -212,7 +184,7 @@ def inverse_time(init, decay_steps, decay_rate, *, staircase=False):
     """``init / (1 + decay_rate * t / decay_steps)`` (Keras InverseTimeDecay; ``t //
     decay_steps`` when ``staircase``)."""
     fn = "inverse_time"
-    p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, minimum=0.0))
+    p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, NONNEG))
     k = (_int(fn, "decay_steps", decay_steps, minimum=1),
          int(_flag(fn, "staircase", staircase)))
     return _make(fn, (init, decay_steps, decay_rate), {"staircase": staircase},
@@ -224,7 +196,7 @@ def polynomial(init, total_steps, *, end=0.0, power=1.0):
     PolynomialLR when ``end=0``)."""
     fn = "polynomial"
     p = (_value(fn, "init", init), _value(fn, "end", end),
-         _value(fn, "power", power, minimum=0.0))
+         _value(fn, "power", power, NONNEG))
     k = (_int(fn, "total_steps", total_steps, minimum=1),)
     return _make(fn, (init, total_steps), {"end": end, "power": power},
                  {"end": 0.0, "power": 1.0}, p=p, k=k)
@@ -234,8 +206,8 @@ def linear(init, *, start_factor=1.0 / 3, end_factor=1.0, total_steps=5):
     """``init * (s + (e - s) * min(t, T) / T)`` (torch LinearLR): from ``start_factor *
     init`` to ``end_factor * init`` over ``total_steps``."""
     fn = "linear"
-    p = (_value(fn, "init", init), _value(fn, "start_factor", start_factor, minimum=0.0),
-         _value(fn, "end_factor", end_factor, minimum=0.0))
+    p = (_value(fn, "init", init), _value(fn, "start_factor", start_factor, NONNEG),
+         _value(fn, "end_factor", end_factor, NONNEG))
     k = (_int(fn, "total_steps", total_steps, minimum=1),)
     return _make(fn, (init,), {"start_factor": start_factor, "end_factor": end_factor,
                                "total_steps": total_steps},
@@ -258,7 +230,7 @@ def cosine_restarts(init, period, *, period_mult=1, end=0.0, decay=1.0):
     each restart's height above ``end`` (Keras ``m_mul``; with ``end=0`` the peak)."""
     fn = "cosine_restarts"
     p = (_value(fn, "init", init), _value(fn, "end", end),
-         _value(fn, "decay", decay, minimum=0.0))
+         _value(fn, "decay", decay, NONNEG))
     k = (_int(fn, "period", period, minimum=1),
          _int(fn, "period_mult", period_mult, minimum=1))
     return _make(fn, (init, period), {"period_mult": period_mult, "end": end, "decay": decay},
@@ -274,7 +246,7 @@ def cyclic(base, peak, *, step_size_up=2000, step_size_down=None, mode="triangul
     up = _int(fn, "step_size_up", step_size_up, minimum=1)
     down = up if step_size_down is None else _int(fn, "step_size_down", step_size_down)
     p = (_value(fn, "base", base), _value(fn, "peak", peak),
-         _value(fn, "gamma", gamma, above=0.0))
+         _value(fn, "gamma", gamma, POSITIVE))
     k = (up, down, _choice(fn, "mode", mode, CYCLIC_MODES))
     return _make(fn, (base, peak), {"step_size_up": step_size_up,
                                     "step_size_down": step_size_down, "mode": mode,
@@ -295,12 +267,12 @@ def one_cycle(peak, total_steps, *, pct_start=0.3, anneal="cos", div_factor=25.0
     n = _int(fn, "total_steps", total_steps, minimum=2)
     pct = _value(fn, "pct_start", pct_start)
     if not 0.0 < pct < 1.0:
-        raise ValueError(f"schedules.{fn}: pct_start must be in (0, 1), got {pct_start!r}")
+        raise ValueError(f"{_PREFIX}{fn}: pct_start must be in (0, 1), got {pct_start!r}")
     anneal_code = _choice(fn, "anneal", anneal, ONE_CYCLE_ANNEALS)
     three = _flag(fn, "three_phase", three_phase)
     peak_v = _value(fn, "peak", peak)
-    div = _value(fn, "div_factor", div_factor, above=0.0)
-    final_div = _value(fn, "final_div_factor", final_div_factor, above=0.0)
+    div = _value(fn, "div_factor", div_factor, POSITIVE)
+    final_div = _value(fn, "final_div_factor", final_div_factor, POSITIVE)
     # torch's phase ends, in its own arithmetic
     ends = [float(pct * n) - 1]
     if three:
@@ -310,7 +282,7 @@ def one_cycle(peak, total_steps, *, pct_start=0.3, anneal="cos", div_factor=25.0
     for i, end_step in enumerate(ends):
         if not end_step > start:
             raise ValueError(
-                f"schedules.{fn}: pct_start={pct_start!r} with total_steps={total_steps} "
+                f"{_PREFIX}{fn}: pct_start={pct_start!r} with total_steps={total_steps} "
                 f"leaves phase {i + 1} empty or reversed (it would run from step {start:g} "
                 f"to {end_step:g}); use more steps or another pct_start")
         start = end_step
@@ -334,7 +306,7 @@ def piecewise_constant(boundaries, values):
     b = _steps(fn, "boundaries", boundaries, increasing=True)
     v = _values(fn, "values", values)
     if len(v) != len(b) + 1:
-        raise ValueError(f"schedules.{fn}: values needs len(boundaries) + 1 = {len(b) + 1} "
+        raise ValueError(f"{_PREFIX}{fn}: values needs len(boundaries) + 1 = {len(b) + 1} "
                          f"entries, got {len(v)}")
     return _make(fn, (b, v), {}, {}, ivals=b, dvals=v)
 
@@ -346,7 +318,7 @@ def piecewise_linear(boundaries, values):
     b = _steps(fn, "boundaries", boundaries, increasing=True)
     v = _values(fn, "values", values)
     if len(v) != len(b) or not b:
-        raise ValueError(f"schedules.{fn}: boundaries and values need the same length >= 1, "
+        raise ValueError(f"{_PREFIX}{fn}: boundaries and values need the same length >= 1, "
                          f"got {len(b)} and {len(v)}")
     return _make(fn, (b, v), {}, {}, ivals=b, dvals=v)
 
@@ -359,7 +331,7 @@ def warmup_cosine(peak, *, warmup_steps, total_steps, init=0.0, end=0.0):
     w = _int(fn, "warmup_steps", warmup_steps)
     n = _int(fn, "total_steps", total_steps, minimum=1)
     if n <= w:
-        raise ValueError(f"schedules.{fn}: total_steps (={n}) includes the warmup and must be "
+        raise ValueError(f"{_PREFIX}{fn}: total_steps (={n}) includes the warmup and must be "
                          f"> warmup_steps (={w})")
     p = (_value(fn, "peak", peak), _value(fn, "init", init), _value(fn, "end", end))
     return _make(fn, (peak,), {"warmup_steps": warmup_steps, "total_steps": total_steps,
@@ -372,9 +344,9 @@ def warmup(schedule, warmup_steps, *, start_factor=0.0):
     ``s(t - warmup_steps)``: the wrapped schedule starts at 0 when the warmup ends.
     ``warmup_steps=0`` is the schedule itself."""
     fn = "warmup"
-    inner = as_schedule(schedule, f"schedules.{fn}: schedule")
+    inner = as_schedule(schedule, f"{_PREFIX}{fn}: schedule")
     w = _int(fn, "warmup_steps", warmup_steps)
-    sf = _value(fn, "start_factor", start_factor, minimum=0.0)
+    sf = _value(fn, "start_factor", start_factor, NONNEG)
     if w == 0:
         return inner
     return _make(fn, (inner, warmup_steps), {"start_factor": start_factor},
@@ -387,17 +359,17 @@ def join(schedules, boundaries):
     ``len(boundaries) == len(schedules) - 1``, strictly increasing."""
     fn = "join"
     try:
-        parts = [as_schedule(s, f"schedules.{fn}: schedules[{i}]")
+        parts = [as_schedule(s, f"{_PREFIX}{fn}: schedules[{i}]")
                  for i, s in enumerate(schedules)]
     except TypeError as error:
         if "schedules[" in str(error):
             raise
-        raise TypeError(f"schedules.{fn}: schedules must be a sequence of schedules, got "
+        raise TypeError(f"{_PREFIX}{fn}: schedules must be a sequence of schedules, got "
                         f"{type(schedules).__name__}") from None
     if not parts:
-        raise ValueError(f"schedules.{fn}: schedules must not be empty")
+        raise ValueError(f"{_PREFIX}{fn}: schedules must not be empty")
     b = _steps(fn, "boundaries", boundaries, increasing=True)
     if len(b) != len(parts) - 1:
-        raise ValueError(f"schedules.{fn}: boundaries needs len(schedules) - 1 = "
+        raise ValueError(f"{_PREFIX}{fn}: boundaries needs len(schedules) - 1 = "
                          f"{len(parts) - 1} entries, got {len(b)}")
     return _make(fn, (parts, b), {}, {}, ivals=b, children=tuple(parts))

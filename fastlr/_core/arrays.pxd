@@ -1,9 +1,10 @@
-# fastlr/_core/arrays.pxd -- small argument helpers shared by the compiled modules (private).
+# fastlr/_core/arrays.pxd -- small array helpers shared by the compiled modules (private):
+# shapes, layout names, like-array checks. Scalar arguments: fastlr._core.args.
 
 cimport numpy as cnp
-from libc.math cimport INFINITY, isfinite
 
-import numpy as np
+# Re-exported for modules that still cimport it from here; new code cimports fastlr._core.args.
+from fastlr._core.args cimport real_arg
 
 
 cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
@@ -15,26 +16,6 @@ cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
         if cnp.PyArray_DIM(a, k) != cnp.PyArray_DIM(b, k):
             return False
     return True
-
-
-cdef inline double real_arg(str fn, str name, object value) except? -1.0:
-    """``value`` as a finite double: TypeError for a bool or a non-number, ValueError for
-    NaN, an infinity or an int beyond the double range; the message names ``name``."""
-    cdef double v
-    if type(value) is float:            # the common case, without isinstance calls
-        v = <double>value
-    elif isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a real number, got "
-                        f"{type(value).__name__} {value!r}")
-    else:
-        try:
-            v = value
-        except OverflowError:           # an int beyond the double range
-            v = INFINITY
-    if not isfinite(v):
-        raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
-    return v
 
 
 cdef inline str layout_name(cnp.ndarray a):

@@ -27,11 +27,11 @@
 cimport cython
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport isfinite
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy
 
+from fastlr._core.args cimport CLOSED_UNIT, checked_real, threads_arg
 from fastlr._core.arrays cimport check_like, layout_name, same_shape
 from fastlr._core.loops cimport lerp
 from fastlr._kernels cimport parallel_spans, span_fn
@@ -339,37 +339,8 @@ cdef class _Pairs:
 
 
 # ---------------------------------------------------------------------------------------
-# Scalar arguments
+# Array arguments (scalar ones: fastlr._core.args)
 # ---------------------------------------------------------------------------------------
-def check_threads(str fn, object n_threads):
-    """``n_threads`` as an int >= 1; None gives fastlr.get_num_threads() (read now)."""
-    if n_threads is None:
-        from fastlr._kernels import get_num_threads
-        return get_num_threads()
-    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)):
-        raise TypeError(f"{fn}: n_threads must be an int >= 1 or None, got "
-                        f"{type(n_threads).__name__} {n_threads!r}")
-    if n_threads < 1 or n_threads > 4096:
-        raise ValueError(f"{fn}: n_threads must be between 1 and 4096 or None, got {n_threads}")
-    return int(n_threads)
-
-
-def check_decay(str fn, str name, object value):
-    """A finite real number in [0, 1], as a float."""
-    cdef double v
-    if type(value) is float:
-        v = <double>value
-    elif isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: {name} must be a real number in [0, 1], got "
-                        f"{type(value).__name__} {value!r}")
-    else:
-        v = value
-    if not isfinite(v) or not (0.0 <= v <= 1.0):
-        raise ValueError(f"{fn}: {name} must be a finite number in [0, 1], got {value!r}")
-    return v
-
-
 def check_arrays(str fn, str name, object arrays, bint written=True):
     """Validate one array or a list of arrays on their own (types, dtype, layout,
     writeability) and return them as a list. Overlap is checked by `_Pairs`."""
@@ -403,8 +374,8 @@ def ema_update(ema, param, *, decay, n_threads=None):
     any buffer is written. Returns None.
     """
     cdef str fn = "fastlr.kernels.ema_update"
-    cdef double d = check_decay(fn, "decay", decay)
-    cdef int nt = check_threads(fn, n_threads)
+    cdef double d = checked_real(fn, "decay", decay, CLOSED_UNIT)
+    cdef int nt = threads_arg(fn, n_threads)
     cdef _Pairs pairs = _Pairs(fn, "ema", "param", ema, param, False)
     pairs.lerp(d, nt)
 
@@ -418,6 +389,6 @@ def swap_buffers(a, b, *, n_threads=None):
     Returns None.
     """
     cdef str fn = "fastlr.kernels.swap_buffers"
-    cdef int nt = check_threads(fn, n_threads)
+    cdef int nt = threads_arg(fn, n_threads)
     cdef _Pairs pairs = _Pairs(fn, "a", "b", a, b, True)
     pairs.swap(nt)

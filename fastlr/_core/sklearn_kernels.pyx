@@ -34,18 +34,17 @@
 cimport cython
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport INFINITY, isfinite, pow, sqrt, sqrtf
-from libc.stdint cimport int64_t
+from libc.math cimport pow, sqrt, sqrtf
 from libc.stdlib cimport free, malloc
 
-from fastlr._core.arrays cimport check_like, layout_name, real_arg, same_shape
+from fastlr._core.args cimport (CLOSED_UNIT, NONNEG, UNIT, checked_real, flag_arg, step_arg,
+                                threads_arg)
+from fastlr._core.arrays cimport check_like, layout_name, same_shape
 from fastlr._kernels cimport parallel_spans, span_fn
 
-import operator
 
 import numpy as np
 
-from fastlr._kernels import get_num_threads
 
 cnp.import_array()
 
@@ -150,50 +149,9 @@ cdef void run_jobs(span_fn fn, Job* jobs, Py_ssize_t n_jobs, int n_threads) noex
 
 
 # =======================================================================================
-# Validation (adapted from fastlr._kernels: checks everything before any write)
+# Validation (adapted from fastlr._kernels: checks everything before any write; scalar
+# arguments: fastlr._core.args)
 # =======================================================================================
-cdef int _threads(str fn, object n_threads) except -1:
-    if n_threads is None:
-        return get_num_threads()
-    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)):
-        raise TypeError(f"{fn}: n_threads must be an int >= 1 or None, got "
-                        f"{type(n_threads).__name__} {n_threads!r}")
-    if not 1 <= n_threads <= 4096:
-        raise ValueError(f"{fn}: n_threads must be between 1 and 4096 or None, got {n_threads}")
-    return <int>n_threads
-
-
-cdef double _real(str fn, str name, object value, double lo, double hi, bint hi_open) except? -1.0:
-    """A finite real number in [lo, hi] (or [lo, hi) when hi_open)."""
-    cdef double x = real_arg(fn, name, value)
-    if x < lo or x > hi or (hi_open and x == hi):
-        rng = f">= {lo:g}" if hi == np.inf else f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise ValueError(f"{fn}: {name} must be {rng}, got {value!r}")
-    return x
-
-
-cdef bint _flag(str fn, str name, object value) except -1:
-    if value is True or value is False:
-        return value is True
-    if not isinstance(value, (bool, np.bool_, int, np.integer)):
-        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
-cdef int64_t _step(str fn, object step) except -1:
-    if isinstance(step, (bool, np.bool_)):
-        raise TypeError(f"{fn}: step must be an int >= 1, got {step!r}")
-    try:
-        s = operator.index(step)
-    except TypeError:
-        raise TypeError(f"{fn}: step must be an int >= 1 (the 1-based update number), got "
-                        f"{type(step).__name__} {step!r}") from None
-    if not 1 <= s < 2 ** 63:
-        raise ValueError(f"{fn}: step must be an int in [1, 2**63) (the 1-based update "
-                         f"number), got {s}")
-    return <int64_t>s
-
-
 cdef inline str _layout(cnp.ndarray a):
     return layout_name(a)
 
@@ -251,11 +209,11 @@ cdef int _check(str fn, tuple names, tuple arrays, Job* job) except -1:
 
 cdef int _adam_coef(str fn, AdamC* c, object step, object lr, object beta1, object beta2,
                     object eps) except -1:
-    cdef double t = <double>_step(fn, step)
-    cdef double lr_d = _real(fn, "lr", lr, 0.0, np.inf, False)
-    c.beta1 = _real(fn, "beta1", beta1, 0.0, 1.0, True)
-    c.beta2 = _real(fn, "beta2", beta2, 0.0, 1.0, True)
-    c.eps = _real(fn, "eps", eps, 0.0, np.inf, False)
+    cdef double t = <double>step_arg(fn, step)
+    cdef double lr_d = checked_real(fn, "lr", lr, NONNEG)
+    c.beta1 = checked_real(fn, "beta1", beta1, UNIT)
+    c.beta2 = checked_real(fn, "beta2", beta2, UNIT)
+    c.eps = checked_real(fn, "eps", eps, NONNEG)
     c.one_minus_beta1 = 1.0 - c.beta1
     c.one_minus_beta2 = 1.0 - c.beta2
     # sklearn: learning_rate_init * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)  (left to right)
@@ -294,10 +252,10 @@ def sgd_sklearn(param, grad, velocity, *, lr, momentum, nesterov, n_threads=None
     """
     cdef str fn = "fastlr.kernels.sgd_sklearn"
     cdef Job job
-    job.lr = _real(fn, "lr", lr, 0.0, np.inf, False)
-    job.momentum = _real(fn, "momentum", momentum, 0.0, 1.0, False)
-    job.nesterov = _flag(fn, "nesterov", nesterov)
-    cdef int nt = _threads(fn, n_threads)
+    job.lr = checked_real(fn, "lr", lr, NONNEG)
+    job.momentum = checked_real(fn, "momentum", momentum, CLOSED_UNIT)
+    job.nesterov = flag_arg(fn, "nesterov", nesterov)
+    cdef int nt = threads_arg(fn, n_threads)
     _check(fn, _SGD_NAMES, (param, grad, velocity), &job)
     _run(sgd_span, &job, 1, job.n, nt)
 
@@ -320,7 +278,7 @@ def adam_sklearn(param, grad, m, v, *, step, lr, beta1, beta2, eps, n_threads=No
     cdef str fn = "fastlr.kernels.adam_sklearn"
     cdef Job job
     _adam_coef(fn, &job.adam, step, lr, beta1, beta2, eps)
-    cdef int nt = _threads(fn, n_threads)
+    cdef int nt = threads_arg(fn, n_threads)
     _check(fn, _ADAM_NAMES, (param, grad, m, v), &job)
     _run(adam_span, &job, 1, job.n, nt)
 
@@ -370,10 +328,10 @@ def _sgd_sklearn_list(params, grads, velocities, *, lr, momentum, nesterov, n_th
     """:func:`sgd_sklearn` over aligned lists of arrays: every array is checked before any
     is written, then all are updated in one call (fastlr.compat.sklearn.SGDOptimizer)."""
     cdef str fn = "fastlr.compat.sklearn.SGDOptimizer.update_params"
-    cdef double lr_d = _real(fn, "learning_rate", lr, 0.0, np.inf, False)
-    cdef double mom = _real(fn, "momentum", momentum, 0.0, 1.0, False)
-    cdef bint nest = _flag(fn, "nesterov", nesterov)
-    cdef int nt = _threads(fn, n_threads)
+    cdef double lr_d = checked_real(fn, "learning_rate", lr, NONNEG)
+    cdef double mom = checked_real(fn, "momentum", momentum, CLOSED_UNIT)
+    cdef bint nest = flag_arg(fn, "nesterov", nesterov)
+    cdef int nt = threads_arg(fn, n_threads)
     cdef Py_ssize_t k, total = 0, n = _lists(fn, ("params", "grads", "velocities"),
                                              (params, grads, velocities))
     cdef Job* jobs = <Job*>malloc(max(n, 1) * sizeof(Job))
@@ -399,7 +357,7 @@ def _adam_sklearn_list(params, grads, ms, vs, *, step, lr, beta1, beta2, eps, n_
     cdef str fn = "fastlr.compat.sklearn.AdamOptimizer.update_params"
     cdef AdamC c
     _adam_coef(fn, &c, step, lr, beta1, beta2, eps)
-    cdef int nt = _threads(fn, n_threads)
+    cdef int nt = threads_arg(fn, n_threads)
     cdef Py_ssize_t k, total = 0, n = _lists(fn, ("params", "grads", "ms", "vs"),
                                              (params, grads, ms, vs))
     cdef Job* jobs = <Job*>malloc(max(n, 1) * sizeof(Job))

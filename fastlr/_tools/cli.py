@@ -269,7 +269,8 @@ def _schedule_from_args(name, pairs):
     try:
         return fn(**kwargs)
     except (TypeError, ValueError) as error:
-        raise SystemExit(f"fastlr {error}") from None
+        # the message already names the callable (fastlr.schedules.<name>: ...)
+        raise SystemExit(str(error)) from None
 
 
 def main(argv=None):

@@ -58,35 +58,16 @@ in is monkeypatching those names, which :func:`patch_mlp` does for the duration 
 """
 
 import contextlib
-import math
-import numbers
 
 import numpy as np
 
+from fastlr._core.args import (CLOSED_UNIT, NONNEG, POSITIVE, UNIT, checked_real, choice_arg,
+                               flag_arg, threads_arg)
 from fastlr._core.sklearn_kernels import _adam_sklearn_list, _sgd_sklearn_list
 
 __all__ = ["SGDOptimizer", "AdamOptimizer", "patch_mlp"]
 
 _SCHEDULES = ("constant", "invscaling", "adaptive")
-
-
-def _real(cls, name, value, lo, hi=math.inf, lo_open=False, hi_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{cls}: {name} must be a real number, got "
-                        f"{type(value).__name__} {value!r}")
-    try:
-        x = float(value)
-    except OverflowError:               # an int beyond the double range
-        x = math.inf
-    if not math.isfinite(x):
-        raise ValueError(f"{cls}: {name} must be a finite number, got {value!r}")
-    if x < lo or x > hi or (lo_open and x == lo) or (hi_open and x == hi):
-        if hi == math.inf:
-            want = f"{'>' if lo_open else '>='} {lo:g}"
-        else:
-            want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise ValueError(f"{cls}: {name} must be {want}, got {value!r}")
-    return x
 
 
 def _params(cls, params):
@@ -108,31 +89,28 @@ def _params(cls, params):
 
 
 def _threads(cls, n_threads):
-    if n_threads is None:
-        return None
-    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, numbers.Integral):
-        raise TypeError(f"{cls}: n_threads must be an int >= 1 or None, got "
-                        f"{type(n_threads).__name__} {n_threads!r}")
-    if not 1 <= n_threads <= 4096:
-        raise ValueError(f"{cls}: n_threads must be between 1 and 4096 or None, got "
-                         f"{n_threads}")
-    return int(n_threads)
+    return None if n_threads is None else threads_arg(cls, n_threads)
+
+
+def _name(obj):
+    """The public name of an optimizer class, for messages."""
+    return f"fastlr.compat.sklearn.{type(obj).__name__}"
 
 
 class _BaseOptimizer:
     """Shared by both optimizers: sklearn's ``BaseOptimizer`` interface."""
 
     def __init__(self, learning_rate_init, n_threads):
-        cls = type(self).__name__
-        self.learning_rate_init = _real(cls, "learning_rate_init", learning_rate_init, 0.0,
-                                        lo_open=True)
+        cls = _name(self)
+        self.learning_rate_init = checked_real(cls, "learning_rate_init", learning_rate_init,
+                                               POSITIVE)
         self.learning_rate = float(learning_rate_init)
         self.n_threads = _threads(cls, n_threads)
 
     def iteration_ends(self, time_step):
         """Called by the training loop at the end of each epoch; ``time_step`` is the number
         of samples trained on so far (sklearn's ``t_``). Only ``'invscaling'`` uses it."""
-        _real(f"{type(self).__name__}.iteration_ends", "time_step", time_step, 0.0)
+        checked_real(f"{_name(self)}.iteration_ends", "time_step", time_step, NONNEG)
 
     def trigger_stopping(self, msg, verbose):
         """Called when the loss stopped improving; returns True when training should stop.
@@ -154,18 +132,13 @@ class SGDOptimizer(_BaseOptimizer):
 
     def __init__(self, params, learning_rate_init=0.1, lr_schedule="constant", momentum=0.9,
                  nesterov=True, power_t=0.5, *, n_threads=None):
-        cls = type(self).__name__
+        cls = _name(self)
         super().__init__(learning_rate_init, n_threads)
-        if not isinstance(lr_schedule, str) or lr_schedule not in _SCHEDULES:
-            raise ValueError(f"{cls}: lr_schedule must be one of {_SCHEDULES}, got "
-                             f"{lr_schedule!r}")
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"{cls}: nesterov must be a bool, got {type(nesterov).__name__} "
-                            f"{nesterov!r}")
+        choice_arg(cls, "lr_schedule", lr_schedule, _SCHEDULES)
         self.lr_schedule = lr_schedule
-        self.momentum = _real(cls, "momentum", momentum, 0.0, 1.0)
-        self.nesterov = bool(nesterov)
-        self.power_t = _real(cls, "power_t", power_t, 0.0)
+        self.momentum = checked_real(cls, "momentum", momentum, CLOSED_UNIT)
+        self.nesterov = flag_arg(cls, "nesterov", nesterov)
+        self.power_t = checked_real(cls, "power_t", power_t, NONNEG)
         self.velocities = [np.zeros_like(p) for p in _params(cls, params)]
 
     def update_params(self, params, grads):
@@ -217,11 +190,11 @@ class AdamOptimizer(_BaseOptimizer):
 
     def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, *, n_threads=None):
-        cls = type(self).__name__
+        cls = _name(self)
         super().__init__(learning_rate_init, n_threads)
-        self.beta_1 = _real(cls, "beta_1", beta_1, 0.0, 1.0, hi_open=True)
-        self.beta_2 = _real(cls, "beta_2", beta_2, 0.0, 1.0, hi_open=True)
-        self.epsilon = _real(cls, "epsilon", epsilon, 0.0, lo_open=True)
+        self.beta_1 = checked_real(cls, "beta_1", beta_1, UNIT)
+        self.beta_2 = checked_real(cls, "beta_2", beta_2, UNIT)
+        self.epsilon = checked_real(cls, "epsilon", epsilon, POSITIVE)
         self.t = 0
         params = _params(cls, params)
         self.ms = [np.zeros_like(p) for p in params]

@@ -1,0 +1,204 @@
+# fastlr/_core/args.pyx -- the argument policy (see args.pxd): scalar arguments of every
+# public callable are checked here, by compiled and Python code alike.
+
+import numbers
+import operator
+
+import numpy as np
+
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.math cimport isfinite
+from libc.stdint cimport INT64_MAX, int64_t
+
+__all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "RULES", "INT_MAX",
+           "MAX_THREADS", "real_arg", "checked_real", "int_arg", "flag_arg", "step_arg",
+           "threads_arg", "choice_arg"]
+
+# The codes as plain module constants for Python callers (args.NONNEG, args.MAX_THREADS, ...).
+globals().update({m.name: int(m) for m in Rule}, MAX_THREADS=int(MAX_THREADS))
+
+#: Rule names (those of fastlr._specs.CHECKS) -> the codes checked_real takes.
+RULES = {"finite": FINITE, "nonneg": NONNEG, "positive": POSITIVE, "unit": UNIT,
+         "closed_unit": CLOSED_UNIT}
+#: int_arg's "no upper limit" (the largest int64).
+INT_MAX = INT64_MAX
+
+cdef tuple _RULE_TEXT = ("", ">= 0", "> 0", "in [0, 1)", "in [0, 1]")
+
+cdef threads_default_fn _threads_default = NULL
+cdef object _py_get_num_threads = None
+
+
+cdef int set_threads_default(threads_default_fn fn) noexcept:
+    global _threads_default
+    _threads_default = fn
+    return 0
+
+
+cdef int _default_threads() except -1:
+    global _py_get_num_threads
+    if _threads_default != NULL:
+        return _threads_default()
+    if _py_get_num_threads is None:
+        from fastlr._kernels import get_num_threads     # at call time: no import cycle
+        _py_get_num_threads = get_num_threads
+    return _py_get_num_threads()
+
+
+cdef inline str _kind(object value):
+    s = repr(value)
+    if len(s) > 80:
+        s = s[:77] + "..."
+    return f"{type(value).__name__} {s}"
+
+
+cdef inline bint _is_bool(object value):
+    return isinstance(value, (bool, np.bool_))
+
+
+cpdef double real_arg(str fn, str name, object value) except? -1.0:
+    """``value`` as a finite float: TypeError for a bool, an array or a non-number,
+    ValueError for NaN, an infinity or an int beyond the double range."""
+    cdef double v
+    if type(value) is float:            # the common case, without isinstance calls
+        v = <double>value
+    elif type(value) is int:
+        try:
+            v = value
+        except OverflowError:           # an int beyond the double range
+            raise ValueError(f"{fn}: {name} must be a finite number, got an int too large "
+                             f"for a float") from None
+    elif _is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {_kind(value)}")
+    else:
+        try:
+            v = float(value)
+        except OverflowError:           # an int beyond the double range
+            raise ValueError(f"{fn}: {name} must be a finite number, got an int too large "
+                             f"for a float") from None
+    if not isfinite(v):
+        raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
+    return v
+
+
+cpdef double checked_real(str fn, str name, object value, int rule) except? -1.0:
+    """:func:`real_arg` and then ``rule`` (FINITE, NONNEG, POSITIVE, UNIT, CLOSED_UNIT):
+    ValueError outside it."""
+    cdef double v = real_arg(fn, name, value)
+    cdef bint ok
+    if rule == NONNEG:
+        ok = v >= 0.0
+    elif rule == POSITIVE:
+        ok = v > 0.0
+    elif rule == UNIT:
+        ok = 0.0 <= v < 1.0
+    elif rule == CLOSED_UNIT:
+        ok = 0.0 <= v <= 1.0
+    elif rule == FINITE:
+        ok = True
+    else:
+        raise SystemError(f"fastlr._core.args.checked_real: unknown rule {rule}")
+    if not ok:
+        raise ValueError(f"{fn}: {name} must be {_RULE_TEXT[rule]}, got {value!r}")
+    return v
+
+
+cdef object _integer(str fn, str name, object value, str what):
+    """``value`` as a Python int (TypeError for anything that is not an integer)."""
+    if type(value) is int:
+        return value
+    if _is_bool(value) or isinstance(value, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be {what}, got {_kind(value)}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be {what}, got {_kind(value)}") from None
+
+
+cpdef int64_t int_arg(str fn, str name, object value, int64_t low, int64_t high) except? -1:
+    """An integer in ``[low, high]`` (``high == INT_MAX``: below 2**63): TypeError for a
+    bool, a float (even 2.0), an array or a non-number; ValueError outside the range."""
+    cdef int overflow = 0
+    cdef long long c
+    if type(value) is int:              # the common case, in C
+        c = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow == 0 and low <= c <= high:
+            return <int64_t>c
+    v = _integer(fn, name, value, f"an int >= {low}" if high == INT64_MAX else "an int")
+    if v < low:
+        raise ValueError(f"{fn}: {name} must be >= {low}, got {v}")
+    if v > high:
+        if high == INT64_MAX:
+            raise ValueError(f"{fn}: {name} must be < 2**63, got {v}")
+        raise ValueError(f"{fn}: {name} must be <= {high}, got {v}")
+    return <int64_t>v
+
+
+cpdef bint flag_arg(str fn, str name, object value) except -1:
+    """A bool or np.bool_, or the integers 0 and 1: TypeError for any other kind (a float, a
+    str, None), ValueError for any other integer."""
+    if value is True:
+        return True
+    if value is False:
+        return False
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        if value == 0 or value == 1:
+            return value == 1
+        raise ValueError(f"{fn}: {name} must be a bool (or 0 or 1), got {value!r}")
+    raise TypeError(f"{fn}: {name} must be a bool, got {_kind(value)}")
+
+
+cpdef int64_t step_arg(str fn, object step) except -1:
+    """The 1-based update number: an integer in [1, 2**63)."""
+    cdef int overflow = 0
+    cdef long long c
+    if type(step) is int:               # the common case, in C
+        c = PyLong_AsLongLongAndOverflow(step, &overflow)
+        if overflow == 0 and c >= 1:
+            return <int64_t>c
+    s = _integer(fn, "step", step, "an int >= 1 (the 1-based update number)")
+    if s < 1:
+        raise ValueError(f"{fn}: step must be >= 1 (the 1-based update number), got {s}")
+    if s > INT64_MAX:
+        raise ValueError(f"{fn}: step must be < 2**63, got {s}")
+    return <int64_t>s
+
+
+cpdef int threads_arg(str fn, object n_threads) except -1:
+    """An int in [1, MAX_THREADS]; None gives the default (fastlr.get_num_threads(), read
+    now)."""
+    if n_threads is None:
+        return _default_threads()
+    cdef int overflow = 0
+    cdef long long c
+    if type(n_threads) is int:          # the common case, in C
+        c = PyLong_AsLongLongAndOverflow(n_threads, &overflow)
+        if overflow == 0 and 1 <= c <= MAX_THREADS:
+            return <int>c
+    n = _integer(fn, "n_threads", n_threads, "an int >= 1 or None")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{fn}: n_threads must be between 1 and {MAX_THREADS} or None, got "
+                         f"{n}")
+    return <int>n
+
+
+cpdef Py_ssize_t choice_arg(str fn, str name, object value, tuple choices) except -1:
+    """The index of ``value`` in ``choices``: TypeError when its type is none of the
+    choices' types (a number for a str option), ValueError when it is not among them."""
+    cdef Py_ssize_t i
+    for i in range(len(choices)):
+        c = choices[i]
+        if (type(c) is type(value) or (not _is_bool(value) and isinstance(value, type(c))))\
+                and c == value:
+            return i
+    want = ", ".join([repr(c) for c in choices])
+    cdef bint known_type = False
+    if not _is_bool(value):
+        for c in choices:
+            if isinstance(value, type(c)):
+                known_type = True
+    if not known_type:
+        raise TypeError(f"{fn}: {name} must be one of {want}, got {_kind(value)}")
+    raise ValueError(f"{fn}: {name} must be one of {want}, got {value!r}")
