@@ -3,7 +3,7 @@
 Float32 Adam, 1 thread (``n_threads=1``, ``torch.set_num_threads(1)``). ``flat``: the params
 are views of one buffer (``fastlr.flat_buffer``), updated as one span, with one flat grad
 array; ``separate``: independent arrays and a list of grads. torch cases are skipped when
-torch is not installed. Targets (issue #4): >= 30x torch fused at 200 x 100, >= 5x at
+torch is not installed. Targets: >= 30x torch fused at 200 x 100, >= 5x at
 1000 x 1000.
 """
 

@@ -1,7 +1,7 @@
 """fastlr.compat.torch: torch.optim optimizers whose update runs in fastlr's kernels.
 
 Each bridge class is checked against the ``torch.optim`` class of the same name
-(``foreach=False``: torch's single-tensor path), with the tolerances of DESIGN.md section 2
+(``foreach=False``: torch's single-tensor path), with the tolerances of docs/design.md (Numerics)
 (``max|fastlr - torch| <= rtol * max(1, max|torch|)``, rtol 1e-10 in float64, 1e-4 in
 float32): 100-step trajectories for every option, two param groups, a torch LR scheduler and
 a parameter whose grad is sometimes None; a small MLP trained with real backward passes;

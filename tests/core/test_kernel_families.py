@@ -6,7 +6,7 @@
    (0-d, empty, 1, 7, 2-D in C and F order, and a span long enough to be split across threads,
    run with 1 and 2 threads), every option combination, 1, 2 and 10 steps, and awkward values
    (zeros, denormals, huge values, eps=0, betas of 0 and 1, NaN and Inf in a gradient).
-2. Parity with torch.optim over 100 steps (DESIGN.md section 2 tolerances), skipped without
+2. Parity with torch.optim over 100 steps (the tolerances of docs/design.md, Numerics), skipped without
    torch; NAdam's returned ``mu_product`` against torch's ``state["mu_product"]``.
 3. Lion against its formula, written out independently here.
 4. Validation: every bad argument is a TypeError/ValueError naming it, and no buffer changes.

@@ -1,5 +1,5 @@
-"""fastlr.kernels against fastlr.reference (the NumPy oracle), plus the contract of DESIGN.md
-§2: in place, every option, every layout, bit-identical across thread counts.
+"""fastlr.kernels against fastlr.reference (the NumPy oracle), plus the contract of docs/design.md:
+in place, every option, every layout, bit-identical across thread counts.
 
 SGD and RMSprop follow the same operations in the same order as the reference, so they are
 compared bit for bit. Adam multiplies by 1/sqrt(1 - beta2^t) where the reference divides by

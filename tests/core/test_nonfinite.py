@@ -9,7 +9,7 @@ once more and checks:
   +Inf and -Inf at the same places (Adam/AdamW's finite params to their few-ulp tolerance);
 * the result is torch.optim's (``foreach=False``) for the nine torch families, element by
   element: the same class (finite, NaN, +Inf, -Inf) everywhere and finite values within
-  the parity tolerance of DESIGN.md section 2 (skipped without torch);
+  the parity tolerance of docs/design.md (Numerics) (skipped without torch);
 * only element 1 of param 0 and of its state is touched by the value: every other element
   of every buffer stays finite (updates are element-wise; no clipping here);
 * what element 1 becomes in the param and in each state buffer is EXPECTED below (the table

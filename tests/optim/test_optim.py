@@ -1,6 +1,6 @@
 """The optimizer classes (``fastlr.SGD``, ``RMSprop``, ``Adam``, ``AdamW``).
 
-What is held to what (DESIGN.md sections 2-3):
+What is held to what (docs/design.md: Numerics, Arguments):
 
 * trajectories against ``torch.optim`` 2.13 (``foreach=False``), 100 steps, float32 and
   float64, every option, with and without lr schedules (torch's scheduler stepped after the
@@ -54,7 +54,7 @@ def make_params(shapes, dtype, seed=0):
 def _grads_cached(shapes, dtype, n, seed):
     """n steps of seeded grads, one per shape; the scale varies per step and per param
     (1e-3 .. 10) so that eps, AMSGrad's maximum and the centered average all matter.
-    Returned read-only: grads may be read-only (DESIGN.md section 2)."""
+    Returned read-only: grads may be read-only."""
     rng = np.random.default_rng(_seed("grads", shapes, np.dtype(dtype).name, seed))
     out = []
     for _ in range(n):
@@ -88,7 +88,7 @@ def assert_same_bits(got, want, what=""):
 
 
 def assert_close(got, want, dtype, what, rtol=None):
-    """max|got - want| <= rtol * max(1, max|want|)  (DESIGN.md section 2)."""
+    """max|got - want| <= rtol * max(1, max|want|)."""
     rtol = RTOL[np.dtype(dtype)] if rtol is None else rtol
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
@@ -322,7 +322,7 @@ def test_trajectory_matches_torch(torch, cls_name, kwargs, sched, dtype):
 # 2. step against step_reference (fastlr.reference)
 # ---------------------------------------------------------------------------------------
 BIT_EXACT = ("SGD", "RMSprop")     # element-wise the same formula: the same bits
-# Adam's kernel folds the bias corrections into fewer operations (DESIGN.md section 2 allows
+# Adam's kernel folds the bias corrections into fewer operations (docs/design.md, Numerics, allows
 # the reordering): its state buffers match the reference bit for bit in a step from equal
 # state, its params to a few ulp; over many steps the params stay within these bounds.
 ADAM_RTOL = {np.dtype(np.float64): 1e-14, np.dtype(np.float32): 1e-6}
@@ -518,7 +518,7 @@ def test_param_groups_read_like_torch(torch, cls_name, override):
     ("SGD", "dampening", 0.5, dict(lr=0.05, momentum=0.9)),
     ("RMSprop", "alpha", 0.5, dict(lr=0.01)),
     # momentum switched on mid-run: torch starts the buffer from the gradient on its first
-    # use ("buffer is None"), per parameter (DESIGN.md section 2, Counting)
+    # use ("buffer is None"), per parameter (docs/design.md, Numerics: counting)
     ("SGD", "momentum", 0.9, dict(lr=0.05, momentum=0.0, dampening=0.5)),
 ])
 def test_writing_param_groups_takes_effect_next_step(torch, cls_name, key, value, defaults,
@@ -563,7 +563,7 @@ def test_last_lr_is_the_lr_used_even_after_a_write():
 
 def test_live_state_view_survives_a_param_groups_write():
     """``opt.state`` gives live views (its docstring); a torch-style lr write between steps
-    must not silently detach them (nor reallocate the state, DESIGN.md section 2)."""
+    must not silently detach them (nor reallocate the state)."""
     w = np.ones(4)
     opt = fastlr.Adam([w], lr=0.1)
     opt.step([np.ones(4)])

@@ -1,6 +1,6 @@
-"""The optimizer families of issue #7 and the options every optimizer gained with them.
+"""The optimizers beyond SGD, RMSprop and Adam, and the options every optimizer shares (clipping, non-finite skip, plateau).
 
-What is held to what (DESIGN.md sections 2, 3 and 6):
+What is held to what (docs/design.md: Numerics, Arguments, Tests):
 
 1. ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam`` and ``RAdam`` against ``torch.optim``
    2.13 (``foreach=False``): 100 steps, float32 and float64, every option, two param
@@ -78,7 +78,7 @@ def bits(a):
 
 
 def assert_close(got, want, dtype, what, rtol=None):
-    """max|got - want| <= rtol * max(1, max|want|)  (DESIGN.md section 2)."""
+    """max|got - want| <= rtol * max(1, max|want|)."""
     rtol = RTOL[np.dtype(dtype)] if rtol is None else rtol
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)

@@ -6,7 +6,7 @@ compiled ``fastlr.kernels``.  Each case runs 100 steps with seeded random
 gradients (whose scale varies from step to step, so that ``eps`` and the
 AMSGrad maximum both matter) in float32 and float64, for a 2-D and a 1-D
 parameter, and compares the parameter *and every state buffer* after every
-step, with the tolerances of DESIGN.md section 2::
+step, with the tolerances of docs/design.md (Numerics)::
 
     max|fastlr - torch| <= rtol * max(1, max|torch|)
     rtol = 1e-10 (float64), 1e-4 (float32)

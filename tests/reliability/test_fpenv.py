@@ -1,4 +1,4 @@
-"""The floating-point environment (issue #9 part 7; setup.py: never -ffast-math).
+"""The floating-point environment (setup.py: never -ffast-math).
 
 Code linked with -ffast-math (crtfastmath.o) sets MXCSR's flush-to-zero (FTZ) and
 denormals-are-zero (DAZ) bits for the whole process when it is loaded: every float in the

@@ -1,4 +1,4 @@
-"""Long runs (issue #9 part 6; DESIGN.md §2 "Counting", "In place, no allocation per step").
+"""Long runs (docs/design.md, Numerics: counting; nothing is allocated per step).
 
 * Counters are 64-bit integers: past 2**24 (where a float32 count stops counting) and
   2**31 / 2**32 (where an int32 wraps), set through load_state_dict, one step gives what

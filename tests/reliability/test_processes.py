@@ -1,4 +1,4 @@
-"""Reliability across processes (issue #9 part 5; docs/threads_and_processes.md).
+"""Reliability across processes (docs/threads_and_processes.md).
 
 GNU OpenMP's thread pool does not survive fork(): a child that opens a parallel region
 after its parent used one waits forever. fastlr marks a forked child (pthread_atfork) and

@@ -1,4 +1,4 @@
-"""Reliability under Python threads (issue #9 part 4; DESIGN.md §2 "Threads").
+"""Reliability under Python threads (docs/threads_and_processes.md).
 
 * The kernels and the optimizer step release the GIL. Proved structurally, not by timing:
   a worker thread repeats a call that moves every element of a large array to the same new,

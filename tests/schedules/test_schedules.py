@@ -1,7 +1,7 @@
-"""Tests of fastlr.schedules (DESIGN.md section 4).
+"""Tests of fastlr.schedules (docs/design.md, Numerics).
 
 1. every constructor against its closed form, written here independently in plain Python
-   (``math``) from DESIGN.md section 4 and notes/features.md sections 2-4, at every step of a
+   (``math``) from the formulas of torch, optax and Keras, at every step of a
    range that crosses all its boundaries and up to ~3x its length, plus huge steps;
 2. against ``torch.optim.lr_scheduler`` sequences (skipped without torch);
 3. ``s(t)``, ``s.values(ts)`` and the compiled loop agree bit for bit;
@@ -408,7 +408,7 @@ def test_closed_form_sanity():
 
 
 def test_doc_values():
-    # the literal values from the module docstring and DESIGN.md
+    # the literal values from the module docstring
     s = warmup_cosine(1e-3, warmup_steps=2, total_steps=6)
     expected = [0.0, 0.0005, 0.001, 0.000853553390593, 0.0005, 0.000146446609407, 0.0, 0.0]
     np.testing.assert_allclose(s.values(range(8)), expected, rtol=1e-11, atol=1e-18)
@@ -535,7 +535,7 @@ def test_torch_parity(name, make_torch, base_lr, n, make, rtol):
 
 
 def test_torch_cosine_annealing_rises_after_t_max_but_fastlr_holds():
-    # DESIGN: torch's CosineAnnealingLR is periodic (rises again after T_max); cosine() holds
+    # By design: torch's CosineAnnealingLR is periodic (rises again after T_max); cosine() holds
     expected = _torch_lrs(lambda L, o: L.CosineAnnealingLR(o, T_max=10, eta_min=0.0), 0.1, 16)
     got = cosine(0.1, 10).values(range(16))
     np.testing.assert_allclose(got[:11], expected[:11], rtol=1e-12, atol=1e-17)

@@ -1,4 +1,4 @@
-"""examples/library_optimizer.py: a library-style optimizer on fastlr.kernels (issue #8 part 4).
+"""examples/library_optimizer.py: a library-style optimizer on fastlr.kernels.
 
 The script runs and trains; its optimizer (TinyAdam) allocates its state once with
 fastlr.kernels.make_state and then nothing per step (tracemalloc); and it computes what
