@@ -37,7 +37,9 @@
 cimport cython
 cimport numpy as cnp
 
-from fastlr._core.arrays cimport layout_name, real_arg, same_shape
+from fastlr._core.arrays cimport layout_name, same_shape
+from fastlr._core.args cimport (CLOSED_UNIT, FINITE, NONNEG, UNIT, checked_real, flag_arg,
+                                set_threads_default, step_arg, threads_arg)
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -47,7 +49,6 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int64_t
 
-import operator
 
 import numpy as np
 
@@ -235,73 +236,27 @@ def set_num_threads(n_threads):
     the ``spawn`` / ``forkserver`` start methods, whose workers start fresh).
     """
     global _n_threads_setting, fastlr_forked_child
-    value = 0 if n_threads is None else _threads_arg("fastlr.set_num_threads", n_threads)
+    value = 0 if n_threads is None else threads_arg("fastlr.set_num_threads", n_threads)
     fastlr_forked_child = 0
     _n_threads_setting = value
+
+
+cdef int _default_threads() noexcept nogil:
+    """The thread count for n_threads=None (fastlr._core.args.threads_arg asks here)."""
+    if fastlr_forked_child:
+        return 1
+    if _n_threads_setting > 0:
+        return _n_threads_setting
+    cdef int n = fastlr_omp_max_threads()
+    return n if n > 1 else 1
+
+
+set_threads_default(_default_threads)
 
 
 def in_forked_child():
     """True in a forked child where fastlr runs serial (see :func:`set_num_threads`)."""
     return bool(fastlr_forked_child)
-
-
-cdef int _threads_arg(str fn, object n_threads) except -1:
-    if n_threads is None:
-        if fastlr_forked_child:
-            return 1
-        if _n_threads_setting > 0:
-            return _n_threads_setting
-        return max(1, fastlr_omp_max_threads())
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
-        raise TypeError(f"{fn}: n_threads must be an int >= 1 or None, got "
-                        f"{type(n_threads).__name__} {n_threads!r}")
-    if n_threads < 1 or n_threads > 4096:
-        raise ValueError(f"{fn}: n_threads must be between 1 and 4096 or None, got {n_threads}")
-    return <int>n_threads
-
-
-cdef inline double _real(str fn, str name, object value) except? -1.0:
-    return real_arg(fn, name, value)
-
-
-cdef double _nonneg(str fn, str name, object value) except? -1.0:
-    cdef double v = _real(fn, name, value)
-    if v < 0.0:
-        raise ValueError(f"{fn}: {name} must be >= 0, got {value!r}")
-    return v
-
-
-cdef double _unit(str fn, str name, object value) except? -1.0:
-    """A decay rate in [0, 1)."""
-    cdef double v = _real(fn, name, value)
-    if not (0.0 <= v < 1.0):
-        raise ValueError(f"{fn}: {name} must be in [0, 1), got {value!r}")
-    return v
-
-
-cdef int64_t _step(str fn, object step) except -1:
-    if type(step) is int and 1 <= step < 2 ** 63:     # the common case
-        return <int64_t>step
-    if isinstance(step, (bool, np.bool_)):
-        raise TypeError(f"{fn}: step must be an int >= 1, got {step!r}")
-    try:
-        s = operator.index(step)
-    except TypeError:
-        raise TypeError(f"{fn}: step must be an int >= 1 (the 1-based update number), got "
-                        f"{type(step).__name__} {step!r}") from None
-    if s < 1:
-        raise ValueError(f"{fn}: step must be >= 1 (the 1-based update number), got {s}")
-    if s >= 2 ** 63:
-        raise ValueError(f"{fn}: step must be < 2**63, got {s}")
-    return <int64_t>s
-
-
-cdef bint _flag(str fn, str name, object value) except -1:
-    if value is True or value is False:
-        return value is True
-    if not isinstance(value, (bool, np.bool_, int, np.integer)):
-        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 cdef str _dtype_name(cnp.ndarray a):
@@ -416,14 +371,6 @@ cdef int _run(core_fn core, const void* coef, Checked* c, int nt) except -1:
         run_job(core, coef, c.itemsize, c.data[0], c.data[1], c.data[2], c.data[3],
                 c.data[4], c.size, nt)
     return 0
-
-
-cdef double _closed_unit(str fn, str name, object value) except? -1.0:
-    """A rate in [0, 1]."""
-    cdef double v = _real(fn, name, value)
-    if not (0.0 <= v <= 1.0):
-        raise ValueError(f"{fn}: {name} must be in [0, 1], got {value!r}")
-    return v
 
 
 # The C API and the validated kernels, per family of the table (generated).

@@ -17,12 +17,12 @@ array([0.9, 0.9, 0.9, 0.9], dtype=float32)
 ``fastlr.reference`` holds pure-NumPy twins with the same names and signatures.
 """
 
-import numbers
 
 import numpy as np
 
 from fastlr import _kernels, _specs
 from fastlr._kernels import HAVE_OPENMP, get_num_threads, set_num_threads
+from fastlr._core.args import NONNEG, checked_real, flag_arg
 from fastlr._core.ema import ema_update, swap_buffers
 from fastlr._core.sklearn_kernels import adam_sklearn, sgd_sklearn
 
@@ -64,13 +64,20 @@ def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False, **option
     The buffers and their conditions are the table's (``fastlr._specs``, ``State.when``);
     an option the kernel's conditions do not use must be left at its default.
     """
+    return _state_names("fastlr.kernels.state_names", kernel, momentum, centered, amsgrad,
+                        options)
+
+
+def _state_names(fn, kernel, momentum, centered, amsgrad, options):
+    momentum = checked_real(fn, "momentum", momentum, NONNEG)
+    centered = flag_arg(fn, "centered", centered)
+    amsgrad = flag_arg(fn, "amsgrad", amsgrad)
     row = _kernel_row(kernel)
     values = dict(momentum=momentum, centered=centered, amsgrad=amsgrad, **options)
     used = _specs.state_options(row.family)
     for name, value in values.items():
         if name not in used and value:
-            raise ValueError(f"fastlr.kernels.make_state: {kernel} has no option {name} "
-                             f"(got {name}={value!r})")
+            raise ValueError(f"{fn}: {kernel} has no option {name} (got {name}={value!r})")
     for name in used:
         values.setdefault(name, 0)      # an option not given is off
     return _specs.state_names(row.family, values)
@@ -123,23 +130,17 @@ def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False,
     for key in list(options):
         if key in _specs.fill_options():
             fills[key] = options.pop(key)
-    names = state_names(kernel, momentum=momentum, centered=centered, amsgrad=amsgrad,
-                        **options)
+    fn = "fastlr.kernels.make_state"
+    names = _state_names(fn, kernel, momentum, centered, amsgrad, options)
+    fills = {option: checked_real(fn, option, value, NONNEG) for option, value in fills.items()}
     state = dict(zip(names, zeros_like_many(len(names), param.shape, param.dtype, order)))
     family = _specs.family(_kernel_row(kernel).family)
     filled = {s.fill: s.name for s in family.state if s.fill and s.name in state}
     for option, value in fills.items():
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise TypeError(f"fastlr.kernels.make_state: {option} must be a real "
-                            f"number, got {type(value).__name__}")
         if value == 0:
             continue
         if option not in filled:
-            raise ValueError(f"fastlr.kernels.make_state: {option} is an "
-                             f"{_specs.fill_owner(option)} option, not one of {kernel}")
-        v = float(value)
-        if not (np.isfinite(v) and v >= 0):
-            raise ValueError(f"fastlr.kernels.make_state: {option} must be a "
-                             f"finite number >= 0, got {value!r}")
-        state[filled[option]][...] = v
+            raise ValueError(f"{fn}: {option} is an {_specs.fill_owner(option)} option, not "
+                             f"one of {kernel}")
+        state[filled[option]][...] = value
     return state

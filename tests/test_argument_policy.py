@@ -375,53 +375,8 @@ EXTRA = [
     ("fastlr.ReduceLROnPlateau", None, "min_lr", "list-nan", [math.nan], ValueError),
 ]
 
-# ---------------------------------------------------------------------------------------
-# callables whose files still validate on their own: the cases that fail until the policy
-# is applied there (strict xfails: a fix makes them pass, then remove the rule)
-# ---------------------------------------------------------------------------------------
-PENDING = [
-    # (public-name predicate, argument predicate, labels, file)
-    (lambda n: n.startswith("fastlr.kernels.") and "sklearn" not in n
-     and n != "fastlr.kernels.make_state",
-     lambda a: a in {"nesterov", "maximize", "decoupled_weight_decay"},
-     {"int2", "int-1", "npint2"}, "fastlr/_kernels.pyx"),
-    (lambda n: n.startswith("fastlr.kernels.") and "sklearn" not in n
-     and n != "fastlr.kernels.make_state",
-     lambda a: a == "step", {"0d-array"}, "fastlr/_kernels.pyx"),
-    (lambda n: n == "fastlr.kernels.make_state", lambda a: a in {"centered", "amsgrad"},
-     {lab for lab, _ in FLAG_KINDS + FLAG_VALUES} | {"None"}, "fastlr/kernels.py"),
-    (lambda n: n == "fastlr.kernels.make_state", lambda a: a == "momentum",
-     {"str", "bool", "npbool", "list", "0d-array", "complex", "object", "nan", "inf",
-      "-inf", "hugeint", "neg"}, "fastlr/kernels.py"),
-    (lambda n: n == "fastlr.kernels.make_state",
-     lambda a: a == "initial_accumulator_value", {"hugeint"}, "fastlr/kernels.py"),
-    (lambda n: n in {f"fastlr.{c}" for c in _specs.OPTIMIZERS}, lambda a: a == "n_threads",
-     {lab for lab, _ in THREADS_KINDS + THREADS_VALUES}, "fastlr/optim/base.py"),
-    (lambda n: n in {f"fastlr.{c}" for c in _specs.OPTIMIZERS},
-     lambda a: a in {"nesterov", "maximize", "decoupled_weight_decay", "amsgrad", "centered",
-                     "skip_nonfinite"},
-     {lab for lab, _ in FLAG_VALUES}, "fastlr/optim/base.py"),
-    (lambda n: n == "fastlr.clip_grad_norm", lambda a: a == "n_threads",
-     {lab for lab, _ in THREADS_KINDS}, "fastlr/_core/engine.pyx"),
-    (lambda n: n == "fastlr.clip_grad_norm", lambda a: a == "error_if_nonfinite",
-     {lab for lab, _ in FLAG_KINDS + FLAG_VALUES} | {"None"}, "fastlr/_core/engine.pyx"),
-    (lambda n: n == "fastlr.flat_buffer", lambda a: a == "dim", {"bool", "npbool",
-                                                                  "0d-array", "2**63"},
-     "fastlr/optim/base.py"),
-]
-
-
 # (name, argument, label) that a table kind gets wrong: the value is valid there
 VALID = {("fastlr.ReduceLROnPlateau", "min_lr", "list")}
-
-
-def _pending(name, arg, label):
-    if (name, arg) == ("fastlr.kernels.sgd", "nesterov"):
-        return None     # int flags reach the nesterov/momentum check: a ValueError already
-    for match_name, match_arg, labels, where in PENDING:
-        if match_name(name) and match_arg(arg) and label in labels:
-            return where
-    return None
 
 
 def _cases():
@@ -435,12 +390,7 @@ def _cases():
                 if case_id in seen or (name, arg, label) in VALID:
                     continue
                 seen.add(case_id)
-                where = _pending(name, arg, label)
-                marks = [pytest.mark.xfail(strict=True,
-                                           reason=f"policy not yet applied in {where}")] \
-                    if where else []
-                out.append(pytest.param(name, make, arg, value, exc, id=case_id,
-                                        marks=marks))
+                out.append(pytest.param(name, make, arg, value, exc, id=case_id))
     makers = {name: make for name, make, _ in tables}
     for name, make, arg, label, value, exc in EXTRA:
         out.append(pytest.param(name, make or makers[name], arg, value, exc,
@@ -497,29 +447,25 @@ def _flag_calls():
     p = lambda: [_f32()]                                   # noqa: E731
     yield "kernels.adam", lambda v: kernels.adam(
         _f32(), _f32(), *kernels.make_state("adam", _f32()).values(), step=1, lr=0.1,
-        maximize=v), None
+        maximize=v)
     yield "kernels.sgd_sklearn", lambda v: kernels.sgd_sklearn(
-        _f32(), _f32(), _f32(), lr=0.1, momentum=0.9, nesterov=v), None
+        _f32(), _f32(), _f32(), lr=0.1, momentum=0.9, nesterov=v)
     yield "schedules.exponential_decay", lambda v: schedules.exponential_decay(
-        1.0, 10, 0.5, staircase=v), None
-    yield "schedules.one_cycle", lambda v: schedules.one_cycle(1.0, 100, three_phase=v), None
-    yield "compat.sklearn.SGDOptimizer", lambda v: sk.SGDOptimizer(p(), nesterov=v), None
+        1.0, 10, 0.5, staircase=v)
+    yield "schedules.one_cycle", lambda v: schedules.one_cycle(1.0, 100, three_phase=v)
+    yield "compat.sklearn.SGDOptimizer", lambda v: sk.SGDOptimizer(p(), nesterov=v)
     yield "find_lr", lambda v: fastlr.find_lr(_opt(), lambda i: (1.0, [_f32()]),
-                                              num_steps=2, restore=v), None
+                                              num_steps=2, restore=v)
     for o in _specs.OPTIMIZERS.values():
         yield f"{o.cls}", (lambda cls: lambda v: cls(p(), maximize=v))(
-            getattr(fastlr, o.cls)), "fastlr/optim/base.py"
-    yield "SGD skip_nonfinite", lambda v: fastlr.SGD(p(), skip_nonfinite=v), \
-        "fastlr/optim/base.py"
+            getattr(fastlr, o.cls))
+    yield "SGD skip_nonfinite", lambda v: fastlr.SGD(p(), skip_nonfinite=v)
     yield "clip_grad_norm", lambda v: fastlr.clip_grad_norm([_f32()], 1.0,
-                                                             error_if_nonfinite=v), None
+                                                             error_if_nonfinite=v)
 
 
 @pytest.mark.parametrize("value", [0, 1, np.int32(1)], ids=repr)
-@pytest.mark.parametrize("call", [
-    pytest.param(c, id=label, marks=[pytest.mark.xfail(
-        strict=True, reason=f"policy not yet applied in {where}")] if where else [])
-    for label, c, where in _flag_calls()])
+@pytest.mark.parametrize("call", [pytest.param(c, id=label) for label, c in _flag_calls()])
 def test_flags_take_zero_and_one(call, value):
     call(value)
 

@@ -3,9 +3,6 @@
 
 cimport numpy as cnp
 
-# Re-exported for modules that still cimport it from here; new code cimports fastlr._core.args.
-from fastlr._core.args cimport real_arg
-
 
 cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
     """Equal ndim and dimensions."""

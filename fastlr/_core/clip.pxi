@@ -59,17 +59,6 @@ cdef _reduce_arrays(str fn, list arrays, int nt, int want_norm, int want_scan, b
     return sumsq, bool(nonfinite)
 
 
-cdef int _nt_arg(str fn, object n_threads) except -1:
-    from fastlr._kernels import get_num_threads
-    if n_threads is None:
-        return get_num_threads()
-    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)) \
-            or not 1 <= n_threads <= 4096:
-        raise ValueError(f"{fn}: n_threads must be an int in [1, 4096] or None, got "
-                         f"{n_threads!r}")
-    return n_threads
-
-
 cdef list _grad_list(str fn, object grads):
     if isinstance(grads, np.ndarray):
         return [grads]
@@ -84,7 +73,7 @@ def grad_stats(grads, *, n_threads=None):
     array or a list), with the blocks of :func:`clip_grad_norm` (same bits for any thread
     count). For code that combines norms itself, e.g. across processes."""
     cdef str fn = "fastlr.grad_stats"
-    return _reduce_arrays(fn, _grad_list(fn, grads), _nt_arg(fn, n_threads), 1, 1, False)
+    return _reduce_arrays(fn, _grad_list(fn, grads), threads_arg(fn, n_threads), 1, 1, False)
 
 
 def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None):
@@ -103,12 +92,11 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None)
     cdef str fn = "fastlr.clip_grad_norm"
     cdef double norm, scale
     cdef list arrays = _grad_list(fn, grads)
-    cdef double limit = real_arg(fn, "max_norm", max_norm)
-    if not limit > 0.0:
-        raise ValueError(f"{fn}: max_norm must be a finite number > 0, got {max_norm!r}")
-    sumsq, _ = _reduce_arrays(fn, arrays, _nt_arg(fn, n_threads), 1, 0, True)
+    cdef double limit = checked_real(fn, "max_norm", max_norm, POSITIVE)
+    cdef bint error_if = flag_arg(fn, "error_if_nonfinite", error_if_nonfinite)
+    sumsq, _ = _reduce_arrays(fn, arrays, threads_arg(fn, n_threads), 1, 0, True)
     norm = sqrt(sumsq)
-    if error_if_nonfinite and not isfinite(norm):
+    if error_if and not isfinite(norm):
         raise ValueError(f"{fn}: the total norm of the grads is {norm!r} (a NaN or Inf "
                          f"element); nothing was scaled")
     scale = clip_scale(limit, norm)

@@ -36,7 +36,8 @@ from libc.string cimport memset
 
 cimport numpy as cnp
 
-from fastlr._core.arrays cimport real_arg, same_shape
+from fastlr._core.arrays cimport same_shape
+from fastlr._core.args cimport POSITIVE, checked_real, flag_arg, threads_arg
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 

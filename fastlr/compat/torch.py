@@ -49,6 +49,7 @@ import inspect
 import numpy as np
 
 from fastlr import _specs
+from fastlr._core.args import threads_arg
 from fastlr import kernels as _kernels
 
 #: The bridged classes: every row of the table with a torch class, in table order.
@@ -112,14 +113,8 @@ class _FastlrStep:
     def _fastlr_init(self, n_threads, options):
         name = type(self).__name__
         _check_options(f"fastlr.compat.torch.{name}", options)
-        if n_threads is not None:
-            # the kernels' own check (type and range), on an empty update
-            try:
-                _kernels.sgd(_EMPTY, _EMPTY, step=1, lr=0.0, n_threads=n_threads)
-            except (TypeError, ValueError) as exc:
-                raise type(exc)(str(exc).replace("fastlr.kernels.sgd",
-                                                 f"fastlr.compat.torch.{name}")) from None
-        self.n_threads = n_threads
+        self.n_threads = None if n_threads is None else threads_arg(
+            f"fastlr.compat.torch.{name}", n_threads)
 
     def add_param_group(self, param_group):
         if isinstance(param_group, dict):

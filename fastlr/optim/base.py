@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 
+from fastlr._core.args import threads_arg
 from fastlr._core.engine import Engine
 from fastlr.optim.checkpoint import CheckpointMixin, _is_marker, _plain  # noqa: F401
 from fastlr.optim.groups import (GroupsMixin, ParamGroup, _finite, _finite_nonneg,  # noqa: F401
@@ -35,7 +36,7 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         self.defaults = dict(defaults)
         for key, value in self.defaults.items():
             self._check_hyper(key, value, where="")
-        self._n_threads = self._threads_arg(n_threads)
+        self._n_threads = None if n_threads is None else threads_arg(self._name, n_threads)
         self.max_grad_norm = max_grad_norm
         self.skip_nonfinite = skip_nonfinite
         self.param_groups = []

@@ -16,6 +16,7 @@ import re
 import numpy as np
 
 from fastlr import _specs, reference
+from fastlr._core.args import RULES
 from fastlr.optim.base import Optimizer
 
 
@@ -27,13 +28,9 @@ def _pair(betas):
 
 
 def _range(check):
-    """A ``CHECKS`` rule as the (low, high, text) of ``Optimizer._check_hyper``: ``low <= v
-    < high`` (an inclusive high is the next double up)."""
-    low, high, inclusive, text = _specs.CHECKS[check]
-    low = -np.inf if low is None else low
-    if high is not None and inclusive:
-        high = float(np.nextafter(high, np.inf))
-    return (low, high, text)
+    """A ``CHECKS`` rule as the rule code ``Optimizer._check_hyper`` hands to
+    fastlr._core.args.checked_real."""
+    return RULES[check]
 
 
 class _TableOptimizer(Optimizer):

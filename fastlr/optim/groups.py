@@ -7,6 +7,7 @@ import numbers
 
 import numpy as np
 
+from fastlr._core.args import INT_MAX, POSITIVE, checked_real, flag_arg, int_arg
 from fastlr.schedules import Schedule
 
 
@@ -56,15 +57,8 @@ class GroupsMixin:
 
     @max_grad_norm.setter
     def max_grad_norm(self, value):
-        if value is not None:
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{self._name}: max_grad_norm must be a number > 0 or None, "
-                                f"got {type(value).__name__}")
-            if not (_finite(value) and value > 0):
-                raise ValueError(f"{self._name}: max_grad_norm must be a finite number > 0 "
-                                 f"or None, got {value!r}")
-            value = float(value)
-        self._max_grad_norm = value
+        self._max_grad_norm = None if value is None else checked_real(
+            self._name, "max_grad_norm", value, POSITIVE)
 
     @property
     def skip_nonfinite(self):
@@ -73,22 +67,11 @@ class GroupsMixin:
 
     @skip_nonfinite.setter
     def skip_nonfinite(self, value):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{self._name}: skip_nonfinite must be a bool, got {value!r}")
-        self._skip_nonfinite = bool(value)
+        self._skip_nonfinite = flag_arg(self._name, "skip_nonfinite", value)
 
     @property
     def _name(self):
         return f"fastlr.{type(self).__name__}"
-
-    @staticmethod
-    def _threads_arg(n_threads):
-        if n_threads is None:
-            return None
-        if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral) or \
-                not 1 <= n_threads <= 4096:
-            raise ValueError(f"n_threads must be an int in [1, 4096] or None, got {n_threads!r}")
-        return int(n_threads)
 
     def _groups_arg(self, params):
         if isinstance(params, np.ndarray):
@@ -125,36 +108,28 @@ class GroupsMixin:
 
     def _check_hyper(self, key, value, where):
         """Type and range of one hyperparameter (torch's checks), before it is used."""
-        name = f"{self._name}: {where}{'[' + repr(key) + ']' if where else key}"
+        fn = self._name
+        name = f"{where}[{key!r}]" if where else key
         if key in self._flags:
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name} must be a bool, got {value!r}")
+            flag_arg(fn, name, value)
             return
         if key == "betas":
             if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+                raise TypeError(f"{fn}: {name} must be a pair (beta1, beta2), got {value!r}")
             self._check_hyper("beta1", value[0], where)
             self._check_hyper("beta2", value[1], where)
             return
         if key not in self._ranges:
             if key == "params":
                 return
-            raise ValueError(f"{self._name}: unknown hyperparameter {key!r}; expected one of "
+            raise ValueError(f"{fn}: unknown hyperparameter {key!r}; expected one of "
                              f"{', '.join(sorted(self._ranges) + sorted(self._flags))}")
         if key in self._schedulable and not isinstance(value, numbers.Real):
             if isinstance(value, Schedule) or callable(value):
                 return
-            raise TypeError(f"{name} must be a number, a fastlr schedule or a callable, got "
-                            f"{type(value).__name__}")
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        low, high, text = self._ranges[key]
-        try:
-            v = float(value)
-        except OverflowError:           # an int beyond the double range
-            v = float("inf")
-        if not (np.isfinite(v) and v >= low and (high is None or v < high)):
-            raise ValueError(f"{name} must be {text}, got {value!r}")
+            raise TypeError(f"{fn}: {name} must be a number, a fastlr schedule or a callable, "
+                            f"got {type(value).__name__}")
+        checked_real(fn, name, value, self._ranges[key])
 
     def _add_group(self, group):
         if not isinstance(group, dict) or "params" not in group:
@@ -241,7 +216,4 @@ def _finite(value):
 
 
 def _nonneg_int(name, what, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or \
-            not 0 <= value < 2 ** 63:
-        raise ValueError(f"{name}: {what} must be an int in [0, 2**63), got {value!r}")
-    return int(value)
+    return int_arg(name, what, value, 0, INT_MAX)

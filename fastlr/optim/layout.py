@@ -2,10 +2,10 @@
 compiled engine configured with them."""
 
 import numbers
-import operator
 
 import numpy as np
 
+from fastlr._core.args import INT_MAX, int_arg
 from fastlr.kernels import zeros_like_many
 from fastlr.schedules import as_schedule
 
@@ -23,14 +23,16 @@ def flat_buffer(shapes, dtype=np.float32):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"fastlr.flat_buffer: dtype must be float32 or float64, got {dtype}")
+    fn = "fastlr.flat_buffer"
     try:
-        shapes = [tuple(operator.index(d) for d in np.atleast_1d(s).tolist())
-                  if not isinstance(s, tuple) or s else () for s in shapes]
+        shapes = list(shapes)
     except TypeError:
-        raise TypeError(f"fastlr.flat_buffer: shapes must be a list of shapes (tuples of "
-                        f"ints), got {shapes!r:.80}") from None
-    if any(d < 0 for s in shapes for d in s):
-        raise ValueError("fastlr.flat_buffer: shapes must have non-negative dimensions")
+        raise TypeError(f"{fn}: shapes must be a list of shapes (tuples of ints), got "
+                        f"{shapes!r:.80}") from None
+    shapes = [tuple(int_arg(fn, f"shapes[{i}]", d, 0, INT_MAX) for d in
+                    (np.atleast_1d(s).tolist() if isinstance(s, np.ndarray) else
+                     s if isinstance(s, (tuple, list)) else (s,)))
+              for i, s in enumerate(shapes)]
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     flat = np.zeros(sum(sizes), dtype=dtype)
     views, offset = [], 0

@@ -7,40 +7,24 @@ fastlr.optim and never the other way round.
 import math
 import numbers
 
+from fastlr._core.args import INT_MAX, NONNEG, UNIT, checked_real, choice_arg, int_arg
+
 _CONFIG = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lrs",
            "eps")
 _COUNTERS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
 
 
-def _finite(v):
-    try:
-        return math.isfinite(v)
-    except OverflowError:               # an int beyond the double range
-        return False
-
-
 def _check_config(name, c):
-    if c["mode"] not in ("min", "max"):
-        raise ValueError(f"{name}: mode must be 'min' or 'max', got {c['mode']!r}")
-    if c["threshold_mode"] not in ("rel", "abs"):
-        raise ValueError(f"{name}: threshold_mode must be 'rel' or 'abs', got "
-                         f"{c['threshold_mode']!r}")
-    for key, low, high, text in (("factor", 0.0, 1.0, "in [0, 1)"),
-                                 ("threshold", 0.0, None, "a finite number >= 0"),
-                                 ("eps", 0.0, None, "a finite number >= 0")):
-        v = c[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{name}: {key} must be a real number, got {type(v).__name__}")
-        if not (_finite(v) and v >= low and (high is None or v < high)):
-            raise ValueError(f"{name}: {key} must be {text}, got {v!r}")
+    """The ReduceLROnPlateau settings (fastlr._core.args' rules)."""
+    choice_arg(name, "mode", c["mode"], ("min", "max"))
+    choice_arg(name, "threshold_mode", c["threshold_mode"], ("rel", "abs"))
+    checked_real(name, "factor", c["factor"], UNIT)
+    for key in ("threshold", "eps"):
+        checked_real(name, key, c[key], NONNEG)
     for key in ("patience", "cooldown"):
-        v = c[key]
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"{name}: {key} must be an int >= 0, got {v!r}")
-    for v in c["min_lrs"]:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
-                not (_finite(v) and v >= 0):
-            raise ValueError(f"{name}: min_lr must be finite numbers >= 0, got {v!r}")
+        int_arg(name, key, c[key], 0, INT_MAX)
+    for i, v in enumerate(c["min_lrs"]):
+        checked_real(name, f"min_lrs[{i}]", v, NONNEG)
 
 
 def _check_plateau_state(name, sd):

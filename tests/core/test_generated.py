@@ -179,7 +179,7 @@ def test_a_new_row_is_all_it_takes(specs):
     api = out["_kernels_api.pxi"]
     assert "def fakeopt(param, grad, slow, fast, extra=None, *, step, lr, decay=0.5, " \
            "maximize=False," in api
-    assert 'h.decay = _unit(fn, "decay", decay)' in api
+    assert 'h.decay = checked_real(fn, "decay", decay, UNIT)' in api
     assert "_need(fn, h.decay > 0, extra, \"extra\", f\"decay={decay!r}\")" in api
     assert "cdef void fakeopt_f64_parallel(" in api
     assert "run_job(CORES.cores[K_FAKEOPT][0], &c, 4, param, grad, slow, fast, extra," in api

@@ -1281,9 +1281,9 @@ LOAD_ERRORS = [
     ("int buffer", _set(np.zeros((2, 3), np.int64), "state", 2, "exp_avg"), ValueError),
     ("list buffer", _set([[0.0] * 3] * 2, "state", 2, "exp_avg"), ValueError),
     ("negative steps", _set(-1, "steps"), ValueError),
-    ("float steps", _set(3.0, "steps"), ValueError),
+    ("float steps", _set(3.0, "steps"), TypeError),
     ("negative param step", _set(-1, "state", 2, "step"), ValueError),
-    ("missing param step", _del("state", 2, "step"), ValueError),
+    ("missing param step", _del("state", 2, "step"), TypeError),
     ("missing param state", _del("state", 2), ValueError),
     ("unknown hyperparameter", _set(1.0, "param_groups", 1, "momentum"), ValueError),
     ("invalid lr", _set(-0.5, "param_groups", 1, "lr"), ValueError),
@@ -1470,7 +1470,7 @@ CTOR_ERRORS = [
      TypeError, "mixes"),
     ("params a number", lambda: fastlr.SGD(3.0), TypeError, "params"),
     ("n_threads=0", lambda: fastlr.SGD(_p(), n_threads=0), ValueError, "n_threads"),
-    ("n_threads float", lambda: fastlr.SGD(_p(), n_threads=2.0), ValueError, "n_threads"),
+    ("n_threads float", lambda: fastlr.SGD(_p(), n_threads=2.0), TypeError, "n_threads"),
 ]
 
 
