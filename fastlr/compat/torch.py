@@ -390,7 +390,7 @@ class _FastlrStep:
 
     def _read_scalar(self, where_fn, at, st):
         """(the scalar state's value, a writable 0-d NumPy view of its tensor or None)."""
-        v, view = _scalar_state(where_fn(*at), st, self._scalar)
+        v, view = _scalar_state(where_fn, at, st, self._scalar)
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{where_fn(*at)}: state[{self._scalar!r}] must be in [0, 1], "
                              f"got {v}")
@@ -405,18 +405,19 @@ class _FastlrStep:
     @staticmethod
     def _read_step(where_fn, at, st):
         """(update count so far, a writable 0-d NumPy view of state['step'] or None)."""
-        v, view = _scalar_state(where_fn(*at), st, "step")
+        v, view = _scalar_state(where_fn, at, st, "step")
         if not (v >= 0 and v == int(v) and v < 2.0 ** 62):
             raise ValueError(f"{where_fn(*at)}: state['step'] must be a whole number >= 0, got {v}")
         return int(v), view
 
 
-def _scalar_state(where, st, key):
+def _scalar_state(where_fn, at, st, key):
     """(the value of the scalar state ``st[key]``, a writable 0-d NumPy view of its tensor or
-    None when it is not a writable CPU tensor)."""
+    None when it is not a writable CPU tensor). ``where_fn(*at)`` names the parameter in an
+    error (formatted only then: this runs per tensor per step)."""
     s = st.get(key)
     if s is None:
-        raise ValueError(f"{where}: its state has no {key!r} (state keys: "
+        raise ValueError(f"{where_fn(*at)}: its state has no {key!r} (state keys: "
                          f"{sorted(map(str, st))})")
     view = None
     try:
@@ -428,7 +429,7 @@ def _scalar_state(where, st, key):
                 view = None
         v = float(view if view is not None else s)
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{where}: state[{key!r}] must be a number or a one-element tensor, "
+        raise TypeError(f"{where_fn(*at)}: state[{key!r}] must be a number or a one-element tensor, "
                         f"got {s!r}") from None
     return v, view
 
