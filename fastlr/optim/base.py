@@ -12,9 +12,8 @@ import numpy as np
 
 from fastlr._core.args import threads_arg
 from fastlr._core.engine import Engine
-from fastlr.optim.checkpoint import CheckpointMixin, _is_marker, _plain  # noqa: F401
-from fastlr.optim.groups import (GroupsMixin, ParamGroup, _finite, _finite_nonneg,  # noqa: F401
-                                 _nonneg_int)
+from fastlr.optim.checkpoint import CheckpointMixin
+from fastlr.optim.groups import GroupsMixin, ParamGroup  # noqa: F401
 from fastlr.optim.layout import LayoutMixin, flat_buffer  # noqa: F401
 from fastlr.optim.stepping import StepMixin
 
