@@ -107,9 +107,10 @@ def _set_cores(str target):
     Not thread-safe: call it when no kernel is running. Optimizers built before the call
     keep the loops they were built with."""
     global CORES, _cpu_target
-    from fastlr._core import dispatch as _dispatch, engine as _optim
+    from fastlr._core import dispatch as _dispatch, engine as _optim, sklearn_kernels as _sk
 
     capsule = _dispatch.table(target)
+    _sk._set_cores(_dispatch.sklearn_table(target))
     CORES = <const CoreTable*>PyCapsule_GetPointer(capsule, b"fastlr.CoreTable")
     _CAPSULES[target] = capsule             # keep the capsule (and its module) alive
     _cpu_target = target

@@ -56,3 +56,8 @@ def default_target():
 def table(target):
     """The capsule of core loops for ``target``."""
     return importlib.import_module(TARGETS[target]).table()
+
+
+def sklearn_table(target):
+    """The capsule of scikit-learn-convention core loops for ``target``."""
+    return importlib.import_module(TARGETS[target]).sklearn_table()

@@ -1,5 +1,5 @@
 # Type stubs for the compiled module fastlr._core.sklearn_kernels (scikit-learn-convention kernels).
-from typing import Optional, Sequence, Union
+from typing import MutableSequence, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,12 +29,20 @@ def adam_sklearn(
     eps: float,
     n_threads: Optional[int] = None,
 ) -> None: ...
-def _sgd_sklearn_list(
-    params: Sequence[_Float], grads: Sequence[_Float], velocities: Sequence[_Float], *,
-    lr: float, momentum: float, nesterov: bool, n_threads: Optional[int] = None,
-) -> None: ...
-def _adam_sklearn_list(
-    params: Sequence[_Float], grads: Sequence[_Float], ms: Sequence[_Float],
-    vs: Sequence[_Float], *, step: int, lr: float, beta1: float, beta2: float, eps: float,
-    n_threads: Optional[int] = None,
-) -> None: ...
+def _set_cores(capsule: object) -> None: ...
+
+class ListStep:
+    """The validated update of aligned lists of arrays (private; fastlr.compat.sklearn)."""
+    @property
+    def fn(self) -> str: ...
+    def __init__(self, fn: str, state_names: Tuple[str, ...]) -> None: ...
+    def sgd(
+        self, params: Sequence[_Float], grads: Sequence[_Float],
+        velocities: MutableSequence[_Float], lr: float, momentum: float, nesterov: bool,
+        n_threads: Optional[int],
+    ) -> None: ...
+    def adam(
+        self, params: Sequence[_Float], grads: Sequence[_Float], ms: MutableSequence[_Float],
+        vs: MutableSequence[_Float], step: int, lr: float, beta1: float, beta2: float,
+        eps: float, n_threads: Optional[int],
+    ) -> float: ...

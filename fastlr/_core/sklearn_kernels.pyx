@@ -15,31 +15,47 @@
 #    -lr_t*m/(sqrt(v)+eps) is computed in float64 and param is updated in float64 and rounded
 #    to float32 once (what `param += update` does with a float64 update). Under NumPy 1.x's
 #    value-based casting sklearn stays in float32 there; results then differ by rounding.
-# c) Layout. Fused-type (`floating`) single-pass loops, `noexcept nogil`, no temporaries,
-#    every buffer read once and written once. Large spans are split across OpenMP threads by
-#    fastlr._kernels' `parallel_spans` (serial below its PARALLEL_MIN_SIZE); updates are
-#    element-wise, so every thread count gives the same bits. The module is compiled once,
-#    for the baseline ISA (SSE2 vectors; not dispatched to x86-64-v3 as _core's loops are),
-#    and float32 Adam divides in float64 (note b): in cache it is divider-bound at about
-#    2-3x the time of fastlr.kernels.adam, still 2-5x faster than sklearn's NumPy.
-# d) Python layer. `sgd_sklearn` / `adam_sklearn` validate everything (types, dtype match,
-#    shapes, layout, writeability, overlap, hyperparameter ranges) before any buffer is
-#    touched, then release the GIL for large updates. `_sgd_sklearn_list` /
-#    `_adam_sklearn_list` (private, for fastlr.compat.sklearn) do the same for lists of
-#    arrays: everything is checked first, then every array is updated in one C call.
+# c) Mixed dtypes. MLPRegressor on float32 X keeps float64 targets, so its grads are float64
+#    while its weights are float32; sklearn's arithmetic then makes the state float64 from
+#    the first update on (`momentum * velocity - lr * grad` is float64) and `param += update`
+#    rounds a float64 update into the float32 param. The loops have that case too: MODE_MIX
+#    (float32 param, float64 grad and state, in place) and MODE_LIFT (the first such update:
+#    the float32 state is read, with sklearn's float32 products, and written as float64 to
+#    new buffers, which the list entry points put in the caller's state lists, as sklearn
+#    rebinds its lists). See sklearn_loops.pxd. No other mix is accepted.
+# d) Layout. The loops live in sklearn_loops.pxd and are compiled per instruction-set level
+#    with the other core loops (cores.pxi: baseline and x86-64-v3, chosen at import by
+#    fastlr._core.dispatch through fastlr._kernels._set_cores, which hands this module a
+#    SklearnCores capsule). Single-pass, no temporaries, every buffer read once and written
+#    once. Large spans are split across OpenMP threads by fastlr._kernels' `parallel_spans`
+#    (serial below its PARALLEL_MIN_SIZE); updates are element-wise, so every thread count
+#    gives the same bits.
+# e) Python layer. `sgd_sklearn` / `adam_sklearn` validate everything (types, dtypes, shapes,
+#    layout, writeability, overlap, hyperparameter ranges) before any buffer is touched, then
+#    release the GIL for large updates. `ListStep` (private, for fastlr.compat.sklearn) does
+#    the same for aligned lists of arrays, every array checked before any is written, in one
+#    C call per step. It caches what cannot change between steps: the written arrays (params
+#    and state) are validated, with their pairwise overlap, when first seen, and kept; per
+#    step it checks in C, without formatting a string, that the same array objects were
+#    passed and that their pointer, dtype, shape, layout and writeability still hold, then
+#    checks each grad (dtype, shape, layout, no overlap with a written array: a binary search
+#    over the cached sorted spans). Anything unexpected goes to the slow path, which names
+#    the argument in its error.
 #
 # Argument directions: param and the state buffers (velocity, m, v) are IN/OUT; grad is IN
 # only (read-only gradient arrays are accepted).
 
-cimport cython
 cimport numpy as cnp
-from cython cimport floating
-from libc.math cimport pow, sqrt, sqrtf
-from libc.stdlib cimport free, malloc
+from libc.math cimport pow, sqrt
+from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memcpy
+from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastlr._core.args cimport (CLOSED_UNIT, NONNEG, UNIT, checked_real, flag_arg, step_arg,
                                 threads_arg)
-from fastlr._core.arrays cimport check_like, layout_name, same_shape
+from fastlr._core.arrays cimport layout_name, same_shape
+from fastlr._core.sklearn_loops cimport (AdamC, MODE_F32, MODE_F64, MODE_LIFT, MODE_MIX,
+                                         SkJob, SklearnCores, sk_span_fn)
 from fastlr._kernels cimport parallel_spans, span_fn
 
 
@@ -51,159 +67,156 @@ cnp.import_array()
 cdef enum:
     # The GIL is released for updates at least this long (as in fastlr._kernels).
     NOGIL_MIN_SIZE = 4096
+    OP_SGD = 0
+    OP_ADAM = 1
+
+# The core loops in use, set by fastlr._kernels._set_cores (the CPU dispatch).
+cdef const SklearnCores* CORES = NULL
+_CAPSULE = None
 
 
-# ---------------------------------------------------------------------------------------
-# Core loops (sklearn's expressions, same operations, same order)
-# ---------------------------------------------------------------------------------------
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef inline void sgd_core(floating* p, const floating* g, floating* vel,  # IN/OUT, IN, IN/OUT
-                          Py_ssize_t n, double lr_d, double mom_d, bint nesterov) noexcept nogil:
-    # sklearn: v = momentum * v - lr * g;  p += (momentum * v - lr * g) if nesterov else v
-    cdef floating lr = <floating>lr_d
-    cdef floating mom = <floating>mom_d
-    cdef floating u
-    cdef Py_ssize_t i
-    if nesterov:
-        for i in range(n):
-            u = mom * vel[i] - lr * g[i]
-            vel[i] = u
-            p[i] = p[i] + (mom * u - lr * g[i])
-    else:
-        for i in range(n):
-            u = mom * vel[i] - lr * g[i]
-            vel[i] = u
-            p[i] = p[i] + u
+def _set_cores(capsule):
+    global CORES, _CAPSULE
+    CORES = <const SklearnCores*>PyCapsule_GetPointer(capsule, b"fastlr.SklearnCores")
+    _CAPSULE = capsule
 
 
-ctypedef struct AdamC:
-    double beta1, one_minus_beta1, beta2, one_minus_beta2, eps
-    double neg_lr_t          # -(lr * sqrt(1 - beta2**t) / (1 - beta1**t)), a float64
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef inline void adam_core(floating* p, const floating* g,        # IN/OUT, IN
-                           floating* m, floating* v,              # IN/OUT, IN/OUT
-                           Py_ssize_t n, const AdamC* c) noexcept nogil:
-    # sklearn: m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*(g**2);
-    #          p += -lr_t * m / (sqrt(v) + eps)     (lr_t a float64 scalar: see note b)
-    cdef floating b1 = <floating>c.beta1
-    cdef floating omb1 = <floating>c.one_minus_beta1
-    cdef floating b2 = <floating>c.beta2
-    cdef floating omb2 = <floating>c.one_minus_beta2
-    cdef floating eps = <floating>c.eps
-    cdef double neg_lr = c.neg_lr_t
-    cdef floating gi, mi, vi
-    cdef Py_ssize_t i
-    for i in range(n):
-        gi = g[i]
-        mi = b1 * m[i] + omb1 * gi
-        m[i] = mi
-        vi = b2 * v[i] + omb2 * (gi * gi)
-        v[i] = vi
-        if floating is double:
-            p[i] = p[i] + (neg_lr * mi) / (sqrt(vi) + eps)
-        else:
-            p[i] = <float>(<double>p[i] + (neg_lr * <double>mi) / <double>(sqrtf(vi) + eps))
-
-
-# ---- span functions for parallel_spans: one update of one array ----
-ctypedef struct Job:
-    char* p
-    char* g
-    char* s1                 # velocity (SGD) or m (Adam)
-    char* s2                 # v (Adam); NULL for SGD
-    Py_ssize_t n
-    int type_num             # NPY_FLOAT or NPY_DOUBLE
-    double lr, momentum      # SGD
-    int nesterov             # SGD
-    AdamC adam               # Adam
-
-
-cdef void sgd_span(void* ctx, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    cdef Job* j = <Job*>ctx
-    if j.type_num == cnp.NPY_DOUBLE:
-        sgd_core((<double*>j.p) + a, (<const double*>j.g) + a, (<double*>j.s1) + a, b - a,
-                 j.lr, j.momentum, j.nesterov)
-    else:
-        sgd_core((<float*>j.p) + a, (<const float*>j.g) + a, (<float*>j.s1) + a, b - a,
-                 j.lr, j.momentum, j.nesterov)
-
-
-cdef void adam_span(void* ctx, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    cdef Job* j = <Job*>ctx
-    if j.type_num == cnp.NPY_DOUBLE:
-        adam_core((<double*>j.p) + a, (<const double*>j.g) + a, (<double*>j.s1) + a,
-                  (<double*>j.s2) + a, b - a, &j.adam)
-    else:
-        adam_core((<float*>j.p) + a, (<const float*>j.g) + a, (<float*>j.s1) + a,
-                  (<float*>j.s2) + a, b - a, &j.adam)
-
-
-cdef void run_jobs(span_fn fn, Job* jobs, Py_ssize_t n_jobs, int n_threads) noexcept nogil:
+cdef void run_jobs(int op, SkJob* jobs, Py_ssize_t n_jobs, int n_threads) noexcept nogil:
     cdef Py_ssize_t k
+    cdef sk_span_fn fn
     for k in range(n_jobs):
-        parallel_spans(fn, &jobs[k], jobs[k].n, n_threads)
+        fn = CORES.sgd[jobs[k].mode] if op == OP_SGD else CORES.adam[jobs[k].mode]
+        parallel_spans(<span_fn>fn, &jobs[k], jobs[k].n, n_threads)
+
+
+cdef int _run(int op, SkJob* jobs, Py_ssize_t n_jobs, Py_ssize_t total, int nt) except -1:
+    if CORES == NULL:
+        raise RuntimeError("fastlr._core.sklearn_kernels: no core loops set (import fastlr "
+                           "first)")
+    if total >= NOGIL_MIN_SIZE:
+        with nogil:
+            run_jobs(op, jobs, n_jobs, nt)
+    else:
+        run_jobs(op, jobs, n_jobs, nt)
+    return 0
 
 
 # =======================================================================================
-# Validation (adapted from fastlr._kernels: checks everything before any write; scalar
-# arguments: fastlr._core.args)
+# Validation, with messages (the single-array kernels, and the lists' slow path)
 # =======================================================================================
-cdef inline str _layout(cnp.ndarray a):
-    return layout_name(a)
+cdef inline bint _float_type(int t) noexcept:
+    return t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE
 
 
-cdef int _check(str fn, tuple names, tuple arrays, Job* job) except -1:
-    """Validate param (arrays[0]), grad (arrays[1]) and the state buffers (the rest) for an
-    in-place update and fill job's pointers, size and dtype. Raises before any write."""
-    cdef int k, i, n = len(arrays)
-    cdef cnp.ndarray p = None, a
+cdef inline bint _same_layout(cnp.ndarray a, cnp.ndarray ref) noexcept:
+    """``a`` is contiguous in ``ref``'s order (C when ``ref`` is C-contiguous, else F)."""
+    return (cnp.PyArray_IS_C_CONTIGUOUS(a) if cnp.PyArray_IS_C_CONTIGUOUS(ref)
+            else cnp.PyArray_IS_F_CONTIGUOUS(a))
+
+
+cdef int _mode(int p_type, int g_type, int s_type) noexcept:
+    """The loop for these dtypes (MODE_*), or -1 when the combination is not sklearn's."""
+    if p_type == g_type:
+        if s_type == p_type:
+            return MODE_F32 if p_type == cnp.NPY_FLOAT else MODE_F64
+        return -1
+    if p_type == cnp.NPY_FLOAT and g_type == cnp.NPY_DOUBLE:
+        if s_type == cnp.NPY_DOUBLE:
+            return MODE_MIX
+        if s_type == cnp.NPY_FLOAT:
+            return MODE_LIFT
+    return -1
+
+
+cdef int _check_array(str fn, str name, object obj, bint written) except -1:
+    """One array's own facts: an aligned, native-order float32/float64 ndarray; writeable
+    when ``written``."""
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, got "
+                        f"{type(obj).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>obj
+    if not _float_type(cnp.PyArray_TYPE(a)):
+        raise TypeError(f"{fn}: {name} must have dtype float32 or float64, got {a.dtype}")
+    if cnp.PyArray_ISBYTESWAPPED(a):
+        raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str})")
+    if not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{fn}: {name} is not aligned in memory")
+    if written and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is "
+                         f"updated in place")
+    return 0
+
+
+cdef int _check_fits(str fn, str name, cnp.ndarray a, str ref_name,
+                     cnp.ndarray ref) except -1:
+    """``a`` has ``ref``'s shape and contiguous layout; else a ValueError naming both."""
+    if not same_shape(a, ref):
+        raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but {ref_name} has "
+                         f"shape {(<object>ref).shape}; they must be equal")
+    if not _same_layout(a, ref):
+        raise ValueError(f"{fn}: {name} is {layout_name(a)} but {ref_name} is "
+                         f"{layout_name(ref)}; they must share one contiguous layout")
+    return 0
+
+
+cdef int _check_job(str fn, tuple names, tuple arrays, SkJob* job, bint lift_ok) except -1:
+    """Validate param (arrays[0]), grad (arrays[1]) and the state buffers (the rest, one
+    dtype) for an in-place update and fill job's pointers, size and mode. Raises before any
+    write. A float32 state with a float64 grad for a float32 param (MODE_LIFT) is accepted
+    only when ``lift_ok``; the caller then supplies the new float64 buffers."""
+    cdef Py_ssize_t k, i, n = len(arrays)
+    cdef cnp.ndarray p, g, a
     cdef char* lo[4]
     cdef char* hi[4]
-    cdef Py_ssize_t nbytes = 0
     for k in range(n):
-        obj = arrays[k]
-        name = names[k]
-        if not cnp.PyArray_Check(obj):
-            raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, got "
-                            f"{type(obj).__name__}")
-        a = <cnp.ndarray>obj
-        if k == 0:
-            p = a
-            job.type_num = cnp.PyArray_TYPE(a)
-            if job.type_num != cnp.NPY_FLOAT and job.type_num != cnp.NPY_DOUBLE:
-                raise TypeError(f"{fn}: {name} must have dtype float32 or float64, got "
-                                f"{a.dtype}")
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)):
-                raise ValueError(f"{fn}: {name} must be contiguous (C or F order), got strides "
-                                 f"{(<object>a).strides} for shape {(<object>a).shape}; an "
-                                 f"in-place update cannot be applied to a copy")
-            job.n = cnp.PyArray_SIZE(a)
-            nbytes = job.n * cnp.PyArray_ITEMSIZE(a)
-        else:
-            check_like(fn, name, a, names[0], p)
-        if cnp.PyArray_ISBYTESWAPPED(a):
-            raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str})")
-        if not cnp.PyArray_ISALIGNED(a):
-            raise ValueError(f"{fn}: {name} is not aligned in memory")
-        if k != 1 and not cnp.PyArray_ISWRITEABLE(a):
-            raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is "
-                             f"updated in place")
+        _check_array(fn, names[k], arrays[k], k != 1)
+    p = <cnp.ndarray>arrays[0]
+    g = <cnp.ndarray>arrays[1]
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(p) or cnp.PyArray_IS_F_CONTIGUOUS(p)):
+        raise ValueError(f"{fn}: {names[0]} must be contiguous (C or F order), got strides "
+                         f"{(<object>p).strides} for shape {(<object>p).shape}; an in-place "
+                         f"update cannot be applied to a copy")
+    cdef int p_type = cnp.PyArray_TYPE(p), g_type = cnp.PyArray_TYPE(g)
+    if g_type != p_type and not (p_type == cnp.NPY_FLOAT and g_type == cnp.NPY_DOUBLE):
+        raise TypeError(f"{fn}: {names[1]} has dtype {g.dtype} but {names[0]} has dtype "
+                        f"{p.dtype}; they must be equal (float32 or float64), or float64 "
+                        f"grads with float32 params (what sklearn's MLPRegressor passes for "
+                        f"float32 X)")
+    cdef int s_type = cnp.PyArray_TYPE(<cnp.ndarray>arrays[2])
+    for k in range(1, n):
+        a = <cnp.ndarray>arrays[k]
+        if k >= 2:
+            if cnp.PyArray_TYPE(a) != s_type:
+                raise TypeError(f"{fn}: {names[k]} has dtype {a.dtype} but {names[2]} has "
+                                f"dtype {arrays[2].dtype}; the state buffers share one dtype")
+            if _mode(p_type, g_type, s_type) < 0 or (
+                    not lift_ok and _mode(p_type, g_type, s_type) == MODE_LIFT):
+                if g_type == p_type:
+                    raise TypeError(f"{fn}: {names[k]} has dtype {a.dtype} but {names[0]} "
+                                    f"has dtype {p.dtype}; they must be equal (float32 or "
+                                    f"float64)")
+                raise TypeError(f"{fn}: {names[k]} has dtype {a.dtype}, but with a float64 "
+                                f"{names[1]} for a float32 {names[0]} the state is float64 "
+                                f"(sklearn's arithmetic promotes it)")
+        _check_fits(fn, names[k], a, names[0], p)
+    for k in range(n):
+        a = <cnp.ndarray>arrays[k]
         lo[k] = <char*>cnp.PyArray_DATA(a)
-        hi[k] = lo[k] + nbytes
-    if nbytes > 0:
+        hi[k] = lo[k] + cnp.PyArray_NBYTES(a)
+    if cnp.PyArray_SIZE(p) > 0:
         for k in range(n):
             for i in range(k + 1, n):
                 if lo[k] < hi[i] and lo[i] < hi[k]:
                     raise ValueError(f"{fn}: {names[k]} and {names[i]} overlap in memory; "
                                      f"every buffer of an update must be a separate array")
+    job.n = cnp.PyArray_SIZE(p)
+    job.mode = _mode(p_type, g_type, s_type)
     job.p = lo[0]
     job.g = lo[1]
     job.s1 = lo[2]
     job.s2 = lo[3] if n > 3 else NULL
+    job.s1_in = job.s1
+    job.s2_in = job.s2
     return 0
 
 
@@ -221,16 +234,8 @@ cdef int _adam_coef(str fn, AdamC* c, object step, object lr, object beta1, obje
     return 0
 
 
-cdef void _run(span_fn fn, Job* jobs, Py_ssize_t n_jobs, Py_ssize_t total, int nt):
-    if total >= NOGIL_MIN_SIZE:
-        with nogil:
-            run_jobs(fn, jobs, n_jobs, nt)
-    else:
-        run_jobs(fn, jobs, n_jobs, nt)
-
-
 # =======================================================================================
-# Python entry points
+# Python entry points: one array
 # =======================================================================================
 _SGD_NAMES = ("param", "grad", "velocity")
 _ADAM_NAMES = ("param", "grad", "m", "v")
@@ -246,18 +251,20 @@ def sgd_sklearn(param, grad, velocity, *, lr, momentum, nesterov, n_threads=None
 
     The learning rate sits inside the velocity (unlike torch). ``param`` and ``velocity``
     are updated in place, ``grad`` is only read; all three share dtype (float32 or float64),
-    shape and contiguous layout. ``lr >= 0`` and ``momentum`` in [0, 1] are finite.
+    shape and contiguous layout, except that a float32 ``param`` may take a float64 ``grad``
+    with a float64 ``velocity`` (sklearn's MLPRegressor on float32 data: the update is
+    float64 and param is rounded once). ``lr >= 0`` and ``momentum`` in [0, 1] are finite.
     Bit-identical to sklearn's NumPy expressions. ``n_threads=None`` uses
     :func:`fastlr.get_num_threads`. Returns None.
     """
     cdef str fn = "fastlr.kernels.sgd_sklearn"
-    cdef Job job
+    cdef SkJob job
     job.lr = checked_real(fn, "lr", lr, NONNEG)
     job.momentum = checked_real(fn, "momentum", momentum, CLOSED_UNIT)
     job.nesterov = flag_arg(fn, "nesterov", nesterov)
     cdef int nt = threads_arg(fn, n_threads)
-    _check(fn, _SGD_NAMES, (param, grad, velocity), &job)
-    _run(sgd_span, &job, 1, job.n, nt)
+    _check_job(fn, _SGD_NAMES, (param, grad, velocity), &job, False)
+    _run(OP_SGD, &job, 1, job.n, nt)
 
 
 def adam_sklearn(param, grad, m, v, *, step, lr, beta1, beta2, eps, n_threads=None):
@@ -273,103 +280,376 @@ def adam_sklearn(param, grad, m, v, *, step, lr, beta1, beta2, eps, n_threads=No
     number (sklearn's ``t`` after its increment); ``lr`` is the base learning rate
     (``learning_rate_init``). For float32 arrays the last line runs in float64 and param is
     rounded once, as NumPy >= 2 does with sklearn's float64 ``lr_t``. ``param``, ``m``, ``v``
-    are updated in place, ``grad`` is only read. Returns None.
+    are updated in place, ``grad`` is only read; they share dtype, shape and layout, except
+    that a float32 ``param`` may take a float64 ``grad`` with float64 ``m`` and ``v``
+    (sklearn's MLPRegressor on float32 data). Returns None.
     """
     cdef str fn = "fastlr.kernels.adam_sklearn"
-    cdef Job job
+    cdef SkJob job
     _adam_coef(fn, &job.adam, step, lr, beta1, beta2, eps)
     cdef int nt = threads_arg(fn, n_threads)
-    _check(fn, _ADAM_NAMES, (param, grad, m, v), &job)
-    _run(adam_span, &job, 1, job.n, nt)
+    _check_job(fn, _ADAM_NAMES, (param, grad, m, v), &job, False)
+    _run(OP_ADAM, &job, 1, job.n, nt)
 
 
-cdef object _lists(str fn, tuple names, tuple lists):
-    """Check that every argument is a list/tuple of one common length; return it."""
-    cdef Py_ssize_t n = -1
-    for name, obj in zip(names, lists):
-        if not isinstance(obj, (list, tuple)):
-            raise TypeError(f"{fn}: {name} must be a list of arrays, got {type(obj).__name__}")
-        if n < 0:
-            n = len(obj)
-        elif len(obj) != n:
-            raise ValueError(f"{fn}: {name} has {len(obj)} arrays but {names[0]} has {n}; "
-                             f"they must be aligned")
-    return n
+# =======================================================================================
+# Lists of arrays, one call per step (fastlr.compat.sklearn)
+# =======================================================================================
+ctypedef struct Span:
+    char* lo
+    char* hi
 
 
-cdef int _cross_overlap(str fn, tuple names, tuple lists, Py_ssize_t n) except -1:
-    """Across the aligned lists (the second one holds the grads, only read): no written
-    array may share memory with another array (params[0] is params[1], a grad that views
-    another param...). Sorted sweep: O(m log m) for m arrays."""
-    if n < 2:
+cdef int _span_cmp(const void* a, const void* b) noexcept nogil:
+    cdef char* x = (<const Span*>a).lo
+    cdef char* y = (<const Span*>b).lo
+    return -1 if x < y else (1 if x > y else 0)
+
+
+cdef inline bint _live_ok(cnp.ndarray a, SkJob* job, char* ptr, int type_num, cnp.ndarray p,
+                          bint c_order) noexcept:
+    """A cached written array still has the pointer, dtype, shape (param's), layout and
+    writeability it was validated with."""
+    cdef int flags = cnp.PyArray_FLAGS(a)
+    return (<char*>cnp.PyArray_DATA(a) == ptr and cnp.PyArray_TYPE(a) == type_num
+            and (flags & cnp.NPY_ARRAY_WRITEABLE) and (flags & cnp.NPY_ARRAY_ALIGNED)
+            and (flags & (cnp.NPY_ARRAY_C_CONTIGUOUS if c_order else
+                          cnp.NPY_ARRAY_F_CONTIGUOUS))
+            and cnp.PyArray_SIZE(a) == job.n and (a is p or same_shape(a, p)))
+
+
+cdef class ListStep:
+    """The validated update of aligned lists of arrays, for one optimizer (private).
+
+    ``sgd(params, grads, velocities, lr, momentum, nesterov, n_threads)`` and ``adam(params,
+    grads, ms, vs, step, lr, beta1, beta2, eps, n_threads)`` check everything before any
+    write, then update every array in one C call; ``adam`` returns sklearn's ``lr_t``.
+    ``fn`` names the caller in errors. See the module's design notes (e) for what is cached.
+    """
+    cdef readonly str fn
+    cdef tuple state_names
+    cdef int n_state
+    cdef list kept              # the written arrays validated: [params..., state0..., ...]
+    cdef Py_ssize_t n
+    cdef SkJob* jobs
+    cdef int* types             # the dtype number of each kept array
+    cdef Span* spans            # the written arrays' memory, sorted, pairwise disjoint
+    cdef Py_ssize_t n_spans
+
+    def __cinit__(self, str fn, tuple state_names):
+        self.fn = fn
+        self.state_names = state_names
+        self.n_state = len(state_names)
+        if not 1 <= self.n_state <= 2:
+            raise ValueError("ListStep: one or two state lists")
+        self.kept = None
+        self.n = 0
+        self.jobs = NULL
+        self.types = NULL
+        self.spans = NULL
+
+    def __dealloc__(self):
+        free(self.jobs)
+        free(self.types)
+        free(self.spans)
+
+    def __reduce__(self):
+        # a cache: a copy starts empty
+        return (ListStep, (self.fn, self.state_names))
+
+    # -- the per-step checks ------------------------------------------------------------
+    cdef Py_ssize_t _lists(self, object params, object grads, tuple states) except -1:
+        """Every argument a list/tuple, one common length; returns it."""
+        cdef Py_ssize_t n = -1, m
+        cdef int k
+        for k in range(2 + self.n_state):
+            obj = params if k == 0 else (grads if k == 1 else states[k - 2])
+            if not isinstance(obj, (list, tuple)):
+                raise TypeError(f"{self.fn}: {self._list_name(k)} must be a list of arrays, "
+                                f"got {type(obj).__name__}")
+            m = len(obj)
+            if n < 0:
+                n = m
+            elif m != n:
+                raise ValueError(f"{self.fn}: {self._list_name(k)} has {m} arrays but params "
+                                 f"has {n}; they must be aligned")
+        return n
+
+    cdef str _list_name(self, int k):
+        return "params" if k == 0 else ("grads" if k == 1 else self.state_names[k - 2])
+
+    cdef bint _cached(self, object params, tuple states, Py_ssize_t n):
+        """The same written arrays as validated last, all still as they were."""
+        cdef Py_ssize_t k
+        cdef int s
+        cdef SkJob* job
+        cdef cnp.ndarray p, a
+        cdef bint c_order
+        cdef list kept = self.kept
+        if kept is None or n != self.n:
+            return False
+        for k in range(n):
+            job = &self.jobs[k]
+            obj = params[k]
+            if obj is not kept[k]:
+                return False
+            p = <cnp.ndarray>obj
+            c_order = cnp.PyArray_IS_C_CONTIGUOUS(p)
+            if not _live_ok(p, job, job.p, self.types[k], p, c_order) or \
+                    cnp.PyArray_ISBYTESWAPPED(p):
+                return False
+            for s in range(self.n_state):
+                obj = (<object>states[s])[k]
+                if obj is not kept[(s + 1) * n + k]:
+                    return False
+                a = <cnp.ndarray>obj
+                if not _live_ok(a, job, job.s1 if s == 0 else job.s2,
+                                self.types[(s + 1) * n + k], p, c_order) or \
+                        cnp.PyArray_ISBYTESWAPPED(a):
+                    return False
+        return True
+
+    cdef int _build(self, object params, tuple states, Py_ssize_t n) except -1:
+        """Validate the written arrays (each one's facts, shapes and layouts against its
+        param, no two overlapping), with named errors, and cache them."""
+        cdef str fn = self.fn
+        cdef Py_ssize_t k, j
+        cdef int s
+        cdef cnp.ndarray p, a
+        self.kept = None
+        cdef SkJob* jobs = <SkJob*>malloc(max(n, 1) * sizeof(SkJob))
+        cdef Span* spans = <Span*>malloc(max(n, 1) * (1 + self.n_state) * sizeof(Span))
+        cdef int* types = <int*>malloc(max(n, 1) * (1 + self.n_state) * sizeof(int))
+        if jobs == NULL or spans == NULL or types == NULL:
+            free(jobs)
+            free(spans)
+            free(types)
+            raise MemoryError()
+        free(self.jobs)
+        free(self.spans)
+        free(self.types)
+        self.jobs, self.spans, self.types, self.n, self.n_spans = jobs, spans, types, 0, 0
+        kept = [None] * (n * (1 + self.n_state))
+        for k in range(n):
+            _check_array(fn, f"params[{k}]", params[k], True)
+            p = <cnp.ndarray>params[k]
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(p) or cnp.PyArray_IS_F_CONTIGUOUS(p)):
+                raise ValueError(f"{fn}: params[{k}] must be contiguous (C or F order), got "
+                                 f"strides {(<object>p).strides} for shape "
+                                 f"{(<object>p).shape}; it is updated in place")
+            kept[k] = p
+            for s in range(self.n_state):
+                name = f"{self.state_names[s]}[{k}]"
+                obj = (<object>states[s])[k]
+                _check_array(fn, name, obj, True)
+                a = <cnp.ndarray>obj
+                if s == 1 and cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(
+                        <cnp.ndarray>kept[n + k]):
+                    raise TypeError(f"{fn}: {name} has dtype {a.dtype} but "
+                                    f"{self.state_names[0]}[{k}] has dtype "
+                                    f"{kept[n + k].dtype}; the state buffers share one dtype")
+                if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(p) and not (
+                        cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT
+                        and cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE):
+                    raise TypeError(f"{fn}: {name} has dtype {a.dtype} but params[{k}] has "
+                                    f"dtype {p.dtype}; the state has the param's dtype, or "
+                                    f"float64 for a float32 param (after updates with "
+                                    f"float64 grads)")
+                _check_fits(fn, name, a, f"params[{k}]", p)
+                kept[(s + 1) * n + k] = a
+            jobs[k].n = cnp.PyArray_SIZE(p)
+            jobs[k].p = <char*>cnp.PyArray_DATA(p)
+            jobs[k].s1 = <char*>cnp.PyArray_DATA(<cnp.ndarray>kept[n + k])
+            jobs[k].s2 = (<char*>cnp.PyArray_DATA(<cnp.ndarray>kept[2 * n + k])
+                          if self.n_state == 2 else NULL)
+        # overlap among the written arrays: sort their spans, compare neighbours
+        cdef Py_ssize_t m = 0
+        for j in range(n * (1 + self.n_state)):
+            a = <cnp.ndarray>kept[j]
+            types[j] = cnp.PyArray_TYPE(a)
+            if cnp.PyArray_NBYTES(a):
+                spans[m].lo = <char*>cnp.PyArray_DATA(a)
+                spans[m].hi = spans[m].lo + cnp.PyArray_NBYTES(a)
+                m += 1
+        qsort(spans, m, sizeof(Span), _span_cmp)
+        for j in range(1, m):
+            if spans[j].lo < spans[j - 1].hi:
+                self._raise_overlap(kept, n, spans[j - 1].lo, spans[j].lo)
+        self.n = n
+        self.n_spans = m
+        self.kept = kept
         return 0
-    spans = []
-    for name, lst in zip(names, lists):
+
+    cdef int _raise_overlap(self, list kept, Py_ssize_t n, char* x, char* y) except -1:
+        """Name two written arrays that overlap (the ones starting at x and y)."""
+        names = []
+        for j in range(len(kept)):
+            a = <cnp.ndarray>kept[j]
+            if cnp.PyArray_NBYTES(a) and <char*>cnp.PyArray_DATA(a) in (x, y):
+                names.append(("params" if j < n else self.state_names[j // n - 1])
+                             + f"[{j % n}]")
+        if len(names) < 2:
+            names = names * 2
+        raise ValueError(f"{self.fn}: {names[0]} and {names[1]} overlap in memory; every "
+                         f"buffer of an update must be a separate array")
+
+    cdef bint _hits_written(self, char* lo, char* hi) noexcept:
+        """Whether [lo, hi) overlaps a written array (binary search over sorted spans)."""
+        cdef Py_ssize_t a = 0, b = self.n_spans, mid
+        if lo == hi:
+            return False
+        while a < b:                 # first span ending after lo
+            mid = (a + b) // 2
+            if self.spans[mid].hi <= lo:
+                a = mid + 1
+            else:
+                b = mid
+        return a < self.n_spans and self.spans[a].lo < hi
+
+    cdef int _grads(self, object grads, Py_ssize_t n, Py_ssize_t* total,
+                    bint* lift) except -1:
+        """Check every grad against its (validated) param and state; set each job's grad
+        pointer and mode. Errors name the grad."""
+        cdef Py_ssize_t k
+        cdef SkJob* job
+        cdef cnp.ndarray p, g
+        cdef int mode, p_type, g_type
+        cdef char* lo
+        total[0] = 0
+        lift[0] = False
         for k in range(n):
-            a = lst[k]
-            if a.nbytes:
-                spans.append((a.__array_interface__["data"][0], a.nbytes, f"{name}[{k}]",
-                              name != names[1]))
-    spans.sort()
-    reach_any = reach_written = None         # (end address, name) reaching furthest so far
-    for lo, nbytes, name, written in spans:
-        prev = reach_any if written else reach_written
-        if prev is not None and prev[0] > lo:
-            raise ValueError(f"{fn}: {prev[1]} and {name} overlap in memory; every buffer "
-                             f"of an update must be a separate array")
-        if reach_any is None or lo + nbytes > reach_any[0]:
-            reach_any = (lo + nbytes, name)
-        if written and (reach_written is None or lo + nbytes > reach_written[0]):
-            reach_written = (lo + nbytes, name)
-    return 0
+            job = &self.jobs[k]
+            p = <cnp.ndarray>self.kept[k]
+            obj = grads[k]
+            if cnp.PyArray_Check(obj):
+                g = <cnp.ndarray>obj
+                p_type = cnp.PyArray_TYPE(p)
+                g_type = cnp.PyArray_TYPE(g)
+                mode = _mode(p_type, g_type,
+                             cnp.PyArray_TYPE(<cnp.ndarray>self.kept[self.n + k]))
+                lo = <char*>cnp.PyArray_DATA(g)
+                if (mode >= 0 and (g is p or same_shape(g, p)) and _same_layout(g, p)
+                        and cnp.PyArray_ISALIGNED(g) and not cnp.PyArray_ISBYTESWAPPED(g)
+                        and not self._hits_written(lo, lo + cnp.PyArray_NBYTES(g))):
+                    job.g = lo
+                    job.mode = mode
+                    job.s1_in = job.s1
+                    job.s2_in = job.s2
+                    total[0] += job.n
+                    if mode == MODE_LIFT:
+                        lift[0] = True
+                    continue
+            self._grad_error(k, obj, p)
+        return 0
 
+    cdef int _grad_error(self, Py_ssize_t k, object obj, cnp.ndarray p) except -1:
+        """Raise the precise error for grads[k] (the fast check failed)."""
+        cdef str fn = self.fn
+        name = f"grads[{k}]"
+        _check_array(fn, name, obj, False)
+        cdef cnp.ndarray g = <cnp.ndarray>obj
+        cdef cnp.ndarray s = <cnp.ndarray>self.kept[self.n + k]
+        if _mode(cnp.PyArray_TYPE(p), cnp.PyArray_TYPE(g), cnp.PyArray_TYPE(s)) < 0:
+            if cnp.PyArray_TYPE(s) != cnp.PyArray_TYPE(p):
+                raise TypeError(f"{fn}: {name} has dtype {g.dtype} but "
+                                f"{self.state_names[0]}[{k}] is float64 (promoted by float64 "
+                                f"grads) while params[{k}] is float32; keep passing float64 "
+                                f"grads, or reset the state to float32")
+            raise TypeError(f"{fn}: {name} has dtype {g.dtype} but params[{k}] has dtype "
+                            f"{p.dtype}; they must be equal (float32 or float64), or float64 "
+                            f"grads with float32 params (what sklearn's MLPRegressor passes "
+                            f"for float32 X)")
+        _check_fits(fn, name, g, f"params[{k}]", p)
+        lo = <char*>cnp.PyArray_DATA(g)
+        hi = lo + cnp.PyArray_NBYTES(g)
+        for j in range(len(self.kept)):
+            a = <cnp.ndarray>self.kept[j]
+            if (cnp.PyArray_NBYTES(a) and <char*>cnp.PyArray_DATA(a) < hi
+                    and lo < <char*>cnp.PyArray_DATA(a) + cnp.PyArray_NBYTES(a)):
+                other = "params" if j < self.n else self.state_names[j // self.n - 1]
+                raise ValueError(f"{fn}: {other}[{j % self.n}] and {name} overlap in memory; "
+                                 f"every buffer of an update must be a separate array")
+        raise AssertionError(f"{fn}: {name} failed a check that has no message")  # pragma: no cover
 
-def _sgd_sklearn_list(params, grads, velocities, *, lr, momentum, nesterov, n_threads=None):
-    """:func:`sgd_sklearn` over aligned lists of arrays: every array is checked before any
-    is written, then all are updated in one call (fastlr.compat.sklearn.SGDOptimizer)."""
-    cdef str fn = "fastlr.compat.sklearn.SGDOptimizer.update_params"
-    cdef double lr_d = checked_real(fn, "learning_rate", lr, NONNEG)
-    cdef double mom = checked_real(fn, "momentum", momentum, CLOSED_UNIT)
-    cdef bint nest = flag_arg(fn, "nesterov", nesterov)
-    cdef int nt = threads_arg(fn, n_threads)
-    cdef Py_ssize_t k, total = 0, n = _lists(fn, ("params", "grads", "velocities"),
-                                             (params, grads, velocities))
-    cdef Job* jobs = <Job*>malloc(max(n, 1) * sizeof(Job))
-    if jobs == NULL:
-        raise MemoryError()
-    try:
+    cdef list _lift(self, tuple states, Py_ssize_t n):
+        """MODE_LIFT jobs: new float64 state buffers (the float32 ones are read); returns
+        [(state list, index, new array), ...] to store once the update has run."""
+        cdef Py_ssize_t k
+        cdef int s
+        cdef SkJob* job
+        cdef cnp.ndarray p, new
+        out = []
+        for s in range(self.n_state):
+            if not isinstance(states[s], list):
+                raise TypeError(f"{self.fn}: {self.state_names[s]} must be a list (its float32 "
+                                f"buffers are replaced by float64 ones at the first update "
+                                f"with float64 grads, as sklearn does), got "
+                                f"{type(states[s]).__name__}")
         for k in range(n):
-            _check(fn, (f"params[{k}]", f"grads[{k}]", f"velocities[{k}]"),
-                   (params[k], grads[k], velocities[k]), &jobs[k])
-            jobs[k].lr = lr_d
-            jobs[k].momentum = mom
-            jobs[k].nesterov = nest
-            total += jobs[k].n
-        _cross_overlap(fn, ("params", "grads", "velocities"), (params, grads, velocities), n)
-        _run(sgd_span, jobs, n, total, nt)
-    finally:
-        free(jobs)
+            job = &self.jobs[k]
+            if job.mode != MODE_LIFT:
+                continue
+            p = <cnp.ndarray>self.kept[k]
+            order = "C" if cnp.PyArray_IS_C_CONTIGUOUS(p) else "F"
+            for s in range(self.n_state):
+                new = <cnp.ndarray>np.empty((<object>p).shape, dtype=np.float64, order=order)
+                out.append((states[s], k, new))
+                if s == 0:
+                    job.s1 = <char*>cnp.PyArray_DATA(new)
+                else:
+                    job.s2 = <char*>cnp.PyArray_DATA(new)
+        return out
 
+    cdef Py_ssize_t _prepare(self, object params, tuple states, object grads) except -1:
+        """The lists' length, with the written arrays validated (cached or now)."""
+        cdef Py_ssize_t n = self._lists(params, grads, states)
+        if not self._cached(params, states, n):
+            self._build(params, states, n)
+        return n
 
-def _adam_sklearn_list(params, grads, ms, vs, *, step, lr, beta1, beta2, eps, n_threads=None):
-    """:func:`adam_sklearn` over aligned lists of arrays: every array is checked before any
-    is written, then all are updated in one call (fastlr.compat.sklearn.AdamOptimizer)."""
-    cdef str fn = "fastlr.compat.sklearn.AdamOptimizer.update_params"
-    cdef AdamC c
-    _adam_coef(fn, &c, step, lr, beta1, beta2, eps)
-    cdef int nt = threads_arg(fn, n_threads)
-    cdef Py_ssize_t k, total = 0, n = _lists(fn, ("params", "grads", "ms", "vs"),
-                                             (params, grads, ms, vs))
-    cdef Job* jobs = <Job*>malloc(max(n, 1) * sizeof(Job))
-    if jobs == NULL:
-        raise MemoryError()
-    try:
+    cdef int _finish(self, int op, object grads, tuple states, Py_ssize_t n,
+                     int nt) except -1:
+        """Check the grads, then update every array (the jobs' hyperparameters are set)."""
+        cdef Py_ssize_t total
+        cdef bint lift
+        self._grads(grads, n, &total, &lift)
+        if not lift:
+            _run(op, self.jobs, n, total, nt)
+            return 0
+        stores = self._lift(states, n)
+        _run(op, self.jobs, n, total, nt)
+        for lst, k, new in stores:
+            lst[k] = new
+        self.kept = None            # the state arrays changed: validate them next step
+        return 0
+
+    def sgd(self, params, grads, velocities, lr, momentum, nesterov, n_threads):
+        """One sklearn SGD update of every array (see sgd_sklearn)."""
+        cdef str fn = self.fn
+        cdef double lr_d = checked_real(fn, "learning_rate", lr, NONNEG)
+        cdef double mom = checked_real(fn, "momentum", momentum, CLOSED_UNIT)
+        cdef bint nest = flag_arg(fn, "nesterov", nesterov)
+        cdef int nt = threads_arg(fn, n_threads)
+        cdef Py_ssize_t k
+        cdef tuple states = (velocities,)
+        cdef Py_ssize_t n = self._prepare(params, states, grads)
         for k in range(n):
-            _check(fn, (f"params[{k}]", f"grads[{k}]", f"ms[{k}]", f"vs[{k}]"),
-                   (params[k], grads[k], ms[k], vs[k]), &jobs[k])
-            jobs[k].adam = c
-            total += jobs[k].n
-        _cross_overlap(fn, ("params", "grads", "ms", "vs"), (params, grads, ms, vs), n)
-        _run(adam_span, jobs, n, total, nt)
-    finally:
-        free(jobs)
+            self.jobs[k].lr = lr_d
+            self.jobs[k].momentum = mom
+            self.jobs[k].nesterov = nest
+        self._finish(OP_SGD, grads, states, n, nt)
+
+    def adam(self, params, grads, ms, vs, step, lr, beta1, beta2, eps, n_threads):
+        """One sklearn Adam update of every array (see adam_sklearn); returns lr_t, the
+        bias-corrected step size (a float)."""
+        cdef str fn = self.fn
+        cdef AdamC c
+        _adam_coef(fn, &c, step, lr, beta1, beta2, eps)
+        cdef int nt = threads_arg(fn, n_threads)
+        cdef Py_ssize_t k
+        cdef tuple states = (ms, vs)
+        cdef Py_ssize_t n = self._prepare(params, states, grads)
+        for k in range(n):
+            self.jobs[k].adam = c
+        self._finish(OP_ADAM, grads, states, n, nt)
+        return -c.neg_lr_t

@@ -15,10 +15,18 @@ The differences from sklearn's classes:
   (:mod:`fastlr._core.sklearn_kernels`), in place, with no temporaries; sklearn allocates a few
   arrays per parameter per step and rebinds ``velocities`` / ``ms`` / ``vs`` to them. Here
   these lists hold buffers allocated once (``np.zeros_like``) and updated in place; you may
-  replace a list (e.g. to copy state from sklearn's optimizer) before the next step;
+  replace a list or an array in it (e.g. to copy state from sklearn's optimizer) before the
+  next step;
+* mixed dtypes as sklearn's MLPRegressor produces them on float32 data (float32 weights,
+  float64 targets hence float64 grads): the state becomes float64 at the first such update
+  (the float32 buffers in the lists are replaced by float64 ones, as sklearn's arithmetic
+  does) and each float32 param is updated in float64 and rounded once, bit for bit as
+  sklearn. Other mixes (float64 params with float32 grads) are refused;
 * every array is checked (float32/float64, dtype, shape and layout equal to its state,
   contiguous, writeable, no overlap) before any is written: a bad step raises ``TypeError``
-  / ``ValueError`` naming the argument and leaves every buffer and ``t`` unchanged;
+  / ``ValueError`` naming the argument and leaves every buffer and ``t`` unchanged. The
+  params and state arrays are validated when first seen and remembered; later steps check
+  in compiled code that the same arrays come back unchanged, and check each grad;
 * constructor arguments are validated as ``MLPClassifier`` validates them;
 * a keyword-only ``n_threads`` (``None``: :func:`fastlr.get_num_threads`).
 
@@ -63,7 +71,7 @@ import numpy as np
 
 from fastlr._core.args import (CLOSED_UNIT, NONNEG, POSITIVE, UNIT, checked_real, choice_arg,
                                flag_arg, threads_arg)
-from fastlr._core.sklearn_kernels import _adam_sklearn_list, _sgd_sklearn_list
+from fastlr._core.sklearn_kernels import ListStep
 
 __all__ = ["SGDOptimizer", "AdamOptimizer", "patch_mlp"]
 
@@ -100,12 +108,26 @@ def _name(obj):
 class _BaseOptimizer:
     """Shared by both optimizers: sklearn's ``BaseOptimizer`` interface."""
 
+    _state_names = ()
+
     def __init__(self, learning_rate_init, n_threads):
         cls = _name(self)
         self.learning_rate_init = checked_real(cls, "learning_rate_init", learning_rate_init,
                                                POSITIVE)
         self.learning_rate = float(learning_rate_init)
         self.n_threads = _threads(cls, n_threads)
+        self._update = self._list_step()
+
+    @classmethod
+    def _list_step(cls):
+        """The compiled update of the lists (it caches the validated arrays)."""
+        return ListStep(f"fastlr.compat.sklearn.{cls.__name__}.update_params",
+                        cls._state_names)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_update" not in state:
+            self._update = self._list_step()
 
     def iteration_ends(self, time_step):
         """Called by the training loop at the end of each epoch; ``time_step`` is the number
@@ -141,11 +163,12 @@ class SGDOptimizer(_BaseOptimizer):
         self.power_t = checked_real(cls, "power_t", power_t, NONNEG)
         self.velocities = [np.zeros_like(p) for p in _params(cls, params)]
 
+    _state_names = ("velocities",)
+
     def update_params(self, params, grads):
         """Update ``params`` in place with ``grads`` (lists aligned with ``velocities``)."""
-        _sgd_sklearn_list(params, grads, self.velocities, lr=self.learning_rate,
-                          momentum=self.momentum, nesterov=self.nesterov,
-                          n_threads=self.n_threads)
+        self._update.sgd(params, grads, self.velocities, self.learning_rate, self.momentum,
+                         self.nesterov, self.n_threads)
 
     def iteration_ends(self, time_step):
         """'invscaling': ``learning_rate = learning_rate_init / (time_step + 1) ** power_t``."""
@@ -188,6 +211,8 @@ class AdamOptimizer(_BaseOptimizer):
     sklearn. See the module docstring for the rules.
     """
 
+    _state_names = ("ms", "vs")
+
     def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-8, *, n_threads=None):
         cls = _name(self)
@@ -204,14 +229,12 @@ class AdamOptimizer(_BaseOptimizer):
         """Update ``params`` in place with ``grads`` (lists aligned with ``ms`` / ``vs``);
         ``t`` and ``learning_rate`` advance only when the update happened."""
         t = self.t + 1
-        _adam_sklearn_list(params, grads, self.ms, self.vs, step=t,
-                           lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
-                           eps=self.epsilon, n_threads=self.n_threads)
+        lr_t = self._update.adam(params, grads, self.ms, self.vs, t, self.learning_rate_init,
+                                 self.beta_1, self.beta_2, self.epsilon, self.n_threads)
         self.t = t
-        # sklearn's expression, so the value (a float64 scalar) is the same bits
-        self.learning_rate = (
-            self.learning_rate_init * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
-        )
+        # sklearn's `learning_rate_init * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)`, computed
+        # in C with the same operations in the same order: the same float64
+        self.learning_rate = np.float64(lr_t)
 
     def __repr__(self):
         return (f"AdamOptimizer(<{len(self.ms)} params>, learning_rate_init="

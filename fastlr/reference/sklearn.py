@@ -14,7 +14,9 @@ everything runs in the arrays' dtype, except Adam's ``lr_t``, which sklearn comp
 ``np.sqrt`` and so is a float64 NumPy scalar. Under NumPy >= 2 (NEP 50) that scalar makes
 sklearn's ``-lr_t * m / (sqrt(v) + eps)`` a float64 array, and ``param += update`` adds in
 float64 and rounds to float32 once. The twin spells those casts out, so it gives those
-numbers under any NumPy version.
+numbers under any NumPy version. A float32 ``param`` with a float64 ``grad`` and float64
+state (sklearn's MLPRegressor on float32 data) follows NumPy's promotion the same way: the
+update is float64 and ``param[...] =`` rounds it once.
 """
 
 import numpy as np

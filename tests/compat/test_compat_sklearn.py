@@ -491,3 +491,272 @@ def test_bad_update_changes_nothing(cls):
             opt.update_params(params, good)
     with pytest.raises(ValueError, match="time_step"):
         opt.iteration_ends(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# (d) mixed dtypes: float32 params with float64 grads (MLPRegressor on float32 X)
+# ---------------------------------------------------------------------------------------
+def run_mixed(mod, shape, order, n_threads):
+    """float32 param, float64 grad and state: the update runs in float64, param rounds
+    once."""
+    param, _, _ = arrays(shape, order, np.float32, 4, 0)
+    _, _, (vel, m, v) = arrays(shape, order, np.float64, 5, 3)
+    for k in range(4):
+        _, grad, _ = arrays(shape, order, np.float64, 300 + k, 0)
+        mod.sgd_sklearn(param, grad, vel, lr=0.05, momentum=0.9, nesterov=k % 2 == 0,
+                        n_threads=n_threads)
+        mod.adam_sklearn(param, grad, m, v, step=k + 1, lr=1e-2, beta1=0.9, beta2=0.999,
+                         eps=1e-8, n_threads=n_threads)
+    return param, vel, m, v
+
+
+@pytest.mark.parametrize("shape,order", SHAPES)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_mixed_kernels_match_reference(shape, order, n_threads):
+    got = run_mixed(K, shape, order, n_threads)
+    want = run_mixed(ref, shape, order, n_threads)
+    for g, w, dtype in zip(got, want, [np.float32, np.float64, np.float64, np.float64]):
+        assert g.dtype == dtype
+        np.testing.assert_array_equal(g, w)
+    if got[0].size:
+        assert np.any(got[0] != arrays(shape, order, np.float32, 4, 0)[0])
+
+
+def test_single_array_kernels_refuse_float32_state_with_float64_grad():
+    p = np.zeros(5, np.float32)
+    g = np.ones(5)
+    with pytest.raises(TypeError, match=r"sgd_sklearn: velocity has dtype float32, but with a "
+                                        r"float64 grad for a float32 param the state is "
+                                        r"float64"):
+        K.sgd_sklearn(p, g, np.zeros(5, np.float32), lr=0.1, momentum=0.9, nesterov=True)
+    with pytest.raises(TypeError, match=r"adam_sklearn: grad has dtype float32 but param has "
+                                        r"dtype float64"):
+        K.adam_sklearn(np.zeros(5), g.astype(np.float32), np.zeros(5), np.zeros(5), step=1,
+                       lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)
+    with pytest.raises(TypeError, match=r"adam_sklearn: v has dtype float32 but m has dtype "
+                                        r"float64"):
+        K.adam_sklearn(p, g, np.zeros(5), np.zeros(5, np.float32), step=1, lr=1e-3,
+                       beta1=0.9, beta2=0.999, eps=1e-8)
+    assert not p.any()
+
+
+def drive_mixed(fast, slow, fast_params, slow_params, steps=25):
+    """Step both with float64 grads for float32 params; compare everything bit for bit."""
+    names = ("ms", "vs") if hasattr(slow, "ms") else ("velocities",)
+    for step in range(1, steps + 1):
+        rng = np.random.default_rng(2000 + step)
+        grads = [np.asarray(rng.standard_normal(p.shape) * 0.1, order="F" if
+                            p.flags.f_contiguous and not p.flags.c_contiguous else "C")
+                 for p in fast_params]
+        fast.update_params(fast_params, grads)
+        slow.update_params(slow_params, [g.copy() for g in grads])
+        for k, (a, b) in enumerate(zip(fast_params, slow_params)):
+            assert a.dtype == b.dtype == np.float32
+            np.testing.assert_array_equal(a, b, err_msg=f"step {step} params[{k}]")
+        for name in names:
+            for k, (a, b) in enumerate(zip(getattr(fast, name), getattr(slow, name))):
+                assert a.dtype == b.dtype == np.float64, (step, name, k)
+                np.testing.assert_array_equal(a, b, err_msg=f"step {step} {name}[{k}]")
+        assert fast.learning_rate == slow.learning_rate
+        if step % 5 == 0:
+            fast.iteration_ends(step * 32)
+            slow.iteration_ends(step * 32)
+
+
+@pytest.mark.parametrize("opt", ["sgd-nesterov", "sgd", "adam"])
+def test_mixed_optimizer_matches_sklearn(opt):
+    # from a nonzero float32 state: the first update's float32 products (momentum *
+    # velocity, beta_1 * m) must be sklearn's too, not just the later float64 ones
+    sk = _sk_optim()
+    if not NUMPY2:
+        pytest.skip("the float32 parity needs NumPy >= 2 (NEP 50)")
+    fast_params, slow_params = mlp_params(np.float32), mlp_params(np.float32)
+    if opt == "adam":
+        kw = dict(learning_rate_init=0.01, beta_1=0.8, beta_2=0.99)
+        fast, slow = compat.AdamOptimizer(fast_params, **kw), sk.AdamOptimizer(slow_params, **kw)
+        names = ("ms", "vs")
+    else:
+        kw = dict(learning_rate_init=0.05, lr_schedule="invscaling", momentum=0.7,
+                  nesterov=opt == "sgd-nesterov")
+        fast, slow = compat.SGDOptimizer(fast_params, **kw), sk.SGDOptimizer(slow_params, **kw)
+        names = ("velocities",)
+    for i, name in enumerate(names):
+        for a, b in zip(getattr(fast, name), getattr(slow, name)):
+            a[...] = b[...] = np.abs(np.sin(np.arange(a.size) + i)).reshape(a.shape) / 3
+    float32_buffers = [id(a) for name in names for a in getattr(fast, name)]
+    drive_mixed(fast, slow, fast_params, slow_params)
+    # promoted once, as sklearn does: new float64 buffers, then updated in place
+    now = [a for name in names for a in getattr(fast, name)]
+    assert not set(map(id, now)) & set(float32_buffers)
+    drive_mixed(fast, slow, fast_params, slow_params, steps=3)
+    assert [id(a) for name in names for a in getattr(fast, name)] == list(map(id, now))
+
+
+def test_mixed_state_then_float32_grads_is_refused():
+    params = [np.zeros(4, np.float32)]
+    opt = compat.SGDOptimizer(params)
+    opt.update_params(params, [np.ones(4)])
+    assert opt.velocities[0].dtype == np.float64
+    before = params[0].copy()
+    with pytest.raises(TypeError, match=r"grads\[0\] has dtype float32 but velocities\[0\] is "
+                                        r"float64"):
+        opt.update_params(params, [np.ones(4, np.float32)])
+    np.testing.assert_array_equal(params[0], before)
+    with pytest.raises(TypeError, match=r"grads\[0\] has dtype float32 but params\[0\] has "
+                                        r"dtype float64"):
+        p64 = [np.zeros(3)]
+        compat.AdamOptimizer(p64).update_params(p64, [np.ones(3, np.float32)])
+
+
+def test_mixed_promotion_needs_a_list():
+    params = [np.zeros(4, np.float32)]
+    opt = compat.AdamOptimizer(params)
+    opt.ms = tuple(opt.ms)
+    with pytest.raises(TypeError, match=r"update_params: ms must be a list"):
+        opt.update_params(params, [np.ones(4)])
+    assert opt.t == 0 and not params[0].any()
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+@pytest.mark.parametrize("target", ["float64", "int"])
+def test_patch_mlp_regressor_float32_is_sklearn_s_model(solver, target):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    if not NUMPY2:
+        pytest.skip("the float32 parity needs NumPy >= 2 (NEP 50)")
+    import warnings
+
+    from sklearn.neural_network import MLPRegressor
+
+    rng = np.random.default_rng(1)
+    X = rng.random((60, 3)).astype(np.float32)
+    y = X.sum(1).astype(np.float64) if target == "float64" else (3 * X.sum(1)).astype(int)
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return MLPRegressor(hidden_layer_sizes=(8,), solver=solver, max_iter=25, random_state=0,
+                                batch_size=16).fit(X, y)
+
+    want = fit()
+    with compat.patch_mlp():
+        got = fit()
+    assert isinstance(got._optimizer, (compat.SGDOptimizer, compat.AdamOptimizer))
+    state = got._optimizer.ms if solver == "adam" else got._optimizer.velocities
+    assert state[0].dtype == np.float64                 # the mixed path ran
+    assert got.loss_curve_ == want.loss_curve_
+    for a, b in zip(got.coefs_ + got.intercepts_, want.coefs_ + want.intercepts_):
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got.predict(X), want.predict(X))
+
+
+# ---------------------------------------------------------------------------------------
+# (e) the list update's cache: what it remembers never hides a change
+# ---------------------------------------------------------------------------------------
+def _adam_pair(dtype=np.float64):
+    params = mlp_params(dtype)
+    return params, compat.AdamOptimizer(params, learning_rate_init=0.01)
+
+
+def test_replaced_state_and_params_are_used():
+    sk = _sk_optim()
+    params, opt = _adam_pair()
+    slow_params = mlp_params(np.float64)
+    slow = sk.AdamOptimizer(slow_params, learning_rate_init=0.01)
+    for step in range(1, 8):
+        grads = mlp_grads(params, step)
+        if step == 3:       # new state arrays (in the param's layout), by item and by list
+            def like(p, a):
+                return np.array(a, order="F" if not p.flags.c_contiguous else "C")
+            opt.ms[1] = like(params[1], slow.ms[1])
+            opt.vs = [like(p, v) for p, v in zip(params, slow.vs)]
+        if step == 5:       # new param arrays (same values)
+            params = [p.copy(order="K") for p in params]
+        opt.update_params(params, grads)
+        slow.update_params(slow_params, [g.copy() for g in grads])
+        for a, b in zip(params + opt.ms + opt.vs, slow_params + slow.ms + slow.vs):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_changes_to_remembered_arrays_are_seen():
+    params, opt = _adam_pair()
+    opt.update_params(params, mlp_grads(params, 1))
+    grads = mlp_grads(params, 2)
+    before = [p.copy() for p in params]
+    params[2].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[2\] is read-only"):
+        opt.update_params(params, grads)
+    params[2].flags.writeable = True
+    opt.vs[3].shape = (1, 3)                   # (3,) reshaped in place
+    with pytest.raises(ValueError, match=r"vs\[3\] has shape \(1, 3\) but params\[3\] has "
+                                         r"shape \(3,\)"):
+        opt.update_params(params, grads)
+    opt.vs[3].shape = (3,)
+    opt.ms[0].dtype = np.int64                 # reinterpreted in place
+    with pytest.raises(TypeError, match=r"ms\[0\] must have dtype float32 or float64"):
+        opt.update_params(params, grads)
+    opt.ms[0].dtype = np.float64
+    params[1].shape = (3, 16)                  # (16, 3) reshaped: the grad no longer fits
+    with pytest.raises(ValueError, match=r"params\[1\] has shape \(3, 16\)|"
+                                         r"grads\[1\] has shape \(16, 3\)"):
+        opt.update_params(params, grads)
+    params[1].shape = (16, 3)
+    for a, b in zip(params, before):
+        np.testing.assert_array_equal(a, b)
+    assert opt.t == 1
+    opt.update_params(params, grads)           # all restored: it steps again
+    assert opt.t == 2 and not np.array_equal(params[0], before[0])
+
+
+def test_list_update_refuses_overlaps():
+    params, opt = _adam_pair()
+    grads = mlp_grads(params, 1)
+    bad = list(grads)
+    bad[3] = params[0].reshape(-1)[:3]          # a grad reading a param's memory
+    with pytest.raises(ValueError, match=r"params\[0\] and grads\[3\] overlap"):
+        opt.update_params(params, bad)
+    with pytest.raises(ValueError, match=r"overlap"):
+        opt.update_params(params[:3] + [params[2][:3]] + params[4:], grads)  # param in param
+    vs4 = opt.vs[4]
+    opt.vs[4] = opt.ms[4]
+    with pytest.raises(ValueError, match=r"ms\[4\] and vs\[4\] overlap"):
+        opt.update_params(params, grads)
+    assert opt.t == 0 and not any(m.any() for m in opt.ms)
+    opt.vs[4] = vs4
+    shared = grads[:2] + [grads[0].reshape(-1)[:16]] + grads[3:]   # grads may share memory
+    opt.update_params(params, shared)
+    assert opt.t == 1
+
+
+def test_pickled_optimizer_keeps_stepping():
+    import pickle
+
+    params, opt = _adam_pair(np.float32)
+    opt.update_params(params, [g.astype(np.float64) for g in mlp_grads(params, 1)])
+    clone = pickle.loads(pickle.dumps(opt))
+    params2 = [p.copy(order="K") for p in params]
+    grads = [g.astype(np.float64) for g in mlp_grads(params, 2)]
+    opt.update_params(params, grads)
+    clone.update_params(params2, grads)
+    for a, b in zip(params + opt.ms, params2 + clone.ms):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_every_cpu_variant_gives_the_same_bits():
+    from fastlr import _kernels
+    from fastlr._core import dispatch
+
+    before = _kernels.cpu_target()
+    results = {}
+    try:
+        for target in dispatch.available():
+            _kernels._set_cores(target)
+            out = []
+            for dtype in (np.float32, np.float64):
+                out += run_adam(K, (1000,), "C", dtype, 1) + run_sgd(K, (1000,), "C", dtype,
+                                                                     True, 1)
+            out += run_mixed(K, (37, 29), "F", 1)
+            results[target] = b"".join(a.tobytes() for a in out)
+    finally:
+        _kernels._set_cores(before)
+    assert len(set(results.values())) == 1, list(results)
