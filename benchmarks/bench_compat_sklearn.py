@@ -1,7 +1,11 @@
-"""fastlr.compat.sklearn.AdamOptimizer against scikit-learn's own AdamOptimizer.
+"""fastlr.compat.sklearn's optimizers against scikit-learn's own.
 
-One ``update_params`` call on one array of 64K (L2) or 1M (LLC-ish) elements, float32 and
-float64. fastlr runs 1 thread (``n_threads=1``; sklearn's NumPy expressions are serial) and 2
+``TimeMLPUpdateParams`` / ``TrackMLPSpeedupVsSklearn``: one ``update_params`` over a
+64-128-10 MLP's four arrays (what MLPClassifier hands its optimizer per batch; per-call
+overhead shows), Adam and SGD, float64, float32 and mixed (float32 weights, float64 grads).
+
+``TimeAdamUpdateParams`` / ``TrackAdamSpeedupVsSklearn``: one Adam ``update_params`` call on
+one array of 64K (L2) or 1M (LLC-ish) elements, float32 and float64. fastlr runs 1 thread (``n_threads=1``; sklearn's NumPy expressions are serial) and 2
 threads (``fastlr-2t``). Both start from the same realistic state (``common.adam_data``,
 ``t = STEP - 1``). sklearn allocates a few temporaries per step and rebinds ``ms``/``vs``;
 fastlr updates its buffers in place. Cases that need sklearn are skipped
@@ -44,6 +48,18 @@ def _stepper(impl, n, dtype):
     return step
 
 
+def _speedup(samplers):
+    """sklearn time / fastlr time: best of up to 7 interleaved samples each (at least 3)."""
+    best = {k: float("inf") for k in samplers}
+    start = time.perf_counter()
+    for i in range(7):
+        if i >= 3 and time.perf_counter() - start > 4.0:
+            break
+        for k, sample in samplers.items():
+            best[k] = min(best[k], sample())
+    return round(best["sklearn"] / best["fastlr"], 2)
+
+
 class TimeAdamUpdateParams:
     """Seconds per AdamOptimizer.update_params over one array."""
 
@@ -74,11 +90,78 @@ class TrackAdamSpeedupVsSklearn:
                          for impl in ("sklearn", "fastlr")}
 
     def track_speedup(self, n, dtype):
-        best = {k: float("inf") for k in self.samplers}
-        start = time.perf_counter()
-        for i in range(7):
-            if i >= 3 and time.perf_counter() - start > 4.0:
-                break
-            for k, sample in self.samplers.items():
-                best[k] = min(best[k], sample())
-        return round(best["sklearn"] / best["fastlr"], 2)
+        return _speedup(self.samplers)
+
+
+# ---------------------------------------------------------------------------------------
+# MLP-shaped lists: what MLPClassifier / MLPRegressor hand their optimizer every batch
+# ---------------------------------------------------------------------------------------
+#: coefs_ + intercepts_ of a 64-128-10 MLP (64x128, 128x10, 128, 10: 9,738 params)
+MLP_SHAPES = [(64, 128), (128, 10), (128,), (10,)]
+#: param dtype / grad dtype: "mixed" is float32 weights with float64 grads (MLPRegressor on
+#: float32 X keeps float64 targets; the state becomes float64 after the first update)
+MLP_DTYPES = {"float64": ("float64", "float64"), "float32": ("float32", "float32"),
+              "mixed": ("float32", "float64")}
+MLP_OPTIMIZERS = ["adam", "sgd"]
+SEED_MLP = 20261202
+
+
+def _mlp_stepper(impl, optimizer, dtypes):
+    """A zero-argument callable doing one ``update_params`` over the MLP's four arrays."""
+    import numpy as np
+
+    p_dtype, g_dtype = MLP_DTYPES[dtypes]
+    rng = np.random.default_rng(SEED_MLP)
+    params = [rng.standard_normal(s).astype(p_dtype) for s in MLP_SHAPES]
+    grads = [(1e-2 * rng.standard_normal(s)).astype(g_dtype) for s in MLP_SHAPES]
+    name = {"adam": "AdamOptimizer", "sgd": "SGDOptimizer"}[optimizer]
+    if impl == "fastlr":
+        import fastlr.compat.sklearn as mod
+
+        opt = getattr(mod, name)(params, n_threads=1)
+    else:
+        try:
+            from sklearn.neural_network import _stochastic_optimizers as mod
+        except ImportError:
+            raise NotImplementedError("scikit-learn is not installed") from None
+        opt = getattr(mod, name)(params)
+
+    def step():
+        opt.update_params(params, grads)
+
+    for _ in range(3):      # warm up; state promoted to float64 in the mixed case
+        step()
+    return step
+
+
+class TimeMLPUpdateParams:
+    """Seconds per update_params over a 64-128-10 MLP's four arrays, 1 thread."""
+
+    params = [["fastlr", "sklearn"], MLP_OPTIMIZERS, list(MLP_DTYPES)]
+    param_names = ["impl", "optimizer", "dtypes"]
+    timeout = 120
+
+    def setup(self, impl, optimizer, dtypes):
+        steady_state_malloc()
+        self.step = _mlp_stepper(impl, optimizer, dtypes)
+
+    def time_update_params(self, impl, optimizer, dtypes):
+        self.step()
+
+
+class TrackMLPSpeedupVsSklearn:
+    """sklearn time / fastlr time (1 thread) per update_params over a 64-128-10 MLP's
+    arrays, interleaved in one process, best of up to 7 samples each (issue target: >= 3)."""
+
+    params = [MLP_OPTIMIZERS, list(MLP_DTYPES)]
+    param_names = ["optimizer", "dtypes"]
+    unit = "x"
+    timeout = 120
+
+    def setup(self, optimizer, dtypes):
+        steady_state_malloc()
+        self.samplers = {impl: per_call_time(_mlp_stepper(impl, optimizer, dtypes))[1]
+                         for impl in ("sklearn", "fastlr")}
+
+    def track_speedup(self, optimizer, dtypes):
+        return _speedup(self.samplers)
