@@ -39,7 +39,8 @@ before any tensor is written, after validating every parameter of every group): 
 on the CPU, dtypes other than float32/float64 (float16, bfloat16, complex, integers), sparse
 gradients, non-contiguous parameters or gradients (C or F order is fine; gradient and state
 must share the parameter's layout), gradients whose dtype or shape differ from the
-parameter's, out-of-range hyperparameters set in ``param_groups`` after construction, and
+parameter's, state buffers sharing memory with the parameter, its gradient or one another,
+out-of-range hyperparameters set in ``param_groups`` after construction, and
 ``foreach=True``, ``fused=True``, ``capturable=True``, ``differentiable=True`` (refused at
 construction and in ``add_param_group``).
 """
