@@ -865,7 +865,8 @@ def test_compiled_step_threads_and_large_tensors():
 def _stepped_c(cls_name):
     """C-contiguous params in two groups, stepped until the compiled step runs."""
     ps = [torch.nn.Parameter(t) for t in _c_params(torch.float32, 3)]
-    opt = getattr(ft, cls_name)([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.001}])
+    opt = getattr(ft, cls_name)([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.001}],
+                                **ERROR_KW[cls_name])
     for t in range(2):
         for p in ps:
             p.grad = torch.randn_like(p)
@@ -974,6 +975,25 @@ def test_compiled_step_leaves_bad_state_to_the_python_paths_errors(case):
     assert torch_step.fast_steps() == before
     for q, q0 in snap:
         assert torch.equal(q.detach(), q0)
+
+
+@pytest.mark.parametrize("kind", BAD_PARAMS)
+@pytest.mark.parametrize("cls_name", ["SGD", "Adam", "NAdam"])
+def test_compiled_step_declines_refused_params(cls_name, kind):
+    """With every other tensor on the compiled step's path, a refused parameter still gets
+    the Python path's error and nothing is written."""
+    ps, opt = _stepped_c(cls_name)
+    bad, exc, msg = _bad_param(kind)
+    opt.add_param_group({"params": [bad]})
+    snap = _snapshot(opt)
+    before = torch_step.fast_steps()
+    with pytest.raises(exc, match=msg) as info:
+        opt.step()
+    assert "parameter 4 (param_groups[2]['params'][0])" in str(info.value)
+    assert torch_step.fast_steps() == before
+    _assert_unchanged(opt, snap)
+    bad.grad = None
+    assert _fast_taken(opt)
 
 
 def test_compiled_step_declines_a_bad_group_and_the_error_is_the_python_paths():
