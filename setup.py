@@ -61,6 +61,8 @@ MODULES = [
     ("fastlr._core.sklearn_kernels", ["fastlr/_core/sklearn_kernels.pyx"]),
     ("fastlr._core.ema", ["fastlr/_core/ema.pyx"]),
     ("fastlr._core.args", ["fastlr/_core/args.pyx"]),
+    # fastlr.compat.torch's step: every tensor of a torch optimizer in one call
+    ("fastlr._core.torch_step", ["fastlr/_core/torch_step.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

@@ -1,26 +1,48 @@
 """The PyTorch bridge: one ``step()`` of ``fastlr.compat.torch.Adam`` against torch.optim.Adam
 (and, in ``TimeBridgeStep``, of every bridged class against torch's for-loop).
 
-Float32 Adam over 10 parameter tensors of about n/10 elements each (n = 64K: per-tensor
-overhead shows; n = 16M: memory bound), 1 thread (``n_threads=1``,
+Float32 Adam over the parameter tensors of a size: 10 tensors of about n/10 elements each
+(n = 64K: per-tensor overhead shows; n = 16M: memory bound) or ResNet-18's 62 parameter
+shapes (11.7M elements, hard-coded below: no torchvision needed), 1 thread (``n_threads=1``,
 ``torch.set_num_threads(1)``). impl: ``fastlr-bridge`` (``fastlr.compat.torch.Adam``, a
-torch optimizer whose step runs fastlr's kernel on NumPy views of the tensors),
+torch optimizer whose step runs fastlr's kernels over every tensor in one compiled call),
 ``torch-fused`` (``torch.optim.Adam(fused=True)``) and ``torch-forloop`` (torch's default
 on CPU tensors: the single-tensor for-loop, ``foreach=False``). Every benchmark is skipped
 (``NotImplementedError`` in ``setup``) when torch is not installed.
 
 As in bench_kernels.py, ``setup`` (re-run by asv before every sample) builds the tensors
 once per process and steps the same optimizer afterwards: Adam at a steady state.
-``TrackBridgeSpeedup`` times the three interleaved in one process and reports the ratios,
-which hold up on a noisy machine better than absolute timings.
+``TrackBridgeSpeedup`` times the bridge and torch interleaved in one process and reports
+the ratio (torch time / bridge time, for Adam and AdamW), which holds up on a noisy machine
+better than absolute timings.
 """
 
 import time
 
 from .common import per_call_time, steady_state_malloc
 
-SIZES = {"64K": 65536, "16M": 16777216}
+def _resnet18_shapes():
+    """torchvision's resnet18 (1000 classes) parameter shapes, in model order: conv1 and bn1,
+    four stages of two BasicBlocks (conv 3x3 + bn, twice; a 1x1 conv + bn downsample in the
+    first block of stages 2-4), fc. 62 tensors, 11,689,512 elements."""
+    shapes = [(64, 3, 7, 7), (64,), (64,)]
+    c_in = 64
+    for c_out, down in ((64, False), (128, True), (256, True), (512, True)):
+        for block in range(2):
+            first = c_in if block == 0 else c_out
+            shapes += [(c_out, first, 3, 3), (c_out,), (c_out,),
+                       (c_out, c_out, 3, 3), (c_out,), (c_out,)]
+            if down and block == 0:
+                shapes += [(c_out, first, 1, 1), (c_out,), (c_out,)]
+        c_in = c_out
+    return shapes + [(1000, 512), (1000,)]
+
+
+RESNET18 = _resnet18_shapes()
+#: size name -> the parameter shapes
+SIZES = {"64K": 65536, "resnet18": RESNET18, "16M": 16777216}
 N_TENSORS = 10
+OPTIMIZERS = ["Adam", "AdamW"]
 IMPLS = ["fastlr-bridge", "torch-fused", "torch-forloop"]
 
 _CACHE = {}
@@ -34,35 +56,39 @@ def _import_torch():
     return torch
 
 
-def _tensors(torch, n):
-    """10 float32 parameters (with grads) of n elements in all, seeded."""
-    base, extra = divmod(n, N_TENSORS)
+def _tensors(torch, size):
+    """float32 parameters (with grads), seeded: 10 of n elements in all for an int size, else
+    one per shape of the list."""
+    if isinstance(size, int):
+        base, extra = divmod(size, N_TENSORS)
+        shapes = [(base + (k < extra),) for k in range(N_TENSORS)]
+    else:
+        shapes = size
     g = torch.Generator().manual_seed(20240611)
     params = []
-    for k in range(N_TENSORS):
-        size = base + (k < extra)
-        p = torch.nn.Parameter(torch.randn(size, generator=g))
-        p.grad = 1e-2 * torch.randn(size, generator=g)
+    for shape in shapes:
+        p = torch.nn.Parameter(torch.randn(shape, generator=g))
+        p.grad = 1e-2 * torch.randn(shape, generator=g)
         params.append(p)
     return params
 
 
-def step_fn(impl, size):
+def step_fn(impl, size, optimizer="Adam"):
     """A zero-argument callable doing one optimizer step (cached for the process)."""
-    key = (impl, size)
+    key = (impl, size, optimizer)
     if key in _CACHE:
         return _CACHE[key]
     torch = _import_torch()
     torch.set_num_threads(1)
     params = _tensors(torch, SIZES[size])
     if impl == "fastlr-bridge":
-        from fastlr.compat.torch import Adam
+        import fastlr.compat.torch as ft
 
-        opt = Adam(params, lr=1e-3, n_threads=1)
+        opt = getattr(ft, optimizer)(params, lr=1e-3, n_threads=1)
     elif impl == "torch-fused":
-        opt = torch.optim.Adam(params, lr=1e-3, fused=True)
+        opt = getattr(torch.optim, optimizer)(params, lr=1e-3, fused=True)
     elif impl == "torch-forloop":
-        opt = torch.optim.Adam(params, lr=1e-3, foreach=False)
+        opt = getattr(torch.optim, optimizer)(params, lr=1e-3, foreach=False)
     else:
         raise ValueError(impl)
     for _ in range(3):          # state allocated, thread pools and lazy init warmed up
@@ -88,20 +114,21 @@ class TimeBridgeAdamStep:
 
 
 class TrackBridgeSpeedup:
-    """torch time / fastlr bridge time per step (interleaved in one process, best of 7)."""
+    """torch time / fastlr bridge time per step (interleaved in one process, best of 7), for
+    Adam and AdamW (the same class on both sides; torch-fused: ``fused=True``)."""
 
-    params = [["torch-fused", "torch-forloop"], list(SIZES)]
-    param_names = ["versus", "size"]
+    params = [["torch-fused", "torch-forloop"], list(SIZES), OPTIMIZERS]
+    param_names = ["versus", "size", "optimizer"]
     unit = "x"
     timeout = 300
 
-    def setup(self, versus, size):
+    def setup(self, versus, size, optimizer):
         _import_torch()
         steady_state_malloc()
-        self.samplers = {k: per_call_time(step_fn(k, size))[1]
+        self.samplers = {k: per_call_time(step_fn(k, size, optimizer))[1]
                          for k in ("fastlr-bridge", versus)}
 
-    def track_speedup(self, versus, size):
+    def track_speedup(self, versus, size, optimizer):
         best = {k: float("inf") for k in self.samplers}
         start = time.perf_counter()
         for i in range(7):

@@ -4,10 +4,19 @@
 ``RAdam`` (every row of fastlr's optimizer table that names a torch class) are subclasses of
 the ``torch.optim`` classes of the same names: the same constructor (plus an optional
 ``n_threads``), defaults, argument checks, ``param_groups``, ``state``, ``state_dict()`` /
-``load_state_dict()``, hooks and LR schedulers. Only ``step()`` differs: it hands zero-copy
-NumPy views of each CPU float32 / float64 parameter, its gradient and its state tensors to
-the row's ``fastlr.kernels`` function (``sgd``, ``rmsprop``, ``adam``, ``adamw``, ...), which
-updates them in place with torch's single-tensor arithmetic.
+``load_state_dict()``, hooks and LR schedulers. Only ``step()`` differs: it updates each CPU
+float32 / float64 parameter and its state tensors in place with fastlr's kernel for the row
+(``sgd``, ``rmsprop``, ``adam``, ``adamw``, ...: torch's single-tensor arithmetic).
+
+Two paths, the same bits. The compiled step (``fastlr._core.torch_step``) does the whole
+step in one call: it reads every tensor's data pointer, dtype, shape and layout and the
+scalar ``step`` afresh (nothing is kept between steps, so ``p.data = ...`` or a replaced
+state tensor is simply used), checks them all in C and then runs the C kernels over every
+tensor, without the GIL for large totals. It takes C-contiguous plain tensors whose state
+exists; anything else (F-ordered or 0-element tensors, tensor subclasses, neg-bit views,
+state still to create, ...) and every error go through the Python path, which hands
+zero-copy NumPy views to the validated ``fastlr.kernels`` function per tensor and raises
+the precise errors below. Either way nothing is written unless every tensor passed.
 
     import torch
     from fastlr.compat.torch import AdamW
@@ -30,7 +39,8 @@ before any tensor is written, after validating every parameter of every group): 
 on the CPU, dtypes other than float32/float64 (float16, bfloat16, complex, integers), sparse
 gradients, non-contiguous parameters or gradients (C or F order is fine; gradient and state
 must share the parameter's layout), gradients whose dtype or shape differ from the
-parameter's, out-of-range hyperparameters set in ``param_groups`` after construction, and
+parameter's, state buffers sharing memory with the parameter, its gradient or one another,
+out-of-range hyperparameters set in ``param_groups`` after construction, and
 ``foreach=True``, ``fused=True``, ``capturable=True``, ``differentiable=True`` (refused at
 construction and in ``add_param_group``).
 """
@@ -51,6 +61,9 @@ import numpy as np
 from fastlr import _specs
 from fastlr._core.args import threads_arg
 from fastlr import kernels as _kernels
+from fastlr._core import torch_step as _torch_step
+
+_torch_step.setup(torch.Tensor, torch.nn.Parameter, torch.float32, torch.float64, torch.strided)
 
 #: The bridged classes: every row of the table with a torch class, in table order.
 TORCH_CLASSES = tuple(o.cls for o in _specs.OPTIMIZERS.values()
@@ -108,6 +121,10 @@ class _FastlrStep:
     _scalar_init = 1.0
     _takes_step = True      # the kernel takes the 1-based update number
     _step_state = True      # torch keeps state["step"] (Adam, RMSprop; not SGD)
+    _family_index = 0       # the family's number in fastlr._core.torch_step
+    _fields = ()            # its hyperparameter struct's fields (the compiled step's row)
+    _fixed = {}             # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
+    _fast_path = True       # step() tries the compiled step first (False: Python path only)
 
     # -- construction ---------------------------------------------------------------------
     def _fastlr_init(self, n_threads, options):
@@ -176,9 +193,45 @@ class _FastlrStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan = self._plan()
-        self._apply(plan)
+        if not (self._fast_path and self._fast_step()):
+            self._apply(self._plan())
         return loss
+
+    def _fast_step(self):
+        """The whole step in one compiled call (fastlr._core.torch_step.fast_step); False
+        when it declined (a group setting to refuse, a tensor or state outside its fast
+        path, lazy state still to create) before writing anything: then the Python path
+        (_plan / _apply) does the step or raises the precise error."""
+        positional = self._positional
+        keys = self._keys
+        lazy = self._lazy
+        fixed = self._fixed
+        fields = self._fields
+        try:
+            groups = []
+            for group in self.param_groups:
+                _check_options("", group)
+                hyper = self._hyper(group)
+                names = self._state_names(group)
+                self._check_hyper("", 0, hyper, names)
+                if fixed:
+                    hyper.update(fixed)
+                row = tuple([hyper.get(name, 0.0) for name in fields])
+                state_keys = tuple([keys[n] if n in names else None for n in positional]
+                                   + [None] * (3 - len(positional)))
+                lazy_step = 2 if any(n in names for n in lazy) else 1
+                groups.append((group["params"], row, state_keys, lazy_step))
+            nt = threads_arg("", self.n_threads)
+            updated = _torch_step.fast_step(
+                self.state, groups, self._family_index,
+                "step" if self._step_state else None, self._scalar, nt)
+        except Exception:       # the Python path raises it again, with the precise message
+            return False
+        if updated is None:
+            return False
+        if updated:
+            torch.autograd.graph.increment_version(updated)
+        return True
 
     def _where(self, gi, k, index):
         return (f"fastlr.compat.torch.{type(self).__name__}: parameter {index} "
@@ -244,6 +297,7 @@ class _FastlrStep:
                                 step = 1    # SGD: the buffer exists (torch: "not None")
                     if scalar is not None:
                         extra = self._read_scalar(self._where, (gi, k, index), st)
+                    _check_disjoint(self._where, (gi, k, index), pv, gv, bufs, keys)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
             fills = None
             if self._fills:
@@ -427,11 +481,26 @@ def _scalar_state(where_fn, at, st, key):
                 view = view.reshape(())     # a one-element tensor (raises otherwise)
             if not view.flags.writeable:
                 view = None
-        v = float(view if view is not None else s)
+        v = float(view if view is not None else
+                  s.detach() if isinstance(s, torch.Tensor) else s)
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{where_fn(*at)}: state[{key!r}] must be a number or a one-element tensor, "
                         f"got {s!r}") from None
     return v, view
+
+
+def _check_disjoint(where_fn, at, pv, gv, bufs, keys):
+    """No state buffer shares memory with the parameter, its gradient or another buffer
+    (checked with the rest, before anything is written)."""
+    seen = [("the parameter", pv), ("its gradient", gv)]
+    for name, b in bufs.items():
+        if b is None or not b.size:
+            continue
+        for other, a in seen:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{where_fn(*at)}: state[{keys[name]!r}] shares memory with "
+                                 f"{other}; every state buffer must be a separate tensor")
+        seen.append((f"state[{keys[name]!r}]", b))
 
 
 class _Unusual(Exception):
@@ -543,6 +612,9 @@ def _bridge(row):
         _scalar=family.scalar_state[0][0] if family.scalar_state else None,
         _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
         _takes_step=family.uses_step,
+        _family_index=_torch_step.FAMILY_INDEX[family.name],
+        _fields=_torch_step.FIELDS[family.name],
+        _fixed=dict(row.fixed),
         _step_state=row.torch_state.get("step", "step") == "step",
         _hyper=staticmethod(_hyper),
         **({"_scalar_in": staticmethod(_SCALAR_IN[family.name])}

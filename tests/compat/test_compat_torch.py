@@ -398,10 +398,12 @@ def test_loaded_state_in_another_layout_is_copied_into_the_params_layout():
 # zero copy, through the kernels, autograd, threads
 # ---------------------------------------------------------------------------------------
 
-def test_step_runs_the_kernels_on_views_of_the_tensors(monkeypatch):
+def test_python_path_runs_the_kernels_on_views_of_the_tensors(monkeypatch):
+    # the Python path (what step() falls back to): fastlr.kernels on NumPy views
     p = torch.nn.Parameter(torch.randn(5, 3))
     p.grad = torch.randn(5, 3)
     opt = ft.Adam([p], lr=0.1, amsgrad=True, n_threads=1)
+    opt._fast_path = False
     calls = []
     kernel = ft.Adam._kernel
 
@@ -728,6 +730,279 @@ def test_state_keeps_torchs_names(cls_name):
         assert "state_sum" not in opt.state[t]
         assert torch.equal(opt.state[t]["sum"], torch.full_like(t, 0.25))
         assert float(opt.state[t]["step"]) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# the compiled step (fastlr._core.torch_step): taken when it can be, same bits as the Python
+# path, reads every pointer afresh each step, declines (nothing written) otherwise
+# ---------------------------------------------------------------------------------------
+
+from fastlr._core import torch_step  # noqa: E402
+
+
+def _fast_taken(opt):
+    """Run opt.step(); whether the compiled step did it."""
+    before = torch_step.fast_steps()
+    opt.step()
+    return torch_step.fast_steps() == before + 1
+
+
+def _c_params(dtype, seed):
+    """_params, every tensor C-contiguous (the compiled step's layout)."""
+    return [t.contiguous() for t in _params(dtype, seed)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("cls_name, kw", CASES)
+def test_compiled_step_gives_the_python_paths_bits(cls_name, kw, dtype):
+    """Every class and option: the compiled step and the Python path (_fast_path=False)
+    give the same bits in params and state, two groups, a grad sometimes None, an LR
+    scheduler; both within the tolerances of torch's."""
+    seed = _seed("compiled", cls_name, sorted(kw.items()), str(dtype))
+    tensors = _c_params(dtype, seed)
+    of, ot, pf, pt, scheds = _make(cls_name, kw, tensors, "step")
+    ps = [torch.nn.Parameter(t.clone()) for t in tensors]
+    second = {k: of.param_groups[1][k] for k in ("lr", "weight_decay")}
+    slow = getattr(ft, cls_name)([{"params": ps[:2]}, {"params": ps[2:], **second}], **kw)
+    slow._fast_path = False
+    sched_slow = torch.optim.lr_scheduler.StepLR(slow, step_size=10, gamma=0.7)
+    # the first step creates state in the Python path (Adagrad's is made at construction,
+    # SGD without momentum has none)
+    first = bool(of.state) or (cls_name == "SGD" and not kw.get("momentum"))
+    taken = []
+    for t in range(1, 31):
+        grads = _grads(pf, t, seed)
+        for k, (a, b, c, g) in enumerate(zip(pf, pt, ps, grads)):
+            skip = k == 2 and t % 7 == 0
+            for x in (a, b, c):
+                x.grad = None if skip else g.clone()
+        taken.append(_fast_taken(of))
+        ot.step()
+        slow.step()
+        for sch in (*scheds, sched_slow):
+            sch.step()
+        for a, c in zip(pf, ps):
+            assert torch.equal(a.detach(), c.detach()), t
+            sa, sc = of.state.get(a, {}), slow.state.get(c, {})
+            assert sorted(sa) == sorted(sc)
+            for key in sc:
+                assert sa[key].dtype == sc[key].dtype, key
+                assert torch.equal(sa[key], sc[key]), (t, key)
+        _assert_same_state(of, ot, pf, pt, f"step {t}")
+    assert taken == [first] + [True] * 29
+
+
+def test_compiled_step_updates_a_swapped_param_and_grad():
+    """p.data and p.grad replaced by new tensors between steps (new storage): the new ones
+    are updated, the old ones not, and the result is torch's."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 5)
+    pf, pt = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    of = ft.Adam([pf], lr=0.1, n_threads=1)
+    ot = torch.optim.Adam([pt], lr=0.1, foreach=False)
+    for t in range(6):
+        if t in (2, 4):
+            new = torch.randn(6, 5)
+            old_f, old_g = pf.data, pf.grad
+            old_copy = old_f.clone()
+            pf.data, pt.data = new.clone(), new.clone()
+        g = torch.randn(6, 5)
+        pf.grad, pt.grad = g.clone(), g.clone()
+        ptr = pf.data_ptr()
+        assert _fast_taken(of) == (t > 0)
+        ot.step()
+        assert pf.data_ptr() == ptr
+        assert torch.allclose(pf.detach(), pt.detach(), rtol=0, atol=1e-6)
+        if t in (2, 4):
+            assert torch.equal(old_f, old_copy)           # the replaced tensor is untouched
+            assert old_g is not pf.grad
+    _assert_same_state(of, ot, [pf], [pt], "swapped")
+
+
+@pytest.mark.parametrize("key", ["exp_avg", "exp_avg_sq", "step"])
+def test_compiled_step_uses_swapped_state_tensors(key):
+    """opt.state[p][key] replaced by a new tensor: the compiled step reads and updates the
+    new one (no pointer kept from the step before), as torch does."""
+    torch.manual_seed(1)
+    w = torch.randn(40)
+    pf, pt = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+    of = ft.AdamW([pf], lr=0.05)
+    ot = torch.optim.AdamW([pt], lr=0.05, foreach=False)
+    for t in range(5):
+        g = torch.randn(40)
+        pf.grad, pt.grad = g.clone(), g.clone()
+        if t == 3:
+            old = of.state[pf][key]
+            old_copy = old.clone()
+            value = ot.state[pt][key] * 0.5 if key != "step" else ot.state[pt][key] + 7
+            of.state[pf][key] = value.clone()
+            ot.state[pt][key] = value.clone()
+            assert _fast_taken(of)
+            assert torch.equal(old, old_copy)
+            assert of.state[pf][key] is not old
+        else:
+            of.step()
+        ot.step()
+        _assert_same_state(of, ot, [pf], [pt], f"step {t}")
+
+
+def test_compiled_step_threads_and_large_tensors():
+    """Above the GIL-release size, n_threads=2 gives n_threads=1's bits."""
+    g = torch.randn(100_000)
+    out = []
+    for n in (1, 2):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 100_000))
+        opt = ft.NAdam([p], lr=0.01, n_threads=n)
+        for t in range(3):
+            p.grad = g * (t + 1)
+            assert _fast_taken(opt) == (t > 0)
+        out.append((p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}))
+    assert torch.equal(out[0][0], out[1][0])
+    for k in out[0][1]:
+        assert torch.equal(out[0][1][k], out[1][1][k]), k
+
+
+def _stepped_c(cls_name):
+    """C-contiguous params in two groups, stepped until the compiled step runs."""
+    ps = [torch.nn.Parameter(t) for t in _c_params(torch.float32, 3)]
+    opt = getattr(ft, cls_name)([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.001}],
+                                **ERROR_KW[cls_name])
+    for t in range(2):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        assert _fast_taken(opt) == (t == 1)
+    return ps, opt
+
+
+def _declined(kind, opt, p):
+    """Make parameter p (stepped, with state) unusual in one way the compiled step declines."""
+    st = opt.state[p]
+    if kind == "F-order":
+        p.data = p.data.t().contiguous().t()
+        p.grad = torch.empty_like(p.data, memory_format=torch.preserve_format).copy_(p.grad)
+        for k in ("exp_avg", "exp_avg_sq"):
+            st[k] = torch.empty_like(p.data, memory_format=torch.preserve_format).copy_(st[k])
+    elif kind == "neg-grad":
+        p.grad = torch._neg_view(-p.grad)
+    elif kind == "grad-requires-grad":
+        p.grad = p.grad.clone().requires_grad_()
+        return "same"
+    elif kind == "zero-elements":
+        p.data, p.grad = torch.empty(0, 4), torch.empty(0, 4)
+        st["exp_avg"], st["exp_avg_sq"] = torch.empty(0, 4), torch.empty(0, 4)
+    elif kind == "subclass":
+        class Sub(torch.Tensor):
+            pass
+        p.grad = p.grad.as_subclass(Sub)
+    elif kind == "state-aliases-state":
+        st["exp_avg_sq"] = st["exp_avg"]
+    elif kind == "step-requires-grad":
+        st["step"] = st["step"].clone().requires_grad_()
+    elif kind == "step-a-float":
+        st["step"] = float(st["step"])
+    elif kind == "lazy-state":
+        del opt.state[p]
+    else:
+        raise AssertionError(kind)
+    return None
+
+
+@pytest.mark.parametrize("kind", ["F-order", "neg-grad", "grad-requires-grad",
+                                  "zero-elements", "subclass", "state-aliases-state",
+                                  "step-requires-grad", "step-a-float", "lazy-state"])
+def test_compiled_step_declines_the_unusual_and_the_python_path_steps(kind):
+    """Inputs outside the compiled step's fast path: it declines before writing anything
+    and the Python path does the step (as before the compiled step existed)."""
+    torch.manual_seed(2)
+    ps = [torch.nn.Parameter(torch.randn(4, 3)) for _ in range(3)]
+    opt = ft.Adam(ps, lr=0.1)
+    for p in ps:
+        p.grad = torch.randn(4, 3)
+    opt.step()
+    assert _fast_taken(opt)
+    same = _declined(kind, opt, ps[1]) == "same"
+    twin = ft.Adam([torch.nn.Parameter(p.detach().clone()) for p in ps], lr=0.1)
+    twin._fast_path = False
+    memo = {}          # one clone per tensor: aliasing state stays aliasing in the twin
+
+    def clone(v):
+        if not isinstance(v, torch.Tensor):
+            return v
+        return memo.setdefault(id(v), v.detach().clone())
+
+    for a, b in zip(twin.param_groups[0]["params"], ps):
+        a.grad = clone(b.grad) if b.grad is not None else None
+        if b in opt.state:
+            twin.state[a] = {k: clone(v) for k, v in opt.state[b].items()}
+    if kind == "state-aliases-state":
+        snap = _snapshot(opt)
+        with pytest.raises(ValueError, match=r"parameter 1 .*state\['exp_avg_sq'\] shares "
+                                             r"memory with state\['exp_avg'\]"):
+            opt.step()
+        _assert_unchanged(opt, snap)
+        return
+    assert _fast_taken(opt) == same
+    twin.step()
+    for a, b in zip(twin.param_groups[0]["params"], ps):
+        assert torch.equal(a.detach(), b.detach())
+    assert _fast_taken(opt) == (same or kind in ("step-requires-grad", "step-a-float",
+                                                 "lazy-state"))
+
+
+@pytest.mark.parametrize("case", ["dtype", "shape", "requires-grad", "neg", "device",
+                                  "not-a-tensor"])
+def test_compiled_step_leaves_bad_state_to_the_python_paths_errors(case):
+    """A state tensor the compiled step declines: the Python path's error (naming the
+    parameter), nothing written."""
+    opt, ps = _stepped("Adam", {})
+    p = ps[0]
+    ref = opt.state[p]["exp_avg_sq"]
+    bad, exc, msg = {
+        "dtype": (ref.double(), TypeError, r"is a torch.float64 tensor on cpu"),
+        "shape": (ref.reshape(-1, 1), ValueError, r"has shape"),
+        "requires-grad": (ref.clone().requires_grad_(), TypeError, "without requires_grad"),
+        "neg": (torch._neg_view(-ref), TypeError, "without requires_grad"),
+        "device": (torch.empty(ref.shape, device="meta"), TypeError, "on meta"),
+        "not-a-tensor": (ref.numpy(), TypeError, "is a ndarray, not a tensor"),
+    }[case]
+    opt.state[p]["exp_avg_sq"] = bad
+    snap = [(q, q.detach().clone()) for q in ps]
+    before = torch_step.fast_steps()
+    with pytest.raises(exc, match=msg) as info:
+        opt.step()
+    assert r"parameter 0 (param_groups[0]['params'][0]): state['exp_avg_sq']" in \
+        str(info.value)
+    assert torch_step.fast_steps() == before
+    for q, q0 in snap:
+        assert torch.equal(q.detach(), q0)
+
+
+@pytest.mark.parametrize("kind", BAD_PARAMS)
+@pytest.mark.parametrize("cls_name", ["SGD", "Adam", "NAdam"])
+def test_compiled_step_declines_refused_params(cls_name, kind):
+    """With every other tensor on the compiled step's path, a refused parameter still gets
+    the Python path's error and nothing is written."""
+    ps, opt = _stepped_c(cls_name)
+    bad, exc, msg = _bad_param(kind)
+    opt.add_param_group({"params": [bad]})
+    snap = _snapshot(opt)
+    before = torch_step.fast_steps()
+    with pytest.raises(exc, match=msg) as info:
+        opt.step()
+    assert "parameter 4 (param_groups[2]['params'][0])" in str(info.value)
+    assert torch_step.fast_steps() == before
+    _assert_unchanged(opt, snap)
+    bad.grad = None
+    assert _fast_taken(opt)
+
+
+def test_compiled_step_declines_a_bad_group_and_the_error_is_the_python_paths():
+    ps, opt = _stepped_c("AdamW")
+    opt.param_groups[1]["lr"] = -1.0
+    before = torch_step.fast_steps()
+    with pytest.raises(ValueError, match=r"param_groups\[1\]: .*lr must be >= 0"):
+        opt.step()
+    assert torch_step.fast_steps() == before
 
 
 # ---------------------------------------------------------------------------------------
