@@ -22,7 +22,8 @@ has ``"param_names"``, and checkpoints record and check the names.
 >>> opt.step({"fc.bias": np.ones(2), "fc.weight": np.ones((2, 2))})
 >>> named["fc.bias"], [g["param_names"] for g in opt.param_groups]
 (array([-0.5, -0.5]), [['fc.bias'], ['fc.weight']])
- Arrays are updated in place. ``lr``
+
+Arrays are updated in place. ``lr``
 (and ``momentum``, ``betas[0]``, ``weight_decay``) take a number, a :mod:`fastlr.schedules`
 schedule (evaluated in C each step) or a Python callable ``step -> float`` (slower). Update
 ``t + 1`` uses ``schedule(t)``.

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 
 from fastlr._core.args import flag_arg
-from fastlr.optim.groups import _finite_nonneg, _nonneg_int, _some
+from fastlr.optim.groups import _finite_nonneg, _nonneg_int, names_diff
 from fastlr.optim.plateau_state import _check_plateau_state
 from fastlr.schedules import Schedule
 
@@ -405,13 +405,4 @@ def _hyper_diff(g, key, mine, saved):
 
 
 def _names_diff(g, mine, saved):
-    missing = [n for n in mine if n not in saved]
-    unknown = [n for n in saved if n not in mine]
-    parts = []
-    if missing:
-        parts.append(f"missing from the checkpoint: {_some(missing)}")
-    if unknown:
-        parts.append(f"unexpected in the checkpoint: {_some(unknown)}")
-    if not parts:
-        parts.append(f"the same names in another order ({_some(saved)} vs {_some(mine)})")
-    return f"param_groups[{g}]: " + ", ".join(parts)
+    return f"param_groups[{g}]: {names_diff(mine, saved)}"

@@ -139,7 +139,8 @@ class GroupsMixin:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{self._name}: a param group must be a dict with a 'params' entry")
         g = len(self.param_groups)
-        params, names = split_named(self._name, group["params"], f"param_groups[{g}]")
+        params, names = split_named(self._name, group["params"],
+                                    f"param_groups[{g}]['params']")
         start = len(self._params)
         if self.param_groups and (names is None) != (self._names is None):
             raise ValueError(f"{self._name}: param_groups[{g}] has "
@@ -254,34 +255,35 @@ def _is_pair(item):
 
 
 def split_named(fn, params, where):
-    """A group's ``params`` as (list of arrays, list of names or None). ``params``: an array,
-    a list of arrays, a dict of name -> array or a list of ``(name, array)`` pairs (torch's
-    ``named_parameters()``). Names must be unique strings; arrays are checked later."""
+    """``params`` (named ``where`` in messages, e.g. ``param_groups[1]['params']``) as (list
+    of arrays, list of names or None): an array, a list of arrays, a dict of name -> array
+    or a list of ``(name, array)`` pairs (torch's ``named_parameters()``). Names must be
+    unique strings; the arrays are checked by the caller."""
     if isinstance(params, np.ndarray):
         return [params], None
     if isinstance(params, dict):
         names, arrays = list(params.keys()), list(params.values())
     else:
         try:
-            items = [] if isinstance(params, (str, bytes)) else list(params)
+            items = None if isinstance(params, (str, bytes)) else list(params)
         except TypeError:
             items = None
-        if items is None or isinstance(params, (str, bytes)):
-            raise TypeError(f"{fn}: {where}['params'] must be an array, a list of arrays, a "
-                            f"dict of name -> array or a list of (name, array) pairs, got "
+        if items is None:
+            raise TypeError(f"{fn}: {where} must be an array, a list of arrays, a dict of "
+                            f"name -> array or a list of (name, array) pairs, got "
                             f"{type(params).__name__}")
         pairs = [_is_pair(p) for p in items]
         if not any(pairs):
             if not items:
-                raise ValueError(f"{fn}: {where} has no params")
+                raise ValueError(f"{fn}: {where} is empty (no params)")
             return items, None
         if not all(pairs):
             k = pairs.index(not pairs[0])
-            raise TypeError(f"{fn}: {where}['params'] mixes (name, array) pairs and arrays "
-                            f"(item {k}); name all params or none")
+            raise TypeError(f"{fn}: {where} mixes (name, array) pairs and arrays (item {k}); "
+                            f"name all params or none")
         names, arrays = [p[0] for p in items], [p[1] for p in items]
     if not arrays:
-        raise ValueError(f"{fn}: {where} has no params")
+        raise ValueError(f"{fn}: {where} is empty (no params)")
     for k, n in enumerate(names):
         if not isinstance(n, str):
             raise TypeError(f"{fn}: {where}: param names must be strings, got "
@@ -290,6 +292,38 @@ def split_named(fn, params, where):
         dup = next(n for k, n in enumerate(names) if n in names[:k])
         raise ValueError(f"{fn}: {where} names {dup!r} twice; names must be unique")
     return arrays, names
+
+
+def names_diff(mine, saved, other="the checkpoint"):
+    """What differs between this object's names and ``other``'s (a checkpoint's), in
+    words."""
+    missing = [n for n in mine if n not in saved]
+    unknown = [n for n in saved if n not in mine]
+    parts = []
+    if missing:
+        parts.append(f"missing from {other}: {_some(missing)}")
+    if unknown:
+        parts.append(f"unexpected in {other}: {_some(unknown)}")
+    if not parts:
+        parts.append(f"the same names in another order ({_some(saved)} vs {_some(mine)})")
+    return ", ".join(parts)
+
+
+def by_name(fn, names, mapping, what, tail):
+    """``mapping`` (name -> array) as the list in ``names``' order, in one pass (messages are
+    formatted only on error): exactly those names, else a ValueError naming the missing and
+    unexpected keys (then ``tail``); ``names`` None (unnamed params): a TypeError."""
+    if names is None:
+        raise TypeError(f"{fn}: {what} is a dict but the params have no names; pass {what} "
+                        f"as a list in param order, or name the params (a dict of name -> "
+                        f"array) when building")
+    try:
+        out = list(map(mapping.__getitem__, names))
+    except (KeyError, TypeError):
+        out = None
+    if out is None or len(mapping) != len(out):
+        raise ValueError(f"{fn}: {names_diff(names, list(mapping), what)}; {tail}")
+    return out
 
 
 def named_groups(named, groups=(), *, rest=True):

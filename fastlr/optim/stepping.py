@@ -6,7 +6,7 @@ import numpy as np
 
 from fastlr import reference
 from fastlr._kernels import get_num_threads as _default_threads
-from fastlr.optim.groups import _some
+from fastlr.optim.groups import by_name
 
 
 #: ``grads[3]`` / ``params[3]`` in an engine message (not ``param_groups[...]``)
@@ -38,23 +38,22 @@ class StepMixin:
             raise self._busy_error("step")
         given = grads
         try:
-            if isinstance(grads, dict):
+            if type(grads) is not list and isinstance(grads, dict):   # a list: one test
                 grads = self._grads_list(grads, "step")
             if self._dirty:
                 self._configure()
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
-            try:
-                applied = self._engine.step(grads, self._t, n_threads,
-                                            self._max_grad_norm or 0.0, self._skip_nonfinite)
-            except (TypeError, ValueError) as error:
-                relabelled = self._relabelled(error, given)
-                if relabelled is error:
-                    raise
-                raise relabelled from None
+            applied = self._engine.step(grads, self._t, n_threads, self._max_grad_norm or 0.0,
+                                        self._skip_nonfinite)
             if applied:
                 self._t += 1
             else:
                 self._skipped += 1
+        except (TypeError, ValueError) as error:
+            relabelled = self._relabelled(error, given)
+            if relabelled is error:
+                raise
+            raise relabelled from None
         finally:
             self._busy.release()
         if applied:
@@ -62,30 +61,10 @@ class StepMixin:
         return False
 
     def _grads_list(self, grads, what):
-        """A dict of name -> grad as the list in param order (one pass; formatting only on
-        error): exactly the params' names, else a ValueError naming the missing or unknown
-        keys."""
-        names = self._names
-        if names is None:
-            raise TypeError(f"{self._name}.{what}: grads is a dict but the params have no "
-                            f"names; pass the grads as a list in param order, or build the "
-                            f"optimizer over named params (a dict of name -> array)")
-        try:
-            out = list(map(grads.__getitem__, names))
-        except (KeyError, TypeError):
-            out = None
-        if out is None or len(grads) != len(out):
-            missing = [n for n in names if n not in grads]
-            unknown = [k for k in grads if k not in self._name_index]
-            parts = []
-            if missing:
-                parts.append(f"no grad for {_some(missing)}")
-            if unknown:
-                parts.append(f"grads for unknown params {_some(unknown)}")
-            raise ValueError(f"{self._name}.{what}: the grads dict has {' and '.join(parts)}"
-                             f"; it needs one grad per param name ({len(names)}). Nothing "
-                             f"was updated")
-        return out
+        """A dict of name -> grad as the list in param order (see groups.by_name)."""
+        return by_name(f"{self._name}.{what}", self._names, grads, "the grads",
+                       f"it needs one grad per param name ({len(self._params)}). Nothing "
+                       f"was updated")
 
     def _relabelled(self, error, grads):
         """The engine's error with its params and grads named as the optim layer names them

@@ -125,10 +125,11 @@ def test_named_groups_needs_names():
 
 @pytest.mark.parametrize("cls_name", CLASS_NAMES)
 @pytest.mark.parametrize("bad, error, match", [
-    (lambda g: g.pop("fc.bias"), ValueError, r"no grad for 'fc.bias'"),
-    (lambda g: g.update(extra=np.zeros(2)), ValueError, r"unknown params 'extra'"),
+    (lambda g: g.pop("fc.bias"), ValueError, r"missing from the grads: 'fc.bias'; it needs "
+     r"one grad per param name \(4\)"),
+    (lambda g: g.update(extra=np.zeros(2)), ValueError, r"unexpected in the grads: 'extra'"),
     (lambda g: (g.pop("out.bias"), g.update({"out.b": np.zeros(2)})), ValueError,
-     r"no grad for 'out.bias' and grads for unknown params 'out.b'"),
+     r"missing from the grads: 'out.bias', unexpected in the grads: 'out.b'"),
     (lambda g: g.update({"fc.bias": np.zeros(4)}), ValueError,
      r"grads\['fc.bias'\] \(params\[1\], param_groups\[0\]\['params'\]\[1\]\) has shape"),
     (lambda g: g.update({"out.bias": np.zeros(2, np.float32)}), TypeError,
@@ -182,7 +183,7 @@ def test_list_grads_name_the_group_and_the_param():
 
 def test_grads_dict_for_unnamed_params_is_refused():
     opt = fastlr.Adam([np.zeros(2)], lr=0.1)
-    with pytest.raises(TypeError, match="grads is a dict but the params have no names"):
+    with pytest.raises(TypeError, match="the grads is a dict but the params have no names"):
         opt.step({"w": np.zeros(2)})
 
 
@@ -200,7 +201,7 @@ def test_grads_dict_for_unnamed_params_is_refused():
      r"params\[1\] \(param_groups\[0\]\['params'\]\[1\], 'b'\) must have dtype float32"),
     ([{"params": [np.zeros(2)]}, {"params": [np.zeros(2), np.zeros(3)[::2]]}], ValueError,
      r"params\[2\] \(param_groups\[1\]\['params'\]\[1\]\) must be contiguous"),
-    ({}, ValueError, r"param_groups\[0\] has no params"),
+    ({}, ValueError, r"param_groups\[0\]\['params'\] is empty"),
 ])
 def test_bad_names_are_refused(params, error, match):
     with pytest.raises(error, match=match):
@@ -482,3 +483,69 @@ def test_repr_shows_groups_hyperparameters_schedules_and_names():
     assert text.endswith("max_grad_norm=1.0\n)")
     assert repr(fastlr.Adam([np.zeros(2)])).startswith("Adam (\nParameter Group 0\n    params: "
                                                        "1 array\n    amsgrad: False\n")
+
+
+# ---------------------------------------------------------------------------------------
+# 5. EMA over named params
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["dict", "pairs"])
+def test_ema_named_params_average_like_the_list(form):
+    named, plain = _named(), _named()
+    ema = fastlr.EMA(named if form == "dict" else list(named.items()), decay=0.9)
+    ref = fastlr.EMA(list(plain.values()), decay=0.9)
+    assert ema.names == list(NAMES) and ref.names is None
+    for k in range(3):
+        for n, g in _grads(k).items():
+            named[n] += g
+            plain[n] += g
+        ema.update()
+        ref.update()
+    assert [a.tobytes() for a in ema.averaged] == [a.tobytes() for a in ref.averaged]
+    out = {n: np.zeros(s) for n, s in zip(NAMES, SHAPES)}
+    ema.copy_to(_shuffled(out, 3))                  # a dict, by name
+    for n, a in zip(NAMES, ema.averaged):
+        assert out[n].tobytes() == a.tobytes()
+    assert "'fc.weight', 'fc.bias'" in repr(ema)
+
+
+def test_ema_named_errors():
+    with pytest.raises(ValueError, match="names 'w' twice"):
+        fastlr.EMA([("w", np.zeros(2)), ("w", np.zeros(3))])
+    with pytest.raises(TypeError, match="param names must be strings"):
+        fastlr.EMA({1: np.zeros(2)})
+    ema = fastlr.EMA(_named())
+    out = {n: np.zeros(s) for n, s in zip(NAMES, SHAPES)}
+    del out["fc.bias"]
+    with pytest.raises(ValueError, match="missing from params: 'fc.bias'"):
+        ema.copy_to(out)
+    with pytest.raises(TypeError, match="params is a dict but the params have no names"):
+        fastlr.EMA([np.zeros(2)]).copy_to({"w": np.zeros(2)})
+
+
+@pytest.mark.parametrize("via_file", [False, True])
+def test_ema_checkpoint_records_and_checks_names(via_file, tmp_path):
+    src = fastlr.EMA(_named(), decay=0.9)
+    src.update()
+    path = tmp_path / "ema.npz"
+    src.save(path)
+    what = path if via_file else src.state_dict()
+    assert src.state_dict()["names"] == list(NAMES)
+    renamed = {("fc.b" if n == "fc.bias" else n): a for n, a in _named(seed=1).items()}
+    dst = fastlr.EMA(renamed, decay=0.9)
+    load = dst.load if via_file else dst.load_state_dict
+    before = [a.tobytes() for a in dst.averaged]
+    with pytest.raises(ValueError, match="missing from the checkpoint: 'fc.b', unexpected "
+                                         "in the checkpoint: 'fc.bias'"):
+        load(what)
+    assert [a.tobytes() for a in dst.averaged] == before and dst.updates == 0
+    with pytest.warns(UserWarning, match="loaded by position"):
+        load(what, strict=False)
+    assert dst.updates == 1
+    # unnamed <-> named: by position
+    fastlr.EMA(list(_named().values()), decay=0.9).load_state_dict(src.state_dict())
+    unnamed = fastlr.EMA(list(_named().values()), decay=0.9)
+    fastlr.EMA(_named(), decay=0.9).load_state_dict(unnamed.state_dict())
+    same = fastlr.EMA(_named(seed=2), decay=0.9)
+    load = same.load if via_file else same.load_state_dict
+    load(what)
+    assert [a.tobytes() for a in same.averaged] == [a.tobytes() for a in src.averaged]
