@@ -44,6 +44,7 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         self._params = []
         self._names = None              # the params' names (a list) when they are named
         self._name_index = {}           # name -> flat index
+        self._getter = None             # operator.itemgetter(*names): a grads dict in order
         self._counts = np.zeros(0, dtype=np.int64)     # per param: updates applied
         self._started = np.zeros(0, dtype=np.uint8)    # per param: SGD buffer in use
         self._used = np.zeros((0, 4), dtype=np.float64)  # per group: values of the last step

@@ -272,12 +272,12 @@ class CheckpointMixin:
                     continue
                 if buf not in st:
                     raise ValueError(f"{name}: state[{i}] has no {buf!r} buffer, which this "
-                                     f"optimizer's options need")
+                                     f"optimizer's options need for {self._label(i)}")
                 arr = st[buf]
                 if not isinstance(arr, np.ndarray) or arr.shape != p.shape or \
                         arr.dtype.kind != "f":
                     raise ValueError(f"{name}: state[{i}][{buf!r}] must be a float array of "
-                                     f"shape {p.shape}, got "
+                                     f"shape {p.shape} like {self._label(i)}, got "
                                      f"{getattr(arr, 'dtype', type(arr).__name__)} "
                                      f"{getattr(arr, 'shape', '')}")
                 bufs[buf] = arr

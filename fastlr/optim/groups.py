@@ -4,6 +4,7 @@ the one-thread-at-a-time guard."""
 
 import contextlib
 import numbers
+import operator
 
 import numpy as np
 
@@ -141,6 +142,15 @@ class GroupsMixin:
         g = len(self.param_groups)
         params, names = split_named(self._name, group["params"],
                                     f"param_groups[{g}]['params']")
+        if "param_names" in group:          # torch's spelling: names beside the arrays
+            given = group["param_names"]
+            if names is not None or isinstance(given, (str, bytes)) or \
+                    not isinstance(given, (list, tuple)) or len(given) != len(params):
+                raise ValueError(f"{self._name}: param_groups[{g}]['param_names'] must be a "
+                                 f"list of {len(params)} names beside a list of arrays (or "
+                                 f"name the arrays in 'params' instead), got {given!r:.100}")
+            params, names = split_named(self._name, list(zip(given, params)),
+                                        f"param_groups[{g}]['param_names']")
         start = len(self._params)
         if self.param_groups and (names is None) != (self._names is None):
             raise ValueError(f"{self._name}: param_groups[{g}] has "
@@ -171,6 +181,7 @@ class GroupsMixin:
         if names is not None:
             self._names = all_names
             self._name_index.update((n, start + j) for j, n in enumerate(names))
+            self._getter = operator.itemgetter(*all_names)
         full._owner = self
         self.param_groups.append(full)
         self._counts = np.concatenate([self._counts, np.zeros(len(params), dtype=np.int64)])
@@ -309,18 +320,21 @@ def names_diff(mine, saved, other="the checkpoint"):
     return ", ".join(parts)
 
 
-def by_name(fn, names, mapping, what, tail):
-    """``mapping`` (name -> array) as the list in ``names``' order, in one pass (messages are
-    formatted only on error): exactly those names, else a ValueError naming the missing and
-    unexpected keys (then ``tail``); ``names`` None (unnamed params): a TypeError."""
+def by_name(fn, names, mapping, what, tail, getter=None):
+    """``mapping`` (name -> array) as the arrays in ``names``' order, in one pass (messages
+    are formatted only on error): exactly those names, else a ValueError naming the missing
+    and unexpected keys (then ``tail``); ``names`` None (unnamed params): a TypeError.
+    ``getter``: ``operator.itemgetter(*names)``, when the caller keeps one (a C loop)."""
     if names is None:
         raise TypeError(f"{fn}: {what} is a dict but the params have no names; pass {what} "
                         f"as a list in param order, or name the params (a dict of name -> "
                         f"array) when building")
     try:
-        out = list(map(mapping.__getitem__, names))
+        out = getter(mapping) if getter is not None else tuple(map(mapping.__getitem__, names))
     except (KeyError, TypeError):
         out = None
+    if out is not None and len(names) == 1 and getter is not None:
+        out = (out,)                    # itemgetter of one name gives the item itself
     if out is None or len(mapping) != len(out):
         raise ValueError(f"{fn}: {names_diff(names, list(mapping), what)}; {tail}")
     return out

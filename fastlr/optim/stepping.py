@@ -64,7 +64,7 @@ class StepMixin:
         """A dict of name -> grad as the list in param order (see groups.by_name)."""
         return by_name(f"{self._name}.{what}", self._names, grads, "the grads",
                        f"it needs one grad per param name ({len(self._params)}). Nothing "
-                       f"was updated")
+                       f"was updated", self._getter)
 
     def _relabelled(self, error, grads):
         """The engine's error with its params and grads named as the optim layer names them

@@ -233,6 +233,21 @@ def test_add_param_group_checks_names_and_changes_nothing_on_error():
     assert opt.state[1]["step"] == 1
 
 
+def test_param_names_beside_the_arrays_as_torch_writes_them():
+    w, b = np.zeros(2), np.zeros(3)
+    opt = fastlr.SGD([{"params": [w, b], "param_names": ["w", "b"], "lr": 0.5}], lr=0.1)
+    assert opt.param_groups[0]["param_names"] == ["w", "b"]
+    opt.step({"b": np.ones(3), "w": np.ones(2)})
+    assert w.tolist() == [-0.5, -0.5]
+    for group, error, match in [
+            ({"params": [w], "param_names": ["w", "b"]}, ValueError, "list of 1 names"),
+            ({"params": {"w": w}, "param_names": ["w"]}, ValueError, "list of 1 names"),
+            ({"params": [w, b], "param_names": ["w", "w"]}, ValueError, "names 'w' twice"),
+            ({"params": [w], "param_names": [7]}, TypeError, "must be strings")]:
+        with pytest.raises(error, match=match):
+            fastlr.SGD([group], lr=0.1)
+
+
 def test_param_names_cannot_be_replaced():
     opt = fastlr.Adam({"w": np.zeros(2)}, lr=0.1)
     with pytest.raises(TypeError, match="'param_names' cannot be replaced"):
@@ -302,6 +317,22 @@ def test_unnamed_and_named_checkpoints_load_by_position():
     b = fastlr.Adam(list(_named(seed=1).values()), lr=0.01)
     b.load_state_dict(named.state_dict())             # no names here: by position
     assert _snapshot(a)["state"] == _snapshot(b)["state"] == _snapshot(named)["state"]
+
+
+def test_state_errors_name_the_param_and_its_group():
+    sd = _trained().state_dict()
+    sd["state"][3]["exp_avg"] = np.zeros(5)
+    dst = fastlr.Adam([{"params": dict(list(_named().items())[:2])},
+                       {"params": dict(list(_named().items())[2:])}], lr=0.01)
+    sd["param_groups"] = [dict(sd["param_groups"][0], params=[0, 1],
+                               param_names=list(NAMES[:2])),
+                          dict(sd["param_groups"][0], params=[2, 3],
+                               param_names=list(NAMES[2:]))]
+    sd["lr_scale"], sd["last_lr"] = [1.0, 1.0], None
+    with pytest.raises(ValueError, match=re.escape(
+            "state[3]['exp_avg'] must be a float array of shape (2,) like params[3] "
+            "(param_groups[1]['params'][1], 'out.bias')")):
+        dst.load_state_dict(sd)
 
 
 def test_malformed_saved_names_are_refused():
