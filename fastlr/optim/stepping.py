@@ -38,7 +38,8 @@ class StepMixin:
             raise self._busy_error("step")
         given = grads
         try:
-            if type(grads) is not list and isinstance(grads, dict):   # a list: one test
+            if self._getter is not None and type(grads) is not list and \
+                    isinstance(grads, dict):      # unnamed params: one attribute test
                 grads = self._grads_list(grads, "step")
             if self._dirty:
                 self._configure()
@@ -70,6 +71,11 @@ class StepMixin:
         """The engine's error with its params and grads named as the optim layer names them
         (the first mention of each index gets its place in the groups and its name; a dict's
         grads are named by key); any other error as it is."""
+        if self._names is None and isinstance(grads, dict):
+            try:
+                self._grads_list(grads, "step")     # the error that explains it
+            except TypeError as better:
+                return better
         text = str(error)
         if type(error) not in (TypeError, ValueError) or not _INDEXED.search(text):
             return error
