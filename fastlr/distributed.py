@@ -21,12 +21,14 @@ Each rank uses one OpenMP thread by default (``n_threads``).
 
 import math
 import time
+import warnings
 
 import numpy as np
 
 from fastlr import optim as _optim
 from fastlr._core.args import INT_MAX, POSITIVE, checked_real, flag_arg, int_arg, threads_arg
 from fastlr._core.engine import grad_stats
+from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
 
 __all__ = ["ShardedOptimizer", "shard_bounds"]
 
@@ -70,6 +72,15 @@ def _address(a):
     return a.__array_interface__["data"][0]
 
 
+def _split(items, groups):
+    """``items`` (one per param) cut into one list per group."""
+    out, start = [], 0
+    for ps in groups:
+        out.append(items[start:start + len(ps)])
+        start += len(ps)
+    return out
+
+
 def _root(a):
     while isinstance(a.base, np.ndarray):
         a = a.base
@@ -98,7 +109,10 @@ class ShardedOptimizer:
 
     ``optimizer``: a fastlr optimizer class (``fastlr.AdamW``, ...) or its name
     (``"AdamW"``); ``params``: the model's params as C-contiguous views of one flat buffer
-    (:func:`fastlr.flat_buffer`), as a list or a list of group dicts; ``comm``: an mpi4py
+    (:func:`fastlr.flat_buffer`), as a list or a list of group dicts, or named (a dict of
+    name -> view, ``(name, view)`` pairs, per group too, as for the optimizers; then
+    ``step`` also takes a dict of grads by name and the gathered checkpoints record the
+    names, checked when loaded); ``comm``: an mpi4py
     communicator (``MPI.COMM_WORLD`` by default); ``hyperparameters``: the optimizer's own
     (``lr`` with schedules, ``betas``, ...). Rank 0's initial params are broadcast to all.
 
@@ -130,18 +144,30 @@ class ShardedOptimizer:
         max_grad_norm = _max_norm_arg(name, max_grad_norm)
         if n_threads is not None:
             n_threads = threads_arg(name, n_threads)
-        groups = params if isinstance(params, (list, tuple)) and params and \
-            all(isinstance(g, dict) for g in params) else [{"params": params}]
-        group_params = []
-        for g in groups:
-            ps = g.get("params")
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps or [])
-            group_params.append(ps)
-        flat_params = [p for ps in group_params for p in ps]
         # every rank checks its own params, then all compare what they have
         local_error = None
         signature = None
-        if not flat_params or not all(isinstance(p, np.ndarray) for p in flat_params):
+        groups, group_params, names = [], [], []
+        try:
+            groups = groups_arg(name, params)
+            for k, g in enumerate(groups):
+                if not isinstance(g, dict) or "params" not in g:
+                    raise TypeError("a param group must be a dict with a 'params' entry")
+                ps, ns = split_named(name, g["params"], f"param_groups[{k}]['params']")
+                group_params.append(ps)
+                names.append(ns)
+            if len({ns is None for ns in names}) > 1:
+                raise ValueError("name all params or none")
+            names = None if names[0] is None else [n for ns in names for n in ns]
+            if names is not None and len(set(names)) != len(names):
+                raise ValueError("param names must be unique")
+        except (TypeError, ValueError) as error:
+            local_error = str(error).replace(f"{name}: ", "")
+            group_params, names = [], None
+        flat_params = [p for ps in group_params for p in ps]
+        if local_error is not None:
+            pass                    # shared with every rank below
+        elif not flat_params or not all(isinstance(p, np.ndarray) for p in flat_params):
             local_error = "params must be a non-empty list of numpy arrays"
         elif flat_params[0].dtype not in (np.float32, np.float64):
             local_error = f"params must be float32 or float64, got {flat_params[0].dtype}"
@@ -152,7 +178,7 @@ class ShardedOptimizer:
                                "buffer, in order (use fastlr.flat_buffer)")
             else:
                 signature = (str(flat_params[0].dtype), [len(ps) for ps in group_params],
-                             [tuple(p.shape) for p in flat_params], cls.__name__)
+                             [tuple(p.shape) for p in flat_params], cls.__name__, names)
         everyone = comm.allgather((local_error, signature))
         errors = [(r, e) for r, (e, _) in enumerate(everyone) if e is not None]
         if errors:
@@ -162,7 +188,9 @@ class ShardedOptimizer:
             if sig != everyone[0][1]:
                 raise ValueError(f"{name}: rank {r} has params {sig} but rank 0 has "
                                  f"{everyone[0][1]} (dtype, params per group, shapes, "
-                                 f"optimizer); every rank must build the same model")
+                                 f"optimizer, names); every rank must build the same model")
+        self._names = names
+        self._group_names = None if names is None else _split(names, group_params)
         self._dtype = flat_params[0].dtype
         self._mpi_type = MPI.FLOAT if self._dtype == np.float32 else MPI.DOUBLE
         self._shapes = [p.shape for p in flat_params]
@@ -192,7 +220,8 @@ class ShardedOptimizer:
                 views.append(self._flat[lo:lo])
                 self._pieces.append((None, 0, 0))
             inner_groups.append(dict({k: v for k, v in g.items() if k != "params"},
-                                     params=views))
+                                     params=views) if isinstance(g, dict) else
+                                {"params": views})
         self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
         self._n_threads = n_threads
         self._shard_grad = np.zeros(hi - lo, dtype=self._dtype)
@@ -211,6 +240,9 @@ class ShardedOptimizer:
         """This rank's grads as one flat array (a view when possible); raises on bad input
         without touching anything."""
         name = "fastlr.distributed.ShardedOptimizer.step"
+        if isinstance(grads, dict):
+            grads = by_name(name, self._names, grads, "the grads",
+                            "nothing was updated on any rank")
         if isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.size == self.total_size:
             arrays = [grads]
         elif isinstance(grads, (list, tuple)):
@@ -276,7 +308,7 @@ class ShardedOptimizer:
                 nonfinite = grad_stats(flat, n_threads=self._n_threads)[1]
         except (TypeError, ValueError) as e:
             error = e
-        n_arrays = len(grads) if isinstance(grads, (list, tuple)) else 1
+        n_arrays = len(grads) if isinstance(grads, (list, tuple, dict)) else 1
         agree = np.array([error is not None, n_arrays, n_arrays * n_arrays, nonfinite],
                          dtype=np.float64)
         self.comm.Allreduce(MPI.IN_PLACE, agree, op=MPI.SUM)
@@ -354,8 +386,10 @@ class ShardedOptimizer:
                 "bounds": list(self.bounds), "skipped_steps": self.skipped_steps,
                 "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state_dict):
-        """Restore :meth:`state_dict` (per rank; not collective)."""
+    def load_state_dict(self, state_dict, strict=True):
+        """Restore :meth:`state_dict` (per rank; not collective), under the optimizers'
+        rules (:meth:`fastlr.Optimizer.load_state_dict`: hyperparameters are kept and
+        checked, ``strict=False`` warns)."""
         name = "fastlr.distributed.ShardedOptimizer.load_state_dict"
         sd = state_dict
         if not isinstance(sd, dict) or sd.get("format") != "fastlr-sharded-1":
@@ -367,7 +401,7 @@ class ShardedOptimizer:
                 raise ValueError(f"{name}: the state is for {key}={sd.get(key)!r}, this rank "
                                  f"has {mine!r}; load a gathered state to re-shard")
         skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
-        self.optimizer.load_state_dict(sd["optimizer"])
+        self.optimizer.load_state_dict(sd["optimizer"], strict=strict)
         self.skipped_steps = skipped
 
     def gathered_state_dict(self, root=0):
@@ -418,27 +452,36 @@ class ShardedOptimizer:
                 st["mu_product"] = float(entry["mu"])
             state[k] = st
         groups, index = [], 0
-        for saved, n_params in zip(mine["param_groups"], self._group_param_counts):
+        for g, (saved, n_params) in enumerate(zip(mine["param_groups"],
+                                                  self._group_param_counts)):
             groups.append(dict(saved, params=list(range(index, index + n_params))))
+            if self._names is not None:
+                groups[-1]["param_names"] = list(self._group_names[g])
             index += n_params
-        sd = {key: mine[key] for key in mine if key not in ("state", "param_groups")}
+        sd = {key: mine[key] for key in mine
+              if key not in ("state", "param_groups", "snapshot_of")}
         sd.update(state=state, param_groups=groups)
         sd["skipped_steps"] = self.skipped_steps
         return sd
 
-    def load_gathered_state_dict(self, state_dict, root=None):
+    def load_gathered_state_dict(self, state_dict, root=None, strict=True):
         """Collective when ``root`` is given (the state is broadcast from that rank; others
         pass None); with ``root=None`` every rank passes the same gathered state (e.g. read
         from one file). Each rank takes its shard: any number of ranks can load what any
-        number of ranks saved."""
+        number of ranks saved. The optimizers' rules apply (hyperparameters kept and
+        checked; names checked when both sides have them; ``strict=False`` warns)."""
         name = "fastlr.distributed.ShardedOptimizer.load_gathered_state_dict"
+        self._load_gathered(name, state_dict, root, strict)
+
+    def _load_gathered(self, name, state_dict, root, strict):
+        strict = flag_arg(name, "strict", strict)
         MPI = self._MPI
         if root is not None:
             _root_arg(name, root, self.world_size)
         sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
         error = None
         try:
-            inner = self._shard_state(name, sd)
+            inner = self._shard_state(name, sd, strict)
             skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
         except (TypeError, ValueError, KeyError) as e:
             error = e
@@ -449,10 +492,10 @@ class ShardedOptimizer:
                     f"{name}: the state has no {error}")
             raise ValueError(f"{name}: the state does not fit another rank's shard; nothing "
                              f"was loaded")
-        self.optimizer.load_state_dict(inner)
+        self.optimizer.load_state_dict(inner, strict=strict)
         self.skipped_steps = skipped
 
-    def _shard_state(self, name, sd):
+    def _shard_state(self, name, sd, strict):
         if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or \
                 not isinstance(sd.get("param_groups"), (list, tuple)):
             raise ValueError(f"{name}: expected a gathered (single-process format) state dict")
@@ -488,10 +531,23 @@ class ShardedOptimizer:
         if len(sd["param_groups"]) != len(pieces_per_group):
             raise ValueError(f"{name}: the state has {len(sd['param_groups'])} param groups, "
                              f"the model {len(pieces_per_group)}")
-        for saved, n in zip(sd["param_groups"], pieces_per_group):
+        for g, (saved, n) in enumerate(zip(sd["param_groups"], pieces_per_group)):
             if not isinstance(saved, dict):
                 raise ValueError(f"{name}: a param group must be a dict")
-            groups.append(dict(saved, params=list(range(index, index + n))))
+            saved_names = saved.get("param_names")
+            if saved_names is not None and self._names is not None and \
+                    list(saved_names) != self._group_names[g]:
+                diff = f"param_groups[{g}]: {names_diff(self._group_names[g], saved_names)}"
+                if strict:
+                    raise ValueError(f"{name}: the checkpoint names its params otherwise than "
+                                     f"this model: {diff}. Build the model over the "
+                                     f"checkpoint's names, in its order, or load with "
+                                     f"strict=False (a warning). Nothing was loaded")
+                warnings.warn(f"{name}: the checkpoint names its params otherwise than this "
+                              f"model: {diff}; strict=False: loaded by position", UserWarning,
+                              stacklevel=4)
+            groups.append({k: v for k, v in saved.items() if k != "param_names"})
+            groups[-1]["params"] = list(range(index, index + n))
             index += n
         inner = {k: v for k, v in sd.items() if k not in ("state", "param_groups")}
         inner.update(state=state, param_groups=groups)
@@ -510,9 +566,10 @@ class ShardedOptimizer:
             _optim.write_checkpoint(sd, path)
         self.comm.Barrier()
 
-    def load(self, path):
+    def load(self, path, strict=True):
         """Collective: every rank reads ``path`` (written by :meth:`save`, on any number of
-        ranks, or by a single-process optimizer) and takes its shard."""
+        ranks, or by a single-process optimizer) and takes its shard (the rules of
+        :meth:`load_gathered_state_dict`)."""
         error = sd = None
         try:
             sd = _optim.read_checkpoint(path, "fastlr.distributed.ShardedOptimizer.load")
@@ -522,4 +579,4 @@ class ShardedOptimizer:
             raise error if error is not None else ValueError(
                 "fastlr.distributed.ShardedOptimizer.load: another rank could not read the "
                 "checkpoint")
-        self.load_gathered_state_dict(sd)
+        self._load_gathered("fastlr.distributed.ShardedOptimizer.load", sd, None, strict)

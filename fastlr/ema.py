@@ -9,12 +9,14 @@ and of timm's ``ModelEmaV3`` (``torch._foreach_lerp_``), i.e.
 
 import contextlib
 import json
+import warnings
 
 import numpy as np
 
 from fastlr._core import ema as _ema
 from fastlr._core.args import (CLOSED_UNIT, INT_MAX, POSITIVE, checked_real, choice_arg,
-                               int_arg, threads_arg)
+                               flag_arg, int_arg, threads_arg)
+from fastlr.optim.groups import _is_pair, _some, by_name, names_diff, split_named
 
 __all__ = ["EMA", "WARMUPS"]
 
@@ -38,6 +40,12 @@ def _config(name, decay, warmup, warmup_gamma, warmup_power, min_decay):
             "min_decay": m}
 
 
+def _named_input(params):
+    """Whether ``params`` is given with names: a dict, or a list of (name, array) pairs."""
+    return isinstance(params, dict) or (isinstance(params, (list, tuple)) and
+                                        any(_is_pair(p) for p in params))
+
+
 def _count(name, what, value):
     return int_arg(name, what, value, 0, INT_MAX)
 
@@ -46,7 +54,10 @@ class EMA:
     """An exponential moving average of ``params``, kept in buffers allocated once.
 
     ``params``: one float32/float64 array or a list of them, contiguous (C or F order),
-    writeable and separate — the arrays an optimizer updates in place. The averages start
+    writeable and separate — the arrays an optimizer updates in place; or named, as a dict
+    of name -> array or a list of ``(name, array)`` pairs (torch's ``named_parameters()``):
+    then :attr:`names` lists them, :meth:`copy_to` also takes a dict with those names, and
+    checkpoints record the names and check them when loaded. The averages start
     as copies of the params at construction; call :meth:`update` after each optimizer
     step. Update ``k + 1`` (``k`` = updates done before it, an int64 count) computes::
 
@@ -86,6 +97,9 @@ class EMA:
         name = "fastlr.EMA"
         self._config = _config(name, decay, warmup, warmup_gamma, warmup_power, min_decay)
         self._n_threads = None if n_threads is None else threads_arg(name, n_threads)
+        self._names = None
+        if _named_input(params):
+            params, self._names = split_named(name, params, "params")
         plist = _ema.check_arrays(name, "params", params)
         if not plist:
             raise ValueError(f"{name}: params is an empty list; give at least one array")
@@ -140,6 +154,11 @@ class EMA:
     def params(self):
         """The tracked parameter arrays (a list)."""
         return list(self._params)
+
+    @property
+    def names(self):
+        """The params' names (a list), or None when they were given without names."""
+        return None if self._names is None else list(self._names)
 
     @property
     def averaged(self):
@@ -221,6 +240,9 @@ class EMA:
         if params is None:
             self._pairs.copy(True)
             return
+        if isinstance(params, dict):
+            params = by_name(name, self._names, params, "params",
+                             "it needs exactly the tracked params' names")
         if isinstance(params, np.ndarray) != self._single:
             if isinstance(params, np.ndarray) or len(self._averaged) != 1:
                 raise TypeError(f"{name}: params must be "
@@ -233,17 +255,26 @@ class EMA:
     # ---- checkpoints ---------------------------------------------------------------------
     def state_dict(self):
         """``{"format", "updates", "decay", "warmup", "warmup_gamma", "warmup_power",
-        "min_decay", "averaged": [copies]}`` (the averages, also while swapped)."""
+        "min_decay", "averaged": [copies]}`` (the averages, also while swapped), and
+        ``"names"`` when the params are named."""
         source = self._params if self._swapped else self._averaged
         sd = {"format": _FORMAT, "updates": self._updates}
         sd.update(self._config)
         sd["averaged"] = [np.array(a, copy=True, order="K") for a in source]
+        if self._names is not None:
+            sd["names"] = list(self._names)
         return sd
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict, strict=True):
         """Restore a state dict. Everything is validated first; on any error nothing
-        changes."""
-        name = "fastlr.EMA.load_state_dict"
+        changes. When both this EMA and the state dict name their params, the names must be
+        the same in the same order, else ``ValueError`` naming the missing and unexpected
+        ones (``strict=False``: a warning, loaded by position); a state dict without names
+        loads into a named EMA, and a named one into an EMA without names, by position."""
+        self._load_state_dict(state_dict, flag_arg("fastlr.EMA.load_state_dict", "strict",
+                                                   strict), "fastlr.EMA.load_state_dict")
+
+    def _load_state_dict(self, state_dict, strict, name):
         sd = state_dict
         if not isinstance(sd, dict):
             raise TypeError(f"{name}: expected a dict, got {type(sd).__name__}")
@@ -253,7 +284,7 @@ class EMA:
         missing = [k for k in ("updates", "averaged", *_CONFIG_KEYS) if k not in sd]
         if missing:
             raise ValueError(f"{name}: the state dict has no {missing[0]!r} entry")
-        extra = sorted(set(sd) - {"format", "updates", "averaged", *_CONFIG_KEYS})
+        extra = sorted(set(sd) - {"format", "updates", "averaged", "names", *_CONFIG_KEYS})
         if extra:
             raise ValueError(f"{name}: the state dict has unknown entries {extra}")
         if self._swapped:
@@ -275,6 +306,23 @@ class EMA:
             if arr.dtype != mine.dtype or arr.shape != mine.shape:
                 raise ValueError(f"{name}: averaged[{i}] must be {mine.dtype} of shape "
                                  f"{mine.shape}, got {arr.dtype} of shape {arr.shape}")
+        saved_names = sd.get("names")
+        if saved_names is not None:
+            if not isinstance(saved_names, (list, tuple)) or \
+                    len(saved_names) != len(self._averaged) or \
+                    not all(isinstance(n, str) for n in saved_names):
+                raise ValueError(f"{name}: 'names' must be a list of {len(self._averaged)} "
+                                 f"strings, got {saved_names!r:.200}")
+            if self._names is not None and list(saved_names) != self._names:
+                diff = names_diff(self._names, list(saved_names))
+                if strict:
+                    raise ValueError(f"{name}: the checkpoint names its params otherwise "
+                                     f"than this EMA: {diff}. Build the EMA over the "
+                                     f"checkpoint's names, in its order, or load with "
+                                     f"strict=False (a warning). Nothing was loaded")
+                warnings.warn(f"{name}: the checkpoint names its params otherwise than this "
+                              f"EMA: {diff}; strict=False: loaded by position", UserWarning,
+                              stacklevel=3)
         # everything checked: apply
         for arr, mine in zip(saved, self._averaged):
             np.copyto(mine, arr, casting="no")
@@ -290,16 +338,20 @@ class EMA:
                   "config": np.array(json.dumps({k: sd[k] for k in _CONFIG_KEYS}))}
         for i, a in enumerate(sd["averaged"]):
             arrays[f"averaged/{i}"] = a
+        if "names" in sd:
+            arrays["names"] = np.array(json.dumps(sd["names"]))
         from fastlr.optim.checkpoint import write_npz_atomic
 
         write_npz_atomic(arrays, path)
 
-    def load(self, path):
-        """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises
-        ``ValueError`` and changes nothing."""
+    def load(self, path, strict=True):
+        """Restore what :meth:`save` wrote (names checked as by :meth:`load_state_dict`). A
+        truncated, corrupted or mismatched file raises ``ValueError`` and changes
+        nothing."""
         from fastlr.optim.checkpoint import read_npz_members
 
         name = "fastlr.EMA.load"
+        strict = flag_arg(name, "strict", strict)
         files = read_npz_members(path, name, "fastlr EMA checkpoint")
         try:
             if str(files["format"]) != _FORMAT:
@@ -310,10 +362,12 @@ class EMA:
             n = sum(1 for k in files if k.startswith("averaged/"))
             sd = {"format": _FORMAT, "updates": int(files["updates"]),
                   "averaged": [files[f"averaged/{i}"] for i in range(n)], **config}
+            if "names" in files:
+                sd["names"] = json.loads(str(files["names"]))
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(f"{name}: {path!s} is not a valid fastlr EMA checkpoint "
                              f"({error})") from error
-        self.load_state_dict(sd)
+        self._load_state_dict(sd, strict, name)
 
     def __repr__(self):
         c = self._config
@@ -323,5 +377,8 @@ class EMA:
             if c["warmup"] == "timm":
                 extra += (f", warmup_gamma={c['warmup_gamma']!r}, "
                           f"warmup_power={c['warmup_power']!r}")
-        return (f"EMA(<{len(self._params)} arrays>, decay={c['decay']!r}{extra}; "
+        arrays = f"<{len(self._params)} arrays>"
+        if self._names is not None:
+            arrays = f"<{len(self._params)} arrays: {_some(self._names)}>"
+        return (f"EMA({arrays}, decay={c['decay']!r}{extra}; "
                 f"updates={self._updates})")

@@ -11,7 +11,19 @@ array([0.9, 1.1, 1. ], dtype=float32)
 1
 
 ``params`` is an array, a list of arrays, or a list of group dicts ``{"params": [...],
-"lr": ...}`` overriding any hyperparameter per group. Arrays are updated in place. ``lr``
+"lr": ...}`` overriding any hyperparameter per group. Params can be named: a dict of name
+-> array, or a list of ``(name, array)`` pairs (torch's ``named_parameters()``), also as a
+group's ``"params"``; :func:`named_groups` picks groups by name. Then ``opt.step(grads)``
+takes a dict of name -> grad (any order; a list in param order still works), each group
+has ``"param_names"``, and checkpoints record and check the names.
+
+>>> named = {"fc.weight": np.ones((2, 2)), "fc.bias": np.zeros(2)}
+>>> opt = fastlr.SGD(named_groups(named, [{"params": ["fc.bias"], "lr": 0.5}]), lr=0.1)
+>>> opt.step({"fc.bias": np.ones(2), "fc.weight": np.ones((2, 2))})
+>>> named["fc.bias"], [g["param_names"] for g in opt.param_groups]
+(array([-0.5, -0.5]), [['fc.bias'], ['fc.weight']])
+
+Arrays are updated in place. ``lr``
 (and ``momentum``, ``betas[0]``, ``weight_decay``) take a number, a :mod:`fastlr.schedules`
 schedule (evaluated in C each step) or a Python callable ``step -> float`` (slower). Update
 ``t + 1`` uses ``schedule(t)``.
@@ -24,7 +36,7 @@ buffer (same group and dtype) are updated as one span.
 
 
 from fastlr._core.engine import clip_grad_norm
-from fastlr.optim.base import Optimizer, ParamGroup, flat_buffer  # noqa: F401
+from fastlr.optim.base import Optimizer, ParamGroup, flat_buffer, named_groups  # noqa: F401
 from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa: F401
                                      write_checkpoint, write_npz_atomic)
 from fastlr.optim.families import CLASSES
@@ -32,4 +44,4 @@ from fastlr.optim.families import CLASSES
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
-__all__ = ["Optimizer", *CLASSES, "flat_buffer", "clip_grad_norm"]
+__all__ = ["Optimizer", *CLASSES, "flat_buffer", "clip_grad_norm", "named_groups"]

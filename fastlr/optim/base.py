@@ -7,17 +7,19 @@
 """
 
 import threading
+import uuid
 
 import numpy as np
 
 from fastlr._core.args import threads_arg
 from fastlr._core.engine import Engine
 from fastlr.optim.checkpoint import CheckpointMixin
-from fastlr.optim.groups import GroupsMixin, ParamGroup  # noqa: F401
+from fastlr.optim.groups import (_FIXED_KEYS, GroupsMixin, ParamGroup,  # noqa: F401
+                                 _some, named_groups)
 from fastlr.optim.layout import LayoutMixin, flat_buffer  # noqa: F401
 from fastlr.optim.stepping import StepMixin
 
-__all__ = ["Optimizer", "ParamGroup", "flat_buffer"]
+__all__ = ["Optimizer", "ParamGroup", "flat_buffer", "named_groups"]
 
 
 class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
@@ -40,6 +42,9 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         self.skip_nonfinite = skip_nonfinite
         self.param_groups = []
         self._params = []
+        self._names = None              # the params' names (a list) when they are named
+        self._name_index = {}           # name -> flat index
+        self._getter = None             # operator.itemgetter(*names): a grads dict in order
         self._counts = np.zeros(0, dtype=np.int64)     # per param: updates applied
         self._started = np.zeros(0, dtype=np.uint8)    # per param: SGD buffer in use
         self._used = np.zeros((0, 4), dtype=np.float64)  # per group: values of the last step
@@ -51,9 +56,32 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         self._state = []                # per param: {name: view}
         self._layout = None             # the span structure the state blocks were made for
         self._t = 0
+        self._snapshot_id = uuid.uuid4().hex   # marks this object's own state dicts
         self._busy = threading.Lock()   # held while stepping or changing the layout
         self._engine = Engine(self._kernel, self._name)
         groups = self._groups_arg(params)
         for group in groups:
             self._add_group(group)
         self._configure()
+
+    def __repr__(self):
+        """Like torch's: the class, then each group's hyperparameters (a schedule as its
+        repr) and params (their names when named)."""
+        lines = [f"{type(self).__name__} ("]
+        for g, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {g}")
+            names = group.get("param_names")
+            n = len(group["params"])
+            shown = f"{n} array{'' if n == 1 else 's'}"
+            if names:
+                shown += f" ({_some(names, 8)})"
+            lines.append(f"    params: {shown}")
+            for key in sorted(k for k in group if k not in _FIXED_KEYS):
+                lines.append(f"    {key}: {group[key]!r}")
+        extra = [f"{k}={v!r}" for k, v in (("max_grad_norm", self._max_grad_norm),
+                                             ("skip_nonfinite", self._skip_nonfinite),
+                                             ("n_threads", self._n_threads)) if v]
+        if extra:
+            lines.append(", ".join(extra))
+        lines.append(")")
+        return "\n".join(lines)

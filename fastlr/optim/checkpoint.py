@@ -6,10 +6,12 @@ import json
 import numbers
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
-from fastlr.optim.groups import _finite_nonneg, _nonneg_int
+from fastlr._core.args import flag_arg
+from fastlr.optim.groups import _finite_nonneg, _nonneg_int, names_diff
 from fastlr.optim.plateau_state import _check_plateau_state
 from fastlr.schedules import Schedule
 
@@ -110,9 +112,11 @@ class CheckpointMixin:
 
     def state_dict(self):
         """A plain dict: ``{"format", "steps", "state": {i: {"step", buffers}},
-        "param_groups": [hyperparameters, "params": indices]}``, arrays copied. A scheduled
+        "param_groups": [hyperparameters, "params": indices, "param_names": names]}``, arrays
+        copied (``param_names`` when the params are named, as torch). A scheduled
         hyperparameter is saved as ``{"schedule": repr}``: schedules are code, rebuilt by the
-        code that builds the optimizer."""
+        code that builds the optimizer. See :meth:`load_state_dict` for what loading
+        restores."""
         groups, index = [], 0
         for group in self.param_groups:
             g = {}
@@ -120,6 +124,8 @@ class CheckpointMixin:
                 if key == "params":
                     g[key] = list(range(index, index + len(value)))
                     index += len(value)
+                elif key == "param_names":
+                    g[key] = list(value)
                 else:
                     g[key] = _plain(value)
             groups.append(g)
@@ -130,21 +136,41 @@ class CheckpointMixin:
                 st[self._scalar] = float(self._mu_product[i])
         sd = {"format": _FORMAT, "steps": self._t, "state": state, "param_groups": groups,
               "skipped_steps": self._skipped, "lr_scale": [float(v) for v in self._lr_scale],
-              "last_lr": self.last_lr}
+              "last_lr": self.last_lr, "snapshot_of": self._snapshot_id}
         plateau = (self._plateau.state_dict() if self._plateau is not None
                    else self._pending_plateau)
         if plateau is not None:
             sd["plateau"] = dict(plateau)
         return sd
 
-    def load_state_dict(self, state_dict):
-        """Restore a state dict. Everything is validated first; on any error nothing
-        changes."""
-        with self._exclusive("load_state_dict"):
-            self._load_state_dict(state_dict)
+    def load_state_dict(self, state_dict, strict=True):
+        """Restore a state dict: the step count, the per-param state and counters, the
+        plateau state. Everything is validated first; on any error nothing changes.
 
-    def _load_state_dict(self, state_dict):
-        name = f"{self._name}.load_state_dict"
+        **Hyperparameters are not restored**: the optimizer keeps its own values and
+        schedules (the code that builds it decides them) and the restored step count moves
+        its schedules to where the run was. Every hyperparameter the checkpoint recorded
+        (``lr``, ``momentum``, ``betas``, ``weight_decay``, ``eps``, the flags, ...; a
+        schedule by its repr) is compared with the optimizer's: any difference raises
+        ``ValueError`` naming the group, the hyperparameter and both values. With
+        ``strict=False`` a difference warns (``UserWarning``) and the optimizer's values are
+        kept. A Python callable (not a :mod:`fastlr.schedules` schedule) cannot be compared
+        and is kept without a check. Exception: a state dict this same optimizer object
+        returned (an in-memory snapshot, as :func:`fastlr.find_lr` takes) is a rollback and
+        restores its hyperparameters as well, as torch's ``load_state_dict`` does.
+
+        **Names**: when both the optimizer and the checkpoint name their params, each group
+        must hold the same names in the same order, else ``ValueError`` naming the missing
+        and unexpected names (``strict=False``: a warning, loaded by position). A checkpoint
+        without names loads into a named optimizer, and a named one into an optimizer
+        without names, by position (shapes are checked), as before names existed.
+        """
+        strict = flag_arg(f"{self._name}.load_state_dict", "strict", strict)
+        with self._exclusive("load_state_dict"):
+            self._load_state_dict(state_dict, strict, "load_state_dict")
+
+    def _load_state_dict(self, state_dict, strict, what):
+        name = f"{self._name}.{what}"
         sd = state_dict
         if not isinstance(sd, dict):
             raise TypeError(f"{name}: expected a dict, got {type(sd).__name__}")
@@ -178,7 +204,7 @@ class CheckpointMixin:
             raise ValueError(f"{name}: the state dict has "
                              f"{len(groups) if isinstance(groups, (list, tuple)) else '?'} "
                              f"param groups, this optimizer has {len(self.param_groups)}")
-        new_hypers, index = [], 0
+        new_hypers, index, renamed, differ = [], 0, [], []
         for g, (saved, group) in enumerate(zip(groups, self.param_groups)):
             if not isinstance(saved, dict):
                 raise TypeError(f"{name}: param_groups[{g}] must be a dict")
@@ -189,13 +215,24 @@ class CheckpointMixin:
                 raise ValueError(f"{name}: param_groups[{g}] holds params "
                                  f"{saved.get('params')}, expected {list(range(index, index + n))}")
             index += n
+            saved_names = saved.get("param_names")
+            if saved_names is not None:
+                if not isinstance(saved_names, (list, tuple)) or len(saved_names) != n or \
+                        not all(isinstance(k, str) for k in saved_names):
+                    raise ValueError(f"{name}: param_groups[{g}]['param_names'] must be a list "
+                                     f"of {n} strings, got {saved_names!r:.200}")
+                mine = group.get("param_names")
+                if mine is not None and list(saved_names) != mine:
+                    renamed.append(_names_diff(g, mine, list(saved_names)))
             hyper = {}
             for key, value in saved.items():
-                if key == "params":
+                if key == "params" or key == "param_names":
                     continue
                 if key not in group:
                     raise ValueError(f"{name}: param_groups[{g}] has an unknown "
                                      f"hyperparameter {key!r}")
+                if not _same(group[key], value):
+                    differ.append((g, key, group[key], value))
                 if _is_marker(value):
                     continue        # a schedule: code, rebuilt by the code that built this
                 if key == "betas" and isinstance(value, (list, tuple)) and len(value) == 2 \
@@ -235,12 +272,12 @@ class CheckpointMixin:
                     continue
                 if buf not in st:
                     raise ValueError(f"{name}: state[{i}] has no {buf!r} buffer, which this "
-                                     f"optimizer's options need")
+                                     f"optimizer's options need for {self._label(i)}")
                 arr = st[buf]
                 if not isinstance(arr, np.ndarray) or arr.shape != p.shape or \
                         arr.dtype.kind != "f":
                     raise ValueError(f"{name}: state[{i}][{buf!r}] must be a float array of "
-                                     f"shape {p.shape}, got "
+                                     f"shape {p.shape} like {self._label(i)}, got "
                                      f"{getattr(arr, 'dtype', type(arr).__name__)} "
                                      f"{getattr(arr, 'shape', '')}")
                 bufs[buf] = arr
@@ -250,10 +287,23 @@ class CheckpointMixin:
                 raise ValueError(f"{name}: state[{i}] has buffers {sorted(extra)} that this "
                                  f"optimizer's options do not use")
             new_state[i] = (count, bufs)
+        rollback = sd.get("snapshot_of") == self._snapshot_id
+        if renamed:
+            self._refuse_or_warn(name, strict, "names its params otherwise", renamed,
+                                 "build the optimizer over the checkpoint's names, in its "
+                                 "order", "loaded by position")
+        if differ and not rollback:
+            self._refuse_or_warn(name, strict, "recorded other hyperparameters",
+                                 [_hyper_diff(*d) for d in differ],
+                                 "a checkpoint restores the step count and the state, never "
+                                 "the hyperparameters: build the optimizer with the "
+                                 "checkpoint's values and schedules",
+                                 "kept this optimizer's values")
         # everything checked: apply
-        for group, hyper in zip(self.param_groups, new_hypers):
-            for key, value in hyper.items():
-                dict.__setitem__(group, key, value)
+        if rollback:
+            for group, hyper in zip(self.param_groups, new_hypers):
+                for key, value in hyper.items():
+                    dict.__setitem__(group, key, value)
         for i, (count, bufs) in new_state.items():
             self._counts[i] = count
             if self._scalar:
@@ -281,15 +331,33 @@ class CheckpointMixin:
         elif steps > 0:         # an older checkpoint: the lr the schedule gave last
             self._used[:, 0] = [v["lr"] for v in self._engine.group_values(steps - 1)]
 
+    def _refuse_or_warn(self, name, strict, what, diffs, advice, kept):
+        """A checkpoint that disagrees with this optimizer: ValueError (strict), else a
+        warning saying what was done."""
+        listed = "; ".join(diffs)
+        if strict:
+            raise ValueError(f"{name}: the checkpoint {what} than this optimizer: {listed}. "
+                             f"{advice[0].upper()}{advice[1:]}, or load with strict=False "
+                             f"(a warning). Nothing was loaded")
+        warnings.warn(f"{name}: the checkpoint {what} than this optimizer: {listed}; "
+                      f"strict=False: {kept}", UserWarning, stacklevel=4)
+
     def save(self, path):
         """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically: a temporary
-        file in the same directory, then a rename."""
+        file in the same directory, then a rename. The params' names (when named) and every
+        hyperparameter (a schedule by its repr) are recorded, for :meth:`load` to check."""
         write_checkpoint(self.state_dict(), path)
 
-    def load(self, path):
-        """Restore what :meth:`save` wrote. A truncated, corrupted or mismatched file raises
-        ``ValueError`` and changes nothing."""
-        self.load_state_dict(read_checkpoint(path, f"{self._name}.load"))
+    def load(self, path, strict=True):
+        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules (the
+        optimizer's hyperparameters are kept and checked against the file's, names are
+        checked; ``strict=False``: differences warn). A truncated, corrupted or mismatched
+        file raises ``ValueError`` and changes nothing."""
+        name = f"{self._name}.load"
+        strict = flag_arg(name, "strict", strict)
+        sd = read_checkpoint(path, name)
+        with self._exclusive("load"):
+            self._load_state_dict(sd, strict, "load")
 
 
 def _plain(value):
@@ -304,3 +372,37 @@ def _plain(value):
 
 def _is_marker(value):
     return isinstance(value, dict) and set(value) == {"schedule"}
+
+
+def _same(mine, saved):
+    """Whether the optimizer's hyperparameter ``mine`` is what a checkpoint recorded as
+    ``saved`` (a number, a flag, a pair, or a schedule's ``{"schedule": repr}``)."""
+    saved = _plain(saved)
+    if isinstance(mine, (tuple, list)):
+        return isinstance(saved, (tuple, list)) and len(saved) == len(mine) and \
+            all(_same(a, b) for a, b in zip(mine, saved))
+    if isinstance(mine, Schedule):
+        return _is_marker(saved) and saved["schedule"] == repr(mine)
+    if callable(mine):
+        return _is_marker(saved)    # Python code: fastlr cannot tell two callables apart
+    if _is_marker(saved) or isinstance(saved, (dict, list, str)):
+        return False
+    return _plain(mine) == saved
+
+
+def _shown(value):
+    value = _plain(value)
+    if _is_marker(value):
+        return value["schedule"]
+    if isinstance(value, list):
+        return f"({', '.join(_shown(v) for v in value)})"
+    return repr(value)
+
+
+def _hyper_diff(g, key, mine, saved):
+    return (f"param_groups[{g}][{key!r}] is {_shown(mine)} here, {_shown(saved)} in the "
+            f"checkpoint")
+
+
+def _names_diff(g, mine, saved):
+    return f"param_groups[{g}]: {names_diff(mine, saved)}"

@@ -12,6 +12,7 @@ torch creates at the first update that uses it.
 
 import numbers
 import re
+import textwrap
 
 import numpy as np
 
@@ -113,8 +114,16 @@ def _doc(row, family, signature):
     hypers = {}
     for h in family.hypers:
         hypers.setdefault(h.pair or h.name, h)
-    lines += ["Parameters", "----------", "params : array, list of arrays or list of group "
-              "dicts", "    Updated in place."]
+    lines += ["Parameters", "----------",
+              "params : array, list of arrays, dict of name -> array, list of (name, array) "
+              "pairs, or list of group dicts",
+              *textwrap.wrap("Updated in place. Named params (a dict, or torch's "
+                             "``named_parameters()`` pairs, also as a group's "
+                             "``\"params\"``; groups picked by name with "
+                             ":func:`fastlr.optim.named_groups`) let ``step`` take the grads "
+                             "as a dict of name -> grad in any order, and checkpoints record "
+                             "and check the names.", 88, initial_indent="    ",
+                             subsequent_indent="    ")]
     for name, default in signature:
         h = hypers.get(name)
         text = h.doc if h is not None else "class option"
@@ -127,7 +136,14 @@ def _doc(row, family, signature):
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
     for name, value in row.fixed.items():
         lines += [f"({name} is fixed to {value!r})"]
-    lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`."]
+    lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`.",
+              "", *textwrap.wrap("Checkpoints (``state_dict``/``load_state_dict``, "
+                                 "``save``/``load``) restore the step count and the state, "
+                                 "never the hyperparameters: the optimizer keeps its own "
+                                 "values and schedules, and one that differs from what the "
+                                 "checkpoint recorded raises ``ValueError`` "
+                                 "(``strict=False``: a warning). ``repr(opt)`` lists each "
+                                 "group's hyperparameters.", 88)]
     for name, init in family.scalar_state:
         lines += ["", f"Each param's ``{name}`` (starting at {init!r}) is part of its state, "
                       f"as in torch: ``opt.state[i][{name!r}]`` and the state dict."]

@@ -4,6 +4,7 @@ the one-thread-at-a-time guard."""
 
 import contextlib
 import numbers
+import operator
 
 import numpy as np
 
@@ -18,9 +19,9 @@ class ParamGroup(dict):
     __slots__ = ("_owner",)
 
     def __setitem__(self, key, value):
-        if key == "params":
-            raise TypeError("a param group's 'params' cannot be replaced; build a new "
-                            "optimizer or use add_param_group")
+        if key in _FIXED_KEYS:
+            raise TypeError(f"a param group's {key!r} cannot be replaced; build a new "
+                            f"optimizer or use add_param_group")
         owner = getattr(self, "_owner", None)
         if owner is None:
             dict.__setitem__(self, key, value)
@@ -74,37 +75,41 @@ class GroupsMixin:
         return f"fastlr.{type(self).__name__}"
 
     def _groups_arg(self, params):
-        if isinstance(params, np.ndarray):
-            return [{"params": [params]}]
-        if isinstance(params, dict):
-            return [params]
-        try:
-            items = list(params)
-        except TypeError:
-            raise TypeError(f"{self._name}: params must be an array, a list of arrays or a "
-                            f"list of dicts, got {type(params).__name__}") from None
-        if not items:
-            raise ValueError(f"{self._name}: params is empty")
-        if all(isinstance(p, dict) for p in items):
-            return items
-        if any(isinstance(p, dict) for p in items):
-            raise TypeError(f"{self._name}: params mixes arrays and group dicts")
-        return [{"params": items}]
+        return groups_arg(self._name, params)
 
-    def _check_param(self, i, p):
+    def _label(self, i, names=None, group=None, j=None):
+        """How messages name param ``i`` (flat index): ``params[i]`` with its place in the
+        groups, ``(param_groups[g]['params'][j])``, and its name when it has one."""
+        if group is None:
+            group, j = self._where(i)
+        names = self._names if names is None else names
+        name = f", {names[i]!r}" if names else ""
+        return f"params[{i}] (param_groups[{group}]['params'][{j}]{name})"
+
+    def _where(self, i):
+        """(group, index in the group) of param ``i`` (flat index)."""
+        start = 0
+        for g, group in enumerate(self.param_groups):
+            n = len(group["params"])
+            if i < start + n:
+                return g, i - start
+            start += n
+        return len(self.param_groups), i - start     # a group being added
+
+    def _check_param(self, label, p):
         if not isinstance(p, np.ndarray):
-            raise TypeError(f"{self._name}: params[{i}] must be a numpy.ndarray, got "
+            raise TypeError(f"{self._name}: {label} must be a numpy.ndarray, got "
                             f"{type(p).__name__}")
         if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
-            raise TypeError(f"{self._name}: params[{i}] must have dtype float32 or float64 "
+            raise TypeError(f"{self._name}: {label} must have dtype float32 or float64 "
                             f"(native byte order), got {p.dtype}")
         if not (p.flags.c_contiguous or p.flags.f_contiguous):
-            raise ValueError(f"{self._name}: params[{i}] must be contiguous (C or F order), "
+            raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
                              f"got strides {p.strides}; an update applied to a copy is lost")
         if not p.flags.writeable:
-            raise ValueError(f"{self._name}: params[{i}] is read-only but is updated in place")
+            raise ValueError(f"{self._name}: {label} is read-only but is updated in place")
         if not p.flags.aligned:
-            raise ValueError(f"{self._name}: params[{i}] is not aligned in memory")
+            raise ValueError(f"{self._name}: {label} is not aligned in memory")
 
     def _check_hyper(self, key, value, where):
         """Type and range of one hyperparameter (torch's checks), before it is used."""
@@ -120,7 +125,7 @@ class GroupsMixin:
             self._check_hyper("beta2", value[1], where)
             return
         if key not in self._ranges:
-            if key == "params":
+            if key in _FIXED_KEYS:
                 return
             raise ValueError(f"{fn}: unknown hyperparameter {key!r}; expected one of "
                              f"{', '.join(sorted(self._ranges) + sorted(self._flags))}")
@@ -134,17 +139,33 @@ class GroupsMixin:
     def _add_group(self, group):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{self._name}: a param group must be a dict with a 'params' entry")
-        params = group["params"]
-        try:
-            params = [params] if isinstance(params, np.ndarray) else list(params)
-        except TypeError:
-            raise TypeError(f"{self._name}: a param group's 'params' must be an array or a "
-                            f"list of arrays, got {type(params).__name__}") from None
-        if not params:
-            raise ValueError(f"{self._name}: a param group has no params")
+        g = len(self.param_groups)
+        params, names = split_named(self._name, group["params"],
+                                    f"param_groups[{g}]['params']")
+        if "param_names" in group:          # torch's spelling: names beside the arrays
+            given = group["param_names"]
+            if names is not None or isinstance(given, (str, bytes)) or \
+                    not isinstance(given, (list, tuple)) or len(given) != len(params):
+                raise ValueError(f"{self._name}: param_groups[{g}]['param_names'] must be a "
+                                 f"list of {len(params)} names beside a list of arrays (or "
+                                 f"name the arrays in 'params' instead), got {given!r:.100}")
+            params, names = split_named(self._name, list(zip(given, params)),
+                                        f"param_groups[{g}]['param_names']")
         start = len(self._params)
+        if self.param_groups and (names is None) != (self._names is None):
+            raise ValueError(f"{self._name}: param_groups[{g}] has "
+                             f"{'no names' if names is None else 'named params'} but the "
+                             f"optimizer's params are {'un' if names is not None else ''}named"
+                             f"; name all params or none")
+        if names is not None:
+            taken = [n for n in names if n in self._name_index]
+            if taken:
+                raise ValueError(f"{self._name}: param_groups[{g}] names {taken[0]!r}, which "
+                                 f"param_groups[{self._where(self._name_index[taken[0]])[0]}] "
+                                 f"already holds; names must be unique")
+        all_names = None if names is None else (self._names or []) + names
         for j, p in enumerate(params):
-            self._check_param(start + j, p)
+            self._check_param(self._label(start + j, all_names, g, j), p)
         full = ParamGroup()
         for key, value in group.items():
             if key != "params":
@@ -152,9 +173,15 @@ class GroupsMixin:
         for key, value in self.defaults.items():
             dict.__setitem__(full, key, group.get(key, value))
         dict.__setitem__(full, "params", params)
+        if names is not None:
+            dict.__setitem__(full, "param_names", names)
         self._validate_group(full)
-        self._check_overlap(self._params + params)
+        self._check_overlap(self._params + params, all_names)
         self._params.extend(params)
+        if names is not None:
+            self._names = all_names
+            self._name_index.update((n, start + j) for j, n in enumerate(names))
+            self._getter = operator.itemgetter(*all_names)
         full._owner = self
         self.param_groups.append(full)
         self._counts = np.concatenate([self._counts, np.zeros(len(params), dtype=np.int64)])
@@ -168,13 +195,15 @@ class GroupsMixin:
     def _validate_group(self, group):
         """Checks of a whole group's options (after a change); subclasses add theirs."""
 
-    def _check_overlap(self, params):
+    def _check_overlap(self, params, names):
         spans = sorted((p.__array_interface__["data"][0], p.nbytes, i)
                        for i, p in enumerate(params) if p.nbytes)
         for (a, na, i), (b, nb, j) in zip(spans, spans[1:]):
             if b < a + na:
-                raise ValueError(f"{self._name}: params[{min(i, j)}] and params[{max(i, j)}] "
-                                 f"overlap in memory (a param may appear only once)")
+                first, second = sorted((i, j))
+                raise ValueError(f"{self._name}: {self._label(first, names)} and "
+                                 f"{self._label(second, names)} overlap in memory (a param "
+                                 f"may appear only once)")
 
     def add_param_group(self, param_group):
         """Add a group (torch's ``add_param_group``): its params start their own update count
@@ -199,6 +228,174 @@ class GroupsMixin:
             yield
         finally:
             self._busy.release()
+
+
+#: The group entries that are not hyperparameters (set at construction, never replaced).
+_FIXED_KEYS = ("params", "param_names")
+
+
+def groups_arg(fn, params):
+    """``params`` as a list of group dicts: an array, a list of arrays, a dict of name ->
+    array, a list of ``(name, array)`` pairs, one group dict or a list of group dicts."""
+    if isinstance(params, np.ndarray):
+        return [{"params": [params]}]
+    if isinstance(params, dict):
+        return [params] if "params" in params else [{"params": params}]
+    if isinstance(params, (str, bytes)):
+        items = None
+    else:
+        try:
+            items = list(params)
+        except TypeError:
+            items = None
+    if items is None:
+        raise TypeError(f"{fn}: params must be an array, a list of arrays, a dict of name -> "
+                        f"array, a list of (name, array) pairs or a list of group dicts, got "
+                        f"{type(params).__name__}")
+    if not items:
+        raise ValueError(f"{fn}: params is empty")
+    if all(isinstance(p, dict) for p in items):
+        return items
+    if any(isinstance(p, dict) for p in items):
+        raise TypeError(f"{fn}: params mixes arrays and group dicts")
+    return [{"params": items}]
+
+
+def _is_pair(item):
+    return isinstance(item, tuple) and len(item) == 2
+
+
+def split_named(fn, params, where):
+    """``params`` (named ``where`` in messages, e.g. ``param_groups[1]['params']``) as (list
+    of arrays, list of names or None): an array, a list of arrays, a dict of name -> array
+    or a list of ``(name, array)`` pairs (torch's ``named_parameters()``). Names must be
+    unique strings; the arrays are checked by the caller."""
+    if isinstance(params, np.ndarray):
+        return [params], None
+    if isinstance(params, dict):
+        names, arrays = list(params.keys()), list(params.values())
+    else:
+        try:
+            items = None if isinstance(params, (str, bytes)) else list(params)
+        except TypeError:
+            items = None
+        if items is None:
+            raise TypeError(f"{fn}: {where} must be an array, a list of arrays, a dict of "
+                            f"name -> array or a list of (name, array) pairs, got "
+                            f"{type(params).__name__}")
+        pairs = [_is_pair(p) for p in items]
+        if not any(pairs):
+            if not items:
+                raise ValueError(f"{fn}: {where} is empty (no params)")
+            return items, None
+        if not all(pairs):
+            k = pairs.index(not pairs[0])
+            raise TypeError(f"{fn}: {where} mixes (name, array) pairs and arrays (item {k}); "
+                            f"name all params or none")
+        names, arrays = [p[0] for p in items], [p[1] for p in items]
+    if not arrays:
+        raise ValueError(f"{fn}: {where} is empty (no params)")
+    for k, n in enumerate(names):
+        if not isinstance(n, str):
+            raise TypeError(f"{fn}: {where}: param names must be strings, got "
+                            f"{type(n).__name__} {n!r} (item {k})")
+    if len(set(names)) != len(names):
+        dup = next(n for k, n in enumerate(names) if n in names[:k])
+        raise ValueError(f"{fn}: {where} names {dup!r} twice; names must be unique")
+    return arrays, names
+
+
+def names_diff(mine, saved, other="the checkpoint"):
+    """What differs between this object's names and ``other``'s (a checkpoint's), in
+    words."""
+    missing = [n for n in mine if n not in saved]
+    unknown = [n for n in saved if n not in mine]
+    parts = []
+    if missing:
+        parts.append(f"missing from {other}: {_some(missing)}")
+    if unknown:
+        parts.append(f"unexpected in {other}: {_some(unknown)}")
+    if not parts:
+        parts.append(f"the same names in another order ({_some(saved)} vs {_some(mine)})")
+    return ", ".join(parts)
+
+
+def by_name(fn, names, mapping, what, tail, getter=None):
+    """``mapping`` (name -> array) as the arrays in ``names``' order, in one pass (messages
+    are formatted only on error): exactly those names, else a ValueError naming the missing
+    and unexpected keys (then ``tail``); ``names`` None (unnamed params): a TypeError.
+    ``getter``: ``operator.itemgetter(*names)``, when the caller keeps one (a C loop)."""
+    if names is None:
+        raise TypeError(f"{fn}: {what} is a dict but the params have no names; pass {what} "
+                        f"as a list in param order, or name the params (a dict of name -> "
+                        f"array) when building")
+    try:
+        out = getter(mapping) if getter is not None else tuple(map(mapping.__getitem__, names))
+    except (KeyError, TypeError):
+        out = None
+    if out is not None and len(names) == 1 and getter is not None:
+        out = (out,)                    # itemgetter of one name gives the item itself
+    if out is None or len(mapping) != len(out):
+        raise ValueError(f"{fn}: {names_diff(names, list(mapping), what)}; {tail}")
+    return out
+
+
+def named_groups(named, groups=(), *, rest=True):
+    """Param groups picked by name, for an optimizer over named params.
+
+    ``named``: a dict of name -> array or a list of ``(name, array)`` pairs (torch's
+    ``named_parameters()``); ``groups``: group dicts whose ``"params"`` is a list of names,
+    with their own hyperparameters. With ``rest=True`` the params no group names form one
+    more group (the optimizer's defaults), last; with ``rest=False`` every param must be
+    named by a group. Returns the group dicts, each param as a ``{name: array}`` entry::
+
+        named = {"fc.weight": w, "fc.bias": b, "out.weight": w2}
+        opt = fastlr.AdamW(named_groups(named, [{"params": ["fc.bias"], "weight_decay": 0}]),
+                           lr=1e-3)
+        opt.step({"fc.weight": gw, "fc.bias": gb, "out.weight": gw2})
+
+    An unknown name, a name in two groups or (``rest=False``) a param in no group raises
+    ``ValueError`` naming it.
+    """
+    fn = "fastlr.optim.named_groups"
+    arrays, names = split_named(fn, named, "named")
+    if names is None:
+        raise TypeError(f"{fn}: named must be a dict of name -> array or a list of "
+                        f"(name, array) pairs")
+    table = dict(zip(names, arrays))
+    if isinstance(groups, dict):
+        groups = [groups]
+    out, owner = [], {}
+    for g, group in enumerate(groups):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{fn}: groups[{g}] must be a dict with a 'params' entry")
+        wanted = group["params"]
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        picked = {}
+        for n in wanted:
+            if not isinstance(n, str):
+                raise TypeError(f"{fn}: groups[{g}]['params'] must list param names "
+                                f"(strings), got {type(n).__name__}")
+            if n not in table:
+                raise ValueError(f"{fn}: groups[{g}]['params'] names {n!r}, which is not a "
+                                 f"param (known: {_some(names)})")
+            if n in owner:
+                raise ValueError(f"{fn}: {n!r} is in groups[{owner[n]}] and groups[{g}]; a "
+                                 f"param belongs to one group")
+            owner[n] = g
+            picked[n] = table[n]
+        out.append(dict(group, params=picked))
+    left = {n: a for n, a in table.items() if n not in owner}
+    if left and not rest:
+        raise ValueError(f"{fn}: no group names {_some(list(left))} (rest=False)")
+    if left:
+        out.append({"params": left})
+    return out
+
+
+def _some(names, k=6):
+    shown = ", ".join(repr(n) for n in names[:k])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > k else "")
 
 
 def _finite_nonneg(v):

@@ -52,7 +52,7 @@ class LayoutMixin:
         """The group's hyperparameters as the engine wants them."""
         out = {}
         for key, value in group.items():
-            if key == "params":
+            if key == "params" or key == "param_names":
                 continue
             if key == "betas":
                 b1, b2 = value

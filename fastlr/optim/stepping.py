@@ -1,18 +1,28 @@
 """The step: one compiled call per update, what it reports, and its pure-NumPy twin."""
 
+import re
+
 import numpy as np
 
 from fastlr import reference
 from fastlr._kernels import get_num_threads as _default_threads
+from fastlr.optim.groups import by_name
+
+
+#: ``grads[3]`` / ``params[3]`` in an engine message (not ``param_groups[...]``)
+_INDEXED = re.compile(r"\b(grads|params)\[(\d+)\]")
 
 
 class StepMixin:
     """The step and what it exposes (part of :class:`Optimizer`)."""
 
     def step(self, grads):
-        """Apply one update to every param from ``grads`` (a list in param order, or one flat
-        array when the params are views of one buffer). Raises before touching anything
-        when a grad or a scheduled hyperparameter is invalid.
+        """Apply one update to every param from ``grads`` (a list in param order, one flat
+        array when the params are views of one buffer, or, when the params are named, a dict
+        of name -> grad with exactly the params' names, in any order). Raises before touching
+        anything when a grad or a scheduled hyperparameter is invalid; a message names the
+        param as ``params[i] (param_groups[g]['params'][j], 'name')`` and a grad as
+        ``grads[i]`` (``grads['name']`` for a dict).
 
         With ``skip_nonfinite=True`` it returns whether the update was applied: grads that
         hold a NaN or Inf skip the whole step (nothing is written, no counter moves, the
@@ -26,7 +36,11 @@ class StepMixin:
             # raise now: trying again (the other thread may just have let go) and going on
             # would step without the lock and then release a lock this call does not hold
             raise self._busy_error("step")
+        given = grads
         try:
+            if self._getter is not None and type(grads) is not list and \
+                    isinstance(grads, dict):      # unnamed params: one attribute test
+                grads = self._grads_list(grads, "step")
             if self._dirty:
                 self._configure()
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
@@ -36,11 +50,56 @@ class StepMixin:
                 self._t += 1
             else:
                 self._skipped += 1
+        except (TypeError, ValueError) as error:
+            relabelled = self._relabelled(error, given)
+            if relabelled is error:
+                raise
+            raise relabelled from None
         finally:
             self._busy.release()
         if applied:
             return True if self._skip_nonfinite else None
         return False
+
+    def _grads_list(self, grads, what):
+        """A dict of name -> grad as the list in param order (see groups.by_name)."""
+        return by_name(f"{self._name}.{what}", self._names, grads, "the grads",
+                       f"it needs one grad per param name ({len(self._params)}). Nothing "
+                       f"was updated", self._getter)
+
+    def _relabelled(self, error, grads):
+        """The engine's error with its params and grads named as the optim layer names them
+        (the first mention of each index gets its place in the groups and its name; a dict's
+        grads are named by key); any other error as it is."""
+        if self._names is None and isinstance(grads, dict):
+            try:
+                self._grads_list(grads, "step")     # the error that explains it
+            except TypeError as better:
+                return better
+        text = str(error)
+        if type(error) not in (TypeError, ValueError) or not _INDEXED.search(text):
+            return error
+        names = self._names
+        by_key = isinstance(grads, dict) and names is not None
+        seen = set()
+
+        def label(m):
+            what, i = m.group(1), int(m.group(2))
+            if i >= len(self._params):
+                return m.group(0)
+            head = f"grads[{names[i]!r}]" if what == "grads" and by_key else m.group(0)
+            if i in seen:
+                return head
+            seen.add(i)
+            g, j = self._where(i)
+            where = [f"param_groups[{g}]['params'][{j}]"]
+            if head.startswith("grads['"):
+                where.insert(0, f"params[{i}]")
+            elif names is not None:
+                where.append(repr(names[i]))
+            return f"{head} ({', '.join(where)})"
+
+        return type(error)(_INDEXED.sub(label, text))
 
     @property
     def skipped_steps(self):
@@ -103,6 +162,8 @@ class StepMixin:
     def step_reference(self, grads):
         """The same update as :meth:`step`, computed by :mod:`fastlr.reference` in Python
         (slow; the oracle the tests hold :meth:`step` to)."""
+        if isinstance(grads, dict):
+            grads = self._grads_list(grads, "step_reference")
         if isinstance(grads, np.ndarray):
             flat, grads, off = grads.reshape(-1), [], 0
             for p in self._params:

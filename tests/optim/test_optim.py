@@ -1111,12 +1111,18 @@ def test_state_dict_content_like_torch(torch):
 
 def test_load_keeps_the_schedule_the_code_built():
     """Schedules are code: a checkpoint restores counters and buffers, and the optimizer
-    keeps the schedule it was built with (here a longer cosine, as when extending a run)."""
+    keeps the schedule it was built with. Another schedule than the checkpoint's (here a
+    longer cosine, as when extending a run) is refused unless strict=False, which warns."""
     w = np.ones(3)
     a = fastlr.SGD([w], lr=S.cosine(0.1, 10))
     a.step([np.ones(3)])
     b = fastlr.SGD([np.ones(3)], lr=S.cosine(0.1, 20))
-    b.load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\] is cosine\(0.1, 20\) "
+                                         r"here, cosine\(0.1, 10\) in the checkpoint"):
+        b.load_state_dict(a.state_dict())
+    assert b.steps == 0
+    with pytest.warns(UserWarning, match="cosine"):
+        b.load_state_dict(a.state_dict(), strict=False)
     assert b.steps == 1
     assert b.param_groups[0]["lr"] == S.cosine(0.1, 20)
     assert b.next_lr == [S.cosine(0.1, 20)(1)]
