@@ -53,3 +53,9 @@ cpdef int threads_arg(str fn, object n_threads) except -1
 # One of `choices` (a tuple): TypeError when value's type is none of the choices' types,
 # ValueError when it is not among them; returns its index.
 cpdef Py_ssize_t choice_arg(str fn, str name, object value, tuple choices) except -1
+
+# Hints (text starting "; ", or "") for the array checks' messages: a torch tensor where an
+# ndarray is expected; a non-contiguous array, or one not in its param's layout (fortran: the
+# param is F-ordered; written: the array is updated in place).
+cpdef str ndarray_hint(object value)
+cpdef str layout_hint(str name, bint fortran=*, bint written=*)

@@ -12,7 +12,7 @@ from libc.stdint cimport INT64_MAX, int64_t
 
 __all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "RULES", "INT_MAX",
            "MAX_THREADS", "real_arg", "checked_real", "int_arg", "flag_arg", "step_arg",
-           "threads_arg", "choice_arg"]
+           "threads_arg", "choice_arg", "ndarray_hint", "layout_hint"]
 
 # The codes as plain module constants for Python callers (args.NONNEG, args.MAX_THREADS, ...).
 globals().update({m.name: int(m) for m in Rule}, MAX_THREADS=int(MAX_THREADS))
@@ -223,3 +223,29 @@ cpdef Py_ssize_t choice_arg(str fn, str name, object value, tuple choices) excep
     if not known_type:
         raise TypeError(f"{fn}: {name} must be one of {want}, got {_kind(value)}")
     raise ValueError(f"{fn}: {name} must be one of {want}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# hints for the common array mistakes, appended to the messages of the array checks
+# (fastlr._core.arrays and the layers that check arrays), so every layer says the same
+# ---------------------------------------------------------------------------------------
+cpdef str ndarray_hint(object value):
+    """The end of a "must be a numpy.ndarray" message: for a torch tensor, how to pass it
+    (``t.numpy()`` or fastlr.compat.torch); else ""."""
+    if type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "numpy"):
+        return ("; for a torch tensor pass t.numpy() (t.detach().numpy() when it requires "
+                "grad; on the CPU it shares the tensor's memory), or use fastlr.compat.torch, "
+                "whose optimizers step tensors")
+    return ""
+
+
+cpdef str layout_hint(str name, bint fortran=False, bint written=False):
+    """The end of a message on an array that is not contiguous, or not in its param's layout
+    (``fortran``: the param is F-ordered): ``np.ascontiguousarray(name)`` (or
+    ``np.asfortranarray``). ``written``: the array is updated in place, so a copy made per
+    call would lose the update: make it once and keep that array."""
+    fix = f"np.{'asfortranarray' if fortran else 'ascontiguousarray'}({name})"
+    if written:
+        return (f"; {name} is updated in place, so make it contiguous once ({fix}; a "
+                f"transposed or sliced array is not) and keep training that array")
+    return f"; pass {fix} (a transposed or sliced array is not contiguous)"
