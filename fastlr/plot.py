@@ -149,12 +149,14 @@ def _finish(fig, path):
 
 
 def _plot_styled(ax, items):
-    """Plot ``[(label, x, y)]`` with STYLES in turn (legend texts cut at MAX_LABEL)."""
+    """Plot ``[(label, x, y)]`` with STYLES in turn (one curve alone: a plain line; legend
+    texts cut at MAX_LABEL)."""
     for i, (text, x, y) in enumerate(items):
         text = str(text)
         if len(text) > MAX_LABEL:
             text = text[:MAX_LABEL - 3] + "..."
-        ax.plot(x, y, label=text, zorder=2 + i, **STYLES[i % len(STYLES)])
+        style = STYLES[i % len(STYLES)] if len(items) > 1 else {"ls": "-", "lw": 1.8}
+        ax.plot(x, y, label=text, zorder=2 + i, **style)
 
 
 def schedule(schedules, steps=None, *, log=False, ax=None, path=None, title=None):

@@ -162,6 +162,7 @@ def train(opt, use_reference, params, data, epochs, batch_size, seed, out, label
     rng = np.random.default_rng(seed)
     step = opt.step_reference if use_reference else opt.step
     losses, step_time = [], 0.0
+    steps_per_epoch = -(-len(y) // batch_size)
     progress = _Progress(out, epochs, label)
     for epoch in range(epochs):
         order = rng.permutation(len(y))
@@ -172,7 +173,8 @@ def train(opt, use_reference, params, data, epochs, batch_size, seed, out, label
             t0 = time.perf_counter()
             step(grads)
             step_time += time.perf_counter() - t0
-        progress.update(epoch + 1, f"loss {np.mean(losses[-(len(y) // batch_size):]):.4f}")
+        progress.update(epoch + 1, f"mean minibatch loss "
+                                   f"{np.mean(losses[-steps_per_epoch:]):.4f}")
     progress.close()
     return np.array(losses), step_time
 

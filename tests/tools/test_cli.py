@@ -33,6 +33,8 @@ def test_demo_end_to_end_with_pictures(tmp_path):
     assert (f"training-set loss after training (all 1438 samples): fastlr "
             f"{fast['train_loss']:.5f}, reference {ref['train_loss']:.5f}") in text
     assert "final training loss" not in text
+    epoch_mean = np.mean(fast["losses"][-23:])            # 1438 samples: 23 batches of 64
+    assert f"fastlr    epoch 3/3: mean minibatch loss {epoch_mean:.4f}" in text
     x, y = cli.load_data(0)[:2]
     assert fast["train_loss"] == pytest.approx(
         cli.loss_and_grads(fast["params"], x.astype(np.float32), y)[0], rel=1e-6)

@@ -117,3 +117,9 @@ def test_lr_finder_plot_keeps_its_x_label(tmp_path):
     tight = fig.get_tightbbox(renderer)           # inches
     assert tight.y0 * fig.dpi <= label.y0 and tight.x1 * fig.dpi >= label.x1
     assert height >= tight.height * 100 - 1 and width >= tight.width * 100 - 1
+
+
+def test_a_curve_alone_is_a_plain_line():
+    fig = plot.schedule(schedules.cosine(0.1, 100), 101)
+    line, = fig.axes[0].get_lines()
+    assert line.get_linestyle() == "-" and line.get_alpha() in (None, 1.0)
