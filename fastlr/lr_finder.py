@@ -160,11 +160,12 @@ class LRFinderResult:
                 require_matplotlib()
                 # a figure outside pyplot: no backend, nothing left open
                 from matplotlib.figure import Figure
-                fig = Figure(figsize=(7, 4))
+                fig = Figure(figsize=(7, 4), layout="constrained")
                 ax = fig.add_subplot()
             else:
                 plt = require_matplotlib()
-                fig, ax = plt.subplots(figsize=(7, 4))
+                # constrained layout: the x label stays inside the figure however it is saved
+                fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
         fig = ax.figure
         finite = np.isfinite(self.smoothed_losses)
         lrs, raw, sm = self.lrs[finite], self.losses[finite], self.smoothed_losses[finite]

@@ -4,9 +4,22 @@ matplotlib is imported when a function here is called, never at ``import fastlr`
 it these functions raise an ImportError that says how to install it.
 """
 
+import inspect
+import numbers
+
 import numpy as np
 
-__all__ = ["schedule", "curves", "require_matplotlib"]
+__all__ = ["schedule", "curves", "label", "default_steps", "require_matplotlib"]
+
+#: Line styles of the curves drawn on one axis, in order: the first is wide and pale, the
+#: others thin and dashed or dotted, so that curves that coincide (fastlr and its reference
+#: twin agree to rounding) all stay visible.
+STYLES = ({"ls": "-", "lw": 3.0, "alpha": 0.45}, {"ls": "--", "lw": 1.3, "alpha": 1.0},
+          {"ls": ":", "lw": 1.6, "alpha": 1.0}, {"ls": "-.", "lw": 1.3, "alpha": 1.0})
+#: The longest legend entry (longer ones end in "...").
+MAX_LABEL = 60
+#: Cycles of a cyclic schedule drawn by default (cyclic, cosine_restarts).
+CYCLES = 3
 
 
 def require_matplotlib():
@@ -29,9 +42,90 @@ def require_matplotlib():
 
 
 def _axes(plt, ax):
-    if ax is None:
-        return plt.subplots(figsize=(7, 3.5))
+    if ax is None:      # constrained layout: the axis labels stay inside the figure
+        return plt.subplots(figsize=(7, 3.5), layout="constrained")
     return ax.figure, ax
+
+
+def _short(value):
+    """A compact text of a schedule's argument: floats to 3 significant digits."""
+    from fastlr.schedules import Schedule
+
+    if isinstance(value, Schedule):
+        return label(value, limit=None)
+    if isinstance(value, (bool, np.bool_)):
+        return repr(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return f"{float(value):.3g}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_short(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    if callable(value):
+        return getattr(value, "__name__", type(value).__name__)
+    return repr(value)
+
+
+def label(schedule, limit=MAX_LABEL):
+    """A short legend text of a schedule: its constructor call with floats to 3 significant
+    digits (``cosine(0.00316, 300)``, not the repr's 17 digits), cut at ``limit`` characters."""
+    from fastlr.schedules import as_schedule
+
+    s = as_schedule(schedule)
+    if s._ctor == "_scaled":
+        text = f"{_short(s._args[0])} * {_short(s._args[1])}"
+    else:
+        parts = [_short(a) for a in s._args]
+        parts += [f"{k}={_short(v)}" for k, v in s._kwargs.items()]
+        text = f"{s._ctor}({', '.join(parts)})"
+    if limit is not None and len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return text
+
+
+def _ints(value):
+    """The integers (not bools) in an argument, lists flattened."""
+    if isinstance(value, (list, tuple)):
+        return [i for v in value for i in _ints(v)]
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return [int(value)]
+    return []
+
+
+def default_steps(schedule):
+    """How many steps show a schedule: ``CYCLES`` cycles of a cyclic one (``cyclic``,
+    ``cosine_restarts``), four periods of ``step_decay``, else a fifth beyond its last
+    milestone or length (100 when it has none)."""
+    from fastlr import schedules
+    from fastlr.schedules import Schedule, as_schedule
+
+    s = as_schedule(schedule)
+    if s._ctor == "_scaled":
+        return default_steps(s._args[0])
+    ctor = getattr(schedules, s._ctor, None)
+    try:
+        bound = inspect.signature(ctor).bind(*s._args, **s._kwargs)
+    except (TypeError, ValueError):
+        return 100
+    bound.apply_defaults()
+    a = bound.arguments
+    if s._ctor == "cyclic":
+        up = a["step_size_up"]
+        down = up if a["step_size_down"] is None else a["step_size_down"]
+        return CYCLES * (up + down) + 1
+    if s._ctor == "cosine_restarts":
+        period, mult = a["period"], a["period_mult"]
+        return sum(period * mult ** i for i in range(CYCLES)) + 1
+    if s._ctor == "step_decay":
+        return 4 * a["step_size"] + 1
+    lengths, children = [], []
+    for value in a.values():
+        lengths += _ints(value)
+        children += [default_steps(c) for c in (value if isinstance(value, (list, tuple))
+                                                 else [value]) if isinstance(c, Schedule)]
+    own = int(1.2 * max(lengths)) + 1 if lengths and max(lengths) > 0 else 100
+    return max([own] + children)
 
 
 def _decorate(ax, xlabel, ylabel, log, title):
@@ -54,13 +148,25 @@ def _finish(fig, path):
     return fig
 
 
-def schedule(schedules, steps, *, log=False, ax=None, path=None, title=None):
+def _plot_styled(ax, items):
+    """Plot ``[(label, x, y)]`` with STYLES in turn (one curve alone: a plain line; legend
+    texts cut at MAX_LABEL)."""
+    for i, (text, x, y) in enumerate(items):
+        text = str(text)
+        if len(text) > MAX_LABEL:
+            text = text[:MAX_LABEL - 3] + "..."
+        style = STYLES[i % len(STYLES)] if len(items) > 1 else {"ls": "-", "lw": 1.8}
+        ax.plot(x, y, label=text, zorder=2 + i, **style)
+
+
+def schedule(schedules, steps=None, *, log=False, ax=None, path=None, title=None):
     """Draw learning rate against step for one schedule or several on one axis.
 
-    ``schedules``: a Schedule, a list of them, or a dict ``{label: schedule}``; ``steps``:
-    an int (steps 0..steps-1) or an array of steps. ``log`` uses a log-scaled lr axis.
-    With ``path``, the figure is written there (PNG by the extension) and closed. Returns
-    the matplotlib Figure.
+    ``schedules``: a Schedule, a list of them, or a dict ``{label: schedule}`` (without
+    labels, :func:`label` names them); ``steps``: an int (steps 0..steps-1), an array of
+    steps, or None: the longest :func:`default_steps` (several cycles of a cyclic schedule).
+    ``log`` uses a log-scaled lr axis. With ``path``, the figure is written there (PNG by
+    the extension) and closed. Returns the matplotlib Figure.
     """
     from fastlr.schedules import as_schedule
 
@@ -68,24 +174,25 @@ def schedule(schedules, steps, *, log=False, ax=None, path=None, title=None):
     if isinstance(schedules, dict):
         items = list(schedules.items())
     elif isinstance(schedules, (list, tuple)):
-        items = [(repr(as_schedule(s)), s) for s in schedules]
+        items = [(label(s), s) for s in schedules]
     else:
-        items = [(repr(as_schedule(schedules)), schedules)]
+        items = [(label(schedules), schedules)]
+    if steps is None:
+        steps = max(default_steps(s) for _, s in items)
     ts = np.arange(steps) if np.ndim(steps) == 0 else np.asarray(steps)
     fig, ax = _axes(plt, ax)
-    for label, s in items:
-        ax.plot(ts, as_schedule(s).values(ts), label=label if len(label) < 80 else
-                label[:77] + "...")
+    _plot_styled(ax, [(text, ts, as_schedule(s).values(ts)) for text, s in items])
     _decorate(ax, "step (updates completed)", "learning rate", log, title)
     return _finish(fig, path)
 
 
 def curves(series, *, xlabel="step", ylabel="loss", log=False, ax=None, path=None,
            title=None):
-    """Draw one or several curves ``{label: values}`` (e.g. training losses) on one axis."""
+    """Draw one or several curves ``{label: values}`` (e.g. training losses) on one axis,
+    each in its own line style (:data:`STYLES`), so that coinciding curves stay visible."""
     plt = require_matplotlib()
     fig, ax = _axes(plt, ax)
-    for label, values in series.items():
-        ax.plot(np.arange(1, len(values) + 1), values, label=label)
+    _plot_styled(ax, [(text, np.arange(1, len(values) + 1), values)
+                      for text, values in series.items()])
     _decorate(ax, xlabel, ylabel, log, title)
     return _finish(fig, path)

@@ -27,7 +27,8 @@ INT63 = 2 ** 63 - 1
 # the bad values of each kind of argument
 # ---------------------------------------------------------------------------------------
 REAL_KINDS = [("str", "0.5"), ("bool", True), ("npbool", np.bool_(False)), ("list", [0.5]),
-              ("0d-array", np.array(0.5)), ("complex", 1j), ("object", object())]
+              ("1d-array", np.array([0.5])), ("0d-bool", np.array(True)),
+              ("0d-str", np.array("0.5")), ("complex", 1j), ("object", object())]
 NONFINITE = [("nan", math.nan), ("inf", math.inf), ("-inf", -math.inf),
              ("hugeint", 2 ** 1100)]
 RULE_VALUES = {"finite": [], "nonneg": [("neg", -0.5)], "positive": [("zero", 0.0),
@@ -35,12 +36,15 @@ RULE_VALUES = {"finite": [], "nonneg": [("neg", -0.5)], "positive": [("zero", 0.
                "unit": [("neg", -0.1), ("one", 1.0)], "closed_unit": [("neg", -0.1),
                                                                       ("1.5", 1.5)]}
 INT_KINDS = [("float", 2.0), ("float2.5", 2.5), ("npfloat", np.float64(3.0)), ("str", "2"),
-             ("bool", True), ("npbool", np.bool_(True)), ("0d-array", np.array(2))]
-FLAG_KINDS = [("str", "yes"), ("float", 1.0), ("npfloat", np.float64(0.0)), ("list", [True])]
-FLAG_VALUES = [("int2", 2), ("int-1", -1), ("npint2", np.int64(2))]
-THREADS_KINDS = [("float", 2.0), ("bool", True), ("str", "2"), ("npfloat", np.float64(2.0))]
+             ("bool", True), ("npbool", np.bool_(True)), ("1d-array", np.array([2])),
+             ("0d-float", np.array(2.0)), ("0d-bool", np.array(True))]
+FLAG_KINDS = [("str", "yes"), ("float", 1.0), ("npfloat", np.float64(0.0)), ("list", [True]),
+              ("0d-float", np.array(1.0)), ("1d-array", np.array([True]))]
+FLAG_VALUES = [("int2", 2), ("int-1", -1), ("npint2", np.int64(2)), ("0d-int2", np.array(2))]
+THREADS_KINDS = [("float", 2.0), ("bool", True), ("str", "2"), ("npfloat", np.float64(2.0)),
+                 ("0d-float", np.array(2.0)), ("0d-bool", np.array(True))]
 THREADS_VALUES = [("0", 0), ("-1", -1), ("4097", 4097), ("2**64", 2 ** 64),
-                  ("npneg", np.int64(-3))]
+                  ("npneg", np.int64(-3)), ("0d-neg", np.array(-3))]
 
 
 def bad_values(kind):
@@ -414,6 +418,122 @@ def test_wrong_argument(name, make, arg, value, exc):
         arg.split("[")[0].lstrip("#")
     if not key.isdigit() and key != "dim":
         assert key in message, message
+
+
+# ---------------------------------------------------------------------------------------
+# a 0-d array is a number wherever a number is taken (lr=np.array(0.1)), across the API
+# ---------------------------------------------------------------------------------------
+def _valid_plain(kind):
+    """Plain Python values of ``kind`` to try, most likely valid first."""
+    if kind[0] == "real":
+        return [0.5, 0.9, 1.0, 2.0, 10.0, 0.0, 1e-3]
+    if kind[0] == "int":
+        return [max(kind[1], 1) + k for k in (0, 1, 4, 9)] + [kind[1]]
+    if kind[0] == "threads":
+        return [1, 2]
+    if kind[0] == "flag":
+        return [True, False]
+    return []
+
+
+def _refused_before_the_policy():
+    """fastlr/optim's group check (optim/groups.py, _check_hyper) wants a numbers.Real, a
+    Schedule or a callable for a schedulable hyperparameter (lr, momentum, betas,
+    weight_decay) and refuses a 0-d array before fastlr._core.args sees it. xfail(strict):
+    these cases fail (delete this function's rows) once optim passes 0-d arrays on."""
+    out = set()
+    for o in _specs.OPTIMIZERS.values():
+        for h in _specs.FAMILIES[o.family].hypers:
+            if h.schedulable and h.name not in o.fixed:
+                out.add(f"fastlr.{o.cls}-{'betas.' if h.pair else ''}{h.name}")
+        out.add(f"fastlr.{o.cls}-param_groups[0].lr")
+    return out
+
+
+ZERO_D_OUTSIDE_POLICY = _refused_before_the_policy()
+
+
+def _zero_d_cases():
+    out, seen = [], set()
+    tables = kernel_table() + optimizer_table() + schedule_table() + misc_table()
+    for name, make, spec in tables:
+        for arg, kind in spec.items():
+            candidates = _valid_plain(kind)
+            if not candidates or "[" in arg and kind[0] != "real" and kind[0] != "int":
+                continue
+            case_id = f"{name}-{arg}"
+            if case_id in seen:
+                continue
+            seen.add(case_id)
+            marks = ([pytest.mark.xfail(strict=True, reason="refused before fastlr._core.args")]
+                     if case_id in ZERO_D_OUTSIDE_POLICY else [])
+            out.append(pytest.param(name, make, arg, candidates, id=case_id, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("name,make,arg,candidates", _zero_d_cases())
+def test_zero_d_array_is_a_number(name, make, arg, candidates):
+    for value in candidates:                # the first plain value the callable accepts
+        try:
+            make(**{arg: value})()
+        except (TypeError, ValueError):
+            continue
+        finally:
+            if name == "fastlr.set_num_threads":
+                fastlr.set_num_threads(None)
+        break
+    else:
+        pytest.skip(f"no plain value of {candidates} accepted")
+    try:
+        make(**{arg: np.array(value)})()    # the same value as a 0-d array
+    finally:
+        if name == "fastlr.set_num_threads":
+            fastlr.set_num_threads(None)
+
+
+@pytest.mark.parametrize("value,expected", [(np.array(0.5), 0.5), (np.array(3), 3.0),
+                                            (np.array(0.25, dtype=np.float32), 0.25),
+                                            (np.array(1, dtype=np.uint8), 1.0)], ids=repr)
+def test_zero_d_real_is_its_element(value, expected):
+    v = args.checked_real("f", "x", value, args.CLOSED_UNIT if expected <= 1 else args.FINITE)
+    assert type(v) is float and v == expected
+
+
+def test_zero_d_int_flag_threads_step():
+    assert args.int_arg("f", "k", np.array(3), 0, args.INT_MAX) == 3
+    assert args.int_arg("f", "k", np.array(3, dtype=np.uint16), 0, args.INT_MAX) == 3
+    assert args.step_arg("f", np.array(7)) == 7
+    assert args.threads_arg("f", np.array(2)) == 2
+    assert args.flag_arg("f", "b", np.array(True)) is True
+    assert args.flag_arg("f", "b", np.array(0)) is False
+    with pytest.raises(ValueError, match=r"^f: k must be >= 1, got 0$"):
+        args.int_arg("f", "k", np.array(0), 1, args.INT_MAX)
+
+
+@pytest.mark.parametrize("value", [np.array(True), np.array(False),
+                                   np.array(True, dtype=object)], ids=repr)
+def test_zero_d_bool_is_not_a_number(value):
+    # a bool 0-d array is refused where a bool is, and the message shows the array
+    with pytest.raises(TypeError, match=r"^f: x must be a real number, got ndarray array\("):
+        args.real_arg("f", "x", value)
+    with pytest.raises(TypeError, match=r"^f: k must be an int >= 0, got ndarray array\("):
+        args.int_arg("f", "k", value, 0, args.INT_MAX)
+    with pytest.raises(TypeError, match=r"^f: n_threads must be an int >= 1 or None"):
+        args.threads_arg("f", value)
+
+
+@pytest.mark.parametrize("value", [np.array([0.5]), np.zeros((1, 1)), np.array("0.5"),
+                                   np.array(None, dtype=object), np.array(1 + 0j)], ids=repr)
+def test_other_arrays_are_not_numbers(value):
+    with pytest.raises(TypeError, match=r"^f: x must be a real number, got ndarray array"):
+        args.real_arg("f", "x", value)
+
+
+def test_zero_d_nan_is_a_value_error():
+    with pytest.raises(ValueError, match=r"^f: x must be a finite number, got array\(nan\)$"):
+        args.real_arg("f", "x", np.array(math.nan))
+    with pytest.raises(ValueError, match=r"^f: x must be >= 0, got array\(-0.5\)$"):
+        args.checked_real("f", "x", np.array(-0.5), args.NONNEG)
 
 
 # ---------------------------------------------------------------------------------------

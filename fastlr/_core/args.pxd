@@ -7,13 +7,16 @@
 # * wrong kind -> TypeError, wrong value -> ValueError;
 # * every message starts with the public callable's name `fn` ("fastlr.Adam: lr must ...");
 # * a real number is a Python/NumPy real (int, float, np.integer, np.floating, any other
-#   numbers.Real such as Fraction), never a bool or np.bool_, never an array (0-d included);
-#   where a finite value is required, NaN, +-inf and ints beyond the double range are a
-#   ValueError;
+#   numbers.Real such as Fraction), never a bool or np.bool_, never an array of 1 or more
+#   dimensions; where a finite value is required, NaN, +-inf and ints beyond the double
+#   range are a ValueError;
 # * an integer is an int or np.integer (anything with __index__), never a bool and never a
 #   float, even an integral one (2.0 is a TypeError);
 # * a flag is a bool or np.bool_, or the integer 0 or 1 (the kernels' C convention); other
 #   integers are a ValueError, other kinds (a float, a str, None) a TypeError;
+# * a 0-d NumPy array is its element everywhere above (np.array(0.1) is a real,
+#   np.array(3) an integer, np.array(True) a flag and, like True, not a number); only
+#   checked once the fast paths (a Python float or int) have failed;
 # * a thread count is an int in [1, MAX_THREADS] or None (None: fastlr.get_num_threads()).
 
 from libc.stdint cimport int64_t
@@ -50,3 +53,9 @@ cpdef int threads_arg(str fn, object n_threads) except -1
 # One of `choices` (a tuple): TypeError when value's type is none of the choices' types,
 # ValueError when it is not among them; returns its index.
 cpdef Py_ssize_t choice_arg(str fn, str name, object value, tuple choices) except -1
+
+# Hints (text starting "; ", or "") for the array checks' messages: a torch tensor where an
+# ndarray is expected; a non-contiguous array, or one not in its param's layout (fortran: the
+# param is F-ordered; written: the array is updated in place).
+cpdef str ndarray_hint(object value)
+cpdef str layout_hint(str name, bint fortran=*, bint written=*)

@@ -12,7 +12,7 @@ from libc.stdint cimport INT64_MAX, int64_t
 
 __all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "RULES", "INT_MAX",
            "MAX_THREADS", "real_arg", "checked_real", "int_arg", "flag_arg", "step_arg",
-           "threads_arg", "choice_arg"]
+           "threads_arg", "choice_arg", "ndarray_hint", "layout_hint"]
 
 # The codes as plain module constants for Python callers (args.NONNEG, args.MAX_THREADS, ...).
 globals().update({m.name: int(m) for m in Rule}, MAX_THREADS=int(MAX_THREADS))
@@ -56,6 +56,17 @@ cdef inline bint _is_bool(object value):
     return isinstance(value, (bool, np.bool_))
 
 
+cdef object _item_0d(object value):
+    """A 0-d array's element (a NumPy scalar, or the object an object array holds), else
+    None: a 0-d array is a number like its element (``lr=np.array(0.1)``). Only called after
+    the fast paths failed, so Python floats and ints never pay for it."""
+    if isinstance(value, np.ndarray) and (<object>value).ndim == 0:
+        item = value[()]
+        if not isinstance(item, np.ndarray):
+            return item
+    return None
+
+
 cpdef double real_arg(str fn, str name, object value) except? -1.0:
     """``value`` as a finite float: TypeError for a bool, an array or a non-number,
     ValueError for NaN, an infinity or an int beyond the double range."""
@@ -68,11 +79,14 @@ cpdef double real_arg(str fn, str name, object value) except? -1.0:
         except OverflowError:           # an int beyond the double range
             raise ValueError(f"{fn}: {name} must be a finite number, got an int too large "
                              f"for a float") from None
-    elif _is_bool(value) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number, got {_kind(value)}")
     else:
+        number = value
+        if _is_bool(value) or not isinstance(value, numbers.Real):
+            number = _item_0d(value)    # a 0-d array: its element, checked as such
+            if number is None or _is_bool(number) or not isinstance(number, numbers.Real):
+                raise TypeError(f"{fn}: {name} must be a real number, got {_kind(value)}")
         try:
-            v = float(value)
+            v = float(number)
         except OverflowError:           # an int beyond the double range
             raise ValueError(f"{fn}: {name} must be a finite number, got an int too large "
                              f"for a float") from None
@@ -104,13 +118,17 @@ cpdef double checked_real(str fn, str name, object value, int rule) except? -1.0
 
 
 cdef object _integer(str fn, str name, object value, str what):
-    """``value`` as a Python int (TypeError for anything that is not an integer)."""
+    """``value`` as a Python int (TypeError for anything that is not an integer; a 0-d
+    array is its element)."""
     if type(value) is int:
         return value
-    if _is_bool(value) or isinstance(value, np.ndarray):
+    number = value
+    if isinstance(value, np.ndarray):
+        number = _item_0d(value)
+    if number is None or _is_bool(number):
         raise TypeError(f"{fn}: {name} must be {what}, got {_kind(value)}")
     try:
-        return operator.index(value)
+        return operator.index(number)
     except TypeError:
         raise TypeError(f"{fn}: {name} must be {what}, got {_kind(value)}") from None
 
@@ -135,17 +153,20 @@ cpdef int64_t int_arg(str fn, str name, object value, int64_t low, int64_t high)
 
 
 cpdef bint flag_arg(str fn, str name, object value) except -1:
-    """A bool or np.bool_, or the integers 0 and 1: TypeError for any other kind (a float, a
-    str, None), ValueError for any other integer."""
+    """A bool or np.bool_, or the integers 0 and 1 (a 0-d array: its element): TypeError for
+    any other kind (a float, a str, None), ValueError for any other integer."""
     if value is True:
         return True
     if value is False:
         return False
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        if value == 0 or value == 1:
-            return value == 1
+    flag = value
+    if isinstance(value, np.ndarray):
+        flag = _item_0d(value)
+    if isinstance(flag, np.bool_):
+        return bool(flag)
+    if isinstance(flag, (int, np.integer)):     # (a bool held by an object array too)
+        if flag == 0 or flag == 1:
+            return flag == 1
         raise ValueError(f"{fn}: {name} must be a bool (or 0 or 1), got {value!r}")
     raise TypeError(f"{fn}: {name} must be a bool, got {_kind(value)}")
 
@@ -202,3 +223,29 @@ cpdef Py_ssize_t choice_arg(str fn, str name, object value, tuple choices) excep
     if not known_type:
         raise TypeError(f"{fn}: {name} must be one of {want}, got {_kind(value)}")
     raise ValueError(f"{fn}: {name} must be one of {want}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# hints for the common array mistakes, appended to the messages of the array checks
+# (fastlr._core.arrays and the layers that check arrays), so every layer says the same
+# ---------------------------------------------------------------------------------------
+cpdef str ndarray_hint(object value):
+    """The end of a "must be a numpy.ndarray" message: for a torch tensor, how to pass it
+    (``t.numpy()`` or fastlr.compat.torch); else ""."""
+    if type(value).__module__.partition(".")[0] == "torch" and hasattr(value, "numpy"):
+        return ("; for a torch tensor pass t.numpy() (t.detach().numpy() when it requires "
+                "grad; on the CPU it shares the tensor's memory), or use fastlr.compat.torch, "
+                "whose optimizers step tensors")
+    return ""
+
+
+cpdef str layout_hint(str name, bint fortran=False, bint written=False):
+    """The end of a message on an array that is not contiguous, or not in its param's layout
+    (``fortran``: the param is F-ordered): ``np.ascontiguousarray(name)`` (or
+    ``np.asfortranarray``). ``written``: the array is updated in place, so a copy made per
+    call would lose the update: make it once and keep that array."""
+    fix = f"np.{'asfortranarray' if fortran else 'ascontiguousarray'}({name})"
+    if written:
+        return (f"; {name} is updated in place, so make it contiguous once ({fix}; a "
+                f"transposed or sliced array is not) and keep training that array")
+    return f"; pass {fix} (a transposed or sliced array is not contiguous)"

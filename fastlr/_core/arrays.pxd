@@ -3,6 +3,8 @@
 
 cimport numpy as cnp
 
+from fastlr._core.args cimport layout_hint
+
 
 cdef inline bint same_shape(cnp.ndarray a, cnp.ndarray b) noexcept:
     """Equal ndim and dimensions."""
@@ -25,9 +27,9 @@ cdef inline str layout_name(cnp.ndarray a):
 
 
 cdef inline int check_like(str fn, str name, cnp.ndarray a, str ref_name,
-                           cnp.ndarray ref) except -1:
+                           cnp.ndarray ref, bint written=False) except -1:
     """``a`` has ``ref``'s dtype, shape and contiguous layout; else a TypeError/ValueError
-    naming both."""
+    naming both (a layout error says how to fix it; ``written``: ``a`` is updated in place)."""
     if cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref):
         raise TypeError(f"{fn}: {name} has dtype {a.dtype} but {ref_name} has dtype "
                         f"{ref.dtype}; they must be equal (float32 or float64)")
@@ -37,5 +39,6 @@ cdef inline int check_like(str fn, str name, cnp.ndarray a, str ref_name,
     if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if cnp.PyArray_IS_C_CONTIGUOUS(ref)
             else cnp.PyArray_IS_F_CONTIGUOUS(a)):
         raise ValueError(f"{fn}: {name} is {layout_name(a)} but {ref_name} is "
-                         f"{layout_name(ref)}; they must share one contiguous layout")
+                         f"{layout_name(ref)}; they must share one contiguous layout"
+                         f"{layout_hint(name, not cnp.PyArray_IS_C_CONTIGUOUS(ref), written)}")
     return 0

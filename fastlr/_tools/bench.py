@@ -740,6 +740,50 @@ def _ratio_label(x):
     return f"{x:.2f}x" if x < 10 else f"{x:.1f}x" if x < 100 else f"{x:.0f}x"
 
 
+#: A multi-thread row whose fastlr (or roofline) step runs at less than this fraction of
+#: the speed of the 1-thread row (same optimizer, dtype and size) says a core was busy.
+SLOW_THREADS = 0.5
+
+
+def _row_label(r):
+    return f"{r['optimizer']} {r['dtype']} {_size_label(r['n'])} {r['threads']} thr"
+
+
+def noise_notes(rows):
+    """Notes on rows that measured the machine's noise rather than fastlr: fastlr faster
+    than the roofline loop with the same streams (above 100%: the roofline sample was
+    slowed), and multi-thread rows below SLOW_THREADS x the 1-thread row's speed (a busy
+    core, the threads waited for it). [] when the rows look sound."""
+    over = [r for r in rows if r["roofline_fraction"] > 1.0]
+    single = {(r["optimizer"], r["dtype"], r["n"]): r for r in rows if r["threads"] == 1}
+    slow = []
+    for r in rows:
+        one = single.get((r["optimizer"], r["dtype"], r["n"]))
+        if r["threads"] <= 1 or one is None:
+            continue
+        scale = min(one["time_s"]["fastlr"] / r["time_s"]["fastlr"],
+                    one["roofline_time_s"] / r["roofline_time_s"])
+        if scale < SLOW_THREADS:
+            slow.append((r, scale))
+    notes = []
+    if over:
+        worst = max(over, key=lambda r: r["roofline_fraction"])
+        notes.append(
+            f"note: {len(over)} row{'s' if len(over) > 1 else ''} above 100% of the roofline "
+            f"(worst {_row_label(worst)}: {100 * worst['roofline_fraction']:.0f}%): fastlr "
+            f"cannot beat a plain loop over the same memory, so the roofline's samples were "
+            f"slowed (a busy core, a clock change); those rows are noise, rerun on an idle "
+            f"machine.")
+    if slow:
+        worst, scale = min(slow, key=lambda item: item[1])
+        notes.append(
+            f"note: {len(slow)} multi-thread row{'s' if len(slow) > 1 else ''} below "
+            f"{SLOW_THREADS:g}x the speed of 1 thread (worst {_row_label(worst)}: "
+            f"{scale:.2f}x): a core was busy with other work and the threads waited for it; "
+            f"those rows are noise, rerun on an idle machine or with fewer --threads.")
+    return notes
+
+
 def format_report(results):
     """The machine header and the results table, as text."""
     m = results["machine"]
@@ -793,6 +837,7 @@ def format_report(results):
     if without:
         lines.append(f"x numpy '-': no in-place NumPy baseline for {', '.join(without)} "
                      f"(fastlr.reference.inplace has none)")
+    lines.extend(noise_notes(results["rows"]))
     lines.append(f"{len(results['rows'])} rows in {results['elapsed_s']:.1f} s")
     return "\n".join(lines)
 

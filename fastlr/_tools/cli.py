@@ -19,8 +19,34 @@ import time
 
 import numpy as np
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+from fastlr import _specs
+
+#: The demo's optimizers: every row of the optimizer table, by lower-case class name.
+_ROWS = {o.cls.lower(): o for o in _specs.OPTIMIZERS.values()}
+OPTIMIZERS = tuple(_ROWS)
+#: Options the demo gives an optimizer besides the lr (the others keep the class defaults).
+DEMO_OPTIONS = {"sgd": {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+                "adamw": {"weight_decay": 1e-4}, "rmsprop": {"weight_decay": 1e-4}}
 SCHEDULES = ("warmup_cosine", "one_cycle", "cosine", "constant")
+
+# The top-level help, plain text (the module docstring above is reST, for the API docs).
+DESCRIPTION = """\
+fastlr's command line: optimizer steps and learning-rate schedules as Cython kernels on
+NumPy arrays.
+
+commands:
+  demo      train a NumPy MLP with fastlr and with its pure-NumPy twin, after a
+            learning-rate range test, and compare them (fastlr demo --help)
+  schedule  print or draw a built-in learning-rate schedule (fastlr schedule --help
+            lists them; fastlr schedule NAME --help shows one's arguments)
+  bench     time fastlr's steps against NumPy and torch, with rooflines
+            (fastlr bench --help)
+
+examples:
+  fastlr demo --optimizer adam --epochs 10
+  fastlr schedule cosine --init 0.1 --total_steps 100 --out cosine.png
+  fastlr bench --quick
+"""
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,17 +112,13 @@ def accuracy(params, x, y):
     return float(np.mean(np.argmax(np.maximum(x @ w1 + b1, 0) @ w2 + b2, axis=1) == y))
 
 
-def make_optimizer(name, params, lr, weight_decay=1e-4):
+def make_optimizer(name, params, lr):
+    """The demo's optimizer ``name`` (a lower-case class name of the optimizer table) with
+    ``lr`` and DEMO_OPTIONS."""
     import fastlr
 
-    if name == "adamw":
-        return fastlr.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return fastlr.Adam(params, lr=lr)
-    if name == "sgd":
-        return fastlr.SGD(params, lr=lr, momentum=0.9, nesterov=True,
-                          weight_decay=weight_decay)
-    return fastlr.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    cls = getattr(fastlr, _ROWS[name].cls)
+    return cls(params, lr=lr, **DEMO_OPTIONS.get(name, {}))
 
 
 def make_schedule(name, peak, total_steps):
@@ -140,6 +162,7 @@ def train(opt, use_reference, params, data, epochs, batch_size, seed, out, label
     rng = np.random.default_rng(seed)
     step = opt.step_reference if use_reference else opt.step
     losses, step_time = [], 0.0
+    steps_per_epoch = -(-len(y) // batch_size)
     progress = _Progress(out, epochs, label)
     for epoch in range(epochs):
         order = rng.permutation(len(y))
@@ -150,9 +173,25 @@ def train(opt, use_reference, params, data, epochs, batch_size, seed, out, label
             t0 = time.perf_counter()
             step(grads)
             step_time += time.perf_counter() - t0
-        progress.update(epoch + 1, f"loss {np.mean(losses[-(len(y) // batch_size):]):.4f}")
+        progress.update(epoch + 1, f"mean minibatch loss "
+                                   f"{np.mean(losses[-steps_per_epoch:]):.4f}")
     progress.close()
     return np.array(losses), step_time
+
+
+def _picture_folder(out_dir):
+    """(fastlr.plot, the folder, created, "") for the demo's pictures, or (None, None, why)
+    when matplotlib is missing; an OSError when the folder cannot be created."""
+    try:
+        from fastlr import plot
+
+        plot.require_matplotlib()
+    except ImportError as error:
+        return None, None, f"no pictures: {error}"
+    if out_dir is None:
+        out_dir = os.path.join(os.getcwd(), time.strftime("fastlr-demo-%Y%m%d-%H%M%S"))
+    os.makedirs(out_dir, exist_ok=True)       # before training: a bad folder fails at once
+    return plot, out_dir, ""
 
 
 def demo(optimizer="adamw", schedule="warmup_cosine", epochs=30, batch_size=64, hidden=128,
@@ -162,6 +201,7 @@ def demo(optimizer="adamw", schedule="warmup_cosine", epochs=30, batch_size=64, 
 
     out = sys.stdout if out is None else out
     started = time.perf_counter()
+    plot, out_dir, no_pictures = _picture_folder(out_dir) if plots else (None, None, "")
     x_tr, y_tr, x_te, y_te, name = load_data(seed, out)
     dtype = np.dtype(dtype)
     x_tr, x_te = x_tr.astype(dtype), x_te.astype(dtype)
@@ -171,7 +211,8 @@ def demo(optimizer="adamw", schedule="warmup_cosine", epochs=30, batch_size=64, 
     total_steps = epochs * steps_per_epoch
     print(f"fastlr demo: {name}", file=out)
     print(f"  {len(y_tr)} training / {len(y_te)} held-out samples; a {x_tr.shape[1]}-{hidden}-10 "
-          f"MLP ({n_params} {dtype.name} parameters); {optimizer}, {epochs} epochs of batch "
+          f"MLP ({n_params} {dtype.name} parameters); {optimizer}, {epochs} "
+          f"epoch{'s' if epochs > 1 else ''} of batch "
           f"{batch_size} ({total_steps} steps)", file=out)
 
     # 1. learning-rate range test on a copy of the initial weights
@@ -197,12 +238,15 @@ def demo(optimizer="adamw", schedule="warmup_cosine", epochs=30, batch_size=64, 
         losses, step_time = train(opt, use_reference, params, (x_tr, y_tr), epochs,
                                   batch_size, seed + 3, out, f"{label:9s}")
         runs[label] = dict(losses=losses, step_us=step_time / total_steps * 1e6,
+                           train_loss=loss_and_grads(params, x_tr, y_tr)[0],
                            train_acc=accuracy(params, x_tr, y_tr),
                            test_acc=accuracy(params, x_te, y_te), params=params)
     fast, ref = runs["fastlr"], runs["reference"]
     diff = float(np.max(np.abs(fast["losses"] - ref["losses"])))
-    print(f"  final training loss: fastlr {fast['losses'][-1]:.5f}, reference "
-          f"{ref['losses'][-1]:.5f} (largest difference over all steps {diff:.1e})", file=out)
+    print(f"  training-set loss after training (all {len(y_tr)} samples): fastlr "
+          f"{fast['train_loss']:.5f}, reference {ref['train_loss']:.5f}", file=out)
+    print(f"  minibatch losses:    fastlr and reference differ by at most {diff:.1e} over all "
+          f"{total_steps} steps", file=out)
     print(f"  held-out accuracy:   fastlr {fast['test_acc']:.4f}, reference "
           f"{ref['test_acc']:.4f}", file=out)
     print(f"  optimizer step:      fastlr {fast['step_us']:.1f} us, reference "
@@ -210,30 +254,22 @@ def demo(optimizer="adamw", schedule="warmup_cosine", epochs=30, batch_size=64, 
 
     # 3. pictures
     written = []
-    if plots:
-        try:
-            from fastlr import plot
-
-            plot.require_matplotlib()
-        except ImportError as error:
-            print(f"  no pictures: {error}", file=out)
-        else:
-            if out_dir is None:
-                out_dir = os.path.join(os.getcwd(),
-                                       time.strftime("fastlr-demo-%Y%m%d-%H%M%S"))
-            os.makedirs(out_dir, exist_ok=True)
-            path = os.path.join(out_dir, "schedule.png")
-            plot.schedule({repr(sched): sched}, total_steps + 1, path=path,
-                          title=f"learning rate ({schedule})")
-            written.append(path)
-            path = os.path.join(out_dir, "lr_finder.png")
-            found.plot(path=path)
-            written.append(path)
-            path = os.path.join(out_dir, "loss.png")
-            plot.curves({"fastlr": fast["losses"], "reference": ref["losses"]}, log=True,
-                        path=path, title="training loss per step")
-            written.append(path)
-            print(f"  pictures: {', '.join(written)}", file=out)
+    if no_pictures:
+        print(f"  {no_pictures}", file=out)
+    if plot is not None:
+        path = os.path.join(out_dir, "schedule.png")
+        plot.schedule({plot.label(sched): sched}, total_steps + 1, path=path,
+                      title=f"learning rate ({schedule})")
+        written.append(path)
+        path = os.path.join(out_dir, "lr_finder.png")
+        found.plot(path=path)
+        written.append(path)
+        path = os.path.join(out_dir, "loss.png")
+        plot.curves({"fastlr": fast["losses"], "reference (NumPy twin)": ref["losses"]},
+                    log=True, path=path, xlabel="step",
+                    title="minibatch training loss at each step")
+        written.append(path)
+        print(f"  pictures: {', '.join(written)}", file=out)
     print(f"  total time {time.perf_counter() - started:.1f} s", file=out)
     return dict(runs=runs, lr=lr, finder=found, schedule=sched, max_loss_diff=diff,
                 pictures=written)
@@ -242,97 +278,197 @@ def demo(optimizer="adamw", schedule="warmup_cosine", epochs=30, batch_size=64, 
 # ---------------------------------------------------------------------------------------
 # fastlr schedule NAME --arg value ...
 # ---------------------------------------------------------------------------------------
-def _schedule_from_args(name, pairs):
+def schedule_names():
+    """The constructors of fastlr.schedules that ``fastlr schedule`` offers."""
     from fastlr import schedules
 
-    if name not in schedules.__all__ or name in ("Schedule", "as_schedule", "from_callable"):
+    return [n for n in schedules.__all__ if n[0].islower()
+            and n not in ("as_schedule", "from_callable")]
+
+
+def _plain(text):
+    """reST inline markup (``x``, :func:`x`) as plain text, for --help."""
+    import re
+
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+def _first_paragraph(fn):
+    doc = inspect.getdoc(fn) or ""
+    return _plain(" ".join(doc.split("\n\n")[0].split()))
+
+
+def _literal(text):
+    """A command-line value: a Python literal (0.1, 100, [10, 20], True, None) or a str."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _schedules_help():
+    import textwrap
+
+    lines = ["usage: fastlr schedule NAME [--ARG VALUE ...] [--steps N] [--out FILE.png] "
+             "[--print] [--log]", "",
+             "Print (step, lr) or draw a built-in schedule of fastlr.schedules. Each argument "
+             "of the", "schedule is an option (--total_steps 100 or --total-steps 100); "
+             "fastlr schedule NAME --help", "shows NAME's arguments and defaults.", "",
+             "schedules:"]
+    for name in schedule_names():
+        from fastlr import schedules
+
+        sig = str(inspect.signature(getattr(schedules, name)))
+        lines.append(f"  {name}{sig}")
+        doc = _first_paragraph(getattr(schedules, name))
+        lines += textwrap.wrap(doc, 88, initial_indent="      ", subsequent_indent="      ")
+    lines += ["", "example:", "  fastlr schedule one_cycle --peak 0.1 --total_steps 1000 "
+              "--out one_cycle.png"]
+    return "\n".join(lines) + "\n"
+
+
+def _schedule_parser(name, fn):
+    """An argparse parser for schedule ``name``: one option per argument of ``fn``, with its
+    default in the help, and the drawing options."""
+    p = argparse.ArgumentParser(prog=f"fastlr schedule {name}", allow_abbrev=False,
+                                description=f"{name}{inspect.signature(fn)}: "
+                                            f"{_first_paragraph(fn)}",
+                                epilog="Values are Python literals: 0.1, 100, [10, 20], True, "
+                                       "'cos'.")
+    group = p.add_argument_group(f"arguments of {name}")
+    for param in inspect.signature(fn).parameters.values():
+        flags = [f"--{param.name}"]
+        if "_" in param.name:
+            flags.append(f"--{param.name.replace('_', '-')}")
+        required = param.default is inspect.Parameter.empty
+        group.add_argument(*flags, dest=param.name, type=_literal, default=argparse.SUPPRESS,
+                           metavar="VALUE",
+                           help="required" if required else f"default {param.default!r}")
+    out = p.add_argument_group("output")
+    out.add_argument("--steps", type=int, default=None,
+                     help="steps to show (default: enough to see the end, several cycles of "
+                          "a cyclic schedule)")
+    out.add_argument("--out", default=None, help="write a picture here (PNG, SVG, PDF by the "
+                                                 "extension)")
+    out.add_argument("--print", action="store_true",
+                     help="print step and value (the default without --out)")
+    out.add_argument("--log", action="store_true", help="log-scaled lr axis")
+    return p
+
+
+def _schedule_main(argv):
+    """``fastlr schedule ...``: returns the exit status (SystemExit with a one-line message
+    on an error)."""
+    from fastlr import plot, schedules
+
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_schedules_help())
+        return 0
+    name = argv[0]
+    if name not in schedule_names():
         raise SystemExit(f"fastlr schedule: unknown schedule {name!r}; one of: "
-                         f"{', '.join(n for n in schedules.__all__ if n[0].islower() and n not in ('as_schedule', 'from_callable'))}")
+                         f"{', '.join(schedule_names())} (fastlr schedule --help)")
     fn = getattr(schedules, name)
-    kwargs, i = {}, 0
-    while i < len(pairs):
-        key = pairs[i]
-        if not key.startswith("--") or i + 1 >= len(pairs):
-            raise SystemExit(f"fastlr schedule: expected --name value pairs, got {pairs[i:]}")
-        text = pairs[i + 1]
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        kwargs[key[2:].replace("-", "_")] = value
-        i += 2
+    parser = _schedule_parser(name, fn)
+    args = vars(parser.parse_args(argv[1:]))
+    steps, path, show, log = (args.pop(k) for k in ("steps", "out", "print", "log"))
     try:
-        inspect.signature(fn).bind(**kwargs)
+        inspect.signature(fn).bind(**args)
     except TypeError as error:
-        raise SystemExit(f"fastlr schedule {name}: {error}; signature: {name}"
-                         f"{inspect.signature(fn)}") from None
+        raise SystemExit(f"fastlr schedule {name}: {error}; see fastlr schedule {name} "
+                         f"--help") from None
     try:
-        return fn(**kwargs)
+        sched = fn(**args)
     except (TypeError, ValueError) as error:
         # the message already names the callable (fastlr.schedules.<name>: ...)
         raise SystemExit(str(error)) from None
+    if steps is None:
+        steps = plot.default_steps(sched)
+    if steps < 1:
+        raise SystemExit(f"fastlr schedule: --steps must be >= 1, got {steps}")
+    if path is not None:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise SystemExit(f"fastlr schedule: cannot write {path}: no folder {folder}")
+    if path is None or show:
+        for t, v in zip(range(steps), sched.values(np.arange(steps))):
+            print(f"{t}\t{v:.10g}")
+    if path is not None:
+        try:
+            plot.schedule({plot.label(sched): sched}, steps, log=log, path=path)
+        except ImportError as error:
+            raise SystemExit(f"fastlr schedule: {error}") from None
+        except (OSError, ValueError) as error:    # unwritable, unknown format
+            raise SystemExit(f"fastlr schedule: cannot write {path}: "
+                             f"{getattr(error, 'strerror', None) or error}") from None
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
-def main(argv=None):
+# ---------------------------------------------------------------------------------------
+# fastlr
+# ---------------------------------------------------------------------------------------
+def _parser():
     import fastlr
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        from fastlr._tools.bench import main as bench_main
-
-        return bench_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="fastlr", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fastlr", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastlr {fastlr.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{demo,schedule,bench}")
     p = sub.add_parser("demo", help="train a NumPy MLP with fastlr and with its reference "
-                                    "twin, after a learning-rate range test")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--schedule", choices=SCHEDULES, default="warmup_cosine")
+                                    "twin, after a learning-rate range test",
+                       description="Train a small NumPy MLP on scikit-learn's handwritten "
+                                   "digits twice from the same weights, with fastlr's "
+                                   "compiled step and with its pure-NumPy twin, after a "
+                                   "learning-rate range test picks the lr; compare losses, "
+                                   "accuracy and step time, and draw pictures.")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="one of the optimizer table's rows (default adamw)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="warmup_cosine",
+                   help="default warmup_cosine")
     p.add_argument("--epochs", type=int, default=30, help="default 30")
     p.add_argument("--batch-size", type=int, default=64, help="default 64")
     p.add_argument("--hidden", type=int, default=128, help="hidden units (default 128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="default float32")
     p.add_argument("--out", default=None,
-                   help="directory for the pictures (default: a new fastlr-demo-* folder)")
+                   help="folder for the pictures (default: a new fastlr-demo-* folder)")
     p.add_argument("--no-plots", action="store_true", help="draw no pictures")
-    sub.add_parser("bench", help="time fastlr against the NumPy reference, in-place NumPy and "
-                                 "torch, with rooflines (fastlr bench --help)")
-    s = sub.add_parser("schedule", help="print or draw a built-in schedule, e.g. "
-                                        "fastlr schedule cosine --init 0.1 --total_steps 100")
-    s.add_argument("name", help="a constructor of fastlr.schedules, e.g. warmup_cosine")
-    s.add_argument("--steps", type=int, default=None, help="steps to show (default: enough "
-                                                           "to see the end)")
-    s.add_argument("--out", default=None, help="write a PNG here")
-    s.add_argument("--print", action="store_true", help="print step and value")
-    s.add_argument("--log", action="store_true", help="log-scaled lr axis")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.epochs < 1 or args.batch_size < 1 or args.hidden < 1:
-            parser.error("--epochs, --batch-size and --hidden must be >= 1")
+    sub.add_parser("schedule", add_help=False,
+                   help="print or draw a built-in schedule (fastlr schedule --help lists "
+                        "them)")
+    sub.add_parser("bench", add_help=False,
+                   help="time fastlr against the NumPy reference, in-place NumPy and torch, "
+                        "with rooflines (fastlr bench --help)")
+    return parser
+
+
+def main(argv=None):
+    """The ``fastlr`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    if argv[0] == "bench":
+        from fastlr._tools.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    if argv[0] == "schedule":
+        return _schedule_main(argv[1:])
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.hidden < 1:
+        parser.error("--epochs, --batch-size and --hidden must be >= 1")
+    try:
         demo(optimizer=args.optimizer, schedule=args.schedule, epochs=args.epochs,
              batch_size=args.batch_size, hidden=args.hidden, seed=args.seed,
              out_dir=args.out, plots=not args.no_plots, dtype=args.dtype)
-        return 0
-    sched = _schedule_from_args(args.name, rest)
-    steps = args.steps
-    if steps is None:
-        lengths = [v for k, v in sched._kwargs.items() if "steps" in k or k == "period"]
-        lengths += [a for a in sched._args if isinstance(a, int) and not isinstance(a, bool)]
-        steps = int(1.2 * max(lengths)) + 1 if lengths else 100
-    if args.out is None or args.print:
-        for t, v in zip(range(steps), sched.values(np.arange(steps))):
-            print(f"{t}\t{v:.10g}")
-    if args.out is not None:
-        from fastlr import plot
-
-        try:
-            plot.schedule({repr(sched): sched}, steps, log=args.log, path=args.out)
-        except ImportError as error:
-            raise SystemExit(f"fastlr schedule: {error}") from None
-        print(f"wrote {args.out}", file=sys.stderr)
+    except OSError as error:       # the picture folder: not creatable, not writable
+        where = f" {error.filename}" if error.filename else ""
+        raise SystemExit(f"fastlr demo: cannot write{where}: "
+                         f"{error.strerror or error}") from None
     return 0
 
 

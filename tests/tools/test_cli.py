@@ -29,6 +29,15 @@ def test_demo_end_to_end_with_pictures(tmp_path):
     text = out.getvalue()
     assert "learning-rate range test" in text and "held-out accuracy" in text
     fast, ref = result["runs"]["fastlr"], result["runs"]["reference"]
+    # the loss it reports says what it is: the whole training set's, after training
+    assert (f"training-set loss after training (all 1438 samples): fastlr "
+            f"{fast['train_loss']:.5f}, reference {ref['train_loss']:.5f}") in text
+    assert "final training loss" not in text
+    epoch_mean = np.mean(fast["losses"][-23:])            # 1438 samples: 23 batches of 64
+    assert f"fastlr    epoch 3/3: mean minibatch loss {epoch_mean:.4f}" in text
+    x, y = cli.load_data(0)[:2]
+    assert fast["train_loss"] == pytest.approx(
+        cli.loss_and_grads(fast["params"], x.astype(np.float32), y)[0], rel=1e-6)
     # the same model from the same weights and batches: the same losses to rounding
     np.testing.assert_allclose(fast["losses"], ref["losses"], rtol=1e-4)
     assert fast["losses"][-5:].mean() < 0.7 * fast["losses"][:5].mean()
@@ -73,6 +82,133 @@ def test_schedule_command_draws_png(tmp_path):
                      "--out", str(path)]) == 0
     size, width, height = png_size(path)
     assert size > 5000 and width > 300
+
+
+@pytest.mark.parametrize("optimizer", cli.OPTIMIZERS)
+def test_demo_runs_every_optimizer(optimizer):
+    out = io.StringIO()
+    result = cli.demo(optimizer=optimizer, epochs=1, hidden=8, plots=False, out=out)
+    fast, ref = result["runs"]["fastlr"], result["runs"]["reference"]
+    np.testing.assert_allclose(fast["losses"], ref["losses"], rtol=1e-4)
+    assert fast["train_loss"] < fast["losses"][0]
+    assert f"; {optimizer}, 1 epoch of batch 64" in out.getvalue()
+
+
+def test_demo_offers_every_table_optimizer(capsys):
+    from fastlr import _specs
+
+    assert set(cli.OPTIMIZERS) == {o.cls.lower() for o in _specs.OPTIMIZERS.values()}
+    assert len(cli.OPTIMIZERS) == len(_specs.OPTIMIZERS) == 10
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "{" + ",".join(cli.OPTIMIZERS) + "}" in "".join(text.split())
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--optimizer", "nope"])
+    assert info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def _run(*argv, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fastlr", *argv], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_bare_fastlr_prints_the_help():
+    proc = _run()
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith("usage: fastlr") and proc.stderr == ""
+    for command in ("demo", "schedule", "bench"):
+        assert f"\n  {command} " in text
+    # plain text, no reST markup
+    for markup in ("``", ":func:", ":class:", ":mod:", ".. "):
+        assert markup not in text, markup
+
+
+def test_top_level_help_is_plain(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and ":func:" not in text
+    assert cli.main([]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_schedule_help_lists_every_schedule(capsys):
+    from fastlr import schedules
+
+    expected = [n for n in schedules.__all__ if callable(getattr(schedules, n)) and n[0].islower()
+                and n not in ("as_schedule", "from_callable")]
+    assert cli.schedule_names() == expected and len(expected) >= 17
+    for argv in (["schedule", "--help"], ["schedule", "-h"], ["schedule"]):
+        assert cli.main(argv) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("usage: fastlr schedule NAME")
+        for name in expected:
+            assert f"\n  {name}(" in text, name
+        assert "``" not in text
+
+
+@pytest.mark.parametrize("name", cli.schedule_names())
+def test_schedule_name_help_shows_its_arguments_and_defaults(name, capsys):
+    import inspect
+
+    from fastlr import schedules
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["schedule", name, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith(f"usage: fastlr schedule {name}")
+    for p in inspect.signature(getattr(schedules, name)).parameters.values():
+        if p.default is inspect.Parameter.empty:
+            assert f"--{p.name} VALUE" in text and "required" in text
+        else:
+            assert f"default {p.default!r}" in text, (p.name, text)
+    assert "``" not in text
+
+
+def test_schedule_options_accept_dashes(capsys):
+    assert cli.main(["schedule", "warmup_cosine", "--peak", "1.0", "--warmup-steps", "2",
+                     "--total-steps", "10", "--steps", "3"]) == 0
+    assert capsys.readouterr().out.split() == ["0", "0", "1", "0.5", "2", "1"]
+
+
+def test_cyclic_schedules_show_several_cycles(capsys):
+    from fastlr import plot
+
+    assert cli.main(["schedule", "cyclic", "--base", "0.1", "--peak", "1.0",
+                     "--step_size_up", "10"]) == 0
+    values = [float(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
+    assert len(values) == 3 * 20 + 1 == plot.CYCLES * 20 + 1
+    assert sum(v == 1.0 for v in values) == 3           # three peaks
+    assert cli.main(["schedule", "cosine_restarts", "--init", "1.0", "--period", "10",
+                     "--period_mult", "2"]) == 0
+    values = [float(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
+    assert len(values) == 10 + 20 + 40 + 1
+    assert [t for t in range(1, len(values)) if values[t] > values[t - 1]] == [10, 30, 70]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["schedule", "cosine", "--init", "0.1", "--total_steps", "10", "--out",
+      "{missing}/s.png"], "fastlr schedule: cannot write {missing}/s.png: no folder {missing}"),
+    (["schedule", "cosine", "--init", "0.1", "--total_steps", "10", "--out", "{tmp}/s.xyz"],
+     "fastlr schedule: cannot write {tmp}/s.xyz: Format 'xyz' is not supported"),
+    (["demo", "--epochs", "1", "--hidden", "8", "--out", "{file}/pictures"],
+     "fastlr demo: cannot write {file}/pictures: Not a directory"),
+], ids=["schedule-no-folder", "schedule-format", "demo-folder-under-a-file"])
+def test_a_bad_out_path_is_a_one_line_error(argv, message, tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "a_file").write_text("")
+    names = dict(missing=tmp_path / "missing", tmp=tmp_path, file=tmp_path / "a_file")
+    proc = _run(*[a.format(**names) for a in argv], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(message.format(**names)), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "epoch" not in proc.stdout        # the demo fails before training
 
 
 def test_schedule_command_errors():

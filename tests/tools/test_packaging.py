@@ -84,3 +84,22 @@ def test_docstring_examples_run():
                    fastlr.distributed):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_readme_installs_demo_and_tests_with_one_command():
+    tomllib = pytest.importorskip("tomllib")
+    root = pathlib.Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file() or not (root / "README.md").is_file():
+        pytest.skip("not run from a clone")
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    readme = (root / "README.md").read_text()
+    assert 'pip install ".[demo,test]"' in readme
+    names = {req.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+             for extra in ("demo", "test") for req in extras[extra]}
+    # what the demo and the test suite import beyond NumPy
+    assert {"matplotlib", "scikit-learn", "pytest", "hypothesis", "cython"} <= names
+    # the README says how long the test run takes
+    import re
+
+    assert re.search(r"pytest +# the tests: about \d+(\.\d+)?(–\d+)? minutes", readme)
