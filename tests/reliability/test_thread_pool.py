@@ -243,7 +243,7 @@ THREADS_SCRIPT = r"""
 import json, time
 import numpy as np
 import fastlr
-from fastlr import kernels
+from fastlr import _kernels, kernels
 
 n = 1 << 21
 p, g = np.ones(n, np.float32), np.full(n, 1e-3, np.float32)
