@@ -22,8 +22,9 @@
 #    out statically: the calling thread starts on them at once and never waits for a thread
 #    that has not started, so a core taken by another process costs little, where an OpenMP
 #    region's end barrier waited for the thread sharing that core (5-17x slower with one of
-#    two cores busy). Safeguards: a worker that finds itself on the caller's CPU leaves the
-#    work to the caller; a caller that waited long for a descheduled worker's chunk (a
+#    two cores busy). The caller takes chunks from the front, workers from the back.
+#    Safeguards: workers are SCHED_BATCH (a woken worker never preempts the caller), and
+#    one that finds itself on the caller's CPU leaves the work to the caller; a caller that waited long for a descheduled worker's chunk (a
 #    "stall") runs serial for a back-off period (2 ms, doubled per further stall, up to
 #    0.25 s, shrinking with clean threaded calls); a sleeping pool is woken only for calls of
 #    at least 256K elements. Updates are element-wise (and the engine's reductions are per
@@ -103,18 +104,18 @@ cdef extern from *:
 
        One job slot. A caller takes it with a CAS on `busy` (if another caller holds it,
        the call runs serial on its own thread: no waiting, no deadlock), writes the job,
-       then publishes it by storing `claim` = generation << IDX_BITS | 0 (release) and
-       bumping the futex word `wake_seq`. Everyone -- the caller first, without waiting
-       for anybody -- takes chunk i by moving `claim` from (g, i) to (g, i + 1): the caller
-       with fetch_add (the generation is its own), a worker with a CAS on the exact word it
-       read. A worker reads the job fields between its load of `claim` and that CAS; a
-       successful CAS proves the generation was current and chunk i unclaimed all along, so
-       the job was unfinished and its fields were the ones read. A worker that read a stale
-       or exhausted word finds nothing to claim and never touches the job's context. The
-       caller, having found the chunks exhausted, waits only for chunks that running
-       workers claimed (`done`), then frees the slot. Generations are 40 bits (no ABA),
-       chunk indices 24 bits (at most FASTLR_POOL_MAX_CHUNKS chunks per job).
-       Workers spin briefly after a job, then sleep on the futex. */
+       then publishes it by storing the claim word (generation, lo = 0, hi = n_chunks)
+       (release) and bumping the futex word `wake_seq`. Chunks [lo, hi) are unclaimed. The
+       caller takes chunks from the front (a CAS lo -> lo + 1), at once and without waiting
+       for anybody; workers take them from the back (a CAS hi -> hi - 1), so with one worker
+       each thread sweeps one contiguous part, as a static split would. Either CAS succeeds
+       only while lo < hi in the word it read, so it claims a chunk of the job current at
+       that moment, which cannot finish before that chunk is done: a worker reads the job's
+       fields only after its CAS succeeded (through the claim word's release sequence), so
+       a worker that arrives late finds nothing to claim and never touches a finished
+       call's context, even if a word repeats. The caller, having found the chunks
+       exhausted, waits only for chunks that running workers claimed (`done`), then frees
+       the slot. Workers spin briefly after a job, then sleep on the futex. */
     #if defined(_OPENMP) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
     #define FASTLR_HAVE_POOL 1
     #include <linux/futex.h>
@@ -127,9 +128,12 @@ cdef extern from *:
     #include <time.h>
 
     #define FASTLR_POOL_MAX_WORKERS 255
-    #define FASTLR_IDX_BITS 24
+    /* claim word: generation (24 bits) | lo (20 bits) | hi (20 bits) */
+    #define FASTLR_IDX_BITS 20
     #define FASTLR_IDX_MASK ((((uint64_t)1) << FASTLR_IDX_BITS) - 1)
-    #define FASTLR_POOL_MAX_CHUNKS (((Py_ssize_t)1) << 22)
+    #define FASTLR_LO_ONE (((uint64_t)1) << FASTLR_IDX_BITS)
+    #define FASTLR_GEN_SHIFT (2 * FASTLR_IDX_BITS)
+    #define FASTLR_POOL_MAX_CHUNKS (((Py_ssize_t)1) << 19)
     #define FASTLR_WORKER_SPIN_NS 20000      /* a worker polls for the next job this long */
     #define FASTLR_CALLER_SPIN 4000          /* polls for claimed chunks before yielding */
     /* Stalls: a worker descheduled while it holds a chunk (its core is busy with another
@@ -162,7 +166,7 @@ cdef extern from *:
            publishes the generation */
         fastlr_chunk_fn fn;
         void* ctx;
-        Py_ssize_t n, chunk, n_chunks;
+        Py_ssize_t n, chunk;
         int n_workers;                  /* workers with index < n_workers may help */
         int caller_cpu;                 /* the CPU the caller published from */
         /* owner-only (under `busy`) */
@@ -170,7 +174,7 @@ cdef extern from *:
         int n_started;                  /* workers created so far */
         int spawn_failed;
         /* shared, each on its own cache line */
-        __attribute__((aligned(64))) uint64_t claim;      /* gen << IDX_BITS | next chunk */
+        __attribute__((aligned(64))) uint64_t claim;      /* gen | lo | hi */
         __attribute__((aligned(64))) Py_ssize_t done;     /* chunks workers finished */
         __attribute__((aligned(64))) int busy;            /* 1 while a caller owns the slot */
         __attribute__((aligned(64))) int wake_seq;        /* futex word, bumped per job */
@@ -193,21 +197,23 @@ cdef extern from *:
     static int fastlr_pool_claims(int index) {
         for (;;) {
             uint64_t w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
-            Py_ssize_t i = (Py_ssize_t)(w & FASTLR_IDX_MASK);
-            Py_ssize_t n_chunks = FASTLR_LOAD(fastlr_pool.n_chunks, RLX);
-            if (i >= n_chunks || index >= FASTLR_LOAD(fastlr_pool.n_workers, RLX))
-                return 0;               /* nothing to claim (possibly a stale view: the
-                                           next publish wakes us again) */
+            Py_ssize_t lo = (Py_ssize_t)((w >> FASTLR_IDX_BITS) & FASTLR_IDX_MASK);
+            Py_ssize_t hi = (Py_ssize_t)(w & FASTLR_IDX_MASK);
+            if (lo >= hi || index >= FASTLR_LOAD(fastlr_pool.n_workers, RLX))
+                return 0;               /* nothing to claim (a stale view of n_workers at
+                                           worst: the next publish wakes us again) */
             if (sched_getcpu() == FASTLR_LOAD(fastlr_pool.caller_cpu, RLX))
                 return 1;
+            if (!__atomic_compare_exchange_n(&fastlr_pool.claim, &w, w - 1, 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;               /* claimed by someone else, or a newer job */
+            /* chunk hi - 1 of the current job is ours: its fields stay as they are until
+               we report it done */
             fastlr_chunk_fn fn = FASTLR_LOAD(fastlr_pool.fn, RLX);
             void* ctx = FASTLR_LOAD(fastlr_pool.ctx, RLX);
             Py_ssize_t n = FASTLR_LOAD(fastlr_pool.n, RLX);
             Py_ssize_t chunk = FASTLR_LOAD(fastlr_pool.chunk, RLX);
-            if (!__atomic_compare_exchange_n(&fastlr_pool.claim, &w, w + 1, 0,
-                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                continue;               /* claimed by someone else, or a newer job */
-            Py_ssize_t start = i * chunk;
+            Py_ssize_t start = (hi - 1) * chunk;
             Py_ssize_t stop = n - start < chunk ? n : start + chunk;
             fn(ctx, start, stop);
             __atomic_fetch_add(&fastlr_pool.worker_chunks, 1, RLX);
@@ -217,9 +223,16 @@ cdef extern from *:
 
     static void* fastlr_pool_worker(void* arg) {
         int index = (int)(intptr_t)arg;
+        struct sched_param param;
+        /* SCHED_BATCH: a woken worker never preempts the thread running on the CPU it is
+           placed on (the caller's, when the other cores are busy); it runs at once on an
+           idle core, and otherwise as an ordinary thread of the same weight */
+        param.sched_priority = 0;
+        sched_setscheduler(0, SCHED_BATCH, &param);
         for (;;) {
             int seen = __atomic_load_n(&fastlr_pool.wake_seq, __ATOMIC_SEQ_CST);
-            int k, woken = 0, on_caller_cpu = fastlr_pool_claims(index);
+            int k, woken = 0, on_caller_cpu = fastlr_pool_claims(index)
+                || sched_getcpu() == FASTLR_LOAD(fastlr_pool.caller_cpu, RLX);
             int64_t spin_end = fastlr_now_ns() + FASTLR_WORKER_SPIN_NS;
             for (k = 1; !on_caller_cpu; k++) {   /* never spin on the caller's core */
                 if (FASTLR_LOAD(fastlr_pool.wake_seq, __ATOMIC_ACQUIRE) != seen) {
@@ -302,24 +315,28 @@ cdef extern from *:
         FASTLR_STORE(fastlr_pool.ctx, ctx, RLX);
         FASTLR_STORE(fastlr_pool.n, n, RLX);
         FASTLR_STORE(fastlr_pool.chunk, chunk, RLX);
-        FASTLR_STORE(fastlr_pool.n_chunks, n_chunks, RLX);
         FASTLR_STORE(fastlr_pool.n_workers, n_workers, RLX);
         FASTLR_STORE(fastlr_pool.caller_cpu, sched_getcpu(), RLX);
         FASTLR_STORE(fastlr_pool.done, 0, RLX);
-        fastlr_pool.gen = (fastlr_pool.gen + 1) & ((((uint64_t)1) << (64 - FASTLR_IDX_BITS)) - 1);
-        __atomic_store_n(&fastlr_pool.claim, fastlr_pool.gen << FASTLR_IDX_BITS,
+        fastlr_pool.gen = (fastlr_pool.gen + 1) & ((((uint64_t)1) << (64 - FASTLR_GEN_SHIFT)) - 1);
+        __atomic_store_n(&fastlr_pool.claim,
+                         (fastlr_pool.gen << FASTLR_GEN_SHIFT) | (uint64_t)n_chunks,
                          __ATOMIC_RELEASE);
         __atomic_add_fetch(&fastlr_pool.wake_seq, 1, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&fastlr_pool.n_sleeping, __ATOMIC_SEQ_CST) > 0)
             syscall(SYS_futex, &fastlr_pool.wake_seq, FUTEX_WAKE_PRIVATE, INT_MAX,
                     NULL, NULL, 0);
+        uint64_t w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
         for (;;) {
-            uint64_t w = __atomic_fetch_add(&fastlr_pool.claim, 1, __ATOMIC_ACQ_REL);
-            i = (Py_ssize_t)(w & FASTLR_IDX_MASK);
-            if (i >= n_chunks)
+            i = (Py_ssize_t)((w >> FASTLR_IDX_BITS) & FASTLR_IDX_MASK);      /* lo */
+            if (i >= (Py_ssize_t)(w & FASTLR_IDX_MASK))                      /* hi */
                 break;
+            if (!__atomic_compare_exchange_n(&fastlr_pool.claim, &w, w + FASTLR_LO_ONE, 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;               /* a worker took one from the back: w reloaded */
             fn(ctx, i * chunk, n - i * chunk < chunk ? n : i * chunk + chunk);
             mine++;
+            w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
         }
         /* only chunks that running workers claimed remain */
         t_wait = fastlr_now_ns();
@@ -352,7 +369,7 @@ cdef extern from *:
         fastlr_pool.n_started = 0;
         fastlr_pool.spawn_failed = 0;
         fastlr_pool.n_sleeping = 0;
-        fastlr_pool.n_chunks = 0;
+        fastlr_pool.claim = fastlr_pool.gen << FASTLR_GEN_SHIFT;   /* nothing to claim */
         fastlr_pool.done = 0;
         fastlr_pool.busy = 0;
     }
@@ -365,7 +382,7 @@ cdef extern from *:
     #undef RLX
     #else
     #define FASTLR_HAVE_POOL 0
-    #define FASTLR_POOL_MAX_CHUNKS (((Py_ssize_t)1) << 22)
+    #define FASTLR_POOL_MAX_CHUNKS (((Py_ssize_t)1) << 19)
     typedef void (*fastlr_chunk_fn)(void* ctx, Py_ssize_t start, Py_ssize_t stop);
     static void fastlr_pool_run(fastlr_chunk_fn fn, void* ctx, Py_ssize_t n,
                                 Py_ssize_t chunk, int n_threads) {
