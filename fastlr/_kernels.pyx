@@ -134,7 +134,7 @@ cdef extern from *:
     #define FASTLR_LO_ONE (((uint64_t)1) << FASTLR_IDX_BITS)
     #define FASTLR_GEN_SHIFT (2 * FASTLR_IDX_BITS)
     #define FASTLR_POOL_MAX_CHUNKS (((Py_ssize_t)1) << 19)
-    #define FASTLR_WORKER_SPIN_NS 20000      /* a worker polls for the next job this long */
+    #define FASTLR_WORKER_SPIN_NS 100000     /* a worker polls for the next job this long */
     #define FASTLR_CALLER_SPIN 4000          /* polls for claimed chunks before yielding */
     /* Stalls: a worker descheduled while it holds a chunk (its core is busy with another
        process) makes the caller wait for it. A wait longer than STALL_MIN_NS and than a
