@@ -13,8 +13,9 @@ or not:
 * many Python threads calling threaded kernels at once, with different thread counts:
   each call completes with the sequential result (the pool has one job slot; a caller that
   finds it taken runs on its own thread);
-* fork after threaded calls: the child runs serial (no hang), and after set_num_threads it
-  builds a fresh pool and runs threaded with the same bits;
+* fork after threaded calls, and fork while other threads are inside threaded calls: the
+  child runs serial (no hang), and after set_num_threads it builds a fresh pool and runs
+  threaded with the same bits;
 * a stress run of tiny and large calls, changing thread counts, from several threads,
   bounded by a subprocess timeout (a hang fails instead of hanging the suite);
 * set_num_threads and OMP_NUM_THREADS decide how many pool threads a call may use.
@@ -252,6 +253,60 @@ def test_fork_after_threaded_calls_then_set_num_threads_in_the_child(tmp_path):
         assert child["pool_threaded"][0] == 2             # ... and builds its own
     else:
         assert out["parent_pool"] == [0, 0]
+
+
+FORK_BUSY_SCRIPT = r"""
+import hashlib, os, threading
+import numpy as np
+import fastlr
+from fastlr import _kernels, kernels
+
+n = 1 << 20
+
+def job(nt):
+    rng = np.random.default_rng(1)
+    p, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for t in range(1, 4):
+        kernels.adam(p, g, m, v, step=t, lr=1e-3, n_threads=nt)
+    return hashlib.sha256(p.tobytes() + m.tobytes() + v.tobytes()).hexdigest()
+
+want = job(1)
+stop, errors = threading.Event(), []
+
+def busy():
+    try:
+        while not stop.is_set():
+            assert job(2) == want
+    except BaseException as error:
+        errors.append(error)
+
+threads = [threading.Thread(target=busy) for _ in range(2)]
+for t in threads:
+    t.start()
+for k in range(20):          # fork while other threads are inside threaded calls
+    pid = os.fork()
+    if pid == 0:
+        ok = _kernels.in_forked_child() and job(2) == want
+        fastlr.set_num_threads(2)
+        ok = ok and job(2) == want and job(None) == want
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (k, status)
+stop.set()
+for t in threads:
+    t.join()
+assert not errors, errors
+print("ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork semantics: Linux")
+def test_fork_while_other_threads_run_threaded_calls():
+    """The forked child may have been taken mid-call (the pool busy, workers holding
+    chunks): it runs serial, then set_num_threads gives it a working pool of its own."""
+    out = run_script(FORK_BUSY_SCRIPT, timeout=240, env={"OMP_NUM_THREADS": "2"})
+    assert out.strip().splitlines()[-1] == "ok"
 
 
 THREADS_SCRIPT = r"""
