@@ -191,17 +191,21 @@ cdef extern from *:
         return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     }
 
-    /* Claims and runs chunks of the current job while there are any; returns 1 when this
-       worker found itself on the caller's CPU (it would only take turns with the caller
-       there: the other cores are busy), else 0. */
+    /* Claims and runs chunks of the current job while there are any. Returns 0 when none
+       are left, 1 when this worker should not spin for the next job either: the last job
+       did not want it (index >= n_workers: a smaller n_threads than the pool), or it
+       found itself on the caller's CPU (it would only take turns with the caller there:
+       the other cores are busy). */
     static int fastlr_pool_claims(int index) {
         for (;;) {
             uint64_t w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
             Py_ssize_t lo = (Py_ssize_t)((w >> FASTLR_IDX_BITS) & FASTLR_IDX_MASK);
             Py_ssize_t hi = (Py_ssize_t)(w & FASTLR_IDX_MASK);
-            if (lo >= hi || index >= FASTLR_LOAD(fastlr_pool.n_workers, RLX))
-                return 0;               /* nothing to claim (a stale view of n_workers at
-                                           worst: the next publish wakes us again) */
+            if (index >= FASTLR_LOAD(fastlr_pool.n_workers, RLX))
+                return 1;               /* not wanted (a stale view at worst: the next
+                                           publish wakes us again) */
+            if (lo >= hi)
+                return 0;               /* nothing (left) to claim */
             if (sched_getcpu() == FASTLR_LOAD(fastlr_pool.caller_cpu, RLX))
                 return 1;
             if (!__atomic_compare_exchange_n(&fastlr_pool.claim, &w, w - 1, 0,
@@ -231,10 +235,10 @@ cdef extern from *:
         sched_setscheduler(0, SCHED_BATCH, &param);
         for (;;) {
             int seen = __atomic_load_n(&fastlr_pool.wake_seq, __ATOMIC_SEQ_CST);
-            int k, woken = 0, on_caller_cpu = fastlr_pool_claims(index)
+            int k, woken = 0, no_spin = fastlr_pool_claims(index)
                 || sched_getcpu() == FASTLR_LOAD(fastlr_pool.caller_cpu, RLX);
             int64_t spin_end = fastlr_now_ns() + FASTLR_WORKER_SPIN_NS;
-            for (k = 1; !on_caller_cpu; k++) {   /* never spin on the caller's core */
+            for (k = 1; !no_spin; k++) {         /* never spin on the caller's core */
                 if (FASTLR_LOAD(fastlr_pool.wake_seq, __ATOMIC_ACQUIRE) != seen) {
                     woken = 1;
                     break;
