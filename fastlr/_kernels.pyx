@@ -105,7 +105,10 @@ cdef extern from *:
        One job slot. A caller takes it with a CAS on `busy` (if another caller holds it,
        the call runs serial on its own thread: no waiting, no deadlock), writes the job,
        then publishes it by storing the claim word (generation, lo = 0, hi = n_chunks)
-       (release) and bumping the futex word `wake_seq`. Chunks [lo, hi) are unclaimed. The
+       (release) and bumping `wake_seq` (which spinning workers watch). Sleeping workers
+       wait on futex words of their own, woken in a chain: the caller wakes worker 0,
+       worker i wakes worker i + 1 while i + 1 < n_workers (no herd of unwanted threads
+       when n_threads shrank). Chunks [lo, hi) are unclaimed. The
        caller takes chunks from the front (a CAS lo -> lo + 1), at once and without waiting
        for anybody; workers take them from the back (a CAS hi -> hi - 1), so with one worker
        each thread sweeps one contiguous part, as a static split would. Either CAS succeeds
@@ -177,13 +180,28 @@ cdef extern from *:
         __attribute__((aligned(64))) uint64_t claim;      /* gen | lo | hi */
         __attribute__((aligned(64))) Py_ssize_t done;     /* chunks workers finished */
         __attribute__((aligned(64))) int busy;            /* 1 while a caller owns the slot */
-        __attribute__((aligned(64))) int wake_seq;        /* futex word, bumped per job */
-        int n_sleeping;                                    /* workers in futex_wait */
+        __attribute__((aligned(64))) int wake_seq;        /* bumped per job */
         __attribute__((aligned(64))) uint64_t worker_chunks;  /* statistics (tests) */
         int64_t backoff_until;          /* serial until this CLOCK_MONOTONIC time (ns) */
         int64_t backoff_ns;             /* the current back-off period */
         uint64_t stalls;                /* statistics (tests, benchmarks) */
     } fastlr_pool;
+
+    /* one futex word per worker, each on its own cache line */
+    static struct {
+        int seq;                        /* bumped to wake the worker */
+        int sleeping;                   /* 1 while it is (about to be) in futex_wait */
+        char pad[56];
+    } fastlr_slots[FASTLR_POOL_MAX_WORKERS] __attribute__((aligned(64)));
+
+    /* Dekker with the worker: seq bump before the read of sleeping here, sleeping = 1
+       before its reads of wake_seq and seq there (all sequentially consistent). */
+    static void fastlr_wake_worker(int index) {
+        __atomic_add_fetch(&fastlr_slots[index].seq, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&fastlr_slots[index].sleeping, __ATOMIC_SEQ_CST))
+            syscall(SYS_futex, &fastlr_slots[index].seq, FUTEX_WAKE_PRIVATE, 1,
+                    NULL, NULL, 0);
+    }
 
     static inline int64_t fastlr_now_ns(void) {
         struct timespec ts;
@@ -248,14 +266,21 @@ cdef extern from *:
                     break;
             }
             if (!woken) {
-                /* Dekker with the publisher: n_sleeping before our futex check of
-                   wake_seq, its wake_seq bump before its read of n_sleeping */
-                __atomic_fetch_add(&fastlr_pool.n_sleeping, 1, __ATOMIC_SEQ_CST);
-                while (__atomic_load_n(&fastlr_pool.wake_seq, __ATOMIC_SEQ_CST) == seen)
-                    syscall(SYS_futex, &fastlr_pool.wake_seq, FUTEX_WAIT_PRIVATE, seen,
-                            NULL, NULL, 0);
-                __atomic_fetch_sub(&fastlr_pool.n_sleeping, 1, __ATOMIC_SEQ_CST);
+                /* sleep until our slot is bumped (see fastlr_wake_worker); a job
+                   published since `seen` (wake_seq is bumped before any slot) means
+                   no sleep at all */
+                int slot_seen = __atomic_load_n(&fastlr_slots[index].seq, __ATOMIC_SEQ_CST);
+                __atomic_store_n(&fastlr_slots[index].sleeping, 1, __ATOMIC_SEQ_CST);
+                while (__atomic_load_n(&fastlr_pool.wake_seq, __ATOMIC_SEQ_CST) == seen
+                       && __atomic_load_n(&fastlr_slots[index].seq, __ATOMIC_SEQ_CST)
+                          == slot_seen)
+                    syscall(SYS_futex, &fastlr_slots[index].seq, FUTEX_WAIT_PRIVATE,
+                            slot_seen, NULL, NULL, 0);
+                __atomic_store_n(&fastlr_slots[index].sleeping, 0, __ATOMIC_SEQ_CST);
             }
+            /* the chain: wake the next worker the latest job wants */
+            if (index + 1 < FASTLR_LOAD(fastlr_pool.n_workers, RLX))
+                fastlr_wake_worker(index + 1);
         }
         return NULL;
     }
@@ -299,7 +324,7 @@ cdef extern from *:
         t_start = fastlr_now_ns();
         if (t_start < FASTLR_LOAD(fastlr_pool.backoff_until, RLX)
                 || (n < FASTLR_WAKE_MIN
-                    && __atomic_load_n(&fastlr_pool.n_sleeping, RLX) > 0)
+                    && __atomic_load_n(&fastlr_slots[0].sleeping, RLX))
                 || !__atomic_compare_exchange_n(&fastlr_pool.busy, &expected, 1, 0,
                                                 __ATOMIC_ACQUIRE, RLX)) {
             fn(ctx, 0, n);              /* backing off after a stall, a small call and a
@@ -327,9 +352,7 @@ cdef extern from *:
                          (fastlr_pool.gen << FASTLR_GEN_SHIFT) | (uint64_t)n_chunks,
                          __ATOMIC_RELEASE);
         __atomic_add_fetch(&fastlr_pool.wake_seq, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&fastlr_pool.n_sleeping, __ATOMIC_SEQ_CST) > 0)
-            syscall(SYS_futex, &fastlr_pool.wake_seq, FUTEX_WAKE_PRIVATE, INT_MAX,
-                    NULL, NULL, 0);
+        fastlr_wake_worker(0);          /* a system call only if worker 0 sleeps */
         uint64_t w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
         for (;;) {
             i = (Py_ssize_t)((w >> FASTLR_IDX_BITS) & FASTLR_IDX_MASK);      /* lo */
@@ -372,7 +395,8 @@ cdef extern from *:
         fastlr_pool.backoff_ns = 0;
         fastlr_pool.n_started = 0;
         fastlr_pool.spawn_failed = 0;
-        fastlr_pool.n_sleeping = 0;
+        for (int k = 0; k < FASTLR_POOL_MAX_WORKERS; k++)
+            fastlr_slots[k].sleeping = 0;
         fastlr_pool.claim = fastlr_pool.gen << FASTLR_GEN_SHIFT;   /* nothing to claim */
         fastlr_pool.done = 0;
         fastlr_pool.busy = 0;
