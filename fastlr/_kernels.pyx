@@ -8,7 +8,7 @@
 #    validated Python kernels (_kernels_api.pxi from _kernels_api.pxi.tp, included at the
 #    end of this file); the family numbers, per-dtype adapters and CoreTable
 #    (fastlr/_core/families.pxd from families.pxd.tp). This file holds what is written once
-#    for all families: OpenMP, the threaded loop, jobs, argument checks.
+#    for all families: the thread pool, the threaded loop, jobs, argument checks.
 # b) What is hand-written per family: the maths only. Its coefficient struct and function
 #    (hyperparameters -> per-step coefficients, in double, bias corrections as torch) and
 #    its fused-type core loop, in fastlr/_core/loops.pxd, which reads every buffer once and
@@ -16,9 +16,22 @@
 # c) C level. One `noexcept nogil` function per (optimizer, dtype) on raw pointers, a length
 #    and a hyperparameter struct (declared in _kernels.pxd: the C API other Cython code
 #    cimports): coefficients once, then the core loop of the CPU's instruction-set variant.
-# d) Threaded loop. `parallel_spans` splits [0, n) into at most n_threads cache-line aligned
-#    spans, one OpenMP thread each, and stays serial below PARALLEL_MIN_SIZE elements. Updates
-#    are element-wise, so the split never changes a bit of the result.
+# d) Threaded loop. `parallel_spans` cuts [0, n) into chunks (multiples of SPAN_CHUNK
+#    elements, about 64 per thread) and stays serial below PARALLEL_MIN_SIZE elements.
+#    Chunks are claimed dynamically from a persistent pool (the C block below), not handed
+#    out statically: the calling thread starts on them at once and never waits for a thread
+#    that has not started, so a core taken by another process costs little, where an OpenMP
+#    region's end barrier waited for the thread sharing that core (5-17x slower with one of
+#    two cores busy). The caller takes chunks from the front, workers from the back.
+#    Safeguards: workers are SCHED_BATCH (a woken worker never preempts the caller), and
+#    one that finds itself on the caller's CPU leaves the work to the caller; a caller that waited long for a descheduled worker's chunk (a
+#    "stall") runs serial for a back-off period (2 ms, doubled per further stall, up to
+#    0.25 s, shrinking with clean threaded calls); a sleeping pool is woken only for calls of
+#    at least 256K elements. Updates are element-wise (and the engine's reductions are per
+#    fixed block), so no split or claiming order changes a bit of the result. One job slot:
+#    a call that finds it taken (another Python thread's call) runs on its own thread. The
+#    serial build (no OpenMP) has no pool and no threads; without Linux and GCC-style
+#    atomics the chunks go through an OpenMP loop instead.
 # e) Arithmetic. The cores follow torch.optim's single-tensor path operation by operation in
 #    the buffers' dtype (lerp for the first moments, `v*b2 + (1-b2)*g*g`, eps outside the
 #    square root), so float32 results track torch to the last bits. One deliberate
@@ -55,7 +68,8 @@ import numpy as np
 cnp.import_array()
 
 # ---------------------------------------------------------------------------------------
-# OpenMP, degrading to a serial build when the compiler has none (no bare `cimport openmp`)
+# OpenMP (the default thread count only) and the chunk pool, degrading to a serial build
+# when the compiler has no OpenMP (no bare `cimport openmp`)
 # ---------------------------------------------------------------------------------------
 cdef extern from *:
     """
@@ -68,28 +82,364 @@ cdef extern from *:
     static int fastlr_omp_max_threads(void) { return 1; }
     #endif
 
-    /* GNU OpenMP's thread pool does not survive fork(): a child that opens a parallel
-       region after its parent has used one waits forever for threads that are not there.
-       So a forked child runs serial until it calls fastlr.set_num_threads itself. */
+    /* A forked child runs serial until it calls fastlr.set_num_threads itself (the
+       parent's worker threads do not exist there; GNU OpenMP's pool, used by other code,
+       does not survive fork either). The child also gets a fresh, empty chunk pool. */
     static int fastlr_forked_child = 0;
+    static void fastlr_pool_after_fork(void);
     #if defined(__unix__) || defined(__APPLE__)
     #include <pthread.h>
-    static void fastlr_atfork_child(void) { fastlr_forked_child = 1; }
+    static void fastlr_atfork_child(void) { fastlr_forked_child = 1; fastlr_pool_after_fork(); }
     static int fastlr_register_atfork(void) {
         return pthread_atfork(NULL, NULL, fastlr_atfork_child);
     }
     #else
     static int fastlr_register_atfork(void) { return 0; }
     #endif
+
+    /* ---- The chunk pool (design note d in this file) ----------------------------------
+       Persistent worker threads that help the calling thread with chunks it publishes.
+       Built with OpenMP enabled on Linux with GCC/Clang atomics; elsewhere FASTLR_HAVE_POOL
+       is 0 and parallel_spans falls back to an OpenMP loop (or serial, without OpenMP).
+
+       One job slot. A caller takes it with a CAS on `busy` (if another caller holds it,
+       the call runs serial on its own thread: no waiting, no deadlock), writes the job,
+       then publishes it by storing the claim word (generation, lo = 0, hi = n_chunks)
+       (release) and bumping `wake_seq` (which spinning workers watch). Sleeping workers
+       wait on futex words of their own, woken in a chain: the caller wakes worker 0,
+       worker i wakes worker i + 1 while i + 1 < n_workers (no herd of unwanted threads
+       when n_threads shrank). Chunks [lo, hi) are unclaimed. The
+       caller takes chunks from the front (a CAS lo -> lo + 1), at once and without waiting
+       for anybody; workers take them from the back (a CAS hi -> hi - 1), so with one worker
+       each thread sweeps one contiguous part, as a static split would. Either CAS succeeds
+       only while lo < hi in the word it read, so it claims a chunk of the job current at
+       that moment, which cannot finish before that chunk is done: a worker reads the job's
+       fields only after its CAS succeeded (through the claim word's release sequence), so
+       a worker that arrives late finds nothing to claim and never touches a finished
+       call's context, even if a word repeats. The caller, having found the chunks
+       exhausted, waits only for chunks that running workers claimed (`done`), then frees
+       the slot. Workers spin briefly after a job, then sleep on the futex. */
+    #if defined(_OPENMP) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+    #define FASTLR_HAVE_POOL 1
+    #include <linux/futex.h>
+    #include <sys/syscall.h>
+    #include <unistd.h>
+    #include <signal.h>
+    #include <sched.h>
+    #include <stdint.h>
+    #include <limits.h>
+    #include <time.h>
+
+    #define FASTLR_POOL_MAX_WORKERS 255
+    /* claim word: generation (24 bits) | lo (20 bits) | hi (20 bits) */
+    #define FASTLR_IDX_BITS 20
+    #define FASTLR_IDX_MASK ((((uint64_t)1) << FASTLR_IDX_BITS) - 1)
+    #define FASTLR_LO_ONE (((uint64_t)1) << FASTLR_IDX_BITS)
+    #define FASTLR_GEN_SHIFT (2 * FASTLR_IDX_BITS)
+    #define FASTLR_POOL_MAX_CHUNKS (((Py_ssize_t)1) << 19)
+    #define FASTLR_WORKER_SPIN_NS 100000     /* a worker polls for the next job this long */
+    #define FASTLR_CALLER_SPIN 4000          /* polls for claimed chunks before yielding */
+    /* Stalls: a worker descheduled while it holds a chunk (its core is busy with another
+       process) makes the caller wait for it. A wait longer than STALL_MIN_NS and than a
+       quarter of the caller's own share of the job counts as a stall; after one, calls run
+       serial (no pool) for a back-off period, doubled by every further stall (up to
+       BACKOFF_MAX_NS) and shrunk by 1/16 by every clean threaded call. */
+    #define FASTLR_STALL_MIN_NS 20000
+    #define FASTLR_BACKOFF_MIN_NS 2000000
+    #define FASTLR_BACKOFF_MAX_NS 250000000
+    /* Waking a sleeping worker costs the caller a system call (more in a VM) and pays off
+       only for calls at least this large; smaller calls share with awake workers only. */
+    #define FASTLR_WAKE_MIN 262144
+
+    #if defined(__x86_64__) || defined(__i386__)
+    #define FASTLR_PAUSE() __builtin_ia32_pause()
+    #elif defined(__aarch64__)
+    #define FASTLR_PAUSE() __asm__ __volatile__("yield")
+    #else
+    #define FASTLR_PAUSE() ((void)0)
+    #endif
+    #define FASTLR_LOAD(x, o) __atomic_load_n(&(x), o)
+    #define FASTLR_STORE(x, v, o) __atomic_store_n(&(x), (v), o)
+    #define RLX __ATOMIC_RELAXED
+
+    typedef void (*fastlr_chunk_fn)(void* ctx, Py_ssize_t start, Py_ssize_t stop);
+
+    static struct {
+        /* the job of the current generation: written by the slot's owner before it
+           publishes the generation */
+        fastlr_chunk_fn fn;
+        void* ctx;
+        Py_ssize_t n, chunk;
+        int n_workers;                  /* workers with index < n_workers may help */
+        int caller_cpu;                 /* the CPU the caller published from */
+        /* owner-only (under `busy`) */
+        uint64_t gen;
+        int n_started;                  /* workers created so far */
+        int spawn_failed;
+        /* shared, each on its own cache line */
+        __attribute__((aligned(64))) uint64_t claim;      /* gen | lo | hi */
+        __attribute__((aligned(64))) Py_ssize_t done;     /* chunks workers finished */
+        __attribute__((aligned(64))) int busy;            /* 1 while a caller owns the slot */
+        __attribute__((aligned(64))) int wake_seq;        /* bumped per job */
+        __attribute__((aligned(64))) uint64_t worker_chunks;  /* statistics (tests) */
+        int64_t backoff_until;          /* serial until this CLOCK_MONOTONIC time (ns) */
+        int64_t backoff_ns;             /* the current back-off period */
+        uint64_t stalls;                /* statistics (tests, benchmarks) */
+    } fastlr_pool;
+
+    /* one futex word per worker, each on its own cache line */
+    static struct {
+        int seq;                        /* bumped to wake the worker */
+        int sleeping;                   /* 1 while it is (about to be) in futex_wait */
+        char pad[56];
+    } fastlr_slots[FASTLR_POOL_MAX_WORKERS] __attribute__((aligned(64)));
+
+    /* Dekker with the worker: seq bump before the read of sleeping here, sleeping = 1
+       before its reads of wake_seq and seq there (all sequentially consistent). */
+    static void fastlr_wake_worker(int index) {
+        __atomic_add_fetch(&fastlr_slots[index].seq, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&fastlr_slots[index].sleeping, __ATOMIC_SEQ_CST))
+            syscall(SYS_futex, &fastlr_slots[index].seq, FUTEX_WAKE_PRIVATE, 1,
+                    NULL, NULL, 0);
+    }
+
+    static inline int64_t fastlr_now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+
+    /* Claims and runs chunks of the current job while there are any. Returns 0 when none
+       are left, 1 when this worker should not spin for the next job either: the last job
+       did not want it (index >= n_workers: a smaller n_threads than the pool), or it
+       found itself on the caller's CPU (it would only take turns with the caller there:
+       the other cores are busy). */
+    static int fastlr_pool_claims(int index) {
+        for (;;) {
+            uint64_t w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
+            Py_ssize_t lo = (Py_ssize_t)((w >> FASTLR_IDX_BITS) & FASTLR_IDX_MASK);
+            Py_ssize_t hi = (Py_ssize_t)(w & FASTLR_IDX_MASK);
+            if (index >= FASTLR_LOAD(fastlr_pool.n_workers, RLX))
+                return 1;               /* not wanted (a stale view at worst: the next
+                                           publish wakes us again) */
+            if (lo >= hi)
+                return 0;               /* nothing (left) to claim */
+            if (sched_getcpu() == FASTLR_LOAD(fastlr_pool.caller_cpu, RLX))
+                return 1;
+            if (!__atomic_compare_exchange_n(&fastlr_pool.claim, &w, w - 1, 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;               /* claimed by someone else, or a newer job */
+            /* chunk hi - 1 of the current job is ours: its fields stay as they are until
+               we report it done */
+            fastlr_chunk_fn fn = FASTLR_LOAD(fastlr_pool.fn, RLX);
+            void* ctx = FASTLR_LOAD(fastlr_pool.ctx, RLX);
+            Py_ssize_t n = FASTLR_LOAD(fastlr_pool.n, RLX);
+            Py_ssize_t chunk = FASTLR_LOAD(fastlr_pool.chunk, RLX);
+            Py_ssize_t start = (hi - 1) * chunk;
+            Py_ssize_t stop = n - start < chunk ? n : start + chunk;
+            fn(ctx, start, stop);
+            __atomic_fetch_add(&fastlr_pool.worker_chunks, 1, RLX);
+            __atomic_fetch_add(&fastlr_pool.done, 1, __ATOMIC_RELEASE);
+        }
+    }
+
+    static void* fastlr_pool_worker(void* arg) {
+        int index = (int)(intptr_t)arg;
+        struct sched_param param;
+        /* SCHED_BATCH: a woken worker never preempts the thread running on the CPU it is
+           placed on (the caller's, when the other cores are busy); it runs at once on an
+           idle core, and otherwise as an ordinary thread of the same weight */
+        param.sched_priority = 0;
+        sched_setscheduler(0, SCHED_BATCH, &param);
+        for (;;) {
+            int seen = __atomic_load_n(&fastlr_pool.wake_seq, __ATOMIC_SEQ_CST);
+            int k, woken = 0, no_spin = fastlr_pool_claims(index)
+                || sched_getcpu() == FASTLR_LOAD(fastlr_pool.caller_cpu, RLX);
+            int64_t spin_end = fastlr_now_ns() + FASTLR_WORKER_SPIN_NS;
+            for (k = 1; !no_spin; k++) {         /* never spin on the caller's core */
+                if (FASTLR_LOAD(fastlr_pool.wake_seq, __ATOMIC_ACQUIRE) != seen) {
+                    woken = 1;
+                    break;
+                }
+                FASTLR_PAUSE();
+                if (k % 64 == 0 && fastlr_now_ns() > spin_end)
+                    break;
+            }
+            if (!woken) {
+                /* sleep until our slot is bumped (see fastlr_wake_worker); a job
+                   published since `seen` (wake_seq is bumped before any slot) means
+                   no sleep at all */
+                int slot_seen = __atomic_load_n(&fastlr_slots[index].seq, __ATOMIC_SEQ_CST);
+                __atomic_store_n(&fastlr_slots[index].sleeping, 1, __ATOMIC_SEQ_CST);
+                while (__atomic_load_n(&fastlr_pool.wake_seq, __ATOMIC_SEQ_CST) == seen
+                       && __atomic_load_n(&fastlr_slots[index].seq, __ATOMIC_SEQ_CST)
+                          == slot_seen)
+                    syscall(SYS_futex, &fastlr_slots[index].seq, FUTEX_WAIT_PRIVATE,
+                            slot_seen, NULL, NULL, 0);
+                __atomic_store_n(&fastlr_slots[index].sleeping, 0, __ATOMIC_SEQ_CST);
+            }
+            /* the chain: wake the next worker the latest job wants */
+            if (index + 1 < FASTLR_LOAD(fastlr_pool.n_workers, RLX))
+                fastlr_wake_worker(index + 1);
+        }
+        return NULL;
+    }
+
+    static void fastlr_pool_spawn(int want) {     /* owner only */
+        sigset_t all, old;
+        pthread_attr_t attr;
+        pthread_t tid;
+        int rc;
+        if (want > FASTLR_POOL_MAX_WORKERS)
+            want = FASTLR_POOL_MAX_WORKERS;
+        if (fastlr_pool.n_started >= want || fastlr_pool.spawn_failed)
+            return;
+        if (pthread_attr_init(&attr) != 0) {
+            fastlr_pool.spawn_failed = 1;
+            return;
+        }
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        sigfillset(&all);                 /* workers never take Python's signals */
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        while (fastlr_pool.n_started < want) {
+            rc = pthread_create(&tid, &attr, fastlr_pool_worker,
+                                (void*)(intptr_t)fastlr_pool.n_started);
+            if (rc != 0) {
+                fastlr_pool.spawn_failed = 1;
+                break;
+            }
+            fastlr_pool.n_started++;
+        }
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+
+    /* fn(ctx, start, stop) over [0, n) in chunks of `chunk`, by the caller and up to
+       n_threads - 1 workers. n_threads >= 2 and n > chunk here. */
+    static void fastlr_pool_run(fastlr_chunk_fn fn, void* ctx, Py_ssize_t n,
+                                Py_ssize_t chunk, int n_threads) {
+        Py_ssize_t n_chunks = (n + chunk - 1) / chunk, mine = 0, i, k;
+        int n_workers = n_threads - 1, expected = 0;
+        int64_t t_start, t_wait, t_end, backoff;
+        t_start = fastlr_now_ns();
+        if (t_start < FASTLR_LOAD(fastlr_pool.backoff_until, RLX)
+                || (n < FASTLR_WAKE_MIN
+                    && __atomic_load_n(&fastlr_slots[0].sleeping, RLX))
+                || !__atomic_compare_exchange_n(&fastlr_pool.busy, &expected, 1, 0,
+                                                __ATOMIC_ACQUIRE, RLX)) {
+            fn(ctx, 0, n);              /* backing off after a stall, a small call and a
+                                           sleeping pool, or another call holds the pool:
+                                           run on this thread */
+            return;
+        }
+        fastlr_pool_spawn(n_workers);
+        if (n_workers > fastlr_pool.n_started)
+            n_workers = fastlr_pool.n_started;
+        if (n_workers < 1) {
+            __atomic_store_n(&fastlr_pool.busy, 0, __ATOMIC_RELEASE);
+            fn(ctx, 0, n);
+            return;
+        }
+        FASTLR_STORE(fastlr_pool.fn, fn, RLX);
+        FASTLR_STORE(fastlr_pool.ctx, ctx, RLX);
+        FASTLR_STORE(fastlr_pool.n, n, RLX);
+        FASTLR_STORE(fastlr_pool.chunk, chunk, RLX);
+        FASTLR_STORE(fastlr_pool.n_workers, n_workers, RLX);
+        FASTLR_STORE(fastlr_pool.caller_cpu, sched_getcpu(), RLX);
+        FASTLR_STORE(fastlr_pool.done, 0, RLX);
+        fastlr_pool.gen = (fastlr_pool.gen + 1) & ((((uint64_t)1) << (64 - FASTLR_GEN_SHIFT)) - 1);
+        __atomic_store_n(&fastlr_pool.claim,
+                         (fastlr_pool.gen << FASTLR_GEN_SHIFT) | (uint64_t)n_chunks,
+                         __ATOMIC_RELEASE);
+        __atomic_add_fetch(&fastlr_pool.wake_seq, 1, __ATOMIC_SEQ_CST);
+        fastlr_wake_worker(0);          /* a system call only if worker 0 sleeps */
+        uint64_t w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
+        for (;;) {
+            i = (Py_ssize_t)((w >> FASTLR_IDX_BITS) & FASTLR_IDX_MASK);      /* lo */
+            if (i >= (Py_ssize_t)(w & FASTLR_IDX_MASK))                      /* hi */
+                break;
+            if (!__atomic_compare_exchange_n(&fastlr_pool.claim, &w, w + FASTLR_LO_ONE, 0,
+                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;               /* a worker took one from the back: w reloaded */
+            fn(ctx, i * chunk, n - i * chunk < chunk ? n : i * chunk + chunk);
+            mine++;
+            w = __atomic_load_n(&fastlr_pool.claim, __ATOMIC_ACQUIRE);
+        }
+        /* only chunks that running workers claimed remain */
+        t_wait = fastlr_now_ns();
+        for (k = 0; __atomic_load_n(&fastlr_pool.done, __ATOMIC_ACQUIRE) != n_chunks - mine; k++) {
+            if (k < FASTLR_CALLER_SPIN)
+                FASTLR_PAUSE();
+            else
+                sched_yield();
+        }
+        t_end = fastlr_now_ns();
+        /* the back-off state is only changed by the slot's owner */
+        backoff = fastlr_pool.backoff_ns;
+        if (t_end - t_wait > FASTLR_STALL_MIN_NS && 4 * (t_end - t_wait) > t_wait - t_start) {
+            backoff = backoff < FASTLR_BACKOFF_MIN_NS ? FASTLR_BACKOFF_MIN_NS : 2 * backoff;
+            if (backoff > FASTLR_BACKOFF_MAX_NS)
+                backoff = FASTLR_BACKOFF_MAX_NS;
+            FASTLR_STORE(fastlr_pool.backoff_until, t_end + backoff, RLX);
+            fastlr_pool.stalls++;
+        } else {
+            backoff -= backoff / 16;
+        }
+        fastlr_pool.backoff_ns = backoff;
+        __atomic_store_n(&fastlr_pool.busy, 0, __ATOMIC_RELEASE);
+    }
+
+    static void fastlr_pool_after_fork(void) {
+        /* the child has none of the parent's workers and no call in flight */
+        fastlr_pool.backoff_until = 0;
+        fastlr_pool.backoff_ns = 0;
+        fastlr_pool.n_started = 0;
+        fastlr_pool.spawn_failed = 0;
+        for (int k = 0; k < FASTLR_POOL_MAX_WORKERS; k++)
+            fastlr_slots[k].sleeping = 0;
+        fastlr_pool.claim = fastlr_pool.gen << FASTLR_GEN_SHIFT;   /* nothing to claim */
+        fastlr_pool.done = 0;
+        fastlr_pool.busy = 0;
+    }
+
+    static int fastlr_pool_workers(void) { return fastlr_pool.n_started; }
+    static long long fastlr_pool_worker_chunks(void) {
+        return (long long)__atomic_load_n(&fastlr_pool.worker_chunks, RLX);
+    }
+    static long long fastlr_pool_stalls(void) { return (long long)fastlr_pool.stalls; }
+    #undef RLX
+    #else
+    #define FASTLR_HAVE_POOL 0
+    #define FASTLR_POOL_MAX_CHUNKS (((Py_ssize_t)1) << 19)
+    typedef void (*fastlr_chunk_fn)(void* ctx, Py_ssize_t start, Py_ssize_t stop);
+    static void fastlr_pool_run(fastlr_chunk_fn fn, void* ctx, Py_ssize_t n,
+                                Py_ssize_t chunk, int n_threads) {
+        (void)chunk; (void)n_threads;
+        fn(ctx, 0, n);
+    }
+    static void fastlr_pool_after_fork(void) {}
+    static int fastlr_pool_workers(void) { return 0; }
+    static long long fastlr_pool_worker_chunks(void) { return 0; }
+    static long long fastlr_pool_stalls(void) { return 0; }
+    #endif
     """
     int FASTLR_HAVE_OPENMP
+    int FASTLR_HAVE_POOL
+    Py_ssize_t FASTLR_POOL_MAX_CHUNKS
     int fastlr_omp_max_threads() noexcept nogil
     int fastlr_forked_child
     int fastlr_register_atfork() noexcept nogil
+    void fastlr_pool_run(span_fn fn, void* ctx, Py_ssize_t n, Py_ssize_t chunk,
+                         int n_threads) noexcept nogil
+    int fastlr_pool_workers() noexcept nogil
+    long long fastlr_pool_worker_chunks() noexcept nogil
+    long long fastlr_pool_stalls() noexcept nogil
 
 cdef enum:
-    # Spans handed to threads start on multiples of this many elements (256 bytes for float32).
-    SPAN_ALIGN = 64
+    # Chunks handed to threads start on multiples of this many elements (the engine's
+    # REDUCE_BLOCK; about 5 us of Adam on float32 in cache): small enough that a caller never
+    # waits long for a worker's last chunk.
+    SPAN_CHUNK = 16384
     # Limits on what one call validates: param, grad and up to three state buffers.
     MAX_ARRAYS = 5
     # The GIL is released for spans at least this long (below it, releasing costs more than
@@ -142,22 +492,38 @@ if fastlr_register_atfork() != 0:
 
 
 cdef void parallel_spans(span_fn fn, void* ctx, Py_ssize_t n, int n_threads) noexcept nogil:
-    cdef Py_ssize_t n_spans, span, i, start, stop
+    cdef Py_ssize_t chunk, n_chunks, i
     if n_threads <= 1 or n < PARALLEL_MIN_SIZE or fastlr_forked_child:
         fn(ctx, 0, n)
         return
-    # Every span gets at least PARALLEL_MIN_SIZE / 2 elements.
-    n_spans = min(<Py_ssize_t>n_threads, n // (PARALLEL_MIN_SIZE // 2))
-    if n_spans <= 1:
+    # about 64 chunks per thread, each a multiple of SPAN_CHUNK elements
+    chunk = (n + 64 * n_threads - 1) // (64 * n_threads)
+    chunk = (chunk + SPAN_CHUNK - 1) // SPAN_CHUNK * SPAN_CHUNK
+    n_chunks = (n + chunk - 1) // chunk
+    if n_chunks > FASTLR_POOL_MAX_CHUNKS:
+        chunk = ((n + FASTLR_POOL_MAX_CHUNKS - 1) // FASTLR_POOL_MAX_CHUNKS
+                 + SPAN_CHUNK - 1) // SPAN_CHUNK * SPAN_CHUNK
+        n_chunks = (n + chunk - 1) // chunk
+    if n_chunks <= 1:
         fn(ctx, 0, n)
-        return
-    span = (n + n_spans - 1) // n_spans
-    span = (span + SPAN_ALIGN - 1) // SPAN_ALIGN * SPAN_ALIGN
-    for i in prange(n_spans, schedule="static", num_threads=n_spans):
-        start = i * span
-        stop = min(start + span, n)
-        if start < stop:
-            fn(ctx, start, stop)
+    elif FASTLR_HAVE_POOL:
+        fastlr_pool_run(fn, ctx, n, chunk, n_threads)
+    else:
+        # no pool (not Linux, or no GCC-style atomics): OpenMP, or serial without it
+        for i in prange(n_chunks, schedule="dynamic", num_threads=n_threads):
+            fn(ctx, i * chunk, min(i * chunk + chunk, n))
+
+
+def _pool_stats():
+    """(workers started, chunks run by workers so far) of this process's chunk pool; for
+    tests. (0, 0) where there is no pool (a build without OpenMP, not Linux)."""
+    return fastlr_pool_workers(), fastlr_pool_worker_chunks()
+
+
+def _pool_stalls():
+    """Threaded calls so far that waited long for a descheduled pool thread (each starts
+    a serial back-off period; see design note d); for benchmarks."""
+    return fastlr_pool_stalls()
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,7 +576,8 @@ cdef double nadam_mu(double beta1, double momentum_decay, int64_t step) noexcept
 
 cdef int _n_threads_setting = 0      # 0: follow the OpenMP maximum, read at call time
 
-#: True when this build has OpenMP (large spans use several threads).
+#: True when this build has OpenMP (large spans use several threads; OpenMP itself only
+#: gives the default thread count on Linux, where fastlr's own pool runs the threads).
 HAVE_OPENMP = bool(FASTLR_HAVE_OPENMP)
 
 
@@ -231,10 +598,12 @@ def set_num_threads(n_threads):
     """Set the thread count for ``n_threads=None``; ``None`` restores the OpenMP default.
 
     In a process forked from one that ran fastlr (a ``fork`` multiprocessing worker, a
-    data loader), kernels run on one thread: GNU OpenMP's thread pool does not survive
-    ``fork`` and a parallel region in the child would hang. Calling ``set_num_threads`` in
-    the child lifts that; do it only when the parent never opened an OpenMP region (or use
-    the ``spawn`` / ``forkserver`` start methods, whose workers start fresh).
+    data loader), kernels run on one thread until the child calls ``set_num_threads``:
+    the parent's pool threads do not exist in the child. fastlr's own pool starts afresh
+    there (the child's first threaded call starts its threads), so calling this in the
+    child is safe for fastlr's calls; code of your own that uses GNU OpenMP in the child
+    after its parent did can still hang (use the ``spawn`` / ``forkserver`` start methods
+    for that).
     """
     global _n_threads_setting, fastlr_forked_child
     value = 0 if n_threads is None else threads_arg("fastlr.set_num_threads", n_threads)

@@ -11,9 +11,9 @@
 #    layout; an error names the index and nothing is touched), evaluate each group's
 #    schedules at t and check the values, derive per-span coefficients (bias corrections
 #    from each span's own update count), then release the GIL and run every piece in one
-#    pass -- serial below PARALLEL_MIN_SIZE elements in total, else one OpenMP region that
-#    splits the concatenated elements evenly across threads. Element-wise updates make the
-#    result independent of the split. Nothing is allocated per step.
+#    pass -- serial below PARALLEL_MIN_SIZE elements in total, else the kernels'
+#    parallel_spans shares chunks of the concatenated elements between this thread and pool
+#    threads. Element-wise updates make the result independent of the split. Nothing is allocated per step.
 # c) Grads that are adjacent views of one buffer (or one flat grad array) let a coalesced
 #    span run as one piece; otherwise the span runs param by param, with the same bits.
 # d) Nothing here is written per optimizer family. What differs per family comes from the
@@ -43,8 +43,7 @@ from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastlr._core.families cimport CoefU, CoreTable, MAX_HYPERS, MAX_STATE, N_FAMILIES, K_SGD
 from fastlr._core.loops cimport core_fn
-from fastlr._kernels cimport PARALLEL_MIN_SIZE, parallel_spans, usable_threads
-from cython.parallel cimport prange
+from fastlr._kernels cimport PARALLEL_MIN_SIZE, parallel_spans
 from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
                                 schedule_value)
 

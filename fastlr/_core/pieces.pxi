@@ -97,28 +97,49 @@ cdef void reduce_block(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t lo, 
     block_flag[0] = flag
 
 
+ctypedef struct ReduceJob:
+    const Piece* pieces
+    Py_ssize_t n_pieces
+    Py_ssize_t total
+    int want_norm
+    int want_scan
+    double* block_sums
+    unsigned char* block_flags
+
+
+cdef void reduce_span(void* ctx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """The blocks of a ReduceJob that start in [lo, hi), each into its own slot (a block
+    may reach past hi: every block is computed exactly once for any split of [0, total))."""
+    cdef const ReduceJob* job = <const ReduceJob*>ctx
+    cdef Py_ssize_t blk
+    for blk in range((lo + REDUCE_BLOCK - 1) // REDUCE_BLOCK,
+                     (hi + REDUCE_BLOCK - 1) // REDUCE_BLOCK):
+        reduce_block(job.pieces, job.n_pieces, blk * REDUCE_BLOCK,
+                     min(blk * REDUCE_BLOCK + REDUCE_BLOCK, job.total), job.want_norm,
+                     job.want_scan, &job.block_sums[blk], &job.block_flags[blk])
+
+
 cdef void reduce_pieces(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t total,
                         int want_norm, int want_scan, double* block_sums,   # OUT (scratch)
                         unsigned char* block_flags, int n_threads,           # OUT (scratch)
                         double* sumsq, int* nonfinite) noexcept nogil:      # OUT
     """Sum of squares (in double) and the non-finite flag of all grads. block_sums and
-    block_flags hold ceil(total / REDUCE_BLOCK) entries."""
+    block_flags hold ceil(total / REDUCE_BLOCK) entries. The grads are shared out like an
+    update (the kernels' parallel_spans, whose chunks start on block boundaries); each
+    block's sum lands in its own slot and the slots are summed in block order, so the
+    result has the same bits for any split."""
     cdef Py_ssize_t n_blocks = (total + REDUCE_BLOCK - 1) // REDUCE_BLOCK, blk
-    cdef int nt = usable_threads(n_threads)
     cdef double sq = 0.0
     cdef int flag = 0
-    if nt > n_blocks:
-        nt = <int>n_blocks
-    if nt > 1 and total >= PARALLEL_MIN_SIZE:
-        for blk in prange(n_blocks, schedule="static", num_threads=nt):
-            reduce_block(pieces, n_pieces, blk * REDUCE_BLOCK,
-                         min(blk * REDUCE_BLOCK + REDUCE_BLOCK, total), want_norm, want_scan,
-                         &block_sums[blk], &block_flags[blk])
-    else:
-        for blk in range(n_blocks):
-            reduce_block(pieces, n_pieces, blk * REDUCE_BLOCK,
-                         min(blk * REDUCE_BLOCK + REDUCE_BLOCK, total), want_norm, want_scan,
-                         &block_sums[blk], &block_flags[blk])
+    cdef ReduceJob job
+    job.pieces = pieces
+    job.n_pieces = n_pieces
+    job.total = total
+    job.want_norm = want_norm
+    job.want_scan = want_scan
+    job.block_sums = block_sums
+    job.block_flags = block_flags
+    parallel_spans(reduce_span, &job, total, n_threads)
     for blk in range(n_blocks):              # in block order: the same bits for any split
         sq = sq + block_sums[blk]
         flag = flag | block_flags[blk]
