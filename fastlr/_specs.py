@@ -118,7 +118,8 @@ _MAX = _h("maximize", False, "flag", doc="ascend instead of descend")
 _EPS = lambda d: _h("eps", d, "nonneg", doc="added to the denominator")    # noqa: E731
 _B1 = lambda d, c="unit": _h("beta1", d, c, True, "first-moment decay", "betas")  # noqa: E731
 _B2 = lambda d, c="unit": _h("beta2", d, c, False, "second-moment decay", "betas")  # noqa: E731
-_DWD = _h("decoupled_weight_decay", False, "flag", doc="p *= 1 - lr*wd (AdamW) instead of L2")
+_DWD = _h("decoupled_weight_decay", False, "flag",
+         doc="``p *= 1 - lr * wd`` (AdamW) instead of L2")
 
 _D, _I64, _INT = "double", "int64_t", "int"
 
