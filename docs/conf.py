@@ -79,7 +79,8 @@ doctest_test_doctest_blocks = "default"
 # -- HTML -------------------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"fastlr {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["fastlr.css"]
 html_show_sourcelink = False
 html_theme_options = {
     "navigation_with_keys": False,

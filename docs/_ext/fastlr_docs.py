@@ -256,7 +256,7 @@ def generate_schedules(outdir):
         ts = np.arange(steps + 1)
         ys = s.values(ts)
         fig, ax = plt.subplots(figsize=(6.4, 2.4), dpi=100)
-        ax.plot(ts, ys, color="#1f6fb4", linewidth=1.8)
+        ax.plot(ts, ys, color="#1f6fb4", linewidth=1.8, drawstyle="steps-post")
         ax.set_xlabel("step t (completed steps)")
         ax.set_ylabel("s(t)")
         ax.set_xlim(0, steps)
