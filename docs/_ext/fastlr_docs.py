@@ -146,6 +146,11 @@ def _argument_rows(specs, row, fam, cls):
     return rows
 
 
+def _formula_text(specs, kernel):
+    """A kernel's docstring without its Parameters section (the page has its own tables)."""
+    return specs.KERNEL_DOCS[kernel].split("\nParameters\n----------\n")[0].strip()
+
+
 def optimizer_page(specs, fastlr, fam, rows, kernels):
     names = [r.cls for r in rows]
     title = " and ".join(names)
@@ -160,10 +165,10 @@ def optimizer_page(specs, fastlr, fam, rows, kernels):
     out += [f"The update that :func:`fastlr.kernels.{fam.name}` and the optimizer step apply "
             "to each parameter array, element by element:", ""]
     out += [".. rst-class:: fastlr-formula", ""]
-    out += specs.KERNEL_DOCS[fam.name].strip().splitlines() + [""]
+    out += _formula_text(specs, fam.name).splitlines() + [""]
     for r in rows:
         if r.kernel != fam.name:
-            out += [f"``{r.kernel}``: " + specs.KERNEL_DOCS[r.kernel].strip(), ""]
+            out += [f"``{r.kernel}``: " + _formula_text(specs, r.kernel), ""]
 
     for r in rows:
         cls = getattr(fastlr, r.cls)
