@@ -108,6 +108,8 @@ html_theme_options = {
     "navbar_align": "left",
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
+    # the optimizer pages' argument tables want the width of the "On this page" column
+    "secondary_sidebar_items": {"generated/optimizers/*": []},
 }
 html_sidebars = {"index": []}
 html_last_updated_fmt = None

@@ -146,6 +146,20 @@ def _argument_rows(specs, row, fam, cls):
     return rows
 
 
+def _wrapped_call(name, signature, width=84):
+    """``name(signature)`` as code-block lines, wrapped after commas at ``width`` columns."""
+    pad = " " * (len(name) + 1)
+    lines, line = [], name + "("
+    for piece in [p + "," for p in signature[1:-1].split(", ")]:
+        if len(line) + 1 + len(piece) > width and line.strip() and not line.endswith("("):
+            lines.append(line)
+            line = pad + piece
+        else:
+            line += ("" if line.endswith("(") else " ") + piece
+    lines.append(line[:-1] + ")")
+    return ["   " + x for x in lines]
+
+
 def _formula_text(specs, kernel):
     """A kernel's docstring without its Parameters section (the page has its own tables)."""
     return specs.KERNEL_DOCS[kernel].split("\nParameters\n----------\n")[0].strip()
@@ -174,12 +188,12 @@ def optimizer_page(specs, fastlr, fam, rows, kernels):
         cls = getattr(fastlr, r.cls)
         sig = str(inspect.signature(cls))
         out += _title(f"{r.cls} arguments", "-")
-        out += [".. code-block:: python", "", f"   fastlr.{r.cls}{sig}", ""]
+        out += [".. code-block:: python", ""] + _wrapped_call(f"fastlr.{r.cls}", sig) + [""]
         if r.fixed:
             out += ["Fixed by the class: " + ", ".join(f"``{k}={v!r}``"
                                                       for k, v in r.fixed.items()) + ".", ""]
         out += _table(["argument", "default", "accepted values", "meaning"],
-                      _argument_rows(specs, r, fam, cls), [16, 14, 30, 40])
+                      _argument_rows(specs, r, fam, cls), [21, 11, 28, 40])
         sched = [(h.pair + "[0]") if h.pair else h.name for h in fam.hypers
                  if h.schedulable and h.name not in r.fixed]
         out += [f"Take a schedule: {', '.join(f'``{s}``' for s in sched)} (evaluated in C "
@@ -202,8 +216,8 @@ def optimizer_page(specs, fastlr, fam, rows, kernels):
 
     out += _title("Kernel and C API", "-")
     for k in kernels:
-        out += [".. code-block:: python", "", f"   fastlr.kernels.{k.name}({k.signature()})",
-                ""]
+        out += [".. code-block:: python", ""]
+        out += _wrapped_call(f"fastlr.kernels.{k.name}", f"({k.signature()})") + [""]
     out += [f"The NumPy twin with the same signature is ``fastlr.reference.{fam.name}``. "
             f"From Cython (:doc:`/embedding`): ``cimport`` ``{fam.struct}`` and "
             f"``{fam.name}_f32`` / ``{fam.name}_f64`` (and their ``_parallel`` variants) "
