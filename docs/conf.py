@@ -23,6 +23,11 @@ sys.path.insert(0, os.path.join(HERE, "_ext"))
 if glob.glob(os.path.join(ROOT, "fastlr", "_kernels.*.so")) or \
         glob.glob(os.path.join(ROOT, "fastlr", "_kernels.*.pyd")):
     sys.path.insert(0, ROOT)
+else:
+    # `python -m sphinx` run at the top of the clone puts it first on sys.path: that would
+    # import the unbuilt source tree instead of the installed fastlr
+    sys.path[:] = [p for p in sys.path
+                   if os.path.abspath(p or os.curdir) != os.path.abspath(ROOT)]
 
 import fastlr  # noqa: E402
 
