@@ -114,9 +114,14 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
     # the optimizer pages' argument tables want the width of the "On this page" column
-    "secondary_sidebar_items": {"generated/optimizers/*": []},
+    "secondary_sidebar_items": {"*": ["page-toc"], "api/*": ["page-toc"],
+                                "generated/optimizers/*": []},
 }
-html_sidebars = {"index": []}
+# pages without subpages: no (empty) section navigation on the left
+html_sidebars = {page: [] for page in (
+    "index", "getting_started", "schedules", "migrating", "lr_finder", "checkpoints",
+    "threads_and_processes", "embedding", "distributed", "benchmarks", "nonfinite",
+    "sanitizers", "design")}
 html_last_updated_fmt = None
 
 # -- docstrings awaiting a fix in files this site does not own ------------------------------
