@@ -53,6 +53,11 @@ def get_include():
     """The directory to add to a Cython build's include path to ``cimport fastlr._kernels``.
 
     It is the directory that contains the ``fastlr`` package (with its ``.pxd`` files).
+
+    Returns
+    -------
+    str
+        An absolute path, e.g. for ``Extension(..., include_dirs=[fastlr.get_include()])``.
     """
     import os
 

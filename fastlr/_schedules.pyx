@@ -324,13 +324,35 @@ cdef class Schedule:
         return not self.node.needs_gil
 
     def __call__(self, t):
+        """The value after ``t`` completed steps.
+
+        Parameters
+        ----------
+        t : int
+            Completed steps, >= 0 (an optimizer's first update uses ``s(0)``).
+
+        Returns
+        -------
+        float
+        """
         cdef int64_t step = _step_arg(t)
         cdef double v = node_value(&self.node, step)
         check_schedule_error(self)
         return v
 
     def values(self, ts):
-        """The values at every step of ``ts`` (ints >= 0), as a float64 array of its shape."""
+        """The values at every step of ``ts``, in one compiled loop.
+
+        Parameters
+        ----------
+        ts : array_like of int
+            Completed steps, integers >= 0 (a range, a list, an integer array of any shape).
+
+        Returns
+        -------
+        numpy.ndarray
+            float64, of the shape of ``ts``.
+        """
         arr = np.asarray(ts)
         if arr.dtype.kind not in "iu":
             if arr.dtype == object or arr.dtype.kind == "b" or arr.size and arr.dtype.kind != "f":

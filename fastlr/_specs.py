@@ -41,6 +41,7 @@ state
 """
 
 import re
+import textwrap
 from dataclasses import dataclass, field
 
 __all__ = ["Hyper", "State", "Family", "Optimizer", "FAMILIES", "OPTIMIZERS", "CHECKS",
@@ -118,7 +119,8 @@ _MAX = _h("maximize", False, "flag", doc="ascend instead of descend")
 _EPS = lambda d: _h("eps", d, "nonneg", doc="added to the denominator")    # noqa: E731
 _B1 = lambda d, c="unit": _h("beta1", d, c, True, "first-moment decay", "betas")  # noqa: E731
 _B2 = lambda d, c="unit": _h("beta2", d, c, False, "second-moment decay", "betas")  # noqa: E731
-_DWD = _h("decoupled_weight_decay", False, "flag", doc="p *= 1 - lr*wd (AdamW) instead of L2")
+_DWD = _h("decoupled_weight_decay", False, "flag",
+         doc="``p *= 1 - lr * wd`` (AdamW) instead of L2")
 
 _D, _I64, _INT = "double", "int64_t", "int"
 
@@ -773,3 +775,58 @@ def fill_owner(option):
         if any(s.fill == option for s in FAMILIES[o.family].state):
             return o.cls
     return None
+
+
+# ---- the validated kernels' numpydoc Parameters sections, generated from the table ----
+_ARRAY_LAYOUT = "param's dtype, shape and memory layout"
+
+
+def _kernel_parameters(k):
+    """The ``Parameters`` section of validated kernel ``k`` (a :class:`_Kernel`)."""
+    fam = k.fam
+    hypers = {h.name: h for h in fam.hypers}
+    lines = ["Parameters", "----------",
+             "param : numpy.ndarray",
+             "    The parameter, float32 or float64, C- or F-contiguous and writeable; updated "
+             "in place.",
+             "grad : numpy.ndarray",
+             f"    Its gradient, with {_ARRAY_LAYOUT}; only read (it may be read-only)."]
+    for st in fam.state:
+        start = f"``{st.fill}``" if st.fill else "zeros"
+        if not st.when:
+            lines += [f"{st.name} : numpy.ndarray",
+                      f"    State with {_ARRAY_LAYOUT}, updated in place; starts at {start}."]
+        elif _when_hypers(fam, st):
+            lines += [f"{st.name} : numpy.ndarray, optional",
+                      f"    State with {_ARRAY_LAYOUT}, updated in place; required exactly "
+                      f"when ``{st.when}`` (None otherwise); starts at {start}."]
+        else:
+            lines += [f"{st.name} : numpy.ndarray, optional",
+                      f"    State with {_ARRAY_LAYOUT}, updated in place; passing it selects "
+                      f"the ``{st.when}`` variant; starts at {start}."]
+    for kw in k.keywords:
+        if kw.check == "step":
+            lines += ["step : int", "    The 1-based update number of these buffers, >= 1."]
+            continue
+        h = hypers.get(kw.name)
+        if h is None:                     # per-param scalar state (nadam's mu_product)
+            init = dict(fam.scalar_state)[kw.name]
+            lines += [f"{kw.name} : float",
+                      f"    Carried between calls ({init!r} before the first update), in "
+                      "[0, 1]; the call returns the new value."]
+            continue
+        kind = "bool" if h.check == "flag" else "float"
+        default = "" if kw.default is _REQUIRED else f", default {_literal(kw.default)}"
+        rule = "" if h.check == "flag" else f", {CHECKS[h.check][3]}"
+        lines += [f"{kw.name} : {kind}{default}", f"    {h.doc}{rule}."]
+    lines += ["n_threads : int, optional",
+              "    OpenMP threads for a large array; None uses :func:`fastlr.get_num_threads`."]
+    out = []
+    for line in lines:               # descriptions wrapped at 88 columns
+        out += textwrap.wrap(line, 88, subsequent_indent="    ") if line.startswith("    ") \
+            else [line]
+    return "\n".join(out) + "\n"
+
+
+KERNEL_DOCS.update({k.name: k.doc.rstrip("\n") + "\n\n" + _kernel_parameters(k)
+                    for k in _kernels(FAMILIES, OPTIMIZERS, KERNEL_DOCS)})

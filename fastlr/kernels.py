@@ -58,11 +58,31 @@ def _kernel_row(kernel, who="state_names"):
 def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False, **options):
     """The state buffers ``kernel`` needs with these options, in argument order.
 
-    >>> state_names("rmsprop", momentum=0.9, centered=True)
-    ('square_avg', 'momentum_buffer', 'grad_avg')
-
     The buffers and their conditions are the table's (``fastlr._specs``, ``State.when``);
     an option the kernel's conditions do not use must be left at its default.
+
+    Parameters
+    ----------
+    kernel : str
+        A kernel name of :data:`KERNELS` (``"adam"``, ``"sgd"``, ...).
+    momentum : float, default 0.0
+        SGD and RMSprop: the momentum you will step with (a buffer exists when it is not 0).
+    centered : bool, default False
+        RMSprop: the centered variant (``grad_avg``).
+    amsgrad : bool, default False
+        Adam and AdamW: AMSGrad (``max_exp_avg_sq``).
+    **options
+        Other options a kernel's state conditions read.
+
+    Returns
+    -------
+    tuple of str
+        The buffers' names, which are the kernel's argument names.
+
+    Examples
+    --------
+    >>> state_names("rmsprop", momentum=0.9, centered=True)
+    ('square_avg', 'momentum_buffer', 'grad_avg')
     """
     return _state_names("fastlr.kernels.state_names", kernel, momentum, centered, amsgrad,
                         options)
@@ -109,12 +129,35 @@ def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False,
                initial_accumulator_value=0.0, **options):
     """Allocate the zero-filled state buffers ``kernel`` needs for ``param``.
 
-    Returns a dict keyed by the kernel's argument names, so ``kernel(param, grad, **state,
-    ...)`` works. Buffers have param's shape, dtype and memory layout (C or F order).
-    For SGD, pass the ``momentum`` you will step with (no buffer without momentum). For
-    Adagrad, ``state_sum`` is filled with ``initial_accumulator_value`` (torch's option;
-    in general: a buffer whose table row names a ``fill`` option starts at its value).
+    Buffers have param's shape, dtype and memory layout (C or F order). For Adagrad,
+    ``state_sum`` is filled with ``initial_accumulator_value`` (torch's option; in general:
+    a buffer whose table row names a ``fill`` option starts at its value).
 
+    Parameters
+    ----------
+    kernel : str
+        A kernel name of :data:`KERNELS` (``"adam"``, ``"sgd"``, ...).
+    param : numpy.ndarray
+        A float32 or float64 array, C- or F-contiguous.
+    momentum : float, default 0.0
+        SGD and RMSprop: the momentum you will step with (no buffer without momentum).
+    centered : bool, default False
+        RMSprop: allocate ``grad_avg`` (the centered variant).
+    amsgrad : bool, default False
+        Adam and AdamW: allocate ``max_exp_avg_sq`` (AMSGrad).
+    initial_accumulator_value : float, default 0.0
+        Adagrad: the value ``state_sum`` starts at, >= 0.
+    **options
+        Other options a kernel's state conditions or fills read.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Keyed by the kernel's argument names, so ``kernel(param, grad, **state, ...)``
+        works.
+
+    Examples
+    --------
     >>> state = make_state("adagrad", np.ones(3), initial_accumulator_value=0.1)
     >>> state["state_sum"]
     array([0.1, 0.1, 0.1])

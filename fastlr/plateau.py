@@ -44,6 +44,31 @@ class ReduceLROnPlateau:
     With a schedule the cut scales what the schedule gives from then on: ``lr(t) =
     schedule(t) * scale``. ``min_lr`` (a number, or one per group) bounds the lr at the
     moment of a cut, as in torch; a schedule may still go lower afterwards.
+
+    Parameters
+    ----------
+    optimizer : fastlr.Optimizer
+        The optimizer whose groups' lr it scales (at most one controller per optimizer).
+    mode : {'min', 'max'}, default 'min'
+        Whether a lower or a higher metric is an improvement.
+    factor : float, default 0.1
+        The factor of each cut, in [0, 1).
+    patience : int, default 10
+        Calls without improvement tolerated before a cut, >= 0.
+    threshold : float, default 1e-4
+        How much better than the best a metric must be to count as an improvement, >= 0.
+    threshold_mode : {'rel', 'abs'}, default 'rel'
+        ``threshold`` relative to the best metric, or absolute.
+    cooldown : int, default 0
+        Calls after a cut during which bad calls are not counted, >= 0.
+    min_lr : float or list of float, default 0.0
+        The lowest lr a cut may set, for every group or one per group.
+    eps : float, default 1e-8
+        A cut that lowers the lr by no more than this is not applied.
+
+    See Also
+    --------
+    fastlr.schedules : schedules of the step, which this composes with.
     """
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
@@ -94,7 +119,19 @@ class ReduceLROnPlateau:
         return self.cooldown_counter > 0
 
     def is_better(self, a, best):
-        """Whether metric ``a`` improves on ``best`` under this mode and threshold."""
+        """Whether metric ``a`` improves on ``best`` under this mode and threshold.
+
+        Parameters
+        ----------
+        a : float
+            A metric.
+        best : float
+            The best metric so far.
+
+        Returns
+        -------
+        bool
+        """
         if self.mode == "min" and self.threshold_mode == "rel":
             return a < best * (1.0 - self.threshold)
         if self.mode == "min":
@@ -105,7 +142,17 @@ class ReduceLROnPlateau:
 
     def step(self, metric):
         """Report the metric of an epoch (or evaluation); cut the lr after a plateau.
-        Returns True when this call cut the lr of some group."""
+
+        Parameters
+        ----------
+        metric : float
+            The metric of this evaluation (a real number, a NumPy scalar or a 0-d array).
+
+        Returns
+        -------
+        bool
+            True when this call cut the lr of some group.
+        """
         if isinstance(metric, (bool,)) or not isinstance(metric, numbers.Real):
             try:
                 metric = float(metric)      # a 0-d array, a numpy scalar
@@ -156,7 +203,13 @@ class ReduceLROnPlateau:
         return cut
 
     def get_last_lr(self):
-        """The lr each group gets at the next optimizer step."""
+        """The lr each group gets at the next optimizer step.
+
+        Returns
+        -------
+        list of float
+            One lr per param group.
+        """
         return self.optimizer.next_lr
 
     @property
@@ -166,14 +219,27 @@ class ReduceLROnPlateau:
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self):
-        """Configuration and counters as plain numbers (the scales are in the optimizer's
-        state dict, which also holds this)."""
+        """Configuration and counters as plain numbers.
+
+        The scales are in the optimizer's state dict, which also holds this.
+
+        Returns
+        -------
+        dict
+            Plain numbers and lists, for :meth:`load_state_dict`.
+        """
         sd = {key: getattr(self, key) for key in _CONFIG + _COUNTERS}
         sd["min_lrs"] = list(self.min_lrs)
         return sd
 
     def load_state_dict(self, state_dict):
-        """Restore :meth:`state_dict`; validated first, nothing changes on error."""
+        """Restore :meth:`state_dict`; validated first, nothing changes on error.
+
+        Parameters
+        ----------
+        state_dict : dict
+            What :meth:`state_dict` returned.
+        """
         name = "fastlr.ReduceLROnPlateau.load_state_dict"
         sd = _check_plateau_state(name, state_dict)
         self._check_compatible(name, sd)

@@ -94,8 +94,26 @@ def _make(name, args, kwargs, defaults, **parts):
 # conversion
 # ---------------------------------------------------------------------------------------
 def as_schedule(value, name="fastlr.schedules.as_schedule: schedule"):
-    """A Schedule from a Schedule (itself), a number (:func:`constant`) or a Python callable
-    ``step -> float`` (:func:`from_callable`, evaluated in Python: slower, still correct)."""
+    """Convert a number, a schedule or a Python callable to a :class:`Schedule`.
+
+    Parameters
+    ----------
+    value : Schedule, float or callable
+        A Schedule (returned as is), a real number (:func:`constant`) or a Python callable
+        ``step -> float`` (:func:`from_callable`, evaluated in Python: slower, still
+        correct).
+    name : str, optional
+        How error messages name ``value``.
+
+    Returns
+    -------
+    Schedule
+
+    Raises
+    ------
+    TypeError
+        When ``value`` is none of these.
+    """
     if isinstance(value, Schedule):
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -111,6 +129,15 @@ def from_callable(fn):
 
     It composes like any schedule but is evaluated in Python, holding the GIL. An exception
     it raises propagates to whoever evaluated the schedule.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(step) -> float``, called with the number of completed steps.
+
+    Returns
+    -------
+    Schedule
     """
     if not callable(fn):
         raise TypeError(f"fastlr.schedules.from_callable: fn must be callable, got {fn!r}")
@@ -134,13 +161,37 @@ def _rebuild(ctor, args, kwargs):
 # constructors
 # ---------------------------------------------------------------------------------------
 def constant(value):
-    """``value`` at every step."""
+    """``value`` at every step.
+
+    Parameters
+    ----------
+    value : float
+        The value, a finite number.
+
+    Returns
+    -------
+    Schedule
+    """
     v = _value("constant", "value", value)
     return _make("constant", (value,), {}, {}, p=(v,))
 
 
 def step_decay(init, step_size, gamma=0.1):
-    """``init * gamma ** (t // step_size)`` (torch StepLR)."""
+    """``init * gamma ** (t // step_size)`` (torch StepLR).
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    step_size : int
+        Steps between two decays, >= 1.
+    gamma : float, default 0.1
+        The factor of each decay, >= 0.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "step_decay"
     p = (_value(fn, "init", init), _value(fn, "gamma", gamma, NONNEG))
     k = (_int(fn, "step_size", step_size, minimum=1),)
@@ -148,8 +199,22 @@ def step_decay(init, step_size, gamma=0.1):
 
 
 def multistep(init, milestones, gamma=0.1):
-    """``init * gamma ** (number of milestones <= t)`` (torch MultiStepLR); milestones in any
-    order, a duplicate counts twice."""
+    """``init * gamma ** (number of milestones <= t)`` (torch MultiStepLR).
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    milestones : sequence of int
+        The steps at which the value is multiplied by ``gamma``, in any order; a duplicate
+        counts twice.
+    gamma : float, default 0.1
+        The factor at each milestone, >= 0.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "multistep"
     ms = _steps(fn, "milestones", milestones, increasing=False)
     p = (_value(fn, "init", init), _value(fn, "gamma", gamma, NONNEG))
@@ -157,7 +222,19 @@ def multistep(init, milestones, gamma=0.1):
 
 
 def exponential(init, gamma):
-    """``init * gamma ** t`` (torch ExponentialLR)."""
+    """``init * gamma ** t`` (torch ExponentialLR).
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    gamma : float
+        The factor per step, >= 0.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "exponential"
     p = (_value(fn, "init", init), _value(fn, "gamma", gamma, NONNEG))
     return _make(fn, (init, gamma), {}, {}, p=p)
@@ -165,10 +242,32 @@ def exponential(init, gamma):
 
 def exponential_decay(init, transition_steps, decay_rate, *, staircase=False,
                       transition_begin=0, end=None):
-    """optax ``exponential_decay``: ``init`` until ``transition_begin``, then
+    """optax ``exponential_decay``: exponential decay after an optional delay, optionally
+    stepwise and bounded.
+
+    ``init`` until ``transition_begin``, then
     ``init * decay_rate ** ((t - transition_begin) / transition_steps)`` (the exponent
-    floored when ``staircase``), bounded by ``end`` when given (a floor when decaying, a cap
-    when growing)."""
+    floored when ``staircase``), bounded by ``end`` when given.
+
+    Parameters
+    ----------
+    init : float
+        The value up to ``transition_begin``.
+    transition_steps : int
+        Steps over which the value is multiplied by ``decay_rate``, >= 1.
+    decay_rate : float
+        The factor per ``transition_steps``, > 0 (> 1 grows).
+    staircase : bool, default False
+        Floor the exponent: the value changes every ``transition_steps`` steps.
+    transition_begin : int, default 0
+        Steps before the decay starts.
+    end : float, optional
+        A floor when decaying, a cap when growing; None for no bound.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "exponential_decay"
     p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, POSITIVE),
          0.0 if end is None else _value(fn, "end", end))
@@ -181,8 +280,23 @@ def exponential_decay(init, transition_steps, decay_rate, *, staircase=False,
 
 
 def inverse_time(init, decay_steps, decay_rate, *, staircase=False):
-    """``init / (1 + decay_rate * t / decay_steps)`` (Keras InverseTimeDecay; ``t //
-    decay_steps`` when ``staircase``)."""
+    """``init / (1 + decay_rate * t / decay_steps)`` (Keras InverseTimeDecay).
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    decay_steps : int
+        The step scale of the decay, >= 1.
+    decay_rate : float
+        The rate of the decay, >= 0.
+    staircase : bool, default False
+        Use ``t // decay_steps`` instead of ``t / decay_steps``.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "inverse_time"
     p = (_value(fn, "init", init), _value(fn, "decay_rate", decay_rate, NONNEG))
     k = (_int(fn, "decay_steps", decay_steps, minimum=1),
@@ -193,7 +307,23 @@ def inverse_time(init, decay_steps, decay_rate, *, staircase=False):
 
 def polynomial(init, total_steps, *, end=0.0, power=1.0):
     """``(init - end) * (1 - min(t, T) / T) ** power + end`` with ``T = total_steps`` (torch
-    PolynomialLR when ``end=0``)."""
+    PolynomialLR when ``end=0``).
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    total_steps : int
+        Steps until ``end`` is reached, >= 1; ``end`` is held after.
+    end : float, default 0.0
+        The final value.
+    power : float, default 1.0
+        The exponent, >= 0 (1: linear).
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "polynomial"
     p = (_value(fn, "init", init), _value(fn, "end", end),
          _value(fn, "power", power, NONNEG))
@@ -204,7 +334,23 @@ def polynomial(init, total_steps, *, end=0.0, power=1.0):
 
 def linear(init, *, start_factor=1.0 / 3, end_factor=1.0, total_steps=5):
     """``init * (s + (e - s) * min(t, T) / T)`` (torch LinearLR): from ``start_factor *
-    init`` to ``end_factor * init`` over ``total_steps``."""
+    init`` to ``end_factor * init`` over ``total_steps``.
+
+    Parameters
+    ----------
+    init : float
+        The value the factors scale.
+    start_factor : float, default 1/3
+        The factor at step 0, >= 0.
+    end_factor : float, default 1.0
+        The factor from ``total_steps`` on, >= 0.
+    total_steps : int, default 5
+        Steps of the ramp, >= 1.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "linear"
     p = (_value(fn, "init", init), _value(fn, "start_factor", start_factor, NONNEG),
          _value(fn, "end_factor", end_factor, NONNEG))
@@ -216,7 +362,21 @@ def linear(init, *, start_factor=1.0 / 3, end_factor=1.0, total_steps=5):
 
 def cosine(init, total_steps, *, end=0.0):
     """``end + (init - end) * (1 + cos(pi * min(t, T) / T)) / 2``: torch CosineAnnealingLR
-    up to ``T = total_steps``, then it holds ``end`` (torch's rises again)."""
+    up to ``T = total_steps``, then it holds ``end`` (torch's rises again).
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    total_steps : int
+        Steps of the half cosine, >= 1.
+    end : float, default 0.0
+        The final value (torch's ``eta_min``).
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "cosine"
     p = (_value(fn, "init", init), _value(fn, "end", end))
     k = (_int(fn, "total_steps", total_steps, minimum=1),)
@@ -224,10 +384,30 @@ def cosine(init, total_steps, *, end=0.0):
 
 
 def cosine_restarts(init, period, *, period_mult=1, end=0.0, decay=1.0):
-    """SGDR (torch CosineAnnealingWarmRestarts): over cycle ``i``, which lasts
-    ``period * period_mult**i`` steps (found with integer arithmetic),
-    ``end + (init - end) * decay**i * (1 + cos(pi * t_i / T_i)) / 2``: ``decay`` scales
-    each restart's height above ``end`` (Keras ``m_mul``; with ``end=0`` the peak)."""
+    """SGDR (torch CosineAnnealingWarmRestarts): cosine cycles that restart from the top.
+
+    Over cycle ``i``, which lasts ``period * period_mult**i`` steps (found with integer
+    arithmetic), the value is ``end + (init - end) * decay**i * (1 + cos(pi * t_i / T_i)) /
+    2``, where ``t_i`` counts the steps into the cycle and ``T_i`` is its length.
+
+    Parameters
+    ----------
+    init : float
+        The value at the start of the first cycle.
+    period : int
+        The length of the first cycle (torch's ``T_0``), >= 1.
+    period_mult : int, default 1
+        Each cycle is this many times longer than the previous one (torch's ``T_mult``),
+        >= 1.
+    end : float, default 0.0
+        The value at the end of each cycle (torch's ``eta_min``).
+    decay : float, default 1.0
+        Scales each restart's height above ``end`` (Keras ``m_mul``), >= 0.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "cosine_restarts"
     p = (_value(fn, "init", init), _value(fn, "end", end),
          _value(fn, "decay", decay, NONNEG))
@@ -239,9 +419,30 @@ def cosine_restarts(init, period, *, period_mult=1, end=0.0, decay=1.0):
 
 def cyclic(base, peak, *, step_size_up=2000, step_size_down=None, mode="triangular",
            gamma=1.0):
-    """torch CyclicLR: up from ``base`` to ``peak`` in ``step_size_up`` steps and back in
-    ``step_size_down`` (default: the same); ``mode`` ``'triangular'`` keeps the amplitude,
-    ``'triangular2'`` halves it every cycle, ``'exp_range'`` scales it by ``gamma ** t``."""
+    """torch CyclicLR: triangular cycles between ``base`` and ``peak``.
+
+    Up from ``base`` to ``peak`` in ``step_size_up`` steps and back in ``step_size_down``.
+
+    Parameters
+    ----------
+    base : float
+        The lower bound of each cycle.
+    peak : float
+        The upper bound of the first cycle.
+    step_size_up : int, default 2000
+        Steps from ``base`` up to ``peak``, >= 1.
+    step_size_down : int, optional
+        Steps from ``peak`` back down; None: the same as ``step_size_up``.
+    mode : {'triangular', 'triangular2', 'exp_range'}, default 'triangular'
+        ``'triangular'`` keeps the amplitude, ``'triangular2'`` halves it every cycle,
+        ``'exp_range'`` scales it by ``gamma ** t``.
+    gamma : float, default 1.0
+        The per-step factor of ``'exp_range'``, > 0.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "cyclic"
     up = _int(fn, "step_size_up", step_size_up, minimum=1)
     down = up if step_size_down is None else _int(fn, "step_size_down", step_size_down)
@@ -257,12 +458,35 @@ def cyclic(base, peak, *, step_size_up=2000, step_size_down=None, mode="triangul
 
 def one_cycle(peak, total_steps, *, pct_start=0.3, anneal="cos", div_factor=25.0,
               final_div_factor=1e4, three_phase=False):
-    """torch OneCycleLR: from ``peak / div_factor`` up to ``peak`` over the first
-    ``pct_start`` of ``total_steps``, then down to ``peak / div_factor / final_div_factor``
-    (three-phase: back to the initial value, then down). ``anneal`` is ``'cos'`` or
-    ``'linear'``. Holds its last value after ``total_steps``. Phase ends are at
-    ``pct*N - 1``, ``2*pct*N - 2`` (three-phase) and ``N - 1``; arguments that make a phase
-    empty or reversed are rejected."""
+    """torch OneCycleLR: a warmup to ``peak``, then an annealing far below the start.
+
+    From ``peak / div_factor`` up to ``peak`` over the first ``pct_start`` of
+    ``total_steps``, then down to ``peak / div_factor / final_div_factor`` (three-phase:
+    back to the initial value, then down). Holds its last value after ``total_steps``.
+    Phase ends are at ``pct*N - 1``, ``2*pct*N - 2`` (three-phase) and ``N - 1``;
+    arguments that make a phase empty or reversed are rejected.
+
+    Parameters
+    ----------
+    peak : float
+        The highest value (torch's ``max_lr``).
+    total_steps : int
+        The length of the cycle, >= 2.
+    pct_start : float, default 0.3
+        The fraction of the steps spent rising, in (0, 1).
+    anneal : {'cos', 'linear'}, default 'cos'
+        The shape of every phase (torch's ``anneal_strategy``).
+    div_factor : float, default 25.0
+        The initial value is ``peak / div_factor``, > 0.
+    final_div_factor : float, default 1e4
+        The final value is the initial one divided by this, > 0.
+    three_phase : bool, default False
+        Come back down to the initial value before the final annealing.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "one_cycle"
     n = _int(fn, "total_steps", total_steps, minimum=2)
     pct = _value(fn, "pct_start", pct_start)
@@ -300,8 +524,19 @@ def one_cycle(peak, total_steps, *, pct_start=0.3, anneal="cos", div_factor=25.0
 
 def piecewise_constant(boundaries, values):
     """``values[i]`` for ``boundaries[i-1] <= t < boundaries[i]``: the value switches at
-    ``t == b`` (optax; Keras switches at ``b + 1``). ``len(values) == len(boundaries) + 1``;
-    boundaries are strictly increasing steps."""
+    ``t == b`` (optax; Keras switches at ``b + 1``).
+
+    Parameters
+    ----------
+    boundaries : sequence of int
+        Strictly increasing steps at which the value switches.
+    values : sequence of float
+        ``len(boundaries) + 1`` values.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "piecewise_constant"
     b = _steps(fn, "boundaries", boundaries, increasing=True)
     v = _values(fn, "values", values)
@@ -313,7 +548,19 @@ def piecewise_constant(boundaries, values):
 
 def piecewise_linear(boundaries, values):
     """Linear between the knots ``(boundaries[i], values[i])``, held before the first and
-    after the last. Equal lengths (at least one knot); boundaries strictly increasing."""
+    after the last.
+
+    Parameters
+    ----------
+    boundaries : sequence of int
+        The knots' steps, strictly increasing (at least one).
+    values : sequence of float
+        The knots' values, as many as ``boundaries``.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "piecewise_linear"
     b = _steps(fn, "boundaries", boundaries, increasing=True)
     v = _values(fn, "values", values)
@@ -324,9 +571,27 @@ def piecewise_linear(boundaries, values):
 
 
 def warmup_cosine(peak, *, warmup_steps, total_steps, init=0.0, end=0.0):
-    """Linear from ``init`` to ``peak`` over ``warmup_steps``, then cosine from ``peak`` to
-    ``end`` until ``total_steps`` (which includes the warmup, as optax's
-    ``warmup_cosine_decay_schedule``); holds ``end`` after."""
+    """Linear warmup from ``init`` to ``peak``, then cosine decay to ``end`` (optax's
+    ``warmup_cosine_decay_schedule``); holds ``end`` after ``total_steps``.
+
+    Parameters
+    ----------
+    peak : float
+        The value at the end of the warmup.
+    warmup_steps : int
+        Steps of the linear warmup, >= 0.
+    total_steps : int
+        Steps until ``end``, the warmup included (as optax's ``decay_steps``); must be
+        greater than ``warmup_steps``.
+    init : float, default 0.0
+        The value at step 0.
+    end : float, default 0.0
+        The final value.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "warmup_cosine"
     w = _int(fn, "warmup_steps", warmup_steps)
     n = _int(fn, "total_steps", total_steps, minimum=1)
@@ -340,9 +605,24 @@ def warmup_cosine(peak, *, warmup_steps, total_steps, init=0.0, end=0.0):
 
 
 def warmup(schedule, warmup_steps, *, start_factor=0.0):
-    """A linear ramp from ``start_factor * s(0)`` to ``s(0)`` over ``warmup_steps``, then
+    """Prepend a linear warmup to a schedule.
+
+    A linear ramp from ``start_factor * s(0)`` to ``s(0)`` over ``warmup_steps``, then
     ``s(t - warmup_steps)``: the wrapped schedule starts at 0 when the warmup ends.
-    ``warmup_steps=0`` is the schedule itself."""
+
+    Parameters
+    ----------
+    schedule : Schedule, float or callable
+        The schedule after the warmup (anything :func:`as_schedule` takes).
+    warmup_steps : int
+        Steps of the ramp, >= 0; 0 returns the schedule itself.
+    start_factor : float, default 0.0
+        The ramp starts at ``start_factor * s(0)``, >= 0.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "warmup"
     inner = as_schedule(schedule, f"{_PREFIX}{fn}: schedule")
     w = _int(fn, "warmup_steps", warmup_steps)
@@ -354,9 +634,22 @@ def warmup(schedule, warmup_steps, *, start_factor=0.0):
 
 
 def join(schedules, boundaries):
-    """``schedules[i](t - boundaries[i-1])`` where ``i`` counts the boundaries <= t: each
-    piece restarts at 0 (torch SequentialLR, optax join_schedules).
-    ``len(boundaries) == len(schedules) - 1``, strictly increasing."""
+    """Schedules one after the other, each restarting at 0 (torch SequentialLR, optax
+    ``join_schedules``).
+
+    ``schedules[i](t - boundaries[i-1])`` where ``i`` counts the boundaries <= t.
+
+    Parameters
+    ----------
+    schedules : sequence of Schedule, float or callable
+        The pieces, in order (anything :func:`as_schedule` takes).
+    boundaries : sequence of int
+        ``len(schedules) - 1`` strictly increasing steps at which the next piece starts.
+
+    Returns
+    -------
+    Schedule
+    """
     fn = "join"
     try:
         parts = [as_schedule(s, f"{_PREFIX}{fn}: schedules[{i}]")

@@ -130,13 +130,31 @@ class _BaseOptimizer:
             self._update = self._list_step()
 
     def iteration_ends(self, time_step):
-        """Called by the training loop at the end of each epoch; ``time_step`` is the number
-        of samples trained on so far (sklearn's ``t_``). Only ``'invscaling'`` uses it."""
+        """Called by the training loop at the end of each epoch.
+
+        Parameters
+        ----------
+        time_step : int
+            The number of samples trained on so far (sklearn's ``t_``). Only
+            ``'invscaling'`` uses it.
+        """
         checked_real(f"{_name(self)}.iteration_ends", "time_step", time_step, NONNEG)
 
     def trigger_stopping(self, msg, verbose):
-        """Called when the loss stopped improving; returns True when training should stop.
-        Prints ``msg + " Stopping."`` when ``verbose``."""
+        """Called when the loss stopped improving.
+
+        Parameters
+        ----------
+        msg : str
+            What the training loop reports; printed with ``" Stopping."`` appended.
+        verbose : bool
+            Print ``msg``.
+
+        Returns
+        -------
+        bool
+            True: training should stop.
+        """
         if verbose:
             print(msg + " Stopping.")
         return True
@@ -145,11 +163,27 @@ class _BaseOptimizer:
 class SGDOptimizer(_BaseOptimizer):
     """Stochastic gradient descent with momentum, as sklearn's MLP does it.
 
-    ``SGDOptimizer(params, learning_rate_init=0.1, lr_schedule='constant', momentum=0.9,
-    nesterov=True, power_t=0.5, *, n_threads=None)``: the arguments and defaults of
-    ``sklearn.neural_network._stochastic_optimizers.SGDOptimizer``. ``params`` is a list of
-    float32/float64 arrays (sklearn passes ``coefs_ + intercepts_``); ``velocities`` holds
+    The arguments and defaults of
+    ``sklearn.neural_network._stochastic_optimizers.SGDOptimizer``; ``velocities`` holds
     one zero buffer per param, updated in place. See the module docstring for the rules.
+
+    Parameters
+    ----------
+    params : list of numpy.ndarray
+        float32/float64 arrays (sklearn passes ``coefs_ + intercepts_``).
+    learning_rate_init : float, default 0.1
+        The initial learning rate, > 0.
+    lr_schedule : {'constant', 'invscaling', 'adaptive'}, default 'constant'
+        How the learning rate changes (see :meth:`iteration_ends` and
+        :meth:`trigger_stopping`).
+    momentum : float, default 0.9
+        The momentum, in [0, 1].
+    nesterov : bool, default True
+        Nesterov's momentum.
+    power_t : float, default 0.5
+        The exponent of ``'invscaling'``, >= 0.
+    n_threads : int, optional
+        OpenMP threads; None uses :func:`fastlr.get_num_threads`.
     """
 
     def __init__(self, params, learning_rate_init=0.1, lr_schedule="constant", momentum=0.9,
@@ -166,12 +200,26 @@ class SGDOptimizer(_BaseOptimizer):
     _state_names = ("velocities",)
 
     def update_params(self, params, grads):
-        """Update ``params`` in place with ``grads`` (lists aligned with ``velocities``)."""
+        """Update ``params`` in place with ``grads``.
+
+        Parameters
+        ----------
+        params : list of numpy.ndarray
+            The params, aligned with ``velocities``; updated in place.
+        grads : list of numpy.ndarray
+            Their gradients (only read).
+        """
         self._update.sgd(params, grads, self.velocities, self.learning_rate, self.momentum,
                          self.nesterov, self.n_threads)
 
     def iteration_ends(self, time_step):
-        """'invscaling': ``learning_rate = learning_rate_init / (time_step + 1) ** power_t``."""
+        """'invscaling': ``learning_rate = learning_rate_init / (time_step + 1) ** power_t``.
+
+        Parameters
+        ----------
+        time_step : int
+            The number of samples trained on so far (sklearn's ``t_``).
+        """
         super().iteration_ends(time_step)
         if self.lr_schedule == "invscaling":
             self.learning_rate = (
@@ -179,8 +227,22 @@ class SGDOptimizer(_BaseOptimizer):
             )
 
     def trigger_stopping(self, msg, verbose):
-        """'adaptive': divide ``learning_rate`` by 5 and go on (False) until it is <= 1e-6,
-        then stop (True). Other schedules stop at once. Prints as sklearn does."""
+        """'adaptive': divide ``learning_rate`` by 5 and go on until it is <= 1e-6, then stop.
+
+        Other schedules stop at once. Prints as sklearn does.
+
+        Parameters
+        ----------
+        msg : str
+            What the training loop reports.
+        verbose : bool
+            Print ``msg`` and what happens.
+
+        Returns
+        -------
+        bool
+            True when training should stop.
+        """
         if self.lr_schedule != "adaptive":
             if verbose:
                 print(msg + " Stopping.")
@@ -203,12 +265,26 @@ class SGDOptimizer(_BaseOptimizer):
 class AdamOptimizer(_BaseOptimizer):
     """Adam in the "epsilon-hat" form, as sklearn's MLP does it.
 
-    ``AdamOptimizer(params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999,
-    epsilon=1e-8, *, n_threads=None)``: the arguments and defaults of
+    The arguments and defaults of
     ``sklearn.neural_network._stochastic_optimizers.AdamOptimizer``. ``t`` counts the
     updates; ``ms`` / ``vs`` hold one zero buffer per param, updated in place;
     ``learning_rate`` is the bias-corrected step size of the last update (a float64), as in
     sklearn. See the module docstring for the rules.
+
+    Parameters
+    ----------
+    params : list of numpy.ndarray
+        float32/float64 arrays (sklearn passes ``coefs_ + intercepts_``).
+    learning_rate_init : float, default 0.001
+        The learning rate, > 0.
+    beta_1 : float, default 0.9
+        The decay of the first moment, in [0, 1).
+    beta_2 : float, default 0.999
+        The decay of the second moment, in [0, 1).
+    epsilon : float, default 1e-8
+        Added to the denominator, > 0.
+    n_threads : int, optional
+        OpenMP threads; None uses :func:`fastlr.get_num_threads`.
     """
 
     _state_names = ("ms", "vs")
@@ -226,8 +302,17 @@ class AdamOptimizer(_BaseOptimizer):
         self.vs = [np.zeros_like(p) for p in params]
 
     def update_params(self, params, grads):
-        """Update ``params`` in place with ``grads`` (lists aligned with ``ms`` / ``vs``);
-        ``t`` and ``learning_rate`` advance only when the update happened."""
+        """Update ``params`` in place with ``grads``.
+
+        ``t`` and ``learning_rate`` advance only when the update happened.
+
+        Parameters
+        ----------
+        params : list of numpy.ndarray
+            The params, aligned with ``ms`` / ``vs``; updated in place.
+        grads : list of numpy.ndarray
+            Their gradients (only read).
+        """
         t = self.t + 1
         lr_t = self._update.adam(params, grads, self.ms, self.vs, t, self.learning_rate_init,
                                  self.beta_1, self.beta_2, self.epsilon, self.n_threads)
@@ -253,6 +338,11 @@ def patch_mlp():
     ``partial_fit``). It relies on sklearn internals and may break with a future release;
     it raises ``RuntimeError`` if the names are gone. Not thread-safe (it patches a module
     for the whole process while active).
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Use it in a ``with`` statement; the original names are restored on exit.
     """
     try:
         from sklearn.neural_network import _multilayer_perceptron as mlp
