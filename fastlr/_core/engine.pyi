@@ -1,14 +1,19 @@
 # Type stubs for the compiled module fastlr._core.engine (the optimizers' step engine; private).
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, final
 
 import numpy as np
 from numpy.typing import NDArray
 
 KINDS: Dict[str, int]
 
+def _set_cores(capsule: object) -> None: ...
+
+@final          # cython.final: cannot be subclassed (so no @disjoint_base)
 class Engine:
-    total_size: int
-    last_grad_norm: float
+    @property
+    def total_size(self) -> int: ...
+    @property
+    def last_grad_norm(self) -> float: ...
     def __init__(self, kind: str, name: str) -> None: ...
     def configure(self, params: List[np.ndarray], spans: List[Any], groups: List[Dict[str, Any]],
                   counts: NDArray[np.int64], started: NDArray[np.uint8],
@@ -23,4 +28,4 @@ class Engine:
 def clip_grad_norm(grads: Union[np.ndarray, Sequence[np.ndarray]], max_norm: float, *,
                    error_if_nonfinite: bool = False, n_threads: Optional[int] = None) -> float: ...
 def grad_stats(grads: Union[np.ndarray, Sequence[np.ndarray]], *,
-               n_threads: Optional[int] = None) -> "tuple[float, bool]": ...
+               n_threads: Optional[int] = None) -> Tuple[float, bool]: ...
