@@ -1,5 +1,9 @@
 from enum import IntEnum
 
+__all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "RULES", "INT_MAX",
+           "MAX_THREADS", "real_arg", "checked_real", "int_arg", "flag_arg", "step_arg",
+           "threads_arg", "choice_arg", "ndarray_hint", "layout_hint"]
+
 class Rule(IntEnum):
     FINITE = 0
     NONNEG = 1

@@ -2,6 +2,7 @@
 from typing import MutableSequence, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from typing_extensions import disjoint_base
 from numpy.typing import NDArray
 
 _Float = Union[NDArray[np.float32], NDArray[np.float64]]
@@ -31,11 +32,12 @@ def adam_sklearn(
 ) -> None: ...
 def _set_cores(capsule: object) -> None: ...
 
+@disjoint_base
 class ListStep:
     """The validated update of aligned lists of arrays (private; fastlr.compat.sklearn)."""
     @property
     def fn(self) -> str: ...
-    def __init__(self, fn: str, state_names: Tuple[str, ...]) -> None: ...
+    def __new__(cls, fn: str, state_names: Tuple[str, ...]) -> "ListStep": ...
     def sgd(
         self, params: Sequence[_Float], grads: Sequence[_Float],
         velocities: MutableSequence[_Float], lr: float, momentum: float, nesterov: bool,

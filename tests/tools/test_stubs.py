@@ -28,11 +28,7 @@ PACKAGE_DIR = pathlib.Path(fastlr.__file__).resolve().parent
 
 # Stubs of other modules that stubtest finds stale: xfail until fixed. strict: once a stub is
 # fixed, its test passes unexpectedly and fails; then delete its entry here.
-STALE = {
-    "fastlr._core.args": "args.pyi lacks the module's __all__",
-    "fastlr._core.sklearn_kernels": "ListStep: needs @disjoint_base, and __new__(cls, fn, "
-                                    "state_names) instead of __init__ (they go to __cinit__)",
-}
+STALE: dict = {}
 
 
 def _load_script():
