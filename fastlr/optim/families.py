@@ -114,6 +114,8 @@ def _doc(row, family, signature):
     hypers = {}
     for h in family.hypers:
         hypers.setdefault(h.pair or h.name, h)
+    for name, value in row.fixed.items():
+        lines += [f"``{name}`` is fixed to ``{value!r}``.", ""]
     lines += ["Parameters", "----------",
               "params : array, list of arrays, dict of name -> array, list of (name, array) "
               "pairs, or list of group dicts",
@@ -134,10 +136,8 @@ def _doc(row, family, signature):
             sched = (f" ({name}[0] may be a schedule)" if h.pair
                      else " (a number or a schedule)")
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
-    for name, value in row.fixed.items():
-        lines += [f"({name} is fixed to {value!r})"]
     lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`.",
-              "", *textwrap.wrap("Checkpoints (``state_dict``/``load_state_dict``, "
+              "", "Notes", "-----", *textwrap.wrap("Checkpoints (``state_dict``/``load_state_dict``, "
                                  "``save``/``load``) restore the step count and the state, "
                                  "never the hyperparameters: the optimizer keeps its own "
                                  "values and schedules, and one that differs from what the "
