@@ -116,6 +116,8 @@ def as_schedule(value, name="fastlr.schedules.as_schedule: schedule"):
     """
     if isinstance(value, Schedule):
         return value
+    if type(value).__name__ == "ndarray" and getattr(value, "ndim", None) == 0:
+        value = value.item()            # a 0-d NumPy array is its element
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return constant(value)
     if callable(value):

@@ -436,23 +436,6 @@ def _valid_plain(kind):
     return []
 
 
-def _refused_before_the_policy():
-    """fastlr/optim's group check (optim/groups.py, _check_hyper) wants a numbers.Real, a
-    Schedule or a callable for a schedulable hyperparameter (lr, momentum, betas,
-    weight_decay) and refuses a 0-d array before fastlr._core.args sees it. xfail(strict):
-    these cases fail (delete this function's rows) once optim passes 0-d arrays on."""
-    out = set()
-    for o in _specs.OPTIMIZERS.values():
-        for h in _specs.FAMILIES[o.family].hypers:
-            if h.schedulable and h.name not in o.fixed:
-                out.add(f"fastlr.{o.cls}-{'betas.' if h.pair else ''}{h.name}")
-        out.add(f"fastlr.{o.cls}-param_groups[0].lr")
-    return out
-
-
-ZERO_D_OUTSIDE_POLICY = _refused_before_the_policy()
-
-
 def _zero_d_cases():
     out, seen = [], set()
     tables = kernel_table() + optimizer_table() + schedule_table() + misc_table()
@@ -465,9 +448,7 @@ def _zero_d_cases():
             if case_id in seen:
                 continue
             seen.add(case_id)
-            marks = ([pytest.mark.xfail(strict=True, reason="refused before fastlr._core.args")]
-                     if case_id in ZERO_D_OUTSIDE_POLICY else [])
-            out.append(pytest.param(name, make, arg, candidates, id=case_id, marks=marks))
+            out.append(pytest.param(name, make, arg, candidates, id=case_id))
     return out
 
 

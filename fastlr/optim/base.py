@@ -36,7 +36,7 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
                  skip_nonfinite=False):
         self.defaults = dict(defaults)
         for key, value in self.defaults.items():
-            self._check_hyper(key, value, where="")
+            self.defaults[key] = self._check_hyper(key, value, where="")
         self._n_threads = None if n_threads is None else threads_arg(self._name, n_threads)
         self.max_grad_norm = max_grad_norm
         self.skip_nonfinite = skip_nonfinite

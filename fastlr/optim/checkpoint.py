@@ -239,7 +239,7 @@ class CheckpointMixin:
                         and _is_marker(value[0]):
                     value = (group["betas"][0], value[1])
                 value = tuple(value) if key == "betas" else value
-                self._check_hyper(key, value, where=f"param_groups[{g}]")
+                value = self._check_hyper(key, value, where=f"param_groups[{g}]")
                 hyper[key] = value
             new_hypers.append(hyper)
         state = sd["state"]

@@ -26,7 +26,7 @@ class ParamGroup(dict):
         if owner is None:
             dict.__setitem__(self, key, value)
             return
-        owner._check_hyper(key, value, where="param_groups[...]")
+        value = owner._check_hyper(key, value, where="param_groups[...]")
         missing = object()
         old = self.get(key, missing)
         dict.__setitem__(self, key, value)
@@ -112,29 +112,33 @@ class GroupsMixin:
             raise ValueError(f"{self._name}: {label} is not aligned in memory")
 
     def _check_hyper(self, key, value, where):
-        """Type and range of one hyperparameter (torch's checks), before it is used."""
+        """Type and range of one hyperparameter (torch's checks), before it is used.
+        Returns the value to store: a 0-d NumPy array becomes its element (a number)."""
         fn = self._name
         name = f"{where}[{key!r}]" if where else key
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
         if key in self._flags:
             flag_arg(fn, name, value)
-            return
+            return value
         if key == "betas":
             if not isinstance(value, (tuple, list)) or len(value) != 2:
                 raise TypeError(f"{fn}: {name} must be a pair (beta1, beta2), got {value!r}")
-            self._check_hyper("beta1", value[0], where)
-            self._check_hyper("beta2", value[1], where)
-            return
+            pair = (self._check_hyper("beta1", value[0], where),
+                    self._check_hyper("beta2", value[1], where))
+            return pair if isinstance(value, tuple) else list(pair)
         if key not in self._ranges:
             if key in _FIXED_KEYS:
-                return
+                return value
             raise ValueError(f"{fn}: unknown hyperparameter {key!r}; expected one of "
                              f"{', '.join(sorted(self._ranges) + sorted(self._flags))}")
         if key in self._schedulable and not isinstance(value, numbers.Real):
             if isinstance(value, Schedule) or callable(value):
-                return
+                return value
             raise TypeError(f"{fn}: {name} must be a number, a fastlr schedule or a callable, "
                             f"got {type(value).__name__}")
         checked_real(fn, name, value, self._ranges[key])
+        return value
 
     def _add_group(self, group):
         if not isinstance(group, dict) or "params" not in group:
@@ -167,11 +171,10 @@ class GroupsMixin:
         for j, p in enumerate(params):
             self._check_param(self._label(start + j, all_names, g, j), p)
         full = ParamGroup()
-        for key, value in group.items():
-            if key != "params":
-                self._check_hyper(key, value, where="param group ")
+        checked = {key: self._check_hyper(key, value, where="param group ")
+                   for key, value in group.items() if key != "params"}
         for key, value in self.defaults.items():
-            dict.__setitem__(full, key, group.get(key, value))
+            dict.__setitem__(full, key, checked.get(key, value))
         dict.__setitem__(full, "params", params)
         if names is not None:
             dict.__setitem__(full, "param_names", names)

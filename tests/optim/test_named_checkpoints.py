@@ -580,3 +580,19 @@ def test_ema_checkpoint_records_and_checks_names(via_file, tmp_path):
     load = same.load if via_file else same.load_state_dict
     load(what)
     assert [a.tobytes() for a in same.averaged] == [a.tobytes() for a in src.averaged]
+
+
+def test_zero_d_arrays_are_stored_as_numbers():
+    import fastlr
+    p = [np.zeros(3)]
+    opt = fastlr.Adam(p, lr=np.array(0.1), betas=(np.array(0.8), 0.9))
+    assert opt.defaults["lr"] == 0.1 and type(opt.defaults["lr"]) is float
+    assert opt.defaults["betas"] == (0.8, 0.9)
+    opt.param_groups[0]["lr"] = np.array(0.2)
+    assert type(opt.param_groups[0]["lr"]) is float
+    opt.add_param_group({"params": [np.zeros(2)], "weight_decay": np.array(0.5)})
+    assert type(opt.param_groups[1]["weight_decay"]) is float
+    with pytest.raises(TypeError, match="lr"):
+        fastlr.Adam(p, lr=np.array(True))
+    opt.step([np.ones(3), np.ones(2)])
+    assert fastlr.schedules.as_schedule(np.array(0.25))(0) == 0.25
