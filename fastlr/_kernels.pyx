@@ -52,7 +52,8 @@ cimport numpy as cnp
 
 from fastlr._core.arrays cimport layout_name, same_shape
 from fastlr._core.args cimport (CLOSED_UNIT, FINITE, NONNEG, UNIT, checked_real, flag_arg,
-                                set_threads_default, step_arg, threads_arg)
+                                layout_hint, ndarray_hint, set_threads_default, step_arg,
+                                threads_arg)
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -667,7 +668,7 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
             continue
         if not cnp.PyArray_Check(obj):
             raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, got "
-                            f"{type(obj).__name__}")
+                            f"{type(obj).__name__}{ndarray_hint(obj)}")
         a = <cnp.ndarray>obj
         type_num = cnp.PyArray_TYPE(a)
         if k == 0:
@@ -681,7 +682,8 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
             if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)):
                 raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
                                  f"{(<object>a).strides} for shape {(<object>a).shape}; an "
-                                 f"in-place update cannot be applied to a copy")
+                                 f"in-place update cannot be applied to a copy"
+                                 f"{layout_hint('param', False, True)}")
             c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
         else:
             if type_num != out.type_num:
@@ -694,7 +696,8 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
             if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order
                     else cnp.PyArray_IS_F_CONTIGUOUS(a)):
                 raise ValueError(f"{fn}: {name} is {_layout(a)} but param is {_layout(p)}; the "
-                                 f"arrays of one parameter must share one contiguous layout")
+                                 f"arrays of one parameter must share one contiguous layout"
+                                 f"{layout_hint(name, not c_order, k != 1)}")
         if cnp.PyArray_ISBYTESWAPPED(a):
             raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
                             f"{name}.astype({name}.dtype.newbyteorder('='))")

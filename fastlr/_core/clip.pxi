@@ -14,7 +14,7 @@ cdef _reduce_arrays(str fn, list arrays, int nt, int want_norm, int want_scan, b
         obj = arrays[i]
         if not isinstance(obj, np.ndarray):
             raise TypeError(f"{fn}: grads[{i}] must be a numpy.ndarray, got "
-                            f"{type(obj).__name__}")
+                            f"{type(obj).__name__}{ndarray_hint(obj)}")
         a = <cnp.ndarray>obj
         if cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT and cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE:
             raise TypeError(f"{fn}: grads[{i}] must have dtype float32 or float64, got "

@@ -31,7 +31,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy
 
-from fastlr._core.args cimport CLOSED_UNIT, checked_real, threads_arg
+from fastlr._core.args cimport CLOSED_UNIT, checked_real, layout_hint, ndarray_hint, threads_arg
 from fastlr._core.arrays cimport check_like, layout_name, same_shape
 from fastlr._core.loops cimport lerp
 from fastlr._kernels cimport parallel_spans, span_fn
@@ -141,7 +141,7 @@ cdef cnp.ndarray _check_one(str fn, str name, object obj, bint written):
     cdef int type_num
     if not cnp.PyArray_Check(obj):
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, got "
-                        f"{type(obj).__name__}")
+                        f"{type(obj).__name__}{ndarray_hint(obj)}")
     a = <cnp.ndarray>obj
     type_num = cnp.PyArray_TYPE(a)
     if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
@@ -152,7 +152,7 @@ cdef cnp.ndarray _check_one(str fn, str name, object obj, bint written):
     if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)):
         raise ValueError(f"{fn}: {name} must be contiguous (C or F order), got strides "
                          f"{(<object>a).strides} for shape {(<object>a).shape}; an in-place "
-                         f"update cannot be applied to a copy")
+                         f"update cannot be applied to a copy{layout_hint(name, False, written)}")
     if not cnp.PyArray_ISALIGNED(a):
         raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
                          f"an aligned buffer")

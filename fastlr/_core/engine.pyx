@@ -37,7 +37,8 @@ from libc.string cimport memset
 cimport numpy as cnp
 
 from fastlr._core.arrays cimport same_shape
-from fastlr._core.args cimport POSITIVE, checked_real, flag_arg, threads_arg
+from fastlr._core.args cimport (POSITIVE, checked_real, flag_arg, layout_hint, ndarray_hint,
+                                threads_arg)
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -442,7 +443,7 @@ cdef class Engine:
             pp = &self.params[i]
             if not cnp.PyArray_Check(obj):
                 raise TypeError(f"{self.name}.step: grads[{i}] must be a numpy.ndarray, got "
-                                f"{type(obj).__name__}")
+                                f"{type(obj).__name__}{ndarray_hint(obj)}")
             g = <cnp.ndarray>obj
             if cnp.PyArray_TYPE(g) != pp.type_num:
                 raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
@@ -456,7 +457,8 @@ cdef class Engine:
                     else cnp.PyArray_IS_C_CONTIGUOUS(g)):
                 raise ValueError(f"{self.name}.step: grads[{i}] must be "
                                  f"{'F' if pp.f_order else 'C'}-contiguous like params[{i}], "
-                                 f"got strides {(<object>g).strides}")
+                                 f"got strides {(<object>g).strides}"
+                                 f"{layout_hint(f'grads[{i}]', pp.f_order)}")
             if not cnp.PyArray_ISALIGNED(g) or cnp.PyArray_ISBYTESWAPPED(g):
                 raise ValueError(f"{self.name}.step: grads[{i}] must be aligned and in native "
                                  f"byte order")

@@ -51,8 +51,8 @@ from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
-from fastlr._core.args cimport (CLOSED_UNIT, NONNEG, UNIT, checked_real, flag_arg, step_arg,
-                                threads_arg)
+from fastlr._core.args cimport (CLOSED_UNIT, NONNEG, UNIT, checked_real, flag_arg,
+                                layout_hint, ndarray_hint, step_arg, threads_arg)
 from fastlr._core.arrays cimport layout_name, same_shape
 from fastlr._core.sklearn_loops cimport (AdamC, MODE_F32, MODE_F64, MODE_LIFT, MODE_MIX,
                                          SkJob, SklearnCores, sk_span_fn)
@@ -133,7 +133,7 @@ cdef int _check_array(str fn, str name, object obj, bint written) except -1:
     when ``written``."""
     if not cnp.PyArray_Check(obj):
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, got "
-                        f"{type(obj).__name__}")
+                        f"{type(obj).__name__}{ndarray_hint(obj)}")
     cdef cnp.ndarray a = <cnp.ndarray>obj
     if not _float_type(cnp.PyArray_TYPE(a)):
         raise TypeError(f"{fn}: {name} must have dtype float32 or float64, got {a.dtype}")

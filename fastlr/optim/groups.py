@@ -8,7 +8,8 @@ import operator
 
 import numpy as np
 
-from fastlr._core.args import INT_MAX, POSITIVE, checked_real, flag_arg, int_arg
+from fastlr._core.args import (INT_MAX, POSITIVE, checked_real, flag_arg, int_arg,
+                               layout_hint, ndarray_hint)
 from fastlr.schedules import Schedule
 
 
@@ -99,13 +100,14 @@ class GroupsMixin:
     def _check_param(self, label, p):
         if not isinstance(p, np.ndarray):
             raise TypeError(f"{self._name}: {label} must be a numpy.ndarray, got "
-                            f"{type(p).__name__}")
+                            f"{type(p).__name__}{ndarray_hint(p)}")
         if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
             raise TypeError(f"{self._name}: {label} must have dtype float32 or float64 "
                             f"(native byte order), got {p.dtype}")
         if not (p.flags.c_contiguous or p.flags.f_contiguous):
             raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
-                             f"got strides {p.strides}; an update applied to a copy is lost")
+                             f"got strides {p.strides}; an update applied to a copy is lost"
+                             f"{layout_hint(label.partition(' ')[0], False, True)}")
         if not p.flags.writeable:
             raise ValueError(f"{self._name}: {label} is read-only but is updated in place")
         if not p.flags.aligned:
