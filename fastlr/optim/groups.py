@@ -128,6 +128,8 @@ class GroupsMixin:
                 raise TypeError(f"{fn}: {name} must be a pair (beta1, beta2), got {value!r}")
             pair = (self._check_hyper("beta1", value[0], where),
                     self._check_hyper("beta2", value[1], where))
+            if pair[0] is value[0] and pair[1] is value[1]:
+                return value                # the caller's object, unchanged
             return pair if isinstance(value, tuple) else list(pair)
         if key not in self._ranges:
             if key in _FIXED_KEYS:
