@@ -111,8 +111,19 @@ def test_demo_offers_every_table_optimizer(capsys):
 
 
 def _run(*argv, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fastlr", *argv], capture_output=True,
-                          text=True, cwd=cwd)
+    """``python -m fastlr ...`` in a subprocess, outside the checkout (at its top ``-m``
+    would import the source tree, unbuilt in CI), with the fastlr under test (an in-place
+    tree or site-packages) first on the path."""
+    import os
+    import tempfile
+
+    import fastlr
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    with tempfile.TemporaryDirectory() as tmp:
+        return subprocess.run([sys.executable, "-m", "fastlr", *argv], capture_output=True,
+                              text=True, cwd=cwd or tmp, env=env, timeout=300)
 
 
 def test_bare_fastlr_prints_the_help():
