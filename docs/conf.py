@@ -72,15 +72,11 @@ NUMPYDOC_VALIDATION_PENDING = [
     r"^fastlr\.Optimizer(\..*)?$", r"^fastlr\.flat_buffer$", r"^fastlr\.(AdamW|NAdam)$",
     r"^fastlr\.clip_grad_norm$",                                    # fastlr/_core/engine.pyx
     r"^fastlr\.(kernels\.)?set_num_threads$",                       # fastlr/_kernels.pyx
-    r"^fastlr\.EMA(\..*)?$",                                         # fastlr/ema.py
-    r"^fastlr\.(find_lr|LRFinderResult(\..*)?)$",                    # fastlr/lr_finder.py
     # fastlr/_core/sklearn_kernels.pyx, fastlr/_core/ema.pyx
     r"^fastlr\.kernels\.(sgd_sklearn|adam_sklearn|ema_update|swap_buffers)$",
     # fastlr/reference/__init__.py, fastlr/reference/sklearn.py
     r"^fastlr\.reference\.(adamw|adagrad|adadelta|adamax|nadam|radam|lion|sgd_sklearn"
     r"|adam_sklearn|ema_update|swap_buffers)$",
-    r"^fastlr\.distributed\.",                                       # fastlr/distributed.py
-    r"^fastlr\.plot\.",                                              # fastlr/plot.py
     r"^fastlr\.compat\.torch\.",                                     # fastlr/compat/torch.py
 ]
 numpydoc_validation_exclude = set(NUMPYDOC_VALIDATION_PENDING)

@@ -49,7 +49,7 @@ __all__ = [*_CLASSES, "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnP
            "set_num_threads", "get_include", "__version__"]
 
 
-def get_include():
+def get_include() -> str:
     """The directory to add to a Cython build's include path to ``cimport fastlr._kernels``.
 
     It is the directory that contains the ``fastlr`` package (with its ``.pxd`` files).

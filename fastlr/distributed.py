@@ -19,11 +19,16 @@ e.g. Debian's ``openmpi-bin libopenmpi-dev``). Start with ``mpirun -n 2 python t
 Each rank uses one OpenMP thread by default (``n_threads``).
 """
 
+from __future__ import annotations
+
 import math
+import os
 import time
 import warnings
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fastlr import optim as _optim
 from fastlr._core.args import INT_MAX, POSITIVE, checked_real, flag_arg, int_arg, threads_arg
@@ -31,6 +36,11 @@ from fastlr._core.engine import grad_stats
 from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
 
 __all__ = ["ShardedOptimizer", "shard_bounds"]
+
+if TYPE_CHECKING:
+    #: A rank's grads: the flat buffer, one array per param, or a dict by param name.
+    Grads = Union[NDArray[np.floating], Sequence[NDArray[np.floating]],
+                  Mapping[str, NDArray[np.floating]]]
 
 
 def _mpi():
@@ -43,10 +53,34 @@ def _mpi():
     return MPI
 
 
-def shard_bounds(total, world_size):
-    """(counts, displacements) of ``world_size`` contiguous shards of ``total`` elements:
-    the first ``total % world_size`` shards get one element more.
+def shard_bounds(total: int, world_size: int) -> tuple[list[int], list[int]]:
+    """(counts, displacements) of ``world_size`` contiguous shards of ``total`` elements.
 
+    The first ``total % world_size`` shards get one element more.
+
+    Parameters
+    ----------
+    total : int
+        The number of elements to split, >= 0.
+    world_size : int
+        The number of shards (ranks), >= 1.
+
+    Returns
+    -------
+    counts : list of int
+        The number of elements of each shard.
+    displacements : list of int
+        The offset of each shard's first element.
+
+    Raises
+    ------
+    TypeError
+        If an argument is not an int.
+    ValueError
+        If ``total`` is negative or ``world_size`` is below 1.
+
+    Examples
+    --------
     >>> shard_bounds(10, 3)
     ([4, 3, 3], [0, 4, 7])
     """
@@ -125,10 +159,66 @@ class ShardedOptimizer:
     Inf. The shard's optimizer is :attr:`optimizer` (a plain fastlr optimizer over this
     rank's slice of every param: its hyperparameters, ``param_groups`` writes and
     ``ReduceLROnPlateau`` work as usual when every rank does the same).
+
+    Attributes (besides the properties): ``comm``, ``rank``, ``world_size``;
+    ``total_size`` (elements of all params); ``bounds`` (this rank's shard, ``(lo, hi)``
+    in the flat buffer); ``skip_nonfinite``; ``skipped_steps``; ``last_grad_norm`` (the
+    clipped norm of the last step, NaN before one); ``timings`` (seconds of the last step's
+    phases).
+
+    Parameters
+    ----------
+    optimizer : type or str
+        A fastlr optimizer class (``fastlr.AdamW``, ...) or its name (``"AdamW"``).
+    params : list of numpy.ndarray, list of dict, or named arrays (dict or list of pairs)
+        The model's params: C-contiguous float32/float64 views of one flat buffer, in
+        order, plainly, in param groups, or named.
+    comm : mpi4py.MPI.Comm or None, default None
+        The communicator (None: ``MPI.COMM_WORLD``).
+    max_grad_norm : float or None, default None
+        Clip by the global norm of the mean grad to this, > 0 (None: no clipping).
+    skip_nonfinite : bool, default False
+        Skip the step on every rank when any rank's grad holds a NaN or Inf.
+    n_threads : int or None, default 1
+        OpenMP threads of this rank's optimizer (None: :func:`fastlr.get_num_threads`).
+    **hyperparameters
+        The optimizer's own hyperparameters (``lr``, ``betas``, ``weight_decay``, ...).
+
+    Raises
+    ------
+    ImportError
+        If mpi4py is not installed.
+    TypeError
+        If ``optimizer`` is not a fastlr optimizer class or name, or an argument has the
+        wrong type.
+    ValueError
+        If any rank's params are invalid (empty, not views of one flat buffer, wrong
+        dtype), or the ranks' models differ; every rank raises.
+
+    Examples
+    --------
+    Run under ``mpirun -n 2 python train.py``:
+
+    >>> from fastlr.distributed import ShardedOptimizer          # doctest: +SKIP
+    >>> flat, (w, b) = fastlr.flat_buffer([(100, 10), (10,)])    # doctest: +SKIP
+    >>> opt = ShardedOptimizer("AdamW", [w, b], lr=1e-3)        # doctest: +SKIP
+    >>> opt.step([grad_w, grad_b])                              # doctest: +SKIP
     """
 
-    def __init__(self, optimizer, params, comm=None, *, max_grad_norm=None,
-                 skip_nonfinite=False, n_threads=1, **hyperparameters):
+    comm: Any
+    rank: int
+    world_size: int
+    total_size: int
+    bounds: tuple[int, int]
+    optimizer: Any
+    skip_nonfinite: bool
+    skipped_steps: int
+    last_grad_norm: float
+    timings: dict[str, float]
+
+    def __init__(self, optimizer: Union[type, str], params: Any, comm: Any = None, *,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 n_threads: Optional[int] = 1, **hyperparameters: Any) -> None:
         MPI = _mpi()
         self._MPI = MPI
         self.comm = comm = MPI.COMM_WORLD if comm is None else comm
@@ -147,6 +237,7 @@ class ShardedOptimizer:
         # every rank checks its own params, then all compare what they have
         local_error = None
         signature = None
+        names: Any
         groups, group_params, names = [], [], []
         try:
             groups = groups_arg(name, params)
@@ -190,7 +281,7 @@ class ShardedOptimizer:
                                  f"{everyone[0][1]} (dtype, params per group, shapes, "
                                  f"optimizer, names); every rank must build the same model")
         self._names = names
-        self._group_names = None if names is None else _split(names, group_params)
+        self._group_names: Any = None if names is None else _split(names, group_params)
         self._dtype = flat_params[0].dtype
         self._mpi_type = MPI.FLOAT if self._dtype == np.float32 else MPI.DOUBLE
         self._shapes = [p.shape for p in flat_params]
@@ -204,7 +295,8 @@ class ShardedOptimizer:
         self.bounds = (lo, hi)
         # this rank's slice of every param that reaches into [lo, hi); a group with none
         # gets one empty slice, so every rank's optimizer has the same groups
-        self._pieces = []           # (param index, offset in the param, length)
+        # (param index, offset in the param, length)
+        self._pieces: list[tuple[Optional[int], int, int]] = []
         inner_groups, start, index = [], 0, 0
         for g, ps in zip(groups, group_params):
             views = []
@@ -295,9 +387,29 @@ class ShardedOptimizer:
                           recvbuf=[self._recv, T], source=src, recvtag=7)
             np.add(flat[lo:hi] if k == 1 else acc, self._recv, out=acc)
 
-    def step(self, grads):
-        """One collective data-parallel update. Returns None, or with ``skip_nonfinite``
-        True (applied) / False (skipped on every rank)."""
+    def step(self, grads: Grads) -> Optional[bool]:
+        """One collective data-parallel update; every rank calls it once per step.
+
+        Parameters
+        ----------
+        grads : numpy.ndarray, list of numpy.ndarray or dict of str to numpy.ndarray
+            This rank's grads: the flat grad buffer (``total_size`` elements), one array
+            per param (views of one buffer are used in place, others copied), or a dict by
+            param name.
+
+        Returns
+        -------
+        bool or None
+            None; with ``skip_nonfinite``, True (applied) or False (skipped on every rank).
+
+        Raises
+        ------
+        TypeError
+            If ``grads`` is not one of the above, or has the wrong dtype.
+        ValueError
+            If the grads do not fit the params (count, shapes, names), share memory with
+            them, or another rank's grads are invalid; nothing is updated on any rank.
+        """
         MPI = self._MPI
         t0 = time.perf_counter()
         error = flat = None
@@ -360,36 +472,63 @@ class ShardedOptimizer:
         return True if self.skip_nonfinite else None
 
     @property
-    def max_grad_norm(self):
+    def max_grad_norm(self) -> Optional[float]:
+        """Clip by the global norm of the mean grad to this (None: no clipping)."""
         return self._max_grad_norm
 
     @max_grad_norm.setter
-    def max_grad_norm(self, value):
+    def max_grad_norm(self, value: Optional[float]) -> None:
         self._max_grad_norm = _max_norm_arg("fastlr.distributed.ShardedOptimizer", value)
 
     @property
-    def steps(self):
+    def steps(self) -> int:
+        """Steps applied so far (the shard optimizer's ``steps``)."""
         return self.optimizer.steps
 
     @property
-    def state_elements(self):
+    def state_elements(self) -> int:
         """Elements of optimizer state this rank holds (about 1/N of one process's)."""
         return sum(int(np.size(v)) for st in self.optimizer.state.values()
                    for k, v in st.items() if isinstance(v, np.ndarray))
 
     # ---- state ----------------------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """This rank's state: its shard's optimizer state dict and where the shard lies.
-        Loads back with :meth:`load_state_dict` on the same rank of the same world size."""
+
+        Loads back with :meth:`load_state_dict` on the same rank of the same world size.
+
+        Returns
+        -------
+        dict
+            ``{"format", "rank", "world_size", "total_size", "bounds", "skipped_steps",
+            "optimizer"}``.
+        """
         return {"format": "fastlr-sharded-1", "rank": self.rank,
                 "world_size": self.world_size, "total_size": self.total_size,
                 "bounds": list(self.bounds), "skipped_steps": self.skipped_steps,
                 "optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state_dict, strict=True):
-        """Restore :meth:`state_dict` (per rank; not collective), under the optimizers'
-        rules (:meth:`fastlr.Optimizer.load_state_dict`: hyperparameters are kept and
-        checked, ``strict=False`` warns)."""
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Restore :meth:`state_dict` (per rank; not collective).
+
+        Under the optimizers' rules (:meth:`fastlr.Optimizer.load_state_dict`:
+        hyperparameters are kept and checked, ``strict=False`` warns).
+
+        Parameters
+        ----------
+        state_dict : dict
+            What :meth:`state_dict` returned on this rank.
+        strict : bool, default True
+            Whether mismatches the optimizers tolerate are errors (else warnings).
+
+        Raises
+        ------
+        ValueError
+            If it is not a sharded state dict, or was saved by another rank, world size or
+            model, or does not fit the optimizer.
+        TypeError
+            If an entry has the wrong type.
+        """
         name = "fastlr.distributed.ShardedOptimizer.load_state_dict"
         sd = state_dict
         if not isinstance(sd, dict) or sd.get("format") != "fastlr-sharded-1":
@@ -404,22 +543,42 @@ class ShardedOptimizer:
         self.optimizer.load_state_dict(sd["optimizer"], strict=strict)
         self.skipped_steps = skipped
 
-    def gathered_state_dict(self, root=0):
-        """Collective: the state of the whole model, on rank ``root`` (None elsewhere), in
-        the format of a single-process fastlr optimizer over the full params (it loads into
-        one with ``load_state_dict``, or onto any number of ranks with
-        :meth:`load_gathered_state_dict`)."""
+    def gathered_state_dict(self, root: int = 0) -> Optional[dict[str, Any]]:
+        """Collective: the state of the whole model, on rank ``root``.
+
+        In the format of a single-process fastlr optimizer over the full params (it loads
+        into one with ``load_state_dict``, or onto any number of ranks with
+        :meth:`load_gathered_state_dict`).
+
+        Parameters
+        ----------
+        root : int, default 0
+            The rank that receives the state.
+
+        Returns
+        -------
+        dict or None
+            The gathered state dict on rank ``root``, None elsewhere.
+
+        Raises
+        ------
+        TypeError
+            If ``root`` is not an int.
+        ValueError
+            If ``root`` is not a rank of the communicator.
+        """
         _root_arg("fastlr.distributed.ShardedOptimizer.gathered_state_dict", root,
                   self.world_size)
         mine = self.optimizer.state_dict()
         info = []
+        names: Any
         for j, (k, offset, length) in enumerate(self._pieces):
             st = mine["state"][j]
             names = tuple(sorted(n for n in st if n not in ("step", "mu_product")))
             info.append((k, offset, length, st["step"], st.get("mu_product"), names))
         everyone = self.comm.allgather(info)
         names = sorted({n for rank_info in everyone for item in rank_info for n in item[5]})
-        full = {}
+        full: dict[str, Any] = {}
         for n in names:
             local = np.zeros(self._counts[self.rank], dtype=self._dtype)
             pos = 0
@@ -435,7 +594,7 @@ class ShardedOptimizer:
         if self.rank != root:
             return None
         starts = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
-        per_param = {}
+        per_param: dict[int, dict[str, Any]] = {}
         for rank_info in everyone:
             for k, offset, length, step, mu, pnames in rank_info:
                 if k is None:
@@ -464,12 +623,34 @@ class ShardedOptimizer:
         sd["skipped_steps"] = self.skipped_steps
         return sd
 
-    def load_gathered_state_dict(self, state_dict, root=None, strict=True):
-        """Collective when ``root`` is given (the state is broadcast from that rank; others
+    def load_gathered_state_dict(self, state_dict: Optional[Mapping[str, Any]],
+                                 root: Optional[int] = None, strict: bool = True) -> None:
+        """Load a gathered (single-process format) state; each rank takes its shard.
+
+        Collective when ``root`` is given (the state is broadcast from that rank; others
         pass None); with ``root=None`` every rank passes the same gathered state (e.g. read
-        from one file). Each rank takes its shard: any number of ranks can load what any
-        number of ranks saved. The optimizers' rules apply (hyperparameters kept and
-        checked; names checked when both sides have them; ``strict=False`` warns)."""
+        from one file). Any number of ranks can load what any number of ranks saved. The
+        optimizers' rules apply (hyperparameters kept and checked; names checked when both
+        sides have them; ``strict=False`` warns).
+
+        Parameters
+        ----------
+        state_dict : dict or None
+            The gathered state (:meth:`gathered_state_dict`, or a single-process
+            optimizer's ``state_dict()``); None on the ranks other than ``root``.
+        root : int or None, default None
+            The rank whose ``state_dict`` is broadcast, or None: every rank passes it.
+        strict : bool, default True
+            Whether differing param names are an error (else a ``UserWarning``).
+
+        Raises
+        ------
+        TypeError
+            If an argument has the wrong type.
+        ValueError
+            If the state does not fit this model (on any rank); nothing is loaded on any
+            rank.
+        """
         name = "fastlr.distributed.ShardedOptimizer.load_gathered_state_dict"
         self._load_gathered(name, state_dict, root, strict)
 
@@ -557,19 +738,50 @@ class ShardedOptimizer:
     def _inner_group_sizes(self):
         return [len(g["params"]) for g in self.optimizer.param_groups]
 
-    def save(self, path, root=0):
-        """Collective: write the gathered state (single-process format, ``.npz``, atomic)
-        from rank ``root``."""
+    def save(self, path: Union[str, os.PathLike[str]], root: int = 0) -> None:
+        """Collective: write the gathered state from rank ``root``.
+
+        In the single-process format, as ``.npz``, atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file rank ``root`` writes.
+        root : int, default 0
+            The rank that gathers and writes the state.
+
+        Raises
+        ------
+        ValueError
+            If ``root`` is not a rank of the communicator.
+        OSError
+            If the file cannot be written.
+        """
         _root_arg("fastlr.distributed.ShardedOptimizer.save", root, self.world_size)
         sd = self.gathered_state_dict(root=root)
         if self.rank == root:
             _optim.write_checkpoint(sd, path)
         self.comm.Barrier()
 
-    def load(self, path, strict=True):
-        """Collective: every rank reads ``path`` (written by :meth:`save`, on any number of
-        ranks, or by a single-process optimizer) and takes its shard (the rules of
-        :meth:`load_gathered_state_dict`)."""
+    def load(self, path: Union[str, os.PathLike[str]], strict: bool = True) -> None:
+        """Collective: every rank reads ``path`` and takes its shard.
+
+        ``path`` is written by :meth:`save` (on any number of ranks) or by a single-process
+        optimizer; the rules of :meth:`load_gathered_state_dict` apply.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The checkpoint file.
+        strict : bool, default True
+            Whether differing param names are an error (else a ``UserWarning``).
+
+        Raises
+        ------
+        ValueError
+            If any rank cannot read the file, or it does not fit this model; nothing is
+            loaded on any rank.
+        """
         error = sd = None
         try:
             sd = _optim.read_checkpoint(path, "fastlr.distributed.ShardedOptimizer.load")

@@ -7,11 +7,16 @@ and of timm's ``ModelEmaV3`` (``torch._foreach_lerp_``), i.e.
 ``averaged = decay * averaged + (1 - decay) * param``.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
+import os
 import warnings
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Union, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fastlr._core import ema as _ema
 from fastlr._core.args import (CLOSED_UNIT, INT_MAX, POSITIVE, checked_real, choice_arg,
@@ -20,9 +25,15 @@ from fastlr.optim.groups import _is_pair, _some, by_name, names_diff, split_name
 
 __all__ = ["EMA", "WARMUPS"]
 
+if TYPE_CHECKING:
+    #: What :class:`EMA` tracks: one array, a list of them, or named arrays.
+    Params = Union[NDArray[np.floating], Sequence[NDArray[np.floating]],
+                   Mapping[str, NDArray[np.floating]],
+                   Sequence[tuple[str, NDArray[np.floating]]]]
+
 _FORMAT = "fastlr.EMA/1"
 #: The decay warmups :class:`EMA` knows (``None``: no warmup, the constant ``decay``).
-WARMUPS = (None, "tf", "timm")
+WARMUPS: tuple[Optional[str], ...] = (None, "tf", "timm")
 _CONFIG_KEYS = ("decay", "warmup", "warmup_gamma", "warmup_power", "min_decay")
 
 
@@ -90,24 +101,75 @@ class EMA:
     Evaluation: ``with ema.average_parameters(): evaluate()`` swaps the averages into the
     params and back (also on an exception); :meth:`swap` does one exchange, :meth:`copy_to`
     writes the averages into the params (or other arrays) for good.
+
+    Parameters
+    ----------
+    params : numpy.ndarray, list of numpy.ndarray, or named arrays (dict or list of pairs)
+        The arrays to average (float32 or float64, C- or F-contiguous, writeable, not
+        overlapping one another), optionally named.
+    decay : float, default 0.9999
+        The decay of the average, in [0, 1] (the weight of the old average at each update;
+        with a warmup, its upper bound).
+    warmup : {None, 'tf', 'timm'}, default None
+        The decay warmup (see above and :data:`WARMUPS`).
+    warmup_gamma : float, default 1.0
+        The ``"timm"`` warmup's ``gamma`` (in updates), > 0.
+    warmup_power : float, default 2/3
+        The ``"timm"`` warmup's ``power``, > 0.
+    min_decay : float, default 0.0
+        The lowest decay a warmup gives, in [0, ``decay``].
+    n_threads : int or None, default None
+        OpenMP threads for the update, swap and copy (None: :func:`fastlr.get_num_threads`
+        at each call).
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is not an array, a list of arrays or named arrays, or an argument has
+        the wrong type.
+    ValueError
+        If ``params`` is empty, has an unsupported dtype or layout, is not writeable or
+        overlaps itself, or a hyperparameter is out of its range (``min_decay > decay``).
+
+    See Also
+    --------
+    fastlr.kernels.ema_update : the compiled update over one array.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlr
+    >>> w = np.array([1.0, 2.0])
+    >>> ema = fastlr.EMA(w, decay=0.5)
+    >>> w[:] = [3.0, 4.0]                   # an optimizer step
+    >>> ema.update()                        # averaged = 0.5 * averaged + 0.5 * w
+    >>> ema.averaged[0]
+    array([2., 3.])
+    >>> with ema.average_parameters():      # evaluate with the averages
+    ...     print(w)
+    [2. 3.]
+    >>> w                                   # and the training weights are back
+    array([3., 4.])
     """
 
-    def __init__(self, params, decay=0.9999, *, warmup=None, warmup_gamma=1.0,
-                 warmup_power=2.0 / 3.0, min_decay=0.0, n_threads=None):
+    def __init__(self, params: Params, decay: float = 0.9999, *,
+                 warmup: Optional[str] = None, warmup_gamma: float = 1.0,
+                 warmup_power: float = 2.0 / 3.0, min_decay: float = 0.0,
+                 n_threads: Optional[int] = None) -> None:
         name = "fastlr.EMA"
         self._config = _config(name, decay, warmup, warmup_gamma, warmup_power, min_decay)
         self._n_threads = None if n_threads is None else threads_arg(name, n_threads)
-        self._names = None
+        self._names: Optional[list[str]] = None
         if _named_input(params):
             params, self._names = split_named(name, params, "params")
-        plist = _ema.check_arrays(name, "params", params)
+        plist = _ema.check_arrays(name, "params", cast(Any, params))
         if not plist:
             raise ValueError(f"{name}: params is an empty list; give at least one array")
         self._single = isinstance(params, np.ndarray)
         averaged = [np.array(p, copy=True, order="K") for p in plist]
         # Validates the set as a whole: no param overlaps another (or appears twice).
         if self._single:
-            self._pairs = _ema._Pairs(name, "averaged", "params", averaged[0], params, True)
+            self._pairs = _ema._Pairs(name, "averaged", "params", averaged[0], cast(Any, params),
+                                      True)
         else:
             self._pairs = _ema._Pairs(name, "averaged", "params", averaged, plist, True)
         self._params = plist
@@ -117,67 +179,97 @@ class EMA:
 
     # ---- configuration -------------------------------------------------------------------
     @property
-    def decay(self):
+    def decay(self) -> float:
+        """The decay (a float in [0, 1]; with a warmup, its upper bound)."""
         return self._config["decay"]
 
     @property
-    def warmup(self):
+    def warmup(self) -> Optional[str]:
+        """The decay warmup: None, ``"tf"`` or ``"timm"``."""
         return self._config["warmup"]
 
     @property
-    def warmup_gamma(self):
+    def warmup_gamma(self) -> float:
+        """The ``"timm"`` warmup's ``gamma`` (in updates)."""
         return self._config["warmup_gamma"]
 
     @property
-    def warmup_power(self):
+    def warmup_power(self) -> float:
+        """The ``"timm"`` warmup's ``power``."""
         return self._config["warmup_power"]
 
     @property
-    def min_decay(self):
+    def min_decay(self) -> float:
+        """The lowest decay a warmup gives."""
         return self._config["min_decay"]
 
     @property
-    def n_threads(self):
+    def n_threads(self) -> Optional[int]:
         """Threads for the update (None: :func:`fastlr.get_num_threads` at each call)."""
         return self._n_threads
 
     @n_threads.setter
-    def n_threads(self, value):
+    def n_threads(self, value: Optional[int]) -> None:
         self._n_threads = None if value is None else threads_arg("fastlr.EMA", value)
 
     @property
-    def updates(self):
+    def updates(self) -> int:
         """Updates applied so far (the ``k`` of the next update's ``decay_at(k)``)."""
         return self._updates
 
     @property
-    def params(self):
+    def params(self) -> list[NDArray[np.floating]]:
         """The tracked parameter arrays (a list)."""
         return list(self._params)
 
     @property
-    def names(self):
+    def names(self) -> Optional[list[str]]:
         """The params' names (a list), or None when they were given without names."""
         return None if self._names is None else list(self._names)
 
     @property
-    def averaged(self):
+    def averaged(self) -> list[NDArray[np.floating]]:
         """The EMA buffers (a list, one per param, allocated once; the live arrays). While
         swapped (:attr:`swapped`) they hold the training weights and the params the
         averages."""
         return list(self._averaged)
 
     @property
-    def swapped(self):
+    def swapped(self) -> bool:
         """True between an odd number of :meth:`swap` calls (the params hold the averages)."""
         return self._swapped
 
-    def decay_at(self, step):
-        """The decay of update ``step + 1``, i.e. after ``step`` updates (an int >= 0)."""
+    def decay_at(self, step: int) -> float:
+        """The decay of update ``step + 1``, i.e. after ``step`` updates.
+
+        Parameters
+        ----------
+        step : int
+            The number of updates done before it, >= 0.
+
+        Returns
+        -------
+        float
+            The decay that update uses, with the warmup applied.
+
+        Raises
+        ------
+        TypeError
+            If ``step`` is not an int.
+        ValueError
+            If ``step`` is negative or too large.
+
+        Examples
+        --------
+        >>> import numpy as np, fastlr
+        >>> ema = fastlr.EMA(np.zeros(2), decay=0.999, warmup="tf")
+        >>> ema.decay_at(0), ema.decay_at(90), ema.decay_at(10**6)
+        (0.1, 0.91, 0.999)
+        """
         k = _count("fastlr.EMA.decay_at", "step", step)
         return self._decay_at(k)
 
-    def _decay_at(self, k):
+    def _decay_at(self, k: int) -> float:
         c = self._config
         decay, warmup = c["decay"], c["warmup"]
         if warmup is None:
@@ -196,8 +288,17 @@ class EMA:
             return self._n_threads
         return threads_arg("fastlr.EMA", None)
 
-    def update(self):
-        """Fold the current params into the averages (call after each optimizer step)."""
+    def update(self) -> None:
+        """Fold the current params into the averages (call after each optimizer step).
+
+        Raises
+        ------
+        RuntimeError
+            If the params hold the averages (inside :meth:`average_parameters` or after
+            :meth:`swap`).
+        OverflowError
+            If the update count would pass ``2**63 - 1``.
+        """
         if self._swapped:
             raise RuntimeError("fastlr.EMA.update: the params hold the averages (inside "
                                "average_parameters() or after swap()); swap back first")
@@ -207,16 +308,44 @@ class EMA:
         self._updates += 1
 
     # ---- evaluation ----------------------------------------------------------------------
-    def swap(self):
-        """Exchange the params and the averages in place (one pass; twice restores both
-        bit for bit)."""
+    def swap(self) -> None:
+        """Exchange the params and the averages in place.
+
+        One pass over the arrays; two swaps restore both bit for bit. :attr:`swapped` tells
+        which way round they are.
+
+        Examples
+        --------
+        >>> import numpy as np, fastlr
+        >>> w = np.array([1.0])
+        >>> ema = fastlr.EMA(w, decay=0.5)
+        >>> w[0] = 3.0
+        >>> ema.update()
+        >>> ema.swap(); w, ema.swapped
+        (array([2.]), True)
+        >>> ema.swap(); w, ema.swapped
+        (array([3.]), False)
+        """
         self._pairs.swap(self._threads())
         self._swapped = not self._swapped
 
     @contextlib.contextmanager
-    def average_parameters(self):
-        """``with ema.average_parameters(): evaluate()``: the params hold the averages inside
-        the block and their own values again after it, also when it raises."""
+    def average_parameters(self) -> Iterator[EMA]:
+        """Swap the averages into the params for the duration of a ``with`` block.
+
+        ``with ema.average_parameters(): evaluate()``: the params hold the averages inside
+        the block and their own values again after it, also when it raises.
+
+        Yields
+        ------
+        EMA
+            This EMA.
+
+        Raises
+        ------
+        RuntimeError
+            If the params already hold the averages (nested use, or after :meth:`swap`).
+        """
         if self._swapped:
             raise RuntimeError("fastlr.EMA.average_parameters: the params already hold the "
                                "averages (nested use, or after swap())")
@@ -226,12 +355,39 @@ class EMA:
         finally:
             self.swap()
 
-    def copy_to(self, params=None):
+    def copy_to(self, params: Optional[Params] = None) -> None:
         """Write the averages into ``params`` (default: the tracked params, for good).
 
-        ``params``: arrays like the tracked ones (same count, dtypes, shapes, layouts;
-        writeable; separate from the averages). Everything is checked before anything is
-        written.
+        Everything is checked before anything is written.
+
+        Parameters
+        ----------
+        params : numpy.ndarray, list or dict of numpy.ndarray, or None, default None
+            Arrays like the tracked ones (same count, dtypes, shapes, layouts; writeable;
+            separate from the averages), a dict of them by the tracked names, or None: the
+            tracked params.
+
+        Raises
+        ------
+        RuntimeError
+            If the params hold the averages (inside :meth:`average_parameters` or after
+            :meth:`swap`).
+        TypeError
+            If ``params`` is not shaped like the tracked params (one array or a list).
+        ValueError
+            If the arrays do not match the averages, or a dict's names are not the tracked
+            ones.
+
+        Examples
+        --------
+        >>> import numpy as np, fastlr
+        >>> w = np.array([1.0, 1.0])
+        >>> ema = fastlr.EMA(w, decay=0.5)
+        >>> w[:] = 3.0
+        >>> ema.update()
+        >>> out = np.empty(2)
+        >>> ema.copy_to(out); out
+        array([2., 2.])
         """
         name = "fastlr.EMA.copy_to"
         if self._swapped:
@@ -248,15 +404,29 @@ class EMA:
                 raise TypeError(f"{name}: params must be "
                                 f"{'one array' if self._single else 'a list of arrays'} "
                                 f"like the tracked params, got {type(params).__name__}")
-        targets = [params] if isinstance(params, np.ndarray) else params
+        targets: Any = [params] if isinstance(params, np.ndarray) else params
         pairs = _ema._Pairs(name, "params", "averaged", targets, self._averaged, False)
         pairs.copy(False)
 
     # ---- checkpoints ---------------------------------------------------------------------
-    def state_dict(self):
-        """``{"format", "updates", "decay", "warmup", "warmup_gamma", "warmup_power",
-        "min_decay", "averaged": [copies]}`` (the averages, also while swapped), and
-        ``"names"`` when the params are named."""
+    def state_dict(self) -> dict[str, Any]:
+        """The EMA's state, to restore with :meth:`load_state_dict`.
+
+        Returns
+        -------
+        dict
+            ``{"format", "updates", "decay", "warmup", "warmup_gamma", "warmup_power",
+            "min_decay", "averaged": [copies]}`` (the averages, also while swapped), and
+            ``"names"`` when the params are named.
+
+        Examples
+        --------
+        >>> import numpy as np, fastlr
+        >>> ema = fastlr.EMA(np.ones(2), decay=0.9)
+        >>> sd = ema.state_dict()
+        >>> sd["updates"], sd["decay"], sd["averaged"]
+        (0, 0.9, [array([1., 1.])])
+        """
         source = self._params if self._swapped else self._averaged
         sd = {"format": _FORMAT, "updates": self._updates}
         sd.update(self._config)
@@ -265,12 +435,45 @@ class EMA:
             sd["names"] = list(self._names)
         return sd
 
-    def load_state_dict(self, state_dict, strict=True):
-        """Restore a state dict. Everything is validated first; on any error nothing
-        changes. When both this EMA and the state dict name their params, the names must be
-        the same in the same order, else ``ValueError`` naming the missing and unexpected
-        ones (``strict=False``: a warning, loaded by position); a state dict without names
-        loads into a named EMA, and a named one into an EMA without names, by position."""
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Restore a state dict written by :meth:`state_dict`.
+
+        Everything is validated first; on any error nothing changes. When both this EMA and
+        the state dict name their params, the names must be the same in the same order,
+        else ``ValueError`` naming the missing and unexpected ones (``strict=False``: a
+        warning, loaded by position); a state dict without names loads into a named EMA,
+        and a named one into an EMA without names, by position.
+
+        Parameters
+        ----------
+        state_dict : dict
+            What :meth:`state_dict` returned.
+        strict : bool, default True
+            Whether differing param names are an error (else a ``UserWarning``).
+
+        Raises
+        ------
+        TypeError
+            If ``state_dict`` is not a dict or holds entries of the wrong type.
+        ValueError
+            If the format, an entry, the arrays' dtypes or shapes, or (with ``strict``)
+            the names do not fit this EMA.
+        RuntimeError
+            If the params hold the averages (inside :meth:`average_parameters` or after
+            :meth:`swap`).
+
+        Examples
+        --------
+        >>> import numpy as np, fastlr
+        >>> w = np.array([1.0])
+        >>> ema = fastlr.EMA(w, decay=0.5)
+        >>> sd = ema.state_dict()
+        >>> w[0] = 3.0
+        >>> ema.update()
+        >>> ema.load_state_dict(sd)
+        >>> ema.averaged[0], ema.updates
+        (array([1.]), 0)
+        """
         self._load_state_dict(state_dict, flag_arg("fastlr.EMA.load_state_dict", "strict",
                                                    strict), "fastlr.EMA.load_state_dict")
 
@@ -329,9 +532,21 @@ class EMA:
         self._config = config
         self._updates = updates
 
-    def save(self, path):
-        """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically: a temporary
-        file in the same directory, then a rename."""
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically.
+
+        A temporary file in the same directory, then a rename.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+        """
         sd = self.state_dict()
         arrays = {"format": np.array(_FORMAT),
                   "updates": np.array(sd["updates"], dtype=np.int64),
@@ -344,10 +559,26 @@ class EMA:
 
         write_npz_atomic(arrays, path)
 
-    def load(self, path, strict=True):
-        """Restore what :meth:`save` wrote (names checked as by :meth:`load_state_dict`). A
-        truncated, corrupted or mismatched file raises ``ValueError`` and changes
-        nothing."""
+    def load(self, path: Union[str, os.PathLike[str]], strict: bool = True) -> None:
+        """Restore what :meth:`save` wrote (names checked as by :meth:`load_state_dict`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file :meth:`save` wrote.
+        strict : bool, default True
+            Whether differing param names are an error (else a ``UserWarning``).
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, corrupted or does not fit this EMA; nothing changes.
+        OSError
+            If the file cannot be read.
+        RuntimeError
+            If the params hold the averages (inside :meth:`average_parameters` or after
+            :meth:`swap`).
+        """
         from fastlr.optim.checkpoint import read_npz_members
 
         name = "fastlr.EMA.load"
@@ -369,7 +600,7 @@ class EMA:
                              f"({error})") from error
         self._load_state_dict(sd, strict, name)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self._config
         extra = ""
         if c["warmup"] is not None:

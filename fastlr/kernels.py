@@ -17,8 +17,12 @@ array([0.9, 0.9, 0.9, 0.9], dtype=float32)
 ``fastlr.reference`` holds pure-NumPy twins with the same names and signatures.
 """
 
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
 
 import numpy as np
+from numpy.typing import DTypeLike, NDArray
 
 from fastlr import _kernels, _specs
 from fastlr._kernels import HAVE_OPENMP, get_num_threads, set_num_threads
@@ -55,7 +59,8 @@ def _kernel_row(kernel, who="state_names"):
                      f"{', '.join(KERNELS)}")
 
 
-def state_names(kernel, *, momentum=0.0, centered=False, amsgrad=False, **options):
+def state_names(kernel: str, *, momentum: float = 0.0, centered: bool = False,
+                amsgrad: bool = False, **options: Any) -> tuple[str, ...]:
     """The state buffers ``kernel`` needs with these options, in argument order.
 
     The buffers and their conditions are the table's (``fastlr._specs``, ``State.when``);
@@ -111,7 +116,8 @@ STAGGER_BYTES = 65536 + 64
 _STAGGER_MIN_BYTES = 1 << 20
 
 
-def zeros_like_many(count, shape, dtype, order="C"):
+def zeros_like_many(count: int, shape: Union[int, Sequence[int]], dtype: DTypeLike,
+                    order: str = "C") -> list[NDArray[Any]]:
     """``count`` zero-filled arrays of one shape, dtype and order, as views of one block,
     each 64-byte aligned and, when large, staggered (see STAGGER_BYTES)."""
     dtype = np.dtype(dtype)
@@ -120,13 +126,17 @@ def zeros_like_many(count, shape, dtype, order="C"):
     dist = (size + 63) // 64 * 64 + gap
     block = np.zeros(count * dist + 64, dtype=np.uint8)
     start = (-block.ctypes.data) % 64
-    return [block[start + k * dist:start + k * dist + size].view(dtype).reshape(shape,
-                                                                               order=order)
+    shape_: Any = shape
+    order_: Any = order
+    return [block[start + k * dist:start + k * dist + size].view(dtype).reshape(shape_,
+                                                                               order=order_)
             for k in range(count)]
 
 
-def make_state(kernel, param, *, momentum=0.0, centered=False, amsgrad=False,
-               initial_accumulator_value=0.0, **options):
+def make_state(kernel: str, param: NDArray[np.floating], *, momentum: float = 0.0,
+               centered: bool = False, amsgrad: bool = False,
+               initial_accumulator_value: float = 0.0,
+               **options: Any) -> dict[str, NDArray[np.floating]]:
     """Allocate the zero-filled state buffers ``kernel`` needs for ``param``.
 
     Buffers have param's shape, dtype and memory layout (C or F order). For Adagrad,

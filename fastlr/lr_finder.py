@@ -21,9 +21,14 @@ True
 (array([1., 1., 1.]), 0)
 """
 
+from __future__ import annotations
+
 import math
+import os
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from fastlr._core.args import (INT_MAX, POSITIVE, UNIT, checked_real, choice_arg, flag_arg,
                                int_arg, real_arg)
@@ -31,12 +36,16 @@ from fastlr.optim import Optimizer
 
 __all__ = ["find_lr", "LRFinderResult", "SUGGESTIONS"]
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 #: The suggestion methods, in the order they are computed; ``suggested_lr`` uses the first.
-SUGGESTIONS = ("valley", "steepest", "min_div_10")
+SUGGESTIONS: tuple[str, ...] = ("valley", "steepest", "min_div_10")
 
 #: Points dropped at the end of the record before suggesting (fastai and
 #: pytorch-lr-finder both drop 5); at the start ``num_steps // 10`` are dropped (fastai).
-SKIP_END = 5
+SKIP_END: int = 5
 
 _MODES = ("exp", "linear")
 _NAME = "fastlr.find_lr"
@@ -114,9 +123,46 @@ class LRFinderResult:
     ``"non-finite loss"``; ``num_steps`` and ``mode`` as requested. ``suggested_lr`` is the
     valley suggestion (fastai's default). Suggestions are hints, not answers: look at the
     curve (:meth:`plot`).
+
+    Parameters
+    ----------
+    lrs : array_like of float
+        The lr of each recorded step.
+    losses : array_like of float
+        The raw loss of each recorded step.
+    smoothed_losses : array_like of float
+        The debiased smoothed loss of each recorded step (NaN after a non-finite loss).
+    num_steps : int
+        The steps the sweep was asked for.
+    mode : {'exp', 'linear'}
+        How the lr was swept.
+    stop_reason : {'completed', 'diverged', 'non-finite loss'}
+        Why the sweep ended.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlr
+    >>> from fastlr.lr_finder import LRFinderResult
+    >>> lrs = np.logspace(-4, 0, 20)
+    >>> losses = (np.log10(lrs) + 1.0) ** 2           # lowest at lr = 0.1
+    >>> r = LRFinderResult(lrs, losses, losses, num_steps=20, mode="exp",
+    ...                    stop_reason="completed")
+    >>> sorted(r.suggestions)
+    ['min_div_10', 'steepest', 'valley']
+    >>> 1e-3 < r.suggested_lr < 0.2
+    True
     """
 
-    def __init__(self, lrs, losses, smoothed_losses, *, num_steps, mode, stop_reason):
+    lrs: NDArray[np.float64]
+    losses: NDArray[np.float64]
+    smoothed_losses: NDArray[np.float64]
+    num_steps: int
+    mode: str
+    stop_reason: str
+    suggestions: dict[str, Optional[float]]
+
+    def __init__(self, lrs: ArrayLike, losses: ArrayLike, smoothed_losses: ArrayLike, *,
+                 num_steps: int, mode: str, stop_reason: str) -> None:
         self.lrs = np.asarray(lrs, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.smoothed_losses = np.asarray(smoothed_losses, dtype=np.float64)
@@ -126,11 +172,11 @@ class LRFinderResult:
         self.suggestions = _suggest(self.lrs, self.smoothed_losses, num_steps)
 
     @property
-    def suggested_lr(self):
+    def suggested_lr(self) -> Optional[float]:
         """The default suggestion: ``suggestions["valley"]`` (None if there is none)."""
         return self.suggestions[SUGGESTIONS[0]]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         sugg = ", ".join(f"{k}={v:.3g}" if v is not None else f"{k}=None"
                          for k, v in self.suggestions.items())
         span = (f"lr {self.lrs[0]:.3g}..{self.lrs[-1]:.3g}" if len(self.lrs) else "no lrs")
@@ -139,22 +185,46 @@ class LRFinderResult:
                 f"{'None' if self.suggested_lr is None else format(self.suggested_lr, '.3g')}"
                 f"; {sugg})")
 
-    def plot(self, ax=None, path=None, log=True):
-        """Draw the loss against the lr (smoothed, with the raw loss faint) and mark each
-        suggestion on the smoothed curve at its lr (the default one also with a vertical
-        line). The y-range is that of the curve before its last 5 points, so a blow-up at
-        the end does not flatten the rest.
+    def plot(self, ax: Optional[Axes] = None,
+             path: Union[str, os.PathLike[str], None] = None, log: bool = True) -> Figure:
+        """Draw the loss against the lr, marking the suggestions.
 
-        ``ax``: a matplotlib Axes to draw on (else a new figure); ``path``: write the figure
-        there (format from the extension) and, if this method created it, close it;
-        ``log``: a log-scaled lr axis. Returns the matplotlib Figure. Needs matplotlib
-        (``pip install 'fastlr[plot]'``), imported here, not at ``import fastlr``; with no
-        display and no ``MPLBACKEND`` it uses the non-interactive Agg backend.
+        The smoothed loss, with the raw loss faint; each suggestion is marked on the
+        smoothed curve at its lr (the default one also with a vertical line). The y-range
+        is that of the curve before its last 5 points, so a blow-up at the end does not
+        flatten the rest. Needs matplotlib (``pip install 'fastlr[plot]'``), imported here,
+        not at ``import fastlr``; with no display and no ``MPLBACKEND`` it uses the
+        non-interactive Agg backend.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes or None, default None
+            The Axes to draw on (None: a new figure).
+        path : str, os.PathLike or None, default None
+            Write the figure there (format from the extension) and, if this method created
+            it, close it.
+        log : bool, default True
+            Whether the lr axis is log-scaled.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure drawn on.
+
+        Raises
+        ------
+        ImportError
+            If matplotlib is not installed.
+
+        Examples
+        --------
+        >>> result.plot(path="lr_find.png")      # doctest: +SKIP
         """
         from fastlr.plot import require_matplotlib
 
         created = ax is None
         plt = None
+        fig: Any
         if ax is None:
             if path is not None:
                 require_matplotlib()
@@ -210,8 +280,9 @@ class LRFinderResult:
 # ---------------------------------------------------------------------------------------
 # the range test
 # ---------------------------------------------------------------------------------------
-def _check_args(optimizer, loss_and_grads, start_lr, end_lr, num_steps, mode, smooth,
-                diverge_factor, restore):
+def _check_args(optimizer: Any, loss_and_grads: Any, start_lr: Any, end_lr: Any,
+                num_steps: Any, mode: Any, smooth: Any, diverge_factor: Any,
+                restore: Any) -> tuple[float, float, int, float, float]:
     fn = _NAME
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"{fn}: optimizer must be a fastlr optimizer (fastlr.SGD, "
@@ -251,8 +322,10 @@ def _as_loss(step, out):
     return float(arr.reshape(())), out[1]
 
 
-def find_lr(optimizer, loss_and_grads, *, start_lr=1e-7, end_lr=10.0, num_steps=100,
-            mode="exp", smooth=0.98, diverge_factor=4.0, restore=True):
+def find_lr(optimizer: Optimizer, loss_and_grads: Callable[[int], tuple[float, Any]], *,
+            start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+            mode: str = "exp", smooth: float = 0.98, diverge_factor: float = 4.0,
+            restore: bool = True) -> LRFinderResult:
     """Run the learning-rate range test with ``optimizer``; return an :class:`LRFinderResult`.
 
     ``loss_and_grads(step) -> (loss, grads)``, for ``step = 0..num_steps-1``, computes the
@@ -291,6 +364,55 @@ def find_lr(optimizer, loss_and_grads, *, start_lr=1e-7, end_lr=10.0, num_steps=
     hyperparameters are still put back (the swept lr is not left behind).
 
     The params and state are copied once (memory: about one extra copy of each).
+
+    Parameters
+    ----------
+    optimizer : fastlr.Optimizer
+        The fastlr optimizer to sweep (SGD, RMSprop, Adam, AdamW, ...).
+    loss_and_grads : callable
+        ``loss_and_grads(step) -> (loss, grads)``: the scalar loss and the grads (whatever
+        ``optimizer.step`` takes) at the params' current values.
+    start_lr : float, default 1e-7
+        The first lr, > 0.
+    end_lr : float, default 10.0
+        The last lr, > ``start_lr``.
+    num_steps : int, default 100
+        The most steps to take, >= 2.
+    mode : {'exp', 'linear'}, default 'exp'
+        Sweep the lr geometrically or linearly.
+    smooth : float, default 0.98
+        The loss EMA's smoothing factor, in [0, 1).
+    diverge_factor : float, default 4.0
+        Stop once the smoothed loss passes this multiple of the best one, > 1.
+    restore : bool, default True
+        Put the params and the optimizer state back afterwards.
+
+    Returns
+    -------
+    LRFinderResult
+        The recorded curve, why it stopped, and the suggested lrs.
+
+    Raises
+    ------
+    TypeError
+        If ``optimizer`` is not a fastlr optimizer, ``loss_and_grads`` is not callable or
+        does not return ``(scalar loss, grads)``, or an argument has the wrong type.
+    ValueError
+        If an argument is out of its range (``end_lr <= start_lr``,
+        ``diverge_factor <= 1``, ...).
+
+    Examples
+    --------
+    >>> import numpy as np, fastlr
+    >>> a = np.array([0.5, 1.0, 2.0])
+    >>> w = np.ones(3)
+    >>> opt = fastlr.SGD([w], lr=0.1)
+    >>> result = fastlr.find_lr(opt, lambda step: (0.5 * float(a @ w**2), [a * w]),
+    ...                         start_lr=1e-4, end_lr=100.0, num_steps=60)
+    >>> result.stop_reason
+    'diverged'
+    >>> 0.01 < result.suggested_lr < 1.0
+    True
     """
     start_lr, end_lr, num_steps, smooth, diverge_factor = _check_args(
         optimizer, loss_and_grads, start_lr, end_lr, num_steps, mode, smooth, diverge_factor,
@@ -302,7 +424,9 @@ def find_lr(optimizer, loss_and_grads, *, start_lr=1e-7, end_lr=10.0, num_steps=
         saved_state = opt.state_dict()                    # arrays copied
         saved_params = [np.array(p, copy=True, order="K") for p in opt._params]
         saved_used = np.array(opt._used, copy=True)       # what last_lr reports
-    lrs, losses, smoothed = [], [], []
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
     stop_reason = "completed"
     avg, best = 0.0, math.inf
     try:

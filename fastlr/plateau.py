@@ -17,8 +17,11 @@ scales, the best metric, the counters) is part of the optimizer's checkpoint.
 [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25]
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Mapping, Sequence, Union
 
 from fastlr._core.args import INT_MAX, NONNEG, UNIT, checked_real, choice_arg, int_arg
 from fastlr.optim.base import Optimizer
@@ -26,8 +29,8 @@ from fastlr.optim.plateau_state import _CONFIG, _COUNTERS, _check_plateau_state
 
 __all__ = ["ReduceLROnPlateau"]
 
-_MODES = ("min", "max")
-_THRESHOLD_MODES = ("rel", "abs")
+_MODES: tuple[str, ...] = ("min", "max")
+_THRESHOLD_MODES: tuple[str, ...] = ("rel", "abs")
 
 
 class ReduceLROnPlateau:
@@ -71,8 +74,24 @@ class ReduceLROnPlateau:
     fastlr.schedules : schedules of the step, which this composes with.
     """
 
-    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
-                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+    optimizer: Optimizer
+    mode: str
+    factor: float
+    patience: int
+    threshold: float
+    threshold_mode: str
+    cooldown: int
+    eps: float
+    min_lrs: list[float]
+    best: float
+    num_bad_epochs: int
+    cooldown_counter: int
+    last_epoch: int
+
+    def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
+                 patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
+                 cooldown: int = 0, min_lr: Union[float, Sequence[float]] = 0.0,
+                 eps: float = 1e-8) -> None:
         name = "fastlr.ReduceLROnPlateau"
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{name}: optimizer must be a fastlr optimizer, got "
@@ -115,10 +134,10 @@ class ReduceLROnPlateau:
 
     # ---- torch's rules ------------------------------------------------------------------
     @property
-    def in_cooldown(self):
+    def in_cooldown(self) -> bool:
         return self.cooldown_counter > 0
 
-    def is_better(self, a, best):
+    def is_better(self, a: float, best: float) -> bool:
         """Whether metric ``a`` improves on ``best`` under this mode and threshold.
 
         Parameters
@@ -140,7 +159,7 @@ class ReduceLROnPlateau:
             return a > best * (self.threshold + 1.0)
         return a > best + self.threshold
 
-    def step(self, metric):
+    def step(self, metric: float) -> bool:
         """Report the metric of an epoch (or evaluation); cut the lr after a plateau.
 
         Parameters
@@ -202,7 +221,7 @@ class ReduceLROnPlateau:
                 cut = True
         return cut
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> list[float]:
         """The lr each group gets at the next optimizer step.
 
         Returns
@@ -213,12 +232,12 @@ class ReduceLROnPlateau:
         return self.optimizer.next_lr
 
     @property
-    def scales(self):
+    def scales(self) -> list[float]:
         """The factor on each group's lr (1.0 until the first cut)."""
         return [float(v) for v in self.optimizer._lr_scale]
 
     # ---- state --------------------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """Configuration and counters as plain numbers.
 
         The scales are in the optimizer's state dict, which also holds this.
@@ -232,7 +251,7 @@ class ReduceLROnPlateau:
         sd["min_lrs"] = list(self.min_lrs)
         return sd
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; validated first, nothing changes on error.
 
         Parameters

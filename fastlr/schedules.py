@@ -20,7 +20,10 @@ schedule is (:func:`as_schedule`); it works everywhere but is evaluated in Pytho
 GIL, the slower path.
 """
 
+from __future__ import annotations
+
 import numbers
+from typing import Any, Callable, Optional, Sequence, Union, cast
 
 from fastlr._core.args import (FINITE, INT_MAX, NONNEG, POSITIVE, checked_real, choice_arg,
                                flag_arg, int_arg)
@@ -33,8 +36,12 @@ __all__ = [
     "warmup_cosine", "warmup", "join",
 ]
 
-CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
-ONE_CYCLE_ANNEALS = ("cos", "linear")
+#: What a schedule argument accepts: a Schedule, a number (a constant) or a Python callable
+#: ``step -> lr`` (see :func:`as_schedule`).
+ScheduleLike = Union[Schedule, float, Callable[[int], float]]
+
+CYCLIC_MODES: tuple[str, ...] = ("triangular", "triangular2", "exp_range")
+ONE_CYCLE_ANNEALS: tuple[str, ...] = ("cos", "linear")
 _PREFIX = "fastlr.schedules."
 
 
@@ -93,7 +100,8 @@ def _make(name, args, kwargs, defaults, **parts):
 # ---------------------------------------------------------------------------------------
 # conversion
 # ---------------------------------------------------------------------------------------
-def as_schedule(value, name="fastlr.schedules.as_schedule: schedule"):
+def as_schedule(value: ScheduleLike,
+                name: str = "fastlr.schedules.as_schedule: schedule") -> Schedule:
     """Convert a number, a schedule or a Python callable to a :class:`Schedule`.
 
     Parameters
@@ -117,7 +125,7 @@ def as_schedule(value, name="fastlr.schedules.as_schedule: schedule"):
     if isinstance(value, Schedule):
         return value
     if type(value).__name__ == "ndarray" and getattr(value, "ndim", None) == 0:
-        value = value.item()            # a 0-d NumPy array is its element
+        value = cast(Any, value).item()     # a 0-d NumPy array is its element
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return constant(value)
     if callable(value):
@@ -126,7 +134,7 @@ def as_schedule(value, name="fastlr.schedules.as_schedule: schedule"):
                     f"got {type(value).__name__} {value!r}")
 
 
-def from_callable(fn):
+def from_callable(fn: Callable[[int], float]) -> Schedule:
     """Wrap a Python callable ``fn(step: int) -> float`` as a Schedule.
 
     It composes like any schedule but is evaluated in Python, holding the GIL. An exception
@@ -162,7 +170,7 @@ def _rebuild(ctor, args, kwargs):
 # ---------------------------------------------------------------------------------------
 # constructors
 # ---------------------------------------------------------------------------------------
-def constant(value):
+def constant(value: float) -> Schedule:
     """``value`` at every step.
 
     Parameters
@@ -178,7 +186,7 @@ def constant(value):
     return _make("constant", (value,), {}, {}, p=(v,))
 
 
-def step_decay(init, step_size, gamma=0.1):
+def step_decay(init: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """``init * gamma ** (t // step_size)`` (torch StepLR).
 
     Parameters
@@ -200,7 +208,7 @@ def step_decay(init, step_size, gamma=0.1):
     return _make(fn, (init, step_size), {"gamma": gamma}, {"gamma": 0.1}, p=p, k=k)
 
 
-def multistep(init, milestones, gamma=0.1):
+def multistep(init: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
     """``init * gamma ** (number of milestones <= t)`` (torch MultiStepLR).
 
     Parameters
@@ -223,7 +231,7 @@ def multistep(init, milestones, gamma=0.1):
     return _make(fn, (init, ms), {"gamma": gamma}, {"gamma": 0.1}, p=p, ivals=sorted(ms))
 
 
-def exponential(init, gamma):
+def exponential(init: float, gamma: float) -> Schedule:
     """``init * gamma ** t`` (torch ExponentialLR).
 
     Parameters
@@ -242,8 +250,9 @@ def exponential(init, gamma):
     return _make(fn, (init, gamma), {}, {}, p=p)
 
 
-def exponential_decay(init, transition_steps, decay_rate, *, staircase=False,
-                      transition_begin=0, end=None):
+def exponential_decay(init: float, transition_steps: int, decay_rate: float, *,
+                      staircase: bool = False, transition_begin: int = 0,
+                      end: Optional[float] = None) -> Schedule:
     """optax ``exponential_decay``: exponential decay after an optional delay, optionally
     stepwise and bounded.
 
@@ -281,7 +290,8 @@ def exponential_decay(init, transition_steps, decay_rate, *, staircase=False,
                  {"staircase": False, "transition_begin": 0, "end": None}, p=p, k=k)
 
 
-def inverse_time(init, decay_steps, decay_rate, *, staircase=False):
+def inverse_time(init: float, decay_steps: int, decay_rate: float, *,
+                 staircase: bool = False) -> Schedule:
     """``init / (1 + decay_rate * t / decay_steps)`` (Keras InverseTimeDecay).
 
     Parameters
@@ -307,7 +317,8 @@ def inverse_time(init, decay_steps, decay_rate, *, staircase=False):
                  {"staircase": False}, p=p, k=k)
 
 
-def polynomial(init, total_steps, *, end=0.0, power=1.0):
+def polynomial(init: float, total_steps: int, *, end: float = 0.0,
+               power: float = 1.0) -> Schedule:
     """``(init - end) * (1 - min(t, T) / T) ** power + end`` with ``T = total_steps`` (torch
     PolynomialLR when ``end=0``).
 
@@ -334,7 +345,8 @@ def polynomial(init, total_steps, *, end=0.0, power=1.0):
                  {"end": 0.0, "power": 1.0}, p=p, k=k)
 
 
-def linear(init, *, start_factor=1.0 / 3, end_factor=1.0, total_steps=5):
+def linear(init: float, *, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
+           total_steps: int = 5) -> Schedule:
     """``init * (s + (e - s) * min(t, T) / T)`` (torch LinearLR): from ``start_factor *
     init`` to ``end_factor * init`` over ``total_steps``.
 
@@ -362,7 +374,7 @@ def linear(init, *, start_factor=1.0 / 3, end_factor=1.0, total_steps=5):
                  {"start_factor": 1.0 / 3, "end_factor": 1.0, "total_steps": 5}, p=p, k=k)
 
 
-def cosine(init, total_steps, *, end=0.0):
+def cosine(init: float, total_steps: int, *, end: float = 0.0) -> Schedule:
     """``end + (init - end) * (1 + cos(pi * min(t, T) / T)) / 2``: torch CosineAnnealingLR
     up to ``T = total_steps``, then it holds ``end`` (torch's rises again).
 
@@ -385,7 +397,8 @@ def cosine(init, total_steps, *, end=0.0):
     return _make(fn, (init, total_steps), {"end": end}, {"end": 0.0}, p=p, k=k)
 
 
-def cosine_restarts(init, period, *, period_mult=1, end=0.0, decay=1.0):
+def cosine_restarts(init: float, period: int, *, period_mult: int = 1, end: float = 0.0,
+                    decay: float = 1.0) -> Schedule:
     """SGDR (torch CosineAnnealingWarmRestarts): cosine cycles that restart from the top.
 
     Over cycle ``i``, which lasts ``period * period_mult**i`` steps (found with integer
@@ -419,8 +432,9 @@ def cosine_restarts(init, period, *, period_mult=1, end=0.0, decay=1.0):
                  {"period_mult": 1, "end": 0.0, "decay": 1.0}, p=p, k=k)
 
 
-def cyclic(base, peak, *, step_size_up=2000, step_size_down=None, mode="triangular",
-           gamma=1.0):
+def cyclic(base: float, peak: float, *, step_size_up: int = 2000,
+           step_size_down: Optional[int] = None, mode: str = "triangular",
+           gamma: float = 1.0) -> Schedule:
     """torch CyclicLR: triangular cycles between ``base`` and ``peak``.
 
     Up from ``base`` to ``peak`` in ``step_size_up`` steps and back in ``step_size_down``.
@@ -458,8 +472,9 @@ def cyclic(base, peak, *, step_size_up=2000, step_size_down=None, mode="triangul
                   "gamma": 1.0}, p=p, k=k)
 
 
-def one_cycle(peak, total_steps, *, pct_start=0.3, anneal="cos", div_factor=25.0,
-              final_div_factor=1e4, three_phase=False):
+def one_cycle(peak: float, total_steps: int, *, pct_start: float = 0.3, anneal: str = "cos",
+              div_factor: float = 25.0, final_div_factor: float = 1e4,
+              three_phase: bool = False) -> Schedule:
     """torch OneCycleLR: a warmup to ``peak``, then an annealing far below the start.
 
     From ``peak / div_factor`` up to ``peak`` over the first ``pct_start`` of
@@ -524,7 +539,7 @@ def one_cycle(peak, total_steps, *, pct_start=0.3, anneal="cos", div_factor=25.0
                   "final_div_factor": 1e4, "three_phase": False}, p=p, k=k)
 
 
-def piecewise_constant(boundaries, values):
+def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
     """``values[i]`` for ``boundaries[i-1] <= t < boundaries[i]``: the value switches at
     ``t == b`` (optax; Keras switches at ``b + 1``).
 
@@ -548,7 +563,7 @@ def piecewise_constant(boundaries, values):
     return _make(fn, (b, v), {}, {}, ivals=b, dvals=v)
 
 
-def piecewise_linear(boundaries, values):
+def piecewise_linear(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
     """Linear between the knots ``(boundaries[i], values[i])``, held before the first and
     after the last.
 
@@ -572,7 +587,8 @@ def piecewise_linear(boundaries, values):
     return _make(fn, (b, v), {}, {}, ivals=b, dvals=v)
 
 
-def warmup_cosine(peak, *, warmup_steps, total_steps, init=0.0, end=0.0):
+def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int, init: float = 0.0,
+                  end: float = 0.0) -> Schedule:
     """Linear warmup from ``init`` to ``peak``, then cosine decay to ``end`` (optax's
     ``warmup_cosine_decay_schedule``); holds ``end`` after ``total_steps``.
 
@@ -606,7 +622,8 @@ def warmup_cosine(peak, *, warmup_steps, total_steps, init=0.0, end=0.0):
                  {"init": 0.0, "end": 0.0}, p=p, k=(w, n))
 
 
-def warmup(schedule, warmup_steps, *, start_factor=0.0):
+def warmup(schedule: ScheduleLike, warmup_steps: int, *,
+           start_factor: float = 0.0) -> Schedule:
     """Prepend a linear warmup to a schedule.
 
     A linear ramp from ``start_factor * s(0)`` to ``s(0)`` over ``warmup_steps``, then
@@ -635,7 +652,7 @@ def warmup(schedule, warmup_steps, *, start_factor=0.0):
                  {"start_factor": 0.0}, p=(sf,), k=(w,), children=(inner,))
 
 
-def join(schedules, boundaries):
+def join(schedules: Sequence[ScheduleLike], boundaries: Sequence[int]) -> Schedule:
     """Schedules one after the other, each restarting at 0 (torch SequentialLR, optax
     ``join_schedules``).
 
