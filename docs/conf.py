@@ -72,12 +72,6 @@ NUMPYDOC_VALIDATION_PENDING = [
     r"^fastlr\.Optimizer(\..*)?$", r"^fastlr\.flat_buffer$", r"^fastlr\.(AdamW|NAdam)$",
     r"^fastlr\.clip_grad_norm$",                                    # fastlr/_core/engine.pyx
     r"^fastlr\.(kernels\.)?set_num_threads$",                       # fastlr/_kernels.pyx
-    # fastlr/_core/sklearn_kernels.pyx, fastlr/_core/ema.pyx
-    r"^fastlr\.kernels\.(sgd_sklearn|adam_sklearn|ema_update|swap_buffers)$",
-    # fastlr/reference/__init__.py, fastlr/reference/sklearn.py
-    r"^fastlr\.reference\.(adamw|adagrad|adadelta|adamax|nadam|radam|lion|sgd_sklearn"
-    r"|adam_sklearn|ema_update|swap_buffers)$",
-    r"^fastlr\.compat\.torch\.",                                     # fastlr/compat/torch.py
 ]
 numpydoc_validation_exclude = set(NUMPYDOC_VALIDATION_PENDING)
 
@@ -134,19 +128,6 @@ PENDING_DOCSTRING_FIXES = {
         "fastlr/optim/stepping.py, StepMixin.step: write ``clip_grad_norm_`` in double "
         "backticks (a bare trailing underscore is a reST reference)"),
 }
-for _name in ("adagrad", "adadelta", "adamax", "nadam", "radam", "lion"):
-    PENDING_DOCSTRING_FIXES[f"fastlr.reference.{_name}"] = (
-        f"fastlr/reference/__init__.py, {_name}: the formula after '::' is indented like the "
-        "rest of the docstring, so after dedenting it is not a literal block; indent the "
-        "formula 4 spaces more than the summary line (or add the summary on its own line "
-        "followed by a blank line, then the indented block)"
-        + ("; also '|g|' is a reST substitution: write ``abs(g)`` or put it in the literal "
-           "block" if _name == "adamax" else ""))
-for _name in ("sgd_sklearn", "adam_sklearn"):
-    PENDING_DOCSTRING_FIXES[f"fastlr.reference.{_name}"] = (
-        f"fastlr/reference/sklearn.py, {_name}: the formula after '::' is indented like the "
-        "rest of the docstring, so after dedenting it is not a literal block; indent it 4 "
-        "spaces more than the summary line")
 
 
 def _verbatim_pending(app, what, name, obj, options, lines):

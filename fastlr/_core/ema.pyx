@@ -366,12 +366,42 @@ def ema_update(ema, param, *, decay, n_threads=None):
         ema = ema + w * (param - ema)          if w < 0.5
         ema = param - (param - ema) * (1 - w)  otherwise
 
-    ``ema`` and ``param`` are two arrays, or two equally long lists of arrays updated in
-    one compiled call; each pair shares dtype (float32/float64), shape and contiguous
-    layout. ``ema`` is written, ``param`` only read (it may be read-only). ``decay`` is a
-    finite number in [0, 1] (0 copies ``param``, 1 leaves ``ema`` as it is).
-    ``n_threads=None`` uses :func:`fastlr.get_num_threads`. Everything is validated before
-    any buffer is written. Returns None.
+    Everything is validated before any buffer is written.
+
+    Parameters
+    ----------
+    ema : numpy.ndarray or list of numpy.ndarray
+        The averages, written in place: an array, or a list of arrays updated in one
+        compiled call. Each shares dtype (float32/float64), shape and contiguous layout
+        with its ``param``.
+    param : numpy.ndarray or list of numpy.ndarray
+        The current values, only read (they may be read-only); as many as ``ema``.
+    decay : float
+        Weight of the old average, a finite number in [0, 1] (0 copies ``param``, 1
+        leaves ``ema`` as it is).
+    n_threads : int, optional
+        Threads for the update; None uses :func:`fastlr.get_num_threads`.
+
+    Returns
+    -------
+    None
+        ``ema`` is updated in place.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a float32/float64 ndarray (or list of them), or a pair's
+        dtypes differ.
+    ValueError
+        The lists differ in length, a pair's shapes or layouts differ, an ``ema`` array
+        is read-only or overlaps another, or ``decay`` is not in [0, 1].
+
+    Examples
+    --------
+    >>> e = np.zeros(3); p = np.ones(3)
+    >>> kernels.ema_update(e, p, decay=0.75)
+    >>> e
+    array([0.25, 0.25, 0.25])
     """
     cdef str fn = "fastlr.kernels.ema_update"
     cdef double d = checked_real(fn, "decay", decay, CLOSED_UNIT)
@@ -381,12 +411,39 @@ def ema_update(ema, param, *, decay, n_threads=None):
 
 
 def swap_buffers(a, b, *, n_threads=None):
-    """Exchange the contents of ``a`` and ``b`` in place, in one pass (the bits move
-    unchanged; swapping twice restores both exactly).
+    """Exchange the contents of ``a`` and ``b`` in place, in one pass.
 
-    Two arrays, or two equally long lists of arrays; each pair shares dtype
-    (float32/float64), shape and contiguous layout; all are writeable and no two overlap.
-    Returns None.
+    The bits move unchanged; swapping twice restores both exactly.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray or list of numpy.ndarray
+        Two arrays, or two equally long lists of arrays; each pair shares dtype
+        (float32/float64), shape and contiguous layout; all are writeable and no two
+        overlap. Both are written.
+    n_threads : int, optional
+        Threads for the copy; None uses :func:`fastlr.get_num_threads`.
+
+    Returns
+    -------
+    None
+        ``a`` and ``b`` are updated in place.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a float32/float64 ndarray (or list of them), or a pair's
+        dtypes differ.
+    ValueError
+        The lists differ in length, a pair's shapes or layouts differ, an array is
+        read-only, or two arrays overlap.
+
+    Examples
+    --------
+    >>> a = np.zeros(2); b = np.ones(2)
+    >>> kernels.swap_buffers(a, b)
+    >>> a, b
+    (array([1., 1.]), array([0., 0.]))
     """
     cdef str fn = "fastlr.kernels.swap_buffers"
     cdef int nt = threads_arg(fn, n_threads)

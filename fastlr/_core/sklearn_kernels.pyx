@@ -242,20 +242,58 @@ _ADAM_NAMES = ("param", "grad", "m", "v")
 
 
 def sgd_sklearn(param, grad, velocity, *, lr, momentum, nesterov, n_threads=None):
-    """SGD with momentum as scikit-learn's MLP does it, in place
-    (``sklearn.neural_network._stochastic_optimizers.SGDOptimizer``)::
+    """SGD with momentum as scikit-learn's MLP does it, in place.
+
+    sklearn's ``sklearn.neural_network._stochastic_optimizers.SGDOptimizer``::
 
         velocity = momentum * velocity - lr * grad
         param   += momentum * velocity - lr * grad      (nesterov)
         param   += velocity                             (otherwise)
 
-    The learning rate sits inside the velocity (unlike torch). ``param`` and ``velocity``
-    are updated in place, ``grad`` is only read; all three share dtype (float32 or float64),
-    shape and contiguous layout, except that a float32 ``param`` may take a float64 ``grad``
-    with a float64 ``velocity`` (sklearn's MLPRegressor on float32 data: the update is
-    float64 and param is rounded once). ``lr >= 0`` and ``momentum`` in [0, 1] are finite.
-    Bit-identical to sklearn's NumPy expressions. ``n_threads=None`` uses
-    :func:`fastlr.get_num_threads`. Returns None.
+    The learning rate sits inside the velocity (unlike torch). Bit-identical to sklearn's
+    NumPy expressions.
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        Parameters (float32 or float64, C- or F-contiguous), updated in place.
+    grad : numpy.ndarray
+        Gradient, only read: ``param``'s dtype, shape and layout, except that a float32
+        ``param`` may take a float64 ``grad`` with a float64 ``velocity`` (sklearn's
+        MLPRegressor on float32 data: the update is float64 and param is rounded once).
+    velocity : numpy.ndarray
+        sklearn's velocity (starts at zeros), ``grad``'s dtype, updated in place.
+    lr : float
+        Learning rate (sklearn's ``learning_rate_init``), finite and ``>= 0``.
+    momentum : float
+        Momentum, finite, in [0, 1].
+    nesterov : bool
+        Nesterov's momentum (sklearn's ``nesterovs_momentum``).
+    n_threads : int, optional
+        Threads for the update; None uses :func:`fastlr.get_num_threads`.
+
+    Returns
+    -------
+    None
+        The arrays are updated in place.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a float32/float64 ndarray, or the dtypes do not pair up as
+        above.
+    ValueError
+        Shapes or layouts differ, an array is not contiguous, read-only or overlaps
+        another, or a hyperparameter is out of range. Nothing is written then.
+
+    Examples
+    --------
+    >>> p = np.ones(3); g = np.full(3, 0.5); vel = np.zeros(3)
+    >>> kernels.sgd_sklearn(p, g, vel, lr=0.1, momentum=0.9, nesterov=False)
+    >>> vel
+    array([-0.05, -0.05, -0.05])
+    >>> p
+    array([0.95, 0.95, 0.95])
     """
     cdef str fn = "fastlr.kernels.sgd_sklearn"
     cdef SkJob job
@@ -268,21 +306,64 @@ def sgd_sklearn(param, grad, velocity, *, lr, momentum, nesterov, n_threads=None
 
 
 def adam_sklearn(param, grad, m, v, *, step, lr, beta1, beta2, eps, n_threads=None):
-    """Adam in scikit-learn's "epsilon-hat" form, in place
-    (``sklearn.neural_network._stochastic_optimizers.AdamOptimizer``), ``t = step``::
+    """Adam in scikit-learn's "epsilon-hat" form, in place.
+
+    sklearn's ``sklearn.neural_network._stochastic_optimizers.AdamOptimizer``, with
+    ``t = step``::
 
         m     = beta1 * m + (1 - beta1) * grad
         v     = beta2 * v + (1 - beta2) * grad**2
         lr_t  = lr * sqrt(1 - beta2**t) / (1 - beta1**t)        (a float64)
         param += -lr_t * m / (sqrt(v) + eps)
 
-    eps is added to the uncorrected sqrt(v) (unlike torch). ``step`` is the 1-based update
-    number (sklearn's ``t`` after its increment); ``lr`` is the base learning rate
-    (``learning_rate_init``). For float32 arrays the last line runs in float64 and param is
-    rounded once, as NumPy >= 2 does with sklearn's float64 ``lr_t``. ``param``, ``m``, ``v``
-    are updated in place, ``grad`` is only read; they share dtype, shape and layout, except
-    that a float32 ``param`` may take a float64 ``grad`` with float64 ``m`` and ``v``
-    (sklearn's MLPRegressor on float32 data). Returns None.
+    eps is added to the uncorrected sqrt(v) (unlike torch). For float32 arrays the last
+    line runs in float64 and param is rounded once, as NumPy >= 2 does with sklearn's
+    float64 ``lr_t``.
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        Parameters (float32 or float64, C- or F-contiguous), updated in place.
+    grad : numpy.ndarray
+        Gradient, only read: ``param``'s dtype, shape and layout, except that a float32
+        ``param`` may take a float64 ``grad`` with float64 ``m`` and ``v`` (sklearn's
+        MLPRegressor on float32 data).
+    m : numpy.ndarray
+        First moment estimate (starts at zeros), ``grad``'s dtype, updated in place.
+    v : numpy.ndarray
+        Second moment estimate (starts at zeros), ``grad``'s dtype, updated in place.
+    step : int
+        The 1-based update number (sklearn's ``t`` after its increment), ``>= 1``.
+    lr : float
+        Base learning rate (sklearn's ``learning_rate_init``).
+    beta1, beta2 : float
+        Decay rates of the moment estimates, in [0, 1).
+    eps : float
+        Added to ``sqrt(v)`` in the denominator.
+    n_threads : int, optional
+        Threads for the update; None uses :func:`fastlr.get_num_threads`.
+
+    Returns
+    -------
+    None
+        The arrays are updated in place.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a float32/float64 ndarray, or the dtypes do not pair up as
+        above.
+    ValueError
+        Shapes or layouts differ, an array is not contiguous, read-only or overlaps
+        another, ``step < 1`` or a hyperparameter is out of range. Nothing is written then.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 0.5); m1 = np.zeros(2); v1 = np.zeros(2)
+    >>> kernels.adam_sklearn(p, g, m1, v1, step=1, lr=0.1, beta1=0.9, beta2=0.999,
+    ...                      eps=1e-8)
+    >>> p.round(6)
+    array([0.9, 0.9])
     """
     cdef str fn = "fastlr.kernels.adam_sklearn"
     cdef SkJob job

@@ -65,9 +65,13 @@ in is monkeypatching those names, which :func:`patch_mlp` does for the duration 
         clf = MLPClassifier(solver="adam").fit(X, y)
 """
 
+from __future__ import annotations
+
 import contextlib
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from fastlr._core.args import (CLOSED_UNIT, NONNEG, POSITIVE, UNIT, checked_real, choice_arg,
                                flag_arg, threads_arg)
@@ -108,9 +112,12 @@ def _name(obj):
 class _BaseOptimizer:
     """Shared by both optimizers: sklearn's ``BaseOptimizer`` interface."""
 
-    _state_names = ()
+    _state_names: tuple = ()
+    learning_rate_init: float
+    learning_rate: Union[float, np.float64]
+    n_threads: Optional[int]
 
-    def __init__(self, learning_rate_init, n_threads):
+    def __init__(self, learning_rate_init: float, n_threads: Optional[int]) -> None:
         cls = _name(self)
         self.learning_rate_init = checked_real(cls, "learning_rate_init", learning_rate_init,
                                                POSITIVE)
@@ -129,7 +136,7 @@ class _BaseOptimizer:
         if "_update" not in state:
             self._update = self._list_step()
 
-    def iteration_ends(self, time_step):
+    def iteration_ends(self, time_step: float) -> None:
         """Called by the training loop at the end of each epoch.
 
         Parameters
@@ -140,7 +147,7 @@ class _BaseOptimizer:
         """
         checked_real(f"{_name(self)}.iteration_ends", "time_step", time_step, NONNEG)
 
-    def trigger_stopping(self, msg, verbose):
+    def trigger_stopping(self, msg: str, verbose: bool) -> bool:
         """Called when the loss stopped improving.
 
         Parameters
@@ -186,8 +193,15 @@ class SGDOptimizer(_BaseOptimizer):
         OpenMP threads; None uses :func:`fastlr.get_num_threads`.
     """
 
-    def __init__(self, params, learning_rate_init=0.1, lr_schedule="constant", momentum=0.9,
-                 nesterov=True, power_t=0.5, *, n_threads=None):
+    lr_schedule: str
+    momentum: float
+    nesterov: bool
+    power_t: float
+    velocities: List[NDArray[Any]]
+
+    def __init__(self, params: Iterable[NDArray[Any]], learning_rate_init: float = 0.1,
+                 lr_schedule: str = "constant", momentum: float = 0.9, nesterov: bool = True,
+                 power_t: float = 0.5, *, n_threads: Optional[int] = None) -> None:
         cls = _name(self)
         super().__init__(learning_rate_init, n_threads)
         choice_arg(cls, "lr_schedule", lr_schedule, _SCHEDULES)
@@ -199,7 +213,8 @@ class SGDOptimizer(_BaseOptimizer):
 
     _state_names = ("velocities",)
 
-    def update_params(self, params, grads):
+    def update_params(self, params: Sequence[NDArray[Any]],
+                      grads: Sequence[NDArray[Any]]) -> None:
         """Update ``params`` in place with ``grads``.
 
         Parameters
@@ -212,7 +227,7 @@ class SGDOptimizer(_BaseOptimizer):
         self._update.sgd(params, grads, self.velocities, self.learning_rate, self.momentum,
                          self.nesterov, self.n_threads)
 
-    def iteration_ends(self, time_step):
+    def iteration_ends(self, time_step: float) -> None:
         """'invscaling': ``learning_rate = learning_rate_init / (time_step + 1) ** power_t``.
 
         Parameters
@@ -226,7 +241,7 @@ class SGDOptimizer(_BaseOptimizer):
                 float(self.learning_rate_init) / (time_step + 1) ** self.power_t
             )
 
-    def trigger_stopping(self, msg, verbose):
+    def trigger_stopping(self, msg: str, verbose: bool) -> bool:
         """'adaptive': divide ``learning_rate`` by 5 and go on until it is <= 1e-6, then stop.
 
         Other schedules stop at once. Prints as sklearn does.
@@ -256,7 +271,7 @@ class SGDOptimizer(_BaseOptimizer):
             print(msg + " Setting learning rate to %f" % self.learning_rate)
         return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"SGDOptimizer(<{len(self.velocities)} params>, learning_rate_init="
                 f"{self.learning_rate_init!r}, lr_schedule={self.lr_schedule!r}, momentum="
                 f"{self.momentum!r}, nesterov={self.nesterov!r}, power_t={self.power_t!r})")
@@ -288,9 +303,16 @@ class AdamOptimizer(_BaseOptimizer):
     """
 
     _state_names = ("ms", "vs")
+    beta_1: float
+    beta_2: float
+    epsilon: float
+    t: int
+    ms: List[NDArray[Any]]
+    vs: List[NDArray[Any]]
 
-    def __init__(self, params, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8, *, n_threads=None):
+    def __init__(self, params: Iterable[NDArray[Any]], learning_rate_init: float = 0.001,
+                 beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, *,
+                 n_threads: Optional[int] = None) -> None:
         cls = _name(self)
         super().__init__(learning_rate_init, n_threads)
         self.beta_1 = checked_real(cls, "beta_1", beta_1, UNIT)
@@ -301,7 +323,8 @@ class AdamOptimizer(_BaseOptimizer):
         self.ms = [np.zeros_like(p) for p in params]
         self.vs = [np.zeros_like(p) for p in params]
 
-    def update_params(self, params, grads):
+    def update_params(self, params: Sequence[NDArray[Any]],
+                      grads: Sequence[NDArray[Any]]) -> None:
         """Update ``params`` in place with ``grads``.
 
         ``t`` and ``learning_rate`` advance only when the update happened.
@@ -321,14 +344,14 @@ class AdamOptimizer(_BaseOptimizer):
         # in C with the same operations in the same order: the same float64
         self.learning_rate = np.float64(lr_t)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"AdamOptimizer(<{len(self.ms)} params>, learning_rate_init="
                 f"{self.learning_rate_init!r}, beta_1={self.beta_1!r}, beta_2="
                 f"{self.beta_2!r}, epsilon={self.epsilon!r}; t={self.t})")
 
 
 @contextlib.contextmanager
-def patch_mlp():
+def patch_mlp() -> Iterator[None]:
     """Make sklearn's ``MLPClassifier`` / ``MLPRegressor`` use these optimizers inside the
     ``with`` block (``solver='sgd'`` and ``'adam'``).
 

@@ -45,6 +45,8 @@ out-of-range hyperparameters set in ``param_groups`` after construction, and
 construction and in ``add_param_group``).
 """
 
+from __future__ import annotations
+
 try:
     import torch
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
@@ -55,6 +57,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 import inspect
+import textwrap
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -66,7 +70,7 @@ from fastlr._core import torch_step as _torch_step
 _torch_step.setup(torch.Tensor, torch.nn.Parameter, torch.float32, torch.float64, torch.strided)
 
 #: The bridged classes: every row of the table with a torch class, in table order.
-TORCH_CLASSES = tuple(o.cls for o in _specs.OPTIMIZERS.values()
+TORCH_CLASSES: Tuple[str, ...] = tuple(o.cls for o in _specs.OPTIMIZERS.values()
                       if o.torch and hasattr(torch.optim, o.torch))
 
 __all__ = list(TORCH_CLASSES)
@@ -114,7 +118,7 @@ class _FastlrStep:
 
     _kernel = None
     _positional = ()        # the kernel's state arguments, in order
-    _keys = {}              # kernel argument name -> torch's state key (Adagrad: sum)
+    _keys: Dict[str, str] = {}      # kernel argument name -> torch's state key (Adagrad: sum)
     _fills = ()             # (kernel argument, group option): buffers that start at a value
     _lazy = ()              # buffers torch creates at the first update that uses them
     _scalar = None          # per-param scalar state (NAdam's mu_product), a 0-d tensor
@@ -123,10 +127,12 @@ class _FastlrStep:
     _step_state = True      # torch keeps state["step"] (Adam, RMSprop; not SGD)
     _family_index = 0       # the family's number in fastlr._core.torch_step
     _fields = ()            # its hyperparameter struct's fields (the compiled step's row)
-    _fixed = {}             # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
+    _fixed: Dict[str, Any] = {}     # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
     _fast_path = True       # step() tries the compiled step first (False: Python path only)
 
     # -- construction ---------------------------------------------------------------------
+    n_threads: Optional[int]
+
     def _fastlr_init(self, n_threads, options):
         name = type(self).__name__
         _check_options(f"fastlr.compat.torch.{name}", options)
@@ -183,11 +189,31 @@ class _FastlrStep:
                     kept.append(vv)
 
     # -- the step -------------------------------------------------------------------------
-    def step(self, closure=None):
-        """Perform a single optimization step (``closure``: re-evaluates the model and
-        returns the loss, run with gradients enabled, as torch). Returns the closure's loss.
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        """Perform a single optimization step, as ``torch.optim``'s ``step``.
 
         Every parameter of every group is validated first; on error nothing is written.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss; run (with gradients enabled, as
+            torch does) before the update.
+
+        Returns
+        -------
+        object
+            The closure's loss, or None without a closure.
+
+        Raises
+        ------
+        TypeError
+            A parameter, its gradient or a state tensor is not a dense float32/float64 CPU
+            tensor, or their dtypes differ.
+        ValueError
+            Shapes or layouts differ, a tensor is not contiguous, state shares memory,
+            a hyperparameter set in ``param_groups`` is out of range, or a group sets
+            ``foreach``, ``fused``, ``capturable`` or ``differentiable`` to a refused value.
         """
         loss = None
         if closure is not None:
@@ -551,6 +577,97 @@ def _nadam_mu_product(value, step, hyper, dtype):
 _SCALAR_IN = {"nadam": _nadam_mu_product}
 
 
+def _type_name(annotation, default):
+    """A numpydoc type for a torch constructor argument (its default's type)."""
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, tuple):
+        return "tuple of float"
+    if isinstance(default, (int, float)):
+        return "float"
+    return "object"
+
+
+def _class_doc(row, family, sig, switches):
+    """The docstring of a bridge class: a summary, then a numpydoc ``Parameters`` section
+    generated from torch's constructor signature and the row of ``fastlr._specs``."""
+    hypers = {h.name: h for h in family.hypers}
+    pairs = {}
+    for h in family.hypers:
+        if h.pair:
+            pairs.setdefault(h.pair, []).append(h)
+    lines = [f"``torch.optim.{row.torch}`` ({family.kernel_doc}) whose update runs in "
+             f"``fastlr.kernels.{row.kernel}``.", "",
+             f"The constructor, defaults, argument checks and state are torch's; only "
+             f"``step()`` differs (it runs {row.doc}).", "",
+             "Parameters", "----------",
+             "params : iterable of torch.Tensor, of dict or of (str, torch.Tensor)",
+             "    The parameters to optimize, or parameter groups (dicts), as torch takes "
+             "them."]
+    for name, par in list(sig.parameters.items())[1:]:
+        if name == "params":
+            continue
+        default = par.default
+        shown = "" if default is inspect.Parameter.empty else f", default {default!r}"
+        if name in switches:
+            none_ok = dict(_UNSUPPORTED)[name]
+            accepted = "None or False" if none_ok else "False"
+            lines += [f"{name} : bool{' or None' if none_ok else ''}{shown}",
+                      f"    Accepted only as {accepted} (fastlr's kernels do the update on "
+                      f"CPU tensors); any other value raises ValueError."]
+            continue
+        if name in row.fixed:
+            desc = (f"Fixed to {row.fixed[name]!r} by this class "
+                    f"(``fastlr.kernels.{row.kernel}``).")
+        elif name in hypers:
+            h = hypers[name]
+            rule = "" if h.check == "flag" else f", {_specs.CHECKS[h.check][3]}"
+            if any(c in h.doc for c in "=/^") and "``" not in h.doc:   # a formula
+                desc = f"``{h.doc}``{rule}."
+            else:
+                desc = f"{h.doc[:1].upper()}{h.doc[1:]}{rule}."
+        elif name in pairs:
+            desc = "(" + ", ".join(h.name for h in pairs[name]) + "): " + "; ".join(
+                f"{h.doc}, {_specs.CHECKS[h.check][3]}" for h in pairs[name]) + "."
+        else:
+            selects = [st.name for st in family.state if st.when and name in st.when.split()]
+            fills = [st.name for st in family.state if st.fill == name]
+            if selects:
+                desc = ("Selects the variant that keeps "
+                        + ", ".join(f"``{row.torch_state.get(n, n)}``" for n in selects)
+                        + " in the state.")
+            elif fills:
+                desc = ("The starting value of "
+                        + ", ".join(f"``{row.torch_state.get(n, n)}``" for n in fills) + ".")
+            else:
+                desc = f"As in ``torch.optim.{row.torch}``."
+        lines += [f"{name} : {_type_name(par.annotation, default)}{shown}", f"    {desc}"]
+    lines += ["n_threads : int, optional",
+              "    The kernels' thread count for this optimizer; None uses "
+              ":func:`fastlr.get_num_threads`.",
+              "", "Raises", "------",
+              "ValueError",
+              "    ``" + "``, ``".join(switches) + "`` set to a refused value (also in "
+              "``add_param_group``), ``n_threads`` is not in [1, fastlr's maximum], or an "
+              "argument torch's constructor refuses.",
+              "TypeError",
+              "    ``n_threads`` is not an integer or None.",
+              "", "Examples", "--------",
+              ">>> import torch",
+              f">>> from fastlr.compat.torch import {row.cls}",
+              ">>> w = torch.nn.Parameter(torch.ones(3))",
+              f">>> opt = {row.cls}([w], lr=0.1)",
+              ">>> w.grad = torch.full((3,), 0.5)",
+              ">>> opt.step()",
+              ">>> bool((w < 1).all())",
+              "True"]
+    out = []
+    for line in lines:               # descriptions wrapped at 88 columns
+        out += textwrap.wrap(line, 88, subsequent_indent="    ") if line.startswith("    ") \
+            else [line]
+    return "\n".join(out) + "\n"
+
+
 def _bridge(row):
     """The ``fastlr.compat.torch`` class of a row of the table: a subclass of its torch
     class whose step runs ``fastlr.kernels.<row.kernel>``."""
@@ -587,7 +704,8 @@ def _bridge(row):
     exec(compile("\n".join(lines) + "\n", f"<fastlr.compat.torch.{row.cls}>", "exec"), scope)
     _hyper, _state_names = scope["_hyper"], scope["_state_names"]
 
-    def __init__(self, params, *args, n_threads=None, **kwargs):
+    def __init__(self, params: Any, *args: Any, n_threads: Optional[int] = None,
+                 **kwargs: Any) -> None:
         bound = sig.bind(self, params, *args, **kwargs)
         bound.apply_defaults()
         self._fastlr_init(n_threads, {k: bound.arguments[k] for k in switches})
@@ -600,9 +718,7 @@ def _bridge(row):
     keys = {st.name: row.torch_state.get(st.name, st.name) for st in family.state}
     attrs = dict(
         __module__=__name__,
-        __doc__=(f"``torch.optim.{row.torch}`` ({family.kernel_doc}) whose update runs in "
-                 f"``fastlr.kernels.{row.kernel}``. ``n_threads``: the kernels' thread count "
-                 f"(None: ``fastlr.get_num_threads()``)."),
+        __doc__=_class_doc(row, family, sig, switches),
         __init__=__init__,
         _kernel=staticmethod(getattr(_kernels, row.kernel)),
         _positional=tuple(st.name for st in family.state),

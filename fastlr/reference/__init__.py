@@ -131,7 +131,26 @@ def sgd(param, grad, momentum_buffer=None, *, step, lr, momentum=0.0,
         Options as in torch.  (Torch's constructor also requires
         ``momentum > 0`` and ``dampening == 0`` for Nesterov; the reference
         just applies the formula.)
-    n_threads : ignored
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, ``step < 1``, or ``momentum != 0`` without
+        ``momentum_buffer``.
+
+    Examples
+    --------
+    >>> p = np.ones(3); g = np.full(3, 0.5)
+    >>> fastlr.reference.sgd(p, g, step=1, lr=0.1)
+    >>> p
+    array([0.95, 0.95, 0.95])
     """
     step = _check_step(step)
     lr, momentum, dampening, weight_decay = (
@@ -204,7 +223,27 @@ def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *,
     lr, alpha, eps, weight_decay, momentum : float
         Hyperparameters as in torch.
     maximize : bool
-    n_threads : ignored
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, or ``momentum > 0`` without
+        ``momentum_buffer``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.ones(2); v = np.zeros(2)
+    >>> fastlr.reference.rmsprop(p, g, v, lr=0.01, alpha=0.75, eps=0.0)
+    >>> v, p
+    (array([0.25, 0.25]), array([0.98, 0.98]))
     """
     lr, alpha, eps, weight_decay, momentum = (
         float(lr), float(alpha), float(eps), float(weight_decay), float(momentum))
@@ -228,7 +267,7 @@ def rmsprop(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *,
     else:
         avg = np.sqrt(sq) + eps
 
-    if momentum > 0:
+    if momentum > 0 and momentum_buffer is not None:     # (checked above)
         buf = momentum * momentum_buffer + g / avg
         momentum_buffer[...] = buf
         param[...] = param - lr * buf
@@ -280,8 +319,29 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
         1-based update number, >= 1 (used for bias correction).
     lr, beta1, beta2, eps, weight_decay : float
         Hyperparameters as in torch (torch's ``betas=(beta1, beta2)``).
-    decoupled_weight_decay, maximize : bool
-    n_threads : ignored
+    decoupled_weight_decay : bool
+        Decay ``param`` directly (AdamW) instead of adding an L2 term to the gradient.
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, ``step < 1``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 0.5); m = np.zeros(2); v = np.zeros(2)
+    >>> fastlr.reference.adam(p, g, m, v, step=1, lr=0.1)
+    >>> m, p.round(6)
+    (array([0.05, 0.05]), array([0.9, 0.9]))
     """
     step = _check_step(step)
     lr, beta1, beta2, eps, weight_decay = (
@@ -330,8 +390,46 @@ def adamw(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
         p = p * (1 - lr * weight_decay)
         ... then the Adam update with the undecayed gradient
 
-    AMSGrad when ``max_exp_avg_sq`` is given.  See :func:`adam` for the
-    parameters.
+    AMSGrad when ``max_exp_avg_sq`` is given.
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    exp_avg, exp_avg_sq : ndarray
+        First and second moment estimates (start at zeros), in place.
+    max_exp_avg_sq : ndarray, optional
+        Running maximum of ``exp_avg_sq`` (starts at zeros); passing it
+        selects AMSGrad.  Updated in place.
+    step : int
+        1-based update number, >= 1 (used for bias correction).
+    lr, beta1, beta2, eps : float
+        Hyperparameters as in torch (torch's ``betas=(beta1, beta2)``).
+    weight_decay : float
+        Decoupled weight decay: ``param`` is scaled by ``1 - lr * weight_decay``.
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, ``step < 1``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 0.5); m = np.zeros(2); v = np.zeros(2)
+    >>> fastlr.reference.adamw(p, g, m, v, step=1, lr=0.1, weight_decay=0.5)
+    >>> p.round(6)
+    array([0.85, 0.85])
     """
     adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr,
          beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -354,12 +452,49 @@ def _decay_or_l2(param, g, lr, weight_decay, decoupled):
 
 def adagrad(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
             eps=1e-10, maximize=False, n_threads=None):
-    """One Adagrad step (``torch.optim.Adagrad``), in place::
+    """One Adagrad step (``torch.optim.Adagrad``), in place.
+
+    With ``p`` = param, ``g`` = grad, ``t`` = step::
 
         g = -g if maximize;  g = g + weight_decay * p
         clr = lr / (1 + (t - 1) * lr_decay)
         state_sum = state_sum + g * g
         p = p + (-clr * g) / (sqrt(state_sum) + eps)
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    state_sum : ndarray
+        Sum of squared gradients (torch's ``sum``; starts at
+        ``initial_accumulator_value``, usually zeros), in place.
+    step : int
+        1-based update number, >= 1 (used for the learning-rate decay).
+    lr, lr_decay, weight_decay, eps : float
+        Hyperparameters as in torch.
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, ``step < 1``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 2.0); s = np.zeros(2)
+    >>> fastlr.reference.adagrad(p, g, s, step=1, lr=0.1, eps=0.0)
+    >>> s, p
+    (array([4., 4.]), array([0.9, 0.9]))
     """
     step = _check_step(step)
     _check_shapes(param, grad=grad, state_sum=state_sum)
@@ -374,13 +509,51 @@ def adagrad(param, grad, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
 
 def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
              weight_decay=0.0, maximize=False, n_threads=None):
-    """One Adadelta step (``torch.optim.Adadelta``), in place::
+    """One Adadelta step (``torch.optim.Adadelta``), in place.
+
+    With ``p`` = param, ``g`` = grad::
 
         g = -g if maximize;  g = g + weight_decay * p
         square_avg = rho * square_avg + (1 - rho) * g * g
         delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
         acc_delta = rho * acc_delta + (1 - rho) * delta * delta
         p = p - lr * delta
+
+    There is no bias correction, so no ``step`` argument.
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    square_avg : ndarray
+        Running average of squared gradients (starts at zeros), in place.
+    acc_delta : ndarray
+        Running average of squared updates (starts at zeros), in place.
+    lr, rho, eps, weight_decay : float
+        Hyperparameters as in torch.
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.ones(2); sq = np.zeros(2); acc = np.zeros(2)
+    >>> fastlr.reference.adadelta(p, g, sq, acc, rho=0.75, eps=0.25)
+    >>> sq, p
+    (array([0.25, 0.25]), array([0.29289322, 0.29289322]))
     """
     _check_shapes(param, grad=grad, square_avg=square_avg, acc_delta=acc_delta)
     lr, rho, eps, weight_decay = float(lr), float(rho), float(eps), float(weight_decay)
@@ -395,12 +568,51 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
 
 def adamax(param, grad, exp_avg, exp_inf, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
            weight_decay=0.0, maximize=False, n_threads=None):
-    """One Adamax step (``torch.optim.Adamax``), in place::
+    """One Adamax step (``torch.optim.Adamax``), in place.
+
+    With ``p`` = param, ``g`` = grad, ``m`` = exp_avg, ``u`` = exp_inf,
+    ``t`` = step::
 
         g = -g if maximize;  g = g + weight_decay * p
         m = lerp(m, g, 1 - beta1)
         u = maximum(beta2 * u, |g| + eps)          # NaN-propagating
         p = p + (-(lr / (1 - beta1 ** t)) * m) / u
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    exp_avg : ndarray
+        First moment estimate (starts at zeros), in place.
+    exp_inf : ndarray
+        Exponentially weighted infinity norm (starts at zeros), in place.
+    step : int
+        1-based update number, >= 1 (used for bias correction).
+    lr, beta1, beta2, eps, weight_decay : float
+        Hyperparameters as in torch (torch's ``betas=(beta1, beta2)``).
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, ``step < 1``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 0.5); m = np.zeros(2); u = np.zeros(2)
+    >>> fastlr.reference.adamax(p, g, m, u, step=1, lr=0.1, eps=0.0)
+    >>> u, p.round(6)
+    (array([0.5, 0.5]), array([0.9, 0.9]))
     """
     step = _check_step(step)
     _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_inf=exp_inf)
@@ -419,7 +631,10 @@ def adamax(param, grad, exp_avg, exp_inf, *, step, lr, beta1=0.9, beta2=0.999, e
 def nadam(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1=0.9, beta2=0.999,
           eps=1e-8, weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False,
           maximize=False, n_threads=None):
-    """One NAdam step (``torch.optim.NAdam``), in place; returns the new ``mu_product``::
+    """One NAdam step (``torch.optim.NAdam``), in place; returns the new ``mu_product``.
+
+    With ``p`` = param, ``g`` = grad, ``m`` = exp_avg, ``v`` = exp_avg_sq,
+    ``t`` = step::
 
         mu(t) = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))
         P = mu_product * mu(t);  P' = P * mu(t + 1)
@@ -427,6 +642,45 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1=0.9, 
         denom = sqrt(v / (1 - beta2 ** t)) + eps
         p = p + (-lr * (1 - mu(t)) / (1 - P) * g) / denom
         p = p + (-lr * mu(t + 1) / (1 - P') * m) / denom
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    exp_avg, exp_avg_sq : ndarray
+        First and second moment estimates (start at zeros), in place.
+    step : int
+        1-based update number, >= 1.
+    mu_product : float
+        Product of the momentum coefficients ``mu(1) ... mu(t - 1)`` so far (1.0 before
+        the first update; torch's ``state["mu_product"]``).
+    lr, beta1, beta2, eps, weight_decay, momentum_decay : float
+        Hyperparameters as in torch (torch's ``betas=(beta1, beta2)``).
+    decoupled_weight_decay : bool
+        Decay ``param`` directly instead of adding an L2 term to the gradient.
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    float
+        The new ``mu_product``, ``mu_product * mu(t)``, to pass at the next update.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, or ``step < 1``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 0.5); m = np.zeros(2); v = np.zeros(2)
+    >>> mu = fastlr.reference.nadam(p, g, m, v, step=1, mu_product=1.0, lr=0.1)
+    >>> round(mu, 6)
+    0.450073
     """
     step = _check_step(step)
     _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
@@ -451,13 +705,53 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, step, mu_product, lr, beta1=0.9, 
 
 def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
           weight_decay=0.0, decoupled_weight_decay=False, maximize=False, n_threads=None):
-    """One RAdam step (``torch.optim.RAdam``), in place::
+    """One RAdam step (``torch.optim.RAdam``), in place.
+
+    With ``p`` = param, ``g`` = grad, ``m`` = exp_avg, ``v`` = exp_avg_sq,
+    ``t`` = step, ``bc1 = 1 - beta1 ** t``, ``bc2 = 1 - beta2 ** t`` and torch's
+    rectification term ``rect``::
 
         m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 t beta2 ** t / (1 - beta2 ** t)
         rho_t > 5:  p = p - m / bc1 * lr * (sqrt(bc2) / (sqrt(v) + eps)) * rect
         otherwise:  p = p - m / bc1 * lr
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    exp_avg, exp_avg_sq : ndarray
+        First and second moment estimates (start at zeros), in place.
+    step : int
+        1-based update number, >= 1 (used for bias correction and rectification).
+    lr, beta1, beta2, eps, weight_decay : float
+        Hyperparameters as in torch (torch's ``betas=(beta1, beta2)``).
+    decoupled_weight_decay : bool
+        Decay ``param`` directly instead of adding an L2 term to the gradient.
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and the state buffers are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, ``step < 1``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 0.5); m = np.zeros(2); v = np.zeros(2)
+    >>> fastlr.reference.radam(p, g, m, v, step=1, lr=0.1)
+    >>> p.round(6)
+    array([0.95, 0.95])
     """
     step = _check_step(step)
     _check_shapes(param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
@@ -483,11 +777,46 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, step, lr, beta1=0.9, beta2=0.999,
 
 def lion(param, grad, exp_avg, *, lr, beta1=0.9, beta2=0.99, weight_decay=1e-3,
          maximize=False, n_threads=None):
-    """One Lion step (``optax.lion``), in place::
+    """One Lion step (``optax.lion``), in place.
+
+    With ``p`` = param, ``g`` = grad, ``m`` = exp_avg::
 
         u = sign((1 - beta1) * g + beta1 * m)
         m = (1 - beta2) * g + beta2 * m
         p = p + (-lr) * (u + weight_decay * p)
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    exp_avg : ndarray
+        Momentum (starts at zeros), in place.
+    lr, beta1, beta2, weight_decay : float
+        Hyperparameters as in ``optax.lion`` (``b1``, ``b2``); the weight decay is
+        decoupled (scaled by ``lr``).
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and ``exp_avg`` are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.array([0.5, -0.5]); m = np.zeros(2)
+    >>> fastlr.reference.lion(p, g, m, lr=0.1, weight_decay=0.0)
+    >>> p
+    array([0.9, 1.1])
     """
     _check_shapes(param, grad=grad, exp_avg=exp_avg)
     lr, beta1, beta2, weight_decay = float(lr), float(beta1), float(beta2), float(weight_decay)

@@ -31,11 +31,47 @@ def _check(param, **arrays):
 
 
 def sgd_sklearn(param, grad, velocity, *, lr, momentum, nesterov, n_threads=None):
-    """SGD with the learning rate inside the velocity (sklearn's ``SGDOptimizer``)::
+    """SGD with the learning rate inside the velocity (sklearn's ``SGDOptimizer``).
+
+    The update, in place::
 
         velocity = momentum * velocity - lr * grad
         param   += momentum * velocity - lr * grad      (nesterov)
         param   += velocity                             (otherwise)
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; only read.
+    velocity : ndarray
+        sklearn's velocity (starts at zeros), updated in place.
+    lr : float
+        Learning rate (sklearn's ``learning_rate_init``).
+    momentum : float
+        Momentum, in [0, 1].
+    nesterov : bool
+        Nesterov's momentum (sklearn's ``nesterovs_momentum``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param`` and ``velocity`` are updated in place.
+
+    Raises
+    ------
+    ValueError
+        ``grad`` or ``velocity`` has a shape other than ``param``'s.
+
+    Examples
+    --------
+    >>> p = np.ones(3); g = np.full(3, 0.5); vel = np.zeros(3)
+    >>> fastlr.reference.sgd_sklearn(p, g, vel, lr=0.1, momentum=0.9, nesterov=False)
+    >>> vel, p
+    (array([-0.05, -0.05, -0.05]), array([0.95, 0.95, 0.95]))
     """
     _check(param, grad=grad, velocity=velocity)
     lr = float(lr)
@@ -50,12 +86,51 @@ def sgd_sklearn(param, grad, velocity, *, lr, momentum, nesterov, n_threads=None
 
 
 def adam_sklearn(param, grad, m, v, *, step, lr, beta1, beta2, eps, n_threads=None):
-    """Adam in the "epsilon-hat" form (sklearn's ``AdamOptimizer``), ``t = step``::
+    """Adam in the "epsilon-hat" form (sklearn's ``AdamOptimizer``).
+
+    The update, in place, with ``t = step``::
 
         m     = beta1 * m + (1 - beta1) * grad
         v     = beta2 * v + (1 - beta2) * grad**2
         lr_t  = lr * sqrt(1 - beta2**t) / (1 - beta1**t)        (float64)
         param += -lr_t * m / (sqrt(v) + eps)                    (in float64, then rounded)
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; only read.
+    m, v : ndarray
+        First and second moment estimates (start at zeros), updated in place.
+    step : int
+        The 1-based update number (sklearn's ``t`` after its increment), >= 1.
+    lr : float
+        Base learning rate (sklearn's ``learning_rate_init``).
+    beta1, beta2 : float
+        Decay rates of the moment estimates.
+    eps : float
+        Added to ``sqrt(v)`` in the denominator.
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param``, ``m`` and ``v`` are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s, or ``step < 1``.
+
+    Examples
+    --------
+    >>> p = np.ones(2); g = np.full(2, 0.5); m1 = np.zeros(2); v1 = np.zeros(2)
+    >>> fastlr.reference.adam_sklearn(p, g, m1, v1, step=1, lr=0.1, beta1=0.9,
+    ...                               beta2=0.999, eps=1e-8)
+    >>> p.round(6)
+    array([0.9, 0.9])
     """
     _check(param, grad=grad, m=m, v=v)
     if step < 1:
