@@ -68,10 +68,6 @@ numpydoc_validation_checks = {"PR01", "PR02"}
 # full names), and only of it: -W still applies to their markup. Empty this list as their
 # docstrings gain the sections (the needed fixes are listed in the docs' merge report).
 NUMPYDOC_VALIDATION_PENDING = [
-    # fastlr/optim/* (base.py, stepping.py, groups.py, checkpoint.py, layout.py, families.py)
-    r"^fastlr\.Optimizer(\..*)?$", r"^fastlr\.flat_buffer$", r"^fastlr\.(AdamW|NAdam)$",
-    r"^fastlr\.clip_grad_norm$",                                    # fastlr/_core/engine.pyx
-    r"^fastlr\.(kernels\.)?set_num_threads$",                       # fastlr/_kernels.pyx
     r"^fastlr\.EMA(\..*)?$",                                         # fastlr/ema.py
     r"^fastlr\.(find_lr|LRFinderResult(\..*)?)$",                    # fastlr/lr_finder.py
     # fastlr/_core/sklearn_kernels.pyx, fastlr/_core/ema.pyx
@@ -131,12 +127,6 @@ html_last_updated_fmt = None
 # every other warning; the build prints this list. Empty it as the fixes land (the test
 # tests/tools/test_docs.py fails when an entry names an object that no longer exists).
 PENDING_DOCSTRING_FIXES = {
-    "fastlr.clip_grad_norm": (
-        "fastlr/_core/engine.pyx, clip_grad_norm: write ``torch.nn.utils.clip_grad_norm_`` "
-        "(a bare trailing underscore is a reST reference)"),
-    "fastlr.Optimizer.step": (
-        "fastlr/optim/stepping.py, StepMixin.step: write ``clip_grad_norm_`` in double "
-        "backticks (a bare trailing underscore is a reST reference)"),
 }
 for _name in ("adagrad", "adadelta", "adamax", "nadam", "radam", "lion"):
     PENDING_DOCSTRING_FIXES[f"fastlr.reference.{_name}"] = (
