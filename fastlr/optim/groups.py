@@ -56,6 +56,7 @@ class ParamGroup(dict):
         owner._dirty = True
 
     def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update``, each entry written (and checked) as by ``group[key] = value``."""
         for k, v in dict(*args, **kwargs).items():
             self[k] = v
 
@@ -345,9 +346,29 @@ class GroupsMixin(_OptimizerAttrs):
 _FIXED_KEYS = ("params", "param_names")
 
 
-def groups_arg(fn, params):
-    """``params`` as a list of group dicts: an array, a list of arrays, a dict of name ->
-    array, a list of ``(name, array)`` pairs, one group dict or a list of group dicts."""
+def groups_arg(fn: str, params: Any) -> List[Dict[str, Any]]:
+    """``params`` as a list of group dicts.
+
+    Parameters
+    ----------
+    fn : str
+        The caller's name, for messages (e.g. ``"fastlr.Adam"``).
+    params : array, list of arrays, dict, list of (name, array) pairs or list of dicts
+        An array, a list of arrays, a dict of name -> array, a list of ``(name, array)``
+        pairs, one group dict or a list of group dicts.
+
+    Returns
+    -------
+    list of dict
+        The group dicts (the caller's own dicts when it gave group dicts).
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is none of these, or mixes arrays and group dicts.
+    ValueError
+        If ``params`` is empty.
+    """
     if isinstance(params, np.ndarray):
         return [{"params": [params]}]
     if isinstance(params, dict):
@@ -376,11 +397,34 @@ def _is_pair(item):
     return isinstance(item, tuple) and len(item) == 2
 
 
-def split_named(fn, params, where):
-    """``params`` (named ``where`` in messages, e.g. ``param_groups[1]['params']``) as (list
-    of arrays, list of names or None): an array, a list of arrays, a dict of name -> array
-    or a list of ``(name, array)`` pairs (torch's ``named_parameters()``). Names must be
-    unique strings; the arrays are checked by the caller."""
+def split_named(fn: str, params: Any, where: str) -> Tuple[List[Any], Optional[List[str]]]:
+    """A group's params as (arrays, names): the names are None when the params are unnamed.
+
+    Names must be unique strings; the arrays are checked by the caller.
+
+    Parameters
+    ----------
+    fn : str
+        The caller's name, for messages.
+    params : array, list of arrays, dict of str -> array or list of (str, array) pairs
+        The params (torch's ``named_parameters()`` pairs are such a list).
+    where : str
+        What messages call ``params``, e.g. ``param_groups[1]['params']``.
+
+    Returns
+    -------
+    arrays : list
+        The params, in order.
+    names : list of str or None
+        Their names, or None for unnamed params.
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is none of these, mixes pairs and arrays, or a name is not a string.
+    ValueError
+        If ``params`` is empty or a name appears twice.
+    """
     if isinstance(params, np.ndarray):
         return [params], None
     if isinstance(params, dict):
@@ -416,9 +460,30 @@ def split_named(fn, params, where):
     return arrays, names
 
 
-def names_diff(mine, saved, other="the checkpoint"):
-    """What differs between this object's names and ``other``'s (a checkpoint's), in
-    words."""
+def names_diff(mine: Sequence[str], saved: Sequence[str],
+               other: str = "the checkpoint") -> str:
+    """What differs between this object's names and ``other``'s (a checkpoint's), in words.
+
+    Parameters
+    ----------
+    mine : sequence of str
+        This object's names.
+    saved : sequence of str
+        The other side's names.
+    other : str, default "the checkpoint"
+        What messages call the other side.
+
+    Returns
+    -------
+    str
+        The missing and unexpected names, or that the order differs.
+
+    Examples
+    --------
+    >>> from fastlr.optim.groups import names_diff
+    >>> names_diff(["a", "b"], ["b", "c"])
+    "missing from the checkpoint: 'a', unexpected in the checkpoint: 'c'"
+    """
     missing = [n for n in mine if n not in saved]
     unknown = [n for n in saved if n not in mine]
     parts = []
@@ -431,11 +496,39 @@ def names_diff(mine, saved, other="the checkpoint"):
     return ", ".join(parts)
 
 
-def by_name(fn, names, mapping, what, tail, getter=None):
-    """``mapping`` (name -> array) as the arrays in ``names``' order, in one pass (messages
-    are formatted only on error): exactly those names, else a ValueError naming the missing
-    and unexpected keys (then ``tail``); ``names`` None (unnamed params): a TypeError.
-    ``getter``: ``operator.itemgetter(*names)``, when the caller keeps one (a C loop)."""
+def by_name(fn: str, names: Optional[Sequence[str]], mapping: Mapping[str, Any], what: str,
+            tail: str, getter: Optional[Callable[[Any], Any]] = None) -> Sequence[Any]:
+    """``mapping`` (name -> array) as the arrays in ``names``' order, in one pass.
+
+    Messages are formatted only on error.
+
+    Parameters
+    ----------
+    fn : str
+        The caller's name, for messages.
+    names : sequence of str or None
+        The params' names, in order; None for unnamed params.
+    mapping : dict of str -> array
+        Exactly one entry per name, in any order.
+    what : str
+        What messages call ``mapping`` (e.g. ``"the grads"``).
+    tail : str
+        The end of the ``ValueError``'s message.
+    getter : callable, optional
+        ``operator.itemgetter(*names)``, when the caller keeps one (a C loop).
+
+    Returns
+    -------
+    tuple
+        The values of ``mapping`` in ``names``' order.
+
+    Raises
+    ------
+    TypeError
+        If ``names`` is None (the params have no names).
+    ValueError
+        If the keys are not exactly ``names``: naming the missing and unexpected keys.
+    """
     if names is None:
         raise TypeError(f"{fn}: {what} is a dict but the params have no names; pass {what} "
                         f"as a list in param order, or name the params (a dict of name -> "

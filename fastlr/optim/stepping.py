@@ -101,7 +101,7 @@ class StepMixin(_OptimizerAttrs):
             return True if self._skip_nonfinite else None
         return False
 
-    def _grads_list(self, grads: Mapping[str, np.ndarray], what: str) -> List[np.ndarray]:
+    def _grads_list(self, grads: Mapping[str, np.ndarray], what: str) -> Sequence[np.ndarray]:
         """A dict of name -> grad as the list in param order (see groups.by_name)."""
         return by_name(f"{self._name}.{what}", self._names, grads, "the grads",
                        f"it needs one grad per param name ({len(self._params)}). Nothing "
