@@ -63,16 +63,10 @@ numpydoc_attributes_as_param_list = False
 # numpydoc's validation, as warnings (errors under -W): every parameter of a documented
 # function or class is in its Parameters section (PR01), and nothing else is (PR02).
 numpydoc_validation_checks = {"PR01", "PR02"}
-# Documented objects whose docstrings live in files this site does not own and do not have
-# numpydoc Parameters sections yet: kept out of the validation (regular expressions over the
-# full names), and only of it: -W still applies to their markup. Empty this list as their
-# docstrings gain the sections (the needed fixes are listed in the docs' merge report).
-NUMPYDOC_VALIDATION_PENDING = [
-    # fastlr/optim/* (base.py, stepping.py, groups.py, checkpoint.py, layout.py, families.py)
-    r"^fastlr\.Optimizer(\..*)?$", r"^fastlr\.flat_buffer$", r"^fastlr\.(AdamW|NAdam)$",
-    r"^fastlr\.clip_grad_norm$",                                    # fastlr/_core/engine.pyx
-    r"^fastlr\.(kernels\.)?set_num_threads$",                       # fastlr/_kernels.pyx
-]
+# Documented objects kept out of that validation (regular expressions over full names),
+# and only of it (-W still applies to their markup). Empty: every documented docstring has
+# its Parameters section; an entry here is a debt to pay, not a place to park one.
+NUMPYDOC_VALIDATION_PENDING: list = []
 numpydoc_validation_exclude = set(NUMPYDOC_VALIDATION_PENDING)
 
 # -- myst (docs/design.md, docs/threads_and_processes.md, ...) -----------------------------
@@ -121,12 +115,6 @@ html_last_updated_fmt = None
 # every other warning; the build prints this list. Empty it as the fixes land (the test
 # tests/tools/test_docs.py fails when an entry names an object that no longer exists).
 PENDING_DOCSTRING_FIXES = {
-    "fastlr.clip_grad_norm": (
-        "fastlr/_core/engine.pyx, clip_grad_norm: write ``torch.nn.utils.clip_grad_norm_`` "
-        "(a bare trailing underscore is a reST reference)"),
-    "fastlr.Optimizer.step": (
-        "fastlr/optim/stepping.py, StepMixin.step: write ``clip_grad_norm_`` in double "
-        "backticks (a bare trailing underscore is a reST reference)"),
 }
 
 

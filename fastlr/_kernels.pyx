@@ -472,7 +472,18 @@ _CAPSULES = {}
 
 
 def cpu_target():
-    """The instruction-set variant of the core loops in use: 'x86-64-v3' or 'baseline'."""
+    """The instruction-set variant of the core loops in use.
+
+    Returns
+    -------
+    str
+        ``'x86-64-v3'`` or ``'baseline'``.
+
+    Examples
+    --------
+    >>> fastlr._kernels.cpu_target() in ("x86-64-v3", "baseline")
+    True
+    """
     return _cpu_target
 
 
@@ -586,7 +597,18 @@ def get_num_threads():
     """The thread count kernels use when called with ``n_threads=None``.
 
     It is the value given to :func:`set_num_threads`, or else the OpenMP maximum read now
-    (so ``OMP_NUM_THREADS`` and threadpoolctl apply). A build without OpenMP returns 1.
+    (so ``OMP_NUM_THREADS`` and threadpoolctl apply). A build without OpenMP returns 1,
+    and so does a forked child until it calls :func:`set_num_threads`.
+
+    Returns
+    -------
+    int
+        The thread count (at least 1).
+
+    Examples
+    --------
+    >>> fastlr.get_num_threads() >= 1
+    True
     """
     if fastlr_forked_child:
         return 1
@@ -605,6 +627,26 @@ def set_num_threads(n_threads):
     child is safe for fastlr's calls; code of your own that uses GNU OpenMP in the child
     after its parent did can still hang (use the ``spawn`` / ``forkserver`` start methods
     for that).
+
+    Parameters
+    ----------
+    n_threads : int or None
+        The thread count (>= 1) kernels use when called with ``n_threads=None``; ``None``
+        restores the OpenMP default.
+
+    Raises
+    ------
+    TypeError
+        If ``n_threads`` is not an int or None.
+    ValueError
+        If ``n_threads`` is out of range (less than 1).
+
+    Examples
+    --------
+    >>> fastlr.set_num_threads(1)
+    >>> fastlr.get_num_threads()
+    1
+    >>> fastlr.set_num_threads(None)
     """
     global _n_threads_setting, fastlr_forked_child
     value = 0 if n_threads is None else threads_arg("fastlr.set_num_threads", n_threads)
@@ -626,7 +668,21 @@ set_threads_default(_default_threads)
 
 
 def in_forked_child():
-    """True in a forked child where fastlr runs serial (see :func:`set_num_threads`)."""
+    """Whether this is a forked child where fastlr runs serial.
+
+    See :func:`set_num_threads`: a child forked from a process that ran fastlr runs serial
+    until it calls ``set_num_threads``.
+
+    Returns
+    -------
+    bool
+        True in such a child (before it calls ``set_num_threads``), False otherwise.
+
+    Examples
+    --------
+    >>> fastlr._kernels.in_forked_child()
+    False
+    """
     return bool(fastlr_forked_child)
 
 

@@ -69,25 +69,87 @@ cdef list _grad_list(str fn, object grads):
 
 
 def grad_stats(grads, *, n_threads=None):
-    """(sum of squares in double, whether any element is NaN or Inf) over all ``grads`` (an
-    array or a list), with the blocks of :func:`clip_grad_norm` (same bits for any thread
-    count). For code that combines norms itself, e.g. across processes."""
+    """Sum of squares and non-finite flag over all elements of ``grads``.
+
+    Accumulated in double with the blocks of :func:`clip_grad_norm` (the same bits for any
+    thread count). For code that combines norms itself, e.g. across processes.
+
+    Parameters
+    ----------
+    grads : numpy.ndarray or list of numpy.ndarray
+        One float32/float64 array or a list of them (dtypes may differ), contiguous.
+    n_threads : int, optional
+        Threads to use; ``None`` uses :func:`fastlr.get_num_threads`.
+
+    Returns
+    -------
+    sumsq : float
+        The sum of ``g**2`` over every element of every grad, in double.
+    nonfinite : bool
+        Whether any element is NaN or Inf.
+
+    Raises
+    ------
+    TypeError
+        If ``grads`` is not an array or a list of arrays, or an array has the wrong dtype
+        or layout.
+    ValueError
+        If ``n_threads`` is out of range.
+
+    Examples
+    --------
+    >>> from fastlr._core.engine import grad_stats
+    >>> grad_stats([np.array([3.0, 4.0]), np.array([12.0], dtype=np.float32)])
+    (169.0, False)
+    """
     cdef str fn = "fastlr.grad_stats"
     return _reduce_arrays(fn, _grad_list(fn, grads), threads_arg(fn, n_threads), 1, 1, False)
 
 
 def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False, n_threads=None):
-    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm``;
-    return the norm they had (torch.nn.utils.clip_grad_norm_).
+    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm``.
 
+    The same as torch's ``torch.nn.utils.clip_grad_norm_``.
     ``norm = sqrt(sum of g**2 over every element of every grad)``, accumulated in double
     in fixed blocks (the same bits for any thread count); then every grad is multiplied by
     ``min(max_norm / (norm + 1e-6), 1)`` in its own dtype (nothing is written when that is
     1). A NaN or Inf element makes the norm non-finite and, as in torch, the factor
-    NaN or 0: ``error_if_nonfinite=True`` raises ValueError instead, before writing
-    anything. ``grads``: one float32/float64 array or a list of them (dtypes may differ),
-    contiguous and writeable. The optimizers' ``max_grad_norm=`` does the same inside the
+    NaN or 0. The optimizers' ``max_grad_norm=`` does the same inside the
     step without a separate pass over the grads for the scaling.
+
+    Parameters
+    ----------
+    grads : numpy.ndarray or list of numpy.ndarray
+        One float32/float64 array or a list of them (dtypes may differ), contiguous and
+        writeable; scaled in place.
+    max_norm : float
+        The largest global L2 norm allowed (> 0, in the grads' units).
+    error_if_nonfinite : bool, default False
+        Raise ``ValueError`` instead of scaling when the norm is NaN or Inf.
+    n_threads : int, optional
+        Threads to use; ``None`` uses :func:`fastlr.get_num_threads`.
+
+    Returns
+    -------
+    float
+        The global L2 norm the grads had before scaling.
+
+    Raises
+    ------
+    TypeError
+        If ``grads`` is not an array or a list of float32/float64 contiguous writeable
+        arrays, or an argument has the wrong type.
+    ValueError
+        If ``max_norm`` is not positive, ``n_threads`` is out of range, or, with
+        ``error_if_nonfinite=True``, the norm is NaN or Inf (nothing is written then).
+
+    Examples
+    --------
+    >>> g = np.array([3.0, 4.0])
+    >>> fastlr.clip_grad_norm([g], 1.0)
+    5.0
+    >>> np.round(g, 6)
+    array([0.6, 0.8])
     """
     cdef str fn = "fastlr.clip_grad_norm"
     cdef double norm, scale

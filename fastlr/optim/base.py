@@ -6,8 +6,11 @@
 * :mod:`fastlr.optim.checkpoint` -- state dicts and ``.npz`` checkpoints.
 """
 
+from __future__ import annotations
+
 import threading
 import uuid
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -23,17 +26,69 @@ __all__ = ["Optimizer", "ParamGroup", "flat_buffer", "named_groups"]
 
 
 class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
-    """Base class: param groups, state, checkpoints and the one-call step."""
+    """Base class of the optimizers: param groups, state, checkpoints and the one-call step.
 
-    _kernel = None          # the kernel family ("sgd", "adam", ...; see fastlr._specs)
+    Not instantiated directly: the optimizer classes (:class:`fastlr.SGD`,
+    :class:`fastlr.Adam`, ...) build it with their hyperparameters.
+
+    Parameters
+    ----------
+    params : array, list of arrays, dict, list of (name, array) pairs or list of dicts
+        The float32/float64 arrays to update in place, optionally named (a dict of name
+        -> array) and in groups (``{"params": [...], hyperparameter: value}``); see
+        :mod:`fastlr.optim`.
+    defaults : dict
+        The hyperparameters of every group that does not set its own (a number, a
+        :mod:`fastlr.schedules` schedule or a callable ``step -> float`` where the
+        optimizer allows a schedule).
+    n_threads : int, optional
+        Threads for the step; ``None`` uses :func:`fastlr.get_num_threads` at each step.
+    max_grad_norm : float, optional
+        Clip the grads to this global L2 norm inside each step (``None``: no clipping).
+    skip_nonfinite : bool, default False
+        Skip a step whose grads hold a NaN or Inf (False: propagate them, as torch).
+
+    Attributes
+    ----------
+    defaults : dict
+        The checked default hyperparameters.
+    param_groups : list of ParamGroup
+        The groups: dicts of ``"params"`` (and ``"param_names"`` when named) and the
+        hyperparameters; writing a hyperparameter takes effect at the next step.
+
+    Raises
+    ------
+    TypeError
+        If a param is not a float32/float64 contiguous writeable array, or a
+        hyperparameter or option has the wrong type.
+    ValueError
+        If a hyperparameter or option is out of range, or params overlap in memory.
+
+    Examples
+    --------
+    >>> w = np.ones(3, dtype=np.float32)
+    >>> opt = fastlr.Adam([w], lr=0.1)
+    >>> isinstance(opt, fastlr.Optimizer)
+    True
+    >>> opt.step([np.array([0.5, -0.5, 0.0], dtype=np.float32)])
+    >>> w
+    array([0.9, 1.1, 1. ], dtype=float32)
+    """
+
+    defaults: Dict[str, Any]
+    param_groups: List[ParamGroup]
+
+    # the kernel family ("sgd", "adam", ...; see fastlr._specs), set by each optimizer class
+    _kernel: str = None     # type: ignore[assignment]
     _schedulable = ()       # hyperparameters that take a schedule
     _slots = ()             # the kernel's state arguments, in order
     _optional_state = ()    # buffers torch creates on first use (absent before)
     _scalar = None          # the name of the per-param scalar state (NAdam's mu_product)
     _scalar_init = 1.0      # its value before the first update
 
-    def __init__(self, params, defaults, n_threads=None, max_grad_norm=None,
-                 skip_nonfinite=False):
+    def __init__(self, params: Union[np.ndarray, Sequence[Any], Mapping[str, np.ndarray]],
+                 defaults: Mapping[str, Any], n_threads: Optional[int] = None,
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
         self.defaults = dict(defaults)
         for key, value in self.defaults.items():
             self.defaults[key] = self._check_hyper(key, value, where="")
@@ -64,7 +119,7 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
             self._add_group(group)
         self._configure()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         """Like torch's: the class, then each group's hyperparameters (a schedule as its
         repr) and params (their names when named)."""
         lines = [f"{type(self).__name__} ("]

@@ -2,25 +2,39 @@
 ``load_state_dict``, ``save``, ``load``) and its ``.npz`` files (no pickle), written
 atomically."""
 
+from __future__ import annotations
+
 import json
 import numbers
 import os
 import tempfile
 import warnings
+from typing import Any, Dict, Mapping, Union
 
 import numpy as np
 
 from fastlr._core.args import flag_arg
-from fastlr.optim.groups import _finite_nonneg, _nonneg_int, names_diff
+from fastlr.optim.groups import _finite_nonneg, _nonneg_int, _OptimizerAttrs, names_diff
 from fastlr.optim.plateau_state import _check_plateau_state
 from fastlr.schedules import Schedule
 
 _FORMAT = "fastlr-optimizer-1"
 
+#: A filesystem path: a string or a path-like object.
+PathLike = Union[str, "os.PathLike[str]"]
 
-def write_checkpoint(sd, path):
-    """Write an optimizer state dict to ``path`` as ``.npz`` (no pickle), atomically: a
-    temporary file in the same directory, fsync, then a rename."""
+
+def write_checkpoint(sd: Mapping[str, Any], path: PathLike) -> None:
+    """Write an optimizer state dict to ``path`` as ``.npz`` (no pickle), atomically.
+
+    Parameters
+    ----------
+    sd : dict
+        A state dict as :meth:`fastlr.Optimizer.state_dict` returns it.
+    path : str or os.PathLike
+        The file to write, by :func:`write_npz_atomic` (which raises ``OSError`` when it
+        cannot be written).
+    """
     arrays = {"format": np.array(_FORMAT), "steps": np.array(sd["steps"], dtype=np.int64),
               "param_groups": np.array(json.dumps(sd["param_groups"])),
               "skipped_steps": np.array(sd["skipped_steps"], dtype=np.int64),
@@ -37,9 +51,24 @@ def write_checkpoint(sd, path):
     write_npz_atomic(arrays, path)
 
 
-def write_npz_atomic(arrays, path):
-    """``np.savez(path, **arrays)`` atomically: a temporary file in the same directory,
-    fsync, then a rename, so ``path`` is either the old file or the complete new one."""
+def write_npz_atomic(arrays: Mapping[str, Any], path: PathLike) -> None:
+    """``np.savez(path, **arrays)``, atomically.
+
+    A temporary file in the same directory, fsync, then a rename, so ``path`` is either
+    the old file or the complete new one.
+
+    Parameters
+    ----------
+    arrays : dict of str -> array_like
+        The members to write (no object arrays: the file is read without pickle).
+    path : str or os.PathLike
+        The file to write.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be written.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastlr-", suffix=".npz.tmp", dir=directory)
@@ -55,9 +84,29 @@ def write_npz_atomic(arrays, path):
         raise
 
 
-def read_npz_members(path, name, what):
-    """Every member of the ``.npz`` at ``path`` (no pickles), or a ValueError saying that
-    ``path`` is not a readable ``what``."""
+def read_npz_members(path: PathLike, name: str, what: str) -> Dict[str, np.ndarray]:
+    """Every member of the ``.npz`` at ``path``, read without pickle.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+    name : str
+        The caller's name, for messages (e.g. ``"fastlr.Adam.load"``).
+    what : str
+        What the file should be, for messages (e.g. ``"fastlr checkpoint"``).
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray
+        The members by name.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a readable ``.npz`` file (the message says it is not a readable
+        ``what``).
+    """
     try:
         with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -68,9 +117,26 @@ def read_npz_members(path, name, what):
                          f"({type(error).__name__}: {error})") from error
 
 
-def read_checkpoint(path, name="fastlr.read_checkpoint"):
-    """Read what :func:`write_checkpoint` wrote, as a state dict. A truncated or corrupted
-    file raises ``ValueError``."""
+def read_checkpoint(path: PathLike, name: str = "fastlr.read_checkpoint") -> Dict[str, Any]:
+    """Read what :func:`write_checkpoint` wrote, as a state dict.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` checkpoint.
+    name : str, default "fastlr.read_checkpoint"
+        The caller's name, for messages.
+
+    Returns
+    -------
+    dict
+        The state dict, for :meth:`fastlr.Optimizer.load_state_dict`.
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated, corrupted or not a fastlr optimizer checkpoint.
+    """
     files = read_npz_members(path, name, "fastlr checkpoint")
     try:
         if str(files["format"]) != _FORMAT:
@@ -107,16 +173,31 @@ def _int_member(value, key):
     return int(value)
 
 
-class CheckpointMixin:
+class CheckpointMixin(_OptimizerAttrs):
     """state_dict / load_state_dict / save / load (part of :class:`Optimizer`)."""
 
-    def state_dict(self):
-        """A plain dict: ``{"format", "steps", "state": {i: {"step", buffers}},
-        "param_groups": [hyperparameters, "params": indices, "param_names": names]}``, arrays
-        copied (``param_names`` when the params are named, as torch). A scheduled
-        hyperparameter is saved as ``{"schedule": repr}``: schedules are code, rebuilt by the
-        code that builds the optimizer. See :meth:`load_state_dict` for what loading
-        restores."""
+    def state_dict(self) -> Dict[str, Any]:
+        """The optimizer's state as a plain dict, arrays copied.
+
+        A scheduled hyperparameter is saved as ``{"schedule": repr}``: schedules are code,
+        rebuilt by the code that builds the optimizer. See :meth:`load_state_dict` for what
+        loading restores.
+
+        Returns
+        -------
+        dict
+            ``{"format", "steps", "state": {i: {"step", buffers}}, "param_groups":
+            [hyperparameters, "params": indices, "param_names": names]}`` and counters
+            (``param_names`` when the params are named, as torch).
+
+        Examples
+        --------
+        >>> opt = fastlr.Adam([np.ones(2)], lr=0.1)
+        >>> opt.step([np.ones(2)])
+        >>> sd = opt.state_dict()
+        >>> sd["steps"], sorted(sd["state"][0])
+        (1, ['exp_avg', 'exp_avg_sq', 'step'])
+        """
         groups, index = [], 0
         for group in self.param_groups:
             g = {}
@@ -143,9 +224,10 @@ class CheckpointMixin:
             sd["plateau"] = dict(plateau)
         return sd
 
-    def load_state_dict(self, state_dict, strict=True):
-        """Restore a state dict: the step count, the per-param state and counters, the
-        plateau state. Everything is validated first; on any error nothing changes.
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Restore a state dict: the step count, per-param state and counters, plateau state.
+
+        Everything is validated first; on any error nothing changes.
 
         **Hyperparameters are not restored**: the optimizer keeps its own values and
         schedules (the code that builds it decides them) and the restored step count moves
@@ -164,6 +246,34 @@ class CheckpointMixin:
         and unexpected names (``strict=False``: a warning, loaded by position). A checkpoint
         without names loads into a named optimizer, and a named one into an optimizer
         without names, by position (shapes are checked), as before names existed.
+
+        Parameters
+        ----------
+        state_dict : dict
+            A state dict from :meth:`state_dict` (or :func:`fastlr.optim.read_checkpoint`).
+        strict : bool, default True
+            Raise on hyperparameters or names that differ from the optimizer's; with
+            False, warn and keep the optimizer's.
+
+        Raises
+        ------
+        TypeError
+            If ``state_dict`` is not a dict or ``strict`` is not a bool.
+        ValueError
+            If the state dict is malformed, does not fit the params, or (``strict=True``)
+            records other hyperparameters or names.
+        RuntimeError
+            If another thread is stepping or changing this optimizer at the same time.
+
+        Examples
+        --------
+        >>> w = np.ones(2)
+        >>> opt = fastlr.Adam([w], lr=0.1)
+        >>> sd = opt.state_dict()
+        >>> opt.step([np.ones(2)])
+        >>> opt.load_state_dict(sd)
+        >>> opt.steps
+        0
         """
         strict = flag_arg(f"{self._name}.load_state_dict", "strict", strict)
         with self._exclusive("load_state_dict"):
@@ -342,17 +452,65 @@ class CheckpointMixin:
         warnings.warn(f"{name}: the checkpoint {what} than this optimizer: {listed}; "
                       f"strict=False: {kept}", UserWarning, stacklevel=4)
 
-    def save(self, path):
-        """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically: a temporary
-        file in the same directory, then a rename. The params' names (when named) and every
-        hyperparameter (a schedule by its repr) are recorded, for :meth:`load` to check."""
+    def save(self, path: PathLike) -> None:
+        """Write the state dict to ``path`` as ``.npz`` (no pickle), atomically.
+
+        A temporary file in the same directory, then a rename. The params' names (when
+        named) and every hyperparameter (a schedule by its repr) are recorded, for
+        :meth:`load` to check.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced when it exists).
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> opt = fastlr.SGD([np.ones(2)], lr=0.1)
+        >>> path = os.path.join(tempfile.mkdtemp(), "opt.npz")
+        >>> opt.save(path)
+        >>> opt.load(path)
+        """
         write_checkpoint(self.state_dict(), path)
 
-    def load(self, path, strict=True):
-        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules (the
-        optimizer's hyperparameters are kept and checked against the file's, names are
-        checked; ``strict=False``: differences warn). A truncated, corrupted or mismatched
-        file raises ``ValueError`` and changes nothing."""
+    def load(self, path: PathLike, strict: bool = True) -> None:
+        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
+
+        The optimizer's hyperparameters are kept and checked against the file's, names are
+        checked; ``strict=False``: differences warn.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.npz`` file :meth:`save` wrote.
+        strict : bool, default True
+            As for :meth:`load_state_dict`.
+
+        Raises
+        ------
+        ValueError
+            If the file is truncated, corrupted or does not match (nothing changes).
+        OSError
+            If the file cannot be read.
+        RuntimeError
+            If another thread is stepping or changing this optimizer at the same time.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "opt.npz")
+        >>> fastlr.SGD([np.ones(2)], lr=0.1).save(path)
+        >>> opt = fastlr.SGD([np.ones(2)], lr=0.1)
+        >>> opt.load(path)
+        >>> opt.steps
+        0
+        """
         name = f"{self._name}.load"
         strict = flag_arg(name, "strict", strict)
         sd = read_checkpoint(path, name)

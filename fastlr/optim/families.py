@@ -10,9 +10,12 @@ SGD's rule that Nesterov needs momentum and no dampening, and SGD's momentum buf
 torch creates at the first update that uses it.
 """
 
+from __future__ import annotations
+
 import numbers
 import re
 import textwrap
+from typing import Any, Dict, List, Tuple, Type
 
 import numpy as np
 
@@ -24,7 +27,7 @@ from fastlr.optim.base import Optimizer
 _COMMON = (("n_threads", None), ("max_grad_norm", None), ("skip_nonfinite", False))
 
 
-def _pair(betas):
+def _pair(betas: Any) -> Any:
     return tuple(betas) if isinstance(betas, (list, tuple)) else betas
 
 
@@ -137,7 +140,14 @@ def _doc(row, family, signature):
                      else " (a number or a schedule)")
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
     lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`.",
-              "", "Notes", "-----", *textwrap.wrap("Checkpoints (``state_dict``/``load_state_dict``, "
+              "", "Raises", "------", "TypeError",
+              "    If a param is not a float32/float64 contiguous writeable array, or a",
+              "    hyperparameter or option has the wrong type.", "ValueError",
+              "    If a hyperparameter or option is out of range, or params overlap in memory."]
+    if row.cls == "SGD":
+        lines[-1:] = [lines[-1][:-1] + ",", "    or ``nesterov=True`` without momentum or "
+                      "with dampening."]
+    lines += ["", "Notes", "-----", *textwrap.wrap("Checkpoints (``state_dict``/``load_state_dict``, "
                                  "``save``/``load``) restore the step count and the state, "
                                  "never the hyperparameters: the optimizer keeps its own "
                                  "values and schedules, and one that differs from what the "
@@ -147,6 +157,13 @@ def _doc(row, family, signature):
     for name, init in family.scalar_state:
         lines += ["", f"Each param's ``{name}`` (starting at {init!r}) is part of its state, "
                       f"as in torch: ``opt.state[i][{name!r}]`` and the state dict."]
+    first, default = signature[0]
+    arg = "" if default is not None else f", {first}=0.1"
+    lines += ["", "Examples", "--------",
+              ">>> w = np.ones(2, dtype=np.float32)",
+              f">>> opt = fastlr.{row.cls}([w]{arg})",
+              ">>> opt.step([np.full(2, 0.5, dtype=np.float32)])",
+              ">>> opt.steps, bool((w < 1).all())", "(1, True)"]
     return "\n".join(lines) + "\n"
 
 
@@ -249,11 +266,33 @@ def _build():
 
 
 #: Every optimizer class, by name, in table order.
-CLASSES = _build()
+CLASSES: Dict[str, Type[Optimizer]] = _build()
 
 
-def class_for(name):
-    """The optimizer class named ``name`` (a row of the table)."""
+def class_for(name: str) -> Type[Optimizer]:
+    """The optimizer class named ``name`` (a row of the table).
+
+    Parameters
+    ----------
+    name : str
+        The class name, a row of the table (``fastlr._specs``).
+
+    Returns
+    -------
+    type
+        The optimizer class, a subclass of :class:`fastlr.Optimizer`.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` names no row of the table.
+
+    Examples
+    --------
+    >>> from fastlr.optim.families import class_for
+    >>> class_for("Adam") is fastlr.Adam
+    True
+    """
     return CLASSES[_specs.optimizer(name).cls]
 
 

@@ -2,9 +2,13 @@
 torch's whose writes are checked), the type and range checks of every hyperparameter, and
 the one-thread-at-a-time guard."""
 
+from __future__ import annotations
+
 import contextlib
 import numbers
 import operator
+from typing import (TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping,
+                    Optional, Sequence, Tuple, Union)
 
 import numpy as np
 
@@ -14,12 +18,22 @@ from fastlr.schedules import Schedule
 
 
 class ParamGroup(dict):
-    """A param group: a dict like torch's. Writing a hyperparameter takes effect at the next
-    step; the ``params`` entry cannot be replaced (use ``add_param_group``)."""
+    """A param group: a dict like torch's whose writes are checked.
+
+    Writing a hyperparameter takes effect at the next step; the ``params`` entry cannot be
+    replaced (use ``add_param_group``). Built by the optimizer, not by the caller.
+
+    Raises
+    ------
+    TypeError
+        On writing ``params`` or ``param_names``, or a hyperparameter of the wrong type.
+    ValueError
+        On writing a hyperparameter out of its range (the group is left as it was).
+    """
 
     __slots__ = ("_owner",)
 
-    def __setitem__(self, key, value):
+    def __setitem__(self, key: str, value: Any) -> None:
         if key in _FIXED_KEYS:
             raise TypeError(f"a param group's {key!r} cannot be replaced; build a new "
                             f"optimizer or use add_param_group")
@@ -41,7 +55,8 @@ class ParamGroup(dict):
             raise
         owner._dirty = True
 
-    def update(self, *args, **kwargs):
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update``, each entry written (and checked) as by ``group[key] = value``."""
         for k, v in dict(*args, **kwargs).items():
             self[k] = v
 
@@ -49,26 +64,91 @@ class ParamGroup(dict):
         return (dict, (dict(self),))
 
 
-class GroupsMixin:
+if TYPE_CHECKING:
+    class _OptimizerAttrs:
+        """For the type checker only: what the mixins of :class:`Optimizer` share (set by
+        ``Optimizer.__init__`` or defined by another mixin). At run time the mixins derive
+        from ``object``."""
+
+        defaults: Dict[str, Any]
+        param_groups: List[ParamGroup]
+        _kernel: str
+        _schedulable: Tuple[str, ...]
+        _flags: Tuple[str, ...]
+        _ranges: Dict[str, Any]
+        _slots: Tuple[str, ...]
+        _optional_state: Tuple[str, ...]
+        _scalar: Optional[str]
+        _scalar_init: float
+        _n_threads: Optional[int]
+        _max_grad_norm: Optional[float]
+        _skip_nonfinite: bool
+        _params: List[np.ndarray]
+        _names: Optional[List[str]]
+        _name_index: Dict[str, int]
+        _getter: Optional[Callable[[Any], Any]]
+        _counts: np.ndarray
+        _started: np.ndarray
+        _used: np.ndarray
+        _mu_product: np.ndarray
+        _lr_scale: np.ndarray
+        _skipped: int
+        _plateau: Any
+        _pending_plateau: Optional[Dict[str, Any]]
+        _state: List[Dict[str, np.ndarray]]
+        _layout: Any
+        _spans: List[Any]
+        _t: int
+        _dirty: bool
+        _snapshot_id: str
+        _busy: Any
+        _engine: Any
+
+        @property
+        def _name(self) -> str: ...
+        @property
+        def last_lr(self) -> Optional[List[float]]: ...
+        def _configure(self) -> None: ...
+        def _exclusive(self, what: str) -> ContextManager[None]: ...
+        def _busy_error(self, what: str) -> RuntimeError: ...
+        def _check_hyper(self, key: str, value: Any, where: str) -> Any: ...
+        def _validate_group(self, group: Any) -> None: ...
+        def _live_state(self, i: int) -> Dict[str, np.ndarray]: ...
+        def _where(self, i: int) -> Tuple[int, int]: ...
+        def _state_names(self, group: Any) -> Any: ...
+        def _state_fill(self, group: Any) -> Dict[str, float]: ...
+        def _reference_kwargs(self, group: Any, v: Any, i: int) -> Dict[str, Any]: ...
+else:
+    _OptimizerAttrs = object
+
+
+class GroupsMixin(_OptimizerAttrs):
     """Construction, param groups and hyperparameter checks (part of :class:`Optimizer`)."""
 
     @property
-    def max_grad_norm(self):
-        """Clip the grads to this global L2 norm inside each step (None: no clipping)."""
+    def max_grad_norm(self) -> Optional[float]:
+        """Clip the grads to this global L2 norm inside each step (None: no clipping).
+
+        Settable; a value that is not a positive number (or None) raises ``TypeError`` /
+        ``ValueError``.
+        """
         return self._max_grad_norm
 
     @max_grad_norm.setter
-    def max_grad_norm(self, value):
+    def max_grad_norm(self, value: Optional[float]) -> None:
         self._max_grad_norm = None if value is None else checked_real(
             self._name, "max_grad_norm", value, POSITIVE)
 
     @property
-    def skip_nonfinite(self):
-        """Skip a step whose grads hold a NaN or Inf (False: propagate them, as torch)."""
+    def skip_nonfinite(self) -> bool:
+        """Skip a step whose grads hold a NaN or Inf (False: propagate them, as torch).
+
+        Settable; a value that is not a bool raises ``TypeError``.
+        """
         return self._skip_nonfinite
 
     @skip_nonfinite.setter
-    def skip_nonfinite(self, value):
+    def skip_nonfinite(self, value: bool) -> None:
         self._skip_nonfinite = flag_arg(self._name, "skip_nonfinite", value)
 
     @property
@@ -212,9 +292,34 @@ class GroupsMixin:
                                  f"{self._label(second, names)} overlap in memory (a param "
                                  f"may appear only once)")
 
-    def add_param_group(self, param_group):
-        """Add a group (torch's ``add_param_group``): its params start their own update count
-        at 1, its missing hyperparameters come from the optimizer's defaults."""
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a group of params (torch's ``add_param_group``).
+
+        Its params start their own update count at 1, its missing hyperparameters come
+        from the optimizer's defaults.
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": arrays or named arrays, hyperparameter: value, ...}``, as a group
+            of the constructor's ``params``.
+
+        Raises
+        ------
+        TypeError
+            If the group, a param or a hyperparameter has the wrong type.
+        ValueError
+            If a hyperparameter is out of range, or a param overlaps one already present.
+        RuntimeError
+            If another thread is stepping or changing this optimizer at the same time.
+
+        Examples
+        --------
+        >>> opt = fastlr.SGD([np.ones(2)], lr=0.1)
+        >>> opt.add_param_group({"params": [np.ones(3)], "lr": 0.01})
+        >>> [g["lr"] for g in opt.param_groups]
+        [0.1, 0.01]
+        """
         with self._exclusive("add_param_group"):
             self._add_group(param_group)
             self._configure()
@@ -241,9 +346,29 @@ class GroupsMixin:
 _FIXED_KEYS = ("params", "param_names")
 
 
-def groups_arg(fn, params):
-    """``params`` as a list of group dicts: an array, a list of arrays, a dict of name ->
-    array, a list of ``(name, array)`` pairs, one group dict or a list of group dicts."""
+def groups_arg(fn: str, params: Any) -> List[Dict[str, Any]]:
+    """``params`` as a list of group dicts.
+
+    Parameters
+    ----------
+    fn : str
+        The caller's name, for messages (e.g. ``"fastlr.Adam"``).
+    params : array, list of arrays, dict, list of (name, array) pairs or list of dicts
+        An array, a list of arrays, a dict of name -> array, a list of ``(name, array)``
+        pairs, one group dict or a list of group dicts.
+
+    Returns
+    -------
+    list of dict
+        The group dicts (the caller's own dicts when it gave group dicts).
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is none of these, or mixes arrays and group dicts.
+    ValueError
+        If ``params`` is empty.
+    """
     if isinstance(params, np.ndarray):
         return [{"params": [params]}]
     if isinstance(params, dict):
@@ -272,11 +397,34 @@ def _is_pair(item):
     return isinstance(item, tuple) and len(item) == 2
 
 
-def split_named(fn, params, where):
-    """``params`` (named ``where`` in messages, e.g. ``param_groups[1]['params']``) as (list
-    of arrays, list of names or None): an array, a list of arrays, a dict of name -> array
-    or a list of ``(name, array)`` pairs (torch's ``named_parameters()``). Names must be
-    unique strings; the arrays are checked by the caller."""
+def split_named(fn: str, params: Any, where: str) -> Tuple[List[Any], Optional[List[str]]]:
+    """A group's params as (arrays, names): the names are None when the params are unnamed.
+
+    Names must be unique strings; the arrays are checked by the caller.
+
+    Parameters
+    ----------
+    fn : str
+        The caller's name, for messages.
+    params : array, list of arrays, dict of str -> array or list of (str, array) pairs
+        The params (torch's ``named_parameters()`` pairs are such a list).
+    where : str
+        What messages call ``params``, e.g. ``param_groups[1]['params']``.
+
+    Returns
+    -------
+    arrays : list
+        The params, in order.
+    names : list of str or None
+        Their names, or None for unnamed params.
+
+    Raises
+    ------
+    TypeError
+        If ``params`` is none of these, mixes pairs and arrays, or a name is not a string.
+    ValueError
+        If ``params`` is empty or a name appears twice.
+    """
     if isinstance(params, np.ndarray):
         return [params], None
     if isinstance(params, dict):
@@ -312,9 +460,30 @@ def split_named(fn, params, where):
     return arrays, names
 
 
-def names_diff(mine, saved, other="the checkpoint"):
-    """What differs between this object's names and ``other``'s (a checkpoint's), in
-    words."""
+def names_diff(mine: Sequence[str], saved: Sequence[str],
+               other: str = "the checkpoint") -> str:
+    """What differs between this object's names and ``other``'s (a checkpoint's), in words.
+
+    Parameters
+    ----------
+    mine : sequence of str
+        This object's names.
+    saved : sequence of str
+        The other side's names.
+    other : str, default "the checkpoint"
+        What messages call the other side.
+
+    Returns
+    -------
+    str
+        The missing and unexpected names, or that the order differs.
+
+    Examples
+    --------
+    >>> from fastlr.optim.groups import names_diff
+    >>> names_diff(["a", "b"], ["b", "c"])
+    "missing from the checkpoint: 'a', unexpected in the checkpoint: 'c'"
+    """
     missing = [n for n in mine if n not in saved]
     unknown = [n for n in saved if n not in mine]
     parts = []
@@ -327,11 +496,39 @@ def names_diff(mine, saved, other="the checkpoint"):
     return ", ".join(parts)
 
 
-def by_name(fn, names, mapping, what, tail, getter=None):
-    """``mapping`` (name -> array) as the arrays in ``names``' order, in one pass (messages
-    are formatted only on error): exactly those names, else a ValueError naming the missing
-    and unexpected keys (then ``tail``); ``names`` None (unnamed params): a TypeError.
-    ``getter``: ``operator.itemgetter(*names)``, when the caller keeps one (a C loop)."""
+def by_name(fn: str, names: Optional[Sequence[str]], mapping: Mapping[str, Any], what: str,
+            tail: str, getter: Optional[Callable[[Any], Any]] = None) -> Sequence[Any]:
+    """``mapping`` (name -> array) as the arrays in ``names``' order, in one pass.
+
+    Messages are formatted only on error.
+
+    Parameters
+    ----------
+    fn : str
+        The caller's name, for messages.
+    names : sequence of str or None
+        The params' names, in order; None for unnamed params.
+    mapping : dict of str -> array
+        Exactly one entry per name, in any order.
+    what : str
+        What messages call ``mapping`` (e.g. ``"the grads"``).
+    tail : str
+        The end of the ``ValueError``'s message.
+    getter : callable, optional
+        ``operator.itemgetter(*names)``, when the caller keeps one (a C loop).
+
+    Returns
+    -------
+    tuple
+        The values of ``mapping`` in ``names``' order.
+
+    Raises
+    ------
+    TypeError
+        If ``names`` is None (the params have no names).
+    ValueError
+        If the keys are not exactly ``names``: naming the missing and unexpected keys.
+    """
     if names is None:
         raise TypeError(f"{fn}: {what} is a dict but the params have no names; pass {what} "
                         f"as a list in param order, or name the params (a dict of name -> "
@@ -347,22 +544,49 @@ def by_name(fn, names, mapping, what, tail, getter=None):
     return out
 
 
-def named_groups(named, groups=(), *, rest=True):
+def named_groups(named: Union[Mapping[str, np.ndarray], Sequence[Tuple[str, np.ndarray]]],
+                 groups: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]] = (), *,
+                 rest: bool = True) -> List[Dict[str, Any]]:
     """Param groups picked by name, for an optimizer over named params.
 
-    ``named``: a dict of name -> array or a list of ``(name, array)`` pairs (torch's
-    ``named_parameters()``); ``groups``: group dicts whose ``"params"`` is a list of names,
-    with their own hyperparameters. With ``rest=True`` the params no group names form one
-    more group (the optimizer's defaults), last; with ``rest=False`` every param must be
-    named by a group. Returns the group dicts, each param as a ``{name: array}`` entry::
+    Parameters
+    ----------
+    named : dict of str -> numpy.ndarray or list of (str, numpy.ndarray)
+        The named params (torch's ``named_parameters()`` pairs, or a dict).
+    groups : dict or sequence of dict, default ()
+        Group dicts whose ``"params"`` is a list of names (or one name), with their own
+        hyperparameters.
+    rest : bool, default True
+        With True the params no group names form one more group (the optimizer's
+        defaults), last; with False every param must be named by a group.
 
-        named = {"fc.weight": w, "fc.bias": b, "out.weight": w2}
+    Returns
+    -------
+    list of dict
+        The group dicts, each group's params as a ``{name: array}`` entry.
+
+    Raises
+    ------
+    TypeError
+        If ``named`` is not a dict or a list of pairs, a group is not a dict with a
+        ``"params"`` entry, or a group lists something other than names.
+    ValueError
+        If a name is unknown, in two groups or (``rest=False``) a param is in no group.
+
+    Examples
+    --------
+    >>> named = {"fc.weight": np.ones((2, 2)), "fc.bias": np.zeros(2)}
+    >>> groups = fastlr.optim.named_groups(named, [{"params": ["fc.bias"], "lr": 0.5}])
+    >>> [sorted(g["params"]) for g in groups]
+    [['fc.bias'], ['fc.weight']]
+    >>> opt = fastlr.SGD(groups, lr=0.1)
+    >>> opt.step({"fc.weight": np.ones((2, 2)), "fc.bias": np.ones(2)})
+
+    Usage with AdamW::
+
         opt = fastlr.AdamW(named_groups(named, [{"params": ["fc.bias"], "weight_decay": 0}]),
                            lr=1e-3)
-        opt.step({"fc.weight": gw, "fc.bias": gb, "out.weight": gw2})
-
-    An unknown name, a name in two groups or (``rest=False``) a param in no group raises
-    ``ValueError`` naming it.
+        opt.step({"fc.weight": gw, "fc.bias": gb})
     """
     fn = "fastlr.optim.named_groups"
     arrays, names = split_named(fn, named, "named")
@@ -372,7 +596,8 @@ def named_groups(named, groups=(), *, rest=True):
     table = dict(zip(names, arrays))
     if isinstance(groups, dict):
         groups = [groups]
-    out, owner = [], {}
+    out: List[Dict[str, Any]] = []
+    owner: Dict[str, int] = {}
     for g, group in enumerate(groups):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"{fn}: groups[{g}] must be a dict with a 'params' entry")

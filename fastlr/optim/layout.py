@@ -1,24 +1,53 @@
 """Memory layout: spans of adjacent params, one block per state buffer and span, and the
 compiled engine configured with them."""
 
+from __future__ import annotations
+
 import numbers
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from fastlr._core.args import INT_MAX, int_arg
 from fastlr.kernels import zeros_like_many
+from fastlr.optim.groups import _OptimizerAttrs
 from fastlr.schedules import as_schedule
 
 
-def flat_buffer(shapes, dtype=np.float32):
+def flat_buffer(shapes: Sequence[Union[int, Sequence[int]]],
+                dtype: DTypeLike = np.float32) -> Tuple[np.ndarray, List[np.ndarray]]:
     """One zero-filled contiguous buffer and C-contiguous views of it, one per shape.
-
-    >>> flat, (w, b) = flat_buffer([(2, 3), (3,)])
-    >>> flat.shape, w.shape, b.shape, np.shares_memory(flat, b)
-    ((9,), (2, 3), (3,), True)
 
     Use it for params (the optimizer then updates all of them as one span) and for grads
     (``opt.step(flat_grad)`` or ``opt.step(grad_views)``).
+
+    Parameters
+    ----------
+    shapes : sequence of tuple of int (or int)
+        The views' shapes, in order (an int is a 1-d shape).
+    dtype : numpy.float32 or numpy.float64, default numpy.float32
+        The buffer's dtype.
+
+    Returns
+    -------
+    flat : numpy.ndarray
+        The 1-d buffer, of the total size.
+    views : list of numpy.ndarray
+        Views of ``flat``, one per shape, adjacent in order.
+
+    Raises
+    ------
+    TypeError
+        If ``dtype`` is not float32/float64 or ``shapes`` is not a list of shapes.
+    ValueError
+        If a dimension is negative or too large.
+
+    Examples
+    --------
+    >>> flat, (w, b) = flat_buffer([(2, 3), (3,)])
+    >>> flat.shape, w.shape, b.shape, np.shares_memory(flat, b)
+    ((9,), (2, 3), (3,), True)
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -42,7 +71,7 @@ def flat_buffer(shapes, dtype=np.float32):
     return flat, views
 
 
-class LayoutMixin:
+class LayoutMixin(_OptimizerAttrs):
     """Spans, state buffers and the engine's configuration (part of :class:`Optimizer`)."""
 
     def _state_names(self, group):

@@ -1,36 +1,76 @@
 """The step: one compiled call per update, what it reports, and its pure-NumPy twin."""
 
+from __future__ import annotations
+
 import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from fastlr import reference
 from fastlr._kernels import get_num_threads as _default_threads
-from fastlr.optim.groups import by_name
+from fastlr.optim.groups import _OptimizerAttrs, by_name
+
+#: What ``step`` takes: a list of grads in param order, one flat grad array, or (named
+#: params) a mapping of name -> grad.
+Grads = Union[Sequence[np.ndarray], np.ndarray, Mapping[str, np.ndarray]]
 
 
 #: ``grads[3]`` / ``params[3]`` in an engine message (not ``param_groups[...]``)
 _INDEXED = re.compile(r"\b(grads|params)\[(\d+)\]")
 
 
-class StepMixin:
+class StepMixin(_OptimizerAttrs):
     """The step and what it exposes (part of :class:`Optimizer`)."""
 
-    def step(self, grads):
-        """Apply one update to every param from ``grads`` (a list in param order, one flat
-        array when the params are views of one buffer, or, when the params are named, a dict
-        of name -> grad with exactly the params' names, in any order). Raises before touching
-        anything when a grad or a scheduled hyperparameter is invalid; a message names the
-        param as ``params[i] (param_groups[g]['params'][j], 'name')`` and a grad as
-        ``grads[i]`` (``grads['name']`` for a dict).
+    def step(self, grads: Grads) -> Optional[bool]:
+        """Apply one update to every param from ``grads``, in one compiled call.
 
-        With ``skip_nonfinite=True`` it returns whether the update was applied: grads that
-        hold a NaN or Inf skip the whole step (nothing is written, no counter moves, the
-        schedules do not advance, :attr:`skipped_steps` goes up) and it returns False;
-        otherwise True. Without the option it returns None and non-finite grads propagate
-        into params and state, as in torch. With
-        ``max_grad_norm``, the grads are scaled by ``min(max_norm / (norm + 1e-6), 1)``
-        (torch's clip_grad_norm_) inside the update; :attr:`last_grad_norm` is the norm.
+        Raises before touching anything when a grad or a scheduled hyperparameter is
+        invalid; a message names the param as ``params[i] (param_groups[g]['params'][j],
+        'name')`` and a grad as ``grads[i]`` (``grads['name']`` for a dict).
+
+        With ``skip_nonfinite=True``, grads that hold a NaN or Inf skip the whole step
+        (nothing is written, no counter moves, the schedules do not advance,
+        :attr:`skipped_steps` goes up). Without the option non-finite grads propagate
+        into params and state, as in torch. With ``max_grad_norm``, the grads are scaled by
+        ``min(max_norm / (norm + 1e-6), 1)`` (torch's ``clip_grad_norm_``) inside the
+        update; :attr:`last_grad_norm` is the norm.
+
+        Parameters
+        ----------
+        grads : list of numpy.ndarray, numpy.ndarray or dict of str -> numpy.ndarray
+            The grads, one per param with its shape and dtype: a list in param order, one
+            flat array when the params are views of one buffer (see
+            :func:`fastlr.flat_buffer`), or, when the params are named, a dict of name ->
+            grad with exactly the params' names, in any order.
+
+        Returns
+        -------
+        bool or None
+            With ``skip_nonfinite=True``: True when the update was applied, False when it
+            was skipped. Otherwise None.
+
+        Raises
+        ------
+        TypeError
+            If a grad has the wrong type, dtype or layout, or the grads are not a list,
+            an array or (named params) a dict.
+        ValueError
+            If the number, shapes or names of the grads do not match the params, or a
+            scheduled hyperparameter gives an invalid value.
+        RuntimeError
+            If another thread is stepping or changing this optimizer at the same time.
+
+        Examples
+        --------
+        >>> w = np.ones(2)
+        >>> opt = fastlr.SGD([w], lr=0.5)
+        >>> opt.step([np.array([1.0, -1.0])])
+        >>> w
+        array([0.5, 1.5])
+        >>> fastlr.SGD([w], lr=0.5, skip_nonfinite=True).step([np.array([np.nan, 0.0])])
+        False
         """
         if not self._busy.acquire(blocking=False):
             # raise now: trying again (the other thread may just have let go) and going on
@@ -61,7 +101,7 @@ class StepMixin:
             return True if self._skip_nonfinite else None
         return False
 
-    def _grads_list(self, grads, what):
+    def _grads_list(self, grads: Mapping[str, np.ndarray], what: str) -> Sequence[np.ndarray]:
         """A dict of name -> grad as the list in param order (see groups.by_name)."""
         return by_name(f"{self._name}.{what}", self._names, grads, "the grads",
                        f"it needs one grad per param name ({len(self._params)}). Nothing "
@@ -102,27 +142,27 @@ class StepMixin:
         return type(error)(_INDEXED.sub(label, text))
 
     @property
-    def skipped_steps(self):
+    def skipped_steps(self) -> int:
         """Steps skipped because a grad held a NaN or Inf (``skip_nonfinite=True``)."""
         return self._skipped
 
     @property
-    def last_grad_norm(self):
+    def last_grad_norm(self) -> float:
         """The global L2 norm of the grads of the last step that clipped (NaN before)."""
         return self._engine.last_grad_norm
 
     @property
-    def params(self):
+    def params(self) -> List[np.ndarray]:
         """Every param array, in order (the caller's arrays, updated in place)."""
         return list(self._params)
 
     @property
-    def steps(self):
+    def steps(self) -> int:
         """Updates applied so far (the step count ``t`` that drives the schedules)."""
         return self._t
 
     @property
-    def state(self):
+    def state(self) -> Dict[int, Dict[str, Any]]:
         """Per-param state, keyed by param index: ``{"step": updates applied to it, buffer
         name: the buffer (a live view)}``, plus the optimizer's scalar state (NAdam's
         ``mu_product``, a float)."""
@@ -147,21 +187,48 @@ class StepMixin:
         return self._engine.group_values(t)
 
     @property
-    def last_lr(self):
+    def last_lr(self) -> Optional[List[float]]:
         """The lr each group used in the last update (None before the first)."""
         if self._t == 0 or np.isnan(self._used[:, 0]).any():
             return None
         return [float(v) for v in self._used[:, 0]]
 
     @property
-    def next_lr(self):
+    def next_lr(self) -> List[float]:
         """The lr each group will use in the next update."""
         return [v["lr"] for v in self._values_at(self._t)]
 
     # ---- pure-NumPy twin of the step, for tests and demos ---------------------------------
-    def step_reference(self, grads):
-        """The same update as :meth:`step`, computed by :mod:`fastlr.reference` in Python
-        (slow; the oracle the tests hold :meth:`step` to)."""
+    def step_reference(self, grads: Grads) -> Optional[bool]:
+        """The same update as :meth:`step`, computed by :mod:`fastlr.reference` in Python.
+
+        Slow; the oracle the tests hold :meth:`step` to.
+
+        Parameters
+        ----------
+        grads : list of numpy.ndarray, numpy.ndarray or dict of str -> numpy.ndarray
+            As for :meth:`step`.
+
+        Returns
+        -------
+        bool or None
+            As for :meth:`step`.
+
+        Raises
+        ------
+        ValueError
+            If the number of grads does not match the params.
+        TypeError
+            If a dict of grads is given for params without names.
+
+        Examples
+        --------
+        >>> w = np.ones(2)
+        >>> opt = fastlr.SGD([w], lr=0.5)
+        >>> opt.step_reference([np.array([1.0, -1.0])])
+        >>> w
+        array([0.5, 1.5])
+        """
         if isinstance(grads, dict):
             grads = self._grads_list(grads, "step_reference")
         if isinstance(grads, np.ndarray):
