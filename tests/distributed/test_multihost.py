@@ -12,13 +12,10 @@ import tempfile
 
 import pytest
 
-import fastlr
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-FASTLR_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastlr.__file__)))
 sys.path.insert(0, HERE)
 import netns_hosts  # noqa: E402
-from test_distributed import _mpi_missing  # noqa: E402
+from test_distributed import _mpi_missing, mpi_env  # noqa: E402
 
 
 def _bed_missing():
@@ -29,9 +26,7 @@ def _bed_missing():
 
 
 def _env(n_hosts):
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [FASTLR_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
-        OMP_NUM_THREADS="1", FASTLR_EXPECT_HOSTS=str(n_hosts))
+    return mpi_env(FASTLR_EXPECT_HOSTS=str(n_hosts))
 
 
 @pytest.mark.parametrize("n_hosts, rate, ranks_per_host", [
@@ -68,3 +63,26 @@ def test_test_bed_is_removed_and_leaves_the_root_namespace_alone():
         assert "tbf" in bed.qdisc(1) and "1Gbit" in bed.qdisc(1)
         assert netns_hosts._ip("link", "show").stdout == root_links
     assert not set(names) & set(netns_hosts._namespaces())
+
+
+def test_killed_rank_ends_the_job_across_hosts():
+    """SIGKILL to rank 1 on host 1 (tests/distributed/mpi_faults.py): the job ends on every
+    host within the bound, and the launcher names the rank."""
+    missing = _bed_missing()
+    if missing:
+        pytest.skip(missing)
+    import time
+    with netns_hosts.NetnsHosts(3, "1gbit") as bed, tempfile.TemporaryDirectory() as d:
+        t0 = time.monotonic()
+        result = bed.run([sys.executable, os.path.join(HERE, "mpi_faults.py"), "kill", d,
+                          "--fail-after", "3"], env=_env(3), cwd=d, capture_output=True,
+                         text=True, timeout=300)
+        elapsed = time.monotonic() - t0
+        out = result.stdout + result.stderr
+        assert result.returncode != 0, out[-4000:]
+        assert elapsed < 60, (elapsed, out[-4000:])
+        assert "rank 1" in out and "signal 9" in out, out[-4000:]
+        assert not os.path.exists(os.path.join(d, "final.npy"))
+        leftovers = [ns for ns in bed.hosts
+                     if netns_hosts._ip("netns", "pids", ns, check=False).stdout.strip()]
+        assert not leftovers, leftovers
