@@ -257,7 +257,10 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
             return s.p[1] + (s.p[0] - s.p[1]) * (<double>t / <double>s.k[0])
         T = s.k[1] - s.k[0]
         t -= s.k[0]
-        return cosine_between(s.p[0], s.p[2], t if t < T else T, <double>T)
+        if s.p[3] == 1.0:
+            return cosine_between(s.p[0], s.p[2], t if t < T else T, <double>T)
+        x = (1.0 + cos(M_PI * <double>(t if t < T else T) / <double>T)) / 2.0
+        return s.p[2] + (s.p[0] - s.p[2]) * pow(x, s.p[3])   # optax's exponent
     if kind == WARMUP:                      # ramp start_factor * s(0) -> s(0), then s(t - W)
         if t < s.k[0]:
             v = node_value(s.children[0], 0)

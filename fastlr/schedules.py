@@ -35,6 +35,7 @@ __all__ = [
     "cosine_restarts", "cyclic", "one_cycle", "piecewise_constant", "piecewise_linear",
     "warmup_cosine", "warmup", "join", "minimum", "maximum", "chained", "multiplicative",
     "constant_lr", "lambda_lr", "wsd", "inverse_sqrt", "noam", "rex",
+    "warmup_exponential_decay", "sgdr",
 ]
 
 #: What a schedule argument accepts: a Schedule, a number (a constant) or a Python callable
@@ -692,9 +693,13 @@ def piecewise_linear(boundaries: Sequence[int], values: Sequence[float]) -> Sche
 
 
 def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int, init: float = 0.0,
-                  end: float = 0.0) -> Schedule:
+                  end: float = 0.0, exponent: float = 1.0) -> Schedule:
     """Linear warmup from ``init`` to ``peak``, then cosine decay to ``end`` (optax's
     ``warmup_cosine_decay_schedule``); holds ``end`` after ``total_steps``.
+
+    With ``W = warmup_steps``, ``T = total_steps`` and ``c = min(t - W, T - W) / (T - W)``:
+    ``init + (peak - init) * t / W`` for ``t < W``, then ``end + (peak - end) * ((1 +
+    cos(pi c)) / 2) ** exponent``.
 
     Parameters
     ----------
@@ -709,6 +714,8 @@ def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int, init: flo
         The value at step 0.
     end : float, default 0.0
         The final value.
+    exponent : float, default 1.0
+        The power of the cosine factor (optax's ``exponent``), > 0.
 
     Returns
     -------
@@ -720,10 +727,11 @@ def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int, init: flo
     if n <= w:
         raise ValueError(f"{_PREFIX}{fn}: total_steps (={n}) includes the warmup and must be "
                          f"> warmup_steps (={w})")
-    p = (_value(fn, "peak", peak), _value(fn, "init", init), _value(fn, "end", end))
+    p = (_value(fn, "peak", peak), _value(fn, "init", init), _value(fn, "end", end),
+         _value(fn, "exponent", exponent, POSITIVE))
     return _make(fn, (peak,), {"warmup_steps": warmup_steps, "total_steps": total_steps,
-                               "init": init, "end": end},
-                 {"init": 0.0, "end": 0.0}, p=p, k=(w, n))
+                               "init": init, "end": end, "exponent": exponent},
+                 {"init": 0.0, "end": 0.0, "exponent": 1.0}, p=p, k=(w, n))
 
 
 def warmup(schedule: ScheduleLike, warmup_steps: int, *,
@@ -1087,3 +1095,108 @@ def rex(init: float, total_steps: int, *, end: float = 0.0) -> Schedule:
     p = (_value(fn, "init", init), _value(fn, "end", end))
     k = (_int(fn, "total_steps", total_steps, minimum=1),)
     return _make(fn, (init, total_steps), {"end": end}, {"end": 0.0}, p=p, k=k)
+
+
+# ---------------------------------------------------------------------------------------
+# optax's compositions
+# ---------------------------------------------------------------------------------------
+def warmup_exponential_decay(peak: float, *, warmup_steps: int, transition_steps: int,
+                             decay_rate: float, init: float = 0.0, transition_begin: int = 0,
+                             staircase: bool = False,
+                             end: Optional[float] = None) -> Schedule:
+    """A linear warmup from ``init`` to ``peak``, then :func:`exponential_decay` from
+    ``peak`` (optax's ``warmup_exponential_decay_schedule``).
+
+    ``(init - peak) * (1 - t / W) + peak`` for ``t < W = warmup_steps`` (optax's
+    ``linear_schedule``), then ``exponential_decay(peak, transition_steps, decay_rate,
+    staircase=staircase, transition_begin=transition_begin, end=end)(t - W)``: the decay
+    counts from the end of the warmup, and ``transition_begin`` delays it further.
+
+    Parameters
+    ----------
+    peak : float
+        The value at the end of the warmup.
+    warmup_steps : int
+        Steps of the warmup, >= 0.
+    transition_steps : int
+        Steps over which the value is multiplied by ``decay_rate``, >= 1.
+    decay_rate : float
+        The factor per ``transition_steps``, > 0.
+    init : float, default 0.0
+        The value at step 0.
+    transition_begin : int, default 0
+        Steps at ``peak`` after the warmup before the decay starts, >= 0.
+    staircase : bool, default False
+        Decay in steps of ``transition_steps``.
+    end : float, optional
+        A floor when decaying (a cap when ``decay_rate > 1``); None for none.
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "warmup_exponential_decay"
+    w = _int(fn, "warmup_steps", warmup_steps)
+    ramp = polynomial(_value(fn, "init", init), max(w, 1), end=_value(fn, "peak", peak))
+    try:
+        decay = exponential_decay(peak, transition_steps, decay_rate, staircase=staircase,
+                                  transition_begin=transition_begin, end=end)
+    except (TypeError, ValueError) as error:
+        raise type(error)(str(error).replace("exponential_decay:", f"{fn}:", 1)) from None
+    return _make(fn, (peak,), {"warmup_steps": warmup_steps,
+                               "transition_steps": transition_steps,
+                               "decay_rate": decay_rate, "init": init,
+                               "transition_begin": transition_begin, "staircase": staircase,
+                               "end": end},
+                 {"init": 0.0, "transition_begin": 0, "staircase": False, "end": None},
+                 kind="join", ivals=[w], children=(ramp, decay))
+
+
+def sgdr(cycles: Sequence[dict]) -> Schedule:
+    """Warm restarts of :func:`warmup_cosine` cycles, one after the other (optax's
+    ``sgdr_schedule``).
+
+    Cycle ``i`` is ``warmup_cosine(**cycles[i])`` and starts when the previous ones'
+    ``total_steps`` have run; after the last cycle its ``end`` is held (the schedule ends,
+    unlike :func:`cosine_restarts`).
+
+    Parameters
+    ----------
+    cycles : sequence of dict
+        One dict of :func:`warmup_cosine` keyword arguments per cycle (``peak``,
+        ``warmup_steps``, ``total_steps`` and optionally ``init``, ``end``, ``exponent``);
+        at least one.
+
+    Returns
+    -------
+    Schedule
+
+    Examples
+    --------
+    >>> from fastlr import schedules
+    >>> s = schedules.sgdr([dict(peak=1.0, warmup_steps=1, total_steps=3),
+    ...                     dict(peak=0.5, warmup_steps=1, total_steps=3)])
+    >>> s.values(range(8)).tolist()
+    [0.0, 1.0, 0.5, 0.0, 0.5, 0.25, 0.0, 0.0]
+    """
+    fn = "sgdr"
+    try:
+        items = list(cycles)
+    except TypeError:
+        raise TypeError(f"{_PREFIX}{fn}: cycles must be a sequence of dicts, got "
+                        f"{type(cycles).__name__}") from None
+    if not items:
+        raise ValueError(f"{_PREFIX}{fn}: cycles must not be empty")
+    parts, boundaries, step = [], [], 0
+    for i, kwargs in enumerate(items):
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"{_PREFIX}{fn}: cycles[{i}] must be a dict of warmup_cosine "
+                            f"arguments, got {type(kwargs).__name__}")
+        try:
+            parts.append(warmup_cosine(**kwargs))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{_PREFIX}{fn}: cycles[{i}]: {error}") from None
+        step += kwargs["total_steps"]
+        boundaries.append(step)
+    return _make(fn, ([dict(c) for c in items],), {}, {}, kind="join", ivals=boundaries[:-1],
+                 children=tuple(parts))

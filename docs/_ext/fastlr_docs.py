@@ -76,6 +76,11 @@ SCHEDULE_EXAMPLES = {
     "inverse_sqrt": ("inverse_sqrt(0.1, warmup_steps=20)", 120),
     "noam": ("noam(512, warmup_steps=20)", 120),
     "rex": ("rex(0.1, total_steps=100)", 120),
+    "warmup_exponential_decay": ("warmup_exponential_decay(0.1, warmup_steps=10, "
+                                 "transition_steps=20, decay_rate=0.5, transition_begin=10, "
+                                 "staircase=True, end=0.01)", 120),
+    "sgdr": ("sgdr([{'peak': 0.1, 'warmup_steps': 5, 'total_steps': 40}, "
+             "{'peak': 0.05, 'warmup_steps': 5, 'total_steps': 60, 'end': 0.005}])", 120),
 }
 #: Names in fastlr.schedules.__all__ that are not constructors of a curve.
 NOT_DRAWN = ("Schedule", "as_schedule", "from_callable")

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 import fastlr.schedules as S
-from fastlr.schedules import cosine, inverse_sqrt, linear, noam, polynomial, rex, wsd
+from fastlr.schedules import (
+    cosine, inverse_sqrt, linear, noam, polynomial, rex, sgdr, warmup_cosine,
+    warmup_exponential_decay, wsd,
+)
 
 INT64_MAX = 2 ** 63 - 1
 HUGE = [10 ** 6, 10 ** 9 + 7, 2 ** 40, 2 ** 53 + 1, 2 ** 62, INT64_MAX]
@@ -88,6 +91,71 @@ def cf_linear_factors(init, start, end, total, begin=0):
     return f
 
 
+def cf_optax_linear(init, end, transition_steps):
+    # optax.linear_schedule = polynomial_schedule with power 1
+    return cf_optax_polynomial(init, end, 1.0, transition_steps)
+
+
+def cf_optax_exponential_decay(init, transition_steps, rate, begin=0, staircase=False,
+                               end=None):
+    # optax.exponential_decay
+    def f(t):
+        c = t - begin
+        p = c / transition_steps
+        if staircase:
+            p = math.floor(p)
+        try:
+            v = init if c <= 0 else init * rate ** p
+        except OverflowError:               # jnp / C pow give inf
+            v = math.copysign(math.inf, init)
+        if end is not None:
+            v = max(v, end) if rate < 1 else min(v, end)
+        return v
+    return f
+
+
+def cf_optax_join(forms, boundaries):
+    # optax.join_schedules: each piece sees the steps since its boundary
+    def f(t):
+        i = sum(1 for b in boundaries if b <= t)
+        return forms[i](t - (boundaries[i - 1] if i else 0))
+    return f
+
+
+def cf_optax_warmup_cosine(init, peak, warmup, decay_steps, end=0.0, exponent=1.0):
+    # optax.warmup_cosine_decay_schedule: alpha = end / peak
+    return cf_optax_join([cf_optax_linear(init, peak, warmup),
+                          cf_optax_cosine(peak, decay_steps - warmup, end / peak, exponent)],
+                         [warmup])
+
+
+def cf_optax_warmup_exponential_decay(init, peak, warmup, transition_steps, rate, begin=0,
+                                      staircase=False, end=None):
+    return cf_optax_join([cf_optax_linear(init, peak, warmup),
+                          cf_optax_exponential_decay(peak, transition_steps, rate, begin,
+                                                     staircase, end)], [warmup])
+
+
+def cf_optax_sgdr(cycles):
+    # optax.sgdr_schedule: cycles joined at the cumulative decay_steps
+    forms, boundaries, step = [], [], 0
+    for c in cycles:
+        forms.append(cf_optax_warmup_cosine(**c))
+        step += c["decay_steps"]
+        boundaries.append(step)
+    return cf_optax_join(forms, boundaries[:-1])
+
+
+SGDR_CYCLES = [dict(init=0.0, peak=0.1, warmup=5, decay_steps=40, end=0.001),
+               dict(init=0.01, peak=0.05, warmup=0, decay_steps=30, end=0.0, exponent=2.0),
+               dict(init=0.0, peak=0.02, warmup=10, decay_steps=25, end=0.002)]
+
+
+def _fastlr_cycle(c):
+    return dict(peak=c["peak"], warmup_steps=c["warmup"], total_steps=c["decay_steps"],
+                init=c["init"], end=c["end"], exponent=c.get("exponent", 1.0))
+
+
 # (id, fastlr schedule, closed form, boundaries)
 CASES = [
     ("wsd-linear", lambda: wsd(0.1, 100, warmup_steps=10), cf_wsd(0.1, 100, 10), (10, 90, 100)),
@@ -124,6 +192,28 @@ CASES = [
     ("linear-begin", lambda: linear(0.2, start_factor=0.1, end_factor=1.0, total_steps=12,
                                     transition_begin=8),
      cf_linear_factors(0.2, 0.1, 1.0, 12, 8), (8, 20)),
+    ("optax-warmup-cosine-exponent", lambda: warmup_cosine(0.1, warmup_steps=10,
+                                                           total_steps=60, init=0.01,
+                                                           end=0.005, exponent=1.5),
+     cf_optax_warmup_cosine(0.01, 0.1, 10, 60, 0.005, 1.5), (10, 60)),
+    ("optax-warmup-exponential-decay", lambda: warmup_exponential_decay(
+        0.1, warmup_steps=10, transition_steps=7, decay_rate=0.6),
+     cf_optax_warmup_exponential_decay(0.0, 0.1, 10, 7, 0.6), (10, 17)),
+    ("optax-warmup-exponential-decay-all", lambda: warmup_exponential_decay(
+        0.1, warmup_steps=8, transition_steps=5, decay_rate=0.5, init=0.02,
+        transition_begin=6, staircase=True, end=0.01),
+     cf_optax_warmup_exponential_decay(0.02, 0.1, 8, 5, 0.5, 6, True, 0.01),
+     (8, 14, 19, 24, 29)),
+    ("optax-warmup-exponential-growth-cap", lambda: warmup_exponential_decay(
+        0.1, warmup_steps=3, transition_steps=4, decay_rate=1.5, end=0.3),
+     cf_optax_warmup_exponential_decay(0.0, 0.1, 3, 4, 1.5, 0, False, 0.3), (3, 15)),
+    ("optax-warmup-exponential-no-warmup", lambda: warmup_exponential_decay(
+        0.1, warmup_steps=0, transition_steps=4, decay_rate=0.5, transition_begin=2),
+     cf_optax_exponential_decay(0.1, 4, 0.5, 2), (0, 2)),
+    ("optax-sgdr", lambda: sgdr([_fastlr_cycle(c) for c in SGDR_CYCLES]),
+     cf_optax_sgdr(SGDR_CYCLES), (5, 40, 70, 80, 95)),
+    ("optax-sgdr-one", lambda: sgdr([dict(peak=1.0, warmup_steps=2, total_steps=9)]),
+     cf_optax_sgdr([dict(init=0.0, peak=1.0, warmup=2, decay_steps=9)]), (2, 9)),
 ]
 
 
@@ -175,6 +265,17 @@ def test_wsd_phases_are_monotone():
         assert np.all(np.diff(v[210:301]) < 0) and np.all(v[300:] == 0.1)
 
 
+def test_sgdr_holds_the_last_cycles_end_and_keeps_its_cycles():
+    cycles = [dict(peak=0.1, warmup_steps=2, total_steps=10, end=0.01),
+              dict(peak=0.05, warmup_steps=1, total_steps=5, end=0.003)]
+    s = sgdr(cycles)
+    cycles[0]["peak"] = 9.0                     # the schedule keeps its own copy
+    assert s(0) == 0.0 and s(2) == 0.1 and s(10) == 0.0 and s(11) == 0.05
+    assert s.values([15, 16, 10 ** 9, INT64_MAX]).tolist() == [0.003] * 4
+    assert s == sgdr([dict(peak=0.1, warmup_steps=2, total_steps=10, end=0.01),
+                      dict(peak=0.05, warmup_steps=1, total_steps=5, end=0.003)])
+
+
 def test_exponent_one_and_begin_zero_leave_the_old_values_bitwise():
     steps = list(range(0, 70)) + HUGE
     assert cosine(0.1, 50, end=0.01, exponent=1.0).values(steps).tolist() == \
@@ -200,6 +301,11 @@ def test_pickle_and_repr_round_trip(make):
     "wsd(0.1, 1000)", "inverse_sqrt(0.001, 4000, init=1e-07)", "noam(512, 4000, factor=2.0)",
     "rex(0.1, 100, end=0.01)", "cosine(0.1, 100, exponent=2.0)",
     "polynomial(0.1, 100, transition_begin=10)", "linear(0.1, transition_begin=3)",
+    "warmup_cosine(0.1, warmup_steps=10, total_steps=100, exponent=2.0)",
+    "warmup_exponential_decay(0.1, warmup_steps=10, transition_steps=5, decay_rate=0.5, "
+    "staircase=True, end=0.01)",
+    "sgdr([{'peak': 0.1, 'warmup_steps': 5, 'total_steps': 50}, {'peak': 0.05, "
+    "'warmup_steps': 0, 'total_steps': 20, 'end': 0.001}])",
 ])
 def test_repr_reads_like_the_call(text):
     assert repr(eval(text, {"__builtins__": {}}, vars(S))) == text
@@ -233,6 +339,32 @@ def test_repr_reads_like_the_call(text):
     (lambda: polynomial(0.1, 10, transition_begin=-1), ValueError, "transition_begin"),
     (lambda: polynomial(0.1, 10, transition_begin=1.5), TypeError, "transition_begin"),
     (lambda: linear(0.1, transition_begin=-2), ValueError, r"linear: transition_begin"),
+    (lambda: warmup_cosine(0.1, warmup_steps=1, total_steps=5, exponent=-1.0), ValueError,
+     r"warmup_cosine: exponent"),
+    (lambda: warmup_exponential_decay(0.1, warmup_steps=-1, transition_steps=5,
+                                      decay_rate=0.5), ValueError,
+     r"warmup_exponential_decay: warmup_steps"),
+    (lambda: warmup_exponential_decay(0.1, warmup_steps=1, transition_steps=0,
+                                      decay_rate=0.5), ValueError,
+     r"warmup_exponential_decay: transition_steps"),
+    (lambda: warmup_exponential_decay(0.1, warmup_steps=1, transition_steps=5,
+                                      decay_rate=0.0), ValueError, "decay_rate"),
+    (lambda: warmup_exponential_decay(0.1, warmup_steps=1, transition_steps=5,
+                                      decay_rate=0.5, staircase="no"), TypeError, "staircase"),
+    (lambda: warmup_exponential_decay("0.1", warmup_steps=1, transition_steps=5,
+                                      decay_rate=0.5), TypeError, "peak"),
+    (lambda: warmup_exponential_decay(0.1, warmup_steps=1, transition_steps=5,
+                                      decay_rate=0.5, init=math.nan), ValueError, "init"),
+    (lambda: sgdr([]), ValueError, r"fastlr.schedules.sgdr: cycles must not be empty"),
+    (lambda: sgdr(5), TypeError, r"sgdr: cycles must be a sequence"),
+    (lambda: sgdr([dict(peak=1.0, warmup_steps=1, total_steps=5), 3]), TypeError,
+     r"sgdr: cycles\[1\] must be a dict"),
+    (lambda: sgdr([dict(peak=1.0, warmup_steps=5, total_steps=5)]), ValueError,
+     r"sgdr: cycles\[0\]: .*total_steps"),
+    (lambda: sgdr([dict(peak=1.0, warmup_steps=1, total_steps=5, power=2)]), TypeError,
+     r"sgdr: cycles\[0\]: .*power"),
+    (lambda: sgdr([dict(peak=1.0, total_steps=5)]), TypeError,
+     r"sgdr: cycles\[0\]: .*warmup_steps"),
 ])
 def test_arguments(make, exc, match):
     with pytest.raises(exc, match=match):
