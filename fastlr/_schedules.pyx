@@ -400,9 +400,12 @@ cdef class Schedule:
     """A learning-rate schedule: a pure function of the step, evaluated in C.
 
     ``s(t)`` is the value after ``t`` completed steps (an int >= 0), so an optimizer's first
-    update uses ``s(0)``. ``s.values(ts)`` evaluates an array of steps in one call;
-    ``s * c`` scales it. Schedules hold their final value after their end and never raise
-    for a large ``t``. Build them with the constructors in :mod:`fastlr.schedules`.
+    update uses ``s(0)``. ``s.values(ts)`` evaluates an array of steps in one call.
+    ``s1 + s2``, ``s - c``, ``c - s``, ``s1 * s2``, ``s * c``, ``s / c`` (``c`` a nonzero
+    finite number) and ``-s`` are schedules evaluated in C too; the other operand may be a
+    schedule, a finite number or a Python callable ``step -> float`` (which makes the result
+    need the GIL). Schedules hold their final value after their end and never raise for a
+    large ``t``. Build them with the constructors in :mod:`fastlr.schedules`.
     """
 
     cdef Node node

@@ -2,9 +2,11 @@
 
 Every constructor returns a :class:`Schedule`. ``s(t)`` is the value after ``t`` completed
 steps (an int >= 0; an optimizer's first update uses ``s(0)``), ``s.values(ts)`` evaluates an
-array of steps in one C call, ``s * c`` scales a schedule, schedules pickle, and their
-``repr`` reads like the call that built them. After its end a schedule holds its final
-value; it never raises for a large ``t``.
+array of steps in one C call, schedules combine in C (``s1 + s2``, ``s - c``, ``s1 * s2``,
+``s * c``, ``s / c``, ``-s``, :func:`minimum`, :func:`maximum`), schedules pickle, and their
+``repr`` reads like the call or the expression that built them. After its end a schedule
+holds its final value; it never raises for a large ``t`` (and only :func:`multiplicative`
+of a schedule costs more than O(1) there: its running product).
 
 >>> from fastlr import schedules
 >>> s = schedules.warmup_cosine(1e-3, warmup_steps=2, total_steps=6)
