@@ -126,6 +126,9 @@ def test_numpy_scalars_and_0d_arrays_are_numbers():
     assert (A + np.float32(0.5)) == A + 0.5
     assert (A - np.array(0.25)) == A - 0.25
     assert minimum(A, np.int64(0)) == minimum(A, 0.0)
+    # numpy scalars on the left hand the operation to the schedule
+    assert np.float64(0.5) + A == 0.5 + A and np.float32(1.0) - A == 1.0 - A
+    assert np.int64(3) * A == A * 3.0 and np.array(0.5) + A == 0.5 + A
 
 
 def test_callable_operands_need_the_gil_and_compiled_ones_do_not():
