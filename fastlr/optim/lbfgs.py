@@ -335,7 +335,7 @@ class LBFGS:
         dict.__setitem__(full, "params", list(arrays))
         if names is not None:
             dict.__setitem__(full, "param_names", names)
-        full._owner = self
+        full._owner = self      # type: ignore[attr-defined]  # (a slot)
         self.param_groups.append(full)
         self._params: List[np.ndarray] = list(arrays)
         self._names = names
@@ -348,14 +348,15 @@ class LBFGS:
         self._snapshot_id = uuid.uuid4().hex
         self.state: Dict[str, Any] = _fresh_state()
 
-    # the param checks, labels and thread guard of the other optimizers
-    _check_param = GroupsMixin._check_param
-    _check_overlap = GroupsMixin._check_overlap
-    _label = GroupsMixin._label
-    _where = GroupsMixin._where
-    _exclusive = GroupsMixin._exclusive
-    _busy_error = GroupsMixin._busy_error
-    _refuse_or_warn = CheckpointMixin._refuse_or_warn
+    # the param checks, labels, thread guard and checkpoint refusal of the other optimizers
+    # (they use only the attributes set above: _name, _names, param_groups, _busy)
+    _check_param: Any = GroupsMixin._check_param
+    _check_overlap: Any = GroupsMixin._check_overlap
+    _label: Any = GroupsMixin._label
+    _where: Any = GroupsMixin._where
+    _exclusive: Any = GroupsMixin._exclusive
+    _busy_error: Any = GroupsMixin._busy_error
+    _refuse_or_warn: Any = CheckpointMixin._refuse_or_warn
 
     @property
     def _name(self) -> str:
@@ -421,7 +422,7 @@ class LBFGS:
         if isinstance(grads, dict):
             grads = by_name(where, self._names, grads, "the closure's grads",
                             "the closure must return one grad per param", self._getter)
-            labels = [f"grads[{k!r}]" for k in self._names]
+            labels = [f"grads[{k!r}]" for k in self._names or ()]
         elif isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)):
             raise TypeError(f"{where}: the grads the closure returned must be a list of "
                             f"{n} arrays in param order"
