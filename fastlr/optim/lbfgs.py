@@ -267,6 +267,15 @@ class LBFGS:
         If a hyperparameter is out of range, the params come in more than one group, or
         params overlap in memory.
 
+    Notes
+    -----
+    Where fastlr is stricter than torch: the hyperparameters are checked at construction
+    (torch checks only ``lr``, and an unknown ``line_search_fn`` fails in its ``step``); a
+    failing closure leaves the params and the state as they were before the step (torch
+    leaves them mid-step); lowering ``history_size`` between steps trims the history to the
+    new size (torch drops one pair per iteration only when the history is exactly full, so
+    its history keeps its old length and grows).
+
     Examples
     --------
     Least squares ``0.5 |A w - b|^2``: the closure returns the loss and the grads.

@@ -568,3 +568,14 @@ def test_param_group_writes_are_checked():
         topt.step(tclosure)
     assert opt.state["n_iter"] == topt.state[tw]["n_iter"] > 3
     np.testing.assert_allclose(w, tw.detach().numpy(), rtol=1e-12)
+
+
+def test_lowering_history_size_trims_the_history():
+    init, rosen = _rosenbrock(np.float64)
+    w = init[0].copy()
+    opt = fastlr.LBFGS([w], history_size=5, max_iter=8)
+    opt.step(lambda: rosen(w))
+    assert len(opt.state["old_dirs"]) == 5
+    opt.param_groups[0]["history_size"] = 2
+    opt.step(lambda: rosen(w))
+    assert len(opt.state["old_dirs"]) == len(opt.state["old_stps"]) == len(opt.state["ro"]) == 2
