@@ -299,12 +299,49 @@ def _first_paragraph(fn):
     return _plain(" ".join(doc.split("\n\n")[0].split()))
 
 
+_SCHEDULE_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub, ast.UAdd)
+
+
+def _schedule_expression(tree):
+    """Whether ``tree`` (an ast.Expression) only calls fastlr.schedules constructors on
+    literals and combines them with + - * / (nothing else is evaluated)."""
+    names = set(schedule_names())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id not in names or not isinstance(node.ctx, ast.Load):
+                return False
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name):
+                return False
+        elif not isinstance(node, (ast.Expression, ast.Constant, ast.List, ast.Tuple,
+                                   ast.Dict, ast.keyword, ast.BinOp, ast.UnaryOp,
+                                   ast.Load, *_SCHEDULE_OPS)):
+            return False
+    return True
+
+
 def _literal(text):
-    """A command-line value: a Python literal (0.1, 100, [10, 20], True, None) or a str."""
+    """A command-line value: a Python literal (0.1, 100, [10, 20], True, None), a schedule
+    expression of fastlr.schedules constructors (``cosine(0.1, 100) * 0.5``,
+    ``[cosine(0.1, 100), 0.001]``) or else the text itself (a str)."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
         return text
+    if not _schedule_expression(tree):
+        return text
+    from fastlr import schedules
+
+    namespace = {"__builtins__": {}}
+    namespace.update((n, getattr(schedules, n)) for n in schedule_names())
+    try:
+        return eval(compile(tree, "<fastlr schedule argument>", "eval"), namespace)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _schedules_help():
@@ -335,16 +372,20 @@ def _schedule_parser(name, fn):
                                 description=f"{name}{inspect.signature(fn)}: "
                                             f"{_first_paragraph(fn)}",
                                 epilog="Values are Python literals: 0.1, 100, [10, 20], True, "
-                                       "'cos'.")
+                                       "'cos'; a schedule argument also takes an expression of "
+                                       "schedules, e.g. 'cosine(0.1, 100) * 0.5'.")
     group = p.add_argument_group(f"arguments of {name}")
     for param in inspect.signature(fn).parameters.values():
         flags = [f"--{param.name}"]
         if "_" in param.name:
             flags.append(f"--{param.name.replace('_', '-')}")
         required = param.default is inspect.Parameter.empty
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            what = "required: a list of schedules or numbers, e.g. '[cosine(0.1, 100), 0.01]'"
+        else:
+            what = "required" if required else f"default {param.default!r}"
         group.add_argument(*flags, dest=param.name, type=_literal, default=argparse.SUPPRESS,
-                           metavar="VALUE",
-                           help="required" if required else f"default {param.default!r}")
+                           metavar="VALUE", help=what)
     out = p.add_argument_group("output")
     out.add_argument("--steps", type=int, default=None,
                      help="steps to show (default: enough to see the end, several cycles of "
@@ -373,13 +414,22 @@ def _schedule_main(argv):
     parser = _schedule_parser(name, fn)
     args = vars(parser.parse_args(argv[1:]))
     steps, path, show, log = (args.pop(k) for k in ("steps", "out", "print", "log"))
+    positional = []
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            if param.name not in args:
+                raise SystemExit(f"fastlr schedule {name}: --{param.name} is required (a "
+                                 f"list, e.g. '[cosine(0.1, 100), 0.01]')")
+            positional = args.pop(param.name)
+            if not isinstance(positional, (list, tuple)):
+                positional = [positional]
     try:
-        inspect.signature(fn).bind(**args)
+        inspect.signature(fn).bind(*positional, **args)
     except TypeError as error:
         raise SystemExit(f"fastlr schedule {name}: {error}; see fastlr schedule {name} "
                          f"--help") from None
     try:
-        sched = fn(**args)
+        sched = fn(*positional, **args)
     except (TypeError, ValueError) as error:
         # the message already names the callable (fastlr.schedules.<name>: ...)
         raise SystemExit(str(error)) from None

@@ -222,6 +222,32 @@ def test_a_bad_out_path_is_a_one_line_error(argv, message, tmp_path):
     assert "epoch" not in proc.stdout        # the demo fails before training
 
 
+def test_schedule_command_takes_schedule_expressions(capsys):
+    """Compositions take schedules: an expression of fastlr.schedules constructors, a list
+    for the variadic ones (minimum, maximum, chained), evaluated without anything else."""
+    from fastlr import schedules
+
+    cases = [
+        (["maximum", "--schedules", "[cosine(1.0, 10), 0.25]"],
+         schedules.maximum(schedules.cosine(1.0, 10), 0.25)),
+        (["chained", "--schedules", "[constant_lr(1.0, factor=0.5, total_steps=3), "
+                                    "exponential(1.0, 0.9)]"],
+         schedules.chained(schedules.constant_lr(1.0, factor=0.5, total_steps=3),
+                           schedules.exponential(1.0, 0.9))),
+        (["warmup", "--schedule", "cosine(1.0, 10) * 0.5 + 0.1", "--warmup_steps", "3"],
+         schedules.warmup(schedules.cosine(1.0, 10) * 0.5 + 0.1, 3)),
+    ]
+    for argv, expected in cases:
+        assert cli.main(["schedule", *argv, "--steps", "12"]) == 0
+        values = [float(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
+        assert values == [float(f"{v:.10g}") for v in expected.values(range(12))], argv
+    with pytest.raises(SystemExit, match="--schedules is required"):
+        cli.main(["schedule", "minimum"])
+    # anything but constructors, literals and + - * / stays a string (and is refused)
+    with pytest.raises(SystemExit, match="schedules"):
+        cli.main(["schedule", "minimum", "--schedules", "[__import__('os').getcwd(), 1.0]"])
+
+
 def test_schedule_command_errors():
     with pytest.raises(SystemExit, match="unknown schedule 'nope'"):
         cli.main(["schedule", "nope"])
