@@ -10,7 +10,7 @@ Adam, float32, one OpenMP thread per rank; sizes 1M and 16M parameters; the medi
 Across hosts (the network-namespace test bed, root on Linux; each host's link shaped to
 the rate given):
 
-    python tests/distributed/netns_hosts.py --hosts 2 --rate 1gbit -- \
+    python tests/distributed/netns_hosts.py --hosts 2 --rate 1gbit --tcp-links 2 -- \
         python benchmarks/mpi_step.py --link-gbit 1
 
 ``--link-gbit`` adds the bandwidth bound: the bytes one rank sends per step (its

@@ -245,7 +245,39 @@ def check_hosts():
     assert len(set(namespaces)) == expected, (namespaces, expected)
 
 
-CHECKS = [check_hosts, check_parity, check_state_memory, check_params_broadcast_and_identical,
+def check_grad_comm_bfloat16():
+    """grad_comm="bfloat16": the owner of each shard adds the other ranks' grads rounded
+    to bfloat16 to its own, in the order of the direct exchange: bit for bit the mean
+    built here the same way; and close to the exact mean."""
+    from fastlr.distributed import from_bfloat16, shard_bounds, to_bfloat16
+    for dtype in (np.float32, np.float64):
+        flat, dist = build("Adam", dtype, lr=1e-2, grad_comm="bfloat16")
+        rflat, ref = reference("Adam", dtype, lr=1e-2)
+        counts, displs = shard_bounds(flat.size, N)
+        for t in range(20):
+            gs = rank_grads(t, flat.size, dtype)
+            dist.step(gs[RANK].copy())
+            mean = np.empty(flat.size, dtype)
+            for owner in range(N):
+                lo, hi = displs[owner], displs[owner] + counts[owner]
+                acc = gs[owner][lo:hi].copy()
+                for k in range(1, N):
+                    src = (owner - k) % N
+                    acc = acc + from_bfloat16(to_bfloat16(gs[src][lo:hi])).astype(dtype)
+                mean[lo:hi] = acc / dtype(N)
+            exact = mean_of(gs)
+            assert np.max(np.abs(mean - exact)) <= 2.0 ** -8 * np.max(np.abs(exact)) + 1e-30
+            ref.step(mean)
+        assert np.array_equal(flat, rflat), (dtype, rel(flat, rflat))
+    try:
+        build("Adam", lr=1e-3, grad_comm="float16")
+    except ValueError as e:
+        assert "grad_comm" in str(e)
+    else:
+        raise AssertionError("grad_comm='float16' was accepted")
+
+
+CHECKS = [check_hosts, check_parity, check_grad_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model]
 

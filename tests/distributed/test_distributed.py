@@ -122,3 +122,40 @@ def test_example_trains_like_one_process():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     gap = float(out.stdout.rsplit("params: ", 1)[1].split()[0])
     assert gap < 1e-12, out.stdout
+
+
+def test_bfloat16_rounding_is_nearest_even_and_keeps_specials():
+    """to_bfloat16 (grad_comm="bfloat16"): the nearest bfloat16, ties to the even one;
+    NaN stays NaN (with its sign), +-Inf and +-0 stay, overflow rounds to Inf."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.standard_normal(20000).astype(np.float32) * np.float32(10.0) ** rng.integers(
+            -30, 30, 20000).astype(np.float32),
+        # exact ties: a bfloat16 value plus half a bfloat16 ulp, with even and odd bases
+        ((rng.integers(0, 1 << 15, 2000, dtype=np.uint32) << 16) | 0x8000).view(np.float32),
+        np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45], np.float32)])
+    x = x[np.isfinite(x) | np.isinf(x)]
+    bits = distributed.to_bfloat16(x)
+    got = distributed.from_bfloat16(bits).astype(np.float64)
+    u = x.view(np.uint32)
+    xd = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):     # the neighbours of +-Inf are NaN patterns
+        below = ((u & 0xFFFF0000).view(np.float32)).astype(np.float64)
+        above = (((u & 0xFFFF0000) + 0x10000).view(np.float32)).astype(np.float64)
+        d_below, d_above = np.abs(xd - below), np.abs(above - xd)
+    finite = np.isfinite(xd) & np.isfinite(above)
+    tie = finite & (d_below == d_above)
+    nearer = np.where(d_below < d_above, below, above)
+    even = np.where(((u >> 16) & 1) == 0, below, above)
+    expected = np.where(tie, even, nearer)
+    assert np.array_equal(got[finite], expected[finite])
+    assert tie.sum() > 1000
+    assert np.array_equal(got[np.isinf(xd)], xd[np.isinf(xd)])
+    assert np.array_equal(np.signbit(got), np.signbit(xd))
+    assert distributed.from_bfloat16(distributed.to_bfloat16(np.float32([3.4e38])))[0] == np.inf
+    nans = np.array([np.nan, -np.nan], np.float32)
+    nans[1] = -abs(nans[1])
+    back = distributed.from_bfloat16(distributed.to_bfloat16(nans))
+    assert np.isnan(back).all() and list(np.signbit(back)) == [False, True]
+    # float64 goes through float32
+    assert distributed.to_bfloat16(np.array([1.0 + 2 ** -8], np.float64))[0] == 0x3F80
