@@ -14,8 +14,9 @@ the rate given):
         python benchmarks/mpi_step.py --link-gbit 1
 
 ``--link-gbit`` adds the bandwidth bound: the bytes one rank sends per step (its
-reduce-scatter sends plus an all-gather's (n - 1)/n of the params, as a ring or direct
-exchange needs) at the link rate, and communication time over that bound.
+reduce-scatter sends, in bfloat16 with ``--grad-comm bfloat16``, plus an all-gather's
+(n - 1)/n of the params, as a ring or direct exchange needs) at the link rate, and
+communication time over that bound.
 """
 
 import argparse
@@ -31,6 +32,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24])
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--grad-comm", choices=["none", "bfloat16"], default="none",
+                        help="the precision the grads travel in (ShardedOptimizer grad_comm)")
     parser.add_argument("--link-gbit", type=float, default=None,
                         help="each host's link rate, to print the bandwidth bound")
     args = parser.parse_args()
@@ -43,7 +46,9 @@ def main():
     for n in args.sizes:
         flat, views = fastlr.flat_buffer([(n,)], np.float32)
         flat[:] = np.random.default_rng(0).standard_normal(n)
-        opt = distributed.ShardedOptimizer(fastlr.Adam, views, comm, lr=1e-4, n_threads=1)
+        opt = distributed.ShardedOptimizer(
+            fastlr.Adam, views, comm, lr=1e-4, n_threads=1,
+            grad_comm=None if args.grad_comm == "none" else args.grad_comm)
         grad = np.random.default_rng(rank + 1).normal(0, 1e-2, n).astype(np.float32)
         rows = []
         for i in range(args.repeat + 2):
@@ -59,7 +64,8 @@ def main():
         extra = ""
         if args.link_gbit:
             counts, _ = distributed.shard_bounds(n, size)
-            sent = (sum(counts) - counts[rank]) * 4 + (size - 1) / size * n * 4   # bytes
+            grad_bytes = 2 if args.grad_comm == "bfloat16" else 4
+            sent = (sum(counts) - counts[rank]) * grad_bytes + (size - 1) / size * n * 4
             bound = sent * 8 / (args.link_gbit * 1e9) * 1e3
             extra = f" {bound:7.2f} {(med[1] + med[3]) / bound:10.2f}" if bound else ""
         if rank == 0:
