@@ -53,6 +53,7 @@ from numpy.typing import NDArray
 from fastlr import optim as _optim
 from fastlr._core.args import (INT_MAX, POSITIVE, checked_real, choice_arg, flag_arg, int_arg,
                                threads_arg)
+from fastlr._core import bf16 as _bf16
 from fastlr._core.engine import grad_stats
 from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
 
@@ -161,7 +162,6 @@ def _flat_view(arrays, what):
 
 #: What ``grad_comm`` accepts: None (the grads' own dtype) or "bfloat16".
 GRAD_COMM = (None, "bfloat16")
-_BF16_NAN = np.uint16(0x7FC0)
 
 
 def to_bfloat16(x: NDArray[np.floating], out: Optional[NDArray[np.uint16]] = None
@@ -182,20 +182,27 @@ def to_bfloat16(x: NDArray[np.floating], out: Optional[NDArray[np.uint16]] = Non
     Returns
     -------
     numpy.ndarray of uint16
-        The bit patterns.
+        The bit patterns (``out`` when given).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not float32 or float64 (native byte order).
+    ValueError
+        If ``out`` is not a writeable, contiguous 1-D uint16 array of ``x``'s size.
     """
-    f = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    u = f.view(np.uint32)
-    rounded = (u >> 16) & 1
-    rounded += 0x7FFF
-    rounded += u                        # wraps only for negative NaNs, fixed below
-    rounded >>= 16
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"fastlr.distributed.to_bfloat16: x must be float32 or float64, got "
+                        f"{x.dtype}")
+    flat = np.ascontiguousarray(x).reshape(-1)
     if out is None:
-        out = np.empty(f.size, dtype=np.uint16)
-    np.copyto(out, rounded, casting="unsafe")
-    nan = np.isnan(f)
-    if nan.any():
-        out[nan] = _BF16_NAN | ((u[nan] >> 16) & 0x8000).astype(np.uint16)
+        out = np.empty(flat.size, dtype=np.uint16)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.uint16 and out.ndim == 1
+            and out.flags.c_contiguous and out.flags.writeable and out.size == flat.size):
+        raise ValueError(f"fastlr.distributed.to_bfloat16: out must be a writeable, "
+                         f"contiguous 1-D uint16 array of {flat.size} elements")
+    (_bf16.pack_f32 if flat.dtype == np.float32 else _bf16.pack_f64)(flat, out)
     return out
 
 
@@ -606,8 +613,11 @@ class ShardedOptimizer:
                          f"{src}, sending to rank {dst})", [src])
             comm.Sendrecv([send[a:a + self._counts[dst]], T], dst, sendtag=_TAG_EXCHANGE,
                           recvbuf=[recv, T], source=src, recvtag=_TAG_EXCHANGE)
-            got = recv if recv is self._recv else from_bfloat16(recv)
-            np.add(flat[lo:hi] if k == 1 else acc, got, out=acc)
+            base = flat[lo:hi] if k == 1 else acc
+            if recv is self._recv:
+                np.add(base, recv, out=acc)
+            else:
+                (_bf16.add_f32 if acc.dtype == np.float32 else _bf16.add_f64)(acc, base, recv)
         watchdog.disarm()
 
     def _agree(self, mine):

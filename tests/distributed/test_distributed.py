@@ -159,3 +159,10 @@ def test_bfloat16_rounding_is_nearest_even_and_keeps_specials():
     assert np.isnan(back).all() and list(np.signbit(back)) == [False, True]
     # float64 goes through float32
     assert distributed.to_bfloat16(np.array([1.0 + 2 ** -8], np.float64))[0] == 0x3F80
+    out = np.empty(3, np.uint16)
+    assert distributed.to_bfloat16(np.float32([1, 2, 3]), out) is out
+    with pytest.raises(TypeError, match="float32 or float64"):
+        distributed.to_bfloat16(np.arange(3))
+    for bad in (np.empty(2, np.uint16), np.empty(3, np.int16), np.empty((3, 1), np.uint16)):
+        with pytest.raises(ValueError, match="out must be"):
+            distributed.to_bfloat16(np.float32([1, 2, 3]), bad)
