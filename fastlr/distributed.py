@@ -202,7 +202,7 @@ def to_bfloat16(x: NDArray[np.floating], out: Optional[NDArray[np.uint16]] = Non
             and out.flags.c_contiguous and out.flags.writeable and out.size == flat.size):
         raise ValueError(f"fastlr.distributed.to_bfloat16: out must be a writeable, "
                          f"contiguous 1-D uint16 array of {flat.size} elements")
-    (_bf16.pack_f32 if flat.dtype == np.float32 else _bf16.pack_f64)(flat, out)
+    _bf16.pack(flat, out)
     return out
 
 
@@ -617,7 +617,7 @@ class ShardedOptimizer:
             if recv is self._recv:
                 np.add(base, recv, out=acc)
             else:
-                (_bf16.add_f32 if acc.dtype == np.float32 else _bf16.add_f64)(acc, base, recv)
+                _bf16.add(acc, base, recv)
         watchdog.disarm()
 
     def _agree(self, mine):

@@ -16,11 +16,12 @@
 #    matching sizes, checked here before the loops.
 
 cimport cython
+from cython cimport floating
 from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy
 
 
-cdef inline uint16_t pack(float x) noexcept nogil:
+cdef inline uint16_t pack_one(float x) noexcept nogil:
     cdef uint32_t u
     memcpy(&u, &x, 4)
     if (u & 0x7FFFFFFF) > 0x7F800000:                      # NaN: quiet, sign kept
@@ -44,51 +45,25 @@ cdef int _same(Py_ssize_t a, Py_ssize_t b, str what) except -1:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def pack_f32(const float[::1] x,          # IN
-             uint16_t[::1] out):          # OUT: bfloat16 bits of x
-    """out[i] = the bfloat16 nearest x[i] (ties to even), as bits."""
-    _same(x.shape[0], out.shape[0], "x and out")
-    cdef Py_ssize_t i, n = x.shape[0]
-    with nogil:
-        for i in range(n):
-            out[i] = pack(x[i])
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def pack_f64(const double[::1] x,         # IN
-             uint16_t[::1] out):          # OUT: bfloat16 bits of float32(x)
+def pack(const floating[::1] x,           # IN: float32 or float64
+         uint16_t[::1] out):              # OUT: bfloat16 bits of float32(x)
     """out[i] = the bfloat16 nearest float32(x[i]) (ties to even), as bits."""
     _same(x.shape[0], out.shape[0], "x and out")
     cdef Py_ssize_t i, n = x.shape[0]
     with nogil:
         for i in range(n):
-            out[i] = pack(<float>x[i])
+            out[i] = pack_one(<float>x[i])
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def add_f32(float[::1] acc,               # OUT (may be base)
-            const float[::1] base,        # IN
-            const uint16_t[::1] bits):    # IN: bfloat16 bits
-    """acc[i] = base[i] + bfloat16(bits[i]), in float32."""
+def add(floating[::1] acc,                # OUT (may be base)
+        const floating[::1] base,         # IN
+        const uint16_t[::1] bits):        # IN: bfloat16 bits
+    """acc[i] = base[i] + bfloat16(bits[i]), in the dtype of acc and base."""
     _same(acc.shape[0], base.shape[0], "acc and base")
     _same(acc.shape[0], bits.shape[0], "acc and bits")
     cdef Py_ssize_t i, n = acc.shape[0]
     with nogil:
         for i in range(n):
-            acc[i] = base[i] + unpack(bits[i])
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def add_f64(double[::1] acc,              # OUT (may be base)
-            const double[::1] base,       # IN
-            const uint16_t[::1] bits):    # IN: bfloat16 bits
-    """acc[i] = base[i] + bfloat16(bits[i]), in float64."""
-    _same(acc.shape[0], base.shape[0], "acc and base")
-    _same(acc.shape[0], bits.shape[0], "acc and bits")
-    cdef Py_ssize_t i, n = acc.shape[0]
-    with nogil:
-        for i in range(n):
-            acc[i] = base[i] + <double>unpack(bits[i])
+            acc[i] = base[i] + <floating>unpack(bits[i])
