@@ -116,9 +116,9 @@ def _h(name, default, check, schedulable=False, doc="", pair=""):
 _LR = _h("lr", None, "nonneg", True, "learning rate (parameter units per gradient unit)")
 _WD = _h("weight_decay", 0.0, "nonneg", True, "weight decay")
 _MAX = _h("maximize", False, "flag", doc="ascend instead of descend")
-_EPS = lambda d: _h("eps", d, "nonneg", doc="added to the denominator")    # noqa: E731
+_EPS = lambda d: _h("eps", d, "nonneg", True, "added to the denominator")    # noqa: E731
 _B1 = lambda d, c="unit": _h("beta1", d, c, True, "first-moment decay", "betas")  # noqa: E731
-_B2 = lambda d, c="unit": _h("beta2", d, c, False, "second-moment decay", "betas")  # noqa: E731
+_B2 = lambda d, c="unit": _h("beta2", d, c, True, "second-moment decay", "betas")  # noqa: E731
 _DWD = _h("decoupled_weight_decay", False, "flag",
          doc="``p *= 1 - lr * wd`` (AdamW) instead of L2")
 
@@ -132,7 +132,7 @@ FAMILIES = {f.name: f for f in (
          (_INT, "nesterov", "0 or 1"), (_INT, "maximize", "0 or 1")),
         (State("momentum_buffer", "momentum != 0", lazy=True),),
         (_LR, _h("momentum", 0.0, "nonneg", True, "momentum factor"),
-         _h("dampening", 0.0, "finite", doc="dampening of the momentum"), _WD,
+         _h("dampening", 0.0, "finite", True, "dampening of the momentum"), _WD,
          _h("nesterov", False, "flag", doc="Nesterov momentum"), _MAX),
         "SGD (momentum, dampening, Nesterov, L2 weight decay, maximize)",
         kernel_keywords=("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize"),
@@ -143,7 +143,7 @@ FAMILIES = {f.name: f for f in (
          (_D, "momentum", ""), (_INT, "maximize", "")),
         (State("square_avg"), State("momentum_buffer", "momentum > 0"),
          State("grad_avg", "centered")),
-        (_LR, _h("alpha", 0.99, "nonneg", doc="smoothing constant"), _EPS(1e-8), _WD,
+        (_LR, _h("alpha", 0.99, "nonneg", True, "smoothing constant"), _EPS(1e-8), _WD,
          _h("momentum", 0.0, "nonneg", True, "momentum factor"), _MAX),
         "RMSprop (centered, momentum, L2 weight decay, maximize)", uses_step=False),
     Family(
@@ -162,7 +162,7 @@ FAMILIES = {f.name: f for f in (
          (_I64, "step", "1-based update number: lr / (1 + (step - 1) * lr_decay)"),
          (_INT, "maximize", "")),
         (State("state_sum", fill="initial_accumulator_value"),),
-        (_LR, _h("lr_decay", 0.0, "nonneg", doc="lr / (1 + (step - 1) * lr_decay)"), _WD,
+        (_LR, _h("lr_decay", 0.0, "nonneg", True, "lr / (1 + (step - 1) * lr_decay)"), _WD,
          _EPS(1e-10), _MAX),
         "Adagrad (lr_decay, L2 weight decay, maximize); state_sum starts at "
         "initial_accumulator_value"),
@@ -172,7 +172,7 @@ FAMILIES = {f.name: f for f in (
          (_INT, "maximize", "")),
         (State("square_avg"), State("acc_delta")),
         (_h("lr", 1.0, "nonneg", True, "learning rate (scales the delta)"),
-         _h("rho", 0.9, "closed_unit", doc="decay of the running averages"), _EPS(1e-6), _WD,
+         _h("rho", 0.9, "closed_unit", True, "decay of the running averages"), _EPS(1e-6), _WD,
          _MAX),
         "Adadelta (L2 weight decay, maximize)", uses_step=False),
     Family(
@@ -192,7 +192,7 @@ FAMILIES = {f.name: f for f in (
          (_I64, "step", ""), (_INT, "decoupled_weight_decay", ""), (_INT, "maximize", "")),
         (State("exp_avg"), State("exp_avg_sq")),
         (_LR, _B1(0.9), _B2(0.999), _EPS(1e-8), _WD,
-         _h("momentum_decay", 4e-3, "nonneg", doc="mu_t = beta1 (1 - 0.5 0.96^(t psi))"),
+         _h("momentum_decay", 4e-3, "nonneg", True, "mu_t = beta1 (1 - 0.5 0.96^(t psi))"),
          _DWD, _MAX),
         "NAdam (momentum decay, L2 or decoupled weight decay, maximize); the caller keeps "
         "mu_product", scalar_state=(("mu_product", 1.0),)),

@@ -345,10 +345,10 @@ class CheckpointMixin(_OptimizerAttrs):
                     differ.append((g, key, group[key], value))
                 if _is_marker(value):
                     continue        # a schedule: code, rebuilt by the code that built this
-                if key == "betas" and isinstance(value, (list, tuple)) and len(value) == 2 \
-                        and _is_marker(value[0]):
-                    value = (group["betas"][0], value[1])
-                value = tuple(value) if key == "betas" else value
+                if key in self._pairs and isinstance(value, (list, tuple)) \
+                        and len(value) == 2:      # a scheduled slot: the optimizer's own
+                    value = tuple(mine if _is_marker(part) else part
+                                  for mine, part in zip(group[key], value))
                 value = self._check_hyper(key, value, where=f"param_groups[{g}]")
                 hyper[key] = value
             new_hypers.append(hyper)

@@ -135,9 +135,13 @@ def _doc(row, family, signature):
         if h is not None and h.pair:
             text = " and ".join(x.doc for x in family.hypers if x.pair == h.pair)
         sched = ""
-        if h is not None and h.schedulable:
-            sched = (f" ({name}[0] may be a schedule)" if h.pair
-                     else " (a number or a schedule)")
+        if h is not None and h.pair:
+            slots = [k for k, x in enumerate(x for x in family.hypers if x.pair == h.pair)
+                     if x.schedulable]
+            sched = (" (either may be a schedule)" if len(slots) == 2 else
+                     f" ({name}[{slots[0]}] may be a schedule)" if slots else "")
+        elif h is not None and h.schedulable:
+            sched = " (a number or a schedule)"
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
     lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`.",
               "", "Raises", "------", "TypeError",
@@ -201,6 +205,8 @@ def _make_class(row, bases, namespace=None):
         _row=row, _family=family,
         _kernel=family.name,
         _schedulable=tuple(h.name for h in family.hypers if h.schedulable),
+        _pairs={h.pair: tuple(x.name for x in family.hypers if x.pair == h.pair)
+                for h in family.hypers if h.pair},
         _flags=flags,
         _ranges=ranges,
         _slots=tuple(s.name for s in family.state),
@@ -226,8 +232,9 @@ class _SGDSemantics:
     the momentum buffer starts lazily, at the first update that applies momentum."""
 
     def _validate_group(self, group):
-        m = group["momentum"]
-        if group["nesterov"] and (group["dampening"] != 0 or
+        # a scheduled momentum or dampening: the engine checks its value each step
+        m, d = group["momentum"], group["dampening"]
+        if group["nesterov"] and ((isinstance(d, numbers.Real) and d != 0) or
                                   (isinstance(m, numbers.Real) and m <= 0)):
             raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
                              f"dampening == 0, got momentum={m!r}, "
@@ -237,7 +244,7 @@ class _SGDSemantics:
         buf = self._state[i].get("momentum_buffer")
         use = buf is not None and v["momentum"] != 0
         kwargs = dict(step=2 if self._started[i] else 1, lr=v["lr"],
-                      momentum=v["momentum"] if use else 0.0, dampening=group["dampening"],
+                      momentum=v["momentum"] if use else 0.0, dampening=v["dampening"],
                       nesterov=group["nesterov"] and use, weight_decay=v["weight_decay"],
                       maximize=group["maximize"], momentum_buffer=buf if use else None)
         if use:

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
         param_groups: List[ParamGroup]
         _kernel: str
         _schedulable: Tuple[str, ...]
+        _pairs: Dict[str, Tuple[str, str]]
         _flags: Tuple[str, ...]
         _ranges: Dict[str, Any]
         _slots: Tuple[str, ...]
@@ -124,6 +125,10 @@ else:
 
 class GroupsMixin(_OptimizerAttrs):
     """Construction, param groups and hyperparameter checks (part of :class:`Optimizer`)."""
+
+    #: a group key taking a pair -> the hyperparameters of its two slots (the table's
+    #: ``Hyper.pair``; the classes set their own)
+    _pairs: Dict[str, Tuple[str, str]] = {"betas": ("beta1", "beta2")}
 
     @property
     def max_grad_norm(self) -> Optional[float]:
@@ -203,11 +208,13 @@ class GroupsMixin(_OptimizerAttrs):
         if key in self._flags:
             flag_arg(fn, name, value)
             return value
-        if key == "betas":
+        if key in self._pairs:
+            first, second = self._pairs[key]
             if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise TypeError(f"{fn}: {name} must be a pair (beta1, beta2), got {value!r}")
-            pair = (self._check_hyper("beta1", value[0], where),
-                    self._check_hyper("beta2", value[1], where))
+                raise TypeError(f"{fn}: {name} must be a pair ({first}, {second}), got "
+                                f"{value!r}")
+            pair = (self._check_hyper(first, value[0], where),
+                    self._check_hyper(second, value[1], where))
             if pair[0] is value[0] and pair[1] is value[1]:
                 return value                # the caller's object, unchanged
             return pair if isinstance(value, tuple) else list(pair)

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import re
 import zlib
 
 import numpy as np
@@ -375,6 +376,193 @@ def test_scheduled_beta1_and_weight_decay_match_torch(torch, cls_name):
             twin.step(g)
         compare_with_torch(opt, twin, dtype, cls_name, _family_rtol(cls_name, dtype))
     assert opt.state_dict()["param_groups"][0]["weight_decay"] == {"schedule": repr(wd)}
+
+
+# The hyperparameters beyond lr, momentum, beta1 and weight_decay that take a schedule
+# (issue #17): each scheduled alone, the rest as RICH sets them.
+_OLD_SCHEDULABLE = ("lr", "momentum", "beta1", "weight_decay")
+_HYPER_SCHEDULE = {
+    "beta2": S.cosine(0.999, 50, end=0.9),
+    "eps": S.step_decay(1e-2, 20, 0.1),
+    "alpha": S.cosine(0.99, 50, end=0.8),
+    "dampening": S.linear(0.5, start_factor=0.0, end_factor=1.0, total_steps=40),
+    "rho": S.cosine(0.9, 50, end=0.5),
+    "lr_decay": S.linear(0.1, start_factor=0.0, end_factor=1.0, total_steps=40),
+    "momentum_decay": S.linear(0.05, start_factor=0.08, end_factor=1.0, total_steps=40),
+}
+
+
+def _schedulable_cases(torch_only):
+    out = []
+    for cls_name, row in _specs.OPTIMIZERS.items():
+        if torch_only and not row.torch:
+            continue
+        for h in _specs.FAMILIES[row.family].hypers:
+            if h.schedulable and h.name not in _OLD_SCHEDULABLE and h.name not in row.fixed:
+                out.append(pytest.param(cls_name, h, id=f"{cls_name}-{h.name}"))
+    return out
+
+
+def _with_schedule(options, h, value):
+    """``options`` with hyperparameter ``h`` set to ``value`` (a pair's slot for betas)."""
+    options = dict(options)
+    if h.pair:
+        fam = next(f for f in _specs.FAMILIES.values() if h in f.hypers)
+        names = [x.name for x in fam.hypers if x.pair == h.pair]
+        pair = list(options.get(h.pair, [x.default for x in fam.hypers if x.pair == h.pair]))
+        pair[names.index(h.name)] = value
+        options[h.pair] = tuple(pair)
+    else:
+        options[h.name] = value
+    return options
+
+
+def test_every_numeric_hyperparameter_is_schedulable():
+    """Item 3 of issue #17: every numeric hyperparameter takes a schedule (the table says
+    which); the exceptions are named here with their reason."""
+    not_schedulable = {}
+    for fam in _specs.FAMILIES.values():
+        for h in fam.hypers:
+            if h.check != "flag" and not h.schedulable:
+                not_schedulable[(fam.name, h.name)] = True
+    assert set(not_schedulable) <= set(_NOT_SCHEDULABLE), sorted(not_schedulable)
+    for cls_name, h in [(c.values[0], c.values[1]) for c in _schedulable_cases(False)]:
+        assert h.name in _HYPER_SCHEDULE, f"{cls_name}.{h.name}: give it a test schedule"
+
+
+#: (family, hyperparameter) that take no schedule, and why
+_NOT_SCHEDULABLE = {}
+
+
+@dtype_ids
+@pytest.mark.parametrize("cls_name, h", _schedulable_cases(True))
+def test_scheduled_hyperparameter_matches_torch(torch, cls_name, h, dtype):
+    """A hyperparameter as a schedule: torch's group entry (a pair's slot: ``betas =
+    (b1, s(t))``) set to its value before each update, which torch reads each step."""
+    sched = _HYPER_SCHEDULE[h.name]
+    rich = dict(RICH[cls_name])
+    flat, params = make_params(dtype, seed=5)
+    grads = make_grads(dtype, 60, seed=5)
+    lr = rich["lr"]
+    with torch_default_dtype(torch, dtype):
+        twin = TorchTwin(torch, cls_name,
+                         groups_of(params, _with_schedule(rich, h, sched(0)),
+                                   _with_schedule(rich, h, sched(0)) | {"lr": lr / 2}))
+        opt = getattr(fastlr, cls_name)(groups_of(params, _with_schedule(rich, h, sched),
+                                                  _with_schedule(rich, h, sched)
+                                                  | {"lr": lr / 2}))
+        for t, g in enumerate(grads):
+            for tg in twin.opt.param_groups:
+                if h.pair:
+                    tg[h.pair] = _with_schedule({h.pair: tg[h.pair]}, h, sched(t))[h.pair]
+                else:
+                    tg[h.name] = sched(t)
+            opt.step(list(g))
+            twin.step(g)
+            if t in (0, 9, 29) or t == len(grads) - 1:
+                compare_with_torch(opt, twin, dtype, f"{cls_name} {h.name} step {t + 1}",
+                                   _family_rtol(cls_name, dtype))
+    saved = opt.state_dict()["param_groups"][0]
+    if h.pair:
+        slot = [x.name for x in opt._family.hypers if x.pair == h.pair].index(h.name)
+        assert saved[h.pair][slot] == {"schedule": repr(sched)}
+    else:
+        assert saved[h.name] == {"schedule": repr(sched)}
+
+
+@pytest.mark.parametrize("cls_name, h", _schedulable_cases(False))
+def test_scheduled_hyperparameter_matches_the_twin(cls_name, h):
+    """The compiled step against the NumPy twins' step with the same schedule (Lion, which
+    torch lacks, included)."""
+    sched = _HYPER_SCHEDULE[h.name]
+    rich = _with_schedule(RICH[cls_name], h, sched)
+    flat, params = make_params(np.float64, seed=6)
+    flat2, params2 = clone_params(flat, params)
+    a = getattr(fastlr, cls_name)(groups_of(params, rich, dict(rich, lr=rich["lr"] / 2)))
+    b = getattr(fastlr, cls_name)(groups_of(params2, rich, dict(rich, lr=rich["lr"] / 2)))
+    for g in make_grads(np.float64, 40, seed=6):
+        a.step(list(g))
+        b.step_reference(list(g))
+    for i, (p, q) in enumerate(zip(all_params(a), all_params(b))):
+        assert_close(p, q, np.float64, f"params[{i}]", 1e-13)
+
+
+def _bad_value(rule):
+    return {"nonneg": -1.0, "unit": 1.0, "closed_unit": 1.5, "finite": float("nan")}[rule]
+
+
+def _scheduled_cases():
+    return [pytest.param(c, h, id=f"{c}-{h.name}") for c, row in _specs.OPTIMIZERS.items()
+            for h in _specs.FAMILIES[row.family].hypers
+            if h.schedulable and h.name not in row.fixed]
+
+
+@pytest.mark.parametrize("cls_name, h", _scheduled_cases())
+def test_out_of_range_scheduled_value_raises_and_changes_nothing(cls_name, h):
+    """A schedule that leaves the hyperparameter's range: that step raises the table rule's
+    error naming the group, the key and the step, and writes nothing."""
+    rich = RICH[cls_name]
+    good = (rich[h.name] if h.name in rich else
+            rich[h.pair][[x.name for x in _specs.FAMILIES[_specs.OPTIMIZERS[cls_name].family]
+                          .hypers if x.pair == h.pair].index(h.name)] if h.pair in rich
+            else _specs.OPTIMIZERS[cls_name].defaults.get(h.name, h.default))
+    bad = _bad_value(h.check)
+    sched = lambda t: good if t < 3 else bad        # noqa: E731
+    flat, params = make_params(np.float64, seed=7)
+    opt = getattr(fastlr, cls_name)(groups_of(params, dict(rich),
+                                              _with_schedule(rich, h, sched)))
+    grads = make_grads(np.float64, 4, seed=7)
+    for g in grads[:3]:
+        opt.step(list(g))
+    snap = snapshot(opt)
+    key = f"{h.pair}[{[x.name for x in opt._family.hypers if x.pair == h.pair].index(h.name)}]" \
+        if h.pair else h.name
+    with pytest.raises(ValueError, match=rf"fastlr\.{cls_name}\.step: param_groups\[1\]"
+                                         rf"\['{re.escape(key)}'\] is {re.escape(repr(bad))} "
+                                         r"at step 3 \(from its schedule\); expected "):
+        opt.step(list(grads[3]))
+    assert_unchanged(opt, snap, f"{cls_name} {h.name}")
+
+
+@pytest.mark.parametrize("slot", [0, 1])
+def test_a_scheduled_betas_slot_in_checkpoints(slot, tmp_path):
+    """Either slot of ``betas`` may be a schedule; checkpoints record it by repr and compare
+    it on load (a different schedule raises, the same one loads)."""
+    sched = S.cosine(0.9 if slot == 0 else 0.999, 30, end=0.5)
+    betas = (sched, 0.999) if slot == 0 else (0.9, sched)
+    flat, params = make_params(np.float64, seed=8)
+    opt = fastlr.Adam(params, lr=0.01, betas=betas)
+    for g in make_grads(np.float64, 5, seed=8):
+        opt.step(list(g))
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["betas"][slot] == {"schedule": repr(sched)}
+    opt.save(tmp_path / "ckpt.npz")
+    flat2, params2 = clone_params(*make_params(np.float64, seed=8))
+    same = fastlr.Adam(params2, lr=0.01, betas=betas)
+    same.load(tmp_path / "ckpt.npz")
+    same.load_state_dict(saved)
+    assert same.steps == 5 and same.param_groups[0]["betas"][slot] is sched
+    other = S.cosine(0.8, 30, end=0.5)
+    differ = fastlr.Adam(params2, lr=0.01, betas=(other, 0.999) if slot == 0 else (0.9, other))
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['betas'\]"):
+        differ.load(tmp_path / "ckpt.npz")
+    assert differ.steps == 0
+
+
+def test_nesterov_with_a_scheduled_dampening():
+    """SGD: nesterov needs dampening == 0; a scheduled dampening is checked each step."""
+    w = np.ones(3)
+    opt = fastlr.SGD([w], lr=0.1, momentum=0.9, nesterov=True,
+                     dampening=lambda t: 0.0 if t < 2 else 0.5)
+    opt.step([np.ones(3)])
+    opt.step([np.ones(3)])
+    before = w.copy()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['dampening'\] is 0\.5 at step "
+                                         r"2 \(from its schedule\); expected 0 \(nesterov"):
+        opt.step([np.ones(3)])
+    assert np.array_equal(w, before) and opt.steps == 2
+    with pytest.raises(ValueError, match="nesterov=True requires"):
+        fastlr.SGD([w], lr=0.1, momentum=0.9, nesterov=True, dampening=0.1)
 
 
 def test_adagrad_initial_accumulator_value_per_group(torch):
