@@ -48,13 +48,15 @@ __all__ = ["Hyper", "State", "Family", "Optimizer", "FAMILIES", "OPTIMIZERS", "C
            "KERNEL_DOCS", "family", "optimizer", "template_namespace",
            "render_templates"]
 
-#: Range rules: name -> (low, high, high_inclusive, text). ``None`` bounds are open; every
-#: rule also requires a finite real number (``flag`` is a bool instead).
+#: Range rules: name -> (low, high, high_inclusive, text, low_inclusive). ``None`` bounds
+#: are open; every rule also requires a finite real number (``flag`` is a bool instead).
 CHECKS = {
-    "nonneg": (0.0, None, False, "a finite number >= 0"),
-    "unit": (0.0, 1.0, False, "in [0, 1)"),
-    "closed_unit": (0.0, 1.0, True, "in [0, 1]"),
-    "finite": (None, None, False, "a finite number"),
+    "nonneg": (0.0, None, False, "a finite number >= 0", True),
+    "unit": (0.0, 1.0, False, "in [0, 1)", True),
+    "closed_unit": (0.0, 1.0, True, "in [0, 1]", True),
+    "finite": (None, None, False, "a finite number", True),
+    "open_unit": (0.0, 1.0, False, "in (0, 1)", False),
+    "above_one": (1.0, None, False, "a finite number > 1", False),
     "flag": None,
 }
 
@@ -215,6 +217,23 @@ FAMILIES = {f.name: f for f in (
          _h("weight_decay", 1e-3, "nonneg", True, "decoupled weight decay"), _MAX),
         "Lion (optax's definition: sign of the interpolated momentum, decoupled decay)",
         uses_step=False),
+    Family(
+        "rprop", "RpropHyper",
+        ((_D, "etaminus", "step-size decrease factor, in (0, 1)"),
+         (_D, "etaplus", "step-size increase factor, > 1"),
+         (_D, "step_size_min", ""), (_D, "step_size_max", ""), (_INT, "maximize", "")),
+        (State("prev"), State("step_size", fill="lr")),
+        (_h("lr", 1e-2, "nonneg",
+            doc="initial step size (fills step_size; the update itself does not read lr)"),
+         _h("etaminus", 0.5, "open_unit", True, "step-size decrease factor", "etas"),
+         _h("etaplus", 1.2, "above_one", True, "step-size increase factor", "etas"),
+         _h("step_size_min", 1e-6, "nonneg", True, "smallest step size", "step_sizes"),
+         _h("step_size_max", 50.0, "nonneg", True, "largest step size", "step_sizes"),
+         _MAX),
+        "Rprop (per-element step sizes from the signs of successive grads, maximize); "
+        "step_size starts at lr",
+        uses_step=False,
+        kernel_keywords=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize")),
 )}
 
 OPTIMIZERS = {o.cls: o for o in (
@@ -249,6 +268,9 @@ OPTIMIZERS = {o.cls: o for o in (
     Optimizer("Lion", "lion", "lion", "optax.lion",
               "Lion, the sign of interpolated momentum (optax's definition)",
               defaults={"lr": 1e-4}),
+    Optimizer("Rprop", "rprop", "rprop", "torch.optim.Rprop",
+              "Rprop, resilient backpropagation: per-element step sizes",
+              torch="Rprop"),
 )}
 
 
@@ -384,6 +406,20 @@ With ``g = -grad if maximize else grad``::
 The decay is decoupled and scaled by lr (optax's add_decayed_weights before
 scale_by_learning_rate). ``exp_avg`` (optax's ``mu``) starts at zeros. Default
 ``weight_decay=1e-3`` as optax. Returns None.
+""",
+    "rprop": """Rprop (resilient backpropagation), in place (torch.optim.Rprop).
+
+With ``g = -grad if maximize else grad`` and ``s = sign(g * prev)``::
+
+    f = etaplus if s > 0, etaminus if s < 0, 1 otherwise (s == 0, or NaN: torch's sign)
+    step_size = clamp(step_size * f, step_size_min, step_size_max)
+    g     = 0 where f == etaminus                  (the sign flipped: no move, forget g)
+    param = param - sign(g) * step_size           (sign(NaN) = 0, as torch.sign)
+    prev  = g
+
+``step_size`` starts at ``lr`` (:func:`fastlr.kernels.make_state` fills it: pass
+``lr=``), ``prev`` at zeros; the arithmetic runs in the buffers' dtype (``f`` and the
+bounds rounded to it), as torch. Returns None.
 """,
 }
 
@@ -579,9 +615,11 @@ def _hyper_value(fam, ctype, name):
     return v if ctype == "double" else f"<{ctype}>{v}"
 
 
-def _display(h):
+def _display(fam, h):
     """A hyperparameter as a param group names it: ``betas[0]`` for a pair's first."""
-    return f"{h.pair}[{0 if h.name.endswith('1') else 1}]" if h.pair else h.name
+    if not h.pair:
+        return h.name
+    return f"{h.pair}[{[x.name for x in fam.hypers if x.pair == h.pair].index(h.name)}]"
 
 
 def _adapter_args(fam, ctype):
@@ -628,13 +666,19 @@ def _checks(fam):
 
 def _check_c(rule, v):
     """A CHECKS rule as a C condition on ``v`` (NaN fails every comparison)."""
-    low, high, inclusive, _ = CHECKS[rule]
+    low, high, inclusive, _, low_inclusive = CHECKS[rule]
     conds = [] if low is not None and high is not None else [f"isfinite({v})"]
     if low is not None:
-        conds.append(f"{v} >= {low!r}")
+        conds.append(f"{v} {'>=' if low_inclusive else '>'} {low!r}")
     if high is not None:
         conds.append(f"{v} {'<=' if inclusive else '<'} {high!r}")
     return " and ".join(conds)
+
+
+def _check_text(fam):
+    """Per schedulable hyperparameter (the engine's check order): the name a message shows
+    and its rule's text."""
+    return tuple((_display(fam, h), CHECKS[h.check][3]) for h in fam.hypers if h.schedulable)
 
 
 def _used(fam, name):
@@ -648,8 +692,12 @@ def _indent(text, n):
 
 def _check_table(families):
     for fam in families.values():
-        if fam.hypers[0].name != "lr" or not fam.hypers[0].schedulable:
-            raise ValueError(f"{fam.name}: the first hyperparameter must be lr, schedulable")
+        # lr first (the engine's h[0]); schedulable, unless it only fills a state buffer
+        # at its creation (Rprop's step_size): then a schedule would mean nothing
+        if fam.hypers[0].name != "lr" or not (
+                fam.hypers[0].schedulable or any(st.fill == "lr" for st in fam.state)):
+            raise ValueError(f"{fam.name}: the first hyperparameter must be lr, schedulable "
+                             f"unless it only fills a state buffer")
         if len(fam.state) > 3:
             raise ValueError(f"{fam.name}: at most 3 state buffers (the cores take 5 pointers)")
         if len(fam.scalar_state) > 1:
@@ -673,7 +721,7 @@ def template_namespace(families=None, optimizers=None, kernel_docs=None):
             "MAX_HYPERS": max(len(f.hypers) for f in families.values()),
             "enum": _enum, "coef_struct": _coef_struct, "c_args": _c_args, "decl": _decl,
             "when_hypers": _when_hypers, "when_c": _when_c, "indent": _indent,
-            "hidx": _hidx, "hyper_value": _hyper_value, "display": _display,
+            "hidx": _hidx, "hyper_value": _hyper_value, "display": _display, "check_text": _check_text,
             "USED": ("lr", "momentum", "beta1", "weight_decay"), "used": _used,
             "adapter_args": _adapter_args, "job_states": _job_states,
             "state_names": _state_names, "state_args": _state_args, "n_required": _n_required,

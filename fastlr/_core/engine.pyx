@@ -352,9 +352,10 @@ cdef class Engine:
         for i in range(self.n_groups):
             values = {"lr": self._used_value(i, 0), "momentum": self._used_value(i, 1),
                       "beta1": self._used_value(i, 2), "weight_decay": self._used_value(i, 3)}
-            for j in range(1, self.ops.n_sched):
+            for j in range(self.ops.n_sched):
                 k = self.ops.sched[j]
-                values[self.hyper_keys[k]] = self.groups[i].h[k].value
+                if k > 0:
+                    values[self.hyper_keys[k]] = self.groups[i].h[k].value
             out.append(values)
         return out
 
@@ -372,9 +373,9 @@ cdef class Engine:
             g.h[0].value = (schedule_value(g.h[0].schedule, t) if g.h[0].schedule != NULL
                             else g.h[0].constant) * self.lr_scale[i]        # h[0] is lr
             if self.scheduled:
-                for j in range(1, ops.n_sched):        # the other schedulable ones
+                for j in range(ops.n_sched):           # the other schedulable ones
                     k = ops.sched[j]
-                    if g.h[k].schedule != NULL:
+                    if k > 0 and g.h[k].schedule != NULL:
                         g.h[k].value = schedule_value(g.h[k].schedule, t)
         if self.needs_gil:
             for obj in self._keep:

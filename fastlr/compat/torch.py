@@ -1,7 +1,7 @@
 """``torch.optim`` optimizers whose update runs in fastlr's kernels (needs PyTorch).
 
-``SGD``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam`` and
-``RAdam`` (every row of fastlr's optimizer table that names a torch class) are subclasses of
+``SGD``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam``,
+``RAdam`` and ``Rprop`` (every row of fastlr's optimizer table that names a torch class) are subclasses of
 the ``torch.optim`` classes of the same names: the same constructor (plus an optional
 ``n_threads``), defaults, argument checks, ``param_groups``, ``state``, ``state_dict()`` /
 ``load_state_dict()``, hooks and LR schedulers. Only ``step()`` differs: it updates each CPU
@@ -676,9 +676,10 @@ def _bridge(row):
     sig = inspect.signature(base.__init__)
     switches = tuple(k for k, _ in _UNSUPPORTED if k in sig.parameters)
     hypers = []          # (kernel keyword, group key, index in a pair or None, is a flag)
+    keywords = family.kernel_keywords
     for h in family.hypers:
-        if h.name in row.fixed:
-            continue
+        if h.name in row.fixed or (keywords and h.name not in keywords):
+            continue                # fixed, or not the kernel's (Rprop's lr: a fill)
         index = None
         if h.pair:
             index = [x.name for x in family.hypers if x.pair == h.pair].index(h.name)

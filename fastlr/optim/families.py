@@ -54,13 +54,30 @@ class _TableOptimizer(Optimizer):
     def _state_fill(self, group):
         return {s.name: float(group[s.fill]) for s in self._family.state if s.fill}
 
+    def _refill_unstarted(self, written):
+        """A buffer filled from a hyperparameter (Rprop's step_size from lr) starts at the
+        group's value at the param's first update, as torch creates it then: on a write to
+        group ``written``, its params not yet updated are refilled."""
+        index = 0
+        for group in self.param_groups:
+            for _ in group["params"]:
+                if group is written and self._counts[index] == 0:
+                    for name, option in self._hyper_fills:
+                        buf = self._state[index].get(name)
+                        if buf is not None:
+                            buf[...] = float(group[option])
+                index += 1
+
     def _reference_kwargs(self, group, v, i):
         kwargs = {}
         if self._family.uses_step:
             kwargs["step"] = int(self._counts[i]) + 1
         if self._scalar:
             kwargs[self._scalar] = float(self._mu_product[i])
+        keywords = self._family.kernel_keywords
         for h in self._family.hypers:
+            if keywords and h.name not in keywords:
+                continue                    # Rprop's lr: it only fills step_size
             if h.schedulable:
                 kwargs[h.name] = v[h.name]
             elif h.pair:
@@ -211,6 +228,8 @@ def _make_class(row, bases, namespace=None):
         _ranges=ranges,
         _slots=tuple(s.name for s in family.state),
         _optional_state=tuple(s.name for s in family.state if s.lazy),
+        _hyper_fills=tuple((s.name, s.fill) for s in family.state
+                           if s.fill in {h.name for h in family.hypers}),
         _scalar=family.scalar_state[0][0] if family.scalar_state else None,
         _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
     )

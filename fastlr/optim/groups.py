@@ -54,6 +54,8 @@ class ParamGroup(dict):
                 dict.__setitem__(self, key, old)
             raise
         owner._dirty = True
+        if owner._hyper_fills and any(key == option for _, option in owner._hyper_fills):
+            owner._refill_unstarted(self)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         """``dict.update``, each entry written (and checked) as by ``group[key] = value``."""
@@ -114,6 +116,7 @@ if TYPE_CHECKING:
         def _busy_error(self, what: str) -> RuntimeError: ...
         def _check_hyper(self, key: str, value: Any, where: str) -> Any: ...
         def _validate_group(self, group: Any) -> None: ...
+        def _refill_unstarted(self, written: Any) -> None: ...
         def _live_state(self, i: int) -> Dict[str, np.ndarray]: ...
         def _where(self, i: int) -> Tuple[int, int]: ...
         def _state_names(self, group: Any) -> Any: ...
@@ -129,6 +132,8 @@ class GroupsMixin(_OptimizerAttrs):
     #: a group key taking a pair -> the hyperparameters of its two slots (the table's
     #: ``Hyper.pair``; the classes set their own)
     _pairs: Dict[str, Tuple[str, str]] = {"betas": ("beta1", "beta2")}
+    #: (state buffer, hyperparameter that fills it at the param's first update)
+    _hyper_fills: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def max_grad_norm(self) -> Optional[float]:
@@ -228,6 +233,10 @@ class GroupsMixin(_OptimizerAttrs):
                 return value
             raise TypeError(f"{fn}: {name} must be a number, a fastlr schedule or a callable, "
                             f"got {type(value).__name__}")
+        if (isinstance(value, Schedule) or callable(value)) and \
+                any(key == option for _, option in self._hyper_fills):
+            raise TypeError(f"{fn}: {name} must be a number, not a schedule: it only sets "
+                            f"where a state buffer starts (Rprop's step_size), got {value!r}")
         checked_real(fn, name, value, self._ranges[key])
         return value
 

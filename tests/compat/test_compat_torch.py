@@ -62,6 +62,7 @@ RMS_BASE = dict(lr=1e-2, alpha=0.9, eps=1e-4)
 ADAM_BASE = dict(lr=1e-2, eps=1e-3, betas=(0.8, 0.95))
 ADAGRAD_BASE = dict(lr=0.05, eps=1e-6)
 ADADELTA_BASE = dict(lr=0.5, rho=0.8, eps=1e-4)
+RPROP_BASE = dict(lr=0.01, etas=(0.4, 1.3))
 
 CASES = [
     _case("SGD", "plain", **SGD_BASE),
@@ -116,6 +117,10 @@ CASES = [
     _case("RAdam", "weight_decay", **ADAM_BASE, weight_decay=0.05),
     _case("RAdam", "all", **ADAM_BASE, weight_decay=0.05, decoupled_weight_decay=True,
           maximize=True),
+    _case("Rprop", "plain", **RPROP_BASE),
+    _case("Rprop", "defaults"),
+    _case("Rprop", "step_sizes", **RPROP_BASE, step_sizes=(1e-3, 0.05)),
+    _case("Rprop", "all", **RPROP_BASE, step_sizes=(1e-4, 0.5), maximize=True),
 ]
 
 
@@ -318,7 +323,8 @@ STATE_CASES = [("SGD", dict(lr=0.05, momentum=0.9)),
                ("Adadelta", dict(lr=0.5, weight_decay=0.01)),
                ("Adamax", dict(lr=1e-2, weight_decay=0.01)),
                ("NAdam", dict(lr=1e-2, momentum_decay=0.01)),
-               ("RAdam", dict(lr=1e-2, decoupled_weight_decay=True, weight_decay=0.01))]
+               ("RAdam", dict(lr=1e-2, decoupled_weight_decay=True, weight_decay=0.01)),
+               ("Rprop", dict(lr=1e-2, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5)))]
 
 
 def _roundtrip(sd):
@@ -511,6 +517,8 @@ def test_signature_and_defaults_are_torchs(cls_name):
     ("Adagrad", dict(lr_decay=-1.0)), ("Adagrad", dict(initial_accumulator_value=-0.1)),
     ("Adadelta", dict(rho=1.5)), ("Adamax", dict(betas=(0.9, 1.0))),
     ("NAdam", dict(momentum_decay=-1.0)), ("RAdam", dict(eps=-1.0)),
+    ("Rprop", dict(lr=-1.0)), ("Rprop", dict(etas=(1.2, 0.5))), ("Rprop", dict(etas=(0.0, 1.2))),
+    ("Rprop", dict(etas=(0.5, 1.0))),
 ])
 def test_constructor_checks_are_torchs(cls_name, kw):
     p = torch.nn.Parameter(torch.randn(2))
@@ -639,7 +647,7 @@ def _stepped(cls_name, kw, dtype=torch.float32):
 ERROR_KW = {"SGD": dict(lr=0.1, momentum=0.9), "RMSprop": dict(momentum=0.5, centered=True),
             "Adam": dict(amsgrad=True), "AdamW": dict(),
             "Adagrad": dict(initial_accumulator_value=0.1), "Adadelta": dict(),
-            "Adamax": dict(), "NAdam": dict(), "RAdam": dict()}
+            "Adamax": dict(), "NAdam": dict(), "RAdam": dict(), "Rprop": dict()}
 
 
 @pytest.mark.parametrize("kind", BAD_PARAMS)
@@ -674,6 +682,10 @@ def test_refused_params_change_nothing(cls_name, kind):
     ("Adamax", "betas", (0.9, 1.0), "beta2 must be in"),
     ("NAdam", "momentum_decay", float("inf"), "momentum_decay must be a finite number"),
     ("RAdam", "foreach", True, "foreach=True is not supported"),
+    ("Rprop", "etas", (0.5, 0.9), r"etaplus must be > 1"),
+    ("Rprop", "etas", (1.0, 1.2), r"etaminus must be in \(0, 1\)"),
+    ("Rprop", "step_sizes", (-1.0, 50.0), "step_size_min must be >= 0"),
+    ("Rprop", "capturable", True, "capturable=True is not supported"),
 ])
 def test_bad_group_settings_change_nothing(cls_name, key, value, match):
     kw = dict(ERROR_KW[cls_name])
@@ -762,7 +774,8 @@ def test_compiled_step_gives_the_python_paths_bits(cls_name, kw, dtype):
     tensors = _c_params(dtype, seed)
     of, ot, pf, pt, scheds = _make(cls_name, kw, tensors, "step")
     ps = [torch.nn.Parameter(t.clone()) for t in tensors]
-    second = {k: of.param_groups[1][k] for k in ("lr", "weight_decay")}
+    second = {k: of.param_groups[1][k] for k in ("lr", "weight_decay")
+              if k in of.param_groups[1]}
     slow = getattr(ft, cls_name)([{"params": ps[:2]}, {"params": ps[2:], **second}], **kw)
     slow._fast_path = False
     sched_slow = torch.optim.lr_scheduler.StepLR(slow, step_size=10, gamma=0.7)

@@ -60,7 +60,8 @@ RICH = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
         "Adamax": dict(lr=0.01, weight_decay=0.01),
         "NAdam": dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
         "RAdam": dict(lr=0.01, weight_decay=0.01),
-        "Lion": dict(lr=1e-3, weight_decay=0.05)}
+        "Lion": dict(lr=1e-3, weight_decay=0.05),
+        "Rprop": dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5))}
 
 dtype_ids = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 all_ids = pytest.mark.parametrize("name", ALL)
@@ -245,6 +246,12 @@ FAMILIES = [
     ("RAdam", "all", dict(lr=0.01, betas=(0.3, 0.9), eps=1e-6, weight_decay=0.05,
                           decoupled_weight_decay=True, maximize=True),
      dict(decoupled_weight_decay=False, betas=(0.9, 0.999))),
+    ("Rprop", "plain", dict(lr=0.01), dict(etas=(0.3, 1.5))),
+    ("Rprop", "step_sizes", dict(lr=0.01, step_sizes=(1e-3, 0.05)),
+     dict(step_sizes=(0.0, 1.0))),
+    ("Rprop", "maximize", dict(lr=0.01, maximize=True), dict()),
+    ("Rprop", "all", dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5), maximize=True),
+     dict(maximize=False, etas=(0.6, 1.1))),
 ]
 FAMILY_CASES = [pytest.param(c, g0, g1, id=f"{c}-{case}") for c, case, g0, g1 in FAMILIES]
 
@@ -321,14 +328,20 @@ def _family_rtol(cls_name, dtype):
 def test_family_trajectory_matches_torch(torch, cls_name, g0, g1, dtype):
     lr0, lr1 = g0["lr"], g0["lr"] * 0.5
     sched0, sched1 = schedules_for(lr0, lr1)
+    mine0, mine1 = sched0, sched1
+    if "lr" not in getattr(fastlr, cls_name)._schedulable:
+        # Rprop: lr only fills step_size (test_scheduled_hyperparameter_matches_torch
+        # schedules its etas and step_sizes)
+        sched0, sched1 = (lambda t: lr0), (lambda t: lr1)
+        mine0, mine1 = lr0, lr1
     flat, params = make_params(dtype, seed=1)
     grads = make_grads(dtype, N_STEPS, seed=1)
     g1 = dict(g0, **g1)
     with torch_default_dtype(torch, dtype):
         twin = TorchTwin(torch, cls_name, groups_of(params, dict(g0, lr=lr0),
                                                       dict(g1, lr=lr1)))
-        opt = getattr(fastlr, cls_name)(groups_of(params, dict(g0, lr=sched0),
-                                                  dict(g1, lr=sched1)))
+        opt = getattr(fastlr, cls_name)(groups_of(params, dict(g0, lr=mine0),
+                                                  dict(g1, lr=mine1)))
         rtol = _family_rtol(cls_name, dtype)
         for t, g in enumerate(grads):
             want = [sched0(t), sched1(t)]
@@ -348,7 +361,8 @@ def test_family_trajectory_matches_torch(torch, cls_name, g0, g1, dtype):
         assert params[2].flags.f_contiguous
 
 
-@pytest.mark.parametrize("cls_name", NEW_TORCH_FAMILIES)
+@pytest.mark.parametrize("cls_name", [n for n in NEW_TORCH_FAMILIES
+                                      if "weight_decay" in getattr(fastlr, n)._schedulable])
 def test_scheduled_beta1_and_weight_decay_match_torch(torch, cls_name):
     """beta1 (where the class schedules it) and weight_decay as schedules: torch's group
     entries set to their values before each update."""
@@ -389,6 +403,10 @@ _HYPER_SCHEDULE = {
     "rho": S.cosine(0.9, 50, end=0.5),
     "lr_decay": S.linear(0.1, start_factor=0.0, end_factor=1.0, total_steps=40),
     "momentum_decay": S.linear(0.05, start_factor=0.08, end_factor=1.0, total_steps=40),
+    "etaminus": S.cosine(0.5, 50, end=0.2),
+    "etaplus": S.linear(1.5, start_factor=0.8, end_factor=1.0, total_steps=40),
+    "step_size_min": S.step_decay(1e-3, 20, 0.1),
+    "step_size_max": S.cosine(1.0, 50, end=0.02),
 }
 
 
@@ -431,7 +449,8 @@ def test_every_numeric_hyperparameter_is_schedulable():
 
 
 #: (family, hyperparameter) that take no schedule, and why
-_NOT_SCHEDULABLE = {}
+_NOT_SCHEDULABLE = {("rprop", "lr"): "it only fills step_size when the state is created; "
+                                     "the update never reads it"}
 
 
 @dtype_ids
@@ -488,7 +507,8 @@ def test_scheduled_hyperparameter_matches_the_twin(cls_name, h):
 
 
 def _bad_value(rule):
-    return {"nonneg": -1.0, "unit": 1.0, "closed_unit": 1.5, "finite": float("nan")}[rule]
+    return {"nonneg": -1.0, "unit": 1.0, "closed_unit": 1.5, "finite": float("nan"),
+            "open_unit": 0.0, "above_one": 1.0}[rule]
 
 
 def _scheduled_cases():
@@ -730,10 +750,20 @@ def global_norm(grads):
                                                 for g in grads])))
 
 
+def scheduled(name, schedule, lr):
+    """A group's entries with a schedule: ``lr=schedule`` where the class schedules lr;
+    Rprop (whose lr only fills step_size) gets ``lr`` and a scheduled step_size_max."""
+    if "lr" in getattr(fastlr, name)._schedulable:
+        return {"lr": schedule}
+    return {"lr": lr, "step_sizes": (RICH[name]["step_sizes"][0],
+                                     S.cosine(0.5, 25, end=0.05))}
+
+
 def build(name, params, **options):
     kw = dict(RICH[name])
     lr = kw.pop("lr")
-    groups = [dict(params=params[:3], lr=S.cosine(lr, 20)), dict(params=params[3:], lr=lr / 2)]
+    groups = [dict(params=params[:3], **scheduled(name, S.cosine(lr, 20), lr)),
+              dict(params=params[3:], lr=lr / 2)]
     return getattr(fastlr, name)(groups, **kw, **options)
 
 
@@ -1047,7 +1077,8 @@ TORCH_NAN_KW = {"SGD": dict(lr=0.05, momentum=0.9), "RMSprop": dict(lr=0.01, cen
                                                                      momentum=0.5),
                 "Adam": dict(lr=0.01, amsgrad=True), "AdamW": dict(lr=0.01),
                 "Adagrad": dict(lr=0.05), "Adadelta": dict(lr=1.0),
-                "Adamax": dict(lr=0.01), "NAdam": dict(lr=0.01), "RAdam": dict(lr=0.01)}
+                "Adamax": dict(lr=0.01), "NAdam": dict(lr=0.01), "RAdam": dict(lr=0.01),
+                "Rprop": dict(lr=0.01)}
 
 
 @pytest.mark.parametrize("name", TORCH_HAS)
@@ -1077,7 +1108,10 @@ def test_nonfinite_propagates_as_torch_by_default(torch, name, bad):
                                               err_msg=f"NaN mask of {what} after {t + 1}")
                 np.testing.assert_array_equal(np.isinf(mine), np.isinf(theirs),
                                               err_msg=f"Inf mask of {what} after {t + 1}")
-        assert not np.isfinite(p[3])
+        if name == "Rprop":     # it moves by sign(g) (torch.sign(NaN) = 0): the bad grad
+            assert np.isfinite(p).all()     # lands in prev (for one step: masks above)
+        else:
+            assert not np.isfinite(p[3])
         assert opt.steps == 3 and opt.skipped_steps == 0
 
 
@@ -1089,7 +1123,9 @@ def test_nan_propagates_without_skip(name):
     grads[1][3][2] = np.nan
     assert opt.step(grads[0]) is None
     assert opt.step(grads[1]) is None
-    assert np.isnan(params[3][2]) and opt.steps == 2 and opt.skipped_steps == 0
+    # Rprop moves by sign(g), torch.sign(NaN) = 0: the NaN stays in prev
+    hit = opt.state[3]["prev"] if name == "Rprop" else params[3]
+    assert np.isnan(hit[2]) and opt.steps == 2 and opt.skipped_steps == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -1391,10 +1427,10 @@ BAD_AT = (5, 20)        # steps whose grads hold a NaN (skipped)
 def _resume_opt(name, params):
     kw = dict(RICH[name])
     lr = kw.pop("lr")
-    groups = [dict(params=params[:3], lr=S.join([S.linear(lr, start_factor=0.1,
-                                                           total_steps=5),
-                                                  S.cosine(lr, 25)], [5])),
-              dict(params=params[3:], lr=S.step_decay(lr / 2, 10, 0.5))]
+    groups = [dict(params=params[:3], **scheduled(name, S.join([S.linear(lr, start_factor=0.1,
+                                                                        total_steps=5),
+                                                               S.cosine(lr, 25)], [5]), lr)),
+              dict(params=params[3:], **scheduled(name, S.step_decay(lr / 2, 10, 0.5), lr / 2))]
     return getattr(fastlr, name)(groups, **kw, max_grad_norm=2.0, skip_nonfinite=True)
 
 
@@ -1557,3 +1593,49 @@ def test_a_new_row_makes_a_working_class():
         want.step([g.copy()])
     np.testing.assert_array_equal(a, b)
     assert mine.state[0]["mu_product"] == want.state[0]["mu_product"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_rprop_step_size_starts_at_the_lr_of_the_first_update(torch, dtype):
+    """torch creates Rprop's step_size (filled with the group's lr) at a param's first
+    update: an lr written before it counts, one written after it does not (lr is no
+    longer read); a group added later starts at its own lr."""
+    p0 = np.linspace(-1.0, 1.0, 6).astype(dtype)
+    grads = [np.sin(np.arange(6) + t).astype(dtype) for t in range(6)]
+    with torch_default_dtype(torch, dtype):
+        p, q = p0.copy(), p0[:3].copy()
+        opt = fastlr.Rprop([p], lr=0.01)
+        tp = torch.nn.Parameter(torch.tensor(p0))
+        tq = torch.nn.Parameter(torch.tensor(p0[:3]))
+        topt = torch.optim.Rprop([tp], lr=0.01, foreach=False)
+        for t, g in enumerate(grads):
+            lr = {0: 0.3, 2: 0.05}.get(t)
+            if lr is not None:
+                opt.param_groups[0]["lr"] = topt.param_groups[0]["lr"] = lr
+            if t == 3:
+                opt.add_param_group({"params": [q], "lr": 0.02})
+                topt.add_param_group({"params": [tq], "lr": 0.02})
+                opt.param_groups[1]["lr"] = topt.param_groups[1]["lr"] = 0.7
+            if t >= 3:
+                opt.step([g, g[:3]])
+                tq.grad = torch.tensor(g[:3])
+            else:
+                opt.step([g])
+            tp.grad = torch.tensor(g)
+            topt.step()
+            for mine, theirs in ((p, tp), (q, tq)):
+                np.testing.assert_array_equal(mine, theirs.detach().numpy())
+            np.testing.assert_array_equal(opt.state[0]["step_size"],
+                                          topt.state[tp]["step_size"].numpy())
+    assert opt.state[1]["step_size"].max() > 0.5       # from lr=0.7, not 0.02
+
+
+@pytest.mark.parametrize("value", [S.cosine(0.1, 10), lambda t: 0.1])
+def test_rprop_lr_takes_no_schedule(value):
+    with pytest.raises(TypeError, match=r"fastlr\.Rprop: lr must be a number, not a "
+                                        r"schedule: it only sets where"):
+        fastlr.Rprop([np.ones(2)], lr=value)
+    opt = fastlr.Rprop([np.ones(2)], etas=(S.cosine(0.5, 10, end=0.3), 1.2))
+    with pytest.raises(TypeError, match=r"\['lr'\] must be a number, not a schedule"):
+        opt.param_groups[0]["lr"] = value
+    assert opt.param_groups[0]["lr"] == 0.01
