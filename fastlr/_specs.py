@@ -89,6 +89,8 @@ class Family:
     kernel_doc: str               # a line for the C API's comment
     uses_step: bool = True        # the kernel takes the 1-based step
     scalar_state: tuple = ()      # per-param scalars carried between steps: ((name, init),)
+    scalar_check: str = "closed_unit"   # the CHECKS rule of the per-param scalar
+    scalar_doc: str = ""          # a sentence more on it for the class docstring
     kernel_keywords: tuple = ()   # the validated kernel's keyword order, when not ``hypers``'
     first_use_step: str = ""      # a state buffer: ``step`` is 1 on its first use, else 2
                                   # (torch's "buffer is None"); "" : the update count
@@ -234,6 +236,22 @@ FAMILIES = {f.name: f for f in (
         "step_size starts at lr",
         uses_step=False,
         kernel_keywords=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize")),
+    Family(
+        "asgd", "ASGDHyper",
+        ((_D, "lr", ""), (_D, "lambd", "decay term"), (_D, "alpha", "power for eta update"),
+         (_D, "t0", "point at which to start averaging"), (_D, "weight_decay", ""),
+         (_D, "eta", "this update's step size (the caller keeps it; step == 1 uses lr)"),
+         (_I64, "step", "1-based update number; mu = 1 / max(1, step - 1 - t0)"),
+         (_INT, "maximize", "")),
+        (State("ax"),),
+        (_LR, _h("lambd", 1e-4, "nonneg", True, "decay term"),
+         _h("alpha", 0.75, "finite", True, "power for the eta update"),
+         _h("t0", 1e6, "finite", doc="point at which to start averaging"), _WD, _MAX),
+        "ASGD (averaged SGD: the ax average, eta decay, L2 weight decay, maximize); the "
+        "caller keeps eta", scalar_state=(("eta", 1e-2),), scalar_check="nonneg",
+        scalar_doc=" A param's first update uses ``lr`` instead (torch's eta starts at lr). "
+                   "torch's other scalar, ``mu``, is derived from the step and ``t0``, so "
+                   "``t0`` takes no schedule."),
 )}
 
 OPTIMIZERS = {o.cls: o for o in (
@@ -271,6 +289,9 @@ OPTIMIZERS = {o.cls: o for o in (
     Optimizer("Rprop", "rprop", "rprop", "torch.optim.Rprop",
               "Rprop, resilient backpropagation: per-element step sizes",
               torch="Rprop"),
+    Optimizer("ASGD", "asgd", "asgd", "torch.optim.ASGD",
+              "ASGD, averaged SGD: SGD with a decaying step size and the average ax",
+              defaults={"lr": 1e-2}, torch="ASGD"),
 )}
 
 
@@ -420,6 +441,24 @@ With ``g = -grad if maximize else grad`` and ``s = sign(g * prev)``::
 ``step_size`` starts at ``lr`` (:func:`fastlr.kernels.make_state` fills it: pass
 ``lr=``), ``prev`` at zeros; the arithmetic runs in the buffers' dtype (``f`` and the
 bounds rounded to it), as torch. Returns None.
+""",
+    "asgd": """ASGD (averaged SGD), in place (torch.optim.ASGD). Returns the next update's
+``eta``: pass it to the next call.
+
+With ``g = -grad if maximize else grad``, ``t = step`` (1-based),
+``eta = lr if t == 1 else eta`` (torch's state starts at lr) and
+``mu = 1 if t == 1 else 1 / max(1, t - 1 - t0)``::
+
+    g     = g + weight_decay * param                 (if weight_decay != 0)
+    param = param * (1 - lambd * eta)
+    param = param - eta * g
+    ax    = ax + (param - ax) * mu                   (mu != 1)
+    ax    = param                                    (mu == 1)
+    returns lr / (1 + lambd * lr * t) ** alpha       (the next eta)
+
+``eta`` is a float >= 0 (ignored at ``step == 1``); torch keeps it and ``mu`` in each
+parameter's state (fastlr.ASGD keeps ``eta``; ``mu`` follows from the step and ``t0``).
+``ax`` starts at zeros.
 """,
 }
 
@@ -584,7 +623,7 @@ def _kernels(families, optimizers, docs):
         opt = next(o for o in optimizers.values() if o.kernel == kernel)
         fam = families[opt.family]
         kws = [_Keyword("step", _REQUIRED, "step", True)] if fam.uses_step else []
-        kws += [_Keyword(name, _REQUIRED, "closed_unit", True)
+        kws += [_Keyword(name, _REQUIRED, fam.scalar_check, True)
                 for name, _ in fam.scalar_state]
         hypers = {h.name: h for h in fam.hypers}
         order = fam.kernel_keywords or tuple(hypers)
@@ -860,8 +899,8 @@ def _kernel_parameters(k):
         if h is None:                     # per-param scalar state (nadam's mu_product)
             init = dict(fam.scalar_state)[kw.name]
             lines += [f"{kw.name} : float",
-                      f"    Carried between calls ({init!r} before the first update), in "
-                      "[0, 1]; the call returns the new value."]
+                      f"    Carried between calls ({init!r} before the first update), "
+                      f"{CHECKS[fam.scalar_check][3]}; the call returns the new value."]
             continue
         kind = "bool" if h.check == "flag" else "float"
         default = "" if kw.default is _REQUIRED else f", default {_literal(kw.default)}"

@@ -120,9 +120,9 @@ def kernel_table():
         if fam.uses_step:
             spec["step"] = INT(1)
             fixed["step"] = 1
-        if o.family == "nadam":
-            spec["mu_product"] = REAL("closed_unit")
-            fixed["mu_product"] = 1.0
+        for name, init in fam.scalar_state:     # NAdam's mu_product, ASGD's eta
+            spec[name] = REAL(fam.scalar_check)
+            fixed[name] = init
         for h in fam.hypers:
             if h.name in o.fixed or h.name not in keywords:
                 continue

@@ -176,8 +176,9 @@ def _doc(row, family, signature):
                                  "(``strict=False``: a warning). ``repr(opt)`` lists each "
                                  "group's hyperparameters.", 88)]
     for name, init in family.scalar_state:
-        lines += ["", f"Each param's ``{name}`` (starting at {init!r}) is part of its state, "
-                      f"as in torch: ``opt.state[i][{name!r}]`` and the state dict."]
+        lines += ["", *textwrap.wrap(
+            f"Each param's ``{name}`` (starting at {init!r}) is part of its state, as in "
+            f"torch: ``opt.state[i][{name!r}]`` and the state dict.{family.scalar_doc}", 88)]
     first, default = signature[0]
     arg = "" if default is not None else f", {first}=0.1"
     lines += ["", "Examples", "--------",
@@ -232,6 +233,7 @@ def _make_class(row, bases, namespace=None):
                            if s.fill in {h.name for h in family.hypers}),
         _scalar=family.scalar_state[0][0] if family.scalar_state else None,
         _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
+        _scalar_check=family.scalar_check,
     )
     attrs.update(namespace or {})
     cls = type(row.cls, bases, attrs)

@@ -134,6 +134,8 @@ class GroupsMixin(_OptimizerAttrs):
     _pairs: Dict[str, Tuple[str, str]] = {"betas": ("beta1", "beta2")}
     #: (state buffer, hyperparameter that fills it at the param's first update)
     _hyper_fills: Tuple[Tuple[str, str], ...] = ()
+    #: the CHECKS rule of the per-param scalar state (NAdam's mu_product: [0, 1])
+    _scalar_check = "closed_unit"
 
     @property
     def max_grad_norm(self) -> Optional[float]:

@@ -22,9 +22,11 @@ import pytest
 
 from fastlr import kernels, reference
 
-FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam", "lion", "rprop")
-TORCH_FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam", "rprop")
-STEPPED = frozenset({"adagrad", "adamax", "nadam", "radam"})     # take step=
+FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam", "lion", "rprop", "asgd")
+TORCH_FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam", "rprop", "asgd")
+STEPPED = frozenset({"adagrad", "adamax", "nadam", "radam", "asgd"})     # take step=
+#: the per-param scalar a kernel takes and returns (NAdam's mu_product, ASGD's eta)
+SCALAR = {"nadam": "mu_product", "asgd": "eta"}
 DTYPES = [np.float32, np.float64]
 BIG = 70000                       # above the threading threshold: the span is split
 SHAPES = [((), "C"), ((0,), "C"), ((1,), "C"), ((7,), "C"), ((3, 5), "C"), ((3, 5), "F"),
@@ -81,6 +83,12 @@ def option_grid(name):
         for (b1, b2), wd, maximize in itertools.product(
                 [(0.9, 0.99), (0.0, 0.0), (1.0, 1.0), (0.5, 0.0)], [0.0, 0.1], [False, True]):
             yield dict(lr=1e-3, beta1=b1, beta2=b2, weight_decay=wd, maximize=maximize)
+    elif name == "asgd":
+        # t0 = 3: averaging (mu != 1) from step 5 on
+        for (lambd, alpha), t0, wd, maximize in itertools.product(
+                [(1e-4, 0.75), (0.1, 0.5), (0.0, 1.0)], [1e6, 3.0], [0.0, 0.02], [False, True]):
+            yield dict(lr=0.05, lambd=lambd, alpha=alpha, t0=t0, weight_decay=wd,
+                       maximize=maximize)
     elif name == "rprop":
         # etas near 1 (0.999, 1.001: in float32 etaminus rounds near 1), bounds that clamp
         for (em, ep), (lo, hi), maximize in itertools.product(
@@ -109,19 +117,20 @@ def twin_state(state):
 
 
 def call(module, name, param, grad, state, step, opts, mu_product=1.0, **extra):
-    """One update; returns the mu_product to pass next time (NAdam) or the one given."""
+    """One update; returns the scalar state to pass next time (NAdam's mu_product, ASGD's
+    eta) or the one given."""
     kwargs = {k: v for k, v in opts.items() if k != "init"}
     if name in STEPPED:
         kwargs["step"] = step
-    if name == "nadam":
-        kwargs["mu_product"] = mu_product
+    if name in SCALAR:
+        kwargs[SCALAR[name]] = mu_product
     fn = getattr(module, name)
     if module is reference:
         with np.errstate(all="ignore"):
             out = fn(param, grad, **state, **kwargs, **extra)
     else:
         out = fn(param, grad, **state, **kwargs, **extra)
-    if name == "nadam":
+    if name in SCALAR:
         assert isinstance(out, float)
         return out
     assert out is None
@@ -136,8 +145,8 @@ def assert_same(name, got, want, what):
     for key in sk:
         np.testing.assert_array_equal(sk[key], sr[key], strict=True,
                                       err_msg=f"{name} {key}: {what}")
-    if name == "nadam":
-        assert mk == mr, f"nadam mu_product {mk!r} != twin {mr!r}: {what}"
+    if name in SCALAR:
+        assert mk == mr, f"{name} {SCALAR[name]} {mk!r} != twin {mr!r}: {what}"
 
 
 def awkward_array(rng, shape, order, dtype, scale):
@@ -241,7 +250,7 @@ EXTREME_IDS = [c[0] for c in extreme_cases(np.float64)]
 def default_opts(name):
     return {"adagrad": dict(lr=0.05), "adadelta": dict(lr=0.5), "adamax": dict(lr=0.01),
             "nadam": dict(lr=0.01), "radam": dict(lr=0.01), "lion": dict(lr=1e-3),
-            "rprop": dict()}[name]
+            "rprop": dict(), "asgd": dict(lr=0.05, t0=3.0)}[name]
 
 
 def applicable_extremes():
@@ -365,7 +374,7 @@ def test_radam_rectification_rounding_matches_twin_float64():
 # ---------------------------------------------------------------------------------------------
 
 TORCH_CLASS = {"adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax",
-               "nadam": "NAdam", "radam": "RAdam", "rprop": "Rprop"}
+               "nadam": "NAdam", "radam": "RAdam", "rprop": "Rprop", "asgd": "ASGD"}
 TORCH_CASES = [pytest.param(name, opts, id=f"{name}[{opts_id(opts)}]")
                for name in TORCH_FAMILIES for opts in option_grid(name)
                # NAdam without momentum decay: with the default betas only
@@ -396,6 +405,18 @@ def torch_kwargs(name, opts):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("name,opts", TORCH_CASES)
 def test_parity_with_torch(torch, name, opts, dtype):
+    old = torch.get_default_dtype()
+    if name == "asgd" and dtype == np.float64:
+        # torch keeps ASGD's eta and mu in tensors of its default dtype (float32 would
+        # round them; fastlr's are doubles)
+        torch.set_default_dtype(torch.float64)
+    try:
+        _parity_with_torch(torch, name, opts, dtype)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _parity_with_torch(torch, name, opts, dtype):
     rng = np.random.default_rng(2024)
     n = 48
     param0 = rng.standard_normal(n).astype(dtype)
@@ -418,6 +439,9 @@ def test_parity_with_torch(torch, name, opts, dtype):
         worst = max(worst, diff / scale)
         assert diff <= rtol * scale, (
             f"step {t}: max|fastlr - torch| = {diff:.3g} > {rtol:g} * {scale:.3g}")
+        if name == "asgd":          # the returned eta is torch's next eta
+            et = float(opt.state[tp]["eta"])
+            assert abs(mu - et) <= (1e-15 if dtype == np.float64 else 2.0 ** -24) * et, (t, mu)
         if name == "nadam":
             mt = float(opt.state[tp]["mu_product"])
             # torch multiplies a float32 tensor: one float32 rounding per step (and once
@@ -518,6 +542,8 @@ BASE_HYPER = {
                   decoupled_weight_decay=True),
     "lion": dict(lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=1e-3),
     "rprop": dict(etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0),
+    "asgd": dict(step=3, eta=0.01, lr=0.01, lambd=1e-4, alpha=0.75, t0=1.0,
+                 weight_decay=0.01),
 }
 
 
@@ -630,7 +656,7 @@ def hyper_mutations(name):
     """(argument, bad value, exception) for every hyperparameter of `name`."""
     hyper = BASE_HYPER[name]
     for arg in ("lr", "lr_decay", "eps", "weight_decay", "momentum_decay", "step_size_min",
-                "step_size_max"):
+                "step_size_max", "eta", "lambd"):
         if arg in hyper:
             for bad in (-1e-3, -0.0 - 1e-300, float("nan"), float("inf"), -float("inf")):
                 yield arg, bad, ValueError
@@ -650,6 +676,12 @@ def hyper_mutations(name):
                 yield arg, bad, ValueError
             yield arg, "0.5", TypeError
             yield arg, False, TypeError
+    for arg in ("alpha", "t0"):             # any finite number
+        if arg in hyper:
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                yield arg, bad, ValueError
+            yield arg, "0.5", TypeError
+            yield arg, None, TypeError
     if "etaminus" in hyper:         # (0, 1) and > 1, as torch's 0 < etaminus < 1 < etaplus
         for bad in (0.0, 1.0, 1, -0.5, 1.5, float("nan"), float("inf")):
             yield "etaminus", bad, ValueError
@@ -698,7 +730,7 @@ def test_missing_required_keyword_arguments():
 def legal_boundaries(name):
     hyper = BASE_HYPER[name]
     for arg in ("lr", "lr_decay", "eps", "weight_decay", "momentum_decay", "step_size_min",
-                "step_size_max"):
+                "step_size_max", "eta", "lambd"):
         if arg in hyper:
             yield {arg: 0.0}
             yield {arg: np.float32(0.25)}
@@ -773,6 +805,8 @@ def test_lr_zero_changes_nothing_but_state():
         p_before = arrays[0].tobytes()
         # Rprop has no lr: its step sizes clamped to [0, 0]
         zero = dict(step_size_min=0.0, step_size_max=0.0) if name == "rprop" else dict(lr=0.0)
+        if name == "asgd":      # after its first update the step size is the carried eta
+            zero["eta"] = 0.0
         call_with(name, arrays, **zero)
         assert arrays[0].tobytes() == p_before, name
 
@@ -797,7 +831,7 @@ def test_empty_arrays_are_a_no_op(name):
 EXPECTED_STATE = {"adagrad": ("state_sum",), "adadelta": ("square_avg", "acc_delta"),
                   "adamax": ("exp_avg", "exp_inf"), "nadam": ("exp_avg", "exp_avg_sq"),
                   "radam": ("exp_avg", "exp_avg_sq"), "lion": ("exp_avg",),
-                  "rprop": ("prev", "step_size")}
+                  "rprop": ("prev", "step_size"), "asgd": ("ax",)}
 #: buffers that start at a value (make_state's default of the option that fills them)
 FILLED = {("rprop", "step_size"): 0.01}
 

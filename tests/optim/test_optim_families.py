@@ -43,6 +43,10 @@ RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 N_STEPS = 100
 ALL = list(_specs.OPTIMIZERS)                                   # the table's classes
 TORCH_HAS = [n for n, o in _specs.OPTIMIZERS.items() if o.torch]
+# scalar state (0-d tensors in torch): the step, NAdam's mu_product, ASGD's eta and mu
+SCALARS = ("step", "mu_product", "eta", "mu")
+# torch's state keys that fastlr derives instead of keeping: ASGD's mu (from step and t0)
+TORCH_ONLY = {"mu"}
 # fastlr's state names that differ from torch's state keys
 TORCH_KEY = {k: v for o in _specs.OPTIMIZERS.values() for k, v in o.torch_state.items()
              if k != "step"}
@@ -61,7 +65,8 @@ RICH = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
         "NAdam": dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
         "RAdam": dict(lr=0.01, weight_decay=0.01),
         "Lion": dict(lr=1e-3, weight_decay=0.05),
-        "Rprop": dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5))}
+        "Rprop": dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5)),
+        "ASGD": dict(lr=0.02, lambd=0.01, t0=20.0, weight_decay=0.01)}
 
 dtype_ids = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 all_ids = pytest.mark.parametrize("name", ALL)
@@ -252,6 +257,14 @@ FAMILIES = [
     ("Rprop", "maximize", dict(lr=0.01, maximize=True), dict()),
     ("Rprop", "all", dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5), maximize=True),
      dict(maximize=False, etas=(0.6, 1.1))),
+    ("ASGD", "plain", dict(lr=0.02), dict(lambd=1e-3)),
+    # t0 = 30: averaging starts within the 100 steps (mu != 1 from step 32)
+    ("ASGD", "t0", dict(lr=0.02, t0=30.0), dict(t0=0.0)),
+    ("ASGD", "lambd_alpha", dict(lr=0.05, lambd=0.05, alpha=0.5), dict(alpha=1.0)),
+    ("ASGD", "weight_decay", dict(lr=0.02, weight_decay=0.05), dict(weight_decay=0.2)),
+    ("ASGD", "maximize", dict(lr=0.02, maximize=True), dict()),
+    ("ASGD", "all", dict(lr=0.02, lambd=0.01, alpha=0.9, t0=10.0, weight_decay=0.05,
+                         maximize=True), dict(maximize=False, t0=50.0)),
 ]
 FAMILY_CASES = [pytest.param(c, g0, g1, id=f"{c}-{case}") for c, case, g0, g1 in FAMILIES]
 
@@ -293,7 +306,7 @@ class TorchTwin:
 
     def state(self, i):
         st = self.opt.state[self.tparams[i]]
-        return {k: (float(v) if k in ("step", "mu_product") else v.detach().numpy())
+        return {k: (float(v) if k in SCALARS else v.detach().numpy())
                 for k, v in st.items()}
 
 
@@ -304,8 +317,8 @@ def compare_with_torch(opt, twin, dtype, what, rtol=None):
         worst = max(worst, assert_close(p, tp, dtype, f"{what} params[{i}]", rtol))
     for i, st in opt.state.items():
         tst = twin.state(i)
-        assert {TORCH_KEY.get(k, k) for k in st} - {"step"} == set(tst) - {"step"}, \
-            (what, i, set(st), set(tst))
+        assert {TORCH_KEY.get(k, k) for k in st} - {"step"} == \
+            set(tst) - {"step"} - TORCH_ONLY, (what, i, set(st), set(tst))
         for k, v in st.items():
             if k == "step" and "step" not in tst:
                 continue                    # torch's SGD keeps no step count
@@ -407,6 +420,8 @@ _HYPER_SCHEDULE = {
     "etaplus": S.linear(1.5, start_factor=0.8, end_factor=1.0, total_steps=40),
     "step_size_min": S.step_decay(1e-3, 20, 0.1),
     "step_size_max": S.cosine(1.0, 50, end=0.02),
+    "lambd": S.linear(0.05, start_factor=0.1, end_factor=1.0, total_steps=40),
+    "alpha": S.cosine(0.99, 50, end=0.8),
 }
 
 
@@ -450,7 +465,9 @@ def test_every_numeric_hyperparameter_is_schedulable():
 
 #: (family, hyperparameter) that take no schedule, and why
 _NOT_SCHEDULABLE = {("rprop", "lr"): "it only fills step_size when the state is created; "
-                                     "the update never reads it"}
+                                     "the update never reads it",
+                    ("asgd", "t0"): "mu follows from the step and t0 (torch stores it after "
+                                    "each update from that update's t0)"}
 
 
 @dtype_ids
@@ -1078,7 +1095,7 @@ TORCH_NAN_KW = {"SGD": dict(lr=0.05, momentum=0.9), "RMSprop": dict(lr=0.01, cen
                 "Adam": dict(lr=0.01, amsgrad=True), "AdamW": dict(lr=0.01),
                 "Adagrad": dict(lr=0.05), "Adadelta": dict(lr=1.0),
                 "Adamax": dict(lr=0.01), "NAdam": dict(lr=0.01), "RAdam": dict(lr=0.01),
-                "Rprop": dict(lr=0.01)}
+                "Rprop": dict(lr=0.01), "ASGD": dict(lr=0.01)}
 
 
 @pytest.mark.parametrize("name", TORCH_HAS)
