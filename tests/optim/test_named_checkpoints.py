@@ -1,7 +1,7 @@
 """Named params, the checkpoint rule for hyperparameters, and the optimizers' repr.
 
 1. Named params (a dict of name -> array, torch's ``(name, array)`` pairs, per group, and
-   groups picked by name with ``fastlr.optim.named_groups``) for all ten classes: a dict of
+   groups picked by name with ``fastlr.optim.named_groups``) for every class: a dict of
    grads in any order gives the bits of the list in param order; a missing or unknown key,
    a non-string or repeated name, named and unnamed groups mixed: a clear error naming it,
    nothing changed.

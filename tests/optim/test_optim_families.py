@@ -2,14 +2,18 @@
 
 What is held to what (docs/design.md: Numerics, Arguments, Tests):
 
-1. ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam`` and ``RAdam`` against ``torch.optim``
-   2.13 (``foreach=False``): 100 steps, float32 and float64, every option, two param
-   groups with different hyperparameters and lr schedules (torch's ``group["lr"]`` set to
-   ``schedule(t)`` before its update ``t + 1``), params that are views of one flat buffer,
-   a 2-D Fortran-ordered param and a 3-D one; params *and every state buffer* (NAdam's
-   ``mu_product`` included) within ``rtol * max(1, max|p|)``, rtol 1e-10 (float64; NAdam
-   1e-8) and 1e-4 (float32). ``Lion`` against a NumPy transcription of ``optax.lion``.
-2. ``max_grad_norm``: for all ten optimizers the fused clipping gives the same bits as
+1. ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam``, ``RAdam``, ``Rprop`` and ``ASGD``
+   against ``torch.optim`` 2.13 (``foreach=False``): 100 steps, float32 and float64, every
+   option, two param groups with different hyperparameters and lr schedules (torch's
+   ``group["lr"]`` set to ``schedule(t)`` before its update ``t + 1``; Rprop's lr takes no
+   schedule), params that are views of one flat buffer, a 2-D Fortran-ordered param and a
+   3-D one; params *and every state buffer* (NAdam's ``mu_product``, ASGD's ``eta``
+   included) within ``rtol * max(1, max|p|)``, rtol 1e-10 (float64; NAdam 1e-8) and 1e-4
+   (float32). ``Lion`` against a NumPy transcription of ``optax.lion``. Every other
+   schedulable hyperparameter (eps, either slot of betas, alpha, rho, ...) scheduled alone,
+   against torch with the group value set before each update; out-of-range scheduled
+   values raise and change nothing.
+2. ``max_grad_norm``: for every optimizer the fused clipping gives the same bits as
    ``fastlr.clip_grad_norm`` followed by a plain step; ``last_grad_norm``; against
    ``torch.nn.utils.clip_grad_norm_`` + ``torch.optim``; thread-count independence;
    ``clip_grad_norm`` validation and non-finite grads.
@@ -18,7 +22,7 @@ What is held to what (docs/design.md: Numerics, Arguments, Tests):
    propagate exactly where torch propagates them.
 4. ``ReduceLROnPlateau`` against torch's, composed with a schedule, resumed from a
    checkpoint (attached before or after loading), invalid arguments.
-5. Resume from ``state_dict`` and ``save``/``load`` bit-identically for all ten optimizers
+5. Resume from ``state_dict`` and ``save``/``load`` bit-identically for every optimizer
    with a schedule, clipping and skipping; corrupted checkpoints raise and change nothing.
 
 Torch-free parts always run; torch parts skip with a reason when torch is missing.
