@@ -30,6 +30,20 @@ SCHEDULES = {
         [S.linear(0.1, start_factor=0.01, total_steps=1000),
          S.join([S.cosine(0.1, 50_000), S.constant(0.001)], [50_000]),
          S.exponential(0.001, 0.9999)], [1000, 60_000]) * 0.5,
+    "wsd(1-sqrt)": lambda: S.wsd(0.1, 100_000, warmup_steps=500, decay_fraction=0.2,
+                                 decay="1-sqrt"),
+    "inverse_sqrt": lambda: S.inverse_sqrt(0.1, 4000),
+    "noam": lambda: S.noam(512, 4000),
+    "rex": lambda: S.rex(0.1, 100_000),
+    "sgdr": lambda: S.sgdr([{"peak": 0.1, "warmup_steps": 100, "total_steps": 50_000},
+                            {"peak": 0.05, "warmup_steps": 100, "total_steps": 50_000}]),
+    "maximum(cosine * c + c, c)": lambda: S.maximum(S.cosine(0.1, 100_000) * 0.5 + 0.01,
+                                                    0.02),
+    "s1 * s2 - s3 / c": lambda: S.cosine(0.1, 100_000) * S.exponential(1.0, 0.9999)
+    - S.linear(0.01, total_steps=1000) / 4.0,
+    # consecutive steps continue the cached product: one factor evaluation each
+    "multiplicative(schedule)": lambda: S.multiplicative(
+        0.1, S.piecewise_constant([1000, 50_000], [0.9999, 1.0, 0.99999])),
 }
 
 N = 200_000

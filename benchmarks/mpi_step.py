@@ -6,6 +6,16 @@ communication and update (asv cannot start MPI jobs, so this is a script):
 
 Adam, float32, one OpenMP thread per rank; sizes 1M and 16M parameters; the median of
 ``--repeat`` steps after a warm-up. Prints one line per size from rank 0.
+
+Across hosts (the network-namespace test bed, root on Linux; each host's link shaped to
+the rate given):
+
+    python tests/distributed/netns_hosts.py --hosts 2 --rate 1gbit -- \
+        python benchmarks/mpi_step.py --link-gbit 1
+
+``--link-gbit`` adds the bandwidth bound: the bytes one rank sends per step (its
+reduce-scatter sends plus an all-gather's (n - 1)/n of the params, as a ring or direct
+exchange needs) at the link rate, and communication time over that bound.
 """
 
 import argparse
@@ -21,12 +31,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24])
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--link-gbit", type=float, default=None,
+                        help="each host's link rate, to print the bandwidth bound")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank == 0:
+        bound = f" {'bound':>7} {'comm/bound':>10}" if args.link_gbit else ""
         print(f"{'params':>10} {'ranks':>5} {'step ms':>8} {'reduce-scatter':>15} "
-              f"{'update':>8} {'all-gather':>11} {'other':>7}  (ms, median)")
+              f"{'update':>8} {'all-gather':>11} {'other':>7}{bound}  (ms, median)")
     for n in args.sizes:
         flat, views = fastlr.flat_buffer([(n,)], np.float32)
         flat[:] = np.random.default_rng(0).standard_normal(n)
@@ -43,9 +56,15 @@ def main():
                 rows.append((total, t["reduce_scatter"], t["update"], t["all_gather"],
                              total - t["reduce_scatter"] - t["update"] - t["all_gather"]))
         med = np.median(np.array(rows), axis=0) * 1e3
+        extra = ""
+        if args.link_gbit:
+            counts, _ = distributed.shard_bounds(n, size)
+            sent = (sum(counts) - counts[rank]) * 4 + (size - 1) / size * n * 4   # bytes
+            bound = sent * 8 / (args.link_gbit * 1e9) * 1e3
+            extra = f" {bound:7.2f} {(med[1] + med[3]) / bound:10.2f}" if bound else ""
         if rank == 0:
             print(f"{n:>10} {size:>5} {med[0]:8.2f} {med[1]:15.2f} {med[2]:8.2f} "
-                  f"{med[3]:11.2f} {med[4]:7.2f}")
+                  f"{med[3]:11.2f} {med[4]:7.2f}{extra}")
 
 
 if __name__ == "__main__":

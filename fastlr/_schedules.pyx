@@ -17,8 +17,10 @@
 # d) Python callables are a node kind too: evaluating one takes the GIL; an exception is
 #    stored on its Schedule object and re-raised by the Python-level caller.
 
+from cpython.pythread cimport (WAIT_LOCK, PyThread_acquire_lock, PyThread_allocate_lock,
+                               PyThread_free_lock, PyThread_release_lock, PyThread_type_lock)
 from cpython.ref cimport PyObject
-from libc.math cimport M_PI, NAN, cos, floor, pow
+from libc.math cimport M_PI, NAN, cos, floor, pow, sqrt
 from libc.stdint cimport INT64_MAX, int64_t
 from libc.stdlib cimport free, malloc
 
@@ -50,10 +52,32 @@ cdef enum Kind:
     JOIN
     SCALE
     CALLBACK
+    SUM                 # children[0] + children[1] + ...
+    PRODUCT             # children[0] * children[1] * ...
+    DIFFERENCE          # children[0] - children[1]
+    QUOTIENT            # children[0] / children[1]
+    NEGATE              # -children[0]
+    MINIMUM             # the smallest of the children
+    MAXIMUM             # the largest of the children
+    MULTIPLICATIVE      # torch MultiplicativeLR: init * f(1) * f(2) * ... * f(t)
+    WSD                 # warmup, stable, decay
+    INVERSE_SQRT        # linear warmup, then peak * sqrt(W / t)
+    NOAM                # scale * min((t+1)^-0.5, (t+1) W^-1.5)
+    REX                 # end + (init - end) (1 - z) / (1 - z/2), z = min(t, T) / T
 
 cdef enum:
     N_DOUBLE = 6
     N_INT = 4
+
+ctypedef struct ProductCache:
+    # The last running product init * f(1) * ... * f(t) and its t, so that stepping on from
+    # it costs one factor evaluation. Continuing from it multiplies the same factors in the
+    # same order as starting from 0, so the value stays a pure function of t, bit for bit.
+    # The lock makes it safe for threads evaluating one schedule without the GIL.
+    PyThread_type_lock lock
+    int64_t t
+    double v
+
 
 ctypedef struct Node:
     int kind
@@ -66,6 +90,7 @@ ctypedef struct Node:
     const Node** children
     Py_ssize_t n_children
     PyObject* owner         # the Schedule object (borrowed), for CALLBACK
+    ProductCache* cache     # MULTIPLICATIVE with a compiled factor: the last product
 
 
 cdef inline Py_ssize_t count_le(const int64_t* a, Py_ssize_t n, int64_t t) noexcept nogil:
@@ -143,17 +168,23 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
         if s.k[1]:
             p = floor(p)
         return s.p[0] / (1.0 + s.p[1] * p)
-    if kind == POLYNOMIAL:                  # (init - end)(1 - min(t,T)/T)^power + end
+    if kind == POLYNOMIAL:                  # (init - end)(1 - c/T)^power + end
         T = s.k[0]
-        c = t if t < T else T
+        c = t - s.k[1] if t > s.k[1] else 0     # c = clip(t - transition_begin, 0, T)
+        c = c if c < T else T
         return (s.p[0] - s.p[1]) * pow(1.0 - <double>c / <double>T, s.p[2]) + s.p[1]
-    if kind == LINEAR:                      # torch LinearLR: init (s + (e - s) min(t,T) / T)
+    if kind == LINEAR:                      # torch LinearLR: init (s + (e - s) c / T)
         T = s.k[0]
-        c = t if t < T else T
+        c = t - s.k[1] if t > s.k[1] else 0     # c = clip(t - transition_begin, 0, T)
+        c = c if c < T else T
         return s.p[0] * (s.p[1] + (s.p[2] - s.p[1]) * <double>c / <double>T)
     if kind == COSINE:                      # holds `end` after T
         T = s.k[0]
-        return cosine_between(s.p[0], s.p[1], t if t < T else T, <double>T)
+        if s.p[2] == 1.0:
+            return cosine_between(s.p[0], s.p[1], t if t < T else T, <double>T)
+        # optax cosine_decay_schedule's exponent: the half cosine's factor to a power
+        x = (1.0 + cos(M_PI * <double>(t if t < T else T) / <double>T)) / 2.0
+        return s.p[1] + (s.p[0] - s.p[1]) * pow(x, s.p[2])
     if kind == COSINE_RESTARTS:             # SGDR: cycle i of length period * mult^i
         cycle_len = s.k[0]
         x = <double>cycle_len               # the current cycle's length
@@ -226,7 +257,10 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
             return s.p[1] + (s.p[0] - s.p[1]) * (<double>t / <double>s.k[0])
         T = s.k[1] - s.k[0]
         t -= s.k[0]
-        return cosine_between(s.p[0], s.p[2], t if t < T else T, <double>T)
+        if s.p[3] == 1.0:
+            return cosine_between(s.p[0], s.p[2], t if t < T else T, <double>T)
+        x = (1.0 + cos(M_PI * <double>(t if t < T else T) / <double>T)) / 2.0
+        return s.p[2] + (s.p[0] - s.p[2]) * pow(x, s.p[3])   # optax's exponent
     if kind == WARMUP:                      # ramp start_factor * s(0) -> s(0), then s(t - W)
         if t < s.k[0]:
             v = node_value(s.children[0], 0)
@@ -241,7 +275,81 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
         return s.p[0] * node_value(s.children[0], t)
     if kind == CALLBACK:
         return call_python(s.owner, t)
+    if kind == SUM:
+        v = node_value(s.children[0], t)
+        for i in range(1, s.n_children):
+            v = v + node_value(s.children[i], t)
+        return v
+    if kind == PRODUCT:
+        v = node_value(s.children[0], t)
+        for i in range(1, s.n_children):
+            v = v * node_value(s.children[i], t)
+        return v
+    if kind == DIFFERENCE:
+        return node_value(s.children[0], t) - node_value(s.children[1], t)
+    if kind == QUOTIENT:
+        return node_value(s.children[0], t) / node_value(s.children[1], t)
+    if kind == NEGATE:
+        return -node_value(s.children[0], t)
+    if kind == MINIMUM or kind == MAXIMUM:  # the first of equal values; NaN propagates
+        v = node_value(s.children[0], t)
+        for i in range(1, s.n_children):
+            x = node_value(s.children[i], t)
+            if x != x or (x < v if kind == MINIMUM else x > v):
+                v = x
+        return v
+    if kind == MULTIPLICATIVE:
+        return running_product(s, t)
+    if kind == WSD:                         # k: warmup W, total T, decay D, shape
+        if t < s.k[0]:
+            return s.p[0] * (<double>t / <double>s.k[0])
+        b0 = s.k[1] - s.k[2]                # the cooldown starts here
+        if t < b0:
+            return s.p[0]
+        c = t - b0
+        x = <double>(c if c < s.k[2] else s.k[2]) / <double>s.k[2]
+        if s.k[3] == 0:
+            x = 1.0 - x                     # linear
+        elif s.k[3] == 1:
+            x = (1.0 + cos(M_PI * x)) / 2.0  # cosine
+        else:
+            x = 1.0 - sqrt(x)               # 1 - sqrt
+        return s.p[1] + (s.p[0] - s.p[1]) * x
+    if kind == INVERSE_SQRT:                # p: peak, init; k: W
+        if t < s.k[0]:
+            return s.p[1] + (s.p[0] - s.p[1]) * (<double>t / <double>s.k[0])
+        return s.p[0] * sqrt(<double>s.k[0] / <double>t)
+    if kind == NOAM:                        # p: scale; k: W; n = t + 1 counts from 1
+        x = <double>t + 1.0
+        v = pow(x, -0.5)
+        p = x * pow(<double>s.k[0], -1.5)
+        return s.p[0] * (v if v < p else p)
+    if kind == REX:                         # p: init, end; k: T
+        T = s.k[0]
+        x = <double>(t if t < T else T) / <double>T
+        return s.p[1] + (s.p[0] - s.p[1]) * ((1.0 - x) / (1.0 - x / 2.0))
     return NAN
+
+
+cdef double running_product(const Node* s, int64_t t) noexcept nogil:
+    """init * f(1) * f(2) * ... * f(t), multiplied left to right (torch MultiplicativeLR's
+    recursion lr_t = lr_{t-1} * f(t)), from the cached product when it is at or before t."""
+    cdef ProductCache* cache = s.cache
+    cdef int64_t i = 0
+    cdef double v = s.p[0]
+    if cache != NULL:
+        PyThread_acquire_lock(cache.lock, WAIT_LOCK)
+        if cache.t <= t:
+            i = cache.t
+            v = cache.v
+    while i < t:
+        i += 1
+        v = v * node_value(s.children[0], i)
+    if cache != NULL:
+        cache.t = t
+        cache.v = v
+        PyThread_release_lock(cache.lock)
+    return v
 
 
 # ---- the C API (see _schedules.pxd) ----
@@ -292,9 +400,12 @@ cdef class Schedule:
     """A learning-rate schedule: a pure function of the step, evaluated in C.
 
     ``s(t)`` is the value after ``t`` completed steps (an int >= 0), so an optimizer's first
-    update uses ``s(0)``. ``s.values(ts)`` evaluates an array of steps in one call;
-    ``s * c`` scales it. Schedules hold their final value after their end and never raise
-    for a large ``t``. Build them with the constructors in :mod:`fastlr.schedules`.
+    update uses ``s(0)``. ``s.values(ts)`` evaluates an array of steps in one call.
+    ``s1 + s2``, ``s - c``, ``c - s``, ``s1 * s2``, ``s * c``, ``s / c`` (``c`` a nonzero
+    finite number) and ``-s`` are schedules evaluated in C too; the other operand may be a
+    schedule, a finite number or a Python callable ``step -> float`` (which makes the result
+    need the GIL). Schedules hold their final value after their end and never raise for a
+    large ``t``. Build them with the constructors in :mod:`fastlr.schedules`.
     """
 
     cdef Node node
@@ -309,10 +420,14 @@ cdef class Schedule:
 
     def __cinit__(self):
         self._child_nodes = NULL
+        self.node.cache = NULL
         self._children = ()
 
     def __dealloc__(self):
         free(self._child_nodes)
+        if self.node.cache != NULL:
+            PyThread_free_lock(self.node.cache.lock)
+            free(self.node.cache)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("fastlr.schedules.Schedule: build schedules with the constructors in "
@@ -381,15 +496,42 @@ cdef class Schedule:
                 schedule_values(&self.node, tp, op, n)
         return out
 
+    # Arithmetic builds C nodes (fastlr.schedules._add and co.): the operands are
+    # Schedules, finite numbers or Python callables; anything else is NotImplemented.
+    def __add__(self, other):
+        return _arith("_add", self, other)
+
+    def __radd__(self, other):
+        return _arith("_add", other, self)
+
+    def __sub__(self, other):
+        return _arith("_sub", self, other)
+
+    def __rsub__(self, other):
+        return _arith("_sub", other, self)
+
     def __mul__(self, other):
-        return _scaled(self, other)
+        return _arith("_mul", self, other)
 
     def __rmul__(self, other):
-        return _scaled(self, other)
+        return _arith("_mul", other, self)
+
+    def __truediv__(self, other):
+        return _arith("_div", self, other)
+
+    def __rtruediv__(self, other):
+        return _arith("_div", other, self)
+
+    def __neg__(self):
+        return _arith("_neg", self, None)
 
     def __repr__(self):
-        if self._ctor == "_scaled":
-            return f"{self._args[0]!r} * {self._args[1]!r}"
+        if self._ctor in _INFIX:
+            op, prec = _INFIX[self._ctor]
+            a, b = self._args
+            return f"{_operand_repr(a, prec, False)} {op} {_operand_repr(b, prec, True)}"
+        if self._ctor == "_neg":
+            return f"-{_operand_repr(self._args[0], _NEG, False)}"
         parts = [repr(a) for a in self._args]
         parts += [f"{k}={v!r}" for k, v in self._kwargs.items()]
         return f"{self._ctor}({', '.join(parts)})"
@@ -407,9 +549,27 @@ cdef class Schedule:
         return hash(repr(self))
 
 
-def _scaled(schedule, factor):
+# Infix constructors: (operator, precedence) for repr, which adds the parentheses the
+# expression needs, so that evaluating a repr gives an equal schedule.
+_INFIX = {"_scaled": ("*", 2), "_mul": ("*", 2), "_div": ("/", 2), "_add": ("+", 1),
+          "_sub": ("-", 1)}
+_NEG = 3
+
+
+def _operand_repr(x, int prec, bint right):
+    cdef int own = 4
+    if isinstance(x, Schedule):
+        ctor = (<Schedule>x)._ctor
+        own = _INFIX[ctor][1] if ctor in _INFIX else (_NEG if ctor == "_neg" else 4)
+    text = repr(x)
+    return f"({text})" if own < prec or (right and own == prec) else text
+
+
+def _arith(str ctor, a, b):
     from fastlr import schedules
-    return schedules._scaled(schedule, factor)
+    if ctor == "_neg":
+        return schedules._neg(a)
+    return getattr(schedules, ctor)(a, b)
 
 
 def _build(int kind, str ctor, tuple args, dict kwargs, p=(), k=(), ivals=None, dvals=None,
@@ -452,6 +612,18 @@ def _build(int kind, str ctor, tuple args, dict kwargs, p=(), k=(), ivals=None, 
             s.node.needs_gil = s.node.needs_gil or child.node.needs_gil
     s.node.children = s._child_nodes
     s.node.owner = <PyObject*>s
+    if kind == MULTIPLICATIVE and not s.node.needs_gil:
+        # (a Python factor is not cached: the lock must not be held while taking the GIL)
+        s.node.cache = <ProductCache*>malloc(sizeof(ProductCache))
+        if s.node.cache == NULL:
+            raise MemoryError()
+        s.node.cache.lock = PyThread_allocate_lock()
+        if s.node.cache.lock == NULL:
+            free(s.node.cache)
+            s.node.cache = NULL
+            raise MemoryError()
+        s.node.cache.t = 0
+        s.node.cache.v = s.node.p[0]
     s._fn = fn
     s._error = None
     s._ctor = ctor
@@ -468,7 +640,10 @@ KINDS = {
     "cosine": COSINE, "cosine_restarts": COSINE_RESTARTS, "cyclic": CYCLIC,
     "one_cycle": ONE_CYCLE, "piecewise_constant": PIECEWISE_CONSTANT,
     "piecewise_linear": PIECEWISE_LINEAR, "warmup_cosine": WARMUP_COSINE, "warmup": WARMUP,
-    "join": JOIN, "scale": SCALE, "callback": CALLBACK,
+    "join": JOIN, "scale": SCALE, "callback": CALLBACK, "sum": SUM, "product": PRODUCT,
+    "difference": DIFFERENCE, "quotient": QUOTIENT, "negate": NEGATE, "minimum": MINIMUM,
+    "maximum": MAXIMUM, "multiplicative": MULTIPLICATIVE, "wsd": WSD,
+    "inverse_sqrt": INVERSE_SQRT, "noam": NOAM, "rex": REX,
 }
 
 

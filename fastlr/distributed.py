@@ -3,9 +3,9 @@
 Every rank holds all the params (views of one flat buffer) and computes grads on its part
 of the batch. :meth:`ShardedOptimizer.step` then
 
-1. agrees with every rank, in one small all-reduce, that the grads are valid, that all
-   ranks passed the same number of arrays, and whether any grad holds a NaN or Inf
-   (``skip_nonfinite``): a rank that errs makes every rank raise, nobody hangs;
+1. agrees with every rank, by sending each other rank four numbers, that the grads are
+   valid, that all ranks passed the same number of arrays, and whether any grad holds a
+   NaN or Inf (``skip_nonfinite``): a rank that errs makes every rank raise, nobody hangs;
 2. reduce-scatters the flat grad (a direct exchange with each other rank), so each rank
    holds the mean grad of its contiguous shard (shards differ by at most one element when
    sizes do not divide);
@@ -16,15 +16,35 @@ of the batch. :meth:`ShardedOptimizer.step` then
 
 The transport is MPI through mpi4py (``pip install "fastlr[mpi]"`` and an MPI library,
 e.g. Debian's ``openmpi-bin libopenmpi-dev``). Start with ``mpirun -n 2 python train.py``.
-Each rank uses one OpenMP thread by default (``n_threads``).
+Each rank uses one OpenMP thread by default (``n_threads``). Across hosts over TCP, give
+Open MPI two connections per pair of ranks (``mpirun --mca btl_tcp_links 2``): the
+reduce-scatter sends and receives at once, and over one connection it reached half the
+link rate.
+
+Faults never leave a job hanging silently:
+
+- a rank that waits for the others longer than ``timeout`` seconds (default 1800, as
+  torch.distributed's) at any point of a step prints which step, where, and which rank(s)
+  it waited for (the step's agreement names every rank that did not arrive), and aborts
+  every rank (``MPI_Abort``);
+- an uncaught exception on a rank (after the traceback) aborts every rank at once
+  (``abort_on_exception``), instead of leaving the others waiting in the next step;
+- a rank that is killed: the launcher ends the job (Open MPI: "mpirun noticed that
+  process rank 1 ... exited on signal 9"), or else the others time out as above.
+
+Checkpoints (:meth:`ShardedOptimizer.save`) are written atomically, so the last complete
+one resumes on any number of ranks.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 import time
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -138,6 +158,105 @@ def _flat_view(arrays, what):
                                            writeable=base.flags.writeable)
 
 
+_TAG_AGREE = 11
+_TAG_EXCHANGE = 12
+_DEFAULT_TIMEOUT = 1800.0
+
+
+def _timeout_arg(name, value):
+    if value is None:
+        return None
+    return checked_real(name, "timeout", value, POSITIVE)
+
+
+class _Watchdog:
+    """Aborts the MPI job when this rank has waited for the others past its deadline.
+
+    The step arms it before each wait on other ranks (``arm``: the step, where, and the
+    ranks it waits for, or a function that says which have not arrived) and disarms it
+    after: two
+    attribute writes, no lock. A daemon thread (started on the first ``arm``) looks every
+    ``timeout / 10`` seconds (at most 1 s); past the deadline it prints what this rank waited
+    for and calls ``Abort`` on the communicator, which ends every rank. It stops when its
+    optimizer is garbage collected.
+    """
+
+    def __init__(self, comm, rank, timeout):
+        self.comm, self.rank, self.timeout = comm, rank, timeout
+        self.armed = None           # (deadline, step, where, ranks waited for or None)
+        self.stopped = False
+        self.thread = None
+
+    def arm(self, step, where, ranks):
+        if self.timeout is None:
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._watch, daemon=True,
+                                           name=f"fastlr.distributed watchdog rank {self.rank}")
+            self.thread.start()
+        self.armed = (time.monotonic() + self.timeout, step, where, ranks)
+
+    def disarm(self):
+        self.armed = None
+
+    def stop(self):
+        self.stopped = True
+
+    def _watch(self):
+        period = min(1.0, self.timeout / 10)
+        while not self.stopped:
+            armed = self.armed
+            if armed is not None and time.monotonic() >= armed[0]:
+                self._fail(armed)
+                return
+            time.sleep(period)
+
+    def _fail(self, armed):
+        _, step, where, ranks = armed
+        if callable(ranks):
+            ranks = ranks()
+        who = (f"rank(s) {sorted(ranks)}, which did not arrive" if ranks else
+               "the other ranks (one of them stopped responding)")
+        _say(f"fastlr.distributed: rank {self.rank}, step {step}: waited {self.timeout:g} s "
+             f"in {where} for {who}; aborting every rank (MPI_Abort). If steps can "
+             f"legitimately wait that long, raise ShardedOptimizer(timeout=...).")
+        try:
+            self.comm.Abort(1)
+        finally:
+            os._exit(1)
+
+
+def _say(message):
+    """One line to stderr in one write (the launcher interleaves the ranks' writes)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+_hook_state: dict[str, Any] = {"installed": False, "optimizer": None}
+
+
+def _install_excepthook(optimizer):
+    """Make an uncaught exception on this rank abort every rank (after its traceback)."""
+    _hook_state["optimizer"] = weakref.ref(optimizer)
+    if _hook_state["installed"]:
+        return
+    previous = sys.excepthook
+
+    def abort_every_rank(kind, value, tb):
+        previous(kind, value, tb)
+        ref = _hook_state["optimizer"]
+        opt = ref() if ref is not None else None
+        if opt is None:
+            return
+        _say(f"fastlr.distributed: rank {opt.rank} raised {kind.__name__} after step "
+             f"{opt._calls} of its ShardedOptimizer; aborting every rank (MPI_Abort) so "
+             f"that none waits for it")
+        opt.comm.Abort(1)
+
+    sys.excepthook = abort_every_rank
+    _hook_state["installed"] = True
+
+
 class ShardedOptimizer:
     """A fastlr optimizer data-parallel over MPI ranks, its state sharded (ZeRO stage 1).
 
@@ -162,7 +281,7 @@ class ShardedOptimizer:
 
     Attributes (besides the properties): ``comm``, ``rank``, ``world_size``;
     ``total_size`` (elements of all params); ``bounds`` (this rank's shard, ``(lo, hi)``
-    in the flat buffer); ``skip_nonfinite``; ``skipped_steps``; ``last_grad_norm`` (the
+    in the flat buffer); ``skip_nonfinite``; ``timeout``; ``skipped_steps``; ``last_grad_norm`` (the
     clipped norm of the last step, NaN before one); ``timings`` (seconds of the last step's
     phases).
 
@@ -181,6 +300,13 @@ class ShardedOptimizer:
         Skip the step on every rank when any rank's grad holds a NaN or Inf.
     n_threads : int or None, default 1
         OpenMP threads of this rank's optimizer (None: :func:`fastlr.get_num_threads`).
+    timeout : float or None, default 1800.0
+        Seconds a rank waits for the others at any point of a step before it reports
+        what it waited for and aborts every rank (None: wait forever).
+    abort_on_exception : bool, default True
+        With more than one rank, make an uncaught exception on this rank abort every rank
+        (``MPI_Abort``, after the traceback) through ``sys.excepthook``, instead of
+        leaving the other ranks waiting for it.
     **hyperparameters
         The optimizer's own hyperparameters (``lr``, ``betas``, ``weight_decay``, ...).
 
@@ -215,10 +341,12 @@ class ShardedOptimizer:
     skipped_steps: int
     last_grad_norm: float
     timings: dict[str, float]
+    timeout: Optional[float]
 
     def __init__(self, optimizer: Union[type, str], params: Any, comm: Any = None, *,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
-                 n_threads: Optional[int] = 1, **hyperparameters: Any) -> None:
+                 n_threads: Optional[int] = 1, timeout: Optional[float] = _DEFAULT_TIMEOUT,
+                 abort_on_exception: bool = True, **hyperparameters: Any) -> None:
         MPI = _mpi()
         self._MPI = MPI
         self.comm = comm = MPI.COMM_WORLD if comm is None else comm
@@ -232,6 +360,8 @@ class ShardedOptimizer:
         # scalar arguments first: every rank raises alike, before any collective call
         skip_nonfinite = flag_arg(name, "skip_nonfinite", skip_nonfinite)
         max_grad_norm = _max_norm_arg(name, max_grad_norm)
+        timeout = _timeout_arg(name, timeout)
+        abort_on_exception = flag_arg(name, "abort_on_exception", abort_on_exception)
         if n_threads is not None:
             n_threads = threads_arg(name, n_threads)
         # every rank checks its own params, then all compare what they have
@@ -323,6 +453,18 @@ class ShardedOptimizer:
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
         self.last_grad_norm = math.nan
+        # fastlr's own messages travel on a duplicate of comm, so they never match a
+        # message of the caller's
+        self._wire = comm.Dup()
+        self._agree_rows = np.zeros((self.world_size, 4), dtype=np.float64)
+        self._others = [k for k in range(self.world_size) if k != self.rank]
+        self._agree_requests = None     # persistent requests, made on the first step
+        self._calls = 0             # step() calls so far (the step a message names is +1)
+        self.timeout = timeout
+        self._watchdog = _Watchdog(comm, self.rank, timeout)
+        weakref.finalize(self, self._watchdog.stop)
+        if abort_on_exception and self.world_size > 1:
+            _install_excepthook(self)
         #: seconds of the last step: {"check", "reduce_scatter", "clip", "update",
         #: "all_gather"}
         self.timings = {}
@@ -374,18 +516,52 @@ class ShardedOptimizer:
         round k each rank sends the shard of rank r+k and receives its own shard from rank
         r-k, adding it in (a fixed order, so repeatable). Open MPI's Reduce_scatter over
         shared memory measured ~9x slower for 64 MB on the development machine."""
-        comm, T = self.comm, self._mpi_type
+        comm, T = self._wire, self._mpi_type
         r, n = self.rank, self.world_size
         lo, hi = self.bounds
         acc = self._shard_grad
+        watchdog = self._watchdog
         if self._recv is None:
             self._recv = np.empty(len(acc), dtype=self._dtype)
         for k in range(1, n):
             dst, src = (r + k) % n, (r - k) % n
             a = self._displs[dst]
-            comm.Sendrecv([flat[a:a + self._counts[dst]], T], dst, sendtag=7,
-                          recvbuf=[self._recv, T], source=src, recvtag=7)
+            watchdog.arm(self._calls, f"the reduce-scatter (round {k}: receiving from rank "
+                         f"{src}, sending to rank {dst})", [src])
+            comm.Sendrecv([flat[a:a + self._counts[dst]], T], dst, sendtag=_TAG_EXCHANGE,
+                          recvbuf=[self._recv, T], source=src, recvtag=_TAG_EXCHANGE)
             np.add(flat[lo:hi] if k == 1 else acc, self._recv, out=acc)
+        watchdog.disarm()
+
+    def _agree(self, mine):
+        """The sum over ranks of each rank's 4-vector ``mine`` (in rank order, so the same
+        bits on every rank), by point-to-point messages (persistent requests, one blocking
+        wait) so that a rank that does not arrive can be named: the rows of the ranks not
+        heard from still hold NaN (see _Watchdog)."""
+        rows, r = self._agree_rows, self.rank
+        rows[r] = mine
+        if self.world_size == 1:
+            return rows[0].copy()
+        if self._agree_requests is None:
+            MPI, wire = self._MPI, self._wire
+            others = [k for k in range(self.world_size) if k != r]
+            self._agree_requests = (
+                [wire.Recv_init([rows[k], MPI.DOUBLE], source=k, tag=_TAG_AGREE)
+                 for k in others]
+                + [wire.Send_init([rows[r], MPI.DOUBLE], dest=k, tag=_TAG_AGREE)
+                   for k in others])
+        requests = self._agree_requests
+        rows[self._others] = np.nan
+        self._watchdog.arm(self._calls, "the step's agreement (every rank checks its grads)",
+                           self._not_arrived)
+        self._MPI.Prequest.Startall(requests)
+        self._MPI.Request.Waitall(requests)
+        self._watchdog.disarm()
+        return rows.sum(axis=0)
+
+    def _not_arrived(self):
+        """The ranks whose agreement row has not come (read by the watchdog's thread)."""
+        return [k for k in self._others if np.isnan(self._agree_rows[k, 0])]
 
     def step(self, grads: Grads) -> Optional[bool]:
         """One collective data-parallel update; every rank calls it once per step.
@@ -412,6 +588,7 @@ class ShardedOptimizer:
         """
         MPI = self._MPI
         t0 = time.perf_counter()
+        self._calls += 1
         error = flat = None
         nonfinite = False
         try:
@@ -421,9 +598,7 @@ class ShardedOptimizer:
         except (TypeError, ValueError) as e:
             error = e
         n_arrays = len(grads) if isinstance(grads, (list, tuple, dict)) else 1
-        agree = np.array([error is not None, n_arrays, n_arrays * n_arrays, nonfinite],
-                         dtype=np.float64)
-        self.comm.Allreduce(MPI.IN_PLACE, agree, op=MPI.SUM)
+        agree = self._agree((error is not None, n_arrays, n_arrays * n_arrays, nonfinite))
         if agree[0]:
             if error is not None:
                 raise error
@@ -455,7 +630,9 @@ class ShardedOptimizer:
         t2 = time.perf_counter()
         if self.max_grad_norm is not None:
             sumsq = np.array([grad_stats(self._shard_grad, n_threads=self._n_threads)[0]])
-            self.comm.Allreduce(MPI.IN_PLACE, sumsq, op=MPI.SUM)
+            self._watchdog.arm(self._calls, "the all-reduce of the grad norm", None)
+            self._wire.Allreduce(MPI.IN_PLACE, sumsq, op=MPI.SUM)
+            self._watchdog.disarm()
             self.last_grad_norm = norm = math.sqrt(sumsq[0])
             coef = self.max_grad_norm / (norm + 1e-6)
             scale = 1.0 if coef >= 1.0 else coef       # NaN stays NaN, as torch
@@ -464,8 +641,10 @@ class ShardedOptimizer:
         t3 = time.perf_counter()
         self.optimizer.step(self._shard_grad)
         t4 = time.perf_counter()
-        self.comm.Allgatherv(MPI.IN_PLACE,
-                             [self._flat, self._counts, self._displs, self._mpi_type])
+        self._watchdog.arm(self._calls, "the all-gather of the updated params", None)
+        self._wire.Allgatherv(MPI.IN_PLACE,
+                              [self._flat, self._counts, self._displs, self._mpi_type])
+        self._watchdog.disarm()
         t5 = time.perf_counter()
         self.timings = {"check": t1 - t0, "reduce_scatter": t2 - t1, "clip": t3 - t2,
                         "update": t4 - t3, "all_gather": t5 - t4}

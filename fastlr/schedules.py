@@ -2,9 +2,11 @@
 
 Every constructor returns a :class:`Schedule`. ``s(t)`` is the value after ``t`` completed
 steps (an int >= 0; an optimizer's first update uses ``s(0)``), ``s.values(ts)`` evaluates an
-array of steps in one C call, ``s * c`` scales a schedule, schedules pickle, and their
-``repr`` reads like the call that built them. After its end a schedule holds its final
-value; it never raises for a large ``t``.
+array of steps in one C call, schedules combine in C (``s1 + s2``, ``s - c``, ``s1 * s2``,
+``s * c``, ``s / c``, ``-s``, :func:`minimum`, :func:`maximum`), schedules pickle, and their
+``repr`` reads like the call or the expression that built them. After its end a schedule
+holds its final value; it never raises for a large ``t`` (and only :func:`multiplicative`
+of a schedule costs more than O(1) there: its running product).
 
 >>> from fastlr import schedules
 >>> s = schedules.warmup_cosine(1e-3, warmup_steps=2, total_steps=6)
@@ -25,15 +27,17 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable, Optional, Sequence, Union, cast
 
-from fastlr._core.args import (FINITE, INT_MAX, NONNEG, POSITIVE, checked_real, choice_arg,
-                               flag_arg, int_arg)
+from fastlr._core.args import (CLOSED_UNIT, FINITE, INT_MAX, NONNEG, POSITIVE, checked_real,
+                               choice_arg, flag_arg, int_arg)
 from fastlr._schedules import KINDS, Schedule, _build
 
 __all__ = [
     "Schedule", "as_schedule", "from_callable", "constant", "step_decay", "multistep",
     "exponential", "exponential_decay", "inverse_time", "polynomial", "linear", "cosine",
     "cosine_restarts", "cyclic", "one_cycle", "piecewise_constant", "piecewise_linear",
-    "warmup_cosine", "warmup", "join",
+    "warmup_cosine", "warmup", "join", "minimum", "maximum", "chained", "multiplicative",
+    "constant_lr", "lambda_lr", "wsd", "inverse_sqrt", "noam", "rex",
+    "warmup_exponential_decay", "sgdr",
 ]
 
 #: What a schedule argument accepts: a Schedule, a number (a constant) or a Python callable
@@ -154,12 +158,94 @@ def from_callable(fn: Callable[[int], float]) -> Schedule:
     return _build(KINDS["callback"], "from_callable", (fn,), {}, fn=fn)
 
 
-def _scaled(schedule, factor):
-    if isinstance(factor, Schedule) or not isinstance(factor, numbers.Real):
+# ---------------------------------------------------------------------------------------
+# arithmetic: s1 + s2, s - c, c * s, s / c, -s (Schedule's operators call these)
+# ---------------------------------------------------------------------------------------
+def _operand(value, where, name="other"):
+    """An operand of schedule arithmetic: a Schedule, a float (checked finite) or a Python
+    callable (as :func:`from_callable`); None for anything else (the operator then returns
+    NotImplemented and Python raises its TypeError)."""
+    if isinstance(value, Schedule):
+        return value
+    if type(value).__name__ == "ndarray" and getattr(value, "ndim", None) == 0:
+        value = cast(Any, value).item()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return _value(where, name, value)
+    if callable(value):
+        return from_callable(value)
+    return None
+
+
+def _node(value):
+    return value if isinstance(value, Schedule) else constant(value)
+
+
+def _infix(ctor, kind, op, a, b):
+    x, y = _operand(a, f"Schedule.{op}"), _operand(b, f"Schedule.{op}")
+    if x is None or y is None:
         return NotImplemented
+    return _build(KINDS[kind], ctor, (x, y), {}, children=(_node(x), _node(y)))
+
+
+def _add(a, b):
+    return _infix("_add", "sum", "__add__", a, b)
+
+
+def _sub(a, b):
+    return _infix("_sub", "difference", "__sub__", a, b)
+
+
+def _mul(a, b):
+    x, y = (_operand(a, "Schedule.__mul__", "factor"),
+            _operand(b, "Schedule.__mul__", "factor"))
+    if x is None or y is None:
+        return NotImplemented
+    if not isinstance(y, Schedule):
+        return _scaled(x, y)
+    if not isinstance(x, Schedule):
+        return _scaled(y, x)                # c * s is s * c
+    return _build(KINDS["product"], "_mul", (x, y), {}, children=(x, y))
+
+
+def _div(a, b):
+    if isinstance(b, Schedule) or (callable(b) and not isinstance(b, numbers.Real)):
+        raise TypeError(f"{_PREFIX}Schedule.__truediv__: the divisor must be a nonzero finite "
+                        f"number, got {type(b).__name__}; a schedule in the denominator "
+                        "could reach 0 mid-training (multiply by a schedule of the "
+                        "reciprocal instead)")
+    x, y = (_operand(a, "Schedule.__truediv__"),
+            _operand(b, "Schedule.__truediv__", "divisor"))
+    if x is None or y is None:
+        return NotImplemented
+    if y == 0.0:
+        raise ValueError(f"{_PREFIX}Schedule.__truediv__: the divisor must be a nonzero "
+                         f"finite number, got {b!r}")
+    return _build(KINDS["quotient"], "_div", (x, y), {}, children=(x, constant(y)))
+
+
+def _neg(a):
+    return _build(KINDS["negate"], "_neg", (a,), {}, children=(a,))
+
+
+def _scaled(schedule, factor):
     factor = _value("Schedule.__mul__", "factor", factor)
     return _build(KINDS["scale"], "_scaled", (schedule, factor), {}, p=(factor,),
                   children=(schedule,))
+
+
+def _nary(fn, kind, schedules):
+    """A node over one or more schedules; numbers stay numbers in the repr."""
+    if not schedules:
+        raise TypeError(f"{_PREFIX}{fn}: expected at least one schedule, got none")
+    args = []
+    for i, s in enumerate(schedules):
+        x = _operand(s, fn, f"schedules[{i}]")
+        if x is None:
+            raise TypeError(f"{_PREFIX}{fn}: schedules[{i}] must be a number, a fastlr "
+                            f"schedule or a callable step -> float, got "
+                            f"{type(s).__name__} {s!r:.80}")
+        args.append(x)
+    return _build(KINDS[kind], fn, tuple(args), {}, children=tuple(_node(x) for x in args))
 
 
 def _rebuild(ctor, args, kwargs):
@@ -317,21 +403,24 @@ def inverse_time(init: float, decay_steps: int, decay_rate: float, *,
                  {"staircase": False}, p=p, k=k)
 
 
-def polynomial(init: float, total_steps: int, *, end: float = 0.0,
-               power: float = 1.0) -> Schedule:
-    """``(init - end) * (1 - min(t, T) / T) ** power + end`` with ``T = total_steps`` (torch
-    PolynomialLR when ``end=0``).
+def polynomial(init: float, total_steps: int, *, end: float = 0.0, power: float = 1.0,
+               transition_begin: int = 0) -> Schedule:
+    """``(init - end) * (1 - c / T) ** power + end`` with ``T = total_steps`` and ``c =
+    clip(t - transition_begin, 0, T)`` (torch PolynomialLR when ``end=0``; optax
+    ``polynomial_schedule``).
 
     Parameters
     ----------
     init : float
-        The value at step 0.
+        The value at step 0, held until ``transition_begin``.
     total_steps : int
-        Steps until ``end`` is reached, >= 1; ``end`` is held after.
+        Steps of the decay, >= 1; ``end`` is held after ``transition_begin + total_steps``.
     end : float, default 0.0
         The final value.
     power : float, default 1.0
         The exponent, >= 0 (1: linear).
+    transition_begin : int, default 0
+        Steps before the decay starts (optax's ``transition_begin``), >= 0.
 
     Returns
     -------
@@ -340,15 +429,18 @@ def polynomial(init: float, total_steps: int, *, end: float = 0.0,
     fn = "polynomial"
     p = (_value(fn, "init", init), _value(fn, "end", end),
          _value(fn, "power", power, NONNEG))
-    k = (_int(fn, "total_steps", total_steps, minimum=1),)
-    return _make(fn, (init, total_steps), {"end": end, "power": power},
-                 {"end": 0.0, "power": 1.0}, p=p, k=k)
+    k = (_int(fn, "total_steps", total_steps, minimum=1),
+         _int(fn, "transition_begin", transition_begin))
+    return _make(fn, (init, total_steps), {"end": end, "power": power,
+                                           "transition_begin": transition_begin},
+                 {"end": 0.0, "power": 1.0, "transition_begin": 0}, p=p, k=k)
 
 
 def linear(init: float, *, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
-           total_steps: int = 5) -> Schedule:
-    """``init * (s + (e - s) * min(t, T) / T)`` (torch LinearLR): from ``start_factor *
-    init`` to ``end_factor * init`` over ``total_steps``.
+           total_steps: int = 5, transition_begin: int = 0) -> Schedule:
+    """``init * (s + (e - s) * c / T)`` with ``c = clip(t - transition_begin, 0, T)``
+    (torch LinearLR): from ``start_factor * init`` to ``end_factor * init`` over
+    ``total_steps``, after ``transition_begin`` steps at ``start_factor * init``.
 
     Parameters
     ----------
@@ -357,9 +449,12 @@ def linear(init: float, *, start_factor: float = 1.0 / 3, end_factor: float = 1.
     start_factor : float, default 1/3
         The factor at step 0, >= 0.
     end_factor : float, default 1.0
-        The factor from ``total_steps`` on, >= 0.
+        The factor from ``transition_begin + total_steps`` on, >= 0.
     total_steps : int, default 5
         Steps of the ramp, >= 1.
+    transition_begin : int, default 0
+        Steps before the ramp starts (optax ``linear_schedule``'s ``transition_begin``),
+        >= 0.
 
     Returns
     -------
@@ -368,15 +463,23 @@ def linear(init: float, *, start_factor: float = 1.0 / 3, end_factor: float = 1.
     fn = "linear"
     p = (_value(fn, "init", init), _value(fn, "start_factor", start_factor, NONNEG),
          _value(fn, "end_factor", end_factor, NONNEG))
-    k = (_int(fn, "total_steps", total_steps, minimum=1),)
+    k = (_int(fn, "total_steps", total_steps, minimum=1),
+         _int(fn, "transition_begin", transition_begin))
     return _make(fn, (init,), {"start_factor": start_factor, "end_factor": end_factor,
-                               "total_steps": total_steps},
-                 {"start_factor": 1.0 / 3, "end_factor": 1.0, "total_steps": 5}, p=p, k=k)
+                               "total_steps": total_steps,
+                               "transition_begin": transition_begin},
+                 {"start_factor": 1.0 / 3, "end_factor": 1.0, "total_steps": 5,
+                  "transition_begin": 0}, p=p, k=k)
 
 
-def cosine(init: float, total_steps: int, *, end: float = 0.0) -> Schedule:
-    """``end + (init - end) * (1 + cos(pi * min(t, T) / T)) / 2``: torch CosineAnnealingLR
-    up to ``T = total_steps``, then it holds ``end`` (torch's rises again).
+def cosine(init: float, total_steps: int, *, end: float = 0.0,
+           exponent: float = 1.0) -> Schedule:
+    """``end + (init - end) * ((1 + cos(pi * min(t, T) / T)) / 2) ** exponent``: torch
+    CosineAnnealingLR up to ``T = total_steps`` (``exponent=1``), then it holds ``end``
+    (torch's rises again).
+
+    With ``end = alpha * init`` it is optax's ``cosine_decay_schedule(init, T, alpha,
+    exponent)``.
 
     Parameters
     ----------
@@ -386,15 +489,19 @@ def cosine(init: float, total_steps: int, *, end: float = 0.0) -> Schedule:
         Steps of the half cosine, >= 1.
     end : float, default 0.0
         The final value (torch's ``eta_min``).
+    exponent : float, default 1.0
+        The power of the cosine factor (optax's ``exponent``), > 0.
 
     Returns
     -------
     Schedule
     """
     fn = "cosine"
-    p = (_value(fn, "init", init), _value(fn, "end", end))
+    p = (_value(fn, "init", init), _value(fn, "end", end),
+         _value(fn, "exponent", exponent, POSITIVE))
     k = (_int(fn, "total_steps", total_steps, minimum=1),)
-    return _make(fn, (init, total_steps), {"end": end}, {"end": 0.0}, p=p, k=k)
+    return _make(fn, (init, total_steps), {"end": end, "exponent": exponent},
+                 {"end": 0.0, "exponent": 1.0}, p=p, k=k)
 
 
 def cosine_restarts(init: float, period: int, *, period_mult: int = 1, end: float = 0.0,
@@ -588,9 +695,13 @@ def piecewise_linear(boundaries: Sequence[int], values: Sequence[float]) -> Sche
 
 
 def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int, init: float = 0.0,
-                  end: float = 0.0) -> Schedule:
+                  end: float = 0.0, exponent: float = 1.0) -> Schedule:
     """Linear warmup from ``init`` to ``peak``, then cosine decay to ``end`` (optax's
     ``warmup_cosine_decay_schedule``); holds ``end`` after ``total_steps``.
+
+    With ``W = warmup_steps``, ``T = total_steps`` and ``c = min(t - W, T - W) / (T - W)``:
+    ``init + (peak - init) * t / W`` for ``t < W``, then ``end + (peak - end) * ((1 +
+    cos(pi c)) / 2) ** exponent``.
 
     Parameters
     ----------
@@ -605,6 +716,8 @@ def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int, init: flo
         The value at step 0.
     end : float, default 0.0
         The final value.
+    exponent : float, default 1.0
+        The power of the cosine factor (optax's ``exponent``), > 0.
 
     Returns
     -------
@@ -616,10 +729,11 @@ def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int, init: flo
     if n <= w:
         raise ValueError(f"{_PREFIX}{fn}: total_steps (={n}) includes the warmup and must be "
                          f"> warmup_steps (={w})")
-    p = (_value(fn, "peak", peak), _value(fn, "init", init), _value(fn, "end", end))
+    p = (_value(fn, "peak", peak), _value(fn, "init", init), _value(fn, "end", end),
+         _value(fn, "exponent", exponent, POSITIVE))
     return _make(fn, (peak,), {"warmup_steps": warmup_steps, "total_steps": total_steps,
-                               "init": init, "end": end},
-                 {"init": 0.0, "end": 0.0}, p=p, k=(w, n))
+                               "init": init, "end": end, "exponent": exponent},
+                 {"init": 0.0, "end": 0.0, "exponent": 1.0}, p=p, k=(w, n))
 
 
 def warmup(schedule: ScheduleLike, warmup_steps: int, *,
@@ -685,3 +799,406 @@ def join(schedules: Sequence[ScheduleLike], boundaries: Sequence[int]) -> Schedu
         raise ValueError(f"{_PREFIX}{fn}: boundaries needs len(schedules) - 1 = "
                          f"{len(parts) - 1} entries, got {len(b)}")
     return _make(fn, (parts, b), {}, {}, ivals=b, children=tuple(parts))
+
+
+# ---------------------------------------------------------------------------------------
+# compositions: minimum / maximum, torch's MultiplicativeLR, ConstantLR, ChainedScheduler,
+# LambdaLR
+# ---------------------------------------------------------------------------------------
+def minimum(*schedules: ScheduleLike) -> Schedule:
+    """The smallest of several schedules at every step: ``min(s_1(t), s_2(t), ...)``.
+
+    Evaluated in C (a NaN from any of them is the result). Numbers are constants; Python
+    callables are accepted and make the result need the GIL.
+
+    Parameters
+    ----------
+    *schedules : Schedule, float or callable
+        One or more schedules (anything :func:`as_schedule` takes).
+
+    Returns
+    -------
+    Schedule
+
+    Examples
+    --------
+    >>> from fastlr import schedules
+    >>> s = schedules.minimum(schedules.exponential(1.0, 0.5), 0.3)
+    >>> s.values(range(4)).tolist()
+    [0.3, 0.3, 0.25, 0.125]
+    """
+    return _nary("minimum", "minimum", schedules)
+
+
+def maximum(*schedules: ScheduleLike) -> Schedule:
+    """The largest of several schedules at every step: ``max(s_1(t), s_2(t), ...)``.
+
+    A floor under a decaying schedule: ``maximum(cosine(0.1, 1000), 1e-3)``. Evaluated in
+    C (a NaN from any of them is the result).
+
+    Parameters
+    ----------
+    *schedules : Schedule, float or callable
+        One or more schedules (anything :func:`as_schedule` takes).
+
+    Returns
+    -------
+    Schedule
+    """
+    return _nary("maximum", "maximum", schedules)
+
+
+def chained(*schedules: ScheduleLike) -> Schedule:
+    """The product of several schedules, ``s_1(t) * s_2(t) * ...`` (torch ChainedScheduler).
+
+    torch's ChainedScheduler steps multiplicative schedulers one after the other on the
+    same lr, so its lr is the base lr times each scheduler's factor: give the first
+    schedule the lr and the others ``init=1.0``, e.g. ``ChainedScheduler([ConstantLR(opt,
+    factor=0.1, total_iters=2), ExponentialLR(opt, gamma=0.9)])`` is ``chained(
+    constant_lr(lr, factor=0.1, total_steps=2), exponential(1.0, 0.9))``. ``s1 * s2`` is the
+    same product of two.
+
+    Parameters
+    ----------
+    *schedules : Schedule, float or callable
+        One or more factors (anything :func:`as_schedule` takes), multiplied left to right.
+
+    Returns
+    -------
+    Schedule
+    """
+    return _nary("chained", "product", schedules)
+
+
+def multiplicative(init: float, factor: ScheduleLike) -> Schedule:
+    """torch MultiplicativeLR: ``lr_t = lr_(t-1) * f(t)`` from ``lr_0 = init``, that is
+    ``init * f(1) * f(2) * ... * f(t)``.
+
+    A number ``f`` gives ``init * f ** t`` in closed form (one ``pow``). A schedule or a
+    callable ``f`` gives the running product, multiplied left to right as torch does: the
+    value after ``t`` steps needs ``f(1) ... f(t)``. A compiled ``f`` keeps the last product
+    it computed, so stepping on from it costs one evaluation of ``f`` (an optimizer's steps,
+    ``values(range(n))``) while any other ``t`` costs ``t`` evaluations; the value is the
+    same either way, bit for bit. A Python callable ``f`` is not cached: ``t`` calls for
+    every evaluation, so it suits short runs (prefer a number or a fastlr schedule).
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    factor : float, Schedule or callable
+        ``f``: the factor applied at step ``t >= 1``; a number is the same factor at every
+        step (torch's ``lr_lambda`` returning a constant).
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "multiplicative"
+    v = _value(fn, "init", init)
+    f = _operand(factor, fn, "factor")
+    if f is None:
+        raise TypeError(f"{_PREFIX}{fn}: factor must be a number, a fastlr schedule or a "
+                        f"callable step -> float, got {type(factor).__name__} {factor!r:.80}")
+    if not isinstance(f, Schedule):
+        return _make(fn, (init, f), {}, {}, kind="exponential", p=(v, f))
+    return _make(fn, (init, f), {}, {}, kind="multiplicative", p=(v,), children=(f,))
+
+
+def constant_lr(init: float, factor: float = 1.0 / 3, total_steps: int = 5) -> Schedule:
+    """torch ConstantLR: ``init * factor`` for ``t < total_steps``, then ``init``.
+
+    Parameters
+    ----------
+    init : float
+        The value from ``total_steps`` on.
+    factor : float, default 1/3
+        The factor before ``total_steps``, in [0, 1].
+    total_steps : int, default 5
+        Steps at the reduced value (torch's ``total_iters``), >= 1.
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "constant_lr"
+    v = _value(fn, "init", init)
+    f = _value(fn, "factor", factor, CLOSED_UNIT)
+    n = _int(fn, "total_steps", total_steps, minimum=1)
+    return _make(fn, (init,), {"factor": factor, "total_steps": total_steps},
+                 {"factor": 1.0 / 3, "total_steps": 5}, kind="piecewise_constant",
+                 ivals=[n], dvals=[v * f, v])
+
+
+def lambda_lr(init: float, fn: ScheduleLike) -> Schedule:
+    """torch LambdaLR: ``init * fn(t)``.
+
+    Parameters
+    ----------
+    init : float
+        The base value (torch's initial lr).
+    fn : Schedule, float or callable
+        The factor at step ``t`` (torch's ``lr_lambda``); a fastlr schedule keeps it in C,
+        a Python callable is evaluated with the GIL.
+
+    Returns
+    -------
+    Schedule
+    """
+    name = "lambda_lr"
+    v = _value(name, "init", init)
+    f = as_schedule(fn, f"{_PREFIX}{name}: fn")
+    return _make(name, (init, f), {}, {}, kind="scale", p=(v,), children=(f,))
+
+
+# ---------------------------------------------------------------------------------------
+# schedules of large-model training
+# ---------------------------------------------------------------------------------------
+WSD_DECAYS: tuple[str, ...] = ("linear", "cosine", "1-sqrt")
+
+
+def wsd(peak: float, total_steps: int, *, warmup_steps: int = 0, decay_fraction: float = 0.1,
+        decay: str = "linear", end: float = 0.0) -> Schedule:
+    """Warmup-stable-decay: a linear warmup, a constant plateau at ``peak``, then a
+    cooldown to ``end`` over the final ``D = round(decay_fraction * total_steps)`` steps.
+
+    With ``W = warmup_steps``, ``T = total_steps`` and ``x = (t - (T - D)) / D``::
+
+        peak * t / W                               t < W
+        peak                                       W <= t < T - D
+        end + (peak - end) * g(x)                  T - D <= t <= T
+        end                                        t >= T
+
+    where ``g(x) = 1 - x`` (``'linear'``), ``(1 + cos(pi x)) / 2`` (``'cosine'``) or
+    ``1 - sqrt(x)`` (``'1-sqrt'``, Hägele et al. 2024, "Scaling Laws and Compute-Optimal
+    Training Beyond Fixed Training Durations"). The schedule of MiniCPM (Hu et al. 2024).
+
+    Parameters
+    ----------
+    peak : float
+        The plateau's value.
+    total_steps : int
+        Steps until ``end``, warmup and cooldown included, >= 1.
+    warmup_steps : int, default 0
+        Steps of the linear warmup from 0, >= 0.
+    decay_fraction : float, default 0.1
+        The cooldown's share of ``total_steps``, in [0, 1]; it must round to at least one
+        step and leave room for the warmup (``W + D <= T``).
+    decay : {'linear', 'cosine', '1-sqrt'}, default 'linear'
+        The cooldown's shape ``g``.
+    end : float, default 0.0
+        The final value.
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "wsd"
+    p = (_value(fn, "peak", peak), _value(fn, "end", end))
+    n = _int(fn, "total_steps", total_steps, minimum=1)
+    w = _int(fn, "warmup_steps", warmup_steps)
+    frac = _value(fn, "decay_fraction", decay_fraction, CLOSED_UNIT)
+    shape = _choice(fn, "decay", decay, WSD_DECAYS)
+    d = round(frac * n)
+    if d < 1:
+        raise ValueError(f"{_PREFIX}{fn}: decay_fraction={decay_fraction!r} of "
+                         f"total_steps={n} is {frac * n:g} steps, which rounds to 0; the "
+                         "cooldown needs at least 1 step")
+    if w + d > n:
+        raise ValueError(f"{_PREFIX}{fn}: warmup_steps (={w}) and the cooldown "
+                         f"(round(decay_fraction * total_steps) = {d}) do not fit in "
+                         f"total_steps (={n})")
+    return _make(fn, (peak, total_steps),
+                 {"warmup_steps": warmup_steps, "decay_fraction": decay_fraction,
+                  "decay": decay, "end": end},
+                 {"warmup_steps": 0, "decay_fraction": 0.1, "decay": "linear", "end": 0.0},
+                 p=p, k=(w, n, d, shape))
+
+
+def inverse_sqrt(peak: float, warmup_steps: int, *, init: float = 0.0) -> Schedule:
+    """Inverse square root decay after a linear warmup (fairseq's ``inverse_sqrt``)::
+
+        init + (peak - init) * t / W      t < W
+        peak * sqrt(W / t)                t >= W
+
+    with ``W = warmup_steps``: ``peak`` at ``t = W``, then ``peak / 2`` at ``4 W``. For
+    the Transformer's parametrization see :func:`noam`.
+
+    Parameters
+    ----------
+    peak : float
+        The value at the end of the warmup.
+    warmup_steps : int
+        Steps of the warmup, >= 1.
+    init : float, default 0.0
+        The value at step 0.
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "inverse_sqrt"
+    p = (_value(fn, "peak", peak), _value(fn, "init", init))
+    w = _int(fn, "warmup_steps", warmup_steps, minimum=1)
+    return _make(fn, (peak, warmup_steps), {"init": init}, {"init": 0.0}, p=p, k=(w,))
+
+
+def noam(d_model: int, warmup_steps: int, *, factor: float = 1.0) -> Schedule:
+    """The Transformer's schedule (Vaswani et al. 2017, "Attention Is All You Need", eq. 3):
+    ``factor * d_model ** -0.5 * min(n ** -0.5, n * warmup_steps ** -1.5)``.
+
+    ``n = t + 1`` counts updates from 1, so the first update (``t = 0``) uses ``n = 1``;
+    the peak ``factor * (d_model * warmup_steps) ** -0.5`` is at ``n = warmup_steps``. The
+    same curve as ``inverse_sqrt`` up to where its steps are counted.
+
+    Parameters
+    ----------
+    d_model : int
+        The model width, >= 1.
+    warmup_steps : int
+        Updates of the linear warmup, >= 1.
+    factor : float, default 1.0
+        A constant factor, > 0.
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "noam"
+    d = _int(fn, "d_model", d_model, minimum=1)
+    w = _int(fn, "warmup_steps", warmup_steps, minimum=1)
+    f = _value(fn, "factor", factor, POSITIVE)
+    return _make(fn, (d_model, warmup_steps), {"factor": factor}, {"factor": 1.0},
+                 p=(f * d ** -0.5,), k=(w,))
+
+
+def rex(init: float, total_steps: int, *, end: float = 0.0) -> Schedule:
+    """REX (Chen, Wolfe and Kyrillidis 2022, "REX: Revisiting Budgeted Training with an
+    Improved Schedule", MLSys): ``end + (init - end) * (1 - z) / (1/2 + (1 - z) / 2)``,
+    ``z = min(t, T) / T``, ``T = total_steps``.
+
+    Computed as ``(1 - z) / (1 - z / 2)``; it falls slower than linear at first and faster
+    at the end, and holds ``end`` after ``T``.
+
+    Parameters
+    ----------
+    init : float
+        The value at step 0.
+    total_steps : int
+        Steps until ``end``, >= 1.
+    end : float, default 0.0
+        The final value.
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "rex"
+    p = (_value(fn, "init", init), _value(fn, "end", end))
+    k = (_int(fn, "total_steps", total_steps, minimum=1),)
+    return _make(fn, (init, total_steps), {"end": end}, {"end": 0.0}, p=p, k=k)
+
+
+# ---------------------------------------------------------------------------------------
+# optax's compositions
+# ---------------------------------------------------------------------------------------
+def warmup_exponential_decay(peak: float, *, warmup_steps: int, transition_steps: int,
+                             decay_rate: float, init: float = 0.0, transition_begin: int = 0,
+                             staircase: bool = False,
+                             end: Optional[float] = None) -> Schedule:
+    """A linear warmup from ``init`` to ``peak``, then :func:`exponential_decay` from
+    ``peak`` (optax's ``warmup_exponential_decay_schedule``).
+
+    ``(init - peak) * (1 - t / W) + peak`` for ``t < W = warmup_steps`` (optax's
+    ``linear_schedule``), then ``exponential_decay(peak, transition_steps, decay_rate,
+    staircase=staircase, transition_begin=transition_begin, end=end)(t - W)``: the decay
+    counts from the end of the warmup, and ``transition_begin`` delays it further.
+
+    Parameters
+    ----------
+    peak : float
+        The value at the end of the warmup.
+    warmup_steps : int
+        Steps of the warmup, >= 0.
+    transition_steps : int
+        Steps over which the value is multiplied by ``decay_rate``, >= 1.
+    decay_rate : float
+        The factor per ``transition_steps``, > 0.
+    init : float, default 0.0
+        The value at step 0.
+    transition_begin : int, default 0
+        Steps at ``peak`` after the warmup before the decay starts, >= 0.
+    staircase : bool, default False
+        Decay in steps of ``transition_steps``.
+    end : float, optional
+        A floor when decaying (a cap when ``decay_rate > 1``); None for none.
+
+    Returns
+    -------
+    Schedule
+    """
+    fn = "warmup_exponential_decay"
+    w = _int(fn, "warmup_steps", warmup_steps)
+    ramp = polynomial(_value(fn, "init", init), max(w, 1), end=_value(fn, "peak", peak))
+    try:
+        decay = exponential_decay(peak, transition_steps, decay_rate, staircase=staircase,
+                                  transition_begin=transition_begin, end=end)
+    except (TypeError, ValueError) as error:
+        raise type(error)(str(error).replace("exponential_decay:", f"{fn}:", 1)) from None
+    return _make(fn, (peak,), {"warmup_steps": warmup_steps,
+                               "transition_steps": transition_steps,
+                               "decay_rate": decay_rate, "init": init,
+                               "transition_begin": transition_begin, "staircase": staircase,
+                               "end": end},
+                 {"init": 0.0, "transition_begin": 0, "staircase": False, "end": None},
+                 kind="join", ivals=[w], children=(ramp, decay))
+
+
+def sgdr(cycles: Sequence[dict]) -> Schedule:
+    """Warm restarts of :func:`warmup_cosine` cycles, one after the other (optax's
+    ``sgdr_schedule``).
+
+    Cycle ``i`` is ``warmup_cosine(**cycles[i])`` and starts when the previous ones'
+    ``total_steps`` have run; after the last cycle its ``end`` is held (the schedule ends,
+    unlike :func:`cosine_restarts`).
+
+    Parameters
+    ----------
+    cycles : sequence of dict
+        One dict of :func:`warmup_cosine` keyword arguments per cycle (``peak``,
+        ``warmup_steps``, ``total_steps`` and optionally ``init``, ``end``, ``exponent``);
+        at least one.
+
+    Returns
+    -------
+    Schedule
+
+    Examples
+    --------
+    >>> from fastlr import schedules
+    >>> s = schedules.sgdr([dict(peak=1.0, warmup_steps=1, total_steps=3),
+    ...                     dict(peak=0.5, warmup_steps=1, total_steps=3)])
+    >>> s.values(range(8)).tolist()
+    [0.0, 1.0, 0.5, 0.0, 0.5, 0.25, 0.0, 0.0]
+    """
+    fn = "sgdr"
+    try:
+        items = list(cycles)
+    except TypeError:
+        raise TypeError(f"{_PREFIX}{fn}: cycles must be a sequence of dicts, got "
+                        f"{type(cycles).__name__}") from None
+    if not items:
+        raise ValueError(f"{_PREFIX}{fn}: cycles must not be empty")
+    parts, boundaries, step = [], [], 0
+    for i, kwargs in enumerate(items):
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"{_PREFIX}{fn}: cycles[{i}] must be a dict of warmup_cosine "
+                            f"arguments, got {type(kwargs).__name__}")
+        try:
+            parts.append(warmup_cosine(**kwargs))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{_PREFIX}{fn}: cycles[{i}]: {error}") from None
+        step += kwargs["total_steps"]
+        boundaries.append(step)
+    return _make(fn, ([dict(c) for c in items],), {}, {}, kind="join", ivals=boundaries[:-1],
+                 children=tuple(parts))

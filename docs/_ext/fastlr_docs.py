@@ -62,6 +62,25 @@ SCHEDULE_EXAMPLES = {
     "warmup_cosine": ("warmup_cosine(0.1, warmup_steps=20, total_steps=100)", 120),
     "warmup": ("warmup(exponential(0.1, gamma=0.97), warmup_steps=20)", 120),
     "join": ("join([constant(0.05), cosine(0.1, total_steps=60)], boundaries=[40])", 120),
+    "minimum": ("minimum(linear(0.1, start_factor=0.0, total_steps=40), "
+                "cosine(0.15, total_steps=100))", 120),
+    "maximum": ("maximum(exponential(0.1, gamma=0.95), 0.02)", 120),
+    "chained": ("chained(constant_lr(0.1, factor=0.5, total_steps=20), "
+                "exponential(1.0, gamma=0.98))", 120),
+    "multiplicative": ("multiplicative(0.1, factor=piecewise_constant([50], [0.99, 1.0]))",
+                       120),
+    "constant_lr": ("constant_lr(0.1, factor=0.25, total_steps=30)", 120),
+    "lambda_lr": ("lambda_lr(0.1, cosine_restarts(1.0, period=40))", 120),
+    "wsd": ("wsd(0.1, total_steps=100, warmup_steps=10, decay_fraction=0.2, "
+            "decay='1-sqrt')", 120),
+    "inverse_sqrt": ("inverse_sqrt(0.1, warmup_steps=20)", 120),
+    "noam": ("noam(512, warmup_steps=20)", 120),
+    "rex": ("rex(0.1, total_steps=100)", 120),
+    "warmup_exponential_decay": ("warmup_exponential_decay(0.1, warmup_steps=10, "
+                                 "transition_steps=20, decay_rate=0.5, transition_begin=10, "
+                                 "staircase=True, end=0.01)", 120),
+    "sgdr": ("sgdr([{'peak': 0.1, 'warmup_steps': 5, 'total_steps': 40}, "
+             "{'peak': 0.05, 'warmup_steps': 5, 'total_steps': 60, 'end': 0.005}])", 120),
 }
 #: Names in fastlr.schedules.__all__ that are not constructors of a curve.
 NOT_DRAWN = ("Schedule", "as_schedule", "from_callable")

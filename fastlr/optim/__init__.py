@@ -42,8 +42,9 @@ from fastlr.optim.base import Optimizer, ParamGroup, flat_buffer, named_groups  
 from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa: F401
                                      write_checkpoint, write_npz_atomic)
 from fastlr.optim.families import CLASSES
+from fastlr.optim.lbfgs import LBFGS
 
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
-__all__ = ["Optimizer", *CLASSES, "flat_buffer", "clip_grad_norm", "named_groups"]
+__all__ = ["Optimizer", *CLASSES, "LBFGS", "flat_buffer", "clip_grad_norm", "named_groups"]

@@ -54,7 +54,8 @@ class ParamGroup(dict):
                 dict.__setitem__(self, key, old)
             raise
         owner._dirty = True
-        if owner._hyper_fills and any(key == option for _, option in owner._hyper_fills):
+        fills = getattr(owner, "_hyper_fills", ())    # (LBFGS owns groups too, without)
+        if fills and any(key == option for _, option in fills):
             owner._refill_unstarted(self)
 
     def update(self, *args: Any, **kwargs: Any) -> None:

@@ -235,7 +235,17 @@ def check_tiny_model():
     assert rel(flat, rflat) < 1e-12
 
 
-CHECKS = [check_parity, check_state_memory, check_params_broadcast_and_identical,
+def check_hosts():
+    """The ranks sit in FASTLR_EXPECT_HOSTS network namespaces (1 unless a multi-host test
+    bed launched them: tests/distributed/netns_hosts.py)."""
+    expected = int(os.environ.get("FASTLR_EXPECT_HOSTS", "1"))
+    if expected == 1 and not os.path.exists("/proc/self/ns/net"):
+        return                      # not Linux: one host anyway
+    namespaces = COMM.allgather(os.readlink("/proc/self/ns/net"))
+    assert len(set(namespaces)) == expected, (namespaces, expected)
+
+
+CHECKS = [check_hosts, check_parity, check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model]
 

@@ -31,11 +31,17 @@ def _mpi_missing():
     return reason
 
 
-def _mpirun(n, *checks, timeout=600):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+def mpi_env(**extra):
+    """The environment of an mpirun child: the fastlr under test first on the path, root
+    allowed, oversubscription allowed (CI has 2 cores), one OpenMP thread per rank."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
         [FASTLR_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
         OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
+        OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1", **extra)
+
+
+def _mpirun(n, *checks, timeout=600):
+    env = mpi_env()
     cmd = ["mpirun", "-n", str(n), "--oversubscribe", sys.executable,
            os.path.join(HERE, "mpi_checks.py"), *checks]
     with tempfile.TemporaryDirectory() as cwd:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import fastlr.schedules as S
+from _schedule_helpers import torch_lrs
 from fastlr import _schedules
 from fastlr.schedules import (
     Schedule, as_schedule, constant, cosine, cosine_restarts, cyclic, exponential,
@@ -432,30 +433,7 @@ def test_warmup_zero_steps_is_the_schedule():
 # ---------------------------------------------------------------------------------------
 # torch.optim.lr_scheduler parity
 # ---------------------------------------------------------------------------------------
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        pytest.skip("torch not installed; pip install torch==2.13.0")
-    return torch
-
-
-def _torch_lrs(make_scheduler, base_lr, n):
-    """torch's lr used by each of the first n updates: get_last_lr() before each step."""
-    torch = _torch()
-    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
-    opt = torch.optim.SGD([p], lr=base_lr)
-    lrs = []
-    with warnings.catch_warnings():
-        # other torch warnings stay errors (pyproject: filterwarnings = error)
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step",
-                                category=UserWarning)
-        sched = make_scheduler(torch.optim.lr_scheduler, opt)
-        for _ in range(n):
-            lrs.append(float(sched.get_last_lr()[0]))
-            opt.step()
-            sched.step()
-    return lrs
+_torch_lrs = torch_lrs
 
 
 # (id, torch factory, base lr, n, fastlr schedule, rtol)
@@ -836,7 +814,8 @@ INVALID = [
     (lambda: C * NAN, ValueError, "factor"),
     (lambda: INF * C, ValueError, "factor"),
     (lambda: C * "2", TypeError, None),
-    (lambda: C * C, TypeError, None),
+    (lambda: C * [2.0], TypeError, None),
+    (lambda: C * True, TypeError, None),
     # conversion
     (lambda: as_schedule("x"), TypeError, "schedule"),
     (lambda: as_schedule(None), TypeError, "schedule"),

@@ -1,0 +1,242 @@
+"""Several "hosts" on this machine for MPI over TCP: Linux network namespaces behind a switch.
+
+Layout of a test bed of n hosts (every name carries the tag ``flnsP<pid>`` of the process that
+built it, so runs never collide and a dead run's leftovers can be found and removed)::
+
+    namespace <tag>-sw      a bridge "br0" (the switch) and one port per host
+    namespace <tag>-h<i>    "eth0" at 10.213.0.<i+1>/24, the other end of a veth pair whose
+                            peer "p<i>" is a port of br0; "lo" up
+
+Each host's ``eth0`` egress is shaped with a token bucket (``tc qdisc ... tbf rate RATE``),
+so every byte a host sends crosses a link of that rate; a message between two hosts pays
+the sender's link. With ``delay`` the ports of the switch add that one-way latency as well
+(``netem``; kernels without the sch_netem module refuse it, and :func:`probe` says so).
+
+Nothing touches the root namespace: the veth pairs are created directly inside their
+namespaces, the subnet exists only there, and nothing can leave the machine (the switch
+has no uplink).
+
+mpirun runs inside host 0 (so its daemons, started in the other hosts, can reach it over
+the test net) with Open MPI's rsh launcher pointed at an agent script that runs the launch
+command inside the host's namespace (``ip netns exec``) instead of over ssh; the TCP BTL
+only (``--mca btl tcp,self``): ranks on different hosts share no memory transport. Two TCP
+connections per pair of ranks (``--mca btl_tcp_links 2``): with one, a pair exchanging
+in both directions at once (fastlr's reduce-scatter rounds) reached half the link rate
+(32 MB each way over 1 Gbit/s: 530 ms with one link, 281 ms with two, 268 ms the bound).
+mpirun reaches every daemon directly (``--mca routed direct``): with its default tree, a
+daemon that exited with a killed rank could no longer relay the order to stop to the
+daemons below it, and mpirun waited for them forever.
+
+Command line (root, Linux)::
+
+    python tests/distributed/netns_hosts.py --hosts 3 --rate 1gbit -- \\
+        python tests/distributed/mpi_checks.py
+
+runs the command under mpirun, one rank per host (``--ranks-per-host`` for more), and
+tears the test bed down however the command ends.
+"""
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+SUBNET = "10.213.0"
+PREFIX = "flnsP"
+
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def probe():
+    """None when this machine can build a test bed (Linux, root, ``ip`` and ``tc``, network
+    namespaces allowed), else the reason it cannot."""
+    if not sys.platform.startswith("linux"):
+        return "network namespaces are Linux only"
+    if os.geteuid() != 0:
+        return "building network namespaces needs root (CAP_NET_ADMIN)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' is not installed (Debian: apt install iproute2)"
+    name = f"{PREFIX}{os.getpid()}-probe"
+    made = _ip("netns", "add", name, check=False)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    _ip("netns", "del", name, check=False)
+    return None
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _namespaces():
+    out = _ip("netns", "list", check=False).stdout.split("\n")
+    return [line.split()[0] for line in out if line.strip()]
+
+
+def _delete(ns):
+    """Kill whatever still runs in namespace ns, then delete it."""
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+    _ip("netns", "del", ns, check=False)
+
+
+def remove_stale():
+    """Delete test-bed namespaces left by runs whose process is gone."""
+    for ns in _namespaces():
+        if ns.startswith(PREFIX):
+            pid = ns[len(PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                _delete(ns)
+
+
+class NetnsHosts:
+    """n hosts behind a switch; use as a context manager (``with NetnsHosts(3) as bed:``).
+
+    Parameters
+    ----------
+    n_hosts : int
+        Number of hosts (namespaces with one address each), 1 to 250.
+    rate : str
+        Each host's egress link rate in tc's units (``"10gbit"``, ``"1gbit"``, ``"100mbit"``).
+    delay : str or None
+        One-way latency added by the switch (tc's units, ``"100us"``), or None for none.
+    """
+
+    def __init__(self, n_hosts, rate="10gbit", delay=None):
+        if not 1 <= n_hosts <= 250:
+            raise ValueError(f"n_hosts must be in [1, 250], got {n_hosts}")
+        self.n_hosts = n_hosts
+        self.rate = rate
+        self.delay = delay
+        self.tag = f"{PREFIX}{os.getpid()}"
+        self.switch = f"{self.tag}-sw"
+        self.hosts = [f"{self.tag}-h{i}" for i in range(n_hosts)]
+        self.addresses = [f"{SUBNET}.{i + 1}" for i in range(n_hosts)]
+        self._dir = None
+
+    # ---- building and removing -------------------------------------------------------------
+    def __enter__(self):
+        remove_stale()
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _build(self):
+        _ip("netns", "add", self.switch)
+        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.switch, "link", "set", "br0", "up")
+        for i, (host, addr) in enumerate(zip(self.hosts, self.addresses)):
+            _ip("netns", "add", host)
+            _ip("link", "add", "eth0", "netns", host, "type", "veth",
+                "peer", "name", f"p{i}", "netns", self.switch)
+            _ip("-n", self.switch, "link", "set", f"p{i}", "master", "br0")
+            _ip("-n", self.switch, "link", "set", f"p{i}", "up")
+            _ip("-n", host, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _ip("-n", host, "link", "set", "eth0", "up")
+            _ip("-n", host, "link", "set", "lo", "up")
+            _ip("netns", "exec", host, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
+                "rate", self.rate, "burst", "512kb", "latency", "50ms")
+            if self.delay:
+                _ip("netns", "exec", self.switch, "tc", "qdisc", "add", "dev", f"p{i}", "root",
+                    "netem", "delay", self.delay)
+        self._dir = tempfile.mkdtemp(prefix="fastlr-netns-")
+        self.agent = os.path.join(self._dir, "agent")
+        cases = "\n".join(f"  {addr}) ns={host} ;;" for host, addr in
+                          zip(self.hosts, self.addresses))
+        with open(self.agent, "w") as f:
+            f.write(f"""#!/bin/sh
+# Open MPI's rsh agent for the test bed: "agent HOST COMMAND..." runs COMMAND in HOST's
+# network namespace (as ssh would run it on HOST).
+host=$1; shift
+case "$host" in
+{cases}
+  *) echo "fastlr test bed agent: unknown host $host" >&2; exit 1 ;;
+esac
+exec ip netns exec "$ns" /bin/sh -c "$*"
+""")
+        os.chmod(self.agent, 0o755)
+
+    def close(self):
+        for ns in [*self.hosts, self.switch]:
+            if ns in _namespaces():
+                _delete(ns)
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    # ---- running -------------------------------------------------------------------------
+    def qdisc(self, i):
+        """tc's description of host i's egress shaping."""
+        return _ip("netns", "exec", self.hosts[i], "tc", "qdisc", "show", "dev", "eth0").stdout
+
+    def mpirun_command(self, command, ranks_per_host=1, mpirun="mpirun"):
+        """The argv that runs ``command`` (a list) on every host under mpirun, from host 0."""
+        hosts = ",".join(f"{addr}:{ranks_per_host}" for addr in self.addresses)
+        net = f"{SUBNET}.0/24"
+        return ["ip", "netns", "exec", self.hosts[0], mpirun,
+                "-n", str(self.n_hosts * ranks_per_host), "--host", hosts, "--map-by", "node",
+                "--mca", "plm_rsh_agent", self.agent, "--mca", "plm_rsh_no_tree_spawn", "1",
+                "--mca", "routed", "direct",
+                "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", net,
+                "--mca", "oob_tcp_if_include", net, "--mca", "btl_tcp_links", "2", *command]
+
+    def run(self, command, ranks_per_host=1, timeout=600, **kwargs):
+        """Run ``command`` under mpirun across the hosts (subprocess.run's result)."""
+        env = dict(kwargs.pop("env", None) or os.environ)
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                   OMPI_MCA_rmaps_base_oversubscribe="1")
+        return subprocess.run(self.mpirun_command(command, ranks_per_host), env=env,
+                              timeout=timeout, **kwargs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", type=int, default=2)
+    parser.add_argument("--rate", default="10gbit")
+    parser.add_argument("--delay", default=None)
+    parser.add_argument("--ranks-per-host", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--probe", action="store_true",
+                        help="only say whether a test bed can be built here (exit 0) or not (2)")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    reason = probe()
+    if reason:
+        print(f"netns_hosts: {reason}", file=sys.stderr)
+        return 2
+    if args.probe:
+        print("netns_hosts: a test bed of network namespaces can be built here")
+        return 0
+    if not command:
+        parser.error("give the command to run after --")
+    with NetnsHosts(args.hosts, args.rate, args.delay) as bed:
+        print(f"netns_hosts: {args.hosts} hosts at {args.rate}"
+              f"{' + ' + args.delay if args.delay else ''}: {shlex.join(command)}", flush=True)
+        return bed.run(command, args.ranks_per_host, args.timeout).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
