@@ -1,5 +1,5 @@
 """The optimizer families beyond SGD/RMSprop/Adam (Adagrad, Adadelta, Adamax, NAdam,
-RAdam, Lion) and the fused clipping / non-finite scan, side by side.
+RAdam, Lion, Rprop) and the fused clipping / non-finite scan, side by side.
 
 ``TimeFamilyStep``: one in-place step of each family's kernel (``fastlr.kernels``, 1 thread)
 against its pure-NumPy twin (``fastlr.reference``) and torch's single-tensor for-loop (its
@@ -68,7 +68,8 @@ class TimeFamilyStep:
             self.step = opt.step
             return
         fn = getattr(kernels if impl == "fastlr" else reference, optimizer)
-        kw = {"lr": 1e-3}
+        fam = _FAMILY[optimizer]
+        kw = {"lr": 1e-3} if not fam.kernel_keywords or "lr" in fam.kernel_keywords else {}
         if optimizer in _STEPS:
             kw["step"] = 10
         kw.update({name: 0.5 for name, _ in _FAMILY[optimizer].scalar_state})  # mu_product

@@ -51,9 +51,9 @@ cimport cython
 cimport numpy as cnp
 
 from fastlr._core.arrays cimport layout_name, same_shape
-from fastlr._core.args cimport (CLOSED_UNIT, FINITE, NONNEG, UNIT, checked_real, flag_arg,
-                                layout_hint, ndarray_hint, set_threads_default, step_arg,
-                                threads_arg)
+from fastlr._core.args cimport (ABOVE_ONE, CLOSED_UNIT, FINITE, NONNEG, OPEN_UNIT, UNIT,
+                                checked_real, flag_arg, layout_hint, ndarray_hint,
+                                set_threads_default, step_arg, threads_arg)
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 

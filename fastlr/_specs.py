@@ -48,13 +48,15 @@ __all__ = ["Hyper", "State", "Family", "Optimizer", "FAMILIES", "OPTIMIZERS", "C
            "KERNEL_DOCS", "family", "optimizer", "template_namespace",
            "render_templates"]
 
-#: Range rules: name -> (low, high, high_inclusive, text). ``None`` bounds are open; every
-#: rule also requires a finite real number (``flag`` is a bool instead).
+#: Range rules: name -> (low, high, high_inclusive, text, low_inclusive). ``None`` bounds
+#: are open; every rule also requires a finite real number (``flag`` is a bool instead).
 CHECKS = {
-    "nonneg": (0.0, None, False, "a finite number >= 0"),
-    "unit": (0.0, 1.0, False, "in [0, 1)"),
-    "closed_unit": (0.0, 1.0, True, "in [0, 1]"),
-    "finite": (None, None, False, "a finite number"),
+    "nonneg": (0.0, None, False, "a finite number >= 0", True),
+    "unit": (0.0, 1.0, False, "in [0, 1)", True),
+    "closed_unit": (0.0, 1.0, True, "in [0, 1]", True),
+    "finite": (None, None, False, "a finite number", True),
+    "open_unit": (0.0, 1.0, False, "in (0, 1)", False),
+    "above_one": (1.0, None, False, "a finite number > 1", False),
     "flag": None,
 }
 
@@ -87,6 +89,8 @@ class Family:
     kernel_doc: str               # a line for the C API's comment
     uses_step: bool = True        # the kernel takes the 1-based step
     scalar_state: tuple = ()      # per-param scalars carried between steps: ((name, init),)
+    scalar_check: str = "closed_unit"   # the CHECKS rule of the per-param scalar
+    scalar_doc: str = ""          # a sentence more on it for the class docstring
     kernel_keywords: tuple = ()   # the validated kernel's keyword order, when not ``hypers``'
     first_use_step: str = ""      # a state buffer: ``step`` is 1 on its first use, else 2
                                   # (torch's "buffer is None"); "" : the update count
@@ -116,9 +120,9 @@ def _h(name, default, check, schedulable=False, doc="", pair=""):
 _LR = _h("lr", None, "nonneg", True, "learning rate (parameter units per gradient unit)")
 _WD = _h("weight_decay", 0.0, "nonneg", True, "weight decay")
 _MAX = _h("maximize", False, "flag", doc="ascend instead of descend")
-_EPS = lambda d: _h("eps", d, "nonneg", doc="added to the denominator")    # noqa: E731
+_EPS = lambda d: _h("eps", d, "nonneg", True, "added to the denominator")    # noqa: E731
 _B1 = lambda d, c="unit": _h("beta1", d, c, True, "first-moment decay", "betas")  # noqa: E731
-_B2 = lambda d, c="unit": _h("beta2", d, c, False, "second-moment decay", "betas")  # noqa: E731
+_B2 = lambda d, c="unit": _h("beta2", d, c, True, "second-moment decay", "betas")  # noqa: E731
 _DWD = _h("decoupled_weight_decay", False, "flag",
          doc="``p *= 1 - lr * wd`` (AdamW) instead of L2")
 
@@ -132,7 +136,7 @@ FAMILIES = {f.name: f for f in (
          (_INT, "nesterov", "0 or 1"), (_INT, "maximize", "0 or 1")),
         (State("momentum_buffer", "momentum != 0", lazy=True),),
         (_LR, _h("momentum", 0.0, "nonneg", True, "momentum factor"),
-         _h("dampening", 0.0, "finite", doc="dampening of the momentum"), _WD,
+         _h("dampening", 0.0, "finite", True, "dampening of the momentum"), _WD,
          _h("nesterov", False, "flag", doc="Nesterov momentum"), _MAX),
         "SGD (momentum, dampening, Nesterov, L2 weight decay, maximize)",
         kernel_keywords=("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize"),
@@ -143,7 +147,7 @@ FAMILIES = {f.name: f for f in (
          (_D, "momentum", ""), (_INT, "maximize", "")),
         (State("square_avg"), State("momentum_buffer", "momentum > 0"),
          State("grad_avg", "centered")),
-        (_LR, _h("alpha", 0.99, "nonneg", doc="smoothing constant"), _EPS(1e-8), _WD,
+        (_LR, _h("alpha", 0.99, "nonneg", True, "smoothing constant"), _EPS(1e-8), _WD,
          _h("momentum", 0.0, "nonneg", True, "momentum factor"), _MAX),
         "RMSprop (centered, momentum, L2 weight decay, maximize)", uses_step=False),
     Family(
@@ -162,7 +166,7 @@ FAMILIES = {f.name: f for f in (
          (_I64, "step", "1-based update number: lr / (1 + (step - 1) * lr_decay)"),
          (_INT, "maximize", "")),
         (State("state_sum", fill="initial_accumulator_value"),),
-        (_LR, _h("lr_decay", 0.0, "nonneg", doc="lr / (1 + (step - 1) * lr_decay)"), _WD,
+        (_LR, _h("lr_decay", 0.0, "nonneg", True, "lr / (1 + (step - 1) * lr_decay)"), _WD,
          _EPS(1e-10), _MAX),
         "Adagrad (lr_decay, L2 weight decay, maximize); state_sum starts at "
         "initial_accumulator_value"),
@@ -172,7 +176,7 @@ FAMILIES = {f.name: f for f in (
          (_INT, "maximize", "")),
         (State("square_avg"), State("acc_delta")),
         (_h("lr", 1.0, "nonneg", True, "learning rate (scales the delta)"),
-         _h("rho", 0.9, "closed_unit", doc="decay of the running averages"), _EPS(1e-6), _WD,
+         _h("rho", 0.9, "closed_unit", True, "decay of the running averages"), _EPS(1e-6), _WD,
          _MAX),
         "Adadelta (L2 weight decay, maximize)", uses_step=False),
     Family(
@@ -192,7 +196,7 @@ FAMILIES = {f.name: f for f in (
          (_I64, "step", ""), (_INT, "decoupled_weight_decay", ""), (_INT, "maximize", "")),
         (State("exp_avg"), State("exp_avg_sq")),
         (_LR, _B1(0.9), _B2(0.999), _EPS(1e-8), _WD,
-         _h("momentum_decay", 4e-3, "nonneg", doc="mu_t = beta1 (1 - 0.5 0.96^(t psi))"),
+         _h("momentum_decay", 4e-3, "nonneg", True, "mu_t = beta1 (1 - 0.5 0.96^(t psi))"),
          _DWD, _MAX),
         "NAdam (momentum decay, L2 or decoupled weight decay, maximize); the caller keeps "
         "mu_product", scalar_state=(("mu_product", 1.0),)),
@@ -215,6 +219,39 @@ FAMILIES = {f.name: f for f in (
          _h("weight_decay", 1e-3, "nonneg", True, "decoupled weight decay"), _MAX),
         "Lion (optax's definition: sign of the interpolated momentum, decoupled decay)",
         uses_step=False),
+    Family(
+        "rprop", "RpropHyper",
+        ((_D, "etaminus", "step-size decrease factor, in (0, 1)"),
+         (_D, "etaplus", "step-size increase factor, > 1"),
+         (_D, "step_size_min", ""), (_D, "step_size_max", ""), (_INT, "maximize", "")),
+        (State("prev"), State("step_size", fill="lr")),
+        (_h("lr", 1e-2, "nonneg",
+            doc="initial step size (fills step_size; the update itself does not read lr)"),
+         _h("etaminus", 0.5, "open_unit", True, "step-size decrease factor", "etas"),
+         _h("etaplus", 1.2, "above_one", True, "step-size increase factor", "etas"),
+         _h("step_size_min", 1e-6, "nonneg", True, "smallest step size", "step_sizes"),
+         _h("step_size_max", 50.0, "nonneg", True, "largest step size", "step_sizes"),
+         _MAX),
+        "Rprop (per-element step sizes from the signs of successive grads, maximize); "
+        "step_size starts at lr",
+        uses_step=False,
+        kernel_keywords=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize")),
+    Family(
+        "asgd", "ASGDHyper",
+        ((_D, "lr", ""), (_D, "lambd", "decay term"), (_D, "alpha", "power for eta update"),
+         (_D, "t0", "point at which to start averaging"), (_D, "weight_decay", ""),
+         (_D, "eta", "this update's step size (the caller keeps it; step == 1 uses lr)"),
+         (_I64, "step", "1-based update number; mu = 1 / max(1, step - 1 - t0)"),
+         (_INT, "maximize", "")),
+        (State("ax"),),
+        (_LR, _h("lambd", 1e-4, "nonneg", True, "decay term"),
+         _h("alpha", 0.75, "finite", True, "power for the eta update"),
+         _h("t0", 1e6, "finite", doc="point at which to start averaging"), _WD, _MAX),
+        "ASGD (averaged SGD: the ax average, eta decay, L2 weight decay, maximize); the "
+        "caller keeps eta", scalar_state=(("eta", 1e-2),), scalar_check="nonneg",
+        scalar_doc=" A param's first update uses ``lr`` instead (torch's eta starts at lr). "
+                   "torch's other scalar, ``mu``, is derived from the step and ``t0``, so "
+                   "``t0`` takes no schedule."),
 )}
 
 OPTIMIZERS = {o.cls: o for o in (
@@ -249,6 +286,12 @@ OPTIMIZERS = {o.cls: o for o in (
     Optimizer("Lion", "lion", "lion", "optax.lion",
               "Lion, the sign of interpolated momentum (optax's definition)",
               defaults={"lr": 1e-4}),
+    Optimizer("Rprop", "rprop", "rprop", "torch.optim.Rprop",
+              "Rprop, resilient backpropagation: per-element step sizes",
+              torch="Rprop"),
+    Optimizer("ASGD", "asgd", "asgd", "torch.optim.ASGD",
+              "ASGD, averaged SGD: SGD with a decaying step size and the average ax",
+              defaults={"lr": 1e-2}, torch="ASGD"),
 )}
 
 
@@ -384,6 +427,38 @@ With ``g = -grad if maximize else grad``::
 The decay is decoupled and scaled by lr (optax's add_decayed_weights before
 scale_by_learning_rate). ``exp_avg`` (optax's ``mu``) starts at zeros. Default
 ``weight_decay=1e-3`` as optax. Returns None.
+""",
+    "rprop": """Rprop (resilient backpropagation), in place (torch.optim.Rprop).
+
+With ``g = -grad if maximize else grad`` and ``s = sign(g * prev)``::
+
+    f = etaplus if s > 0, etaminus if s < 0, 1 otherwise (s == 0, or NaN: torch's sign)
+    step_size = clamp(step_size * f, step_size_min, step_size_max)
+    g     = 0 where f == etaminus                  (the sign flipped: no move, forget g)
+    param = param - sign(g) * step_size           (sign(NaN) = 0, as torch.sign)
+    prev  = g
+
+``step_size`` starts at ``lr`` (:func:`fastlr.kernels.make_state` fills it: pass
+``lr=``), ``prev`` at zeros; the arithmetic runs in the buffers' dtype (``f`` and the
+bounds rounded to it), as torch. Returns None.
+""",
+    "asgd": """ASGD (averaged SGD), in place (torch.optim.ASGD). Returns the next update's
+``eta``: pass it to the next call.
+
+With ``g = -grad if maximize else grad``, ``t = step`` (1-based),
+``eta = lr if t == 1 else eta`` (torch's state starts at lr) and
+``mu = 1 if t == 1 else 1 / max(1, t - 1 - t0)``::
+
+    g     = g + weight_decay * param                 (if weight_decay != 0)
+    param = param * (1 - lambd * eta)
+    param = param - eta * g
+    ax    = ax + (param - ax) * mu                   (mu != 1)
+    ax    = param                                    (mu == 1)
+    returns lr / (1 + lambd * lr * t) ** alpha       (the next eta)
+
+``eta`` is a float >= 0 (ignored at ``step == 1``); torch keeps it and ``mu`` in each
+parameter's state (fastlr.ASGD keeps ``eta``; ``mu`` follows from the step and ``t0``).
+``ax`` starts at zeros.
 """,
 }
 
@@ -548,7 +623,7 @@ def _kernels(families, optimizers, docs):
         opt = next(o for o in optimizers.values() if o.kernel == kernel)
         fam = families[opt.family]
         kws = [_Keyword("step", _REQUIRED, "step", True)] if fam.uses_step else []
-        kws += [_Keyword(name, _REQUIRED, "closed_unit", True)
+        kws += [_Keyword(name, _REQUIRED, fam.scalar_check, True)
                 for name, _ in fam.scalar_state]
         hypers = {h.name: h for h in fam.hypers}
         order = fam.kernel_keywords or tuple(hypers)
@@ -579,9 +654,11 @@ def _hyper_value(fam, ctype, name):
     return v if ctype == "double" else f"<{ctype}>{v}"
 
 
-def _display(h):
+def _display(fam, h):
     """A hyperparameter as a param group names it: ``betas[0]`` for a pair's first."""
-    return f"{h.pair}[{0 if h.name.endswith('1') else 1}]" if h.pair else h.name
+    if not h.pair:
+        return h.name
+    return f"{h.pair}[{[x.name for x in fam.hypers if x.pair == h.pair].index(h.name)}]"
 
 
 def _adapter_args(fam, ctype):
@@ -628,13 +705,19 @@ def _checks(fam):
 
 def _check_c(rule, v):
     """A CHECKS rule as a C condition on ``v`` (NaN fails every comparison)."""
-    low, high, inclusive, _ = CHECKS[rule]
+    low, high, inclusive, _, low_inclusive = CHECKS[rule]
     conds = [] if low is not None and high is not None else [f"isfinite({v})"]
     if low is not None:
-        conds.append(f"{v} >= {low!r}")
+        conds.append(f"{v} {'>=' if low_inclusive else '>'} {low!r}")
     if high is not None:
         conds.append(f"{v} {'<=' if inclusive else '<'} {high!r}")
     return " and ".join(conds)
+
+
+def _check_text(fam):
+    """Per schedulable hyperparameter (the engine's check order): the name a message shows
+    and its rule's text."""
+    return tuple((_display(fam, h), CHECKS[h.check][3]) for h in fam.hypers if h.schedulable)
 
 
 def _used(fam, name):
@@ -648,8 +731,12 @@ def _indent(text, n):
 
 def _check_table(families):
     for fam in families.values():
-        if fam.hypers[0].name != "lr" or not fam.hypers[0].schedulable:
-            raise ValueError(f"{fam.name}: the first hyperparameter must be lr, schedulable")
+        # lr first (the engine's h[0]); schedulable, unless it only fills a state buffer
+        # at its creation (Rprop's step_size): then a schedule would mean nothing
+        if fam.hypers[0].name != "lr" or not (
+                fam.hypers[0].schedulable or any(st.fill == "lr" for st in fam.state)):
+            raise ValueError(f"{fam.name}: the first hyperparameter must be lr, schedulable "
+                             f"unless it only fills a state buffer")
         if len(fam.state) > 3:
             raise ValueError(f"{fam.name}: at most 3 state buffers (the cores take 5 pointers)")
         if len(fam.scalar_state) > 1:
@@ -673,7 +760,7 @@ def template_namespace(families=None, optimizers=None, kernel_docs=None):
             "MAX_HYPERS": max(len(f.hypers) for f in families.values()),
             "enum": _enum, "coef_struct": _coef_struct, "c_args": _c_args, "decl": _decl,
             "when_hypers": _when_hypers, "when_c": _when_c, "indent": _indent,
-            "hidx": _hidx, "hyper_value": _hyper_value, "display": _display,
+            "hidx": _hidx, "hyper_value": _hyper_value, "display": _display, "check_text": _check_text,
             "USED": ("lr", "momentum", "beta1", "weight_decay"), "used": _used,
             "adapter_args": _adapter_args, "job_states": _job_states,
             "state_names": _state_names, "state_args": _state_args, "n_required": _n_required,
@@ -812,8 +899,8 @@ def _kernel_parameters(k):
         if h is None:                     # per-param scalar state (nadam's mu_product)
             init = dict(fam.scalar_state)[kw.name]
             lines += [f"{kw.name} : float",
-                      f"    Carried between calls ({init!r} before the first update), in "
-                      "[0, 1]; the call returns the new value."]
+                      f"    Carried between calls ({init!r} before the first update), "
+                      f"{CHECKS[fam.scalar_check][3]}; the call returns the new value."]
             continue
         kind = "bool" if h.check == "flag" else "float"
         default = "" if kw.default is _REQUIRED else f", default {_literal(kw.default)}"

@@ -158,7 +158,8 @@ def make_state(kernel: str, param: NDArray[np.floating], *, momentum: float = 0.
     initial_accumulator_value : float, default 0.0
         Adagrad: the value ``state_sum`` starts at, >= 0.
     **options
-        Other options a kernel's state conditions or fills read.
+        Other options a kernel's state conditions or fills read (Rprop's ``lr``: the value
+        ``step_size`` starts at, default 1e-2).
 
     Returns
     -------
@@ -185,9 +186,12 @@ def make_state(kernel: str, param: NDArray[np.floating], *, momentum: float = 0.
             fills[key] = options.pop(key)
     fn = "fastlr.kernels.make_state"
     names = _state_names(fn, kernel, momentum, centered, amsgrad, options)
+    family = _specs.family(_kernel_row(kernel).family)
+    for h in family.hypers:         # a hyperparameter that fills a buffer: its default
+        if h.name not in fills and any(s.fill == h.name for s in family.state):
+            fills[h.name] = h.default
     fills = {option: checked_real(fn, option, value, NONNEG) for option, value in fills.items()}
     state = dict(zip(names, zeros_like_many(len(names), param.shape, param.dtype, order)))
-    family = _specs.family(_kernel_row(kernel).family)
     filled = {s.fill: s.name for s in family.state if s.fill and s.name in state}
     for option, value in fills.items():
         if value == 0:

@@ -34,7 +34,9 @@ NONFINITE = [("nan", math.nan), ("inf", math.inf), ("-inf", -math.inf),
 RULE_VALUES = {"finite": [], "nonneg": [("neg", -0.5)], "positive": [("zero", 0.0),
                                                                      ("neg", -0.5)],
                "unit": [("neg", -0.1), ("one", 1.0)], "closed_unit": [("neg", -0.1),
-                                                                      ("1.5", 1.5)]}
+                                                                      ("1.5", 1.5)],
+               "open_unit": [("zero", 0.0), ("one", 1.0)], "above_one": [("one", 1.0),
+                                                                         ("0.5", 0.5)]}
 INT_KINDS = [("float", 2.0), ("float2.5", 2.5), ("npfloat", np.float64(3.0)), ("str", "2"),
              ("bool", True), ("npbool", np.bool_(True)), ("1d-array", np.array([2])),
              ("0d-float", np.array(2.0)), ("0d-bool", np.array(True))]
@@ -113,15 +115,16 @@ def kernel_table():
         if o.kernel in [r[0].rsplit(".", 1)[1] for r in rows]:
             continue
         fam = _specs.FAMILIES[o.family]
-        spec, fixed = {}, {"lr": 0.01}
+        keywords = fam.kernel_keywords or tuple(h.name for h in fam.hypers)
+        spec, fixed = {}, {"lr": 0.01} if "lr" in keywords else {}   # Rprop's has no lr
         if fam.uses_step:
             spec["step"] = INT(1)
             fixed["step"] = 1
-        if o.family == "nadam":
-            spec["mu_product"] = REAL("closed_unit")
-            fixed["mu_product"] = 1.0
+        for name, init in fam.scalar_state:     # NAdam's mu_product, ASGD's eta
+            spec[name] = REAL(fam.scalar_check)
+            fixed[name] = init
         for h in fam.hypers:
-            if h.name in o.fixed:
+            if h.name in o.fixed or h.name not in keywords:
                 continue
             spec[h.name] = FLAG if h.check == "flag" else REAL(h.check)
         spec["n_threads"] = THREADS
@@ -180,14 +183,14 @@ def optimizer_table():
     for o in _specs.OPTIMIZERS.values():
         cls = getattr(fastlr, o.cls)
         fam = _specs.FAMILIES[o.family]
-        spec, betas = {}, {}
+        spec, betas = {}, {}            # betas: every pair (betas, etas, ...) by its name
         for h in fam.hypers:
             if h.name in o.fixed:
                 continue
-            if h.pair == "betas":
-                betas[h.name] = h.default
+            if h.pair:
+                betas.setdefault(h.pair, {})[h.name] = h.default
             kind = FLAG if h.check == "flag" else REAL(h.check)
-            spec[f"betas.{h.name}" if h.pair else h.name] = kind
+            spec[f"{h.pair}.{h.name}" if h.pair else h.name] = kind
         for name, default in o.options:
             spec[name] = FLAG if isinstance(default, bool) else REAL("nonneg")
         spec.update(n_threads=THREADS, max_grad_norm=OPT_REAL("positive"),
@@ -195,11 +198,11 @@ def optimizer_table():
 
         def make(cls=cls, betas=betas, **override):
             kw = {}
-            pair = dict(betas)
             for key, value in override.items():
-                if key.startswith("betas."):
-                    pair[key[6:]] = value
-                    kw["betas"] = (pair["beta1"], pair["beta2"])
+                if "." in key:
+                    name, member = key.split(".")
+                    pair = dict(betas[name], **{member: value})
+                    kw[name] = tuple(pair.values())
                 else:
                     kw[key] = value
             return lambda: cls([_f32()], **kw)
@@ -619,12 +622,17 @@ def test_int_bounds_and_step():
 
 def test_rules_match_the_specs_table():
     assert set(args.RULES) == {k for k in _specs.CHECKS if k != "flag"} | {"positive"}
-    for name, (low, high, closed, _text) in ((k, v) for k, v in _specs.CHECKS.items() if v):
+    for name, (low, high, closed, _text, low_closed) in ((k, v) for k, v in
+                                                         _specs.CHECKS.items() if v):
         rule = args.RULES[name]
         if low is not None:
             with pytest.raises(ValueError):
                 args.checked_real("f", "x", low - 0.5, rule)
-            args.checked_real("f", "x", low, rule)
+            if low_closed:
+                args.checked_real("f", "x", low, rule)
+            else:
+                with pytest.raises(ValueError):
+                    args.checked_real("f", "x", low, rule)
         if high is not None:
             if closed:
                 args.checked_real("f", "x", high, rule)

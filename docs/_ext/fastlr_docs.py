@@ -144,7 +144,7 @@ def _argument_rows(specs, row, fam, cls):
             if len(hs) == 1:
                 h = hs[0]
                 accepted, meaning = _accepted(specs, h), h.doc
-                if name == "lr":
+                if name == "lr" and h.schedulable:
                     accepted = "a finite number >= 0, a schedule or a callable step -> float"
             else:
                 accepted = "a pair: " + "; ".join(

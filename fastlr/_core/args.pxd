@@ -29,6 +29,8 @@ cpdef enum Rule:
     POSITIVE = 2        # > 0
     UNIT = 3            # [0, 1)
     CLOSED_UNIT = 4     # [0, 1]
+    OPEN_UNIT = 5       # (0, 1)
+    ABOVE_ONE = 6       # > 1
 
 cpdef enum Limit:
     MAX_THREADS = 4096  # the most threads a call may ask for

@@ -1,6 +1,7 @@
 from enum import IntEnum
 
-__all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "RULES", "INT_MAX",
+__all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "OPEN_UNIT", "ABOVE_ONE",
+           "RULES", "INT_MAX",
            "MAX_THREADS", "real_arg", "checked_real", "int_arg", "flag_arg", "step_arg",
            "threads_arg", "choice_arg", "ndarray_hint", "layout_hint"]
 
@@ -10,6 +11,8 @@ class Rule(IntEnum):
     POSITIVE = 2
     UNIT = 3
     CLOSED_UNIT = 4
+    OPEN_UNIT = 5
+    ABOVE_ONE = 6
 
 class Limit(IntEnum):
     MAX_THREADS = 4096
@@ -19,6 +22,8 @@ NONNEG: int
 POSITIVE: int
 UNIT: int
 CLOSED_UNIT: int
+OPEN_UNIT: int
+ABOVE_ONE: int
 MAX_THREADS: int
 INT_MAX: int
 RULES: dict[str, int]

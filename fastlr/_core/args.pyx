@@ -10,7 +10,8 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.math cimport isfinite
 from libc.stdint cimport INT64_MAX, int64_t
 
-__all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "RULES", "INT_MAX",
+__all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "OPEN_UNIT", "ABOVE_ONE",
+           "RULES", "INT_MAX",
            "MAX_THREADS", "real_arg", "checked_real", "int_arg", "flag_arg", "step_arg",
            "threads_arg", "choice_arg", "ndarray_hint", "layout_hint"]
 
@@ -19,11 +20,11 @@ globals().update({m.name: int(m) for m in Rule}, MAX_THREADS=int(MAX_THREADS))
 
 #: Rule names (those of fastlr._specs.CHECKS) -> the codes checked_real takes.
 RULES = {"finite": FINITE, "nonneg": NONNEG, "positive": POSITIVE, "unit": UNIT,
-         "closed_unit": CLOSED_UNIT}
+         "closed_unit": CLOSED_UNIT, "open_unit": OPEN_UNIT, "above_one": ABOVE_ONE}
 #: int_arg's "no upper limit" (the largest int64).
 INT_MAX = INT64_MAX
 
-cdef tuple _RULE_TEXT = ("", ">= 0", "> 0", "in [0, 1)", "in [0, 1]")
+cdef tuple _RULE_TEXT = ("", ">= 0", "> 0", "in [0, 1)", "in [0, 1]", "in (0, 1)", "> 1")
 
 cdef threads_default_fn _threads_default = NULL
 cdef object _py_get_num_threads = None
@@ -96,7 +97,8 @@ cpdef double real_arg(str fn, str name, object value) except? -1.0:
 
 
 cpdef double checked_real(str fn, str name, object value, int rule) except? -1.0:
-    """:func:`real_arg` and then ``rule`` (FINITE, NONNEG, POSITIVE, UNIT, CLOSED_UNIT):
+    """:func:`real_arg` and then ``rule`` (FINITE, NONNEG, POSITIVE, UNIT, CLOSED_UNIT,
+    OPEN_UNIT, ABOVE_ONE):
     ValueError outside it."""
     cdef double v = real_arg(fn, name, value)
     cdef bint ok
@@ -108,6 +110,10 @@ cpdef double checked_real(str fn, str name, object value, int rule) except? -1.0
         ok = 0.0 <= v < 1.0
     elif rule == CLOSED_UNIT:
         ok = 0.0 <= v <= 1.0
+    elif rule == OPEN_UNIT:
+        ok = 0.0 < v < 1.0
+    elif rule == ABOVE_ONE:
+        ok = v > 1.0
     elif rule == FINITE:
         ok = True
     else:

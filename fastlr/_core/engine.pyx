@@ -343,11 +343,21 @@ cdef class Engine:
 
     def group_values(self, int64_t t):
         """The schedulable hyperparameters of every group at step t (for next lr and the
-        reference step): lr, momentum, beta1, weight_decay (0.0 where the family has none)."""
+        reference step): lr, momentum, beta1, weight_decay (0.0 where the family has none)
+        and every other schedulable one of the family, by its group key."""
+        cdef Py_ssize_t i
+        cdef int j, k
         self._evaluate(t)
-        return [{"lr": self._used_value(i, 0), "momentum": self._used_value(i, 1),
-                 "beta1": self._used_value(i, 2), "weight_decay": self._used_value(i, 3)}
-                for i in range(self.n_groups)]
+        out = []
+        for i in range(self.n_groups):
+            values = {"lr": self._used_value(i, 0), "momentum": self._used_value(i, 1),
+                      "beta1": self._used_value(i, 2), "weight_decay": self._used_value(i, 3)}
+            for j in range(self.ops.n_sched):
+                k = self.ops.sched[j]
+                if k > 0:
+                    values[self.hyper_keys[k]] = self.groups[i].h[k].value
+            out.append(values)
+        return out
 
     cdef inline double _used_value(self, Py_ssize_t group, int column) noexcept:
         cdef int k = self.ops.used[column]
@@ -363,9 +373,9 @@ cdef class Engine:
             g.h[0].value = (schedule_value(g.h[0].schedule, t) if g.h[0].schedule != NULL
                             else g.h[0].constant) * self.lr_scale[i]        # h[0] is lr
             if self.scheduled:
-                for j in range(1, ops.n_sched):        # the other schedulable ones
+                for j in range(ops.n_sched):           # the other schedulable ones
                     k = ops.sched[j]
-                    if g.h[k].schedule != NULL:
+                    if k > 0 and g.h[k].schedule != NULL:
                         g.h[k].value = schedule_value(g.h[k].schedule, t)
         if self.needs_gil:
             for obj in self._keep:
@@ -385,10 +395,14 @@ cdef class Engine:
             if j >= 0:
                 name, text = self.check_text[j]
                 self._bad_value(i, name, &g.h[self.ops.sched[j]], t, text)
-            # SGD: torch's nesterov rule, on the scheduled momentum too
-            if self.kind == K_SGD and g.h[H_SGD_NESTEROV].value != 0.0 and \
-                    not g.h[H_SGD_MOMENTUM].value > 0.0:
-                self._bad_value(i, "momentum", &g.h[H_SGD_MOMENTUM], t, "> 0 (nesterov=True)")
+            # SGD: torch's nesterov rule, on the scheduled momentum and dampening too
+            if self.kind == K_SGD and g.h[H_SGD_NESTEROV].value != 0.0:
+                if not g.h[H_SGD_MOMENTUM].value > 0.0:
+                    self._bad_value(i, "momentum", &g.h[H_SGD_MOMENTUM], t,
+                                    "> 0 (nesterov=True)")
+                if g.h[H_SGD_DAMPENING].value != 0.0:
+                    self._bad_value(i, "dampening", &g.h[H_SGD_DAMPENING], t,
+                                    "0 (nesterov=True)")
         return 0
 
     cdef int _bad_value(self, Py_ssize_t group, str name, HyperSrc* src, int64_t t,

@@ -23,8 +23,9 @@ from cython cimport floating
 from libc.math cimport fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
-from fastlr._kernels cimport (AdadeltaHyper, AdagradHyper, AdamaxHyper, AdamHyper, LionHyper,
-                             NAdamHyper, RAdamHyper, RMSpropHyper, SGDHyper)
+from fastlr._kernels cimport (AdadeltaHyper, AdagradHyper, AdamaxHyper, AdamHyper, ASGDHyper,
+                             LionHyper, NAdamHyper, RAdamHyper, RMSpropHyper, RpropHyper,
+                             SGDHyper)
 
 ctypedef void (*core_fn)(char** ptrs, Py_ssize_t n, const void* coef) noexcept nogil
 
@@ -67,6 +68,14 @@ ctypedef struct RAdamCoef:
 
 ctypedef struct LionCoef:
     double neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay, sign
+
+ctypedef struct RpropCoef:
+    double etaminus, etaplus, step_size_min, step_size_max, sign
+
+ctypedef struct ASGDCoef:
+    double weight_decay, decay, neg_eta, mu, sign
+    double eta              # the next update's eta (the caller keeps it)
+    int l2, average
 
 
 cdef inline void sgd_coef(const SGDHyper* h, SGDCoef* c) noexcept nogil:
@@ -173,6 +182,31 @@ cdef inline void radam_coef(const RAdamHyper* h, RAdamCoef* c) noexcept nogil:
     c.l2 = h.weight_decay != 0.0 and not h.decoupled_weight_decay
     c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0
 
+
+cdef inline void rprop_coef(const RpropHyper* h, RpropCoef* c) noexcept nogil:
+    c.etaminus = h.etaminus
+    c.etaplus = h.etaplus
+    c.step_size_min = h.step_size_min
+    c.step_size_max = h.step_size_max
+    c.sign = -1.0 if h.maximize else 1.0
+
+cdef inline double asgd_next_eta(const ASGDHyper* h) noexcept nogil:
+    """torch's ``lr / ((1 + lambd * lr * step) ** alpha)``, after update ``step``."""
+    return h.lr / pow(1.0 + h.lambd * h.lr * <double>h.step, h.alpha)
+
+cdef inline void asgd_coef(const ASGDHyper* h, ASGDCoef* c) noexcept nogil:
+    # torch's state: eta starts at lr and mu at 1 (its first update); after update t it
+    # stores eta = lr / (1 + lambd lr t)^alpha and mu = 1 / max(1, t - t0)
+    cdef double eta = h.lr if h.step <= 1 else h.eta
+    cdef double d = <double>(h.step - 1) - h.t0
+    c.mu = 1.0 if h.step <= 1 else 1.0 / (d if d > 1.0 else 1.0)
+    c.weight_decay = h.weight_decay
+    c.l2 = h.weight_decay != 0.0
+    c.average = c.mu != 1.0
+    c.decay = 1.0 - h.lambd * eta
+    c.neg_eta = -eta
+    c.eta = asgd_next_eta(h)
+    c.sign = -1.0 if h.maximize else 1.0
 
 cdef inline void lion_coef(const LionHyper* h, LionCoef* c) noexcept nogil:
     c.neg_lr = -h.lr
@@ -625,3 +659,86 @@ cdef inline bint nonfinite_f32(const char* x, Py_ssize_t n) noexcept nogil:
 
 cdef inline bint nonfinite_f64(const char* x, Py_ssize_t n) noexcept nogil:
     return nonfinite_core(<const double*>x, n)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void rprop_core(floating* p, const floating* grad, floating* prev,  # IN/OUT, IN, IN/OUT
+                            floating* step_size, Py_ssize_t n,                    # IN/OUT
+                            const RpropCoef* c) noexcept nogil:
+    # torch's single-tensor Rprop, in the buffers' dtype: the factors and bounds rounded to
+    # it (torch writes them into a tensor of that dtype, and clamps and compares in it)
+    cdef floating em = <floating>c.etaminus
+    cdef floating ep = <floating>c.etaplus
+    cdef floating lo = <floating>c.step_size_min
+    cdef floating hi = <floating>c.step_size_max
+    cdef floating sign = <floating>c.sign
+    cdef floating g, s, f, st, u
+    cdef Py_ssize_t i
+    cdef floating one = 1, zero = 0, minus_one = -1
+    # one select per statement, each between two plain values: GCC turns them into blends
+    # and vectorizes the loop (nested selects or (g > 0) - (g < 0) keep a branch, and random
+    # grad signs mispredict branches)
+    for i in range(n):
+        g = sign * grad[i]
+        s = g * prev[i]
+        f = ep if s > 0 else one        # s == 0 or NaN: 1 (torch.sign(NaN) is 0)
+        f = em if s < 0 else f
+        st = step_size[i] * f
+        st = lo if st < lo else st      # clamp_(lo, hi): min(max(st, lo), hi), NaN kept
+        st = hi if st > hi else st
+        step_size[i] = st
+        g = zero if f == em else g      # torch: grad[sign.eq(etaminus)] = 0
+        u = one if g > 0 else zero      # sign(g); 0 for 0 and NaN
+        u = minus_one if g < 0 else u
+        p[i] = p[i] - u * st
+        prev[i] = g
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void asgd_core(floating* p, const floating* grad, floating* ax,   # IN/OUT, IN, IN/OUT
+                           Py_ssize_t n, const ASGDCoef* c) noexcept nogil:
+    # torch's single-tensor ASGD in the buffers' dtype: g + wd * p (if wd != 0),
+    # p * (1 - lambd eta), p + (-eta) g, then ax + (p - ax) mu, or ax = p when mu == 1
+    cdef floating wd = <floating>c.weight_decay
+    cdef floating decay = <floating>c.decay
+    cdef floating neg_eta = <floating>c.neg_eta
+    cdef floating mu = <floating>c.mu
+    cdef floating sign = <floating>c.sign
+    cdef floating g, pi
+    cdef Py_ssize_t i
+    if c.l2:
+        if c.average:
+            for i in range(n):
+                g = sign * grad[i]
+                pi = p[i]
+                g = g + wd * pi
+                pi = pi * decay
+                pi = pi + neg_eta * g
+                p[i] = pi
+                ax[i] = ax[i] + (pi - ax[i]) * mu
+        else:
+            for i in range(n):
+                g = sign * grad[i]
+                pi = p[i]
+                g = g + wd * pi
+                pi = pi * decay
+                pi = pi + neg_eta * g
+                p[i] = pi
+                ax[i] = pi
+    else:
+        if c.average:
+            for i in range(n):
+                g = sign * grad[i]
+                pi = p[i] * decay
+                pi = pi + neg_eta * g
+                p[i] = pi
+                ax[i] = ax[i] + (pi - ax[i]) * mu
+        else:
+            for i in range(n):
+                g = sign * grad[i]
+                pi = p[i] * decay
+                pi = pi + neg_eta * g
+                p[i] = pi
+                ax[i] = pi

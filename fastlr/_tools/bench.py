@@ -155,8 +155,8 @@ def _spec(cls, overrides, title):
     fam = _specs.family(row.family)
     hyper, torch_kwargs = {}, {}
     for h in fam.hypers:
-        if h.name in row.fixed:
-            continue
+        if h.name in row.fixed or (fam.kernel_keywords and h.name not in fam.kernel_keywords):
+            continue                # fixed, or not the kernel's (Rprop's lr fills a buffer)
         if h.pair:
             pair = row.defaults.get(h.pair)
             index = [x.name for x in fam.hypers if x.pair == h.pair].index(h.name)

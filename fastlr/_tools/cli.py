@@ -118,6 +118,8 @@ def make_optimizer(name, params, lr):
     import fastlr
 
     cls = getattr(fastlr, _ROWS[name].cls)
+    if "lr" not in cls._schedulable and callable(lr):
+        lr = float(lr(0))       # Rprop: lr only sets where the step sizes start
     return cls(params, lr=lr, **DEMO_OPTIONS.get(name, {}))
 
 

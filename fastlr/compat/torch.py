@@ -1,7 +1,7 @@
 """``torch.optim`` optimizers whose update runs in fastlr's kernels (needs PyTorch).
 
-``SGD``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam`` and
-``RAdam`` (every row of fastlr's optimizer table that names a torch class) are subclasses of
+``SGD``, ``RMSprop``, ``Adam``, ``AdamW``, ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam``,
+``RAdam``, ``Rprop`` and ``ASGD`` (every row of fastlr's optimizer table that names a torch class) are subclasses of
 the ``torch.optim`` classes of the same names: the same constructor (plus an optional
 ``n_threads``), defaults, argument checks, ``param_groups``, ``state``, ``state_dict()`` /
 ``load_state_dict()``, hooks and LR schedulers. Only ``step()`` differs: it updates each CPU
@@ -29,8 +29,12 @@ the precise errors below. Either way nothing is written unless every tensor pass
 
 State has torch's names and types (``step`` a scalar tensor, ``exp_avg`` ..., tensors of the
 parameter's shape, dtype and layout; Adagrad's ``sum``, NAdam's ``mu_product`` a scalar
-tensor), so a state dict saved by ``torch.optim.Adam`` loads into
-``fastlr.compat.torch.Adam`` and back. Like torch, ``load_state_dict`` keeps (does not copy)
+tensor; ASGD's ``eta`` and ``mu`` scalar tensors), so a state dict saved by
+``torch.optim.Adam`` loads into ``fastlr.compat.torch.Adam`` and back. ASGD steps through
+the Python path, which also writes torch's ``mu`` after each update; its kernel derives
+``mu`` from the step and ``t0`` in double and starts ``eta`` at ``lr``, where torch rounds
+both to its default dtype: with a float32 default and float64 parameters they differ by
+that rounding (about 1e-8 relative). Like torch, ``load_state_dict`` keeps (does not copy)
 loaded state tensors that already have the parameter's dtype and device; ones whose memory
 layout differs from the parameter's are copied into its layout.
 
@@ -57,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 import inspect
+import math
 import textwrap
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -123,6 +128,7 @@ class _FastlrStep:
     _lazy = ()              # buffers torch creates at the first update that uses them
     _scalar = None          # per-param scalar state (NAdam's mu_product), a 0-d tensor
     _scalar_init = 1.0
+    _scalar_check = "closed_unit"   # the CHECKS rule of the scalar state
     _takes_step = True      # the kernel takes the 1-based update number
     _step_state = True      # torch keeps state["step"] (Adam, RMSprop; not SGD)
     _family_index = 0       # the family's number in fastlr._core.torch_step
@@ -374,6 +380,7 @@ class _FastlrStep:
                         step_view[()] = step + 1        # in place, as torch's step_t += 1
                     else:
                         st["step"] = torch.tensor(float(step + 1), dtype=_scalar_dtype())
+                self._after_update(st, step + 1, hyper)
                 updated.append(p)
         if updated:
             # the update went through NumPy views: tell autograd the tensors changed, as
@@ -471,8 +478,9 @@ class _FastlrStep:
     def _read_scalar(self, where_fn, at, st):
         """(the scalar state's value, a writable 0-d NumPy view of its tensor or None)."""
         v, view = _scalar_state(where_fn, at, st, self._scalar)
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{where_fn(*at)}: state[{self._scalar!r}] must be in [0, 1], "
+        low, high, _, text, _ = _specs.CHECKS[self._scalar_check]
+        if not (low <= v and (high is None or v <= high) and math.isfinite(v)):
+            raise ValueError(f"{where_fn(*at)}: state[{self._scalar!r}] must be {text}, "
                              f"got {v}")
         return v, view
 
@@ -481,6 +489,11 @@ class _FastlrStep:
         """The scalar state handed to the kernel for update ``step`` (its stored value; a
         family may adjust it for the precision torch keeps it in, see _SCALAR_IN)."""
         return value
+
+    @staticmethod
+    def _after_update(st, step, hyper):
+        """Scalar state torch keeps that the kernel does not return (ASGD's mu), after
+        update ``step``; see _AFTER_UPDATE."""
 
     @staticmethod
     def _read_step(where_fn, at, st):
@@ -575,6 +588,22 @@ def _nadam_mu_product(value, step, hyper, dtype):
 
 #: Per family: the adjustment of its scalar state for the precision torch stores it in.
 _SCALAR_IN = {"nadam": _nadam_mu_product}
+
+
+def _asgd_mu(st, step, hyper):
+    """torch's ASGD keeps ``mu = 1 / max(1, step - t0)`` (the next update's averaging
+    weight) in each parameter's state; fastlr's kernel derives it from the step and t0."""
+    mu = 1.0 / max(1.0, float(step) - hyper["t0"])
+    t = st.get("mu")
+    if isinstance(t, torch.Tensor) and t.dim() == 0 and not t.requires_grad:
+        t.fill_(mu)                             # in place, as torch's mu.copy_
+    else:
+        st["mu"] = torch.tensor(mu, dtype=_scalar_dtype())
+
+
+#: Per family: scalar state torch keeps beside the kernel's (written after each update);
+#: such a family takes the Python path (the compiled step does not write it).
+_AFTER_UPDATE = {"asgd": _asgd_mu}
 
 
 def _type_name(annotation, default):
@@ -676,9 +705,10 @@ def _bridge(row):
     sig = inspect.signature(base.__init__)
     switches = tuple(k for k, _ in _UNSUPPORTED if k in sig.parameters)
     hypers = []          # (kernel keyword, group key, index in a pair or None, is a flag)
+    keywords = family.kernel_keywords
     for h in family.hypers:
-        if h.name in row.fixed:
-            continue
+        if h.name in row.fixed or (keywords and h.name not in keywords):
+            continue                # fixed, or not the kernel's (Rprop's lr: a fill)
         index = None
         if h.pair:
             index = [x.name for x in family.hypers if x.pair == h.pair].index(h.name)
@@ -727,6 +757,7 @@ def _bridge(row):
         _lazy=tuple(st.name for st in family.state if st.lazy),
         _scalar=family.scalar_state[0][0] if family.scalar_state else None,
         _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
+        _scalar_check=family.scalar_check,
         _takes_step=family.uses_step,
         _family_index=_torch_step.FAMILY_INDEX[family.name],
         _fields=_torch_step.FIELDS[family.name],
@@ -735,6 +766,8 @@ def _bridge(row):
         _hyper=staticmethod(_hyper),
         **({"_scalar_in": staticmethod(_SCALAR_IN[family.name])}
            if family.name in _SCALAR_IN else {}),
+        **({"_after_update": staticmethod(_AFTER_UPDATE[family.name]), "_fast_path": False}
+           if family.name in _AFTER_UPDATE else {}),
         _state_names=staticmethod(_state_names),
     )
     return type(row.cls, (_FastlrStep, base), attrs)

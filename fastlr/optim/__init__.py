@@ -23,10 +23,12 @@ has ``"param_names"``, and checkpoints record and check the names.
 >>> named["fc.bias"], [g["param_names"] for g in opt.param_groups]
 (array([-0.5, -0.5]), [['fc.bias'], ['fc.weight']])
 
-Arrays are updated in place. ``lr``
-(and ``momentum``, ``betas[0]``, ``weight_decay``) take a number, a :mod:`fastlr.schedules`
-schedule (evaluated in C each step) or a Python callable ``step -> float`` (slower). Update
-``t + 1`` uses ``schedule(t)``.
+Arrays are updated in place. Every numeric
+hyperparameter (``lr``, ``momentum``, ``dampening``, ``alpha``, ``eps``, ``rho``,
+``lr_decay``, ``momentum_decay``, ``weight_decay``, either slot of ``betas``, ...; each
+class's docstring says which) takes a number, a :mod:`fastlr.schedules` schedule (evaluated
+in C each step, its value checked there against the argument's range) or a Python callable
+``step -> float`` (slower). Update ``t + 1`` uses ``schedule(t)``.
 
 ``opt.step(grads)`` takes the grads in param order (or one flat grad array when the params
 are views of one flat buffer, see :func:`flat_buffer`), checks them in compiled code and

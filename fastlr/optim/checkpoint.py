@@ -5,6 +5,7 @@ atomically."""
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 import tempfile
@@ -13,10 +14,14 @@ from typing import Any, Dict, Mapping, Union
 
 import numpy as np
 
+from fastlr import _specs
 from fastlr._core.args import flag_arg
 from fastlr.optim.groups import _finite_nonneg, _nonneg_int, _OptimizerAttrs, names_diff
 from fastlr.optim.plateau_state import _check_plateau_state
 from fastlr.schedules import Schedule
+
+#: the per-param scalar states of the table (NAdam's mu_product, ASGD's eta): floats in files
+_SCALARS = frozenset(name for f in _specs.FAMILIES.values() for name, _ in f.scalar_state)
 
 _FORMAT = "fastlr-optimizer-1"
 
@@ -158,7 +163,7 @@ def read_checkpoint(path: PathLike, name: str = "fastlr.read_checkpoint") -> Dic
                     raise ValueError(f"member {key!r} has no param index")
                 entry = sd["state"].setdefault(int(i), {})
                 entry[buf] = (_int_member(value, key) if buf == "step" else
-                              float(value) if buf == "mu_product" else value)
+                              float(value) if buf in _SCALARS else value)
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
                          f"({error})") from error
@@ -345,10 +350,10 @@ class CheckpointMixin(_OptimizerAttrs):
                     differ.append((g, key, group[key], value))
                 if _is_marker(value):
                     continue        # a schedule: code, rebuilt by the code that built this
-                if key == "betas" and isinstance(value, (list, tuple)) and len(value) == 2 \
-                        and _is_marker(value[0]):
-                    value = (group["betas"][0], value[1])
-                value = tuple(value) if key == "betas" else value
+                if key in self._pairs and isinstance(value, (list, tuple)) \
+                        and len(value) == 2:      # a scheduled slot: the optimizer's own
+                    value = tuple(mine if _is_marker(part) else part
+                                  for mine, part in zip(group[key], value))
                 value = self._check_hyper(key, value, where=f"param_groups[{g}]")
                 hyper[key] = value
             new_hypers.append(hyper)
@@ -372,10 +377,12 @@ class CheckpointMixin(_OptimizerAttrs):
                 mp = st.get(self._scalar)
                 if isinstance(mp, np.ndarray) and mp.ndim == 0:
                     mp = mp.item()
+                low, high, _, text, _ = _specs.CHECKS[self._scalar_check]
                 if isinstance(mp, (bool, np.bool_)) or not isinstance(mp, numbers.Real) or \
-                        not 0.0 <= mp <= 1.0:
+                        not (low <= mp and (high is None or mp <= high)) or \
+                        not math.isfinite(mp):
                     raise ValueError(f"{name}: state[{i}][{self._scalar!r}] must be a number "
-                                     f"in [0, 1], got {mp!r}")
+                                     f"{text}, got {mp!r}")
                 bufs[self._scalar] = float(mp)
             for buf in self._state[i]:
                 if buf not in st and buf in self._optional_state:

@@ -54,13 +54,30 @@ class _TableOptimizer(Optimizer):
     def _state_fill(self, group):
         return {s.name: float(group[s.fill]) for s in self._family.state if s.fill}
 
+    def _refill_unstarted(self, written):
+        """A buffer filled from a hyperparameter (Rprop's step_size from lr) starts at the
+        group's value at the param's first update, as torch creates it then: on a write to
+        group ``written``, its params not yet updated are refilled."""
+        index = 0
+        for group in self.param_groups:
+            for _ in group["params"]:
+                if group is written and self._counts[index] == 0:
+                    for name, option in self._hyper_fills:
+                        buf = self._state[index].get(name)
+                        if buf is not None:
+                            buf[...] = float(group[option])
+                index += 1
+
     def _reference_kwargs(self, group, v, i):
         kwargs = {}
         if self._family.uses_step:
             kwargs["step"] = int(self._counts[i]) + 1
         if self._scalar:
             kwargs[self._scalar] = float(self._mu_product[i])
+        keywords = self._family.kernel_keywords
         for h in self._family.hypers:
+            if keywords and h.name not in keywords:
+                continue                    # Rprop's lr: it only fills step_size
             if h.schedulable:
                 kwargs[h.name] = v[h.name]
             elif h.pair:
@@ -135,9 +152,13 @@ def _doc(row, family, signature):
         if h is not None and h.pair:
             text = " and ".join(x.doc for x in family.hypers if x.pair == h.pair)
         sched = ""
-        if h is not None and h.schedulable:
-            sched = (f" ({name}[0] may be a schedule)" if h.pair
-                     else " (a number or a schedule)")
+        if h is not None and h.pair:
+            slots = [k for k, x in enumerate(x for x in family.hypers if x.pair == h.pair)
+                     if x.schedulable]
+            sched = (" (either may be a schedule)" if len(slots) == 2 else
+                     f" ({name}[{slots[0]}] may be a schedule)" if slots else "")
+        elif h is not None and h.schedulable:
+            sched = " (a number or a schedule)"
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
     lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`.",
               "", "Raises", "------", "TypeError",
@@ -155,8 +176,9 @@ def _doc(row, family, signature):
                                  "(``strict=False``: a warning). ``repr(opt)`` lists each "
                                  "group's hyperparameters.", 88)]
     for name, init in family.scalar_state:
-        lines += ["", f"Each param's ``{name}`` (starting at {init!r}) is part of its state, "
-                      f"as in torch: ``opt.state[i][{name!r}]`` and the state dict."]
+        lines += ["", *textwrap.wrap(
+            f"Each param's ``{name}`` (starting at {init!r}) is part of its state, as in "
+            f"torch: ``opt.state[i][{name!r}]`` and the state dict.{family.scalar_doc}", 88)]
     first, default = signature[0]
     arg = "" if default is not None else f", {first}=0.1"
     lines += ["", "Examples", "--------",
@@ -201,12 +223,17 @@ def _make_class(row, bases, namespace=None):
         _row=row, _family=family,
         _kernel=family.name,
         _schedulable=tuple(h.name for h in family.hypers if h.schedulable),
+        _pairs={h.pair: tuple(x.name for x in family.hypers if x.pair == h.pair)
+                for h in family.hypers if h.pair},
         _flags=flags,
         _ranges=ranges,
         _slots=tuple(s.name for s in family.state),
         _optional_state=tuple(s.name for s in family.state if s.lazy),
+        _hyper_fills=tuple((s.name, s.fill) for s in family.state
+                           if s.fill in {h.name for h in family.hypers}),
         _scalar=family.scalar_state[0][0] if family.scalar_state else None,
         _scalar_init=float(family.scalar_state[0][1]) if family.scalar_state else 1.0,
+        _scalar_check=family.scalar_check,
     )
     attrs.update(namespace or {})
     cls = type(row.cls, bases, attrs)
@@ -226,8 +253,9 @@ class _SGDSemantics:
     the momentum buffer starts lazily, at the first update that applies momentum."""
 
     def _validate_group(self, group):
-        m = group["momentum"]
-        if group["nesterov"] and (group["dampening"] != 0 or
+        # a scheduled momentum or dampening: the engine checks its value each step
+        m, d = group["momentum"], group["dampening"]
+        if group["nesterov"] and ((isinstance(d, numbers.Real) and d != 0) or
                                   (isinstance(m, numbers.Real) and m <= 0)):
             raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
                              f"dampening == 0, got momentum={m!r}, "
@@ -237,7 +265,7 @@ class _SGDSemantics:
         buf = self._state[i].get("momentum_buffer")
         use = buf is not None and v["momentum"] != 0
         kwargs = dict(step=2 if self._started[i] else 1, lr=v["lr"],
-                      momentum=v["momentum"] if use else 0.0, dampening=group["dampening"],
+                      momentum=v["momentum"] if use else 0.0, dampening=v["dampening"],
                       nesterov=group["nesterov"] and use, weight_decay=v["weight_decay"],
                       maximize=group["maximize"], momentum_buffer=buf if use else None)
         if use:

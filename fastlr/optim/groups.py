@@ -54,6 +54,9 @@ class ParamGroup(dict):
                 dict.__setitem__(self, key, old)
             raise
         owner._dirty = True
+        fills = getattr(owner, "_hyper_fills", ())    # (LBFGS owns groups too, without)
+        if fills and any(key == option for _, option in fills):
+            owner._refill_unstarted(self)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         """``dict.update``, each entry written (and checked) as by ``group[key] = value``."""
@@ -74,6 +77,7 @@ if TYPE_CHECKING:
         param_groups: List[ParamGroup]
         _kernel: str
         _schedulable: Tuple[str, ...]
+        _pairs: Dict[str, Tuple[str, str]]
         _flags: Tuple[str, ...]
         _ranges: Dict[str, Any]
         _slots: Tuple[str, ...]
@@ -113,6 +117,7 @@ if TYPE_CHECKING:
         def _busy_error(self, what: str) -> RuntimeError: ...
         def _check_hyper(self, key: str, value: Any, where: str) -> Any: ...
         def _validate_group(self, group: Any) -> None: ...
+        def _refill_unstarted(self, written: Any) -> None: ...
         def _live_state(self, i: int) -> Dict[str, np.ndarray]: ...
         def _where(self, i: int) -> Tuple[int, int]: ...
         def _state_names(self, group: Any) -> Any: ...
@@ -124,6 +129,14 @@ else:
 
 class GroupsMixin(_OptimizerAttrs):
     """Construction, param groups and hyperparameter checks (part of :class:`Optimizer`)."""
+
+    #: a group key taking a pair -> the hyperparameters of its two slots (the table's
+    #: ``Hyper.pair``; the classes set their own)
+    _pairs: Dict[str, Tuple[str, str]] = {"betas": ("beta1", "beta2")}
+    #: (state buffer, hyperparameter that fills it at the param's first update)
+    _hyper_fills: Tuple[Tuple[str, str], ...] = ()
+    #: the CHECKS rule of the per-param scalar state (NAdam's mu_product: [0, 1])
+    _scalar_check = "closed_unit"
 
     @property
     def max_grad_norm(self) -> Optional[float]:
@@ -203,11 +216,13 @@ class GroupsMixin(_OptimizerAttrs):
         if key in self._flags:
             flag_arg(fn, name, value)
             return value
-        if key == "betas":
+        if key in self._pairs:
+            first, second = self._pairs[key]
             if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise TypeError(f"{fn}: {name} must be a pair (beta1, beta2), got {value!r}")
-            pair = (self._check_hyper("beta1", value[0], where),
-                    self._check_hyper("beta2", value[1], where))
+                raise TypeError(f"{fn}: {name} must be a pair ({first}, {second}), got "
+                                f"{value!r}")
+            pair = (self._check_hyper(first, value[0], where),
+                    self._check_hyper(second, value[1], where))
             if pair[0] is value[0] and pair[1] is value[1]:
                 return value                # the caller's object, unchanged
             return pair if isinstance(value, tuple) else list(pair)
@@ -221,6 +236,10 @@ class GroupsMixin(_OptimizerAttrs):
                 return value
             raise TypeError(f"{fn}: {name} must be a number, a fastlr schedule or a callable, "
                             f"got {type(value).__name__}")
+        if (isinstance(value, Schedule) or callable(value)) and \
+                any(key == option for _, option in self._hyper_fills):
+            raise TypeError(f"{fn}: {name} must be a number, not a schedule: it only sets "
+                            f"where a state buffer starts (Rprop's step_size), got {value!r}")
         checked_real(fn, name, value, self._ranges[key])
         return value
 

@@ -83,10 +83,10 @@ class LayoutMixin(_OptimizerAttrs):
         for key, value in group.items():
             if key == "params" or key == "param_names":
                 continue
-            if key == "betas":
-                b1, b2 = value
-                out["beta1"] = self._source(b1)
-                out["beta2"] = float(b2)
+            if key in self._pairs:                   # betas -> beta1, beta2
+                for name, part in zip(self._pairs[key], value):
+                    out[name] = (self._source(part) if name in self._schedulable
+                                 else float(part))
             elif key in self._schedulable:
                 out[key] = self._source(value)
             elif key in self._flags:

@@ -52,7 +52,7 @@ from fastlr.reference.ema import ema_update, swap_buffers
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
-           "lion", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers"]
+           "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers"]
 
 
 # ---------------------------------------------------------------------------
@@ -825,3 +825,132 @@ def lion(param, grad, exp_avg, *, lr, beta1=0.9, beta2=0.99, weight_decay=1e-3,
     u = np.where(x > 0, 1.0, np.where(x < 0, -1.0, x)).astype(x.dtype)   # keeps -0 and NaN
     exp_avg[...] = (1.0 - beta2) * g + beta2 * exp_avg
     param[...] = param + (-lr) * (u + weight_decay * param)
+
+
+def rprop(param, grad, prev, step_size, *, etaminus=0.5, etaplus=1.2, step_size_min=1e-6,
+          step_size_max=50.0, maximize=False, n_threads=None):
+    """One Rprop step (``torch.optim.Rprop``, its single-tensor path), in place.
+
+    With ``g = -grad if maximize else grad``::
+
+        f = etaplus where g * prev > 0, etaminus where < 0, 1 elsewhere (0 or NaN)
+        step_size = min(max(step_size * f, step_size_min), step_size_max)
+        g = 0 where f == etaminus
+        param = param - sign(g) * step_size      (sign: 1, -1, else 0)
+        prev = g
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    prev : ndarray
+        The previous step's (zeroed) gradient (starts at zeros), in place.
+    step_size : ndarray
+        Per-element step sizes (start at ``lr``), in place.
+    etaminus, etaplus : float
+        The step-size factors (torch's ``etas``), in (0, 1) and > 1.
+    step_size_min, step_size_max : float
+        The step-size bounds (torch's ``step_sizes``).
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    None
+        ``param``, ``prev`` and ``step_size`` are updated in place.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s.
+
+    Examples
+    --------
+    >>> p = np.ones(2); prev = np.zeros(2); ss = np.full(2, 0.1)
+    >>> fastlr.reference.rprop(p, np.array([0.5, -0.5]), prev, ss)
+    >>> p
+    array([0.9, 1.1])
+    """
+    _check_shapes(param, grad=grad, prev=prev, step_size=step_size)
+    dt = param.dtype.type            # torch rounds the factors and bounds to the dtype
+    em, ep = dt(etaminus), dt(etaplus)
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    s = g * prev
+    f = np.where(s > 0, ep, np.where(s < 0, em, dt(1))).astype(param.dtype)
+    step_size[...] = np.minimum(np.maximum(step_size * f, dt(step_size_min)),
+                                dt(step_size_max))
+    g = np.where(f == em, dt(0), g).astype(param.dtype)
+    u = np.where(g > 0, dt(1), np.where(g < 0, dt(-1), dt(0))).astype(param.dtype)
+    param[...] = param - u * step_size
+    prev[...] = g
+
+
+def asgd(param, grad, ax, *, step, eta, lr, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
+         maximize=False, n_threads=None):
+    """One ASGD step (``torch.optim.ASGD``, its single-tensor path), in place.
+
+    With ``g = -grad if maximize else grad``, ``t = step``, ``eta = lr`` at ``t == 1``
+    and ``mu = 1`` at ``t == 1``, else ``1 / max(1, t - 1 - t0)``::
+
+        g = g + weight_decay * param             (if weight_decay != 0)
+        param = param * (1 - lambd * eta) + (-eta) * g
+        ax = ax + (param - ax) * mu if mu != 1 else param
+        returns lr / (1 + lambd * lr * t) ** alpha
+
+    Parameters
+    ----------
+    param : ndarray
+        Parameters, updated in place.
+    grad : ndarray
+        Gradient, same shape as ``param``; not modified.
+    ax : ndarray
+        The average of the params (starts at zeros), in place.
+    step : int
+        The 1-based update number.
+    eta : float
+        This update's step size, the previous call's return value (ignored at step 1).
+    lr, lambd, alpha, t0, weight_decay : float
+        As ``torch.optim.ASGD``.
+    maximize : bool
+        Maximize the objective (step along ``+grad``).
+    n_threads : int, optional
+        Accepted for signature compatibility with the kernel and ignored.
+
+    Returns
+    -------
+    float
+        The next update's ``eta``.
+
+    Raises
+    ------
+    ValueError
+        An array's shape differs from ``param``'s.
+
+    Examples
+    --------
+    >>> p = np.ones(2); ax = np.zeros(2)
+    >>> eta = fastlr.reference.asgd(p, np.array([1.0, -1.0]), ax, step=1, eta=0.0, lr=0.1,
+    ...                             lambd=0.0)
+    >>> p, ax, eta
+    (array([0.9, 1.1]), array([0.9, 1.1]), 0.1)
+    """
+    _check_shapes(param, grad=grad, ax=ax)
+    dt = param.dtype.type
+    step, lr, lambd, alpha, t0 = int(step), float(lr), float(lambd), float(alpha), float(t0)
+    eta = lr if step == 1 else float(eta)
+    mu = 1.0 if step == 1 else 1.0 / max(1.0, float(step - 1) - t0)
+    g = -np.asarray(grad) if maximize else np.asarray(grad)
+    if weight_decay != 0:
+        g = g + dt(weight_decay) * param
+    p = param * dt(1.0 - lambd * eta)
+    p = p + dt(-eta) * g
+    param[...] = p
+    if mu != 1.0:
+        ax[...] = ax + (p - ax) * dt(mu)
+    else:
+        ax[...] = p
+    return lr / (1.0 + lambd * lr * float(step)) ** alpha

@@ -1,5 +1,5 @@
-"""The kernel families added after SGD/RMSprop/Adam: Adagrad, Adadelta, Adamax, NAdam, RAdam
-(torch.optim 2.13) and Lion (optax.lion).
+"""The kernel families added after SGD/RMSprop/Adam: Adagrad, Adadelta, Adamax, NAdam, RAdam,
+Rprop (torch.optim 2.13) and Lion (optax.lion).
 
 1. Every compiled kernel against its NumPy twin in ``fastlr.reference``, bit for bit (NaN-aware),
    over an edge-case generator in the style of bottleneck's ``bn.slow`` tests: dtypes, shapes
@@ -22,9 +22,11 @@ import pytest
 
 from fastlr import kernels, reference
 
-FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam", "lion")
-TORCH_FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam")
-STEPPED = frozenset({"adagrad", "adamax", "nadam", "radam"})     # take step=
+FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam", "lion", "rprop", "asgd")
+TORCH_FAMILIES = ("adagrad", "adadelta", "adamax", "nadam", "radam", "rprop", "asgd")
+STEPPED = frozenset({"adagrad", "adamax", "nadam", "radam", "asgd"})     # take step=
+#: the per-param scalar a kernel takes and returns (NAdam's mu_product, ASGD's eta)
+SCALAR = {"nadam": "mu_product", "asgd": "eta"}
 DTYPES = [np.float32, np.float64]
 BIG = 70000                       # above the threading threshold: the span is split
 SHAPES = [((), "C"), ((0,), "C"), ((1,), "C"), ((7,), "C"), ((3, 5), "C"), ((3, 5), "F"),
@@ -81,6 +83,19 @@ def option_grid(name):
         for (b1, b2), wd, maximize in itertools.product(
                 [(0.9, 0.99), (0.0, 0.0), (1.0, 1.0), (0.5, 0.0)], [0.0, 0.1], [False, True]):
             yield dict(lr=1e-3, beta1=b1, beta2=b2, weight_decay=wd, maximize=maximize)
+    elif name == "asgd":
+        # t0 = 3: averaging (mu != 1) from step 5 on
+        for (lambd, alpha), t0, wd, maximize in itertools.product(
+                [(1e-4, 0.75), (0.1, 0.5), (0.0, 1.0)], [1e6, 3.0], [0.0, 0.02], [False, True]):
+            yield dict(lr=0.05, lambd=lambd, alpha=alpha, t0=t0, weight_decay=wd,
+                       maximize=maximize)
+    elif name == "rprop":
+        # etas near 1 (0.999, 1.001: in float32 etaminus rounds near 1), bounds that clamp
+        for (em, ep), (lo, hi), maximize in itertools.product(
+                [(0.5, 1.2), (0.1, 3.0), (0.999, 1.001)],
+                [(1e-6, 50.0), (1e-3, 0.05), (0.0, 0.0)], [False, True]):
+            yield dict(etaminus=em, etaplus=ep, step_size_min=lo, step_size_max=hi,
+                       maximize=maximize)
     else:
         raise AssertionError(name)
 
@@ -102,19 +117,20 @@ def twin_state(state):
 
 
 def call(module, name, param, grad, state, step, opts, mu_product=1.0, **extra):
-    """One update; returns the mu_product to pass next time (NAdam) or the one given."""
+    """One update; returns the scalar state to pass next time (NAdam's mu_product, ASGD's
+    eta) or the one given."""
     kwargs = {k: v for k, v in opts.items() if k != "init"}
     if name in STEPPED:
         kwargs["step"] = step
-    if name == "nadam":
-        kwargs["mu_product"] = mu_product
+    if name in SCALAR:
+        kwargs[SCALAR[name]] = mu_product
     fn = getattr(module, name)
     if module is reference:
         with np.errstate(all="ignore"):
             out = fn(param, grad, **state, **kwargs, **extra)
     else:
         out = fn(param, grad, **state, **kwargs, **extra)
-    if name == "nadam":
+    if name in SCALAR:
         assert isinstance(out, float)
         return out
     assert out is None
@@ -129,8 +145,8 @@ def assert_same(name, got, want, what):
     for key in sk:
         np.testing.assert_array_equal(sk[key], sr[key], strict=True,
                                       err_msg=f"{name} {key}: {what}")
-    if name == "nadam":
-        assert mk == mr, f"nadam mu_product {mk!r} != twin {mr!r}: {what}"
+    if name in SCALAR:
+        assert mk == mr, f"{name} {SCALAR[name]} {mk!r} != twin {mr!r}: {what}"
 
 
 def awkward_array(rng, shape, order, dtype, scale):
@@ -233,7 +249,8 @@ EXTREME_IDS = [c[0] for c in extreme_cases(np.float64)]
 
 def default_opts(name):
     return {"adagrad": dict(lr=0.05), "adadelta": dict(lr=0.5), "adamax": dict(lr=0.01),
-            "nadam": dict(lr=0.01), "radam": dict(lr=0.01), "lion": dict(lr=1e-3)}[name]
+            "nadam": dict(lr=0.01), "radam": dict(lr=0.01), "lion": dict(lr=1e-3),
+            "rprop": dict(), "asgd": dict(lr=0.05, t0=3.0)}[name]
 
 
 def applicable_extremes():
@@ -269,7 +286,10 @@ def test_kernel_matches_twin_extreme_values(name, dtype, case):
         assert np.all(np.isfinite(p[others]))
         for buf in st.values():
             assert np.all(np.isfinite(buf[others]))
-        if case == "grad_nan" or name != "lion":
+        if name == "rprop":
+            # it moves by sign(g) (torch.sign(NaN) = 0): the param stays finite
+            assert np.isfinite(p[3])
+        elif case == "grad_nan" or name != "lion":
             # the element's param is no longer finite (Lion's sign() maps +-Inf to +-1)
             assert not np.isfinite(p[3])
 
@@ -281,7 +301,10 @@ def test_nan_grad_poisons_only_its_element(name):
     g[4] = np.nan
     st = new_state(name, p)
     call(kernels, name, p, g, st, 1, default_opts(name))
-    assert np.isnan(p[4]) and np.all(np.isfinite(np.delete(p, 4)))
+    # Rprop moves by sign(g), torch.sign(NaN) = 0: the NaN lands in prev only
+    hit = st["prev"] if name == "rprop" else p
+    assert np.isnan(hit[4]) and np.all(np.isfinite(np.delete(hit, 4)))
+    assert np.all(np.isfinite(np.delete(p, 4)))
 
 
 def radam_rho_t(beta2, t):
@@ -351,7 +374,7 @@ def test_radam_rectification_rounding_matches_twin_float64():
 # ---------------------------------------------------------------------------------------------
 
 TORCH_CLASS = {"adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax",
-               "nadam": "NAdam", "radam": "RAdam"}
+               "nadam": "NAdam", "radam": "RAdam", "rprop": "Rprop", "asgd": "ASGD"}
 TORCH_CASES = [pytest.param(name, opts, id=f"{name}[{opts_id(opts)}]")
                for name in TORCH_FAMILIES for opts in option_grid(name)
                # NAdam without momentum decay: with the default betas only
@@ -370,6 +393,9 @@ def torch_kwargs(name, opts):
     kw = {k: v for k, v in opts.items() if k != "init"}
     if "beta1" in kw:
         kw["betas"] = (kw.pop("beta1"), kw.pop("beta2"))
+    if "etaminus" in kw:
+        kw["etas"] = (kw.pop("etaminus"), kw.pop("etaplus"))
+        kw["step_sizes"] = (kw.pop("step_size_min"), kw.pop("step_size_max"))
     if name == "adagrad":
         kw["initial_accumulator_value"] = opts.get("init", 0.0)
     kw["foreach"] = False
@@ -379,6 +405,18 @@ def torch_kwargs(name, opts):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("name,opts", TORCH_CASES)
 def test_parity_with_torch(torch, name, opts, dtype):
+    old = torch.get_default_dtype()
+    if name == "asgd" and dtype == np.float64:
+        # torch keeps ASGD's eta and mu in tensors of its default dtype (float32 would
+        # round them; fastlr's are doubles)
+        torch.set_default_dtype(torch.float64)
+    try:
+        _parity_with_torch(torch, name, opts, dtype)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _parity_with_torch(torch, name, opts, dtype):
     rng = np.random.default_rng(2024)
     n = 48
     param0 = rng.standard_normal(n).astype(dtype)
@@ -401,6 +439,9 @@ def test_parity_with_torch(torch, name, opts, dtype):
         worst = max(worst, diff / scale)
         assert diff <= rtol * scale, (
             f"step {t}: max|fastlr - torch| = {diff:.3g} > {rtol:g} * {scale:.3g}")
+        if name == "asgd":          # the returned eta is torch's next eta
+            et = float(opt.state[tp]["eta"])
+            assert abs(mu - et) <= (1e-15 if dtype == np.float64 else 2.0 ** -24) * et, (t, mu)
         if name == "nadam":
             mt = float(opt.state[tp]["mu_product"])
             # torch multiplies a float32 tensor: one float32 rounding per step (and once
@@ -500,6 +541,9 @@ BASE_HYPER = {
     "radam": dict(step=3, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
                   decoupled_weight_decay=True),
     "lion": dict(lr=1e-3, beta1=0.9, beta2=0.99, weight_decay=1e-3),
+    "rprop": dict(etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0),
+    "asgd": dict(step=3, eta=0.01, lr=0.01, lambd=1e-4, alpha=0.75, t0=1.0,
+                 weight_decay=0.01),
 }
 
 
@@ -611,7 +655,8 @@ def test_overlapping_buffers_rejected(name):
 def hyper_mutations(name):
     """(argument, bad value, exception) for every hyperparameter of `name`."""
     hyper = BASE_HYPER[name]
-    for arg in ("lr", "lr_decay", "eps", "weight_decay", "momentum_decay"):
+    for arg in ("lr", "lr_decay", "eps", "weight_decay", "momentum_decay", "step_size_min",
+                "step_size_max", "eta", "lambd"):
         if arg in hyper:
             for bad in (-1e-3, -0.0 - 1e-300, float("nan"), float("inf"), -float("inf")):
                 yield arg, bad, ValueError
@@ -629,6 +674,20 @@ def hyper_mutations(name):
                 bads += [np.nextafter(1.0, 2.0)]
             for bad in bads:
                 yield arg, bad, ValueError
+            yield arg, "0.5", TypeError
+            yield arg, False, TypeError
+    for arg in ("alpha", "t0"):             # any finite number
+        if arg in hyper:
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                yield arg, bad, ValueError
+            yield arg, "0.5", TypeError
+            yield arg, None, TypeError
+    if "etaminus" in hyper:         # (0, 1) and > 1, as torch's 0 < etaminus < 1 < etaplus
+        for bad in (0.0, 1.0, 1, -0.5, 1.5, float("nan"), float("inf")):
+            yield "etaminus", bad, ValueError
+        for bad in (1.0, 1, 0.5, 0.0, float("nan"), float("inf")):
+            yield "etaplus", bad, ValueError
+        for arg in ("etaminus", "etaplus"):
             yield arg, "0.5", TypeError
             yield arg, False, TypeError
     if "step" in hyper:
@@ -670,7 +729,8 @@ def test_missing_required_keyword_arguments():
 
 def legal_boundaries(name):
     hyper = BASE_HYPER[name]
-    for arg in ("lr", "lr_decay", "eps", "weight_decay", "momentum_decay"):
+    for arg in ("lr", "lr_decay", "eps", "weight_decay", "momentum_decay", "step_size_min",
+                "step_size_max", "eta", "lambd"):
         if arg in hyper:
             yield {arg: 0.0}
             yield {arg: np.float32(0.25)}
@@ -683,6 +743,11 @@ def legal_boundaries(name):
             if name == "lion" or arg in ("rho", "mu_product"):
                 yield {arg: 1.0}
                 yield {arg: 1}
+    if "etaminus" in hyper:
+        yield {"etaminus": 5e-324}
+        yield {"etaminus": np.nextafter(1.0, 0.0)}
+        yield {"etaplus": np.nextafter(1.0, 2.0)}
+        yield {"etaplus": 2}
     if "step" in hyper:
         yield {"step": 1}
         yield {"step": np.int64(7)}
@@ -738,7 +803,11 @@ def test_lr_zero_changes_nothing_but_state():
     for name in FAMILIES:
         names, arrays = arrays_of(name)
         p_before = arrays[0].tobytes()
-        call_with(name, arrays, lr=0.0)
+        # Rprop has no lr: its step sizes clamped to [0, 0]
+        zero = dict(step_size_min=0.0, step_size_max=0.0) if name == "rprop" else dict(lr=0.0)
+        if name == "asgd":      # after its first update the step size is the carried eta
+            zero["eta"] = 0.0
+        call_with(name, arrays, **zero)
         assert arrays[0].tobytes() == p_before, name
 
 
@@ -761,7 +830,10 @@ def test_empty_arrays_are_a_no_op(name):
 
 EXPECTED_STATE = {"adagrad": ("state_sum",), "adadelta": ("square_avg", "acc_delta"),
                   "adamax": ("exp_avg", "exp_inf"), "nadam": ("exp_avg", "exp_avg_sq"),
-                  "radam": ("exp_avg", "exp_avg_sq"), "lion": ("exp_avg",)}
+                  "radam": ("exp_avg", "exp_avg_sq"), "lion": ("exp_avg",),
+                  "rprop": ("prev", "step_size"), "asgd": ("ax",)}
+#: buffers that start at a value (make_state's default of the option that fills them)
+FILLED = {("rprop", "step_size"): 0.01}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -783,13 +855,13 @@ def test_make_state_layout(name, dtype):
         param = np.ones(shape, dtype=dtype, order=order)
         state = kernels.make_state(name, param)
         bufs = list(state.values())
-        for buf in bufs:
+        for key, buf in state.items():
             assert type(buf) is np.ndarray
             assert buf.shape == shape and buf.dtype == dtype
             assert buf.flags.c_contiguous == param.flags.c_contiguous
             assert buf.flags.f_contiguous == param.flags.f_contiguous
             assert buf.flags.writeable and buf.flags.aligned
-            assert not np.any(buf)
+            assert np.all(buf == dtype(FILLED.get((name, key), 0.0)))
             assert not np.shares_memory(buf, param)
         for a, b in itertools.combinations(bufs, 2):
             assert not np.shares_memory(a, b)
@@ -838,3 +910,18 @@ def test_make_state_rejects_other_options_and_bad_params(name):
         kernels.make_state(name, [1.0, 2.0])
     with pytest.raises(TypeError, match="param"):
         kernels.make_state(name, np.ones(3, np.float16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_make_state_rprop_step_size_starts_at_lr(dtype):
+    """Rprop's step_size starts at lr (torch: ``full_like(grad, lr)``), default 1e-2."""
+    for order in "CF":
+        param = np.ones((3, 4), dtype=dtype, order=order)
+        for kw, want in [({}, 0.01), ({"lr": 0.5}, 0.5), ({"lr": 2}, 2.0)]:
+            st = kernels.make_state("rprop", param, **kw)
+            np.testing.assert_array_equal(st["step_size"], np.full((3, 4), dtype(want)))
+            assert st["step_size"].flags.f_contiguous == (order == "F")
+            assert not np.any(st["prev"])
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="lr"):
+            kernels.make_state("rprop", np.ones(3), lr=bad)

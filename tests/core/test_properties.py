@@ -52,7 +52,7 @@ DTYPES = (np.float32, np.float64)
 
 # Buffers that hold sums or averages of squares (or a max of magnitudes): never negative.
 NONNEG_STATE = {"square_avg", "exp_avg_sq", "max_exp_avg_sq", "state_sum", "acc_delta",
-                "exp_inf", "v"}
+                "exp_inf", "v", "step_size"}
 
 # ---------------------------------------------------------------------------------------
 # strategies
@@ -197,6 +197,20 @@ def _draw_case(data, name):
         kw = dict(lr=d(LR), beta1=d(CLOSED_UNIT), beta2=d(CLOSED_UNIT), weight_decay=d(WD),
                   maximize=d(st.booleans()))
         return kernels.state_names(name), kw
+    if name == "asgd":
+        kw = dict(step=d(STEP), eta=d(floats(0.0, 10.0, specials=(0.01, 0.0))), lr=d(LR),
+                  lambd=d(floats(0.0, 1.0, specials=(1e-4, 0.0))),
+                  alpha=d(floats(-2.0, 2.0, specials=(0.75, 0.0))),
+                  t0=d(floats(-10.0, 1e6, specials=(1e6, 0.0, 3.0))), weight_decay=d(WD),
+                  maximize=d(st.booleans()))
+        return kernels.state_names(name), kw
+    if name == "rprop":
+        kw = dict(etaminus=d(floats(1e-3, 0.999, specials=(0.5, 0.999))),
+                  etaplus=d(floats(1.001, 10.0, specials=(1.2, 1.001))),
+                  step_size_min=d(floats(0.0, 1.0, specials=(1e-6, 0.0))),
+                  step_size_max=d(floats(0.0, 100.0, specials=(50.0, 0.0, 1e-7))),
+                  maximize=d(st.booleans()))
+        return kernels.state_names(name), kw
     if name == "sgd_sklearn":
         return ("velocity",), dict(lr=d(LR), momentum=d(CLOSED_UNIT),
                                    nesterov=d(st.booleans()))
@@ -273,8 +287,8 @@ def test_kernel_matches_twin(name, data):
     got = call(kernels, name, param, grad, state, names, kw)
     want = call(reference, name, p_ref, grad, s_ref, names, kw)
     what = f"{name} {kw} dtype={param.dtype} shape={param.shape}"
-    if name == "nadam":                       # the new mu_product, a Python float
-        assert got == want, f"mu_product: {what}"
+    if name in ("nadam", "asgd"):             # the new mu_product / eta, a Python float
+        assert got == want, f"scalar state: {what}"
     else:
         assert got is None and want is None
     assert grad.tobytes(order="A") == grad_bits, f"grad was written: {what}"
@@ -307,7 +321,12 @@ def test_zero_lr_leaves_param_unchanged(name, data):
     torch."""
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
     names, kw = draw_case(data, name, dtype)
-    kw["lr"] = 0.0
+    if name == "rprop":         # no lr: the step sizes are clamped to [0, 0] instead
+        kw.update(step_size_min=0.0, step_size_max=0.0)
+    else:
+        kw["lr"] = 0.0
+    if name == "asgd":          # after the first update the step size is the carried eta
+        kw["eta"] = 0.0
     if "eps" in kw:
         kw["eps"] = max(kw["eps"], 1e-3)
     if name == "rmsprop":

@@ -1,7 +1,7 @@
 """Named params, the checkpoint rule for hyperparameters, and the optimizers' repr.
 
 1. Named params (a dict of name -> array, torch's ``(name, array)`` pairs, per group, and
-   groups picked by name with ``fastlr.optim.named_groups``) for all ten classes: a dict of
+   groups picked by name with ``fastlr.optim.named_groups``) for every class: a dict of
    grads in any order gives the bits of the list in param order; a missing or unknown key,
    a non-string or repeated name, named and unnamed groups mixed: a clear error naming it,
    nothing changed.
@@ -408,11 +408,12 @@ def _hyper_cases():
         for key, value in group.items():
             if key in cls._row.fixed:
                 continue                    # AdamW's decoupled_weight_decay: no argument
-            if key == "betas":
+            if key in cls._pairs:           # betas, etas, step_sizes: either slot
                 b1, b2 = value
-                cases.append((name, key, {"betas": (b1, b2)},
-                              {"betas": (S.cosine(b1, 10), b2)}))
-                cases.append((name, key, {"betas": (b1, b2)}, {"betas": (b1, b2 / 2)}))
+                cases.append((name, key, {key: (b1, b2)}, {key: (S.cosine(b1, 10), b2)}))
+                cases.append((name, key, {key: (b1, b2)}, {key: (b1, S.constant(b2))}))
+                cases.append((name, key, {key: (b1, b2)},
+                              {key: (b1, b2 * 1.5 if b2 > 1 else b2 / 2)}))
             elif key in cls._flags:
                 other = not value
                 if name == "SGD" and key == "nesterov":
@@ -451,7 +452,7 @@ def test_every_hyperparameter_is_checked(cls_name, key, saved, here):
         dst.load_state_dict(sd)
     assert _snapshot(dst) == snap
     callables = any(callable(v) and not isinstance(v, S.Schedule)
-                    for v in ([here[key]] if key != "betas" else here[key]))
+                    for v in ([here[key]] if key not in cls._pairs else here[key]))
     if not callables:
         with pytest.warns(UserWarning, match=re.escape(f"param_groups[0][{key!r}]")):
             dst.load_state_dict(sd, strict=False)

@@ -2,14 +2,18 @@
 
 What is held to what (docs/design.md: Numerics, Arguments, Tests):
 
-1. ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam`` and ``RAdam`` against ``torch.optim``
-   2.13 (``foreach=False``): 100 steps, float32 and float64, every option, two param
-   groups with different hyperparameters and lr schedules (torch's ``group["lr"]`` set to
-   ``schedule(t)`` before its update ``t + 1``), params that are views of one flat buffer,
-   a 2-D Fortran-ordered param and a 3-D one; params *and every state buffer* (NAdam's
-   ``mu_product`` included) within ``rtol * max(1, max|p|)``, rtol 1e-10 (float64; NAdam
-   1e-8) and 1e-4 (float32). ``Lion`` against a NumPy transcription of ``optax.lion``.
-2. ``max_grad_norm``: for all ten optimizers the fused clipping gives the same bits as
+1. ``Adagrad``, ``Adadelta``, ``Adamax``, ``NAdam``, ``RAdam``, ``Rprop`` and ``ASGD``
+   against ``torch.optim`` 2.13 (``foreach=False``): 100 steps, float32 and float64, every
+   option, two param groups with different hyperparameters and lr schedules (torch's
+   ``group["lr"]`` set to ``schedule(t)`` before its update ``t + 1``; Rprop's lr takes no
+   schedule), params that are views of one flat buffer, a 2-D Fortran-ordered param and a
+   3-D one; params *and every state buffer* (NAdam's ``mu_product``, ASGD's ``eta``
+   included) within ``rtol * max(1, max|p|)``, rtol 1e-10 (float64; NAdam 1e-8) and 1e-4
+   (float32). ``Lion`` against a NumPy transcription of ``optax.lion``. Every other
+   schedulable hyperparameter (eps, either slot of betas, alpha, rho, ...) scheduled alone,
+   against torch with the group value set before each update; out-of-range scheduled
+   values raise and change nothing.
+2. ``max_grad_norm``: for every optimizer the fused clipping gives the same bits as
    ``fastlr.clip_grad_norm`` followed by a plain step; ``last_grad_norm``; against
    ``torch.nn.utils.clip_grad_norm_`` + ``torch.optim``; thread-count independence;
    ``clip_grad_norm`` validation and non-finite grads.
@@ -18,7 +22,7 @@ What is held to what (docs/design.md: Numerics, Arguments, Tests):
    propagate exactly where torch propagates them.
 4. ``ReduceLROnPlateau`` against torch's, composed with a schedule, resumed from a
    checkpoint (attached before or after loading), invalid arguments.
-5. Resume from ``state_dict`` and ``save``/``load`` bit-identically for all ten optimizers
+5. Resume from ``state_dict`` and ``save``/``load`` bit-identically for every optimizer
    with a schedule, clipping and skipping; corrupted checkpoints raise and change nothing.
 
 Torch-free parts always run; torch parts skip with a reason when torch is missing.
@@ -28,6 +32,7 @@ import contextlib
 import copy
 import functools
 import inspect
+import re
 import zlib
 
 import numpy as np
@@ -42,6 +47,10 @@ RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 N_STEPS = 100
 ALL = list(_specs.OPTIMIZERS)                                   # the table's classes
 TORCH_HAS = [n for n, o in _specs.OPTIMIZERS.items() if o.torch]
+# scalar state (0-d tensors in torch): the step, NAdam's mu_product, ASGD's eta and mu
+SCALARS = ("step", "mu_product", "eta", "mu")
+# torch's state keys that fastlr derives instead of keeping: ASGD's mu (from step and t0)
+TORCH_ONLY = {"mu"}
 # fastlr's state names that differ from torch's state keys
 TORCH_KEY = {k: v for o in _specs.OPTIMIZERS.values() for k, v in o.torch_state.items()
              if k != "step"}
@@ -59,7 +68,9 @@ RICH = {"SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
         "Adamax": dict(lr=0.01, weight_decay=0.01),
         "NAdam": dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
         "RAdam": dict(lr=0.01, weight_decay=0.01),
-        "Lion": dict(lr=1e-3, weight_decay=0.05)}
+        "Lion": dict(lr=1e-3, weight_decay=0.05),
+        "Rprop": dict(lr=0.01, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5)),
+        "ASGD": dict(lr=0.02, lambd=0.01, t0=20.0, weight_decay=0.01)}
 
 dtype_ids = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 all_ids = pytest.mark.parametrize("name", ALL)
@@ -244,6 +255,20 @@ FAMILIES = [
     ("RAdam", "all", dict(lr=0.01, betas=(0.3, 0.9), eps=1e-6, weight_decay=0.05,
                           decoupled_weight_decay=True, maximize=True),
      dict(decoupled_weight_decay=False, betas=(0.9, 0.999))),
+    ("Rprop", "plain", dict(lr=0.01), dict(etas=(0.3, 1.5))),
+    ("Rprop", "step_sizes", dict(lr=0.01, step_sizes=(1e-3, 0.05)),
+     dict(step_sizes=(0.0, 1.0))),
+    ("Rprop", "maximize", dict(lr=0.01, maximize=True), dict()),
+    ("Rprop", "all", dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5), maximize=True),
+     dict(maximize=False, etas=(0.6, 1.1))),
+    ("ASGD", "plain", dict(lr=0.02), dict(lambd=1e-3)),
+    # t0 = 30: averaging starts within the 100 steps (mu != 1 from step 32)
+    ("ASGD", "t0", dict(lr=0.02, t0=30.0), dict(t0=0.0)),
+    ("ASGD", "lambd_alpha", dict(lr=0.05, lambd=0.05, alpha=0.5), dict(alpha=1.0)),
+    ("ASGD", "weight_decay", dict(lr=0.02, weight_decay=0.05), dict(weight_decay=0.2)),
+    ("ASGD", "maximize", dict(lr=0.02, maximize=True), dict()),
+    ("ASGD", "all", dict(lr=0.02, lambd=0.01, alpha=0.9, t0=10.0, weight_decay=0.05,
+                         maximize=True), dict(maximize=False, t0=50.0)),
 ]
 FAMILY_CASES = [pytest.param(c, g0, g1, id=f"{c}-{case}") for c, case, g0, g1 in FAMILIES]
 
@@ -285,7 +310,7 @@ class TorchTwin:
 
     def state(self, i):
         st = self.opt.state[self.tparams[i]]
-        return {k: (float(v) if k in ("step", "mu_product") else v.detach().numpy())
+        return {k: (float(v) if k in SCALARS else v.detach().numpy())
                 for k, v in st.items()}
 
 
@@ -296,8 +321,8 @@ def compare_with_torch(opt, twin, dtype, what, rtol=None):
         worst = max(worst, assert_close(p, tp, dtype, f"{what} params[{i}]", rtol))
     for i, st in opt.state.items():
         tst = twin.state(i)
-        assert {TORCH_KEY.get(k, k) for k in st} - {"step"} == set(tst) - {"step"}, \
-            (what, i, set(st), set(tst))
+        assert {TORCH_KEY.get(k, k) for k in st} - {"step"} == \
+            set(tst) - {"step"} - TORCH_ONLY, (what, i, set(st), set(tst))
         for k, v in st.items():
             if k == "step" and "step" not in tst:
                 continue                    # torch's SGD keeps no step count
@@ -320,14 +345,20 @@ def _family_rtol(cls_name, dtype):
 def test_family_trajectory_matches_torch(torch, cls_name, g0, g1, dtype):
     lr0, lr1 = g0["lr"], g0["lr"] * 0.5
     sched0, sched1 = schedules_for(lr0, lr1)
+    mine0, mine1 = sched0, sched1
+    if "lr" not in getattr(fastlr, cls_name)._schedulable:
+        # Rprop: lr only fills step_size (test_scheduled_hyperparameter_matches_torch
+        # schedules its etas and step_sizes)
+        sched0, sched1 = (lambda t: lr0), (lambda t: lr1)
+        mine0, mine1 = lr0, lr1
     flat, params = make_params(dtype, seed=1)
     grads = make_grads(dtype, N_STEPS, seed=1)
     g1 = dict(g0, **g1)
     with torch_default_dtype(torch, dtype):
         twin = TorchTwin(torch, cls_name, groups_of(params, dict(g0, lr=lr0),
                                                       dict(g1, lr=lr1)))
-        opt = getattr(fastlr, cls_name)(groups_of(params, dict(g0, lr=sched0),
-                                                  dict(g1, lr=sched1)))
+        opt = getattr(fastlr, cls_name)(groups_of(params, dict(g0, lr=mine0),
+                                                  dict(g1, lr=mine1)))
         rtol = _family_rtol(cls_name, dtype)
         for t, g in enumerate(grads):
             want = [sched0(t), sched1(t)]
@@ -347,7 +378,8 @@ def test_family_trajectory_matches_torch(torch, cls_name, g0, g1, dtype):
         assert params[2].flags.f_contiguous
 
 
-@pytest.mark.parametrize("cls_name", NEW_TORCH_FAMILIES)
+@pytest.mark.parametrize("cls_name", [n for n in NEW_TORCH_FAMILIES
+                                      if "weight_decay" in getattr(fastlr, n)._schedulable])
 def test_scheduled_beta1_and_weight_decay_match_torch(torch, cls_name):
     """beta1 (where the class schedules it) and weight_decay as schedules: torch's group
     entries set to their values before each update."""
@@ -375,6 +407,203 @@ def test_scheduled_beta1_and_weight_decay_match_torch(torch, cls_name):
             twin.step(g)
         compare_with_torch(opt, twin, dtype, cls_name, _family_rtol(cls_name, dtype))
     assert opt.state_dict()["param_groups"][0]["weight_decay"] == {"schedule": repr(wd)}
+
+
+# The hyperparameters beyond lr, momentum, beta1 and weight_decay that take a schedule
+# (issue #17): each scheduled alone, the rest as RICH sets them.
+_OLD_SCHEDULABLE = ("lr", "momentum", "beta1", "weight_decay")
+_HYPER_SCHEDULE = {
+    "beta2": S.cosine(0.999, 50, end=0.9),
+    "eps": S.step_decay(1e-2, 20, 0.1),
+    "alpha": S.cosine(0.99, 50, end=0.8),
+    "dampening": S.linear(0.5, start_factor=0.0, end_factor=1.0, total_steps=40),
+    "rho": S.cosine(0.9, 50, end=0.5),
+    "lr_decay": S.linear(0.1, start_factor=0.0, end_factor=1.0, total_steps=40),
+    "momentum_decay": S.linear(0.05, start_factor=0.08, end_factor=1.0, total_steps=40),
+    "etaminus": S.cosine(0.5, 50, end=0.2),
+    "etaplus": S.linear(1.5, start_factor=0.8, end_factor=1.0, total_steps=40),
+    "step_size_min": S.step_decay(1e-3, 20, 0.1),
+    "step_size_max": S.cosine(1.0, 50, end=0.02),
+    "lambd": S.linear(0.05, start_factor=0.1, end_factor=1.0, total_steps=40),
+    "alpha": S.cosine(0.99, 50, end=0.8),
+}
+
+
+def _schedulable_cases(torch_only):
+    out = []
+    for cls_name, row in _specs.OPTIMIZERS.items():
+        if torch_only and not row.torch:
+            continue
+        for h in _specs.FAMILIES[row.family].hypers:
+            if h.schedulable and h.name not in _OLD_SCHEDULABLE and h.name not in row.fixed:
+                out.append(pytest.param(cls_name, h, id=f"{cls_name}-{h.name}"))
+    return out
+
+
+def _with_schedule(options, h, value):
+    """``options`` with hyperparameter ``h`` set to ``value`` (a pair's slot for betas)."""
+    options = dict(options)
+    if h.pair:
+        fam = next(f for f in _specs.FAMILIES.values() if h in f.hypers)
+        names = [x.name for x in fam.hypers if x.pair == h.pair]
+        pair = list(options.get(h.pair, [x.default for x in fam.hypers if x.pair == h.pair]))
+        pair[names.index(h.name)] = value
+        options[h.pair] = tuple(pair)
+    else:
+        options[h.name] = value
+    return options
+
+
+def test_every_numeric_hyperparameter_is_schedulable():
+    """Item 3 of issue #17: every numeric hyperparameter takes a schedule (the table says
+    which); the exceptions are named here with their reason."""
+    not_schedulable = {}
+    for fam in _specs.FAMILIES.values():
+        for h in fam.hypers:
+            if h.check != "flag" and not h.schedulable:
+                not_schedulable[(fam.name, h.name)] = True
+    assert set(not_schedulable) <= set(_NOT_SCHEDULABLE), sorted(not_schedulable)
+    for cls_name, h in [(c.values[0], c.values[1]) for c in _schedulable_cases(False)]:
+        assert h.name in _HYPER_SCHEDULE, f"{cls_name}.{h.name}: give it a test schedule"
+
+
+#: (family, hyperparameter) that take no schedule, and why
+_NOT_SCHEDULABLE = {("rprop", "lr"): "it only fills step_size when the state is created; "
+                                     "the update never reads it",
+                    ("asgd", "t0"): "mu follows from the step and t0 (torch stores it after "
+                                    "each update from that update's t0)"}
+
+
+@dtype_ids
+@pytest.mark.parametrize("cls_name, h", _schedulable_cases(True))
+def test_scheduled_hyperparameter_matches_torch(torch, cls_name, h, dtype):
+    """A hyperparameter as a schedule: torch's group entry (a pair's slot: ``betas =
+    (b1, s(t))``) set to its value before each update, which torch reads each step."""
+    sched = _HYPER_SCHEDULE[h.name]
+    rich = dict(RICH[cls_name])
+    flat, params = make_params(dtype, seed=5)
+    grads = make_grads(dtype, 60, seed=5)
+    lr = rich["lr"]
+    with torch_default_dtype(torch, dtype):
+        twin = TorchTwin(torch, cls_name,
+                         groups_of(params, _with_schedule(rich, h, sched(0)),
+                                   _with_schedule(rich, h, sched(0)) | {"lr": lr / 2}))
+        opt = getattr(fastlr, cls_name)(groups_of(params, _with_schedule(rich, h, sched),
+                                                  _with_schedule(rich, h, sched)
+                                                  | {"lr": lr / 2}))
+        for t, g in enumerate(grads):
+            for tg in twin.opt.param_groups:
+                if h.pair:
+                    tg[h.pair] = _with_schedule({h.pair: tg[h.pair]}, h, sched(t))[h.pair]
+                else:
+                    tg[h.name] = sched(t)
+            opt.step(list(g))
+            twin.step(g)
+            if t in (0, 9, 29) or t == len(grads) - 1:
+                compare_with_torch(opt, twin, dtype, f"{cls_name} {h.name} step {t + 1}",
+                                   _family_rtol(cls_name, dtype))
+    saved = opt.state_dict()["param_groups"][0]
+    if h.pair:
+        slot = [x.name for x in opt._family.hypers if x.pair == h.pair].index(h.name)
+        assert saved[h.pair][slot] == {"schedule": repr(sched)}
+    else:
+        assert saved[h.name] == {"schedule": repr(sched)}
+
+
+@pytest.mark.parametrize("cls_name, h", _schedulable_cases(False))
+def test_scheduled_hyperparameter_matches_the_twin(cls_name, h):
+    """The compiled step against the NumPy twins' step with the same schedule (Lion, which
+    torch lacks, included)."""
+    sched = _HYPER_SCHEDULE[h.name]
+    rich = _with_schedule(RICH[cls_name], h, sched)
+    flat, params = make_params(np.float64, seed=6)
+    flat2, params2 = clone_params(flat, params)
+    a = getattr(fastlr, cls_name)(groups_of(params, rich, dict(rich, lr=rich["lr"] / 2)))
+    b = getattr(fastlr, cls_name)(groups_of(params2, rich, dict(rich, lr=rich["lr"] / 2)))
+    for g in make_grads(np.float64, 40, seed=6):
+        a.step(list(g))
+        b.step_reference(list(g))
+    for i, (p, q) in enumerate(zip(all_params(a), all_params(b))):
+        assert_close(p, q, np.float64, f"params[{i}]", 1e-13)
+
+
+def _bad_value(rule):
+    return {"nonneg": -1.0, "unit": 1.0, "closed_unit": 1.5, "finite": float("nan"),
+            "open_unit": 0.0, "above_one": 1.0}[rule]
+
+
+def _scheduled_cases():
+    return [pytest.param(c, h, id=f"{c}-{h.name}") for c, row in _specs.OPTIMIZERS.items()
+            for h in _specs.FAMILIES[row.family].hypers
+            if h.schedulable and h.name not in row.fixed]
+
+
+@pytest.mark.parametrize("cls_name, h", _scheduled_cases())
+def test_out_of_range_scheduled_value_raises_and_changes_nothing(cls_name, h):
+    """A schedule that leaves the hyperparameter's range: that step raises the table rule's
+    error naming the group, the key and the step, and writes nothing."""
+    rich = RICH[cls_name]
+    good = (rich[h.name] if h.name in rich else
+            rich[h.pair][[x.name for x in _specs.FAMILIES[_specs.OPTIMIZERS[cls_name].family]
+                          .hypers if x.pair == h.pair].index(h.name)] if h.pair in rich
+            else _specs.OPTIMIZERS[cls_name].defaults.get(h.name, h.default))
+    bad = _bad_value(h.check)
+    sched = lambda t: good if t < 3 else bad        # noqa: E731
+    flat, params = make_params(np.float64, seed=7)
+    opt = getattr(fastlr, cls_name)(groups_of(params, dict(rich),
+                                              _with_schedule(rich, h, sched)))
+    grads = make_grads(np.float64, 4, seed=7)
+    for g in grads[:3]:
+        opt.step(list(g))
+    snap = snapshot(opt)
+    key = f"{h.pair}[{[x.name for x in opt._family.hypers if x.pair == h.pair].index(h.name)}]" \
+        if h.pair else h.name
+    with pytest.raises(ValueError, match=rf"fastlr\.{cls_name}\.step: param_groups\[1\]"
+                                         rf"\['{re.escape(key)}'\] is {re.escape(repr(bad))} "
+                                         r"at step 3 \(from its schedule\); expected "):
+        opt.step(list(grads[3]))
+    assert_unchanged(opt, snap, f"{cls_name} {h.name}")
+
+
+@pytest.mark.parametrize("slot", [0, 1])
+def test_a_scheduled_betas_slot_in_checkpoints(slot, tmp_path):
+    """Either slot of ``betas`` may be a schedule; checkpoints record it by repr and compare
+    it on load (a different schedule raises, the same one loads)."""
+    sched = S.cosine(0.9 if slot == 0 else 0.999, 30, end=0.5)
+    betas = (sched, 0.999) if slot == 0 else (0.9, sched)
+    flat, params = make_params(np.float64, seed=8)
+    opt = fastlr.Adam(params, lr=0.01, betas=betas)
+    for g in make_grads(np.float64, 5, seed=8):
+        opt.step(list(g))
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["betas"][slot] == {"schedule": repr(sched)}
+    opt.save(tmp_path / "ckpt.npz")
+    flat2, params2 = clone_params(*make_params(np.float64, seed=8))
+    same = fastlr.Adam(params2, lr=0.01, betas=betas)
+    same.load(tmp_path / "ckpt.npz")
+    same.load_state_dict(saved)
+    assert same.steps == 5 and same.param_groups[0]["betas"][slot] is sched
+    other = S.cosine(0.8, 30, end=0.5)
+    differ = fastlr.Adam(params2, lr=0.01, betas=(other, 0.999) if slot == 0 else (0.9, other))
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['betas'\]"):
+        differ.load(tmp_path / "ckpt.npz")
+    assert differ.steps == 0
+
+
+def test_nesterov_with_a_scheduled_dampening():
+    """SGD: nesterov needs dampening == 0; a scheduled dampening is checked each step."""
+    w = np.ones(3)
+    opt = fastlr.SGD([w], lr=0.1, momentum=0.9, nesterov=True,
+                     dampening=lambda t: 0.0 if t < 2 else 0.5)
+    opt.step([np.ones(3)])
+    opt.step([np.ones(3)])
+    before = w.copy()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['dampening'\] is 0\.5 at step "
+                                         r"2 \(from its schedule\); expected 0 \(nesterov"):
+        opt.step([np.ones(3)])
+    assert np.array_equal(w, before) and opt.steps == 2
+    with pytest.raises(ValueError, match="nesterov=True requires"):
+        fastlr.SGD([w], lr=0.1, momentum=0.9, nesterov=True, dampening=0.1)
 
 
 def test_adagrad_initial_accumulator_value_per_group(torch):
@@ -542,10 +771,20 @@ def global_norm(grads):
                                                 for g in grads])))
 
 
+def scheduled(name, schedule, lr):
+    """A group's entries with a schedule: ``lr=schedule`` where the class schedules lr;
+    Rprop (whose lr only fills step_size) gets ``lr`` and a scheduled step_size_max."""
+    if "lr" in getattr(fastlr, name)._schedulable:
+        return {"lr": schedule}
+    return {"lr": lr, "step_sizes": (RICH[name]["step_sizes"][0],
+                                     S.cosine(0.5, 25, end=0.05))}
+
+
 def build(name, params, **options):
     kw = dict(RICH[name])
     lr = kw.pop("lr")
-    groups = [dict(params=params[:3], lr=S.cosine(lr, 20)), dict(params=params[3:], lr=lr / 2)]
+    groups = [dict(params=params[:3], **scheduled(name, S.cosine(lr, 20), lr)),
+              dict(params=params[3:], lr=lr / 2)]
     return getattr(fastlr, name)(groups, **kw, **options)
 
 
@@ -859,7 +1098,8 @@ TORCH_NAN_KW = {"SGD": dict(lr=0.05, momentum=0.9), "RMSprop": dict(lr=0.01, cen
                                                                      momentum=0.5),
                 "Adam": dict(lr=0.01, amsgrad=True), "AdamW": dict(lr=0.01),
                 "Adagrad": dict(lr=0.05), "Adadelta": dict(lr=1.0),
-                "Adamax": dict(lr=0.01), "NAdam": dict(lr=0.01), "RAdam": dict(lr=0.01)}
+                "Adamax": dict(lr=0.01), "NAdam": dict(lr=0.01), "RAdam": dict(lr=0.01),
+                "Rprop": dict(lr=0.01), "ASGD": dict(lr=0.01)}
 
 
 @pytest.mark.parametrize("name", TORCH_HAS)
@@ -889,7 +1129,10 @@ def test_nonfinite_propagates_as_torch_by_default(torch, name, bad):
                                               err_msg=f"NaN mask of {what} after {t + 1}")
                 np.testing.assert_array_equal(np.isinf(mine), np.isinf(theirs),
                                               err_msg=f"Inf mask of {what} after {t + 1}")
-        assert not np.isfinite(p[3])
+        if name == "Rprop":     # it moves by sign(g) (torch.sign(NaN) = 0): the bad grad
+            assert np.isfinite(p).all()     # lands in prev (for one step: masks above)
+        else:
+            assert not np.isfinite(p[3])
         assert opt.steps == 3 and opt.skipped_steps == 0
 
 
@@ -901,7 +1144,9 @@ def test_nan_propagates_without_skip(name):
     grads[1][3][2] = np.nan
     assert opt.step(grads[0]) is None
     assert opt.step(grads[1]) is None
-    assert np.isnan(params[3][2]) and opt.steps == 2 and opt.skipped_steps == 0
+    # Rprop moves by sign(g), torch.sign(NaN) = 0: the NaN stays in prev
+    hit = opt.state[3]["prev"] if name == "Rprop" else params[3]
+    assert np.isnan(hit[2]) and opt.steps == 2 and opt.skipped_steps == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -1203,10 +1448,10 @@ BAD_AT = (5, 20)        # steps whose grads hold a NaN (skipped)
 def _resume_opt(name, params):
     kw = dict(RICH[name])
     lr = kw.pop("lr")
-    groups = [dict(params=params[:3], lr=S.join([S.linear(lr, start_factor=0.1,
-                                                           total_steps=5),
-                                                  S.cosine(lr, 25)], [5])),
-              dict(params=params[3:], lr=S.step_decay(lr / 2, 10, 0.5))]
+    groups = [dict(params=params[:3], **scheduled(name, S.join([S.linear(lr, start_factor=0.1,
+                                                                        total_steps=5),
+                                                               S.cosine(lr, 25)], [5]), lr)),
+              dict(params=params[3:], **scheduled(name, S.step_decay(lr / 2, 10, 0.5), lr / 2))]
     return getattr(fastlr, name)(groups, **kw, max_grad_norm=2.0, skip_nonfinite=True)
 
 
@@ -1369,3 +1614,49 @@ def test_a_new_row_makes_a_working_class():
         want.step([g.copy()])
     np.testing.assert_array_equal(a, b)
     assert mine.state[0]["mu_product"] == want.state[0]["mu_product"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_rprop_step_size_starts_at_the_lr_of_the_first_update(torch, dtype):
+    """torch creates Rprop's step_size (filled with the group's lr) at a param's first
+    update: an lr written before it counts, one written after it does not (lr is no
+    longer read); a group added later starts at its own lr."""
+    p0 = np.linspace(-1.0, 1.0, 6).astype(dtype)
+    grads = [np.sin(np.arange(6) + t).astype(dtype) for t in range(6)]
+    with torch_default_dtype(torch, dtype):
+        p, q = p0.copy(), p0[:3].copy()
+        opt = fastlr.Rprop([p], lr=0.01)
+        tp = torch.nn.Parameter(torch.tensor(p0))
+        tq = torch.nn.Parameter(torch.tensor(p0[:3]))
+        topt = torch.optim.Rprop([tp], lr=0.01, foreach=False)
+        for t, g in enumerate(grads):
+            lr = {0: 0.3, 2: 0.05}.get(t)
+            if lr is not None:
+                opt.param_groups[0]["lr"] = topt.param_groups[0]["lr"] = lr
+            if t == 3:
+                opt.add_param_group({"params": [q], "lr": 0.02})
+                topt.add_param_group({"params": [tq], "lr": 0.02})
+                opt.param_groups[1]["lr"] = topt.param_groups[1]["lr"] = 0.7
+            if t >= 3:
+                opt.step([g, g[:3]])
+                tq.grad = torch.tensor(g[:3])
+            else:
+                opt.step([g])
+            tp.grad = torch.tensor(g)
+            topt.step()
+            for mine, theirs in ((p, tp), (q, tq)):
+                np.testing.assert_array_equal(mine, theirs.detach().numpy())
+            np.testing.assert_array_equal(opt.state[0]["step_size"],
+                                          topt.state[tp]["step_size"].numpy())
+    assert opt.state[1]["step_size"].max() > 0.5       # from lr=0.7, not 0.02
+
+
+@pytest.mark.parametrize("value", [S.cosine(0.1, 10), lambda t: 0.1])
+def test_rprop_lr_takes_no_schedule(value):
+    with pytest.raises(TypeError, match=r"fastlr\.Rprop: lr must be a number, not a "
+                                        r"schedule: it only sets where"):
+        fastlr.Rprop([np.ones(2)], lr=value)
+    opt = fastlr.Rprop([np.ones(2)], etas=(S.cosine(0.5, 10, end=0.3), 1.2))
+    with pytest.raises(TypeError, match=r"\['lr'\] must be a number, not a schedule"):
+        opt.param_groups[0]["lr"] = value
+    assert opt.param_groups[0]["lr"] == 0.01

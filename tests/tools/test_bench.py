@@ -402,7 +402,7 @@ def test_every_table_row_is_a_bench_row():
     assert bench.SPECS["adagrad"].torch_state == {"state_sum": "sum"}
     assert bench.SPECS["nadam"].scalars == {"mu_product": 1.0}
     assert [n for n in bench.OPTIMIZERS if not bench.has_numpy(n)] == [
-        "adagrad", "adadelta", "adamax", "nadam", "radam", "lion"]
+        "adagrad", "adadelta", "adamax", "nadam", "radam", "lion", "rprop", "asgd"]
 
 
 def test_rows_without_a_numpy_baseline_say_so(capsys):

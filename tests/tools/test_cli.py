@@ -98,7 +98,7 @@ def test_demo_offers_every_table_optimizer(capsys):
     from fastlr import _specs
 
     assert set(cli.OPTIMIZERS) == {o.cls.lower() for o in _specs.OPTIMIZERS.values()}
-    assert len(cli.OPTIMIZERS) == len(_specs.OPTIMIZERS) == 10
+    assert len(cli.OPTIMIZERS) == len(_specs.OPTIMIZERS) == 12
     with pytest.raises(SystemExit) as info:
         cli.main(["demo", "--help"])
     assert info.value.code == 0
