@@ -1,5 +1,5 @@
 # Type stubs for the compiled module fastlr._core.schedulefree (the fused loops of the
-# schedule-free optimizers; lists of 1-D contiguous float32/float64 arrays).
+# schedule-free optimizers; lists of float32/float64 arrays, C- or F-contiguous).
 from typing import List
 
 import numpy as np
@@ -11,3 +11,5 @@ def adam_step(ys: List[np.ndarray], grads: List[np.ndarray], zs: List[np.ndarray
               weight_decay: float, beta2: float, bias_correction2: float, eps: float,
               adaptive: bool) -> None: ...
 def switch(ys: List[np.ndarray], zs: List[np.ndarray], weight: float) -> None: ...
+def first_bad_grad(ys: List[np.ndarray], grads: List[object], starts: np.ndarray,
+                   ends: np.ndarray) -> int: ...

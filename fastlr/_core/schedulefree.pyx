@@ -21,21 +21,28 @@
 #    its two branches (|w| < 0.5: a + w (b - a), else b - (b - a) (1 - w)), addcmul as
 #    (value * g) * g, add/sub with alpha as a + alpha * b. Built with -ffp-contract=off (no
 #    fused multiply-adds), so a float64 step agrees with torch's to an ulp or so per step.
-# c) Arguments: lists of 1-D contiguous arrays (the optimizer passes flat views of its
-#    params and state, each in its memory order), one dtype per param (float32 or float64)
-#    and one size per param across the lists; y, z, v writeable; a grad may be read-only
-#    but may not overlap the buffers written. Every array of every list is checked first;
-#    only then do the loops run (without the GIL from NOGIL_MIN_SIZE elements in all).
-#    Nothing is written when a check fails.
+# c) Arguments: lists of arrays, the params (float32 or float64, C- or F-contiguous) and,
+#    per param, its grad and state with its dtype, shape and layout, so that every buffer
+#    of a param is walked in one memory order; y, z, v writeable; a grad may be read-only
+#    but may not overlap the buffers written. Every array of every list is checked first
+#    (NumPy's C API: no Python attribute lookups); only then do the loops run (without the
+#    GIL from NOGIL_MIN_SIZE elements in all). Nothing is written when a check fails.
+#    `first_bad_grad` is the optimizer's check of the user's grads against all its params,
+#    in C; the optimizer words the message on the error path only.
 # d) Argument directions are marked # IN / # OUT on the functions below.
 
 cimport cython
 from cython cimport floating
 from libc.math cimport sqrt
-from libc.stdint cimport uintptr_t
+from libc.stdint cimport uint64_t, uintptr_t
 from libc.stdlib cimport malloc, free
 
+cimport numpy as cnp
 import numpy as np
+
+from fastlr._core.arrays cimport check_like, same_shape
+
+cnp.import_array()
 
 cdef enum:
     NOGIL_MIN_SIZE = 4096   # elements in all from which the loops release the GIL
@@ -156,28 +163,38 @@ cdef void _switch_all(const Arrays* arr, Py_ssize_t k, double weight) noexcept n
             _switch_loop(<float*>arr[i].y, <const float*>arr[i].z, arr[i].n, weight)
 
 
-cdef char* _buffer(str fn, str label, object a, object dtype, Py_ssize_t n, bint written,
-                   bint first) except NULL:
-    """The data pointer of one checked array (1-D, contiguous, float32/float64, native,
-    aligned; ``dtype`` and size ``n`` as the list's first array unless ``first``)."""
+cdef inline bint _usable(cnp.ndarray a) noexcept:
+    """float32 or float64 (native), C- or F-contiguous, aligned."""
+    cdef int t = cnp.PyArray_TYPE(a)
+    return ((t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64) and cnp.PyArray_ISNOTSWAPPED(a)
+            and (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a))
+            and cnp.PyArray_ISALIGNED(a))
+
+
+cdef inline bint _like(cnp.ndarray a, cnp.ndarray ref) noexcept:
+    """``a`` has ``ref``'s dtype, shape and contiguous layout (and is aligned)."""
+    return (cnp.PyArray_TYPE(a) == cnp.PyArray_TYPE(ref) and same_shape(a, ref)
+            and (cnp.PyArray_IS_C_CONTIGUOUS(a) if cnp.PyArray_IS_C_CONTIGUOUS(ref)
+                 else cnp.PyArray_IS_F_CONTIGUOUS(a))
+            and cnp.PyArray_ISALIGNED(a))
+
+
+cdef char* _buffer(str fn, str label, object a, object ref, bint written) except NULL:
+    """The data pointer of one checked array: float32/float64, contiguous, aligned (the
+    param, ``ref`` None), or with its param ``ref``'s dtype, shape and layout."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{fn}: {label} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.ndim != 1 or not a.flags.c_contiguous:
-        raise ValueError(f"{fn}: {label} must be a 1-D contiguous array, got shape "
-                         f"{a.shape} and strides {a.strides}")
-    if first:
-        if a.dtype != np.float32 and a.dtype != np.float64 or not a.dtype.isnative:
-            raise TypeError(f"{fn}: {label} must have dtype float32 or float64, got {a.dtype}")
-    elif a.dtype != dtype:
-        raise TypeError(f"{fn}: {label} must have dtype {dtype} like its param, got {a.dtype}")
-    if not first and a.shape[0] != n:
-        raise ValueError(f"{fn}: {label} must have {n} elements like its param, got "
-                         f"{a.shape[0]}")
-    if written and not a.flags.writeable:
-        raise ValueError(f"{fn}: {label} is read-only but is updated in place")
-    if not a.flags.aligned:
+    if ref is None:
+        if not _usable(a):
+            raise ValueError(f"{fn}: {label} must be a float32 or float64 array (native, "
+                             f"aligned, C- or F-contiguous), got {a.dtype} with strides "
+                             f"{a.strides}")
+    elif not _like(a, ref):
+        check_like(fn, label, a, f"ys[{label.partition('[')[2]}", ref, written)
         raise ValueError(f"{fn}: {label} is not aligned in memory")
-    return <char*><uintptr_t>a.__array_interface__["data"][0]
+    if written and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{fn}: {label} is read-only but is updated in place")
+    return <char*>cnp.PyArray_DATA(a)
 
 
 cdef bint _overlap(char* a, char* b, Py_ssize_t nbytes):
@@ -187,9 +204,10 @@ cdef bint _overlap(char* a, char* b, Py_ssize_t nbytes):
 cdef Arrays* _gather(str fn, list ys, list grads, list zs, list vs, Py_ssize_t* total) except NULL:
     """Check every array of the lists and return their pointers (malloc'ed; the caller frees).
     ``vs`` is None for SGD and the mode switch; ``grads`` is None for the switch."""
-    cdef Py_ssize_t k = len(ys), i, n, nbytes
+    cdef Py_ssize_t k = len(ys), i, nbytes
     cdef Arrays* arr
     cdef str which
+    cdef cnp.ndarray y
     for which, lst in (("grads", grads), ("zs", zs), ("vs", vs)):
         if lst is not None and len(lst) != k:
             raise ValueError(f"{fn}: {which} has {len(lst)} arrays for {k} params (ys)")
@@ -199,18 +217,14 @@ cdef Arrays* _gather(str fn, list ys, list grads, list zs, list vs, Py_ssize_t* 
     total[0] = 0
     try:
         for i in range(k):
+            arr[i].y = _buffer(fn, f"ys[{i}]", ys[i], None, True)
             y = ys[i]
-            arr[i].y = _buffer(fn, f"ys[{i}]", y, None, 0, True, True)
-            n = y.shape[0]
-            dtype = y.dtype
-            arr[i].n = n
-            arr[i].f64 = dtype == np.float64
-            nbytes = n * dtype.itemsize
-            arr[i].z = _buffer(fn, f"zs[{i}]", zs[i], dtype, n, True, False)
-            arr[i].g = NULL if grads is None else \
-                _buffer(fn, f"grads[{i}]", grads[i], dtype, n, False, False)
-            arr[i].v = NULL if vs is None else \
-                _buffer(fn, f"vs[{i}]", vs[i], dtype, n, True, False)
+            arr[i].n = cnp.PyArray_SIZE(y)
+            arr[i].f64 = cnp.PyArray_TYPE(y) == cnp.NPY_FLOAT64
+            nbytes = cnp.PyArray_NBYTES(y)
+            arr[i].z = _buffer(fn, f"zs[{i}]", zs[i], y, True)
+            arr[i].g = NULL if grads is None else _buffer(fn, f"grads[{i}]", grads[i], y, False)
+            arr[i].v = NULL if vs is None else _buffer(fn, f"vs[{i}]", vs[i], y, True)
             if _overlap(arr[i].y, arr[i].z, nbytes) or \
                     (arr[i].v != NULL and (_overlap(arr[i].y, arr[i].v, nbytes) or
                                            _overlap(arr[i].z, arr[i].v, nbytes))):
@@ -221,11 +235,56 @@ cdef Arrays* _gather(str fn, list ys, list grads, list zs, list vs, Py_ssize_t* 
                                      (arr[i].v != NULL and _overlap(arr[i].g, arr[i].v, nbytes))):
                 raise ValueError(f"{fn}: grads[{i}] overlaps a buffer the step writes (its "
                                  f"param or state)")
-            total[0] += n
+            total[0] += arr[i].n
     except BaseException:
         free(arr)
         raise
     return arr
+
+
+def first_bad_grad(list ys, list grads, const uint64_t[::1] starts,
+                   const uint64_t[::1] ends):
+    """The index of the first grad that cannot be used, or -1 (all checks in C).
+
+    A grad is usable when it is an ndarray with its param's dtype, shape and contiguous
+    layout, aligned, and overlaps none of the params (``starts`` / ``ends``: the params'
+    byte spans, sorted and disjoint). The optimizer formats the message for the index
+    returned (its error path only).
+
+    Parameters
+    ----------
+    ys : list of numpy.ndarray
+        # IN: the params (checked when the optimizer was built).
+    grads : list
+        # IN: the grads, as many as ``ys``.
+    starts, ends : numpy.ndarray of uint64
+        # IN: the start and end addresses of the params' nonempty buffers, sorted.
+    """
+    cdef Py_ssize_t i, k = len(ys), lo, hi, mid, m = starts.shape[0]
+    cdef uint64_t a, b
+    cdef object g
+    if len(grads) != k or ends.shape[0] != m:
+        raise ValueError(f"fastlr._core.schedulefree.first_bad_grad: got {len(grads)} grads "
+                         f"for {k} params and {ends.shape[0]} ends for {m} starts")
+    for i in range(k):
+        g = grads[i]
+        if not isinstance(g, np.ndarray) or not _like(g, ys[i]):
+            return i
+        a = <uint64_t><uintptr_t>cnp.PyArray_DATA(g)
+        b = a + <uint64_t>cnp.PyArray_NBYTES(g)
+        if a == b:
+            continue
+        # the first span ending after a: the only one that can overlap [a, b)
+        lo, hi = 0, m
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ends[mid] <= a:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < m and starts[lo] < b:
+            return i
+    return -1
 
 
 def _coef(str fn, str label, object value):
@@ -243,9 +302,9 @@ def sgd_step(list ys, list grads, list zs, *, ckp1, lr, y_coef, weight_decay):
     Parameters
     ----------
     ys : list of numpy.ndarray
-        # IN/OUT: the params (the training point y), 1-D contiguous, float32 or float64.
+        # IN/OUT: the params (the training point y), float32 or float64, C or F order.
     grads : list of numpy.ndarray
-        # IN: the grads, each of its param's dtype and size (may be read-only).
+        # IN: the grads, each of its param's dtype, shape and layout (may be read-only).
     zs : list of numpy.ndarray
         # IN/OUT: the state z of each param.
     ckp1, lr, y_coef, weight_decay : float
@@ -280,9 +339,9 @@ def adam_step(list ys, list grads, list zs, list vs, *, ckp1, lr, y_coef, weight
     Parameters
     ----------
     ys : list of numpy.ndarray
-        # IN/OUT: the params (the training point y), 1-D contiguous, float32 or float64.
+        # IN/OUT: the params (the training point y), float32 or float64, C or F order.
     grads : list of numpy.ndarray
-        # IN: the grads, each of its param's dtype and size (may be read-only).
+        # IN: the grads, each of its param's dtype, shape and layout (may be read-only).
     zs, vs : list of numpy.ndarray
         # IN/OUT: the state z and exp_avg_sq of each param.
     ckp1, lr, y_coef, weight_decay, beta2, bias_correction2, eps : float
@@ -320,9 +379,9 @@ def switch(list ys, list zs, weight):
     Parameters
     ----------
     ys : list of numpy.ndarray
-        # IN/OUT: the params, 1-D contiguous, float32 or float64.
+        # IN/OUT: the params, float32 or float64, C- or F-contiguous.
     zs : list of numpy.ndarray
-        # IN: the state z of each param, of its param's dtype and size.
+        # IN: the state z of each param, of its param's dtype, shape and layout.
     weight : float
         # IN: the lerp weight.
     """

@@ -101,9 +101,6 @@ class _ScheduleFree:
         self._check_overlap(self._params, all_names)
         bounds = np.cumsum([0] + [len(g["params"]) for g in self.param_groups]).tolist()
         self._slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-        #: each param's memory order ('C' or 'F'): grads must share it
-        self._orders = ["C" if p.flags.c_contiguous else "F" for p in self._params]
-        self._flat = [p.reshape(-1, order=o) for p, o in zip(self._params, self._orders)]
         spans = sorted((p.__array_interface__["data"][0], p.nbytes) for p in self._params
                        if p.nbytes)
         self._starts = np.array([a for a, _ in spans], dtype=np.uint64)
@@ -250,60 +247,51 @@ class _ScheduleFree:
     # ------------------------------------------------------------------------------------
     # the step
     # ------------------------------------------------------------------------------------
-    def _flat_grads(self, fn: str, grads: Any) -> List[np.ndarray]:
-        """The grads checked (type, dtype, shape, layout, overlap with the params) and as
-        flat views in their params' memory order."""
+    def _checked_grads(self, fn: str, grads: Any) -> List[np.ndarray]:
+        """The grads as a list in param order, checked in C (type, dtype, shape, layout,
+        alignment, no overlap with a param); the message is formed on the error path."""
         n = len(self._params)
-        if isinstance(grads, dict):
-            grads = by_name(fn, self._names, grads, "the grads",
-                            f"it needs one grad per param name ({n}). Nothing was updated",
-                            self._getter)
-            labels = [f"grads[{k!r}]" for k in self._names or ()]
-        elif isinstance(grads, (list, tuple)):
-            labels = [f"grads[{i}]" for i in range(len(grads))]
-        else:
-            raise TypeError(f"{fn}: grads must be a list of {n} arrays in param order"
-                            f"{' or a dict of name -> array' if self._names else ''}, got "
-                            f"{type(grads).__name__}")
+        named = False
+        if type(grads) is not list:
+            if isinstance(grads, dict):
+                grads = list(by_name(fn, self._names, grads, "the grads",
+                                     f"it needs one grad per param name ({n}). Nothing was "
+                                     f"updated", self._getter))
+                named = True
+            elif isinstance(grads, (list, tuple)):
+                grads = list(grads)
+            else:
+                raise TypeError(f"{fn}: grads must be a list of {n} arrays in param order"
+                                f"{' or a dict of name -> array' if self._names else ''}, "
+                                f"got {type(grads).__name__}")
         if len(grads) != n:
             raise ValueError(f"{fn}: got {len(grads)} grads for {n} params")
-        out = []
-        for i, (g, p) in enumerate(zip(grads, self._params)):
-            if not isinstance(g, np.ndarray):
-                raise TypeError(f"{fn}: {labels[i]} must be a numpy.ndarray, got "
-                                f"{type(g).__name__}")
-            if g.dtype != p.dtype:
-                raise TypeError(f"{fn}: {labels[i]} must have dtype {p.dtype} like "
-                                f"{self._label(i)}, got {g.dtype}")
-            if g.shape != p.shape:
-                raise ValueError(f"{fn}: {labels[i]} must have shape {p.shape} like "
-                                 f"{self._label(i)}, got {g.shape}")
-            order = self._orders[i]
-            if not (g.flags.c_contiguous if order == "C" else g.flags.f_contiguous):
-                raise TypeError(f"{fn}: {labels[i]} must be {order}-contiguous like "
-                                f"{self._label(i)}, got strides {g.strides}")
-            if not g.flags.aligned:
-                raise ValueError(f"{fn}: {labels[i]} is not aligned in memory")
-            out.append(g.reshape(-1, order=order))
-        self._check_grad_overlap(fn, out, labels)
-        return out
+        bad = _kernels.first_bad_grad(self._params, grads, self._starts, self._ends)
+        if bad >= 0:
+            self._explain_grad(fn, grads[bad], bad, named)
+        return grads
 
-    def _check_grad_overlap(self, fn, flat, labels):
-        """A grad may not share memory with any param (the step writes the params)."""
-        if not len(self._starts):
-            return
-        starts = np.array([g.__array_interface__["data"][0] for g in flat], dtype=np.uint64)
-        ends = starts + np.array([g.nbytes for g in flat], dtype=np.uint64)
-        # the params' spans are disjoint and sorted: the first span ending after a grad's
-        # start is the only candidate
-        k = np.searchsorted(self._ends, starts, side="right")
-        inside = k < len(self._ends)
-        kk = np.minimum(k, len(self._ends) - 1)
-        bad = inside & (self._starts[kk] < ends) & (ends > starts)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"{fn}: {labels[i]} overlaps a param in memory (the step writes "
-                             f"the params; pass a separate grad buffer). Nothing was updated")
+    def _explain_grad(self, fn, g, i, named):
+        """Raise the error for grad ``i``, which ``first_bad_grad`` refused."""
+        label = f"grads[{self._names[i]!r}]" if named and self._names else f"grads[{i}]"
+        p = self._params[i]
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{fn}: {label} must be a numpy.ndarray, got {type(g).__name__}")
+        if g.dtype != p.dtype:
+            raise TypeError(f"{fn}: {label} must have dtype {p.dtype} like {self._label(i)}, "
+                            f"got {g.dtype}")
+        if g.shape != p.shape:
+            raise ValueError(f"{fn}: {label} must have shape {p.shape} like "
+                             f"{self._label(i)}, got {g.shape}")
+        order = "C" if p.flags.c_contiguous else "F"
+        if not (g.flags.c_contiguous if order == "C" else g.flags.f_contiguous):
+            raise ValueError(f"{fn}: {label} must be {order}-contiguous like "
+                             f"{self._label(i)}, got strides {g.strides} (np.asarray(g, "
+                             f"order={order!r}) makes a copy that is)")
+        if not g.flags.aligned:
+            raise ValueError(f"{fn}: {label} is not aligned in memory")
+        raise ValueError(f"{fn}: {label} overlaps a param in memory (the step writes the "
+                         f"params; pass a separate grad buffer). Nothing was updated")
 
     def step(self, grads: Any) -> None:
         """Apply one schedule-free update to every param, in place (train mode only).
@@ -338,16 +326,16 @@ class _ScheduleFree:
                                    f"averaged point x); call train() before stepping and "
                                    f"eval() before evaluating or saving the params. Nothing "
                                    f"was updated")
-            flat = self._flat_grads(fn, grads)
+            grads = self._checked_grads(fn, grads)
             t = self._t
             plans = [self._coefficients(g, group, t)
                      for g, group in enumerate(self.param_groups)]
             if self._buffers is None:
                 self._buffers = self._new_buffers()
-            views = self._flat_buffers
+            bufs = [self._buffers[k] for k in self._BUFFERS]
             for g, (_, _, _, kwargs) in enumerate(plans):
                 s = self._slices[g]
-                self._run(self._flat[s], flat[s], [v[s] for v in views], kwargs)
+                self._run(self._params[s], grads[s], [b[s] for b in bufs], kwargs)
             for g, (lr_max, weight_sum, lr, _) in enumerate(plans):
                 self._lr_max[g], self._weight_sum[g], self._scheduled_lr[g] = \
                     lr_max, weight_sum, lr
@@ -361,12 +349,7 @@ class _ScheduleFree:
         bufs = {"z": [np.array(p, copy=True, order="K") for p in self._params]}
         if "exp_avg_sq" in self._BUFFERS:
             bufs["exp_avg_sq"] = [np.zeros_like(p) for p in self._params]
-        self._set_flat_buffers(bufs)
         return bufs
-
-    def _set_flat_buffers(self, bufs):
-        self._flat_buffers = [[b.reshape(-1, order=o) for b, o in zip(bufs[k], self._orders)]
-                              for k in self._BUFFERS]
 
     # ------------------------------------------------------------------------------------
     # train / eval
@@ -402,11 +385,11 @@ class _ScheduleFree:
             if self._train_mode == to_train:
                 return
             if self._buffers is not None:
-                z = self._flat_buffers[0]
+                z = self._buffers["z"]
                 for g, group in enumerate(self.param_groups):
                     beta1 = float(self._beta1(group))
                     s = self._slices[g]
-                    _kernels.switch(self._flat[s], z[s],
+                    _kernels.switch(self._params[s], z[s],
                                     1 - beta1 if to_train else 1 - 1 / beta1)
             self._train_mode = to_train
 
@@ -567,8 +550,6 @@ class _ScheduleFree:
         self._weight_sum = [c[1] for c in counters]
         self._scheduled_lr = [c[2] for c in counters]
         self._buffers = bufs
-        if bufs is not None:
-            self._set_flat_buffers(bufs)
 
     def _checked_state(self, name, st, steps):
         """A state dict's ``state`` checked and copied into the params' dtypes and
@@ -598,7 +579,8 @@ class _ScheduleFree:
                                      f"shape {p.shape} like {self._label(i)}, got "
                                      f"{getattr(v, 'dtype', type(v).__name__)} "
                                      f"{getattr(v, 'shape', '')}")
-                out[k].append(np.array(v, dtype=p.dtype, order=self._orders[i], copy=True))
+                order = "C" if p.flags.c_contiguous else "F"
+                out[k].append(np.array(v, dtype=p.dtype, order=order, copy=True))
         return out
 
     def save(self, path: PathLike) -> None:

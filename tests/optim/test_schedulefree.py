@@ -73,18 +73,42 @@ def test_switch_is_its_twin(dtype, weight):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loops_walk_any_layout_in_memory_order(dtype):
+    rng = np.random.default_rng(4)
+    shapes = [(3, 5), (2, 3, 4), ()]
+    make = [lambda a: np.asfortranarray(a), lambda a: a, lambda a: a]
+    ys, gs, zs, vs = ([f(rng.standard_normal(sh).astype(dtype)) for f, sh in
+                       zip(make, shapes)] for _ in range(4))
+    vs = [np.asarray(np.abs(v)) for v in vs]
+    a = [[x.copy(order="K") for x in lst] for lst in (ys, zs, vs)]
+    b = [[x.copy(order="K") for x in lst] for lst in (ys, zs, vs)]
+    kw = dict(ckp1=0.25, lr=0.01, y_coef=-0.002, weight_decay=0.1, beta2=0.99,
+              bias_correction2=0.0199, eps=1e-8, adaptive=True)
+    K.adam_step(a[0], gs, a[1], a[2], **kw)
+    R.adam_step(b[0], gs, b[1], b[2], **kw)
+    K.switch(a[0], a[1], 0.1)
+    R.switch(b[0], b[1], 0.1)
+    for x, y in zip(sum(a, []), sum(b, [])):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match=r"zs\[0\] is C-contiguous but ys\[0\] is "
+                                         r"F-contiguous"):
+        K.switch(a[0], [np.ascontiguousarray(a[1][0])] + a[1][1:], 0.1)
+
+
 def test_loops_check_everything_before_writing():
     ys = [np.ones(3), np.ones(4)]
     zs = [np.zeros(3), np.zeros(4)]
     before = [y.copy() for y in ys]
     kw = dict(ckp1=0.5, lr=0.1, y_coef=-0.1, weight_decay=0.0)
     cases = [
-        ([np.ones(3), np.ones(5)], zs, ValueError, r"grads\[1\] must have 4 elements"),
-        ([np.ones(3), np.ones(4, np.float32)], zs, TypeError, r"grads\[1\] must have dtype"),
-        ([np.ones(3), np.ones((2, 2))], zs, ValueError, r"grads\[1\] must be a 1-D"),
+        ([np.ones(3), np.ones(5)], zs, ValueError, r"grads\[1\] has shape \(5,\) but ys\[1\]"),
+        ([np.ones(3), np.ones(4, np.float32)], zs, TypeError, r"grads\[1\] has dtype float32"),
+        ([np.ones(3), np.ones((2, 2))], zs, ValueError, r"grads\[1\] has shape \(2, 2\)"),
         ([np.ones(3), [1.0] * 4], zs, TypeError, r"grads\[1\] must be a numpy.ndarray"),
         ([np.ones(3)], zs, ValueError, r"grads has 1 arrays for 2 params"),
         ([np.ones(3), ys[1]], zs, ValueError, r"grads\[1\] overlaps"),
+        ([np.ones(3), np.ones(8)[::2]], zs, ValueError, r"grads\[1\] is not contiguous"),
     ]
     for grads, z, exc, match in cases:
         with pytest.raises(exc, match=match):
@@ -483,8 +507,9 @@ def test_bad_grads_and_schedules_change_nothing(kind):
         (good[:-1], ValueError, "got 3 grads for 4 params"),
         (good[:1] + [good[1].astype(np.float32)] + good[2:], TypeError,
          r"grads\[1\] must have dtype float64"),
-        (good[:1] + [np.ascontiguousarray(good[1])] + good[2:], TypeError,
+        (good[:1] + [np.ascontiguousarray(good[1])] + good[2:], ValueError,
          r"grads\[1\] must be F-contiguous"),
+        (good[:1] + [None] + good[2:], TypeError, r"grads\[1\] must be a numpy.ndarray"),
         (good[:2] + [np.ones(5)] + good[3:], ValueError, r"grads\[2\] must have shape"),
         (good[:3] + [params[3]], ValueError, r"grads\[3\] overlaps a param"),
         (np.ones(3), TypeError, "grads must be a list"),
