@@ -539,3 +539,82 @@ def test_float32_and_float64_params_together():
     opt.eval()
     assert a.dtype == np.float32 and (a < 1).all() and (b < 1).all()
     assert opt.state[0]["z"].dtype == np.float32
+
+
+def _policy_module():
+    """tests/test_argument_policy.py (the project's argument policy: its bad values)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "test_argument_policy.py")
+    spec = importlib.util.spec_from_file_location("fastlr_argument_policy_values", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_POLICY = _policy_module()
+KINDS = {
+    "sgd": {"lr": ("real", "nonneg", "required"), "momentum": ("real", "open_unit", "required"),
+            "weight_decay": ("real", "nonneg", "required"),
+            "warmup_steps": ("int", 0, None, "required"), "r": ("real", "finite", "required"),
+            "weight_lr_power": ("real", "nonneg", "required")},
+    "adamw": {"lr": ("real", "nonneg", "required"),
+              "betas[0]": ("real", "open_unit", "required"),
+              "betas[1]": ("real", "unit", "required"), "eps": ("real", "nonneg", "required"),
+              "weight_decay": ("real", "nonneg", "required"),
+              "warmup_steps": ("int", 0, None, "required"), "r": ("real", "finite", "required"),
+              "weight_lr_power": ("real", "nonneg", "required")},
+    "radam": {"lr": ("real", "nonneg", "required"),
+              "betas[0]": ("real", "open_unit", "required"),
+              "betas[1]": ("real", "unit", "required"), "eps": ("real", "nonneg", "required"),
+              "weight_decay": ("real", "nonneg", "required"), "r": ("real", "finite", "required"),
+              "weight_lr_power": ("real", "nonneg", "required"),
+              "silent_sgd_phase": ("flag", "required")},
+}
+POLICY_CASES = [pytest.param(kind, arg, value, exc, id=f"{kind}-{arg}-{label}")
+                for kind, spec in KINDS.items() for arg, k in spec.items()
+                for label, value, exc in _POLICY.bad_values(k)]
+
+
+def _with(arg, value):
+    if arg.startswith("betas["):
+        pair = [0.9, 0.999]
+        pair[int(arg[6])] = value
+        return {"betas": tuple(pair)}
+    return {arg: value}
+
+
+@pytest.mark.parametrize("kind,arg,value,exc", POLICY_CASES)
+@pytest.mark.parametrize("where", ["constructor", "group", "write"])
+def test_argument_policy(kind, arg, value, exc, where):
+    cls = CLASSES[kind]
+    p = np.ones(3)
+    with pytest.raises((TypeError, ValueError)) as info:
+        if where == "constructor":
+            cls([p], **_with(arg, value))
+        elif where == "group":
+            cls([{"params": [p], **_with(arg, value)}])
+        else:
+            opt = cls([p])
+            before = dict(opt.param_groups[0])
+            key, new = next(iter(_with(arg, value).items()))
+            try:
+                opt.param_groups[0][key] = new
+            finally:
+                assert dict(opt.param_groups[0]) == before      # nothing half-applied
+    assert info.type is exc, f"{info.type.__name__} ({info.value}), expected {exc.__name__}"
+    message = str(info.value)
+    assert message.startswith(f"fastlr.{cls.__name__}: "), message
+    assert arg.split("[")[0] in message, message
+
+
+def test_zero_d_arrays_are_numbers():
+    opt = fastlr.ScheduleFreeRAdam([np.ones(2)], lr=np.array(0.01),
+                                   betas=(np.array(0.8), np.float32(0.99)),
+                                   weight_decay=np.array(0), silent_sgd_phase=np.array(True))
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.01 and type(group["lr"]) is float
+    assert group["betas"][0] == 0.8 and type(group["betas"][0]) is float
+    assert group["silent_sgd_phase"] is True
+    sgd = fastlr.ScheduleFreeSGD([np.ones(2)], warmup_steps=np.int64(3), momentum=np.array(0.5))
+    assert sgd.param_groups[0]["warmup_steps"] == 3 and sgd.param_groups[0]["momentum"] == 0.5
