@@ -26,7 +26,9 @@
 #    of a param is walked in one memory order; y, z, v writeable; a grad may be read-only
 #    but may not overlap the buffers written. Every array of every list is checked first
 #    (NumPy's C API: no Python attribute lookups); only then do the loops run (without the
-#    GIL from NOGIL_MIN_SIZE elements in all). Nothing is written when a check fails.
+#    GIL from NOGIL_MIN_SIZE elements in all). Nothing is written when a check fails. The
+#    buffers of one param may not overlap (checked); different params' buffers are the
+#    caller's to keep apart (the optimizer checks its params once and owns the state).
 #    `first_bad_grad` is the optimizer's check of the user's grads against all its params,
 #    in C; the optimizer words the message on the error path only.
 # d) Argument directions are marked # IN / # OUT on the functions below.

@@ -231,7 +231,7 @@ class _ScheduleFree:
     def last_lr(self) -> Optional[List[float]]:
         """The lr each group used in the last update, after the schedule, the warmup (and
         RAdam's rectification): the reference's ``scheduled_lr``. None before the first."""
-        if self._t == 0:
+        if self._t == 0 or any(v is None for v in self._scheduled_lr):
             return None
         return [float(v) for v in self._scheduled_lr]    # type: ignore[arg-type]
 
