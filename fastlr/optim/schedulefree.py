@@ -18,7 +18,7 @@ import numbers
 import operator
 import threading
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -667,8 +667,8 @@ class _ScheduleFree:
     def _coefficients(self, g: int, group: Mapping[str, Any], t: int) -> Tuple[Any, ...]:
         raise NotImplementedError
 
-    def _run(self, ys: Sequence[np.ndarray], grads: Sequence[np.ndarray],
-             bufs: Sequence[Sequence[np.ndarray]], kwargs: Dict[str, Any]) -> None:
+    def _run(self, ys: List[np.ndarray], grads: List[np.ndarray],
+             bufs: List[List[np.ndarray]], kwargs: Dict[str, Any]) -> None:
         """One group's step: the fused loop (SGD's with ``z`` alone, Adam's with
         ``exp_avg_sq`` too)."""
         if len(bufs) == 1:
