@@ -9,6 +9,9 @@
 #      LAMB (k = the param's update count, from 1):
 #        m = (1 - b1) g + b1 m;   v = (1 - b2) g*g + b2 v
 #        u = (m / (1 - b1^k)) / (sqrt(v / (1 - b2^k) + eps_root) + eps)  [+ wd p]
+#          (the bias corrections as factors 1/(1 - b^k), derived in double: one division
+#          and one square root an element instead of three divisions, each pass; an ulp
+#          or so from optax's divisions, as fastlr's Adam)
 #        r = |p| / |u|  (1 when either norm is 0);   p = p - (lr r) u
 #      LARS:
 #        u = g [+ wd p];  r = tc |p| / (|u| + eps)  (1 when either norm is 0, or the
@@ -23,7 +26,8 @@
 #    scheme, _core/loops.pxd sumsq_core), the lanes added pairwise and the blocks in block
 #    order: the same bits for any thread count.
 # c) Passes and memory traffic. LAMB needs |u| before it can write p, so two passes:
-#      pass 1 reads g, m, v, p and writes m, v (accumulating |p|^2 and |u|^2);
+#      pass 1 reads g, m, v, p and writes m, v (accumulating |p|^2 and |u|^2; in pieces
+#        of 1024 elements whose updates sit in a stack buffer, in L1, for the sums);
 #      pass 2 reads m, v, p, recomputes u (bit for bit the same expression) and writes p.
 #    That is 10 streams an element, as many as keeping u in a scratch buffer (pass 1 +u
 #    written, pass 2 reads u, p and writes p), without the scratch memory (one more
@@ -53,6 +57,7 @@ from libc.stdlib cimport free, malloc, qsort
 from fastlr._core.args cimport (NONNEG, UNIT, checked_real, flag_arg, ndarray_hint, step_arg,
                                 threads_arg)
 from fastlr._core.arrays cimport check_like
+from fastlr._core.loops cimport fsqrt, sumsq_core
 from fastlr._kernels cimport parallel_spans
 
 import numpy as np
@@ -65,6 +70,7 @@ cnp.import_array()
 cdef enum:
     NOGIL_MIN_SIZE = 4096       # the GIL is released from this many elements (as _kernels)
     BLOCK = 16384               # the reduction block (the engine's REDUCE_BLOCK)
+    CHUNK = 1024                # pass 1's piece: its updates stay in L1 for the sums
 
 cpdef enum Kind:
     KIND_LAMB = 0
@@ -120,10 +126,10 @@ cdef inline double lanes(const double* a) noexcept nogil:
 
 
 @cython.cdivision(True)
-cdef inline floating lamb_u(floating m, floating v, floating p, floating bc1, floating bc2,
+cdef inline floating lamb_u(floating m, floating v, floating p, floating rbc1, floating rbc2,
                             floating eps_root, floating eps, floating wd,
                             bint decay) noexcept nogil:
-    cdef floating u = (m / bc1) / (<floating>sqrt(v / bc2 + eps_root) + eps)
+    cdef floating u = (m * rbc1) / (fsqrt(v * rbc2 + eps_root) + eps)
     if decay:
         u = u + wd * p
     return u
@@ -131,68 +137,50 @@ cdef inline floating lamb_u(floating m, floating v, floating p, floating bc1, fl
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-@cython.cdivision(True)
-cdef void lamb_pass1(floating* p, const floating* g, floating* m, floating* v,  # IN, IN,
-                     Py_ssize_t n, const Coef* c, double* ap,                   # IN/OUT x2
-                     double* au) noexcept nogil:                                # OUT (lanes)
-    """Moments of n elements and the 8-lane sums of p*p and u*u (n from a block start)."""
+cdef void lamb_moments(const floating* p, const floating* g, floating* m,     # IN, IN,
+                       floating* v, floating* u, Py_ssize_t n,                # IN/OUT x2,
+                       const Coef* c) noexcept nogil:                         # OUT
+    """Pass 1's element-wise part: the moments, and the update into u (a chunk in L1)."""
     cdef floating b1 = <floating>c.b1, omb1 = <floating>c.omb1
     cdef floating b2 = <floating>c.b2, omb2 = <floating>c.omb2
-    cdef floating bc1 = <floating>c.bc1, bc2 = <floating>c.bc2
+    cdef floating rbc1 = <floating>(1.0 / c.bc1), rbc2 = <floating>(1.0 / c.bc2)
     cdef floating eps = <floating>c.eps, eps_root = <floating>c.eps_root, wd = <floating>c.wd
     cdef bint decay = c.wd != 0.0
-    cdef floating gi, mi, vi, pi, u
+    cdef floating gi, mi, vi
     cdef Py_ssize_t i
-    cdef int k
-    for k in range(8):
-        ap[k] = 0.0
-        au[k] = 0.0
     for i in range(n):
         gi = g[i]
         mi = omb1 * gi + b1 * m[i]
         vi = omb2 * (gi * gi) + b2 * v[i]
         m[i] = mi
         v[i] = vi
-        pi = p[i]
-        u = lamb_u(mi, vi, pi, bc1, bc2, eps_root, eps, wd, decay)
-        k = i & 7
-        ap[k] += <double>pi * <double>pi
-        au[k] += <double>u * <double>u
+        u[i] = lamb_u(mi, vi, p[i], rbc1, rbc2, eps_root, eps, wd, decay)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void lars_update(const floating* p, const floating* g, floating* u,   # IN, IN, OUT
+                      Py_ssize_t n, const Coef* c) noexcept nogil:
+    cdef floating wd = <floating>c.wd
+    cdef Py_ssize_t i
+    for i in range(n):
+        u[i] = g[i] + wd * p[i]
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef void lamb_pass2(floating* p, const floating* m, const floating* v,   # IN/OUT, IN, IN
                      Py_ssize_t n, const Coef* c) noexcept nogil:
-    cdef floating bc1 = <floating>c.bc1, bc2 = <floating>c.bc2
+    cdef floating rbc1 = <floating>(1.0 / c.bc1), rbc2 = <floating>(1.0 / c.bc2)
     cdef floating eps = <floating>c.eps, eps_root = <floating>c.eps_root, wd = <floating>c.wd
     cdef floating scale = <floating>c.scale
-    cdef bint decay = c.wd != 0.0
     cdef Py_ssize_t i
-    for i in range(n):
-        p[i] = p[i] - scale * lamb_u(m[i], v[i], p[i], bc1, bc2, eps_root, eps, wd, decay)
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef void lars_pass1(const floating* p, const floating* g, Py_ssize_t n,   # IN, IN
-                     const Coef* c, double* ap, double* au) noexcept nogil:  # OUT (lanes)
-    cdef floating wd = <floating>c.wd
-    cdef bint decay = c.wd != 0.0
-    cdef floating pi, u
-    cdef Py_ssize_t i
-    cdef int k
-    for k in range(8):
-        ap[k] = 0.0
-        au[k] = 0.0
-    for i in range(n):
-        pi = p[i]
-        u = g[i]
-        if decay:
-            u = u + wd * pi
-        k = i & 7
-        ap[k] += <double>pi * <double>pi
-        au[k] += <double>u * <double>u
+    if c.wd != 0.0:             # the branch hoisted: both loops vectorize
+        for i in range(n):
+            p[i] = p[i] - scale * lamb_u(m[i], v[i], p[i], rbc1, rbc2, eps_root, eps, wd, True)
+    else:
+        for i in range(n):
+            p[i] = p[i] - scale * lamb_u(m[i], v[i], p[i], rbc1, rbc2, eps_root, eps, wd, False)
 
 
 @cython.boundscheck(False)
@@ -217,31 +205,49 @@ cdef void lars_pass2(floating* p, const floating* g, floating* buf,   # IN/OUT, 
             p[i] = p[i] - b
 
 
+cdef inline void pass1_chunk(floating* p, const floating* g, floating* s1, floating* s2,
+                             floating* u, Py_ssize_t a, Py_ssize_t n, const Job* job,
+                             double* acc_p, double* acc_u) noexcept nogil:
+    """Pass 1 over elements [a, a + n) of one array: the sums of squares of p and of the
+    update (sumsq_core: 8 lanes keyed by the element index), LAMB's moments written."""
+    cdef const floating* upd = u
+    if job.kind == KIND_LAMB:
+        lamb_moments(p + a, g + a, s1 + a, s2 + a, u, n, job.c)
+    elif job.c.wd != 0.0:
+        lars_update(p + a, g + a, u, n, job.c)
+    else:
+        upd = g + a             # LARS without weight decay: the update is the grad
+    sumsq_core(<const floating*>(p + a), n, a, acc_p)
+    sumsq_core(upd, n, a, acc_u)
+
+
 cdef void pass1_span(void* ctx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Pass 1 over the blocks that start in [lo, hi) (a block may reach past hi)."""
+    """Pass 1 over the blocks that start in [lo, hi) (a block may reach past hi), each in
+    CHUNK-element pieces whose updates sit in a stack buffer (L1) between the element-wise
+    loop and the sums."""
     cdef const Job* job = <const Job*>ctx
-    cdef Py_ssize_t blk, a, n
-    cdef double ap[8]
-    cdef double au[8]
+    cdef Py_ssize_t blk, a, end, n
+    cdef double acc_p[8]
+    cdef double acc_u[8]
+    cdef double scratch[CHUNK]
+    cdef int k
     for blk in range((lo + BLOCK - 1) // BLOCK, (hi + BLOCK - 1) // BLOCK):
+        for k in range(8):
+            acc_p[k] = 0.0
+            acc_u[k] = 0.0
         a = blk * BLOCK
-        n = BLOCK if a + BLOCK <= job.n else job.n - a
-        if job.kind == KIND_LAMB:
+        end = a + BLOCK if a + BLOCK <= job.n else job.n
+        while a < end:
+            n = CHUNK if a + CHUNK <= end else end - a
             if job.f64:
-                lamb_pass1(<double*>job.p + a, <const double*>job.g + a, <double*>job.s1 + a,
-                           <double*>job.s2 + a, n, job.c, ap, au)
+                pass1_chunk(<double*>job.p, <const double*>job.g, <double*>job.s1,
+                            <double*>job.s2, scratch, a, n, job, acc_p, acc_u)
             else:
-                lamb_pass1(<float*>job.p + a, <const float*>job.g + a, <float*>job.s1 + a,
-                           <float*>job.s2 + a, n, job.c, ap, au)
-        else:
-            if job.f64:
-                lars_pass1(<const double*>job.p + a, <const double*>job.g + a, n, job.c,
-                           ap, au)
-            else:
-                lars_pass1(<const float*>job.p + a, <const float*>job.g + a, n, job.c,
-                           ap, au)
-        job.sums[2 * blk] = lanes(ap)
-        job.sums[2 * blk + 1] = lanes(au)
+                pass1_chunk(<float*>job.p, <const float*>job.g, <float*>job.s1,
+                            <float*>job.s2, <float*>scratch, a, n, job, acc_p, acc_u)
+            a += n
+        job.sums[2 * blk] = lanes(acc_p)
+        job.sums[2 * blk + 1] = lanes(acc_u)
 
 
 cdef void pass2_span(void* ctx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
