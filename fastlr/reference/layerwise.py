@@ -14,9 +14,11 @@ __all__ = ["lamb", "lars"]
 
 def _trust_ratio(param, update, trust_coefficient, eps):
     """optax's ``scale_by_trust_ratio`` factor (min_norm 0): ``trust_coefficient * |p| /
-    (|u| + eps)``, or 1 where either norm is 0; in the param's dtype."""
-    param_norm = np.linalg.norm(param)
-    update_norm = np.linalg.norm(update)
+    (|u| + eps)``, or 1 where either norm is 0; in the param's dtype. The norms are
+    ``sqrt(sum(x * x))`` as XLA computes ``jnp.linalg.norm`` (NumPy's pairwise sum; no
+    BLAS call, whose threads would only add noise to the benchmarks)."""
+    param_norm = np.sqrt(np.sum(param * param))
+    update_norm = np.sqrt(np.sum(update * update))
     if param_norm == 0.0 or update_norm == 0.0:
         return param.dtype.type(1.0)
     return param.dtype.type(trust_coefficient * param_norm / (update_norm + eps))
