@@ -405,3 +405,16 @@ def test_kernel_arguments():
     with pytest.raises(TypeError, match=r"^fastlr._core.layerwise.lars: nesterov"):
         kernels.lars(p, g, m, lr=0.1, nesterov="no")
     assert np.array_equal(p, np.ones(4)) and np.array_equal(m, np.ones(4))
+
+
+def test_checkpoint_without_last_lr_takes_it_from_the_schedule():
+    lr = schedules.exponential(0.1, 0.5)
+    opt = fastlr.LAMB([np.ones(3)], lr=lr)
+    for _ in range(3):
+        opt.step([np.ones(3)])
+    sd = opt.state_dict()
+    del sd["last_lr"]                       # as a hand-made or older state dict
+    other = fastlr.LAMB([np.ones(3)], lr=lr)
+    other.load_state_dict(sd)
+    assert other.steps == 3 and other.last_lr == [lr(2)] == opt.last_lr
+    assert other.next_lr == [lr(3)]
