@@ -63,6 +63,7 @@ MODULES = [
     ("fastlr._core.args", ["fastlr/_core/args.pyx"]),
     # fastlr.compat.torch's step: every tensor of a torch optimizer in one call
     ("fastlr._core.torch_step", ["fastlr/_core/torch_step.pyx"]),
+    ("fastlr._core.layerwise", ["fastlr/_core/layerwise.pyx"]),
     # fastlr.distributed's bfloat16 grads: packing and the fused unpack-and-add
     ("fastlr._core.bf16", ["fastlr/_core/bf16.pyx"]),
     ("fastlr._core.schedulefree", ["fastlr/_core/schedulefree.pyx"]),

@@ -44,9 +44,11 @@ from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa:
 from fastlr.optim.families import CLASSES
 from fastlr.optim.lbfgs import LBFGS
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
+from fastlr.optim.layerwise import LAMB, LARS
 
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
-__all__ = ["Optimizer", *CLASSES, "LBFGS", "flat_buffer", "clip_grad_norm", "named_groups"]
+__all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "flat_buffer", "clip_grad_norm",
+           "named_groups"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

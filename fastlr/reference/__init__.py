@@ -51,9 +51,10 @@ import numpy as np
 from fastlr.reference.ema import ema_update, swap_buffers
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
 from fastlr.reference import schedulefree  # noqa: F401  (the schedule-free loops' twins)
+from fastlr.reference.layerwise import lamb, lars
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
-           "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers"]
+           "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers", "lamb", "lars"]
 
 
 # ---------------------------------------------------------------------------
