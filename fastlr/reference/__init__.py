@@ -49,10 +49,12 @@ Conventions shared by all functions:
 import numpy as np
 
 from fastlr.reference.ema import ema_update, swap_buffers
+from fastlr.reference.lowprecision import adam_bf16_state
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
-           "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers"]
+           "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers",
+           "adam_bf16_state"]
 
 
 # ---------------------------------------------------------------------------
