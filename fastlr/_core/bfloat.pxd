@@ -3,8 +3,9 @@
 # bfloat16 is the top 16 bits of a float32 (sign, 8 exponent bits, 7 mantissa bits), kept
 # here as uint16 bits. Rounding is to nearest, ties to even: add 0x7FFF plus the lowest kept
 # bit, then drop the low 16 bits; overflow rounds to Inf as IEEE rounding does. NaN stays a
-# quiet NaN with its sign (the addition could carry a NaN with only low mantissa bits into
-# Inf). Widening is exact. Written as integer operations on the bits so that GCC vectorizes
+# quiet NaN with its sign: its top 16 bits with the quiet bit set (the addition could carry
+# a NaN with only low mantissa bits into Inf, or one with high ones into the sign). Widening
+# is exact. Written as integer operations on the bits so that GCC vectorizes
 # loops that use them (the branch becomes a select).
 # Used by fastlr/_core/bf16.pyx (compressed grads of fastlr.distributed) and by the
 # bfloat16-state core loops of loops.pxd (state_dtype="bfloat16").
@@ -17,10 +18,12 @@ cdef inline uint16_t bf16_round(float x) noexcept nogil:
     """The bfloat16 nearest x (ties to even), as bits."""
     cdef uint32_t u
     memcpy(&u, &x, 4)
-    cdef uint32_t rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    cdef uint32_t quiet_nan = ((u >> 16) & 0x8000) | 0x7FC0       # NaN: quiet, sign kept
-    # one select, no branch (a return inside the loop body would stop vectorization)
-    return <uint16_t>(quiet_nan if (u & 0x7FFFFFFF) > 0x7F800000 else rounded)
+    cdef uint32_t high = u >> 16
+    cdef uint32_t rounded = (u + 0x7FFF + (high & 1)) >> 16
+    # NaN: its top half with the quiet bit set (sign and payload's top bits kept). One
+    # float compare and one select, no branch (a return inside the loop body would stop
+    # vectorization), few constants (the loops that use it stay in registers).
+    return <uint16_t>((high | 0x0040) if x != x else rounded)
 
 
 cdef inline float bf16_widen(uint16_t b) noexcept nogil:

@@ -33,7 +33,8 @@ def bf16_widen(bits):
 def bf16_round(x):
     """The bfloat16 nearest each float32 of ``x`` (ties to even), as ``uint16`` bits.
 
-    NaN stays a quiet NaN with its sign; values past bfloat16's range round to +-Inf.
+    NaN stays a quiet NaN with its sign (its top 16 bits with the quiet bit set); values
+    past bfloat16's range round to +-Inf.
 
     Parameters
     ----------
@@ -43,10 +44,11 @@ def bf16_round(x):
     -------
     ndarray of uint16
     """
-    u = np.asarray(x, dtype=np.float32).view(np.uint32)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    r = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
-    r = np.where(nan, ((u >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7FC0), r)
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    high = u >> np.uint32(16)
+    r = (u + np.uint32(0x7FFF) + (high & np.uint32(1))) >> np.uint32(16)
+    r = np.where(np.isnan(x), high | np.uint32(0x0040), r)      # quiet, sign kept
     return r.astype(np.uint16)
 
 
