@@ -2,11 +2,8 @@
 #
 # Design notes
 # ------------
-# a) Format. bfloat16 is the top 16 bits of a float32 (sign, 8 exponent bits, 7 mantissa
-#    bits). Packing rounds to nearest, ties to even, by adding 0x7FFF plus the lowest kept
-#    bit before dropping the low 16 bits; overflow rounds to Inf as IEEE rounding does.
-#    NaN is kept a (quiet) NaN with its sign: the addition could carry a NaN with only low
-#    mantissa bits into Inf. float64 is rounded to float32 first (the caller's contract).
+# a) Format and rounding: fastlr/_core/bfloat.pxd (nearest even, NaN kept, overflow to
+#    Inf). float64 is rounded to float32 first (the caller's contract).
 # b) Unpacking is exact (every bfloat16 is a float32); `add_bfloat16` fuses it with the
 #    reduce-scatter's addition, acc = base + value, in the accumulator's dtype, the same
 #    operation NumPy's `np.add(base, bits_as_float32, out=acc)` performs.
@@ -17,24 +14,9 @@
 
 cimport cython
 from cython cimport floating
-from libc.stdint cimport uint16_t, uint32_t
-from libc.string cimport memcpy
+from libc.stdint cimport uint16_t
 
-
-cdef inline uint16_t pack_one(float x) noexcept nogil:
-    cdef uint32_t u
-    memcpy(&u, &x, 4)
-    if (u & 0x7FFFFFFF) > 0x7F800000:                      # NaN: quiet, sign kept
-        return <uint16_t>(((u >> 16) & 0x8000) | 0x7FC0)
-    u = u + 0x7FFF + ((u >> 16) & 1)
-    return <uint16_t>(u >> 16)
-
-
-cdef inline float unpack(uint16_t b) noexcept nogil:
-    cdef uint32_t u = (<uint32_t>b) << 16
-    cdef float x
-    memcpy(&x, &u, 4)
-    return x
+from fastlr._core.bfloat cimport bf16_round, bf16_widen
 
 
 cdef int _same(Py_ssize_t a, Py_ssize_t b, str what) except -1:
@@ -52,7 +34,7 @@ def pack(const floating[::1] x,           # IN: float32 or float64
     cdef Py_ssize_t i, n = x.shape[0]
     with nogil:
         for i in range(n):
-            out[i] = pack_one(<float>x[i])
+            out[i] = bf16_round(<float>x[i])
 
 
 @cython.boundscheck(False)
@@ -66,4 +48,4 @@ def add(floating[::1] acc,                # OUT (may be base)
     cdef Py_ssize_t i, n = acc.shape[0]
     with nogil:
         for i in range(n):
-            acc[i] = base[i] + <floating>unpack(bits[i])
+            acc[i] = base[i] + <floating>bf16_widen(bits[i])

@@ -84,7 +84,8 @@ ctypedef struct SpanC:
     char* param
     char* state[MAX_STATE]    # NULL when unused
     Py_ssize_t n              # elements
-    Py_ssize_t itemsize
+    Py_ssize_t itemsize       # of the params (and grads)
+    Py_ssize_t state_itemsize # of the state buffers: itemsize, or 2 for bfloat16 state
     Py_ssize_t first          # index of its first param
     Py_ssize_t n_params
     int group
@@ -247,13 +248,27 @@ cdef class Engine:
                 sp.n += self.params[j].nbytes // sp.itemsize
             for j in range(MAX_STATE):
                 sp.state[j] = NULL
+            f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
+            sp.core = CORES.cores[self.kind][f64]
+            sp.state_itemsize = sp.itemsize
             for j in range(len(states)):
                 if states[j] is not None:
                     st = <cnp.ndarray>states[j]
+                    if cnp.PyArray_TYPE(st) == cnp.NPY_UINT16:
+                        # bfloat16 state (fastlr.optim checks the family and param dtype;
+                        # this only refuses what would run a core on the wrong types)
+                        if f64 or CORES.bf16_state[self.kind] == NULL:
+                            self._free()
+                            raise TypeError(f"{self.name}: bfloat16 state needs float32 "
+                                            f"params and a family with a bfloat16 core")
+                        sp.core = CORES.bf16_state[self.kind]
+                        sp.state_itemsize = 2
+                    elif cnp.PyArray_TYPE(st) != cnp.PyArray_TYPE(a):
+                        self._free()
+                        raise TypeError(f"{self.name}: a state buffer's dtype differs from "
+                                        f"its params'")
                     keep.append(st)
                     sp.state[j] = <char*>cnp.PyArray_DATA(st)
-            f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
-            sp.core = CORES.cores[self.kind][f64]
         self._keep = keep
         self._set_written()
         self._set_groups(groups)
@@ -268,7 +283,7 @@ cdef class Engine:
             for k in range(MAX_STATE):
                 if self.spans[i].state[k] != NULL and self.spans[i].n:
                     regions.append((<Py_ssize_t>self.spans[i].state[k],
-                                    self.spans[i].n * self.spans[i].itemsize, -1))
+                                    self.spans[i].n * self.spans[i].state_itemsize, -1))
         regions.sort()
         self.written = <Region*>calloc(max(len(regions), 1), sizeof(Region))
         if self.written == NULL:
@@ -553,6 +568,7 @@ cdef class Engine:
                     pc.ptrs[2 + k] = NULL if (dropped >> k) & 1 else sp.state[k]
                 pc.n = sp.n
                 pc.itemsize = sp.itemsize
+                pc.state_itemsize = sp.state_itemsize
                 pc.core = sp.core
                 pc.coef = &self.coefs[i]
                 pc.start = start
@@ -564,10 +580,13 @@ cdef class Engine:
                     pc.ptrs[0] = self.params[j].data
                     pc.ptrs[1] = self.grad_ptrs[j]
                     for k in range(MAX_STATE):
+                        # (the param's offset in its span, in the state's element size)
                         pc.ptrs[2 + k] = NULL if (dropped >> k) & 1 else \
-                            _off(sp.state[k], self.params[j].offset)
+                            _off(sp.state[k], self.params[j].offset // sp.itemsize
+                                 * sp.state_itemsize)
                     pc.n = self.params[j].nbytes // sp.itemsize
                     pc.itemsize = sp.itemsize
+                    pc.state_itemsize = sp.state_itemsize
                     pc.core = sp.core
                     pc.coef = &self.coefs[i]
                     pc.start = start

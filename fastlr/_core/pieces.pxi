@@ -6,7 +6,8 @@
 ctypedef struct Piece:
     char* ptrs[5]             # param, grad, state...
     Py_ssize_t n
-    Py_ssize_t itemsize
+    Py_ssize_t itemsize       # of the param and grad
+    Py_ssize_t state_itemsize # of the state buffers (2 for bfloat16 state, else itemsize)
     Py_ssize_t start          # first element in the concatenation of all pieces
     core_fn core
     const void* coef
@@ -34,8 +35,10 @@ cdef void run_piece_range(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t l
         s = lo - pc.start if lo > pc.start else 0
         e = hi - pc.start if hi - pc.start < pc.n else pc.n
         if e > s:
-            for k in range(5):
-                ptrs[k] = _off(pc.ptrs[k], s * pc.itemsize)
+            ptrs[0] = _off(pc.ptrs[0], s * pc.itemsize)
+            ptrs[1] = _off(pc.ptrs[1], s * pc.itemsize)
+            for k in range(2, 5):
+                ptrs[k] = _off(pc.ptrs[k], s * pc.state_itemsize)
             pc.core(ptrs, e - s, pc.coef)
         i += 1
 

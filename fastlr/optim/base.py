@@ -24,6 +24,24 @@ from fastlr.optim.stepping import StepMixin
 
 __all__ = ["Optimizer", "ParamGroup", "flat_buffer", "named_groups"]
 
+#: The optimizer families with a bfloat16-state core loop (fastlr/_core/loops.pxd).
+BF16_STATE_FAMILIES = ("adam",)
+
+
+def _state_dtype_arg(fn, value, family):
+    """The checked ``state_dtype`` option: "float32" or "bfloat16" (where the family has
+    a bfloat16-state core)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{fn}: state_dtype must be 'float32' or 'bfloat16' (a str), got "
+                        f"{type(value).__name__} {value!r:.60}")
+    if value not in ("float32", "bfloat16"):
+        raise ValueError(f"{fn}: state_dtype must be 'float32' or 'bfloat16', got {value!r}")
+    if value == "bfloat16" and family not in BF16_STATE_FAMILIES:
+        raise ValueError(f"{fn}: state_dtype='bfloat16' is implemented for Adam and AdamW; "
+                         f"this optimizer keeps its state in the params' dtype (pass "
+                         f"state_dtype='float32')")
+    return value
+
 
 class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
     """Base class of the optimizers: param groups, state, checkpoints and the one-call step.
@@ -47,6 +65,13 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         Clip the grads to this global L2 norm inside each step (``None``: no clipping).
     skip_nonfinite : bool, default False
         Skip a step whose grads hold a NaN or Inf (False: propagate them, as torch).
+    state_dtype : {"float32", "bfloat16"}, default "float32"
+        How the state buffers are stored. ``"float32"``: in the params' dtype.
+        ``"bfloat16"`` (Adam and AdamW, float32 params): as bfloat16 bits (``uint16``
+        arrays in :attr:`state`), half the state memory; each step widens the state
+        exactly, updates it in float32, uses the unrounded values for the param update and
+        stores them rounded to nearest even. 20 bytes move per element instead of 28. See
+        :doc:`/lowprecision`.
 
     Attributes
     ----------
@@ -88,7 +113,9 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
 
     def __init__(self, params: Union[np.ndarray, Sequence[Any], Mapping[str, np.ndarray]],
                  defaults: Mapping[str, Any], n_threads: Optional[int] = None,
-                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False) -> None:
+                 max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
+                 state_dtype: str = "float32") -> None:
+        self._state_dtype = _state_dtype_arg(self._name, state_dtype, self._kernel)
         self.defaults = dict(defaults)
         for key, value in self.defaults.items():
             self.defaults[key] = self._check_hyper(key, value, where="")
@@ -136,6 +163,8 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         extra = [f"{k}={v!r}" for k, v in (("max_grad_norm", self._max_grad_norm),
                                              ("skip_nonfinite", self._skip_nonfinite),
                                              ("n_threads", self._n_threads)) if v]
+        if self._state_dtype != "float32":
+            extra.append(f"state_dtype={self._state_dtype!r}")
         if extra:
             lines.append(", ".join(extra))
         lines.append(")")

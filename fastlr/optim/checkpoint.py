@@ -215,7 +215,7 @@ class CheckpointMixin(_OptimizerAttrs):
                 else:
                     g[key] = _plain(value)
             groups.append(g)
-        state = {i: dict({k: np.array(v, copy=True) for k, v in self._live_state(i).items()},
+        state = {i: dict({k: self._export_buffer(v) for k, v in self._live_state(i).items()},
                          step=int(self._counts[i])) for i in range(len(self._state))}
         if self._scalar:
             for i, st in state.items():
@@ -427,7 +427,7 @@ class CheckpointMixin(_OptimizerAttrs):
                 self._mu_product[i] = bufs[self._scalar]
             for buf, view in self._state[i].items():
                 if buf in bufs:
-                    np.copyto(view, bufs[buf], casting="same_kind")
+                    self._import_buffer(view, bufs[buf])
                 else:
                     view[...] = 0
             self._started[i] = all(b in bufs for b in self._optional_state

@@ -24,7 +24,8 @@ from fastlr._core.args import RULES
 from fastlr.optim.base import Optimizer
 
 
-_COMMON = (("n_threads", None), ("max_grad_norm", None), ("skip_nonfinite", False))
+_COMMON = (("n_threads", None), ("max_grad_norm", None), ("skip_nonfinite", False),
+           ("state_dtype", "float32"))
 
 
 def _pair(betas: Any) -> Any:
@@ -160,7 +161,8 @@ def _doc(row, family, signature):
         elif h is not None and h.schedulable:
             sched = " (a number or a schedule)"
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
-    lines += ["n_threads, max_grad_norm, skip_nonfinite", "    See :class:`fastlr.Optimizer`.",
+    lines += ["n_threads, max_grad_norm, skip_nonfinite, state_dtype",
+              "    See :class:`fastlr.Optimizer`.",
               "", "Raises", "------", "TypeError",
               "    If a param is not a float32/float64 contiguous writeable array, or a",
               "    hyperparameter or option has the wrong type.", "ValueError",
@@ -204,7 +206,7 @@ def _init_source(signature, row, family):
     entries += [f"{name}=_fixed[{name!r}]" for name in row.fixed]
     return (f"def __init__({', '.join(args)}):\n"
             f"    _Optimizer.__init__(self, params, dict({', '.join(entries)}),\n"
-            f"                        n_threads, max_grad_norm, skip_nonfinite)\n")
+            f"                        n_threads, max_grad_norm, skip_nonfinite, state_dtype)\n")
 
 
 def _make_class(row, bases, namespace=None):

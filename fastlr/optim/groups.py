@@ -87,6 +87,7 @@ if TYPE_CHECKING:
         _n_threads: Optional[int]
         _max_grad_norm: Optional[float]
         _skip_nonfinite: bool
+        _state_dtype: str
         _params: List[np.ndarray]
         _names: Optional[List[str]]
         _name_index: Dict[str, int]
@@ -113,6 +114,8 @@ if TYPE_CHECKING:
         @property
         def last_lr(self) -> Optional[List[float]]: ...
         def _configure(self) -> None: ...
+        def _export_buffer(self, view: np.ndarray) -> np.ndarray: ...
+        def _import_buffer(self, view: np.ndarray, values: Any) -> None: ...
         def _exclusive(self, what: str) -> ContextManager[None]: ...
         def _busy_error(self, what: str) -> RuntimeError: ...
         def _check_hyper(self, key: str, value: Any, where: str) -> Any: ...
@@ -197,6 +200,10 @@ class GroupsMixin(_OptimizerAttrs):
         if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
             raise TypeError(f"{self._name}: {label} must have dtype float32 or float64 "
                             f"(native byte order), got {p.dtype}")
+        if p.dtype != np.float32 and getattr(self, "_state_dtype", "float32") == "bfloat16":
+            # (getattr: LBFGS borrows this check and keeps no state dtype)
+            raise TypeError(f"{self._name}: {label} has dtype {p.dtype}, but "
+                            f"state_dtype='bfloat16' needs float32 params")
         if not (p.flags.c_contiguous or p.flags.f_contiguous):
             raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
                              f"got strides {p.strides}; an update applied to a copy is lost"

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from fastlr._core.args import INT_MAX, int_arg
+from fastlr._core import bf16 as _bf16
 from fastlr.kernels import zeros_like_many
 from fastlr.optim.groups import _OptimizerAttrs
 from fastlr.schedules import as_schedule
@@ -134,6 +135,25 @@ class LayoutMixin(_OptimizerAttrs):
                                    self._used, self._mu_product, self._lr_scale)
         self._dirty = False
 
+    def _export_buffer(self, view):
+        """A copy of a state buffer as a checkpoint holds it: bfloat16 state widened to
+        float32 (exact), so a state dict loads into either state_dtype."""
+        if self._state_dtype == "bfloat16":
+            return (view.astype(np.uint32) << 16).view(np.float32)
+        return np.array(view, copy=True)
+
+    def _import_buffer(self, view, values):
+        """Write checkpoint values into a state buffer: into bfloat16 state rounded to
+        nearest even (exact for values a bfloat16 checkpoint holds; float64 is rounded to
+        float32 first), else cast as numpy's same_kind casting allows."""
+        if self._state_dtype == "bfloat16":
+            flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+            out = np.empty(flat.shape, dtype=np.uint16)
+            _bf16.pack(flat, out)
+            view[...] = out.reshape(view.shape)
+        else:
+            np.copyto(view, values, casting="same_kind")
+
     @staticmethod
     def _adjacent(a, b):
         return (a.dtype == b.dtype and a.size and b.size
@@ -151,7 +171,9 @@ class LayoutMixin(_OptimizerAttrs):
         sizes = [p.size for p in params]
         # one allocation for all the span's buffers, staggered when large (see
         # fastlr.kernels.STAGGER_BYTES)
-        fresh = zeros_like_many(len(names), (sum(sizes),), params[0].dtype)
+        # bfloat16 state: bits in uint16 (the engine picks the bfloat16 core for them)
+        dtype = np.uint16 if self._state_dtype == "bfloat16" else params[0].dtype
+        fresh = zeros_like_many(len(names), (sum(sizes),), dtype)
         for name, block in zip(names, fresh):
             offset = 0
             for j, (p, n) in enumerate(zip(params, sizes)):

@@ -251,7 +251,8 @@ class StepMixin(_OptimizerAttrs):
                 grads = [g * g.dtype.type(scale) for g in grads]
         values = self._values_at(self._t)
         index = 0
-        fn = getattr(reference, self._kernel)
+        fn = getattr(reference, self._kernel + ("_bf16_state" if self._state_dtype == "bfloat16"
+                                                else ""))
         for g, (group, v) in enumerate(zip(self.param_groups, values)):
             for p in group["params"]:
                 kwargs = self._reference_kwargs(group, v, index)

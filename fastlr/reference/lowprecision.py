@@ -1,0 +1,131 @@
+"""NumPy twins of the low-precision modes (``state_dtype="bfloat16"``).
+
+Pure NumPy, sharing no code with the compiled loops they check: bfloat16 is handled as
+``uint16`` bits (the top half of a float32), rounded to nearest even with the integer trick
+written out below, and the update repeats the compiled float32 loop's operations in the
+same order (each a float32 NumPy operation, so each rounds as the C one does), which makes
+the twin and the kernel agree bit for bit.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["adam_bf16_state", "bf16_round", "bf16_widen"]
+
+
+def bf16_widen(bits):
+    """float32 values of bfloat16 bits (``uint16``): exact.
+
+    Parameters
+    ----------
+    bits : ndarray of uint16
+        bfloat16 bit patterns.
+
+    Returns
+    -------
+    ndarray of float32
+        ``bits << 16`` read as float32.
+    """
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def bf16_round(x):
+    """The bfloat16 nearest each float32 of ``x`` (ties to even), as ``uint16`` bits.
+
+    NaN stays a quiet NaN with its sign (its top 16 bits with the quiet bit set); values
+    past bfloat16's range round to +-Inf.
+
+    Parameters
+    ----------
+    x : ndarray of float32
+
+    Returns
+    -------
+    ndarray of uint16
+    """
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    high = u >> np.uint32(16)
+    r = (u + np.uint32(0x7FFF) + (high & np.uint32(1))) >> np.uint32(16)
+    r = np.where(np.isnan(x), high | np.uint32(0x0040), r)      # quiet, sign kept
+    return r.astype(np.uint16)
+
+
+def _lerp_f32(start, end, weight):
+    # torch's lerp in float32, with the compiled loop's spelling of the second branch:
+    # end + (-(1 - w)) * (end - start)
+    w = np.float32(weight)
+    if w < np.float32(0.5):
+        return start + w * (end - start)
+    return end + (-(np.float32(1) - w)) * (end - start)
+
+
+def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+                    beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                    decoupled_weight_decay=False, maximize=False, n_threads=None):
+    """One Adam step with the state kept as bfloat16 bits (``state_dtype="bfloat16"``).
+
+    float32 ``param`` and ``grad``; ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``
+    for AMSGrad) are ``uint16`` arrays of bfloat16 bits, updated in place. With
+    ``W`` = widen to float32 (exact) and ``R`` = round to bfloat16 (nearest even), every
+    operation in float32::
+
+        g = -grad if maximize else grad
+        g = g + wd * p                           if weight_decay and not decoupled
+        m1 = lerp(W(m), g, 1 - beta1);           m = R(m1)
+        v1 = W(v) * beta2 + (1 - beta2) * g * g; v = R(v1)
+        vh = max(W(vmax), v1) (NaN wins);        vmax = R(vh)      (AMSGrad)
+        p = p * (1 - lr * wd) - step_size * (m1 / (sqrt(vh or v1) * c2 + eps))
+
+    with ``step_size = lr / (1 - beta1**t)``, ``c2 = 1 / sqrt(1 - beta2**t)`` and
+    ``1 - lr * wd`` (1 unless decoupled) computed in double and rounded to float32: the
+    unrounded moments drive this step's update, the rounded ones are kept.
+
+    Parameters
+    ----------
+    param : ndarray of float32
+        Updated in place.
+    grad : ndarray of float32
+        Same shape; not modified.
+    exp_avg, exp_avg_sq : ndarray of uint16
+        bfloat16 bits of the moments, same shape, in place.
+    max_exp_avg_sq : ndarray of uint16, optional
+        AMSGrad's running maximum (bits), in place.
+    step : int
+        1-based update number.
+    lr, beta1, beta2, eps, weight_decay : float
+    decoupled_weight_decay, maximize : bool
+    n_threads : int, optional
+        Ignored (signature compatibility).
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> p = np.ones(2, np.float32); g = np.full(2, 0.5, np.float32)
+    >>> m = np.zeros(2, np.uint16); v = np.zeros(2, np.uint16)
+    >>> adam_bf16_state(p, g, m, v, step=1, lr=0.1)
+    >>> p, bf16_widen(m)
+    (array([0.9, 0.9], dtype=float32), array([0.05, 0.05], dtype=float32))
+    """
+    f = np.float32
+    t = float(step)
+    step_size = f(lr / (1.0 - math.pow(beta1, t)))
+    inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
+    decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
+    g = (f(-1.0) if maximize else f(1.0)) * grad
+    if weight_decay != 0.0 and not decoupled_weight_decay:
+        g = g + f(weight_decay) * param
+    m1 = _lerp_f32(bf16_widen(exp_avg), g, 1.0 - beta1)
+    exp_avg[...] = bf16_round(m1)
+    v1 = bf16_widen(exp_avg_sq) * f(beta2) + f(1.0 - beta2) * g * g
+    exp_avg_sq[...] = bf16_round(v1)
+    vh = v1
+    if max_exp_avg_sq is not None:
+        old = bf16_widen(max_exp_avg_sq)
+        vh = np.where((v1 > old) | (v1 != v1), v1, old)
+        max_exp_avg_sq[...] = bf16_round(vh)
+    param[...] = param * decay - step_size * (m1 / (np.sqrt(vh) * inv_bc2s + f(eps)))

@@ -1,0 +1,249 @@
+"""state_dtype="bfloat16": the compiled step against its NumPy twin (bit for bit), the
+layout paths (coalesced spans, per-param pieces, threads), checkpoints across state dtypes,
+the argument checks, and the quality against float32 state on a small problem."""
+
+import numpy as np
+import pytest
+
+import fastlr
+from fastlr import schedules
+from fastlr._core import bf16 as compiled_bf16
+from fastlr.reference.lowprecision import adam_bf16_state, bf16_round, bf16_widen
+
+SHAPES = [(17, 33), (5,), (3, 4, 2), (1,), (300,)]
+
+
+def _params(seed=0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def _grads(t, shapes=SHAPES, scale=1.0):
+    rng = np.random.default_rng([t, 7])
+    return [(scale * rng.standard_normal(s)).astype(np.float32) for s in shapes]
+
+
+def _same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and \
+        np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+CASES = {
+    "adam": (fastlr.Adam, dict(lr=1e-2)),
+    "adam-l2-maximize": (fastlr.Adam, dict(lr=1e-2, weight_decay=0.1, maximize=True)),
+    "adam-amsgrad": (fastlr.Adam, dict(lr=1e-2, amsgrad=True)),
+    "adam-amsgrad-l2": (fastlr.Adam, dict(lr=1e-2, amsgrad=True, weight_decay=0.05)),
+    "adam-small-beta1": (fastlr.Adam, dict(lr=1e-2, betas=(0.3, 0.99))),
+    "adamw": (fastlr.AdamW, dict(lr=1e-2, weight_decay=0.1)),
+    "adamw-schedule": (fastlr.AdamW, dict(lr=schedules.warmup_cosine(
+        1e-2, warmup_steps=10, total_steps=100), betas=(0.9, schedules.constant(0.95)))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_step_matches_twin_bit_for_bit(case):
+    cls, kw = CASES[case]
+    a, b = _params(), _params()
+    fast = cls(a, state_dtype="bfloat16", **kw)
+    twin = cls(b, state_dtype="bfloat16", **kw)
+    for t in range(100):
+        g = _grads(t)
+        fast.step(g)
+        twin.step_reference(g)
+    for x, y in zip(a, b):
+        assert _same_bits(x, y)
+    for i in fast.state:
+        for key, buf in fast.state[i].items():
+            if key != "step":
+                assert buf.dtype == np.uint16 and _same_bits(buf, twin.state[i][key]), key
+
+
+def test_groups_clipping_and_threads_match_the_twin():
+    """Two groups (the second with its own lr), clipping by the global norm, and a large
+    param so that two threads split the elements: the same bits as the twin and as one
+    thread."""
+    shapes = SHAPES + [(70000,)]
+    outs = []
+    for n_threads, twin in ((1, False), (2, False), (1, True)):
+        ps = _params(1, shapes)
+        opt = fastlr.AdamW([{"params": ps[:3]}, {"params": ps[3:], "lr": 3e-3}], lr=1e-2,
+                           max_grad_norm=1.0, n_threads=n_threads, state_dtype="bfloat16")
+        for t in range(20):
+            g = _grads(t, shapes, scale=3.0)
+            opt.step_reference(g) if twin else opt.step(g)
+        outs.append(ps)
+    for other in outs[1:]:
+        for x, y in zip(outs[0], other):
+            assert _same_bits(x, y)
+
+
+def test_coalesced_span_with_separate_grads():
+    """Params that are views of one flat buffer form one span (one state block per buffer):
+    with grads in one flat array the span runs as one piece, with separate grad arrays it
+    runs param by param, each at its own offset into the bfloat16 state. Both give the
+    bits of one optimizer per param."""
+    shapes = [(4, 5), (7,), (3, 3)]
+    results = []
+    for mode in ("flat-grads", "separate-grads", "per-param"):
+        flat, views = fastlr.flat_buffer(shapes, np.float32)
+        flat[:] = np.random.default_rng(3).standard_normal(flat.size)
+        if mode == "per-param":
+            opts = [fastlr.Adam([v], lr=1e-2, state_dtype="bfloat16") for v in views]
+        else:
+            opt = fastlr.Adam(views, lr=1e-2, state_dtype="bfloat16")
+        for t in range(30):
+            g = _grads(t, shapes)
+            if mode == "flat-grads":
+                gflat, gviews = fastlr.flat_buffer(shapes, np.float32)
+                for dst, src in zip(gviews, g):
+                    dst[...] = src
+                opt.step(gflat)
+            elif mode == "separate-grads":
+                opt.step(g)
+            else:
+                for o, gi in zip(opts, g):
+                    o.step([gi])
+        results.append(flat.copy())
+    assert _same_bits(results[0], results[1]) and _same_bits(results[0], results[2])
+
+
+def test_state_is_bfloat16_bits_and_half_the_memory():
+    ps = _params()
+    opt = fastlr.Adam(ps, lr=1e-2, amsgrad=True, state_dtype="bfloat16")
+    opt.step(_grads(0))
+    for i, p in enumerate(ps):
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            buf = opt.state[i][key]
+            assert buf.dtype == np.uint16 and buf.shape == p.shape
+            assert buf.nbytes * 2 == p.nbytes
+    assert "state_dtype='bfloat16'" in repr(opt)
+
+
+def test_nonfinite_grads_propagate_as_in_float32():
+    p32, p16 = [np.ones(4, np.float32)], [np.ones(4, np.float32)]
+    o32 = fastlr.Adam(p32, lr=0.1)
+    o16 = fastlr.Adam(p16, lr=0.1, state_dtype="bfloat16")
+    g = [np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)]
+    o32.step(g)
+    o16.step(g)
+    assert np.array_equal(np.isnan(p32[0]), np.isnan(p16[0]))
+    m = bf16_widen(o16.state[0]["exp_avg"])
+    assert np.isnan(m[0]) and m[1] == np.inf and m[2] == -np.inf
+
+
+# ---- checkpoints ---------------------------------------------------------------------
+def test_checkpoint_round_trip_is_exact():
+    a = _params()
+    opt = fastlr.AdamW(a, lr=1e-2, state_dtype="bfloat16")
+    for t in range(5):
+        opt.step(_grads(t))
+    sd = opt.state_dict()
+    assert sd["state"][0]["exp_avg"].dtype == np.float32      # widened, exact
+    b = [p.copy() for p in a]
+    again = fastlr.AdamW(b, lr=1e-2, state_dtype="bfloat16")
+    again.load_state_dict(sd)
+    for i in opt.state:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert _same_bits(opt.state[i][key], again.state[i][key])
+    g = _grads(9)
+    opt.step(g)
+    again.step(g)
+    for x, y in zip(a, b):
+        assert _same_bits(x, y)
+
+
+def test_checkpoints_convert_between_state_dtypes(tmp_path):
+    """bfloat16 -> float32 state: exact widening; float32 -> bfloat16: rounded to
+    nearest even (the documented conversion), through a saved .npz too."""
+    a = _params()
+    o16 = fastlr.Adam(a, lr=1e-2, state_dtype="bfloat16")
+    o32 = fastlr.Adam([p.copy() for p in a], lr=1e-2)
+    for t in range(3):
+        o16.step(_grads(t))
+        o32.step(_grads(t))
+    widened = fastlr.Adam([p.copy() for p in a], lr=1e-2)
+    widened.load_state_dict(o16.state_dict())
+    for i in o16.state:
+        assert np.array_equal(widened.state[i]["exp_avg"], bf16_widen(o16.state[i]["exp_avg"]))
+    path = tmp_path / "f32.npz"
+    o32.save(path)
+    rounded = fastlr.Adam([p.copy() for p in a], lr=1e-2, state_dtype="bfloat16")
+    rounded.load(path)
+    for i in o32.state:
+        assert _same_bits(rounded.state[i]["exp_avg_sq"], bf16_round(o32.state[i]["exp_avg_sq"]))
+        assert rounded.state[i]["step"] == 3
+
+
+# ---- arguments -----------------------------------------------------------------------
+@pytest.mark.parametrize("value, exc, match", [
+    ("float16", ValueError, r"state_dtype must be 'float32' or 'bfloat16', got 'float16'"),
+    (np.float32, TypeError, r"state_dtype must be 'float32' or 'bfloat16' \(a str\)"),
+    (None, TypeError, r"state_dtype"),
+])
+def test_bad_state_dtype(value, exc, match):
+    with pytest.raises(exc, match=match):
+        fastlr.Adam(_params(), state_dtype=value)
+
+
+def test_families_without_a_bfloat16_core_refuse_it():
+    with pytest.raises(ValueError, match=r"fastlr.SGD: state_dtype='bfloat16' is implemented "
+                                         r"for Adam and AdamW"):
+        fastlr.SGD(_params(), lr=0.1, momentum=0.9, state_dtype="bfloat16")
+    assert fastlr.SGD(_params(), lr=0.1, state_dtype="float32")
+
+
+def test_float64_params_are_refused_before_anything_is_built():
+    ps = [np.ones(3, np.float32), np.ones(2, np.float64)]
+    with pytest.raises(TypeError, match=r"params\[1\] .* has dtype float64, but "
+                                        r"state_dtype='bfloat16' needs float32 params"):
+        fastlr.Adam(ps, state_dtype="bfloat16")
+    opt = fastlr.Adam([np.ones(3, np.float32)], state_dtype="bfloat16")
+    with pytest.raises(TypeError, match="float64"):
+        opt.add_param_group({"params": [np.ones(2)]})
+    assert len(opt.param_groups) == 1
+    opt.step([np.ones(3, np.float32)])
+
+
+# ---- the twin's conversions ----------------------------------------------------------
+def test_bfloat16_rounding_matches_the_compiled_packing():
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 200000, dtype=np.uint64).astype(np.uint32)
+    x = np.concatenate([bits.view(np.float32), np.array(
+        [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 3.4e38, -3.4e38, 1e-45, 1.0 + 2**-8,
+         1.0 + 3 * 2**-8, 1.0 + 2**-9], np.float32)])
+    out = np.empty(x.size, np.uint16)
+    compiled_bf16.pack(x, out)
+    assert np.array_equal(bf16_round(x), out)
+    # ties to even, overflow to Inf, NaN quiet with its sign
+    assert bf16_widen(bf16_round(np.float32(1.0 + 2**-8))) == 1.0
+    assert bf16_widen(bf16_round(np.float32(1.0 + 3 * 2**-8))) == 1.0 + 2**-6
+    assert bf16_widen(bf16_round(np.float32(3.4e38))) == np.inf
+    nan = bf16_round(np.array([np.nan, -np.nan], np.float32))
+    assert np.all(np.isnan(bf16_widen(nan))) and (nan[1] >> 15) == 1
+
+
+def test_twin_docstring_formula_one_step():
+    p = np.array([1.0, -2.0], np.float32)
+    g = np.array([0.5, 0.25], np.float32)
+    m, v = np.zeros(2, np.uint16), np.zeros(2, np.uint16)
+    adam_bf16_state(p, g, m, v, step=1, lr=0.1)
+    # first step: m1 = 0.1 g, v1 = 0.001 g^2, bias-corrected ratio = sign(g)
+    assert np.allclose(p, [0.9, -2.1], rtol=1e-6)
+    assert np.array_equal(m, bf16_round(np.float32(0.1) * g))
+
+
+def test_quality_against_float32_state_on_least_squares():
+    """AdamW with bfloat16 state ends within 2% of the float32-state loss on a small
+    least-squares problem (fixed seeds: deterministic)."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((200, 40)).astype(np.float32)
+    y = A @ rng.standard_normal(40).astype(np.float32) + 0.1 * rng.standard_normal(200).astype(np.float32)
+    losses = {}
+    for mode in ("float32", "bfloat16"):
+        w = np.zeros(40, np.float32)
+        opt = fastlr.AdamW([w], lr=0.05, weight_decay=0.0, state_dtype=mode)
+        for _ in range(300):
+            r = A @ w - y
+            opt.step([(A.T @ r / len(y)).astype(np.float32)])
+        losses[mode] = float(np.mean((A @ w - y) ** 2))
+    assert losses["bfloat16"] <= 1.02 * losses["float32"], losses
