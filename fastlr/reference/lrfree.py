@@ -18,10 +18,56 @@ def prodigy_step(params, grads, exp_avg, exp_avg_sq, s, p0, *, group_sizes, lr, 
                  eps, d0, safeguard_warmup, slice_p, betas=(0.9, 0.999), beta3=None, d, d_max,
                  d_numerator, d_coef=1.0, growth_rate=math.inf, decouple=True,
                  use_bias_correction=False, k, n_threads=None):
-    """One Prodigy step in place; returns the new estimate (see the kernel's docstring).
+    """One Prodigy step (prodigyopt 1.1.2) in place, in NumPy; returns the new estimate.
 
-    ``s[i]`` and ``p0[i]`` are flat arrays of every ``slice_p``-th element of param ``i``
-    in its memory order (C order for the params the kernel accepts with ``slice_p > 1``).
+    With ``dlr = d * max(lr) * bc`` (``bc = sqrt(1 - beta2^(k+1)) / (1 - beta1^(k+1))``
+    with ``use_bias_correction``, else 1), for each param of a group with ``lr > 0`` (``g``
+    plus ``weight_decay * p`` when not ``decouple``): ``num += (d / d0) dlr <g, p0 - p>``,
+    ``m = beta1 m + d (1 - beta1) g``, ``v = beta2 v + d^2 (1 - beta2) g^2``,
+    ``s = beta3 s + (d / d0) dlr g`` (``(d / d0) d g`` with ``safeguard_warmup``),
+    ``den += sum|s|``; then ``N = beta3 d_numerator + num``, ``d_hat = d_coef N / den``,
+    ``d = max(d, d_hat)`` while ``d`` equals the last group's ``d0``,
+    ``d_max = max(d_max, d_hat)``, ``d = min(d_max, d growth_rate)``; then
+    ``p -= weight_decay dlr p`` (``decouple``) and ``p -= dlr m / (sqrt(v) + d eps)``
+    (``beta1 = 0``: ``dlr d g / (sqrt(v) + d eps)``). Nothing after the sums runs when
+    ``den == 0``.
+
+    Parameters
+    ----------
+    params, grads : list of numpy.ndarray
+        The params (updated in place) and their grads, group 0's params first.
+    exp_avg : list of numpy.ndarray or None
+        First moments (None when ``beta1 == 0``), updated in place.
+    exp_avg_sq : list of numpy.ndarray
+        Second moments, updated in place.
+    s, p0 : list of numpy.ndarray
+        Flat arrays of every ``slice_p``-th element of each param in its memory order:
+        ``s`` (updated in place) and the params' values at the first step.
+    group_sizes : list of int
+        Params per group.
+    lr, weight_decay, eps, d0, safeguard_warmup, slice_p : list
+        Per group: the lr multiplier (each the largest or 0), the weight decay, eps, d0,
+        the flag and the stride.
+    betas : (float, float)
+        ``beta1``, ``beta2``.
+    beta3 : float or None
+        The decay of ``s`` and the numerator; None: ``sqrt(beta2)``.
+    d, d_max, d_numerator : float
+        The estimate, its running maximum and the numerator before the step.
+    d_coef, growth_rate : float
+        The estimate's factor and its largest growth per step.
+    decouple, use_bias_correction : bool
+        Decoupled weight decay; Adam's bias correction in ``dlr``.
+    k : int
+        Steps taken before this one.
+    n_threads : int, optional
+        Ignored (serial).
+
+    Returns
+    -------
+    dict
+        ``d``, ``d_max``, ``d_numerator``, ``d_denom``, ``d_hat``, ``k`` and ``stepped``
+        (False, with the old values, when ``den == 0``).
     """
     beta1, beta2 = betas
     if beta3 is None:

@@ -82,7 +82,7 @@ def _torch_groups(ps, kw, over):
     return groups
 
 
-def _run_torch(dtype, kw, over, nudge=0.0):
+def _run_torch(dtype, kw, over, nudge=0.0, n_steps=N_STEPS):
     kw = dict(kw)
     sched = kw.get("lr") if isinstance(kw.get("lr"), fastlr.schedules.Schedule) else None
     if sched is not None:
@@ -90,7 +90,7 @@ def _run_torch(dtype, kw, over, nudge=0.0):
     ps = [torch.tensor(p * dtype(1 + nudge)) for p in _init(dtype)]
     opt = prodigyopt.Prodigy(_torch_groups(ps, kw, over), **kw)
     out = []
-    for t in range(N_STEPS):
+    for t in range(n_steps):
         if sched is not None:
             for group in opt.param_groups:
                 group["lr"] = float(sched(t))
@@ -108,19 +108,20 @@ def _fastlr_groups(ps, over):
 @needs_prodigyopt
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("option", OPTIONS)
-def test_matches_prodigyopt(option, dtype, capsys):
+def test_matches_prodigyopt(option, dtype):
     kw, over = OPTIONS[option]
-    expected = _run_torch(dtype, kw, over)
+    n_steps = N_STEPS if dtype == np.float64 else 30     # float32: see below
+    expected = _run_torch(dtype, kw, over, n_steps=n_steps)
     if dtype == np.float32:
         # prodigyopt's own float32 run departs from itself when its start is nudged by 4
         # ulp: the jumps of d amplify rounding (its float32 and float64 runs end up O(1)
         # apart on this problem), so float32 is compared while that departure stays below
         # 1e-5 (and +10x it), at least the first 5 steps; float64 is compared over all 100
-        nudged = _run_torch(dtype, kw, over, nudge=4 * 2.0 ** -24)
+        nudged = _run_torch(dtype, kw, over, nudge=4 * 2.0 ** -24, n_steps=n_steps)
         sens = [(max(float(np.abs(a.astype(np.float64) - b).max())
                      for a, b in zip(e[0], n[0])), abs(e[1] - n[1]))
                 for e, n in zip(expected, nudged)]
-        horizon = next((t for t, (s, _) in enumerate(sens) if s > 1e-5), N_STEPS)
+        horizon = next((t for t, (s, _) in enumerate(sens) if s > 1e-5), n_steps)
         assert horizon >= 5, horizon
     else:
         sens, horizon = [(0.0, 0.0)] * N_STEPS, N_STEPS
