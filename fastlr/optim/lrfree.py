@@ -151,7 +151,7 @@ class Prodigy:
     >>> w = np.array([1.0, -2.0])
     >>> opt = fastlr.Prodigy([w])
     >>> for _ in range(50):
-    ...     opt.step([2 * w])
+    ...     _ = opt.step([2 * w])
     >>> bool(opt.d > 1e-6) and bool(np.abs(w).max() < 2.0)
     True
     """
