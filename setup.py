@@ -67,6 +67,7 @@ MODULES = [
     # fastlr.distributed's bfloat16 grads: packing and the fused unpack-and-add
     ("fastlr._core.bf16", ["fastlr/_core/bf16.pyx"]),
     ("fastlr._core.schedulefree", ["fastlr/_core/schedulefree.pyx"]),
+    ("fastlr._core.lrfree", ["fastlr/_core/lrfree.pyx"]),  # Prodigy's two-pass step
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

@@ -45,10 +45,11 @@ from fastlr.optim.families import CLASSES
 from fastlr.optim.lbfgs import LBFGS
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.layerwise import LAMB, LARS
+from fastlr.optim.lrfree import Prodigy
 
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
-__all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "flat_buffer", "clip_grad_norm",
-           "named_groups"]
+__all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "flat_buffer",
+           "clip_grad_norm", "named_groups"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

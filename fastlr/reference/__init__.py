@@ -53,10 +53,11 @@ from fastlr.reference.lowprecision import adam_bf16_state
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
 from fastlr.reference import schedulefree  # noqa: F401  (the schedule-free loops' twins)
 from fastlr.reference.layerwise import lamb, lars
+from fastlr.reference.lrfree import prodigy_step
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
            "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers",
-           "lamb", "lars", "adam_bf16_state"]
+           "lamb", "lars", "adam_bf16_state", "prodigy_step"]
 
 
 # ---------------------------------------------------------------------------

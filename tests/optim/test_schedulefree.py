@@ -135,13 +135,13 @@ def test_loops_check_everything_before_writing():
 try:
     import torch
     import schedulefree
-except ImportError:                 # pragma: no cover - the test extra installs both
+except ImportError:                 # pragma: no cover - the parity extra installs both
     torch = schedulefree = None
 
 #: the tests against the reference package (a torch optimizer)
 needs_reference = pytest.mark.skipif(
     schedulefree is None, reason="the reference package schedulefree==1.4.1 (and torch) is "
-    "not installed; the test extra installs it")
+    "not installed; the parity extra installs it: pip install \".[parity]\"")
 
 REFERENCE = {} if schedulefree is None else {
     "sgd": schedulefree.SGDScheduleFree, "adamw": schedulefree.AdamWScheduleFree,
