@@ -33,6 +33,9 @@ COMMON_ARGS = {
     "skip_nonfinite": ("False", "True or False",
                        "skip the whole step (no change anywhere) when a grad holds NaN or "
                        "Inf; ``step`` then returns False"),
+    "state_dtype": ("'float32'", "'float32', or 'bfloat16' for Adam and AdamW (float32 params)",
+                    "how the state buffers are stored: in the params' dtype, or as bfloat16 "
+                    "(half the memory; see :doc:`/lowprecision`)"),
 }
 
 #: Class options (``Optimizer.options`` in the table): what they do.
