@@ -163,7 +163,7 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         extra = [f"{k}={v!r}" for k, v in (("max_grad_norm", self._max_grad_norm),
                                              ("skip_nonfinite", self._skip_nonfinite),
                                              ("n_threads", self._n_threads)) if v]
-        if self._state_dtype != "float32":
+        if getattr(self, "_state_dtype", "float32") != "float32":
             extra.append(f"state_dtype={self._state_dtype!r}")
         if extra:
             lines.append(", ".join(extra))

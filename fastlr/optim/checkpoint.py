@@ -15,6 +15,7 @@ from typing import Any, Dict, Mapping, Union
 import numpy as np
 
 from fastlr import _specs
+from fastlr._core import bf16 as _bf16
 from fastlr._core.args import flag_arg
 from fastlr.optim.groups import _finite_nonneg, _nonneg_int, _OptimizerAttrs, names_diff
 from fastlr.optim.plateau_state import _check_plateau_state
@@ -180,6 +181,26 @@ def _int_member(value, key):
 
 class CheckpointMixin(_OptimizerAttrs):
     """state_dict / load_state_dict / save / load (part of :class:`Optimizer`)."""
+
+    # (getattr: the optimizers that share this mixin without Optimizer keep no state dtype)
+    def _export_buffer(self, view):
+        """A copy of a state buffer as a checkpoint holds it: bfloat16 state widened to
+        float32 (exact), so a state dict loads into either state_dtype."""
+        if getattr(self, "_state_dtype", "float32") == "bfloat16":
+            return (view.astype(np.uint32) << 16).view(np.float32)
+        return np.array(view, copy=True)
+
+    def _import_buffer(self, view, values):
+        """Write checkpoint values into a state buffer: into bfloat16 state rounded to
+        nearest even (exact for values a bfloat16 checkpoint holds; float64 is rounded to
+        float32 first), else cast as numpy's same_kind casting allows."""
+        if getattr(self, "_state_dtype", "float32") == "bfloat16":
+            flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+            out = np.empty(flat.shape, dtype=np.uint16)
+            _bf16.pack(flat, out)
+            view[...] = out.reshape(view.shape)
+        else:
+            np.copyto(view, values, casting="same_kind")
 
     def state_dict(self) -> Dict[str, Any]:
         """The optimizer's state as a plain dict, arrays copied.

@@ -10,7 +10,6 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from fastlr._core.args import INT_MAX, int_arg
-from fastlr._core import bf16 as _bf16
 from fastlr.kernels import zeros_like_many
 from fastlr.optim.groups import _OptimizerAttrs
 from fastlr.schedules import as_schedule
@@ -134,25 +133,6 @@ class LayoutMixin(_OptimizerAttrs):
             self._engine.configure(self._params, spans, groups, self._counts, self._started,
                                    self._used, self._mu_product, self._lr_scale)
         self._dirty = False
-
-    def _export_buffer(self, view):
-        """A copy of a state buffer as a checkpoint holds it: bfloat16 state widened to
-        float32 (exact), so a state dict loads into either state_dtype."""
-        if self._state_dtype == "bfloat16":
-            return (view.astype(np.uint32) << 16).view(np.float32)
-        return np.array(view, copy=True)
-
-    def _import_buffer(self, view, values):
-        """Write checkpoint values into a state buffer: into bfloat16 state rounded to
-        nearest even (exact for values a bfloat16 checkpoint holds; float64 is rounded to
-        float32 first), else cast as numpy's same_kind casting allows."""
-        if self._state_dtype == "bfloat16":
-            flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
-            out = np.empty(flat.shape, dtype=np.uint16)
-            _bf16.pack(flat, out)
-            view[...] = out.reshape(view.shape)
-        else:
-            np.copyto(view, values, casting="same_kind")
 
     @staticmethod
     def _adjacent(a, b):
