@@ -103,7 +103,8 @@ class SparseAdam(torch.optim.SparseAdam):
             with torch.enable_grad():
                 loss = closure()
         work = self._checked()
-        for p, st, indices, rows, hyper in work:
+        for p, indices, rows, hyper in work:
+            st = self.state[p]
             if not st:
                 st["step"] = 0
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -113,7 +114,7 @@ class SparseAdam(torch.optim.SparseAdam):
                         _plain(st["exp_avg_sq"]), step=int(st["step"]), **hyper)
         return loss
 
-    def _checked(self) -> List[Tuple[torch.Tensor, dict, np.ndarray, np.ndarray, dict]]:
+    def _checked(self) -> List[Tuple[torch.Tensor, np.ndarray, np.ndarray, dict]]:
         """Every param with a grad, checked with its grad, state and hyperparameters."""
         work = []
         for g, group in enumerate(self.param_groups):
@@ -148,7 +149,7 @@ class SparseAdam(torch.optim.SparseAdam):
                 indices = grad._indices()[0].contiguous().numpy()
                 rows = grad._values().contiguous().numpy()
                 check_rows(_NAME, label, f"the grad of {label}", _plain(p), indices, rows)
-                st = self.state[p]
+                st = self.state.get(p, {})  # (a defaultdict: no entry made here)
                 for key in ("exp_avg", "exp_avg_sq"):
                     buf = st.get(key)
                     if st and (not isinstance(buf, torch.Tensor) or buf.shape != p.shape or
@@ -158,7 +159,7 @@ class SparseAdam(torch.optim.SparseAdam):
                         raise ValueError(f"{_NAME}: state[{key!r}] of {label} must be a "
                                          f"contiguous CPU tensor like the param, apart from "
                                          f"it")
-                work.append((p, st, indices, rows, hyper))
+                work.append((p, indices, rows, hyper))
         return work
 
     @staticmethod
