@@ -19,6 +19,9 @@ import numpy as np
 from fastlr._core.args import POSITIVE, UNIT, checked_real
 from fastlr._core.sparse import check_param, check_rows, sparse_adam
 from fastlr.optim.base import Optimizer
+from fastlr import kernels as kernels_module
+from fastlr import reference as reference_module
+from fastlr import sparse as sparse_module
 from fastlr.reference import sparse as _reference
 from fastlr.sparse import RowSparseGrad
 
@@ -281,3 +284,118 @@ class _SparseStep:
         grads, values = opt._checked_grads(grads, "step")
         opt._apply(grads, values, sparse_adam)
         return True
+
+
+# ---- row-sparse grads in SGD, Adagrad and Adam (StepMixin's hook) ------------------------
+#: the table's families that take a RowSparseGrad, and the lazy kernel of each
+_LAZY_FAMILIES = ("sgd", "adagrad", "adam")
+
+
+def has_row_sparse(opt: Optimizer, grads: Any) -> bool:
+    """Whether ``grads`` (a step's argument, after a names lookup) holds a RowSparseGrad for
+    a table optimizer (SparseAdam checks its own grads)."""
+    return not isinstance(opt, SparseAdam) and isinstance(grads, (list, tuple)) and \
+        any(isinstance(g, RowSparseGrad) for g in grads)
+
+
+def lazy_step(opt: Optimizer, grads: Sequence[Any], reference: bool = False) -> bool:
+    """One update of a table optimizer (SGD, Adagrad, Adam) whose grads mix dense arrays and
+    :class:`RowSparseGrad`: a dense grad gets the optimizer's kernel, a row-sparse one the
+    lazy update of its rows (SGD: torch's sparse SGD; Adagrad: torch's sparse Adagrad; Adam:
+    SparseAdam's rule). Every grad and every refusal is checked before anything is written;
+    ``reference``: the NumPy twins instead of the kernels. Returns True (applied)."""
+    fn = opt._name
+    family = opt._kernel
+    cls = type(opt).__name__
+    first = next(i for i, g in enumerate(grads) if isinstance(g, RowSparseGrad))
+    if family not in _LAZY_FAMILIES:
+        raise TypeError(f"{fn}: grads[{first}] is a fastlr.RowSparseGrad, which {cls} does "
+                        f"not take (row-sparse grads: fastlr.SparseAdam, SGD, Adagrad, Adam)")
+    for option in ("max_grad_norm", "skip_nonfinite"):
+        if getattr(opt, f"_{option}"):
+            raise ValueError(f"{fn}: {option} is not supported with row-sparse grads "
+                             f"(grads[{first}] is a fastlr.RowSparseGrad)")
+    if len(grads) != len(opt._params):
+        raise ValueError(f"{fn}: got {len(grads)} grads for {len(opt._params)} params")
+    values = opt._engine.group_values(opt._t)
+    written = [a for i, p in enumerate(opt._params) for a in (p, *opt._state[i].values())]
+    plan, index = [], 0
+    for g, (group, v) in enumerate(zip(opt.param_groups, values)):
+        for p in group["params"]:
+            grad = grads[index]
+            if isinstance(grad, RowSparseGrad):
+                check_rows(fn, f"params[{index}]", f"grads[{index}]", p, grad.indices,
+                           grad.rows)
+                _refuse(fn, family, group, v, g, index)
+                data = grad.rows
+            else:
+                _check_dense(fn, index, p, grad)
+                data = grad
+            if any(np.may_share_memory(data, a) for a in written):
+                raise ValueError(f"{fn}: grads[{index}] shares memory with a param or a state "
+                                 f"buffer, which the step writes")
+            plan.append((group, v, index, p, grad))
+            index += 1
+    if reference:
+        dense, lazy, threads = reference_module, reference_module, {}
+    else:
+        dense, lazy, threads = kernels_module, sparse_module, {"n_threads": opt._n_threads}
+    for group, v, i, p, grad in plan:
+        kwargs = opt._reference_kwargs(group, v, i)
+        if isinstance(grad, RowSparseGrad):
+            _lazy_update(lazy, family, p, grad, kwargs)
+        else:
+            getattr(dense, family)(p, grad, **kwargs, **threads)
+    for g, v in enumerate(values):
+        opt._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
+    opt._counts += 1
+    return True
+
+
+def _lazy_update(kernels, family, p, grad, kw):
+    """The row-sparse update of ``p``, its state and hyperparameters in ``kw`` (the dense
+    kernel's keyword arguments)."""
+    if family == "sgd":
+        kernels.sparse_sgd(p, grad.indices, grad.rows, lr=kw["lr"], maximize=kw["maximize"])
+    elif family == "adagrad":
+        kernels.sparse_adagrad(p, grad.indices, grad.rows, kw["state_sum"], lr=kw["lr"],
+                               lr_decay=kw["lr_decay"], eps=kw["eps"], step=kw["step"],
+                               maximize=kw["maximize"])
+    else:
+        kernels.sparse_adam(p, grad.indices, grad.rows, kw["exp_avg"], kw["exp_avg_sq"],
+                            lr=kw["lr"], beta1=kw["beta1"], beta2=kw["beta2"], eps=kw["eps"],
+                            step=kw["step"], maximize=kw["maximize"])
+
+
+def _refuse(fn, family, group, v, g, i):
+    """The combinations torch refuses with sparse grads, or that would touch every row."""
+    where = f"grads[{i}] is a fastlr.RowSparseGrad but param_groups[{g}] has"
+    if v.get("weight_decay", 0.0) != 0:
+        raise ValueError(f"{fn}: {where} weight_decay={v['weight_decay']!r}; weight decay "
+                         f"is not compatible with sparse gradients (it would update every "
+                         f"row); set it to 0 for this group")
+    if family == "sgd" and v["momentum"] != 0:
+        raise ValueError(f"{fn}: {where} momentum={v['momentum']!r}; torch's sparse SGD has "
+                         f"no momentum (the buffer would move every row); set it to 0")
+    if family == "adam":
+        if group.get("amsgrad"):
+            raise ValueError(f"{fn}: {where} amsgrad=True, which lazy Adam (SparseAdam's "
+                             f"rule) does not have")
+        for key in ("lr", "eps"):
+            if not v[key] > 0:
+                raise ValueError(f"{fn}: {where} {key}={v[key]!r}; lazy Adam (SparseAdam's "
+                                 f"rule) needs {key} > 0")
+
+
+def _check_dense(fn, i, p, grad):
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"{fn}: grads[{i}] must be a numpy.ndarray or a fastlr.RowSparseGrad, "
+                        f"got {type(grad).__name__}")
+    if grad.dtype != p.dtype:
+        raise TypeError(f"{fn}: grads[{i}] has dtype {grad.dtype} but params[{i}] has dtype "
+                        f"{p.dtype}; they must be equal")
+    if grad.shape != p.shape:
+        raise ValueError(f"{fn}: grads[{i}] has shape {grad.shape} but params[{i}] has shape "
+                         f"{p.shape}; they must be equal")
+    if not (grad.flags.c_contiguous if p.flags.c_contiguous else grad.flags.f_contiguous):
+        raise ValueError(f"{fn}: grads[{i}] must be contiguous in the layout of params[{i}]")

@@ -462,3 +462,90 @@ def test_bridge_refuses_before_writing():
                                          r"\['params'\]\[1\] must be a 2-D"):
         opt.step()
     assert torch.equal(emb.weight.detach(), before) and not opt.state
+
+
+# ---------------------------------------------------------------------------------------
+# 6. row-sparse grads in SGD, Adagrad and Adam (lazy), mixed with dense grads in one step
+# ---------------------------------------------------------------------------------------
+LAZY = [  # (fastlr class, torch class for the row-sparse param, options)
+    ("SGD", "SGD", {"lr": 0.1, "maximize": True}),
+    ("Adagrad", "Adagrad", {"lr": 0.1, "lr_decay": 0.01, "initial_accumulator_value": 0.1}),
+    ("Adam", "SparseAdam", {"lr": 0.01, "betas": (0.8, 0.99)}),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls,torch_cls,options", LAZY, ids=[c[0] for c in LAZY])
+def test_lazy_variants_match_torch(dtype, cls, torch_cls, options):
+    rng = np.random.default_rng(11)
+    E0, W0 = rng.standard_normal((40, 4)).astype(dtype), rng.standard_normal((3, 5)).astype(dtype)
+    E, W, Er, Wr = E0.copy(), W0.copy(), E0.copy(), W0.copy()
+    sched = schedules.cosine(options["lr"], N_STEPS, end=options["lr"] / 10)
+    opts = dict(options, lr=sched)
+    opt = getattr(fastlr, cls)([{"params": [E]}, {"params": [W], "lr": 0.02}], **opts)
+    ref = getattr(fastlr, cls)([{"params": [Er]}, {"params": [Wr], "lr": 0.02}], **opts)
+    tE, tW = torch.tensor(E0.copy()), torch.tensor(W0.copy())
+    sparse_opt = getattr(torch.optim, torch_cls)([tE], **options)
+    dense_opt = getattr(torch.optim, cls)([tW], **dict(options, lr=0.02))
+    for t in range(N_STEPS):
+        sparse_opt.param_groups[0]["lr"] = float(sched(t))
+        idx, rows = _grad(rng, 40, 4, int(rng.integers(0, 30)), dtype)
+        gW = rng.standard_normal((3, 5)).astype(dtype)
+        grads = [fastlr.RowSparseGrad(idx, rows), gW]
+        opt.step(grads)
+        ref.step_reference(grads)
+        tE.grad, tW.grad = _coo(idx, rows, (40, 4)), torch.from_numpy(gW.copy())
+        sparse_opt.step()
+        dense_opt.step()
+        np.testing.assert_array_equal(E, Er)    # the lazy kernels and their twins
+    for mine, theirs in ((E, tE), (W, tW)):
+        err, bound = _close(mine, theirs.numpy(), dtype)
+        assert err <= bound, (err, bound)
+    assert opt.steps == N_STEPS and opt.state[0]["step"] == N_STEPS
+
+
+@pytest.mark.parametrize("cls,options,exc,match", [
+    ("SGD", {"lr": 0.1, "momentum": 0.9}, ValueError, "momentum=0.9"),
+    ("SGD", {"lr": 0.1, "weight_decay": 0.1}, ValueError, "weight_decay=0.1"),
+    ("Adagrad", {"weight_decay": 0.1}, ValueError, "weight_decay=0.1"),
+    ("Adam", {"amsgrad": True}, ValueError, "amsgrad=True"),
+    ("Adam", {"lr": 0.0}, ValueError, "lr=0.0"),
+    ("AdamW", {}, ValueError, "weight_decay=0.01"),
+    ("RMSprop", {}, TypeError, "which RMSprop does not take"),
+    ("Adam", {"max_grad_norm": 1.0}, ValueError, "max_grad_norm is not supported"),
+    ("SGD", {"lr": 0.1, "skip_nonfinite": True}, ValueError, "skip_nonfinite"),
+])
+def test_lazy_refusals_write_nothing(cls, options, exc, match):
+    E, W = np.ones((5, 2)), np.ones(3)
+    opt = getattr(fastlr, cls)([W, E], **options)
+    opt.step([np.ones(3), np.ones((5, 2))])
+    snap = _snapshot(opt)
+    with pytest.raises(exc, match=f"^fastlr.{cls}: .*{match}"):
+        opt.step([np.ones(3), fastlr.RowSparseGrad([1], np.ones((1, 2)))])
+    _assert_unchanged(opt, snap)
+
+
+@pytest.mark.parametrize("grads,exc,match", [
+    (lambda: [np.ones(3, np.float32), fastlr.RowSparseGrad([1], np.ones((1, 2)))], TypeError,
+     r"grads\[0\].*dtype float32"),
+    (lambda: [np.ones(4), fastlr.RowSparseGrad([1], np.ones((1, 2)))], ValueError,
+     r"grads\[0\].* shape \(4,\)"),
+    (lambda: ["x", fastlr.RowSparseGrad([1], np.ones((1, 2)))], TypeError,
+     r"grads\[0\] .*must be a numpy.ndarray or a fastlr.RowSparseGrad"),
+    (lambda: [np.ones(3), fastlr.RowSparseGrad([5], np.ones((1, 2)))], ValueError,
+     r"grads\[1\].*indices\[0\] is 5, out of range"),
+])
+def test_lazy_mixed_step_checks_every_grad_first(grads, exc, match):
+    E, W = np.ones((5, 2)), np.ones(3)
+    opt = fastlr.Adam([W, E], lr=0.1)
+    snap = _snapshot(opt)
+    with pytest.raises(exc, match=f"^fastlr.Adam(.step)?: .*{match}"):
+        opt.step(grads())
+    _assert_unchanged(opt, snap)
+
+
+def test_sparse_adam_refuses_dense_grads_even_mixed():
+    opt = fastlr.SparseAdam([np.ones((4, 2)), np.ones((3, 2))])
+    with pytest.raises(TypeError, match=r"grads\[1\].*does not support dense gradients"):
+        opt.step([fastlr.RowSparseGrad([0], np.ones((1, 2))), np.ones((3, 2))])
+    assert opt.steps == 0
