@@ -9,7 +9,9 @@ about 9,950 distinct rows). Three steps on the same table, the grads built befor
 * ``dense``: ``fastlr.Adam.step`` with the same grad as a dense 1M x 64 array (every
   element of param, grad and two moments: 64M x 28 bytes), fastlr's default threads;
 * ``torch``: ``torch.optim.SparseAdam.step`` with the grad as a sparse COO tensor
-  (``torch.set_num_threads(1)``; skipped when torch is not installed).
+  (``torch.set_num_threads(1)``; skipped when torch is not installed);
+* ``sgd_lazy``, ``adagrad_lazy``, ``adam_lazy``: ``fastlr.SGD`` / ``Adagrad`` / ``Adam``
+  ``.step`` with the RowSparseGrad (their lazy updates; Adam's is SparseAdam's rule).
 
 ``TimeSparseStep``: absolute times. ``TrackSparseSpeedup``: ``dense`` time / ``sparse``
 time (the issue's target: >= 20) and ``torch`` time / ``sparse`` time, interleaved in one
@@ -49,6 +51,11 @@ def step_fn(impl, table, idx, rows):
         opt = fastlr.SparseAdam([table], lr=1e-3)
         grads = [fastlr.RowSparseGrad(idx, rows)]
         return lambda: opt.step(grads)
+    if impl.endswith("_lazy"):
+        cls = {"sgd": fastlr.SGD, "adagrad": fastlr.Adagrad, "adam": fastlr.Adam}[impl[:-5]]
+        opt = cls([table], lr=1e-3)
+        grads = [fastlr.RowSparseGrad(idx, rows)]
+        return lambda: opt.step(grads)
     if impl == "dense":
         opt = fastlr.Adam([table], lr=1e-3)
         dense = fastlr.RowSparseGrad(idx, rows).to_dense(N_ROWS)
@@ -62,7 +69,7 @@ def step_fn(impl, table, idx, rows):
 
 
 class TimeSparseStep:
-    params = (["sparse", "dense", "torch"],)
+    params = (["sparse", "dense", "torch", "sgd_lazy", "adagrad_lazy", "adam_lazy"],)
     param_names = ["impl"]
     timeout = 300
 
