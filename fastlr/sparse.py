@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from fastlr._core.sparse import check_rows, coalesce, sparse_adagrad, sparse_adam, sparse_sgd
+from fastlr._core.sparse import coalesce, sparse_adagrad, sparse_adam, sparse_sgd
 
-__all__ = ["RowSparseGrad", "coalesce", "sparse_adam", "sparse_adagrad", "sparse_sgd",
-           "check_rows"]
+__all__ = ["RowSparseGrad", "coalesce", "sparse_adam", "sparse_adagrad", "sparse_sgd"]
 
 _NAME = "fastlr.RowSparseGrad"
 

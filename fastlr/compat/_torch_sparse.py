@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fastlr._core.args import POSITIVE, UNIT, checked_real
-from fastlr.sparse import check_rows, sparse_adam
+from fastlr._core.sparse import check_rows, sparse_adam
 
 __all__ = ["SparseAdam"]
 

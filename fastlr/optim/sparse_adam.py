@@ -6,6 +6,11 @@ It does not fit the element-wise table (``fastlr._specs``): its grads are
 the kernel of :mod:`fastlr._core.sparse`. Everything else is the optimizers' common code
 (:class:`fastlr.Optimizer`): param groups and names, schedules, the per-param step count,
 state buffers ``exp_avg`` / ``exp_avg_sq``, checkpoints, ``repr``.
+
+:func:`lazy_step` is the row-sparse step of the table's SGD, Adagrad and Adam (the lazy
+variants: torch's sparse SGD and Adagrad, SparseAdam's rule), which
+:meth:`fastlr.Optimizer.step` calls when the engine refuses a grad list that holds a
+:class:`fastlr.RowSparseGrad`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from fastlr._core.args import POSITIVE, UNIT, checked_real
-from fastlr._core.sparse import check_param, check_rows, sparse_adam
-from fastlr.optim.base import Optimizer
 from fastlr import kernels as kernels_module
 from fastlr import reference as reference_module
 from fastlr import sparse as sparse_module
+from fastlr._core.sparse import check_param, check_rows, sparse_adam
+from fastlr.optim.base import Optimizer
 from fastlr.reference import sparse as _reference
 from fastlr.sparse import RowSparseGrad
 
