@@ -168,6 +168,7 @@ class SparseAdam(Optimizer):
             for key, rule in _CHECKS.items():
                 checked_real(fn, f"param_groups[{g}][{key!r}] (at step {self._t})", v[key],
                              rule)
+        written = _written(self)
         for i, (p, grad) in enumerate(zip(self._params, grads)):
             if grad is None:
                 continue
@@ -176,10 +177,7 @@ class SparseAdam(Optimizer):
                                 f"got {type(grad).__name__} (SparseAdam does not support "
                                 f"dense gradients; use fastlr.Adam for those)")
             check_rows(fn, f"params[{i}]", f"grads[{i}]", p, grad.indices, grad.rows)
-            for name, buf in self._state[i].items():
-                if np.may_share_memory(grad.rows, buf):
-                    raise ValueError(f"{fn}: grads[{i}] rows share memory with the "
-                                     f"optimizer's {name} buffer of params[{i}]")
+            _check_apart(fn, i, grad.rows, written)
         return grads, values
 
     def step(self, grads: SparseGrads) -> None:  # type: ignore[override]
@@ -323,7 +321,7 @@ def lazy_step(opt: Optimizer, grads: Sequence[Any], reference: bool = False) -> 
     if len(grads) != len(opt._params):
         raise ValueError(f"{fn}: got {len(grads)} grads for {len(opt._params)} params")
     values = opt._engine.group_values(opt._t)
-    written = [a for i, p in enumerate(opt._params) for a in (p, *opt._state[i].values())]
+    written = _written(opt)
     plan, index = [], 0
     for g, (group, v) in enumerate(zip(opt.param_groups, values)):
         for p in group["params"]:
@@ -336,9 +334,7 @@ def lazy_step(opt: Optimizer, grads: Sequence[Any], reference: bool = False) -> 
             else:
                 _check_dense(fn, index, p, grad)
                 data = grad
-            if any(np.may_share_memory(data, a) for a in written):
-                raise ValueError(f"{fn}: grads[{index}] shares memory with a param or a state "
-                                 f"buffer, which the step writes")
+            _check_apart(fn, index, data, written)
             plan.append((group, v, index, p, grad))
             index += 1
     if reference:
@@ -390,6 +386,19 @@ def _refuse(fn, family, group, v, g, i):
             if not v[key] > 0:
                 raise ValueError(f"{fn}: {where} {key}={v[key]!r}; lazy Adam (SparseAdam's "
                                  f"rule) needs {key} > 0")
+
+
+def _written(opt):
+    """Every array a step of ``opt`` writes: the params and their state buffers."""
+    return [a for i, p in enumerate(opt._params) for a in (p, *opt._state[i].values())]
+
+
+def _check_apart(fn, i, data, written):
+    """A grad's values must not share memory with anything the step writes (a param updated
+    before the grad is read would change it)."""
+    if any(np.may_share_memory(data, a) for a in written):
+        raise ValueError(f"{fn}: grads[{i}] shares memory with a param or a state buffer, "
+                         f"which the step writes")
 
 
 def _check_dense(fn, i, p, grad):

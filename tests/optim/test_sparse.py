@@ -549,3 +549,14 @@ def test_sparse_adam_refuses_dense_grads_even_mixed():
     with pytest.raises(TypeError, match=r"grads\[1\].*does not support dense gradients"):
         opt.step([fastlr.RowSparseGrad([0], np.ones((1, 2))), np.ones((3, 2))])
     assert opt.steps == 0
+
+
+@pytest.mark.parametrize("cls", ["SparseAdam", "Adam"])
+def test_grad_rows_sharing_a_written_buffer_are_refused(cls):
+    a, b = np.ones((4, 2)), np.ones((3, 2))
+    opt = getattr(fastlr, cls)([a, b], lr=0.1)
+    snap = _snapshot(opt)
+    other = fastlr.RowSparseGrad([0], np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"grads\[1\] .*shares memory with a param"):
+        opt.step([other, fastlr.RowSparseGrad([0], a[:1])])     # rows: a view of params[0]
+    _assert_unchanged(opt, snap)
