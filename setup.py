@@ -67,6 +67,7 @@ MODULES = [
     ("fastlr._core.bf16", ["fastlr/_core/bf16.pyx"]),
     # row-sparse grads: coalescing and the lazy (touched-rows) updates (fastlr.SparseAdam)
     ("fastlr._core.sparse", ["fastlr/_core/sparse.pyx"]),
+    ("fastlr._core.schedulefree", ["fastlr/_core/schedulefree.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

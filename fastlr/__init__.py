@@ -33,6 +33,7 @@ from fastlr.optim import Optimizer, clip_grad_norm, flat_buffer
 from fastlr.optim.lbfgs import LBFGS
 from fastlr.optim.sparse_adam import SparseAdam
 from fastlr.sparse import RowSparseGrad
+from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.families import CLASSES as _CLASSES
 from fastlr.ema import EMA
 from fastlr.plateau import ReduceLROnPlateau
@@ -50,6 +51,7 @@ globals().update(_CLASSES)
 __all__ = [*_CLASSES, "LBFGS", "SparseAdam", "RowSparseGrad", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
            "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
            "set_num_threads", "get_include", "__version__"]
+__all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]
 
 
 def get_include() -> str:

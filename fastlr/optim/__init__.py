@@ -44,8 +44,10 @@ from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa:
 from fastlr.optim.families import CLASSES
 from fastlr.optim.lbfgs import LBFGS
 from fastlr.optim.sparse_adam import SparseAdam
+from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
 __all__ = ["Optimizer", *CLASSES, "LBFGS", "SparseAdam", "flat_buffer", "clip_grad_norm", "named_groups"]
+__all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

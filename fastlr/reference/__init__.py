@@ -51,6 +51,7 @@ import numpy as np
 from fastlr.reference.ema import ema_update, swap_buffers
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
 from fastlr.reference.sparse import coalesce, sparse_adagrad, sparse_adam, sparse_sgd  # noqa: F401
+from fastlr.reference import schedulefree  # noqa: F401  (the schedule-free loops' twins)
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
            "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers"]

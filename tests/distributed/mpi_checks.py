@@ -5,8 +5,12 @@
 tests/distributed/test_distributed.py runs this under mpirun. Each check runs on every rank; a failure
 on any rank is shared (one all-reduce per check), so every rank reports it and the exit
 status is non-zero. Prints "PASSED <n>" from rank 0 when every check passed.
+
+FASTLR_CHECK_DEADLINE=<seconds>: past it, every rank prints its Python stacks and exits
+(faulthandler), so a hang shows where each rank was instead of only timing out.
 """
 
+import faulthandler
 import os
 import sys
 import tempfile
@@ -286,7 +290,12 @@ def main():
     failures = 0
     wanted = sys.argv[1:]
     checks = [c for c in CHECKS if not wanted or c.__name__ in wanted]
+    deadline = float(os.environ.get("FASTLR_CHECK_DEADLINE", "0"))
+    if deadline > 0:
+        faulthandler.dump_traceback_later(deadline, exit=True)
     for check in checks:
+        if RANK == 0:
+            print(f"running {check.__name__}", flush=True)
         error = None
         try:
             check()

@@ -7,6 +7,7 @@ namespaces, no mpirun); FASTLR_REQUIRE_NETNS=1 turns that skip into a failure.
 """
 
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -29,8 +30,22 @@ def _bed_missing():
     return reason
 
 
-def _env(n_hosts):
-    return mpi_env(FASTLR_EXPECT_HOSTS=str(n_hosts))
+def _env(n_hosts, deadline=None):
+    env = mpi_env(FASTLR_EXPECT_HOSTS=str(n_hosts))
+    if deadline:
+        # past it every rank prints its stacks and exits (mpi_checks.py): a hang says where
+        env["FASTLR_CHECK_DEADLINE"] = str(deadline)
+    return env
+
+
+def _run(bed, command, timeout, **kwargs):
+    """bed.run, with the output so far in the failure when it times out."""
+    try:
+        return bed.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        out = "".join(o.decode(errors="replace") if isinstance(o, bytes) else (o or "")
+                      for o in (exc.stdout, exc.stderr))
+        pytest.fail(f"mpirun across hosts ran past {timeout} s; its output:\n{out[-6000:]}")
 
 
 @pytest.mark.parametrize("n_hosts, rate, ranks_per_host", [
@@ -47,9 +62,8 @@ def test_distributed_checks_across_hosts(n_hosts, rate, ranks_per_host):
         pytest.skip(missing)
     with netns_hosts.NetnsHosts(n_hosts, rate) as bed, tempfile.TemporaryDirectory() as cwd:
         assert f"rate {rate.replace('gbit', 'Gbit')}" in bed.qdisc(n_hosts - 1)
-        result = bed.run([sys.executable, os.path.join(HERE, "mpi_checks.py")],
-                         ranks_per_host=ranks_per_host, env=_env(n_hosts), cwd=cwd,
-                         capture_output=True, text=True, timeout=600)
+        result = _run(bed, [sys.executable, os.path.join(HERE, "mpi_checks.py")], 600,
+                      ranks_per_host=ranks_per_host, env=_env(n_hosts, deadline=540), cwd=cwd)
     out = result.stdout + result.stderr
     n = n_hosts * ranks_per_host
     assert result.returncode == 0, out[-6000:]
