@@ -66,6 +66,8 @@ MODULES = [
     ("fastlr._core.layerwise", ["fastlr/_core/layerwise.pyx"]),
     # fastlr.distributed's bfloat16 grads: packing and the fused unpack-and-add
     ("fastlr._core.bf16", ["fastlr/_core/bf16.pyx"]),
+    # row-sparse grads: coalescing and the lazy (touched-rows) updates (fastlr.SparseAdam)
+    ("fastlr._core.sparse", ["fastlr/_core/sparse.pyx"]),
     ("fastlr._core.schedulefree", ["fastlr/_core/schedulefree.pyx"]),
     ("fastlr._core.lrfree", ["fastlr/_core/lrfree.pyx"]),  # Prodigy's two-pass step
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at

@@ -31,6 +31,8 @@ from fastlr._kernels import get_num_threads, set_num_threads
 from fastlr.lr_finder import LRFinderResult, find_lr
 from fastlr.optim import Optimizer, clip_grad_norm, flat_buffer
 from fastlr.optim.lbfgs import LBFGS
+from fastlr.optim.sparse_adam import SparseAdam
+from fastlr.sparse import RowSparseGrad
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
@@ -48,8 +50,8 @@ except PackageNotFoundError:  # pragma: no cover - an in-place build that was ne
 # the optimizer classes, one per row of the table (fastlr._specs): fastlr.SGD, fastlr.Adam, ...
 globals().update(_CLASSES)
 
-__all__ = [*_CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "Optimizer", "flat_buffer",
-           "clip_grad_norm", "ReduceLROnPlateau", "EMA",
+__all__ = [*_CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam", "RowSparseGrad",
+           "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
            "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
            "set_num_threads", "get_include", "__version__"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

@@ -78,7 +78,7 @@ _torch_step.setup(torch.Tensor, torch.nn.Parameter, torch.float32, torch.float64
 TORCH_CLASSES: Tuple[str, ...] = tuple(o.cls for o in _specs.OPTIMIZERS.values()
                       if o.torch and hasattr(torch.optim, o.torch))
 
-__all__ = list(TORCH_CLASSES)
+__all__ = list(TORCH_CLASSES) + ["SparseAdam"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
@@ -774,3 +774,5 @@ def _bridge(row):
 
 
 globals().update({name: _bridge(_specs.OPTIMIZERS[name]) for name in TORCH_CLASSES})
+
+from fastlr.compat._torch_sparse import SparseAdam  # noqa: E402  (row-sparse grads)

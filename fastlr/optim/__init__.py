@@ -43,6 +43,7 @@ from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa:
                                      write_checkpoint, write_npz_atomic)
 from fastlr.optim.families import CLASSES
 from fastlr.optim.lbfgs import LBFGS
+from fastlr.optim.sparse_adam import SparseAdam
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
@@ -50,6 +51,6 @@ from fastlr.optim.lrfree import Prodigy
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
-__all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "flat_buffer",
-           "clip_grad_norm", "named_groups"]
+__all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam",
+           "flat_buffer", "clip_grad_norm", "named_groups"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

@@ -43,7 +43,10 @@ class StepMixin(_OptimizerAttrs):
             The grads, one per param with its shape and dtype: a list in param order, one
             flat array when the params are views of one buffer (see
             :func:`fastlr.flat_buffer`), or, when the params are named, a dict of name ->
-            grad with exactly the params' names, in any order.
+            grad with exactly the params' names, in any order. :class:`fastlr.SGD`,
+            :class:`fastlr.Adagrad` and :class:`fastlr.Adam` also take a
+            :class:`fastlr.RowSparseGrad` for a 2-D param: its rows only are updated (see
+            the docs' sparse page).
 
         Returns
         -------
@@ -84,8 +87,14 @@ class StepMixin(_OptimizerAttrs):
             if self._dirty:
                 self._configure()
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
-            applied = self._engine.step(grads, self._t, n_threads, self._max_grad_norm or 0.0,
-                                        self._skip_nonfinite)
+            try:
+                applied = self._engine.step(grads, self._t, n_threads,
+                                            self._max_grad_norm or 0.0, self._skip_nonfinite)
+            except TypeError:       # nothing written; a fastlr.RowSparseGrad takes this path
+                from fastlr.optim.sparse_adam import has_row_sparse, lazy_step
+                if not has_row_sparse(self, grads):
+                    raise
+                applied = lazy_step(self, grads)
             if applied:
                 self._t += 1
             else:
@@ -239,6 +248,10 @@ class StepMixin(_OptimizerAttrs):
         if len(grads) != len(self._params):
             raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
                              f"{len(self._params)} params")
+        from fastlr.optim.sparse_adam import has_row_sparse, lazy_step
+        if has_row_sparse(self, grads):     # fastlr.RowSparseGrad: the lazy update's twin
+            self._t += lazy_step(self, grads, reference=True)
+            return True if self._skip_nonfinite else None
         grads = [np.asarray(g) for g in grads]
         if self._skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
             self._skipped += 1

@@ -51,6 +51,7 @@ import numpy as np
 from fastlr.reference.ema import ema_update, swap_buffers
 from fastlr.reference.lowprecision import adam_bf16_state
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
+from fastlr.reference.sparse import coalesce, sparse_adagrad, sparse_adam, sparse_sgd  # noqa: F401
 from fastlr.reference import schedulefree  # noqa: F401  (the schedule-free loops' twins)
 from fastlr.reference.layerwise import lamb, lars
 from fastlr.reference.lrfree import prodigy_step

@@ -1,0 +1,19 @@
+# Type stubs for the compiled module fastlr._core.sparse (row-sparse grads: coalescing and
+# the lazy updates; fastlr.sparse re-exports the kernels).
+from typing import Tuple
+
+import numpy as np
+
+def check_rows(fn: str, param_name: str, grad_name: str, param: np.ndarray,
+               indices: np.ndarray, rows: np.ndarray) -> int: ...
+def check_param(fn: str, name: str, param: np.ndarray) -> None: ...
+def coalesce(indices: np.ndarray, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]: ...
+def sparse_adam(param: np.ndarray, indices: np.ndarray, rows: np.ndarray,
+                exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, lr: float,
+                beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, step: int,
+                maximize: bool = False) -> None: ...
+def sparse_adagrad(param: np.ndarray, indices: np.ndarray, rows: np.ndarray,
+                   state_sum: np.ndarray, *, lr: float, lr_decay: float = 0.0,
+                   eps: float = 1e-10, step: int, maximize: bool = False) -> None: ...
+def sparse_sgd(param: np.ndarray, indices: np.ndarray, rows: np.ndarray, *, lr: float,
+               maximize: bool = False) -> None: ...
