@@ -252,7 +252,7 @@ def test_quality_against_float32_state_on_least_squares():
 def test_row_sparse_grads_are_refused_with_bfloat16_state():
     w = np.zeros((10, 4), np.float32)
     opt = fastlr.Adam([w], lr=0.1, state_dtype="bfloat16")
-    with pytest.raises(ValueError, match=r"row-sparse grads \(grads\[0\]\) need "
+    with pytest.raises(ValueError, match=r"row-sparse grads \(grads\[0\].*\) need "
                                          r"state_dtype='float32'"):
         opt.step([fastlr.RowSparseGrad(np.array([1, 3]), np.ones((2, 4), np.float32))])
     assert not w.any() and opt.steps == 0
