@@ -114,3 +114,36 @@ class TrackMuonSpeedupVsTorch:
 
     def track_speedup(self, shape, dtype):
         return speedup(shape, dtype)[0]
+
+
+def agreement(shape, dtype, adjust_lr_fn=None, nesterov=True, steps=100, lr=0.02):
+    """Not a benchmark: the measurement behind docs/muon.rst's agreement table.
+
+    Runs ``fastlr.Muon`` and ``torch.optim.Muon`` side by side for ``steps`` steps on the
+    same grads (drawn independently of the params) and returns ``(max |p - p_torch|,
+    that / (2**-8 * sum_t lr'_t), max |B - B_torch|)``.
+    """
+    import math
+
+    import fastlr
+
+    torch = _import_torch()
+    rng = np.random.default_rng(7)
+    rows, cols = _shape(shape)
+    p = rng.standard_normal((rows, cols)).astype(dtype)
+    tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+    kw = dict(lr=lr, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
+    opt, topt = fastlr.Muon([p], **kw), torch.optim.Muon([tp], **kw)
+    if adjust_lr_fn == "match_rms_adamw":
+        adjusted = lr * (0.2 * math.sqrt(max(rows, cols)))
+    else:
+        adjusted = lr * math.sqrt(max(1, rows / cols))
+    for _ in range(steps):
+        g = rng.standard_normal((rows, cols)).astype(dtype)
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+        opt.step([g])
+    diff = float(np.abs(p - tp.detach().numpy()).max())
+    buf = float(np.abs(opt.state[0]["momentum_buffer"]
+                       - topt.state[tp]["momentum_buffer"].numpy()).max())
+    return diff, diff / (2.0 ** -8 * steps * adjusted), buf

@@ -99,14 +99,11 @@ class Muon:
 
     Attributes
     ----------
+    defaults : dict
+        The checked default hyperparameters.
     param_groups : list of dict
         The groups (dicts like torch's, writes checked): ``params``, ``param_names`` when
         named, and the hyperparameters.
-    state : dict
-        Per param index, ``{"momentum_buffer": array}`` (a live view) once the param has
-        been updated.
-    steps : int
-        Steps taken (the step count schedules are evaluated at).
 
     Raises
     ------
