@@ -188,16 +188,19 @@ def adjusted_lr(double lr, object adjust_lr_fn, Py_ssize_t rows, Py_ssize_t cols
 def check_hypers(str fn, str where, lr, weight_decay, momentum, nesterov, ns_coefficients,
                  eps, ns_steps, adjust_lr_fn):
     """Every hyperparameter checked (numbers, not schedules); returns them as
-    (lr, weight_decay, momentum, nesterov, (a, b, c), eps, ns_steps, adjust_lr_fn)."""
-    lr_ = checked_real(fn, f"{where}lr", lr, NONNEG)
-    wd = checked_real(fn, f"{where}weight_decay", weight_decay, NONNEG)
-    mom = checked_real(fn, f"{where}momentum", momentum, NONNEG)
-    nest = flag_arg(fn, f"{where}nesterov", nesterov)
-    coefs = check_coefficients(fn, f"{where}ns_coefficients", ns_coefficients)
-    eps_ = checked_real(fn, f"{where}eps", eps, NONNEG)
-    steps = int(int_arg(fn, f"{where}ns_steps", ns_steps, 0, MAX_NS_STEPS))
+    (lr, weight_decay, momentum, nesterov, (a, b, c), eps, ns_steps, adjust_lr_fn).
+    Messages name an argument ``key``, or ``where[key]`` (a group: "param_groups[1]")."""
+    def label(str key):
+        return f"{where}[{key!r}]" if where else key
+    lr_ = checked_real(fn, label("lr"), lr, NONNEG)
+    wd = checked_real(fn, label("weight_decay"), weight_decay, NONNEG)
+    mom = checked_real(fn, label("momentum"), momentum, NONNEG)
+    nest = flag_arg(fn, label("nesterov"), nesterov)
+    coefs = check_coefficients(fn, label("ns_coefficients"), ns_coefficients)
+    eps_ = checked_real(fn, label("eps"), eps, NONNEG)
+    steps = int(int_arg(fn, label("ns_steps"), ns_steps, 0, MAX_NS_STEPS))
     if adjust_lr_fn is not None:
-        choice_arg(fn, f"{where}adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS)
+        choice_arg(fn, label("adjust_lr_fn"), adjust_lr_fn, ADJUST_LR_FNS)
     return lr_, wd, mom, nest, coefs, eps_, steps, adjust_lr_fn
 
 

@@ -96,7 +96,7 @@ class Muon(torch.optim.Muon):
             if bv is None:
                 buf = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
                 self.state[p]["momentum_buffer"] = buf
-                bv = buf.numpy()
+                bv = buf.detach().numpy()
             _muon.run(pv, gv, bv, *hypers)
         return loss
 
@@ -121,7 +121,7 @@ class Muon(torch.optim.Muon):
             raise ValueError(f"{fn}: {at}: the parameter is not contiguous (strides "
                              f"{p.stride()}); an update applied to a copy is lost")
         pv = p.detach().numpy()
-        gv = grad.numpy()
+        gv = grad.detach().numpy()
         buf = self.state.get(p, {}).get("momentum_buffer")
         bv = None
         if buf is not None:
@@ -129,7 +129,7 @@ class Muon(torch.optim.Muon):
                     buf.dtype != p.dtype or buf.shape != p.shape:
                 raise ValueError(f"{fn}: {at}: state['momentum_buffer'] must be a CPU tensor "
                                  f"of the parameter's dtype and shape")
-            bv = buf.numpy()
+            bv = buf.detach().numpy()
         same = (lambda a: a.flags.c_contiguous) if pv.flags.c_contiguous else \
             (lambda a: a.flags.f_contiguous)
         for what, v in (("grad", gv), ("state['momentum_buffer']", bv)):

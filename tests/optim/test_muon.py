@@ -442,3 +442,20 @@ def test_bridge_matches_torch(dtype):
                                    ob.state[y]["momentum_buffer"], rtol=0, atol=0)
         adjust = "match_rms_adamw" if i else None
         assert (x - y).abs().max().item() <= _bound([0.02] * 30, tuple(x.shape), adjust)
+
+
+def test_bridge_refuses_before_writing():
+    from fastlr.compat import torch as ct
+    a = torch.nn.Parameter(torch.ones(3, 4, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.ones(4, 3, dtype=torch.bfloat16))
+    opt = ct.Muon([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(3, 4, dtype=torch.float64), torch.ones(4, 3, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"^fastlr\.compat\.torch\.Muon\.step: param_groups\[0\]"
+                                        r"\['params'\]\[1\].*bfloat16"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(3, 4, dtype=torch.float64))
+    assert len(opt.state) == 0
+    opt.param_groups[0]["lr"] = -1.0
+    b.grad = None
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
+        opt.step()
