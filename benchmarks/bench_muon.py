@@ -1,6 +1,7 @@
 """fastlr.Muon against torch.optim.Muon: one ``step`` over one 2-D param.
 
-Transformer-like matrices (float32 and float64): an attention projection 768 x 768, an MLP
+Transformer-like matrices (float32 and float64): a small 64 x 64 (where the per-call
+overhead shows), an attention projection 768 x 768, an MLP
 up-projection 768 x 3072 and its down-projection 3072 x 768 (tall: transposed for the
 Newton-Schulz iteration), and a small 256 x 1024 one where the element-wise passes weigh
 more. Default hyperparameters (Nesterov, 5 Newton-Schulz steps). The state is warm (the
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-SHAPES = ["256x1024", "768x768", "768x3072", "3072x768"]
+SHAPES = ["64x64", "256x1024", "768x768", "768x3072", "3072x768"]
 DTYPES = ["float32", "float64"]
 
 
