@@ -36,6 +36,7 @@ from fastlr.sparse import RowSparseGrad
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
+from fastlr.optim.muon import Muon
 from fastlr.optim.families import CLASSES as _CLASSES
 from fastlr.ema import EMA
 from fastlr.plateau import ReduceLROnPlateau
@@ -51,7 +52,7 @@ except PackageNotFoundError:  # pragma: no cover - an in-place build that was ne
 globals().update(_CLASSES)
 
 __all__ = [*_CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam", "RowSparseGrad",
-           "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
+           "Muon", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
            "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
            "set_num_threads", "get_include", "__version__"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

@@ -29,6 +29,7 @@ from fastlr._kernels import HAVE_OPENMP, get_num_threads, set_num_threads
 from fastlr._core.args import NONNEG, checked_real, flag_arg
 from fastlr._core.ema import ema_update, swap_buffers
 from fastlr._core.sklearn_kernels import adam_sklearn, sgd_sklearn
+from fastlr._core.muon import muon  # noqa: F401  (Muon's validated kernel: fastlr.Muon)
 
 # the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
 globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})

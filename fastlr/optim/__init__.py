@@ -47,10 +47,11 @@ from fastlr.optim.sparse_adam import SparseAdam
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
+from fastlr.optim.muon import Muon
 
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
-__all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam",
+__all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam", "Muon",
            "flat_buffer", "clip_grad_norm", "named_groups"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]
