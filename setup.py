@@ -65,6 +65,7 @@ MODULES = [
     ("fastlr._core.torch_step", ["fastlr/_core/torch_step.pyx"]),
     # fastlr.distributed's bfloat16 grads: packing and the fused unpack-and-add
     ("fastlr._core.bf16", ["fastlr/_core/bf16.pyx"]),
+    ("fastlr._core.adafactor", ["fastlr/_core/adafactor.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

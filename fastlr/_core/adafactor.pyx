@@ -1,0 +1,498 @@
+# fastlr/_core/adafactor.pyx -- Adafactor (torch.optim.Adafactor 2.13, its single-tensor
+# path): the per-param kernels, in C, and the validated Python kernel.
+#
+# Design notes
+# ------------
+# a) Why not a row of the table. The table's families are element-wise: every buffer has
+#    the param's shape and one pass updates each element from its own values. Adafactor is
+#    not: for a param of >= 2 dims its second moment is factored into a row statistic
+#    (shape ``(..., m, 1)``) and a column statistic (``(..., 1, n)``), reduced from the
+#    whole gradient, and the step needs two more reductions (the param's RMS, the update's
+#    RMS). So it has its own module, as fastlr.LBFGS does; the class is
+#    fastlr.optim.adafactor.Adafactor.
+# b) Memory. The state of an m x n param (leading dims are a batch) is m + n values, not
+#    m * n: the update is never materialised. The factored kernel makes three passes over
+#    the grad (row and column sums of g^2; the update's squared norm; the update applied)
+#    and one over the param before them (its RMS), recomputing the update element by
+#    element in the last two passes (the same expression, so the same bits); its scratch is
+#    one double per state value (the sums), allocated per call before the GIL is released.
+# c) Arithmetic, torch's operation order in the param's dtype T: with w = step**beta2_decay,
+#    rho = min(lr, 1/step**0.5), alpha = max(eps2, RMS(param)) * rho (RMS before the weight
+#    decay; sqrt(sum p^2) rounded to T, as torch's norm().item());
+#        row = lerp(row, T(T(sqrt(sum_j g^2))^2) / n, w)     (torch's norm().square_().div_(n))
+#        col = lerp(col, T(T(sqrt(sum_i g^2))^2) / m, w)
+#        rbar = max(mean_i row, eps1)                        (per batch entry)
+#        u = g * rsqrt(max(T(row * col) / rbar, eps1^2))     (vectors: max(variance, eps1^2),
+#                                                             variance = lerp(variance, g*g, w))
+#        p = p * T(1 - lr * weight_decay)                    (only when weight_decay != 0)
+#        p = p + T(-alpha / max(1, RMS(u) / d)) * u
+#    The sums are accumulated in double (torch accumulates in its own order), so results
+#    agree with torch to rounding, not bit for bit; lerp is torch's two-branch lerp.
+# d) Layout. C- and F-contiguous params; the state has the param's layout, so for both the
+#    flat index of element (b, i, j) of param, row and col is (b*m + i)*n + j, b*m + i,
+#    b*n + j (C) or b + B*(i + m*j), b + B*i, b + B*j (F, b the F-order batch index), and
+#    the loops walk memory in order in both.
+# e) Validation. `adafactor` checks every argument (types, dtypes, shapes, layouts,
+#    overlap, hyperparameter ranges) before any buffer is touched, with the messages of
+#    fastlr._core.args. `_apply` is the unchecked entry the optimizer class uses after
+#    validating at construction and per step; it never sees an unchecked array.
+
+cimport cython
+cimport numpy as cnp
+from cython cimport floating
+from libc.math cimport pow, sqrt
+from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
+
+from fastlr._core.args cimport (FINITE, NONNEG, checked_real, flag_arg, layout_hint,
+                                ndarray_hint, step_arg)
+from fastlr._core.arrays cimport layout_name
+from fastlr._core.loops cimport lerp
+
+import numpy as np
+
+cnp.import_array()
+
+__all__ = ["adafactor", "state_shapes"]
+
+cdef enum:
+    # The GIL is released for params at least this long (as in _kernels).
+    NOGIL_MIN_SIZE = 4096
+
+
+ctypedef struct Coef:
+    double step             # the 1-based update number, as a double (torch's step.item())
+    double lr, beta2_decay, eps1, eps2, d, weight_decay
+    bint maximize
+
+
+# ---------------------------------------------------------------------------------------
+# C level
+# ---------------------------------------------------------------------------------------
+cdef inline floating _rsqrt_update(floating g, floating v, floating eps1sq) noexcept nogil:
+    # torch: var.clamp_(min=eps1*eps1).rsqrt_().mul_(grad); NaN propagates through clamp
+    if v < eps1sq:
+        v = eps1sq
+    return (<floating>1 / <floating>sqrt(v)) * g
+
+
+cdef inline double _param_rms(const floating* p, Py_ssize_t size) noexcept nogil:  # IN
+    # torch: param.norm(2).item() / param.numel() ** 0.5
+    cdef double s = 0.0
+    cdef Py_ssize_t k
+    for k in range(size):
+        s += <double>p[k] * <double>p[k]
+    return <double><floating>sqrt(s) / pow(<double>size, 0.5)
+
+
+cdef inline double _alpha(const floating* p, Py_ssize_t size, const Coef* c) noexcept nogil:
+    # torch: rho = min(lr, 1 / step ** 0.5); alpha = max(eps2, RMS(param)) * rho
+    cdef double rho_max = 1.0 / pow(c.step, 0.5)
+    cdef double rho = rho_max if rho_max < c.lr else c.lr
+    cdef double rms = _param_rms(p, size)
+    return (rms if rms > c.eps2 else c.eps2) * rho
+
+
+cdef inline void _finish(floating* p, const floating* grad, Py_ssize_t size,  # IN/OUT, IN
+                         double alpha, double su, const Coef* c,
+                         floating* row, floating* col, floating* var,          # IN
+                         floating* rbar, Py_ssize_t B, Py_ssize_t m, Py_ssize_t n,
+                         bint fortran) noexcept nogil:
+    """The step from the update's squared norm ``su``: weight decay, then p += coef * u,
+    u recomputed element by element (factored when ``var`` is NULL)."""
+    cdef double ratio = <double><floating>sqrt(su) / (pow(<double>size, 0.5) * c.d)
+    cdef double denom = ratio if ratio > 1.0 else 1.0
+    cdef floating coef = <floating>(-alpha / denom)
+    cdef floating decay = <floating>(1.0 - c.lr * c.weight_decay)
+    cdef bint wd = c.weight_decay != 0.0
+    cdef floating eps1sq = <floating>(c.eps1 * c.eps1)
+    cdef floating g, u, v, pk
+    cdef Py_ssize_t k, b, i, j, base
+    if var != NULL:
+        for k in range(size):
+            g = -grad[k] if c.maximize else grad[k]
+            u = _rsqrt_update(g, var[k], eps1sq)
+            pk = p[k] * decay if wd else p[k]
+            p[k] = pk + coef * u
+        return
+    if not fortran:
+        for b in range(B):
+            for i in range(m):
+                base = (b * m + i) * n
+                for j in range(n):
+                    g = -grad[base + j] if c.maximize else grad[base + j]
+                    v = <floating>(row[b * m + i] * col[b * n + j]) / rbar[b]
+                    u = _rsqrt_update(g, v, eps1sq)
+                    pk = p[base + j] * decay if wd else p[base + j]
+                    p[base + j] = pk + coef * u
+    else:
+        for j in range(n):
+            for i in range(m):
+                base = B * (i + m * j)
+                for b in range(B):
+                    g = -grad[base + b] if c.maximize else grad[base + b]
+                    v = <floating>(row[b + B * i] * col[b + B * j]) / rbar[b]
+                    u = _rsqrt_update(g, v, eps1sq)
+                    pk = p[base + b] * decay if wd else p[base + b]
+                    p[base + b] = pk + coef * u
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+cdef void adafactor_vector(floating* p, const floating* grad, floating* var,  # IN/OUT, IN, IN/OUT
+                           Py_ssize_t size, const Coef* c) noexcept nogil:
+    """A param of 0 or 1 dims (any size): the unfactored second moment ``var``."""
+    if size == 0:
+        return
+    cdef double alpha = _alpha(p, size, c)
+    cdef floating wt = <floating>pow(c.step, c.beta2_decay)
+    cdef floating wm1 = -(<floating>1 - wt)
+    cdef bint small = wt < <floating>0.5
+    cdef floating eps1sq = <floating>(c.eps1 * c.eps1)
+    cdef floating g, u
+    cdef double su = 0.0
+    cdef Py_ssize_t k
+    for k in range(size):
+        g = -grad[k] if c.maximize else grad[k]
+        var[k] = lerp(var[k], g * g, wt, wm1, small)
+        u = _rsqrt_update(g, var[k], eps1sq)
+        su += <double>u * <double>u
+    _finish(p, grad, size, alpha, su, c, NULL, NULL, var, NULL, 1, 1, size, False)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+cdef void adafactor_factored(floating* p, const floating* grad,              # IN/OUT, IN
+                             floating* row, floating* col,                   # IN/OUT, IN/OUT
+                             Py_ssize_t B, Py_ssize_t m, Py_ssize_t n, bint fortran,
+                             double* scratch,    # B*m + B*n + 2*B doubles, zeroed
+                             const Coef* c) noexcept nogil:
+    """A param of >= 2 dims, as B matrices m x n (C or F order): the factored second
+    moment ``row`` (B*m values) and ``col`` (B*n)."""
+    cdef Py_ssize_t size = B * m * n
+    if size == 0:
+        return
+    cdef double alpha = _alpha(p, size, c)
+    cdef floating wt = <floating>pow(c.step, c.beta2_decay)
+    cdef floating wm1 = -(<floating>1 - wt)
+    cdef bint small = wt < <floating>0.5
+    cdef floating eps1 = <floating>c.eps1, eps1sq = <floating>(c.eps1 * c.eps1)
+    cdef double* rs = scratch
+    cdef double* cs = scratch + B * m
+    cdef double* rsum = scratch + B * m + B * n
+    cdef floating* rbar = <floating*>(rsum + B)     # one T per batch entry
+    cdef floating g, u, v, nrm, mean
+    cdef double g2, su = 0.0
+    cdef Py_ssize_t k, b, i, j, base
+    # 1. the row and column sums of g^2
+    if not fortran:
+        for b in range(B):
+            for i in range(m):
+                base = (b * m + i) * n
+                for j in range(n):
+                    g2 = <double>grad[base + j] * <double>grad[base + j]
+                    rs[b * m + i] += g2
+                    cs[b * n + j] += g2
+    else:
+        for j in range(n):
+            for i in range(m):
+                base = B * (i + m * j)
+                for b in range(B):
+                    g2 = <double>grad[base + b] * <double>grad[base + b]
+                    rs[b + B * i] += g2
+                    cs[b + B * j] += g2
+    # 2. the statistics: lerp towards the means of g^2 (torch: norm, squared, / length)
+    for k in range(B * m):
+        nrm = <floating>sqrt(rs[k])
+        row[k] = lerp(row[k], (nrm * nrm) / <floating>n, wt, wm1, small)
+    for k in range(B * n):
+        nrm = <floating>sqrt(cs[k])
+        col[k] = lerp(col[k], (nrm * nrm) / <floating>m, wt, wm1, small)
+    # 3. per batch entry: the row statistic's mean, clamped at eps1
+    for i in range(m):
+        for b in range(B):
+            rsum[b] += <double>(row[(b * m + i) if not fortran else (b + B * i)])
+    for b in range(B):
+        mean = <floating>rsum[b] / <floating>m
+        rbar[b] = eps1 if mean < eps1 else mean
+    # 4. the update's squared norm
+    if not fortran:
+        for b in range(B):
+            for i in range(m):
+                base = (b * m + i) * n
+                for j in range(n):
+                    g = -grad[base + j] if c.maximize else grad[base + j]
+                    v = <floating>(row[b * m + i] * col[b * n + j]) / rbar[b]
+                    u = _rsqrt_update(g, v, eps1sq)
+                    su += <double>u * <double>u
+    else:
+        for j in range(n):
+            for i in range(m):
+                base = B * (i + m * j)
+                for b in range(B):
+                    g = -grad[base + b] if c.maximize else grad[base + b]
+                    v = <floating>(row[b + B * i] * col[b + B * j]) / rbar[b]
+                    u = _rsqrt_update(g, v, eps1sq)
+                    su += <double>u * <double>u
+    # 5. weight decay and the update
+    _finish(p, grad, size, alpha, su, c, row, col, NULL, rbar, B, m, n, fortran)
+
+
+# ---------------------------------------------------------------------------------------
+# Python level
+# ---------------------------------------------------------------------------------------
+cdef inline bint _fortran(cnp.ndarray a) noexcept:
+    return not cnp.PyArray_IS_C_CONTIGUOUS(a)
+
+
+def state_shapes(shape):
+    """The state's shapes for a param of ``shape``: ``{"row_var": ..., "col_var": ...}``
+    for >= 2 dims, else ``{"variance": shape}`` (torch's names and shapes)."""
+    shape = tuple(shape)
+    if len(shape) > 1:
+        k = len(shape)
+        return {"row_var": shape[:k - 1] + (1,), "col_var": shape[:k - 2] + (1, shape[k - 1])}
+    return {"variance": shape}
+
+
+cdef void _dispatch(bint f32, void* p, const void* g, void* a, void* b,
+                    Py_ssize_t size, Py_ssize_t B, Py_ssize_t m, Py_ssize_t n,
+                    bint fortran, double* scratch, const Coef* c) noexcept nogil:
+    """The kernel of the dtype: the vector one when ``scratch`` is NULL (``a`` the
+    variance), else the factored one (``a``, ``b`` the row and column statistics)."""
+    if scratch == NULL:
+        if f32:
+            adafactor_vector(<float*>p, <const float*>g, <float*>a, size, c)
+        else:
+            adafactor_vector(<double*>p, <const double*>g, <double*>a, size, c)
+    elif f32:
+        adafactor_factored(<float*>p, <const float*>g, <float*>a, <float*>b, B, m, n,
+                           fortran, scratch, c)
+    else:
+        adafactor_factored(<double*>p, <const double*>g, <double*>a, <double*>b, B, m, n,
+                           fortran, scratch, c)
+
+
+cdef object _run(cnp.ndarray param, cnp.ndarray grad, object row_var, object col_var,
+                 object variance, Coef* c):
+    """The kernel on checked arrays (the state that the param's dims select)."""
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(param)
+    cdef int nd = cnp.PyArray_NDIM(param)
+    cdef Py_ssize_t m = 1, n = size, B = 1
+    cdef bint fortran = _fortran(param)
+    cdef bint f32 = cnp.PyArray_TYPE(param) == cnp.NPY_FLOAT32
+    cdef double* scratch = NULL
+    cdef void* a
+    cdef void* b = NULL
+    cdef void* p = cnp.PyArray_DATA(param)
+    cdef const void* g = cnp.PyArray_DATA(grad)
+    if size == 0:
+        return None
+    if nd <= 1:
+        a = cnp.PyArray_DATA(<cnp.ndarray>variance)
+    else:
+        m = cnp.PyArray_DIM(param, nd - 2)
+        n = cnp.PyArray_DIM(param, nd - 1)
+        B = size // (m * n)
+        a = cnp.PyArray_DATA(<cnp.ndarray>row_var)
+        b = cnp.PyArray_DATA(<cnp.ndarray>col_var)
+        scratch = <double*>calloc(<size_t>(B * m + B * n + 2 * B), sizeof(double))
+        if scratch == NULL:
+            raise MemoryError("fastlr Adafactor: no memory for the row and column sums")
+    if size >= NOGIL_MIN_SIZE:
+        with nogil:
+            _dispatch(f32, p, g, a, b, size, B, m, n, fortran, scratch, c)
+    else:
+        _dispatch(f32, p, g, a, b, size, B, m, n, fortran, scratch, c)
+    free(scratch)
+    return None
+
+
+def _apply(cnp.ndarray param, cnp.ndarray grad, object row_var, object col_var,
+           object variance, int64_t step, double lr, double beta2_decay, double eps1,
+           double eps2, double d, double weight_decay, bint maximize):
+    """Unchecked: for fastlr.optim.adafactor.Adafactor, whose construction and step have
+    checked every array and value (``eps1`` resolved, never None)."""
+    cdef Coef c
+    c.step = <double>step
+    c.lr = lr
+    c.beta2_decay = beta2_decay
+    c.eps1 = eps1
+    c.eps2 = eps2
+    c.d = d
+    c.weight_decay = weight_decay
+    c.maximize = maximize
+    _run(param, grad, row_var, col_var, variance, &c)
+
+
+cdef str _FN = "fastlr.optim.adafactor.adafactor"
+
+
+cdef cnp.ndarray _array(str name, object a, bint written):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{_FN}: {name} must be a numpy.ndarray, got "
+                        f"{type(a).__name__}{ndarray_hint(a)}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64) or \
+            not arr.dtype.isnative:
+        raise TypeError(f"{_FN}: {name} must have dtype float32 or float64 (native byte "
+                        f"order), got {arr.dtype}")
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(arr) or cnp.PyArray_IS_F_CONTIGUOUS(arr)):
+        raise ValueError(f"{_FN}: {name} must be contiguous (C or F order), got strides "
+                         f"{a.strides}{layout_hint(name, False, written)}")
+    if written and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{_FN}: {name} is read-only but is updated in place")
+    if not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"{_FN}: {name} is not aligned in memory")
+    return arr
+
+
+def check_state(str fn, str pname, cnp.ndarray param, str name, object a, tuple shape):
+    """A state buffer of ``param``: an array of its dtype, of ``shape``, in its layout
+    (C unless the param is only F-contiguous), writeable and aligned."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got "
+                        f"{type(a).__name__}{ndarray_hint(a)}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != cnp.PyArray_TYPE(param) or not arr.dtype.isnative:
+        raise TypeError(f"{fn}: {name} has dtype {arr.dtype} but {pname} has dtype "
+                        f"{param.dtype}; they must be equal (float32 or float64)")
+    if tuple(a.shape) != shape:
+        raise ValueError(f"{fn}: {name} must have shape {shape} for {pname} of shape "
+                         f"{(<object>param).shape}, got {tuple(a.shape)}")
+    if not (cnp.PyArray_IS_F_CONTIGUOUS(arr) if _fortran(param)
+            else cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+        raise ValueError(f"{fn}: {name} is {layout_name(arr)} but {pname} is "
+                         f"{layout_name(param)}; the state must have the param's layout"
+                         f"{layout_hint(name, _fortran(param), True)}")
+    if not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{fn}: {name} is read-only but is updated in place")
+    if not cnp.PyArray_ISALIGNED(arr):
+        raise ValueError(f"{fn}: {name} is not aligned in memory")
+    return arr
+
+
+def check_hypers(str fn, str where, lr, beta2_decay, eps1, eps2, d, weight_decay,
+                 maximize, tuple eps_names=("eps1", "eps2")):
+    """torch.optim.Adafactor's checks with fastlr's messages (``where`` prefixes each
+    name, ``eps_names`` names the two epsilons); returns the values as
+    ``(lr, beta2_decay, eps1 or None, eps2, d, weight_decay, maximize)``."""
+    out_lr = checked_real(fn, f"{where}lr", lr, NONNEG)
+    out_b2 = checked_real(fn, f"{where}beta2_decay", beta2_decay, FINITE)
+    if out_b2 > 0.0:
+        raise ValueError(f"{fn}: {where}beta2_decay must be <= 0, got {beta2_decay!r}")
+    out_eps1 = None if eps1 is None else checked_real(fn, f"{where}{eps_names[0]}", eps1,
+                                                      NONNEG)
+    out_eps2 = checked_real(fn, f"{where}{eps_names[1]}", eps2, NONNEG)
+    out_d = checked_real(fn, f"{where}d", d, FINITE)
+    if not out_d >= 1.0:
+        raise ValueError(f"{fn}: {where}d must be >= 1, got {d!r}")
+    out_wd = checked_real(fn, f"{where}weight_decay", weight_decay, NONNEG)
+    return (out_lr, out_b2, out_eps1, out_eps2, out_d, out_wd,
+            bool(flag_arg(fn, f"{where}maximize", maximize)))
+
+
+def adafactor(param, grad, row_var=None, col_var=None, variance=None, *, step,
+              lr=1e-2, beta2_decay=-0.8, eps1=None, eps2=1e-3, d=1.0, weight_decay=0.0,
+              maximize=False):
+    """One Adafactor update of one param, in place (torch.optim.Adafactor 2.13's
+    single-tensor arithmetic).
+
+    With ``t = step``, ``w = t ** beta2_decay`` (the weight of the new statistic),
+    ``rho = min(lr, t ** -0.5)`` and ``alpha = max(eps2, RMS(param)) * rho``: for a param
+    of >= 2 dims (the last two are m x n, leading dims a batch)
+    ``row_var = lerp(row_var, mean_j g^2, w)``, ``col_var = lerp(col_var, mean_i g^2, w)``
+    and ``V = row_var col_var / max(mean_i row_var, eps1)``; for 0 or 1 dims
+    ``V = variance = lerp(variance, g^2, w)``. Then ``u = g / sqrt(max(V, eps1^2))``,
+    ``param *= 1 - lr * weight_decay`` and ``param -= alpha / max(1, RMS(u) / d) * u``
+    (``g = -grad`` when ``maximize``). Everything is in the param's units except ``w``,
+    ``rho`` (dimensionless) and ``V`` (the grad's units squared).
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        float32 or float64, C- or F-contiguous, writeable; updated in place.
+    grad : numpy.ndarray
+        The gradient: the param's dtype, shape and layout (may be read-only).
+    row_var, col_var : numpy.ndarray, optional
+        For a param of >= 2 dims (required then): shapes ``param.shape[:-1] + (1,)`` and
+        ``param.shape[:-2] + (1, param.shape[-1])``, the param's dtype and layout; zeros
+        before the first update. Updated in place.
+    variance : numpy.ndarray, optional
+        For a param of 0 or 1 dims (required then): the param's shape; updated in place.
+    step : int
+        The 1-based update number of this param, ``>= 1``.
+    lr : float, default 1e-2
+        ``>= 0``: the cap of the relative step size ``rho`` and the weight decay's factor.
+    beta2_decay : float, default -0.8
+        ``<= 0``: the exponent of ``w = step ** beta2_decay``.
+    eps1 : float, optional
+        ``>= 0``: the floor of ``mean_i row_var`` and of ``sqrt(V)`` (grad units); None:
+        the machine epsilon of the param's dtype.
+    eps2 : float, default 1e-3
+        ``>= 0``: the floor of the param's RMS in ``alpha`` (param units).
+    d : float, default 1
+        ``>= 1``: the update clipping threshold on ``RMS(u)``.
+    weight_decay : float, default 0
+        ``>= 0``: decoupled weight decay, ``param *= 1 - lr * weight_decay``.
+    maximize : bool, default False
+        Ascend instead of descend.
+
+    Raises
+    ------
+    TypeError
+        If an array or a hyperparameter has the wrong type or dtype.
+    ValueError
+        If shapes, layouts or values are out of range, state the param's dims need is
+        missing (or given when they do not), or written buffers overlap.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlr.optim.adafactor import adafactor
+    >>> p = np.ones((2, 3)); g = np.full((2, 3), 0.5)
+    >>> r, c = np.zeros((2, 1)), np.zeros((1, 3))
+    >>> adafactor(p, g, r, c, step=1, lr=0.01)
+    >>> r.ravel().tolist(), round(float(p[0, 0]), 6)
+    ([0.25, 0.25], 0.99)
+    """
+    cdef Coef c
+    cdef cnp.ndarray p = _array("param", param, True)
+    cdef cnp.ndarray g = _array("grad", grad, False)
+    if cnp.PyArray_TYPE(g) != cnp.PyArray_TYPE(p):
+        raise TypeError(f"{_FN}: grad has dtype {g.dtype} but param has dtype {p.dtype}; "
+                        f"they must be equal (float32 or float64)")
+    if grad.shape != param.shape:
+        raise ValueError(f"{_FN}: grad has shape {grad.shape} but param has shape "
+                         f"{(<object>param).shape}; they must be equal")
+    if not (cnp.PyArray_IS_F_CONTIGUOUS(g) if _fortran(p) else cnp.PyArray_IS_C_CONTIGUOUS(g)):
+        raise ValueError(f"{_FN}: grad is {layout_name(g)} but param is {layout_name(p)}; "
+                         f"they must share one contiguous layout"
+                         f"{layout_hint('grad', _fortran(p), False)}")
+    shapes = state_shapes(param.shape)
+    given = {"row_var": row_var, "col_var": col_var, "variance": variance}
+    written = [("param", p)]
+    for name, arr in given.items():
+        if name in shapes:
+            if arr is None:
+                raise ValueError(f"{_FN}: {name} is required for a param of {p.ndim} "
+                                 f"dims (shape {param.shape})")
+            written.append((name, check_state(_FN, "param", p, name, arr, shapes[name])))
+        elif arr is not None:
+            raise ValueError(f"{_FN}: {name} must be None for a param of {p.ndim} dims "
+                             f"(shape {param.shape}); "
+                             f"{'row_var and col_var' if p.ndim > 1 else 'variance'} "
+                             f"hold its state")
+    for k, (a_name, a) in enumerate(written):
+        if a.size and g.size and np.may_share_memory(a, g):
+            raise ValueError(f"{_FN}: {a_name} and grad overlap in memory")
+        for b_name, b in written[k + 1:]:
+            if a.size and b.size and np.may_share_memory(a, b):
+                raise ValueError(f"{_FN}: {a_name} and {b_name} overlap in memory")
+    c.step = <double>step_arg(_FN, step)
+    hyper = check_hypers(_FN, "", lr, beta2_decay, eps1, eps2, d, weight_decay, maximize)
+    c.lr, c.beta2_decay, e1, c.eps2, c.d, c.weight_decay, c.maximize = hyper
+    c.eps1 = float(np.finfo(param.dtype).eps) if e1 is None else e1
+    _run(p, g, row_var, col_var, variance, &c)
