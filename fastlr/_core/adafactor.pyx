@@ -93,48 +93,70 @@ cdef inline double _alpha(const floating* p, Py_ssize_t size, const Coef* c) noe
     return (rms if rms > c.eps2 else c.eps2) * rho
 
 
-cdef inline void _finish(floating* p, const floating* grad, Py_ssize_t size,  # IN/OUT, IN
-                         double alpha, double su, const Coef* c,
-                         floating* row, floating* col, floating* var,          # IN
-                         floating* rbar, Py_ssize_t B, Py_ssize_t m, Py_ssize_t n,
-                         bint fortran) noexcept nogil:
-    """The step from the update's squared norm ``su``: weight decay, then p += coef * u,
-    u recomputed element by element (factored when ``var`` is NULL)."""
+cdef inline floating _coef(const floating* p, double alpha, double su, Py_ssize_t size,
+                           const Coef* c) noexcept nogil:
+    # (p: the param, for its dtype)
+    # torch: alpha / max(1, RMS(u) / d), negated, as the add's factor in T
     cdef double ratio = <double><floating>sqrt(su) / (pow(<double>size, 0.5) * c.d)
-    cdef double denom = ratio if ratio > 1.0 else 1.0
-    cdef floating coef = <floating>(-alpha / denom)
-    cdef floating decay = <floating>(1.0 - c.lr * c.weight_decay)
-    cdef bint wd = c.weight_decay != 0.0
+    return <floating>(-alpha / (ratio if ratio > 1.0 else 1.0))
+
+
+cdef enum Pass:
+    SUMS = 0        # the row and column sums of g^2
+    NORM = 1        # the update's squared norm
+    APPLY = 2       # the weight decay and the update
+
+
+cdef inline double _visit(int what, floating* p, const floating* grad,   # IN/OUT, IN
+                          const floating* row, const floating* col,      # IN
+                          const floating* rbar, double* rs, double* cs,  # IN, OUT, OUT
+                          Py_ssize_t k, Py_ssize_t r, Py_ssize_t q, Py_ssize_t b,
+                          const Coef* c, floating eps1sq, floating coef,
+                          floating decay) noexcept nogil:
+    """One element (b, i, j) of a factored pass: ``k`` its flat index in param and grad,
+    ``r`` in row, ``q`` in col; returns u^2 in the NORM pass (else 0)."""
+    cdef floating g = grad[k]
+    cdef floating u
+    cdef double g2
+    if what == SUMS:
+        g2 = <double>g * <double>g
+        rs[r] += g2
+        cs[q] += g2
+        return 0.0
+    if c.maximize:
+        g = -g
+    u = _rsqrt_update(g, <floating>(row[r] * col[q]) / rbar[b], eps1sq)
+    if what == NORM:
+        return <double>u * <double>u
+    p[k] = (p[k] * decay if c.weight_decay != 0.0 else p[k]) + coef * u
+    return 0.0
+
+
+cdef inline double _walk(int what, floating* p, const floating* grad,    # IN/OUT, IN
+                         const floating* row, const floating* col,       # IN
+                         const floating* rbar, double* rs, double* cs,   # IN, OUT, OUT
+                         Py_ssize_t B, Py_ssize_t m, Py_ssize_t n, bint fortran,
+                         const Coef* c, floating coef) noexcept nogil:
+    """A pass over every element in memory order (C: b, i, j; F: j, i, b)."""
     cdef floating eps1sq = <floating>(c.eps1 * c.eps1)
-    cdef floating g, u, v, pk
-    cdef Py_ssize_t k, b, i, j, base
-    if var != NULL:
-        for k in range(size):
-            g = -grad[k] if c.maximize else grad[k]
-            u = _rsqrt_update(g, var[k], eps1sq)
-            pk = p[k] * decay if wd else p[k]
-            p[k] = pk + coef * u
-        return
+    cdef floating decay = <floating>(1.0 - c.lr * c.weight_decay)
+    cdef double su = 0.0
+    cdef Py_ssize_t b, i, j, base
     if not fortran:
         for b in range(B):
             for i in range(m):
                 base = (b * m + i) * n
                 for j in range(n):
-                    g = -grad[base + j] if c.maximize else grad[base + j]
-                    v = <floating>(row[b * m + i] * col[b * n + j]) / rbar[b]
-                    u = _rsqrt_update(g, v, eps1sq)
-                    pk = p[base + j] * decay if wd else p[base + j]
-                    p[base + j] = pk + coef * u
+                    su += _visit(what, p, grad, row, col, rbar, rs, cs, base + j, b * m + i,
+                                 b * n + j, b, c, eps1sq, coef, decay)
     else:
         for j in range(n):
             for i in range(m):
                 base = B * (i + m * j)
                 for b in range(B):
-                    g = -grad[base + b] if c.maximize else grad[base + b]
-                    v = <floating>(row[b + B * i] * col[b + B * j]) / rbar[b]
-                    u = _rsqrt_update(g, v, eps1sq)
-                    pk = p[base + b] * decay if wd else p[base + b]
-                    p[base + b] = pk + coef * u
+                    su += _visit(what, p, grad, row, col, rbar, rs, cs, base + b, b + B * i,
+                                 b + B * j, b, c, eps1sq, coef, decay)
+    return su
 
 
 @cython.boundscheck(False)
@@ -158,7 +180,12 @@ cdef void adafactor_vector(floating* p, const floating* grad, floating* var,  # 
         var[k] = lerp(var[k], g * g, wt, wm1, small)
         u = _rsqrt_update(g, var[k], eps1sq)
         su += <double>u * <double>u
-    _finish(p, grad, size, alpha, su, c, NULL, NULL, var, NULL, 1, 1, size, False)
+    cdef floating coef = _coef(p, alpha, su, size, c)
+    cdef floating decay = <floating>(1.0 - c.lr * c.weight_decay)
+    for k in range(size):
+        g = -grad[k] if c.maximize else grad[k]
+        u = _rsqrt_update(g, var[k], eps1sq)
+        p[k] = (p[k] * decay if c.weight_decay != 0.0 else p[k]) + coef * u
 
 
 @cython.boundscheck(False)
@@ -183,26 +210,11 @@ cdef void adafactor_factored(floating* p, const floating* grad,              # I
     cdef double* cs = scratch + B * m
     cdef double* rsum = scratch + B * m + B * n
     cdef floating* rbar = <floating*>(rsum + B)     # one T per batch entry
-    cdef floating g, u, v, nrm, mean
-    cdef double g2, su = 0.0
-    cdef Py_ssize_t k, b, i, j, base
+    cdef floating nrm, mean
+    cdef double su
+    cdef Py_ssize_t k, b, i
     # 1. the row and column sums of g^2
-    if not fortran:
-        for b in range(B):
-            for i in range(m):
-                base = (b * m + i) * n
-                for j in range(n):
-                    g2 = <double>grad[base + j] * <double>grad[base + j]
-                    rs[b * m + i] += g2
-                    cs[b * n + j] += g2
-    else:
-        for j in range(n):
-            for i in range(m):
-                base = B * (i + m * j)
-                for b in range(B):
-                    g2 = <double>grad[base + b] * <double>grad[base + b]
-                    rs[b + B * i] += g2
-                    cs[b + B * j] += g2
+    _walk(SUMS, p, grad, row, col, rbar, rs, cs, B, m, n, fortran, c, <floating>0)
     # 2. the statistics: lerp towards the means of g^2 (torch: norm, squared, / length)
     for k in range(B * m):
         nrm = <floating>sqrt(rs[k])
@@ -217,27 +229,10 @@ cdef void adafactor_factored(floating* p, const floating* grad,              # I
     for b in range(B):
         mean = <floating>rsum[b] / <floating>m
         rbar[b] = eps1 if mean < eps1 else mean
-    # 4. the update's squared norm
-    if not fortran:
-        for b in range(B):
-            for i in range(m):
-                base = (b * m + i) * n
-                for j in range(n):
-                    g = -grad[base + j] if c.maximize else grad[base + j]
-                    v = <floating>(row[b * m + i] * col[b * n + j]) / rbar[b]
-                    u = _rsqrt_update(g, v, eps1sq)
-                    su += <double>u * <double>u
-    else:
-        for j in range(n):
-            for i in range(m):
-                base = B * (i + m * j)
-                for b in range(B):
-                    g = -grad[base + b] if c.maximize else grad[base + b]
-                    v = <floating>(row[b + B * i] * col[b + B * j]) / rbar[b]
-                    u = _rsqrt_update(g, v, eps1sq)
-                    su += <double>u * <double>u
-    # 5. weight decay and the update
-    _finish(p, grad, size, alpha, su, c, row, col, NULL, rbar, B, m, n, fortran)
+    # 4. the update's squared norm; 5. the weight decay and the update
+    su = _walk(NORM, p, grad, row, col, rbar, rs, cs, B, m, n, fortran, c, <floating>0)
+    _walk(APPLY, p, grad, row, col, rbar, rs, cs, B, m, n, fortran, c,
+          _coef(p, alpha, su, size, c))
 
 
 # ---------------------------------------------------------------------------------------
