@@ -31,6 +31,7 @@ from fastlr._kernels import get_num_threads, set_num_threads
 from fastlr.lr_finder import LRFinderResult, find_lr
 from fastlr.optim import Optimizer, clip_grad_norm, flat_buffer
 from fastlr.optim.lbfgs import LBFGS
+from fastlr.optim.adafactor import Adafactor
 from fastlr.optim.families import CLASSES as _CLASSES
 from fastlr.ema import EMA
 from fastlr.plateau import ReduceLROnPlateau
@@ -45,7 +46,7 @@ except PackageNotFoundError:  # pragma: no cover - an in-place build that was ne
 # the optimizer classes, one per row of the table (fastlr._specs): fastlr.SGD, fastlr.Adam, ...
 globals().update(_CLASSES)
 
-__all__ = [*_CLASSES, "LBFGS", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
+__all__ = [*_CLASSES, "LBFGS", "Adafactor", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
            "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
            "set_num_threads", "get_include", "__version__"]
 

@@ -774,3 +774,6 @@ def _bridge(row):
 
 
 globals().update({name: _bridge(_specs.OPTIMIZERS[name]) for name in TORCH_CLASSES})
+
+from fastlr.compat._torch_adafactor import Adafactor  # noqa: E402  (not a table row: its own module)
+__all__.append("Adafactor")

@@ -43,8 +43,9 @@ from fastlr.optim.checkpoint import (read_checkpoint, read_npz_members,  # noqa:
                                      write_checkpoint, write_npz_atomic)
 from fastlr.optim.families import CLASSES
 from fastlr.optim.lbfgs import LBFGS
+from fastlr.optim.adafactor import Adafactor
 
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
-__all__ = ["Optimizer", *CLASSES, "LBFGS", "flat_buffer", "clip_grad_norm", "named_groups"]
+__all__ = ["Optimizer", *CLASSES, "LBFGS", "Adafactor", "flat_buffer", "clip_grad_norm", "named_groups"]

@@ -50,9 +50,10 @@ import numpy as np
 
 from fastlr.reference.ema import ema_update, swap_buffers
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
+from fastlr.reference.adafactor import adafactor
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
-           "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers"]
+           "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers", "adafactor"]
 
 
 # ---------------------------------------------------------------------------
