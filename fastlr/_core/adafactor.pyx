@@ -40,7 +40,7 @@
 cimport cython
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport pow, sqrt
+from libc.math cimport pow, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 
@@ -69,93 +69,138 @@ ctypedef struct Coef:
 # ---------------------------------------------------------------------------------------
 # C level
 # ---------------------------------------------------------------------------------------
-cdef inline floating _rsqrt_update(floating g, floating v, floating eps1sq) noexcept nogil:
+# Reductions sum into LANES independent double accumulators (element k into lane k % LANES
+# within a row), added pairwise at the end: without reassociation (never -ffast-math) a
+# single accumulator is one serial chain of adds that no compiler may vectorize; eight
+# lanes let the loops run in SIMD registers, with the same bits on every build.
+cdef enum:
+    LANES = 8
+
+
+cdef inline double _sum_lanes(const double* acc) noexcept nogil:
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    # correctly rounded in both dtypes (sqrtf for float: no trip through double)
+    if floating is float:
+        return sqrtf(x)
+    return sqrt(x)
+
+
+cdef inline floating _u(floating g, floating v, floating eps1sq) noexcept nogil:
     # torch: var.clamp_(min=eps1*eps1).rsqrt_().mul_(grad); NaN propagates through clamp
     if v < eps1sq:
         v = eps1sq
-    return (<floating>1 / <floating>sqrt(v)) * g
-
-
-cdef inline double _param_rms(const floating* p, Py_ssize_t size) noexcept nogil:  # IN
-    # torch: param.norm(2).item() / param.numel() ** 0.5
-    cdef double s = 0.0
-    cdef Py_ssize_t k
-    for k in range(size):
-        s += <double>p[k] * <double>p[k]
-    return <double><floating>sqrt(s) / pow(<double>size, 0.5)
+    return (<floating>1 / _sqrt(v)) * g
 
 
 cdef inline double _alpha(const floating* p, Py_ssize_t size, const Coef* c) noexcept nogil:
-    # torch: rho = min(lr, 1 / step ** 0.5); alpha = max(eps2, RMS(param)) * rho
+    # torch: rho = min(lr, 1 / step ** 0.5); RMS = param.norm(2).item() / numel ** 0.5;
+    # alpha = max(eps2, RMS) * rho
     cdef double rho_max = 1.0 / pow(c.step, 0.5)
     cdef double rho = rho_max if rho_max < c.lr else c.lr
-    cdef double rms = _param_rms(p, size)
+    cdef double ss = _lanes(SQ, p, NULL, NULL, NULL, 0, 1, 0, 0, 0, False, size)
+    cdef double rms = <double><floating>sqrt(ss) / pow(<double>size, 0.5)
     return (rms if rms > c.eps2 else c.eps2) * rho
 
 
 cdef inline floating _coef(const floating* p, double alpha, double su, Py_ssize_t size,
                            const Coef* c) noexcept nogil:
-    # (p: the param, for its dtype)
-    # torch: alpha / max(1, RMS(u) / d), negated, as the add's factor in T
+    # torch: param.add_(update, alpha=-alpha / max(1, RMS(u) / d)), the factor in T; the
+    # sign also carries maximize (u of -grad is -u of grad, exactly). (p: for the dtype)
     cdef double ratio = <double><floating>sqrt(su) / (pow(<double>size, 0.5) * c.d)
-    return <floating>(-alpha / (ratio if ratio > 1.0 else 1.0))
+    cdef double coef = -alpha / (ratio if ratio > 1.0 else 1.0)
+    return <floating>(-coef if c.maximize else coef)
 
 
-cdef enum Pass:
-    SUMS = 0        # the row and column sums of g^2
-    NORM = 1        # the update's squared norm
-    APPLY = 2       # the weight decay and the update
+# -- sums over n contiguous elements, in lanes --------------------------------------------
+cdef enum Term:
+    SQ = 0          # g_j^2
+    SQ_COLS = 1     # g_j^2, also added to cs[j] (the column sums)
+    U_SQ = 2        # u_j^2 of a row of a matrix: u_j = g_j / sqrt(max(r col_j / rbar, eps1^2))
+    U_SQ_VAR = 3    # u_j^2 of a vector, after var_j = lerp(var_j, g_j^2, w)
 
 
-cdef inline double _visit(int what, floating* p, const floating* grad,   # IN/OUT, IN
-                          const floating* row, const floating* col,      # IN
-                          const floating* rbar, double* rs, double* cs,  # IN, OUT, OUT
-                          Py_ssize_t k, Py_ssize_t r, Py_ssize_t q, Py_ssize_t b,
-                          const Coef* c, floating eps1sq, floating coef,
-                          floating decay) noexcept nogil:
-    """One element (b, i, j) of a factored pass: ``k`` its flat index in param and grad,
-    ``r`` in row, ``q`` in col; returns u^2 in the NORM pass (else 0)."""
-    cdef floating g = grad[k]
+cdef inline double _term(int what, const floating* g, floating* var, double* cs,
+                         const floating* col, floating r, floating rbar, floating eps1sq,
+                         floating wt, floating wm1, bint small, Py_ssize_t j) noexcept nogil:
     cdef floating u
     cdef double g2
-    if what == SUMS:
-        g2 = <double>g * <double>g
-        rs[r] += g2
-        cs[q] += g2
-        return 0.0
-    if c.maximize:
-        g = -g
-    u = _rsqrt_update(g, <floating>(row[r] * col[q]) / rbar[b], eps1sq)
-    if what == NORM:
+    if what == U_SQ:
+        u = _u(g[j], <floating>(r * col[j]) / rbar, eps1sq)
         return <double>u * <double>u
-    p[k] = (p[k] * decay if c.weight_decay != 0.0 else p[k]) + coef * u
-    return 0.0
+    if what == U_SQ_VAR:
+        var[j] = lerp(var[j], g[j] * g[j], wt, wm1, small)
+        u = _u(g[j], var[j], eps1sq)
+        return <double>u * <double>u
+    g2 = <double>g[j] * <double>g[j]
+    if what == SQ_COLS:
+        cs[j] += g2
+    return g2
 
 
-cdef inline double _walk(int what, floating* p, const floating* grad,    # IN/OUT, IN
-                         const floating* row, const floating* col,       # IN
-                         const floating* rbar, double* rs, double* cs,   # IN, OUT, OUT
-                         Py_ssize_t B, Py_ssize_t m, Py_ssize_t n, bint fortran,
-                         const Coef* c, floating coef) noexcept nogil:
-    """A pass over every element in memory order (C: b, i, j; F: j, i, b)."""
-    cdef floating eps1sq = <floating>(c.eps1 * c.eps1)
-    cdef floating decay = <floating>(1.0 - c.lr * c.weight_decay)
-    cdef double su = 0.0
-    cdef Py_ssize_t b, i, j, base
-    if not fortran:
-        for b in range(B):
-            for i in range(m):
-                base = (b * m + i) * n
-                for j in range(n):
-                    su += _visit(what, p, grad, row, col, rbar, rs, cs, base + j, b * m + i,
-                                 b * n + j, b, c, eps1sq, coef, decay)
+cdef inline double _lanes(int what, const floating* g, floating* var, double* cs,  # IN, IN/OUT, IN/OUT
+                          const floating* col, floating r, floating rbar,          # IN
+                          floating eps1sq, floating wt, floating wm1, bint small,
+                          Py_ssize_t n) noexcept nogil:
+    """sum_j term_j over j < n (``what``: a Term), in double, in lanes; ``what`` is a
+    constant at every call, so each inlined copy keeps only its own term."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t j, l, blk, full = n - n % LANES
+    for l in range(LANES):
+        acc[l] = 0.0
+    for blk in range(full // LANES):
+        j = blk * LANES
+        for l in range(LANES):
+            acc[l] += _term(what, g, var, cs, col, r, rbar, eps1sq, wt, wm1, small, j + l)
+    for j in range(full, n):
+        acc[0] += _term(what, g, var, cs, col, r, rbar, eps1sq, wt, wm1, small, j)
+    return _sum_lanes(acc)
+
+
+cdef inline void _apply_row(floating* p, const floating* g, const floating* col,  # OUT, IN, IN
+                            floating r, floating rbar, floating eps1sq, floating coef,
+                            floating decay, bint wd, Py_ssize_t n) noexcept nogil:
+    """p_j = p_j * decay + coef * u_j (torch's mul_ then add_, each rounded)."""
+    cdef Py_ssize_t j
+    if wd:
+        for j in range(n):
+            p[j] = p[j] * decay + coef * _u(g[j], <floating>(r * col[j]) / rbar, eps1sq)
     else:
         for j in range(n):
-            for i in range(m):
-                base = B * (i + m * j)
-                for b in range(B):
-                    su += _visit(what, p, grad, row, col, rbar, rs, cs, base + b, b + B * i,
-                                 b + B * j, b, c, eps1sq, coef, decay)
+            p[j] = p[j] + coef * _u(g[j], <floating>(r * col[j]) / rbar, eps1sq)
+
+
+# -- F order: the batch index b runs fastest ---------------------------------------------
+cdef inline double _walk_f(int what, floating* p, const floating* grad,  # IN/OUT, IN
+                           const floating* row, const floating* col,     # IN
+                           const floating* rbar, double* rs, double* cs,  # IN, OUT, OUT
+                           Py_ssize_t B, Py_ssize_t m, Py_ssize_t n, floating eps1sq,
+                           floating coef, floating decay, bint wd) noexcept nogil:
+    """One pass over an F-ordered param in memory order (j, i, b): the sums of g^2
+    (what 0), the update's squared norm (1, returned) or the update (2)."""
+    cdef double su = 0.0
+    cdef floating g, u
+    cdef double g2
+    cdef Py_ssize_t b, i, j, k
+    for j in range(n):
+        for i in range(m):
+            k = B * (i + m * j)
+            for b in range(B):
+                g = grad[k + b]
+                if what == 0:
+                    g2 = <double>g * <double>g
+                    rs[b + B * i] += g2
+                    cs[b + B * j] += g2
+                    continue
+                u = _u(g, <floating>(row[b + B * i] * col[b + B * j]) / rbar[b], eps1sq)
+                if what == 1:
+                    su += <double>u * <double>u
+                elif wd:
+                    p[k + b] = p[k + b] * decay + coef * u
+                else:
+                    p[k + b] = p[k + b] + coef * u
     return su
 
 
@@ -172,20 +217,20 @@ cdef void adafactor_vector(floating* p, const floating* grad, floating* var,  # 
     cdef floating wm1 = -(<floating>1 - wt)
     cdef bint small = wt < <floating>0.5
     cdef floating eps1sq = <floating>(c.eps1 * c.eps1)
-    cdef floating g, u
-    cdef double su = 0.0
-    cdef Py_ssize_t k
-    for k in range(size):
-        g = -grad[k] if c.maximize else grad[k]
-        var[k] = lerp(var[k], g * g, wt, wm1, small)
-        u = _rsqrt_update(g, var[k], eps1sq)
-        su += <double>u * <double>u
-    cdef floating coef = _coef(p, alpha, su, size, c)
     cdef floating decay = <floating>(1.0 - c.lr * c.weight_decay)
-    for k in range(size):
-        g = -grad[k] if c.maximize else grad[k]
-        u = _rsqrt_update(g, var[k], eps1sq)
-        p[k] = (p[k] * decay if c.weight_decay != 0.0 else p[k]) + coef * u
+    cdef floating coef
+    cdef double su
+    cdef Py_ssize_t k
+    # 1. the variance, and the update's squared norm
+    su = _lanes(U_SQ_VAR, grad, var, NULL, NULL, 0, 1, eps1sq, wt, wm1, small, size)
+    coef = _coef(p, alpha, su, size, c)
+    # 2. the weight decay and the update
+    if c.weight_decay != 0.0:
+        for k in range(size):
+            p[k] = p[k] * decay + coef * _u(grad[k], var[k], eps1sq)
+    else:
+        for k in range(size):
+            p[k] = p[k] + coef * _u(grad[k], var[k], eps1sq)
 
 
 @cython.boundscheck(False)
@@ -206,15 +251,23 @@ cdef void adafactor_factored(floating* p, const floating* grad,              # I
     cdef floating wm1 = -(<floating>1 - wt)
     cdef bint small = wt < <floating>0.5
     cdef floating eps1 = <floating>c.eps1, eps1sq = <floating>(c.eps1 * c.eps1)
+    cdef floating decay = <floating>(1.0 - c.lr * c.weight_decay)
+    cdef bint wd = c.weight_decay != 0.0
     cdef double* rs = scratch
     cdef double* cs = scratch + B * m
     cdef double* rsum = scratch + B * m + B * n
     cdef floating* rbar = <floating*>(rsum + B)     # one T per batch entry
-    cdef floating nrm, mean
-    cdef double su
+    cdef floating nrm, mean, coef
+    cdef double su = 0.0
     cdef Py_ssize_t k, b, i
     # 1. the row and column sums of g^2
-    _walk(SUMS, p, grad, row, col, rbar, rs, cs, B, m, n, fortran, c, <floating>0)
+    if not fortran:
+        for b in range(B):
+            for i in range(m):
+                rs[b * m + i] = _lanes(SQ_COLS, grad + (b * m + i) * n, NULL, cs + b * n,
+                                       NULL, 0, 1, 0, 0, 0, False, n)
+    else:
+        _walk_f(0, p, grad, row, col, rbar, rs, cs, B, m, n, eps1sq, 0, decay, wd)
     # 2. the statistics: lerp towards the means of g^2 (torch: norm, squared, / length)
     for k in range(B * m):
         nrm = <floating>sqrt(rs[k])
@@ -230,9 +283,20 @@ cdef void adafactor_factored(floating* p, const floating* grad,              # I
         mean = <floating>rsum[b] / <floating>m
         rbar[b] = eps1 if mean < eps1 else mean
     # 4. the update's squared norm; 5. the weight decay and the update
-    su = _walk(NORM, p, grad, row, col, rbar, rs, cs, B, m, n, fortran, c, <floating>0)
-    _walk(APPLY, p, grad, row, col, rbar, rs, cs, B, m, n, fortran, c,
-          _coef(p, alpha, su, size, c))
+    if not fortran:
+        for b in range(B):
+            for i in range(m):
+                su += _lanes(U_SQ, grad + (b * m + i) * n, NULL, NULL, col + b * n,
+                             row[b * m + i], rbar[b], eps1sq, 0, 0, False, n)
+        coef = _coef(p, alpha, su, size, c)
+        for b in range(B):
+            for i in range(m):
+                _apply_row(p + (b * m + i) * n, grad + (b * m + i) * n, col + b * n,
+                           row[b * m + i], rbar[b], eps1sq, coef, decay, wd, n)
+    else:
+        su = _walk_f(1, p, grad, row, col, rbar, rs, cs, B, m, n, eps1sq, 0, decay, wd)
+        coef = _coef(p, alpha, su, size, c)
+        _walk_f(2, p, grad, row, col, rbar, rs, cs, B, m, n, eps1sq, coef, decay, wd)
 
 
 # ---------------------------------------------------------------------------------------
