@@ -11,12 +11,17 @@
 #    RMS). So it has its own module, as fastlr.LBFGS does; the class is
 #    fastlr.optim.adafactor.Adafactor.
 # b) Memory. The state of an m x n param (leading dims are a batch) is m + n values, not
-#    m * n: the update is never materialised. The factored kernel makes three passes over
-#    the grad (row and column sums of g^2; the update's squared norm; the update applied)
-#    and one over the param before them (its RMS), recomputing the update element by
-#    element in the last two passes (the same expression, so the same bits); its scratch is
-#    one double per state value (the sums), allocated per call before the GIL is released.
-# c) Arithmetic, torch's operation order in the param's dtype T: with w = step**beta2_decay,
+#    m * n: the update is never materialised. The factored kernel makes one pass over the
+#    param (its RMS) and three over the grad (row and column sums of g^2; the update's
+#    squared norm; the update applied), recomputing the update element by element in the
+#    last two (the same expression, so the same bits); its scratch is one double per state
+#    value (the sums), allocated per call before the GIL is released.
+# c) Speed. Every reduction sums into 8 double lanes (`_lanes`, element j of a row into lane
+#    j % 8, the lanes added pairwise at the end): a single accumulator is a serial chain that
+#    no compiler may vectorize without reassociating (and we never pass -ffast-math), so the
+#    lanes are what lets the sqrt/divide-bound passes run in SIMD registers. C-ordered
+#    params go row by row (contiguous j); F-ordered ones through `_walk_f` in memory order.
+# d) Arithmetic, torch's operation order in the param's dtype T: with w = step**beta2_decay,
 #    rho = min(lr, 1/step**0.5), alpha = max(eps2, RMS(param)) * rho (RMS before the weight
 #    decay; sqrt(sum p^2) rounded to T, as torch's norm().item());
 #        row = lerp(row, T(T(sqrt(sum_j g^2))^2) / n, w)     (torch's norm().square_().div_(n))
@@ -28,11 +33,12 @@
 #        p = p + T(-alpha / max(1, RMS(u) / d)) * u
 #    The sums are accumulated in double (torch accumulates in its own order), so results
 #    agree with torch to rounding, not bit for bit; lerp is torch's two-branch lerp.
-# d) Layout. C- and F-contiguous params; the state has the param's layout, so for both the
+#    maximize negates the grad, which only flips u's sign: it is folded into the factor.
+# e) Layout. C- and F-contiguous params; the state has the param's layout, so for both the
 #    flat index of element (b, i, j) of param, row and col is (b*m + i)*n + j, b*m + i,
 #    b*n + j (C) or b + B*(i + m*j), b + B*i, b + B*j (F, b the F-order batch index), and
 #    the loops walk memory in order in both.
-# e) Validation. `adafactor` checks every argument (types, dtypes, shapes, layouts,
+# f) Validation. `adafactor` checks every argument (types, dtypes, shapes, layouts,
 #    overlap, hyperparameter ranges) before any buffer is touched, with the messages of
 #    fastlr._core.args. `_apply` is the unchecked entry the optimizer class uses after
 #    validating at construction and per step; it never sees an unchecked array.
