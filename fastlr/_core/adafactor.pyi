@@ -4,6 +4,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+__all__ = ["adafactor", "state_shapes"]
+
 def state_shapes(shape: Tuple[int, ...]) -> Dict[str, Tuple[int, ...]]: ...
 def check_state(fn: str, pname: str, param: np.ndarray, name: str, a: object,
                 shape: tuple) -> np.ndarray: ...
