@@ -264,6 +264,38 @@ def test_load_state_dict_checks_before_loading():
         other.load_state_dict(sd, strict="no")
 
 
+def test_save_and_load_round_trip(tmp_path):
+    rng = np.random.default_rng(2)
+    init = [rng.standard_normal((5, 4)), rng.standard_normal(6), rng.standard_normal((2, 3, 4))]
+    grads = [_grads(rng, [p.shape for p in init], np.float64) for _ in range(10)]
+    a = [p.copy() for p in init]
+    oa = _opt(a)
+    for g in grads:
+        oa.step(g)
+    b = [p.copy() for p in init]
+    ob = _opt(b)
+    for g in grads[:5]:
+        ob.step(g)
+    path = tmp_path / "adafactor.npz"
+    ob.save(path)
+    c = [p.copy() for p in b]
+    oc = _opt(c)
+    oc.load(path)
+    assert oc.steps == 5 and oc.last_lr == ob.last_lr and oc.state[2]["step"] == 5
+    for g in grads[5:]:
+        oc.step(g)
+    for x, y in zip(a, c):
+        np.testing.assert_array_equal(x, y)
+    other = _opt([np.ones((5, 4)), np.ones(6), np.ones((2, 3, 4))], d=2.0)
+    with pytest.raises(ValueError, match=r"^fastlr\.Adafactor\.load: the checkpoint recorded "
+                                         r"other hyperparameters"):
+        other.load(path)
+    assert other.steps == 0
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"^fastlr\.Adafactor\.load: .* is not a readable"):
+        other.load(tmp_path / "junk.npz")
+
+
 def test_rollback_restores_hyperparameters():
     w = np.ones(3)
     opt = fastlr.Adafactor([w], lr=0.1)
