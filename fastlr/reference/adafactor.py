@@ -23,13 +23,13 @@ def _lerp(start, end, weight):
 
 def adafactor(param, grad, row_var=None, col_var=None, variance=None, *, step, lr=1e-2,
               beta2_decay=-0.8, eps1=None, eps2=1e-3, d=1.0, weight_decay=0.0,
-              maximize=False, n_threads=None):
+              maximize=False):
     """One Adafactor update of ``param`` in place; the twin of
     :func:`fastlr.optim.adafactor.adafactor` (same arguments and formula).
 
     ``row_var`` / ``col_var`` (params of >= 2 dims, shapes ``(..., m, 1)`` and
-    ``(..., 1, n)``) or ``variance`` (0 or 1 dims) are updated in place. ``n_threads`` is
-    accepted and ignored. Only shapes are checked (an oracle, not the public API).
+    ``(..., 1, n)``) or ``variance`` (0 or 1 dims) are updated in place. Only the presence
+    of the state and ``step`` are checked (an oracle, not the public API).
     """
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
