@@ -25,11 +25,53 @@ def adafactor(param, grad, row_var=None, col_var=None, variance=None, *, step, l
               beta2_decay=-0.8, eps1=None, eps2=1e-3, d=1.0, weight_decay=0.0,
               maximize=False):
     """One Adafactor update of ``param`` in place; the twin of
-    :func:`fastlr.optim.adafactor.adafactor` (same arguments and formula).
+    :func:`fastlr.optim.adafactor.adafactor` (same arguments and formula), in NumPy.
 
-    ``row_var`` / ``col_var`` (params of >= 2 dims, shapes ``(..., m, 1)`` and
-    ``(..., 1, n)``) or ``variance`` (0 or 1 dims) are updated in place. Only the presence
-    of the state and ``step`` are checked (an oracle, not the public API).
+    Parameters
+    ----------
+    param : numpy.ndarray
+        float32 or float64; updated in place.
+    grad : numpy.ndarray
+        The gradient, of the param's dtype and shape.
+    row_var, col_var : numpy.ndarray, optional
+        For a param of >= 2 dims: shapes ``(..., m, 1)`` and ``(..., 1, n)``; updated in
+        place.
+    variance : numpy.ndarray, optional
+        For a param of 0 or 1 dims: the param's shape; updated in place.
+    step : int
+        The 1-based update number, ``>= 1``.
+    lr : float, default 1e-2
+        The cap of the relative step size and the weight decay's factor.
+    beta2_decay : float, default -0.8
+        The exponent of the statistics' weight ``step ** beta2_decay``.
+    eps1 : float, optional
+        The floor of the row mean and of ``sqrt(V)``; None: the dtype's machine epsilon.
+    eps2 : float, default 1e-3
+        The floor of the param's RMS.
+    d : float, default 1
+        The update clipping threshold.
+    weight_decay : float, default 0
+        Decoupled weight decay, ``param *= 1 - lr * weight_decay``.
+    maximize : bool, default False
+        Ascend instead of descend.
+
+    Returns
+    -------
+    None
+        ``param`` and its state are updated in place.
+
+    Raises
+    ------
+    ValueError
+        If ``step < 1`` or the state the param's dims need is missing (only these are
+        checked: an oracle, not the public API).
+
+    Examples
+    --------
+    >>> p, v = np.ones(2), np.zeros(2)
+    >>> fastlr.reference.adafactor(p, np.ones(2), variance=v, step=1, lr=0.01)
+    >>> p
+    array([0.99, 0.99])
     """
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
