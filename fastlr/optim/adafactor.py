@@ -128,6 +128,7 @@ class Adafactor(GroupsMixin):
     _max_grad_norm = None
     _skip_nonfinite = False
     _n_threads = None
+    _state_dtype = "float32"    # (read by that repr on branches with state_dtype)
     _scalar_init = 1.0      # (GroupsMixin._add_group fills a per-param array with it)
 
     def __init__(self, params: Any, lr: Any = 1e-2, beta2_decay: Any = -0.8,
