@@ -37,6 +37,7 @@ from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, Sche
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
 from fastlr.optim.muon import Muon
+from fastlr.optim.adafactor import Adafactor
 from fastlr.optim.families import CLASSES as _CLASSES
 from fastlr.ema import EMA
 from fastlr.plateau import ReduceLROnPlateau
@@ -52,7 +53,8 @@ except PackageNotFoundError:  # pragma: no cover - an in-place build that was ne
 globals().update(_CLASSES)
 
 __all__ = [*_CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam", "RowSparseGrad",
-           "Muon", "Optimizer", "flat_buffer", "clip_grad_norm", "ReduceLROnPlateau", "EMA",
+           "Muon", "Adafactor", "Optimizer", "flat_buffer", "clip_grad_norm",
+           "ReduceLROnPlateau", "EMA",
            "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
            "set_num_threads", "get_include", "__version__"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

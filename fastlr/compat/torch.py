@@ -778,3 +778,5 @@ globals().update({name: _bridge(_specs.OPTIMIZERS[name]) for name in TORCH_CLASS
 from fastlr.compat._torch_sparse import SparseAdam  # noqa: E402  (row-sparse grads)
 from fastlr.compat._torch_muon import Muon  # noqa: E402  (not a table row: its own module)
 __all__ += ["Muon"]
+from fastlr.compat._torch_adafactor import Adafactor  # noqa: E402  (not a table row: its own module)
+__all__.append("Adafactor")

@@ -48,10 +48,11 @@ from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, Sche
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
 from fastlr.optim.muon import Muon
+from fastlr.optim.adafactor import Adafactor
 
 # the optimizer classes, one per row of the table (fastlr._specs): SGD, RMSprop, Adam, ...
 globals().update(CLASSES)
 
 __all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam", "Muon",
-           "flat_buffer", "clip_grad_norm", "named_groups"]
+           "Adafactor", "flat_buffer", "clip_grad_norm", "named_groups"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

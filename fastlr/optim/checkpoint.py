@@ -335,49 +335,7 @@ class CheckpointMixin(_OptimizerAttrs):
             plateau = _check_plateau_state(name, plateau)
             if self._plateau is not None:
                 self._plateau._check_compatible(name, plateau)
-        groups = sd["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError(f"{name}: the state dict has "
-                             f"{len(groups) if isinstance(groups, (list, tuple)) else '?'} "
-                             f"param groups, this optimizer has {len(self.param_groups)}")
-        new_hypers, index, renamed, differ = [], 0, [], []
-        for g, (saved, group) in enumerate(zip(groups, self.param_groups)):
-            if not isinstance(saved, dict):
-                raise TypeError(f"{name}: param_groups[{g}] must be a dict")
-            n = len(group["params"])
-            held = saved.get("params", [])
-            if not isinstance(held, (list, tuple, np.ndarray)) or \
-                    list(held) != list(range(index, index + n)):
-                raise ValueError(f"{name}: param_groups[{g}] holds params "
-                                 f"{saved.get('params')}, expected {list(range(index, index + n))}")
-            index += n
-            saved_names = saved.get("param_names")
-            if saved_names is not None:
-                if not isinstance(saved_names, (list, tuple)) or len(saved_names) != n or \
-                        not all(isinstance(k, str) for k in saved_names):
-                    raise ValueError(f"{name}: param_groups[{g}]['param_names'] must be a list "
-                                     f"of {n} strings, got {saved_names!r:.200}")
-                mine = group.get("param_names")
-                if mine is not None and list(saved_names) != mine:
-                    renamed.append(_names_diff(g, mine, list(saved_names)))
-            hyper = {}
-            for key, value in saved.items():
-                if key == "params" or key == "param_names":
-                    continue
-                if key not in group:
-                    raise ValueError(f"{name}: param_groups[{g}] has an unknown "
-                                     f"hyperparameter {key!r}")
-                if not _same(group[key], value):
-                    differ.append((g, key, group[key], value))
-                if _is_marker(value):
-                    continue        # a schedule: code, rebuilt by the code that built this
-                if key in self._pairs and isinstance(value, (list, tuple)) \
-                        and len(value) == 2:      # a scheduled slot: the optimizer's own
-                    value = tuple(mine if _is_marker(part) else part
-                                  for mine, part in zip(group[key], value))
-                value = self._check_hyper(key, value, where=f"param_groups[{g}]")
-                hyper[key] = value
-            new_hypers.append(hyper)
+        new_hypers, renamed, differ = self._checked_groups(name, sd["param_groups"])
         state = sd["state"]
         if not isinstance(state, dict):
             raise TypeError(f"{name}: 'state' must be a dict keyed by param index")
@@ -425,23 +383,8 @@ class CheckpointMixin(_OptimizerAttrs):
                 raise ValueError(f"{name}: state[{i}] has buffers {sorted(extra)} that this "
                                  f"optimizer's options do not use")
             new_state[i] = (count, bufs)
-        rollback = sd.get("snapshot_of") == self._snapshot_id
-        if renamed:
-            self._refuse_or_warn(name, strict, "names its params otherwise", renamed,
-                                 "build the optimizer over the checkpoint's names, in its "
-                                 "order", "loaded by position")
-        if differ and not rollback:
-            self._refuse_or_warn(name, strict, "recorded other hyperparameters",
-                                 [_hyper_diff(*d) for d in differ],
-                                 "a checkpoint restores the step count and the state, never "
-                                 "the hyperparameters: build the optimizer with the "
-                                 "checkpoint's values and schedules",
-                                 "kept this optimizer's values")
+        self._settle_groups(name, strict, sd, new_hypers, renamed, differ)
         # everything checked: apply
-        if rollback:
-            for group, hyper in zip(self.param_groups, new_hypers):
-                for key, value in hyper.items():
-                    dict.__setitem__(group, key, value)
         for i, (count, bufs) in new_state.items():
             self._counts[i] = count
             if self._scalar:
@@ -468,6 +411,77 @@ class CheckpointMixin(_OptimizerAttrs):
             self._used[:, 0] = [float(v) for v in last_lr]
         elif steps > 0:         # an older checkpoint: the lr the schedule gave last
             self._used[:, 0] = [v["lr"] for v in self._engine.group_values(steps - 1)]
+
+    def _checked_groups(self, name, groups):
+        """A state dict's ``param_groups`` checked against this optimizer's groups (params
+        held, names, hyperparameters): ``(new_hypers, renamed, differ)`` -- per group the
+        recorded values to restore on a rollback, the name differences, and the
+        ``(group, key, mine, saved)`` of every hyperparameter that differs."""
+        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
+            raise ValueError(f"{name}: the state dict has "
+                             f"{len(groups) if isinstance(groups, (list, tuple)) else '?'} "
+                             f"param groups, this optimizer has {len(self.param_groups)}")
+        new_hypers, index, renamed, differ = [], 0, [], []
+        for g, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if not isinstance(saved, dict):
+                raise TypeError(f"{name}: param_groups[{g}] must be a dict")
+            n = len(group["params"])
+            held = saved.get("params", [])
+            if not isinstance(held, (list, tuple, np.ndarray)) or \
+                    list(held) != list(range(index, index + n)):
+                raise ValueError(f"{name}: param_groups[{g}] holds params "
+                                 f"{saved.get('params')}, expected {list(range(index, index + n))}")
+            index += n
+            saved_names = saved.get("param_names")
+            if saved_names is not None:
+                if not isinstance(saved_names, (list, tuple)) or len(saved_names) != n or \
+                        not all(isinstance(k, str) for k in saved_names):
+                    raise ValueError(f"{name}: param_groups[{g}]['param_names'] must be a list "
+                                     f"of {n} strings, got {saved_names!r:.200}")
+                mine = group.get("param_names")
+                if mine is not None and list(saved_names) != mine:
+                    renamed.append(_names_diff(g, mine, list(saved_names)))
+            hyper = {}
+            for key, value in saved.items():
+                if key == "params" or key == "param_names":
+                    continue
+                if key not in group:
+                    raise ValueError(f"{name}: param_groups[{g}] has an unknown "
+                                     f"hyperparameter {key!r}")
+                if not _same(group[key], value):
+                    differ.append((g, key, group[key], value))
+                if _is_marker(value):
+                    continue        # a schedule: code, rebuilt by the code that built this
+                if key in self._pairs and isinstance(value, (list, tuple)) \
+                        and len(value) == 2:      # a scheduled slot: the optimizer's own
+                    value = tuple(mine if _is_marker(part) else part
+                                  for mine, part in zip(group[key], value))
+                value = self._check_hyper(key, value, where=f"param_groups[{g}]")
+                hyper[key] = value
+            new_hypers.append(hyper)
+        return new_hypers, renamed, differ
+
+    def _settle_groups(self, name, strict, sd, new_hypers, renamed, differ):
+        """After every other check of a state dict: refuse (``strict``) or warn about the
+        names and hyperparameters that differ (what :meth:`_checked_groups` found), then,
+        when it is this object's own state dict (a rollback), restore its
+        hyperparameters."""
+        rollback = sd.get("snapshot_of") == self._snapshot_id
+        if renamed:
+            self._refuse_or_warn(name, strict, "names its params otherwise", renamed,
+                                 "build the optimizer over the checkpoint's names, in its "
+                                 "order", "loaded by position")
+        if differ and not rollback:
+            self._refuse_or_warn(name, strict, "recorded other hyperparameters",
+                                 [_hyper_diff(*d) for d in differ],
+                                 "a checkpoint restores the step count and the state, never "
+                                 "the hyperparameters: build the optimizer with the "
+                                 "checkpoint's values and schedules",
+                                 "kept this optimizer's values")
+        if rollback:
+            for group, hyper in zip(self.param_groups, new_hypers):
+                for key, value in hyper.items():
+                    dict.__setitem__(group, key, value)
 
     def _refuse_or_warn(self, name, strict, what, diffs, advice, kept):
         """A checkpoint that disagrees with this optimizer: ValueError (strict), else a

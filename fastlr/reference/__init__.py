@@ -56,10 +56,11 @@ from fastlr.reference import schedulefree  # noqa: F401  (the schedule-free loop
 from fastlr.reference.layerwise import lamb, lars
 from fastlr.reference.lrfree import prodigy_step
 from fastlr.reference.muon import muon  # noqa: F401  (Muon's twin; its own module)
+from fastlr.reference.adafactor import adafactor
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
            "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers",
-           "lamb", "lars", "adam_bf16_state", "prodigy_step"]
+           "lamb", "lars", "adam_bf16_state", "prodigy_step", "adafactor"]
 
 
 # ---------------------------------------------------------------------------
