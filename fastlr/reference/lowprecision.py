@@ -107,9 +107,10 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
     --------
     >>> p = np.ones(2, np.float32); g = np.full(2, 0.5, np.float32)
     >>> m = np.zeros(2, np.uint16); v = np.zeros(2, np.uint16)
+    >>> from fastlr.reference.lowprecision import adam_bf16_state, bf16_widen
     >>> adam_bf16_state(p, g, m, v, step=1, lr=0.1)
     >>> p, bf16_widen(m)
-    (array([0.9, 0.9], dtype=float32), array([0.05, 0.05], dtype=float32))
+    (array([0.9, 0.9], dtype=float32), array([0.05004883, 0.05004883], dtype=float32))
     """
     f = np.float32
     t = float(step)
