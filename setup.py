@@ -70,6 +70,7 @@ MODULES = [
     ("fastlr._core.sparse", ["fastlr/_core/sparse.pyx"]),
     ("fastlr._core.schedulefree", ["fastlr/_core/schedulefree.pyx"]),
     ("fastlr._core.lrfree", ["fastlr/_core/lrfree.pyx"]),  # Prodigy's two-pass step
+    ("fastlr._core.dadapt", ["fastlr/_core/dadapt.pyx"]),  # D-Adaptation (Adam, SGD, AdaGrad)
     ("fastlr._core.muon", ["fastlr/_core/muon.pyx"]),
     ("fastlr._core.adafactor", ["fastlr/_core/adafactor.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at

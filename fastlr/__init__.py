@@ -36,6 +36,7 @@ from fastlr.sparse import RowSparseGrad
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
+from fastlr.optim.dadapt import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD
 from fastlr.optim.muon import Muon
 from fastlr.optim.adafactor import Adafactor
 from fastlr.optim.families import CLASSES as _CLASSES
@@ -58,6 +59,7 @@ __all__ = [*_CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam", "RowSpar
            "find_lr", "LRFinderResult", "kernels", "reference", "schedules", "get_num_threads",
            "set_num_threads", "get_include", "__version__"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]
+__all__ += ["DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad"]
 
 
 def get_include() -> str:

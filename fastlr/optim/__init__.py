@@ -47,6 +47,7 @@ from fastlr.optim.sparse_adam import SparseAdam
 from fastlr.optim.schedulefree import ScheduleFreeAdamW, ScheduleFreeRAdam, ScheduleFreeSGD
 from fastlr.optim.layerwise import LAMB, LARS
 from fastlr.optim.lrfree import Prodigy
+from fastlr.optim.dadapt import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD
 from fastlr.optim.muon import Muon
 from fastlr.optim.adafactor import Adafactor
 
@@ -55,4 +56,5 @@ globals().update(CLASSES)
 
 __all__ = ["Optimizer", *CLASSES, "LBFGS", "LAMB", "LARS", "Prodigy", "SparseAdam", "Muon",
            "Adafactor", "flat_buffer", "clip_grad_norm", "named_groups"]
+__all__ += ["DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad"]
 __all__ += ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]

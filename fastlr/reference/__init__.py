@@ -55,6 +55,7 @@ from fastlr.reference.sparse import coalesce, sparse_adagrad, sparse_adam, spars
 from fastlr.reference import schedulefree  # noqa: F401  (the schedule-free loops' twins)
 from fastlr.reference.layerwise import lamb, lars
 from fastlr.reference.lrfree import prodigy_step
+from fastlr.reference.dadapt import dadapt_adagrad_step, dadapt_adam_step, dadapt_sgd_step  # noqa: F401
 from fastlr.reference.muon import muon  # noqa: F401  (Muon's twin; its own module)
 from fastlr.reference.adafactor import adafactor
 
