@@ -780,3 +780,6 @@ from fastlr.compat._torch_muon import Muon  # noqa: E402  (not a table row: its 
 __all__ += ["Muon"]
 from fastlr.compat._torch_adafactor import Adafactor  # noqa: E402  (not a table row: its own module)
 __all__.append("Adafactor")
+if __import__("importlib.util").util.find_spec("dadaptation"):  # its bridges need it installed
+    from fastlr.compat._torch_dadapt import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD  # noqa: E402
+    __all__ += ["DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad"]
