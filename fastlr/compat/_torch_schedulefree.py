@@ -69,7 +69,7 @@ class _ScheduleFreeStep:
         return f"{self._cls}: parameter {index} (param_groups[{gi}]['params'][{k}])"
 
     def _check_foreach(self, where: str, value: Any) -> None:
-        if value not in (None, True, False):
+        if value is not None and not isinstance(value, bool):
             raise TypeError(f"{where}: foreach must be None, True or False, got {value!r}")
 
     def add_param_group(self, param_group: dict) -> None:
@@ -99,7 +99,9 @@ class _ScheduleFreeStep:
                         continue
                     tv = t.numpy()
                     if not _bridge_module()._same_layout(tv, pv):
-                        st[key] = torch.clone(p, memory_format=torch.preserve_format).copy_(t)
+                        with torch.no_grad():
+                            st[key] = torch.empty_like(p, memory_format=torch.preserve_format,
+                                                       requires_grad=False).copy_(t)
 
     # -- hyperparameters ------------------------------------------------------------------
     def _beta1(self, fn: str, gi: int, group: Dict[str, Any]) -> float:
