@@ -89,6 +89,11 @@ safeguard_warmup, d0, d_coef, growth_rate, fsdp_in_use, slice_p
                          safeguard_warmup=safeguard_warmup, d0=d0, d_coef=d_coef,
                          growth_rate=growth_rate, fsdp_in_use=fsdp_in_use, slice_p=slice_p)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state["n_threads"] = getattr(self, "n_threads", None)
+        return state
+
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("n_threads", None)

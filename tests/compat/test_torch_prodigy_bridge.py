@@ -172,6 +172,7 @@ def test_n_threads_gives_the_same_bits():
             opt.step()
         results.append([p.detach().clone() for p in ps])
     assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert copy.deepcopy(ft.Prodigy([_copy(torch.zeros(2))], n_threads=2)).n_threads == 2
     with pytest.raises(ValueError, match=r"fastlr\.compat\.torch\.Prodigy.*n_threads"):
         ft.Prodigy([_copy(torch.zeros(2))], n_threads=-3)
 
