@@ -318,3 +318,22 @@ def test_refused_input_changes_nothing(kind):
     _unchanged(opt, ps, snap)
     extra = [p for g in opt.param_groups for p in g["params"] if all(p is not q for q in ps)]
     assert not any(p in opt.state for p in extra)     # no new state either
+
+
+
+def test_closure_and_step_hooks_are_torchs():
+    (_, _), (opt, ps) = _pair({}, torch.float64)
+    calls = []
+    for when in ("pre", "post"):
+        getattr(opt, f"register_step_{when}_hook")(lambda o, a, k, w=when: calls.append(w))
+    target = [torch.full_like(p, 2.0) for p in ps]
+
+    def closure():                  # grads from a real backward pass
+        opt.zero_grad()
+        loss = sum(((p - t) ** 2).sum() for p, t in zip(ps, target))
+        loss.backward()
+        return loss
+
+    losses = [opt.step(closure).item() for _ in range(40)]
+    assert calls == ["pre", "post"] * 40
+    assert losses[-1] < 0.5 * losses[0]

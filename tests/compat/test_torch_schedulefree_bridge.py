@@ -421,3 +421,24 @@ def test_a_bad_param_refuses_the_mode_switch_for_every_group(switch):
                                          r"state\['z'\] has shape"):
         getattr(opt, switch)()
     _unchanged(opt, ps, snap)
+
+
+def test_closure_and_step_hooks_are_torchs():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1).double()
+    opt = ft.AdamWScheduleFree(model.parameters(), lr=0.01)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
+    x = torch.randn(8, 4, dtype=torch.float64)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()             # needs grad mode: step() runs the closure with it
+        return loss
+
+    opt.train()
+    losses = [opt.step(closure).item() for _ in range(20)]
+    assert seen == ["pre", "post"] * 20
+    assert losses[-1] < losses[0]
