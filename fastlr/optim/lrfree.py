@@ -4,8 +4,8 @@ Prodigy estimates the step size ``d`` from global sums over every param (an inne
 and an L1 norm), so it does not fit the element-wise optimizer table: its own class, its
 own two-pass compiled step (:func:`fastlr._core.lrfree.prodigy_step`; design notes in
 ``fastlr/_core/lrfree.pyx``) and its NumPy twin (:mod:`fastlr.reference.lrfree`). The
-reference implementation is a torch optimizer (``prodigyopt.Prodigy``), so there is no
-``fastlr.compat.torch`` bridge: the tests compare against prodigyopt directly.
+reference implementation is a torch optimizer (``prodigyopt.Prodigy``): the tests compare
+against it directly, and ``fastlr.compat.torch.Prodigy`` is its bridge.
 """
 
 from __future__ import annotations

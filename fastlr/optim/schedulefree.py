@@ -7,8 +7,7 @@ They do not fit the element-wise optimizer table: the step needs per-group avera
 weights carried between steps, and the params switch between two points (``train`` /
 ``eval``). So, as :class:`fastlr.LBFGS`, each is its own class here; the per-element work
 is the fused loops of ``fastlr._core.schedulefree`` (twins: ``fastlr.reference.schedulefree``).
-There is no ``fastlr.compat.torch`` bridge: the reference package already is a torch
-optimizer.
+For code using the package, ``fastlr.compat.torch`` has bridges of the same names.
 """
 
 from __future__ import annotations
@@ -657,8 +656,8 @@ _COMMON_NOTES = """
     The arithmetic is the reference's per-tensor path, operation by operation, in the
     params' dtype (coefficients in double, rounded once); the step is one fused pass
     (``fastlr._core.schedulefree``). float64 agrees with the reference to about 1e-15
-    relative per step. Not provided: ``foreach`` (an implementation choice of torch), a
-    ``fastlr.compat.torch`` bridge (the reference package already is a torch optimizer).
+    relative per step. Not provided: ``foreach`` (an implementation choice of torch). For
+    torch code using the package: ``fastlr.compat.torch.AdamWScheduleFree`` etc.
 
     Checkpoints (:meth:`state_dict`, :meth:`save`) hold ``z`` (and ``exp_avg_sq``), the
     step count, each group's ``lr_max``, ``weight_sum`` and ``scheduled_lr``, and the
