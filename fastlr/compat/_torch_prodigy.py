@@ -22,7 +22,7 @@ import torch
 
 from fastlr._core.args import (CLOSED_UNIT, FINITE, INT_MAX, NONNEG, POSITIVE, UNIT,
                                checked_real, flag_arg, int_arg, threads_arg)
-from fastlr._core.lrfree import prodigy_step
+from fastlr.optim.lrfree import prodigy_step  # this CPU's build (fastlr._core.dispatch)
 from fastlr.compat._torch_adafactor import _bridge_module
 
 __all__ = ["Prodigy"]

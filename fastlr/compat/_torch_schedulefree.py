@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import schedulefree as _sf
 
-from fastlr._core import schedulefree as _kernels
+from fastlr.optim.schedulefree import _kernels  # this CPU's build (fastlr._core.dispatch)
 from fastlr.compat._torch_adafactor import _bridge_module
 from fastlr._core.args import FINITE, INT_MAX, NONNEG, OPEN_UNIT, UNIT, checked_real, int_arg
 
