@@ -45,6 +45,7 @@ The study runs with one fastlr thread; its results depend only on the seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -142,7 +143,7 @@ def _digits(seed: int, penalty: float = 1e-3) -> Task:
                 f"{name}; the demo's MLP, L2 penalty {penalty:g} * |W|^2 / 2 on its two "
                 f"weight matrices in the training loss", x_tr, y_tr, x_te, y_te, init,
                 _penalized(cli.loss_and_grads, penalty, (0, 2)), heldout,
-                batch_size=64, epochs=30)
+                batch_size=64, epochs=50)
 
 
 def _lstsq(seed: int) -> Task:
@@ -166,11 +167,11 @@ def _lstsq(seed: int) -> Task:
         return float(np.mean(r * r)), None
 
     cond = np.linalg.cond(x_tr)
-    return Task("lstsq", f"least squares (cond {cond:.0e})",
+    return Task("lstsq", f"least squares (condition number {cond:.3g})",
                 f"least squares, {n_train}x{d} design with condition number {cond:.2g} "
                 f"(singular values log-spaced, seed {seed + 100}), noise std 0.01",
                 x_tr, y_tr, x_te, y_te, [np.zeros(d)], loss_and_grads, heldout,
-                batch_size=32, epochs=100, heldout_name="MSE")
+                batch_size=32, epochs=200, heldout_name="MSE")
 
 
 def _softmax_xent(logits, y):
@@ -220,7 +221,7 @@ def _logreg(seed: int, penalty: float = 1e-3) -> Task:
     return Task("logreg", f"softmax regression ({x.shape[1]} features, {k} classes)",
                 f"{name}, standardized; L2 penalty {penalty:g} * |W|^2 / 2 in the training "
                 f"loss", x_tr, y_tr, x_te, y_te, [np.zeros((x.shape[1], k)), np.zeros(k)],
-                _penalized(loss_and_grads, penalty, (0,)), heldout, batch_size=16, epochs=200)
+                _penalized(loss_and_grads, penalty, (0,)), heldout, batch_size=16, epochs=300)
 
 
 #: The tasks, by name: a function ``seed -> Task``.
@@ -499,6 +500,55 @@ class _Progress:
         self.out.flush()
 
 
+#: (get, set) function names of OpenBLAS builds: NumPy's wheels (scipy-openblas), others.
+_OPENBLAS_API = (("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+                 ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+                 ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                 ("openblas_get_num_threads", "openblas_set_num_threads"))
+
+
+def _openblas() -> Optional[Any]:
+    """(get, set) of the thread count of the OpenBLAS loaded in this process (NumPy's), or
+    None where there is none or it cannot be found (not Linux, another BLAS)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f
+                            if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, put in _OPENBLAS_API:
+            if hasattr(lib, get) and hasattr(lib, put):
+                return getattr(lib, get), getattr(lib, put)
+    return None
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """One fastlr thread and, where it can be set, one BLAS thread for NumPy's matmuls
+    inside the block; yields the BLAS thread count (None: not limited)."""
+    import fastlr
+
+    threads = fastlr.get_num_threads()
+    blas = _openblas()
+    before = blas[0]() if blas is not None else None
+    fastlr.set_num_threads(1)
+    if blas is not None:
+        blas[1](1)
+    try:
+        yield None if blas is None else 1
+    finally:
+        fastlr.set_num_threads(threads)
+        if blas is not None:
+            blas[1](before)
+
+
 def _names(kind: str, given: Optional[Sequence[str]], known: Sequence[str]) -> List[str]:
     names = list(known) if given is None else list(given)
     unknown = [n for n in names if n not in known]
@@ -575,9 +625,7 @@ def run_study(tasks: Optional[Sequence[str]] = None,
         if m not in usable:
             bar.line(f"{m.label}: unavailable (this fastlr has no fastlr.{m.cls}); skipped")
     runs, summary = [], []
-    threads = fastlr.get_num_threads()
-    fastlr.set_num_threads(1)
-    try:
+    with _one_thread() as blas_threads:
         for ti, task in enumerate(built):
             for m in usable:
                 t0 = time.perf_counter()
@@ -596,15 +644,14 @@ def run_study(tasks: Optional[Sequence[str]] = None,
                     f"best loss {s['best_loss']:.4g} at {m.kind} {s['best_value']:.2g}")
                 bar.line(f"{task.name:7s} {m.label:33s} {best} "
                          f"({time.perf_counter() - t0:.1f} s)")
-    finally:
-        fastlr.set_num_threads(threads)
     return {
         "settings": {"points": points, "decades": float(decades), "seed": seed,
                      "epochs": epochs, "steps": steps, "tolerance": TOLERANCE,
                      "diverge_factor": DIVERGE_FACTOR,
                      "rule": f"within: loss finite and loss <= {1 + TOLERANCE:g} * best "
                              f"(best: the method's smallest final training loss on the task)",
-                     "fastlr_threads": 1, "fastlr": fastlr.__version__},
+                     "fastlr_threads": 1, "blas_threads": blas_threads,
+                     "fastlr": fastlr.__version__},
         "tasks": [{"name": t.name, "title": t.title, "description": t.description,
                    "steps": plan[t.name], "batch_size": t.batch_size,
                    "train_samples": int(len(t.y_train)), "heldout_samples": int(len(t.y_test)),
@@ -646,7 +693,8 @@ def format_table(results: Dict[str, Any]) -> str:
     methods = {m["name"]: m for m in results["methods"]}
     lines = [f"fastlr compare: learning-rate sensitivity, {st['points']} values over "
              f"{st['decades']:g} decades per method, centered on its default (lr-free "
-             f"methods: multiplier 1.0); seed {st['seed']}, 1 fastlr thread",
+             f"methods: multiplier 1.0); seed {st['seed']}, 1 fastlr thread, "
+             f"{'1 BLAS thread' if st.get('blas_threads') else 'BLAS threads not limited'}",
              f"rule: a value is within range when its final training loss is finite and "
              f"<= {1 + st['tolerance']:g} * the method's best on the task; a run whose loss "
              f"turns non-finite or exceeds {st['diverge_factor']:g}x the starting loss is "

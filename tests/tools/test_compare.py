@@ -312,3 +312,16 @@ def test_command_help_explains_the_study(capsys):
                  "digits", "lstsq", "logreg", "Prodigy", "D-Adapt Adam", "--png", "--json",
                  "--quiet"):
         assert text in out
+
+
+def test_study_runs_on_one_thread_and_restores_the_settings():
+    before = fastlr.get_num_threads()
+    blas = compare._openblas()
+    blas_before = blas[0]() if blas is not None else None
+    with compare._one_thread() as blas_threads:
+        assert fastlr.get_num_threads() == 1
+        if blas is not None:
+            assert blas_threads == 1 and blas[0]() == 1
+    assert fastlr.get_num_threads() == before
+    if blas is not None:
+        assert blas[0]() == blas_before
