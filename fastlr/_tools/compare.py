@@ -167,8 +167,8 @@ def _lstsq(seed: int) -> Task:
         return float(np.mean(r * r)), None
 
     cond = np.linalg.cond(x_tr)
-    return Task("lstsq", f"least squares (condition number {cond:.3g})",
-                f"least squares, {n_train}x{d} design with condition number {cond:.2g} "
+    return Task("lstsq", f"least squares (condition number {cond:.0f})",
+                f"least squares, {n_train}x{d} design with condition number {cond:.0f} "
                 f"(singular values log-spaced, seed {seed + 100}), noise std 0.01",
                 x_tr, y_tr, x_te, y_te, [np.zeros(d)], loss_and_grads, heldout,
                 batch_size=32, epochs=200, heldout_name="MSE")
@@ -687,7 +687,9 @@ def format_table(results: Dict[str, Any]) -> str:
         column per factor of the sweep relative to the method's default; ``div`` marks a
         diverged run, ``*`` the values within 5% of the best) and, per method, the best
         final training loss, where it was reached, the range within 5% of it and that
-        range's width in decades, and the held-out number at the best value.
+        range's width in decades, and the held-out number at the best value; then the
+        closing sensitivity table: per method (rows) and task (columns), that range and its
+        width in decades.
     """
     st = results["settings"]
     methods = {m["name"]: m for m in results["methods"]}
@@ -741,16 +743,37 @@ def format_table(results: Dict[str, Any]) -> str:
             held = (f"{task['heldout']} {best_run['heldout_loss']:.3g}"
                     if best_run["heldout_accuracy"] is None
                     else f"accuracy {best_run['heldout_accuracy']:.3f}")
-            rng = (f"{'<=' if s['lo_at_edge'] else ''}{s['lo']:.2g} .. "
-                   f"{s['hi']:.2g}{'+' if s['hi_at_edge'] else ''}")
-            if not s["contiguous"]:
-                rng += " (gaps)"
             lines.append(f"  {m['label']:34s}{s['best_loss']:>10.4g}{s['best_value']:>10.2g}"
-                         f"   {rng:24s}{s['decades']:>8.2g}  {held}")
-    lines += ["", "<= / +: the range reaches the low / high end of the sweep (it may extend "
-                  "beyond); (gaps): some values inside the range are not within 5%",
+                         f"   {_range_text(s):24s}{s['decades']:>8.2g}  {held}")
+    lines += ["", "sensitivity: the values (lr, or multiplier for the lr-free methods) whose "
+                  "final training loss is within 5% of the method's best on the task, and "
+                  "the width of that range in decades (wider: more forgiving)",
+              f"  {'method':34s}" + "".join(f"{t['name']:>26s}" for t in results["tasks"])]
+    for name, m in methods.items():
+        cells = []
+        for task in results["tasks"]:
+            s = summary.get((task["name"], name))
+            if not m["available"]:
+                text = "unavailable"
+            elif s is None:
+                text = "-"
+            elif s["best_loss"] is None:
+                text = "all diverged"
+            else:
+                text = f"{_range_text(s)} ({s['decades']:.2g})"
+            cells.append(f"{text:>26s}")
+        lines.append(f"  {m['label']:34s}" + "".join(cells))
+    lines += ["<= / +: the range reaches the low / high end of the sweep (it may extend "
+              "beyond); (gaps): some values inside the range are not within 5%",
               f"{len(results['runs'])} runs in {results['seconds']:.1f} s"]
     return "\n".join(lines)
+
+
+def _range_text(s: Dict[str, Any]) -> str:
+    """``lo .. hi`` of a :func:`within_range` result, with its edge and gap marks."""
+    text = (f"{'<=' if s['lo_at_edge'] else ''}{s['lo']:.2g} .. "
+            f"{s['hi']:.2g}{'+' if s['hi_at_edge'] else ''}")
+    return text if s["contiguous"] else text + " (gaps)"
 
 
 def _plain(value: Any) -> Any:

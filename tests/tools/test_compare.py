@@ -218,6 +218,15 @@ def test_table_shows_every_run_and_the_ranges(tiny):
     for s in tiny["summary"]:
         assert f"{s['best_loss']:.4g}" in table
     assert "x0.1" in table and "x10" in table
+    # the closing sensitivity table: one row per method, one column per task
+    closing = table[table.index("\nsensitivity:"):].splitlines()
+    assert closing[2].split() == ["method", "lstsq", "logreg"]
+    for row, m in zip(closing[3:5], tiny["methods"]):
+        assert row.strip().startswith(m["label"])
+        for task in tiny["tasks"]:
+            s = next(x for x in tiny["summary"]
+                     if (x["task"], x["method"]) == (task["name"], m["name"]))
+            assert f"{compare._range_text(s)} ({s['decades']:.2g})" in row
 
 
 def test_json_is_strict_and_round_trips(tiny, tmp_path):
