@@ -15,9 +15,9 @@ range of swept values whose final loss is within 5% of it::
 
     within  <=>  loss is finite and loss <= 1.05 * best
 
-(the losses here are never negative). A run whose minibatch loss becomes non-finite, or
-exceeds :data:`DIVERGE_FACTOR` times the starting loss, is stopped and counted as diverged:
-it is outside every range. The width of the range in decades, ``log10(hi / lo)``, says how
+(the losses here are never negative). A run is diverged when a minibatch loss becomes
+non-finite (the run stops there) or its final training loss is above the starting loss
+(training made it worse); a diverged run is outside every range. The width of the range in decades, ``log10(hi / lo)``, says how
 forgiving the method is: a wide range forgives a bad choice of lr.
 
 Tasks (:data:`TASKS`):
@@ -61,9 +61,9 @@ from fastlr._tools import cli
 #: The within-range rule: a swept value is within range when its final loss is finite and
 #: ``loss <= (1 + TOLERANCE) * best``.
 TOLERANCE = 0.05
-#: A run stops as diverged when a minibatch loss exceeds this multiple of the starting loss
-#: (the loss on the whole training set at the initial weights), or is not finite.
-DIVERGE_FACTOR = 100.0
+#: When a run counts as diverged (outside every range).
+DIVERGED = ("a minibatch loss non-finite (the run stops there), or the final training loss "
+            "above the starting loss")
 #: Condition number of the least-squares task's design matrix.
 LSTSQ_COND = 1e3
 #: Default sweep: points per method and width in decades (centered on the default).
@@ -370,14 +370,15 @@ def run_one(task: Task, method: Method, value: float, total_steps: int,
     -------
     dict
         ``train_loss`` (the whole training set, after the last step), ``heldout_loss``,
-        ``heldout_accuracy`` (None for least squares), ``diverged`` (bool; the losses are
-        NaN then), ``steps`` (taken) and ``seconds``.
+        ``heldout_accuracy`` (None for least squares), ``diverged`` (bool: a minibatch
+        loss was not finite, or the final training loss is above the loss at the initial
+        weights; the losses are NaN then), ``steps`` (taken) and ``seconds``.
     """
     started = time.perf_counter()
     params = [p.copy() for p in task.init]
     opt = method.make(params, value, total_steps)
     x, y = task.x_train, task.y_train
-    limit = DIVERGE_FACTOR * task.loss_and_grads(params, x, y)[0]
+    start_loss = task.loss_and_grads(params, x, y)[0]
     rng = np.random.default_rng(seed)
     step, diverged = 0, False
     with np.errstate(all="ignore"):
@@ -388,7 +389,7 @@ def run_one(task: Task, method: Method, value: float, total_steps: int,
                     break
                 idx = order[start:start + task.batch_size]
                 loss, grads = task.loss_and_grads(params, x[idx], y[idx])
-                if not (math.isfinite(loss) and loss <= limit):
+                if not math.isfinite(loss):
                     diverged = True
                     break
                 opt.step(grads)
@@ -397,7 +398,7 @@ def run_one(task: Task, method: Method, value: float, total_steps: int,
             opt.eval()          # schedule-free: evaluate at the averaged point x
         train_loss = task.loss_and_grads(params, x, y)[0]
         heldout_loss, heldout_acc = task.heldout(params)
-    diverged = diverged or not (math.isfinite(train_loss) and train_loss <= limit)
+    diverged = diverged or not (math.isfinite(train_loss) and train_loss <= start_loss)
     nan = float("nan")
     return {"train_loss": nan if diverged else float(train_loss),
             "heldout_loss": nan if diverged else float(heldout_loss),
@@ -636,18 +637,18 @@ def run_study(tasks: Optional[Sequence[str]] = None,
                     runs.append({"task": task.name, "method": m.name, "value": float(value),
                                  "factor": float(value / m.default), **r})
                     losses.append(r["train_loss"])
-                    bar.run(f"{task.name} {m.name} {m.kind} {value:.2g}: "
+                    bar.run(f"{task.name} {m.name} {m.kind} {_value(value)}: "
                             + ("diverged" if r["diverged"] else f"loss {r['train_loss']:.4g}"))
                 s = within_range(values, losses)
                 summary.append({"task": task.name, "method": m.name, **s})
                 best = "every run diverged" if s["best_loss"] is None else (
-                    f"best loss {s['best_loss']:.4g} at {m.kind} {s['best_value']:.2g}")
+                    f"best loss {s['best_loss']:.4g} at {m.kind} {_value(s['best_value'])}")
                 bar.line(f"{task.name:7s} {m.label:33s} {best} "
                          f"({time.perf_counter() - t0:.1f} s)")
     return {
         "settings": {"points": points, "decades": float(decades), "seed": seed,
                      "epochs": epochs, "steps": steps, "tolerance": TOLERANCE,
-                     "diverge_factor": DIVERGE_FACTOR,
+                     "diverged": DIVERGED,
                      "rule": f"within: loss finite and loss <= {1 + TOLERANCE:g} * best "
                              f"(best: the method's smallest final training loss on the task)",
                      "fastlr_threads": 1, "blas_threads": blas_threads,
@@ -698,9 +699,8 @@ def format_table(results: Dict[str, Any]) -> str:
              f"methods: multiplier 1.0); seed {st['seed']}, 1 fastlr thread, "
              f"{'1 BLAS thread' if st.get('blas_threads') else 'BLAS threads not limited'}",
              f"rule: a value is within range when its final training loss is finite and "
-             f"<= {1 + st['tolerance']:g} * the method's best on the task; a run whose loss "
-             f"turns non-finite or exceeds {st['diverge_factor']:g}x the starting loss is "
-             f"diverged (div), outside every range"]
+             f"<= {1 + st['tolerance']:g} * the method's best on the task; diverged (div): "
+             f"{st['diverged']}; outside every range"]
     for m in results["methods"]:
         state = "" if m["available"] else "  UNAVAILABLE: this fastlr has no " \
                                           f"fastlr.{m['cls']}"
@@ -743,7 +743,7 @@ def format_table(results: Dict[str, Any]) -> str:
             held = (f"{task['heldout']} {best_run['heldout_loss']:.3g}"
                     if best_run["heldout_accuracy"] is None
                     else f"accuracy {best_run['heldout_accuracy']:.3f}")
-            lines.append(f"  {m['label']:34s}{s['best_loss']:>10.4g}{s['best_value']:>10.2g}"
+            lines.append(f"  {m['label']:34s}{s['best_loss']:>10.4g}{_value(s['best_value']):>10s}"
                          f"   {_range_text(s):24s}{s['decades']:>8.2g}  {held}")
     lines += ["", "sensitivity: the values (lr, or multiplier for the lr-free methods) whose "
                   "final training loss is within 5% of the method's best on the task, and "
@@ -769,10 +769,17 @@ def format_table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _value(x: float) -> str:
+    """A swept value in two significant digits, without an exponent from 10 up (100, not
+    1e+02)."""
+    text = f"{x:.2g}"
+    return f"{x:.0f}" if "e+" in text else text
+
+
 def _range_text(s: Dict[str, Any]) -> str:
     """``lo .. hi`` of a :func:`within_range` result, with its edge and gap marks."""
-    text = (f"{'<=' if s['lo_at_edge'] else ''}{s['lo']:.2g} .. "
-            f"{s['hi']:.2g}{'+' if s['hi_at_edge'] else ''}")
+    text = (f"{'<=' if s['lo_at_edge'] else ''}{_value(s['lo'])} .. "
+            f"{_value(s['hi'])}{'+' if s['hi_at_edge'] else ''}")
     return text if s["contiguous"] else text + " (gaps)"
 
 
