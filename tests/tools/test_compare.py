@@ -365,3 +365,19 @@ def test_study_runs_on_one_thread_and_restores_the_settings():
     assert fastlr.get_num_threads() == before
     if blas is not None:
         assert blas[0]() == blas_before
+
+
+def test_command_png_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, capsys):
+    from fastlr import plot
+
+    def missing():
+        raise ImportError("fastlr's plots need matplotlib: pip install 'fastlr[plot]' "
+                          "(or pip install matplotlib)")
+
+    monkeypatch.setattr(plot, "require_matplotlib", missing)
+    with pytest.raises(SystemExit) as info:
+        compare.main(["--png", str(tmp_path / "x.png"), "--steps", "1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "fastlr compare: error: --png: fastlr's plots need matplotlib: pip install" in err
+    assert not (tmp_path / "x.png").exists()
