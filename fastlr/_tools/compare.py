@@ -17,8 +17,9 @@ range of swept values whose final loss is within 5% of it::
 
 (the losses here are never negative). A run is diverged when a minibatch loss becomes
 non-finite (the run stops there) or its final training loss is above the starting loss
-(training made it worse); a diverged run is outside every range. The width of the range in decades, ``log10(hi / lo)``, says how
-forgiving the method is: a wide range forgives a bad choice of lr.
+(training made it worse); a diverged run is outside every range. The width of the range in
+decades, ``log10(hi / lo)``, says how forgiving the method is: a wide range forgives a bad
+choice of lr.
 
 Tasks (:data:`TASKS`):
 
@@ -52,7 +53,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Union
 
 import numpy as np
 
@@ -408,7 +409,8 @@ def run_one(task: Task, method: Method, value: float, total_steps: int,
             "seconds": time.perf_counter() - started}
 
 
-def within_range(values: Sequence[float], losses: Sequence[float],
+def within_range(values: Union[Sequence[float], np.ndarray],
+                 losses: Union[Sequence[float], np.ndarray],
                  tolerance: float = TOLERANCE) -> Dict[str, Any]:
     """The swept values whose loss is within ``tolerance`` of the best loss.
 
@@ -485,7 +487,7 @@ class _Progress:
 
     def run(self, text: str) -> None:
         self.done += 1
-        if self.tty:
+        if self.tty and self.out is not None:
             width = 24
             filled = int(width * self.done / max(1, self.total))
             self.out.write(f"\r  compare [{'#' * filled}{'.' * (width - filled)}] "
@@ -856,11 +858,8 @@ def plot(results: Dict[str, Any], path: Optional[str] = None) -> Any:
             top.plot(f[ok & ~within], loss[ok & ~within], markers[i % 6], color=color, ms=5,
                      mfc="none")
             top.plot(f[~ok], np.full((~ok).sum(), ceiling), "x", color=color, ms=7)
-            if task["heldout"] == "accuracy":
-                held = [r["heldout_accuracy"] for r in mine]
-            else:
-                held = [r["heldout_loss"] for r in mine]
-            held = np.array([np.nan if h is None else h for h in held], dtype=float)
+            key = "heldout_accuracy" if task["heldout"] == "accuracy" else "heldout_loss"
+            held = np.array([np.nan if r[key] is None else r[key] for r in mine], dtype=float)
             bottom.plot(f[ok], held[ok], markers[i % 6] + "-", color=color, lw=1.2, ms=4,
                         mfc="none")
         top.set(xscale="log", yscale="log", title=task["title"])
