@@ -1,4 +1,5 @@
-"""The ``fastlr`` command line: ``fastlr demo``, ``fastlr schedule``, ``fastlr bench``.
+"""The ``fastlr`` command line: ``fastlr demo``, ``fastlr schedule``, ``fastlr bench``,
+``fastlr compare``.
 
 ``fastlr demo`` trains a small NumPy MLP on scikit-learn's bundled handwritten digits (a
 synthetic dataset when scikit-learn is missing): a learning-rate range test picks the lr,
@@ -8,6 +9,7 @@ are compared: losses, held-out accuracy, and what one optimizer step costs with 
 
 ``fastlr schedule NAME --arg value ...`` prints or draws any built-in schedule.
 ``fastlr bench`` times the optimizer steps against NumPy and torch (see fastlr._tools.bench).
+``fastlr compare`` is the learning-rate sensitivity study (see fastlr._tools.compare).
 """
 
 import argparse
@@ -41,11 +43,14 @@ commands:
             lists them; fastlr schedule NAME --help shows one's arguments)
   bench     time fastlr's steps against NumPy and torch, with rooflines
             (fastlr bench --help)
+  compare   the learning-rate sensitivity study: which optimizer forgives a bad lr
+            (fastlr compare --help)
 
 examples:
   fastlr demo --optimizer adam --epochs 10
   fastlr schedule cosine --init 0.1 --total_steps 100 --out cosine.png
   fastlr bench --quick
+  fastlr compare --png compare.png
 """
 
 
@@ -70,12 +75,18 @@ def load_data(seed, out=None):
         x = centers[y] + rng.standard_normal((1797, 64)) * 3.0
         name = ("a synthetic 10-class problem (scikit-learn is not installed: "
                 "pip install scikit-learn for the digits dataset)")
+    return (*split_standardize(x, y, rng), name)
+
+
+def split_standardize(x, y, rng):
+    """(X_train, y_train, X_test, y_test): the samples shuffled by ``rng``, a fifth held
+    out, standardized by the training part's mean and std."""
     order = rng.permutation(len(y))
     x, y = x[order], y[order]
     n_test = len(y) // 5
     mean, std = x[n_test:].mean(axis=0), x[n_test:].std(axis=0) + 1e-6
     x = (x - mean) / std
-    return x[n_test:], y[n_test:], x[:n_test], y[:n_test], name
+    return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
 
 
 def init_params(n_in, hidden, n_out, seed, dtype):
@@ -467,7 +478,7 @@ def _parser():
     parser = argparse.ArgumentParser(prog="fastlr", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastlr {fastlr.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,schedule,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,schedule,bench,compare}")
     p = sub.add_parser("demo", help="train a NumPy MLP with fastlr and with its reference "
                                     "twin, after a learning-rate range test",
                        description="Train a small NumPy MLP on scikit-learn's handwritten "
@@ -494,6 +505,9 @@ def _parser():
     sub.add_parser("bench", add_help=False,
                    help="time fastlr against the NumPy reference, in-place NumPy and torch, "
                         "with rooflines (fastlr bench --help)")
+    sub.add_parser("compare", add_help=False,
+                   help="the learning-rate sensitivity study of AdamW, schedule-free, "
+                        "Prodigy, D-Adapt Adam and SGD (fastlr compare --help)")
     return parser
 
 
@@ -510,6 +524,10 @@ def main(argv=None):
         return bench_main(argv[1:])
     if argv[0] == "schedule":
         return _schedule_main(argv[1:])
+    if argv[0] == "compare":
+        from fastlr._tools.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.hidden < 1:
         parser.error("--epochs, --batch-size and --hidden must be >= 1")

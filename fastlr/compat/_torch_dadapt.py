@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fastlr._core.args import threads_arg
-from fastlr._core.dadapt import dadapt_adagrad_step, dadapt_adam_step, dadapt_sgd_step
+from fastlr.optim.dadapt import dadapt_adagrad_step, dadapt_adam_step, dadapt_sgd_step
 
 __all__ = ["DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad"]
 

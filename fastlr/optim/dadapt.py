@@ -13,7 +13,6 @@ installed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
@@ -26,9 +25,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from fastlr._core.args import NONNEG, POSITIVE, UNIT, checked_real, flag_arg, int_arg, threads_arg
-from fastlr._core.dadapt import dadapt_adagrad_step, dadapt_adam_step, dadapt_sgd_step
-from fastlr.optim.checkpoint import (CheckpointMixin, PathLike, _hyper_diff, _names_diff,
-                                     _plain, _same, read_npz_members, write_npz_atomic)
+from fastlr._core.dispatch import module as _variant
+from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _hyper_diff,
+                                     _names_diff, _plain, _same)
 from fastlr.optim.groups import (GroupsMixin, ParamGroup, _FIXED_KEYS, _some, groups_arg,
                                  split_named)
 from fastlr.optim.lrfree import Prodigy, _num
@@ -38,6 +37,12 @@ __all__ = ["DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad"]
 
 _log = logging.getLogger("fastlr.dadapt")
 
+# the steps for this CPU (fastlr._core.dadapt, or its x86-64-v3 build)
+_kernels = _variant("dadapt")
+dadapt_adam_step = _kernels.dadapt_adam_step
+dadapt_sgd_step = _kernels.dadapt_sgd_step
+dadapt_adagrad_step = _kernels.dadapt_adagrad_step
+
 # how each hyperparameter is checked: a range rule of fastlr._core.args, or a kind
 _RULES: Dict[str, Any] = {"eps": POSITIVE, "d0": POSITIVE, "weight_decay": NONNEG,
                           "layer_scale": NONNEG, "decouple": "flag",
@@ -46,7 +51,7 @@ _RULES: Dict[str, Any] = {"eps": POSITIVE, "d0": POSITIVE, "weight_decay": NONNE
                           "lr": "lr"}
 
 
-class _DAdapt:
+class _DAdapt(StateFileMixin):
     """The D-Adaptation optimizers' common machinery (groups, the step's driver, checkpoints);
     each subclass names its hyperparameters, estimate, buffers and kernel."""
 
@@ -480,73 +485,6 @@ class _DAdapt:
                                      f"{getattr(a, 'shape', '')}")
             out[key] = list(got)
         return out
-
-    def save(self, path: PathLike) -> None:
-        """Write the state to ``path`` as ``.npz`` (no pickle), atomically.
-
-        The hyperparameters (a schedule by its repr) and the params' names are recorded,
-        for :meth:`load` to check.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (replaced when it exists).
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-        """
-        sd = self.state_dict()
-        st = sd["state"]
-        groups = [{k: _plain(v) for k, v in g.items()} for g in sd["param_groups"]]
-        arrays = {"format": np.array(self._format),
-                  "param_groups": np.array(json.dumps(groups)),
-                  "state/estimate": np.array(json.dumps(st["estimate"])),
-                  "state/initialized": np.array(st["initialized"])}
-        for key in self._BUFFERS:
-            for i, a in enumerate(st[key]):
-                arrays[f"state/{key}/{i}"] = a
-        write_npz_atomic(arrays, path)
-
-    def load(self, path: PathLike, strict: bool = True) -> None:
-        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The ``.npz`` file :meth:`save` wrote.
-        strict : bool, default True
-            As for :meth:`load_state_dict`.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a readable checkpoint of this class or does not match
-            (nothing changes).
-        """
-        name = f"{self._name}.load"
-        strict = flag_arg(name, "strict", strict)
-        what = f"fastlr {type(self).__name__} checkpoint"
-        files = read_npz_members(path, name, what)
-        try:
-            fmt = str(files["format"][()])
-            groups = json.loads(str(files["param_groups"][()]))
-            for g in groups:
-                if isinstance(g.get("betas"), list):
-                    g["betas"] = tuple(g["betas"])
-            state: Dict[str, Any] = {
-                "estimate": json.loads(str(files["state/estimate"][()])),
-                "initialized": bool(files["state/initialized"][()])}
-            for key in self._BUFFERS:
-                n = sum(1 for m in files if m.startswith(f"state/{key}/"))
-                state[key] = [files[f"state/{key}/{i}"] for i in range(n)]
-        except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {path!s} is not a {what} "
-                             f"({type(error).__name__}: {error})") from error
-        with self._exclusive("load"):
-            self._load({"format": fmt, "param_groups": groups, "state": state}, strict,
-                       "load")
 
     def __repr__(self) -> str:
         """torch's layout: the class, then per group its params (count, names) and
