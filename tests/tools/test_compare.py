@@ -141,8 +141,11 @@ AVAILABLE = [m for m in compare.METHODS.values() if m.available()]
 def test_each_method_steps_and_lowers_the_least_squares_loss(method):
     task = compare.TASKS["lstsq"](0)
     start = task.loss_and_grads(task.init, task.x_train, task.y_train)[0]
-    # a sane value for 200 steps on this problem: ten times the customary default
-    r = compare.run_one(task, method, 10 * method.default, 200, seed=1)
+    # a sane value for 200 steps on this problem: ten times the customary default (five for
+    # D-Adapt Adam: at ten it diverges on these minibatches, as dadaptation 3.2's DAdaptAdam
+    # does step for step)
+    factor = 5 if method.cls == "DAdaptAdam" else 10
+    r = compare.run_one(task, method, factor * method.default, 200, seed=1)
     assert r["steps"] == 200 and not r["diverged"]
     assert r["train_loss"] < 0.5 * start
     assert math.isfinite(r["heldout_loss"]) and r["heldout_accuracy"] is None
