@@ -20,7 +20,7 @@ import operator
 import re
 import threading
 import uuid
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -63,7 +63,9 @@ class _DAdapt(StateFileMixin):
     #: buffers copied from the params at the first step
     _START: Tuple[str, ...] = ()
     _MOMENTUM: Any = UNIT
-    _kernel: Callable[..., Dict[str, Any]]
+    #: the compiled step: a name of this module's globals, looked up at each step (so that
+    #: fastlr bench can swap in the NumPy twin, as it does for the other kernels)
+    _kernel: str = ""
 
     def _setup(self, params: Any, defaults: Dict[str, Any], n_threads: Optional[int]) -> None:
         name = self._name
@@ -286,7 +288,7 @@ class _DAdapt(StateFileMixin):
                     for p, x in zip(self._params, b[key]):
                         x[...] = p
             try:
-                out = type(self)._kernel(
+                out = globals()[self._kernel](
                     self._params, grads, *[b[key] for key in self._BUFFERS],
                     group_sizes=self._sizes, **self._kernel_args(groups, lrs, est),
                     n_threads=self._n_threads)
@@ -613,7 +615,7 @@ class DAdaptAdam(_DAdapt):
                "fsdp_in_use")
     _ESTIMATE = ("d", "numerator_weighted", "k")
     _BUFFERS = ("exp_avg", "exp_avg_sq", "s")
-    _kernel = staticmethod(dadapt_adam_step)
+    _kernel = "dadapt_adam_step"
 
     def __init__(self, params: Any, lr: Any = 1.0, betas: Sequence[float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0, log_every: int = 0,
@@ -728,7 +730,7 @@ class DAdaptSGD(_DAdapt):
     _ESTIMATE = ("d", "numerator_weighted", "g0_norm", "k")
     _BUFFERS = ("s", "x0")
     _START = ("x0",)
-    _kernel = staticmethod(dadapt_sgd_step)
+    _kernel = "dadapt_sgd_step"
 
     def __init__(self, params: Any, lr: Any = 1.0, momentum: float = 0.0,
                  weight_decay: float = 0, log_every: int = 0, d0: float = 1e-6,
@@ -837,7 +839,7 @@ class DAdaptAdaGrad(_DAdapt):
     _BUFFERS = ("alphak", "sk", "x0")
     _START = ("x0",)
     _MOMENTUM = NONNEG
-    _kernel = staticmethod(dadapt_adagrad_step)
+    _kernel = "dadapt_adagrad_step"
 
     def __init__(self, params: Any, lr: Any = 1.0, momentum: float = 0, log_every: int = 0,
                  weight_decay: float = 0.0, eps: float = 1e-6, d0: float = 1e-6,
