@@ -1,17 +1,20 @@
 """NumPy twins of the low-precision modes (``state_dtype="bfloat16"``).
 
 Pure NumPy, sharing no code with the compiled loops they check: bfloat16 is handled as
-``uint16`` bits (the top half of a float32), rounded to nearest even with the integer trick
-written out below, and the update repeats the compiled float32 loop's operations in the
-same order (each a float32 NumPy operation, so each rounds as the C one does), which makes
-the twin and the kernel agree bit for bit.
+``uint16`` bits (the top half of a float32), rounded to nearest even or stochastically with
+the integer tricks written out below, and the update repeats the compiled float32 loop's
+operations in the same order (each a float32 NumPy operation, so each rounds as the C one
+does), which makes the twin and the kernel agree bit for bit.
 """
 
 import math
 
 import numpy as np
 
-__all__ = ["adam_bf16_state", "bf16_round", "bf16_widen"]
+__all__ = ["adam_bf16_state", "bf16_round", "bf16_round_stochastic", "bf16_widen",
+           "step_salt"]
+
+_M64 = (1 << 64) - 1
 
 
 def bf16_widen(bits):
@@ -52,6 +55,63 @@ def bf16_round(x):
     return r.astype(np.uint16)
 
 
+def step_salt(step, stream):
+    """The salt of :func:`bf16_round_stochastic` for update ``step`` and state buffer
+    ``stream`` (0: first moment, 1: second, 2: AMSGrad's maximum): splitmix64's finalizer
+    of ``3 * step + stream``, its low 32 bits.
+
+    Parameters
+    ----------
+    step : int
+        The 1-based update number.
+    stream : int
+        The buffer's number.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**32)``.
+    """
+    z = (3 * int(step) + int(stream) + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
+def bf16_round_stochastic(x, salt, key):
+    """Each float32 of ``x`` rounded to one of its two neighbouring bfloat16 values, up
+    with probability (its low 16 bits) / 65536: the expected stored value is ``x``.
+
+    The 16 random bits are the top of a hash (murmur3's 32-bit finalizer) of the value's
+    own bits, ``salt`` and the element's ``key`` (no random state); values that are
+    bfloat16 already are kept, NaN as in :func:`bf16_round`.
+
+    Parameters
+    ----------
+    x : ndarray of float32
+    salt : int
+        In ``[0, 2**32)`` (:func:`step_salt`).
+    key : ndarray of float32
+        Per element (the param before the update: its bits).
+
+    Returns
+    -------
+    ndarray of uint16
+    """
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    k = np.asarray(key, dtype=np.float32).view(np.uint32)
+    h = (u * np.uint32(0x9E3779B1) + np.uint32(salt)) ^ (k * np.uint32(0x85EBCA77))
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    h = h ^ (h >> np.uint32(16))
+    r = (u + (h >> np.uint32(16))) >> np.uint32(16)
+    r = np.where(np.isnan(x), (u >> np.uint32(16)) | np.uint32(0x0040), r)
+    return r.astype(np.uint16)
+
+
 def _lerp_f32(start, end, weight):
     # torch's lerp in float32, with the compiled loop's spelling of the second branch:
     # end + (-(1 - w)) * (end - start)
@@ -68,14 +128,15 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
 
     float32 ``param`` and ``grad``; ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``
     for AMSGrad) are ``uint16`` arrays of bfloat16 bits, updated in place. With
-    ``W`` = widen to float32 (exact) and ``R`` = round to bfloat16 (nearest even), every
-    operation in float32::
+    ``W`` = widen to float32 (exact) and ``R_k`` = round to bfloat16 stochastically with
+    the salt ``step_salt(step, k)`` and the param's bits before the update as the key
+    (:func:`bf16_round_stochastic`), every operation in float32::
 
         g = -grad if maximize else grad
         g = g + wd * p                           if weight_decay and not decoupled
-        m1 = lerp(W(m), g, 1 - beta1);           m = R(m1)
-        v1 = W(v) * beta2 + (1 - beta2) * g * g; v = R(v1)
-        vh = max(W(vmax), v1) (NaN wins);        vmax = R(vh)      (AMSGrad)
+        m1 = lerp(W(m), g, 1 - beta1);           m = R_0(m1)
+        v1 = W(v) * beta2 + (1 - beta2) * g * g; v = R_1(v1)
+        vh = max(W(vmax), v1) (NaN wins);        vmax = R_2(vh)    (AMSGrad)
         p = p * (1 - lr * wd) - step_size * (m1 / (sqrt(vh or v1) * c2 + eps))
 
     with ``step_size = lr / (1 - beta1**t)``, ``c2 = 1 / sqrt(1 - beta2**t)`` and
@@ -117,16 +178,17 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
     step_size = f(lr / (1.0 - math.pow(beta1, t)))
     inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
     decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
+    key = param.copy()
     g = (f(-1.0) if maximize else f(1.0)) * grad
     if weight_decay != 0.0 and not decoupled_weight_decay:
         g = g + f(weight_decay) * param
     m1 = _lerp_f32(bf16_widen(exp_avg), g, 1.0 - beta1)
-    exp_avg[...] = bf16_round(m1)
+    exp_avg[...] = bf16_round_stochastic(m1, step_salt(step, 0), key)
     v1 = bf16_widen(exp_avg_sq) * f(beta2) + f(1.0 - beta2) * g * g
-    exp_avg_sq[...] = bf16_round(v1)
+    exp_avg_sq[...] = bf16_round_stochastic(v1, step_salt(step, 1), key)
     vh = v1
     if max_exp_avg_sq is not None:
         old = bf16_widen(max_exp_avg_sq)
         vh = np.where((v1 > old) | (v1 != v1), v1, old)
-        max_exp_avg_sq[...] = bf16_round(vh)
+        max_exp_avg_sq[...] = bf16_round_stochastic(vh, step_salt(step, 2), key)
     param[...] = param * decay - step_size * (m1 / (np.sqrt(vh) * inv_bc2s + f(eps)))
