@@ -30,6 +30,7 @@ from fastlr._core.args import NONNEG, checked_real, flag_arg
 from fastlr._core.ema import ema_update, swap_buffers
 from fastlr._core.sklearn_kernels import adam_sklearn, sgd_sklearn
 from fastlr._core.muon import muon  # noqa: F401  (Muon's validated kernel: fastlr.Muon)
+from fastlr._core.adafactor import adafactor  # noqa: F401  (Adafactor's: fastlr.Adafactor)
 
 # the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
 globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})
@@ -46,6 +47,10 @@ __all__ = [
     "set_num_threads",
     "HAVE_OPENMP",
     "KERNELS",
+    # the validated kernels of the classes outside the table (not in KERNELS: no
+    # make_state; their state has its own shapes)
+    "muon",
+    "adafactor",
 ]
 
 #: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference`` (the table's).
