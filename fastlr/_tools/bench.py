@@ -1491,8 +1491,8 @@ def _parser():
                "kept) so that fastlr's and torch's OpenMP threads do not spin against each "
                "other for more than ~0.1 ms.")
     p.add_argument("--optimizers", type=_csv(str.lower, all_optimizers(), "optimizer"),
-                   help=f"comma-separated, from the table's rows {','.join(OPTIMIZERS)} "
-                        f"and the classes outside it {','.join(extra_rows())} "
+                   help=f"comma-separated, from the table's rows {', '.join(OPTIMIZERS)} "
+                        f"and the classes outside it {', '.join(extra_rows())} "
                         f"(default {','.join(DEFAULT_OPTIMIZERS)})")
     p.add_argument("--sizes", type=_csv(_parse_size, what="size"),
                    help="comma-separated element counts, K/M/G = 2**10/20/30 "
