@@ -810,6 +810,40 @@ def extra_peer_stepper(optimizer, inputs, mode=None):
     return step
 
 
+_BLAS = []          # [threadpoolctl.ThreadpoolController or None], made at first use
+
+
+def _blas_controller():
+    """threadpoolctl's controller of NumPy's BLAS, or None without threadpoolctl."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS.append(ThreadpoolController())
+        except ImportError:
+            _BLAS.append(None)
+    return _BLAS[0]
+
+
+def _blas_threads():
+    """NumPy's BLAS thread count (the largest of its libraries'), or None when it cannot
+    be set (no threadpoolctl)."""
+    ctl = _blas_controller()
+    if ctl is None:
+        return None
+    counts = [lib.num_threads for lib in ctl.select(user_api="blas").lib_controllers]
+    return max(counts) if counts else None
+
+
+def _set_threads(k):
+    """fastlr's thread count and, with threadpoolctl, NumPy's BLAS's (Muon's matrix
+    products, LBFGS's dot products): without a limit the BLAS threads oversubscribe the
+    cores the other implementation's threads were given."""
+    fastlr.set_num_threads(k)
+    ctl = _blas_controller()
+    if ctl is not None:
+        ctl.limit(limits=k, user_api="blas")
+
+
 def _extra_stream_elements(optimizer, inputs):
     row = _extra(optimizer)
     if row.sparse:
@@ -975,8 +1009,9 @@ def _timed_rows(entries, threads, n, head):
 
 def _extra_group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
     """As :func:`_group`, for a row outside the table: fastlr's class step per thread
-    count (``fastlr.set_num_threads(k)`` before each sample, ``n_threads=k`` where the
-    class takes it), the twin, the peer per mode and thread count
+    count (``fastlr.set_num_threads(k)`` and, with threadpoolctl, NumPy's BLAS limited to
+    k threads before each sample; ``n_threads=k`` where the class takes it), the twin (1
+    thread), the peer per mode and thread count
     (``torch.set_num_threads(k)``), and the roofline loop over the streams the step must
     move where one applies."""
     row = EXTRA[optimizer]
@@ -987,14 +1022,14 @@ def _extra_group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout
         entries.append(_Entry("fastlr", k,
                               extra_fastlr_stepper(optimizer, clone_extra_inputs(base, layout),
                                                    k),
-                              prepare=(lambda k=k: fastlr.set_num_threads(k))))
+                              prepare=(lambda k=k: _set_threads(k))))
     if row.pattern is not None:
         for k in threads:
             entries.append(_Entry("roofline", k, roofline=(
                 row.pattern, _roofline.make_buffers(row.pattern, n_stream, dtype, layout))))
     ref = extra_reference_stepper(optimizer, clone_extra_inputs(base, layout))
     if ref is not None:
-        entries.append(_Entry("reference", 1, ref, prepare=lambda: fastlr.set_num_threads(1)))
+        entries.append(_Entry("reference", 1, ref, prepare=lambda: _set_threads(1)))
     peer_note = row.peer_note or None
     if torch is None:
         peer_note = peer_note or "torch not used (--no-torch or not installed)"
@@ -1059,6 +1094,7 @@ def machine_info(torch=None):
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "malloc_pinned": _MALLOC_PINNED,
+        "blas_threads_limited": _blas_controller() is not None,
     }
     if torch is not None:
         try:
@@ -1146,6 +1182,7 @@ def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, 
             raise ImportError("torch is not installed (pass torch=None to skip it)")
     saved_torch_threads = torch_mod.get_num_threads() if torch_mod is not None else None
     saved_threads = fastlr.get_num_threads()
+    saved_blas = _blas_threads() if any(o not in SPECS for o in optimizers) else None
     if pin_malloc:
         _pin_malloc()
 
@@ -1161,6 +1198,8 @@ def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, 
             gc.collect()
     finally:
         fastlr.set_num_threads(saved_threads)
+        if saved_blas is not None:
+            _blas_controller().limit(limits=saved_blas, user_api="blas")
         if saved_torch_threads is not None:
             torch_mod.set_num_threads(saved_torch_threads)
         if progress is not None:
@@ -1301,7 +1340,7 @@ def _peer_cell(r):
     return mode
 
 
-def _extra_legend(rows):
+def _extra_legend(rows, machine):
     """The report's notes on the empty cells of rows outside the table."""
     lines = []
     notes = {}
@@ -1320,7 +1359,10 @@ def _extra_legend(rows):
             f"{name} vs {peer}.step()" for name, peer in peers.items()))
     if any("peer" in r for r in rows):
         lines.append("classes outside the table: fastlr = one opt.step() of the fastlr class "
-                     "(one param, fresh state), x ref = the same step by its NumPy twin")
+                     "(one param, fresh state), x ref = the same step by its NumPy twin; "
+                     + ("NumPy's BLAS limited to each row's thread count (threadpoolctl)"
+                        if machine.get("blas_threads_limited") else
+                        "NumPy's BLAS threads not limited (pip install threadpoolctl)"))
     return lines
 
 
@@ -1377,7 +1419,7 @@ def format_report(results):
     if without:
         lines.append(f"x numpy '-': no in-place NumPy baseline for {', '.join(without)} "
                      f"(fastlr.reference.inplace has none)")
-    lines.extend(_extra_legend(results["rows"]))
+    lines.extend(_extra_legend(results["rows"], m))
     lines.extend(noise_notes(results["rows"]))
     lines.append(f"{len(results['rows'])} rows in {results['elapsed_s']:.1f} s")
     return "\n".join(lines)

@@ -230,3 +230,13 @@ def test_dadaptation_rows_appear_when_fastlr_has_the_class(monkeypatch, capsys):
     monkeypatch.setenv("GOMP_SPINCOUNT", str(bench.DEFAULT_SPIN_COUNT))
     assert bench.main(["--help"]) == 0
     assert "dadaptadam" in capsys.readouterr().out
+
+
+def test_run_restores_the_thread_counts():
+    """The rows set fastlr's (and NumPy's BLAS's, with threadpoolctl) thread count per
+    sample; run() puts both back."""
+    before = fastlr.get_num_threads(), bench._blas_threads()
+    r = bench.run(["muon"], [1024], threads=[1], repeat=1, torch=False, min_sample=1e-4)
+    assert (fastlr.get_num_threads(), bench._blas_threads()) == before
+    assert r["machine"]["blas_threads_limited"] == (before[1] is not None)
+    assert ("NumPy's BLAS limited" in bench.format_report(r)) == (before[1] is not None)
