@@ -422,16 +422,16 @@ def torch_stepper(optimizer, arrays, mode="fused"):
 #
 # ``reference`` is the twin of the fastlr step: the twin function (fastlr.reference) called
 # per update with its state, or, where the twin is the loop of a class whose Python part
-# computes per-step scalars (schedule-free, Prodigy, SparseAdam), the fastlr class with its
-# compiled loop swapped for the twin's (``_with_twins``): the twin replaces exactly the
-# compiled part.
+# computes per-step scalars, the fastlr class with its compiled loop swapped for the twin's:
+# schedule-free and Prodigy through ``_with_twins``, SparseAdam by its own
+# ``step_reference``. The twin replaces exactly the compiled part.
 #
 # ``pattern`` is the roofline loop with the step's memory streams (the bytes a step must
 # move), or None where no streaming loop bounds the step: Muon (matrix products, O(r^2 c)
 # flops per O(r c) bytes), LBFGS (20 iterations of a closure and a two-loop recursion over
 # the history per step) are compute-bound; Prodigy and D-Adaptation have more streams than
-# any roofline loop. ``stream_elements``: the elements the pattern moves (SparseAdam: the
-# touched rows only).
+# any roofline loop. The pattern moves ``_extra_stream_elements`` elements (SparseAdam:
+# the touched rows only).
 
 
 class ExtraRow(NamedTuple):
