@@ -32,7 +32,8 @@ peer's ``opt.step()``: torch.optim's class, or the authors' package (``schedulef
 counterpart. The roofline is the loop with the streams the step must move; Muon and LBFGS
 are compute-bound (matrix products; closure calls and the two-loop recursion) and Prodigy
 and D-Adaptation move more streams than any roofline loop: their GB/s and roofline cells
-are "-", and the report says why.
+are "-", and the report says why. Prodigy and D-Adaptation run with ``growth_rate=1`` (the
+estimate held at d0: repeated steps on one grad would grow it to inf; same work per step).
 
 All of them are sampled round-robin in one process, so a noisy neighbour slows every
 implementation alike; the table reports medians. GB/s counts the bytes a step must move
@@ -525,25 +526,30 @@ def _ref_sparseadam(inputs):
     return lambda: opt.step_reference(grads)
 
 
-def _ref_schedulefree(name):
+def _class_with_twin_loops(name, module, twin_module, loops, holder=None):
+    """The reference stepper of a class whose compiled loops are module globals of
+    ``module`` (``holder``: an attribute holding them, as schedule-free's ``_kernels``):
+    the fastlr class's step with ``loops`` taken from ``twin_module`` (same names and
+    signatures). Raises NotImplementedError when a module or loop is missing."""
     def make(inputs):
-        from fastlr.optim import schedulefree as module
-        from fastlr.reference import schedulefree as twin
+        import importlib
+        try:
+            mod = importlib.import_module(module)
+            twin = importlib.import_module(twin_module)
+            found = {n: getattr(twin, n) for n in loops}
+        except (ImportError, AttributeError) as e:
+            raise NotImplementedError(f"the NumPy twin's loops are missing ({e})") from None
+        twins = found if holder is None else {holder: _Namespace(getattr(mod, holder), found)}
         opt = _fastlr_class_stepper(name, inputs, 1, build_only=True)
         grads = [inputs["grad"]]
-        loops = {"sgd_step": twin.sgd_step, "adam_step": twin.adam_step,
-                 "switch": twin.switch}
-        twins = {"_kernels": _Namespace(module._kernels, loops)}
-        return _with_twins(module, twins, lambda: opt.step(grads))
+        return _with_twins(mod, twins, lambda: opt.step(grads))
     return make
 
 
-def _ref_prodigy(inputs):
-    from fastlr.optim import lrfree as module
-    from fastlr.reference.lrfree import prodigy_step
-    opt = _fastlr_class_stepper("prodigy", inputs, 1, build_only=True)
-    grads = [inputs["grad"]]
-    return _with_twins(module, {"prodigy_step": prodigy_step}, lambda: opt.step(grads))
+def _ref_schedulefree(name):
+    return _class_with_twin_loops(name, "fastlr.optim.schedulefree",
+                                  "fastlr.reference.schedulefree",
+                                  ("sgd_step", "adam_step", "switch"), holder="_kernels")
 
 
 class _Namespace:
@@ -557,7 +563,11 @@ class _Namespace:
         return getattr(self._module, name)
 
 
-_NO_TWIN_DADAPT = "no NumPy twin wired into the bench for it"
+#: Prodigy and D-Adaptation: growth_rate=1 holds the estimate d at d0. Repeated steps on one
+#: fixed grad (the timing loop) would otherwise grow d without bound, to inf in float32
+#: after a few hundred steps, and time arithmetic on inf and NaN; the estimate is still
+#: computed every step (then clamped), so the work per step is the same.
+_LR_FREE = {"lr": 1.0, "growth_rate": 1.0}
 _MANY_STREAMS = "more memory streams than any roofline loop (sgd, momentum, adam)"
 _TORCH_MODES = ("foreach", "for-loop")
 
@@ -605,11 +615,17 @@ EXTRA = {
         reference=_twin("lars", (_zeros,), False), pattern="momentum",
         peer_note="no torch counterpart (torch.optim has no LARS)"),
     "prodigy": ExtraRow(
-        "Prodigy", "Prodigy (d estimate)", False, {"lr": 1.0}, reference=_ref_prodigy,
+        "Prodigy", "Prodigy (d estimate held at d0)", False, _LR_FREE,
+        reference=_class_with_twin_loops("prodigy", "fastlr.optim.lrfree",
+                                         "fastlr.reference.lrfree", ("prodigy_step",)),
         peer=("prodigyopt", "Prodigy"), roofline_note=_MANY_STREAMS),
-    **{name.lower(): ExtraRow(name, name, False, {"lr": 1.0}, reference_note=_NO_TWIN_DADAPT,
-                              peer=("dadaptation", name), roofline_note=_MANY_STREAMS)
-       for name in ("DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad")},
+    **{name.lower(): ExtraRow(
+        name, f"{name} (d estimate held at d0)", False, _LR_FREE, peer=("dadaptation", name),
+        reference=_class_with_twin_loops(name.lower(), "fastlr.optim.dadapt",
+                                         "fastlr.reference.dadapt", (loop,)),
+        roofline_note=_MANY_STREAMS)
+       for name, loop in (("DAdaptAdam", "dadapt_adam_step"), ("DAdaptSGD", "dadapt_sgd_step"),
+                          ("DAdaptAdaGrad", "dadapt_adagrad_step"))},
 }
 
 
@@ -730,7 +746,8 @@ def extra_fastlr_stepper(optimizer, inputs, n_threads=1):
 
 def extra_reference_stepper(optimizer, inputs):
     """The same updates by the NumPy twin: a zero-argument callable, or None when the
-    optimizer has no twin (``EXTRA[optimizer].reference_note`` says why)."""
+    optimizer has no twin (``EXTRA[optimizer].reference_note`` says why). Raises
+    NotImplementedError when the twin's loops are missing from this fastlr."""
     make = _extra(optimizer).reference
     return None if make is None else make(inputs)
 
@@ -1027,7 +1044,11 @@ def _extra_group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout
         for k in threads:
             entries.append(_Entry("roofline", k, roofline=(
                 row.pattern, _roofline.make_buffers(row.pattern, n_stream, dtype, layout))))
-    ref = extra_reference_stepper(optimizer, clone_extra_inputs(base, layout))
+    reference_note = row.reference_note or None
+    try:
+        ref = extra_reference_stepper(optimizer, clone_extra_inputs(base, layout))
+    except NotImplementedError as e:
+        ref, reference_note = None, str(e)
     if ref is not None:
         entries.append(_Entry("reference", 1, ref, prepare=lambda: _set_threads(1)))
     peer_note = row.peer_note or None
@@ -1050,7 +1071,7 @@ def _extra_group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout
                                   * n_stream / n if row.pattern is not None else None),
             "numpy_baseline": False, "peer": peer_label(optimizer),
             "peer_note": None if have_peer else peer_note,
-            "reference_note": row.reference_note or None,
+            "reference_note": reference_note,
             "roofline_note": row.roofline_note or None}
     return _timed_rows(entries, threads, n, head)
 
