@@ -60,18 +60,23 @@ MODULES = [
     ("fastlr._core.engine", ["fastlr/_core/engine.pyx"]),
     ("fastlr._core.sklearn_kernels", ["fastlr/_core/sklearn_kernels.pyx"]),
     ("fastlr._core.ema", ["fastlr/_core/ema.pyx"]),
+    ("fastlr._core.ema_x86_64_v3", ["fastlr/_core/ema_x86_64_v3.pyx"]),
     ("fastlr._core.args", ["fastlr/_core/args.pyx"]),
     # fastlr.compat.torch's step: every tensor of a torch optimizer in one call
     ("fastlr._core.torch_step", ["fastlr/_core/torch_step.pyx"]),
     ("fastlr._core.layerwise", ["fastlr/_core/layerwise.pyx"]),
+    ("fastlr._core.layerwise_x86_64_v3", ["fastlr/_core/layerwise_x86_64_v3.pyx"]),
     # fastlr.distributed's bfloat16 grads: packing and the fused unpack-and-add
     ("fastlr._core.bf16", ["fastlr/_core/bf16.pyx"]),
     # row-sparse grads: coalescing and the lazy (touched-rows) updates (fastlr.SparseAdam)
     ("fastlr._core.sparse", ["fastlr/_core/sparse.pyx"]),
     ("fastlr._core.schedulefree", ["fastlr/_core/schedulefree.pyx"]),
+    ("fastlr._core.schedulefree_x86_64_v3", ["fastlr/_core/schedulefree_x86_64_v3.pyx"]),
     ("fastlr._core.lrfree", ["fastlr/_core/lrfree.pyx"]),  # Prodigy's two-pass step
+    ("fastlr._core.lrfree_x86_64_v3", ["fastlr/_core/lrfree_x86_64_v3.pyx"]),
     ("fastlr._core.muon", ["fastlr/_core/muon.pyx"]),
     ("fastlr._core.adafactor", ["fastlr/_core/adafactor.pyx"]),
+    ("fastlr._core.adafactor_x86_64_v3", ["fastlr/_core/adafactor_x86_64_v3.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

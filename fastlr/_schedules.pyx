@@ -171,11 +171,15 @@ cdef double node_value(const Node* s, int64_t t) noexcept nogil:
     if kind == POLYNOMIAL:                  # (init - end)(1 - c/T)^power + end
         T = s.k[0]
         c = t - s.k[1] if t > s.k[1] else 0     # c = clip(t - transition_begin, 0, T)
+        if s.k[2] > 1:                          # staircase: c down to a multiple of k[2]
+            c = c - c % s.k[2]
         c = c if c < T else T
         return (s.p[0] - s.p[1]) * pow(1.0 - <double>c / <double>T, s.p[2]) + s.p[1]
     if kind == LINEAR:                      # torch LinearLR: init (s + (e - s) c / T)
         T = s.k[0]
         c = t - s.k[1] if t > s.k[1] else 0     # c = clip(t - transition_begin, 0, T)
+        if s.k[2] > 1:                          # staircase: c down to a multiple of k[2]
+            c = c - c % s.k[2]
         c = c if c < T else T
         return s.p[0] * (s.p[1] + (s.p[2] - s.p[1]) * <double>c / <double>T)
     if kind == COSINE:                      # holds `end` after T

@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Sequence, Un
 import numpy as np
 from numpy.typing import NDArray
 
-from fastlr._core import ema as _ema
+from fastlr._core.dispatch import module as _variant
 from fastlr._core.args import (CLOSED_UNIT, INT_MAX, POSITIVE, checked_real, choice_arg,
                                flag_arg, int_arg, threads_arg)
 from fastlr.optim.groups import _is_pair, _some, by_name, names_diff, split_named
+
+# the kernels for this CPU (fastlr._core.ema, or its x86-64-v3 build)
+_ema = _variant("ema")
 
 __all__ = ["EMA", "WARMUPS"]
 

@@ -404,10 +404,11 @@ def inverse_time(init: float, decay_steps: int, decay_rate: float, *,
 
 
 def polynomial(init: float, total_steps: int, *, end: float = 0.0, power: float = 1.0,
-               transition_begin: int = 0) -> Schedule:
+               transition_begin: int = 0, staircase_steps: int = 1) -> Schedule:
     """``(init - end) * (1 - c / T) ** power + end`` with ``T = total_steps`` and ``c =
     clip(t - transition_begin, 0, T)`` (torch PolynomialLR when ``end=0``; optax
-    ``polynomial_schedule``).
+    ``polynomial_schedule``); with ``staircase_steps = k > 1``, ``c`` is first rounded down
+    to a multiple of ``k`` (the value changes every ``k`` steps, as a staircase).
 
     Parameters
     ----------
@@ -421,26 +422,42 @@ def polynomial(init: float, total_steps: int, *, end: float = 0.0, power: float 
         The exponent, >= 0 (1: linear).
     transition_begin : int, default 0
         Steps before the decay starts (optax's ``transition_begin``), >= 0.
+    staircase_steps : int, default 1
+        Steps per stair, >= 1 (1: a smooth decay). The decay is evaluated at ``c - c % k``:
+        the value of step ``transition_begin + j * k`` is held for ``k`` steps (as the
+        ``staircase`` of :func:`exponential_decay`, whose stair is its ``transition_steps``).
 
     Returns
     -------
     Schedule
+
+    Examples
+    --------
+    >>> from fastlr import schedules
+    >>> s = schedules.polynomial(1.0, 100, staircase_steps=25)
+    >>> [float(s(t)) for t in (0, 24, 25, 99, 100)]
+    [1.0, 1.0, 0.75, 0.25, 0.0]
     """
     fn = "polynomial"
     p = (_value(fn, "init", init), _value(fn, "end", end),
          _value(fn, "power", power, NONNEG))
     k = (_int(fn, "total_steps", total_steps, minimum=1),
-         _int(fn, "transition_begin", transition_begin))
+         _int(fn, "transition_begin", transition_begin),
+         _int(fn, "staircase_steps", staircase_steps, minimum=1))
     return _make(fn, (init, total_steps), {"end": end, "power": power,
-                                           "transition_begin": transition_begin},
-                 {"end": 0.0, "power": 1.0, "transition_begin": 0}, p=p, k=k)
+                                           "transition_begin": transition_begin,
+                                           "staircase_steps": staircase_steps},
+                 {"end": 0.0, "power": 1.0, "transition_begin": 0, "staircase_steps": 1},
+                 p=p, k=k)
 
 
 def linear(init: float, *, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
-           total_steps: int = 5, transition_begin: int = 0) -> Schedule:
+           total_steps: int = 5, transition_begin: int = 0,
+           staircase_steps: int = 1) -> Schedule:
     """``init * (s + (e - s) * c / T)`` with ``c = clip(t - transition_begin, 0, T)``
     (torch LinearLR): from ``start_factor * init`` to ``end_factor * init`` over
-    ``total_steps``, after ``transition_begin`` steps at ``start_factor * init``.
+    ``total_steps``, after ``transition_begin`` steps at ``start_factor * init``; with
+    ``staircase_steps = k > 1``, ``c`` is first rounded down to a multiple of ``k``.
 
     Parameters
     ----------
@@ -455,21 +472,34 @@ def linear(init: float, *, start_factor: float = 1.0 / 3, end_factor: float = 1.
     transition_begin : int, default 0
         Steps before the ramp starts (optax ``linear_schedule``'s ``transition_begin``),
         >= 0.
+    staircase_steps : int, default 1
+        Steps per stair, >= 1 (1: a smooth ramp); the ramp is evaluated at ``c - c % k``
+        (see :func:`polynomial`).
 
     Returns
     -------
     Schedule
+
+    Examples
+    --------
+    >>> from fastlr import schedules
+    >>> s = schedules.linear(1.0, start_factor=1.0, end_factor=0.0, total_steps=10,
+    ...                      staircase_steps=5)
+    >>> [float(s(t)) for t in (0, 4, 5, 9, 10)]
+    [1.0, 1.0, 0.5, 0.5, 0.0]
     """
     fn = "linear"
     p = (_value(fn, "init", init), _value(fn, "start_factor", start_factor, NONNEG),
          _value(fn, "end_factor", end_factor, NONNEG))
     k = (_int(fn, "total_steps", total_steps, minimum=1),
-         _int(fn, "transition_begin", transition_begin))
+         _int(fn, "transition_begin", transition_begin),
+         _int(fn, "staircase_steps", staircase_steps, minimum=1))
     return _make(fn, (init,), {"start_factor": start_factor, "end_factor": end_factor,
                                "total_steps": total_steps,
-                               "transition_begin": transition_begin},
+                               "transition_begin": transition_begin,
+                               "staircase_steps": staircase_steps},
                  {"start_factor": 1.0 / 3, "end_factor": 1.0, "total_steps": 5,
-                  "transition_begin": 0}, p=p, k=k)
+                  "transition_begin": 0, "staircase_steps": 1}, p=p, k=k)
 
 
 def cosine(init: float, total_steps: int, *, end: float = 0.0,

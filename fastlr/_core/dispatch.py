@@ -4,6 +4,10 @@ The loops are compiled twice (setup.py): for the baseline instruction set and, o
 for x86-64-v3 (AVX2). Both give the same bits (no FMA contraction, IEEE operations in any
 vector width; tests compare them). ``FASTLR_CPU=baseline`` (environment) forces the
 baseline, for debugging or comparison.
+
+The kernel modules of the optimizers outside the table (:data:`MODULES`) are compiled twice
+in the same way (``fastlr/_core/<name>_x86_64_v3.pyx`` includes ``<name>.pyx``);
+:func:`module` imports the variant for :func:`default_target`, once, at import time.
 """
 
 import importlib
@@ -51,6 +55,24 @@ def default_target():
                               f"does not run it (available: {', '.join(names)})")
         return forced
     return names[0]
+
+
+#: Kernel modules built once per target (fastlr._core.<name> is the baseline build).
+MODULES = ("layerwise", "lrfree", "schedulefree", "adafactor", "ema")
+
+
+def module(name):
+    """``fastlr._core.<name>`` compiled for :func:`default_target` when that variant is
+    built, else its baseline build (the same functions, the same bits)."""
+    if name not in MODULES:
+        raise ValueError(f"fastlr._core.dispatch.module: {name!r} is not one of {MODULES}")
+    target = default_target()
+    if target != "baseline":
+        try:
+            return importlib.import_module(f"fastlr._core.{name}_{target.replace('-', '_')}")
+        except ImportError:
+            pass
+    return importlib.import_module(f"fastlr._core.{name}")
 
 
 def table(target):

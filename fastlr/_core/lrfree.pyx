@@ -107,6 +107,26 @@ cdef inline Py_ssize_t first_piece(const Job* job, Py_ssize_t lo) noexcept nogil
 # ---------------------------------------------------------------------------------------
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef inline void _dense1(floating* p, const floating* g, floating* m, floating* v, floating* s,
+                         const floating* p0, Py_ssize_t j, int lane, double* ln, double* ld,
+                         floating b1, floating b2, floating b3, floating mf, floating vf,
+                         floating sf, floating wd, double nf, int coupled,
+                         int has_m) noexcept nogil:
+    """pass1_core's work on element j when slice_p == 1 (s and p0 indexed by j)."""
+    cdef floating gj = g[j], si
+    if coupled:
+        gj = gj + wd * p[j]
+    ln[lane] += nf * (<double>gj * <double>(p0[j] - p[j]))
+    si = s[j] * b3 + sf * gj
+    s[j] = si
+    ld[lane] += fabs(<double>si)
+    if has_m:
+        m[j] = m[j] * b1 + mf * gj
+    v[j] = v[j] * b2 + vf * gj * gj
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 @cython.cdivision(True)
 cdef void pass1_core(floating* p, const floating* g, floating* m, floating* v, floating* s,
                      const floating* p0,                     # IN/OUT, IN, IN/OUT x3, IN
@@ -119,11 +139,39 @@ cdef void pass1_core(floating* p, const floating* g, floating* m, floating* v, f
     cdef floating sf = <floating>gc.s_fac, wd = <floating>gc.decay, si
     cdef double nf = gc.num_fac
     cdef int coupled = sc.coupled and gc.decay != 0.0, has_m = sc.has_m
+    cdef double ln[8]
+    cdef double ld[8]
+    cdef int l
+    if slice_p == 1:
+        # every element is sampled: the same operations without the index division, in
+        # runs of 8 aligned to the lanes (element j adds into lane (start + j) & 7), with
+        # the lanes in locals so that the compiler can keep them in vector registers
+        for l in range(8):
+            ln[l] = num[l]
+            ld[l] = den[l]
+        j = s0
+        while j < e0 and ((start + j) & 7) != 0:
+            _dense1(p, g, m, v, s, p0, j, (start + j) & 7, ln, ld, b1, b2, b3, mf, vf, sf, wd,
+                    nf, coupled, has_m)
+            j += 1
+        while j + 8 <= e0:
+            for l in range(8):
+                _dense1(p, g, m, v, s, p0, j + l, l, ln, ld, b1, b2, b3, mf, vf, sf, wd, nf,
+                        coupled, has_m)
+            j += 8
+        while j < e0:
+            _dense1(p, g, m, v, s, p0, j, (start + j) & 7, ln, ld, b1, b2, b3, mf, vf, sf, wd,
+                    nf, coupled, has_m)
+            j += 1
+        for l in range(8):
+            num[l] = ln[l]
+            den[l] = ld[l]
+        return
     for j in range(s0, e0):
         gj = g[j]
         if coupled:
             gj = gj + wd * p[j]
-        if slice_p == 1 or j % slice_p == 0:
+        if j % slice_p == 0:
             idx = j // slice_p
             num[(start + j) & 7] += nf * (<double>gj * <double>(p0[idx] - p[j]))
             si = s[idx] * b3 + sf * gj

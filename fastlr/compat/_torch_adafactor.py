@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from fastlr._core.adafactor import _apply, check_hypers, state_shapes
+from fastlr.optim.adafactor import _apply, check_hypers, state_shapes  # this CPU's build
 from fastlr._core.args import threads_arg
 
 __all__ = ["Adafactor"]

@@ -780,3 +780,15 @@ from fastlr.compat._torch_muon import Muon  # noqa: E402  (not a table row: its 
 __all__ += ["Muon"]
 from fastlr.compat._torch_adafactor import Adafactor  # noqa: E402  (not a table row: its own module)
 __all__.append("Adafactor")
+try:  # present when the schedulefree package is installed (the names are absent otherwise)
+    from fastlr.compat._torch_schedulefree import SGDScheduleFree, AdamWScheduleFree, RAdamScheduleFree  # noqa: E402
+    __all__ += ["SGDScheduleFree", "AdamWScheduleFree", "RAdamScheduleFree"]
+except ModuleNotFoundError as _exc:  # pragma: no cover
+    if _exc.name != "schedulefree":
+        raise
+try:  # present when the prodigyopt package is installed (the name is absent otherwise)
+    from fastlr.compat._torch_prodigy import Prodigy  # noqa: E402
+    __all__.append("Prodigy")
+except ModuleNotFoundError as _exc:  # pragma: no cover
+    if _exc.name != "prodigyopt":
+        raise

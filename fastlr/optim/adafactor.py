@@ -15,7 +15,6 @@ that restore the state and never a hyperparameter, torch's ``repr``.
 from __future__ import annotations
 
 import bisect
-import json
 import numbers
 import threading
 import uuid
@@ -23,11 +22,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from fastlr._core.adafactor import _apply, adafactor, check_hypers, state_shapes
+from fastlr._core.dispatch import module as _variant
 from fastlr._core.args import FINITE, NONNEG, flag_arg
 from fastlr.optim.base import Optimizer
-from fastlr.optim.checkpoint import (CheckpointMixin, PathLike, _plain, read_npz_members,
-                                     write_npz_atomic)
+from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _plain)
 from fastlr.optim.groups import GroupsMixin, _nonneg_int, groups_arg
 from fastlr.optim.stepping import StepMixin
 from fastlr.schedules import Schedule
@@ -39,7 +37,13 @@ _FORMAT = "fastlr-adafactor-1"
 Grads = Union[Sequence[np.ndarray], Mapping[str, np.ndarray]]
 
 
-class Adafactor(GroupsMixin):
+# the kernel for this CPU (fastlr._core.adafactor, or its x86-64-v3 build)
+_af = _variant("adafactor")
+_apply, adafactor, check_hypers, state_shapes = (_af._apply, _af.adafactor, _af.check_hypers,
+                                                 _af.state_shapes)
+
+
+class Adafactor(GroupsMixin, StateFileMixin):
     r"""Adafactor (torch.optim.Adafactor 2.13's update rule, names, defaults and checks).
 
     Each :meth:`step` updates every param in place from its grad ``G``. With ``t`` the
@@ -411,9 +415,10 @@ class Adafactor(GroupsMixin):
         name = f"{self._name}.load_state_dict"
         strict = flag_arg(name, "strict", strict)
         with self._exclusive("load_state_dict"):
-            self._load(state_dict, strict, name)
+            self._load(state_dict, strict, "load_state_dict")
 
-    def _load(self, sd, strict, name):
+    def _load(self, sd, strict, what):
+        name = f"{self._name}.{what}"
         if not isinstance(sd, dict):
             raise TypeError(f"{name}: expected a dict, got {type(sd).__name__}")
         for key in ("steps", "state", "param_groups"):
@@ -469,78 +474,3 @@ class Adafactor(GroupsMixin):
                 np.copyto(self._state[i][key], arr, casting="unsafe")
         self._t = steps
         self._last_lr = None if last_lr is None else [float(v) for v in last_lr]
-
-    def save(self, path: PathLike) -> None:
-        """Write :meth:`state_dict` to ``path`` as ``.npz`` (no pickle), atomically.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (replaced when it exists).
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "adafactor.npz")
-        >>> fastlr.Adafactor([np.ones((2, 3))]).save(path)
-        """
-        sd = self.state_dict()
-        arrays = {"format": np.array(_FORMAT), "steps": np.array(sd["steps"], dtype=np.int64),
-                  "param_groups": np.array(json.dumps(sd["param_groups"]))}
-        if sd["last_lr"] is not None:
-            arrays["last_lr"] = np.array(sd["last_lr"], dtype=np.float64)
-        for i, st in sd["state"].items():
-            for key, value in st.items():
-                arrays[f"state/{i}/{key}"] = np.asarray(value)
-        write_npz_atomic(arrays, path)
-
-    def load(self, path: PathLike, strict: bool = True) -> None:
-        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The ``.npz`` file :meth:`save` wrote.
-        strict : bool, default True
-            As for :meth:`load_state_dict`.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a readable Adafactor checkpoint or does not match (nothing
-            changes).
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "adafactor.npz")
-        >>> fastlr.Adafactor([np.ones((2, 3))]).save(path)
-        >>> fastlr.Adafactor([np.ones((2, 3))]).load(path)
-        """
-        name = f"{self._name}.load"
-        strict = flag_arg(name, "strict", strict)
-        files = read_npz_members(path, name, "fastlr Adafactor checkpoint")
-        try:
-            sd: Dict[str, Any] = {"format": str(files["format"][()]),
-                                  "steps": int(files["steps"][()]),
-                                  "param_groups": json.loads(str(files["param_groups"][()])),
-                                  "state": {}}
-            if "last_lr" in files:
-                sd["last_lr"] = [float(v) for v in files["last_lr"]]
-            for member, value in files.items():
-                kind, _, rest = member.partition("/")
-                if kind == "state":
-                    i, _, key = rest.partition("/")
-                    sd["state"].setdefault(int(i), {})[key] = \
-                        int(value[()]) if key == "step" else value
-        except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {path!s} is not a fastlr Adafactor checkpoint "
-                             f"({type(error).__name__}: {error})") from error
-        with self._exclusive("load"):
-            self._load(sd, strict, name)
-

@@ -560,6 +560,177 @@ class CheckpointMixin(_OptimizerAttrs):
             self._load_state_dict(sd, strict, "load")
 
 
+# ---------------------------------------------------------------------------------------
+# state dicts of any shape as .npz files: the optimizers outside the table
+# ---------------------------------------------------------------------------------------
+_TREE = "fastlr-state-tree-1"
+_TAGS = ("$array", "$tuple", "$map")
+
+
+def _encode(value, arrays):
+    """``value`` as JSON-able data; its arrays go to ``arrays`` (named a0, a1, ...) and
+    are referred to by name. Tuples and dicts with non-string keys are tagged, so that
+    :func:`_decode` gives back the same types; a schedule is recorded by its repr."""
+    if isinstance(value, np.ndarray):
+        name = f"a{len(arrays)}"
+        arrays[name] = value
+        return {"$array": name}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return {"$tuple": [_encode(v, arrays) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and k not in _TAGS for k in value):
+            return {k: _encode(v, arrays) for k, v in value.items()}
+        return {"$map": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Schedule) or callable(value):
+        return _plain(value)        # {"schedule": repr}: load checks it against its own
+    raise TypeError(f"a state dict entry of type {type(value).__name__} cannot be saved")
+
+
+def _decode(value, arrays):
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in _TAGS:
+            tag, inner = next(iter(value.items()))
+            if tag == "$array":
+                return arrays[inner]
+            if tag == "$tuple":
+                return tuple(_decode(v, arrays) for v in inner)
+            return {_decode(k, arrays): _decode(v, arrays) for k, v in inner}
+        return {k: _decode(v, arrays) for k, v in value.items()}
+    return value
+
+
+def write_state_tree(sd: Mapping[str, Any], path: PathLike) -> None:
+    """Write a state dict of nested dicts, lists, tuples, numbers, strings and NumPy arrays
+    to ``path`` as ``.npz`` (no pickle), atomically: the arrays as members, the rest as
+    one JSON member. :func:`read_state_tree` gives back an equal dict (same types).
+
+    Parameters
+    ----------
+    sd : dict
+        The state dict.
+    path : str or os.PathLike
+        The file to write, by :func:`write_npz_atomic`.
+
+    Raises
+    ------
+    TypeError
+        If an entry is of another type (nothing is written).
+    OSError
+        If the file cannot be written.
+    """
+    arrays: Dict[str, np.ndarray] = {}
+    tree = json.dumps(_encode(dict(sd), arrays))
+    write_npz_atomic({"format": np.array(_TREE), "tree": np.array(tree), **arrays}, path)
+
+
+def read_state_tree(path: PathLike, name: str, what: str) -> Dict[str, Any]:
+    """The state dict :func:`write_state_tree` wrote to ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+    name : str
+        The caller's name, for messages (e.g. ``"fastlr.Muon.load"``).
+    what : str
+        What the file should be, for messages (e.g. ``"fastlr Muon checkpoint"``).
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    ValueError
+        If the file is not readable or not such a file.
+    """
+    files = read_npz_members(path, name, what)
+    try:
+        if str(files["format"][()]) != _TREE:
+            raise ValueError(f"its format is {str(files['format'][()])!r}, not {_TREE!r}")
+        sd = _decode(json.loads(str(files["tree"][()])), files)
+        if not isinstance(sd, dict):
+            raise ValueError("it holds no state dict")
+        return sd
+    except (KeyError, ValueError, TypeError, IndexError) as error:
+        raise ValueError(f"{name}: {path!s} is not a {what} "
+                         f"({type(error).__name__}: {error})") from error
+
+
+class StateFileMixin:
+    """``save`` / ``load`` for an optimizer whose ``state_dict()`` is a tree of dicts,
+    lists, numbers and arrays (the optimizers outside the table): the file holds exactly
+    what ``state_dict()`` returns, and ``load`` applies it as ``load_state_dict`` does.
+
+    The class provides ``state_dict()``, ``_name``, ``_exclusive(what)`` and
+    ``_load(sd, strict, what)``."""
+
+    _name: str
+
+    def save(self, path: PathLike) -> None:
+        """Write :meth:`state_dict` to ``path`` as ``.npz`` (no pickle), atomically.
+
+        The hyperparameters (a schedule by its repr) and the params' names are recorded,
+        for :meth:`load` to check.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced when it exists).
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "muon.npz")
+        >>> fastlr.Muon([np.ones((2, 2))]).save(path)
+        """
+        write_state_tree(self.state_dict(), path)      # type: ignore[attr-defined]
+
+    def load(self, path: PathLike, strict: bool = True) -> None:
+        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.npz`` file :meth:`save` wrote.
+        strict : bool, default True
+            As for :meth:`load_state_dict`.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a readable checkpoint of this optimizer or does not match
+            (nothing changes).
+        RuntimeError
+            If another thread is stepping or changing this optimizer at the same time.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "muon.npz")
+        >>> fastlr.Muon([np.ones((2, 2))]).save(path)
+        >>> fastlr.Muon([np.ones((2, 2))]).load(path)
+        """
+        name = f"{self._name}.load"
+        strict = flag_arg(name, "strict", strict)
+        sd = read_state_tree(path, name, f"fastlr {type(self).__name__} checkpoint")
+        with self._exclusive("load"):                   # type: ignore[attr-defined]
+            self._load(sd, strict, "load")              # type: ignore[attr-defined]
+
+
 def _plain(value):
     if isinstance(value, Schedule) or callable(value):
         return {"schedule": repr(value)}

@@ -22,7 +22,7 @@ import numpy as np
 
 from fastlr import reference
 from fastlr._core.args import NONNEG, UNIT, checked_real, threads_arg
-from fastlr._core.layerwise import COLUMNS, N_COLS, Kind, Layerwise
+from fastlr._core.dispatch import module as _variant
 from fastlr._kernels import get_num_threads
 from fastlr.optim.base import Optimizer
 from fastlr.optim.checkpoint import CheckpointMixin
@@ -33,6 +33,11 @@ __all__ = ["LAMB", "LARS"]
 
 Params = Union[np.ndarray, Sequence[Any], Mapping[str, np.ndarray]]
 Grads = Union[Sequence[np.ndarray], Mapping[str, np.ndarray]]
+
+
+# the kernels for this CPU (fastlr._core.layerwise, or its x86-64-v3 build)
+_lw = _variant("layerwise")
+COLUMNS, N_COLS, Kind, Layerwise = _lw.COLUMNS, _lw.N_COLS, _lw.Kind, _lw.Layerwise
 
 
 class _Layerwise(GroupsMixin, CheckpointMixin):

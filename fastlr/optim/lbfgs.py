@@ -10,7 +10,6 @@ iterates with torch's directly.
 
 from __future__ import annotations
 
-import json
 import numbers
 import operator
 import threading
@@ -20,8 +19,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from fastlr._core.args import INT_MAX, NONNEG, checked_real, choice_arg, flag_arg, int_arg
-from fastlr.optim.checkpoint import (CheckpointMixin, PathLike, _hyper_diff, _names_diff,
-                                     _same, read_npz_members, write_npz_atomic)
+from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _hyper_diff,
+                                     _names_diff, _same)
 from fastlr.optim.groups import (GroupsMixin, ParamGroup, _FIXED_KEYS, _nonneg_int, _some,
                                  by_name, groups_arg, split_named)
 
@@ -200,7 +199,7 @@ def _fresh_state() -> Dict[str, Any]:
     return state
 
 
-class LBFGS:
+class LBFGS(StateFileMixin):
     """L-BFGS (torch.optim.LBFGS 2.13's algorithm, names and defaults), in NumPy.
 
     Each :meth:`step` runs up to ``max_iter`` iterations of limited-memory BFGS on the
@@ -833,91 +832,6 @@ class LBFGS:
         if isinstance(v, (np.floating, float)):
             return self._dtype.type(v) if self._dtype == np.float64 else float(v)
         return int(v)
-
-    def save(self, path: PathLike) -> None:
-        """Write the state to ``path`` as ``.npz`` (no pickle), atomically.
-
-        The hyperparameters and the params' names (when named) are recorded, for
-        :meth:`load` to check.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (replaced when it exists).
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "lbfgs.npz")
-        >>> fastlr.LBFGS([np.ones(2)]).save(path)
-        """
-        sd = self.state_dict()
-        st = sd["state"]
-        arrays = {"format": np.array(_FORMAT),
-                  "param_groups": np.array(json.dumps(sd["param_groups"]))}
-        for key in ("func_evals", "n_iter"):
-            arrays[f"state/{key}"] = np.array(st[key], dtype=np.int64)
-        for key in _VECTORS + _SCALARS:
-            if st[key] is not None:
-                arrays[f"state/{key}"] = np.asarray(st[key])
-        for key in _HISTORY:
-            arrays[f"state/{key}"] = np.array(st[key], dtype=self._dtype).reshape(
-                len(st[key]), self._numel)
-        arrays["state/ro"] = np.array(st["ro"], dtype=self._dtype)
-        write_npz_atomic(arrays, path)
-
-    def load(self, path: PathLike, strict: bool = True) -> None:
-        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The ``.npz`` file :meth:`save` wrote.
-        strict : bool, default True
-            As for :meth:`load_state_dict`.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a readable LBFGS checkpoint or does not match (nothing
-            changes).
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "lbfgs.npz")
-        >>> fastlr.LBFGS([np.ones(2)]).save(path)
-        >>> opt = fastlr.LBFGS([np.ones(2)])
-        >>> opt.load(path)
-        """
-        name = f"{self._name}.load"
-        strict = flag_arg(name, "strict", strict)
-        files = read_npz_members(path, name, "fastlr LBFGS checkpoint")
-        try:
-            fmt = str(files["format"][()])
-            groups = json.loads(str(files["param_groups"][()]))
-            state: Dict[str, Any] = {}
-            for member, value in files.items():
-                kind, _, key = member.partition("/")
-                if kind != "state":
-                    continue
-                if key in _HISTORY:
-                    state[key] = list(value)
-                elif key == "ro":
-                    state[key] = [v for v in value]
-                else:
-                    state[key] = value
-        except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {path!s} is not a fastlr LBFGS checkpoint "
-                             f"({type(error).__name__}: {error})") from error
-        with self._exclusive("load"):
-            self._load({"format": fmt, "param_groups": groups, "state": state}, strict,
-                       "load")
 
     def __repr__(self) -> str:
         """torch's layout: the class, then the group's params (count, names) and

@@ -4,13 +4,12 @@ Prodigy estimates the step size ``d`` from global sums over every param (an inne
 and an L1 norm), so it does not fit the element-wise optimizer table: its own class, its
 own two-pass compiled step (:func:`fastlr._core.lrfree.prodigy_step`; design notes in
 ``fastlr/_core/lrfree.pyx``) and its NumPy twin (:mod:`fastlr.reference.lrfree`). The
-reference implementation is a torch optimizer (``prodigyopt.Prodigy``), so there is no
-``fastlr.compat.torch`` bridge: the tests compare against prodigyopt directly.
+reference implementation is a torch optimizer (``prodigyopt.Prodigy``): the tests compare
+against it directly, and ``fastlr.compat.torch.Prodigy`` is its bridge.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import operator
@@ -23,9 +22,9 @@ import numpy as np
 
 from fastlr._core.args import (CLOSED_UNIT, NONNEG, POSITIVE, UNIT, checked_real, flag_arg,
                                int_arg, threads_arg)
-from fastlr._core.lrfree import prodigy_step
-from fastlr.optim.checkpoint import (CheckpointMixin, PathLike, _hyper_diff, _names_diff,
-                                     _plain, _same, read_npz_members, write_npz_atomic)
+from fastlr._core.dispatch import module as _variant
+from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _hyper_diff,
+                                     _names_diff, _plain, _same)
 from fastlr.optim.groups import (GroupsMixin, ParamGroup, _FIXED_KEYS, _some, by_name,
                                  groups_arg, split_named)
 from fastlr.schedules import Schedule
@@ -43,7 +42,11 @@ _ESTIMATE = ("d", "d_max", "d_numerator", "d_denom", "d_hat", "k")
 _BUFFERS = ("exp_avg", "exp_avg_sq", "s", "p0")
 
 
-class Prodigy:
+# the step for this CPU (fastlr._core.lrfree, or its x86-64-v3 build)
+prodigy_step = _variant("lrfree").prodigy_step
+
+
+class Prodigy(StateFileMixin):
     r"""Prodigy: Adam with a learning-rate-free step size (prodigyopt 1.1.2's algorithm).
 
     Mishchenko & Defazio, *Prodigy: An Expeditiously Adaptive Parameter-Free Learner*
@@ -643,84 +646,6 @@ class Prodigy:
                                      f"{getattr(a, 'shape', '')}")
             out[key] = list(got)
         return out
-
-    def save(self, path: PathLike) -> None:
-        """Write the state to ``path`` as ``.npz`` (no pickle), atomically.
-
-        The hyperparameters (a schedule by its repr) and the params' names are recorded,
-        for :meth:`load` to check.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (replaced when it exists).
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "prodigy.npz")
-        >>> fastlr.Prodigy([np.ones(2)]).save(path)
-        """
-        sd = self.state_dict()
-        st = sd["state"]
-        groups = [{k: _plain(v) for k, v in g.items()} for g in sd["param_groups"]]
-        arrays = {"format": np.array(_FORMAT), "param_groups": np.array(json.dumps(groups)),
-                  "state/estimate": np.array(json.dumps(st["estimate"])),
-                  "state/initialized": np.array(st["initialized"])}
-        for key in _BUFFERS:
-            for i, a in enumerate(st[key]):
-                arrays[f"state/{key}/{i}"] = a
-        write_npz_atomic(arrays, path)
-
-    def load(self, path: PathLike, strict: bool = True) -> None:
-        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The ``.npz`` file :meth:`save` wrote.
-        strict : bool, default True
-            As for :meth:`load_state_dict`.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a readable Prodigy checkpoint or does not match (nothing
-            changes).
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "prodigy.npz")
-        >>> fastlr.Prodigy([np.ones(2)]).save(path)
-        >>> fastlr.Prodigy([np.ones(2)]).load(path)
-        """
-        name = f"{self._name}.load"
-        strict = flag_arg(name, "strict", strict)
-        files = read_npz_members(path, name, "fastlr Prodigy checkpoint")
-        try:
-            fmt = str(files["format"][()])
-            groups = json.loads(str(files["param_groups"][()]))
-            for g in groups:
-                if isinstance(g.get("betas"), list):
-                    g["betas"] = tuple(g["betas"])
-            state: Dict[str, Any] = {
-                "estimate": json.loads(str(files["state/estimate"][()])),
-                "initialized": bool(files["state/initialized"][()])}
-            for key in _BUFFERS:
-                n = sum(1 for m in files if m.startswith(f"state/{key}/"))
-                state[key] = [files[f"state/{key}/{i}"] for i in range(n)]
-        except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {path!s} is not a fastlr Prodigy checkpoint "
-                             f"({type(error).__name__}: {error})") from error
-        with self._exclusive("load"):
-            self._load({"format": fmt, "param_groups": groups, "state": state}, strict,
-                       "load")
 
     def __repr__(self) -> str:
         """torch's layout: the class, then per group its params (count, names) and

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import numbers
 import operator
 import threading
@@ -22,8 +21,8 @@ import numpy as np
 
 from fastlr._core import muon as _kernel
 from fastlr._core.args import NONNEG, checked_real, choice_arg, flag_arg, int_arg
-from fastlr.optim.checkpoint import (CheckpointMixin, PathLike, _hyper_diff, _names_diff,
-                                     _plain, read_npz_members, write_npz_atomic)
+from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _hyper_diff,
+                                     _names_diff, _plain)
 from fastlr.optim.groups import (GroupsMixin, ParamGroup, _FIXED_KEYS, _nonneg_int, _some,
                                  by_name, groups_arg, split_named)
 from fastlr.optim.lbfgs import _same_hyper
@@ -41,7 +40,7 @@ _DEFAULT_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 Grads = Union[Sequence[Optional[np.ndarray]], Mapping[str, Optional[np.ndarray]]]
 
 
-class Muon:
+class Muon(StateFileMixin):
     r"""Muon (torch.optim.Muon 2.13's algorithm, names and defaults): momentum
     orthogonalized by Newton-Schulz, for 2-D params.
 
@@ -641,80 +640,6 @@ class Muon:
             copy[...] = buf
             out[i] = copy
         return out
-
-    def save(self, path: PathLike) -> None:
-        """Write the state to ``path`` as ``.npz`` (no pickle), atomically.
-
-        The hyperparameters and the params' names (when named) are recorded, for
-        :meth:`load` to check.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (replaced when it exists).
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "muon.npz")
-        >>> fastlr.Muon([np.ones((2, 2))]).save(path)
-        """
-        sd = self.state_dict()
-        arrays = {"format": np.array(_FORMAT), "steps": np.array(sd["steps"], dtype=np.int64),
-                  "param_groups": np.array(json.dumps(sd["param_groups"]))}
-        for i, st in sd["state"].items():
-            arrays[f"state/{i}/momentum_buffer"] = st["momentum_buffer"]
-        write_npz_atomic(arrays, path)
-
-    def load(self, path: PathLike, strict: bool = True) -> None:
-        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The ``.npz`` file :meth:`save` wrote.
-        strict : bool, default True
-            As for :meth:`load_state_dict`.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a readable Muon checkpoint or does not match (nothing
-            changes).
-
-        Examples
-        --------
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "muon.npz")
-        >>> fastlr.Muon([np.ones((2, 2))]).save(path)
-        >>> opt = fastlr.Muon([np.ones((2, 2))])
-        >>> opt.load(path)
-        """
-        name = f"{self._name}.load"
-        strict = flag_arg(name, "strict", strict)
-        files = read_npz_members(path, name, "fastlr Muon checkpoint")
-        try:
-            fmt = str(files["format"][()])
-            steps = int(files["steps"][()])
-            groups = json.loads(str(files["param_groups"][()]))
-            state: Dict[int, Dict[str, np.ndarray]] = {}
-            for member, value in files.items():
-                kind, _, rest = member.partition("/")
-                if kind != "state":
-                    continue
-                index, _, key = rest.partition("/")
-                state.setdefault(int(index), {})[key] = value
-        except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {path!s} is not a fastlr Muon checkpoint "
-                             f"({type(error).__name__}: {error})") from error
-        with self._exclusive("load"):
-            self._load({"format": fmt, "steps": steps, "param_groups": groups,
-                        "state": state}, strict, "load")
 
     def __repr__(self) -> str:
         """torch's layout: the class, then per group its params (count, names) and its

@@ -7,13 +7,11 @@ They do not fit the element-wise optimizer table: the step needs per-group avera
 weights carried between steps, and the params switch between two points (``train`` /
 ``eval``). So, as :class:`fastlr.LBFGS`, each is its own class here; the per-element work
 is the fused loops of ``fastlr._core.schedulefree`` (twins: ``fastlr.reference.schedulefree``).
-There is no ``fastlr.compat.torch`` bridge: the reference package already is a torch
-optimizer.
+For code using the package, ``fastlr.compat.torch`` has bridges of the same names.
 """
 
 from __future__ import annotations
 
-import json
 import numbers
 import operator
 import threading
@@ -22,12 +20,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from fastlr._core import schedulefree as _kernels
+from fastlr._core.dispatch import module as _variant
 from fastlr._core.args import (FINITE, INT_MAX, NONNEG, OPEN_UNIT, UNIT, checked_real,
                                flag_arg, int_arg)
-from fastlr.optim.checkpoint import (CheckpointMixin, PathLike, _hyper_diff, _is_marker,
-                                     _names_diff, _plain, _same, read_npz_members,
-                                     write_npz_atomic)
+from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _hyper_diff, _is_marker,
+                                     _names_diff, _plain, _same)
 from fastlr.optim.groups import (GroupsMixin, ParamGroup, _FIXED_KEYS, _nonneg_int, _some,
                                  by_name, groups_arg, split_named)
 from fastlr.schedules import Schedule
@@ -37,7 +34,11 @@ __all__ = ["ScheduleFreeSGD", "ScheduleFreeAdamW", "ScheduleFreeRAdam"]
 _FORMAT = "fastlr-schedulefree-1"
 
 
-class _ScheduleFree:
+# the loops for this CPU (fastlr._core.schedulefree, or its x86-64-v3 build)
+_kernels = _variant("schedulefree")
+
+
+class _ScheduleFree(StateFileMixin):
     """What the three schedule-free optimizers share: groups, checks, the step's driver,
     the mode switch and checkpoints. Subclasses set the hyperparameters and the per-group
     coefficients (:meth:`_coefficients`)."""
@@ -583,71 +584,6 @@ class _ScheduleFree:
                 out[k].append(np.array(v, dtype=p.dtype, order=order, copy=True))
         return out
 
-    def save(self, path: PathLike) -> None:
-        """Write the state to ``path`` as ``.npz`` (no pickle), atomically.
-
-        The mode, the counters, the hyperparameters and the params' names (when named) are
-        recorded, for :meth:`load` to check and restore.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file to write (replaced when it exists).
-
-        Raises
-        ------
-        OSError
-            If the file cannot be written.
-        """
-        sd = self.state_dict()
-        meta = {k: sd[k] for k in ("optimizer", "steps", "train_mode", "group_state",
-                                   "param_groups")}
-        arrays = {"format": np.array(_FORMAT), "meta": np.array(json.dumps(meta))}
-        for i, entry in sd["state"].items():
-            for k, v in entry.items():
-                arrays[f"state/{i}/{k}"] = v
-        write_npz_atomic(arrays, path)
-
-    def load(self, path: PathLike, strict: bool = True) -> None:
-        """Restore what :meth:`save` wrote, under :meth:`load_state_dict`'s rules.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The ``.npz`` file :meth:`save` wrote.
-        strict : bool, default True
-            As for :meth:`load_state_dict`.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a readable checkpoint of this optimizer or does not match
-            (nothing changes).
-        """
-        name = f"{self._name}.load"
-        strict = flag_arg(name, "strict", strict)
-        files = read_npz_members(path, name, "fastlr schedule-free checkpoint")
-        try:
-            sd = json.loads(str(files["meta"][()]))
-            if not isinstance(sd, dict):
-                raise ValueError("its 'meta' member is not a dict")
-            sd["format"] = str(files["format"][()])
-            state: Dict[int, Dict[str, np.ndarray]] = {}
-            for member, value in files.items():
-                kind, _, rest = member.partition("/")
-                if kind != "state":
-                    continue
-                i, _, k = rest.partition("/")
-                if not i.isdigit() or str(int(i)) != i or not k:
-                    raise ValueError(f"member {member!r} has no param index")
-                state.setdefault(int(i), {})[k] = value
-            sd["state"] = state
-        except (KeyError, ValueError, TypeError) as error:
-            raise ValueError(f"{name}: {path!s} is not a fastlr schedule-free checkpoint "
-                             f"({type(error).__name__}: {error})") from error
-        with self._exclusive("load"):
-            self._load(sd, strict, "load")
-
     def __repr__(self) -> str:
         """torch's layout: the class, then per group its params (count, names), its
         hyperparameters and the mode (the reference's ``train_mode``)."""
@@ -720,8 +656,8 @@ _COMMON_NOTES = """
     The arithmetic is the reference's per-tensor path, operation by operation, in the
     params' dtype (coefficients in double, rounded once); the step is one fused pass
     (``fastlr._core.schedulefree``). float64 agrees with the reference to about 1e-15
-    relative per step. Not provided: ``foreach`` (an implementation choice of torch), a
-    ``fastlr.compat.torch`` bridge (the reference package already is a torch optimizer).
+    relative per step. Not provided: ``foreach`` (an implementation choice of torch). For
+    torch code using the package: ``fastlr.compat.torch.AdamWScheduleFree`` etc.
 
     Checkpoints (:meth:`state_dict`, :meth:`save`) hold ``z`` (and ``exp_avg_sq``), the
     step count, each group's ``lr_max``, ``weight_sum`` and ``scheduled_lr``, and the

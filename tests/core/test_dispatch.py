@@ -87,3 +87,71 @@ def test_forcing_the_baseline_from_the_environment():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, cwd="/")
     assert out.returncode != 0 and "FASTLR_CPU='pentium'" in out.stderr
+
+
+# The kernel modules built once per target (dispatch.MODULES): each optimizer that uses one,
+# run in a fresh process per target, must leave the same bytes.
+_MODULE_RUN = r"""
+import hashlib, numpy as np, fastlr
+from fastlr._core import dispatch
+h = hashlib.sha256()
+rng = np.random.default_rng(5)
+for dtype in (np.float32, np.float64):
+    shapes = [(37, 19), (300,), (64, 64)]
+    for make in (lambda ps: fastlr.LAMB(ps, lr=0.01, weight_decay=0.1),
+                 lambda ps: fastlr.LARS(ps, lr=0.1, nesterov=True),
+                 lambda ps: fastlr.Prodigy(ps, weight_decay=0.01),
+                 lambda ps: fastlr.ScheduleFreeAdamW(ps, warmup_steps=2),
+                 lambda ps: fastlr.ScheduleFreeSGD(ps),
+                 lambda ps: fastlr.ScheduleFreeRAdam(ps),
+                 lambda ps: fastlr.Adafactor(ps, weight_decay=0.01)):
+        ps = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        opt = make(ps)
+        if hasattr(opt, "train"):
+            opt.train()
+        for _ in range(4):
+            opt.step([(rng.standard_normal(p.shape) * 0.1).astype(dtype) for p in ps])
+        if hasattr(opt, "eval"):
+            opt.eval()
+        for p in ps:
+            h.update(p.tobytes())
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    ema = fastlr.EMA(params, decay=0.9, warmup="timm")
+    for _ in range(3):
+        for p in params:
+            p += rng.standard_normal(p.shape).astype(dtype)
+        ema.update()
+    ema.copy_to(params)
+    for p in params:
+        h.update(p.tobytes())
+names = sorted({m.__name__ for m in map(dispatch.module, dispatch.MODULES)})
+print(h.hexdigest(), ",".join(names))
+"""
+
+
+def _module_run(target):
+    env = dict(os.environ)
+    env.pop("FASTLR_CPU", None)
+    if target is not None:
+        env["FASTLR_CPU"] = target
+    out = subprocess.run([sys.executable, "-c", _MODULE_RUN], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    digest, names = out.stdout.split()
+    return digest, names.split(",")
+
+
+@pytest.mark.skipif(len(VARIANTS) < 2, reason="only one variant of the core loops is built "
+                                              "for this CPU")
+def test_module_variants_give_identical_bits():
+    baseline, base_names = _module_run("baseline")
+    assert all("_x86_64_v3" not in n for n in base_names)
+    fastest, names = _module_run(None)
+    if VARIANTS[0] == "x86-64-v3":
+        assert all(n.endswith("_x86_64_v3") for n in names), names
+    assert fastest == baseline
+
+
+def test_module_refuses_unknown_names():
+    with pytest.raises(ValueError, match="is not one of"):
+        _dispatch.module("cores")

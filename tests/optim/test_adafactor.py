@@ -15,7 +15,7 @@ import pytest
 
 import fastlr
 from fastlr import schedules as S
-from fastlr.optim.adafactor import adafactor
+from fastlr.optim.adafactor import adafactor, state_shapes
 from fastlr.reference import adafactor as adafactor_ref
 
 torch = pytest.importorskip("torch", reason="the parity tests need torch 2.13")
@@ -66,7 +66,7 @@ def test_kernel_matches_torch(impl, order, opts, shape, dtype):
     topt = torch.optim.Adafactor([tp], **_torch_kwargs(opts))
     p = np.array(p0, order=order)
     state = {k: np.zeros(s, dtype=dtype, order=order)
-             for k, s in fastlr._core.adafactor.state_shapes(shape).items()}
+             for k, s in state_shapes(shape).items()}
     eps1, eps2 = opts.get("eps", (None, 1e-3))
     kw = {k: v for k, v in opts.items() if k != "eps"}
     for t in range(1, N_STEPS + 1):

@@ -91,6 +91,14 @@ def cf_linear_factors(init, start, end, total, begin=0):
     return f
 
 
+def cf_staircase(form, stair, begin=0):
+    # the smooth form evaluated at the start of each stair of `stair` steps after `begin`
+    def f(t):
+        c = max(t - begin, 0)
+        return form(begin + c - c % stair) if t > begin else form(t)
+    return f
+
+
 def cf_optax_linear(init, end, transition_steps):
     # optax.linear_schedule = polynomial_schedule with power 1
     return cf_optax_polynomial(init, end, 1.0, transition_steps)
@@ -192,6 +200,16 @@ CASES = [
     ("linear-begin", lambda: linear(0.2, start_factor=0.1, end_factor=1.0, total_steps=12,
                                     transition_begin=8),
      cf_linear_factors(0.2, 0.1, 1.0, 12, 8), (8, 20)),
+    ("polynomial-staircase", lambda: polynomial(0.1, 40, end=0.01, power=2.0,
+                                                transition_begin=15, staircase_steps=6),
+     cf_staircase(cf_optax_polynomial(0.1, 0.01, 2.0, 40, 15), 6, 15),
+     (15, 21, 27, 51, 55, 57)),
+    ("polynomial-staircase-divides", lambda: polynomial(1.0, 100, staircase_steps=25),
+     cf_staircase(cf_optax_polynomial(1.0, 0.0, 1.0, 100), 25), (25, 50, 75, 100)),
+    ("linear-staircase", lambda: linear(0.2, start_factor=0.1, end_factor=1.0,
+                                        total_steps=12, transition_begin=8,
+                                        staircase_steps=5),
+     cf_staircase(cf_linear_factors(0.2, 0.1, 1.0, 12, 8), 5, 8), (8, 13, 18, 20, 23)),
     ("optax-warmup-cosine-exponent", lambda: warmup_cosine(0.1, warmup_steps=10,
                                                            total_steps=60, init=0.01,
                                                            end=0.005, exponent=1.5),
@@ -283,6 +301,12 @@ def test_exponent_one_and_begin_zero_leave_the_old_values_bitwise():
     assert cosine(0.1, 50, exponent=1.0) == cosine(0.1, 50)
     assert repr(cosine(0.1, 50, exponent=1.0)) == "cosine(0.1, 50)"
     assert repr(polynomial(0.1, 5, transition_begin=0)) == "polynomial(0.1, 5)"
+    assert repr(polynomial(0.1, 5, staircase_steps=1)) == "polynomial(0.1, 5)"
+    assert polynomial(0.1, 40, staircase_steps=1).values(steps).tolist() == \
+        polynomial(0.1, 40).values(steps).tolist()
+    # stairs of 10 over a 40-step linear decay: 4 distinct values before the end
+    assert polynomial(1.0, 40, staircase_steps=10).values(range(40)).tolist() == \
+        [1.0] * 10 + [0.75] * 10 + [0.5] * 10 + [0.25] * 10
 
 
 @pytest.mark.parametrize("make", [c[1] for c in CASES], ids=[c[0] for c in CASES])
@@ -301,6 +325,8 @@ def test_pickle_and_repr_round_trip(make):
     "wsd(0.1, 1000)", "inverse_sqrt(0.001, 4000, init=1e-07)", "noam(512, 4000, factor=2.0)",
     "rex(0.1, 100, end=0.01)", "cosine(0.1, 100, exponent=2.0)",
     "polynomial(0.1, 100, transition_begin=10)", "linear(0.1, transition_begin=3)",
+    "polynomial(0.1, 100, power=2.0, staircase_steps=10)",
+    "linear(0.1, total_steps=20, staircase_steps=4)",
     "warmup_cosine(0.1, warmup_steps=10, total_steps=100, exponent=2.0)",
     "warmup_exponential_decay(0.1, warmup_steps=10, transition_steps=5, decay_rate=0.5, "
     "staircase=True, end=0.01)",
@@ -339,6 +365,11 @@ def test_repr_reads_like_the_call(text):
     (lambda: polynomial(0.1, 10, transition_begin=-1), ValueError, "transition_begin"),
     (lambda: polynomial(0.1, 10, transition_begin=1.5), TypeError, "transition_begin"),
     (lambda: linear(0.1, transition_begin=-2), ValueError, r"linear: transition_begin"),
+    (lambda: polynomial(0.1, 10, staircase_steps=0), ValueError,
+     r"polynomial: staircase_steps"),
+    (lambda: polynomial(0.1, 10, staircase_steps=2.0), TypeError, "staircase_steps"),
+    (lambda: linear(0.1, staircase_steps=-1), ValueError, r"linear: staircase_steps"),
+    (lambda: linear(0.1, staircase_steps=True), TypeError, r"linear: staircase_steps"),
     (lambda: warmup_cosine(0.1, warmup_steps=1, total_steps=5, exponent=-1.0), ValueError,
      r"warmup_cosine: exponent"),
     (lambda: warmup_exponential_decay(0.1, warmup_steps=-1, transition_steps=5,
