@@ -30,10 +30,11 @@ from fastlr._core.args import NONNEG, checked_real, flag_arg
 from fastlr._core.dispatch import module as _variant
 from fastlr._core.sklearn_kernels import adam_sklearn, sgd_sklearn
 from fastlr._core.muon import muon  # noqa: F401  (Muon's validated kernel: fastlr.Muon)
-from fastlr._core.adafactor import adafactor  # noqa: F401  (Adafactor's: fastlr.Adafactor)
 
 _ema = _variant("ema")      # fastlr._core.ema, or its x86-64-v3 build
 ema_update, swap_buffers = _ema.ema_update, _ema.swap_buffers
+# Adafactor's validated kernel (fastlr.Adafactor's), the build of this CPU as the class's
+adafactor = _variant("adafactor").adafactor
 
 # the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
 globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})
