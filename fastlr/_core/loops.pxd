@@ -24,7 +24,7 @@ from libc.math cimport fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from fastlr._core.bfloat cimport bf16_round_stochastic, bf16_widen, step_salt
+from fastlr._core.bfloat cimport bf16_round_stochastic, bf16_widen, random_bits, step_salt
 
 from fastlr._kernels cimport (AdadeltaHyper, AdagradHyper, AdamaxHyper, AdamHyper, ASGDHyper,
                              LionHyper, NAdamHyper, RAdamHyper, RMSpropHyper, RpropHyper,
@@ -47,7 +47,8 @@ ctypedef struct AdamCoef:
     double beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
     double step_size, inv_bias_correction2_sqrt, decay, sign
     int l2
-    uint32_t salt[3]        # bfloat16 state: the stochastic rounding's salts (m, v, vmax)
+    uint32_t salt[2]        # bfloat16 state: the stochastic rounding's salts (m and v,
+                            # AMSGrad's vmax)
 
 
 ctypedef struct AdagradCoef:
@@ -118,7 +119,6 @@ cdef inline void adam_coef(const AdamHyper* h, AdamCoef* c) noexcept nogil:
     c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0
     c.salt[0] = step_salt(h.step, 0)
     c.salt[1] = step_salt(h.step, 1)
-    c.salt[2] = step_salt(h.step, 2)
 
 
 cdef inline void adagrad_coef(const AdagradHyper* h, AdagradCoef* c) noexcept nogil:
@@ -420,28 +420,29 @@ cdef inline void adam_core(floating* p, const floating* grad,           # IN/OUT
 cdef inline void adam_bf16_element(float* p, const float* grad, uint16_t* m, uint16_t* v,
                                    uint16_t* vmax, Py_ssize_t i, float omb1, float omb1_m1,
                                    float b2, float omb2, float eps, float wd, float step_size,
-                                   float inv_bc2s, float decay, float sign, uint32_t salt_m,
-                                   uint32_t salt_v, uint32_t salt_vmax, bint l2,
+                                   float inv_bc2s, float decay, float sign, uint32_t salt,
+                                   uint32_t salt_vmax, bint l2,
                                    bint omb1_small, bint amsgrad) noexcept nogil:
     # One element of adam_core_bf16. The flags come in as constants where the loops below
     # are unswitched by hand, so after inlining each loop body is straight-line code that
     # GCC vectorizes (its own unswitching gives up on a body this long).
     cdef float g, mi, vi, vh, pi = p[i]
-    cdef uint32_t key       # the param's bits: the rounding's per-element key
+    cdef uint32_t key, r    # the param's bits (the element's key), its random bits
     memcpy(&key, &pi, 4)
+    r = random_bits(key, salt)          # low half rounds m, high half v
     g = sign * grad[i]
     if l2:
         g = g + wd * pi
     mi = lerp(bf16_widen(m[i]), g, omb1, omb1_m1, omb1_small)
-    m[i] = bf16_round_stochastic(mi, salt_m, key)
+    m[i] = bf16_round_stochastic(mi, r & 0xFFFF)
     vi = bf16_widen(v[i]) * b2 + omb2 * g * g
-    v[i] = bf16_round_stochastic(vi, salt_v, key)
+    v[i] = bf16_round_stochastic(vi, r >> 16)
     vh = vi
     if amsgrad:
         # torch.maximum: NaN in either operand gives NaN (against the stored maximum)
         vh = bf16_widen(vmax[i])
         vh = vi if (vi > vh) | (vi != vi) else vh     # (| : no branch, so it vectorizes)
-        vmax[i] = bf16_round_stochastic(vh, salt_vmax, key)
+        vmax[i] = bf16_round_stochastic(vh, random_bits(key, salt_vmax) >> 16)
     p[i] = pi * decay - step_size * (mi / (fsqrt(vh) * inv_bc2s + eps))
 
 
@@ -463,25 +464,25 @@ cdef inline void adam_core_bf16(float* p, const float* grad,                 # I
     cdef bint small = omb1 < <float>0.5
     cdef bint l2 = c.l2
     cdef bint ams = vmax != NULL
-    cdef uint32_t sm = c.salt[0], sv = c.salt[1], sx = c.salt[2]
+    cdef uint32_t sm = c.salt[0], sx = c.salt[1]
     cdef Py_ssize_t i
     # (the common cases with constant flags; every other combination in the last loop)
     if small and not l2 and not ams:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, sm, sv, sx, False, True, False)
+                              step_size, inv_bc2s, decay, sign, sm, sx, False, True, False)
     elif small and l2 and not ams:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, sm, sv, sx, True, True, False)
+                              step_size, inv_bc2s, decay, sign, sm, sx, True, True, False)
     elif small and not l2 and ams:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, sm, sv, sx, False, True, True)
+                              step_size, inv_bc2s, decay, sign, sm, sx, False, True, True)
     else:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, sm, sv, sx, l2, small, ams)
+                              step_size, inv_bc2s, decay, sign, sm, sx, l2, small, ams)
 
 
 @cython.boundscheck(False)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 __all__ = ["adam_bf16_state", "bf16_round", "bf16_round_stochastic", "bf16_widen",
-           "step_salt"]
+           "random_bits", "step_salt"]
 
 _M64 = (1 << 64) - 1
 
@@ -56,9 +56,9 @@ def bf16_round(x):
 
 
 def step_salt(step, stream):
-    """The salt of :func:`bf16_round_stochastic` for update ``step`` and state buffer
-    ``stream`` (0: first moment, 1: second, 2: AMSGrad's maximum): splitmix64's finalizer
-    of ``3 * step + stream``, its low 32 bits.
+    """The salt of :func:`random_bits` for update ``step`` and ``stream`` (0: the moments,
+    1: AMSGrad's maximum): splitmix64's finalizer of ``3 * step + stream``, its low 32
+    bits.
 
     Parameters
     ----------
@@ -78,21 +78,43 @@ def step_salt(step, stream):
     return (z ^ (z >> 31)) & 0xFFFFFFFF
 
 
-def bf16_round_stochastic(x, salt, key):
-    """Each float32 of ``x`` rounded to one of its two neighbouring bfloat16 values, up
-    with probability (its low 16 bits) / 65536: the expected stored value is ``x``.
+def random_bits(key, salt):
+    """32 pseudo-random bits per element: murmur3's 32-bit finalizer of
+    ``key_bits * 0x9E3779B1 ^ salt``.
 
-    The 16 random bits are the top of a hash (murmur3's 32-bit finalizer) of the value's
-    own bits, ``salt`` and the element's ``key`` (no random state); values that are
-    bfloat16 already are kept, NaN as in :func:`bf16_round`.
+    Parameters
+    ----------
+    key : ndarray of float32
+        Per element (the param before the update: its bits are the key).
+    salt : int
+        In ``[0, 2**32)`` (:func:`step_salt`).
+
+    Returns
+    -------
+    ndarray of uint32
+    """
+    k = np.asarray(key, dtype=np.float32).view(np.uint32)
+    h = (k * np.uint32(0x9E3779B1)) ^ np.uint32(salt)
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def bf16_round_stochastic(x, r16):
+    """Each float32 of ``x`` rounded to one of its two neighbouring bfloat16 values, up
+    with probability (its low 16 bits) / 65536 for uniform ``r16``: the expected stored
+    value is ``x``.
+
+    The low 16 bits plus ``r16``, then the low 16 bits dropped; values that are bfloat16
+    already are kept, NaN as in :func:`bf16_round`, overflow to Inf.
 
     Parameters
     ----------
     x : ndarray of float32
-    salt : int
-        In ``[0, 2**32)`` (:func:`step_salt`).
-    key : ndarray of float32
-        Per element (the param before the update: its bits).
+    r16 : ndarray of uint32
+        Per element, in ``[0, 65536)`` (half of :func:`random_bits`).
 
     Returns
     -------
@@ -100,14 +122,7 @@ def bf16_round_stochastic(x, salt, key):
     """
     x = np.asarray(x, dtype=np.float32)
     u = x.view(np.uint32)
-    k = np.asarray(key, dtype=np.float32).view(np.uint32)
-    h = (u * np.uint32(0x9E3779B1) + np.uint32(salt)) ^ (k * np.uint32(0x85EBCA77))
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    h = h ^ (h >> np.uint32(16))
-    r = (u + (h >> np.uint32(16))) >> np.uint32(16)
+    r = (u + np.asarray(r16, dtype=np.uint32)) >> np.uint32(16)
     r = np.where(np.isnan(x), (u >> np.uint32(16)) | np.uint32(0x0040), r)
     return r.astype(np.uint16)
 
@@ -128,15 +143,16 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
 
     float32 ``param`` and ``grad``; ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``
     for AMSGrad) are ``uint16`` arrays of bfloat16 bits, updated in place. With
-    ``W`` = widen to float32 (exact) and ``R_k`` = round to bfloat16 stochastically with
-    the salt ``step_salt(step, k)`` and the param's bits before the update as the key
-    (:func:`bf16_round_stochastic`), every operation in float32::
+    ``W`` = widen to float32 (exact), ``R(x, r)`` = round to bfloat16 stochastically with
+    the 16 random bits ``r`` (:func:`bf16_round_stochastic`), ``h = random_bits(p,
+    step_salt(step, 0))`` (keyed by the param's bits before the update) and
+    ``h2 = random_bits(p, step_salt(step, 1))``, every operation in float32::
 
         g = -grad if maximize else grad
         g = g + wd * p                           if weight_decay and not decoupled
-        m1 = lerp(W(m), g, 1 - beta1);           m = R_0(m1)
-        v1 = W(v) * beta2 + (1 - beta2) * g * g; v = R_1(v1)
-        vh = max(W(vmax), v1) (NaN wins);        vmax = R_2(vh)    (AMSGrad)
+        m1 = lerp(W(m), g, 1 - beta1);           m = R(m1, h & 0xFFFF)
+        v1 = W(v) * beta2 + (1 - beta2) * g * g; v = R(v1, h >> 16)
+        vh = max(W(vmax), v1) (NaN wins);        vmax = R(vh, h2 >> 16)   (AMSGrad)
         p = p * (1 - lr * wd) - step_size * (m1 / (sqrt(vh or v1) * c2 + eps))
 
     with ``step_size = lr / (1 - beta1**t)``, ``c2 = 1 / sqrt(1 - beta2**t)`` and
@@ -178,17 +194,18 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
     step_size = f(lr / (1.0 - math.pow(beta1, t)))
     inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
     decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
-    key = param.copy()
+    h = random_bits(param, step_salt(step, 0))
     g = (f(-1.0) if maximize else f(1.0)) * grad
     if weight_decay != 0.0 and not decoupled_weight_decay:
         g = g + f(weight_decay) * param
     m1 = _lerp_f32(bf16_widen(exp_avg), g, 1.0 - beta1)
-    exp_avg[...] = bf16_round_stochastic(m1, step_salt(step, 0), key)
+    exp_avg[...] = bf16_round_stochastic(m1, h & np.uint32(0xFFFF))
     v1 = bf16_widen(exp_avg_sq) * f(beta2) + f(1.0 - beta2) * g * g
-    exp_avg_sq[...] = bf16_round_stochastic(v1, step_salt(step, 1), key)
+    exp_avg_sq[...] = bf16_round_stochastic(v1, h >> np.uint32(16))
     vh = v1
     if max_exp_avg_sq is not None:
         old = bf16_widen(max_exp_avg_sq)
         vh = np.where((v1 > old) | (v1 != v1), v1, old)
-        max_exp_avg_sq[...] = bf16_round_stochastic(vh, step_salt(step, 2), key)
+        h2 = random_bits(param, step_salt(step, 1))
+        max_exp_avg_sq[...] = bf16_round_stochastic(vh, h2 >> np.uint32(16))
     param[...] = param * decay - step_size * (m1 / (np.sqrt(vh) * inv_bc2s + f(eps)))
