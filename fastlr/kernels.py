@@ -33,6 +33,8 @@ from fastlr._core.muon import muon  # noqa: F401  (Muon's validated kernel: fast
 
 _ema = _variant("ema")      # fastlr._core.ema, or its x86-64-v3 build
 ema_update, swap_buffers = _ema.ema_update, _ema.swap_buffers
+# Adafactor's validated kernel (fastlr.Adafactor's), the build of this CPU as the class's
+adafactor = _variant("adafactor").adafactor
 
 # the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
 globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})
@@ -49,6 +51,10 @@ __all__ = [
     "set_num_threads",
     "HAVE_OPENMP",
     "KERNELS",
+    # the validated kernels of the classes outside the table (not in KERNELS: no
+    # make_state; their state has its own shapes)
+    "muon",
+    "adafactor",
 ]
 
 #: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference`` (the table's).

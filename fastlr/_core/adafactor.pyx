@@ -392,7 +392,7 @@ def _apply(cnp.ndarray param, cnp.ndarray grad, object row_var, object col_var,
     _run(param, grad, row_var, col_var, variance, &c)
 
 
-cdef str _FN = "fastlr.optim.adafactor.adafactor"
+cdef str _FN = "fastlr.kernels.adafactor"     # also fastlr.optim.adafactor.adafactor
 
 
 cdef cnp.ndarray _array(str name, object a, bint written):
@@ -516,7 +516,7 @@ def adafactor(param, grad, row_var=None, col_var=None, variance=None, *, step,
     Examples
     --------
     >>> import numpy as np
-    >>> from fastlr.optim.adafactor import adafactor
+    >>> from fastlr.kernels import adafactor
     >>> p = np.ones((2, 3)); g = np.full((2, 3), 0.5)
     >>> r, c = np.zeros((2, 1)), np.zeros((1, 3))
     >>> adafactor(p, g, r, c, step=1, lr=0.01)

@@ -22,8 +22,9 @@ cimport cython
 from cython cimport floating
 from libc.math cimport fabs, pow, sqrt, sqrtf
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
 
-from fastlr._core.bfloat cimport bf16_round, bf16_widen
+from fastlr._core.bfloat cimport bf16_round_stochastic, bf16_widen, random_bits, step_salt
 
 from fastlr._kernels cimport (AdadeltaHyper, AdagradHyper, AdamaxHyper, AdamHyper, ASGDHyper,
                              LionHyper, NAdamHyper, RAdamHyper, RMSpropHyper, RpropHyper,
@@ -46,6 +47,8 @@ ctypedef struct AdamCoef:
     double beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
     double step_size, inv_bias_correction2_sqrt, decay, sign
     int l2
+    uint32_t salt[2]        # bfloat16 state: the stochastic rounding's salts (m and v,
+                            # AMSGrad's vmax)
 
 
 ctypedef struct AdagradCoef:
@@ -114,6 +117,8 @@ cdef inline void adam_coef(const AdamHyper* h, AdamCoef* c) noexcept nogil:
     c.l2 = h.weight_decay != 0.0 and not h.decoupled_weight_decay
     # p *= 1 - lr*wd before the update (AdamW); multiplying by exactly 1.0 is a no-op.
     c.decay = 1.0 - h.lr * h.weight_decay if h.decoupled_weight_decay else 1.0
+    c.salt[0] = step_salt(h.step, 0)
+    c.salt[1] = step_salt(h.step, 1)
 
 
 cdef inline void adagrad_coef(const AdagradHyper* h, AdagradCoef* c) noexcept nogil:
@@ -404,35 +409,41 @@ cdef inline void adam_core(floating* p, const floating* grad,           # IN/OUT
 # bfloat16 optimizer state (state_dtype="bfloat16"): float32 params and grads, the state
 # buffers kept as bfloat16 bits (fastlr/_core/bfloat.pxd). Each element's state is widened
 # (exactly), updated in float32 with the float32 core's operations in the same order, used
-# unrounded for this step's param update, and stored rounded to nearest even: 20 bytes moved
-# per element instead of 28 (Adam). The NumPy twin (fastlr.reference.adam_bf16_state)
-# repeats these operations, so the two agree bit for bit.
+# unrounded for this step's param update, and stored rounded stochastically (bfloat.pxd:
+# bf16_round_stochastic, salted per step and buffer; nearest rounding would freeze the
+# second moment, whose per-step change is below half a bfloat16 ulp): 20 bytes moved per
+# element instead of 28 (Adam). The NumPy twin (fastlr.reference.adam_bf16_state) repeats
+# these operations and the hash, so the two agree bit for bit.
 # ---------------------------------------------------------------------------------------
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef inline void adam_bf16_element(float* p, const float* grad, uint16_t* m, uint16_t* v,
                                    uint16_t* vmax, Py_ssize_t i, float omb1, float omb1_m1,
                                    float b2, float omb2, float eps, float wd, float step_size,
-                                   float inv_bc2s, float decay, float sign, bint l2,
+                                   float inv_bc2s, float decay, float sign, uint32_t salt,
+                                   uint32_t salt_vmax, bint l2,
                                    bint omb1_small, bint amsgrad) noexcept nogil:
     # One element of adam_core_bf16. The flags come in as constants where the loops below
     # are unswitched by hand, so after inlining each loop body is straight-line code that
     # GCC vectorizes (its own unswitching gives up on a body this long).
-    cdef float g, mi, vi, vh
+    cdef float g, mi, vi, vh, pi = p[i]
+    cdef uint32_t key, r    # the param's bits (the element's key), its random bits
+    memcpy(&key, &pi, 4)
+    r = random_bits(key, salt)          # low half rounds m, high half v
     g = sign * grad[i]
     if l2:
-        g = g + wd * p[i]
+        g = g + wd * pi
     mi = lerp(bf16_widen(m[i]), g, omb1, omb1_m1, omb1_small)
-    m[i] = bf16_round(mi)
+    m[i] = bf16_round_stochastic(mi, r & 0xFFFF)
     vi = bf16_widen(v[i]) * b2 + omb2 * g * g
-    v[i] = bf16_round(vi)
+    v[i] = bf16_round_stochastic(vi, r >> 16)
     vh = vi
     if amsgrad:
         # torch.maximum: NaN in either operand gives NaN (against the stored maximum)
         vh = bf16_widen(vmax[i])
         vh = vi if (vi > vh) | (vi != vi) else vh     # (| : no branch, so it vectorizes)
-        vmax[i] = bf16_round(vh)
-    p[i] = p[i] * decay - step_size * (mi / (fsqrt(vh) * inv_bc2s + eps))
+        vmax[i] = bf16_round_stochastic(vh, random_bits(key, salt_vmax) >> 16)
+    p[i] = pi * decay - step_size * (mi / (fsqrt(vh) * inv_bc2s + eps))
 
 
 @cython.boundscheck(False)
@@ -453,24 +464,25 @@ cdef inline void adam_core_bf16(float* p, const float* grad,                 # I
     cdef bint small = omb1 < <float>0.5
     cdef bint l2 = c.l2
     cdef bint ams = vmax != NULL
+    cdef uint32_t sm = c.salt[0], sx = c.salt[1]
     cdef Py_ssize_t i
     # (the common cases with constant flags; every other combination in the last loop)
     if small and not l2 and not ams:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, False, True, False)
+                              step_size, inv_bc2s, decay, sign, sm, sx, False, True, False)
     elif small and l2 and not ams:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, True, True, False)
+                              step_size, inv_bc2s, decay, sign, sm, sx, True, True, False)
     elif small and not l2 and ams:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, False, True, True)
+                              step_size, inv_bc2s, decay, sign, sm, sx, False, True, True)
     else:
         for i in range(n):
             adam_bf16_element(p, grad, m, v, vmax, i, omb1, omb1_m1, b2, omb2, eps, wd,
-                              step_size, inv_bc2s, decay, sign, l2, small, ams)
+                              step_size, inv_bc2s, decay, sign, sm, sx, l2, small, ams)
 
 
 @cython.boundscheck(False)

@@ -19,6 +19,22 @@ For each optimizer, array size, dtype and thread count it times one in-place ste
   (``fastlr._tools.roofline``): the bandwidth this machine gives that access pattern, measured
   in the same run, at the same size and thread count.
 
+The optimizers with their own classes (not rows of the table) have rows too, chosen with
+``--optimizers`` (never in the default set): ``adafactor``, ``muon``, ``sparseadam`` (a
+row-sparse grad touching 1% of the rows), ``lbfgs`` (one ``step(closure)`` of 20
+iterations on a least-squares closure), ``schedulefreesgd``, ``schedulefreeadamw``,
+``schedulefreeradam``, ``lamb``, ``lars``, ``prodigy``, and ``dadaptadam``,
+``dadaptsgd``, ``dadaptadagrad`` once fastlr has those classes. For them ``fastlr`` is one
+``opt.step(...)`` of the fastlr class on one param (square-ish 2-D for the matrix
+optimizers), ``reference`` the same step by its NumPy twin, and the ``torch`` columns the
+peer's ``opt.step()``: torch.optim's class, or the authors' package (``schedulefree``,
+``prodigyopt``, ``dadaptation``) when it is installed; LAMB and LARS have no torch
+counterpart. The roofline is the loop with the streams the step must move; Muon and LBFGS
+are compute-bound (matrix products; closure calls and the two-loop recursion) and Prodigy
+and D-Adaptation move more streams than any roofline loop: their GB/s and roofline cells
+are "-", and the report says why. Prodigy and D-Adaptation run with ``growth_rate=1`` (the
+estimate held at d0: repeated steps on one grad would grow it to inf; same work per step).
+
 All of them are sampled round-robin in one process, so a noisy neighbour slows every
 implementation alike; the table reports medians. GB/s counts the bytes a step must move
 (reads + writes, no write-allocate: SGD 12, SGD+momentum/Nesterov/RMSprop 20, Adam/AdamW
@@ -96,6 +112,16 @@ __all__ = [
     "numpy_inplace_adam",
     "numpy_inplace_adamw",
     "numpy_scratch",
+    "EXTRA",
+    "extra_rows",
+    "all_optimizers",
+    "extra_shape",
+    "make_extra_inputs",
+    "clone_extra_inputs",
+    "extra_fastlr_stepper",
+    "extra_reference_stepper",
+    "extra_peer_stepper",
+    "peer_label",
 ]
 
 #: The step number every timed call uses (> 1: momentum buffers take the steady-state path).
@@ -384,6 +410,465 @@ def torch_stepper(optimizer, arrays, mode="fused"):
 
 
 # ---------------------------------------------------------------------------------------
+# Rows for the optimizers outside the table (their own classes)
+# ---------------------------------------------------------------------------------------
+# The table's rows time one validated kernel call (fastlr.kernels) against the kernel's
+# twin. The optimizers with their own classes (Adafactor, Muon, SparseAdam, LBFGS, the
+# schedule-free ones, LAMB, LARS, Prodigy, D-Adaptation) are timed as a user runs them: one
+# ``opt.step(...)`` of the fastlr class on one param, against the same step computed by the
+# class's NumPy twin, and against the peer package's ``opt.step()`` (torch.optim, or the
+# authors' package) on torch views of the same arrays. Every stepper starts from a fresh
+# optimizer (state created at its first call) and carries its state from call to call,
+# so k calls of the fastlr and of the reference stepper are the same k updates.
+#
+# ``reference`` is the twin of the fastlr step: the twin function (fastlr.reference) called
+# per update with its state, or, where the twin is the loop of a class whose Python part
+# computes per-step scalars, the fastlr class with its compiled loop swapped for the twin's:
+# schedule-free and Prodigy through ``_with_twins``, SparseAdam by its own
+# ``step_reference``. The twin replaces exactly the compiled part.
+#
+# ``pattern`` is the roofline loop with the step's memory streams (the bytes a step must
+# move), or None where no streaming loop bounds the step: Muon (matrix products, O(r^2 c)
+# flops per O(r c) bytes), LBFGS (20 iterations of a closure and a two-loop recursion over
+# the history per step) are compute-bound; Prodigy and D-Adaptation have more streams than
+# any roofline loop. The pattern moves ``_extra_stream_elements`` elements (SparseAdam:
+# the touched rows only).
+
+
+class ExtraRow(NamedTuple):
+    """One benchmarked optimizer outside the table (see the notes above)."""
+
+    cls: str              # the fastlr class name (the row's name is its lower case)
+    title: str
+    matrix: bool          # a 2-D, square-ish param of n elements (else 1-D)
+    kwargs: dict          # the class's (and the peer's, and the twin's) keyword arguments
+    reference: object = None    # (inputs) -> zero-argument callable, or None (no twin)
+    reference_note: str = ""    # why reference is None
+    peer: tuple = ()            # (module, class) of the peer optimizer, () when none
+    peer_modes: tuple = (None,)     # ("foreach", "for-loop"), or (None,): the default call
+    peer_note: str = ""         # why there is no peer
+    pattern: object = None      # roofline pattern name, or None
+    roofline_note: str = ""     # why pattern is None
+    sparse: bool = False        # a row-sparse grad (SPARSE_FRACTION of the rows)
+    closure: bool = False       # LBFGS: step(closure)
+
+
+def _square_shape(n):
+    """A 2-D shape of n elements, as square as n's divisors allow (rows <= cols)."""
+    m = int(np.sqrt(n))
+    while n % m:
+        m -= 1
+    return (m, n // m)
+
+
+#: the fraction of rows a row-sparse grad touches
+SPARSE_FRACTION = 0.01
+#: LBFGS: one step of these options on the least-squares closure (all iterations run)
+LBFGS_OPTIONS = {"max_iter": 20, "history_size": 10, "tolerance_grad": 0.0,
+                 "tolerance_change": 0.0}
+
+
+def _with_twins(module, twins, call):
+    """``call`` with ``module``'s attributes ``twins`` (name -> NumPy twin) swapped in for
+    the call only: the fastlr class's Python part around the twin's loop."""
+    def run():
+        saved = {name: getattr(module, name) for name in twins}
+        for name, twin in twins.items():
+            setattr(module, name, twin)
+        try:
+            return call()
+        finally:
+            for name, value in saved.items():
+                setattr(module, name, value)
+    return run
+
+
+def _counter_stepper(update):
+    """A stepper calling ``update(t)`` with t = 1, 2, ... (the twin's update number)."""
+    t = [0]
+
+    def step():
+        t[0] += 1
+        update(t[0])
+    return step
+
+
+def _zeros(p):
+    return np.zeros_like(p)
+
+
+def _adafactor_row(p):
+    return np.zeros(p.shape[:-1] + (1,), p.dtype)
+
+
+def _adafactor_col(p):
+    return np.zeros(p.shape[:-2] + (1, p.shape[-1]), p.dtype)
+
+
+def _twin(name, state, counted):
+    """The reference stepper of a row whose twin is ``fastlr.reference.<name>(param, grad,
+    *state, [step=t,] **kwargs)``: ``state`` makes its buffers (fresh, as the class's)
+    from the param; ``counted``: the twin takes the update number."""
+    def make(inputs):
+        p, g = inputs["param"], inputs["grad"]
+        bufs = [new(p) for new in state]
+        fn = getattr(reference, name)
+        kw = EXTRA[name].kwargs
+        if counted:
+            return _counter_stepper(lambda t: fn(p, g, *bufs, step=t, **kw))
+        return lambda: fn(p, g, *bufs, **kw)
+    return make
+
+
+def _ref_sparseadam(inputs):
+    opt = fastlr.SparseAdam([inputs["param"]], **EXTRA["sparseadam"].kwargs)
+    grads = [_sparse_grad(inputs)]
+    return lambda: opt.step_reference(grads)
+
+
+def _class_with_twin_loops(name, module, twin_module, loops, holder=None):
+    """The reference stepper of a class whose compiled loops are module globals of
+    ``module`` (``holder``: an attribute holding them, as schedule-free's ``_kernels``):
+    the fastlr class's step with ``loops`` taken from ``twin_module`` (same names and
+    signatures). Raises NotImplementedError when a module or loop is missing."""
+    def make(inputs):
+        import importlib
+        try:
+            mod = importlib.import_module(module)
+            twin = importlib.import_module(twin_module)
+            found = {n: getattr(twin, n) for n in loops}
+        except (ImportError, AttributeError) as e:
+            raise NotImplementedError(f"the NumPy twin's loops are missing ({e})") from None
+        twins = found if holder is None else {holder: _Namespace(getattr(mod, holder), found)}
+        opt = _fastlr_class_stepper(name, inputs, 1, build_only=True)
+        grads = [inputs["grad"]]
+        return _with_twins(mod, twins, lambda: opt.step(grads))
+    return make
+
+
+def _ref_schedulefree(name):
+    return _class_with_twin_loops(name, "fastlr.optim.schedulefree",
+                                  "fastlr.reference.schedulefree",
+                                  ("sgd_step", "adam_step", "switch"), holder="_kernels")
+
+
+class _Namespace:
+    """``module``'s attributes with ``overrides`` on top."""
+
+    def __init__(self, module, overrides):
+        self._module = module
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+#: Prodigy and D-Adaptation: growth_rate=1 holds the estimate d at d0. Repeated steps on one
+#: fixed grad (the timing loop) would otherwise grow d without bound, to inf in float32
+#: after a few hundred steps, and time arithmetic on inf and NaN; the estimate is still
+#: computed every step (then clamped), so the work per step is the same.
+_LR_FREE = {"lr": 1.0, "growth_rate": 1.0}
+_MANY_STREAMS = "more memory streams than any roofline loop (sgd, momentum, adam)"
+_TORCH_MODES = ("foreach", "for-loop")
+
+#: The rows outside the table, by name (the class name in lower case). A row whose class
+#: fastlr does not have (D-Adaptation, until it lands) is left out (see extra_rows).
+EXTRA = {
+    "adafactor": ExtraRow(
+        "Adafactor", "Adafactor (factored second moment)", True, {"lr": 1e-2},
+        reference=_twin("adafactor", (_adafactor_row, _adafactor_col), True),
+        peer=("torch.optim", "Adafactor"), peer_modes=_TORCH_MODES, pattern="sgd"),
+    "muon": ExtraRow(
+        "Muon", "Muon (Newton-Schulz, 5 steps)", True, {"lr": 1e-3},
+        reference=_twin("muon", (_zeros,), False), peer=("torch.optim", "Muon"),
+        roofline_note="compute-bound: Newton-Schulz matrix products, O(rows^2 cols) flops"),
+    "sparseadam": ExtraRow(
+        "SparseAdam", "SparseAdam, row-sparse grad (1% of rows)", True, {"lr": 1e-3},
+        reference=_ref_sparseadam, peer=("torch.optim", "SparseAdam"), pattern="adam",
+        sparse=True),
+    "lbfgs": ExtraRow(
+        "LBFGS", "LBFGS, one step(closure): 20 iterations, history 10", False,
+        dict(LBFGS_OPTIONS), closure=True, peer=("torch.optim", "LBFGS"),
+        reference_note="fastlr.reference has no LBFGS twin (torch is the oracle)",
+        roofline_note="compute-bound: 20 closure calls and two-loop recursions per step"),
+    "schedulefreesgd": ExtraRow(
+        "ScheduleFreeSGD", "ScheduleFreeSGD", False, {"lr": 1.0},
+        reference=_ref_schedulefree("schedulefreesgd"), peer=("schedulefree",
+                                                              "SGDScheduleFree"),
+        peer_modes=_TORCH_MODES, pattern="momentum"),
+    "schedulefreeadamw": ExtraRow(
+        "ScheduleFreeAdamW", "ScheduleFreeAdamW", False, {"lr": 2.5e-3},
+        reference=_ref_schedulefree("schedulefreeadamw"), peer=("schedulefree",
+                                                                "AdamWScheduleFree"),
+        peer_modes=_TORCH_MODES, pattern="adam"),
+    "schedulefreeradam": ExtraRow(
+        "ScheduleFreeRAdam", "ScheduleFreeRAdam", False, {"lr": 2.5e-3},
+        reference=_ref_schedulefree("schedulefreeradam"), peer=("schedulefree",
+                                                                "RAdamScheduleFree"),
+        peer_modes=_TORCH_MODES, pattern="adam"),
+    "lamb": ExtraRow(
+        "LAMB", "LAMB (layer-wise trust ratio)", True, {"lr": 1e-3},
+        reference=_twin("lamb", (_zeros, _zeros), True), pattern="adam",
+        peer_note="no torch counterpart (torch.optim has no LAMB)"),
+    "lars": ExtraRow(
+        "LARS", "LARS (layer-wise trust ratio), momentum 0.9", True, {"lr": 1e-3},
+        reference=_twin("lars", (_zeros,), False), pattern="momentum",
+        peer_note="no torch counterpart (torch.optim has no LARS)"),
+    "prodigy": ExtraRow(
+        "Prodigy", "Prodigy (d estimate held at d0)", False, _LR_FREE,
+        reference=_class_with_twin_loops("prodigy", "fastlr.optim.lrfree",
+                                         "fastlr.reference.lrfree", ("prodigy_step",)),
+        peer=("prodigyopt", "Prodigy"), roofline_note=_MANY_STREAMS),
+    **{name.lower(): ExtraRow(
+        name, f"{name} (d estimate held at d0)", False, _LR_FREE, peer=("dadaptation", name),
+        reference=_class_with_twin_loops(name.lower(), "fastlr.optim.dadapt",
+                                         "fastlr.reference.dadapt", (loop,)),
+        roofline_note=_MANY_STREAMS)
+       for name, loop in (("DAdaptAdam", "dadapt_adam_step"), ("DAdaptSGD", "dadapt_sgd_step"),
+                          ("DAdaptAdaGrad", "dadapt_adagrad_step"))},
+}
+
+
+def extra_rows():
+    """The rows outside the table whose class this fastlr has, in EXTRA's order (looked up
+    at each call: a class that lands later gets its row at once)."""
+    return tuple(name for name, row in EXTRA.items() if hasattr(fastlr, row.cls))
+
+
+def all_optimizers():
+    """Every optimizer name ``run`` and ``--optimizers`` accept: the table's rows
+    (:data:`OPTIMIZERS`), then :func:`extra_rows`."""
+    return OPTIMIZERS + extra_rows()
+
+
+def _extra(optimizer):
+    if optimizer not in extra_rows():
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of "
+                         f"{', '.join(all_optimizers())}")
+    return EXTRA[optimizer]
+
+
+def extra_shape(optimizer, n):
+    """The param's shape in ``optimizer``'s row at ``n`` elements."""
+    return _square_shape(n) if _extra(optimizer).matrix else (n,)
+
+
+def make_extra_inputs(optimizer, n, dtype="float32", *, seed=SEED, layout="staggered"):
+    """The arrays of a row outside the table at ``n`` elements: ``param`` (N(0, 1)) and
+    ``grad`` (N(0, 1e-2)), laid out by ``stream_arrays(layout=...)``; a row-sparse row has
+    ``indices`` (sorted, SPARSE_FRACTION of the rows, at least one) and ``rows`` instead of
+    a dense grad; LBFGS has ``a`` (log-spaced over [1, 1e3]) and ``b`` (N(0, 1)) of its
+    closure ``0.5 * sum(a * (x - b)**2)``."""
+    row = _extra(optimizer)
+    dt = np.dtype(dtype)
+    shape = extra_shape(optimizer, n)
+    rng = np.random.default_rng([seed, n, dt.itemsize])
+    arrays = _roofline.stream_arrays(n, dt, 2, layout)
+    out = {"param": arrays[0].reshape(shape)}
+    out["param"][...] = rng.standard_normal(shape)
+    if row.sparse:
+        k = max(1, int(shape[0] * SPARSE_FRACTION))
+        out["indices"] = np.sort(rng.choice(shape[0], size=k, replace=False)).astype(np.int64)
+        out["rows"] = rng.normal(0.0, 1e-2, (k, shape[1])).astype(dt)
+    elif row.closure:
+        out["a"] = np.logspace(0, 3, n).astype(dt)
+        out["b"] = rng.standard_normal(n).astype(dt)
+    else:
+        out["grad"] = arrays[1].reshape(shape)
+        out["grad"][...] = rng.normal(0.0, 1e-2, shape)
+    return out
+
+
+def clone_extra_inputs(inputs, layout="staggered"):
+    """A copy of ``inputs`` (from :func:`make_extra_inputs`); param and grad in fresh
+    buffers of ``layout``."""
+    p = inputs["param"]
+    arrays = _roofline.stream_arrays(p.size, p.dtype, 2, layout)
+    out = {}
+    for name, a in inputs.items():
+        if name in ("param", "grad"):
+            b = arrays[0 if name == "param" else 1].reshape(a.shape)
+            np.copyto(b, a)
+            out[name] = b
+        else:
+            out[name] = a.copy()
+    return out
+
+
+def _sparse_grad(inputs):
+    return fastlr.RowSparseGrad(inputs["indices"], inputs["rows"])
+
+
+def _lbfgs_closure(inputs):
+    x, a, b = inputs["param"], inputs["a"], inputs["b"]
+
+    def closure():
+        r = x - b
+        g = a * r
+        return 0.5 * float(g @ r), [g]
+    return closure
+
+
+def _fastlr_class_stepper(optimizer, inputs, n_threads=1, build_only=False):
+    row = _extra(optimizer)
+    cls = getattr(fastlr, row.cls)
+    kw = dict(row.kwargs)
+    try:
+        import inspect
+        if "n_threads" in inspect.signature(cls).parameters:
+            kw["n_threads"] = n_threads
+    except (TypeError, ValueError):                     # pragma: no cover - no signature
+        pass
+    p = inputs["param"]
+    if row.closure:
+        x0 = p.copy()
+        closure = _lbfgs_closure(inputs)
+
+        def lbfgs_step():
+            p[...] = x0
+            cls([p], **kw).step(closure)
+        return lbfgs_step
+    opt = cls([p], **kw)
+    if hasattr(opt, "train"):               # the schedule-free optimizers step in train mode
+        opt.train()
+    if build_only:
+        return opt
+    grads = [_sparse_grad(inputs) if row.sparse else inputs["grad"]]
+    return lambda: opt.step(grads)
+
+
+def extra_fastlr_stepper(optimizer, inputs, n_threads=1):
+    """One ``step`` of the fastlr class (a fresh instance, one param) on ``inputs``: a
+    zero-argument callable. ``n_threads`` goes to the classes that take it; the others
+    follow ``fastlr.set_num_threads`` (set by the benchmark before each sample)."""
+    return _fastlr_class_stepper(optimizer, inputs, n_threads)
+
+
+def extra_reference_stepper(optimizer, inputs):
+    """The same updates by the NumPy twin: a zero-argument callable, or None when the
+    optimizer has no twin (``EXTRA[optimizer].reference_note`` says why). Raises
+    NotImplementedError when the twin's loops are missing from this fastlr."""
+    make = _extra(optimizer).reference
+    return None if make is None else make(inputs)
+
+
+def _import_peer(optimizer):
+    """The peer's class, or raise NotImplementedError saying why there is none."""
+    row = _extra(optimizer)
+    if not row.peer:
+        raise NotImplementedError(row.peer_note)
+    torch = _import_torch()
+    if torch is None:
+        raise NotImplementedError("torch is not installed")
+    module_name, cls_name = row.peer
+    try:
+        import importlib
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise NotImplementedError(f"{module_name} is not installed") from None
+    if not hasattr(module, cls_name):
+        raise NotImplementedError(f"{module_name} has no {cls_name}")
+    return torch, getattr(module, cls_name)
+
+
+def peer_label(optimizer):
+    """``module.Class`` of ``optimizer``'s peer, or None."""
+    row = _extra(optimizer)
+    return ".".join(row.peer) if row.peer else None
+
+
+def extra_peer_stepper(optimizer, inputs, mode=None):
+    """The peer's ``opt.step()`` on torch views of ``inputs`` (updated in place; a fresh
+    optimizer): a zero-argument callable. ``mode``: "foreach", "for-loop" or None (the
+    peer's default). Raises NotImplementedError when there is no peer or it is not
+    installed (the message says which)."""
+    torch, cls = _import_peer(optimizer)
+    row = _extra(optimizer)
+    kw = dict(row.kwargs)
+    if mode == "foreach":
+        kw["foreach"] = True
+    elif mode == "for-loop":
+        kw["foreach"] = False
+    elif mode is not None:
+        raise ValueError(f"peer mode must be foreach, for-loop or None, got {mode!r}")
+    p = inputs["param"]
+    tp = torch.nn.Parameter(torch.from_numpy(p))
+    if row.closure:
+        x0 = torch.from_numpy(p.copy())
+        ta, tb = torch.from_numpy(inputs["a"]), torch.from_numpy(inputs["b"])
+
+        def closure():
+            with torch.no_grad():
+                r = tp - tb
+                g = ta * r
+                tp.grad = g
+                return float(g @ r) * 0.5
+
+        def lbfgs_step():
+            with torch.no_grad():
+                tp.copy_(x0)
+            cls([tp], **kw).step(closure)
+        lbfgs_step._fastlr_bench_param = tp
+        return lbfgs_step
+    if row.sparse:
+        idx = torch.from_numpy(inputs["indices"]).reshape(1, -1)
+        tp.grad = torch.sparse_coo_tensor(idx, torch.from_numpy(inputs["rows"]), p.shape,
+                                          check_invariants=True).coalesce()
+    else:
+        tp.grad = torch.from_numpy(inputs["grad"])
+    opt = cls([tp], **kw)
+    if hasattr(opt, "train"):
+        opt.train()
+    opt._fastlr_bench_param = tp           # keep the tensors alive with the callable
+
+    def step():
+        with torch.no_grad():
+            opt.step()
+    return step
+
+
+_BLAS = []          # [threadpoolctl.ThreadpoolController or None], made at first use
+
+
+def _blas_controller():
+    """threadpoolctl's controller of NumPy's BLAS, or None without threadpoolctl."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS.append(ThreadpoolController())
+        except ImportError:
+            _BLAS.append(None)
+    return _BLAS[0]
+
+
+def _blas_threads():
+    """NumPy's BLAS thread count (the largest of its libraries'), or None when it cannot
+    be set (no threadpoolctl)."""
+    ctl = _blas_controller()
+    if ctl is None:
+        return None
+    counts = [lib.num_threads for lib in ctl.select(user_api="blas").lib_controllers]
+    return max(counts) if counts else None
+
+
+def _set_threads(k):
+    """fastlr's thread count and, with threadpoolctl, NumPy's BLAS's (Muon's matrix
+    products, LBFGS's dot products): without a limit the BLAS threads oversubscribe the
+    cores the other implementation's threads were given."""
+    fastlr.set_num_threads(k)
+    ctl = _blas_controller()
+    if ctl is not None:
+        ctl.limit(limits=k, user_api="blas")
+
+
+def _extra_stream_elements(optimizer, inputs):
+    row = _extra(optimizer)
+    if row.sparse:
+        return inputs["rows"].size
+    return inputs["param"].size
+
+
+# ---------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------
 class _Entry:
@@ -468,27 +953,43 @@ def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
         modes = ("fused",) if spec.torch_fused else ("foreach", "for-loop")
         for mode in modes:
             step = torch_stepper(optimizer, clone_inputs(base, layout), mode)
-            for k in threads:
-                entries.append(_Entry("torch", k, step,
-                                      prepare=(lambda k=k: torch.set_num_threads(k)),
-                                      mode=mode))
+            entries.extend(_torch_entries(step, threads, torch, mode))
     del base
     _measure(entries, repeat, min_sample)
 
-    def one(impl, k=None):
-        for e in entries:
-            if e.impl == impl and (k is None or e.threads == k):
-                return e
-        return None
+    head = {"optimizer": optimizer, "title": spec.title, "dtype": str(np.dtype(dtype)),
+            "n": n, "pattern": streams,
+            "bytes_per_element": bytes_per_element(optimizer, dtype),
+            "numpy_baseline": has_numpy(optimizer)}
+    return _timed_rows(entries, threads, n, head)
 
+
+def _one(entries, impl, k=None):
+    """The entry of ``impl`` (at ``k`` threads), or None."""
+    for e in entries:
+        if e.impl == impl and (k is None or e.threads == k):
+            return e
+    return None
+
+
+def _torch_entries(step, threads, torch, mode):
+    """Entries timing ``step`` (torch's or a torch-based peer's) at each thread count."""
+    return [_Entry("torch", k, step, prepare=(lambda k=k: torch.set_num_threads(k)),
+                   mode=mode) for k in threads]
+
+
+def _timed_rows(entries, threads, n, head):
+    """One row per thread count from measured ``entries``: ``head`` (the row's fixed
+    fields; ``bytes_per_element`` None where no roofline applies), the times, speedups
+    and bandwidths."""
     rows = []
-    bpe = bytes_per_element(optimizer, dtype)
-    numpy_entry = one("numpy")
+    bpe = head["bytes_per_element"]
+    ref, numpy_entry = _one(entries, "reference"), _one(entries, "numpy")
     for k in threads:
-        fast = one("fastlr", k)
-        roof = one("roofline", k)
+        fast = _one(entries, "fastlr", k)
+        roof = _one(entries, "roofline", k)
         t_fast = fast.median()
-        times = {"fastlr": t_fast, "reference": one("reference").median(),
+        times = {"fastlr": t_fast, "reference": ref.median() if ref else None,
                  "numpy": numpy_entry.median() if numpy_entry else None, "torch": None}
         torch_times = {e.mode: e.median() for e in entries
                        if e.impl == "torch" and e.threads == k}
@@ -496,22 +997,16 @@ def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
         if torch_times:
             torch_mode = min(torch_times, key=torch_times.get)
             times["torch"] = torch_times[torch_mode]
-        t_roof = roof.median()
-        samples = {"fastlr": fast.samples, "roofline": roof.samples,
-                   "reference": one("reference").samples,
+        t_roof = roof.median() if roof else None
+        samples = {"fastlr": fast.samples, "roofline": roof.samples if roof else None,
+                   "reference": ref.samples if ref else None,
                    "numpy": numpy_entry.samples if numpy_entry else None}
         for e in entries:
             if e.impl == "torch" and e.threads == k:
                 samples[f"torch-{e.mode}"] = e.samples
         rows.append({
-            "optimizer": optimizer,
-            "title": spec.title,
-            "dtype": str(np.dtype(dtype)),
-            "n": n,
+            **head,
             "threads": k,
-            "pattern": streams,
-            "bytes_per_element": bpe,
-            "numpy_baseline": numpy_entry is not None,
             "time_s": times,
             "torch_mode": torch_mode,
             "torch_time_s": torch_times,
@@ -519,14 +1014,66 @@ def _group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
             "speedup": {impl: (times[impl] / t_fast if times[impl] else None)
                         for impl in ("reference", "numpy", "torch")},
             "ns_per_element": t_fast / n * 1e9,
-            "gbps": bpe * n / t_fast / 1e9,
-            "roofline_gbps": bpe * n / t_roof / 1e9,
-            "roofline_fraction": t_roof / t_fast,
+            "gbps": bpe * n / t_fast / 1e9 if bpe else None,
+            "roofline_gbps": bpe * n / t_roof / 1e9 if bpe else None,
+            "roofline_fraction": t_roof / t_fast if bpe else None,
             "samples_s": samples,
             "batch": {f"{e.impl}{'-' + e.mode if e.mode else ''}@{e.threads}": e.batch
                       for e in entries if e.threads == k or e.impl in ("numpy", "reference")},
         })
     return rows
+
+
+def _extra_group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout):
+    """As :func:`_group`, for a row outside the table: fastlr's class step per thread
+    count (``fastlr.set_num_threads(k)`` and, with threadpoolctl, NumPy's BLAS limited to
+    k threads before each sample; ``n_threads=k`` where the class takes it), the twin (1
+    thread), the peer per mode and thread count
+    (``torch.set_num_threads(k)``), and the roofline loop over the streams the step must
+    move where one applies."""
+    row = EXTRA[optimizer]
+    base = make_extra_inputs(optimizer, n, dtype, layout=layout)
+    n_stream = _extra_stream_elements(optimizer, base)
+    entries = []
+    for k in threads:
+        entries.append(_Entry("fastlr", k,
+                              extra_fastlr_stepper(optimizer, clone_extra_inputs(base, layout),
+                                                   k),
+                              prepare=(lambda k=k: _set_threads(k))))
+    if row.pattern is not None:
+        for k in threads:
+            entries.append(_Entry("roofline", k, roofline=(
+                row.pattern, _roofline.make_buffers(row.pattern, n_stream, dtype, layout))))
+    reference_note = row.reference_note or None
+    try:
+        ref = extra_reference_stepper(optimizer, clone_extra_inputs(base, layout))
+    except NotImplementedError as e:
+        ref, reference_note = None, str(e)
+    if ref is not None:
+        entries.append(_Entry("reference", 1, ref, prepare=lambda: _set_threads(1)))
+    peer_note = row.peer_note or None
+    if torch is None:
+        peer_note = peer_note or "torch not used (--no-torch or not installed)"
+    else:
+        for mode in row.peer_modes:
+            try:
+                step = extra_peer_stepper(optimizer, clone_extra_inputs(base, layout), mode)
+            except NotImplementedError as e:
+                peer_note = str(e)
+                break
+            entries.extend(_torch_entries(step, threads, torch, mode or "default"))
+    del base
+    _measure(entries, repeat, min_sample)
+    have_peer = any(e.impl == "torch" for e in entries)
+    head = {"optimizer": optimizer, "title": row.title, "dtype": str(np.dtype(dtype)),
+            "n": n, "shape": list(extra_shape(optimizer, n)), "pattern": row.pattern,
+            "bytes_per_element": (_roofline.bytes_per_element(row.pattern, dtype)
+                                  * n_stream / n if row.pattern is not None else None),
+            "numpy_baseline": False, "peer": peer_label(optimizer),
+            "peer_note": None if have_peer else peer_note,
+            "reference_note": reference_note,
+            "roofline_note": row.roofline_note or None}
+    return _timed_rows(entries, threads, n, head)
 
 
 # ---------------------------------------------------------------------------------------
@@ -568,6 +1115,7 @@ def machine_info(torch=None):
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "malloc_pinned": _MALLOC_PINNED,
+        "blas_threads_limited": _blas_controller() is not None,
     }
     if torch is not None:
         try:
@@ -612,7 +1160,8 @@ def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, 
         torch=None, layout="staggered", min_sample=None, progress=None, pin_malloc=True):
     """Run the benchmark and return its results as a JSON-ready dict.
 
-    ``optimizers`` (names of :data:`SPECS`), ``sizes`` (elements), ``dtypes``, ``threads``
+    ``optimizers`` (names of :func:`all_optimizers`: the table's rows of :data:`SPECS`
+    and the classes of :func:`extra_rows`), ``sizes`` (elements), ``dtypes``, ``threads``
     (thread counts) and ``repeat`` (round-robin rounds; medians are reported) default to
     the full run, or with ``quick=True`` to a few-seconds smoke run. ``torch``: None uses
     torch when it is installed, False never, True requires it. ``min_sample``: seconds per
@@ -623,7 +1172,10 @@ def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, 
     Returns ``{"machine": ..., "config": ..., "rows": [...], "elapsed_s": ...}``; each row
     is one (optimizer, dtype, n, threads) with ``time_s`` per implementation (median
     seconds per step), ``speedup`` of fastlr over each, ``gbps``, ``roofline_gbps`` and
-    ``roofline_fraction``, and the raw samples.
+    ``roofline_fraction``, and the raw samples. A row outside the table also has ``shape``
+    (the param's), ``peer`` (``module.Class`` of the optimizer in the ``torch`` columns),
+    ``peer_note`` / ``reference_note`` (why a column is empty) and ``roofline_note``; its
+    ``gbps``, ``roofline_*`` and ``bytes_per_element`` are None where no roofline applies.
     """
     optimizers = tuple(optimizers or (QUICK_OPTIMIZERS if quick else DEFAULT_OPTIMIZERS))
     sizes = tuple(int(n) for n in (sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)))
@@ -631,10 +1183,11 @@ def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, 
     threads = tuple(int(k) for k in (threads or _default_threads()))
     repeat = int(repeat or (QUICK_REPEAT if quick else DEFAULT_REPEAT))
     min_sample = float(min_sample or (QUICK_MIN_SAMPLE if quick else DEFAULT_MIN_SAMPLE))
+    choices = all_optimizers()
     for name in optimizers:
-        if name not in SPECS:
+        if name not in choices:
             raise ValueError(f"unknown optimizer {name!r}; expected one of "
-                             f"{', '.join(OPTIMIZERS)}")
+                             f"{', '.join(choices)}")
     for d in dtypes:
         if d not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {d}")
@@ -649,6 +1202,8 @@ def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, 
         if torch_mod is None and torch is True:
             raise ImportError("torch is not installed (pass torch=None to skip it)")
     saved_torch_threads = torch_mod.get_num_threads() if torch_mod is not None else None
+    saved_threads = fastlr.get_num_threads()
+    saved_blas = _blas_threads() if any(o not in SPECS for o in optimizers) else None
     if pin_malloc:
         _pin_malloc()
 
@@ -659,9 +1214,13 @@ def run(optimizers=None, sizes=None, dtypes=None, threads=None, repeat=None, *, 
         for i, (opt, dtype, n) in enumerate(groups):
             if progress is not None:
                 _progress(progress, i, len(groups), opt, dtype, n, time.perf_counter() - start)
-            rows.extend(_group(opt, n, dtype, threads, repeat, min_sample, torch_mod, layout))
+            group = _group if opt in SPECS else _extra_group
+            rows.extend(group(opt, n, dtype, threads, repeat, min_sample, torch_mod, layout))
             gc.collect()
     finally:
+        fastlr.set_num_threads(saved_threads)
+        if saved_blas is not None:
+            _blas_controller().limit(limits=saved_blas, user_api="blas")
         if saved_torch_threads is not None:
             torch_mod.set_num_threads(saved_torch_threads)
         if progress is not None:
@@ -754,15 +1313,16 @@ def noise_notes(rows):
     than the roofline loop with the same streams (above 100%: the roofline sample was
     slowed), and multi-thread rows below SLOW_THREADS x the 1-thread row's speed (a busy
     core, the threads waited for it). [] when the rows look sound."""
-    over = [r for r in rows if r["roofline_fraction"] > 1.0]
+    over = [r for r in rows if (r["roofline_fraction"] or 0.0) > 1.0]
     single = {(r["optimizer"], r["dtype"], r["n"]): r for r in rows if r["threads"] == 1}
     slow = []
     for r in rows:
         one = single.get((r["optimizer"], r["dtype"], r["n"]))
         if r["threads"] <= 1 or one is None:
             continue
-        scale = min(one["time_s"]["fastlr"] / r["time_s"]["fastlr"],
-                    one["roofline_time_s"] / r["roofline_time_s"])
+        scale = one["time_s"]["fastlr"] / r["time_s"]["fastlr"]
+        if one["roofline_time_s"] and r["roofline_time_s"]:
+            scale = min(scale, one["roofline_time_s"] / r["roofline_time_s"])
         if scale < SLOW_THREADS:
             slow.append((r, scale))
     notes = []
@@ -782,6 +1342,49 @@ def noise_notes(rows):
             f"{scale:.2f}x): a core was busy with other work and the threads waited for it; "
             f"those rows are noise, rerun on an idle machine or with fewer --threads.")
     return notes
+
+
+def _gbps_label(x, form="{:.1f}"):
+    return "-" if x is None else form.format(x)
+
+
+def _peer_cell(r):
+    """The "torch mode" cell: torch's mode; for a row outside the table whose peer is not
+    torch.optim, the peer's package and mode."""
+    mode = r["torch_mode"]
+    peer = r.get("peer")
+    if mode is None:
+        return "-"
+    if peer and not peer.startswith("torch."):
+        package = peer.split(".")[0]
+        return package if mode == "default" else f"{package} {mode}"
+    return mode
+
+
+def _extra_legend(rows, machine):
+    """The report's notes on the empty cells of rows outside the table."""
+    lines = []
+    notes = {}
+    for r in rows:
+        for key, column in (("reference_note", "x ref"), ("peer_note", "torch"),
+                            ("roofline_note", "roof")):
+            if r.get(key):
+                notes.setdefault((column, r[key]), []).append(r["optimizer"])
+    for (column, note), names in notes.items():
+        names = ", ".join(dict.fromkeys(names))
+        lines.append(f"{column} '-' for {names}: {note}")
+    peers = {r["optimizer"]: r["peer"] for r in rows
+             if r.get("peer") and r["time_s"]["torch"] is not None}
+    if peers:
+        lines.append("torch columns of the classes outside the table: " + "; ".join(
+            f"{name} vs {peer}.step()" for name, peer in peers.items()))
+    if any("peer" in r for r in rows):
+        lines.append("classes outside the table: fastlr = one opt.step() of the fastlr class "
+                     "(one param, fresh state), x ref = the same step by its NumPy twin; "
+                     + ("NumPy's BLAS limited to each row's thread count (threadpoolctl)"
+                        if machine.get("blas_threads_limited") else
+                        "NumPy's BLAS threads not limited (pip install threadpoolctl)"))
+    return lines
 
 
 def format_report(results):
@@ -810,9 +1413,9 @@ def format_report(results):
             r["optimizer"], r["dtype"], _size_label(r["n"]), str(r["threads"]),
             _time_label(r["time_s"]["fastlr"]), _time_label(r["time_s"]["torch"]),
             _ratio_label(r["speedup"]["reference"]), _ratio_label(r["speedup"]["numpy"]),
-            _ratio_label(r["speedup"]["torch"]), r["torch_mode"] or "-",
-            f"{r['gbps']:.1f}", f"{r['roofline_gbps']:.1f}",
-            f"{100 * r['roofline_fraction']:.0f}%",
+            _ratio_label(r["speedup"]["torch"]), _peer_cell(r),
+            _gbps_label(r["gbps"]), _gbps_label(r["roofline_gbps"]),
+            _gbps_label(r["roofline_fraction"] and 100 * r["roofline_fraction"], "{:.0f}%"),
         ))
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h)
               for i, h in enumerate(header)]
@@ -837,6 +1440,7 @@ def format_report(results):
     if without:
         lines.append(f"x numpy '-': no in-place NumPy baseline for {', '.join(without)} "
                      f"(fastlr.reference.inplace has none)")
+    lines.extend(_extra_legend(results["rows"], m))
     lines.extend(noise_notes(results["rows"]))
     lines.append(f"{len(results['rows'])} rows in {results['elapsed_s']:.1f} s")
     return "\n".join(lines)
@@ -869,6 +1473,8 @@ def plot(results, path):
     colors = {"reference": "#bbbbbb", "numpy": "#6fa8dc", "torch": "#e69138"}
     x = np.arange(len(groups))
     labels = [f"{o}\n{_size_label(n)}" for o, n in groups]
+    peers = any(r.get("peer") for r in rows)
+    rotation = 30 if any(len(o) > 10 for o, _ in groups) else 0
     for i, (dtype, k) in enumerate(panels):
         ax, ax2 = axes[2 * i], axes[2 * i + 1]
         by = {(r["optimizer"], r["n"]): r for r in rows
@@ -876,21 +1482,23 @@ def plot(results, path):
         for j, impl in enumerate(("reference", "numpy", "torch")):
             vals = [by[g]["speedup"][impl] if g in by and by[g]["speedup"][impl] else np.nan
                     for g in groups]
-            ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=f"vs {impl}", color=colors[impl])
+            label = f"vs {impl}" if impl != "torch" or not peers else "vs torch or peer"
+            ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=label, color=colors[impl])
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_yscale("log")
         ax.set_ylabel("speedup (x)")
         ax.set_title(f"{dtype}, {k} thread{'s' if k > 1 else ''}: fastlr's speedup",
                      fontsize=10)
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=7, rotation=rotation)
         ax.legend(fontsize=7, loc="upper right")
-        pct = [100 * by[g]["roofline_fraction"] if g in by else np.nan for g in groups]
+        pct = [100 * by[g]["roofline_fraction"] if g in by and by[g]["roofline_fraction"]
+               else np.nan for g in groups]
         ax2.bar(x, pct, 0.6, color="#6aa84f")
         ax2.axhline(100.0, color="black", lw=0.8)
         ax2.set_ylabel("% of roofline")
         ax2.set_title("fastlr GB/s / GB/s of a C loop with the same streams (same size)",
                       fontsize=9)
-        ax2.set_xticks(x, labels, fontsize=7)
+        ax2.set_xticks(x, labels, fontsize=7, rotation=rotation)
     fig.suptitle(f"fastlr bench: {results['machine']['cpu']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
@@ -945,8 +1553,9 @@ def _parser():
                "itself in a subprocess to set them; values already in the environment are "
                "kept) so that fastlr's and torch's OpenMP threads do not spin against each "
                "other for more than ~0.1 ms.")
-    p.add_argument("--optimizers", type=_csv(str.lower, OPTIMIZERS, "optimizer"),
-                   help=f"comma-separated, from {','.join(OPTIMIZERS)} "
+    p.add_argument("--optimizers", type=_csv(str.lower, all_optimizers(), "optimizer"),
+                   help=f"comma-separated, from the table's rows {', '.join(OPTIMIZERS)} "
+                        f"and the classes outside it {', '.join(extra_rows())} "
                         f"(default {','.join(DEFAULT_OPTIMIZERS)})")
     p.add_argument("--sizes", type=_csv(_parse_size, what="size"),
                    help="comma-separated element counts, K/M/G = 2**10/20/30 "

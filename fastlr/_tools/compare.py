@@ -52,7 +52,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Union
 
 import numpy as np
@@ -223,6 +223,31 @@ def _logreg(seed: int, penalty: float = 1e-3) -> Task:
                 f"{name}, standardized; L2 penalty {penalty:g} * |W|^2 / 2 in the training "
                 f"loss", x_tr, y_tr, x_te, y_te, [np.zeros((x.shape[1], k)), np.zeros(k)],
                 _penalized(loss_and_grads, penalty, (0,)), heldout, batch_size=16, epochs=300)
+
+
+def in_float32(task: Task) -> Task:
+    """``task`` with float32 weights and grads, for optimizers' float32-only modes (e.g.
+    ``state_dtype="bfloat16"``): the initial weights rounded to float32, the loss computed
+    as before (NumPy promotes to the float64 data) and the grads rounded to float32.
+
+    Parameters
+    ----------
+    task : Task
+        A task of :data:`TASKS`.
+
+    Returns
+    -------
+    Task
+        A copy; ``task`` is unchanged.
+    """
+    inner = task.loss_and_grads
+
+    def loss_and_grads(params, x, y):
+        loss, grads = inner(params, x, y)
+        return loss, [np.asarray(g, dtype=np.float32) for g in grads]
+
+    return replace(task, init=[np.asarray(p, dtype=np.float32) for p in task.init],
+                   loss_and_grads=loss_and_grads)
 
 
 #: The tasks, by name: a function ``seed -> Task``.

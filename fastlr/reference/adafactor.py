@@ -1,4 +1,4 @@
-"""Pure-NumPy twin of the Adafactor kernel (:func:`fastlr.optim.adafactor.adafactor`).
+"""Pure-NumPy twin of the Adafactor kernel (:func:`fastlr.kernels.adafactor`).
 
 torch.optim.Adafactor 2.13's single-tensor path (``_single_tensor_adafactor``) written
 out in NumPy, operation by operation in the param's dtype, sharing no code with the
@@ -25,7 +25,7 @@ def adafactor(param, grad, row_var=None, col_var=None, variance=None, *, step, l
               beta2_decay=-0.8, eps1=None, eps2=1e-3, d=1.0, weight_decay=0.0,
               maximize=False):
     """One Adafactor update of ``param`` in place; the twin of
-    :func:`fastlr.optim.adafactor.adafactor` (same arguments and formula), in NumPy.
+    :func:`fastlr.kernels.adafactor` (same arguments and formula), in NumPy.
 
     Parameters
     ----------

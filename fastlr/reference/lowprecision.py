@@ -1,17 +1,20 @@
 """NumPy twins of the low-precision modes (``state_dtype="bfloat16"``).
 
 Pure NumPy, sharing no code with the compiled loops they check: bfloat16 is handled as
-``uint16`` bits (the top half of a float32), rounded to nearest even with the integer trick
-written out below, and the update repeats the compiled float32 loop's operations in the
-same order (each a float32 NumPy operation, so each rounds as the C one does), which makes
-the twin and the kernel agree bit for bit.
+``uint16`` bits (the top half of a float32), rounded to nearest even or stochastically with
+the integer tricks written out below, and the update repeats the compiled float32 loop's
+operations in the same order (each a float32 NumPy operation, so each rounds as the C one
+does), which makes the twin and the kernel agree bit for bit.
 """
 
 import math
 
 import numpy as np
 
-__all__ = ["adam_bf16_state", "bf16_round", "bf16_widen"]
+__all__ = ["adam_bf16_state", "bf16_round", "bf16_round_stochastic", "bf16_widen",
+           "random_bits", "step_salt"]
+
+_M64 = (1 << 64) - 1
 
 
 def bf16_widen(bits):
@@ -52,6 +55,78 @@ def bf16_round(x):
     return r.astype(np.uint16)
 
 
+def step_salt(step, stream):
+    """The salt of :func:`random_bits` for update ``step`` and ``stream`` (0: the moments,
+    1: AMSGrad's maximum): splitmix64's finalizer of ``3 * step + stream``, its low 32
+    bits.
+
+    Parameters
+    ----------
+    step : int
+        The 1-based update number.
+    stream : int
+        The buffer's number.
+
+    Returns
+    -------
+    int
+        In ``[0, 2**32)``.
+    """
+    z = (3 * int(step) + int(stream) + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
+def random_bits(key, salt):
+    """32 pseudo-random bits per element: murmur3's 32-bit finalizer of
+    ``key_bits * 0x9E3779B1 ^ salt``.
+
+    Parameters
+    ----------
+    key : ndarray of float32
+        Per element (the param before the update: its bits are the key).
+    salt : int
+        In ``[0, 2**32)`` (:func:`step_salt`).
+
+    Returns
+    -------
+    ndarray of uint32
+    """
+    k = np.asarray(key, dtype=np.float32).view(np.uint32)
+    h = (k * np.uint32(0x9E3779B1)) ^ np.uint32(salt)
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def bf16_round_stochastic(x, r16):
+    """Each float32 of ``x`` rounded to one of its two neighbouring bfloat16 values, up
+    with probability (its low 16 bits) / 65536 for uniform ``r16``: the expected stored
+    value is ``x``.
+
+    The low 16 bits plus ``r16``, then the low 16 bits dropped; values that are bfloat16
+    already are kept, NaN as in :func:`bf16_round`, overflow to Inf.
+
+    Parameters
+    ----------
+    x : ndarray of float32
+    r16 : ndarray of uint32
+        Per element, in ``[0, 65536)`` (half of :func:`random_bits`).
+
+    Returns
+    -------
+    ndarray of uint16
+    """
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    r = (u + np.asarray(r16, dtype=np.uint32)) >> np.uint32(16)
+    r = np.where(np.isnan(x), (u >> np.uint32(16)) | np.uint32(0x0040), r)
+    return r.astype(np.uint16)
+
+
 def _lerp_f32(start, end, weight):
     # torch's lerp in float32, with the compiled loop's spelling of the second branch:
     # end + (-(1 - w)) * (end - start)
@@ -68,14 +143,16 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
 
     float32 ``param`` and ``grad``; ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``
     for AMSGrad) are ``uint16`` arrays of bfloat16 bits, updated in place. With
-    ``W`` = widen to float32 (exact) and ``R`` = round to bfloat16 (nearest even), every
-    operation in float32::
+    ``W`` = widen to float32 (exact), ``R(x, r)`` = round to bfloat16 stochastically with
+    the 16 random bits ``r`` (:func:`bf16_round_stochastic`), ``h = random_bits(p,
+    step_salt(step, 0))`` (keyed by the param's bits before the update) and
+    ``h2 = random_bits(p, step_salt(step, 1))``, every operation in float32::
 
         g = -grad if maximize else grad
         g = g + wd * p                           if weight_decay and not decoupled
-        m1 = lerp(W(m), g, 1 - beta1);           m = R(m1)
-        v1 = W(v) * beta2 + (1 - beta2) * g * g; v = R(v1)
-        vh = max(W(vmax), v1) (NaN wins);        vmax = R(vh)      (AMSGrad)
+        m1 = lerp(W(m), g, 1 - beta1);           m = R(m1, h & 0xFFFF)
+        v1 = W(v) * beta2 + (1 - beta2) * g * g; v = R(v1, h >> 16)
+        vh = max(W(vmax), v1) (NaN wins);        vmax = R(vh, h2 >> 16)   (AMSGrad)
         p = p * (1 - lr * wd) - step_size * (m1 / (sqrt(vh or v1) * c2 + eps))
 
     with ``step_size = lr / (1 - beta1**t)``, ``c2 = 1 / sqrt(1 - beta2**t)`` and
@@ -117,16 +194,18 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
     step_size = f(lr / (1.0 - math.pow(beta1, t)))
     inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
     decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
+    h = random_bits(param, step_salt(step, 0))
     g = (f(-1.0) if maximize else f(1.0)) * grad
     if weight_decay != 0.0 and not decoupled_weight_decay:
         g = g + f(weight_decay) * param
     m1 = _lerp_f32(bf16_widen(exp_avg), g, 1.0 - beta1)
-    exp_avg[...] = bf16_round(m1)
+    exp_avg[...] = bf16_round_stochastic(m1, h & np.uint32(0xFFFF))
     v1 = bf16_widen(exp_avg_sq) * f(beta2) + f(1.0 - beta2) * g * g
-    exp_avg_sq[...] = bf16_round(v1)
+    exp_avg_sq[...] = bf16_round_stochastic(v1, h >> np.uint32(16))
     vh = v1
     if max_exp_avg_sq is not None:
         old = bf16_widen(max_exp_avg_sq)
         vh = np.where((v1 > old) | (v1 != v1), v1, old)
-        max_exp_avg_sq[...] = bf16_round(vh)
+        h2 = random_bits(param, step_salt(step, 1))
+        max_exp_avg_sq[...] = bf16_round_stochastic(vh, h2 >> np.uint32(16))
     param[...] = param * decay - step_size * (m1 / (np.sqrt(vh) * inv_bc2s + f(eps)))

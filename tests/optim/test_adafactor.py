@@ -464,7 +464,7 @@ def test_kernel_checks_and_writes_nothing(change, exc, match):
     args.update(change)
     snapshot = {k: np.array(v, copy=True) for k, v in args.items()
                 if isinstance(v, np.ndarray)}
-    with pytest.raises(exc, match=rf"^fastlr\.optim\.adafactor\.adafactor: .*{match}"):
+    with pytest.raises(exc, match=rf"^fastlr\.kernels\.adafactor: .*{match}"):
         adafactor(**args)
     for k, v in snapshot.items():
         np.testing.assert_array_equal(args[k], v)
