@@ -438,7 +438,7 @@ def torch_stepper(optimizer, arrays, mode="fused"):
 class ExtraRow(NamedTuple):
     """One benchmarked optimizer outside the table (see the notes above)."""
 
-    cls: str              # the fastlr class name (the row's name is its lower case)
+    cls: str              # the fastlr class name (the row's name: its lower case[_mode])
     title: str
     matrix: bool          # a 2-D, square-ish param of n elements (else 1-D)
     kwargs: dict          # the class's (and the peer's, and the twin's) keyword arguments
@@ -451,6 +451,8 @@ class ExtraRow(NamedTuple):
     roofline_note: str = ""     # why pattern is None
     sparse: bool = False        # a row-sparse grad (SPARSE_FRACTION of the rows)
     closure: bool = False       # LBFGS: step(closure)
+    peer_kwargs: object = None  # the peer's keyword arguments when not ``kwargs``
+    dtypes: tuple = ("float32", "float64")      # the dtypes the row runs (others: no rows)
 
 
 def _square_shape(n):
@@ -520,6 +522,16 @@ def _twin(name, state, counted):
     return make
 
 
+def _ref_class(name):
+    """The reference stepper of a row whose class has ``step_reference`` (the same update
+    by the NumPy twin) for its options."""
+    def make(inputs):
+        opt = getattr(fastlr, EXTRA[name].cls)([inputs["param"]], **EXTRA[name].kwargs)
+        grads = [inputs["grad"]]
+        return lambda: opt.step_reference(grads)
+    return make
+
+
 def _ref_sparseadam(inputs):
     opt = fastlr.SparseAdam([inputs["param"]], **EXTRA["sparseadam"].kwargs)
     grads = [_sparse_grad(inputs)]
@@ -571,7 +583,8 @@ _LR_FREE = {"lr": 1.0, "growth_rate": 1.0}
 _MANY_STREAMS = "more memory streams than any roofline loop (sgd, momentum, adam)"
 _TORCH_MODES = ("foreach", "for-loop")
 
-#: The rows outside the table, by name (the class name in lower case). A row whose class
+#: The rows outside the table, by name (the class name in lower case, or <class>_<mode> for
+#: a mode of a class, as AdamW's bfloat16 state: float32 only). A row whose class
 #: fastlr does not have (D-Adaptation, until it lands) is left out (see extra_rows).
 EXTRA = {
     "adafactor": ExtraRow(
@@ -626,6 +639,14 @@ EXTRA = {
         roofline_note=_MANY_STREAMS)
        for name, loop in (("DAdaptAdam", "dadapt_adam_step"), ("DAdaptSGD", "dadapt_sgd_step"),
                           ("DAdaptAdaGrad", "dadapt_adagrad_step"))},
+    # a mode of a table row, named <class>_<mode>: AdamW with its moments in bfloat16
+    "adamw_bf16state": ExtraRow(
+        "AdamW", "AdamW, state_dtype='bfloat16' (float32 params)", False,
+        {"lr": 1e-3, "state_dtype": "bfloat16"}, reference=_ref_class("adamw_bf16state"),
+        peer=("torch.optim", "AdamW"), peer_kwargs={"lr": 1e-3, "fused": True},
+        roofline_note="no roofline loop with bfloat16 streams (20 bytes per element: param "
+                      "r/w and grad in float32, both moments r/w in bfloat16)",
+        dtypes=("float32",)),
 }
 
 
@@ -784,7 +805,7 @@ def extra_peer_stepper(optimizer, inputs, mode=None):
     installed (the message says which)."""
     torch, cls = _import_peer(optimizer)
     row = _extra(optimizer)
-    kw = dict(row.kwargs)
+    kw = dict(row.kwargs if row.peer_kwargs is None else row.peer_kwargs)
     if mode == "foreach":
         kw["foreach"] = True
     elif mode == "for-loop":
@@ -1032,6 +1053,8 @@ def _extra_group(optimizer, n, dtype, threads, repeat, min_sample, torch, layout
     (``torch.set_num_threads(k)``), and the roofline loop over the streams the step must
     move where one applies."""
     row = EXTRA[optimizer]
+    if str(np.dtype(dtype)) not in row.dtypes:
+        return []                   # (a float32-only mode asked for float64: no rows)
     base = make_extra_inputs(optimizer, n, dtype, layout=layout)
     n_stream = _extra_stream_elements(optimizer, base)
     entries = []

@@ -36,9 +36,10 @@ def test_the_rows_outside_the_table():
     assert EXTRA == ("adafactor", "muon", "sparseadam", "lbfgs", "schedulefreesgd",
                      "schedulefreeadamw", "schedulefreeradam", "lamb", "lars",
                      "prodigy") + tuple(n for n in ("dadaptadam", "dadaptsgd", "dadaptadagrad")
-                                        if hasattr(fastlr, bench.EXTRA[n].cls))
+                                        if hasattr(fastlr, bench.EXTRA[n].cls)) + (
+                                            "adamw_bf16state",)
     for name, row in bench.EXTRA.items():
-        assert name == row.cls.lower()
+        assert name == row.cls.lower() or name.startswith(row.cls.lower() + "_")
         assert (row.pattern is None) == bool(row.roofline_note)
         assert (row.reference is None) == bool(row.reference_note)
         assert bool(row.peer) != bool(row.peer_note)
@@ -55,6 +56,8 @@ def test_the_rows_outside_the_table():
 def test_steppers_do_the_update(optimizer, dtype):
     """The fastlr stepper moves the param; the twin's gives the same params after the same
     steps (to rounding)."""
+    if dtype not in bench.EXTRA[optimizer].dtypes:
+        pytest.skip(f"{optimizer} runs {bench.EXTRA[optimizer].dtypes} only")
     base = bench.make_extra_inputs(optimizer, 4096, dtype)
     fast, ref = bench.clone_extra_inputs(base), bench.clone_extra_inputs(base)
     step_fast = bench.extra_fastlr_stepper(optimizer, fast, 1)
@@ -244,3 +247,29 @@ def test_run_restores_the_thread_counts():
     assert (fastlr.get_num_threads(), bench._blas_threads()) == before
     assert r["machine"]["blas_threads_limited"] == (before[1] is not None)
     assert ("NumPy's BLAS limited" in bench.format_report(r)) == (before[1] is not None)
+
+
+def test_bfloat16_state_row():
+    """AdamW's bfloat16-state mode: the class keeps uint16 moments and matches its twin bit
+    for bit; the peer is torch's fused AdamW (float32 state), whose first step is the same
+    (the unrounded moments drive the update); float64 gives no rows."""
+    base = bench.make_extra_inputs("adamw_bf16state", 4096, "float32")
+    fast, ref = bench.clone_extra_inputs(base), bench.clone_extra_inputs(base)
+    opt = bench._fastlr_class_stepper("adamw_bf16state", fast, 1, build_only=True)
+    step_ref = bench.extra_reference_stepper("adamw_bf16state", ref)
+    for _ in range(3):
+        opt.step([fast["grad"]])
+        step_ref()
+    assert opt.state[0]["exp_avg"].dtype == np.uint16
+    np.testing.assert_array_equal(fast["param"], ref["param"])
+    try:
+        bench._import_peer("adamw_bf16state")
+    except NotImplementedError as e:
+        pytest.skip(str(e))
+    one, peer = bench.clone_extra_inputs(base), bench.clone_extra_inputs(base)
+    bench.extra_fastlr_stepper("adamw_bf16state", one, 1)()
+    bench.extra_peer_stepper("adamw_bf16state", peer)()
+    np.testing.assert_allclose(peer["param"], one["param"], rtol=1e-6)
+    r = bench.run(["adamw_bf16state"], [1024], ["float64", "float32"], [1], 1, torch=False,
+                  min_sample=1e-4)
+    assert [row["dtype"] for row in r["rows"]] == ["float32"]
