@@ -705,10 +705,11 @@ ctypedef struct Checked:
 
 
 cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
-                       Checked* out) except -1:
+                       Checked* out, int state_type=-1) except -1:
     """Validate param (arrays[0]), grad (arrays[1]) and state buffers (the rest) for an
     in-place update; the first n_required must be arrays, later ones may be None (absent).
-    Raises before anything is written."""
+    state_type >= 0: the state buffers hold that NumPy type (uint16: bfloat16 bits) and the
+    param is float32. Raises before anything is written."""
     cdef int k, j, n = len(arrays)
     cdef cnp.ndarray p, a
     cdef int type_num
@@ -732,6 +733,9 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
             if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
                 raise TypeError(f"{fn}: param must have dtype float32 or float64, got "
                                 f"{_dtype_name(a)}")
+            if state_type >= 0 and type_num != cnp.NPY_FLOAT:
+                raise TypeError(f"{fn}: param must have dtype float32 (bfloat16 state keeps "
+                                f"float32 params), got {_dtype_name(a)}")
             out.type_num = type_num
             out.size = cnp.PyArray_SIZE(a)
             out.itemsize = cnp.PyArray_ITEMSIZE(a)
@@ -742,7 +746,11 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
                                  f"{layout_hint('param', False, True)}")
             c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
         else:
-            if type_num != out.type_num:
+            if k >= 2 and state_type >= 0:
+                if type_num != state_type:
+                    raise TypeError(f"{fn}: {name} must have dtype uint16 (the bit patterns "
+                                    f"of bfloat16 state), got {_dtype_name(a)}")
+            elif type_num != out.type_num:
                 raise TypeError(f"{fn}: {name} has dtype {_dtype_name(a)} but param has dtype "
                                 f"{_dtype_name(p)}; the arrays of one parameter share its "
                                 f"dtype (float32 or float64)")
@@ -765,7 +773,7 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
                              f"in place")
         out.data[k] = <char*>cnp.PyArray_DATA(a)
         lo[k] = out.data[k]
-        hi[k] = lo[k] + out.size * out.itemsize
+        hi[k] = lo[k] + out.size * cnp.PyArray_ITEMSIZE(a)
     # Overlap: no written buffer may share memory with another buffer (the grad included).
     if out.size > 0:
         for k in range(n):
@@ -809,3 +817,116 @@ include "_kernels_api.pxi"
 def _init_cores():
     from fastlr._core import dispatch as _dispatch
     _set_cores(_dispatch.default_target())
+
+
+# =======================================================================================
+# Adam / AdamW with bfloat16 state: the C API function and the validated kernel
+# =======================================================================================
+from libc.stdint cimport uint16_t
+
+
+cdef void _bf16_state_span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    # param and grad are float32 (4 bytes an element), the state bfloat16 bits (2)
+    cdef Job* job = <Job*>ctx
+    cdef char* ptrs[5]
+    cdef int k
+    for k in range(5):
+        ptrs[k] = _at(job.ptrs[k], start * (4 if k < 2 else 2))
+    job.core(ptrs, stop - start, job.coef)
+
+
+cdef void adam_f32_bf16state(float* param, const float* grad, uint16_t* exp_avg,
+                             uint16_t* exp_avg_sq, uint16_t* max_exp_avg_sq, Py_ssize_t n,
+                             const AdamHyper* h, int n_threads) noexcept nogil:
+    cdef AdamCoef c
+    cdef Job job
+    adam_coef(h, &c)
+    job.core = CORES.bf16_state[K_ADAM]
+    job.coef = &c
+    job.itemsize = 4
+    job.ptrs[0] = <char*>param
+    job.ptrs[1] = <char*>grad
+    job.ptrs[2] = <char*>exp_avg
+    job.ptrs[3] = <char*>exp_avg_sq
+    job.ptrs[4] = <char*>max_exp_avg_sq
+    parallel_spans(_bf16_state_span, &job, n, n_threads)
+
+
+def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+                    beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                    decoupled_weight_decay=False, maximize=False, n_threads=None):
+    """Adam / AdamW with the moments kept as bfloat16 (``state_dtype="bfloat16"``), in place.
+
+    float32 ``param`` and ``grad``; ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``,
+    which selects AMSGrad) are ``uint16`` arrays of bfloat16 bit patterns. Each element's
+    moments are widened to float32 (exactly), updated as :func:`adam` updates them, drive
+    this step's update unrounded, and are stored rounded stochastically (up with probability
+    the dropped low 16 bits / 65536; the random bits a hash of the param's bits and
+    ``step``: the same bits for any thread count). Its NumPy twin is
+    :func:`fastlr.reference.adam_bf16_state` (bit for bit). Returns None.
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        float32, C- or F-contiguous and writeable; updated in place.
+    grad : numpy.ndarray
+        float32, param's shape and memory layout; only read.
+    exp_avg, exp_avg_sq : numpy.ndarray
+        uint16 (bfloat16 bits), param's shape and layout, updated in place; start at zeros.
+    max_exp_avg_sq : numpy.ndarray, optional
+        uint16, the same; passing it selects AMSGrad.
+    step : int
+        The 1-based update number of these buffers, >= 1.
+    lr : float
+        learning rate (parameter units per gradient unit), a finite number >= 0.
+    beta1, beta2 : float, default 0.9, 0.999
+        moment decays, in [0, 1).
+    eps : float, default 1e-8
+        added to the denominator, a finite number >= 0.
+    weight_decay : float, default 0.0
+        a finite number >= 0 (L2, or decoupled with ``decoupled_weight_decay``).
+    decoupled_weight_decay : bool, default False
+        ``p *= 1 - lr * wd`` (AdamW) instead of L2.
+    maximize : bool, default False
+        ascend instead of descend.
+    n_threads : int, optional
+        threads to use (None: :func:`get_num_threads`); the result does not depend on it.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type or dtype (param float32, state uint16).
+    ValueError
+        If shapes or layouts differ, a buffer is read-only or buffers overlap, or a
+        hyperparameter is out of range (nothing is written).
+
+    Examples
+    --------
+    >>> p = np.ones(3, np.float32); g = np.full(3, 0.5, np.float32)
+    >>> m = np.zeros(3, np.uint16); v = np.zeros(3, np.uint16)
+    >>> kernels.adam_bf16_state(p, g, m, v, step=1, lr=0.1)
+    >>> p
+    array([0.9, 0.9, 0.9], dtype=float32)
+    """
+    cdef str fn = "fastlr.kernels.adam_bf16_state"
+    cdef AdamHyper h
+    cdef Checked c
+    h.step = step_arg(fn, step)
+    h.lr = checked_real(fn, "lr", lr, NONNEG)
+    h.beta1 = checked_real(fn, "beta1", beta1, UNIT)
+    h.beta2 = checked_real(fn, "beta2", beta2, UNIT)
+    h.eps = checked_real(fn, "eps", eps, NONNEG)
+    h.weight_decay = checked_real(fn, "weight_decay", weight_decay, NONNEG)
+    h.decoupled_weight_decay = flag_arg(fn, "decoupled_weight_decay", decoupled_weight_decay)
+    h.maximize = flag_arg(fn, "maximize", maximize)
+    cdef int nt = threads_arg(fn, n_threads)
+    _check_arrays(fn, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                  (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq), 4, &c, cnp.NPY_UINT16)
+    if c.size >= NOGIL_MIN_SIZE:
+        with nogil:
+            adam_f32_bf16state(<float*>c.data[0], <const float*>c.data[1],
+                               <uint16_t*>c.data[2], <uint16_t*>c.data[3],
+                               <uint16_t*>c.data[4], c.size, &h, nt)
+    else:
+        adam_f32_bf16state(<float*>c.data[0], <const float*>c.data[1], <uint16_t*>c.data[2],
+                           <uint16_t*>c.data[3], <uint16_t*>c.data[4], c.size, &h, nt)

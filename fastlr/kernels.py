@@ -35,6 +35,7 @@ _ema = _variant("ema")      # fastlr._core.ema, or its x86-64-v3 build
 ema_update, swap_buffers = _ema.ema_update, _ema.swap_buffers
 # Adafactor's validated kernel (fastlr.Adafactor's), the build of this CPU as the class's
 adafactor = _variant("adafactor").adafactor
+adam_bf16_state = _kernels.adam_bf16_state      # Adam / AdamW with bfloat16 state
 
 # the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
 globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})
@@ -55,6 +56,7 @@ __all__ = [
     # make_state; their state has its own shapes)
     "muon",
     "adafactor",
+    "adam_bf16_state",
 ]
 
 #: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference`` (the table's).

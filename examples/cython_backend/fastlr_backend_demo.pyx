@@ -18,11 +18,12 @@ per-dtype function in a ``with nogil`` block.
 import numpy as np
 
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 
 from fastlr._kernels cimport (
     AdamHyper,
     adam_f32,
+    adam_f32_bf16state,
     adam_f32_parallel,
     adam_f64,
     adam_f64_parallel,
@@ -35,7 +36,7 @@ from fastlr._schedules cimport (
     schedule_value,
 )
 
-__all__ = ["adam_step", "adam_run", "schedule_at", "default_threads"]
+__all__ = ["adam_step", "adam_bf16_state_step", "adam_run", "schedule_at", "default_threads"]
 
 
 def default_threads():
@@ -95,7 +96,7 @@ cdef int _check_array(str name, object a, object dtype, tuple shape, bint writte
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype} but param has dtype {dtype}")
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
     if a.shape != shape:
         raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
     if not a.flags.c_contiguous:
@@ -216,6 +217,39 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, int64_t 
         _adam_step[float](param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h, threads)
     else:
         _adam_step[double](param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, h, threads)
+
+
+def adam_bf16_state_step(param, grad, exp_avg, exp_avg_sq, *, int64_t step, double lr,
+                         double beta1=0.9, double beta2=0.999, double eps=1e-8,
+                         double weight_decay=0.0, bint decoupled_weight_decay=False,
+                         n_threads=1):
+    """One Adam update with bfloat16 state, in place, as
+    ``fastlr.kernels.adam_bf16_state``: float32 ``param`` and ``grad``, the moments as
+    ``uint16`` bfloat16 bits; 1-D, C-contiguous."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the 1-based update number), got {step}")
+    cdef AdamHyper h = _adam_hyper(lr, beta1, beta2, eps, weight_decay,
+                                   decoupled_weight_decay, False)
+    h.step = step
+    cdef int threads = _threads(n_threads)
+    if not isinstance(param, np.ndarray) or param.dtype != np.float32:
+        raise TypeError("param must be a float32 numpy.ndarray")
+    shape = param.shape
+    _check_array("param", param, np.dtype(np.float32), shape, True)
+    _check_array("grad", grad, np.dtype(np.float32), shape, False)
+    _check_array("exp_avg", exp_avg, np.dtype(np.uint16), shape, True)
+    _check_array("exp_avg_sq", exp_avg_sq, np.dtype(np.uint16), shape, True)
+    _check_no_overlap([("param", param), ("grad", grad), ("exp_avg", exp_avg),
+                       ("exp_avg_sq", exp_avg_sq)])
+    cdef float[::1] p = param.reshape(-1)
+    cdef const float[::1] g = grad.reshape(-1)
+    cdef uint16_t[::1] m = exp_avg.reshape(-1)
+    cdef uint16_t[::1] v = exp_avg_sq.reshape(-1)
+    cdef Py_ssize_t n = p.shape[0]
+    if n == 0:
+        return
+    with nogil:
+        adam_f32_bf16state(&p[0], &g[0], &m[0], &v[0], NULL, n, &h, threads)
 
 
 def adam_run(param, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, schedule,

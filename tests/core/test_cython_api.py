@@ -164,6 +164,28 @@ def test_adam_step_is_fastlr_kernels_adam_bit_for_bit(backend, options, dtype, n
                      f"{np.dtype(dtype).name} n={n} {options} amsgrad={amsgrad}")
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_adam_bf16_state_step_is_the_kernel_bit_for_bit(backend, n_threads):
+    """The C API's adam_f32_bf16state (bfloat16 state) gives fastlr.kernels.adam_bf16_state's
+    bits."""
+    rng = np.random.default_rng(11)
+    n = 70001
+    param = rng.standard_normal(n).astype(np.float32)
+    want = param.copy()
+    m, v = np.zeros(n, np.uint16), np.zeros(n, np.uint16)
+    wm, wv = m.copy(), v.copy()
+    for step in range(1, 4):
+        grad = rng.standard_normal(n).astype(np.float32)
+        backend.adam_bf16_state_step(param, grad, m, v, step=step, lr=0.01, weight_decay=0.01,
+                                     decoupled_weight_decay=True, n_threads=n_threads)
+        kernels.adam_bf16_state(want, grad, wm, wv, step=step, lr=0.01, weight_decay=0.01,
+                                decoupled_weight_decay=True, n_threads=n_threads)
+    assert np.array_equal(param.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(m, wm) and np.array_equal(v, wv) and m.any()
+    with pytest.raises(TypeError, match="exp_avg has dtype float32"):
+        backend.adam_bf16_state_step(param, grad, np.zeros(n, np.float32), v, step=1, lr=0.1)
+
+
 def test_adam_step_reads_a_read_only_grad_and_sizes_zero(backend):
     param, grads, state = adam_buffers(5, np.float64, True, seed=1)
     want_param, want_state = copies(param, state)

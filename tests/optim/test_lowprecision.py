@@ -26,7 +26,8 @@ def _grads(t, shapes=SHAPES, scale=1.0):
 
 def _same_bits(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and \
-        np.array_equal(a.view(np.uint8), b.view(np.uint8))
+        np.array_equal(np.ascontiguousarray(a).view(np.uint8),
+                       np.ascontiguousarray(b).view(np.uint8))
 
 
 CASES = {
@@ -314,3 +315,87 @@ def test_row_sparse_grads_are_refused_with_bfloat16_state():
                                          r"state_dtype='float32'"):
         opt.step([fastlr.RowSparseGrad(np.array([1, 3]), np.ones((2, 4), np.float32))])
     assert not w.any() and opt.steps == 0
+
+
+
+# ---- the validated kernel (fastlr.kernels.adam_bf16_state, C API adam_f32_bf16state) ----
+KERNEL_CASES = [dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, decoupled_weight_decay=True),
+                dict(maximize=True, beta1=0.3), dict(amsgrad=True, eps=1e-6)]
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=str)
+def test_kernel_matches_twin_bit_for_bit(case, order):
+    from fastlr import kernels
+    case = dict(case)
+    ams = case.pop("amsgrad", False)
+    rng = np.random.default_rng(7)
+    shape = (37, 211)           # > 4096 elements: the GIL-free path; odd sizes: loop tails
+    bufs = {}
+    for who in ("kernel", "twin"):
+        p = np.array(rng.standard_normal(shape).astype(np.float32), order=order)
+        st = [np.zeros(shape, np.uint16, order=order) for _ in range(3 if ams else 2)]
+        bufs[who] = (p, st)
+        rng = np.random.default_rng(7)
+    grads = [np.array(rng.standard_normal(shape).astype(np.float32), order=order)
+             for _ in range(5)]
+    for t, g in enumerate(grads, start=1):
+        kernels.adam_bf16_state(bufs["kernel"][0], g, *bufs["kernel"][1], step=t, lr=0.01,
+                                n_threads=2, **case)
+        adam_bf16_state(bufs["twin"][0], g, *bufs["twin"][1], step=t, lr=0.01, **case)
+    assert _same_bits(bufs["kernel"][0], bufs["twin"][0])
+    for a, b in zip(bufs["kernel"][1], bufs["twin"][1]):
+        assert np.array_equal(a, b)
+
+
+def test_kernel_is_the_class_step():
+    from fastlr import kernels
+    rng = np.random.default_rng(3)
+    p1 = rng.standard_normal(5000).astype(np.float32)
+    p2 = p1.copy()
+    opt = fastlr.AdamW([p1], lr=0.01, state_dtype="bfloat16")
+    m, v = np.zeros(5000, np.uint16), np.zeros(5000, np.uint16)
+    for t in range(1, 4):
+        g = rng.standard_normal(5000).astype(np.float32)
+        opt.step([g])
+        kernels.adam_bf16_state(p2, g, m, v, step=t, lr=0.01, weight_decay=0.01,
+                                decoupled_weight_decay=True)
+    assert _same_bits(p1, p2)
+    assert np.array_equal(opt.state[0]["exp_avg"], m)
+
+
+@pytest.mark.parametrize("change, exc, match", [
+    (dict(param=np.zeros(4)), TypeError, "param must have dtype float32"),
+    (dict(exp_avg=np.zeros(4, np.float32)), TypeError, "exp_avg must have dtype uint16"),
+    (dict(grad=np.zeros(4, np.float64)), TypeError, "grad has dtype float64"),
+    (dict(exp_avg_sq=np.zeros(5, np.uint16)), ValueError, "exp_avg_sq has shape"),
+    (dict(step=0), ValueError, "step"),
+    (dict(lr=-1.0), ValueError, "lr"),
+])
+def test_kernel_arguments(change, exc, match):
+    from fastlr import kernels
+    args = dict(param=np.ones(4, np.float32), grad=np.ones(4, np.float32),
+                exp_avg=np.zeros(4, np.uint16), exp_avg_sq=np.zeros(4, np.uint16), step=1,
+                lr=0.1)
+    args.update(change)
+    before = {k: np.copy(v) for k, v in args.items() if isinstance(v, np.ndarray)}
+    with pytest.raises(exc, match=rf"fastlr\.kernels\.adam_bf16_state: .*{match}"):
+        kernels.adam_bf16_state(**args)
+    for k, v in before.items():
+        assert np.array_equal(args[k], v)           # nothing written
+
+
+def test_kernel_refuses_overlap_and_read_only_state():
+    from fastlr import kernels
+    p, g = np.ones(8, np.float32), np.ones(8, np.float32)
+    both = np.zeros(8, np.uint16)
+    with pytest.raises(ValueError, match="exp_avg and exp_avg_sq overlap"):
+        kernels.adam_bf16_state(p, g, both, both, step=1, lr=0.1)
+    ro = np.zeros(8, np.uint16)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="exp_avg_sq is read-only"):
+        kernels.adam_bf16_state(p, g, np.zeros(8, np.uint16), ro, step=1, lr=0.1)
+    # param and the state are different dtypes: a state view of the param's memory overlaps
+    with pytest.raises(ValueError, match="overlap"):
+        kernels.adam_bf16_state(p, g, p.view(np.uint16)[:8], np.zeros(8, np.uint16), step=1,
+                                lr=0.1)
