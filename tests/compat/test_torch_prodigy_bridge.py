@@ -228,7 +228,8 @@ def test_the_name_is_absent_without_the_package():
             "import fastlr.compat.torch as t\n"
             "assert not hasattr(t, 'Prodigy') and 'Prodigy' not in t.__all__\n"
             "assert hasattr(t, 'Adam')\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # cwd="/": the fastlr under test (installed, or PYTHONPATH), never an unbuilt tree in cwd
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
 
 
 # ---------------------------------------------------------------------------------------

@@ -303,7 +303,8 @@ def test_names_are_absent_without_the_package():
             "names = ['SGDScheduleFree', 'AdamWScheduleFree', 'RAdamScheduleFree']\n"
             "assert not any(hasattr(t, n) or n in t.__all__ for n in names)\n"
             "assert hasattr(t, 'Adam')\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # cwd="/": the fastlr under test (installed, or PYTHONPATH), never an unbuilt tree in cwd
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
 
 
 # ---------------------------------------------------------------------------------------

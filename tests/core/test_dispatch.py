@@ -138,7 +138,7 @@ def _module_run(target):
     if target is not None:
         env["FASTLR_CPU"] = target
     out = subprocess.run([sys.executable, "-c", _MODULE_RUN], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, cwd="/")     # the fastlr under test
     assert out.returncode == 0, out.stderr
     digest, names = out.stdout.split()
     return digest, names.split(",")
