@@ -89,6 +89,21 @@ def step_fn(impl, size, optimizer="Adam"):
         opt = getattr(torch.optim, optimizer)(params, lr=1e-3, fused=True)
     elif impl == "torch-forloop":
         opt = getattr(torch.optim, optimizer)(params, lr=1e-3, foreach=False)
+    elif impl == "fastlr-numpy":
+        # fastlr's own optimizer over NumPy views of the same kind of tensors: the element
+        # loops of the bridge without reading torch objects (the bound for the bridge)
+        import fastlr
+
+        views = [p.detach().numpy() for p in params]
+        grads = [p.grad.numpy() for p in params]
+        np_opt = getattr(fastlr, optimizer)(views, lr=1e-3, n_threads=1)
+
+        def step():
+            np_opt.step(grads)
+        for _ in range(3):
+            step()
+        _CACHE[key] = step
+        return step
     else:
         raise ValueError(impl)
     for _ in range(3):          # state allocated, thread pools and lazy init warmed up
@@ -115,9 +130,11 @@ class TimeBridgeAdamStep:
 
 class TrackBridgeSpeedup:
     """torch time / fastlr bridge time per step (interleaved in one process, best of 7), for
-    Adam and AdamW (the same class on both sides; torch-fused: ``fused=True``)."""
+    Adam and AdamW (the same class on both sides; torch-fused: ``fused=True``).
+    ``fastlr-numpy`` (``fastlr.AdamW`` over NumPy views of the tensors) is the bound: below
+    1, what reading torch's objects costs the bridge."""
 
-    params = [["torch-fused", "torch-forloop"], list(SIZES), OPTIMIZERS]
+    params = [["torch-fused", "torch-forloop", "fastlr-numpy"], list(SIZES), OPTIMIZERS]
     param_names = ["versus", "size", "optimizer"]
     unit = "x"
     timeout = 300
@@ -182,3 +199,64 @@ class TimeBridgeStep:
 
     def time_step(self, impl, optimizer):
         self.step()
+
+
+def _cold_step_fn(impl, n_tensors):
+    """A step over ``n_tensors`` 16-element float32 tensors: the per-step cost outside the
+    element loop (cached per process)."""
+    key = ("cold", impl, n_tensors)
+    if key in _CACHE:
+        return _CACHE[key]
+    torch = _import_torch()
+    torch.set_num_threads(1)
+    params = _tensors(torch, [(16,)] * n_tensors)
+    if impl == "fastlr-bridge":
+        import fastlr.compat.torch as ft
+
+        opt = ft.AdamW(params, lr=1e-3, n_threads=1)
+    elif impl == "torch-fused":
+        opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    elif impl == "torch-noop":
+        class Noop(torch.optim.Optimizer):      # torch's step wrapper (hooks, profiler)
+            def __init__(self, params):
+                super().__init__(params, {})
+
+            @torch.no_grad()
+            def step(self, closure=None):
+                return None
+
+        opt = Noop(params)
+    else:
+        raise ValueError(impl)
+    for _ in range(3):
+        opt.step()
+    _CACHE[key] = opt.step
+    return opt.step
+
+
+class TrackColdStepOverhead:
+    """Microseconds per ``opt.step()`` over 62 (ResNet-18's count) or 10 tiny tensors with the
+    caches flushed before each step (64 MiB read), as after a model's backward pass: what a
+    step costs besides its element loop. ``torch-noop``: a torch optimizer whose step does
+    nothing (torch's step wrapper alone). The lower quartile of 200 steps."""
+
+    params = [["fastlr-bridge", "torch-fused", "torch-noop"], [10, 62]]
+    param_names = ["impl", "tensors"]
+    unit = "us"
+    timeout = 120
+
+    def setup(self, impl, tensors):
+        import numpy as np
+
+        _import_torch()
+        self.step = _cold_step_fn(impl, tensors)
+        self.junk = np.ones(64 << 20, dtype=np.uint8)
+
+    def track_cold_overhead(self, impl, tensors):
+        times = []
+        for _ in range(200):
+            self.junk.sum()
+            t = time.perf_counter()
+            self.step()
+            times.append(time.perf_counter() - t)
+        return round(sorted(times)[len(times) // 4] * 1e6, 1)
