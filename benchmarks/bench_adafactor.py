@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from .bench_lbfgs import _import_torch     # torch, 1 thread; NotImplementedError without it
+from .common import n_samples
 
 SIZES = [256, 1024]
 DTYPES = ["float32", "float64"]
@@ -84,7 +85,7 @@ def speedups(m, dtype, samples=5):
         pass
     steps = {impl: step_fn(impl, m, dtype) for impl in impls}
     best = dict.fromkeys(steps, float("inf"))
-    for _ in range(samples):
+    for _ in range(n_samples(samples)):
         for impl, step in steps.items():
             start = time.perf_counter()
             step()

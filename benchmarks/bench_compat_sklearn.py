@@ -14,7 +14,7 @@ fastlr updates its buffers in place. Cases that need sklearn are skipped
 
 import time
 
-from .common import STEP, adam_data, per_call_time, steady_state_malloc
+from .common import STEP, adam_data, per_call_time, steady_state_malloc, n_samples
 
 SIZES = [65536, 1048576]
 DTYPES = ["float32", "float64"]
@@ -52,7 +52,7 @@ def _speedup(samplers):
     """sklearn time / fastlr time: best of up to 7 interleaved samples each (at least 3)."""
     best = {k: float("inf") for k in samplers}
     start = time.perf_counter()
-    for i in range(7):
+    for i in range(n_samples(7)):
         if i >= 3 and time.perf_counter() - start > 4.0:
             break
         for k, sample in samplers.items():

@@ -19,7 +19,7 @@ better than absolute timings.
 
 import time
 
-from .common import per_call_time, steady_state_malloc
+from .common import per_call_time, steady_state_malloc, n_samples
 
 def _resnet18_shapes():
     """torchvision's resnet18 (1000 classes) parameter shapes, in model order: conv1 and bn1,
@@ -148,7 +148,7 @@ class TrackBridgeSpeedup:
     def track_speedup(self, versus, size, optimizer):
         best = {k: float("inf") for k in self.samplers}
         start = time.perf_counter()
-        for i in range(7):
+        for i in range(n_samples(7)):
             if i >= 3 and time.perf_counter() - start > 8.0:
                 break
             for k, sample in self.samplers.items():
@@ -254,7 +254,7 @@ class TrackColdStepOverhead:
 
     def track_cold_overhead(self, impl, tensors):
         times = []
-        for _ in range(200):
+        for _ in range(n_samples(200)):
             self.junk.sum()
             t = time.perf_counter()
             self.step()

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from .bench_prodigy import DTYPES, WIDTHS, _shapes
+from .common import n_samples
 
 OPTIMIZERS = ["DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad"]
 
@@ -76,7 +77,7 @@ def speedup(optimizer, size, dtype, samples=20):
     """package time / fastlr time for one step: best of ``samples`` interleaved samples."""
     steps = {impl: step_fn(impl, optimizer, size, dtype) for impl in ("fastlr", "dadaptation")}
     best = {impl: float("inf") for impl in steps}
-    for _ in range(samples):
+    for _ in range(n_samples(samples)):
         for impl, step in steps.items():
             start = time.perf_counter()
             step()

@@ -43,6 +43,7 @@ from .common import (
     per_call_time,
     steady_state_malloc,
     stepper,
+    n_samples,
 )
 
 class _TimeStep:
@@ -243,7 +244,7 @@ class TrackAdamSpeedup:
         samplers = {impl: per_call_time(self._call(impl))[1] for impl in IMPLS}
         best = {impl: float("inf") for impl in IMPLS}
         start = time.perf_counter()
-        for i in range(self.MAX_SAMPLES):
+        for i in range(n_samples(self.MAX_SAMPLES)):
             if i >= self.MIN_SAMPLES and time.perf_counter() - start > self.BUDGET:
                 break
             for impl, sample in samplers.items():
@@ -268,7 +269,7 @@ class TrackAdamError:
     def track_adam_max_abs_error(self, n, dtype):
         for impl, mod in IMPLS.items():
             d = self.data[impl]
-            for step in range(STEP, STEP + self.STEPS):
+            for step in range(STEP, STEP + n_samples(self.STEPS)):
                 mod.adam(d["param"], d["grad"], d["exp_avg"], d["exp_avg_sq"],
                          step=step, lr=LR)
         a = self.data["fastlr"]["param"].astype(np.float64)

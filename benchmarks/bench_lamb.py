@@ -21,7 +21,7 @@ transformer block of width 768: 12 arrays, 7.1M elements: memory traffic), ``wid
 
 import numpy as np
 
-from .common import per_call_time
+from .common import per_call_time, n_samples
 
 LAYERS = {"mlp": [(256, 128), (128,), (128, 10), (10,)],
           "block": [(768, 768)] * 4 + [(768, 3072), (3072, 768), (3072,)] + [(768,)] * 5,
@@ -70,7 +70,7 @@ def best_times(optimizer, layers, dtype, samples=SAMPLES):
     timers = {impl: per_call_time(stepper(impl, optimizer, layers, dtype))[1]
               for impl in IMPLS}
     best = {impl: float("inf") for impl in IMPLS}
-    for _ in range(samples):
+    for _ in range(n_samples(samples)):
         for impl, sample in timers.items():
             best[impl] = min(best[impl], sample())
     return best

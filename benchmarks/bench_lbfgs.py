@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from .common import n_samples
+
 SIZES = [10_000, 1_000_000]
 DTYPES = ["float32", "float64"]
 LINE_SEARCH = [None, "strong_wolfe"]
@@ -94,7 +96,7 @@ def speedup(n, dtype, line_search_fn, samples=5):
     """torch time / fastlr time for one step: best of ``samples`` interleaved samples."""
     steps = {impl: step_fn(impl, n, dtype, line_search_fn) for impl in ("fastlr", "torch")}
     best = {impl: float("inf") for impl in steps}
-    for _ in range(samples):
+    for _ in range(n_samples(samples)):
         for impl, step in steps.items():
             start = time.perf_counter()
             step()

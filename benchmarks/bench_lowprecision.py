@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .common import per_call_time, steady_state_malloc
+from .common import per_call_time, steady_state_malloc, n_samples
 
 
 def gpt2_shapes(n_layer=12, d=768, vocab=50257, ctx=1024):
@@ -90,7 +90,7 @@ class TrackStateDtypeSpeedup:
     def track_speedup(self, versus, state_dtype, size):
         best = {k: float("inf") for k in self.samplers}
         start = time.perf_counter()
-        for i in range(7):
+        for i in range(n_samples(7)):
             if i >= 3 and time.perf_counter() - start > 20.0:
                 break
             for k, sample in self.samplers.items():

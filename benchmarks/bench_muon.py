@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .common import n_samples
+
 SHAPES = ["64x64", "256x1024", "768x768", "768x3072", "3072x768"]
 DTYPES = ["float32", "float64"]
 
@@ -96,7 +98,7 @@ def speedup(shape, dtype, samples=5):
     with _one_blas_thread():
         steps = {impl: step_fn(impl, shape, dtype) for impl in ("fastlr", "torch")}
         best = {impl: float("inf") for impl in steps}
-        for _ in range(samples):
+        for _ in range(n_samples(samples)):
             for impl, step in steps.items():
                 start = time.perf_counter()
                 step()

@@ -13,7 +13,7 @@ import numpy as np
 
 import fastlr
 
-from .common import per_call_time, steady_state_malloc
+from .common import per_call_time, steady_state_malloc, n_samples
 
 CASES = {"200x100": (200, 100), "1000x1000": (1000, 1000)}
 
@@ -86,7 +86,7 @@ class TrackAdamManyArraysVsTorch:
     def track_speedup_vs_torch_fused(self, case, layout):
         best = {k: float("inf") for k in self.samplers}
         start = time.perf_counter()
-        for i in range(7):
+        for i in range(n_samples(7)):
             if i >= 3 and time.perf_counter() - start > 4.0:
                 break
             for k, sample in self.samplers.items():

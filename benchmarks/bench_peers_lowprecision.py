@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from .bench_lowprecision import SIZES
-from .common import per_call_time, steady_state_malloc
+from .common import per_call_time, steady_state_malloc, n_samples
 
 PEERS = ["torch-fused-bf16", "torchao-adamw8bit", "torchao-bf16-sr", "bnb-adamw8bit",
          "deepspeed-cpuadam", "fastlr-bf16state"]
@@ -116,8 +116,8 @@ def step_fn(impl, size):
     return _CACHE[key]
 
 
-def speedups(size, impls, rounds=5, budget=60.0):
-    """{impl: torch fused float32 time / impl time} (interleaved, best of ``rounds``), and
+def speedups(size, impls, n_rounds=5, budget=60.0):
+    """{impl: torch fused float32 time / impl time} (interleaved, best of ``n_rounds``), and
     {impl: why it did not run}."""
     samplers, skipped = {}, {}
     for impl in [BASELINE] + list(impls):
@@ -129,7 +129,7 @@ def speedups(size, impls, rounds=5, budget=60.0):
             skipped[impl] = f"{type(e).__name__}: {e}"[:200]
     best = {k: float("inf") for k in samplers}
     start = time.perf_counter()
-    for i in range(rounds):
+    for i in range(n_rounds):
         if i >= 2 and time.perf_counter() - start > budget:
             break
         for k, sample in samplers.items():
@@ -154,7 +154,7 @@ class TrackPeerSpeedup:
 
     def track_speedup(self, impl):
         best = {k: float("inf") for k in self.samplers}
-        for _ in range(3):
+        for _ in range(n_samples(3)):
             for k, sample in self.samplers.items():
                 best[k] = min(best[k], sample())
         return round(best[BASELINE] / best[impl], 2)

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from .common import n_samples
+
 #: hidden width -> shapes of (W1, b1, W2, b2) for 64 inputs and 10 outputs
 WIDTHS = {"10K": 128, "1M": 14000}
 DTYPES = ["float32", "float64"]
@@ -81,7 +83,7 @@ def speedup(size, dtype, samples=20):
     """prodigyopt time / fastlr time for one step: best of ``samples`` interleaved samples."""
     steps = {impl: step_fn(impl, size, dtype) for impl in ("fastlr", "prodigyopt")}
     best = {impl: float("inf") for impl in steps}
-    for _ in range(samples):
+    for _ in range(n_samples(samples)):
         for impl, step in steps.items():
             start = time.perf_counter()
             step()

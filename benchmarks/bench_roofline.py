@@ -19,7 +19,7 @@ import time
 from fastlr._tools import roofline as _roofline
 from fastlr._tools.bench import fastlr_stepper, make_inputs
 
-from .common import steady_state_malloc
+from .common import steady_state_malloc, n_samples
 
 N = 1 << 24
 PATTERNS = ["sgd", "momentum", "adam"]
@@ -45,7 +45,7 @@ class TrackRoofline:
 
     def track_bandwidth(self, pattern, threads):
         best = min(_roofline.time_passes(pattern, self.bufs, threads, 1)
-                   for _ in range(self.SAMPLES))
+                   for _ in range(n_samples(self.SAMPLES)))
         return round(_gbps(pattern, N, "float32", best), 2)
 
 
@@ -69,7 +69,7 @@ class TrackRooflineFraction:
         kernel, loop = [], []
         self.step()
         _roofline.run(self.pattern, self.bufs, threads, 1)
-        for _ in range(self.SAMPLES):
+        for _ in range(n_samples(self.SAMPLES)):
             t0 = time.perf_counter()
             self.step()
             kernel.append(time.perf_counter() - t0)

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from .common import n_samples
+
 KINDS = ["sgd", "adamw", "radam"]
 #: (number of params, elements per param)
 LAYOUTS = ["1x1024", "1x65536", "1x1048576", "64x1024"]
@@ -95,7 +97,7 @@ def speedup(kind, layout, samples=7, repeat=20):
     ``samples`` interleaved samples of ``repeat`` steps each."""
     steps = {impl: step_fn(impl, kind, layout) for impl in IMPLS}
     best = {impl: float("inf") for impl in steps}
-    for _ in range(samples):
+    for _ in range(n_samples(samples)):
         for impl, step in steps.items():
             start = time.perf_counter()
             for _ in range(repeat):

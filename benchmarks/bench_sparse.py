@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from .common import n_samples
+
 N_ROWS, N_COLS, TOUCHED = 1_000_000, 64, 10_000
 
 
@@ -96,7 +98,7 @@ def speedup(samples=7):
     best = {impl: float("inf") for impl in steps}
     for impl, step in steps.items():
         step()
-    for _ in range(samples):
+    for _ in range(n_samples(samples)):
         for impl, step in steps.items():
             start = time.perf_counter()
             step()

@@ -11,6 +11,7 @@ The optimizer-step benchmarks (bench_kernels.Time*) share their implementations 
 staggered buffer layout all come from there, so asv and ``fastlr bench`` time the same code.
 """
 
+import os
 import timeit
 
 import numpy as np
@@ -80,6 +81,16 @@ def copy_data(data):
     return {k: v.copy() for k, v in data.items()}
 
 
+#: ``FASTLR_ASV_SMOKE=1`` (CI's "every benchmark runs once" check): one sample per
+#: measurement and no batch calibration, so the suite runs fast; the numbers mean nothing.
+SMOKE = os.environ.get("FASTLR_ASV_SMOKE") == "1"
+
+
+def n_samples(n):
+    """``n`` samples of a best-of loop, or 1 in a smoke run (:data:`SMOKE`)."""
+    return 1 if SMOKE else n
+
+
 def per_call_time(fn, min_sample=5e-3):
     """Calibrate a batch size for ``fn`` and return ``(batch, sample)``.
 
@@ -90,7 +101,7 @@ def per_call_time(fn, min_sample=5e-3):
     timer = timeit.Timer(fn)
     timer.timeit(2)  # warm up first: page faults, OpenMP thread start, allocator growth
     batch = 1
-    while True:
+    while not SMOKE:
         t = timer.timeit(batch)
         if t >= min_sample or batch >= 1 << 20:
             break

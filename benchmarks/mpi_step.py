@@ -15,7 +15,8 @@ the rate given):
 
 ``--link-gbit`` adds the bandwidth bound: the bytes one rank sends per step (its
 reduce-scatter sends, in bfloat16 with ``--grad-comm bfloat16``, plus an all-gather's
-(n - 1)/n of the params, as a ring or direct exchange needs) at the link rate, and
+(n - 1)/n of the params, in bfloat16 with ``--param-comm bfloat16``, as a ring or direct
+exchange needs) at the link rate, and
 communication time over that bound.
 """
 
@@ -34,6 +35,9 @@ def main():
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--grad-comm", choices=["none", "bfloat16"], default="none",
                         help="the precision the grads travel in (ShardedOptimizer grad_comm)")
+    parser.add_argument("--param-comm", choices=["none", "bfloat16"], default="none",
+                        help="the precision the updated params travel in (ShardedOptimizer "
+                             "param_comm: master weights, a 16-bit all-gather)")
     parser.add_argument("--link-gbit", type=float, default=None,
                         help="each host's link rate, to print the bandwidth bound")
     args = parser.parse_args()
@@ -48,7 +52,8 @@ def main():
         flat[:] = np.random.default_rng(0).standard_normal(n)
         opt = distributed.ShardedOptimizer(
             fastlr.Adam, views, comm, lr=1e-4, n_threads=1,
-            grad_comm=None if args.grad_comm == "none" else args.grad_comm)
+            grad_comm=None if args.grad_comm == "none" else args.grad_comm,
+            param_comm=None if args.param_comm == "none" else args.param_comm)
         grad = np.random.default_rng(rank + 1).normal(0, 1e-2, n).astype(np.float32)
         rows = []
         for i in range(args.repeat + 2):
@@ -65,7 +70,9 @@ def main():
         if args.link_gbit:
             counts, _ = distributed.shard_bounds(n, size)
             grad_bytes = 2 if args.grad_comm == "bfloat16" else 4
-            sent = (sum(counts) - counts[rank]) * grad_bytes + (size - 1) / size * n * 4
+            param_bytes = 2 if args.param_comm == "bfloat16" else 4
+            sent = ((sum(counts) - counts[rank]) * grad_bytes
+                    + (size - 1) / size * n * param_bytes)
             bound = sent * 8 / (args.link_gbit * 1e9) * 1e3
             extra = f" {bound:7.2f} {(med[1] + med[3]) / bound:10.2f}" if bound else ""
         if rank == 0:
