@@ -8,7 +8,9 @@ shard of the params with AdamW and a warmup-cosine schedule, and all-gathers the
 Rank 0 also trains the same model in one process on the full batches and prints both loss
 curves: they agree to rounding (the mean of the ranks' grads is the full-batch grad).
 With ``--grad-comm bfloat16`` the grads travel rounded to bfloat16 (half the bytes of the
-reduce-scatter for float32): the curves then differ by that rounding's effect.
+reduce-scatter for float32), with ``--param-comm bfloat16`` the updated params do (each
+rank keeps master weights; the model's params are their bfloat16 roundings): the curves
+then differ by that rounding's effect.
 """
 
 import argparse
@@ -28,6 +30,8 @@ def main():
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--grad-comm", choices=["none", "bfloat16"], default="none",
                         help="the precision the grads travel in")
+    parser.add_argument("--param-comm", choices=["none", "bfloat16"], default="none",
+                        help="the precision the updated params travel in (master weights)")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -46,8 +50,11 @@ def main():
 
     _, params = model()
     opt = distributed.ShardedOptimizer(fastlr.AdamW, params, comm, lr=lr, weight_decay=1e-4,
-                                       max_grad_norm=5.0, grad_comm=None if args.grad_comm ==
-                                       "none" else args.grad_comm)
+                                       max_grad_norm=5.0,
+                                       grad_comm=None if args.grad_comm == "none"
+                                       else args.grad_comm,
+                                       param_comm=None if args.param_comm == "none"
+                                       else args.param_comm)
     if rank == 0:
         _, single_params = model()
         single = fastlr.AdamW(single_params, lr=lr, weight_decay=1e-4, max_grad_norm=5.0)

@@ -162,6 +162,8 @@ def _flat_view(arrays, what):
 
 #: What ``grad_comm`` accepts: None (the grads' own dtype) or "bfloat16".
 GRAD_COMM = (None, "bfloat16")
+#: What ``param_comm`` accepts: None (the params' own dtype) or "bfloat16".
+PARAM_COMM = (None, "bfloat16")
 
 
 def to_bfloat16(x: NDArray[np.floating], out: Optional[NDArray[np.uint16]] = None
@@ -378,6 +380,14 @@ class ShardedOptimizer:
         what it receives to its own grad in the params' dtype. The mean grad then differs
         from the exact one by at most about ``2**-9`` of each rank's contribution; the
         all-gather of the params stays exact.
+    param_comm : {None, "bfloat16"}, default None
+        The precision the updated params travel in. ``"bfloat16"`` halves the
+        all-gather's bytes (float32): each rank keeps its shard's params in full precision
+        as master weights (``master``, in the state dict and checkpoints), updates them,
+        and sends them rounded to bfloat16 (nearest even); every rank's params (its own
+        shard too) become those rounded values, so they stay identical on every rank. The
+        update itself is exact on the master weights; the model sees them to about 3
+        significant digits.
     **hyperparameters
         The optimizer's own hyperparameters (``lr``, ``betas``, ``weight_decay``, ...).
 
@@ -414,12 +424,13 @@ class ShardedOptimizer:
     timings: dict[str, float]
     timeout: Optional[float]
     grad_comm: Optional[str]
+    param_comm: Optional[str]
 
     def __init__(self, optimizer: Union[type, str], params: Any, comm: Any = None, *,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
                  n_threads: Optional[int] = 1, timeout: Optional[float] = _DEFAULT_TIMEOUT,
                  abort_on_exception: bool = True, grad_comm: Optional[str] = None,
-                 **hyperparameters: Any) -> None:
+                 param_comm: Optional[str] = None, **hyperparameters: Any) -> None:
         MPI = _mpi()
         self._MPI = MPI
         self.comm = comm = MPI.COMM_WORLD if comm is None else comm
@@ -436,6 +447,7 @@ class ShardedOptimizer:
         timeout = _timeout_arg(name, timeout)
         abort_on_exception = flag_arg(name, "abort_on_exception", abort_on_exception)
         grad_comm = GRAD_COMM[choice_arg(name, "grad_comm", grad_comm, GRAD_COMM)]
+        param_comm = PARAM_COMM[choice_arg(name, "param_comm", param_comm, PARAM_COMM)]
         if n_threads is not None:
             n_threads = threads_arg(name, n_threads)
         # every rank checks its own params, then all compare what they have
@@ -473,7 +485,8 @@ class ShardedOptimizer:
                                "buffer, in order (use fastlr.flat_buffer)")
             else:
                 signature = (str(flat_params[0].dtype), [len(ps) for ps in group_params],
-                             [tuple(p.shape) for p in flat_params], cls.__name__, names)
+                             [tuple(p.shape) for p in flat_params], cls.__name__, names,
+                             grad_comm, param_comm)
         everyone = comm.allgather((local_error, signature))
         errors = [(r, e) for r, (e, _) in enumerate(everyone) if e is not None]
         if errors:
@@ -483,7 +496,8 @@ class ShardedOptimizer:
             if sig != everyone[0][1]:
                 raise ValueError(f"{name}: rank {r} has params {sig} but rank 0 has "
                                  f"{everyone[0][1]} (dtype, params per group, shapes, "
-                                 f"optimizer, names); every rank must build the same model")
+                                 f"optimizer, names, grad_comm, param_comm); every rank "
+                                 f"must build the same model")
         self._names = names
         self._group_names: Any = None if names is None else _split(names, group_params)
         self._dtype = flat_params[0].dtype
@@ -497,6 +511,12 @@ class ShardedOptimizer:
         lo = self._displs[self.rank]
         hi = lo + self._counts[self.rank]
         self.bounds = (lo, hi)
+        # with param_comm, the shard's optimizer updates master weights (a copy of this
+        # rank's shard, full precision) rather than the params themselves
+        self.param_comm = param_comm
+        self._master = self._flat[lo:hi].copy() if param_comm is not None else None
+        self._p16 = None                # the 16-bit all-gather's buffer, made on first use
+        owned, base = (self._flat, 0) if self._master is None else (self._master, lo)
         # this rank's slice of every param that reaches into [lo, hi); a group with none
         # gets one empty slice, so every rank's optimizer has the same groups
         # (param index, offset in the param, length)
@@ -508,12 +528,12 @@ class ShardedOptimizer:
                 a, b = start, start + p.size
                 s, e = max(a, lo), min(b, hi)
                 if e > s:
-                    views.append(self._flat[s:e])
+                    views.append(owned[s - base:e - base])
                     self._pieces.append((index, s - a, e - s))
                 start = b
                 index += 1
             if not views:
-                views.append(self._flat[lo:lo])
+                views.append(owned[lo - base:lo - base])
                 self._pieces.append((None, 0, 0))
             inner_groups.append(dict({k: v for k, v in g.items() if k != "params"},
                                      params=views) if isinstance(g, dict) else
@@ -708,7 +728,10 @@ class ShardedOptimizer:
             self.optimizer.step(flat)
             if self.max_grad_norm is not None:
                 self.last_grad_norm = self.optimizer.last_grad_norm
-            t4 = t5 = time.perf_counter()
+            t4 = time.perf_counter()
+            if self._master is not None:
+                self._publish(to_bfloat16(self._master, self._p16_buffer()))
+            t5 = time.perf_counter()
             self.timings = {"check": t1 - t0, "reduce_scatter": t2 - t1, "clip": t3 - t2,
                             "update": t4 - t3, "all_gather": t5 - t4}
             return True if self.skip_nonfinite else None
@@ -729,13 +752,39 @@ class ShardedOptimizer:
         self.optimizer.step(self._shard_grad)
         t4 = time.perf_counter()
         self._watchdog.arm(self._calls, "the all-gather of the updated params", None)
-        self._wire.Allgatherv(MPI.IN_PLACE,
-                              [self._flat, self._counts, self._displs, self._mpi_type])
+        if self._master is None:
+            self._wire.Allgatherv(MPI.IN_PLACE,
+                                  [self._flat, self._counts, self._displs, self._mpi_type])
+        else:
+            lo, hi = self.bounds
+            p16 = self._p16_buffer()
+            to_bfloat16(self._master, p16[lo:hi])
+            self._wire.Allgatherv(MPI.IN_PLACE,
+                                  [p16, self._counts, self._displs, MPI.UINT16_T])
+            self._publish(p16)
         self._watchdog.disarm()
         t5 = time.perf_counter()
         self.timings = {"check": t1 - t0, "reduce_scatter": t2 - t1, "clip": t3 - t2,
                         "update": t4 - t3, "all_gather": t5 - t4}
         return True if self.skip_nonfinite else None
+
+    def _p16_buffer(self):
+        if self._p16 is None:
+            self._p16 = np.empty(self.total_size, dtype=np.uint16)
+        return self._p16
+
+    def _publish(self, bits):
+        """Every param = the bfloat16 value ``bits`` holds for it (exact widening)."""
+        if self._dtype == np.float32:
+            np.left_shift(bits, 16, out=self._flat.view(np.uint32), dtype=np.uint32)
+        else:
+            self._flat[:] = from_bfloat16(bits)
+
+    @property
+    def master(self) -> Optional[NDArray[np.floating]]:
+        """This rank's master weights (its shard of the flat params, full precision) with
+        ``param_comm``, else None. The live buffer: writing it changes the next update."""
+        return self._master
 
     @property
     def max_grad_norm(self) -> Optional[float]:
@@ -767,12 +816,16 @@ class ShardedOptimizer:
         -------
         dict
             ``{"format", "rank", "world_size", "total_size", "bounds", "skipped_steps",
-            "optimizer"}``.
+            "optimizer"}``, and ``"master"`` (this rank's master weights) with
+            ``param_comm``.
         """
-        return {"format": "fastlr-sharded-1", "rank": self.rank,
-                "world_size": self.world_size, "total_size": self.total_size,
-                "bounds": list(self.bounds), "skipped_steps": self.skipped_steps,
-                "optimizer": self.optimizer.state_dict()}
+        sd = {"format": "fastlr-sharded-1", "rank": self.rank,
+              "world_size": self.world_size, "total_size": self.total_size,
+              "bounds": list(self.bounds), "skipped_steps": self.skipped_steps,
+              "optimizer": self.optimizer.state_dict()}
+        if self._master is not None:
+            sd["master"] = self._master.copy()
+        return sd
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Restore :meth:`state_dict` (per rank; not collective).
@@ -806,8 +859,21 @@ class ShardedOptimizer:
                 raise ValueError(f"{name}: the state is for {key}={sd.get(key)!r}, this rank "
                                  f"has {mine!r}; load a gathered state to re-shard")
         skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
+        master = None
+        if self._master is not None and sd.get("master") is not None:
+            master = self._checked_master(name, "master", sd["master"], self._master.shape)
         self.optimizer.load_state_dict(sd["optimizer"], strict=strict)
         self.skipped_steps = skipped
+        if self._master is not None:
+            lo, hi = self.bounds
+            self._master[:] = master if master is not None else self._flat[lo:hi]
+
+    def _checked_master(self, name, what, value, shape):
+        v = np.asarray(value)
+        if v.shape != shape or v.dtype.kind != "f":
+            raise ValueError(f"{name}: {what} must be a float array of shape {shape}, got "
+                             f"{v.dtype} {v.shape}")
+        return v
 
     def gathered_state_dict(self, root: int = 0) -> Optional[dict[str, Any]]:
         """Collective: the state of the whole model, on rank ``root``.
@@ -857,6 +923,13 @@ class ShardedOptimizer:
                               [out, self._counts, self._displs, self._mpi_type]
                               if self.rank == root else None, root=root)
             full[n] = out
+        full_master = None
+        if self._master is not None:
+            full_master = (np.empty(self.total_size, dtype=self._dtype)
+                           if self.rank == root else None)
+            self.comm.Gatherv([self._master, self._mpi_type],
+                              [full_master, self._counts, self._displs, self._mpi_type]
+                              if self.rank == root else None, root=root)
         if self.rank != root:
             return None
         starts = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
@@ -887,6 +960,9 @@ class ShardedOptimizer:
               if key not in ("state", "param_groups", "snapshot_of")}
         sd.update(state=state, param_groups=groups)
         sd["skipped_steps"] = self.skipped_steps
+        if full_master is not None:
+            sd["master"] = {k: full_master[starts[k]:starts[k + 1]].reshape(shape).copy()
+                            for k, shape in enumerate(self._shapes)}
         return sd
 
     def load_gathered_state_dict(self, state_dict: Optional[Mapping[str, Any]],
@@ -927,9 +1003,12 @@ class ShardedOptimizer:
             _root_arg(name, root, self.world_size)
         sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
         error = None
+        master = None
         try:
             inner = self._shard_state(name, sd, strict)
             skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
+            if self._master is not None and sd.get("master") is not None:
+                master = self._master_shard(name, sd["master"])
         except (TypeError, ValueError, KeyError) as e:
             error = e
         failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
@@ -941,6 +1020,26 @@ class ShardedOptimizer:
                              f"was loaded")
         self.optimizer.load_state_dict(inner, strict=strict)
         self.skipped_steps = skipped
+        if self._master is not None:
+            lo, hi = self.bounds
+            self._master[:] = master if master is not None else self._flat[lo:hi]
+
+    def _master_shard(self, name, master):
+        """This rank's shard of a gathered ``master`` ({param index: array})."""
+        if not isinstance(master, dict):
+            raise ValueError(f"{name}: 'master' must map param indices to arrays")
+        out = np.empty(self._counts[self.rank], dtype=self._dtype)
+        pos = 0
+        for k, offset, length in self._pieces:
+            if k is None:
+                continue
+            v = master.get(k, master.get(str(k)))
+            if v is None:
+                raise ValueError(f"{name}: 'master' has no entry for param {k}")
+            v = self._checked_master(name, f"master[{k}]", v, self._shapes[k])
+            out[pos:pos + length] = v.reshape(-1)[offset:offset + length]
+            pos += length
+        return out
 
     def _shard_state(self, name, sd, strict):
         if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or \
@@ -996,7 +1095,7 @@ class ShardedOptimizer:
             groups.append({k: v for k, v in saved.items() if k != "param_names"})
             groups[-1]["params"] = list(range(index, index + n))
             index += n
-        inner = {k: v for k, v in sd.items() if k not in ("state", "param_groups")}
+        inner = {k: v for k, v in sd.items() if k not in ("state", "param_groups", "master")}
         inner.update(state=state, param_groups=groups)
         inner.pop("skipped_steps", None)
         return inner

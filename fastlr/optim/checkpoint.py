@@ -54,6 +54,8 @@ def write_checkpoint(sd: Mapping[str, Any], path: PathLike) -> None:
         for k, v in st.items():
             if k != "step":
                 arrays[f"state/{i}/{k}"] = v
+    for i, v in sd.get("master", {}).items():     # master weights (fastlr.distributed)
+        arrays[f"master/{i}"] = v
     write_npz_atomic(arrays, path)
 
 
@@ -165,6 +167,11 @@ def read_checkpoint(path: PathLike, name: str = "fastlr.read_checkpoint") -> Dic
                 entry = sd["state"].setdefault(int(i), {})
                 entry[buf] = (_int_member(value, key) if buf == "step" else
                               float(value) if buf in _SCALARS else value)
+            elif key.startswith("master/"):
+                i = key.split("/", 1)[1]
+                if not i.isdigit() or str(int(i)) != i:
+                    raise ValueError(f"member {key!r} has no param index")
+                sd.setdefault("master", {})[int(i)] = value
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{name}: {path!s} is not a valid fastlr checkpoint "
                          f"({error})") from error

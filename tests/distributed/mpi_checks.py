@@ -281,7 +281,94 @@ def check_grad_comm_bfloat16():
         raise AssertionError("grad_comm='float16' was accepted")
 
 
-CHECKS = [check_hosts, check_parity, check_grad_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
+def _exchange_mean(gs, dtype):
+    """The mean grad as the direct exchange builds it: each shard's owner adds the other
+    ranks' shards to its own in round order, then divides (bit for bit fastlr's)."""
+    from fastlr.distributed import shard_bounds
+    counts, displs = shard_bounds(gs[0].size, N)
+    mean = np.empty(gs[0].size, dtype)
+    for owner in range(N):
+        lo, hi = displs[owner], displs[owner] + counts[owner]
+        acc = gs[owner][lo:hi].copy()
+        for k in range(1, N):
+            acc = acc + gs[(owner - k) % N][lo:hi]
+        mean[lo:hi] = acc / dtype(N)
+    return mean
+
+
+def check_param_comm_bfloat16():
+    """param_comm="bfloat16": each rank's optimizer updates master weights bit for bit as
+    one process stepping on the same mean grad updates its params; every rank's params are
+    the masters rounded to bfloat16 (nearest even), identical on every rank; the masters
+    come back from a per-rank state dict, and from a file onto other rank counts (and a
+    checkpoint without them starts them at the params)."""
+    from fastlr.distributed import from_bfloat16, to_bfloat16
+    path = os.path.join(tempfile.gettempdir(), f"fastlr-mpi-p16-{os.getppid()}-{N}.npz")
+    path = COMM.bcast(path, root=0)
+    for dtype in (np.float32, np.float64):
+        for cls, kw in (("AdamW", dict(lr=1e-2, weight_decay=0.1)),
+                        ("SGD", dict(lr=0.05, momentum=0.9))):
+            flat, dist = build(cls, dtype, param_comm="bfloat16", **kw)
+            rflat, ref = reference(cls, dtype, **kw)
+            for t in range(15):
+                gs = rank_grads(t, flat.size, dtype)
+                dist.step(gs[RANK].copy())
+                ref.step(_exchange_mean(gs, dtype))
+            lo, hi = dist.bounds
+            assert np.array_equal(dist.master, rflat[lo:hi]), (cls, dtype)
+            rounded = from_bfloat16(to_bfloat16(rflat)).astype(dtype)
+            assert np.array_equal(flat, rounded), (cls, dtype)
+            assert not np.array_equal(flat, rflat)          # the rounding did happen
+            assert all(np.array_equal(f, flat) for f in COMM.allgather(flat))
+            # a per-rank state dict restores the masters
+            sd = dist.state_dict()
+            f1, d1 = build(cls, dtype, param_comm="bfloat16", seed=5, **kw)
+            d1.load_state_dict(sd)
+            assert np.array_equal(d1.master, dist.master)
+            # from a file onto 1 .. N ranks: the masters, then the same updates
+            dist.save(path)
+            saved = flat.copy()
+            for t in range(15, 25):
+                ref.step(mean_of(rank_grads(t, flat.size, dtype)))
+            for size in sorted({1, max(1, N - 1), N}):
+                sub = COMM.Split(0 if RANK < size else MPI.UNDEFINED, RANK)
+                if sub != MPI.COMM_NULL:
+                    f2, d2 = build(cls, dtype, comm=sub, seed=9, param_comm="bfloat16", **kw)
+                    f2[:] = saved
+                    d2.load(path)
+                    for t in range(15, 25):
+                        d2.step(mean_of(rank_grads(t, flat.size, dtype)).copy())
+                    full = d2.gathered_state_dict()
+                    if sub.Get_rank() == 0:
+                        master = np.concatenate([full["master"][k].reshape(-1)
+                                                 for k in range(len(SHAPES))])
+                        assert np.array_equal(
+                            f2, from_bfloat16(to_bfloat16(master)).astype(dtype)), size
+                        if dtype == np.float64:
+                            assert rel(master, rflat) < 1e-12, (cls, size, rel(master, rflat))
+                    sub.Free()
+    # a checkpoint without masters: they start at the params
+    flat, dist = build("Adam", lr=1e-2)
+    for t in range(3):
+        dist.step(rank_grads(t, flat.size)[RANK])
+    dist.save(path)
+    f4, d4 = build("Adam", lr=1e-2, seed=4, param_comm="bfloat16")
+    f4[:] = flat
+    d4.load(path)
+    lo, hi = d4.bounds
+    assert np.array_equal(d4.master, flat[lo:hi])
+    COMM.Barrier()
+    if RANK == 0 and os.path.exists(path):
+        os.unlink(path)
+    try:
+        build("Adam", lr=1e-3, param_comm="float16")
+    except ValueError as e:
+        assert "param_comm" in str(e)
+    else:
+        raise AssertionError("param_comm='float16' was accepted")
+
+
+CHECKS = [check_hosts, check_parity, check_grad_comm_bfloat16, check_param_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model]
 
