@@ -73,6 +73,15 @@ def _tensors(torch, size):
     return params
 
 
+def _warmed(key, step):
+    """``step`` after three calls (state allocated, thread pools and lazy init warmed up),
+    cached under ``key`` for the process."""
+    for _ in range(3):
+        step()
+    _CACHE[key] = step
+    return step
+
+
 def step_fn(impl, size, optimizer="Adam"):
     """A zero-argument callable doing one optimizer step (cached for the process)."""
     key = (impl, size, optimizer)
@@ -98,18 +107,10 @@ def step_fn(impl, size, optimizer="Adam"):
         grads = [p.grad.numpy() for p in params]
         np_opt = getattr(fastlr, optimizer)(views, lr=1e-3, n_threads=1)
 
-        def step():
-            np_opt.step(grads)
-        for _ in range(3):
-            step()
-        _CACHE[key] = step
-        return step
+        return _warmed(key, lambda: np_opt.step(grads))
     else:
         raise ValueError(impl)
-    for _ in range(3):          # state allocated, thread pools and lazy init warmed up
-        opt.step()
-    _CACHE[key] = opt.step
-    return opt.step
+    return _warmed(key, opt.step)
 
 
 class TimeBridgeAdamStep:
@@ -178,10 +179,7 @@ def class_step_fn(impl, cls_name):
         opt = getattr(torch.optim, cls_name)(params, foreach=False)
     else:
         raise ValueError(impl)
-    for _ in range(3):
-        opt.step()
-    _CACHE[key] = opt.step
-    return opt.step
+    return _warmed(key, opt.step)
 
 
 class TimeBridgeStep:
@@ -228,10 +226,7 @@ def _cold_step_fn(impl, n_tensors):
         opt = Noop(params)
     else:
         raise ValueError(impl)
-    for _ in range(3):
-        opt.step()
-    _CACHE[key] = opt.step
-    return opt.step
+    return _warmed(key, opt.step)
 
 
 class TrackColdStepOverhead:
