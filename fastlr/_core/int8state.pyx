@@ -82,6 +82,19 @@ cdef enum:
 #: Elements per block (one scale per block and moment).
 BLOCK = BLOCK_
 
+cdef extern from *:
+    """
+    /* 2**(-2 - EMAX) (the subnormal step) and 2**(1 - EMAX) (the smallest normal), exact */
+    #define FASTLR_I8_M_SUB 0x1p-17f
+    #define FASTLR_I8_V_SUB 0x1p-33f
+    #define FASTLR_I8_M_MIN 0x1p-14f
+    #define FASTLR_I8_V_MIN 0x1p-30f
+    """
+    const float M_SUB "FASTLR_I8_M_SUB"
+    const float V_SUB "FASTLR_I8_V_SUB"
+    const float M_MIN "FASTLR_I8_M_MIN"
+    const float V_MIN "FASTLR_I8_V_MIN"
+
 ctypedef struct Coef:
     float omb1, omb1_m1, b2, omb2, eps, wd, step_size, inv_bc2s, decay, sign
     bint small, l2
@@ -113,19 +126,51 @@ cdef inline uint32_t bits_of(float x) noexcept nogil:
     return u
 
 
+# The selects below are bit masks (mask = 0 - condition), not conditional expressions:
+# Cython writes those as if/else, and GCC does not if-convert a branch holding a float
+# operation that may trap (-ftrapping-math), which keeps the loops scalar.
 cdef inline float decode(uint32_t c, uint32_t bias, float sub_step) noexcept nogil:
     """The magnitude of code c relative to the scale (see note b)."""
-    return f_of((c + bias) << 20) if c >= 8 else <float>(<int>c) * sub_step
+    cdef uint32_t normal = bits_of(f_of((c + bias) << 20))
+    cdef uint32_t sub = bits_of(<float>(<int>c) * sub_step)
+    cdef uint32_t mask = <uint32_t>0 - <uint32_t>(c >= 8)
+    return f_of((normal & mask) | (sub & ~mask))
 
 
 cdef inline uint32_t encode(float y, uint32_t r20, uint32_t bias, float min_normal,
                             uint32_t cmax) noexcept nogil:
     """The code of y >= 0 (relative to the scale), rounded up with probability the dropped
     bits / 2**20 for uniform 20-bit r20 (see note c); clamped to cmax (NaN)."""
-    cdef bint sub = y < min_normal
-    cdef float ys = y + min_normal if sub else y
-    cdef uint32_t c = ((bits_of(ys) + r20) >> 20) - bias - (8 if sub else 0)
-    return c if c < cmax else cmax
+    cdef uint32_t sub = <uint32_t>(y < min_normal)
+    cdef uint32_t mask = <uint32_t>0 - sub
+    # y + 0 is y for y >= 0 and NaN
+    cdef float ys = y + f_of(bits_of(min_normal) & mask)
+    cdef uint32_t c = ((bits_of(ys) + r20) >> 20) - bias - (sub << 3)
+    cdef uint32_t over = <uint32_t>0 - <uint32_t>(c > cmax)
+    return (c & ~over) | (cmax & over)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void int8_update(float* p, const float* grad, const uint8_t* m, const uint8_t* v,
+                             float* mb, float* vb, uint32_t* rb, Py_ssize_t j,
+                             Py_ssize_t first, float scale_m, float scale_v, Coef c,
+                             bint l2, bint small) noexcept nogil:
+    # One element's update (the flags come in as constants: each loop below is
+    # straight-line code after inlining, which GCC vectorizes; c by value: no store to p
+    # may change it).
+    cdef float pi = p[j], g, mi, vi, mo
+    cdef uint32_t cm = m[j]
+    rb[j] = random_bits(bits_of(pi) ^ <uint32_t>(first + j), c.salt)
+    g = c.sign * grad[j]
+    if l2:
+        g = g + c.wd * pi
+    mo = f_of(bits_of(decode(cm & 127, M_BIAS, M_SUB)) | ((cm & 128) << 24)) * scale_m
+    mi = lerp(mo, g, c.omb1, c.omb1_m1, small)
+    vi = decode(v[j], V_BIAS, V_SUB) * scale_v * c.b2 + c.omb2 * g * g
+    p[j] = pi * c.decay - c.step_size * (mi / (sqrtf(vi) * c.inv_bc2s + c.eps))
+    mb[j] = mi
+    vb[j] = vi
 
 
 @cython.boundscheck(False)
@@ -139,31 +184,23 @@ cdef inline void int8_block(float* p, const float* grad, uint8_t* m, uint8_t* v,
     cdef float vb[BLOCK_]
     cdef uint32_t rb[BLOCK_]
     cdef float scale_m = sm[0], scale_v = sv[0]
-    # 2**(-2 - EMAX) (the subnormal step) and 2**(1 - EMAX) (the smallest normal), exact
-    cdef float m_sub = <float>7.62939453125e-06, v_sub = <float>1.16415321826934814453125e-10
-    cdef float m_min = <float>6.103515625e-05, v_min = <float>9.31322574615478515625e-10
-    cdef float omb1 = c.omb1, omb1_m1 = c.omb1_m1, b2 = c.b2, omb2 = c.omb2, eps = c.eps
-    cdef float wd = c.wd, step_size = c.step_size, inv_bc2s = c.inv_bc2s, decay = c.decay
-    cdef float sign = c.sign
-    cdef bint small = c.small, l2 = c.l2
-    cdef uint32_t salt = c.salt
-    cdef uint32_t am = 0, av = 0, cm, key, t
-    cdef float pi, g, mi, vi, mo, inv_m, inv_v, amf, avf
+    cdef Coef cc = c[0]
+    cdef uint32_t am = 0, av = 0, t
+    cdef float amf, avf, inv_m, inv_v
     cdef Py_ssize_t j
-    for j in range(nb):
-        pi = p[j]
-        key = bits_of(pi) ^ <uint32_t>(first + j)
-        rb[j] = random_bits(key, salt)
-        g = sign * grad[j]
-        if l2:
-            g = g + wd * pi
-        cm = m[j]
-        mo = f_of(bits_of(decode(cm & 127, M_BIAS, m_sub)) | ((cm & 128) << 24)) * scale_m
-        mi = lerp(mo, g, omb1, omb1_m1, small)
-        vi = decode(v[j], V_BIAS, v_sub) * scale_v * b2 + omb2 * g * g
-        p[j] = pi * decay - step_size * (mi / (sqrtf(vi) * inv_bc2s + eps))
-        mb[j] = mi
-        vb[j] = vi
+    if c.small and not c.l2:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, False, True)
+    elif c.small and c.l2:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, True, True)
+    elif not c.l2:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, False, False)
+    else:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, True, False)
+    # the new absmax: the largest |x| bits as unsigned integers (note d)
     for j in range(nb):
         t = bits_of(mb[j]) & 0x7FFFFFFFu
         am = t if t > am else am
@@ -176,12 +213,11 @@ cdef inline void int8_block(float* p, const float* grad, uint8_t* m, uint8_t* v,
     sm[0] = amf
     sv[0] = avf
     for j in range(nb):
-        mi = mb[j]
-        m[j] = <uint8_t>(encode(f_of(bits_of(mi) & 0x7FFFFFFFu) * inv_m,
-                                (rb[j] & 0xFFFFu) << 4, M_BIAS, m_min, 127)
-                         | ((bits_of(mi) >> 24) & 128))
+        m[j] = <uint8_t>(encode(f_of(bits_of(mb[j]) & 0x7FFFFFFFu) * inv_m,
+                                (rb[j] & 0xFFFFu) << 4, M_BIAS, M_MIN, 127)
+                         | ((bits_of(mb[j]) >> 24) & 128))
         v[j] = <uint8_t>encode(f_of(bits_of(vb[j]) & 0x7FFFFFFFu) * inv_v,
-                               (rb[j] >> 16) << 4, V_BIAS, v_min, 255)
+                               (rb[j] >> 16) << 4, V_BIAS, V_MIN, 255)
 
 
 cdef void int8_span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
