@@ -79,6 +79,8 @@ MODULES = [
     ("fastlr._core.muon", ["fastlr/_core/muon.pyx"]),
     ("fastlr._core.adafactor", ["fastlr/_core/adafactor.pyx"]),
     ("fastlr._core.adafactor_x86_64_v3", ["fastlr/_core/adafactor_x86_64_v3.pyx"]),
+    ("fastlr._core.int8state", ["fastlr/_core/int8state.pyx"]),  # 8-bit block-wise Adam state
+    ("fastlr._core.int8state_x86_64_v3", ["fastlr/_core/int8state_x86_64_v3.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

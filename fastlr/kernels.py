@@ -36,6 +36,7 @@ ema_update, swap_buffers = _ema.ema_update, _ema.swap_buffers
 # Adafactor's validated kernel (fastlr.Adafactor's), the build of this CPU as the class's
 adafactor = _variant("adafactor").adafactor
 adam_bf16_state = _kernels.adam_bf16_state      # Adam / AdamW with bfloat16 state
+adam_int8_state = _variant("int8state").adam_int8_state   # ... with 8-bit block-wise state
 
 # the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
 globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})
@@ -57,6 +58,7 @@ __all__ = [
     "muon",
     "adafactor",
     "adam_bf16_state",
+    "adam_int8_state",
 ]
 
 #: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference`` (the table's).

@@ -58,7 +58,7 @@ def default_target():
 
 
 #: Kernel modules built once per target (fastlr._core.<name> is the baseline build).
-MODULES = ("layerwise", "lrfree", "schedulefree", "adafactor", "ema", "dadapt")
+MODULES = ("layerwise", "lrfree", "schedulefree", "adafactor", "ema", "dadapt", "int8state")
 
 
 def module(name):

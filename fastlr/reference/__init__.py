@@ -50,6 +50,7 @@ import numpy as np
 
 from fastlr.reference.ema import ema_update, swap_buffers
 from fastlr.reference.lowprecision import adam_bf16_state
+from fastlr.reference.int8state import adam_int8_state
 from fastlr.reference.sklearn import adam_sklearn, sgd_sklearn
 from fastlr.reference.sparse import coalesce, sparse_adagrad, sparse_adam, sparse_sgd  # noqa: F401
 from fastlr.reference import schedulefree  # noqa: F401  (the schedule-free loops' twins)
@@ -61,7 +62,7 @@ from fastlr.reference.adafactor import adafactor
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
            "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers",
-           "lamb", "lars", "adam_bf16_state", "prodigy_step", "adafactor"]
+           "lamb", "lars", "adam_bf16_state", "adam_int8_state", "prodigy_step", "adafactor"]
 
 
 # ---------------------------------------------------------------------------

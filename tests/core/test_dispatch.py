@@ -127,6 +127,17 @@ for dtype in (np.float32, np.float64):
     ema.copy_to(params)
     for p in params:
         h.update(p.tobytes())
+for shape in ((37, 211), (70001,)):       # 8-bit state (int8state): two threads, a short block
+    p = rng.standard_normal(shape).astype(np.float32)
+    nb = (p.size + 255) // 256
+    st = [np.zeros(shape, np.uint8), np.zeros(nb, np.float32)] * 2
+    st = [a.copy() for a in st]
+    for t in range(1, 6):
+        g = (rng.standard_normal(shape) * rng.exponential(1.0, shape) ** 3).astype(np.float32)
+        fastlr.kernels.adam_int8_state(p, g, *st, step=t, lr=0.01, weight_decay=0.1,
+                                       decoupled_weight_decay=True, n_threads=2)
+    for a in [p] + st:
+        h.update(a.tobytes())
 names = sorted({m.__name__ for m in map(dispatch.module, dispatch.MODULES)})
 print(h.hexdigest(), ",".join(names))
 """

@@ -1,0 +1,434 @@
+# fastlr/_core/int8state.pyx -- Adam / AdamW with 8-bit block-wise quantized state
+# (issue #19, state_dtype="int8"): the per-block core, in C, and the validated kernel.
+#
+# Design notes
+# ------------
+# a) Blocks. The moments of one param are cut, in memory order, into blocks of BLOCK = 256
+#    elements (the last one shorter); a block never straddles params. Each block has one
+#    float32 scale per moment: its absolute maximum (absmax) after the last update. Every
+#    element keeps one byte per moment: a code for (its value / the block's scale).
+# b) The code: a small float in the bits of a byte, closed form both ways (no table, no
+#    search), so encoding and decoding are a few integer and float operations that vectorize.
+#      exp_avg (signed):     bit 7 the sign, bits 0-6 the magnitude code c: E = 4 exponent
+#                            bits, M = 3 mantissa bits, EMAX = 15;
+#      exp_avg_sq (unsigned): bits 0-7 the code c: E = 5, M = 3, EMAX = 31.
+#    Value of c (relative to the scale): c >= 8: 2**(c // 8 - EMAX) * (1 + (c % 8) / 8);
+#    c < 8 (subnormal): c * 2**(-2 - EMAX). So 1.0 (the absmax) is code 8 * EMAX, the
+#    smallest nonzero magnitude is 2**-17 (exp_avg) and 2**-33 (exp_avg_sq) of the scale,
+#    and every code has 3 significant bits. Decoding multiplies by the scale (one float32
+#    multiply, so the result is the twin's).
+# c) Encoding, per element of the block, y = |x| * (1 / absmax) (float32; 1 / 0 taken as 0)
+#    in the normal range is the float32 y's bits with the low 20 mantissa bits dropped after
+#    adding 20 random bits (stochastic rounding: up with probability (dropped bits) / 2**20,
+#    so the expected stored value is x; nearest rounding would freeze the second moment,
+#    whose per-step change is far below half a code step, docs/lowprecision.rst), minus the
+#    bias (127 - EMAX) * 8: the carry out of the mantissa moves to the next exponent, as it
+#    should. Below 2**(1 - EMAX) the same bit operation runs on y + 2**(1 - EMAX) (the
+#    mantissa of that sum is y's linear subnormal code) and 8 is subtracted. The random bits:
+#    `random_bits` (fastlr/_core/bfloat.pxd) of the element's param bits before the update
+#    XOR its index in the param, salted by `step_salt(step, 0)`; the low 16 bits (shifted
+#    to 20) round exp_avg, the high 16 bits exp_avg_sq. No random state: the same bits for
+#    any thread count, and the twin reproduces them.
+# d) One pass per block: decode, update m and v in float32 with the float32 Adam core's
+#    operations in its order (loops.pxd adam_core), drive this step's param update with the
+#    UNROUNDED new moments, keep them in two stack buffers of BLOCK floats, take the new
+#    absmax (as the maximum of |x|'s bits as unsigned integers: for non-negative floats the
+#    order is the same, NaN sorts above Inf so a NaN propagates into the scale, and an
+#    integer maximum vectorizes), then encode the block. A non-finite moment makes its
+#    block's scale non-finite (the block's moments decode to NaN/Inf from then on, as a NaN
+#    gradient spreads into torch's param).
+# e) Bytes per element moved by a step: param 4 + 4, grad 4, codes 1 + 1 per moment, and
+#    2 * 2 * 4 / 256 for the scales: 16.0625 (float32 state: 28).
+# f) Threads: parallel_spans (fastlr._kernels) cuts [0, n) into chunks that are multiples
+#    of SPAN_CHUNK = 16384 elements, a multiple of BLOCK, so every span starts on a block
+#    boundary and a block is never split; the bits do not depend on the thread count.
+# g) AMSGrad is not offered (refused with a clear error): its running maximum would be a
+#    third quantized buffer and is left for later.
+# h) Validation: `adam_int8_state` checks every argument (types, dtypes, shapes, layouts,
+#    scales' length, read-only buffers, overlap, hyperparameter ranges) before any buffer
+#    is touched, with fastlr._core.args' messages. The NumPy twin is
+#    fastlr.reference.adam_int8_state (fastlr/reference/int8state.py), bit for bit.
+
+cimport cython
+cimport numpy as cnp
+from libc.math cimport pow, sqrt, sqrtf
+from libc.stdint cimport int64_t, uint8_t, uint32_t
+from libc.string cimport memcpy
+
+from fastlr._core.args cimport (NONNEG, UNIT, checked_real, flag_arg, layout_hint,
+                                ndarray_hint, step_arg, threads_arg)
+from fastlr._core.arrays cimport layout_name, same_shape
+from fastlr._core.bfloat cimport random_bits, step_salt
+from fastlr._core.loops cimport lerp
+from fastlr._kernels cimport parallel_spans
+
+import numpy as np
+
+cnp.import_array()
+
+__all__ = ["adam_int8_state", "BLOCK", "n_blocks"]
+
+cdef enum:
+    # The GIL is released for params at least this long (as in _kernels).
+    NOGIL_MIN_SIZE = 4096
+    BLOCK_ = 256
+    # the codes: (127 - EMAX) * 8 is the float32 bits' (exponent, 3 mantissa bits) of 2**0
+    # minus the code of 1.0
+    M_EMAX = 15
+    V_EMAX = 31
+    M_BIAS = (127 - 15) * 8
+    V_BIAS = (127 - 31) * 8
+
+#: Elements per block (one scale per block and moment).
+BLOCK = BLOCK_
+
+cdef extern from *:
+    """
+    /* 2**(-2 - EMAX) (the subnormal step) and 2**(1 - EMAX) (the smallest normal), exact */
+    #define FASTLR_I8_M_SUB 0x1p-17f
+    #define FASTLR_I8_V_SUB 0x1p-33f
+    #define FASTLR_I8_M_MIN 0x1p-14f
+    #define FASTLR_I8_V_MIN 0x1p-30f
+    """
+    const float M_SUB "FASTLR_I8_M_SUB"
+    const float V_SUB "FASTLR_I8_V_SUB"
+    const float M_MIN "FASTLR_I8_M_MIN"
+    const float V_MIN "FASTLR_I8_V_MIN"
+
+ctypedef struct Coef:
+    float omb1, omb1_m1, b2, omb2, eps, wd, step_size, inv_bc2s, decay, sign
+    bint small, l2
+    uint32_t salt
+
+
+ctypedef struct Job:
+    float* p
+    const float* g
+    uint8_t* m
+    uint8_t* v
+    float* sm
+    float* sv
+    Coef c
+
+
+# ---------------------------------------------------------------------------------------
+# C level
+# ---------------------------------------------------------------------------------------
+cdef inline float f_of(uint32_t u) noexcept nogil:
+    cdef float x
+    memcpy(&x, &u, 4)
+    return x
+
+
+cdef inline uint32_t bits_of(float x) noexcept nogil:
+    cdef uint32_t u
+    memcpy(&u, &x, 4)
+    return u
+
+
+# The selects below are bit masks (mask = 0 - condition), not conditional expressions:
+# Cython writes those as if/else, and GCC does not if-convert a branch holding a float
+# operation that may trap (-ftrapping-math), which keeps the loops scalar.
+cdef inline float decode(uint32_t c, uint32_t bias, float sub_step) noexcept nogil:
+    """The magnitude of code c relative to the scale (see note b)."""
+    cdef uint32_t normal = bits_of(f_of((c + bias) << 20))
+    cdef uint32_t sub = bits_of(<float>(<int>c) * sub_step)
+    cdef uint32_t mask = <uint32_t>0 - <uint32_t>(c >= 8)
+    return f_of((normal & mask) | (sub & ~mask))
+
+
+cdef inline uint32_t encode(float y, uint32_t r20, uint32_t bias, float min_normal,
+                            uint32_t cmax) noexcept nogil:
+    """The code of y >= 0 (relative to the scale), rounded up with probability the dropped
+    bits / 2**20 for uniform 20-bit r20 (see note c); clamped to cmax (NaN)."""
+    cdef uint32_t sub = <uint32_t>(y < min_normal)
+    cdef uint32_t mask = <uint32_t>0 - sub
+    # y + 0 is y for y >= 0 and NaN
+    cdef float ys = y + f_of(bits_of(min_normal) & mask)
+    cdef uint32_t c = ((bits_of(ys) + r20) >> 20) - bias - (sub << 3)
+    cdef uint32_t over = <uint32_t>0 - <uint32_t>(c > cmax)
+    return (c & ~over) | (cmax & over)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void int8_update(float* p, const float* grad, const uint8_t* m, const uint8_t* v,
+                             float* mb, float* vb, uint32_t* rb, Py_ssize_t j,
+                             Py_ssize_t first, float scale_m, float scale_v, Coef c,
+                             bint l2, bint small) noexcept nogil:
+    # One element's update (the flags come in as constants: each loop below is
+    # straight-line code after inlining, which GCC vectorizes; c by value: no store to p
+    # may change it).
+    cdef float pi = p[j], g, mi, vi, mo
+    cdef uint32_t cm = m[j]
+    rb[j] = random_bits(bits_of(pi) ^ <uint32_t>(first + j), c.salt)
+    g = c.sign * grad[j]
+    if l2:
+        g = g + c.wd * pi
+    mo = f_of(bits_of(decode(cm & 127, M_BIAS, M_SUB)) | ((cm & 128) << 24)) * scale_m
+    mi = lerp(mo, g, c.omb1, c.omb1_m1, small)
+    vi = decode(v[j], V_BIAS, V_SUB) * scale_v * c.b2 + c.omb2 * g * g
+    p[j] = pi * c.decay - c.step_size * (mi / (sqrtf(vi) * c.inv_bc2s + c.eps))
+    mb[j] = mi
+    vb[j] = vi
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+cdef inline void int8_block(float* p, const float* grad, uint8_t* m, uint8_t* v,
+                            float* sm, float* sv, Py_ssize_t first, Py_ssize_t nb,
+                            const Coef* c) noexcept nogil:
+    # One block: first = its first element's index in the param, nb <= BLOCK elements.
+    cdef float mb[BLOCK_]
+    cdef float vb[BLOCK_]
+    cdef uint32_t rb[BLOCK_]
+    cdef float scale_m = sm[0], scale_v = sv[0]
+    cdef Coef cc = c[0]
+    cdef uint32_t am = 0, av = 0, t
+    cdef float amf, avf, inv_m, inv_v
+    cdef Py_ssize_t j
+    if c.small and not c.l2:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, False, True)
+    elif c.small and c.l2:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, True, True)
+    elif not c.l2:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, False, False)
+    else:
+        for j in range(nb):
+            int8_update(p, grad, m, v, mb, vb, rb, j, first, scale_m, scale_v, cc, True, False)
+    # the new absmax: the largest |x| bits as unsigned integers (note d)
+    for j in range(nb):
+        t = bits_of(mb[j]) & 0x7FFFFFFFu
+        am = t if t > am else am
+        t = bits_of(vb[j]) & 0x7FFFFFFFu
+        av = t if t > av else av
+    amf = f_of(am)
+    avf = f_of(av)
+    inv_m = <float>1 / amf if amf > 0 else <float>0
+    inv_v = <float>1 / avf if avf > 0 else <float>0
+    sm[0] = amf
+    sv[0] = avf
+    for j in range(nb):
+        m[j] = <uint8_t>(encode(f_of(bits_of(mb[j]) & 0x7FFFFFFFu) * inv_m,
+                                (rb[j] & 0xFFFFu) << 4, M_BIAS, M_MIN, 127)
+                         | ((bits_of(mb[j]) >> 24) & 128))
+        v[j] = <uint8_t>encode(f_of(bits_of(vb[j]) & 0x7FFFFFFFu) * inv_v,
+                               (rb[j] >> 16) << 4, V_BIAS, V_MIN, 255)
+
+
+cdef void int8_span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    # start is a multiple of BLOCK (note f)
+    cdef Job* job = <Job*>ctx
+    cdef Py_ssize_t b = start
+    while b < stop:
+        int8_block(job.p + b, job.g + b, job.m + b, job.v + b, job.sm + b // BLOCK_,
+                   job.sv + b // BLOCK_, b, min(<Py_ssize_t>BLOCK_, stop - b), &job.c)
+        b += BLOCK_
+
+
+cdef void coef_of(double lr, double beta1, double beta2, double eps, double weight_decay,
+                  int64_t step, bint decoupled, bint maximize, Coef* c) noexcept nogil:
+    # as loops.pxd adam_coef, then cast to float32 as adam_core does
+    cdef double t = <double>step
+    cdef double omb1 = 1.0 - beta1
+    c.omb1 = <float>omb1
+    c.omb1_m1 = -(<float>1 - c.omb1)
+    c.small = c.omb1 < <float>0.5
+    c.b2 = <float>beta2
+    c.omb2 = <float>(1.0 - beta2)
+    c.eps = <float>eps
+    c.wd = <float>weight_decay
+    c.step_size = <float>(lr / (1.0 - pow(beta1, t)))
+    c.inv_bc2s = <float>(1.0 / sqrt(1.0 - pow(beta2, t)))
+    c.sign = <float>(-1.0 if maximize else 1.0)
+    c.l2 = weight_decay != 0.0 and not decoupled
+    c.decay = <float>(1.0 - lr * weight_decay if decoupled else 1.0)
+    c.salt = step_salt(step, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Python level
+# ---------------------------------------------------------------------------------------
+def n_blocks(Py_ssize_t size):
+    """The number of blocks (scales per moment) of a param of ``size`` elements."""
+    return (size + BLOCK_ - 1) // BLOCK_
+
+
+cdef str _dtype_name(cnp.ndarray a):
+    return str(a.dtype)
+
+
+cdef cnp.ndarray _array(str fn, str name, object obj, int type_num, str what):
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{fn}: {name} must be a numpy.ndarray of {what}, got "
+                        f"{type(obj).__name__}{ndarray_hint(obj)}")
+    cdef cnp.ndarray a = <cnp.ndarray>obj
+    if cnp.PyArray_TYPE(a) != type_num:
+        raise TypeError(f"{fn}: {name} must have dtype {what}, got {_dtype_name(a)}")
+    if cnp.PyArray_ISBYTESWAPPED(a):
+        raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
+                        f"{name}.astype({name}.dtype.newbyteorder('='))")
+    if not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
+                         f"an aligned buffer")
+    if name != "grad" and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is updated "
+                         f"in place")
+    return a
+
+
+_NAMES = ("param", "grad", "exp_avg", "exp_avg_scale", "exp_avg_sq", "exp_avg_sq_scale")
+
+
+def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, *,
+                    step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                    decoupled_weight_decay=False, maximize=False, amsgrad=False,
+                    n_threads=None):
+    """Adam / AdamW with 8-bit block-wise quantized moments (``state_dtype="int8"``), in place.
+
+    float32 ``param`` and ``grad``; each moment is a ``uint8`` code per element and a
+    float32 scale per block of :data:`BLOCK` = 256 elements (in memory order; the block's
+    absolute maximum). Per block, in one pass: the codes are decoded (code value times
+    the scale), the moments updated in float32 as :func:`fastlr.kernels.adam` updates them
+
+    .. math::
+
+        m = \\beta_1 m + (1 - \\beta_1) g, \\quad v = \\beta_2 v + (1 - \\beta_2) g^2,
+        \\quad p \\leftarrow p - \\frac{lr}{1 - \\beta_1^t}
+        \\frac{m}{\\sqrt{v} / \\sqrt{1 - \\beta_2^t} + \\epsilon}
+
+    (the param in its units, ``lr`` in param units per unit of ``m / sqrt(v)``), the
+    unrounded new moments drive this step's update, and they are stored as the new absmax
+    and codes rounded stochastically (the expected stored value is the float32 value; the
+    random bits a hash of the param's bits, the element's index and ``step``: the same bits
+    for any thread count). The code: a sign bit and a 7-bit small float (4 exponent bits, 3
+    mantissa bits) of ``|m| / absmax`` for ``exp_avg``; an 8-bit small float (5 exponent
+    bits, 3 mantissa bits) of ``v / absmax`` for ``exp_avg_sq`` (docs/lowprecision.rst).
+    Its NumPy twin is :func:`fastlr.reference.adam_int8_state` (bit for bit). Returns None.
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        float32, C- or F-contiguous and writeable; updated in place.
+    grad : numpy.ndarray
+        float32, param's shape and memory layout; only read.
+    exp_avg, exp_avg_sq : numpy.ndarray
+        uint8 codes, param's shape and layout, updated in place; start at zeros.
+    exp_avg_scale, exp_avg_sq_scale : numpy.ndarray
+        float32, 1-D of ``ceil(param.size / 256)`` elements (one per block), updated in
+        place; start at zeros.
+    step : int
+        The 1-based update number of these buffers, >= 1.
+    lr : float
+        learning rate (parameter units per unit of ``m / sqrt(v)``), a finite number >= 0.
+    beta1, beta2 : float, default 0.9, 0.999
+        moment decays, in [0, 1).
+    eps : float, default 1e-8
+        added to the denominator (gradient units), a finite number >= 0.
+    weight_decay : float, default 0.0
+        a finite number >= 0 (L2, or decoupled with ``decoupled_weight_decay``), per step.
+    decoupled_weight_decay : bool, default False
+        ``p *= 1 - lr * wd`` (AdamW) instead of L2.
+    maximize : bool, default False
+        ascend instead of descend.
+    amsgrad : bool, default False
+        AMSGrad is not available with 8-bit state: True raises ValueError.
+    n_threads : int, optional
+        threads to use (None: :func:`fastlr.get_num_threads`); the result does not depend
+        on it.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type or dtype (param, grad and scales float32, codes
+        uint8).
+    ValueError
+        If shapes, lengths or layouts differ, a buffer is read-only or buffers overlap, a
+        hyperparameter is out of range, or ``amsgrad`` is True (nothing is written).
+
+    Examples
+    --------
+    >>> p = np.ones(3, np.float32); g = np.full(3, 0.5, np.float32)
+    >>> m = np.zeros(3, np.uint8); v = np.zeros(3, np.uint8)
+    >>> ms = np.zeros(1, np.float32); vs = np.zeros(1, np.float32)
+    >>> kernels.adam_int8_state(p, g, m, ms, v, vs, step=1, lr=0.1)
+    >>> p
+    array([0.9, 0.9, 0.9], dtype=float32)
+    >>> ms, vs
+    (array([0.05], dtype=float32), array([0.00025], dtype=float32))
+    """
+    cdef str fn = "fastlr.kernels.adam_int8_state"
+    cdef int64_t t = step_arg(fn, step)
+    cdef double lr_ = checked_real(fn, "lr", lr, NONNEG)
+    cdef double b1 = checked_real(fn, "beta1", beta1, UNIT)
+    cdef double b2 = checked_real(fn, "beta2", beta2, UNIT)
+    cdef double eps_ = checked_real(fn, "eps", eps, NONNEG)
+    cdef double wd = checked_real(fn, "weight_decay", weight_decay, NONNEG)
+    cdef bint dec = flag_arg(fn, "decoupled_weight_decay", decoupled_weight_decay)
+    cdef bint mx = flag_arg(fn, "maximize", maximize)
+    if flag_arg(fn, "amsgrad", amsgrad):
+        raise ValueError(f"{fn}: amsgrad=True is not available with 8-bit (int8) state; use "
+                         f"state_dtype='bfloat16' or float32 state for AMSGrad")
+    cdef int nt = threads_arg(fn, n_threads)
+    cdef tuple objs = (param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale)
+    cdef cnp.ndarray p = _array(fn, "param", param, cnp.NPY_FLOAT, "float32")
+    cdef cnp.ndarray a
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(p), nblk = (n + BLOCK_ - 1) // BLOCK_
+    cdef bint c_order = cnp.PyArray_IS_C_CONTIGUOUS(p)
+    if not (c_order or cnp.PyArray_IS_F_CONTIGUOUS(p)):
+        raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
+                         f"{(<object>p).strides} for shape {(<object>p).shape}; an in-place "
+                         f"update cannot be applied to a copy{layout_hint('param', False, True)}")
+    cdef list arrs = [p]
+    cdef int k, i
+    for k in range(1, 6):
+        if k == 3 or k == 5:
+            a = _array(fn, _NAMES[k], objs[k], cnp.NPY_FLOAT, "float32 (one scale per block)")
+            if cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0) != nblk:
+                raise ValueError(f"{fn}: {_NAMES[k]} must have shape ({nblk},) (one scale per "
+                                 f"block of {BLOCK_} elements of param's {n}), got shape "
+                                 f"{(<object>a).shape}")
+        else:
+            a = _array(fn, _NAMES[k], objs[k], cnp.NPY_FLOAT if k == 1 else cnp.NPY_UINT8,
+                       "float32" if k == 1 else "uint8 (8-bit state codes)")
+            if not same_shape(a, p):
+                raise ValueError(f"{fn}: {_NAMES[k]} has shape {(<object>a).shape} but param "
+                                 f"has shape {(<object>p).shape}; they must be equal")
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order
+                    else cnp.PyArray_IS_F_CONTIGUOUS(a)):
+                raise ValueError(f"{fn}: {_NAMES[k]} is {layout_name(a)} but param is "
+                                 f"{layout_name(p)}; the arrays of one parameter must share "
+                                 f"one contiguous layout"
+                                 f"{layout_hint(_NAMES[k], not c_order, k != 1)}")
+        arrs.append(a)
+    # overlap: no buffer may share memory with another (the grad included)
+    cdef char* lo
+    cdef char* hi
+    for k in range(6):
+        a = arrs[k]
+        lo = <char*>cnp.PyArray_DATA(a)
+        hi = lo + cnp.PyArray_NBYTES(a)
+        if hi == lo:
+            continue
+        for i in range(k + 1, 6):
+            if (lo < <char*>cnp.PyArray_DATA(arrs[i]) + cnp.PyArray_NBYTES(arrs[i])
+                    and <char*>cnp.PyArray_DATA(arrs[i]) < hi):
+                raise ValueError(f"{fn}: {_NAMES[k]} and {_NAMES[i]} overlap in memory; "
+                                 f"every buffer of an update must be a separate array")
+    cdef Job job
+    coef_of(lr_, b1, b2, eps_, wd, t, dec, mx, &job.c)
+    job.p = <float*>cnp.PyArray_DATA(arrs[0])
+    job.g = <const float*>cnp.PyArray_DATA(arrs[1])
+    job.m = <uint8_t*>cnp.PyArray_DATA(arrs[2])
+    job.sm = <float*>cnp.PyArray_DATA(arrs[3])
+    job.v = <uint8_t*>cnp.PyArray_DATA(arrs[4])
+    job.sv = <float*>cnp.PyArray_DATA(arrs[5])
+    if n >= NOGIL_MIN_SIZE:
+        with nogil:
+            parallel_spans(int8_span, &job, n, nt)
+    else:
+        parallel_spans(int8_span, &job, n, nt)
