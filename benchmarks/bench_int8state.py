@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from .bench_lowprecision import SIZES, _data, step_fn
-from .common import per_call_time, steady_state_malloc
+from .common import n_samples, per_call_time, steady_state_malloc
 
 #: Bytes one AdamW step with int8 state moves per element (see the module docstring).
 INT8_BYTES = 8 + 4 + 4 + 2 * 2 * 4 / 256
@@ -53,7 +53,7 @@ def int8_step_fn(size):
 def _best(samplers, budget=20.0):
     best = {k: float("inf") for k in samplers}
     start = time.perf_counter()
-    for i in range(7):
+    for i in range(n_samples(7)):
         if i >= 3 and time.perf_counter() - start > budget:
             break
         for k, sample in samplers.items():
