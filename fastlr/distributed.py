@@ -621,7 +621,8 @@ class ShardedOptimizer:
             if self._send16 is None:
                 self._send16 = np.empty(self.total_size, dtype=np.uint16)
                 self._recv16 = np.empty(hi - lo, dtype=np.uint16)
-            send, recv, T = to_bfloat16(flat, self._send16), self._recv16, self._MPI.UINT16_T
+            # rounded per round: only the shards sent, never this rank's own
+            send, recv, T = self._send16, self._recv16, self._MPI.UINT16_T
         else:
             if self._recv is None:
                 self._recv = np.empty(len(acc), dtype=self._dtype)
@@ -629,6 +630,8 @@ class ShardedOptimizer:
         for k in range(1, n):
             dst, src = (r + k) % n, (r - k) % n
             a = self._displs[dst]
+            if send is self._send16:
+                _bf16.pack(flat[a:a + self._counts[dst]], send[a:a + self._counts[dst]])
             watchdog.arm(self._calls, f"the reduce-scatter (round {k}: receiving from rank "
                          f"{src}, sending to rank {dst})", [src])
             comm.Sendrecv([send[a:a + self._counts[dst]], T], dst, sendtag=_TAG_EXCHANGE,
@@ -775,10 +778,7 @@ class ShardedOptimizer:
 
     def _publish(self, bits):
         """Every param = the bfloat16 value ``bits`` holds for it (exact widening)."""
-        if self._dtype == np.float32:
-            np.left_shift(bits, 16, out=self._flat.view(np.uint32), dtype=np.uint32)
-        else:
-            self._flat[:] = from_bfloat16(bits)
+        _bf16.unpack(bits, self._flat)
 
     @property
     def master(self) -> Optional[NDArray[np.floating]]:

@@ -49,3 +49,15 @@ def add(floating[::1] acc,                # OUT (may be base)
     with nogil:
         for i in range(n):
             acc[i] = base[i] + <floating>bf16_widen(bits[i])
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def unpack(const uint16_t[::1] bits,      # IN: bfloat16 bits
+           floating[::1] out):            # OUT: float32 or float64
+    """out[i] = the value of bfloat16 bits[i] (exact)."""
+    _same(bits.shape[0], out.shape[0], "bits and out")
+    cdef Py_ssize_t i, n = bits.shape[0]
+    with nogil:
+        for i in range(n):
+            out[i] = <floating>bf16_widen(bits[i])
