@@ -24,10 +24,13 @@
 #    fastlr.kernels.adam_bf16_state.
 # c) Stochastic rounding of the param (no master): up to the next 16-bit value with
 #    probability (the dropped part) / (the gap), so the expected stored value is p1. The
-#    random bits are bfloat.pxd's: random_bits(bits of pi, step_salt(step, 2)) (the
-#    element's value before the update, widened, is the key; stream 2, as streams 0 and 1
-#    salt the moments): no random state, the same bits for any thread count and chunking,
-#    reproducible from (param, step). bfloat16 takes the high 16 bits (bf16_round_stochastic);
+#    random bits are bfloat.pxd's: random_bits(key, step_salt(step, 2)) with key = bits(pi)
+#    ^ bits(grad) * 0x2C1B3C6D (the element's widened value before the update and its
+#    widened grad: a 16-bit param alone takes few distinct values, and elements sharing a
+#    key share their random bits; stream 2, as streams 0 and 1 salt the moments, which use
+#    the same key here): no random state, the same bits for any thread count and chunking,
+#    reproducible from (param, grad, step). With a master the key is the master's bits, as
+#    in adam_core_bf16. bfloat16 takes the high 16 bits (bf16_round_stochastic);
 #    float16 the low 13 bits for normal results, and for subnormal results (below 2^-14)
 #    the low s bits for s dropped bits (s <= 31; a result below 2^-38 first drops its bits
 #    past 31 by truncation, so its probability of rounding up is exact to 2^-31 of an ulp).
@@ -160,12 +163,20 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
     # One element. fmt, has_master, l2 and small come in as constants where the loops
     # below are unswitched by hand, so each loop body is straight-line code.
     cdef float pi, g, mo, vo, mi, vi, pn
-    cdef uint32_t key, r = 0
+    cdef uint32_t key, gkey, r = 0
     if has_master:
         pi = master[i]
     else:
         pi = _widen16(p[i], fmt)
+    if grad_t is float:
+        g = grad[i]
+    else:
+        g = _widen16(grad[i], fmt)
     memcpy(&key, &pi, 4)
+    if not has_master:
+        # a 16-bit param's bits are shared by many elements: mix in the grad's
+        memcpy(&gkey, &g, 4)
+        key = key ^ (gkey * <uint32_t>0x2C1B3C6Du)
     if state_t is uint16_t:
         r = random_bits(key, salt_state)           # low half rounds m, high half v
         mo = bf16_widen(m[i])
@@ -173,10 +184,7 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
     else:
         mo = m[i]
         vo = v[i]
-    if grad_t is float:
-        g = sign * grad[i]
-    else:
-        g = sign * _widen16(grad[i], fmt)
+    g = sign * g
     if l2:
         g = g + wd * pi
     mi = lerp(mo, g, omb1, omb1_m1, small)
@@ -345,9 +353,11 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
     ``param = p1`` rounded to nearest even. Without: ``param = p1`` rounded
     stochastically, up with probability (the dropped part) / (the gap between the two
     neighbouring 16-bit values), so the expected stored value is ``p1``; the random bits
-    are murmur3's finalizer of ``bits(p) * 0x9E3779B1 ^ salt``, ``salt`` splitmix64's of
-    ``3 * step + 2`` (the same bits for any thread count; reproducible from the param and
-    ``step``). bfloat16 moments are stored as :func:`adam_bf16_state` stores them. Its NumPy
+    are murmur3's finalizer of ``key * 0x9E3779B1 ^ salt``, ``key = bits(p) ^ bits(grad) *
+    0x2C1B3C6D`` (float32 bits of the widened values), ``salt`` splitmix64's of
+    ``3 * step + 2`` (the same bits for any thread count; reproducible from the param, the
+    grad and ``step``). bfloat16 moments are stored as :func:`adam_bf16_state` stores them
+    (keyed by the master's bits, or by ``key`` without a master). Its NumPy
     twin is :func:`fastlr.reference.adam_mixed` (bit for bit). Returns None.
 
     Parameters
