@@ -77,6 +77,17 @@ cdef enum:
 # ---------------------------------------------------------------------------------------
 # float16 <-> float32 on the bits
 # ---------------------------------------------------------------------------------------
+cdef inline uint32_t _sel(bint c, uint32_t a, uint32_t b) noexcept nogil:
+    """a if c else b, as a mask (no branch: Cython writes a conditional expression as an
+    if statement, and GCC does not vectorize a loop with nested ones)."""
+    return b ^ ((a ^ b) & (<uint32_t>0 - <uint32_t>c))
+
+
+cdef inline int32_t _clamp(int32_t x, int32_t lo, int32_t hi) noexcept nogil:
+    x = <int32_t>_sel(x < lo, <uint32_t>lo, <uint32_t>x)
+    return <int32_t>_sel(x > hi, <uint32_t>hi, <uint32_t>x)
+
+
 cdef inline float _f16_widen(uint16_t h) noexcept nogil:
     """The float32 value of IEEE half bits (exact; NaN payloads kept)."""
     cdef uint32_t sign = (<uint32_t>(h & 0x8000)) << 16
@@ -88,7 +99,7 @@ cdef inline float _f16_widen(uint16_t h) noexcept nogil:
     cdef uint32_t u_sub
     memcpy(&u_sub, &sub, 4)
     u_sub = u_sub | sign
-    cdef uint32_t u = u_sub if e == 0 else (u_special if e == 31 else u_norm)
+    cdef uint32_t u = _sel(e == 0, u_sub, _sel(e == 31, u_special, u_norm))
     cdef float x
     memcpy(&x, &u, 4)
     return x
@@ -105,13 +116,12 @@ cdef inline uint16_t _f16_round(float x) noexcept nogil:
     # normal results: rebias the exponent (127 -> 15), round the 13 dropped bits
     cdef uint32_t hn = (a - <uint32_t>0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
     # subnormal results: the significand in units of 2^-24, rounded at s dropped bits
-    cdef int32_t s = 126 - e
-    s = 1 if s < 1 else (25 if s > 25 else s)
+    cdef int32_t s = _clamp(126 - e, 1, 25)
     cdef uint32_t mant = (a & <uint32_t>0x7FFFFF) | <uint32_t>0x800000
     cdef uint32_t hs = (mant + ((<uint32_t>1 << (s - 1)) - 1) + ((mant >> s) & 1)) >> s
-    cdef uint32_t r = (<uint32_t>0x7C00 if a >= <uint32_t>0x477FF000 else
-                       (hn if a >= <uint32_t>0x38800000 else hs))
-    r = (<uint32_t>0x7E00 | ((a >> 13) & 0x3FF)) if a > <uint32_t>0x7F800000 else r
+    cdef uint32_t r = _sel(a >= <uint32_t>0x477FF000, 0x7C00,
+                           _sel(a >= <uint32_t>0x38800000, hn, hs))
+    r = _sel(a > <uint32_t>0x7F800000, <uint32_t>0x7E00 | ((a >> 13) & 0x3FF), r)
     return <uint16_t>(sign | r)
 
 
@@ -125,15 +135,14 @@ cdef inline uint16_t _f16_round_stochastic(float x, uint32_t rnd) noexcept nogil
     cdef uint32_t a = u & <uint32_t>0x7FFFFFFF
     cdef int32_t e = <int32_t>(a >> 23)
     cdef uint32_t hn = (a - <uint32_t>0x38000000 + (rnd & 0x1FFF)) >> 13
-    cdef int32_t s = 126 - e
-    s = 1 if s < 1 else (56 if s > 56 else s)
-    cdef int32_t sd = s - 31 if s > 31 else 0      # bits past 31 dropped by truncation
+    cdef int32_t s = _clamp(126 - e, 1, 56)
+    cdef int32_t sd = _clamp(s - 31, 0, 25)         # bits past 31 dropped by truncation
     s = s - sd
     cdef uint32_t mant = ((a & <uint32_t>0x7FFFFF) | <uint32_t>0x800000) >> sd
     cdef uint32_t hs = (mant + (rnd & ((<uint32_t>1 << s) - 1))) >> s
-    cdef uint32_t r = (<uint32_t>0x7C00 if a >= <uint32_t>0x47800000 else
-                       (hn if a >= <uint32_t>0x38800000 else hs))
-    r = (<uint32_t>0x7E00 | ((a >> 13) & 0x3FF)) if a > <uint32_t>0x7F800000 else r
+    cdef uint32_t r = _sel(a >= <uint32_t>0x47800000, 0x7C00,
+                           _sel(a >= <uint32_t>0x38800000, hn, hs))
+    r = _sel(a > <uint32_t>0x7F800000, <uint32_t>0x7E00 | ((a >> 13) & 0x3FF), r)
     return <uint16_t>(sign | r)
 
 
