@@ -24,9 +24,10 @@ torch fused float32    28     8
 
 ``TrackMixedRooflineFraction``: a mode's time against a roofline that moves its bytes at
 the bandwidth of the plain C loop with Adam's float32 streams (``fastlr._tools.roofline``,
-pattern "adam", 16M elements, 1 thread; measured in the same process): 100 x (bytes x
-elements / that bandwidth) / the step's time. (The roofline loops stream float32 or
-float64 arrays only, so the bandwidth is that loop's, applied to the mode's bytes.)
+pattern "adam", 16M elements, 1 thread; its passes sampled alternately with the steps):
+100 x (bytes x elements / that bandwidth) / the step's time. (The roofline loops stream
+float32 or float64 arrays only, so the bandwidth is that loop's, applied to the mode's
+bytes.)
 
     asv run --python=same --bench "TrackMixed"
 """
@@ -132,25 +133,32 @@ class TrackMixedSpeedup:
 
 class TrackMixedRooflineFraction:
     """100 x (the mode's bytes at the float32 Adam roofline loop's bandwidth) / the step's
-    time: the mode's share of the memory roofline, 1 thread."""
+    time: the mode's share of the memory roofline, 1 thread. The loop's passes (16M
+    elements) and the steps are sampled alternately in one process, best of each."""
 
     params = [list(MODES), list(SIZES)]
     param_names = ["mode", "size"]
     unit = "%"
     timeout = 900
+    N = 1 << 24
 
     def setup(self, mode, size):
         from fastlr._tools import roofline
 
         steady_state_malloc()
-        self.gbps = roofline.bandwidth("adam", 1 << 24, "float32", n_threads=1)
+        self.bufs = roofline.make_buffers("adam", self.N, "float32")
+        self.loop = lambda: roofline.time_passes("adam", self.bufs, 1, 1)
+        self.loop()                                                 # warm up
         self.sample = per_call_time(step_fn(mode, size), min_sample=0.05)[1]
         self.elements = sum(int(np.prod(s)) for s in SIZES[size])
 
     def track_roofline_percent(self, mode, size):
-        best = _best({"step": self.sample})["step"]
-        floor = bytes_moved(mode) * self.elements / (self.gbps * 1e9)
-        return round(100 * floor / best, 1)
+        from fastlr._tools import roofline
+
+        best = _best({"step": self.sample, "loop": self.loop})
+        gbps = roofline.bytes_per_element("adam") * self.N / best["loop"]
+        floor = bytes_moved(mode) * self.elements / gbps
+        return round(100 * floor / best["step"], 1)
 
 
 class TrackMixedBytesPerParam:
