@@ -108,6 +108,33 @@ def test_same_bits_for_any_thread_count(fmt, master):
         assert a is None and b is None or _same_bits(a, b)
 
 
+
+def test_baseline_and_x86_64_v3_builds_give_identical_bits():
+    """fastlr._core.mixed compiled for baseline x86-64 and for x86-64-v3 (AVX2; the one
+    fastlr.kernels uses on such CPUs): every combination, the same bits."""
+    import importlib
+
+    from fastlr._core import dispatch
+    if "x86-64-v3" not in dispatch.available():
+        pytest.skip("the x86-64-v3 build is not built or this CPU does not run it")
+    builds = [importlib.import_module("fastlr._core.mixed"),
+              importlib.import_module("fastlr._core.mixed_x86_64_v3")]
+    shape = (5001,)
+    for fmt in ("float16", "bf16-bits"):
+        for grad32 in (False, True):
+            for state32 in (False, True):
+                for master in (False, True):
+                    for kw in OPTIONS.values():
+                        outs = []
+                        for build in builds:
+                            bufs = _buffers(fmt, grad32, state32, master, shape, seed=4)
+                            for t in range(1, 4):
+                                build.adam_mixed(bufs[0], _grad(t, fmt, grad32, shape),
+                                                 *bufs[1:], step=t, **kw)
+                            outs.append(bufs)
+                        for a, b in zip(*outs):
+                            assert a is None and b is None or _same_bits(a, b)
+
 @pytest.mark.parametrize("fmt", ["float16", "bf16-bits"])
 @pytest.mark.parametrize("option", sorted(OPTIONS))
 def test_master_bits_are_the_float32_kernels(fmt, option):
