@@ -81,6 +81,8 @@ MODULES = [
     ("fastlr._core.adafactor_x86_64_v3", ["fastlr/_core/adafactor_x86_64_v3.pyx"]),
     ("fastlr._core.int8state", ["fastlr/_core/int8state.pyx"]),  # 8-bit block-wise Adam state
     ("fastlr._core.int8state_x86_64_v3", ["fastlr/_core/int8state_x86_64_v3.pyx"]),
+    ("fastlr._core.mixed", ["fastlr/_core/mixed.pyx"]),  # Adam on 16-bit params (issue #19)
+    ("fastlr._core.mixed_x86_64_v3", ["fastlr/_core/mixed_x86_64_v3.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),

@@ -58,7 +58,8 @@ def default_target():
 
 
 #: Kernel modules built once per target (fastlr._core.<name> is the baseline build).
-MODULES = ("layerwise", "lrfree", "schedulefree", "adafactor", "ema", "dadapt", "int8state")
+MODULES = ("layerwise", "lrfree", "schedulefree", "adafactor", "ema", "dadapt", "int8state",
+           "mixed")
 
 
 def module(name):

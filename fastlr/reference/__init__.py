@@ -59,6 +59,7 @@ from fastlr.reference.lrfree import prodigy_step
 from fastlr.reference.dadapt import dadapt_adagrad_step, dadapt_adam_step, dadapt_sgd_step  # noqa: F401
 from fastlr.reference.muon import muon  # noqa: F401  (Muon's twin; its own module)
 from fastlr.reference.adafactor import adafactor
+from fastlr.reference.mixed import adam_mixed  # noqa: F401  (16-bit params; fastlr.kernels.adam_mixed)
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
            "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers",

@@ -1,0 +1,181 @@
+"""16-bit params (issue #19): AdamW on bfloat16 params and grads through
+``fastlr.kernels.adam_mixed``, with or without a float32 master copy, with float32 or
+bfloat16 moments, 1 thread, against ``torch.optim.AdamW(fused=True)`` on float32 params
+(the baseline of the issue's targets) and, as a peer, on bfloat16 params and grads (torch's
+own 16-bit path: no master, nearest rounding, bfloat16 moments).
+
+Shapes: those of bench_lowprecision (``16M``: 8 tensors of 2M elements; ``gpt2-small``:
+GPT-2 small's 148 tensors, 124M elements). Every variant steps its own copy of the same
+data; the samples are interleaved in one process and the best of each is kept, so the
+ratios hold up on a shared machine better than absolute times.
+
+Bytes a step moves per element (reads + writes): param 2 + 2, grad 2, master 4 + 4 (when
+kept), each moment 2 + 2 (bfloat16) or 4 + 4 (float32):
+
+=====================  =====  ==========================
+mode                   bytes  optimizer-owned bytes/param
+=====================  =====  ==========================
+master, float32 state  30     12
+master, bf16 state     22     8
+no master, f32 state   22     8
+no master, bf16 state  14     4
+torch fused float32    28     8
+=====================  =====  ==========================
+
+``TrackMixedRooflineFraction``: a mode's time against a roofline that moves its bytes at
+the bandwidth of the plain C loop with Adam's float32 streams (``fastlr._tools.roofline``,
+pattern "adam", 16M elements, 1 thread; its passes sampled alternately with the steps):
+100 x (bytes x elements / that bandwidth) / the step's time. (The roofline loops stream
+float32 or float64 arrays only, so the bandwidth is that loop's, applied to the mode's
+bytes.)
+
+    asv run --python=same --bench "TrackMixed"
+"""
+
+import time
+
+import numpy as np
+
+from .bench_lowprecision import SIZES, _data
+from .common import per_call_time, steady_state_malloc
+
+#: mode -> (master kept, moments' dtype)
+MODES = {"master-f32state": (True, "float32"), "master-bf16state": (True, "bfloat16"),
+         "nomaster-f32state": (False, "float32"), "nomaster-bf16state": (False, "bfloat16")}
+VERSUS = ["torch-fused", "torch-fused-bf16"]
+_CACHE = {}
+
+
+def bytes_moved(mode):
+    """Bytes one element's step reads and writes in ``mode``."""
+    master, state = MODES[mode]
+    return 6 + (8 if master else 0) + (8 if state == "bfloat16" else 16)
+
+
+def owned_bytes(mode):
+    """Optimizer-owned bytes per param element in ``mode`` (master and moments)."""
+    master, state = MODES[mode]
+    return (4 if master else 0) + (4 if state == "bfloat16" else 8)
+
+
+def _bf16_bits(x):
+    return (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16)      # (truncated)
+
+
+def step_fn(impl, size):
+    """One AdamW step (lr 1e-3, weight_decay 0.01), 1 thread, of ``impl``: a key of
+    :data:`MODES` (fastlr.kernels.adam_mixed on bfloat16 params and grads), "torch-fused"
+    (float32) or "torch-fused-bf16" (cached per process)."""
+    key = (impl, size)
+    if key in _CACHE:
+        return _CACHE[key]
+    params, grads = _data(size)
+    if impl.startswith("torch"):
+        try:
+            import torch
+        except ImportError:
+            raise NotImplementedError("torch is not installed") from None
+        torch.set_num_threads(1)
+        dtype = torch.bfloat16 if impl == "torch-fused-bf16" else torch.float32
+        tensors = [torch.nn.Parameter(torch.from_numpy(p).to(dtype)) for p in params]
+        for t, g in zip(tensors, grads):
+            t.grad = torch.from_numpy(g).to(dtype)
+        fn = torch.optim.AdamW(tensors, lr=1e-3, weight_decay=0.01, fused=True).step
+    else:
+        from fastlr import kernels
+
+        master, state = MODES[impl]
+        sdt = np.uint16 if state == "bfloat16" else np.float32
+        bufs = [(_bf16_bits(p), _bf16_bits(g), np.zeros(p.shape, sdt), np.zeros(p.shape, sdt),
+                 p if master else None) for p, g in zip(params, grads)]
+        del params, grads
+        count = [0]
+
+        def fn():
+            count[0] += 1
+            for p, g, m, v, w in bufs:
+                kernels.adam_mixed(p, g, m, v, w, step=count[0], lr=1e-3, weight_decay=0.01,
+                                   decoupled_weight_decay=True, n_threads=1)
+    fn()
+    _CACHE[key] = fn
+    return fn
+
+
+def _best(samplers, seconds=20.0):
+    best = {k: float("inf") for k in samplers}
+    start = time.perf_counter()
+    for i in range(7):
+        if i >= 3 and time.perf_counter() - start > seconds:
+            break
+        for k, sample in samplers.items():
+            best[k] = min(best[k], sample())
+    return best
+
+
+class TrackMixedSpeedup:
+    """``versus`` time / adam_mixed time per step, bfloat16 params and grads (interleaved
+    samples, best of up to 7)."""
+
+    params = [VERSUS, list(MODES), list(SIZES)]
+    param_names = ["versus", "mode", "size"]
+    unit = "x"
+    timeout = 900
+
+    def setup(self, versus, mode, size):
+        steady_state_malloc()
+        self.samplers = {k: per_call_time(step_fn(k, size), min_sample=0.05)[1]
+                         for k in (mode, versus)}
+
+    def track_speedup(self, versus, mode, size):
+        best = _best(self.samplers)
+        return round(best[versus] / best[mode], 2)
+
+
+class TrackMixedRooflineFraction:
+    """100 x (the mode's bytes at the float32 Adam roofline loop's bandwidth) / the step's
+    time: the mode's share of the memory roofline, 1 thread. The loop's passes (16M
+    elements) and the steps are sampled alternately in one process, best of each."""
+
+    params = [list(MODES), list(SIZES)]
+    param_names = ["mode", "size"]
+    unit = "%"
+    timeout = 900
+    N = 1 << 24
+
+    def setup(self, mode, size):
+        from fastlr._tools import roofline
+
+        steady_state_malloc()
+        self.bufs = roofline.make_buffers("adam", self.N, "float32")
+        self.loop = lambda: roofline.time_passes("adam", self.bufs, 1, 1)
+        self.loop()                                                 # warm up
+        self.sample = per_call_time(step_fn(mode, size), min_sample=0.05)[1]
+        self.elements = sum(int(np.prod(s)) for s in SIZES[size])
+
+    def track_roofline_percent(self, mode, size):
+        from fastlr._tools import roofline
+
+        best = _best({"step": self.sample, "loop": self.loop})
+        gbps = roofline.bytes_per_element("adam") * self.N / best["loop"]
+        floor = bytes_moved(mode) * self.elements / gbps
+        return round(100 * floor / best["step"], 1)
+
+
+class TrackMixedBytesPerParam:
+    """Bytes of optimizer-owned memory (master and moments) per param element."""
+
+    params = [list(MODES)]
+    param_names = ["mode"]
+    unit = "bytes"
+
+    def track_owned_bytes(self, mode):
+        from fastlr import kernels
+
+        master, state = MODES[mode]
+        sdt = np.uint16 if state == "bfloat16" else np.float32
+        n = 4096
+        bufs = [np.zeros(n, sdt), np.zeros(n, sdt)] + ([np.zeros(n, np.float32)] if master
+                                                       else [])
+        kernels.adam_mixed(np.zeros(n, np.uint16), np.zeros(n, np.uint16), *bufs, step=1,
+                           lr=1e-3)
+        return sum(b.nbytes for b in bufs) / n

@@ -1,0 +1,13 @@
+# Type stubs for the compiled module fastlr._core.mixed (Adam / AdamW on 16-bit params;
+# fastlr.kernels re-exports adam_mixed).
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["adam_mixed"]
+
+def adam_mixed(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
+               exp_avg_sq: np.ndarray, master: Optional[np.ndarray] = None, *, step: int,
+               lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+               maximize: bool = False, n_threads: Optional[int] = None) -> None: ...

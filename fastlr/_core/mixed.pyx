@@ -1,0 +1,531 @@
+# fastlr/_core/mixed.pyx -- Adam / AdamW on 16-bit params (float16 or bfloat16), with or
+# without a float32 master copy (issue #19): the fused per-element loops, in C, and the
+# validated Python kernel fastlr.kernels.adam_mixed.
+#
+# Design notes
+# ------------
+# a) Formats. A 16-bit param is IEEE float16 (``np.float16``) or bfloat16. bfloat16 arrays
+#    are either ``ml_dtypes.bfloat16`` arrays (the optional ml_dtypes package: JAX's and
+#    TensorFlow's NumPy dtype) or ``np.uint16`` arrays of bfloat16 bit patterns (always
+#    accepted, as the bfloat16 optimizer state is kept): the kernel reads both as bits. The
+#    grad is in the param's format or float32; the moments are float32 or bfloat16 (both
+#    alike); the master copy is float32 or absent.
+# b) One pass, per element, every operation in float32 in the order of the float32 Adam
+#    core (loops.pxd: adam_core): the param's float32 value pi (the master's, else the
+#    16-bit param widened exactly), the grad widened exactly,
+#        g  = sign * grad (+ wd * pi for L2)
+#        m1 = lerp(m, g, 1 - beta1);   v1 = v * beta2 + (1 - beta2) * g * g
+#        p1 = pi * decay - step_size * (m1 / (sqrt(v1) * inv_bc2s + eps))
+#    With a master: master = p1 and param = p1 rounded to nearest even (so master's bits
+#    are those of fastlr.kernels.adam on float32 arrays holding the same values). Without
+#    one: param = p1 rounded stochastically (below). bfloat16 moments are widened and
+#    stored as adam_core_bf16 stores them (stochastically, the random bits of stream 0),
+#    so with a master and bfloat16 moments the master and moments are the bits of
+#    fastlr.kernels.adam_bf16_state.
+# c) Stochastic rounding of the param (no master): up to the next 16-bit value with
+#    probability (the dropped part) / (the gap), so the expected stored value is p1. The
+#    random bits are bfloat.pxd's: random_bits(key, step_salt(step, 2)) with key = bits(pi)
+#    ^ bits(grad) * 0x2C1B3C6D (the element's widened value before the update and its
+#    widened grad: a 16-bit param alone takes few distinct values, and elements sharing a
+#    key share their random bits; stream 2, as streams 0 and 1 salt the moments, which use
+#    the same key here): no random state, the same bits for any thread count and chunking,
+#    reproducible from (param, grad, step). With a master the key is the master's bits, as
+#    in adam_core_bf16. bfloat16 takes the high 16 bits (bf16_round_stochastic);
+#    float16 the low 13 bits for normal results, and for subnormal results (below 2^-14)
+#    the low s bits for s dropped bits (s <= 31; a result below 2^-38 first drops its bits
+#    past 31 by truncation, so its probability of rounding up is exact to 2^-31 of an ulp).
+# d) float16 rounding is written out on the bits (no _Float16: its availability and
+#    conversions vary by compiler): nearest even, overflow (|x| >= 65520) to Inf, subnormal
+#    results rounded at 2^-24, NaN kept as a quiet NaN with its sign and top payload bits;
+#    widening is exact. Integer operations and selects only, so the loops vectorize.
+# e) Threads: element-wise, through the kernels' threaded loop (parallel_spans): the same
+#    bits for any thread count. Validation: everything (types, dtypes, shapes, layouts,
+#    writeability, alignment, byte order, overlap, hyperparameters) is checked before the
+#    GIL is released and before any buffer is written.
+# The NumPy twin is fastlr.reference.adam_mixed (fastlr/reference/mixed.py), bit for bit.
+
+cimport cython
+cimport numpy as cnp
+from libc.stdint cimport int32_t, uint16_t, uint32_t
+from libc.string cimport memcpy
+
+from fastlr._core.args cimport (NONNEG, UNIT, checked_real, flag_arg, layout_hint,
+                                ndarray_hint, step_arg, threads_arg)
+from fastlr._core.arrays cimport layout_name, same_shape
+from fastlr._core.bfloat cimport (bf16_round, bf16_round_stochastic, bf16_widen, random_bits,
+                                  step_salt)
+from fastlr._core.loops cimport AdamCoef, adam_coef, fsqrt, lerp
+from fastlr._kernels cimport AdamHyper, parallel_spans
+
+import sys
+
+import numpy as np
+
+cnp.import_array()
+
+__all__ = ["adam_mixed"]
+
+cdef enum:
+    # The GIL is released for params at least this long (as in _kernels).
+    NOGIL_MIN_SIZE = 4096
+    FMT_F16 = 0
+    FMT_BF16 = 1
+    # the salt stream of the param's stochastic rounding (0 and 1: the moments, AMSGrad)
+    PARAM_STREAM = 2
+
+
+# ---------------------------------------------------------------------------------------
+# float16 <-> float32 on the bits
+# ---------------------------------------------------------------------------------------
+cdef inline uint32_t _sel(bint c, uint32_t a, uint32_t b) noexcept nogil:
+    """a if c else b, as a mask (no branch: Cython writes a conditional expression as an
+    if statement, and GCC does not vectorize a loop with nested ones)."""
+    return b ^ ((a ^ b) & (<uint32_t>0 - <uint32_t>c))
+
+
+cdef inline int32_t _clamp(int32_t x, int32_t lo, int32_t hi) noexcept nogil:
+    x = <int32_t>_sel(x < lo, <uint32_t>lo, <uint32_t>x)
+    return <int32_t>_sel(x > hi, <uint32_t>hi, <uint32_t>x)
+
+
+cdef inline float _f16_widen(uint16_t h) noexcept nogil:
+    """The float32 value of IEEE half bits (exact; NaN payloads kept)."""
+    cdef uint32_t sign = (<uint32_t>(h & 0x8000)) << 16
+    cdef uint32_t e = (h >> 10) & 0x1F
+    cdef uint32_t mant = h & 0x3FF
+    cdef uint32_t u_norm = sign | ((e + 112) << 23) | (mant << 13)
+    cdef uint32_t u_special = sign | <uint32_t>0x7F800000 | (mant << 13)
+    cdef float sub = <float>(<int32_t>mant) * <float>5.9604644775390625e-08     # m * 2^-24
+    cdef uint32_t u_sub
+    memcpy(&u_sub, &sub, 4)
+    u_sub = u_sub | sign
+    cdef uint32_t u = _sel(e == 0, u_sub, _sel(e == 31, u_special, u_norm))
+    cdef float x
+    memcpy(&x, &u, 4)
+    return x
+
+
+cdef inline uint16_t _f16_round(float x) noexcept nogil:
+    """The IEEE half nearest x (ties to even), as bits: overflow to Inf, subnormals at
+    2^-24, NaN a quiet NaN with its sign and top payload bits."""
+    cdef uint32_t u
+    memcpy(&u, &x, 4)
+    cdef uint32_t sign = (u >> 16) & 0x8000
+    cdef uint32_t a = u & <uint32_t>0x7FFFFFFF
+    cdef int32_t e = <int32_t>(a >> 23)
+    # normal results: rebias the exponent (127 -> 15), round the 13 dropped bits
+    cdef uint32_t hn = (a - <uint32_t>0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
+    # subnormal results: the significand in units of 2^-24, rounded at s dropped bits
+    cdef int32_t s = _clamp(126 - e, 1, 25)
+    cdef uint32_t mant = (a & <uint32_t>0x7FFFFF) | <uint32_t>0x800000
+    cdef uint32_t hs = (mant + ((<uint32_t>1 << (s - 1)) - 1) + ((mant >> s) & 1)) >> s
+    cdef uint32_t r = _sel(a >= <uint32_t>0x477FF000, 0x7C00,
+                           _sel(a >= <uint32_t>0x38800000, hn, hs))
+    r = _sel(a > <uint32_t>0x7F800000, <uint32_t>0x7E00 | ((a >> 13) & 0x3FF), r)
+    return <uint16_t>(sign | r)
+
+
+cdef inline uint16_t _f16_round_stochastic(float x, uint32_t rnd) noexcept nogil:
+    """x rounded to one of its two neighbouring halves, up with probability (the dropped
+    part) / (the gap), for uniform 32-bit rnd; halves are kept; NaN and overflow as
+    _f16_round (a result past 65504 may round up to Inf)."""
+    cdef uint32_t u
+    memcpy(&u, &x, 4)
+    cdef uint32_t sign = (u >> 16) & 0x8000
+    cdef uint32_t a = u & <uint32_t>0x7FFFFFFF
+    cdef int32_t e = <int32_t>(a >> 23)
+    cdef uint32_t hn = (a - <uint32_t>0x38000000 + (rnd & 0x1FFF)) >> 13
+    cdef int32_t s = _clamp(126 - e, 1, 56)
+    cdef int32_t sd = _clamp(s - 31, 0, 25)         # bits past 31 dropped by truncation
+    s = s - sd
+    cdef uint32_t mant = ((a & <uint32_t>0x7FFFFF) | <uint32_t>0x800000) >> sd
+    cdef uint32_t hs = (mant + (rnd & ((<uint32_t>1 << s) - 1))) >> s
+    cdef uint32_t r = _sel(a >= <uint32_t>0x47800000, 0x7C00,
+                           _sel(a >= <uint32_t>0x38800000, hn, hs))
+    r = _sel(a > <uint32_t>0x7F800000, <uint32_t>0x7E00 | ((a >> 13) & 0x3FF), r)
+    return <uint16_t>(sign | r)
+
+
+cdef inline float _widen16(uint16_t h, int fmt) noexcept nogil:
+    return bf16_widen(h) if fmt == FMT_BF16 else _f16_widen(h)
+
+
+# ---------------------------------------------------------------------------------------
+# The fused loops
+# ---------------------------------------------------------------------------------------
+ctypedef fused grad_t:
+    uint16_t
+    float
+
+ctypedef fused state_t:
+    uint16_t
+    float
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
+                       Py_ssize_t i, float omb1, float omb1_m1, float b2, float omb2,
+                       float eps, float wd, float step_size, float inv_bc2s, float decay,
+                       float sign, uint32_t salt_state, uint32_t salt_param, int fmt,
+                       bint has_master, bint l2, bint small) noexcept nogil:
+    # One element. fmt, has_master, l2 and small come in as constants where the loops
+    # below are unswitched by hand, so each loop body is straight-line code.
+    cdef float pi, g, mo, vo, mi, vi, pn
+    cdef uint32_t key, gkey, r = 0
+    if has_master:
+        pi = master[i]
+    else:
+        pi = _widen16(p[i], fmt)
+    if grad_t is float:
+        g = grad[i]
+    else:
+        g = _widen16(grad[i], fmt)
+    memcpy(&key, &pi, 4)
+    if not has_master:
+        # a 16-bit param's bits are shared by many elements: mix in the grad's
+        memcpy(&gkey, &g, 4)
+        key = key ^ (gkey * <uint32_t>0x2C1B3C6Du)
+    if state_t is uint16_t:
+        r = random_bits(key, salt_state)           # low half rounds m, high half v
+        mo = bf16_widen(m[i])
+        vo = bf16_widen(v[i])
+    else:
+        mo = m[i]
+        vo = v[i]
+    g = sign * g
+    if l2:
+        g = g + wd * pi
+    mi = lerp(mo, g, omb1, omb1_m1, small)
+    vi = vo * b2 + omb2 * g * g
+    if state_t is uint16_t:
+        m[i] = bf16_round_stochastic(mi, r & 0xFFFF)
+        v[i] = bf16_round_stochastic(vi, r >> 16)
+    else:
+        m[i] = mi
+        v[i] = vi
+    pn = pi * decay - step_size * (mi / (fsqrt(vi) * inv_bc2s + eps))
+    if has_master:
+        master[i] = pn
+        p[i] = bf16_round(pn) if fmt == FMT_BF16 else _f16_round(pn)
+    else:
+        r = random_bits(key, salt_param)
+        p[i] = (bf16_round_stochastic(pn, r >> 16) if fmt == FMT_BF16
+                else _f16_round_stochastic(pn, r))
+
+
+ctypedef struct MixedCoef:
+    AdamCoef adam
+    uint32_t salt_param
+    int fmt
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _loop(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
+                Py_ssize_t n, const MixedCoef* mc) noexcept nogil:
+    cdef const AdamCoef* c = &mc.adam
+    cdef float omb1 = <float>c.one_minus_beta1
+    cdef float omb1_m1 = -(<float>1 - omb1)
+    cdef float b2 = <float>c.beta2
+    cdef float omb2 = <float>c.one_minus_beta2
+    cdef float eps = <float>c.eps
+    cdef float wd = <float>c.weight_decay
+    cdef float step_size = <float>c.step_size
+    cdef float inv_bc2s = <float>c.inv_bias_correction2_sqrt
+    cdef float decay = <float>c.decay
+    cdef float sign = <float>c.sign
+    cdef bint small = omb1 < <float>0.5
+    cdef bint l2 = c.l2
+    cdef bint common = small and not l2     # beta1 > 0.5 without L2: AdamW, plain Adam
+    cdef uint32_t ss = c.salt[0], sp = mc.salt_param
+    cdef Py_ssize_t i
+    if mc.fmt == FMT_BF16 and master != NULL:
+        if common:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, True, False, True)
+        else:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, True, l2, small)
+    elif mc.fmt == FMT_BF16:
+        if common:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, False, False, True)
+        else:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, False, l2, small)
+    elif master != NULL:
+        if common:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_F16, True, False, True)
+        else:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_F16, True, l2, small)
+    else:
+        if common:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_F16, False, False, True)
+        else:
+            for i in range(n):
+                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+                      inv_bc2s, decay, sign, ss, sp, FMT_F16, False, l2, small)
+
+
+ctypedef struct Job:
+    char* p
+    char* grad
+    char* m
+    char* v
+    char* master            # NULL: no master
+    int grad32, state32     # grad / moments float32 (else 16-bit)
+    const MixedCoef* coef
+
+
+cdef inline char* _at(char* ptr, Py_ssize_t offset) noexcept nogil:
+    return NULL if ptr == NULL else ptr + offset
+
+
+cdef void _span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    cdef Job* job = <Job*>ctx
+    cdef Py_ssize_t n = stop - start
+    cdef uint16_t* p = <uint16_t*>job.p + start
+    cdef float* master = <float*>_at(job.master, start * 4)
+    cdef Py_ssize_t gs = 4 if job.grad32 else 2, ss = 4 if job.state32 else 2
+    cdef char* g = job.grad + start * gs
+    cdef char* m = job.m + start * ss
+    cdef char* v = job.v + start * ss
+    if job.grad32 and job.state32:
+        _loop(p, <float*>g, <float*>m, <float*>v, master, n, job.coef)
+    elif job.grad32:
+        _loop(p, <float*>g, <uint16_t*>m, <uint16_t*>v, master, n, job.coef)
+    elif job.state32:
+        _loop(p, <uint16_t*>g, <float*>m, <float*>v, master, n, job.coef)
+    else:
+        _loop(p, <uint16_t*>g, <uint16_t*>m, <uint16_t*>v, master, n, job.coef)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation and the Python kernel
+# ---------------------------------------------------------------------------------------
+cdef object _BF16_TYPE = None       # type(np.dtype(ml_dtypes.bfloat16)), once ml_dtypes is in
+
+
+cdef str _format(cnp.ndarray a):
+    """'float16', 'bfloat16' (uint16 bits or ml_dtypes.bfloat16), 'float32' or ''."""
+    global _BF16_TYPE
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT16:
+        return "float16"
+    if t == cnp.NPY_UINT16:
+        return "bfloat16"
+    if t == cnp.NPY_FLOAT:
+        return "float32"
+    if _BF16_TYPE is None:
+        ml = sys.modules.get("ml_dtypes")       # an ml_dtypes array: ml_dtypes is imported
+        if ml is None:
+            return ""
+        _BF16_TYPE = type(np.dtype(ml.bfloat16))
+    return "bfloat16" if type(a.dtype) is _BF16_TYPE else ""
+
+
+cdef str _got(cnp.ndarray a):
+    s = str(a.dtype)
+    return s if cnp.PyArray_TYPE(a) != cnp.NPY_UINT16 else "uint16 (bfloat16 bits)"
+
+
+_BF16_ARRAYS = "bfloat16 (ml_dtypes.bfloat16, or uint16 holding bfloat16 bits)"
+
+
+def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1=0.9,
+               beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+               maximize=False, n_threads=None):
+    """Adam / AdamW on a 16-bit param (float16 or bfloat16), in place, in one pass.
+
+    Per element, in float32 (the param's value ``p`` is ``master``'s when given, else the
+    16-bit param widened exactly; the grad is widened exactly)::
+
+        g  = -grad if maximize else grad;  g = g + wd * p   (L2: not decoupled)
+        m  = lerp(m, g, 1 - beta1)
+        v  = v * beta2 + (1 - beta2) * g * g
+        p1 = p * (1 - lr * wd) - step_size * (m / (sqrt(v) * c2 + eps))
+
+    with ``step_size = lr / (1 - beta1**t)``, ``c2 = 1 / sqrt(1 - beta2**t)`` (in double,
+    rounded to float32) and ``1 - lr * wd`` only when decoupled (AdamW). With ``master``:
+    ``master = p1`` (the bits of :func:`adam` on float32 copies of the same values) and
+    ``param = p1`` rounded to nearest even. Without: ``param = p1`` rounded
+    stochastically, up with probability (the dropped part) / (the gap between the two
+    neighbouring 16-bit values), so the expected stored value is ``p1``; the random bits
+    are murmur3's finalizer of ``key * 0x9E3779B1 ^ salt``, ``key = bits(p) ^ bits(grad) *
+    0x2C1B3C6D`` (float32 bits of the widened values), ``salt`` splitmix64's of
+    ``3 * step + 2`` (the same bits for any thread count; reproducible from the param, the
+    grad and ``step``). bfloat16 moments are stored as :func:`adam_bf16_state` stores them
+    (keyed by the master's bits, or by ``key`` without a master). Its NumPy
+    twin is :func:`fastlr.reference.adam_mixed` (bit for bit). Returns None.
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        float16, or bfloat16: an ``ml_dtypes.bfloat16`` array or a ``uint16`` array of
+        bfloat16 bit patterns (the top half of a float32); C- or F-contiguous, writeable;
+        updated in place.
+    grad : numpy.ndarray
+        The param's format (float16; bfloat16 as either array kind) or float32, the param's
+        shape and layout; only read.
+    exp_avg, exp_avg_sq : numpy.ndarray
+        float32, or both bfloat16 (``uint16`` bits or ``ml_dtypes.bfloat16``); the param's
+        shape and layout; updated in place; start at zeros.
+    master : numpy.ndarray, optional
+        float32 master weights (the param's shape and layout), updated in place; start as
+        the param's float32 values. None: update the 16-bit param directly.
+    step : int
+        The 1-based update number, >= 1.
+    lr : float
+        learning rate (parameter units per gradient unit), a finite number >= 0.
+    beta1, beta2 : float, default 0.9, 0.999
+        moment decays, in [0, 1).
+    eps : float, default 1e-8
+        added to the denominator (gradient units), a finite number >= 0.
+    weight_decay : float, default 0.0
+        a finite number >= 0 (L2, or decoupled with ``decoupled_weight_decay``).
+    decoupled_weight_decay : bool, default False
+        ``p *= 1 - lr * wd`` (AdamW) instead of L2.
+    maximize : bool, default False
+        ascend instead of descend.
+    n_threads : int, optional
+        threads to use (None: :func:`get_num_threads`); the result does not depend on it.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type or dtype.
+    ValueError
+        If shapes or layouts differ, a written buffer is read-only, buffers overlap, or a
+        hyperparameter is out of range (nothing is written).
+
+    Examples
+    --------
+    >>> p = np.ones(3, np.float16); g = np.full(3, 0.5, np.float16)
+    >>> m = np.zeros(3, np.float32); v = np.zeros(3, np.float32)
+    >>> w = p.astype(np.float32)
+    >>> kernels.adam_mixed(p, g, m, v, w, step=1, lr=0.1)
+    >>> p, w
+    (array([0.9, 0.9, 0.9], dtype=float16), array([0.9, 0.9, 0.9], dtype=float32))
+    """
+    cdef str fn = "fastlr.kernels.adam_mixed"
+    cdef AdamHyper h
+    cdef MixedCoef mc
+    cdef Job job
+    h.step = step_arg(fn, step)
+    h.lr = checked_real(fn, "lr", lr, NONNEG)
+    h.beta1 = checked_real(fn, "beta1", beta1, UNIT)
+    h.beta2 = checked_real(fn, "beta2", beta2, UNIT)
+    h.eps = checked_real(fn, "eps", eps, NONNEG)
+    h.weight_decay = checked_real(fn, "weight_decay", weight_decay, NONNEG)
+    h.decoupled_weight_decay = flag_arg(fn, "decoupled_weight_decay", decoupled_weight_decay)
+    h.maximize = flag_arg(fn, "maximize", maximize)
+    cdef int nt = threads_arg(fn, n_threads)
+
+    names = ("param", "grad", "exp_avg", "exp_avg_sq", "master")
+    objs = (param, grad, exp_avg, exp_avg_sq, master)
+    cdef list arrays = []
+    cdef cnp.ndarray a, p = None
+    cdef str fmt, pfmt = "", sfmt = ""
+    cdef bint c_order = True
+    cdef int k, j
+    for k in range(5):
+        obj = objs[k]
+        name = names[k]
+        if obj is None and k == 4:
+            break
+        if not cnp.PyArray_Check(obj):
+            raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got "
+                            f"{type(obj).__name__}{ndarray_hint(obj)}")
+        a = <cnp.ndarray>obj
+        fmt = _format(a)
+        if k == 0:
+            if fmt not in ("float16", "bfloat16"):
+                raise TypeError(f"{fn}: param must have dtype float16 or {_BF16_ARRAYS}, got "
+                                f"{_got(a)}")
+            p = a
+            pfmt = fmt
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)):
+                raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
+                                 f"{(<object>a).strides} for shape {(<object>a).shape}; an "
+                                 f"in-place update cannot be applied to a copy"
+                                 f"{layout_hint('param', False, True)}")
+            c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
+        else:
+            if k == 1 and fmt != pfmt and fmt != "float32":
+                raise TypeError(f"{fn}: grad must have the param's dtype ({pfmt}) or float32, "
+                                f"got {_got(a)}")
+            if k == 2 and fmt not in ("float32", "bfloat16"):
+                raise TypeError(f"{fn}: exp_avg must have dtype float32 or {_BF16_ARRAYS}, "
+                                f"got {_got(a)}")
+            if k == 2:
+                sfmt = fmt
+            if k == 3 and fmt != sfmt:
+                raise TypeError(f"{fn}: exp_avg_sq must have exp_avg's dtype ({sfmt}), got "
+                                f"{_got(a)}")
+            if k == 4 and fmt != "float32":
+                raise TypeError(f"{fn}: master must have dtype float32 (or be None), got "
+                                f"{_got(a)}")
+            if not same_shape(a, p):
+                raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but param has "
+                                 f"shape {(<object>p).shape}; they must be equal")
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order
+                    else cnp.PyArray_IS_F_CONTIGUOUS(a)):
+                raise ValueError(f"{fn}: {name} is {layout_name(a)} but param is "
+                                 f"{layout_name(p)}; the arrays of one parameter must share "
+                                 f"one contiguous layout{layout_hint(name, not c_order, k != 1)}")
+        if cnp.PyArray_ISBYTESWAPPED(a):
+            raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
+                            f"{name}.astype({name}.dtype.newbyteorder('='))")
+        if not cnp.PyArray_ISALIGNED(a):
+            raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
+                             f"an aligned buffer")
+        if k != 1 and not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is updated "
+                             f"in place")
+        arrays.append(a)
+    # Overlap: no buffer may share memory with another (the grad included).
+    cdef Py_ssize_t size = cnp.PyArray_SIZE(p)
+    cdef list spans = []
+    cdef Py_ssize_t lo_k, hi_k, lo_j, hi_j
+    if size > 0:
+        for k in range(len(arrays)):
+            a = arrays[k]
+            lo_k = <Py_ssize_t>cnp.PyArray_DATA(a)
+            spans.append((lo_k, lo_k + size * cnp.PyArray_ITEMSIZE(a)))
+        for k in range(len(arrays)):
+            lo_k, hi_k = spans[k]
+            for j in range(k + 1, len(arrays)):
+                lo_j, hi_j = spans[j]
+                if lo_k < hi_j and lo_j < hi_k:
+                    raise ValueError(f"{fn}: {names[k]} and {names[j]} overlap in memory; "
+                                     f"every buffer of an update must be a separate array")
+    if size == 0:
+        return None
+
+    adam_coef(&h, &mc.adam)
+    mc.salt_param = step_salt(h.step, PARAM_STREAM)
+    mc.fmt = FMT_BF16 if pfmt == "bfloat16" else FMT_F16
+    job.p = <char*>cnp.PyArray_DATA(arrays[0])
+    job.grad = <char*>cnp.PyArray_DATA(arrays[1])
+    job.m = <char*>cnp.PyArray_DATA(arrays[2])
+    job.v = <char*>cnp.PyArray_DATA(arrays[3])
+    job.master = <char*>cnp.PyArray_DATA(arrays[4]) if len(arrays) == 5 else NULL
+    job.grad32 = cnp.PyArray_TYPE(arrays[1]) == cnp.NPY_FLOAT
+    job.state32 = sfmt == "float32"
+    job.coef = &mc
+    if size >= NOGIL_MIN_SIZE:
+        with nogil:
+            parallel_spans(_span, &job, size, nt)
+    else:
+        parallel_spans(_span, &job, size, nt)

@@ -1,0 +1,211 @@
+"""NumPy twin of :func:`fastlr.kernels.adam_mixed`: Adam / AdamW on 16-bit params (float16
+or bfloat16), with or without a float32 master copy.
+
+Pure NumPy, sharing no code with the compiled loop it checks: float16 is rounded to nearest
+by NumPy's own cast (``astype(np.float16)``) and stochastically from the two neighbouring
+halves found with ``np.nextafter``; bfloat16 (``uint16`` bits) and the random bits are the
+bfloat16-state twin's (:mod:`fastlr.reference.lowprecision`). The update repeats the float32
+Adam loop's operations in the same order, each a float32 NumPy operation, so twin and kernel
+agree bit for bit.
+"""
+
+import math
+
+import numpy as np
+
+from fastlr.reference.lowprecision import (_lerp_f32, bf16_round, bf16_round_stochastic,
+                                           bf16_widen, random_bits, step_salt)
+
+__all__ = ["adam_mixed", "f16_round", "f16_round_stochastic", "f16_widen"]
+
+_PARAM_STREAM = 2           # the salt stream of the param's stochastic rounding
+
+
+def _bits(a):
+    """The 16-bit array's bits as uint16 (a view; float16, uint16 or ml_dtypes.bfloat16)."""
+    return a.view(np.uint16)
+
+
+def f16_widen(bits):
+    """float32 values of IEEE half bit patterns: exact, NaN payloads kept as they are.
+
+    Parameters
+    ----------
+    bits : ndarray of uint16
+        IEEE half (float16) bit patterns.
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    b = np.asarray(bits, dtype=np.uint16).astype(np.uint32)
+    sign = (b & np.uint32(0x8000)) << np.uint32(16)
+    exp = (b >> np.uint32(10)) & np.uint32(0x1F)
+    man = b & np.uint32(0x3FF)
+    # subnormal halves: man * 2^-24 (exact in float32); the rest: the fields moved over
+    sub = (man.astype(np.float32) * np.float32(2.0 ** -24)).view(np.uint32)
+    normal = ((exp + np.uint32(112)) << np.uint32(23)) | (man << np.uint32(13))
+    special = np.uint32(0x7F800000) | (man << np.uint32(13))
+    u = np.where(exp == 0, sub, np.where(exp == 31, special, normal))
+    return (u | sign).view(np.float32)
+
+
+def _f16_nan(x):
+    """NaN as a half: a quiet NaN with x's sign and the top 10 bits of its payload."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32)
+    sign = (u >> np.uint32(16)) & np.uint32(0x8000)
+    return (sign | np.uint32(0x7E00) | ((u >> np.uint32(13)) & np.uint32(0x3FF))).astype(
+        np.uint16)
+
+
+def f16_round(x):
+    """The IEEE half nearest each float32 of ``x`` (ties to even), as ``uint16`` bits:
+    NumPy's cast (overflow to Inf, subnormals at 2^-24); NaN a quiet NaN with its sign.
+
+    Parameters
+    ----------
+    x : ndarray of float32
+
+    Returns
+    -------
+    ndarray of uint16
+    """
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = x.astype(np.float16).view(np.uint16)
+    return np.where(np.isnan(x), _f16_nan(x), h)
+
+
+def f16_round_stochastic(x, rnd):
+    """Each float32 of ``x`` rounded to one of its two neighbouring halves with the 32
+    random bits ``rnd``: up (away from zero) when ``(rnd mod 2^k) + D >= 2^k``, where ``D``
+    is the part of ``|x|`` past the lower neighbour in units of ``2^-k`` of the gap
+    (floored). ``k`` = 13 for results of 2^-14 and above; below, the bits a subnormal half
+    drops (``-E`` for ``|x| = f * 2^E``, ``0.5 <= f < 1``), at most 31. So a value is
+    rounded up with probability (the dropped part) / (the gap): the expected stored value is
+    ``x``. Halves are kept; NaN as :func:`f16_round`; past 65504 the upper neighbour is Inf
+    (gap 32); from 65536 on, Inf.
+
+    Parameters
+    ----------
+    x : ndarray of float32
+    rnd : ndarray of uint32
+        Per element, uniform (:func:`fastlr.reference.lowprecision.random_bits`).
+
+    Returns
+    -------
+    ndarray of uint16
+    """
+    x = np.asarray(x, dtype=np.float32)
+    a = np.abs(x).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        near = a.astype(np.float32).astype(np.float16)           # |x| to nearest
+        lo = np.where(near.astype(np.float64) > a, np.nextafter(near, np.float16(0)), near)
+        hi = np.nextafter(lo, np.float16(np.inf))
+        gap = np.where(np.isinf(hi), 32.0, hi.astype(np.float64) - lo.astype(np.float64))
+        frac = (a - lo.astype(np.float64)) / gap                 # in [0, 1), exact
+    frac = np.where(a < 65504.0 + 32.0, frac, 0.0)              # (Inf and NaN: set below)
+    k = np.where(a >= 2.0 ** -14, 13, np.minimum(-np.frexp(a)[1], 31)).astype(np.int64)
+    d = np.floor(np.ldexp(frac, k)).astype(np.int64)
+    r = np.asarray(rnd, dtype=np.uint32).astype(np.int64) & ((np.int64(1) << k) - 1)
+    up = r + d >= (np.int64(1) << k)
+    out = np.where(up, hi, lo).view(np.uint16)
+    out = np.where(a >= 65536.0, np.uint16(0x7C00), out)
+    out = out | np.where(np.signbit(x), np.uint16(0x8000), np.uint16(0))
+    return np.where(np.isnan(x), _f16_nan(x), out).astype(np.uint16)
+
+
+def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1=0.9,
+               beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+               maximize=False, n_threads=None):
+    """One Adam step on a 16-bit param, with or without a float32 master copy.
+
+    ``param`` is float16, or bfloat16 (``ml_dtypes.bfloat16`` or ``uint16`` bits); ``grad``
+    in its format or float32; ``exp_avg``/``exp_avg_sq`` float32 or bfloat16; ``master``
+    float32 or None. With ``p`` the master (else the param widened exactly), every
+    operation in float32::
+
+        g  = -grad if maximize else grad;  g = g + wd * p   (L2: not decoupled)
+        m1 = lerp(m, g, 1 - beta1);  v1 = v * beta2 + (1 - beta2) * g * g
+        p1 = p * (1 - lr * wd) - step_size * (m1 / (sqrt(v1) * c2 + eps))
+
+    (``step_size = lr / (1 - beta1**t)``, ``c2 = 1 / sqrt(1 - beta2**t)`` in double, then
+    float32; ``1 - lr * wd`` only when decoupled). The key of the random bits is ``p``
+    with a master, else ``bits(p) ^ bits(grad) * 0x2C1B3C6D`` (float32 bits, the grad
+    widened, before ``maximize``). bfloat16 moments are widened and stored stochastically
+    with ``h = random_bits(key, step_salt(step, 0))`` (low half m, high half v). With a
+    master: ``master = p1``, ``param`` = p1 to nearest even. Without: ``param`` = p1
+    rounded stochastically with ``random_bits(key, step_salt(step, 2))`` (bfloat16: its
+    high 16 bits; float16: :func:`f16_round_stochastic`).
+
+    Parameters
+    ----------
+    param : ndarray
+        float16 or bfloat16, updated in place.
+    grad : ndarray
+        The param's format or float32; not modified.
+    exp_avg, exp_avg_sq : ndarray
+        float32 or bfloat16, updated in place.
+    master : ndarray of float32, optional
+        Updated in place.
+    step : int
+        1-based update number.
+    lr, beta1, beta2, eps, weight_decay : float
+    decoupled_weight_decay, maximize : bool
+    n_threads : int, optional
+        Ignored (signature compatibility).
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> p = np.ones(2, np.float16); g = np.full(2, 0.5, np.float16)
+    >>> m = np.zeros(2, np.float32); v = np.zeros(2, np.float32)
+    >>> from fastlr.reference.mixed import adam_mixed
+    >>> adam_mixed(p, g, m, v, p.astype(np.float32), step=1, lr=0.1)
+    >>> p
+    array([0.9, 0.9], dtype=float16)
+    """
+    f = np.float32
+    bf16 = param.dtype != np.float16
+
+    def widen(a):
+        if a.dtype == np.float32:
+            return a
+        return bf16_widen(_bits(a)) if bf16 else f16_widen(_bits(a))
+
+    t = float(step)
+    step_size = f(lr / (1.0 - math.pow(beta1, t)))
+    inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
+    decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
+    p = master.copy() if master is not None else widen(param)
+    graw = widen(grad)
+    key = p
+    if master is None:      # the grad's bits mixed into the 16-bit param's
+        key = (p.view(np.uint32) ^ (graw.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(
+            np.float32)
+    g = (f(-1.0) if maximize else f(1.0)) * graw
+    if weight_decay != 0.0 and not decoupled_weight_decay:
+        g = g + f(weight_decay) * p
+    state16 = exp_avg.dtype != np.float32
+    m = bf16_widen(_bits(exp_avg)) if state16 else exp_avg
+    v = bf16_widen(_bits(exp_avg_sq)) if state16 else exp_avg_sq
+    m1 = _lerp_f32(m, g, 1.0 - beta1)
+    v1 = v * f(beta2) + f(1.0 - beta2) * g * g
+    if state16:
+        h = random_bits(key, step_salt(step, 0))
+        _bits(exp_avg)[...] = bf16_round_stochastic(m1, h & np.uint32(0xFFFF))
+        _bits(exp_avg_sq)[...] = bf16_round_stochastic(v1, h >> np.uint32(16))
+    else:
+        exp_avg[...] = m1
+        exp_avg_sq[...] = v1
+    p1 = p * decay - step_size * (m1 / (np.sqrt(v1) * inv_bc2s + f(eps)))
+    if master is not None:
+        master[...] = p1
+        _bits(param)[...] = bf16_round(p1) if bf16 else f16_round(p1)
+    else:
+        r = random_bits(key, step_salt(step, _PARAM_STREAM))
+        _bits(param)[...] = (bf16_round_stochastic(p1, r >> np.uint32(16)) if bf16
+                             else f16_round_stochastic(p1, r))
