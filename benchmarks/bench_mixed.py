@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from .bench_lowprecision import SIZES, _data
-from .common import per_call_time, steady_state_malloc
+from .common import n_samples, per_call_time, steady_state_malloc
 
 #: mode -> (master kept, moments' dtype)
 MODES = {"master-f32state": (True, "float32"), "master-bf16state": (True, "bfloat16"),
@@ -104,7 +104,7 @@ def step_fn(impl, size):
 def _best(samplers, seconds=20.0):
     best = {k: float("inf") for k in samplers}
     start = time.perf_counter()
-    for i in range(7):
+    for i in range(n_samples(7)):
         if i >= 3 and time.perf_counter() - start > seconds:
             break
         for k, sample in samplers.items():
