@@ -36,6 +36,9 @@ COMMON_ARGS = {
     "state_dtype": ("'float32'", "'float32', or 'bfloat16' for Adam and AdamW (float32 params)",
                     "how the state buffers are stored: in the params' dtype, or as bfloat16 "
                     "(half the memory; see :doc:`/lowprecision`)"),
+    "master_weights": ("None", "None, True or False",
+                       "float16 / bfloat16 params are kept as float32 master weights "
+                       "(None or True; False is refused: see :doc:`/lowprecision`)"),
 }
 
 #: Class options (``Optimizer.options`` in the table): what they do.

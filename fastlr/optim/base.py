@@ -20,6 +20,7 @@ from fastlr.optim.checkpoint import CheckpointMixin
 from fastlr.optim.groups import (_FIXED_KEYS, GroupsMixin, ParamGroup,  # noqa: F401
                                  _some, named_groups)
 from fastlr.optim.layout import LayoutMixin, flat_buffer  # noqa: F401
+from fastlr.optim.master import MasterWeightsMixin
 from fastlr.optim.stepping import StepMixin
 
 __all__ = ["Optimizer", "ParamGroup", "flat_buffer", "named_groups"]
@@ -43,7 +44,7 @@ def _state_dtype_arg(fn, value, family):
     return value
 
 
-class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
+class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
     """Base class of the optimizers: param groups, state, checkpoints and the one-call step.
 
     Not instantiated directly: the optimizer classes (:class:`fastlr.SGD`,
@@ -70,8 +71,16 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
         ``"bfloat16"`` (Adam and AdamW, float32 params): as bfloat16 bits (``uint16``
         arrays in :attr:`state`), half the state memory; each step widens the state
         exactly, updates it in float32, uses the unrounded values for the param update and
-        stores them rounded to nearest even. 20 bytes move per element instead of 28. See
+        stores them rounded stochastically. 20 bytes move per element instead of 28. See
         :doc:`/lowprecision`.
+    master_weights : bool, optional
+        For float16 and bfloat16 (``ml_dtypes.bfloat16``) params, which the optimizers keep
+        as float32 master weights (``None`` or True, the default): the master is the
+        optimizer's param (in ``param_groups`` and the state dict's ``"master"``), a step
+        updates it from the grads (16-bit or float32) exactly as for float32 params and
+        writes it into the 16-bit param rounded to nearest even. False (a 16-bit param
+        updated in place with stochastic rounding) is refused here: see
+        :func:`fastlr.kernels.adam_mixed`.
 
     Attributes
     ----------
@@ -114,8 +123,9 @@ class Optimizer(GroupsMixin, LayoutMixin, StepMixin, CheckpointMixin):
     def __init__(self, params: Union[np.ndarray, Sequence[Any], Mapping[str, np.ndarray]],
                  defaults: Mapping[str, Any], n_threads: Optional[int] = None,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
-                 state_dtype: str = "float32") -> None:
+                 state_dtype: str = "float32", master_weights: Optional[bool] = None) -> None:
         self._state_dtype = _state_dtype_arg(self._name, state_dtype, self._kernel)
+        self._init_masters(master_weights)
         self.defaults = dict(defaults)
         for key, value in self.defaults.items():
             self.defaults[key] = self._check_hyper(key, value, where="")

@@ -255,6 +255,9 @@ class CheckpointMixin(_OptimizerAttrs):
                    else self._pending_plateau)
         if plateau is not None:
             sd["plateau"] = dict(plateau)
+        masters = getattr(self, "_masters_of", None) and self._masters_state()
+        if masters:
+            sd["master"] = masters          # 16-bit params' float32 master weights
         return sd
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
@@ -343,6 +346,8 @@ class CheckpointMixin(_OptimizerAttrs):
             if self._plateau is not None:
                 self._plateau._check_compatible(name, plateau)
         new_hypers, renamed, differ = self._checked_groups(name, sd["param_groups"])
+        masters = (self._checked_masters(name, sd) if getattr(self, "_masters_of", None)
+                   else None)
         state = sd["state"]
         if not isinstance(state, dict):
             raise TypeError(f"{name}: 'state' must be a dict keyed by param index")
@@ -418,6 +423,8 @@ class CheckpointMixin(_OptimizerAttrs):
             self._used[:, 0] = [float(v) for v in last_lr]
         elif steps > 0:         # an older checkpoint: the lr the schedule gave last
             self._used[:, 0] = [v["lr"] for v in self._engine.group_values(steps - 1)]
+        if masters is not None:
+            self._load_masters(masters)
 
     def _checked_groups(self, name, groups):
         """A state dict's ``param_groups`` checked against this optimizer's groups (params

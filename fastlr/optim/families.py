@@ -25,7 +25,7 @@ from fastlr.optim.base import Optimizer
 
 
 _COMMON = (("n_threads", None), ("max_grad_norm", None), ("skip_nonfinite", False),
-           ("state_dtype", "float32"))
+           ("state_dtype", "float32"), ("master_weights", None))
 
 
 def _pair(betas: Any) -> Any:
@@ -161,7 +161,7 @@ def _doc(row, family, signature):
         elif h is not None and h.schedulable:
             sched = " (a number or a schedule)"
         lines += [f"{name} : default {default!r}{sched}", f"    {text}"]
-    lines += ["n_threads, max_grad_norm, skip_nonfinite, state_dtype",
+    lines += ["n_threads, max_grad_norm, skip_nonfinite, state_dtype, master_weights",
               "    See :class:`fastlr.Optimizer`.",
               "", "Raises", "------", "TypeError",
               "    If a param is not a float32/float64 contiguous writeable array, or a",
@@ -206,7 +206,8 @@ def _init_source(signature, row, family):
     entries += [f"{name}=_fixed[{name!r}]" for name in row.fixed]
     return (f"def __init__({', '.join(args)}):\n"
             f"    _Optimizer.__init__(self, params, dict({', '.join(entries)}),\n"
-            f"                        n_threads, max_grad_norm, skip_nonfinite, state_dtype)\n")
+            f"                        n_threads, max_grad_norm, skip_nonfinite, state_dtype,\n"
+            f"                        master_weights)\n")
 
 
 def _make_class(row, bases, namespace=None):

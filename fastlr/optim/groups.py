@@ -276,6 +276,7 @@ class GroupsMixin(_OptimizerAttrs):
                                  f"param_groups[{self._where(self._name_index[taken[0]])[0]}] "
                                  f"already holds; names must be unique")
         all_names = None if names is None else (self._names or []) + names
+        params = self._with_masters(params, start, all_names, g)
         for j, p in enumerate(params):
             self._check_param(self._label(start + j, all_names, g, j), p)
         full = ParamGroup()
@@ -302,6 +303,11 @@ class GroupsMixin(_OptimizerAttrs):
                                            np.full(len(params), self._scalar_init)])
         self._lr_scale = np.concatenate([self._lr_scale, np.ones(1)])
         self._state.extend({} for _ in params)
+
+    def _with_masters(self, params, start, names, g):
+        """The params the optimizer keeps for ``params`` (an optimizer with master weights
+        puts a float32 copy in place of a 16-bit array: fastlr/optim/master.py)."""
+        return params
 
     def _validate_group(self, group):
         """Checks of a whole group's options (after a change); subclasses add theirs."""

@@ -86,6 +86,9 @@ class StepMixin(_OptimizerAttrs):
                 grads = self._grads_list(grads, "step")
             if self._dirty:
                 self._configure()
+            masters = getattr(self, "_masters_of", None)
+            if masters:                     # 16-bit params: float32 grads for the masters
+                grads = self._master_grads(grads)
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
             try:
                 applied = self._engine.step(grads, self._t, n_threads,
@@ -97,6 +100,8 @@ class StepMixin(_OptimizerAttrs):
                 applied = lazy_step(self, grads)
             if applied:
                 self._t += 1
+                if masters:
+                    self._publish_masters()
             else:
                 self._skipped += 1
         except (TypeError, ValueError) as error:
@@ -162,7 +167,10 @@ class StepMixin(_OptimizerAttrs):
 
     @property
     def params(self) -> List[np.ndarray]:
-        """Every param array, in order (the caller's arrays, updated in place)."""
+        """Every param array, in order (the caller's arrays, updated in place; a 16-bit
+        param's master weights are in ``param_groups``)."""
+        if getattr(self, "_masters_of", None):
+            return [p if self._user(p) is None else self._user(p) for p in self._params]
         return list(self._params)
 
     @property
@@ -240,6 +248,15 @@ class StepMixin(_OptimizerAttrs):
         """
         if isinstance(grads, dict):
             grads = self._grads_list(grads, "step_reference")
+        if getattr(self, "_masters_of", None):
+            applied = StepMixin._step_reference(self, self._master_grads(grads,
+                                                                         "step_reference"))
+            if applied is not False:
+                self._publish_masters()
+            return applied
+        return StepMixin._step_reference(self, grads)
+
+    def _step_reference(self, grads):
         if isinstance(grads, np.ndarray):
             flat, grads, off = grads.reshape(-1), [], 0
             for p in self._params:

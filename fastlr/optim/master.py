@@ -1,0 +1,150 @@
+"""16-bit params with float32 master weights (part of :class:`fastlr.Optimizer`).
+
+A param of dtype ``np.float16`` or ``ml_dtypes.bfloat16`` is kept by the optimizer as a
+float32 copy, its master weights: the optimizer's own param (in ``param_groups``, the state
+and the compiled step), created when the param is added. A step casts each 16-bit grad
+into a float32 buffer (exactly), updates the masters like any float32 params, then writes
+every master into its 16-bit param rounded to nearest even (NumPy's and ml_dtypes' casts).
+float32 grads of a 16-bit param are used as they are. So the masters hold exactly the
+bits a float32 optimizer over float32 copies of the params would hold, on every optimizer
+of the table, and the caller's arrays follow them rounded.
+
+The masters are optimizer state: ``state_dict()["master"]`` (param index -> float32 array)
+and checkpoints hold them; loading restores them and rounds them into the params (a
+checkpoint without them starts them at the params).
+"""
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+__all__ = ["is_16bit", "MasterWeightsMixin"]
+
+
+def is_16bit(dtype: np.dtype) -> bool:
+    """float16 or bfloat16 (``ml_dtypes.bfloat16``), native byte order."""
+    return dtype.isnative and dtype.itemsize == 2 and (
+        dtype == np.float16 or dtype.name == "bfloat16")
+
+
+class MasterWeightsMixin:
+    """Master weights for 16-bit params (see the module's notes)."""
+
+    _name: str
+    _params: List[np.ndarray]
+
+    def _init_masters(self, master_weights: Optional[bool]) -> None:
+        if master_weights is not None and not isinstance(master_weights, (bool, np.bool_)):
+            raise TypeError(f"{self._name}: master_weights must be a bool or None, got "
+                            f"{type(master_weights).__name__}")
+        self._master_weights = master_weights
+        self._masters_of: Dict[int, Any] = {}    # id(master) -> (master, the caller's array)
+        self._grad32: Dict[int, np.ndarray] = {}   # id(master) -> float32 grad buffer
+
+    def _with_masters(self, params, start, names, g):
+        """``params`` with a float32 master in place of each 16-bit array."""
+        if not any(isinstance(p, np.ndarray) and is_16bit(p.dtype) for p in params):
+            return params
+        out = []
+        users = [u for _, u in self._masters_of.values()]
+        for j, p in enumerate(params):
+            if not (isinstance(p, np.ndarray) and is_16bit(p.dtype)):
+                out.append(p)
+                continue
+            label = self._label(start + j, names, g, j)
+            if self._master_weights is False:
+                raise ValueError(
+                    f"{self._name}: {label} is {p.dtype}: master_weights=False (the 16-bit "
+                    f"param updated in place, rounded stochastically) is "
+                    f"fastlr.kernels.adam_mixed's, not the optimizers'; keep "
+                    f"master_weights=True (the default) or call the kernel")
+            if not (p.flags.c_contiguous or p.flags.f_contiguous):
+                raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
+                                 f"got strides {p.strides}")
+            if not p.flags.writeable:
+                raise ValueError(f"{self._name}: {label} is read-only but is updated in "
+                                 f"place")
+            if any(np.may_share_memory(p, u) for u in users):
+                raise ValueError(f"{self._name}: {label} overlaps another param in memory "
+                                 f"(a param may appear only once)")
+            order = "F" if p.flags.f_contiguous and not p.flags.c_contiguous else "C"
+            master = np.array(p, dtype=np.float32, order=order)
+            self._masters_of[id(master)] = (master, p)
+            users.append(p)
+            out.append(master)
+        return out
+
+    def _user(self, p):
+        """The caller's 16-bit array behind param ``p`` (a master), or None."""
+        pair = self._masters_of.get(id(p))
+        return pair[1] if pair is not None and pair[0] is p else None
+
+    def _has_masters(self) -> bool:
+        return bool(self._masters_of) and any(self._user(p) is not None for p in self._params)
+
+    def _master_grads(self, grads, what="step"):
+        """The grads with each 16-bit grad of a 16-bit param cast into a float32 buffer
+        (exact); float32 grads and anything the step checks itself unchanged. Raises (before
+        anything is written) for a 16-bit param's grad of another dtype or shape."""
+        if not isinstance(grads, (list, tuple)) or len(grads) != len(self._params):
+            return grads
+        out = list(grads)
+        for i, (p, g) in enumerate(zip(self._params, grads)):
+            user = self._user(p)
+            if user is None or not isinstance(g, np.ndarray):
+                continue
+            if g.dtype != user.dtype and g.dtype != np.float32:
+                raise TypeError(f"{self._name}.{what}: grads[{i}] has dtype {g.dtype} but "
+                                f"params[{i}] is {user.dtype} (kept with float32 master "
+                                f"weights): pass its grad in {user.dtype} or float32")
+            if g.shape != p.shape:
+                raise ValueError(f"{self._name}.{what}: grads[{i}] has shape {g.shape} but "
+                                 f"params[{i}] has shape {p.shape}")
+            if g.dtype == np.float32:
+                continue
+            buf = self._grad32.get(id(p))
+            if buf is None:
+                buf = self._grad32[id(p)] = np.empty_like(p)
+            np.copyto(buf, g)
+            out[i] = buf
+        return out
+
+    def _publish_masters(self) -> None:
+        """Every 16-bit param = its master rounded to nearest even."""
+        for p in self._params:
+            user = self._user(p)
+            if user is not None:
+                np.copyto(user, p, casting="unsafe")
+
+    def _masters_state(self) -> Dict[int, np.ndarray]:
+        return {i: p.copy() for i, p in enumerate(self._params) if self._user(p) is not None}
+
+    def _checked_masters(self, name, sd):
+        """{param index: float32 array} to load from ``sd["master"]`` (checked, nothing
+        written); entries for params without a master are left out."""
+        saved = sd.get("master")
+        if saved is None or not self._has_masters():
+            return {}
+        if not isinstance(saved, dict):
+            raise ValueError(f"{name}: 'master' must map param indices to arrays")
+        out = {}
+        for i, p in enumerate(self._params):
+            if self._user(p) is None:
+                continue
+            v = saved.get(i, saved.get(str(i)))
+            if v is None:
+                continue
+            v = np.asarray(v)
+            if v.shape != p.shape or v.dtype.kind != "f":
+                raise ValueError(f"{name}: master[{i}] must be a float array of shape "
+                                 f"{p.shape}, got {v.dtype} {v.shape}")
+            out[i] = v
+        return out
+
+    def _load_masters(self, masters) -> None:
+        """Masters from a checkpoint (else from the params), then into the params."""
+        for i, p in enumerate(self._params):
+            user = self._user(p)
+            if user is not None:
+                np.copyto(p, masters[i] if i in masters else user, casting="unsafe")
+        self._publish_masters()

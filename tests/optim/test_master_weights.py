@@ -1,0 +1,186 @@
+"""16-bit params (float16, ml_dtypes.bfloat16) in the optimizers of the table: float32
+master weights (fastlr/optim/master.py).
+
+The masters must hold exactly the bits a float32 optimizer over float32 copies holds (grads
+cast exactly), the caller's arrays those masters rounded to nearest even, on every
+optimizer; checkpoints carry the masters; misuse raises before anything is written.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import fastlr
+from fastlr import _specs
+
+CLASSES = [o.cls for o in _specs.OPTIMIZERS.values()]
+SHAPES = [(5, 3), (7,)]
+
+
+def _dtypes():
+    out = [pytest.param(np.float16, id="float16")]
+    try:
+        import ml_dtypes
+    except ImportError:
+        out.append(pytest.param(None, id="bfloat16",
+                                marks=pytest.mark.skip(reason="ml_dtypes is not installed")))
+    else:
+        out.append(pytest.param(np.dtype(ml_dtypes.bfloat16), id="bfloat16"))
+    return out
+
+
+DTYPES = _dtypes()
+
+
+def _kw(cls):
+    return {"SGD": dict(lr=0.02, momentum=0.9, nesterov=True), "Rprop": dict(lr=0.01),
+            "Adadelta": dict(lr=0.5), "ASGD": dict(lr=0.02)}.get(cls, dict(lr=0.01))
+
+
+def _params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+
+
+def _grads(t, dtype):
+    rng = np.random.default_rng([t, 7])
+    return [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+
+
+@pytest.mark.parametrize("grad_dtype", ["param", "float32"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls", CLASSES)
+def test_masters_are_the_float32_optimizer_and_params_their_rounding(cls, dtype, grad_dtype):
+    params = _params(dtype)
+    copies = [p.astype(np.float32) for p in params]
+    opt = getattr(fastlr, cls)(params, **_kw(cls))
+    ref = getattr(fastlr, cls)(copies, **_kw(cls))
+    for t in range(25):
+        gs = _grads(t, dtype)
+        opt.step(gs if grad_dtype == "param" else [g.astype(np.float32) for g in gs])
+        ref.step([g.astype(np.float32) for g in gs])
+    masters = opt.param_groups[0]["params"]
+    for p, m, c in zip(params, masters, copies):
+        assert m.dtype == np.float32 and np.array_equal(m, c)
+        assert p.dtype == dtype and np.array_equal(p, c.astype(dtype))
+    assert all(a is b for a, b in zip(opt.params, params))
+    assert not all(np.array_equal(p, _params(dtype)[k]) for k, p in enumerate(params))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_step_reference_matches_step_to_rounding(dtype):
+    a, b = _params(dtype), _params(dtype)
+    fast = fastlr.Adam(a, lr=0.01, weight_decay=0.1)
+    slow = fastlr.Adam(b, lr=0.01, weight_decay=0.1)
+    for t in range(10):
+        fast.step(_grads(t, dtype))
+        slow.step_reference(_grads(t, dtype))
+    # (the NumPy twin rounds as NumPy's float32 operations do: to float32 rounding)
+    for x, y in zip(fast.param_groups[0]["params"], slow.param_groups[0]["params"]):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    for x, y, m in zip(a, b, slow.param_groups[0]["params"]):
+        assert np.array_equal(y, m.astype(dtype))          # the twin's params: its masters
+        np.testing.assert_allclose(x.astype(np.float32), y.astype(np.float32), rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_float32_params_beside_16bit_ones_are_used_in_place(dtype):
+    w16 = _params(dtype)[0]
+    w32 = np.ones(4, dtype=np.float32)
+    opt = fastlr.AdamW([{"params": [w16]}, {"params": [w32], "lr": 0.1}], lr=0.01)
+    assert opt.param_groups[1]["params"][0] is w32
+    assert opt.param_groups[0]["params"][0] is not w16
+    opt.step([_grads(0, dtype)[0], np.ones(4, dtype=np.float32)])
+    assert np.all(w32 < 1)
+    assert sorted(opt.state_dict()["master"]) == [0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_checkpoints_carry_the_masters_and_resume_exactly(dtype, tmp_path):
+    whole = _params(dtype)
+    uninterrupted = fastlr.NAdam(whole, lr=0.01)
+    first = _params(dtype)
+    opt = fastlr.NAdam(first, lr=0.01)
+    for t in range(8):
+        uninterrupted.step(_grads(t, dtype))
+        opt.step(_grads(t, dtype))
+    sd = opt.state_dict()
+    assert set(sd["master"]) == {0, 1}
+    path = os.path.join(tmp_path, "ckpt.npz")
+    opt.save(path)
+    for how in ("dict", "file"):
+        params = [np.zeros(s, dtype=dtype) for s in SHAPES]
+        resumed = fastlr.NAdam(params, lr=0.01)
+        if how == "dict":
+            resumed.load_state_dict(sd)
+        else:
+            resumed.load(path)
+        for p, q in zip(params, first):
+            assert np.array_equal(p, q)         # the params are the masters' rounding
+        run = [p.copy() for p in whole]
+        cont = fastlr.NAdam(run, lr=0.01)
+        cont.load_state_dict(uninterrupted.state_dict())
+        for t in range(8, 16):
+            resumed.step(_grads(t, dtype))
+            cont.step(_grads(t, dtype))
+        for x, y in zip(resumed.param_groups[0]["params"], cont.param_groups[0]["params"]):
+            assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_checkpoint_without_masters_starts_them_at_the_params(dtype):
+    plain = fastlr.Adam([np.zeros(s, dtype=np.float32) for s in SHAPES], lr=0.01)
+    plain.step([g.astype(np.float32) for g in _grads(0, dtype)])
+    sd = plain.state_dict()
+    assert "master" not in sd
+    params = _params(dtype, seed=3)
+    opt = fastlr.Adam(params, lr=0.01)
+    opt.param_groups[0]["params"][0][...] = 7.0     # a master out of step with its param
+    opt.load_state_dict(sd)
+    for p, m in zip(params, opt.param_groups[0]["params"]):
+        assert np.array_equal(m, p.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_param_group_and_named_params(dtype):
+    a, b = _params(dtype)
+    opt = fastlr.Adam({"a": a}, lr=0.01)
+    opt.add_param_group({"params": {"b": b}, "lr": 0.02})
+    ref = fastlr.Adam({"a": a.astype(np.float32)}, lr=0.01)
+    ref.add_param_group({"params": {"b": b.astype(np.float32)}, "lr": 0.02})
+    for t in range(5):
+        ga, gb = _grads(t, dtype)
+        opt.step({"b": gb, "a": ga})
+        ref.step({"a": ga.astype(np.float32), "b": gb.astype(np.float32)})
+    for p, m in zip((a, b), ref.params):
+        assert np.array_equal(p, m.astype(dtype))
+
+
+def test_misuse_raises_before_anything_is_written():
+    w = np.ones(3, dtype=np.float16)
+    with pytest.raises(ValueError, match=r"master_weights=False.*adam_mixed"):
+        fastlr.Adam([w], lr=0.1, master_weights=False)
+    with pytest.raises(TypeError, match="master_weights must be a bool"):
+        fastlr.Adam([w], lr=0.1, master_weights="yes")
+    with pytest.raises(ValueError, match="overlaps another param"):
+        fastlr.Adam([w, w], lr=0.1)
+    ro = np.ones(3, dtype=np.float16)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fastlr.Adam([ro], lr=0.1)
+    with pytest.raises(ValueError, match="contiguous"):
+        fastlr.Adam([np.ones(6, dtype=np.float16)[::2]], lr=0.1)
+    opt = fastlr.Adam([w], lr=0.1)
+    with pytest.raises(TypeError, match=r"grads\[0\]"):
+        opt.step([np.ones(3, dtype=np.float64)])
+    with pytest.raises(ValueError, match=r"grads\[0\]"):
+        opt.step([np.ones(4, dtype=np.float16)])
+    assert np.array_equal(w, np.ones(3, dtype=np.float16)) and opt.steps == 0
+    bad = opt.state_dict()
+    bad["master"] = {0: np.ones(4, dtype=np.float32)}
+    with pytest.raises(ValueError, match=r"master\[0\]"):
+        opt.load_state_dict(bad)
+    assert np.array_equal(w, np.ones(3, dtype=np.float16))
+    # float32 / float64 params ignore the option
+    assert fastlr.Adam([np.ones(2)], lr=0.1, master_weights=False).steps == 0
