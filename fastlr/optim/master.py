@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from fastlr._core import bf16 as _bf16
+
 __all__ = ["is_16bit", "MasterWeightsMixin"]
 
 
@@ -25,6 +27,28 @@ def is_16bit(dtype: np.dtype) -> bool:
     """float16 or bfloat16 (``ml_dtypes.bfloat16``), native byte order."""
     return dtype.isnative and dtype.itemsize == 2 and (
         dtype == np.float16 or dtype.name == "bfloat16")
+
+
+def _same_layout(a, b):
+    return (a.flags.c_contiguous and b.flags.c_contiguous) or \
+        (a.flags.f_contiguous and b.flags.f_contiguous)
+
+
+def _widen_into(dst, src):
+    """float32 ``dst`` = the 16-bit ``src`` (exact); bfloat16 by a compiled loop."""
+    if src.dtype.name == "bfloat16" and _same_layout(dst, src):
+        _bf16.unpack(np.ravel(src.view(np.uint16), order="K"), np.ravel(dst, order="K"))
+    else:
+        np.copyto(dst, src)
+
+
+def _round_into(dst, src):
+    """16-bit ``dst`` = float32 ``src`` rounded to nearest even (NumPy's and ml_dtypes'
+    casts; bfloat16 by a compiled loop with the same bits)."""
+    if dst.dtype.name == "bfloat16" and _same_layout(dst, src):
+        _bf16.pack(np.ravel(src, order="K"), np.ravel(dst.view(np.uint16), order="K"))
+    else:
+        np.copyto(dst, src, casting="unsafe")
 
 
 class MasterWeightsMixin:
@@ -105,7 +129,7 @@ class MasterWeightsMixin:
             buf = self._grad32.get(id(p))
             if buf is None:
                 buf = self._grad32[id(p)] = np.empty_like(p)
-            np.copyto(buf, g)
+            _widen_into(buf, g)
             out[i] = buf
         return out
 
@@ -114,7 +138,7 @@ class MasterWeightsMixin:
         for p in self._params:
             user = self._user(p)
             if user is not None:
-                np.copyto(user, p, casting="unsafe")
+                _round_into(user, p)
 
     def _masters_state(self) -> Dict[int, np.ndarray]:
         return {i: p.copy() for i, p in enumerate(self._params) if self._user(p) is not None}

@@ -184,3 +184,20 @@ def test_misuse_raises_before_anything_is_written():
     assert np.array_equal(w, np.ones(3, dtype=np.float16))
     # float32 / float64 params ignore the option
     assert fastlr.Adam([np.ones(2)], lr=0.1, master_weights=False).steps == 0
+
+
+@pytest.mark.parametrize("grad_order", ["F", "C"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fortran_ordered_params(dtype, grad_order):
+    rng = np.random.default_rng(4)
+    w = np.asfortranarray(rng.standard_normal((6, 4)).astype(dtype))
+    w32 = np.asfortranarray(w.astype(np.float32))
+    opt = fastlr.Adam([w], lr=0.01)
+    ref = fastlr.Adam([w32], lr=0.01)
+    for t in range(5):
+        g = rng.standard_normal((6, 4)).astype(dtype)
+        g = np.asfortranarray(g) if grad_order == "F" else np.ascontiguousarray(g)
+        opt.step([g])               # (a C-ordered 16-bit grad is cast into an F buffer)
+        ref.step([np.asfortranarray(g.astype(np.float32))])
+    assert np.array_equal(opt.param_groups[0]["params"][0], w32)
+    assert w.flags.f_contiguous and np.array_equal(w, w32.astype(dtype))
