@@ -529,3 +529,32 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
             parallel_spans(_span, &job, size, nt)
     else:
         parallel_spans(_span, &job, size, nt)
+
+
+# ---- float16 conversions for the optimizers' master weights (fastlr/optim/master.py) ----
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def f16_unpack(const uint16_t[::1] bits,      # IN: IEEE half bits
+               float[::1] out):               # OUT: their float32 values (exact)
+    """``out[i]`` = the float32 value of the float16 bits ``bits[i]`` (exact)."""
+    if bits.shape[0] != out.shape[0]:
+        raise ValueError(f"fastlr._core.mixed.f16_unpack: bits and out sizes differ "
+                         f"({bits.shape[0]} and {out.shape[0]})")
+    cdef Py_ssize_t i, n = bits.shape[0]
+    with nogil:
+        for i in range(n):
+            out[i] = _f16_widen(bits[i])
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def f16_pack(const float[::1] x,              # IN: float32
+             uint16_t[::1] out):              # OUT: IEEE half bits
+    """``out[i]`` = the float16 nearest ``x[i]`` (ties to even; NaN a quiet NaN), as bits."""
+    if x.shape[0] != out.shape[0]:
+        raise ValueError(f"fastlr._core.mixed.f16_pack: x and out sizes differ "
+                         f"({x.shape[0]} and {out.shape[0]})")
+    cdef Py_ssize_t i, n = x.shape[0]
+    with nogil:
+        for i in range(n):
+            out[i] = _f16_round(x[i])

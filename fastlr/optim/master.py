@@ -4,7 +4,8 @@ A param of dtype ``np.float16`` or ``ml_dtypes.bfloat16`` is kept by the optimiz
 float32 copy, its master weights: the optimizer's own param (in ``param_groups``, the state
 and the compiled step), created when the param is added. A step casts each 16-bit grad
 into a float32 buffer (exactly), updates the masters like any float32 params, then writes
-every master into its 16-bit param rounded to nearest even (NumPy's and ml_dtypes' casts).
+every master into its 16-bit param rounded to nearest even (the bits of NumPy's and
+ml_dtypes' casts, by compiled loops).
 float32 grads of a 16-bit param are used as they are. So the masters hold exactly the
 bits a float32 optimizer over float32 copies of the params would hold, on every optimizer
 of the table, and the caller's arrays follow them rounded.
@@ -34,19 +35,34 @@ def _same_layout(a, b):
         (a.flags.f_contiguous and b.flags.f_contiguous)
 
 
+_F16 = []      # fastlr._core.mixed (its float16 loops), imported on first use
+
+
+def _loops(dtype):
+    """(unpack, pack) compiled loops for a 16-bit dtype's bits."""
+    if dtype.name == "bfloat16":
+        return _bf16.unpack, _bf16.pack
+    if not _F16:
+        from fastlr._core import dispatch
+        _F16.append(dispatch.module("mixed"))
+    return _F16[0].f16_unpack, _F16[0].f16_pack
+
+
 def _widen_into(dst, src):
-    """float32 ``dst`` = the 16-bit ``src`` (exact); bfloat16 by a compiled loop."""
-    if src.dtype.name == "bfloat16" and _same_layout(dst, src):
-        _bf16.unpack(np.ravel(src.view(np.uint16), order="K"), np.ravel(dst, order="K"))
+    """float32 ``dst`` = the 16-bit ``src`` (exact), by a compiled loop."""
+    if _same_layout(dst, src):
+        _loops(src.dtype)[0](np.ravel(src.view(np.uint16), order="K"),
+                             np.ravel(dst, order="K"))
     else:
         np.copyto(dst, src)
 
 
 def _round_into(dst, src):
-    """16-bit ``dst`` = float32 ``src`` rounded to nearest even (NumPy's and ml_dtypes'
-    casts; bfloat16 by a compiled loop with the same bits)."""
-    if dst.dtype.name == "bfloat16" and _same_layout(dst, src):
-        _bf16.pack(np.ravel(src, order="K"), np.ravel(dst.view(np.uint16), order="K"))
+    """16-bit ``dst`` = float32 ``src`` rounded to nearest even, by a compiled loop with
+    the bits of NumPy's and ml_dtypes' casts (a NaN stays a NaN)."""
+    if _same_layout(dst, src):
+        _loops(dst.dtype)[1](np.ravel(src, order="K"),
+                             np.ravel(dst.view(np.uint16), order="K"))
     else:
         np.copyto(dst, src, casting="unsafe")
 

@@ -201,3 +201,22 @@ def test_fortran_ordered_params(dtype, grad_order):
         ref.step([np.asfortranarray(g.astype(np.float32))])
     assert np.array_equal(opt.param_groups[0]["params"][0], w32)
     assert w.flags.f_contiguous and np.array_equal(w, w32.astype(dtype))
+
+
+def test_the_compiled_float16_conversions_give_numpys_bits():
+    from fastlr._core import dispatch
+    mixed = dispatch.module("mixed")
+    bits = np.arange(65536, dtype=np.uint16)
+    out = np.empty(bits.size, dtype=np.float32)
+    mixed.f16_unpack(bits, out)
+    ref = bits.view(np.float16).astype(np.float32)
+    assert np.array_equal(out, ref, equal_nan=True)
+    x = np.random.default_rng(0).integers(0, 2**32, 500_000, dtype=np.uint64)
+    x = x.astype(np.uint32).view(np.float32)
+    x = x[~np.isnan(x)]
+    got = np.empty(x.size, dtype=np.uint16)
+    mixed.f16_pack(x, got)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(got, x.astype(np.float16).view(np.uint16))
+    with pytest.raises(ValueError, match="sizes differ"):
+        mixed.f16_pack(x[:3], got[:2])
