@@ -229,6 +229,12 @@ _TAG_EXCHANGE = 12
 _DEFAULT_TIMEOUT = 1800.0
 
 
+def _dropped_masters(name):
+    warnings.warn(f"{name}: the state holds master weights (param_comm) but this optimizer "
+                  f"keeps none; they were not loaded (load the params themselves as saved)",
+                  UserWarning, stacklevel=4)
+
+
 def _timeout_arg(name, value):
     if value is None:
         return None
@@ -830,6 +836,11 @@ class ShardedOptimizer:
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Restore :meth:`state_dict` (per rank; not collective).
 
+        With ``param_comm`` the master weights come back but the params are not touched:
+        restore them as saved (the masters' rounding), or load a gathered state
+        (:meth:`load_gathered_state_dict`, :meth:`load`), which rounds the masters into
+        every rank's params.
+
         Under the optimizers' rules (:meth:`fastlr.Optimizer.load_state_dict`:
         hyperparameters are kept and checked, ``strict=False`` warns).
 
@@ -862,6 +873,8 @@ class ShardedOptimizer:
         master = None
         if self._master is not None and sd.get("master") is not None:
             master = self._checked_master(name, "master", sd["master"], self._master.shape)
+        elif sd.get("master") is not None:
+            _dropped_masters(name)
         self.optimizer.load_state_dict(sd["optimizer"], strict=strict)
         self.skipped_steps = skipped
         if self._master is not None:
@@ -1009,6 +1022,8 @@ class ShardedOptimizer:
             skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
             if self._master is not None and sd.get("master") is not None:
                 master = self._master_shard(name, sd["master"])
+            elif isinstance(sd, dict) and sd.get("master") is not None:
+                _dropped_masters(name)
         except (TypeError, ValueError, KeyError) as e:
             error = e
         failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
@@ -1023,6 +1038,18 @@ class ShardedOptimizer:
         if self._master is not None:
             lo, hi = self.bounds
             self._master[:] = master if master is not None else self._flat[lo:hi]
+            self._sync_params()
+
+    def _sync_params(self):
+        """Collective: every rank's params = the masters rounded to bfloat16, as after a
+        step (after a load)."""
+        lo, hi = self.bounds
+        p16 = self._p16_buffer()
+        to_bfloat16(self._master, p16[lo:hi])
+        if self.world_size > 1:
+            self._wire.Allgatherv(self._MPI.IN_PLACE,
+                                  [p16, self._counts, self._displs, self._MPI.UINT16_T])
+        self._publish(p16)
 
     def _master_shard(self, name, master):
         """This rank's shard of a gathered ``master`` ({param index: array})."""

@@ -35,8 +35,9 @@
 #    absmax (as the maximum of |x|'s bits as unsigned integers: for non-negative floats the
 #    order is the same, NaN sorts above Inf so a NaN propagates into the scale, and an
 #    integer maximum vectorizes), then encode the block. A non-finite moment makes its
-#    block's scale non-finite (the block's moments decode to NaN/Inf from then on, as a NaN
-#    gradient spreads into torch's param).
+#    block's scale non-finite: all 256 moments of the block decode to NaN/Inf from then on
+#    (float32 state loses only that element; guard with the classes' skip_nonfinite or
+#    check the grads first).
 # e) Bytes per element moved by a step: param 4 + 4, grad 4, codes 1 + 1 per moment, and
 #    2 * 2 * 4 / 256 for the scales: 16.0625 (float32 state: 28).
 # f) Threads: parallel_spans (fastlr._kernels) cuts [0, n) into chunks that are multiples
@@ -392,6 +393,10 @@ def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_
                 raise ValueError(f"{fn}: {_NAMES[k]} must have shape ({nblk},) (one scale per "
                                  f"block of {BLOCK_} elements of param's {n}), got shape "
                                  f"{(<object>a).shape}")
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+                raise ValueError(f"{fn}: {_NAMES[k]} must be contiguous, got strides "
+                                 f"{(<object>a).strides}; the scales are written in place"
+                                 f"{layout_hint(_NAMES[k], False, True)}")
         else:
             a = _array(fn, _NAMES[k], objs[k], cnp.NPY_FLOAT if k == 1 else cnp.NPY_UINT8,
                        "float32" if k == 1 else "uint8 (8-bit state codes)")

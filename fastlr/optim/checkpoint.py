@@ -346,8 +346,7 @@ class CheckpointMixin(_OptimizerAttrs):
             if self._plateau is not None:
                 self._plateau._check_compatible(name, plateau)
         new_hypers, renamed, differ = self._checked_groups(name, sd["param_groups"])
-        masters = (self._checked_masters(name, sd) if getattr(self, "_masters_of", None)
-                   else None)
+        masters = self._checked_masters(name, sd) if hasattr(self, "_masters_of") else None
         state = sd["state"]
         if not isinstance(state, dict):
             raise TypeError(f"{name}: 'state' must be a dict keyed by param index")

@@ -15,6 +15,7 @@ and checkpoints hold them; loading restores them and rounds them into the params
 checkpoint without them starts them at the params).
 """
 
+import warnings
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -82,11 +83,24 @@ class MasterWeightsMixin:
         self._grad32: Dict[int, np.ndarray] = {}   # id(master) -> float32 grad buffer
 
     def _with_masters(self, params, start, names, g):
-        """``params`` with a float32 master in place of each 16-bit array."""
-        if not any(isinstance(p, np.ndarray) and is_16bit(p.dtype) for p in params):
+        """``params`` with a float32 master in place of each 16-bit array. The caller's
+        arrays (16-bit ones in place of their masters) must not overlap in memory: the
+        optimizer's own overlap check sees only the masters."""
+        users = [u for u in map(self._user, self._params) if u is not None]
+        if not users and not any(isinstance(p, np.ndarray) and is_16bit(p.dtype)
+                                 for p in params):
             return params
+        mine = [p if self._user(p) is None else self._user(p) for p in self._params]
+        for j, p in enumerate(params):
+            if not isinstance(p, np.ndarray):
+                continue
+            others = ([q for k, q in enumerate(params) if k != j and isinstance(q, np.ndarray)]
+                      + mine if is_16bit(p.dtype) else users)
+            if any(np.may_share_memory(p, q) for q in others):
+                raise ValueError(f"{self._name}: {self._label(start + j, names, g, j)} "
+                                 f"overlaps another param in memory (a param may appear "
+                                 f"only once)")
         out = []
-        users = [u for _, u in self._masters_of.values()]
         for j, p in enumerate(params):
             if not (isinstance(p, np.ndarray) and is_16bit(p.dtype)):
                 out.append(p)
@@ -104,13 +118,11 @@ class MasterWeightsMixin:
             if not p.flags.writeable:
                 raise ValueError(f"{self._name}: {label} is read-only but is updated in "
                                  f"place")
-            if any(np.may_share_memory(p, u) for u in users):
-                raise ValueError(f"{self._name}: {label} overlaps another param in memory "
-                                 f"(a param may appear only once)")
             order = "F" if p.flags.f_contiguous and not p.flags.c_contiguous else "C"
             master = np.array(p, dtype=np.float32, order=order)
+            # (kept even if the group is then refused: its masters are not in _params,
+            # so _user never sees them)
             self._masters_of[id(master)] = (master, p)
-            users.append(p)
             out.append(master)
         return out
 
@@ -118,9 +130,6 @@ class MasterWeightsMixin:
         """The caller's 16-bit array behind param ``p`` (a master), or None."""
         pair = self._masters_of.get(id(p))
         return pair[1] if pair is not None and pair[0] is p else None
-
-    def _has_masters(self) -> bool:
-        return bool(self._masters_of) and any(self._user(p) is not None for p in self._params)
 
     def _master_grads(self, grads, what="step"):
         """The grads with each 16-bit grad of a 16-bit param cast into a float32 buffer
@@ -163,22 +172,28 @@ class MasterWeightsMixin:
         """{param index: float32 array} to load from ``sd["master"]`` (checked, nothing
         written); entries for params without a master are left out."""
         saved = sd.get("master")
-        if saved is None or not self._has_masters():
+        if saved is None:
             return {}
         if not isinstance(saved, dict):
             raise ValueError(f"{name}: 'master' must map param indices to arrays")
         out = {}
         for i, p in enumerate(self._params):
-            if self._user(p) is None:
-                continue
             v = saved.get(i, saved.get(str(i)))
             if v is None:
                 continue
             v = np.asarray(v)
-            if v.shape != p.shape or v.dtype.kind != "f":
-                raise ValueError(f"{name}: master[{i}] must be a float array of shape "
-                                 f"{p.shape}, got {v.dtype} {v.shape}")
+            if v.shape != p.shape or v.dtype not in (np.float32, np.float64):
+                raise ValueError(f"{name}: master[{i}] must be a float32 or float64 array "
+                                 f"of shape {p.shape}, got {v.dtype} {v.shape}")
             out[i] = v
+        dropped = sorted(i for i in out if self._user(self._params[i]) is None)
+        if dropped:
+            warnings.warn(f"{name}: the checkpoint holds master weights for params "
+                          f"{dropped[:5]} that this optimizer keeps in their own dtype; "
+                          f"they were not loaded (load the params themselves as saved)",
+                          UserWarning, stacklevel=4)
+            for i in dropped:
+                del out[i]
         return out
 
     def _load_masters(self, masters) -> None:

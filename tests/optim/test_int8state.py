@@ -267,3 +267,22 @@ def test_quality_against_float32_state(task):
         assert not any(r["diverged"] for r in runs)
         loss[mode] = np.mean([r["train_loss"] for r in runs])
     assert abs(loss["int8"] / loss["float32"] - 1) <= 0.02, loss
+
+
+@pytest.mark.parametrize("which", ["exp_avg_scale", "exp_avg_sq_scale"])
+@pytest.mark.parametrize("view", ["strided", "reversed"])
+def test_scales_must_be_contiguous(which, view):
+    """A strided or reversed scale array was written as if packed (past its memory)."""
+    n, nb = 1000, 4
+    p = np.zeros(n, np.float32)
+    g = np.ones(n, np.float32)
+    m, v = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+    parent = np.zeros(3 * nb, np.float32)
+    bad = parent[::2][:nb] if view == "strided" else parent[nb:2 * nb][::-1]
+    scales = {"exp_avg_scale": np.zeros(nb, np.float32),
+              "exp_avg_sq_scale": np.zeros(nb, np.float32)}
+    scales[which] = bad
+    with pytest.raises(ValueError, match=f"{which} must be contiguous"):
+        kernels.adam_int8_state(p, g, m, scales["exp_avg_scale"], v,
+                                scales["exp_avg_sq_scale"], step=1, lr=1e-3)
+    assert not parent.any() and not p.any()

@@ -220,3 +220,38 @@ def test_the_compiled_float16_conversions_give_numpys_bits():
         assert np.array_equal(got, x.astype(np.float16).view(np.uint16))
     with pytest.raises(ValueError, match="sizes differ"):
         mixed.f16_pack(x[:3], got[:2])
+
+
+def test_a_refused_group_does_not_block_the_retry():
+    w = np.ones(3, dtype=np.float16)
+    opt = fastlr.SGD([np.ones(2)], lr=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [w], "lr": -1.0})
+    opt.add_param_group({"params": [w], "lr": 0.5})
+    opt.step([np.zeros(2), np.ones(3, dtype=np.float16)])
+    assert np.array_equal(w, np.full(3, 0.5, dtype=np.float16))
+
+
+def test_16bit_params_overlapping_other_params_are_refused():
+    buf = np.ones(8, dtype=np.float32)
+    with pytest.raises(ValueError, match="overlaps another param"):
+        fastlr.SGD([buf, buf.view(np.float16)[:4]], lr=0.5)
+    opt = fastlr.SGD([buf.view(np.float16)[:4]], lr=0.5)
+    with pytest.raises(ValueError, match="overlaps another param"):
+        opt.add_param_group({"params": [buf[1:]]})      # shares the 16-bit param's bytes
+    opt.add_param_group({"params": [buf[2:]]})          # the next bytes: fine
+    assert np.array_equal(buf[2:], np.ones(6, dtype=np.float32))
+
+
+def test_masters_in_a_checkpoint_are_checked_and_never_dropped_silently():
+    w = np.ones(3, dtype=np.float16)
+    opt = fastlr.Adam([w], lr=0.1)
+    opt.step([np.ones(3, dtype=np.float16)])
+    sd = opt.state_dict()
+    low = dict(sd, master={0: sd["master"][0].astype(np.float16)})
+    with pytest.raises(ValueError, match=r"master\[0\] must be a float32 or float64"):
+        fastlr.Adam([np.ones(3, dtype=np.float16)], lr=0.1).load_state_dict(low)
+    plain = fastlr.Adam([np.ones(3, dtype=np.float32)], lr=0.1)
+    with pytest.warns(UserWarning, match=r"master weights for params \[0\]"):
+        plain.load_state_dict(sd)
+    assert plain.steps == 1
