@@ -18,6 +18,14 @@ reduce-scatter sends, in bfloat16 with ``--grad-comm bfloat16``, plus an all-gat
 (n - 1)/n of the params, in bfloat16 with ``--param-comm bfloat16``, as a ring or direct
 exchange needs) at the link rate, and
 communication time over that bound.
+
+``--overlap`` steps two optimizers side by side, one step each in turn: the plain one and
+one with ``overlap=True`` (``--bucket-size`` elements per bucket). It prints the plain row,
+then the overlapped one: its step; the control, the same overlapped exchange with the
+updates skipped ("exchange alone", a third optimizer in the same rotation); its update;
+and the fraction of the plain update hidden behind the messages,
+``1 - median(overlapped step - exchange alone) / plain update`` (the difference taken
+within each rotation).
 """
 
 import argparse
@@ -29,6 +37,19 @@ import fastlr
 from fastlr import distributed
 
 
+class _NoUpdate:
+    """A windowed step that updates nothing (the --overlap control)."""
+
+    def run(self, lo, hi):
+        pass
+
+    def end(self):
+        pass
+
+    def abandon(self):
+        pass
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24])
@@ -38,6 +59,10 @@ def main():
     parser.add_argument("--param-comm", choices=["none", "bfloat16"], default="none",
                         help="the precision the updated params travel in (ShardedOptimizer "
                              "param_comm: master weights, a 16-bit all-gather)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="also step an overlap=True optimizer, side by side")
+    parser.add_argument("--bucket-size", type=int, default=1 << 20,
+                        help="elements per bucket of the overlapped optimizer")
     parser.add_argument("--link-gbit", type=float, default=None,
                         help="each host's link rate, to print the bandwidth bound")
     args = parser.parse_args()
@@ -48,25 +73,30 @@ def main():
         print(f"{'params':>10} {'ranks':>5} {'step ms':>8} {'reduce-scatter':>15} "
               f"{'update':>8} {'all-gather':>11} {'other':>7}{bound}  (ms, median)")
     for n in args.sizes:
-        flat, views = fastlr.flat_buffer([(n,)], np.float32)
-        flat[:] = np.random.default_rng(0).standard_normal(n)
-        opt = distributed.ShardedOptimizer(
-            fastlr.Adam, views, comm, lr=1e-4, n_threads=1,
-            grad_comm=None if args.grad_comm == "none" else args.grad_comm,
-            param_comm=None if args.param_comm == "none" else args.param_comm)
+        opts = []
+        for overlap in (False, True, True) if args.overlap else (False,):
+            flat, views = fastlr.flat_buffer([(n,)], np.float32)
+            flat[:] = np.random.default_rng(0).standard_normal(n)
+            opts.append(distributed.ShardedOptimizer(
+                fastlr.Adam, views, comm, lr=1e-4, n_threads=1,
+                grad_comm=None if args.grad_comm == "none" else args.grad_comm,
+                param_comm=None if args.param_comm == "none" else args.param_comm,
+                overlap=overlap, bucket_size=args.bucket_size))
+        if args.overlap:
+            # the control: the overlapped exchange alone (its updates skipped)
+            opts[2].optimizer._windowed_step = lambda grads: _NoUpdate()
         grad = np.random.default_rng(rank + 1).normal(0, 1e-2, n).astype(np.float32)
-        rows = []
+        rows = [[] for _ in opts]
         for i in range(args.repeat + 2):
-            comm.Barrier()
-            t0 = MPI.Wtime()
-            opt.step(grad)
-            total = MPI.Wtime() - t0
-            if i >= 2:
-                t = opt.timings
-                rows.append((total, t["reduce_scatter"], t["update"], t["all_gather"],
-                             total - t["reduce_scatter"] - t["update"] - t["all_gather"]))
-        med = np.median(np.array(rows), axis=0) * 1e3
+            for opt, out in zip(opts, rows):
+                comm.Barrier()
+                t0 = MPI.Wtime()
+                opt.step(grad)
+                total = MPI.Wtime() - t0
+                if i >= 2:
+                    out.append((total, dict(opt.timings)))
         extra = ""
+        bound = None
         if args.link_gbit:
             counts, _ = distributed.shard_bounds(n, size)
             grad_bytes = 2 if args.grad_comm == "bfloat16" else 4
@@ -74,10 +104,27 @@ def main():
             sent = ((sum(counts) - counts[rank]) * grad_bytes
                     + (size - 1) / size * n * param_bytes)
             bound = sent * 8 / (args.link_gbit * 1e9) * 1e3
-            extra = f" {bound:7.2f} {(med[1] + med[3]) / bound:10.2f}" if bound else ""
+        plain = np.median(np.array([(total, t["reduce_scatter"], t["update"], t["all_gather"],
+                                     total - t["reduce_scatter"] - t["update"]
+                                     - t["all_gather"]) for total, t in rows[0]]),
+                          axis=0) * 1e3
+        if bound:
+            extra = f" {bound:7.2f} {(plain[1] + plain[3]) / bound:10.2f}"
         if rank == 0:
-            print(f"{n:>10} {size:>5} {med[0]:8.2f} {med[1]:15.2f} {med[2]:8.2f} "
-                  f"{med[3]:11.2f} {med[4]:7.2f}{extra}")
+            print(f"{n:>10} {size:>5} {plain[0]:8.2f} {plain[1]:15.2f} {plain[2]:8.2f} "
+                  f"{plain[3]:11.2f} {plain[4]:7.2f}{extra}")
+        if args.overlap:
+            over, control = (np.median(np.array([(total, t.get("wait", 0.0), t["update"])
+                                                 for total, t in out]), axis=0) * 1e3
+                             for out in rows[1:])
+            # paired within each rotation (the link's slow drifts cancel), then the median
+            exposed = np.median([o[0] - c[0] for o, c in zip(rows[1], rows[2])]) * 1e3
+            hidden = 1.0 - exposed / plain[2] if plain[2] else float("nan")
+            extra = f"  step/bound {over[0] / bound:5.2f}" if bound else ""
+            if rank == 0:
+                print(f"{'overlap':>10} {size:>5} {over[0]:8.2f}  exchange alone "
+                      f"{control[0]:8.2f}  update {over[2]:7.2f}  hidden {hidden:5.2f}  "
+                      f"({opts[1].n_buckets} buckets){extra}")
 
 
 if __name__ == "__main__":

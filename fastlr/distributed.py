@@ -14,6 +14,8 @@ of the batch. :meth:`ShardedOptimizer.step` then
 4. runs the fastlr optimizer on its shard only, so each rank keeps 1/N of the state;
 5. all-gathers the updated shards, so every rank ends with the full updated params.
 
+With ``overlap=True`` steps 2, 4 and 5 are pipelined bucket by bucket (the same bits).
+
 The transport is MPI through mpi4py (``pip install "fastlr[mpi]"`` and an MPI library,
 e.g. Debian's ``openmpi-bin libopenmpi-dev``). Start with ``mpirun -n 2 python train.py``.
 Each rank uses one OpenMP thread by default (``n_threads``). Across hosts over TCP, give
@@ -56,6 +58,7 @@ from fastlr._core.args import (INT_MAX, POSITIVE, checked_real, choice_arg, flag
 from fastlr._core import bf16 as _bf16
 from fastlr._core.engine import grad_stats
 from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
+from fastlr.optim.stepping import supports_windows as _supports_windows
 
 __all__ = ["ShardedOptimizer", "shard_bounds", "to_bfloat16", "from_bfloat16"]
 
@@ -226,6 +229,10 @@ def from_bfloat16(bits: NDArray[np.uint16]) -> NDArray[np.float32]:
 
 _TAG_AGREE = 11
 _TAG_EXCHANGE = 12
+_TAG_GATHER = 13
+#: elements of the update between two looks at the overlapped exchange's messages (MPI
+#: moves a message along only while this rank is inside an MPI call)
+_PROGRESS_ELEMENTS = 1 << 18
 _DEFAULT_TIMEOUT = 1800.0
 
 
@@ -355,7 +362,8 @@ class ShardedOptimizer:
     ``total_size`` (elements of all params); ``bounds`` (this rank's shard, ``(lo, hi)``
     in the flat buffer); ``skip_nonfinite``; ``timeout``; ``grad_comm``;
     ``skipped_steps``; ``last_grad_norm`` (the clipped norm of the last step, NaN before
-    one); ``timings`` (seconds of the last step's phases).
+    one); ``timings`` (seconds of the last step's phases); ``overlap``, ``bucket_size``
+    and ``n_buckets`` (buckets per shard).
 
     Parameters
     ----------
@@ -394,6 +402,16 @@ class ShardedOptimizer:
         shard too) become those rounded values, so they stay identical on every rank. The
         update itself is exact on the master weights; the model sees them to about 3
         significant digits.
+    overlap : bool, default False
+        Overlap communication with the update: the shard is split into buckets, every
+        bucket's reduce-scatter is posted at once, each bucket is updated as soon as its
+        sum arrives and its params are sent on while later buckets are updated. The
+        results are bit for bit those without overlap. It needs a receive buffer per other
+        rank (the shard's size each). With ``max_grad_norm`` only the all-gather overlaps
+        the update (the norm needs the whole sum first).
+    bucket_size : int, default 1048576
+        With ``overlap``: elements of a rank's shard per bucket (>= 1; the shards are
+        split into ``n_buckets`` equal parts of at most this size).
     **hyperparameters
         The optimizer's own hyperparameters (``lr``, ``betas``, ``weight_decay``, ...).
 
@@ -431,12 +449,16 @@ class ShardedOptimizer:
     timeout: Optional[float]
     grad_comm: Optional[str]
     param_comm: Optional[str]
+    overlap: bool
+    bucket_size: int
+    n_buckets: int
 
     def __init__(self, optimizer: Union[type, str], params: Any, comm: Any = None, *,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
                  n_threads: Optional[int] = 1, timeout: Optional[float] = _DEFAULT_TIMEOUT,
                  abort_on_exception: bool = True, grad_comm: Optional[str] = None,
-                 param_comm: Optional[str] = None, **hyperparameters: Any) -> None:
+                 param_comm: Optional[str] = None, overlap: bool = False,
+                 bucket_size: int = 1 << 20, **hyperparameters: Any) -> None:
         MPI = _mpi()
         self._MPI = MPI
         self.comm = comm = MPI.COMM_WORLD if comm is None else comm
@@ -454,6 +476,8 @@ class ShardedOptimizer:
         abort_on_exception = flag_arg(name, "abort_on_exception", abort_on_exception)
         grad_comm = GRAD_COMM[choice_arg(name, "grad_comm", grad_comm, GRAD_COMM)]
         param_comm = PARAM_COMM[choice_arg(name, "param_comm", param_comm, PARAM_COMM)]
+        overlap = flag_arg(name, "overlap", overlap)
+        bucket_size = int_arg(name, "bucket_size", bucket_size, 1, INT_MAX)
         if n_threads is not None:
             n_threads = threads_arg(name, n_threads)
         # every rank checks its own params, then all compare what they have
@@ -492,7 +516,7 @@ class ShardedOptimizer:
             else:
                 signature = (str(flat_params[0].dtype), [len(ps) for ps in group_params],
                              [tuple(p.shape) for p in flat_params], cls.__name__, names,
-                             grad_comm, param_comm)
+                             grad_comm, param_comm, overlap, bucket_size)
         everyone = comm.allgather((local_error, signature))
         errors = [(r, e) for r, (e, _) in enumerate(everyone) if e is not None]
         if errors:
@@ -502,7 +526,8 @@ class ShardedOptimizer:
             if sig != everyone[0][1]:
                 raise ValueError(f"{name}: rank {r} has params {sig} but rank 0 has "
                                  f"{everyone[0][1]} (dtype, params per group, shapes, "
-                                 f"optimizer, names, grad_comm, param_comm); every rank "
+                                 f"optimizer, names, grad_comm, param_comm, overlap, "
+                                 f"bucket_size); every rank "
                                  f"must build the same model")
         self._names = names
         self._group_names: Any = None if names is None else _split(names, group_params)
@@ -545,6 +570,17 @@ class ShardedOptimizer:
                                      params=views) if isinstance(g, dict) else
                                 {"params": views})
         self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
+        if overlap and not _supports_windows(self.optimizer):
+            # the class decides: every rank raises here alike
+            raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of the "
+                             f"step engine (SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, "
+                             f"Adamax, NAdam, RAdam, Lion, Rprop, ASGD), got {cls.__name__}")
+        self.overlap = overlap
+        self.bucket_size = bucket_size
+        # overlap: each shard in n_buckets equal parts (bucket c of rank k's shard is
+        # elements [counts[k] * c // n_buckets, counts[k] * (c + 1) // n_buckets) of it)
+        self.n_buckets = max(1, -(-max(self._counts) // bucket_size))
+        self._rounds = None         # the overlapped reduce-scatter's receive buffers
         self._n_threads = n_threads
         self._shard_grad = np.zeros(hi - lo, dtype=self._dtype)
         self._flat_grad = None      # allocated on first use, for grads given as arrays
@@ -568,7 +604,8 @@ class ShardedOptimizer:
         if abort_on_exception and self.world_size > 1:
             _install_excepthook(self)
         #: seconds of the last step: {"check", "reduce_scatter", "clip", "update",
-        #: "all_gather"}
+        #: "all_gather"}; with overlap (over several ranks) {"check", "update" (the update
+        #: windows), "wait" (blocked on messages), "exchange" (the pipelined part)}
         self.timings = {}
 
     # ---- the step -------------------------------------------------------------------------
@@ -744,6 +781,10 @@ class ShardedOptimizer:
             self.timings = {"check": t1 - t0, "reduce_scatter": t2 - t1, "clip": t3 - t2,
                             "update": t4 - t3, "all_gather": t5 - t4}
             return True if self.skip_nonfinite else None
+        if self.overlap:
+            self._overlapped_step(flat)
+            self.timings["check"] = t1 - t0
+            return True if self.skip_nonfinite else None
         self._reduce_scatter(flat)
         np.divide(self._shard_grad, self._dtype.type(self.world_size), out=self._shard_grad)
         t2 = time.perf_counter()
@@ -776,6 +817,138 @@ class ShardedOptimizer:
         self.timings = {"check": t1 - t0, "reduce_scatter": t2 - t1, "clip": t3 - t2,
                         "update": t4 - t3, "all_gather": t5 - t4}
         return True if self.skip_nonfinite else None
+
+    # ---- the overlapped step (overlap=True) ----------------------------------------------
+    def _bucket(self, k, c):
+        """Bucket c of rank k's shard: (first, end) offsets in that shard."""
+        n = self._counts[k]
+        return n * c // self.n_buckets, n * (c + 1) // self.n_buckets
+
+    def _overlapped_step(self, flat):
+        """The reduce-scatter, update and all-gather of ``step``, bucket by bucket.
+
+        Bucket c's reduce-scatter is the direct exchange of ``_reduce_scatter`` restricted
+        to bucket c of every shard; every bucket's is posted at the start. As soon
+        as bucket c's sum is here it is averaged and (without clipping) its elements of the
+        shard are updated, window by window, looking at the messages in flight between
+        windows so that MPI keeps moving them; then its updated params go out to every
+        rank. The per-element arithmetic (the order of the additions, the division, the
+        update) is the same as without overlap, so the bits are too. With
+        ``max_grad_norm`` the norm needs every bucket's sum first: the reduce-scatter
+        completes, then the updates overlap the all-gathers only.
+        """
+        MPI, comm = self._MPI, self._wire
+        r, n, C = self.rank, self.world_size, self.n_buckets
+        lo, hi = self.bounds
+        acc = self._shard_grad
+        watchdog = self._watchdog
+        bf16 = self.grad_comm == "bfloat16"
+        T = MPI.UINT16_T if bf16 else self._mpi_type
+        if self._rounds is None:
+            self._rounds = np.empty((n - 1, hi - lo), dtype=np.uint16 if bf16 else self._dtype)
+            if bf16:
+                self._send16 = np.empty(self.total_size, dtype=np.uint16)
+        rounds = self._rounds
+        send = self._send16 if bf16 else flat
+        if self._master is None:
+            gather, GT = self._flat, self._mpi_type
+        else:
+            gather, GT = self._p16_buffer(), MPI.UINT16_T
+        clip = self.max_grad_norm is not None
+        timings = {"update": 0.0, "wait": 0.0}
+        t_start = time.perf_counter()
+
+        def post_reduce(c):
+            requests = []
+            for k in range(1, n):
+                dst, src = (r + k) % n, (r - k) % n
+                a, b = self._bucket(dst, c)
+                a, b = a + self._displs[dst], b + self._displs[dst]
+                if bf16:
+                    _bf16.pack(flat[a:b], send[a:b])
+                requests.append(comm.Isend([send[a:b], T], dst, tag=_TAG_EXCHANGE))
+                a, b = self._bucket(r, c)
+                requests.append(comm.Irecv([rounds[k - 1, a:b], T], src, tag=_TAG_EXCHANGE))
+            return requests
+
+        def wait(requests, where):
+            t = time.perf_counter()
+            watchdog.arm(self._calls, where, None)
+            MPI.Request.Waitall(requests)
+            watchdog.disarm()
+            timings["wait"] += time.perf_counter() - t
+
+        def reduce(c):
+            a, b = self._bucket(r, c)
+            part = acc[a:b]
+            for k in range(1, n):
+                base = flat[lo + a:lo + b] if k == 1 else part
+                if bf16:
+                    _bf16.add(part, base, rounds[k - 1, a:b])
+                else:
+                    np.add(base, rounds[k - 1, a:b], out=part)
+            np.divide(part, self._dtype.type(n), out=part)
+
+        def update(c, in_flight):
+            a, b = self._bucket(r, c)
+            t = time.perf_counter()
+            for w in range(a, b, _PROGRESS_ELEMENTS):
+                stepper.run(w, min(w + _PROGRESS_ELEMENTS, b))
+                if in_flight:
+                    MPI.Request.Testall(in_flight)
+            if self._master is not None:
+                to_bfloat16(self._master[a:b], gather[lo + a:lo + b])
+            timings["update"] += time.perf_counter() - t
+
+        def post_gather(c):
+            requests = []
+            a, b = self._bucket(r, c)
+            for k in range(1, n):
+                dst, src = (r + k) % n, (r - k) % n
+                requests.append(comm.Isend([gather[lo + a:lo + b], GT], dst, tag=_TAG_GATHER))
+                sa, sb = self._bucket(src, c)
+                sa, sb = sa + self._displs[src], sb + self._displs[src]
+                requests.append(comm.Irecv([gather[sa:sb], GT], src, tag=_TAG_GATHER))
+            return requests
+
+        # without clipping the step begins (schedules evaluated and checked) before any
+        # message goes out: an invalid value raises on every rank with nothing in flight
+        stepper = None if clip else self.optimizer._windowed_step(acc)
+        gathering: list[Any] = []
+        try:
+            # every bucket's exchange is posted at once: MPI sends a rank's messages to a
+            # peer in order, so bucket 0 arrives first and the link never waits for a post
+            reducing = {c: post_reduce(c) for c in range(C)}
+            for c in range(C):
+                wait(reducing.pop(c), f"the overlapped reduce-scatter (bucket {c} of {C})")
+                reduce(c)
+                if not clip:
+                    update(c, reducing.get(c + 1, []) + gathering[-2 * n:])
+                    gathering += post_gather(c)
+            if clip:
+                sumsq = np.array([grad_stats(acc, n_threads=self._n_threads)[0]])
+                watchdog.arm(self._calls, "the all-reduce of the grad norm", None)
+                comm.Allreduce(MPI.IN_PLACE, sumsq, op=MPI.SUM)
+                watchdog.disarm()
+                self.last_grad_norm = norm = math.sqrt(sumsq[0])
+                coef = self.max_grad_norm / (norm + 1e-6)
+                scale = 1.0 if coef >= 1.0 else coef       # NaN stays NaN, as torch
+                if scale != 1.0:
+                    np.multiply(acc, self._dtype.type(scale), out=acc)
+                stepper = self.optimizer._windowed_step(acc)
+                for c in range(C):
+                    update(c, gathering[-2 * n:])
+                    gathering += post_gather(c)
+            stepper.end()
+            stepper = None
+        finally:
+            if stepper is not None:
+                stepper.abandon()
+        wait(gathering, "the overlapped all-gather of the updated params")
+        if self._master is not None:
+            self._publish(gather)
+        timings["exchange"] = time.perf_counter() - t_start
+        self.timings = timings
 
     def _p16_buffer(self):
         if self._p16 is None:
@@ -915,12 +1088,13 @@ class ShardedOptimizer:
         _root_arg("fastlr.distributed.ShardedOptimizer.gathered_state_dict", root,
                   self.world_size)
         mine = self.optimizer.state_dict()
+        scalar = self.optimizer._scalar    # the per-param scalar state (NAdam's mu_product)
         info = []
         names: Any
         for j, (k, offset, length) in enumerate(self._pieces):
             st = mine["state"][j]
-            names = tuple(sorted(n for n in st if n not in ("step", "mu_product")))
-            info.append((k, offset, length, st["step"], st.get("mu_product"), names))
+            names = tuple(sorted(n for n in st if n not in ("step", scalar)))
+            info.append((k, offset, length, st["step"], st.get(scalar), names))
         everyone = self.comm.allgather(info)
         names = sorted({n for rank_info in everyone for item in rank_info for n in item[5]})
         full: dict[str, Any] = {}
@@ -960,7 +1134,7 @@ class ShardedOptimizer:
             for n in sorted(entry["names"]):
                 st[n] = full[n][starts[k]:starts[k + 1]].reshape(shape).copy()
             if entry["mu"] is not None:
-                st["mu_product"] = float(entry["mu"])
+                st[scalar] = float(entry["mu"])
             state[k] = st
         groups, index = [], 0
         for g, (saved, n_params) in enumerate(zip(mine["param_groups"],
@@ -1073,6 +1247,7 @@ class ShardedOptimizer:
                 not isinstance(sd.get("param_groups"), (list, tuple)):
             raise ValueError(f"{name}: expected a gathered (single-process format) state dict")
         state = {}
+        scalar = self.optimizer._scalar    # the per-param scalar state (NAdam's mu_product)
         for j, (k, offset, length) in enumerate(self._pieces):
             if k is None:
                 st = {"step": 0}
@@ -1080,8 +1255,8 @@ class ShardedOptimizer:
                 for n, v in ref.items():
                     if isinstance(v, np.ndarray) and v.ndim > 0:
                         st[n] = np.zeros(0, dtype=self._dtype)
-                    elif n == "mu_product":
-                        st[n] = 1.0
+                    elif n == scalar:
+                        st[n] = self.optimizer._scalar_init
                 state[j] = st
                 continue
             full = sd["state"].get(k, sd["state"].get(str(k)))
@@ -1089,7 +1264,7 @@ class ShardedOptimizer:
                 raise ValueError(f"{name}: the state has no entry for param {k}")
             st = {}
             for n, v in full.items():
-                if n == "step" or n == "mu_product":
+                if n == "step" or n == scalar:
                     st[n] = v
                     continue
                 v = np.asarray(v)

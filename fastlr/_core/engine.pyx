@@ -145,6 +145,7 @@ cdef class Engine:
     cdef Py_ssize_t n_written
     cdef readonly Py_ssize_t total_size
     cdef readonly double last_grad_norm   # of the last step that computed it (else NaN)
+    cdef Py_ssize_t n_window_pieces   # pieces of a step begun in windows, else -1
 
     def __dealloc__(self):
         self._free()
@@ -161,6 +162,7 @@ cdef class Engine:
         free(self.written)
         self.written = NULL
         self.n_written = 0
+        self.n_window_pieces = -1
         self.block_sums = NULL
         self.block_flags = NULL
         self.params = NULL
@@ -179,6 +181,7 @@ cdef class Engine:
         self.name = name
         self.n_params = self.n_spans = self.n_groups = 0
         self.last_grad_norm = float("nan")
+        self.n_window_pieces = -1
 
     def configure(self, list params, list spans, list groups, counts, started, used,
                   mu_product, lr_scale):
@@ -599,13 +602,11 @@ cdef class Engine:
         max_grad_norm > 0 clips by the global norm (fused: one reduction pass over the grads,
         the factor applied inside the update). skip_nonfinite: when a grad element is NaN or
         Inf, nothing is written and False is returned. Returns True when the update ran."""
-        cdef Py_ssize_t i, j, n_pieces
-        cdef int k
-        cdef SpanC* sp
-        cdef double v
+        cdef Py_ssize_t n_pieces
         cdef double sumsq = 0.0, scale = 1.0
         cdef int nonfinite = 0
         cdef int want_norm = max_grad_norm > 0.0
+        self.n_window_pieces = -1           # a step begun in windows is over
         self._check_grads(grads)
         self._evaluate(t)
         self._check_values(t)
@@ -634,6 +635,60 @@ cdef class Engine:
                 run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
         else:
             run_pieces(self.pieces, n_pieces, self.total_size, n_threads)
+        self._count()
+        return True
+
+    # ---- a step in windows (fastlr.distributed's overlap) ------------------------------
+    # begin_windows does everything of `step` up to the element loop (no clipping, no scan);
+    # run_window(lo, hi) updates elements [lo, hi) of the concatenated params, as often as
+    # the caller likes, in any order, each element exactly once; end_windows counts, as
+    # `step` does after its loop. Element-wise updates: any cover of [0, total_size) by
+    # windows gives the bits of one `step`. The caller (Optimizer._windowed_step) holds the
+    # optimizer's lock from begin to end, so the layout cannot change in between.
+    def begin_windows(self, grads, int64_t t):
+        """Check grads, evaluate schedules at t, derive coefficients; update nothing."""
+        self.n_window_pieces = -1
+        self._check_grads(grads)
+        self._evaluate(t)
+        self._check_values(t)
+        self.n_window_pieces = self._pieces()
+        self._coefs(t)
+
+    def run_window(self, Py_ssize_t lo, Py_ssize_t hi, int n_threads):
+        """Update elements [lo, hi) of the concatenated params (after begin_windows)."""
+        cdef Window w
+        if self.n_window_pieces < 0:
+            raise RuntimeError(f"{self.name}: run_window without begin_windows")
+        if not 0 <= lo <= hi <= self.total_size:
+            raise ValueError(f"{self.name}: window [{lo}, {hi}) is outside [0, "
+                             f"{self.total_size})")
+        w.pieces = self.pieces
+        w.n_pieces = self.n_window_pieces
+        w.offset = lo
+        if hi - lo >= 4096:
+            with nogil:
+                parallel_spans(window_span, &w, hi - lo, n_threads)
+        else:
+            window_span(&w, 0, hi - lo)
+
+    def end_windows(self):
+        """Count the step begun by begin_windows (call once every element was updated)."""
+        if self.n_window_pieces < 0:
+            raise RuntimeError(f"{self.name}: end_windows without begin_windows")
+        self.n_window_pieces = -1
+        self._count()
+
+    def abandon_windows(self):
+        """Forget a step begun in windows (its grads' pointers) without counting it."""
+        self.n_window_pieces = -1
+
+    cdef void _count(self) noexcept:
+        """After an update: the groups' used values, the counts, the per-param scalar, the
+        first-use flags."""
+        cdef Py_ssize_t i, j
+        cdef int k
+        cdef SpanC* sp
+        cdef double v
         for i in range(self.n_groups):
             self.used[i, 0] = self._used_value(i, 0)
             self.used[i, 1] = self._used_value(i, 1)
@@ -654,7 +709,6 @@ cdef class Engine:
                 if sp.state[k] != NULL and not (self.groups[sp.group].dropped >> k) & 1:
                     for j in range(sp.first, sp.first + sp.n_params):
                         self.started[j] = 1
-        return True
 
 
 include "clip.pxi"

@@ -43,6 +43,17 @@ cdef void run_piece_range(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t l
         i += 1
 
 
+ctypedef struct Window:
+    const Piece* pieces
+    Py_ssize_t n_pieces
+    Py_ssize_t offset         # the window's first element in the concatenation
+
+
+cdef void window_span(void* ctx, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef const Window* w = <const Window*>ctx
+    run_piece_range(w.pieces, w.n_pieces, w.offset + lo, w.offset + hi)
+
+
 ctypedef struct PieceList:
     const Piece* pieces
     Py_ssize_t n_pieces

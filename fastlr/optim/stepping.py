@@ -155,6 +155,11 @@ class StepMixin(_OptimizerAttrs):
 
         return type(error)(_INDEXED.sub(label, text))
 
+    def _windowed_step(self, grads: np.ndarray) -> "WindowedStep":
+        """Begin one step on the flat ``grads`` to be applied window by window (private:
+        fastlr.distributed's overlapped step); see :class:`WindowedStep`."""
+        return WindowedStep(self, grads)
+
     @property
     def skipped_steps(self) -> int:
         """Steps skipped because a grad held a NaN or Inf (``skip_nonfinite=True``)."""
@@ -294,3 +299,68 @@ class StepMixin(_OptimizerAttrs):
         self._counts += 1
         self._t += 1
         return True if self._skip_nonfinite else None
+
+
+def supports_windows(optimizer: Any) -> bool:
+    """Whether ``optimizer`` can step in element windows (WindowedStep): a family of the
+    step engine, element-wise, with its own params (no 16-bit masters, no sparse or
+    layer-wise step)."""
+    from fastlr._core.engine import Engine
+    return (type(optimizer._engine) is Engine and type(optimizer).step is StepMixin.step
+            and not getattr(optimizer, "_masters_of", None))
+
+
+class WindowedStep:
+    """One step of an optimizer applied in element windows.
+
+    Construction checks ``grads`` (one flat array over every param, in param order),
+    evaluates the schedules and derives the step's coefficients, like the start of
+    ``step``; :meth:`run` then updates elements ``[lo, hi)`` of the params' concatenation,
+    and :meth:`end` counts the step once every element was updated exactly once. Any cover
+    of the elements by windows gives the bits of one ``step`` (element-wise updates).
+    The optimizer's lock is held from construction to :meth:`end` (or :meth:`abandon`,
+    after which the params hold a partial update: the caller's error path).
+    """
+
+    def __init__(self, optimizer: Any, grads: np.ndarray) -> None:
+        if not supports_windows(optimizer):
+            raise TypeError(f"{optimizer._name}: this optimizer cannot step in windows")
+        if not optimizer._busy.acquire(blocking=False):
+            raise optimizer._busy_error("step")
+        try:
+            if optimizer._dirty:
+                optimizer._configure()
+            self._engine = optimizer._engine
+            self._engine.begin_windows(grads, optimizer._t)
+        except BaseException:
+            optimizer._busy.release()
+            raise
+        self._optimizer = optimizer
+        self._grads = grads            # the engine holds its pointers until end()
+        self._n_threads = (optimizer._n_threads if optimizer._n_threads is not None
+                           else _default_threads())
+        self.size = self._engine.total_size
+
+    def run(self, lo: int, hi: int) -> None:
+        """Update elements ``[lo, hi)`` of the concatenated params."""
+        self._engine.run_window(lo, hi, self._n_threads)
+
+    def end(self) -> None:
+        """Count the step (the optimizer's ``steps``, per-param counts, scalar state)."""
+        try:
+            self._engine.end_windows()
+            self._optimizer._t += 1
+        finally:
+            self._release()
+
+    def abandon(self) -> None:
+        """Give up the step (nothing is counted; windows already run stay written)."""
+        if self._optimizer is not None:
+            self._engine.abandon_windows()
+        self._release()
+
+    def _release(self):
+        if self._optimizer is not None:
+            self._optimizer._busy.release()
+            self._optimizer = None
+            self._grads = None

@@ -375,7 +375,102 @@ def check_param_comm_bfloat16():
         raise AssertionError("param_comm='float16' was accepted")
 
 
-CHECKS = [check_hosts, check_parity, check_grad_comm_bfloat16, check_param_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
+def _same_state(a, b):
+    """Two gathered state dicts hold the same arrays and scalars, bit for bit."""
+    if RANK != 0:
+        return
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        sa, sb = a["state"][k], b["state"][k]
+        assert sa.keys() == sb.keys(), (sa.keys(), sb.keys())
+        for n in sa:
+            assert np.array_equal(sa[n], sb[n]), (k, n)
+    for k in a.get("master", {}):
+        assert np.array_equal(a["master"][k], b["master"][k]), k
+
+
+def check_overlap():
+    """overlap=True: the bucketed, overlapped exchange gives the bits of the plain one
+    (every optimizer of the engine, clipping, 16-bit grads and params, bucket sizes that
+    do and do not divide the shards, windows of the update between looks at the messages),
+    loads its checkpoints both ways, and refuses a bad bucket size or ranks that disagree
+    on every rank."""
+    configs = CONFIGS + [("RAdam", dict(lr=0.01, decoupled_weight_decay=True,
+                                        weight_decay=0.1)),
+                         ("ASGD", dict(lr=0.01)), ("Adagrad", dict(lr=0.1))]
+    variants = [dict(), dict(max_grad_norm=0.5), dict(grad_comm="bfloat16"),
+                dict(param_comm="bfloat16", max_grad_norm=0.5),
+                dict(grad_comm="bfloat16", param_comm="bfloat16")]
+    for i, (cls, kw) in enumerate(configs):
+        for j, extra in enumerate(variants):
+            if (i + j) % 2 and extra:       # every config plain, half of them per variant
+                continue
+            for bucket in (1, 3, 1000):
+                flat, dist = build(cls, overlap=True, bucket_size=bucket, **extra, **kw)
+                rflat, ref = build(cls, **extra, **kw)
+                assert dist.n_buckets == -(-max(distributed.shard_bounds(32, N)[0]) // bucket)
+                for t in range(12):
+                    g = rank_grads(t, flat.size)[RANK]
+                    dist.step(g.copy())
+                    ref.step(g.copy())
+                    assert np.array_equal(flat, rflat), (cls, extra, bucket, t)
+                    if "max_grad_norm" in extra:
+                        assert dist.last_grad_norm == ref.last_grad_norm
+                assert N == 1 or set(dist.timings) == {"check", "update", "wait", "exchange"}
+                _same_state(dist.gathered_state_dict(), ref.gathered_state_dict())
+    # a larger float32 model: several buckets, each updated in several windows
+    shapes = [(700, 1000), (3,), (250_000,)]
+    flat, dist = build("AdamW", np.float32, shapes=shapes, overlap=True,
+                       bucket_size=300_000, lr=1e-3, weight_decay=0.1)
+    rflat, ref = build("AdamW", np.float32, shapes=shapes, lr=1e-3, weight_decay=0.1)
+    assert dist.n_buckets >= 2
+    for t in range(3):
+        g = rank_grads(t, flat.size, np.float32)[RANK]
+        dist.step(g)
+        ref.step(g)
+    assert np.array_equal(flat, rflat)
+    # checkpoints: an overlapped optimizer's file resumes a plain one and back, and a single
+    # process (ASGD: a per-param scalar state besides the arrays)
+    for cls in ("Adam", "ASGD"):
+        with tempfile.TemporaryDirectory() as d:
+            path = COMM.bcast(os.path.join(d, "overlap.npz") if RANK == 0 else None)
+            flat, dist = build(cls, overlap=True, bucket_size=2, lr=1e-2)
+            rflat, ref = build(cls, lr=1e-2)
+            sflat, single = reference(cls, lr=1e-2)
+            for t in range(5):
+                gs = rank_grads(t, flat.size)
+                dist.step(gs[RANK])
+                ref.step(gs[RANK])
+                single.step(_exchange_mean(gs, np.float64))
+            dist.save(path)
+            flat2, plain = build(cls, lr=1e-2)
+            flat2[:] = flat
+            plain.load(path)
+            flat3, again = build(cls, overlap=True, bucket_size=5, lr=1e-2)
+            flat3[:] = flat
+            again.load(path)
+            s4, one = reference(cls, lr=1e-2)
+            s4[:] = flat
+            one.load(path)
+            COMM.Barrier()
+        for t in range(5, 9):
+            gs = rank_grads(t, flat.size)
+            for o in (ref, plain, again):
+                o.step(gs[RANK])
+            for o in (single, one):
+                o.step(_exchange_mean(gs, np.float64))
+        assert np.array_equal(flat2, rflat) and np.array_equal(flat3, rflat), cls
+        assert np.array_equal(s4, sflat) and np.array_equal(sflat, rflat), cls
+    # ranks must agree on the buckets
+    _raises_everywhere(lambda: build("Adam", overlap=True, bucket_size=0, lr=1e-3),
+                       "bucket_size")
+    if N > 1:
+        _raises_everywhere(lambda: build("Adam", overlap=RANK == 0, lr=1e-3), "rank")
+        _raises_everywhere(lambda: build("Adam", overlap=True, bucket_size=2 + RANK,
+                                         lr=1e-3), "rank")
+
+
+CHECKS = [check_hosts, check_overlap, check_parity, check_grad_comm_bfloat16, check_param_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model]
 
