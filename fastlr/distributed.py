@@ -360,10 +360,11 @@ class ShardedOptimizer:
 
     Attributes (besides the properties): ``comm``, ``rank``, ``world_size``;
     ``total_size`` (elements of all params); ``bounds`` (this rank's shard, ``(lo, hi)``
-    in the flat buffer); ``skip_nonfinite``; ``timeout``; ``grad_comm``;
+    in the flat buffer); ``skip_nonfinite``; ``timeout``;
     ``skipped_steps``; ``last_grad_norm`` (the clipped norm of the last step, NaN before
-    one); ``timings`` (seconds of the last step's phases); ``overlap``, ``bucket_size``
-    and ``n_buckets`` (buckets per shard).
+    one); ``timings`` (seconds of the last step's phases). ``grad_comm``, ``param_comm``,
+    ``overlap``, ``bucket_size`` and ``n_buckets`` (buckets per shard) are read-only
+    properties: every rank agreed on them at construction.
 
     Parameters
     ----------
@@ -408,7 +409,9 @@ class ShardedOptimizer:
         sum arrives and its params are sent on while later buckets are updated. The
         results are bit for bit those without overlap. It needs a receive buffer per other
         rank (the shard's size each). With ``max_grad_norm`` only the all-gather overlaps
-        the update (the norm needs the whole sum first).
+        the update (the norm needs the whole sum first). An MPI error in the middle of an
+        overlapped step leaves this rank's shard partly updated (without overlap nothing
+        is written before the reduce-scatter completes).
     bucket_size : int, default 1048576
         With ``overlap``: elements of a rank's shard per bucket (>= 1; the shards are
         split into ``n_buckets`` equal parts of at most this size).
@@ -447,11 +450,6 @@ class ShardedOptimizer:
     last_grad_norm: float
     timings: dict[str, float]
     timeout: Optional[float]
-    grad_comm: Optional[str]
-    param_comm: Optional[str]
-    overlap: bool
-    bucket_size: int
-    n_buckets: int
 
     def __init__(self, optimizer: Union[type, str], params: Any, comm: Any = None, *,
                  max_grad_norm: Optional[float] = None, skip_nonfinite: bool = False,
@@ -544,7 +542,7 @@ class ShardedOptimizer:
         self.bounds = (lo, hi)
         # with param_comm, the shard's optimizer updates master weights (a copy of this
         # rank's shard, full precision) rather than the params themselves
-        self.param_comm = param_comm
+        self._param_comm = param_comm
         self._master = self._flat[lo:hi].copy() if param_comm is not None else None
         self._p16 = None                # the 16-bit all-gather's buffer, made on first use
         owned, base = (self._flat, 0) if self._master is None else (self._master, lo)
@@ -575,11 +573,11 @@ class ShardedOptimizer:
             raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of the "
                              f"step engine (SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, "
                              f"Adamax, NAdam, RAdam, Lion, Rprop, ASGD), got {cls.__name__}")
-        self.overlap = overlap
-        self.bucket_size = bucket_size
+        self._overlap = overlap
+        self._bucket_size = bucket_size
         # overlap: each shard in n_buckets equal parts (bucket c of rank k's shard is
         # elements [counts[k] * c // n_buckets, counts[k] * (c + 1) // n_buckets) of it)
-        self.n_buckets = max(1, -(-max(self._counts) // bucket_size))
+        self._n_buckets = max(1, -(-max(self._counts) // bucket_size))
         self._rounds = None         # the overlapped reduce-scatter's receive buffers
         self._n_threads = n_threads
         self._shard_grad = np.zeros(hi - lo, dtype=self._dtype)
@@ -592,7 +590,7 @@ class ShardedOptimizer:
         # fastlr's own messages travel on a duplicate of comm, so they never match a
         # message of the caller's
         self._wire = comm.Dup()
-        self.grad_comm = grad_comm
+        self._grad_comm = grad_comm
         self._send16 = self._recv16 = None      # bfloat16 buffers, made on first use
         self._agree_rows = np.zeros((self.world_size, 4), dtype=np.float64)
         self._others = [k for k in range(self.world_size) if k != self.rank]
@@ -660,7 +658,7 @@ class ShardedOptimizer:
         lo, hi = self.bounds
         acc = self._shard_grad
         watchdog = self._watchdog
-        if self.grad_comm == "bfloat16":
+        if self._grad_comm == "bfloat16":
             if self._send16 is None:
                 self._send16 = np.empty(self.total_size, dtype=np.uint16)
                 self._recv16 = np.empty(hi - lo, dtype=np.uint16)
@@ -822,7 +820,7 @@ class ShardedOptimizer:
     def _bucket(self, k, c):
         """Bucket c of rank k's shard: (first, end) offsets in that shard."""
         n = self._counts[k]
-        return n * c // self.n_buckets, n * (c + 1) // self.n_buckets
+        return n * c // self._n_buckets, n * (c + 1) // self._n_buckets
 
     def _overlapped_step(self, flat):
         """The reduce-scatter, update and all-gather of ``step``, bucket by bucket.
@@ -836,13 +834,17 @@ class ShardedOptimizer:
         update) is the same as without overlap, so the bits are too. With
         ``max_grad_norm`` the norm needs every bucket's sum first: the reduce-scatter
         completes, then the updates overlap the all-gathers only.
+
+        Invalid grads and scheduled values are refused before any message goes out, as
+        without overlap. An MPI error in the middle (a broken link) leaves the shard partly
+        updated and messages posted; with ``abort_on_exception`` every rank aborts.
         """
         MPI, comm = self._MPI, self._wire
-        r, n, C = self.rank, self.world_size, self.n_buckets
+        r, n, C = self.rank, self.world_size, self._n_buckets
         lo, hi = self.bounds
         acc = self._shard_grad
         watchdog = self._watchdog
-        bf16 = self.grad_comm == "bfloat16"
+        bf16 = self._grad_comm == "bfloat16"
         T = MPI.UINT16_T if bf16 else self._mpi_type
         if self._rounds is None:
             self._rounds = np.empty((n - 1, hi - lo), dtype=np.uint16 if bf16 else self._dtype)
@@ -874,8 +876,10 @@ class ShardedOptimizer:
         def wait(requests, where):
             t = time.perf_counter()
             watchdog.arm(self._calls, where, None)
-            MPI.Request.Waitall(requests)
-            watchdog.disarm()
+            try:
+                MPI.Request.Waitall(requests)
+            finally:
+                watchdog.disarm()
             timings["wait"] += time.perf_counter() - t
 
         def reduce(c):
@@ -916,14 +920,15 @@ class ShardedOptimizer:
         stepper = None if clip else self.optimizer._windowed_step(acc)
         gathering: list[Any] = []
         try:
-            # every bucket's exchange is posted at once: MPI sends a rank's messages to a
-            # peer in order, so bucket 0 arrives first and the link never waits for a post
+            # every bucket's exchange is posted at once, so the link never waits for a post
+            # (Open MPI interleaves them: the sums tend to arrive together near the end,
+            # and the updates then overlap the all-gather)
             reducing = {c: post_reduce(c) for c in range(C)}
             for c in range(C):
                 wait(reducing.pop(c), f"the overlapped reduce-scatter (bucket {c} of {C})")
                 reduce(c)
                 if not clip:
-                    update(c, reducing.get(c + 1, []) + gathering[-2 * n:])
+                    update(c, reducing.get(c + 1, []) + gathering[-2 * (n - 1):])
                     gathering += post_gather(c)
             if clip:
                 sumsq = np.array([grad_stats(acc, n_threads=self._n_threads)[0]])
@@ -937,7 +942,7 @@ class ShardedOptimizer:
                     np.multiply(acc, self._dtype.type(scale), out=acc)
                 stepper = self.optimizer._windowed_step(acc)
                 for c in range(C):
-                    update(c, gathering[-2 * n:])
+                    update(c, gathering[-2 * (n - 1):])
                     gathering += post_gather(c)
             stepper.end()
             stepper = None
@@ -958,6 +963,33 @@ class ShardedOptimizer:
     def _publish(self, bits):
         """Every param = the bfloat16 value ``bits`` holds for it (exact widening)."""
         _bf16.unpack(bits, self._flat)
+
+    # the configuration every rank agreed on at construction: read-only (one rank changing
+    # it alone would garble the exchange)
+    @property
+    def grad_comm(self) -> Optional[str]:
+        """The precision grads travel in (None or ``"bfloat16"``; read-only)."""
+        return self._grad_comm
+
+    @property
+    def param_comm(self) -> Optional[str]:
+        """The precision updated params travel in (None or ``"bfloat16"``; read-only)."""
+        return self._param_comm
+
+    @property
+    def overlap(self) -> bool:
+        """Whether communication overlaps the update (read-only)."""
+        return self._overlap
+
+    @property
+    def bucket_size(self) -> int:
+        """With ``overlap``: at most this many elements of a shard per bucket (read-only)."""
+        return self._bucket_size
+
+    @property
+    def n_buckets(self) -> int:
+        """Buckets per shard (equal parts of at most ``bucket_size`` elements)."""
+        return self._n_buckets
 
     @property
     def master(self) -> Optional[NDArray[np.floating]]:
@@ -1127,9 +1159,18 @@ class ShardedOptimizer:
                     continue
                 entry = per_param.setdefault(k, {"step": step, "mu": mu, "names": set(pnames)})
                 entry["names"] &= set(pnames)
+        # a param no rank holds (zero-size) gets what a single process gives it: the
+        # step, scalar and (empty) buffers of its group's other params
+        group_of = [g for g, c in enumerate(self._group_param_counts) for _ in range(c)]
+        fallback = {"step": self.optimizer.steps, "names": set(names),
+                    "mu": None if scalar is None else self.optimizer._scalar_init}
+        for k in range(len(self._shapes)):
+            if k not in per_param:
+                same = [e for j, e in per_param.items() if group_of[j] == group_of[k]]
+                per_param[k] = same[0] if same else fallback
         state = {}
         for k, shape in enumerate(self._shapes):
-            entry = per_param.get(k, {"step": 0, "mu": None, "names": set()})
+            entry = per_param[k]
             st = {"step": int(entry["step"])}
             for n in sorted(entry["names"]):
                 st[n] = full[n][starts[k]:starts[k + 1]].reshape(shape).copy()

@@ -306,7 +306,8 @@ def supports_windows(optimizer: Any) -> bool:
     step engine, element-wise, with its own params (no 16-bit masters, no sparse or
     layer-wise step)."""
     from fastlr._core.engine import Engine
-    return (type(optimizer._engine) is Engine and type(optimizer).step is StepMixin.step
+    return (type(getattr(optimizer, "_engine", None)) is Engine
+            and type(optimizer).step is StepMixin.step
             and not getattr(optimizer, "_masters_of", None))
 
 
@@ -324,7 +325,13 @@ class WindowedStep:
 
     def __init__(self, optimizer: Any, grads: np.ndarray) -> None:
         if not supports_windows(optimizer):
-            raise TypeError(f"{optimizer._name}: this optimizer cannot step in windows")
+            raise TypeError(f"{type(optimizer).__name__}: this optimizer cannot step in "
+                            f"windows")
+        if optimizer._max_grad_norm is not None or optimizer._skip_nonfinite:
+            # both need every grad before the first window (the caller clips or scans)
+            raise ValueError(f"{optimizer._name}: a step in windows cannot clip "
+                             f"(max_grad_norm) or skip non-finite grads (skip_nonfinite); "
+                             f"set them on the caller (e.g. ShardedOptimizer), not here")
         if not optimizer._busy.acquire(blocking=False):
             raise optimizer._busy_error("step")
         try:
@@ -343,10 +350,16 @@ class WindowedStep:
 
     def run(self, lo: int, hi: int) -> None:
         """Update elements ``[lo, hi)`` of the concatenated params."""
+        self._check_open()
         self._engine.run_window(lo, hi, self._n_threads)
+
+    def _check_open(self):
+        if self._optimizer is None:
+            raise RuntimeError("this windowed step has ended (or was abandoned)")
 
     def end(self) -> None:
         """Count the step (the optimizer's ``steps``, per-param counts, scalar state)."""
+        self._check_open()
         try:
             self._engine.end_windows()
             self._optimizer._t += 1

@@ -397,8 +397,11 @@ def check_overlap():
     on every rank."""
     configs = CONFIGS + [("RAdam", dict(lr=0.01, decoupled_weight_decay=True,
                                         weight_decay=0.1)),
-                         ("ASGD", dict(lr=0.01)), ("Adagrad", dict(lr=0.1))]
+                         ("ASGD", dict(lr=0.01)), ("Adagrad", dict(lr=0.1)),
+                         ("Adadelta", dict(lr=1.0)), ("Adamax", dict(lr=0.01)),
+                         ("Rprop", dict(lr=0.01))]
     variants = [dict(), dict(max_grad_norm=0.5), dict(grad_comm="bfloat16"),
+                dict(skip_nonfinite=True),
                 dict(param_comm="bfloat16", max_grad_norm=0.5),
                 dict(grad_comm="bfloat16", param_comm="bfloat16")]
     for i, (cls, kw) in enumerate(configs):
@@ -418,15 +421,27 @@ def check_overlap():
                         assert dist.last_grad_norm == ref.last_grad_norm
                 assert N == 1 or set(dist.timings) == {"check", "update", "wait", "exchange"}
                 _same_state(dist.gathered_state_dict(), ref.gathered_state_dict())
-    # a larger float32 model: several buckets, each updated in several windows
-    shapes = [(700, 1000), (3,), (250_000,)]
-    flat, dist = build("AdamW", np.float32, shapes=shapes, overlap=True,
-                       bucket_size=300_000, lr=1e-3, weight_decay=0.1)
-    rflat, ref = build("AdamW", np.float32, shapes=shapes, lr=1e-3, weight_decay=0.1)
-    assert dist.n_buckets >= 2
+    # a larger float32 model in two groups: several buckets, each updated in several
+    # windows (more than _PROGRESS_ELEMENTS elements), grads as a list of arrays
+    shapes = [(7 * N, 100_000), (3,), (250_000,)]
+    kw = dict(lr=1e-3, weight_decay=0.1)
+    built = []
+    for overlap in (True, False):
+        flat, views = fastlr.flat_buffer(shapes, np.float32)
+        flat[:] = np.random.default_rng(0).standard_normal(flat.size)
+        groups = [{"params": views[:2]}, {"params": views[2:], "lr": 1e-2}]
+        built.append((flat, distributed.ShardedOptimizer(
+            "AdamW", groups, COMM, overlap=overlap, bucket_size=400_000, **kw)))
+    (flat, dist), (rflat, ref) = built
+    shard = distributed.shard_bounds(flat.size, N)[0][RANK]
+    assert N == 1 or (dist.n_buckets >= 2 and shard // dist.n_buckets > (1 << 18))
     for t in range(3):
         g = rank_grads(t, flat.size, np.float32)[RANK]
-        dist.step(g)
+        arrays, pos = [], 0
+        for shape in shapes:
+            arrays.append(g[pos:pos + int(np.prod(shape))].reshape(shape).copy())
+            pos += arrays[-1].size
+        dist.step(arrays)
         ref.step(g)
     assert np.array_equal(flat, rflat)
     # checkpoints: an overlapped optimizer's file resumes a plain one and back, and a single
@@ -470,7 +485,31 @@ def check_overlap():
                                          lr=1e-3), "rank")
 
 
-CHECKS = [check_hosts, check_overlap, check_parity, check_grad_comm_bfloat16, check_param_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
+def check_zero_size_param_state():
+    """A zero-size param (no rank holds it) has, in the gathered state, what one process
+    gives it: its group's step, scalar state and empty buffers; it loads into one process
+    (ASGD's eta and NAdam's mu_product are per-param scalars)."""
+    shapes = [(3,), (0,), (4,)]
+    for cls in ("ASGD", "NAdam", "Adam"):
+        flat, dist = build(cls, shapes=shapes, lr=1e-2)
+        sflat, single = reference(cls, shapes=shapes, lr=1e-2)
+        for t in range(3):
+            gs = rank_grads(t, flat.size)
+            dist.step(gs[RANK])
+            single.step(_exchange_mean(gs, np.float64))
+        sd = dist.gathered_state_dict()
+        if RANK == 0:
+            want = single.state_dict()["state"][1]
+            got = sd["state"][1]
+            assert got.keys() == want.keys(), (cls, got.keys(), want.keys())
+            for n in want:
+                assert np.array_equal(got[n], want[n]), (cls, n, got[n], want[n])
+            s2, one = reference(cls, shapes=shapes, lr=1e-2)
+            one.load_state_dict(sd)
+        assert np.array_equal(flat, sflat)
+
+
+CHECKS = [check_hosts, check_overlap, check_zero_size_param_state, check_parity, check_grad_comm_bfloat16, check_param_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model]
 

@@ -90,3 +90,35 @@ def test_only_element_wise_engine_steps_support_windows():
     assert not supports_windows(fastlr.SparseAdam([np.ones((4, 3))], lr=0.1))
     with pytest.raises(TypeError, match="cannot step in windows"):
         WindowedStep(fastlr.Adam([w16], lr=0.1), np.ones(8, np.float32))
+
+
+def test_optimizers_without_the_engine_do_not_support_windows():
+    assert not supports_windows(fastlr.Adafactor([np.ones((4, 3))], lr=0.1))
+    assert not supports_windows(fastlr.LBFGS([np.ones(3)], lr=0.1))
+
+
+@pytest.mark.parametrize("option", [dict(max_grad_norm=0.1), dict(skip_nonfinite=True)])
+def test_windows_refuse_the_optimizers_own_clipping_and_skipping(option):
+    x = np.zeros(3)
+    opt = fastlr.SGD([x], lr=1.0, **option)
+    with pytest.raises(ValueError, match="max_grad_norm.*skip_nonfinite"):
+        opt._windowed_step(np.array([10.0, np.nan, 0.0]))
+    assert np.array_equal(x, np.zeros(3)) and opt.steps == 0
+    opt.step(np.array([1.0, 1.0, 1.0]))        # the lock was released
+    assert opt.steps == 1
+
+
+def test_an_ended_windowed_step_cannot_drive_the_next():
+    x = np.zeros(6)
+    opt = fastlr.SGD([x], lr=1.0)
+    a = opt._windowed_step(np.ones(6))
+    a.run(0, 6)
+    a.end()
+    b = opt._windowed_step(np.full(6, 2.0))
+    for misuse in (lambda: a.run(0, 3), a.end):
+        with pytest.raises(RuntimeError, match="has ended"):
+            misuse()
+    b.run(0, 6)
+    b.end()
+    assert np.array_equal(x, np.full(6, -3.0))
+    assert opt.steps == 2 and opt.state[0]["step"] == 2
