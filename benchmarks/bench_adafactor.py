@@ -20,8 +20,7 @@ import time
 
 import numpy as np
 
-from .bench_lbfgs import _import_torch     # torch, 1 thread; NotImplementedError without it
-from .common import n_samples
+from .common import n_samples, optional
 
 SIZES = [256, 1024]
 DTYPES = ["float32", "float64"]
@@ -53,7 +52,7 @@ def step_fn(impl, m, dtype):
             for p, g, st in zip(params, grads, state):
                 fastlr.reference.adafactor(p, g, **st, step=counter[0], weight_decay=0.01)
         return ref_step
-    torch = _import_torch()
+    torch = optional("torch")
     tps = [torch.from_numpy(p) for p in params]
     for t, g in zip(tps, grads):
         t.grad = torch.from_numpy(g)
@@ -79,7 +78,7 @@ def speedups(m, dtype, samples=5):
     interleaved samples of one step each."""
     impls = ["fastlr", "reference"]
     try:
-        _import_torch()
+        optional("torch")
         impls.append("torch")
     except NotImplementedError:
         pass
@@ -102,7 +101,7 @@ class TrackAdafactorSpeedup:
 
     def setup(self, m, dtype, versus):
         if versus == "torch":
-            _import_torch()
+            optional("torch")
 
     def track_speedup(self, m, dtype, versus):
         twin, torch_ratio, _ = speedups(m, dtype)

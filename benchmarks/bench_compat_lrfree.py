@@ -18,7 +18,7 @@ optimizer, which holds up on a shared machine better than absolute timings.
 """
 
 from . import bench_compat_torch as _compat_torch   # (a module: asv finds no benchmark here)
-from .common import per_call_time, steady_state_malloc
+from .common import optional, per_call_time, steady_state_malloc
 
 SIZES = {"64K": 65536, "4M": 4194304}
 N_TENSORS = 10
@@ -36,13 +36,7 @@ _CACHE = {}
 
 
 def _imports(optimizer):
-    try:
-        import torch
-        package = __import__(_SPEC[optimizer][0])
-    except ImportError:
-        raise NotImplementedError(f"torch or {_SPEC[optimizer][0]} is not installed") from None
-    torch.set_num_threads(1)
-    return torch, package
+    return optional("torch", _SPEC[optimizer][0])
 
 
 def step_fn(impl, size, optimizer):

@@ -19,7 +19,7 @@ better than absolute timings.
 
 import time
 
-from .common import per_call_time, steady_state_malloc, n_samples
+from .common import per_call_time, steady_state_malloc, n_samples, optional
 
 def _resnet18_shapes():
     """torchvision's resnet18 (1000 classes) parameter shapes, in model order: conv1 and bn1,
@@ -46,14 +46,6 @@ OPTIMIZERS = ["Adam", "AdamW"]
 IMPLS = ["fastlr-bridge", "torch-fused", "torch-forloop"]
 
 _CACHE = {}
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch is not installed") from None
-    return torch
 
 
 def _tensors(torch, size):
@@ -87,8 +79,7 @@ def step_fn(impl, size, optimizer="Adam"):
     key = (impl, size, optimizer)
     if key in _CACHE:
         return _CACHE[key]
-    torch = _import_torch()
-    torch.set_num_threads(1)
+    torch = optional("torch")
     params = _tensors(torch, SIZES[size])
     if impl == "fastlr-bridge":
         import fastlr.compat.torch as ft
@@ -121,7 +112,7 @@ class TimeBridgeAdamStep:
     timeout = 180
 
     def setup(self, impl, size):
-        _import_torch()
+        optional("torch")
         steady_state_malloc()
         self.step = step_fn(impl, size)
 
@@ -141,7 +132,7 @@ class TrackBridgeSpeedup:
     timeout = 300
 
     def setup(self, versus, size, optimizer):
-        _import_torch()
+        optional("torch")
         steady_state_malloc()
         self.samplers = {k: per_call_time(step_fn(k, size, optimizer))[1]
                          for k in ("fastlr-bridge", versus)}
@@ -168,8 +159,7 @@ def class_step_fn(impl, cls_name):
     key = ("class", impl, cls_name)
     if key in _CACHE:
         return _CACHE[key]
-    torch = _import_torch()
-    torch.set_num_threads(1)
+    torch = optional("torch")
     params = _tensors(torch, SIZES["64K"])
     if impl == "fastlr-bridge":
         import fastlr.compat.torch as ft
@@ -191,7 +181,7 @@ class TimeBridgeStep:
     timeout = 180
 
     def setup(self, impl, optimizer):
-        _import_torch()
+        optional("torch")
         steady_state_malloc()
         self.step = class_step_fn(impl, optimizer)
 
@@ -205,8 +195,7 @@ def _cold_step_fn(impl, n_tensors):
     key = ("cold", impl, n_tensors)
     if key in _CACHE:
         return _CACHE[key]
-    torch = _import_torch()
-    torch.set_num_threads(1)
+    torch = optional("torch")
     params = _tensors(torch, [(16,)] * n_tensors)
     if impl == "fastlr-bridge":
         import fastlr.compat.torch as ft
@@ -243,7 +232,7 @@ class TrackColdStepOverhead:
     def setup(self, impl, tensors):
         import numpy as np
 
-        _import_torch()
+        optional("torch")
         self.step = _cold_step_fn(impl, tensors)
         self.junk = np.ones(64 << 20, dtype=np.uint8)
 

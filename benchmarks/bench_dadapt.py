@@ -18,19 +18,9 @@ import time
 import numpy as np
 
 from .bench_prodigy import DTYPES, WIDTHS, _shapes
-from .common import n_samples
+from .common import n_samples, optional
 
 OPTIMIZERS = ["DAdaptAdam", "DAdaptSGD", "DAdaptAdaGrad"]
-
-
-def _import_reference():
-    try:
-        import torch
-        import dadaptation
-    except ImportError:
-        raise NotImplementedError("torch or dadaptation is not installed") from None
-    torch.set_num_threads(1)
-    return torch, dadaptation
 
 
 def step_fn(impl, name, size, dtype):
@@ -46,7 +36,7 @@ def step_fn(impl, name, size, dtype):
         def step():
             opt.step(grads)
     else:
-        torch, dadaptation = _import_reference()
+        torch, dadaptation = optional("torch", "dadaptation")
         tp = [torch.from_numpy(p) for p in params]
         for p, g in zip(tp, grads):
             p.grad = torch.from_numpy(g)
@@ -66,7 +56,7 @@ class TimeDAdaptStep:
     timeout = 300
 
     def setup(self, impl, optimizer, size, dtype):
-        _import_reference()
+        optional("torch", "dadaptation")
         self.step = step_fn(impl, optimizer, size, dtype)
 
     def time_step(self, impl, optimizer, size, dtype):
@@ -92,7 +82,7 @@ class TrackDAdaptSpeedupVsPackage:
     timeout = 300
 
     def setup(self, optimizer, size, dtype):
-        _import_reference()
+        optional("torch", "dadaptation")
 
     def track_speedup(self, optimizer, size, dtype):
         return speedup(optimizer, size, dtype)[0]

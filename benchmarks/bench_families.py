@@ -18,7 +18,7 @@ import numpy as np
 
 from fastlr import _specs, kernels, reference
 
-from .common import steady_state_malloc
+from .common import optional, steady_state_malloc
 
 # the table's rows beyond SGD / RMSprop / Adam / AdamW (those have their own benchmarks)
 _ROWS = {o.kernel: o for o in _specs.OPTIMIZERS.values() if o.family not in
@@ -56,11 +56,7 @@ class TimeFamilyStep:
         if impl == "torch-forloop":
             if optimizer not in _TORCH:
                 raise NotImplementedError(f"torch has no {_ROWS[optimizer].cls}")
-            try:
-                import torch
-            except ImportError:
-                raise NotImplementedError("torch is not installed") from None
-            torch.set_num_threads(1)
+            torch = optional("torch")
             p = torch.nn.Parameter(torch.from_numpy(d["param"]))
             p.grad = torch.from_numpy(d["grad"])
             opt = getattr(torch.optim, _TORCH[optimizer])([p], foreach=False)

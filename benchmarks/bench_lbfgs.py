@@ -18,22 +18,13 @@ import time
 
 import numpy as np
 
-from .common import n_samples
+from .common import n_samples, optional
 
 SIZES = [10_000, 1_000_000]
 DTYPES = ["float32", "float64"]
 LINE_SEARCH = [None, "strong_wolfe"]
 OPTIONS = {"max_iter": 20, "history_size": 10, "tolerance_grad": 0.0,
            "tolerance_change": 0.0}
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch is not installed") from None
-    torch.set_num_threads(1)
-    return torch
 
 
 def _problem(n, dtype):
@@ -60,7 +51,7 @@ def step_fn(impl, n, dtype, line_search_fn):
             x[...] = 0
             fastlr.LBFGS([x], line_search_fn=line_search_fn, **OPTIONS).step(closure)
         return step
-    torch = _import_torch()
+    torch = optional("torch")
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     tx = torch.zeros(n, dtype=getattr(torch, dtype), requires_grad=True)
 
@@ -84,7 +75,7 @@ class TimeLBFGSStep:
     timeout = 300
 
     def setup(self, impl, n, dtype, line_search_fn):
-        _import_torch()
+        optional("torch")
         self.step = step_fn(impl, n, dtype, line_search_fn)
         self.step()         # warm up
 
@@ -111,7 +102,7 @@ class TrackLBFGSSpeedupVsTorch:
     timeout = 300
 
     def setup(self, n, dtype, line_search_fn):
-        _import_torch()
+        optional("torch")
 
     def track_speedup(self, n, dtype, line_search_fn):
         return speedup(n, dtype, line_search_fn)[0]

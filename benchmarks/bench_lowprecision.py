@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .common import per_call_time, steady_state_malloc, n_samples
+from .common import per_call_time, steady_state_malloc, n_samples, optional
 
 
 def gpt2_shapes(n_layer=12, d=768, vocab=50257, ctx=1024):
@@ -51,11 +51,7 @@ def step_fn(impl, size):
 
     params, grads = _data(size)
     if impl == "torch-fused":
-        try:
-            import torch
-        except ImportError:
-            raise NotImplementedError("torch is not installed") from None
-        torch.set_num_threads(1)
+        torch = optional("torch")
         tensors = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
         for t, g in zip(tensors, grads):
             t.grad = torch.from_numpy(g)

@@ -23,19 +23,10 @@ import time
 
 import numpy as np
 
-from .common import n_samples
+from .common import n_samples, optional
 
 SHAPES = ["64x64", "256x1024", "768x768", "768x3072", "3072x768"]
 DTYPES = ["float32", "float64"]
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch is not installed") from None
-    torch.set_num_threads(1)
-    return torch
 
 
 def _one_blas_thread():
@@ -67,7 +58,7 @@ def step_fn(impl, shape, dtype):
         def step():
             opt.step(grads)
         return step
-    torch = _import_torch()
+    torch = optional("torch")
     tp = torch.nn.Parameter(torch.from_numpy(p))
     tp.grad = torch.from_numpy(g)
     topt = torch.optim.Muon([tp], lr=0.02)
@@ -81,7 +72,7 @@ class TimeMuonStep:
     timeout = 300
 
     def setup(self, impl, shape, dtype):
-        _import_torch()
+        optional("torch")
         self.limit = _one_blas_thread()
         self.limit.__enter__()
         self.step = step_fn(impl, shape, dtype)
@@ -113,7 +104,7 @@ class TrackMuonSpeedupVsTorch:
     timeout = 300
 
     def setup(self, shape, dtype):
-        _import_torch()
+        optional("torch")
 
     def track_speedup(self, shape, dtype):
         return speedup(shape, dtype)[0]
@@ -130,7 +121,7 @@ def agreement(shape, dtype, adjust_lr_fn=None, nesterov=True, steps=100, lr=0.02
 
     import fastlr
 
-    torch = _import_torch()
+    torch = optional("torch")
     rng = np.random.default_rng(7)
     rows, cols = _shape(shape)
     p = rng.standard_normal((rows, cols)).astype(dtype)

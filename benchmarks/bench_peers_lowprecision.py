@@ -32,22 +32,13 @@ import time
 import numpy as np
 
 from .bench_lowprecision import SIZES
-from .common import per_call_time, steady_state_malloc, n_samples
+from .common import per_call_time, steady_state_malloc, n_samples, optional
 
 PEERS = ["torch-fused-bf16", "torchao-adamw8bit", "torchao-bf16-sr", "bnb-adamw8bit",
          "deepspeed-cpuadam", "fastlr-bf16state"]
 BASELINE = "torch-fused"
 HYPER = dict(lr=1e-3, weight_decay=0.01)
 _CACHE = {}
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch is not installed") from None
-    torch.set_num_threads(1)
-    return torch
 
 
 def _data(size):
@@ -80,7 +71,7 @@ def _make(impl, size):
         opt = fastlr.AdamW([p.copy() for p in params], n_threads=1, state_dtype="bfloat16",
                            **HYPER)
         return lambda: opt.step(grads)
-    torch = _torch()
+    torch = optional("torch")
     if impl in ("torch-fused", "torch-fused-bf16"):
         dtype = torch.bfloat16 if impl.endswith("bf16") else torch.float32
         return torch.optim.AdamW(_tensors(torch, size, dtype), fused=True, **HYPER).step
@@ -147,7 +138,7 @@ class TrackPeerSpeedup:
     timeout = 900
 
     def setup(self, impl):
-        _torch()
+        optional("torch")
         steady_state_malloc()
         self.samplers = {k: per_call_time(step_fn(k, "16M"), min_sample=0.05)[1]
                          for k in (BASELINE, impl)}

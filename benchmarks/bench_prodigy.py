@@ -17,21 +17,11 @@ import time
 
 import numpy as np
 
-from .common import n_samples
+from .common import n_samples, optional
 
 #: hidden width -> shapes of (W1, b1, W2, b2) for 64 inputs and 10 outputs
 WIDTHS = {"10K": 128, "1M": 14000}
 DTYPES = ["float32", "float64"]
-
-
-def _import_reference():
-    try:
-        import torch
-        import prodigyopt
-    except ImportError:
-        raise NotImplementedError("torch or prodigyopt is not installed") from None
-    torch.set_num_threads(1)
-    return torch, prodigyopt
 
 
 def _shapes(size):
@@ -52,7 +42,7 @@ def step_fn(impl, size, dtype):
         def step():
             opt.step(grads)
     else:
-        torch, prodigyopt = _import_reference()
+        torch, prodigyopt = optional("torch", "prodigyopt")
         tp = [torch.from_numpy(p) for p in params]
         for p, g in zip(tp, grads):
             p.grad = torch.from_numpy(g)
@@ -72,7 +62,7 @@ class TimeProdigyStep:
     timeout = 300
 
     def setup(self, impl, size, dtype):
-        _import_reference()
+        optional("torch", "prodigyopt")
         self.step = step_fn(impl, size, dtype)
 
     def time_step(self, impl, size, dtype):
@@ -98,7 +88,7 @@ class TrackProdigySpeedupVsProdigyopt:
     timeout = 300
 
     def setup(self, size, dtype):
-        _import_reference()
+        optional("torch", "prodigyopt")
 
     def track_speedup(self, size, dtype):
         return speedup(size, dtype)[0]

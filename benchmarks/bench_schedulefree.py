@@ -22,23 +22,13 @@ import time
 
 import numpy as np
 
-from .common import n_samples
+from .common import n_samples, optional
 
 KINDS = ["sgd", "adamw", "radam"]
 #: (number of params, elements per param)
 LAYOUTS = ["1x1024", "1x65536", "1x1048576", "64x1024"]
 IMPLS = ["fastlr", "reference", "reference-foreach"]
 DTYPE = np.float32
-
-
-def _import_reference():
-    try:
-        import schedulefree
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch or schedulefree is not installed") from None
-    torch.set_num_threads(1)
-    return torch, schedulefree
 
 
 def _arrays(layout):
@@ -64,7 +54,7 @@ def step_fn(impl, kind, layout):
         def step():
             opt.step(grads)
     else:
-        torch, schedulefree = _import_reference()
+        torch, schedulefree = optional("torch", "schedulefree")
         cls = {"sgd": schedulefree.SGDScheduleFree, "adamw": schedulefree.AdamWScheduleFree,
                "radam": schedulefree.RAdamScheduleFree}[kind]
         tensors = [torch.from_numpy(p) for p in params]
@@ -85,7 +75,7 @@ class TimeScheduleFreeStep:
     timeout = 120
 
     def setup(self, impl, kind, layout):
-        _import_reference()
+        optional("torch", "schedulefree")
         self.step = step_fn(impl, kind, layout)
 
     def time_step(self, impl, kind, layout):
@@ -113,7 +103,7 @@ class TrackScheduleFreeSpeedup:
     timeout = 300
 
     def setup(self, kind, layout, versus):
-        _import_reference()
+        optional("torch", "schedulefree")
 
     def track_speedup(self, kind, layout, versus):
         return speedup(kind, layout)[0][versus]

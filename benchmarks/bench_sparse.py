@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from .common import n_samples
+from .common import n_samples, optional
 
 N_ROWS, N_COLS, TOUCHED = 1_000_000, 64, 10_000
 
@@ -34,15 +34,6 @@ def _data(dtype=np.float32):
     idx = rng.integers(0, N_ROWS, TOUCHED)
     rows = rng.standard_normal((TOUCHED, N_COLS), dtype=np.float32).astype(dtype)
     return table, idx, rows
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise NotImplementedError("torch is not installed") from None
-    torch.set_num_threads(1)
-    return torch
 
 
 def step_fn(impl, table, idx, rows):
@@ -62,7 +53,7 @@ def step_fn(impl, table, idx, rows):
         opt = fastlr.Adam([table], lr=1e-3)
         dense = fastlr.RowSparseGrad(idx, rows).to_dense(N_ROWS)
         return lambda: opt.step([dense])
-    torch = _torch()
+    torch = optional("torch")
     t = torch.from_numpy(table)
     opt = torch.optim.SparseAdam([t], lr=1e-3)
     t.grad = torch.sparse_coo_tensor(torch.from_numpy(idx)[None], torch.from_numpy(rows),
@@ -115,7 +106,7 @@ class TrackSparseSpeedup:
 
     def setup(self, versus):
         if versus == "torch":
-            _torch()
+            optional("torch")
 
     def track_speedup(self, versus):
         dense, vs_torch, _ = speedup()

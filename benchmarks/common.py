@@ -11,6 +11,7 @@ The optimizer-step benchmarks (bench_kernels.Time*) share their implementations 
 staggered buffer layout all come from there, so asv and ``fastlr bench`` time the same code.
 """
 
+import importlib
 import os
 import timeit
 
@@ -18,6 +19,19 @@ import numpy as np
 
 from fastlr import kernels, reference
 from fastlr._tools import bench
+
+def optional(*packages):
+    """Import a benchmark's optional ``packages`` (torch set to 1 thread): the module, or a
+    tuple of them. A missing one raises NotImplementedError, which asv reports as a skip."""
+    try:
+        modules = tuple(importlib.import_module(name) for name in packages)
+    except ImportError:
+        raise NotImplementedError(f"{' or '.join(packages)} is not installed") from None
+    for module in modules:
+        if module.__name__ == "torch":
+            module.set_num_threads(1)
+    return modules[0] if len(modules) == 1 else modules
+
 
 #: The implementations compared side by side (an asv parameter).
 IMPLS = {"fastlr": kernels, "reference": reference}
