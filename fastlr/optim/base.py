@@ -160,7 +160,7 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         self._pending_plateau = None    # its checkpointed state, until one is attached
         self._state = []                # per param: {name: view}
         self._layout = None             # the span structure the state blocks were made for
-        self._int8_regions = []         # int8 state: the state blocks' (start, end) addresses
+        self._int8_regions = (set(), [], [])  # int8 state: its blocks (optim/int8.py)
         self._int8_norm = float("nan")  # int8 state: the grads' norm of the last clipping step
         self._t = 0
         self._snapshot_id = uuid.uuid4().hex   # marks this object's own state dicts

@@ -69,31 +69,42 @@ def span_state(opt, first, params, names):
     return [*codes, *scales]
 
 
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
 def regions(blocks):
-    """The sorted (start, end) addresses of the state blocks, for :func:`_check_overlap`."""
-    out = []
+    """What :func:`_check_overlap` needs of the state blocks: the ids of the arrays that own
+    their memory, and the sorted (start, end) addresses."""
+    spans = []
     for b in blocks:
         if b.nbytes:
             lo = b.__array_interface__["data"][0]
-            out.append((lo, lo + b.nbytes))
-    out.sort()
-    return out
+            spans.append((lo, lo + b.nbytes))
+    spans.sort()
+    return {id(_root(b)) for b in blocks}, [lo for lo, _ in spans], spans
 
 
-def _check_overlap(opt, grads):
-    """A grad overlapping int8 state (not the engine's: it sees params only) is refused
-    before anything is written."""
-    spans = opt._int8_regions
-    starts = [lo for lo, _ in spans]
+def _check_overlap(opt, grads, what="grads[{}]"):
+    """A grad overlapping int8 state (the engine sees params only) is refused before
+    anything is written. A grad whose memory belongs to another array that owns it (a
+    fresh array, or a view of one) cannot overlap: only the others' addresses are looked
+    at (an address costs a microsecond; an attribute, a tenth of that)."""
+    roots, starts, spans = opt._int8_regions
     for i, g in enumerate(grads):
-        if not g.nbytes:
+        r = g
+        while isinstance(r.base, np.ndarray):
+            r = r.base
+        if r.base is None and id(r) not in roots or not g.nbytes:
             continue
         lo = g.__array_interface__["data"][0]
         hi = lo + g.nbytes
         k = bisect.bisect_right(starts, hi - 1) - 1
         if k >= 0 and spans[k][1] > lo:
-            raise ValueError(f"{opt._name}.step: grads[{i}] overlaps the optimizer's int8 "
-                             f"state in memory. Nothing was updated")
+            raise ValueError(f"{opt._name}.step: {what.format(i)} overlaps the optimizer's "
+                             f"int8 state in memory. Nothing was updated")
 
 
 def split_flat(params, flat):
@@ -113,8 +124,10 @@ def step(opt, grads, n_threads: int) -> bool:
     engine.begin_windows(grads, opt._t)       # grads, schedules, values: raises, writes nothing
     engine.abandon_windows()
     if isinstance(grads, np.ndarray):
+        _check_overlap(opt, [grads], "the flat grad buffer")
         grads = split_flat(opt._params, grads)
-    _check_overlap(opt, grads)
+    else:
+        _check_overlap(opt, grads)
     if opt._max_grad_norm is not None or opt._skip_nonfinite:
         sumsq, nonfinite = grad_stats(list(grads), n_threads=n_threads)
         if opt._max_grad_norm is not None:
@@ -136,17 +149,18 @@ def run(opt, grads, values, fn, n_threads=None):
     """``fn`` (the kernel or its twin) on every param with its group's values at this step,
     then the counts and the groups' used values."""
     index = 0
+    counts = opt._counts.tolist()
     for g, (group, v) in enumerate(zip(opt.param_groups, values)):
         params = group["params"]
         if params:
             base = opt._reference_kwargs(group, v, index)
             for key in ("step", *opt._state[index]):
                 base.pop(key, None)
+            base["n_threads"] = n_threads
         for p in params:
             st = opt._state[index]
             fn(p, grads[index], st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
-               st["exp_avg_sq_scale"], step=int(opt._counts[index]) + 1,
-               n_threads=n_threads, **base)
+               st["exp_avg_sq_scale"], step=counts[index] + 1, **base)
             index += 1
         opt._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
     opt._counts += 1

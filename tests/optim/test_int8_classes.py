@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from fastlr import kernels, reference, schedules
+from fastlr import kernels, schedules
 from fastlr.optim import int8
 from fastlr.optim.stepping import supports_windows
 from fastlr.reference.int8state import BLOCK, int8_decode
@@ -134,8 +134,9 @@ def test_reference_mode_matches_the_compiled_step():
     fc[...] = fa
     fa_f = np.asfortranarray(_params(4, [(20, 30)])[0])
     fb_f = fa_f.copy(order="F")
-    groups = lambda vs, f: [{"params": vs[:2]}, {"params": [vs[2], f], "weight_decay": 0.2,  # noqa: E731
-                                                 "lr": LR}]
+
+    def groups(vs, f):
+        return [{"params": vs[:2]}, {"params": [vs[2], f], "weight_decay": 0.2, "lr": LR}]
     fast = fastlr.AdamW(groups(va, fa_f), lr=1e-2, max_grad_norm=5.0, state_dtype="int8")
     twin = fastlr.AdamW(groups(vb, fb_f), lr=1e-2, max_grad_norm=5.0, state_dtype="int8")
     for t in range(10):
@@ -295,6 +296,11 @@ def test_checkpoint_round_trip_is_exact_and_resumes_bit_for_bit(tmp_path):
     assert not np.shares_memory(sd["state"][0]["exp_avg"], opt.state[0]["exp_avg"])
 
 
+def _bf16_nearest(x):
+    u = x.view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).view(np.float32)
+
+
 @pytest.mark.parametrize("target", ["float32", "bfloat16"])
 def test_int8_state_loads_decoded_into_float_state(target):
     a = _params()
@@ -314,9 +320,7 @@ def test_int8_state_loads_decoded_into_float_state(target):
         got = other.state_dict()["state"][i]
         want_m, want_v = m.astype(np.float32), v.astype(np.float32)
         if target == "bfloat16":        # rounded to nearest even
-            rnd = lambda x: ((x.view(np.uint32) + 0x7FFF + ((x.view(np.uint32) >> 16) & 1))  # noqa: E731
-                             & 0xFFFF0000).view(np.float32)
-            want_m, want_v = rnd(want_m), rnd(want_v)
+            want_m, want_v = _bf16_nearest(want_m), _bf16_nearest(want_v)
         assert _same_bits(got["exp_avg"], want_m.reshape(p.shape)), i
         assert _same_bits(got["exp_avg_sq"], want_v.reshape(p.shape)), i
         assert got["step"] == 3
