@@ -19,6 +19,7 @@ from fastlr._core.engine import Engine
 from fastlr.optim.checkpoint import CheckpointMixin
 from fastlr.optim.groups import (_FIXED_KEYS, GroupsMixin, ParamGroup,  # noqa: F401
                                  _some, named_groups)
+from fastlr.optim.int8 import Int8Step
 from fastlr.optim.layout import LayoutMixin, flat_buffer  # noqa: F401
 from fastlr.optim.master import MasterWeightsMixin
 from fastlr.optim.stepping import StepMixin
@@ -160,12 +161,12 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         self._pending_plateau = None    # its checkpointed state, until one is attached
         self._state = []                # per param: {name: view}
         self._layout = None             # the span structure the state blocks were made for
-        self._int8_regions = (set(), [], [])  # int8 state: its blocks (optim/int8.py)
-        self._int8_norm = float("nan")  # int8 state: the grads' norm of the last clipping step
         self._t = 0
         self._snapshot_id = uuid.uuid4().hex   # marks this object's own state dicts
         self._busy = threading.Lock()   # held while stepping or changing the layout
         self._engine = Engine(self._kernel, self._name)
+        if self._state_dtype == "int8":     # a kernel call per param (fastlr/optim/int8.py)
+            self._engine = Int8Step(self, self._engine)
         groups = self._groups_arg(params)
         for group in groups:
             self._add_group(group)

@@ -16,6 +16,7 @@ Checkpoints hold the codes and scales as they are; loading converts between stat
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Any, Dict
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from fastlr import kernels
 from fastlr._core.engine import grad_stats
 from fastlr.kernels import zeros_like_many
+from fastlr.optim.front import EngineFront
 from fastlr.reference.int8state import BLOCK, int8_decode, int8_encode
 
 #: moment -> its scales' state name
@@ -92,7 +94,7 @@ def _check_overlap(opt, grads, what="grads[{}]"):
     anything is written. A grad whose memory belongs to another array that owns it (a
     fresh array, or a view of one) cannot overlap: only the others' addresses are looked
     at (an address costs a microsecond; an attribute, a tenth of that)."""
-    roots, starts, spans = opt._int8_regions
+    roots, starts, spans = opt._engine.regions
     for i, g in enumerate(grads):
         r = g
         while isinstance(r.base, np.ndarray):
@@ -116,33 +118,49 @@ def split_flat(params, flat):
     return out
 
 
-def step(opt, grads, n_threads: int) -> bool:
-    """One update of an int8-state optimizer: everything checked by the engine (nothing
-    written), clipping and the non-finite scan by one compiled reduction, then the kernel
-    per param; counts as the engine does. Returns whether the update was applied."""
-    engine = opt._engine
-    engine.begin_windows(grads, opt._t)       # grads, schedules, values: raises, writes nothing
-    engine.abandon_windows()
-    if isinstance(grads, np.ndarray):
-        _check_overlap(opt, [grads], "the flat grad buffer")
-        grads = split_flat(opt._params, grads)
-    else:
-        _check_overlap(opt, grads)
-    if opt._max_grad_norm is not None or opt._skip_nonfinite:
-        sumsq, nonfinite = grad_stats(list(grads), n_threads=n_threads)
-        if opt._max_grad_norm is not None:
-            opt._int8_norm = float(np.sqrt(sumsq))
-        if nonfinite and opt._skip_nonfinite:
-            return False
-        if opt._max_grad_norm is not None:
-            coef = opt._max_grad_norm / (opt._int8_norm + 1e-6)
-            if not coef >= 1.0:         # torch's factor, a NaN kept (clip_scale)
-                scale = np.float32(coef)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    grads = [g * scale for g in grads]
-    values = engine.group_values(opt._t)
-    run(opt, grads, values, kernels.adam_int8_state, n_threads)
-    return True
+class Int8Step(EngineFront):
+    """The engine front of an int8-state optimizer (:mod:`fastlr.optim.front`): the Adam
+    engine holds the layout, evaluates the schedules and checks a step's grads and values
+    (``begin_windows``); ``step`` then runs the kernel per param (the float32 step pays
+    nothing for this mode)."""
+
+    __slots__ = ("last_grad_norm", "regions")
+
+    def __init__(self, owner: Any, engine: Any) -> None:
+        super().__init__(owner, engine)
+        #: the state blocks, for the grads' overlap check (:func:`regions`)
+        self.regions = regions([])
+        #: the grads' norm of the last step that clipped (NaN before)
+        self.last_grad_norm = math.nan
+
+    def step(self, grads: Any, t: int, n_threads: int, max_grad_norm: float,
+             skip_nonfinite: bool) -> bool:
+        """One update: everything checked by the engine (nothing written), clipping and the
+        non-finite scan by one compiled reduction, then the kernel per param; counts as
+        the engine does. Returns whether the update was applied."""
+        opt = self._owner()
+        engine = self._engine
+        engine.begin_windows(grads, t)       # grads, schedules, values: raises, writes nothing
+        engine.abandon_windows()
+        if isinstance(grads, np.ndarray):
+            _check_overlap(opt, [grads], "the flat grad buffer")
+            grads = split_flat(opt._params, grads)
+        else:
+            _check_overlap(opt, grads)
+        if max_grad_norm or skip_nonfinite:
+            sumsq, nonfinite = grad_stats(list(grads), n_threads=n_threads)
+            if max_grad_norm:
+                self.last_grad_norm = math.sqrt(sumsq)
+            if nonfinite and skip_nonfinite:
+                return False
+            if max_grad_norm:
+                coef = max_grad_norm / (self.last_grad_norm + 1e-6)
+                if not coef >= 1.0:         # torch's factor, a NaN kept (clip_scale)
+                    scale = np.float32(coef)
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        grads = [g * scale for g in grads]
+        run(opt, grads, engine.group_values(t), kernels.adam_int8_state, n_threads)
+        return True
 
 
 def run(opt, grads, values, fn, n_threads=None):

@@ -136,7 +136,8 @@ class LayoutMixin(_OptimizerAttrs):
                                               self._state_fill(self.param_groups[g]))
                 slots = tuple(blocks.get(name) for name in self._slots)
                 spans.append((first, n, g, slots))
-            self._int8_regions = int8.regions(int8_blocks)
+            if self._state_dtype == "int8":
+                self._engine.regions = int8.regions(int8_blocks)
             self._spans = spans
             self._layout = layout
             self._engine.configure(self._params, spans, groups, self._counts, self._started,

@@ -92,12 +92,8 @@ class StepMixin(_OptimizerAttrs):
                 grads = self._master_grads(grads)
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
             try:
-                if self._state_dtype == "int8":     # per-param kernel calls (optim/int8.py)
-                    applied = int8.step(self, grads, n_threads)
-                else:
-                    applied = self._engine.step(grads, self._t, n_threads,
-                                                self._max_grad_norm or 0.0,
-                                                self._skip_nonfinite)
+                applied = self._engine.step(grads, self._t, n_threads,
+                                            self._max_grad_norm or 0.0, self._skip_nonfinite)
             except TypeError:       # nothing written; a fastlr.RowSparseGrad takes this path
                 from fastlr.optim.sparse_adam import has_row_sparse, lazy_step
                 if not has_row_sparse(self, grads):
@@ -173,8 +169,6 @@ class StepMixin(_OptimizerAttrs):
     @property
     def last_grad_norm(self) -> float:
         """The global L2 norm of the grads of the last step that clipped (NaN before)."""
-        if getattr(self, "_state_dtype", "float32") == "int8":
-            return self._int8_norm
         return self._engine.last_grad_norm
 
     @property
@@ -312,13 +306,12 @@ class StepMixin(_OptimizerAttrs):
 def supports_windows(optimizer: Any) -> bool:
     """Whether ``optimizer`` can step in element windows (WindowedStep): a family of the
     step engine, element-wise, with its own params (no 16-bit masters, no sparse or
-    layer-wise step) and its state in the params' dtype or bfloat16 (int8 state has blocks
-    per param and a kernel call per param)."""
+    layer-wise step) and its state in the params' dtype or bfloat16 (int8 state's engine
+    is :class:`fastlr.optim.int8.Int8Step`: blocks and a kernel call per param)."""
     from fastlr._core.engine import Engine
     return (type(getattr(optimizer, "_engine", None)) is Engine
             and type(optimizer).step is StepMixin.step
-            and not getattr(optimizer, "_masters_of", None)
-            and getattr(optimizer, "_state_dtype", "float32") != "int8")
+            and not getattr(optimizer, "_masters_of", None))
 
 
 class WindowedStep:
