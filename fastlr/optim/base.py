@@ -19,26 +19,32 @@ from fastlr._core.engine import Engine
 from fastlr.optim.checkpoint import CheckpointMixin
 from fastlr.optim.groups import (_FIXED_KEYS, GroupsMixin, ParamGroup,  # noqa: F401
                                  _some, named_groups)
+from fastlr.optim.int8 import Int8Step
 from fastlr.optim.layout import LayoutMixin, flat_buffer  # noqa: F401
 from fastlr.optim.master import MasterWeightsMixin
 from fastlr.optim.stepping import StepMixin
 
 __all__ = ["Optimizer", "ParamGroup", "flat_buffer", "named_groups"]
 
-#: The optimizer families with a bfloat16-state core loop (fastlr/_core/loops.pxd).
+#: The optimizer families with a bfloat16-state core loop (fastlr/_core/loops.pxd) and with
+#: an 8-bit state kernel (fastlr/_core/int8state.pyx).
 BF16_STATE_FAMILIES = ("adam",)
+INT8_STATE_FAMILIES = ("adam",)
+STATE_DTYPES = ("float32", "bfloat16", "int8")
 
 
 def _state_dtype_arg(fn, value, family):
-    """The checked ``state_dtype`` option: "float32" or "bfloat16" (where the family has
-    a bfloat16-state core)."""
+    """The checked ``state_dtype`` option: "float32", or "bfloat16" / "int8" where the
+    family has a core for it."""
     if not isinstance(value, str):
-        raise TypeError(f"{fn}: state_dtype must be 'float32' or 'bfloat16' (a str), got "
-                        f"{type(value).__name__} {value!r:.60}")
-    if value not in ("float32", "bfloat16"):
-        raise ValueError(f"{fn}: state_dtype must be 'float32' or 'bfloat16', got {value!r}")
-    if value == "bfloat16" and family not in BF16_STATE_FAMILIES:
-        raise ValueError(f"{fn}: state_dtype='bfloat16' is implemented for Adam and AdamW; "
+        raise TypeError(f"{fn}: state_dtype must be 'float32', 'bfloat16' or 'int8' (a str), "
+                        f"got {type(value).__name__} {value!r:.60}")
+    if value not in STATE_DTYPES:
+        raise ValueError(f"{fn}: state_dtype must be 'float32', 'bfloat16' or 'int8', got "
+                         f"{value!r}")
+    families = {"bfloat16": BF16_STATE_FAMILIES, "int8": INT8_STATE_FAMILIES}.get(value)
+    if families is not None and family not in families:
+        raise ValueError(f"{fn}: state_dtype={value!r} is implemented for Adam and AdamW; "
                          f"this optimizer keeps its state in the params' dtype (pass "
                          f"state_dtype='float32')")
     return value
@@ -66,12 +72,20 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         Clip the grads to this global L2 norm inside each step (``None``: no clipping).
     skip_nonfinite : bool, default False
         Skip a step whose grads hold a NaN or Inf (False: propagate them, as torch).
-    state_dtype : {"float32", "bfloat16"}, default "float32"
+    state_dtype : {"float32", "bfloat16", "int8"}, default "float32"
         How the state buffers are stored. ``"float32"``: in the params' dtype.
         ``"bfloat16"`` (Adam and AdamW, float32 params): as bfloat16 bits (``uint16``
         arrays in :attr:`state`), half the state memory; each step widens the state
         exactly, updates it in float32, uses the unrounded values for the param update and
-        stores them rounded stochastically. 20 bytes move per element instead of 28. See
+        stores them rounded stochastically. 20 bytes move per element instead of 28.
+        ``"int8"`` (Adam and AdamW, float32 params or 16-bit params' float32 masters;
+        no AMSGrad): each moment block-wise quantized, ``uint8`` codes of the param's
+        shape (``exp_avg``, ``exp_avg_sq``) and one float32 scale per block of 256 of the
+        param's elements (``exp_avg_scale``, ``exp_avg_sq_scale``): 2 bytes per param
+        plus 8 per 256, a quarter of float32 state; the step runs
+        :func:`fastlr.kernels.adam_int8_state` once per param (after checking
+        everything), not one call over all params. Not for
+        :class:`fastlr.distributed.ShardedOptimizer` or steps in windows. See
         :doc:`/lowprecision`.
     master_weights : bool, optional
         For float16 and bfloat16 (``ml_dtypes.bfloat16``) params, which the optimizers keep
@@ -151,10 +165,20 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         self._snapshot_id = uuid.uuid4().hex   # marks this object's own state dicts
         self._busy = threading.Lock()   # held while stepping or changing the layout
         self._engine = Engine(self._kernel, self._name)
+        if self._state_dtype == "int8":     # a kernel call per param (fastlr/optim/int8.py)
+            self._engine = Int8Step(self, self._engine)
         groups = self._groups_arg(params)
         for group in groups:
             self._add_group(group)
         self._configure()
+
+    def _validate_group(self, group):
+        if self._state_dtype == "int8" and group.get("amsgrad"):
+            raise ValueError(f"{self._name}: amsgrad=True is not available with "
+                             f"state_dtype='int8' (its running maximum would be a third "
+                             f"quantized buffer); use state_dtype='bfloat16' or 'float32' "
+                             f"for AMSGrad")
+        super()._validate_group(group)
 
     def __repr__(self) -> str:
         """Like torch's: the class, then each group's hyperparameters (a schedule as its

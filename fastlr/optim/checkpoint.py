@@ -17,6 +17,7 @@ import numpy as np
 from fastlr import _specs
 from fastlr._core import bf16 as _bf16
 from fastlr._core.args import flag_arg
+from fastlr.optim import int8
 from fastlr.optim.groups import _finite_nonneg, _nonneg_int, _OptimizerAttrs, names_diff
 from fastlr.optim.plateau_state import _check_plateau_state
 from fastlr.schedules import Schedule
@@ -192,7 +193,8 @@ class CheckpointMixin(_OptimizerAttrs):
     # (getattr: the optimizers that share this mixin without Optimizer keep no state dtype)
     def _export_buffer(self, view):
         """A copy of a state buffer as a checkpoint holds it: bfloat16 state widened to
-        float32 (exact), so a state dict loads into either state_dtype."""
+        float32 (exact), so a state dict loads into either state_dtype; int8 state as its
+        codes and scales (loading converts: fastlr/optim/int8.py)."""
         if getattr(self, "_state_dtype", "float32") == "bfloat16":
             return (view.astype(np.uint32) << 16).view(np.float32)
         return np.array(view, copy=True)
@@ -357,6 +359,7 @@ class CheckpointMixin(_OptimizerAttrs):
             raise ValueError(f"{name}: 'state' has entries {unknown[:5]!r} for params this "
                              f"optimizer does not have (it has {len(self._params)})")
         new_state = {}
+        int8_state = getattr(self, "_state_dtype", "float32") == "int8"
         for i, p in enumerate(self._params):
             st = state.get(i, state.get(str(i)))
             if not isinstance(st, dict):
@@ -374,6 +377,7 @@ class CheckpointMixin(_OptimizerAttrs):
                     raise ValueError(f"{name}: state[{i}][{self._scalar!r}] must be a number "
                                      f"{text}, got {mp!r}")
                 bufs[self._scalar] = float(mp)
+            st = int8.state_in(self, name, i, p, st)     # between state dtypes
             for buf in self._state[i]:
                 if buf not in st and buf in self._optional_state:
                     continue
@@ -381,6 +385,9 @@ class CheckpointMixin(_OptimizerAttrs):
                     raise ValueError(f"{name}: state[{i}] has no {buf!r} buffer, which this "
                                      f"optimizer's options need for {self._label(i)}")
                 arr = st[buf]
+                if int8_state:
+                    bufs[buf] = int8.checked(self, name, i, p, buf, arr)
+                    continue
                 if not isinstance(arr, np.ndarray) or arr.shape != p.shape or \
                         arr.dtype.kind != "f":
                     raise ValueError(f"{name}: state[{i}][{buf!r}] must be a float array of "

@@ -198,10 +198,12 @@ class GroupsMixin(_OptimizerAttrs):
         if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
             raise TypeError(f"{self._name}: {label} must have dtype float32 or float64 "
                             f"(native byte order), got {p.dtype}")
-        if p.dtype != np.float32 and getattr(self, "_state_dtype", "float32") == "bfloat16":
+        state_dtype = getattr(self, "_state_dtype", "float32")
+        if p.dtype != np.float32 and state_dtype != "float32":
             # (getattr: LBFGS borrows this check and keeps no state dtype)
             raise TypeError(f"{self._name}: {label} has dtype {p.dtype}, but "
-                            f"state_dtype='bfloat16' needs float32 params")
+                            f"state_dtype={state_dtype!r} needs float32 params (or 16-bit "
+                            f"params, kept as float32 master weights)")
         if not (p.flags.c_contiguous or p.flags.f_contiguous):
             raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
                              f"got strides {p.strides}; an update applied to a copy is lost"

@@ -11,6 +11,7 @@ from numpy.typing import DTypeLike
 
 from fastlr._core.args import INT_MAX, int_arg
 from fastlr.kernels import zeros_like_many
+from fastlr.optim import int8
 from fastlr.optim.groups import _OptimizerAttrs
 from fastlr.schedules import as_schedule
 
@@ -122,12 +123,21 @@ class LayoutMixin(_OptimizerAttrs):
             # same spans and buffers: new hyperparameters only, state stays where it is
             self._engine.set_groups(groups)
         else:
-            spans = []
+            spans, int8_blocks = [], []
             for first, n, g, names in layout:
-                blocks = self._span_state(first, self._params[first:first + n], names,
-                                          self._state_fill(self.param_groups[g]))
+                if self._state_dtype == "int8":
+                    # per-param codes and scales, stepped by the int8 kernel (fastlr/optim/
+                    # int8.py): the engine only checks and counts, so it gets no state
+                    int8_blocks += int8.span_state(self, first, self._params[first:first + n],
+                                                   names)
+                    blocks = {}
+                else:
+                    blocks = self._span_state(first, self._params[first:first + n], names,
+                                              self._state_fill(self.param_groups[g]))
                 slots = tuple(blocks.get(name) for name in self._slots)
                 spans.append((first, n, g, slots))
+            if self._state_dtype == "int8":
+                self._engine.regions = int8.regions(int8_blocks)
             self._spans = spans
             self._layout = layout
             self._engine.configure(self._params, spans, groups, self._counts, self._started,

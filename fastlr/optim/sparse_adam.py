@@ -16,7 +16,6 @@ variants: torch's sparse SGD and Adagrad, SparseAdam's rule), which
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -27,6 +26,7 @@ from fastlr import reference as reference_module
 from fastlr import sparse as sparse_module
 from fastlr._core.sparse import check_param, check_rows, sparse_adam
 from fastlr.optim.base import Optimizer
+from fastlr.optim.front import EngineFront
 from fastlr.reference import sparse as _reference
 from fastlr.sparse import RowSparseGrad
 
@@ -256,26 +256,12 @@ class SparseAdam(Optimizer):
         self._t += 1
 
 
-class _SparseStep:
-    """SparseAdam's engine: the Adam engine evaluates the schedules and holds the layout
-    (``configure``, ``set_groups``, ``group_values``); ``step`` checks every row-sparse grad
-    and then runs the sparse kernel. :meth:`Optimizer.step` calls it as it calls the
-    engine, with the optimizer's lock, name lookup and error relabelling around it."""
+class _SparseStep(EngineFront):
+    """SparseAdam's engine front (:mod:`fastlr.optim.front`): the Adam engine evaluates
+    the schedules and holds the layout; ``step`` checks every row-sparse grad and then runs
+    the sparse kernel."""
 
-    __slots__ = ("_owner", "_engine")
-
-    def __init__(self, owner: SparseAdam, engine: Any) -> None:
-        self._owner = weakref.ref(owner)
-        self._engine = engine
-
-    def configure(self, *args: Any) -> None:
-        self._engine.configure(*args)
-
-    def set_groups(self, groups: Any) -> None:
-        self._engine.set_groups(groups)
-
-    def group_values(self, t: int) -> Any:
-        return self._engine.group_values(t)
+    __slots__ = ()
 
     @property
     def last_grad_norm(self) -> float:

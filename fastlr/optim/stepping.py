@@ -9,6 +9,7 @@ import numpy as np
 
 from fastlr import reference
 from fastlr._kernels import get_num_threads as _default_threads
+from fastlr.optim import int8
 from fastlr.optim.groups import _OptimizerAttrs, by_name
 
 #: What ``step`` takes: a list of grads in param order, one flat grad array, or (named
@@ -262,11 +263,8 @@ class StepMixin(_OptimizerAttrs):
         return StepMixin._step_reference(self, grads)
 
     def _step_reference(self, grads):
-        if isinstance(grads, np.ndarray):
-            flat, grads, off = grads.reshape(-1), [], 0
-            for p in self._params:
-                grads.append(flat[off:off + p.size].reshape(p.shape))
-                off += p.size
+        if isinstance(grads, np.ndarray):       # each param's grad in its memory order
+            grads = int8.split_flat(self._params, grads)
         if len(grads) != len(self._params):
             raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
                              f"{len(self._params)} params")
@@ -285,6 +283,10 @@ class StepMixin(_OptimizerAttrs):
             if scale != 1.0:
                 grads = [g * g.dtype.type(scale) for g in grads]
         values = self._values_at(self._t)
+        if self._state_dtype == "int8":
+            int8.run(self, grads, values, reference.adam_int8_state)
+            self._t += 1
+            return True if self._skip_nonfinite else None
         index = 0
         fn = getattr(reference, self._kernel + ("_bf16_state" if self._state_dtype == "bfloat16"
                                                 else ""))
@@ -304,7 +306,8 @@ class StepMixin(_OptimizerAttrs):
 def supports_windows(optimizer: Any) -> bool:
     """Whether ``optimizer`` can step in element windows (WindowedStep): a family of the
     step engine, element-wise, with its own params (no 16-bit masters, no sparse or
-    layer-wise step)."""
+    layer-wise step) and its state in the params' dtype or bfloat16 (int8 state's engine
+    is :class:`fastlr.optim.int8.Int8Step`: blocks and a kernel call per param)."""
     from fastlr._core.engine import Engine
     return (type(getattr(optimizer, "_engine", None)) is Engine
             and type(optimizer).step is StepMixin.step
@@ -325,8 +328,10 @@ class WindowedStep:
 
     def __init__(self, optimizer: Any, grads: np.ndarray) -> None:
         if not supports_windows(optimizer):
+            why = (" (state_dtype='int8': its blocks and kernel calls are per param)"
+                   if getattr(optimizer, "_state_dtype", "float32") == "int8" else "")
             raise TypeError(f"{type(optimizer).__name__}: this optimizer cannot step in "
-                            f"windows")
+                            f"windows{why}")
         if optimizer._max_grad_norm is not None or optimizer._skip_nonfinite:
             # both need every grad before the first window (the caller clips or scans)
             raise ValueError(f"{optimizer._name}: a step in windows cannot clip "

@@ -178,8 +178,8 @@ def test_checkpoints_convert_between_state_dtypes(tmp_path):
 
 # ---- arguments -----------------------------------------------------------------------
 @pytest.mark.parametrize("value, exc, match", [
-    ("float16", ValueError, r"state_dtype must be 'float32' or 'bfloat16', got 'float16'"),
-    (np.float32, TypeError, r"state_dtype must be 'float32' or 'bfloat16' \(a str\)"),
+    ("float16", ValueError, r"state_dtype must be 'float32', 'bfloat16' or 'int8', got 'float16'"),
+    (np.float32, TypeError, r"state_dtype must be 'float32', 'bfloat16' or 'int8' \(a str\)"),
     (None, TypeError, r"state_dtype"),
 ])
 def test_bad_state_dtype(value, exc, match):

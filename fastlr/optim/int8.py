@@ -1,0 +1,276 @@
+"""``state_dtype="int8"`` in :class:`fastlr.Adam` / :class:`fastlr.AdamW` (part of
+:class:`fastlr.Optimizer`): 8-bit block-wise quantized moments.
+
+Each param keeps, per moment (``exp_avg``, ``exp_avg_sq``), ``uint8`` codes of its shape and
+layout and one float32 scale per block of 256 of its elements (``exp_avg_scale``,
+``exp_avg_sq_scale``): the state of :func:`fastlr.kernels.adam_int8_state`, whose blocks
+must not straddle params. So the step is not the engine's one call over coalesced spans:
+the engine checks everything first (grads, schedules, their values) and updates nothing,
+then the compiled kernel runs once per param (docs/lowprecision.rst). The step's NumPy
+twin runs :func:`fastlr.reference.adam_int8_state` per param.
+
+Checkpoints hold the codes and scales as they are; loading converts between state dtypes
+(:func:`decoded`, :func:`encoded`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Any, Dict
+
+import numpy as np
+
+from fastlr import kernels
+from fastlr._core.engine import grad_stats
+from fastlr.kernels import zeros_like_many
+from fastlr.optim.front import EngineFront
+from fastlr.reference.int8state import BLOCK, int8_decode, int8_encode
+
+#: moment -> its scales' state name
+SCALES = {"exp_avg": "exp_avg_scale", "exp_avg_sq": "exp_avg_sq_scale"}
+#: moment -> (largest exponent, largest code) of its code (fastlr/_core/int8state.pyx)
+_CODES = {"exp_avg": (15, 127), "exp_avg_sq": (31, 255)}
+
+
+def n_blocks(size: int) -> int:
+    """Scales per moment of a param of ``size`` elements."""
+    return (size + BLOCK - 1) // BLOCK
+
+
+def _order(p):
+    return "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
+
+
+def span_state(opt, first, params, names):
+    """The int8 state of a span of params: per moment one ``uint8`` block of codes and one
+    float32 block of scales, viewed per param (existing views copied in). Fills
+    ``opt._state`` and returns the blocks (for the grads' overlap check)."""
+    sizes = [p.size for p in params]
+    counts = [n_blocks(n) for n in sizes]
+    codes = zeros_like_many(len(names), (sum(sizes),), np.uint8)
+    scales = zeros_like_many(len(names), (sum(counts),), np.float32)
+    for name, cblock, sblock in zip(names, codes, scales):
+        offset = soffset = 0
+        for j, (p, n, k) in enumerate(zip(params, sizes, counts)):
+            view = cblock[offset:offset + n].reshape(p.shape, order=_order(p))
+            sview = sblock[soffset:soffset + k]
+            st = opt._state[first + j]
+            for key, v in ((name, view), (SCALES[name], sview)):
+                old = st.get(key)
+                if old is not None:
+                    v[...] = old
+                st[key] = v
+            offset += n
+            soffset += k
+    keep = set(names) | {SCALES[n] for n in names}
+    for j in range(len(params)):
+        for key in list(opt._state[first + j]):
+            if key not in keep:
+                del opt._state[first + j][key]
+    return [*codes, *scales]
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def regions(blocks):
+    """What :func:`_check_overlap` needs of the state blocks: the ids of the arrays that own
+    their memory, and the sorted (start, end) addresses."""
+    spans = []
+    for b in blocks:
+        if b.nbytes:
+            lo = b.__array_interface__["data"][0]
+            spans.append((lo, lo + b.nbytes))
+    spans.sort()
+    return {id(_root(b)) for b in blocks}, [lo for lo, _ in spans], spans
+
+
+def _check_overlap(opt, grads, what="grads[{}]"):
+    """A grad overlapping int8 state (the engine sees params only) is refused before
+    anything is written. A grad whose memory belongs to another array that owns it (a
+    fresh array, or a view of one) cannot overlap: only the others' addresses are looked
+    at (an address costs a microsecond; an attribute, a tenth of that)."""
+    roots, starts, spans = opt._engine.regions
+    for i, g in enumerate(grads):
+        r = g
+        while isinstance(r.base, np.ndarray):
+            r = r.base
+        if r.base is None and id(r) not in roots or not g.nbytes:
+            continue
+        lo = g.__array_interface__["data"][0]
+        hi = lo + g.nbytes
+        k = bisect.bisect_right(starts, hi - 1) - 1
+        if k >= 0 and spans[k][1] > lo:
+            raise ValueError(f"{opt._name}.step: {what.format(i)} overlaps the optimizer's "
+                             f"int8 state in memory. Nothing was updated")
+
+
+def split_flat(params, flat):
+    """A flat grad buffer as per-param views, each in its param's memory order."""
+    flat, out, off = flat.reshape(-1), [], 0
+    for p in params:
+        out.append(flat[off:off + p.size].reshape(p.shape, order=_order(p)))
+        off += p.size
+    return out
+
+
+class Int8Step(EngineFront):
+    """The engine front of an int8-state optimizer (:mod:`fastlr.optim.front`): the Adam
+    engine holds the layout, evaluates the schedules and checks a step's grads and values
+    (``begin_windows``); ``step`` then runs the kernel per param (the float32 step pays
+    nothing for this mode)."""
+
+    __slots__ = ("last_grad_norm", "regions")
+
+    def __init__(self, owner: Any, engine: Any) -> None:
+        super().__init__(owner, engine)
+        #: the state blocks, for the grads' overlap check (:func:`regions`)
+        self.regions = regions([])
+        #: the grads' norm of the last step that clipped (NaN before)
+        self.last_grad_norm = math.nan
+
+    def step(self, grads: Any, t: int, n_threads: int, max_grad_norm: float,
+             skip_nonfinite: bool) -> bool:
+        """One update: everything checked by the engine (nothing written), clipping and the
+        non-finite scan by one compiled reduction, then the kernel per param; counts as
+        the engine does. Returns whether the update was applied."""
+        opt = self._owner()
+        engine = self._engine
+        engine.begin_windows(grads, t)       # grads, schedules, values: raises, writes nothing
+        engine.abandon_windows()
+        if isinstance(grads, np.ndarray):
+            _check_overlap(opt, [grads], "the flat grad buffer")
+            grads = split_flat(opt._params, grads)
+        else:
+            _check_overlap(opt, grads)
+        if max_grad_norm or skip_nonfinite:
+            sumsq, nonfinite = grad_stats(list(grads), n_threads=n_threads)
+            if max_grad_norm:
+                self.last_grad_norm = math.sqrt(sumsq)
+            if nonfinite and skip_nonfinite:
+                return False
+            if max_grad_norm:
+                coef = max_grad_norm / (self.last_grad_norm + 1e-6)
+                if not coef >= 1.0:         # torch's factor, a NaN kept (clip_scale)
+                    scale = np.float32(coef)
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        grads = [g * scale for g in grads]
+        run(opt, grads, engine.group_values(t), kernels.adam_int8_state, n_threads)
+        return True
+
+
+def run(opt, grads, values, fn, n_threads=None):
+    """``fn`` (the kernel or its twin) on every param with its group's values at this step,
+    then the counts and the groups' used values."""
+    index = 0
+    counts = opt._counts.tolist()
+    for g, (group, v) in enumerate(zip(opt.param_groups, values)):
+        params = group["params"]
+        if params:
+            base = opt._reference_kwargs(group, v, index)
+            for key in ("step", *opt._state[index]):
+                base.pop(key, None)
+            base["n_threads"] = n_threads
+        for p in params:
+            st = opt._state[index]
+            fn(p, grads[index], st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
+               st["exp_avg_sq_scale"], step=counts[index] + 1, **base)
+            index += 1
+        opt._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
+    opt._counts += 1
+
+
+# ---- checkpoints: conversions between state dtypes -------------------------------------
+def decoded(p, codes, scales, moment):
+    """The float32 values of a moment's int8 state (codes and scales) of param ``p``, in
+    ``p``'s layout: the code's value times its block's scale (exact in float32)."""
+    emax, _ = _CODES[moment]
+    flat = np.ravel(codes, order=_order(p)).astype(np.uint32)
+    if moment == "exp_avg":
+        mag = int8_decode(flat & np.uint32(127), emax)
+        value = (mag.view(np.uint32) | ((flat & np.uint32(128)) << np.uint32(24))).view(
+            np.float32)
+    else:
+        value = int8_decode(flat, emax)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = value * np.repeat(np.asarray(scales, np.float32), BLOCK)[:flat.size]
+    return out.reshape(p.shape, order=_order(p))
+
+
+def encoded(p, values, moment):
+    """A moment's float values (float64 rounded to float32 first) as int8 state of param
+    ``p``: (codes in ``p``'s layout, scales). Each block's scale is its largest magnitude
+    (a NaN propagates into it, as in the kernel); each code is the value over the scale
+    rounded to the nearest code (a one-time conversion: nothing to average out)."""
+    emax, cmax = _CODES[moment]
+    x = np.ravel(np.asarray(values, dtype=np.float32), order=_order(p))
+    n = x.size
+    nblk = n_blocks(n)
+    mags = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    padded = np.zeros(nblk * BLOCK, dtype=np.uint32)
+    padded[:n] = mags
+    scales = padded.reshape(nblk, BLOCK).max(axis=1).view(np.float32) if nblk else \
+        np.zeros(0, np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(scales > 0, np.float32(1) / scales, np.float32(0)).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = mags.view(np.float32) * np.repeat(inv, BLOCK)[:n]
+    codes = int8_encode(y, np.full(n, 1 << 19, dtype=np.uint32), emax, cmax)
+    if moment == "exp_avg":
+        codes = codes | ((x.view(np.uint32) >> np.uint32(24)) & np.uint32(128))
+    return codes.astype(np.uint8).reshape(p.shape, order=_order(p)), \
+        np.ascontiguousarray(scales, dtype=np.float32)
+
+
+def expected(p: np.ndarray, buf: str):
+    """What int8 state buffer ``buf`` (codes or scales) of param ``p`` must be: (dtype,
+    shape, in words)."""
+    if buf in _CODES:
+        return np.dtype(np.uint8), p.shape, f"uint8 codes (int8 state) of shape {p.shape}"
+    k = n_blocks(p.size)
+    return np.dtype(np.float32), (k,), (f"float32 of shape ({k},) (one scale per block of "
+                                        f"{BLOCK} of the param's {p.size} elements)")
+
+
+def checked(opt, name: str, i: int, p: np.ndarray, buf: str, arr: Any) -> np.ndarray:
+    """``arr`` as int8 state buffer ``buf`` of param ``i`` (``p``); else ``ValueError``."""
+    dtype, shape, text = expected(p, buf)
+    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != shape:
+        raise ValueError(f"{name}: state[{i}][{buf!r}] must be {text} like "
+                         f"{opt._label(i)}, got {getattr(arr, 'dtype', type(arr).__name__)} "
+                         f"{getattr(arr, 'shape', '')}")
+    return arr
+
+
+def state_in(opt, name: str, i: int, p: np.ndarray, st: Dict[str, Any]) -> Dict[str, Any]:
+    """Param ``i``'s checkpoint state ``st`` converted to the state dtype ``opt`` keeps:
+    int8 state (codes and scales, checked here) decoded to float32 for float32/bfloat16
+    state; float moments encoded for int8 state (:func:`encoded`). Anything else is left
+    for the caller's checks. Raises ``ValueError`` naming the entry; ``st`` is not
+    changed."""
+    mine = getattr(opt, "_state_dtype", "float32") == "int8"
+    out = st
+    for moment, scale_key in SCALES.items():
+        if moment not in st:
+            continue
+        if scale_key in st and not mine:       # int8 state into float state
+            codes = checked(opt, name, i, p, moment, st[moment])
+            scales = checked(opt, name, i, p, scale_key, st[scale_key])
+            out = dict(out) if out is st else out
+            out[moment] = decoded(p, codes, scales, moment)
+            del out[scale_key]
+        elif scale_key not in st and mine:     # float state into int8 state
+            v = st[moment]
+            if not isinstance(v, np.ndarray) or v.shape != p.shape or v.dtype.kind != "f":
+                continue                        # the caller's check names it
+            if moment == "exp_avg_sq" and bool((v < 0).any()):
+                raise ValueError(f"{name}: state[{i}]['exp_avg_sq'] holds negative values; "
+                                 f"a second moment is >= 0 (it cannot be encoded as int8 "
+                                 f"state)")
+            out = dict(out) if out is st else out
+            out[moment], out[scale_key] = encoded(p, v, moment)
+    return out
