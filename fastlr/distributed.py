@@ -478,6 +478,13 @@ class ShardedOptimizer:
         bucket_size = int_arg(name, "bucket_size", bucket_size, 1, INT_MAX)
         if n_threads is not None:
             n_threads = threads_arg(name, n_threads)
+        if hyperparameters.get("state_dtype") == "int8":
+            # its blocks of 256 elements belong to one param: a shard cut through a block
+            # would quantize differently from one process, and gathered state could not
+            # be put together
+            raise ValueError(f"{name}: state_dtype='int8' is not supported (its blocks "
+                             f"would be cut at the shards' bounds); use 'float32' or "
+                             f"'bfloat16'")
         # every rank checks its own params, then all compare what they have
         local_error = None
         signature = None

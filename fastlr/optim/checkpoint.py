@@ -374,8 +374,9 @@ class CheckpointMixin(_OptimizerAttrs):
                 if isinstance(mp, (bool, np.bool_)) or not isinstance(mp, numbers.Real) or \
                         not (low <= mp and (high is None or mp <= high)) or \
                         not math.isfinite(mp):
-                    raise ValueError(f"{name}: state[{i}][{self._scalar!r}] must be a number "
-                                     f"{text}, got {mp!r}")
+                    raise ValueError(f"{name}: state[{i}][{self._scalar!r}] must be "
+                                     f"{text if text.startswith('a ') else 'a number ' + text}, "
+                                     f"got {mp!r}")
                 bufs[self._scalar] = float(mp)
             st = int8.state_in(self, name, i, p, st)     # between state dtypes
             for buf in self._state[i]:

@@ -204,9 +204,10 @@ class StepMixin(_OptimizerAttrs):
             return st
         return {k: v for k, v in st.items() if k not in self._optional_state}
 
-    def _values_at(self, t):
-        if self._dirty:
-            self._configure()
+    def _values_at(self, t, what="next_lr"):
+        if self._dirty:     # reconfiguring swaps the engine's groups: not while a step runs
+            with self._exclusive(what):
+                self._configure()
         return self._engine.group_values(t)
 
     @property
@@ -282,7 +283,7 @@ class StepMixin(_OptimizerAttrs):
             scale = 1.0 if coef >= 1.0 else coef
             if scale != 1.0:
                 grads = [g * g.dtype.type(scale) for g in grads]
-        values = self._values_at(self._t)
+        values = self._values_at(self._t, "step_reference")
         if self._state_dtype == "int8":
             int8.run(self, grads, values, reference.adam_int8_state)
             self._t += 1

@@ -106,6 +106,26 @@ def test_one_rank_equals_the_plain_optimizer():
     assert set(dist.timings) == {"check", "reduce_scatter", "clip", "update", "all_gather"}
 
 
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_int8_state_is_refused(overlap):
+    """int8 state's blocks belong to one param: a shard would cut them (the step would differ
+    from one process and the gathered state could not be put together), so it is refused
+    before any message goes out, overlapped or not."""
+    if _mpi_missing():
+        pytest.skip(_mpi_missing())
+    from mpi4py import MPI
+
+    _, views = fastlr.flat_buffer([(300,)], np.float32)
+    with pytest.raises(ValueError, match=r"ShardedOptimizer: state_dtype='int8' is not "
+                                         r"supported \(its blocks would be cut"):
+        distributed.ShardedOptimizer("AdamW", views, MPI.COMM_SELF, lr=1e-2,
+                                     state_dtype="int8", overlap=overlap)
+    # bfloat16 state (element-wise) is sharded as before
+    distributed.ShardedOptimizer("AdamW", views, MPI.COMM_SELF, lr=1e-2,
+                                 state_dtype="bfloat16", overlap=overlap).step(
+        np.ones(300, np.float32))
+
 def test_example_trains_like_one_process():
     missing = _mpi_missing()
     if missing:

@@ -1510,6 +1510,17 @@ def _nadam_trained():
     return opt
 
 
+def test_asgd_negative_eta_raises_with_its_rule():
+    w = np.ones(4)
+    opt = fastlr.ASGD([w], lr=0.1)
+    opt.step([np.ones(4)])
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["eta"] = -1.0
+    with pytest.raises(ValueError, match=r"ASGD\.load_state_dict: state\[0\]\['eta'\] must be "
+                                         r"a finite number >= 0, got -1\.0$"):
+        opt.load_state_dict(sd)
+
+
 @pytest.mark.parametrize("corrupt", ["missing", "2.0", "-0.5", "nan", "string", "array2"])
 def test_nadam_corrupted_mu_product_raises(corrupt, tmp_path):
     src = _nadam_trained()
@@ -1524,7 +1535,8 @@ def test_nadam_corrupted_mu_product_raises(corrupt, tmp_path):
     for g in mixed_grads(all_params(target), 1, seed=15):
         target.step(g)                              # differs from the checkpoint
     snap = snapshot(target)
-    with pytest.raises(ValueError, match="mu_product"):
+    with pytest.raises(ValueError, match="mu_product" if corrupt == "missing" else
+                       r"\['mu_product'\] must be a number in \[0, 1\], got"):
         target.load_state_dict(sd)
     assert_unchanged(target, snap, corrupt)
     # the same through a .npz file

@@ -122,3 +122,20 @@ def test_an_ended_windowed_step_cannot_drive_the_next():
     b.end()
     assert np.array_equal(x, np.full(6, -3.0))
     assert opt.steps == 2 and opt.state[0]["step"] == 2
+
+
+def test_next_lr_does_not_reconfigure_under_an_open_step():
+    """Changing a group's lr marks the optimizer for reconfiguring; ``next_lr`` would do it,
+    which under a step in windows would swap the groups the open step applies. It raises
+    the busy error instead, and reconfigures once the step has ended."""
+    (flat, opt), _ = _pair("Adam", np.float32)
+    g = np.ones(flat.size, np.float32)
+    w = opt._windowed_step(g)
+    w.run(0, flat.size // 2)
+    opt.param_groups[1]["lr"] = 0.5
+    with pytest.raises(RuntimeError, match=r"Adam\.next_lr: the optimizer is being stepped"):
+        opt.next_lr
+    w.run(flat.size // 2, flat.size)
+    w.end()
+    assert opt.next_lr[1] == 0.5
+    assert opt.last_lr[1] == 0.1       # the open step applied the groups it started with
