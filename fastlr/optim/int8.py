@@ -31,6 +31,8 @@ from fastlr.reference.int8state import BLOCK, int8_decode, int8_encode
 SCALES = {"exp_avg": "exp_avg_scale", "exp_avg_sq": "exp_avg_sq_scale"}
 #: moment -> (largest exponent, largest code) of its code (fastlr/_core/int8state.pyx)
 _CODES = {"exp_avg": (15, 127), "exp_avg_sq": (31, 255)}
+#: a param's step number must stay below it (the kernel's int64 step)
+_STEP_LIMIT = 2**63 - 1
 
 
 def n_blocks(size: int) -> int:
@@ -165,31 +167,37 @@ class Int8Step(EngineFront):
 
 def run(opt, grads, values, fn, n_threads=None):
     """``fn`` (the kernel or its twin) on every param with its group's values at this step,
-    then the counts and the groups' used values."""
-    index = 0
+    then the counts and the groups' used values. The params and groups are the layout the
+    engine checked (``opt._layout``), not the ``param_groups`` lists, which a caller may
+    have edited since; every param's next step number is checked before any is updated."""
     counts = opt._counts.tolist()
-    for g, (group, v) in enumerate(zip(opt.param_groups, values)):
-        params = group["params"]
-        if params:
-            base = opt._reference_kwargs(group, v, index)
-            for key in ("step", *opt._state[index]):
-                base.pop(key, None)
-            base["n_threads"] = n_threads
-        for p in params:
-            st = opt._state[index]
-            fn(p, grads[index], st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
-               st["exp_avg_sq_scale"], step=counts[index] + 1, **base)
-            index += 1
+    if counts and max(counts) >= _STEP_LIMIT:
+        i = counts.index(max(counts))
+        raise ValueError(f"{opt._name}.step: params[{i}] has taken {counts[i]} steps; "
+                         f"its next step number must be < 2**63. Nothing was updated")
+    base: Dict[int, Dict[str, Any]] = {}
+    for first, n, g, _ in opt._layout:
+        if g not in base:
+            kwargs = opt._reference_kwargs(opt.param_groups[g], values[g], first)
+            for key in ("step", *opt._state[first]):
+                kwargs.pop(key, None)
+            base[g] = dict(kwargs, n_threads=n_threads)
+        for i in range(first, first + n):
+            st = opt._state[i]
+            fn(opt._params[i], grads[i], st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
+               st["exp_avg_sq_scale"], step=counts[i] + 1, **base[g])
+    for g, v in enumerate(values):
         opt._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
     opt._counts += 1
 
 
 # ---- checkpoints: conversions between state dtypes -------------------------------------
-def decoded(p, codes, scales, moment):
+def decoded(p, codes, scales, moment, order=None):
     """The float32 values of a moment's int8 state (codes and scales) of param ``p``, in
-    ``p``'s layout: the code's value times its block's scale (exact in float32)."""
+    ``p``'s layout: the code's value times its block's scale (exact in float32). The
+    blocks run in ``order`` (default: ``p``'s memory order)."""
     emax, _ = _CODES[moment]
-    flat = np.ravel(codes, order=_order(p)).astype(np.uint32)
+    flat = np.ravel(codes, order=order or _order(p)).astype(np.uint32)
     if moment == "exp_avg":
         mag = int8_decode(flat & np.uint32(127), emax)
         value = (mag.view(np.uint32) | ((flat & np.uint32(128)) << np.uint32(24))).view(
@@ -198,7 +206,18 @@ def decoded(p, codes, scales, moment):
         value = int8_decode(flat, emax)
     with np.errstate(invalid="ignore", over="ignore"):
         out = value * np.repeat(np.asarray(scales, np.float32), BLOCK)[:flat.size]
-    return out.reshape(p.shape, order=_order(p))
+    return out.reshape(p.shape, order=order or _order(p))
+
+
+def _blocks_order(p, codes):
+    """The memory order a checkpoint's codes cut their blocks in: their own (a state dict
+    copies each param's codes in its layout, and files keep it); None where C and F order
+    are the same for ``p``'s shape."""
+    if sum(n > 1 for n in p.shape) < 2:
+        return None
+    if codes.flags.f_contiguous and not codes.flags.c_contiguous:
+        return "F"
+    return "C" if codes.flags.c_contiguous else "?"
 
 
 def encoded(p, values, moment):
@@ -257,12 +276,24 @@ def state_in(opt, name: str, i: int, p: np.ndarray, st: Dict[str, Any]) -> Dict[
     for moment, scale_key in SCALES.items():
         if moment not in st:
             continue
-        if scale_key in st and not mine:       # int8 state into float state
+        if scale_key in st:                    # int8 state: its blocks' memory order
             codes = checked(opt, name, i, p, moment, st[moment])
             scales = checked(opt, name, i, p, scale_key, st[scale_key])
-            out = dict(out) if out is st else out
-            out[moment] = decoded(p, codes, scales, moment)
-            del out[scale_key]
+            order = _blocks_order(p, codes)
+            if order == "?":
+                raise ValueError(f"{name}: state[{i}][{moment!r}] must be contiguous (C or "
+                                 f"F order: its memory order is the order of its blocks), "
+                                 f"got strides {codes.strides}")
+            if not mine:                        # into float state: decoded
+                out = dict(out) if out is st else out
+                out[moment] = decoded(p, codes, scales, moment, order)
+                del out[scale_key]
+            elif order is not None and order != _order(p):
+                # int8 state saved from a param of the other layout: its blocks run across
+                # this param's; decoded in theirs, encoded in this param's (a conversion)
+                out = dict(out) if out is st else out
+                out[moment], out[scale_key] = encoded(
+                    p, decoded(p, codes, scales, moment, order), moment)
         elif scale_key not in st and mine:     # float state into int8 state
             v = st[moment]
             if not isinstance(v, np.ndarray) or v.shape != p.shape or v.dtype.kind != "f":

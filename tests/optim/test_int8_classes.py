@@ -366,6 +366,82 @@ def test_encoding_keeps_each_params_memory_order():
         assert _same_bits(int8.decoded(w, codes, scales, "exp_avg"), m)
 
 
+
+@pytest.mark.parametrize("source", ["dict", "file"])
+def test_a_checkpoint_keeps_its_blocks_across_param_layouts(source, tmp_path):
+    """An F-ordered param's blocks run down its columns. Its checkpoint (the codes in the
+    param's layout, which a file keeps) loaded into a C-ordered param of the same shape
+    decodes in the checkpoint's order: into float32 state exactly what the F-ordered
+    optimizer holds; into int8 state as that float32 state encoded in C order."""
+    rng = np.random.default_rng(3)
+    w = np.asfortranarray(rng.standard_normal((40, 13)).astype(np.float32))   # 3 blocks
+    opt = fastlr.Adam([w], lr=1e-2, state_dtype="int8")
+    for t in range(3):
+        g = rng.standard_normal((40, 13)).astype(np.float32) * np.linspace(
+            0.01, 10, 13, dtype=np.float32)
+        opt.step([np.asfortranarray(g)])
+    sd = opt.state_dict()
+    if source == "file":
+        opt.save(tmp_path / "f.npz")
+        sd = fastlr.Adam([w.copy(order="F")], lr=1e-2, state_dtype="int8")
+        sd.load(tmp_path / "f.npz")
+        assert sd.state_dict()["state"][0]["exp_avg"].flags.f_contiguous
+        sd = sd.state_dict()
+    truth = fastlr.Adam([w.copy(order="F")], lr=1e-2)
+    truth.load_state_dict(sd)
+    into_c = fastlr.Adam([np.ascontiguousarray(w)], lr=1e-2)
+    into_c.load_state_dict(sd)
+    int8_c = fastlr.Adam([np.ascontiguousarray(w)], lr=1e-2, state_dtype="int8")
+    int8_c.load_state_dict(sd)
+    via_float = fastlr.Adam([np.ascontiguousarray(w)], lr=1e-2, state_dtype="int8")
+    via_float.load_state_dict(truth.state_dict())
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert _same_bits(into_c.state[0][moment], truth.state[0][moment]), moment
+        for key in (moment, moment + "_scale"):
+            assert _same_bits(int8_c.state[0][key], via_float.state[0][key]), key
+    strided = dict(sd, state={0: dict(sd["state"][0])})
+    strided["state"][0]["exp_avg"] = np.zeros((80, 26), np.uint8)[::2, ::2]
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] must be contiguous \(C or F "
+                                         r"order: its memory order is the order of its blocks"):
+        int8_c.load_state_dict(strided)
+
+
+def test_the_step_runs_the_params_it_was_built_with():
+    """param_groups[g]["params"] is a list the caller can edit; like the float32 step, the
+    int8 step updates the optimizer's own params with their own grads and state."""
+    def build(state_dtype):
+        a, b, c = (np.zeros(4, np.float32) for _ in range(3))
+        opt = fastlr.Adam([{"params": [a, b]}, {"params": [c]}], lr=0.1,
+                          state_dtype=state_dtype)
+        return opt, (a, b, c)
+    grads = [np.ones(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)]
+    want, (a32, b32, c32) = build("float32")
+    want.param_groups[0]["params"].pop()
+    want.step(grads)
+    for edit in ("pop", "append"):
+        opt, (a, b, c) = build("int8")
+        if edit == "pop":
+            opt.param_groups[0]["params"].pop()
+        else:
+            opt.param_groups[0]["params"].append(np.zeros(4, np.float32))
+        opt.step(grads)
+        assert opt.steps == 1
+        for x, y in ((a, a32), (b, b32), (c, c32)):
+            assert _same_bits(x, y), edit
+
+
+def test_a_step_number_past_int64_is_refused_before_anything_is_written():
+    a, b = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    opt = fastlr.Adam([a, b], lr=0.1, state_dtype="int8")
+    sd = opt.state_dict()
+    sd["state"][1]["step"] = 2**63 - 1
+    opt.load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"params\[1\] \(param_groups\[0\]\['params'\]\[1\]\) "
+                                         r"has taken 9223372036854775807 steps; its next step "
+                                         r"number must be < 2\*\*63. Nothing was updated"):
+        opt.step([np.ones(4, np.float32)] * 2)
+    assert opt.steps == 0 and not a.any() and not b.any()
+
 def test_checkpoint_errors_change_nothing():
     a = _params()
     opt = fastlr.Adam(a, lr=1e-2, state_dtype="int8")
