@@ -136,6 +136,30 @@ def _lerp_f32(start, end, weight):
     return end + (-(np.float32(1) - w)) * (end - start)
 
 
+def _adam_f32(p, grad, m, v, vmax=None, *, step, lr, beta1, beta2, eps, weight_decay,
+              decoupled_weight_decay, maximize):
+    """One Adam update of float32 values, every operation a float32 NumPy operation in the
+    compiled element's order (fastlr/_core/loops.pxd: adam_element): the param ``p``, the
+    grad (before ``maximize``), the moments ``m``, ``v`` and AMSGrad's maximum ``vmax``
+    (None: no AMSGrad), all float32 arrays, none written. Returns ``(p1, m1, v1, vh)``:
+    the new param, moments and maximum (``v1`` without AMSGrad)."""
+    f = np.float32
+    t = float(step)
+    step_size = f(lr / (1.0 - math.pow(beta1, t)))
+    inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
+    decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
+    g = (f(-1.0) if maximize else f(1.0)) * grad
+    if weight_decay != 0.0 and not decoupled_weight_decay:
+        g = g + f(weight_decay) * p
+    m1 = _lerp_f32(m, g, 1.0 - beta1)
+    v1 = v * f(beta2) + f(1.0 - beta2) * g * g
+    vh = v1
+    if vmax is not None:      # torch.maximum: NaN in either operand gives NaN
+        vh = np.where((v1 > vmax) | (v1 != v1), v1, vmax)
+    p1 = p * decay - step_size * (m1 / (np.sqrt(vh) * inv_bc2s + f(eps)))
+    return p1, m1, v1, vh
+
+
 def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
                     beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                     decoupled_weight_decay=False, maximize=False, n_threads=None):
@@ -189,23 +213,16 @@ def adam_bf16_state(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, st
     >>> p, bf16_widen(m)
     (array([0.9, 0.9], dtype=float32), array([0.05004883, 0.05004883], dtype=float32))
     """
-    f = np.float32
-    t = float(step)
-    step_size = f(lr / (1.0 - math.pow(beta1, t)))
-    inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
-    decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
+    vmax = None if max_exp_avg_sq is None else bf16_widen(max_exp_avg_sq)
+    p1, m1, v1, vh = _adam_f32(param, grad, bf16_widen(exp_avg), bf16_widen(exp_avg_sq), vmax,
+                               step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                               weight_decay=weight_decay,
+                               decoupled_weight_decay=decoupled_weight_decay,
+                               maximize=maximize)
     h = random_bits(param, step_salt(step, 0))
-    g = (f(-1.0) if maximize else f(1.0)) * grad
-    if weight_decay != 0.0 and not decoupled_weight_decay:
-        g = g + f(weight_decay) * param
-    m1 = _lerp_f32(bf16_widen(exp_avg), g, 1.0 - beta1)
     exp_avg[...] = bf16_round_stochastic(m1, h & np.uint32(0xFFFF))
-    v1 = bf16_widen(exp_avg_sq) * f(beta2) + f(1.0 - beta2) * g * g
     exp_avg_sq[...] = bf16_round_stochastic(v1, h >> np.uint32(16))
-    vh = v1
     if max_exp_avg_sq is not None:
-        old = bf16_widen(max_exp_avg_sq)
-        vh = np.where((v1 > old) | (v1 != v1), v1, old)
         h2 = random_bits(param, step_salt(step, 1))
         max_exp_avg_sq[...] = bf16_round_stochastic(vh, h2 >> np.uint32(16))
-    param[...] = param * decay - step_size * (m1 / (np.sqrt(vh) * inv_bc2s + f(eps)))
+    param[...] = p1

@@ -9,11 +9,9 @@ Adam loop's operations in the same order, each a float32 NumPy operation, so twi
 agree bit for bit.
 """
 
-import math
-
 import numpy as np
 
-from fastlr.reference.lowprecision import (_lerp_f32, bf16_round, bf16_round_stochastic,
+from fastlr.reference.lowprecision import (_adam_f32, bf16_round, bf16_round_stochastic,
                                            bf16_widen, random_bits, step_salt)
 
 __all__ = ["adam_mixed", "f16_round", "f16_round_stochastic", "f16_widen"]
@@ -168,7 +166,6 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
     >>> p
     array([0.9, 0.9], dtype=float16)
     """
-    f = np.float32
     bf16 = param.dtype != np.float16
 
     def widen(a):
@@ -176,24 +173,19 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
             return a
         return bf16_widen(_bits(a)) if bf16 else f16_widen(_bits(a))
 
-    t = float(step)
-    step_size = f(lr / (1.0 - math.pow(beta1, t)))
-    inv_bc2s = f(1.0 / math.sqrt(1.0 - math.pow(beta2, t)))
-    decay = f(1.0 - lr * weight_decay) if decoupled_weight_decay else f(1.0)
     p = master.copy() if master is not None else widen(param)
     graw = widen(grad)
     key = p
     if master is None:      # the grad's bits mixed into the 16-bit param's
         key = (p.view(np.uint32) ^ (graw.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(
             np.float32)
-    g = (f(-1.0) if maximize else f(1.0)) * graw
-    if weight_decay != 0.0 and not decoupled_weight_decay:
-        g = g + f(weight_decay) * p
     state16 = exp_avg.dtype != np.float32
     m = bf16_widen(_bits(exp_avg)) if state16 else exp_avg
     v = bf16_widen(_bits(exp_avg_sq)) if state16 else exp_avg_sq
-    m1 = _lerp_f32(m, g, 1.0 - beta1)
-    v1 = v * f(beta2) + f(1.0 - beta2) * g * g
+    p1, m1, v1, _ = _adam_f32(p, graw, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2,
+                              eps=eps, weight_decay=weight_decay,
+                              decoupled_weight_decay=decoupled_weight_decay,
+                              maximize=maximize)
     if state16:
         h = random_bits(key, step_salt(step, 0))
         _bits(exp_avg)[...] = bf16_round_stochastic(m1, h & np.uint32(0xFFFF))
@@ -201,7 +193,6 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
     else:
         exp_avg[...] = m1
         exp_avg_sq[...] = v1
-    p1 = p * decay - step_size * (m1 / (np.sqrt(v1) * inv_bc2s + f(eps)))
     if master is not None:
         master[...] = p1
         _bits(param)[...] = bf16_round(p1) if bf16 else f16_round(p1)
