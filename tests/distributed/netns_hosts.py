@@ -25,11 +25,20 @@ the default one, a pair exchanging in both directions at once (fastlr's reduce-s
 rounds) reached half the link rate (32 MB each way over 1 Gbit/s: 530 ms; with two: 281
 ms; the bound: 268 ms). Measurements use two; the tests keep Open MPI's default: one of
 about fifteen runs of the 3-host checks with two links hung (Open MPI 4.1.4, a loaded
-machine); the cause is not established (Open MPI's TCP transport has had multi-link
-connection bugs).
+machine), before the session-directory race below was found (it hung launches with any
+number of links); two links were not measured again.
 mpirun reaches every daemon directly (``--mca routed direct``): with its default tree, a
 daemon that exited with a killed rank could no longer relay the order to stop to the
 daemons below it, and mpirun waited for them forever.
+The hosts share the file system and the host name, so Open MPI's session directories
+(``<tmpdir>/ompi.<host name>.<uid>/jf.<job family>/<vpid>``) were one set of directories
+for all hosts: the daemons raced to create them, one whose ``mkdir`` failed with EEXIST
+died in ``orte_init`` without a word (its output goes to /dev/null) and mpirun waited for
+it forever (8 of 150 3-host launches of ``/bin/true``; ``--leave-session-attached``
+shows the error). The agent gives every remote host its own tmpdir
+(``OMPI_MCA_orte_tmpdir_base``); host 0, mpirun's, keeps the default (set in mpirun's
+environment it would reach every daemon's command line, where it beats the agent's).
+0 of 200 launches hung with it.
 
 Command line (root, Linux)::
 
@@ -167,18 +176,25 @@ class NetnsHosts:
                     "netem", "delay", self.delay)
         self._dir = tempfile.mkdtemp(prefix="fastlr-netns-")
         self.agent = os.path.join(self._dir, "agent")
-        cases = "\n".join(f"  {addr}) ns={host} ;;" for host, addr in
-                          zip(self.hosts, self.addresses))
+        # every host's own directory for Open MPI's session files (the module's doc), set
+        # by the agent; host 0 runs mpirun, not launched by the agent, and keeps the default
+        # (a value in mpirun's environment would reach every daemon's command line, where it
+        # beats the agent's)
+        self.session_dirs = [os.path.join(self._dir, f"h{i}") for i in range(self.n_hosts)]
+        for d in self.session_dirs:
+            os.mkdir(d)
+        cases = "\n".join(f"  {addr}) ns={host}; tmp={shlex.quote(d)} ;;" for host, addr, d in
+                          zip(self.hosts, self.addresses, self.session_dirs))
         with open(self.agent, "w") as f:
             f.write(f"""#!/bin/sh
 # Open MPI's rsh agent for the test bed: "agent HOST COMMAND..." runs COMMAND in HOST's
-# network namespace (as ssh would run it on HOST).
+# network namespace (as ssh would run it on HOST), with HOST's own session directory.
 host=$1; shift
 case "$host" in
 {cases}
   *) echo "fastlr test bed agent: unknown host $host" >&2; exit 1 ;;
 esac
-exec ip netns exec "$ns" /bin/sh -c "$*"
+OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
 """)
         os.chmod(self.agent, 0o755)
         if shutil.which("gdb"):
