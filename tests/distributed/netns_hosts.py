@@ -25,11 +25,20 @@ the default one, a pair exchanging in both directions at once (fastlr's reduce-s
 rounds) reached half the link rate (32 MB each way over 1 Gbit/s: 530 ms; with two: 281
 ms; the bound: 268 ms). Measurements use two; the tests keep Open MPI's default: one of
 about fifteen runs of the 3-host checks with two links hung (Open MPI 4.1.4, a loaded
-machine); the cause is not established (Open MPI's TCP transport has had multi-link
-connection bugs).
+machine), before the session-directory race below was found (it hung launches with any
+number of links); two links were not measured again.
 mpirun reaches every daemon directly (``--mca routed direct``): with its default tree, a
 daemon that exited with a killed rank could no longer relay the order to stop to the
 daemons below it, and mpirun waited for them forever.
+The hosts share the file system and the host name, so Open MPI's session directories
+(``<tmpdir>/ompi.<host name>.<uid>/jf.<job family>/<vpid>``) were one set of directories
+for all hosts: the daemons raced to create them, one whose ``mkdir`` failed with EEXIST
+died in ``orte_init`` without a word (its output goes to /dev/null) and mpirun waited for
+it forever (8 of 150 3-host launches of ``/bin/true``; ``--leave-session-attached``
+shows the error). The agent gives every remote host its own tmpdir
+(``OMPI_MCA_orte_tmpdir_base``); host 0, mpirun's, keeps the default (set in mpirun's
+environment it would reach every daemon's command line, where it beats the agent's).
+0 of 200 launches hung with it.
 
 Command line (root, Linux)::
 
@@ -167,20 +176,34 @@ class NetnsHosts:
                     "netem", "delay", self.delay)
         self._dir = tempfile.mkdtemp(prefix="fastlr-netns-")
         self.agent = os.path.join(self._dir, "agent")
-        cases = "\n".join(f"  {addr}) ns={host} ;;" for host, addr in
-                          zip(self.hosts, self.addresses))
+        # every host's own directory for Open MPI's session files (the module's doc), set
+        # by the agent; host 0 runs mpirun, not launched by the agent, and keeps the default
+        # (a value in mpirun's environment would reach every daemon's command line, where it
+        # beats the agent's)
+        self.session_dirs = [os.path.join(self._dir, f"h{i}") for i in range(self.n_hosts)]
+        for d in self.session_dirs:
+            os.mkdir(d)
+        cases = "\n".join(f"  {addr}) ns={host}; tmp={shlex.quote(d)} ;;" for host, addr, d in
+                          zip(self.hosts, self.addresses, self.session_dirs))
         with open(self.agent, "w") as f:
             f.write(f"""#!/bin/sh
 # Open MPI's rsh agent for the test bed: "agent HOST COMMAND..." runs COMMAND in HOST's
-# network namespace (as ssh would run it on HOST).
+# network namespace (as ssh would run it on HOST), with HOST's own session directory.
 host=$1; shift
 case "$host" in
 {cases}
   *) echo "fastlr test bed agent: unknown host $host" >&2; exit 1 ;;
 esac
-exec ip netns exec "$ns" /bin/sh -c "$*"
+OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
 """)
         os.chmod(self.agent, 0o755)
+        if shutil.which("gdb"):
+            # mpirun --get-stack-traces asks each daemon for "gstack PID" (not in Debian's
+            # gdb): a hang inside Open MPI (not in Python) then shows its native stacks
+            gstack = os.path.join(self._dir, "gstack")
+            with open(gstack, "w") as f:
+                f.write('#!/bin/sh\nexec gdb -p "$1" -batch -nx -ex "thread apply all bt" 2>&1\n')
+            os.chmod(gstack, 0o755)
 
     def close(self):
         for ns in [*self.hosts, self.switch]:
@@ -195,25 +218,35 @@ exec ip netns exec "$ns" /bin/sh -c "$*"
         """tc's description of host i's egress shaping."""
         return _ip("netns", "exec", self.hosts[i], "tc", "qdisc", "show", "dev", "eth0").stdout
 
-    def mpirun_command(self, command, ranks_per_host=1, mpirun="mpirun", tcp_links=1):
+    def mpirun_command(self, command, ranks_per_host=1, mpirun="mpirun", tcp_links=1,
+                       job_timeout=None):
         """The argv that runs ``command`` (a list) on every host under mpirun, from host 0,
-        with ``tcp_links`` TCP connections per pair of ranks."""
+        with ``tcp_links`` TCP connections per pair of ranks. With ``job_timeout`` (seconds)
+        mpirun ends the job itself past it, after printing the state of every process and
+        (with gdb installed) their native stacks."""
         hosts = ",".join(f"{addr}:{ranks_per_host}" for addr in self.addresses)
         net = f"{SUBNET}.0/24"
-        return ["ip", "netns", "exec", self.hosts[0], mpirun,
+        limit = []
+        if job_timeout:
+            limit = ["--timeout", str(int(job_timeout)), "--report-state-on-timeout",
+                     "--get-stack-traces"]
+        return ["ip", "netns", "exec", self.hosts[0], mpirun, *limit,
                 "-n", str(self.n_hosts * ranks_per_host), "--host", hosts, "--map-by", "node",
                 "--mca", "plm_rsh_agent", self.agent, "--mca", "plm_rsh_no_tree_spawn", "1",
                 "--mca", "routed", "direct",
                 "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", net,
                 "--mca", "oob_tcp_if_include", net, "--mca", "btl_tcp_links", str(tcp_links), *command]
 
-    def run(self, command, ranks_per_host=1, timeout=600, tcp_links=1, **kwargs):
-        """Run ``command`` under mpirun across the hosts (subprocess.run's result)."""
+    def run(self, command, ranks_per_host=1, timeout=600, tcp_links=1, job_timeout=None,
+            **kwargs):
+        """Run ``command`` under mpirun across the hosts (subprocess.run's result);
+        ``job_timeout``: mpirun's own limit (see :meth:`mpirun_command`), below ``timeout``."""
         env = dict(kwargs.pop("env", None) or os.environ)
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                   OMPI_MCA_rmaps_base_oversubscribe="1")
-        return subprocess.run(self.mpirun_command(command, ranks_per_host,
-                                                  tcp_links=tcp_links), env=env,
+                   OMPI_MCA_rmaps_base_oversubscribe="1",
+                   PATH=os.pathsep.join([self._dir, env.get("PATH", os.defpath)]))
+        return subprocess.run(self.mpirun_command(command, ranks_per_host, tcp_links=tcp_links,
+                                                  job_timeout=job_timeout), env=env,
                               timeout=timeout, **kwargs)
 
 
@@ -225,7 +258,11 @@ def main(argv=None):
     parser.add_argument("--ranks-per-host", type=int, default=1)
     parser.add_argument("--tcp-links", type=int, default=1,
                         help="TCP connections per pair of ranks (Open MPI's btl_tcp_links)")
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="kill mpirun past this many seconds")
+    parser.add_argument("--job-timeout", type=float, default=None,
+                        help="mpirun's own --timeout (below --timeout): past it mpirun prints "
+                             "every process's state and stacks and ends the job")
     parser.add_argument("--probe", action="store_true",
                         help="only say whether a test bed can be built here (exit 0) or not (2)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -243,8 +280,8 @@ def main(argv=None):
     with NetnsHosts(args.hosts, args.rate, args.delay) as bed:
         print(f"netns_hosts: {args.hosts} hosts at {args.rate}"
               f"{' + ' + args.delay if args.delay else ''}: {shlex.join(command)}", flush=True)
-        return bed.run(command, args.ranks_per_host, args.timeout,
-                       tcp_links=args.tcp_links).returncode
+        return bed.run(command, args.ranks_per_host, args.timeout, tcp_links=args.tcp_links,
+                       job_timeout=args.job_timeout).returncode
 
 
 if __name__ == "__main__":
