@@ -222,8 +222,11 @@ ctypedef struct MixedCoef:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef void _loop(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
-                Py_ssize_t n, const MixedCoef* mc) noexcept nogil:
+cdef inline void _run(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
+                      Py_ssize_t n, const MixedCoef* mc, int fmt, bint has_master, bint l2,
+                      bint small) noexcept nogil:
+    # One loop; fmt, has_master, l2 and small are constants at every call (_loop), so
+    # with the module's inlining budget (setup.py) each call is its own straight-line loop.
     cdef const AdamCoef* c = &mc.adam
     cdef float omb1 = <float>c.one_minus_beta1
     cdef float omb1_m1 = -(<float>1 - omb1)
@@ -235,47 +238,38 @@ cdef void _loop(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master
     cdef float inv_bc2s = <float>c.inv_bias_correction2_sqrt
     cdef float decay = <float>c.decay
     cdef float sign = <float>c.sign
-    cdef bint small = omb1 < <float>0.5
-    cdef bint l2 = c.l2
-    cdef bint common = small and not l2     # beta1 > 0.5 without L2: AdamW, plain Adam
     cdef uint32_t ss = c.salt[0], sp = mc.salt_param
     cdef Py_ssize_t i
-    if mc.fmt == FMT_BF16 and master != NULL:
-        if common:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, True, False, True)
-        else:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, True, l2, small)
-    elif mc.fmt == FMT_BF16:
-        if common:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, False, False, True)
-        else:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_BF16, False, l2, small)
-    elif master != NULL:
-        if common:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_F16, True, False, True)
-        else:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_F16, True, l2, small)
+    for i in range(n):
+        _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
+              inv_bc2s, decay, sign, ss, sp, fmt, has_master, l2, small)
+
+
+cdef inline void _by_flags(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
+                           Py_ssize_t n, const MixedCoef* mc, int fmt,
+                           bint has_master) noexcept nogil:
+    # unswitched on L2 and on a small beta1 (one_minus_beta1 < 0.5: lerp's two forms)
+    cdef bint small = <float>mc.adam.one_minus_beta1 < <float>0.5
+    if small and not mc.adam.l2:         # AdamW, plain Adam: the common loop
+        _run(p, grad, m, v, master, n, mc, fmt, has_master, False, True)
+    elif small:
+        _run(p, grad, m, v, master, n, mc, fmt, has_master, True, True)
+    elif mc.adam.l2:
+        _run(p, grad, m, v, master, n, mc, fmt, has_master, True, False)
     else:
-        if common:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_F16, False, False, True)
-        else:
-            for i in range(n):
-                _elem(p, grad, m, v, master, i, omb1, omb1_m1, b2, omb2, eps, wd, step_size,
-                      inv_bc2s, decay, sign, ss, sp, FMT_F16, False, l2, small)
+        _run(p, grad, m, v, master, n, mc, fmt, has_master, False, False)
+
+
+cdef void _loop(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
+                Py_ssize_t n, const MixedCoef* mc) noexcept nogil:
+    if mc.fmt == FMT_BF16 and master != NULL:
+        _by_flags(p, grad, m, v, master, n, mc, FMT_BF16, True)
+    elif mc.fmt == FMT_BF16:
+        _by_flags(p, grad, m, v, master, n, mc, FMT_BF16, False)
+    elif master != NULL:
+        _by_flags(p, grad, m, v, master, n, mc, FMT_F16, True)
+    else:
+        _by_flags(p, grad, m, v, master, n, mc, FMT_F16, False)
 
 
 ctypedef struct Job:
