@@ -359,13 +359,16 @@ cdef class Engine:
             src.value = src.constant = value
         return 0
 
-    def group_values(self, int64_t t):
+    def group_values(self, int64_t t, bint evaluate=True):
         """The schedulable hyperparameters of every group at step t (for next lr and the
         reference step): lr, momentum, beta1, weight_decay (0.0 where the family has none)
-        and every other schedulable one of the family, by its group key."""
+        and every other schedulable one of the family, by its group key. With
+        ``evaluate=False``, the values the last evaluation at t left (``begin_windows``
+        checked them): no schedule is called again."""
         cdef Py_ssize_t i
         cdef int j, k
-        self._evaluate(t)
+        if evaluate:
+            self._evaluate(t)
         out = []
         for i in range(self.n_groups):
             values = {"lr": self._used_value(i, 0), "momentum": self._used_value(i, 1),

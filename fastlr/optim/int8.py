@@ -144,6 +144,7 @@ class Int8Step(EngineFront):
         engine = self._engine
         engine.begin_windows(grads, t)       # grads, schedules, values: raises, writes nothing
         engine.abandon_windows()
+        values = engine.group_values(t, False)      # the values just checked (no new call)
         if isinstance(grads, np.ndarray):
             _check_overlap(opt, [grads], "the flat grad buffer")
             grads = split_flat(opt._params, grads)
@@ -161,7 +162,7 @@ class Int8Step(EngineFront):
                     scale = np.float32(coef)
                     with np.errstate(invalid="ignore", over="ignore"):
                         grads = [g * scale for g in grads]
-        run(opt, grads, engine.group_values(t), kernels.adam_int8_state, n_threads)
+        run(opt, grads, values, kernels.adam_int8_state, n_threads)
         return True
 
 

@@ -610,3 +610,20 @@ def test_quality_against_float32_state_on_least_squares():
         assert not any(r["diverged"] for r in runs)
         loss[mode] = np.mean([r["train_loss"] for r in runs])
     assert abs(loss["int8"] / loss["float32"] - 1) <= 0.02, loss
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "int8"])
+def test_a_schedule_is_called_once_per_step_and_its_checked_value_applied(state_dtype):
+    """The int8 step applies the values the engine checked: a callable schedule is called
+    once per step, as for float32 state (a second call could return another value)."""
+    calls = []
+
+    def lr(t):
+        calls.append(t)
+        return 0.1
+
+    w = np.ones(300, np.float32)
+    opt = fastlr.Adam([w], lr=lr, state_dtype=state_dtype)
+    for _ in range(3):
+        opt.step([np.ones(300, np.float32)])
+    assert calls == [0, 1, 2]
