@@ -485,6 +485,12 @@ class ShardedOptimizer:
             raise ValueError(f"{name}: state_dtype='int8' is not supported (its blocks "
                              f"would be cut at the shards' bounds); use 'float32' or "
                              f"'bfloat16'")
+        if hyperparameters.get("master_weights") is False:
+            # the shards are float32 views of one flat buffer: nothing to keep in 16 bits
+            # (param_comm="bfloat16" sends 16-bit params and keeps float32 masters)
+            raise ValueError(f"{name}: master_weights=False is not supported (the shards "
+                             f"are float32; param_comm='bfloat16' keeps float32 master "
+                             f"weights and gathers bfloat16 params)")
         # every rank checks its own params, then all compare what they have
         local_error = None
         signature = None

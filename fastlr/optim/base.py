@@ -19,6 +19,7 @@ from fastlr._core.engine import Engine
 from fastlr.optim.checkpoint import CheckpointMixin
 from fastlr.optim.groups import (_FIXED_KEYS, GroupsMixin, ParamGroup,  # noqa: F401
                                  _some, named_groups)
+from fastlr.optim.fused16 import Fused16Step
 from fastlr.optim.int8 import Int8Step
 from fastlr.optim.layout import LayoutMixin, flat_buffer  # noqa: F401
 from fastlr.optim.master import MasterWeightsMixin
@@ -88,13 +89,16 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         :class:`fastlr.distributed.ShardedOptimizer` or steps in windows. See
         :doc:`/lowprecision`.
     master_weights : bool, optional
-        For float16 and bfloat16 (``ml_dtypes.bfloat16``) params, which the optimizers keep
-        as float32 master weights (``None`` or True, the default): the master is the
-        optimizer's param (in ``param_groups`` and the state dict's ``"master"``), a step
-        updates it from the grads (16-bit or float32) exactly as for float32 params and
-        writes it into the 16-bit param rounded to nearest even. False (a 16-bit param
-        updated in place with stochastic rounding) is refused here: see
-        :func:`fastlr.kernels.adam_mixed`.
+        For float16 and bfloat16 (``ml_dtypes.bfloat16``) params. ``None`` or True (the
+        default, every optimizer): the optimizer keeps a float32 copy, the master weights:
+        the optimizer's param (in ``param_groups`` and the state dict's ``"master"``); a
+        step updates it from the grads (16-bit or float32) exactly as for float32 params
+        and writes it into the 16-bit param rounded to nearest even. False (Adam and AdamW;
+        ``state_dtype`` float32 or bfloat16; no AMSGrad): no copy; each step updates the
+        16-bit param in place from its widened value, in float32, and stores the result
+        rounded stochastically (:func:`fastlr.kernels.adam_mixed`), one kernel call per
+        param: 8 bytes of state per param with float32 state, 4 with bfloat16 (master
+        weights add 4). See :doc:`/lowprecision`.
 
     Attributes
     ----------
@@ -165,14 +169,25 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         self._snapshot_id = uuid.uuid4().hex   # marks this object's own state dicts
         self._busy = threading.Lock()   # held while stepping or changing the layout
         self._engine = Engine(self._kernel, self._name)
+        self._fused16 = None
         if self._state_dtype == "int8":     # a kernel call per param (fastlr/optim/int8.py)
             self._engine = Int8Step(self, self._engine)
+        elif self._kernel == "adam" and type(self).__name__ != "SparseAdam":
+            # 16-bit params in one pass per param (fastlr/optim/fused16.py): the engine
+            # while there are none (with masters), chosen by _configure
+            self._fused16 = Fused16Step(self, self._engine)
+            if self._master_weights is False:
+                self._engine = self._fused16
         groups = self._groups_arg(params)
         for group in groups:
             self._add_group(group)
         self._configure()
 
     def _validate_group(self, group):
+        if group.get("amsgrad") and self._direct_16bit():
+            raise ValueError(f"{self._name}: amsgrad=True is not available with "
+                             f"master_weights=False (fastlr.kernels.adam_mixed keeps no "
+                             f"running maximum); use master_weights=True for AMSGrad")
         if self._state_dtype == "int8" and group.get("amsgrad"):
             raise ValueError(f"{self._name}: amsgrad=True is not available with "
                              f"state_dtype='int8' (its running maximum would be a third "
@@ -199,6 +214,8 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
                                              ("n_threads", self._n_threads)) if v]
         if getattr(self, "_state_dtype", "float32") != "float32":
             extra.append(f"state_dtype={self._state_dtype!r}")
+        if getattr(self, "_master_weights", None) is not None:
+            extra.append(f"master_weights={self._master_weights!r}")
         if extra:
             lines.append(", ".join(extra))
         lines.append(")")

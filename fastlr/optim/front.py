@@ -4,8 +4,13 @@ checks, and puts this in its place, so that :meth:`fastlr.Optimizer.step` calls 
 calls the engine (with the optimizer's lock, names lookup and error relabelling around
 it). Not an ``Engine``: ``supports_windows`` is False for it."""
 
+import math
 import weakref
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from fastlr._core.engine import grad_stats
 
 
 class EngineFront:
@@ -26,3 +31,67 @@ class EngineFront:
 
     def group_values(self, t: int) -> Any:
         return self._engine.group_values(t)
+
+
+#: a param's step number must stay below it (the kernels' int64 step)
+STEP_LIMIT = 2**63 - 1
+
+
+def clipped(front: Any, grads: List[np.ndarray], n_threads: int, max_grad_norm: float,
+            skip_nonfinite: bool) -> Optional[List[np.ndarray]]:
+    """The grads a per-param step applies: scanned for NaN/Inf and clipped to
+    ``max_grad_norm`` by one compiled reduction (``front.last_grad_norm`` set); None when
+    a non-finite grad skips the step. A 16-bit grad is widened to float32 (exact) for
+    both; clipped grads are new arrays (``g * float32(factor)``), the caller's stay."""
+    if not (max_grad_norm or skip_nonfinite):
+        return grads
+    wide = [g if g.dtype in (np.float32, np.float64) else g.astype(np.float32)
+            for g in grads]
+    sumsq, nonfinite = grad_stats(wide, n_threads=n_threads)
+    if max_grad_norm:
+        front.last_grad_norm = math.sqrt(sumsq)
+    if nonfinite and skip_nonfinite:
+        return None
+    if max_grad_norm:
+        coef = max_grad_norm / (front.last_grad_norm + 1e-6)
+        if not coef >= 1.0:         # torch's factor, a NaN kept (clip_scale)
+            scale = np.float32(coef)
+            with np.errstate(invalid="ignore", over="ignore"):
+                return [g * scale for g in wide]
+    return grads
+
+
+def run_per_param(opt: Any, grads: Sequence[np.ndarray], values: List[Dict[str, Any]],
+                  call: Callable[..., None], n_threads: Optional[int] = None) -> None:
+    """``call(i, grad, state, kwargs)`` for every param ``i`` (a kernel or its twin on it)
+    with its group's values at this step and its step number, then the counts and the
+    groups' used values. The params and groups are the layout the engine checked
+    (``opt._layout``), not the ``param_groups`` lists, which a caller may have edited
+    since; every param's next step number is checked before any is updated."""
+    counts = opt._counts.tolist()
+    if counts and max(counts) >= STEP_LIMIT:
+        i = counts.index(max(counts))
+        raise ValueError(f"{opt._name}.step: params[{i}] has taken {counts[i]} steps; "
+                         f"its next step number must be < 2**63. Nothing was updated")
+    base: Dict[int, Dict[str, Any]] = {}
+    for first, n, g, _ in opt._layout:
+        if g not in base:
+            kwargs = opt._reference_kwargs(opt.param_groups[g], values[g], first)
+            for key in ("step", *opt._state[first]):
+                kwargs.pop(key, None)
+            base[g] = dict(kwargs, n_threads=n_threads)
+        for i in range(first, first + n):
+            call(i, grads[i], opt._state[i], dict(base[g], step=counts[i] + 1))
+    for g, v in enumerate(values):
+        opt._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
+    opt._counts += 1
+
+
+def split_flat(params: Sequence[np.ndarray], flat: np.ndarray) -> List[np.ndarray]:
+    """A flat grad buffer as per-param views, each in its param's memory order."""
+    flat, out, off = flat.reshape(-1), [], 0
+    for p in params:
+        order = "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
+        out.append(flat[off:off + p.size].reshape(p.shape, order=order))
+        off += p.size
+    return out

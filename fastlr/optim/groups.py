@@ -14,6 +14,7 @@ import numpy as np
 
 from fastlr._core.args import (INT_MAX, POSITIVE, checked_real, flag_arg, int_arg,
                                layout_hint, ndarray_hint)
+from fastlr.optim.master import is_16bit
 from fastlr.schedules import Schedule
 
 
@@ -195,15 +196,17 @@ class GroupsMixin(_OptimizerAttrs):
         if not isinstance(p, np.ndarray):
             raise TypeError(f"{self._name}: {label} must be a numpy.ndarray, got "
                             f"{type(p).__name__}{ndarray_hint(p)}")
-        if p.dtype not in (np.float32, np.float64) or not p.dtype.isnative:
+        direct = is_16bit(p.dtype) and getattr(self, "_master_weights", None) is False \
+            and self._direct_16bit()        # (fastlr/optim/fused16.py)
+        if (p.dtype not in (np.float32, np.float64) or not p.dtype.isnative) and not direct:
             raise TypeError(f"{self._name}: {label} must have dtype float32 or float64 "
                             f"(native byte order), got {p.dtype}")
         state_dtype = getattr(self, "_state_dtype", "float32")
-        if p.dtype != np.float32 and state_dtype != "float32":
+        if p.dtype == np.float64 and state_dtype != "float32":
             # (getattr: LBFGS borrows this check and keeps no state dtype)
             raise TypeError(f"{self._name}: {label} has dtype {p.dtype}, but "
                             f"state_dtype={state_dtype!r} needs float32 params (or 16-bit "
-                            f"params, kept as float32 master weights)")
+                            f"params)")
         if not (p.flags.c_contiguous or p.flags.f_contiguous):
             raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
                              f"got strides {p.strides}; an update applied to a copy is lost"

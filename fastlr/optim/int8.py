@@ -22,17 +22,14 @@ from typing import Any, Dict
 import numpy as np
 
 from fastlr import kernels
-from fastlr._core.engine import grad_stats
 from fastlr.kernels import zeros_like_many
-from fastlr.optim.front import EngineFront
+from fastlr.optim.front import EngineFront, clipped, run_per_param, split_flat
 from fastlr.reference.int8state import BLOCK, int8_decode, int8_encode
 
 #: moment -> its scales' state name
 SCALES = {"exp_avg": "exp_avg_scale", "exp_avg_sq": "exp_avg_sq_scale"}
 #: moment -> (largest exponent, largest code) of its code (fastlr/_core/int8state.pyx)
 _CODES = {"exp_avg": (15, 127), "exp_avg_sq": (31, 255)}
-#: a param's step number must stay below it (the kernel's int64 step)
-_STEP_LIMIT = 2**63 - 1
 
 
 def n_blocks(size: int) -> int:
@@ -80,7 +77,7 @@ def _root(a):
 
 
 def regions(blocks):
-    """What :func:`_check_overlap` needs of the state blocks: the ids of the arrays that own
+    """What :func:`check_overlap` needs of the state blocks: the ids of the arrays that own
     their memory, and the sorted (start, end) addresses."""
     spans = []
     for b in blocks:
@@ -91,9 +88,10 @@ def regions(blocks):
     return {id(_root(b)) for b in blocks}, [lo for lo, _ in spans], spans
 
 
-def _check_overlap(opt, grads, what="grads[{}]"):
-    """A grad overlapping int8 state (the engine sees params only) is refused before
-    anything is written. A grad whose memory belongs to another array that owns it (a
+def check_overlap(opt, grads, what="grads[{}]", owned="int8 state"):
+    """A grad overlapping the arrays of ``opt._engine.regions`` (int8 state: the engine
+    sees params only; ``owned`` names what else they hold) is refused before anything is
+    written. A grad whose memory belongs to another array that owns it (a
     fresh array, or a view of one) cannot overlap: only the others' addresses are looked
     at (an address costs a microsecond; an attribute, a tenth of that)."""
     roots, starts, spans = opt._engine.regions
@@ -107,17 +105,8 @@ def _check_overlap(opt, grads, what="grads[{}]"):
         hi = lo + g.nbytes
         k = bisect.bisect_right(starts, hi - 1) - 1
         if k >= 0 and spans[k][1] > lo:
-            raise ValueError(f"{opt._name}.step: {what.format(i)} overlaps the optimizer's "
-                             f"int8 state in memory. Nothing was updated")
-
-
-def split_flat(params, flat):
-    """A flat grad buffer as per-param views, each in its param's memory order."""
-    flat, out, off = flat.reshape(-1), [], 0
-    for p in params:
-        out.append(flat[off:off + p.size].reshape(p.shape, order=_order(p)))
-        off += p.size
-    return out
+            raise ValueError(f"{opt._name}.step: {what.format(i)} overlaps the "
+                             f"optimizer's {owned} in memory. Nothing was updated")
 
 
 class Int8Step(EngineFront):
@@ -146,50 +135,25 @@ class Int8Step(EngineFront):
         engine.abandon_windows()
         values = engine.group_values(t, False)      # the values just checked (no new call)
         if isinstance(grads, np.ndarray):
-            _check_overlap(opt, [grads], "the flat grad buffer")
+            check_overlap(opt, [grads], "the flat grad buffer")
             grads = split_flat(opt._params, grads)
         else:
-            _check_overlap(opt, grads)
-        if max_grad_norm or skip_nonfinite:
-            sumsq, nonfinite = grad_stats(list(grads), n_threads=n_threads)
-            if max_grad_norm:
-                self.last_grad_norm = math.sqrt(sumsq)
-            if nonfinite and skip_nonfinite:
-                return False
-            if max_grad_norm:
-                coef = max_grad_norm / (self.last_grad_norm + 1e-6)
-                if not coef >= 1.0:         # torch's factor, a NaN kept (clip_scale)
-                    scale = np.float32(coef)
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        grads = [g * scale for g in grads]
+            check_overlap(opt, grads)
+        grads = clipped(self, list(grads), n_threads, max_grad_norm, skip_nonfinite)
+        if grads is None:
+            return False
         run(opt, grads, values, kernels.adam_int8_state, n_threads)
         return True
 
 
 def run(opt, grads, values, fn, n_threads=None):
     """``fn`` (the kernel or its twin) on every param with its group's values at this step,
-    then the counts and the groups' used values. The params and groups are the layout the
-    engine checked (``opt._layout``), not the ``param_groups`` lists, which a caller may
-    have edited since; every param's next step number is checked before any is updated."""
-    counts = opt._counts.tolist()
-    if counts and max(counts) >= _STEP_LIMIT:
-        i = counts.index(max(counts))
-        raise ValueError(f"{opt._name}.step: params[{i}] has taken {counts[i]} steps; "
-                         f"its next step number must be < 2**63. Nothing was updated")
-    base: Dict[int, Dict[str, Any]] = {}
-    for first, n, g, _ in opt._layout:
-        if g not in base:
-            kwargs = opt._reference_kwargs(opt.param_groups[g], values[g], first)
-            for key in ("step", *opt._state[first]):
-                kwargs.pop(key, None)
-            base[g] = dict(kwargs, n_threads=n_threads)
-        for i in range(first, first + n):
-            st = opt._state[i]
-            fn(opt._params[i], grads[i], st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
-               st["exp_avg_sq_scale"], step=counts[i] + 1, **base[g])
-    for g, v in enumerate(values):
-        opt._used[g] = [v["lr"], v["momentum"], v["beta1"], v["weight_decay"]]
-    opt._counts += 1
+    then the counts (:func:`fastlr.optim.front.run_per_param`)."""
+    def call(i, grad, st, kwargs):
+        fn(opt._params[i], grad, st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
+           st["exp_avg_sq_scale"], **kwargs)
+
+    run_per_param(opt, grads, values, call, n_threads)
 
 
 # ---- checkpoints: conversions between state dtypes -------------------------------------

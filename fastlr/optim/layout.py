@@ -12,7 +12,9 @@ from numpy.typing import DTypeLike
 from fastlr._core.args import INT_MAX, int_arg
 from fastlr.kernels import zeros_like_many
 from fastlr.optim import int8
+from fastlr.optim import fused16
 from fastlr.optim.groups import _OptimizerAttrs
+from fastlr.optim.master import is_16bit
 from fastlr.schedules import as_schedule
 
 
@@ -124,6 +126,9 @@ class LayoutMixin(_OptimizerAttrs):
             self._engine.set_groups(groups)
         else:
             spans, int8_blocks = [], []
+            front = getattr(self, "_fused16", None)
+            if front is not None:       # Adam/AdamW: 16-bit params in one pass per param?
+                self._engine = front if fused16.wanted(self) else front._engine
             for first, n, g, names in layout:
                 if self._state_dtype == "int8":
                     # per-param codes and scales, stepped by the int8 kernel (fastlr/optim/
@@ -140,8 +145,20 @@ class LayoutMixin(_OptimizerAttrs):
                 self._engine.regions = int8.regions(int8_blocks)
             self._spans = spans
             self._layout = layout
-            self._engine.configure(self._params, spans, groups, self._counts, self._started,
-                                   self._used, self._mu_product, self._lr_scale)
+            if isinstance(self._engine, fused16.Fused16Step):
+                # kernel calls per param (fastlr/optim/fused16.py): the engine keeps the
+                # groups only (its cores run float32/float64 params); the front checks the
+                # grads against the params, their 16-bit arrays and the state
+                users = [u for u in map(self._user, self._params) if u is not None]
+                self._engine.regions = int8.regions(
+                    self._params + users +
+                    [b for *_, slots in spans for b in slots if b is not None])
+                self._engine.configure([], [], groups, self._counts, self._started,
+                                       self._used, self._mu_product, self._lr_scale)
+            else:
+                self._engine.configure(self._params, spans, groups, self._counts,
+                                       self._started, self._used, self._mu_product,
+                                       self._lr_scale)
         self._dirty = False
 
     @staticmethod
@@ -162,7 +179,9 @@ class LayoutMixin(_OptimizerAttrs):
         # one allocation for all the span's buffers, staggered when large (see
         # fastlr.kernels.STAGGER_BYTES)
         # bfloat16 state: bits in uint16 (the engine picks the bfloat16 core for them)
-        dtype = np.uint16 if self._state_dtype == "bfloat16" else params[0].dtype
+        # 16-bit params (master_weights=False): float32 state
+        dtype = np.uint16 if self._state_dtype == "bfloat16" else \
+            np.float32 if is_16bit(params[0].dtype) else params[0].dtype
         fresh = zeros_like_many(len(names), (sum(sizes),), dtype)
         for name, block in zip(names, fresh):
             offset = 0

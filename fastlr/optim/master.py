@@ -107,11 +107,15 @@ class MasterWeightsMixin:
                 continue
             label = self._label(start + j, names, g, j)
             if self._master_weights is False:
+                if self._direct_16bit():     # the param itself (fastlr/optim/fused16.py)
+                    out.append(p)
+                    continue
                 raise ValueError(
                     f"{self._name}: {label} is {p.dtype}: master_weights=False (the 16-bit "
-                    f"param updated in place, rounded stochastically) is "
-                    f"fastlr.kernels.adam_mixed's, not the optimizers'; keep "
-                    f"master_weights=True (the default) or call the kernel")
+                    f"param updated in place, rounded stochastically) is available in "
+                    f"Adam and AdamW with state_dtype 'float32' or 'bfloat16' (the "
+                    f"kernel fastlr.kernels.adam_mixed); keep master_weights=True (the "
+                    f"default) here")
             if not (p.flags.c_contiguous or p.flags.f_contiguous):
                 raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
                                  f"got strides {p.strides}")
@@ -125,6 +129,11 @@ class MasterWeightsMixin:
             self._masters_of[id(master)] = (master, p)
             out.append(master)
         return out
+
+    def _direct_16bit(self) -> bool:
+        """Whether 16-bit params are stepped in place without masters (master_weights=False
+        in Adam/AdamW with float32 or bfloat16 state: fastlr/optim/fused16.py)."""
+        return self._master_weights is False and getattr(self, "_fused16", None) is not None
 
     def _user(self, p):
         """The caller's 16-bit array behind param ``p`` (a master), or None."""

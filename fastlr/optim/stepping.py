@@ -9,7 +9,8 @@ import numpy as np
 
 from fastlr import reference
 from fastlr._kernels import get_num_threads as _default_threads
-from fastlr.optim import int8
+from fastlr.optim import fused16, int8
+from fastlr.optim.front import split_flat
 from fastlr.optim.groups import _OptimizerAttrs, by_name
 
 #: What ``step`` takes: a list of grads in param order, one flat grad array, or (named
@@ -87,8 +88,11 @@ class StepMixin(_OptimizerAttrs):
                 grads = self._grads_list(grads, "step")
             if self._dirty:
                 self._configure()
-            masters = getattr(self, "_masters_of", None)
-            if masters:                     # 16-bit params: float32 grads for the masters
+            # 16-bit params' masters stepped by the engine: float32 grads for them (the
+            # fused step of Adam/AdamW reads the 16-bit grads itself: fastlr/optim/fused16.py)
+            masters = getattr(self, "_masters_of", None) and \
+                type(self._engine) is not fused16.Fused16Step
+            if masters:
                 grads = self._master_grads(grads)
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
             try:
@@ -265,7 +269,7 @@ class StepMixin(_OptimizerAttrs):
 
     def _step_reference(self, grads):
         if isinstance(grads, np.ndarray):       # each param's grad in its memory order
-            grads = int8.split_flat(self._params, grads)
+            grads = split_flat(self._params, grads)
         if len(grads) != len(self._params):
             raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
                              f"{len(self._params)} params")
@@ -273,6 +277,10 @@ class StepMixin(_OptimizerAttrs):
         if has_row_sparse(self, grads):     # fastlr.RowSparseGrad: the lazy update's twin
             self._t += lazy_step(self, grads, reference=True)
             return True if self._skip_nonfinite else None
+        direct = getattr(self, "_master_weights", None) is False and \
+            getattr(self, "_fused16", None) is not None      # 16-bit params, no masters
+        if direct:
+            grads = fused16.check_grads(self, grads, "step_reference")
         grads = [np.asarray(g) for g in grads]
         if self._skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
             self._skipped += 1
@@ -281,11 +289,15 @@ class StepMixin(_OptimizerAttrs):
             norm = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads)))
             coef = self._max_grad_norm / (norm + 1e-6)
             scale = 1.0 if coef >= 1.0 else coef
-            if scale != 1.0:
-                grads = [g * g.dtype.type(scale) for g in grads]
+            if scale != 1.0:        # (a 16-bit grad widened first, as the step does)
+                grads = [g * g.dtype.type(scale) if g.dtype in (np.float32, np.float64)
+                         else g.astype(np.float32) * np.float32(scale) for g in grads]
         values = self._values_at(self._t, "step_reference")
-        if self._state_dtype == "int8":
-            int8.run(self, grads, values, reference.adam_int8_state)
+        if self._state_dtype == "int8" or direct:
+            if self._state_dtype == "int8":
+                int8.run(self, grads, values, reference.adam_int8_state)
+            else:
+                fused16.run(self, grads, values, twin=True)
             self._t += 1
             return True if self._skip_nonfinite else None
         index = 0
@@ -330,7 +342,10 @@ class WindowedStep:
     def __init__(self, optimizer: Any, grads: np.ndarray) -> None:
         if not supports_windows(optimizer):
             why = (" (state_dtype='int8': its blocks and kernel calls are per param)"
-                   if getattr(optimizer, "_state_dtype", "float32") == "int8" else "")
+                   if getattr(optimizer, "_state_dtype", "float32") == "int8" else
+                   " (master_weights=False: its kernel calls are per param)"
+                   if getattr(optimizer, "_master_weights", None) is False
+                   else "")
             raise TypeError(f"{type(optimizer).__name__}: this optimizer cannot step in "
                             f"windows{why}")
         if optimizer._max_grad_norm is not None or optimizer._skip_nonfinite:

@@ -126,6 +126,22 @@ def test_int8_state_is_refused(overlap):
                                  state_dtype="bfloat16", overlap=overlap).step(
         np.ones(300, np.float32))
 
+
+def test_master_weights_false_is_refused():
+    """The shards are float32 views of one flat buffer: master_weights=False (16-bit params
+    stepped in place, one kernel call per param) has nothing to do there, and its per-param
+    step cannot run in windows; refused before any message goes out."""
+    if _mpi_missing():
+        pytest.skip(_mpi_missing())
+    from mpi4py import MPI
+
+    _, views = fastlr.flat_buffer([(300,)], np.float32)
+    with pytest.raises(ValueError, match=r"ShardedOptimizer: master_weights=False is not "
+                                         r"supported"):
+        distributed.ShardedOptimizer("AdamW", views, MPI.COMM_SELF, lr=1e-2,
+                                     master_weights=False)
+
+
 def test_example_trains_like_one_process():
     missing = _mpi_missing()
     if missing:

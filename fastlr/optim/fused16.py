@@ -1,0 +1,178 @@
+"""16-bit params in :class:`fastlr.Adam` / :class:`fastlr.AdamW` in one fused pass per param
+(part of :class:`fastlr.Optimizer`): :func:`fastlr.kernels.adam_mixed` for a float16 or
+bfloat16 (``ml_dtypes.bfloat16``) param, with or without its float32 master.
+
+- ``master_weights=False``: the 16-bit param is the optimizer's own param; its moments are
+  float32 (or bfloat16 with ``state_dtype="bfloat16"``). Each step computes the update in
+  float32 from the param's widened value and stores it rounded stochastically: no master
+  copy, so the optimizer keeps 8 bytes per param (4 with bfloat16 state) where master
+  weights keep 12 (8). The random bits are a hash of the element's value, its grad and the
+  step: no random state, reproducible, the same for any thread count.
+- Master weights (the default; fastlr/optim/master.py): the master is the optimizer's param,
+  the kernel updates it and writes it into the 16-bit param rounded to nearest even in the
+  same pass, reading 16-bit grads as they are: the bits of the three passes the other
+  optimizers take (cast the grads, step the masters, round), without the float32 grad
+  buffers. Used while no group has AMSGrad (which adam_mixed does not have).
+
+The step engine runs float32/float64 params only, so the optimizer's engine is then
+:class:`Fused16Step`, a front (:mod:`fastlr.optim.front`): the engine keeps the groups and
+schedules; the front checks every grad first (nothing written on an error), then runs one
+kernel call per param: ``adam_mixed`` for a 16-bit param, ``adam`` or ``adam_bf16_state``
+for a float32/float64 one (the bits of the engine's step). The step's NumPy twin runs
+:mod:`fastlr.reference`'s same-named functions per param.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List
+
+import numpy as np
+
+from fastlr import kernels, reference
+from fastlr.optim import int8
+from fastlr.optim.front import EngineFront, clipped, run_per_param, split_flat
+from fastlr.optim.master import is_16bit
+
+__all__ = ["Fused16Step", "run", "check_grads", "wanted"]
+
+
+def _order(p):
+    return "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
+
+
+def _face(opt, p):
+    """The caller's array of param ``p``: its 16-bit array when ``p`` is a master."""
+    user = opt._user(p)
+    return p if user is None else user
+
+
+def run(opt, grads, values, twin=False, n_threads=None):
+    """Every param's update by its kernel (``twin``: the NumPy twins) with its group's
+    values at this step, then the counts (:func:`fastlr.optim.front.run_per_param`)."""
+    where = reference if twin else kernels
+    plain = where.adam_bf16_state if opt._state_dtype == "bfloat16" else where.adam
+    mixed = where.adam_mixed
+
+    def call(i, grad, st, kwargs):
+        p = opt._params[i]
+        user = opt._user(p)
+        if user is not None:                 # 16-bit param and its float32 master
+            mixed(user, grad, st["exp_avg"], st["exp_avg_sq"], p, **kwargs)
+        elif is_16bit(p.dtype):              # master_weights=False
+            mixed(p, grad, st["exp_avg"], st["exp_avg_sq"], **kwargs)
+        else:
+            plain(p, grad, st["exp_avg"], st["exp_avg_sq"], **kwargs)
+
+    run_per_param(opt, grads, values, call, n_threads)
+
+
+def wanted(opt) -> bool:
+    """Whether ``opt`` (whose front is :class:`Fused16Step`) steps through it: with
+    master_weights=False always; with master weights while it holds a 16-bit param and no
+    group has AMSGrad (else the engine's step on the masters, in passes)."""
+    if opt._master_weights is False:
+        return True
+    return bool(opt._masters_of) and not any(g.get("amsgrad") for g in opt.param_groups)
+
+
+def _grad_dtype_ok(face, g):
+    return g.dtype == face.dtype or (is_16bit(face.dtype) and g.dtype == np.float32)
+
+
+def _wants(face):
+    return f"{face.dtype} or float32" if is_16bit(face.dtype) else str(face.dtype)
+
+
+def check_grads(opt, grads, what="step") -> List[np.ndarray]:
+    """The grads as one array per param, each checked as the kernels check them (type,
+    dtype: the param's, or float32 for a 16-bit param; shape; the param's memory order;
+    alignment; no overlap with a param or the state); raises before anything is
+    written. A flat array is split in param order (one dtype for every param, or float32
+    for 16-bit params of one dtype)."""
+    fn = f"{opt._name}.{what}"
+    params = [_face(opt, p) for p in opt._params]
+    for i, p in enumerate(params):
+        if not p.flags.writeable:
+            raise ValueError(f"{fn}: params[{i}] is read-only (flags.writeable=False) but is "
+                             f"updated in place")
+    if isinstance(grads, np.ndarray):
+        dtypes = {p.dtype for p in params}
+        total = sum(p.size for p in params)
+        one = next(iter(dtypes)) if len(dtypes) == 1 else None
+        if one is None:
+            raise TypeError(f"{fn}: a single grad array needs params of one dtype; pass a "
+                            f"list of grads instead")
+        if params and not (grads.dtype == one or (is_16bit(one) and grads.dtype == np.float32)):
+            raise TypeError(f"{fn}: the flat grad buffer has dtype {grads.dtype} but the "
+                            f"params are {one}{' (float32 is taken too)' if is_16bit(one) else ''}")
+        if grads.size != total or grads.ndim != 1 and grads.size:
+            raise ValueError(f"{fn}: the flat grad buffer has {grads.size} elements but the "
+                             f"params have {total} in all")
+        if not (grads.flags.c_contiguous and grads.flags.aligned and grads.dtype.isnative):
+            raise ValueError(f"{fn}: the flat grad buffer must be C-contiguous, aligned and "
+                             f"in native byte order")
+        int8.check_overlap(opt, [grads], "the flat grad buffer", "params or state")
+        return split_flat(params, grads)
+    if not isinstance(grads, (list, tuple)):
+        raise TypeError(f"{fn}: grads must be a list of arrays (one per param) or one flat "
+                        f"array, got {type(grads).__name__}")
+    if len(grads) != len(params):
+        raise ValueError(f"{fn}: got {len(grads)} grads for {len(params)} params")
+    grads = list(grads)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{fn}: grads[{i}] must be a numpy.ndarray, got "
+                            f"{type(g).__name__}")
+        if not _grad_dtype_ok(p, g):
+            raise TypeError(f"{fn}: grads[{i}] has dtype {g.dtype} but params[{i}] has dtype "
+                            f"{p.dtype} (its grad must be {_wants(p)})")
+        if g.shape != p.shape:
+            raise ValueError(f"{fn}: grads[{i}] has shape {g.shape} but params[{i}] has shape "
+                             f"{p.shape}")
+        order = _order(p)
+        if p is not opt._params[i] and g.dtype == p.dtype and g.size and not (
+                g.flags.f_contiguous if order == "F" else g.flags.c_contiguous):
+            # a 16-bit grad of a param with a master in another layout: copied into the
+            # param's (the engine's step casts it into a float32 buffer of any layout)
+            g = grads[i] = np.array(g, order=order)
+        if not (g.flags.f_contiguous if order == "F" else g.flags.c_contiguous):
+            raise ValueError(f"{fn}: grads[{i}] must be {order}-contiguous like params[{i}], "
+                             f"got strides {g.strides}")
+        if not (g.flags.aligned and g.dtype.isnative):
+            raise ValueError(f"{fn}: grads[{i}] must be aligned and in native byte order")
+    int8.check_overlap(opt, grads, "grads[{}]", "params or state")
+    return grads
+
+
+class Fused16Step(EngineFront):
+    """The engine front of 16-bit params in Adam/AdamW (see the module's notes): the
+    engine holds the groups and evaluates and checks the schedules' values (it holds no
+    params while this steps: they may be 16-bit); ``step`` checks the grads, then runs a
+    kernel per param."""
+
+    __slots__ = ("last_grad_norm", "regions")
+
+    def __init__(self, owner: Any, engine: Any) -> None:
+        super().__init__(owner, engine)
+        #: the params, 16-bit arrays and state blocks, for the grads' overlap check
+        self.regions = int8.regions([])
+        #: the grads' norm of the last step that clipped (NaN before)
+        self.last_grad_norm = math.nan
+
+    def step(self, grads: Any, t: int, n_threads: int, max_grad_norm: float,
+             skip_nonfinite: bool) -> bool:
+        """One update: the grads checked here and the schedules' values by the engine
+        (nothing written), clipping and the non-finite scan by one compiled reduction,
+        then the kernel per param. Returns whether the update was applied."""
+        opt = self._owner()
+        grads = check_grads(opt, grads)
+        engine = self._engine
+        engine.begin_windows([], t)          # the schedules' values: raises, writes nothing
+        engine.abandon_windows()
+        values = engine.group_values(t, False)
+        grads = clipped(self, grads, n_threads, max_grad_norm, skip_nonfinite)
+        if grads is None:
+            return False
+        run(opt, grads, values, n_threads=n_threads)
+        return True
