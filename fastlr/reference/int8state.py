@@ -20,7 +20,7 @@ import numpy as np
 
 from fastlr.reference.lowprecision import _adam_f32, random_bits, step_salt
 
-__all__ = ["adam_int8_state", "int8_decode", "int8_encode", "BLOCK"]
+__all__ = ["adam_int8_state", "int8_decode", "int8_decode_signed", "int8_encode", "BLOCK"]
 
 #: Elements per block.
 BLOCK = 256
@@ -47,6 +47,29 @@ def int8_decode(codes, emax):
     normal = ((c + np.uint32((127 - emax) * 8)) << np.uint32(20)).view(np.float32)
     sub = c.astype(np.float32) * np.float32(2.0 ** (-2 - emax))
     return np.where(c >= 8, normal, sub).astype(np.float32)
+
+
+def int8_decode_signed(codes, emax):
+    """The values of signed codes (``exp_avg``'s: bit 7 the sign, bits 0-6 the magnitude
+    code) relative to the scale, as float32 (exact): the magnitude
+    ``int8_decode(c & 127, emax)`` with the sign bit moved to the float32 sign bit,
+    ``bits(value) = bits(int8_decode(c & 127, emax)) | (c & 128) << 24`` (code 128 is
+    ``-0.0``).
+
+    Parameters
+    ----------
+    codes : ndarray of integers
+        In ``[0, 256)``.
+    emax : int
+        The magnitude code's largest exponent (15 for exp_avg).
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    c = np.asarray(codes).astype(np.uint32)
+    mag = int8_decode(c & np.uint32(127), emax)
+    return (mag.view(np.uint32) | ((c & np.uint32(128)) << np.uint32(24))).view(np.float32)
 
 
 def int8_encode(y, r20, emax, cmax):
@@ -134,11 +157,9 @@ def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_
     pi = p.copy()
     idx = np.arange(n, dtype=np.uint32)
     r = random_bits((pi.view(np.uint32) ^ idx).view(np.float32), step_salt(step, 0))
-    cm = _flat(exp_avg).astype(np.uint32)
     sm = np.repeat(exp_avg_scale, BLOCK)[:n]
     sv = np.repeat(exp_avg_sq_scale, BLOCK)[:n]
-    mag = int8_decode(cm & np.uint32(127), _M[0])
-    mo = (mag.view(np.uint32) | ((cm & np.uint32(128)) << np.uint32(24))).view(f32) * sm
+    mo = int8_decode_signed(_flat(exp_avg), _M[0]) * sm
     vo = int8_decode(_flat(exp_avg_sq), _V[0]) * sv
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):     # as the kernel
         p1, mi, vi, _ = _adam_f32(pi, _flat(grad), mo, vo, step=step, lr=lr, beta1=beta1,
