@@ -169,8 +169,9 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
                        float eps, float wd, float step_size, float inv_bc2s, float decay,
                        float sign, uint32_t salt_state, uint32_t salt_param, int fmt,
                        bint has_master, bint l2, bint small) noexcept nogil:
-    # One element. fmt, has_master, l2 and small come in as constants where the loops
-    # below are unswitched by hand, so each loop body is straight-line code.
+    # One element. fmt, has_master, l2 and small come in as constants: _loop and _by_flags
+    # unswitch on them by calling the one inline loop (_run) with constant flags, so each
+    # inlined loop body is straight-line code.
     cdef float pi, g, mo, vo, mi, vi, pn
     cdef uint32_t key, gkey, r = 0
     if has_master:
@@ -225,7 +226,7 @@ ctypedef struct MixedCoef:
 cdef inline void _run(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
                       Py_ssize_t n, const MixedCoef* mc, int fmt, bint has_master, bint l2,
                       bint small) noexcept nogil:
-    # One loop; fmt, has_master, l2 and small are constants at every call (_loop), so
+    # One loop; fmt, has_master, l2 and small are constants at every call (_by_flags), so
     # with the module's inlining budget (setup.py) each call is its own straight-line loop.
     cdef const AdamCoef* c = &mc.adam
     cdef float omb1 = <float>c.one_minus_beta1

@@ -24,7 +24,8 @@ import numpy as np
 from fastlr import kernels
 from fastlr.kernels import zeros_like_many
 from fastlr.optim.front import EngineFront, clipped, run_per_param, split_flat
-from fastlr.reference.int8state import BLOCK, int8_decode, int8_encode
+from fastlr.reference.int8state import (BLOCK, int8_decode, int8_decode_signed,
+                                       int8_encode)
 
 #: moment -> its scales' state name
 SCALES = {"exp_avg": "exp_avg_scale", "exp_avg_sq": "exp_avg_sq_scale"}
@@ -163,12 +164,7 @@ def decoded(p, codes, scales, moment, order=None):
     blocks run in ``order`` (default: ``p``'s memory order)."""
     emax, _ = _CODES[moment]
     flat = np.ravel(codes, order=order or _order(p)).astype(np.uint32)
-    if moment == "exp_avg":
-        mag = int8_decode(flat & np.uint32(127), emax)
-        value = (mag.view(np.uint32) | ((flat & np.uint32(128)) << np.uint32(24))).view(
-            np.float32)
-    else:
-        value = int8_decode(flat, emax)
+    value = (int8_decode_signed if moment == "exp_avg" else int8_decode)(flat, emax)
     with np.errstate(invalid="ignore", over="ignore"):
         out = value * np.repeat(np.asarray(scales, np.float32), BLOCK)[:flat.size]
     return out.reshape(p.shape, order=order or _order(p))

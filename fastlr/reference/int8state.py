@@ -2,8 +2,9 @@
 
 Pure NumPy, sharing no code with the compiled kernel (``fastlr/_core/int8state.pyx``): the
 codes are decoded and encoded with the float32 bit operations written out below, blocks of
-256 elements are rows of a padded 2-D view, and the update repeats the compiled loop's
-float32 operations in the same order (each a float32 NumPy operation, rounded as the C one
+256 elements are rows of a padded 2-D view, and the update is the bfloat16-state twin's
+float32 Adam arithmetic (``fastlr.reference.lowprecision._adam_f32``: the compiled loop's
+float32 operations in the same order, each a float32 NumPy operation, rounded as the C one
 is), so the twin and the kernel agree bit for bit. The random bits are the bfloat16-state
 twin's hash (:func:`fastlr.reference.lowprecision.random_bits`) of the param's bits XOR
 the element's index.
@@ -17,9 +18,9 @@ The codes (relative to the block's scale, its absolute maximum): ``exp_avg`` a s
 
 import numpy as np
 
-from fastlr.reference.lowprecision import random_bits, step_salt
+from fastlr.reference.lowprecision import _adam_f32, random_bits, step_salt
 
-__all__ = ["adam_int8_state", "int8_decode", "int8_encode", "BLOCK"]
+__all__ = ["adam_int8_state", "int8_decode", "int8_decode_signed", "int8_encode", "BLOCK"]
 
 #: Elements per block.
 BLOCK = 256
@@ -46,6 +47,29 @@ def int8_decode(codes, emax):
     normal = ((c + np.uint32((127 - emax) * 8)) << np.uint32(20)).view(np.float32)
     sub = c.astype(np.float32) * np.float32(2.0 ** (-2 - emax))
     return np.where(c >= 8, normal, sub).astype(np.float32)
+
+
+def int8_decode_signed(codes, emax):
+    """The values of signed codes (``exp_avg``'s: bit 7 the sign, bits 0-6 the magnitude
+    code) relative to the scale, as float32 (exact): the magnitude
+    ``int8_decode(c & 127, emax)`` with the sign bit moved to the float32 sign bit,
+    ``bits(value) = bits(int8_decode(c & 127, emax)) | (c & 128) << 24`` (code 128 is
+    ``-0.0``).
+
+    Parameters
+    ----------
+    codes : ndarray of integers
+        In ``[0, 256)``.
+    emax : int
+        The magnitude code's largest exponent (15 for exp_avg).
+
+    Returns
+    -------
+    ndarray of float32
+    """
+    c = np.asarray(codes).astype(np.uint32)
+    mag = int8_decode(c & np.uint32(127), emax)
+    return (mag.view(np.uint32) | ((c & np.uint32(128)) << np.uint32(24))).view(np.float32)
 
 
 def int8_encode(y, r20, emax, cmax):
@@ -127,37 +151,22 @@ def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_
         raise ValueError("fastlr.reference.adam_int8_state: amsgrad=True is not available "
                          "with 8-bit (int8) state")
     f32 = np.float32
-    t = float(step)
-    omb1 = f32(1.0 - beta1)
-    omb1_m1 = -(f32(1) - omb1)
-    b2 = f32(beta2)
-    omb2 = f32(1.0 - beta2)
-    step_size = f32(lr / (1.0 - beta1 ** t))
-    inv_bc2s = f32(1.0 / np.sqrt(1.0 - beta2 ** t))
-    sign = f32(-1.0 if maximize else 1.0)
-    l2 = weight_decay != 0.0 and not decoupled_weight_decay
-    decay = f32(1.0 - lr * weight_decay if decoupled_weight_decay else 1.0)
     n = param.size
     nblk = (n + BLOCK - 1) // BLOCK
     p = _flat(param)
     pi = p.copy()
     idx = np.arange(n, dtype=np.uint32)
     r = random_bits((pi.view(np.uint32) ^ idx).view(np.float32), step_salt(step, 0))
-    g = sign * _flat(grad)
-    if l2:
-        g = g + f32(weight_decay) * pi
-    cm = _flat(exp_avg).astype(np.uint32)
     sm = np.repeat(exp_avg_scale, BLOCK)[:n]
     sv = np.repeat(exp_avg_sq_scale, BLOCK)[:n]
-    mag = int8_decode(cm & np.uint32(127), _M[0])
-    mo = (mag.view(np.uint32) | ((cm & np.uint32(128)) << np.uint32(24))).view(f32) * sm
-    if omb1 < f32(0.5):
-        mi = mo + omb1 * (g - mo)
-    else:
-        mi = g + omb1_m1 * (g - mo)
-    vi = int8_decode(_flat(exp_avg_sq), _V[0]) * sv * b2 + omb2 * g * g
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        p[...] = pi * decay - step_size * (mi / (np.sqrt(vi) * inv_bc2s + f32(eps)))
+    mo = int8_decode_signed(_flat(exp_avg), _M[0]) * sm
+    vo = int8_decode(_flat(exp_avg_sq), _V[0]) * sv
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):     # as the kernel
+        p1, mi, vi, _ = _adam_f32(pi, _flat(grad), mo, vo, step=step, lr=lr, beta1=beta1,
+                                  beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                  decoupled_weight_decay=decoupled_weight_decay,
+                                  maximize=maximize)
+    p[...] = p1
     mabs = mi.view(np.uint32) & np.uint32(0x7FFFFFFF)
     vabs = vi.view(np.uint32) & np.uint32(0x7FFFFFFF)
     am = _blocks(mabs, nblk, 0).max(axis=1).view(f32)

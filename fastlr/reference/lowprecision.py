@@ -139,7 +139,7 @@ def _lerp_f32(start, end, weight):
 def _adam_f32(p, grad, m, v, vmax=None, *, step, lr, beta1, beta2, eps, weight_decay,
               decoupled_weight_decay, maximize):
     """One Adam update of float32 values, every operation a float32 NumPy operation in the
-    compiled element's order (fastlr/_core/loops.pxd: adam_element): the param ``p``, the
+    compiled element's order (fastlr/_core/loops.pxd: adam_core): the param ``p``, the
     grad (before ``maximize``), the moments ``m``, ``v`` and AMSGrad's maximum ``vmax``
     (None: no AMSGrad), all float32 arrays, none written. Returns ``(p1, m1, v1, vh)``:
     the new param, moments and maximum (``v1`` without AMSGrad)."""
