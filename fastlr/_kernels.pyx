@@ -50,10 +50,11 @@
 cimport cython
 cimport numpy as cnp
 
-from fastlr._core.arrays cimport layout_name, same_shape
+from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
+                                  check_overlap, check_param_layout)
 from fastlr._core.args cimport (ABOVE_ONE, CLOSED_UNIT, FINITE, NONNEG, OPEN_UNIT, UNIT,
-                                checked_real, flag_arg, layout_hint, ndarray_hint,
-                                set_threads_default, step_arg, threads_arg)
+                                checked_real, flag_arg, set_threads_default, step_arg,
+                                threads_arg)
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
@@ -692,10 +693,6 @@ cdef str _dtype_name(cnp.ndarray a):
 
 
 
-cdef inline str _layout(cnp.ndarray a):
-    return layout_name(a)
-
-
 ctypedef struct Checked:
     int n_arrays
     int type_num            # NPY_FLOAT or NPY_DOUBLE
@@ -710,11 +707,10 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
     in-place update; the first n_required must be arrays, later ones may be None (absent).
     state_type >= 0: the state buffers hold that NumPy type (uint16: bfloat16 bits) and the
     param is float32. Raises before anything is written."""
-    cdef int k, j, n = len(arrays)
+    cdef int k, n = len(arrays)
     cdef cnp.ndarray p, a
     cdef int type_num
     cdef bint c_order = True
-    cdef char* lo[MAX_ARRAYS]
     cdef char* hi[MAX_ARRAYS]
     out.n_arrays = n
     for k in range(n):
@@ -723,9 +719,7 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
         if obj is None and k >= n_required:
             out.data[k] = NULL
             continue
-        if not cnp.PyArray_Check(obj):
-            raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, got "
-                            f"{type(obj).__name__}{ndarray_hint(obj)}")
+        check_ndarray(fn, name, obj, "float32 or float64")
         a = <cnp.ndarray>obj
         type_num = cnp.PyArray_TYPE(a)
         if k == 0:
@@ -739,11 +733,7 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
             out.type_num = type_num
             out.size = cnp.PyArray_SIZE(a)
             out.itemsize = cnp.PyArray_ITEMSIZE(a)
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)):
-                raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
-                                 f"{(<object>a).strides} for shape {(<object>a).shape}; an "
-                                 f"in-place update cannot be applied to a copy"
-                                 f"{layout_hint('param', False, True)}")
+            check_param_layout(fn, a)
             c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
         else:
             if k >= 2 and state_type >= 0:
@@ -754,35 +744,13 @@ cdef int _check_arrays(str fn, tuple names, tuple arrays, int n_required,
                 raise TypeError(f"{fn}: {name} has dtype {_dtype_name(a)} but param has dtype "
                                 f"{_dtype_name(p)}; the arrays of one parameter share its "
                                 f"dtype (float32 or float64)")
-            if not same_shape(a, p):
-                raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but param has "
-                                 f"shape {(<object>p).shape}; they must be equal")
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order
-                    else cnp.PyArray_IS_F_CONTIGUOUS(a)):
-                raise ValueError(f"{fn}: {name} is {_layout(a)} but param is {_layout(p)}; the "
-                                 f"arrays of one parameter must share one contiguous layout"
-                                 f"{layout_hint(name, not c_order, k != 1)}")
-        if cnp.PyArray_ISBYTESWAPPED(a):
-            raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
-                            f"{name}.astype({name}.dtype.newbyteorder('='))")
-        if not cnp.PyArray_ISALIGNED(a):
-            raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
-                             f"an aligned buffer")
-        if k != 1 and not cnp.PyArray_ISWRITEABLE(a):
-            raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is updated "
-                             f"in place")
+            check_like_param(fn, name, a, p, c_order, k != 1)
+        check_buffer(fn, name, a, k != 1)
         out.data[k] = <char*>cnp.PyArray_DATA(a)
-        lo[k] = out.data[k]
-        hi[k] = lo[k] + out.size * cnp.PyArray_ITEMSIZE(a)
+        hi[k] = out.data[k] + out.size * cnp.PyArray_ITEMSIZE(a)
     # Overlap: no written buffer may share memory with another buffer (the grad included).
     if out.size > 0:
-        for k in range(n):
-            if out.data[k] == NULL:
-                continue
-            for j in range(k + 1, n):
-                if out.data[j] != NULL and lo[k] < hi[j] and lo[j] < hi[k]:
-                    raise ValueError(f"{fn}: {names[k]} and {names[j]} overlap in memory; "
-                                     f"every buffer of an update must be a separate array")
+        check_overlap(fn, names, out.data, hi, n)
     return 0
 
 

@@ -61,3 +61,17 @@ cpdef Py_ssize_t choice_arg(str fn, str name, object value, tuple choices) excep
 # param is F-ordered; written: the array is updated in place).
 cpdef str ndarray_hint(object value)
 cpdef str layout_hint(str name, bint fortran=*, bint written=*)
+
+# The messages of the per-array checks of the validated kernels (fastlr._core.arrays: each
+# inline test there calls one of these, out of line, only when it fails, so the success
+# path stays a few flag tests). Each raises (TypeError or ValueError) and returns -1.
+# not an ndarray: "{name} must be a numpy.ndarray[ of {what}], got ..." (what: "" for none)
+cdef int raise_not_ndarray(str fn, object name, object obj, str what) except -1
+# the param is neither C- nor F-contiguous
+cdef int raise_param_layout(str fn, object param) except -1
+# `a` has another shape, or another contiguous layout, than the param
+cdef int raise_unlike_param(str fn, object name, object a, object param, bint written) except -1
+# `a` is byte-swapped, misaligned, or (written: updated in place) read-only
+cdef int raise_bad_buffer(str fn, object name, object a, bint written) except -1
+# two buffers of one update share memory
+cdef int raise_overlap(str fn, object name_a, object name_b) except -1

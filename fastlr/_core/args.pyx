@@ -6,9 +6,14 @@ import operator
 
 import numpy as np
 
+cimport numpy as cnp
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.math cimport isfinite
 from libc.stdint cimport INT64_MAX, int64_t
+
+from fastlr._core.arrays cimport layout_name, same_shape
+
+cnp.import_array()
 
 __all__ = ["FINITE", "NONNEG", "POSITIVE", "UNIT", "CLOSED_UNIT", "OPEN_UNIT", "ABOVE_ONE",
            "RULES", "INT_MAX",
@@ -255,3 +260,49 @@ cpdef str layout_hint(str name, bint fortran=False, bint written=False):
         return (f"; {name} is updated in place, so make it contiguous once ({fix}; a "
                 f"transposed or sliced array is not) and keep training that array")
     return f"; pass {fix} (a transposed or sliced array is not contiguous)"
+
+
+# ---------------------------------------------------------------------------------------
+# the per-array checks' messages (declared in args.pxd; raised out of line from
+# fastlr._core.arrays' inline tests, which call them only when a test fails)
+# ---------------------------------------------------------------------------------------
+cdef int raise_not_ndarray(str fn, object name, object obj, str what) except -1:
+    of = f" of {what}" if what else ""
+    raise TypeError(f"{fn}: {name} must be a numpy.ndarray{of}, got "
+                    f"{type(obj).__name__}{ndarray_hint(obj)}")
+
+
+cdef int raise_param_layout(str fn, object param) except -1:
+    raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
+                     f"{param.strides} for shape {param.shape}; an in-place update cannot be "
+                     f"applied to a copy{layout_hint('param', False, True)}")
+
+
+cdef int raise_unlike_param(str fn, object name, object a, object param,
+                            bint written) except -1:
+    cdef cnp.ndarray x = <cnp.ndarray?>a, p = <cnp.ndarray?>param
+    if not same_shape(x, p):
+        raise ValueError(f"{fn}: {name} has shape {a.shape} but param has shape "
+                         f"{param.shape}; they must be equal")
+    raise ValueError(f"{fn}: {name} is {layout_name(x)} but param is {layout_name(p)}; the "
+                     f"arrays of one parameter must share one contiguous layout"
+                     f"{layout_hint(name, not cnp.PyArray_IS_C_CONTIGUOUS(p), written)}")
+
+
+cdef int raise_bad_buffer(str fn, object name, object a, bint written) except -1:
+    cdef cnp.ndarray x = <cnp.ndarray?>a
+    if cnp.PyArray_ISBYTESWAPPED(x):
+        raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
+                        f"{name}.astype({name}.dtype.newbyteorder('='))")
+    if not cnp.PyArray_ISALIGNED(x):
+        raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
+                         f"an aligned buffer")
+    if written and not cnp.PyArray_ISWRITEABLE(x):
+        raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is updated "
+                         f"in place")
+    raise AssertionError(f"{fn}: {name}: raise_bad_buffer called on a valid buffer")
+
+
+cdef int raise_overlap(str fn, object name_a, object name_b) except -1:
+    raise ValueError(f"{fn}: {name_a} and {name_b} overlap in memory; every buffer of an "
+                     f"update must be a separate array")

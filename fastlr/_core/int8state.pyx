@@ -56,9 +56,10 @@ from libc.math cimport pow, sqrt, sqrtf
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memcpy
 
-from fastlr._core.args cimport (NONNEG, UNIT, checked_real, flag_arg, layout_hint,
-                                ndarray_hint, step_arg, threads_arg)
-from fastlr._core.arrays cimport layout_name, same_shape
+from fastlr._core.args cimport (NONNEG, UNIT, checked_real, flag_arg, layout_hint, step_arg,
+                                threads_arg)
+from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
+                                  check_overlap, check_param_layout)
 from fastlr._core.bfloat cimport random_bits, step_salt
 from fastlr._core.loops cimport lerp
 from fastlr._kernels cimport parallel_spans
@@ -264,21 +265,11 @@ cdef str _dtype_name(cnp.ndarray a):
 
 
 cdef cnp.ndarray _array(str fn, str name, object obj, int type_num, str what):
-    if not cnp.PyArray_Check(obj):
-        raise TypeError(f"{fn}: {name} must be a numpy.ndarray of {what}, got "
-                        f"{type(obj).__name__}{ndarray_hint(obj)}")
+    check_ndarray(fn, name, obj, what)
     cdef cnp.ndarray a = <cnp.ndarray>obj
     if cnp.PyArray_TYPE(a) != type_num:
         raise TypeError(f"{fn}: {name} must have dtype {what}, got {_dtype_name(a)}")
-    if cnp.PyArray_ISBYTESWAPPED(a):
-        raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
-                        f"{name}.astype({name}.dtype.newbyteorder('='))")
-    if not cnp.PyArray_ISALIGNED(a):
-        raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
-                         f"an aligned buffer")
-    if name != "grad" and not cnp.PyArray_ISWRITEABLE(a):
-        raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is updated "
-                         f"in place")
+    check_buffer(fn, name, a, name != "grad")
     return a
 
 
@@ -379,13 +370,10 @@ def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_
     cdef cnp.ndarray p = _array(fn, "param", param, cnp.NPY_FLOAT, "float32")
     cdef cnp.ndarray a
     cdef Py_ssize_t n = cnp.PyArray_SIZE(p), nblk = (n + BLOCK_ - 1) // BLOCK_
+    check_param_layout(fn, p)
     cdef bint c_order = cnp.PyArray_IS_C_CONTIGUOUS(p)
-    if not (c_order or cnp.PyArray_IS_F_CONTIGUOUS(p)):
-        raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
-                         f"{(<object>p).strides} for shape {(<object>p).shape}; an in-place "
-                         f"update cannot be applied to a copy{layout_hint('param', False, True)}")
     cdef list arrs = [p]
-    cdef int k, i
+    cdef int k
     for k in range(1, 6):
         if k == 3 or k == 5:
             a = _array(fn, _NAMES[k], objs[k], cnp.NPY_FLOAT, "float32 (one scale per block)")
@@ -400,30 +388,17 @@ def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_
         else:
             a = _array(fn, _NAMES[k], objs[k], cnp.NPY_FLOAT if k == 1 else cnp.NPY_UINT8,
                        "float32" if k == 1 else "uint8 (8-bit state codes)")
-            if not same_shape(a, p):
-                raise ValueError(f"{fn}: {_NAMES[k]} has shape {(<object>a).shape} but param "
-                                 f"has shape {(<object>p).shape}; they must be equal")
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order
-                    else cnp.PyArray_IS_F_CONTIGUOUS(a)):
-                raise ValueError(f"{fn}: {_NAMES[k]} is {layout_name(a)} but param is "
-                                 f"{layout_name(p)}; the arrays of one parameter must share "
-                                 f"one contiguous layout"
-                                 f"{layout_hint(_NAMES[k], not c_order, k != 1)}")
+            check_like_param(fn, _NAMES[k], a, p, c_order, k != 1)
         arrs.append(a)
-    # overlap: no buffer may share memory with another (the grad included)
-    cdef char* lo
-    cdef char* hi
-    for k in range(6):
-        a = arrs[k]
-        lo = <char*>cnp.PyArray_DATA(a)
-        hi = lo + cnp.PyArray_NBYTES(a)
-        if hi == lo:
-            continue
-        for i in range(k + 1, 6):
-            if (lo < <char*>cnp.PyArray_DATA(arrs[i]) + cnp.PyArray_NBYTES(arrs[i])
-                    and <char*>cnp.PyArray_DATA(arrs[i]) < hi):
-                raise ValueError(f"{fn}: {_NAMES[k]} and {_NAMES[i]} overlap in memory; "
-                                 f"every buffer of an update must be a separate array")
+    # overlap: no buffer may share memory with another (the grad included); with n == 0
+    # every buffer is empty (nblk == 0), else none is
+    cdef char* lo[6]
+    cdef char* hi[6]
+    if n > 0:
+        for k in range(6):
+            lo[k] = <char*>cnp.PyArray_DATA(arrs[k])
+            hi[k] = lo[k] + cnp.PyArray_NBYTES(arrs[k])
+        check_overlap(fn, _NAMES, lo, hi, 6)
     cdef Job job
     coef_of(lr_, b1, b2, eps_, wd, t, dec, mx, &job.c)
     job.p = <float*>cnp.PyArray_DATA(arrs[0])

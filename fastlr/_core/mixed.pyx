@@ -49,9 +49,9 @@ cimport numpy as cnp
 from libc.stdint cimport int32_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
-from fastlr._core.args cimport (NONNEG, UNIT, checked_real, flag_arg, layout_hint,
-                                ndarray_hint, step_arg, threads_arg)
-from fastlr._core.arrays cimport layout_name, same_shape
+from fastlr._core.args cimport NONNEG, UNIT, checked_real, flag_arg, step_arg, threads_arg
+from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
+                                  check_overlap, check_param_layout)
 from fastlr._core.bfloat cimport (bf16_round, bf16_round_stochastic, bf16_widen, random_bits,
                                   step_salt)
 from fastlr._core.loops cimport AdamCoef, adam_coef, fsqrt, lerp
@@ -433,15 +433,13 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
     cdef cnp.ndarray a, p = None
     cdef str fmt, pfmt = "", sfmt = ""
     cdef bint c_order = True
-    cdef int k, j
+    cdef int k
     for k in range(5):
         obj = objs[k]
         name = names[k]
         if obj is None and k == 4:
             break
-        if not cnp.PyArray_Check(obj):
-            raise TypeError(f"{fn}: {name} must be a numpy.ndarray, got "
-                            f"{type(obj).__name__}{ndarray_hint(obj)}")
+        check_ndarray(fn, name, obj, "")
         a = <cnp.ndarray>obj
         fmt = _format(a)
         if k == 0:
@@ -450,11 +448,7 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
                                 f"{_got(a)}")
             p = a
             pfmt = fmt
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) or cnp.PyArray_IS_F_CONTIGUOUS(a)):
-                raise ValueError(f"{fn}: param must be contiguous (C or F order), got strides "
-                                 f"{(<object>a).strides} for shape {(<object>a).shape}; an "
-                                 f"in-place update cannot be applied to a copy"
-                                 f"{layout_hint('param', False, True)}")
+            check_param_layout(fn, a)
             c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
         else:
             if k == 1 and fmt != pfmt and fmt != "float32":
@@ -471,42 +465,19 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
             if k == 4 and fmt != "float32":
                 raise TypeError(f"{fn}: master must have dtype float32 (or be None), got "
                                 f"{_got(a)}")
-            if not same_shape(a, p):
-                raise ValueError(f"{fn}: {name} has shape {(<object>a).shape} but param has "
-                                 f"shape {(<object>p).shape}; they must be equal")
-            if not (cnp.PyArray_IS_C_CONTIGUOUS(a) if c_order
-                    else cnp.PyArray_IS_F_CONTIGUOUS(a)):
-                raise ValueError(f"{fn}: {name} is {layout_name(a)} but param is "
-                                 f"{layout_name(p)}; the arrays of one parameter must share "
-                                 f"one contiguous layout{layout_hint(name, not c_order, k != 1)}")
-        if cnp.PyArray_ISBYTESWAPPED(a):
-            raise TypeError(f"{fn}: {name} has non-native byte order ({a.dtype.str}); use "
-                            f"{name}.astype({name}.dtype.newbyteorder('='))")
-        if not cnp.PyArray_ISALIGNED(a):
-            raise ValueError(f"{fn}: {name} is not aligned in memory; an in-place update needs "
-                             f"an aligned buffer")
-        if k != 1 and not cnp.PyArray_ISWRITEABLE(a):
-            raise ValueError(f"{fn}: {name} is read-only (flags.writeable=False) but is updated "
-                             f"in place")
+            check_like_param(fn, name, a, p, c_order, k != 1)
+        check_buffer(fn, name, a, k != 1)
         arrays.append(a)
     # Overlap: no buffer may share memory with another (the grad included).
     cdef Py_ssize_t size = cnp.PyArray_SIZE(p)
-    cdef list spans = []
-    cdef Py_ssize_t lo_k, hi_k, lo_j, hi_j
-    if size > 0:
-        for k in range(len(arrays)):
-            a = arrays[k]
-            lo_k = <Py_ssize_t>cnp.PyArray_DATA(a)
-            spans.append((lo_k, lo_k + size * cnp.PyArray_ITEMSIZE(a)))
-        for k in range(len(arrays)):
-            lo_k, hi_k = spans[k]
-            for j in range(k + 1, len(arrays)):
-                lo_j, hi_j = spans[j]
-                if lo_k < hi_j and lo_j < hi_k:
-                    raise ValueError(f"{fn}: {names[k]} and {names[j]} overlap in memory; "
-                                     f"every buffer of an update must be a separate array")
+    cdef char* lo[5]
+    cdef char* hi[5]
     if size == 0:
         return None
+    for k in range(len(arrays)):
+        lo[k] = <char*>cnp.PyArray_DATA(arrays[k])
+        hi[k] = lo[k] + size * cnp.PyArray_ITEMSIZE(arrays[k])
+    check_overlap(fn, names, lo, hi, len(arrays))
 
     adam_coef(&h, &mc.adam)
     mc.salt_param = step_salt(h.step, PARAM_STREAM)
