@@ -169,15 +169,14 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         self._snapshot_id = uuid.uuid4().hex   # marks this object's own state dicts
         self._busy = threading.Lock()   # held while stepping or changing the layout
         self._engine = Engine(self._kernel, self._name)
-        self._fused16 = None
         if self._state_dtype == "int8":     # a kernel call per param (fastlr/optim/int8.py)
             self._engine = Int8Step(self, self._engine)
-        elif self._kernel == "adam" and type(self).__name__ != "SparseAdam":
-            # 16-bit params in one pass per param (fastlr/optim/fused16.py): the engine
-            # while there are none (with masters), chosen by _configure
-            self._fused16 = Fused16Step(self, self._engine)
-            if self._master_weights is False:
-                self._engine = self._fused16
+        elif self._master_weights is False and self._fused16_ok():
+            # 16-bit params without masters, one pass per param (fastlr/optim/fused16.py;
+            # with masters, _configure makes the front when the first 16-bit param comes:
+            # an instance attribute more would slow every attribute read of the float32
+            # step, CPython's shared-key instance dicts holding up to 30 names)
+            self._engine = self._fused16 = Fused16Step(self, self._engine)
         groups = self._groups_arg(params)
         for group in groups:
             self._add_group(group)

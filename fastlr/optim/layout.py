@@ -127,6 +127,8 @@ class LayoutMixin(_OptimizerAttrs):
         else:
             spans, int8_blocks = [], []
             front = getattr(self, "_fused16", None)
+            if front is None and getattr(self, "_masters_of", None) and self._fused16_ok():
+                front = self._fused16 = fused16.Fused16Step(self, self._engine)
             if front is not None:       # Adam/AdamW: 16-bit params in one pass per param?
                 self._engine = front if fused16.wanted(self) else front._engine
             for first, n, g, names in layout:

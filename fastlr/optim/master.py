@@ -130,10 +130,21 @@ class MasterWeightsMixin:
             out.append(master)
         return out
 
+    #: Adam/AdamW's front for 16-bit params (fastlr/optim/fused16.py), made when needed
+    _fused16: Any = None
+    #: whether this class may step 16-bit params through that front (SparseAdam: no)
+    _fused16_class = True
+
+    def _fused16_ok(self) -> bool:
+        """Whether 16-bit params may take the fused pass per param: Adam/AdamW's kernel,
+        float32 or bfloat16 state."""
+        return (self._fused16_class and getattr(self, "_kernel", None) == "adam"
+                and getattr(self, "_state_dtype", "float32") != "int8")
+
     def _direct_16bit(self) -> bool:
         """Whether 16-bit params are stepped in place without masters (master_weights=False
         in Adam/AdamW with float32 or bfloat16 state: fastlr/optim/fused16.py)."""
-        return self._master_weights is False and getattr(self, "_fused16", None) is not None
+        return self._master_weights is False and self._fused16 is not None
 
     def _user(self, p):
         """The caller's 16-bit array behind param ``p`` (a master), or None."""

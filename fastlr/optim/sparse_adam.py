@@ -102,6 +102,7 @@ class SparseAdam(Optimizer):
     """
 
     _kernel = "adam"                    # the engine's family: schedules and layout only
+    _fused16_class = False              # its own front (row-sparse steps)
     _schedulable = ("lr", "beta1", "beta2", "eps")
     _pairs = {"betas": ("beta1", "beta2")}
     _flags = ("maximize",)
