@@ -29,6 +29,9 @@ pattern "adam", 16M elements, 1 thread; its passes sampled alternately with the 
 float32 or float64 arrays only, so the bandwidth is that loop's, applied to the mode's
 bytes.)
 
+``TrackMixedClassSpeedup``: the same modes through :class:`fastlr.AdamW` (16-bit params
+with ``master_weights`` True or False), against torch.
+
     asv run --python=same --bench "TrackMixed"
 """
 
@@ -64,8 +67,10 @@ def _bf16_bits(x):
 
 def step_fn(impl, size):
     """One AdamW step (lr 1e-3, weight_decay 0.01), 1 thread, of ``impl``: a key of
-    :data:`MODES` (fastlr.kernels.adam_mixed on bfloat16 params and grads), "torch-fused"
-    (float32) or "torch-fused-bf16" (cached per process)."""
+    :data:`MODES` (fastlr.kernels.adam_mixed on bfloat16 params and grads, per param by
+    hand), ``"class-" + mode`` (:class:`fastlr.AdamW` in that mode on ``ml_dtypes``
+    bfloat16 params and grads), "torch-fused" (float32) or "torch-fused-bf16" (cached per
+    process)."""
     key = (impl, size)
     if key in _CACHE:
         return _CACHE[key]
@@ -81,6 +86,23 @@ def step_fn(impl, size):
         for t, g in zip(tensors, grads):
             t.grad = torch.from_numpy(g).to(dtype)
         fn = torch.optim.AdamW(tensors, lr=1e-3, weight_decay=0.01, fused=True).step
+    elif impl.startswith("class-"):
+        # fastlr.AdamW on ml_dtypes.bfloat16 params and grads (its fused pass per param)
+        import fastlr
+
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise NotImplementedError("ml_dtypes is not installed") from None
+        master, state = MODES[impl[len("class-"):]]
+        p16 = [p.astype(ml_dtypes.bfloat16) for p in params]
+        g16 = [g.astype(ml_dtypes.bfloat16) for g in grads]
+        del params, grads
+        opt = fastlr.AdamW(p16, lr=1e-3, weight_decay=0.01, n_threads=1, state_dtype=state,
+                           master_weights=master)
+
+        def fn():
+            opt.step(g16)
     else:
         from fastlr import kernels
 
@@ -131,6 +153,30 @@ class TrackMixedSpeedup:
         return round(best[versus] / best[mode], 2)
 
 
+class TrackMixedClassSpeedup:
+    """:class:`fastlr.AdamW` on bfloat16 params and grads (``master_weights`` True or
+    False: one fused pass per param): torch fused float32 time / the class's time
+    (``versus="kernel-loop"``: the kernel looped by hand / the class, its overhead; not in
+    the default set, to keep the run short), interleaved samples, best of up to 7."""
+
+    params = [["torch-fused"], ["master-f32state", "nomaster-f32state", "nomaster-bf16state"],
+              list(SIZES)]
+    param_names = ["versus", "mode", "size"]
+    unit = "x"
+    timeout = 900
+
+    def setup(self, versus, mode, size):
+        steady_state_malloc()
+        other = mode if versus == "kernel-loop" else versus
+        self.samplers = {k: per_call_time(step_fn(k, size), min_sample=0.05)[1]
+                         for k in ("class-" + mode, other)}
+        self.other = other
+
+    def track_speedup(self, versus, mode, size):
+        best = _best(self.samplers)
+        return round(best[self.other] / best["class-" + mode], 2)
+
+
 class TrackMixedRooflineFraction:
     """100 x (the mode's bytes at the float32 Adam roofline loop's bandwidth) / the step's
     time: the mode's share of the memory roofline, 1 thread. The loop's passes (16M
@@ -179,3 +225,17 @@ class TrackMixedBytesPerParam:
         kernels.adam_mixed(np.zeros(n, np.uint16), np.zeros(n, np.uint16), *bufs, step=1,
                            lr=1e-3)
         return sum(b.nbytes for b in bufs) / n
+
+
+if __name__ == "__main__":          # python -m benchmarks.bench_mixed [16M|gpt2-small]
+    import sys
+
+    size = sys.argv[1] if len(sys.argv) > 1 else "16M"
+    impls = ["torch-fused", *("class-" + m for m in MODES if m != "master-bf16state"),
+             *MODES]
+    samplers = {k: per_call_time(step_fn(k, size), min_sample=0.05)[1] for k in impls}
+    best = _best(samplers, seconds=60.0)
+    print(f"AdamW, bfloat16 params and grads, {size}, 1 thread: torch fused float32 time / "
+          f"this time (best of interleaved samples)")
+    for k in impls:
+        print(f"  {k:28s} {best[k] * 1e3:8.1f} ms  {best['torch-fused'] / best[k]:5.2f}x")
