@@ -60,9 +60,9 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
     Parameters
     ----------
     params : array, list of arrays, dict, list of (name, array) pairs or list of dicts
-        The float32/float64 arrays to update in place, optionally named (a dict of name
-        -> array) and in groups (``{"params": [...], hyperparameter: value}``); see
-        :mod:`fastlr.optim`.
+        The float32/float64 arrays to update in place (float16 and bfloat16 ones too: see
+        ``master_weights``), optionally named (a dict of name -> array) and in groups
+        (``{"params": [...], hyperparameter: value}``); see :mod:`fastlr.optim`.
     defaults : dict
         The hyperparameters of every group that does not set its own (a number, a
         :mod:`fastlr.schedules` schedule or a callable ``step -> float`` where the
@@ -74,9 +74,10 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
     skip_nonfinite : bool, default False
         Skip a step whose grads hold a NaN or Inf (False: propagate them, as torch).
     state_dtype : {"float32", "bfloat16", "int8"}, default "float32"
-        How the state buffers are stored. ``"float32"``: in the params' dtype.
-        ``"bfloat16"`` (Adam and AdamW, float32 params): as bfloat16 bits (``uint16``
-        arrays in :attr:`state`), half the state memory; each step widens the state
+        How the state buffers are stored. ``"float32"``: in the params' dtype (float32
+        for 16-bit params). ``"bfloat16"`` (Adam and AdamW, float32 or 16-bit params): as
+        bfloat16 bits (``uint16`` arrays in :attr:`state`), half the state memory; each
+        step widens the state
         exactly, updates it in float32, uses the unrounded values for the param update and
         stores them rounded stochastically. 20 bytes move per element instead of 28.
         ``"int8"`` (Adam and AdamW, float32 params or 16-bit params' float32 masters;
@@ -111,7 +112,7 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
     Raises
     ------
     TypeError
-        If a param is not a float32/float64 contiguous writeable array, or a
+        If a param is not a float32/float64 (or 16-bit) contiguous writeable array, or a
         hyperparameter or option has the wrong type.
     ValueError
         If a hyperparameter or option is out of range, or params overlap in memory.

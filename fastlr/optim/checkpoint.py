@@ -196,7 +196,9 @@ class CheckpointMixin(_OptimizerAttrs):
         float32 (exact), so a state dict loads into either state_dtype; int8 state as its
         codes and scales (loading converts: fastlr/optim/int8.py)."""
         if getattr(self, "_state_dtype", "float32") == "bfloat16":
-            return (view.astype(np.uint32) << 16).view(np.float32)
+            out = view.astype(np.uint32)       # (an array also for a 0-d param)
+            out <<= 16
+            return out.view(np.float32)
         return np.array(view, copy=True)
 
     def _import_buffer(self, view, values):

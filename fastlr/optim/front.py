@@ -55,9 +55,11 @@ def clipped(front: Any, grads: List[np.ndarray], n_threads: int, max_grad_norm: 
     if max_grad_norm:
         coef = max_grad_norm / (front.last_grad_norm + 1e-6)
         if not coef >= 1.0:         # torch's factor, a NaN kept (clip_scale)
-            scale = np.float32(coef)
+            # the factor in each grad's dtype, as the engine applies it (a 0-d grad stays
+            # an array)
             with np.errstate(invalid="ignore", over="ignore"):
-                return [g * scale for g in wide]
+                return [np.multiply(g, g.dtype.type(coef), out=np.empty_like(g))
+                        for g in wide]
     return grads
 
 
@@ -73,6 +75,18 @@ def run_per_param(opt: Any, grads: Sequence[np.ndarray], values: List[Dict[str, 
         i = counts.index(max(counts))
         raise ValueError(f"{opt._name}.step: params[{i}] has taken {counts[i]} steps; "
                          f"its next step number must be < 2**63. Nothing was updated")
+    for i, p in enumerate(opt._params):
+        # the engine writes through its own pointers; the kernels refuse read-only views
+        # (a master in param_groups, a live state view), so they are refused here first
+        if not p.flags.writeable:
+            raise ValueError(f"{opt._name}.step: params[{i}] is read-only "
+                             f"(flags.writeable=False) but is updated in place. Nothing "
+                             f"was updated")
+        for key, buf in opt._state[i].items():
+            if isinstance(buf, np.ndarray) and not buf.flags.writeable:
+                raise ValueError(f"{opt._name}.step: state[{i}][{key!r}] is read-only "
+                                 f"(flags.writeable=False) but is updated in place. "
+                                 f"Nothing was updated")
     base: Dict[int, Dict[str, Any]] = {}
     for first, n, g, _ in opt._layout:
         if g not in base:

@@ -30,6 +30,7 @@ from typing import Any, List
 import numpy as np
 
 from fastlr import kernels, reference
+from fastlr._core.args import layout_hint
 from fastlr.optim import int8
 from fastlr.optim.front import EngineFront, clipped, run_per_param, split_flat
 from fastlr.optim.master import is_16bit
@@ -73,7 +74,9 @@ def wanted(opt) -> bool:
     group has AMSGrad (else the engine's step on the masters, in passes)."""
     if opt._master_weights is False:
         return True
-    return bool(opt._masters_of) and not any(g.get("amsgrad") for g in opt.param_groups)
+    # (a refused group's masters stay in _masters_of: only the params held count)
+    return any(opt._user(p) is not None for p in opt._params) and \
+        not any(g.get("amsgrad") for g in opt.param_groups)
 
 
 def _grad_dtype_ok(face, g):
@@ -88,8 +91,8 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
     """The grads as one array per param, each checked as the kernels check them (type,
     dtype: the param's, or float32 for a 16-bit param; shape; the param's memory order;
     alignment; no overlap with a param or the state); raises before anything is
-    written. A flat array is split in param order (one dtype for every param, or float32
-    for 16-bit params of one dtype)."""
+    written. A flat array (of any shape, C-contiguous) is split in param order; its dtype
+    must be one every param takes."""
     fn = f"{opt._name}.{what}"
     params = [_face(opt, p) for p in opt._params]
     for i, p in enumerate(params):
@@ -97,16 +100,15 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
             raise ValueError(f"{fn}: params[{i}] is read-only (flags.writeable=False) but is "
                              f"updated in place")
     if isinstance(grads, np.ndarray):
-        dtypes = {p.dtype for p in params}
         total = sum(p.size for p in params)
-        one = next(iter(dtypes)) if len(dtypes) == 1 else None
-        if one is None:
-            raise TypeError(f"{fn}: a single grad array needs params of one dtype; pass a "
-                            f"list of grads instead")
-        if params and not (grads.dtype == one or (is_16bit(one) and grads.dtype == np.float32)):
-            raise TypeError(f"{fn}: the flat grad buffer has dtype {grads.dtype} but the "
-                            f"params are {one}{' (float32 is taken too)' if is_16bit(one) else ''}")
-        if grads.size != total or grads.ndim != 1 and grads.size:
+        refused = [i for i, p in enumerate(params) if not _grad_dtype_ok(p, grads)]
+        if refused:
+            i = refused[0]
+            raise TypeError(f"{fn}: the flat grad buffer has dtype {grads.dtype} but "
+                            f"params[{i}] has dtype {params[i].dtype} (its grad must be "
+                            f"{_wants(params[i])}); pass a list of grads for params of "
+                            f"several dtypes")
+        if grads.size != total:
             raise ValueError(f"{fn}: the flat grad buffer has {grads.size} elements but the "
                              f"params have {total} in all")
         if not (grads.flags.c_contiguous and grads.flags.aligned and grads.dtype.isnative):
@@ -138,7 +140,8 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
             g = grads[i] = np.array(g, order=order)
         if not (g.flags.f_contiguous if order == "F" else g.flags.c_contiguous):
             raise ValueError(f"{fn}: grads[{i}] must be {order}-contiguous like params[{i}], "
-                             f"got strides {g.strides}")
+                             f"got strides {g.strides}"
+                             f"{layout_hint(f'grads[{i}]', order == 'F')}")
         if not (g.flags.aligned and g.dtype.isnative):
             raise ValueError(f"{fn}: grads[{i}] must be aligned and in native byte order")
     int8.check_overlap(opt, grads, "grads[{}]", "params or state")

@@ -100,7 +100,7 @@ def check_overlap(opt, grads, what="grads[{}]", owned="int8 state"):
         r = g
         while isinstance(r.base, np.ndarray):
             r = r.base
-        if r.base is None and id(r) not in roots or not g.nbytes:
+        if r.base is None and r.flags.owndata and id(r) not in roots or not g.nbytes:
             continue
         lo = g.__array_interface__["data"][0]
         hi = lo + g.nbytes

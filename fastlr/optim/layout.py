@@ -130,7 +130,10 @@ class LayoutMixin(_OptimizerAttrs):
             if front is None and getattr(self, "_masters_of", None) and self._fused16_ok():
                 front = self._fused16 = fused16.Fused16Step(self, self._engine)
             if front is not None:       # Adam/AdamW: 16-bit params in one pass per param?
-                self._engine = front if fused16.wanted(self) else front._engine
+                use = front if fused16.wanted(self) else front._engine
+                if use is front and self._engine is not front:
+                    front.last_grad_norm = self._engine.last_grad_norm
+                self._engine = use
             for first, n, g, names in layout:
                 if self._state_dtype == "int8":
                     # per-param codes and scales, stepped by the int8 kernel (fastlr/optim/

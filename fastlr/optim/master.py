@@ -78,7 +78,7 @@ class MasterWeightsMixin:
         if master_weights is not None and not isinstance(master_weights, (bool, np.bool_)):
             raise TypeError(f"{self._name}: master_weights must be a bool or None, got "
                             f"{type(master_weights).__name__}")
-        self._master_weights = master_weights
+        self._master_weights = None if master_weights is None else bool(master_weights)
         self._masters_of: Dict[int, Any] = {}    # id(master) -> (master, the caller's array)
         self._grad32: Dict[int, np.ndarray] = {}   # id(master) -> float32 grad buffer
 

@@ -260,6 +260,8 @@ class StepMixin(_OptimizerAttrs):
         if isinstance(grads, dict):
             grads = self._grads_list(grads, "step_reference")
         if getattr(self, "_masters_of", None):
+            if isinstance(grads, np.ndarray):       # a flat buffer: per param, then widened
+                grads = split_flat(self._params, grads)
             applied = StepMixin._step_reference(self, self._master_grads(grads,
                                                                          "step_reference"))
             if applied is not False:

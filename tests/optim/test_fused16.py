@@ -415,3 +415,97 @@ def test_amsgrad_and_other_optimizers_keep_the_engines_passes(dtype):
     opt.add_param_group({"params": [np.ones((4, 2), dtype)]})
     opt.step(_grads(1, np.float32) + [np.ones((4, 2), dtype)])
     assert type(opt._engine) is not Engine and opt.state[0]["step"] == 2
+
+
+# ---- review findings: each failed before its fix ----------------------------------------
+@pytest.mark.parametrize("master_weights", [None, False])
+def test_a_0d_param_with_clipping_steps_whole(master_weights):
+    """A clipped 0-d grad stays an array (it was a NumPy scalar: the kernel refused it after
+    the params before it were updated)."""
+    a = [np.ones(4, np.float16), np.array(2.0, np.float16)]
+    opt = fastlr.Adam(a, lr=0.1, max_grad_norm=0.5, master_weights=master_weights)
+    opt.step([np.full(4, 3.0, np.float16), np.array(4.0, np.float16)])
+    assert opt.steps == 1 and opt.state[1]["step"] == 1 and float(a[1]) < 2.0
+    if master_weights is None:
+        f32 = fastlr.Adam([np.ones(4, np.float32), np.array(2.0, np.float32)], lr=0.1,
+                          max_grad_norm=0.5)
+        f32.step([np.full(4, 3.0, np.float32), np.array(4.0, np.float32)])
+        assert all(_same_bits(m, c) for m, c in zip(opt.param_groups[0]["params"],
+                                                    f32.params))
+    b = [np.ones(300, np.float32), np.array(2.0, np.float32)]
+    opt = fastlr.Adam(b, lr=0.1, max_grad_norm=0.5, state_dtype="int8")
+    opt.step([np.full(300, 3.0, np.float32), np.array(4.0, np.float32)])
+    assert opt.steps == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clipping_scales_float64_grads_by_the_double_factor(dtype):
+    a = [_params(dtype, 2, [(5,)])[0], np.linspace(-1, 1, 7)]
+    copies = [a[0].astype(np.float32), a[1].copy()]
+    opt = fastlr.AdamW(a, lr=1e-2, max_grad_norm=0.3)
+    engine = fastlr.AdamW(copies, lr=1e-2, max_grad_norm=0.3)
+    for t in range(3):
+        g = [_grads(t, dtype, [(5,)])[0], np.linspace(1, 2, 7) * (t + 1)]
+        opt.step(g)
+        engine.step([g[0].astype(np.float32), g[1]])
+    assert _same_bits(a[1], copies[1])
+    assert _same_bits(opt.param_groups[0]["params"][0], copies[0])
+
+
+@pytest.mark.parametrize("what", ["master", "state"])
+def test_a_read_only_master_or_state_view_is_refused_before_anything_is_written(what):
+    a = _params(np.float16)
+    opt = fastlr.Adam(a, lr=1e-2)
+    opt.step(_grads(0, np.float16))
+    before = [p.copy() for p in a]
+    if what == "master":
+        opt.param_groups[0]["params"][3].flags.writeable = False
+    else:
+        opt.state[3]["exp_avg"].flags.writeable = False
+    with pytest.raises(ValueError, match=r"read-only .*Nothing was updated"):
+        opt.step(_grads(1, np.float16))
+    assert all(_same_bits(x, y) for x, y in zip(a, before)) and opt.steps == 1
+
+
+def test_flat_grads_of_params_of_several_dtypes_and_any_shape():
+    buf = np.random.default_rng(0).standard_normal(10).astype(np.float16)
+    a = [buf[:4], buf[4:]]
+    b = [x.copy() for x in a]
+    opt = fastlr.Adam(a, lr=1e-2)
+    ref = fastlr.Adam(b, lr=1e-2)
+    flat = np.linspace(-1, 1, 10, dtype=np.float32).reshape(2, 5)
+    opt.step(flat)
+    ref.step_reference(flat)
+    opt.step(flat.astype(np.float16))
+    ref.step_reference(flat.astype(np.float16))      # (split, then widened)
+    assert all(_same_bits(x, y) for x, y in zip(a, b))
+    mixed = fastlr.Adam([np.ones(3, np.float16), np.ones(2, np.float32)], lr=1e-2)
+    mixed.step(np.ones(5, np.float32))
+    with pytest.raises(TypeError, match=r"flat grad buffer has dtype float16 but params\[1\] .*"
+                                        r"has dtype float32"):
+        mixed.step(np.ones(5, np.float16))
+
+
+def test_master_weights_is_read_as_a_bool():
+    opt = fastlr.AdamW([np.ones(3, np.float16)], lr=1e-2, master_weights=np.False_)
+    assert "master_weights=False" in repr(opt) and not opt._masters_of
+
+
+def test_a_refused_16bit_group_leaves_the_engines_step():
+    from fastlr._core.engine import Engine
+
+    opt = fastlr.AdamW([np.ones(3, np.float32)], lr=1e-2)
+    with pytest.raises(ValueError):
+        opt.add_param_group({"params": [np.ones(2, np.float16)], "lr": -1.0})
+    opt.add_param_group({"params": [np.ones(2, np.float32)]})
+    opt.step([np.ones(3, np.float32), np.ones(2, np.float32)])
+    assert type(opt._engine) is Engine
+
+
+def test_bfloat16_state_of_a_0d_param_round_trips_a_state_dict():
+    a = [np.array(1.5, np.float32), np.ones(3, np.float32)]
+    opt = fastlr.AdamW(a, lr=1e-2, state_dtype="bfloat16")
+    opt.step([np.array(0.5, np.float32), np.ones(3, np.float32)])
+    other = fastlr.AdamW([p.copy() for p in a], lr=1e-2, state_dtype="bfloat16")
+    other.load_state_dict(opt.state_dict())
+    assert _same_bits(other.state[0]["exp_avg"], opt.state[0]["exp_avg"])
