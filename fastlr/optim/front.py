@@ -4,6 +4,7 @@ checks, and puts this in its place, so that :meth:`fastlr.Optimizer.step` calls 
 calls the engine (with the optimizer's lock, names lookup and error relabelling around
 it). Not an ``Engine``: ``supports_windows`` is False for it."""
 
+import bisect
 import math
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -101,11 +102,53 @@ def run_per_param(opt: Any, grads: Sequence[np.ndarray], values: List[Dict[str, 
     opt._counts += 1
 
 
+def memory_order(p: np.ndarray) -> str:
+    """"F" for an F-contiguous array that is not also C-contiguous, else "C"."""
+    return "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
+
+
 def split_flat(params: Sequence[np.ndarray], flat: np.ndarray) -> List[np.ndarray]:
     """A flat grad buffer as per-param views, each in its param's memory order."""
     flat, out, off = flat.reshape(-1), [], 0
     for p in params:
-        order = "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
-        out.append(flat[off:off + p.size].reshape(p.shape, order=order))
+        out.append(flat[off:off + p.size].reshape(p.shape, order=memory_order(p)))
         off += p.size
     return out
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def regions(blocks):
+    """What :func:`check_overlap` needs of the arrays a per-param step writes (int8 state's
+    blocks; the params, 16-bit arrays and state of fastlr/optim/fused16.py): the ids of the
+    arrays that own their memory, and the sorted (start, end) addresses."""
+    spans = []
+    for b in blocks:
+        if b.nbytes:
+            lo = b.__array_interface__["data"][0]
+            spans.append((lo, lo + b.nbytes))
+    spans.sort()
+    return {id(_root(b)) for b in blocks}, [lo for lo, _ in spans], spans
+
+
+def check_overlap(opt, grads, what, owned):
+    """A grad overlapping the arrays of ``opt._engine.regions`` (:func:`regions`; ``what``
+    names the grad, with ``{}`` for its index, ``owned`` those arrays) is refused before
+    anything is written. A grad whose memory belongs to another array that owns it (a
+    fresh array, or a view of one) cannot overlap: only the others' addresses are looked
+    at (an address costs a microsecond; an attribute, a tenth of that)."""
+    roots, starts, spans = opt._engine.regions
+    for i, g in enumerate(grads):
+        r = _root(g)
+        if r.base is None and r.flags.owndata and id(r) not in roots or not g.nbytes:
+            continue
+        lo = g.__array_interface__["data"][0]
+        hi = lo + g.nbytes
+        k = bisect.bisect_right(starts, hi - 1) - 1
+        if k >= 0 and spans[k][1] > lo:
+            raise ValueError(f"{opt._name}.step: {what.format(i)} overlaps the "
+                             f"optimizer's {owned} in memory. Nothing was updated")

@@ -31,15 +31,11 @@ import numpy as np
 
 from fastlr import kernels, reference
 from fastlr._core.args import layout_hint
-from fastlr.optim import int8
-from fastlr.optim.front import EngineFront, clipped, run_per_param, split_flat
+from fastlr.optim.front import (EngineFront, check_overlap, clipped, memory_order, regions,
+                                 run_per_param, split_flat)
 from fastlr.optim.master import is_16bit
 
 __all__ = ["Fused16Step", "run", "check_grads", "wanted"]
-
-
-def _order(p):
-    return "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
 
 
 def _face(opt, p):
@@ -114,7 +110,7 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
         if not (grads.flags.c_contiguous and grads.flags.aligned and grads.dtype.isnative):
             raise ValueError(f"{fn}: the flat grad buffer must be C-contiguous, aligned and "
                              f"in native byte order")
-        int8.check_overlap(opt, [grads], "the flat grad buffer", "params or state")
+        check_overlap(opt, [grads], "the flat grad buffer", "params or state")
         return split_flat(params, grads)
     if not isinstance(grads, (list, tuple)):
         raise TypeError(f"{fn}: grads must be a list of arrays (one per param) or one flat "
@@ -132,7 +128,7 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
         if g.shape != p.shape:
             raise ValueError(f"{fn}: grads[{i}] has shape {g.shape} but params[{i}] has shape "
                              f"{p.shape}")
-        order = _order(p)
+        order = memory_order(p)
         if p is not opt._params[i] and g.dtype == p.dtype and g.size and not (
                 g.flags.f_contiguous if order == "F" else g.flags.c_contiguous):
             # a 16-bit grad of a param with a master in another layout: copied into the
@@ -144,7 +140,7 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
                              f"{layout_hint(f'grads[{i}]', order == 'F')}")
         if not (g.flags.aligned and g.dtype.isnative):
             raise ValueError(f"{fn}: grads[{i}] must be aligned and in native byte order")
-    int8.check_overlap(opt, grads, "grads[{}]", "params or state")
+    check_overlap(opt, grads, "grads[{}]", "params or state")
     return grads
 
 
@@ -159,7 +155,7 @@ class Fused16Step(EngineFront):
     def __init__(self, owner: Any, engine: Any) -> None:
         super().__init__(owner, engine)
         #: the params, 16-bit arrays and state blocks, for the grads' overlap check
-        self.regions = int8.regions([])
+        self.regions = regions([])
         #: the grads' norm of the last step that clipped (NaN before)
         self.last_grad_norm = math.nan
 

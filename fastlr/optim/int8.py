@@ -15,7 +15,6 @@ Checkpoints hold the codes and scales as they are; loading converts between stat
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Any, Dict
 
@@ -23,7 +22,8 @@ import numpy as np
 
 from fastlr import kernels
 from fastlr.kernels import zeros_like_many
-from fastlr.optim.front import EngineFront, clipped, run_per_param, split_flat
+from fastlr.optim.front import (EngineFront, check_overlap, clipped, memory_order, regions,
+                                 run_per_param, split_flat)
 from fastlr.reference.int8state import (BLOCK, int8_decode, int8_decode_signed,
                                        int8_encode)
 
@@ -38,10 +38,6 @@ def n_blocks(size: int) -> int:
     return (size + BLOCK - 1) // BLOCK
 
 
-def _order(p):
-    return "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
-
-
 def span_state(opt, first, params, names):
     """The int8 state of a span of params: per moment one ``uint8`` block of codes and one
     float32 block of scales, viewed per param (existing views copied in). Fills
@@ -53,7 +49,7 @@ def span_state(opt, first, params, names):
     for name, cblock, sblock in zip(names, codes, scales):
         offset = soffset = 0
         for j, (p, n, k) in enumerate(zip(params, sizes, counts)):
-            view = cblock[offset:offset + n].reshape(p.shape, order=_order(p))
+            view = cblock[offset:offset + n].reshape(p.shape, order=memory_order(p))
             sview = sblock[soffset:soffset + k]
             st = opt._state[first + j]
             for key, v in ((name, view), (SCALES[name], sview)):
@@ -69,45 +65,6 @@ def span_state(opt, first, params, names):
             if key not in keep:
                 del opt._state[first + j][key]
     return [*codes, *scales]
-
-
-def _root(a):
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
-
-
-def regions(blocks):
-    """What :func:`check_overlap` needs of the state blocks: the ids of the arrays that own
-    their memory, and the sorted (start, end) addresses."""
-    spans = []
-    for b in blocks:
-        if b.nbytes:
-            lo = b.__array_interface__["data"][0]
-            spans.append((lo, lo + b.nbytes))
-    spans.sort()
-    return {id(_root(b)) for b in blocks}, [lo for lo, _ in spans], spans
-
-
-def check_overlap(opt, grads, what="grads[{}]", owned="int8 state"):
-    """A grad overlapping the arrays of ``opt._engine.regions`` (int8 state: the engine
-    sees params only; ``owned`` names what else they hold) is refused before anything is
-    written. A grad whose memory belongs to another array that owns it (a
-    fresh array, or a view of one) cannot overlap: only the others' addresses are looked
-    at (an address costs a microsecond; an attribute, a tenth of that)."""
-    roots, starts, spans = opt._engine.regions
-    for i, g in enumerate(grads):
-        r = g
-        while isinstance(r.base, np.ndarray):
-            r = r.base
-        if r.base is None and r.flags.owndata and id(r) not in roots or not g.nbytes:
-            continue
-        lo = g.__array_interface__["data"][0]
-        hi = lo + g.nbytes
-        k = bisect.bisect_right(starts, hi - 1) - 1
-        if k >= 0 and spans[k][1] > lo:
-            raise ValueError(f"{opt._name}.step: {what.format(i)} overlaps the "
-                             f"optimizer's {owned} in memory. Nothing was updated")
 
 
 class Int8Step(EngineFront):
@@ -136,10 +93,10 @@ class Int8Step(EngineFront):
         engine.abandon_windows()
         values = engine.group_values(t, False)      # the values just checked (no new call)
         if isinstance(grads, np.ndarray):
-            check_overlap(opt, [grads], "the flat grad buffer")
+            check_overlap(opt, [grads], "the flat grad buffer", "int8 state")
             grads = split_flat(opt._params, grads)
         else:
-            check_overlap(opt, grads)
+            check_overlap(opt, grads, "grads[{}]", "int8 state")
         grads = clipped(self, list(grads), n_threads, max_grad_norm, skip_nonfinite)
         if grads is None:
             return False
@@ -163,11 +120,11 @@ def decoded(p, codes, scales, moment, order=None):
     ``p``'s layout: the code's value times its block's scale (exact in float32). The
     blocks run in ``order`` (default: ``p``'s memory order)."""
     emax, _ = _CODES[moment]
-    flat = np.ravel(codes, order=order or _order(p)).astype(np.uint32)
+    flat = np.ravel(codes, order=order or memory_order(p)).astype(np.uint32)
     value = (int8_decode_signed if moment == "exp_avg" else int8_decode)(flat, emax)
     with np.errstate(invalid="ignore", over="ignore"):
         out = value * np.repeat(np.asarray(scales, np.float32), BLOCK)[:flat.size]
-    return out.reshape(p.shape, order=order or _order(p))
+    return out.reshape(p.shape, order=order or memory_order(p))
 
 
 def _blocks_order(p, codes):
@@ -187,7 +144,7 @@ def encoded(p, values, moment):
     (a NaN propagates into it, as in the kernel); each code is the value over the scale
     rounded to the nearest code (a one-time conversion: nothing to average out)."""
     emax, cmax = _CODES[moment]
-    x = np.ravel(np.asarray(values, dtype=np.float32), order=_order(p))
+    x = np.ravel(np.asarray(values, dtype=np.float32), order=memory_order(p))
     n = x.size
     nblk = n_blocks(n)
     mags = x.view(np.uint32) & np.uint32(0x7FFFFFFF)
@@ -202,7 +159,7 @@ def encoded(p, values, moment):
     codes = int8_encode(y, np.full(n, 1 << 19, dtype=np.uint32), emax, cmax)
     if moment == "exp_avg":
         codes = codes | ((x.view(np.uint32) >> np.uint32(24)) & np.uint32(128))
-    return codes.astype(np.uint8).reshape(p.shape, order=_order(p)), \
+    return codes.astype(np.uint8).reshape(p.shape, order=memory_order(p)), \
         np.ascontiguousarray(scales, dtype=np.float32)
 
 
@@ -249,7 +206,7 @@ def state_in(opt, name: str, i: int, p: np.ndarray, st: Dict[str, Any]) -> Dict[
                 out = dict(out) if out is st else out
                 out[moment] = decoded(p, codes, scales, moment, order)
                 del out[scale_key]
-            elif order is not None and order != _order(p):
+            elif order is not None and order != memory_order(p):
                 # int8 state saved from a param of the other layout: its blocks run across
                 # this param's; decoded in theirs, encoded in this param's (a conversion)
                 out = dict(out) if out is st else out

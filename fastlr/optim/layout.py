@@ -13,6 +13,7 @@ from fastlr._core.args import INT_MAX, int_arg
 from fastlr.kernels import zeros_like_many
 from fastlr.optim import int8
 from fastlr.optim import fused16
+from fastlr.optim.front import regions
 from fastlr.optim.groups import _OptimizerAttrs
 from fastlr.optim.master import is_16bit
 from fastlr.schedules import as_schedule
@@ -147,7 +148,7 @@ class LayoutMixin(_OptimizerAttrs):
                 slots = tuple(blocks.get(name) for name in self._slots)
                 spans.append((first, n, g, slots))
             if self._state_dtype == "int8":
-                self._engine.regions = int8.regions(int8_blocks)
+                self._engine.regions = regions(int8_blocks)
             self._spans = spans
             self._layout = layout
             if isinstance(self._engine, fused16.Fused16Step):
@@ -155,7 +156,7 @@ class LayoutMixin(_OptimizerAttrs):
                 # groups only (its cores run float32/float64 params); the front checks the
                 # grads against the params, their 16-bit arrays and the state
                 users = [u for u in map(self._user, self._params) if u is not None]
-                self._engine.regions = int8.regions(
+                self._engine.regions = regions(
                     self._params + users +
                     [b for *_, slots in spans for b in slots if b is not None])
                 self._engine.configure([], [], groups, self._counts, self._started,
