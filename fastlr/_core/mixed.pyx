@@ -46,7 +46,7 @@
 
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport int32_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
 from fastlr._core.args cimport NONNEG, UNIT, checked_real, flag_arg, step_arg, threads_arg
@@ -524,3 +524,55 @@ def f16_pack(const float[::1] x,              # IN: float32
     with nogil:
         for i in range(n):
             out[i] = _f16_round(x[i])
+
+
+# ---- the stochastic rounding of 16-bit params without masters in the other optimizers ----
+# (fastlr/optim/direct16.py: the optimizer's float32 kernel runs on the param's widened
+# values, then this stores them; the random bits are adam_mixed's, note c)
+cdef inline uint32_t _round_key(float pi, float g) noexcept nogil:
+    cdef uint32_t key, gkey
+    memcpy(&key, &pi, 4)
+    memcpy(&gkey, &g, 4)
+    return key ^ (gkey * <uint32_t>0x2C1B3C6Du)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void _round_loop(uint16_t* p, const float* x, const grad_t* grad, Py_ssize_t n,
+                             uint32_t salt, int fmt) noexcept nogil:
+    # fmt comes in as a constant (one straight-line loop per format)
+    cdef Py_ssize_t i
+    cdef float g
+    cdef uint32_t r
+    for i in range(n):
+        if grad_t is float:
+            g = grad[i]
+        else:
+            g = _widen16(grad[i], fmt)
+        r = random_bits(_round_key(_widen16(p[i], fmt), g), salt)
+        p[i] = (bf16_round_stochastic(x[i], r >> 16) if fmt == FMT_BF16
+                else _f16_round_stochastic(x[i], r))
+
+
+def round_stochastic_into(uint16_t[::1] param,     # IN/OUT: 16-bit bits (old in, new out)
+                          const float[::1] value,  # IN: the new values, float32
+                          const grad_t[::1] grad,  # IN: the step's grad (16-bit bits or float32)
+                          step, bint bfloat16):
+    """``param[i]`` (float16 or bfloat16 bits) = ``value[i]`` rounded stochastically, with
+    the random bits adam_mixed's rounding of a param without master takes: a hash of the
+    param's old value, the grad's and ``step`` (stream 2). ``bfloat16``: the bits are
+    bfloat16, else float16. All three of one length."""
+    cdef str fn = "fastlr._core.mixed.round_stochastic_into"
+    cdef int64_t t = step_arg(fn, step)
+    cdef Py_ssize_t n = param.shape[0]
+    if value.shape[0] != n or grad.shape[0] != n:
+        raise ValueError(f"{fn}: param, value and grad sizes differ ({n}, "
+                         f"{value.shape[0]} and {grad.shape[0]})")
+    cdef uint32_t salt = step_salt(t, PARAM_STREAM)
+    if n == 0:
+        return
+    with nogil:
+        if bfloat16:
+            _round_loop(&param[0], &value[0], &grad[0], n, salt, FMT_BF16)
+        else:
+            _round_loop(&param[0], &value[0], &grad[0], n, salt, FMT_F16)

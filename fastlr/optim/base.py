@@ -19,6 +19,7 @@ from fastlr._core.engine import Engine
 from fastlr.optim.checkpoint import CheckpointMixin
 from fastlr.optim.groups import (_FIXED_KEYS, GroupsMixin, ParamGroup,  # noqa: F401
                                  _some, named_groups)
+from fastlr.optim.direct16 import Direct16Step
 from fastlr.optim.fused16 import Fused16Step
 from fastlr.optim.int8 import Int8Step
 from fastlr.optim.layout import LayoutMixin, flat_buffer  # noqa: F401
@@ -178,6 +179,10 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
             # an instance attribute more would slow every attribute read of the float32
             # step, CPython's shared-key instance dicts holding up to 30 names)
             self._engine = self._fused16 = Fused16Step(self, self._engine)
+        elif self._master_weights is False and self._direct16_ok():
+            # the other optimizers of the table: their float32 kernel per chunk of a 16-bit
+            # param, then stochastic rounding (fastlr/optim/direct16.py)
+            self._engine = self._fused16 = Direct16Step(self, self._engine)
         groups = self._groups_arg(params)
         for group in groups:
             self._add_group(group)

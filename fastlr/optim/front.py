@@ -65,10 +65,13 @@ def clipped(front: Any, grads: List[np.ndarray], n_threads: int, max_grad_norm: 
 
 
 def run_per_param(opt: Any, grads: Sequence[np.ndarray], values: List[Dict[str, Any]],
-                  call: Callable[..., None], n_threads: Optional[int] = None) -> None:
+                  call: Callable[..., None], n_threads: Optional[int] = None,
+                  own_kwargs: bool = False) -> None:
     """``call(i, grad, state, kwargs)`` for every param ``i`` (a kernel or its twin on it)
     with its group's values at this step and its step number, then the counts and the
-    groups' used values. The params and groups are the layout the engine checked
+    groups' used values. ``own_kwargs``: kwargs are the optimizer's
+    ``_reference_kwargs`` for the param (its state buffers and step included), made
+    per param (SGD's marks its momentum buffer started), without ``n_threads``. The params and groups are the layout the engine checked
     (``opt._layout``), not the ``param_groups`` lists, which a caller may have edited
     since; every param's next step number is checked before any is updated."""
     counts = opt._counts.tolist()
@@ -90,6 +93,11 @@ def run_per_param(opt: Any, grads: Sequence[np.ndarray], values: List[Dict[str, 
                                  f"Nothing was updated")
     base: Dict[int, Dict[str, Any]] = {}
     for first, n, g, _ in opt._layout:
+        if own_kwargs:
+            for i in range(first, first + n):
+                call(i, grads[i], opt._state[i],
+                     opt._reference_kwargs(opt.param_groups[g], values[g], i))
+            continue
         if g not in base:
             kwargs = opt._reference_kwargs(opt.param_groups[g], values[g], first)
             for key in ("step", *opt._state[first]):

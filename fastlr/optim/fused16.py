@@ -173,5 +173,11 @@ class Fused16Step(EngineFront):
         grads = clipped(self, grads, n_threads, max_grad_norm, skip_nonfinite)
         if grads is None:
             return False
-        run(opt, grads, values, n_threads=n_threads)
+        self.update(opt, grads, values, n_threads=n_threads)
         return True
+
+    @staticmethod
+    def update(opt: Any, grads: Any, values: Any, twin: bool = False,
+               n_threads: Any = None) -> None:
+        """The per-param updates of a checked step (:func:`run`)."""
+        run(opt, grads, values, twin, n_threads)

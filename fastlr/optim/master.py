@@ -113,9 +113,10 @@ class MasterWeightsMixin:
                 raise ValueError(
                     f"{self._name}: {label} is {p.dtype}: master_weights=False (the 16-bit "
                     f"param updated in place, rounded stochastically) is available in "
-                    f"Adam and AdamW with state_dtype 'float32' or 'bfloat16' (the "
-                    f"kernel fastlr.kernels.adam_mixed); keep master_weights=True (the "
-                    f"default) here")
+                    f"the optimizers of the table (SGD, RMSprop, Adam, AdamW, Adagrad, "
+                    f"Adadelta, Adamax, NAdam, RAdam, Lion, Rprop, ASGD) with float32 "
+                    f"state, and in Adam and AdamW with bfloat16 state; keep "
+                    f"master_weights=True (the default) here")
             if not (p.flags.c_contiguous or p.flags.f_contiguous):
                 raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
                                  f"got strides {p.strides}")
@@ -141,9 +142,17 @@ class MasterWeightsMixin:
         return (self._fused16_class and getattr(self, "_kernel", None) == "adam"
                 and getattr(self, "_state_dtype", "float32") != "int8")
 
+    def _direct16_ok(self) -> bool:
+        """Whether 16-bit params without masters may take fastlr/optim/direct16.py's step:
+        the other optimizers of the table (element-wise kernels), float32 state."""
+        return (getattr(self, "_family", None) is not None
+                and getattr(self, "_kernel", None) != "adam"
+                and getattr(self, "_state_dtype", "float32") == "float32")
+
     def _direct_16bit(self) -> bool:
         """Whether 16-bit params are stepped in place without masters (master_weights=False
-        in Adam/AdamW with float32 or bfloat16 state: fastlr/optim/fused16.py)."""
+        in Adam/AdamW with float32 or bfloat16 state: fastlr/optim/fused16.py; in the
+        other optimizers of the table: fastlr/optim/direct16.py)."""
         return self._master_weights is False and self._fused16 is not None
 
     def _user(self, p):

@@ -299,7 +299,7 @@ class StepMixin(_OptimizerAttrs):
             if self._state_dtype == "int8":
                 int8.run(self, grads, values, reference.adam_int8_state)
             else:
-                fused16.run(self, grads, values, twin=True)
+                self._fused16.update(self, grads, values, twin=True)
             self._t += 1
             return True if self._skip_nonfinite else None
         index = 0

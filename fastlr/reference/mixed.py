@@ -14,7 +14,7 @@ import numpy as np
 from fastlr.reference.lowprecision import (_adam_f32, bf16_round, bf16_round_stochastic,
                                            bf16_widen, random_bits, step_salt)
 
-__all__ = ["adam_mixed", "f16_round", "f16_round_stochastic", "f16_widen"]
+__all__ = ["adam_mixed", "f16_round", "f16_round_stochastic", "f16_widen", "round_stochastic_into"]
 
 _PARAM_STREAM = 2           # the salt stream of the param's stochastic rounding
 
@@ -200,3 +200,32 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
         r = random_bits(key, step_salt(step, _PARAM_STREAM))
         _bits(param)[...] = (bf16_round_stochastic(p1, r >> np.uint32(16)) if bf16
                              else f16_round_stochastic(p1, r))
+
+
+def round_stochastic_into(param, value, grad, step, bfloat16):
+    """Twin of ``fastlr._core.mixed.round_stochastic_into``: the 16-bit bits ``param``
+    (uint16, updated in place) = the float32 ``value`` rounded stochastically with the
+    random bits :func:`adam_mixed` takes for a param without master (a hash of the param's
+    old value, the grad's, given as 16-bit bits of the param's format or float32, and
+    ``step``).
+
+    Examples
+    --------
+    >>> bits = np.ones(3, np.float16).view(np.uint16)
+    >>> g = np.zeros(3, np.float32)
+    >>> round_stochastic_into(bits, np.full(3, 0.5, np.float32), g, 1, False)
+    >>> bits.view(np.float16)
+    array([0.5, 0.5, 0.5], dtype=float16)
+    """
+    def widen(a):
+        if a.dtype == np.float32:
+            return a
+        return bf16_widen(a) if bfloat16 else f16_widen(a)
+
+    p = widen(param)
+    g = widen(grad)
+    key = (p.view(np.uint32) ^ (g.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(np.float32)
+    r = random_bits(key, step_salt(step, _PARAM_STREAM))
+    value = np.asarray(value, dtype=np.float32)
+    param[...] = (bf16_round_stochastic(value, r >> np.uint32(16)) if bfloat16
+                  else f16_round_stochastic(value, r))
