@@ -5,7 +5,10 @@ modules are built. Environment switches (all optional, read at build time):
 
 FASTLR_NATIVE=1         add -march=native (a build for this CPU only; never for wheels).
                         Without it the build is portable: baseline x86-64 code, plus the core
-                        loops compiled again for x86-64-v3 (AVX2) and chosen at run time.
+                        loops and the kernel modules of fastlr/_core/dispatch.py's MODULES
+                        compiled again for x86-64-v3 (AVX2), and the compute-bound kernel
+                        modules int8state and mixed a third time for x86-64-v4 (AVX-512);
+                        fastlr/_core/dispatch.py picks at run time.
 FASTLR_DEBUG_CYTHON=1   turn Cython's boundscheck / wraparound / initializedcheck on.
 FASTLR_NO_OPENMP=1      build without OpenMP even when the compiler has it (serial kernels).
 FASTLR_ANNOTATE=1       write Cython's annotated HTML next to each .pyx.
@@ -13,6 +16,9 @@ FASTLR_ANNOTATE=1       write Cython's annotated HTML next to each .pyx.
 Flags: -O3 -fno-math-errno -ffp-contract=off and no fast-math flags at all: results must be
 the same bits on every build, NaN and Inf must behave as IEEE says, and linking with
 fast-math can flip flush-to-zero for the whole process. -fno-math-errno lets sqrt vectorize.
+The <name>_x86_64_v3 / <name>_x86_64_v4 extensions add -march=x86-64-v3 / -march=x86-64-v4
+and -mtune=generic; each level is built only on x86-64 when the compiler accepts its flag
+(else a line says which are skipped, and the lower levels are used).
 
 Generated sources: before cythonize, every fastlr/**/*.tp (a Tempita template) is rendered
 to the same path without .tp, from the optimizer table in fastlr/_specs.py (its
@@ -83,6 +89,12 @@ MODULES = [
     ("fastlr._core.int8state_x86_64_v3", ["fastlr/_core/int8state_x86_64_v3.pyx"]),
     ("fastlr._core.mixed", ["fastlr/_core/mixed.pyx"]),  # Adam on 16-bit params (issue #19)
     ("fastlr._core.mixed_x86_64_v3", ["fastlr/_core/mixed_x86_64_v3.pyx"]),
+    # x86-64-v4 (AVX-512) builds only where they pay: int8state and mixed measured 1.35-1.65x
+    # faster than x86-64-v3 (hashes, integer bit tricks, register pressure); the other
+    # modules and the core loops gained nothing (memory- or divider-bound). The list is
+    # fastlr/_core/dispatch.py's MODULE_TARGETS (tests/core/test_dispatch.py checks)
+    ("fastlr._core.int8state_x86_64_v4", ["fastlr/_core/int8state_x86_64_v4.pyx"]),
+    ("fastlr._core.mixed_x86_64_v4", ["fastlr/_core/mixed_x86_64_v4.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),
@@ -153,9 +165,17 @@ class BuildExt(build_ext):
                 "kernels (results are identical, large arrays use one core)",
                 file=sys.stderr,
             )
-        v3_flags = ["-march=x86-64-v3", "-mtune=generic"]
-        build_v3 = (ctype != "msvc" and platform.machine().lower() in ("x86_64", "amd64")
-                    and self._compiles_with(v3_flags, source=PLAIN_TEST))
+        x86_64 = ctype != "msvc" and platform.machine().lower() in ("x86_64", "amd64")
+        # the instruction-set levels: extension name suffix -> flags, when the compiler
+        # accepts them (else None: those extensions are skipped)
+        levels = {}
+        for level in ("x86-64-v3", "x86-64-v4"):
+            flags = [f"-march={level}", "-mtune=generic"]
+            ok = x86_64 and self._compiles_with(flags, source=PLAIN_TEST)
+            levels["_" + level.replace("-", "_")] = flags if ok else None
+            if not ok:
+                print(f"fastlr: not building the {level} variants (not x86-64, or the "
+                      f"compiler lacks -march={level}); lower levels are used")
         inline_mixed = ctype != "msvc" and self._compiles_with(MIXED_INLINE_ARGS,
                                                                source=PLAIN_TEST)
         kept = []
@@ -164,12 +184,11 @@ class BuildExt(build_ext):
             if inline_mixed and ext.name.startswith("fastlr._core.mixed"):
                 ext.extra_compile_args = ext.extra_compile_args + MIXED_INLINE_ARGS
             ext.extra_link_args = omp_flags if use_openmp else []
-            if ext.name.endswith("_x86_64_v3"):
-                if not build_v3:
-                    print("fastlr: not building the x86-64-v3 core loops (not x86-64, or the "
-                          "compiler lacks -march=x86-64-v3); the baseline loops are used")
+            suffix = ext.name[ext.name.rfind("_x86_64_"):]
+            if suffix in levels:
+                if levels[suffix] is None:
                     continue
-                ext.extra_compile_args = ext.extra_compile_args + v3_flags
+                ext.extra_compile_args = ext.extra_compile_args + levels[suffix]
             kept.append(ext)
         self.extensions = kept
         super().build_extensions()

@@ -87,6 +87,7 @@ import numpy as np
 
 import fastlr
 from fastlr import _specs, kernels, reference
+from fastlr._core import dispatch as _dispatch
 from fastlr._tools import roofline as _roofline
 from fastlr.reference import inplace as _inplace
 from fastlr.reference.inplace import (numpy_inplace_adam, numpy_inplace_adamw,  # noqa: F401
@@ -1132,6 +1133,9 @@ def machine_info(torch=None):
         "torch": getattr(torch, "__version__", None),
         "fastlr": fastlr.__version__,
         "cpu_target": fastlr._kernels.cpu_target(),
+        # the kernel modules outside the core-loop table (int8 state, 16-bit params, ...):
+        # each one's build, up to x86-64-v4 (fastlr._core.dispatch.module_target)
+        "kernel_modules": {name: _dispatch.module_target(name) for name in _dispatch.MODULES},
         "roofline_loops": _roofline.cpu_variant(),
         "openmp": bool(kernels.HAVE_OPENMP),
         "max_threads": fastlr.get_num_threads(),
@@ -1410,6 +1414,14 @@ def _extra_legend(rows, machine):
     return lines
 
 
+def _other_module_targets(m):
+    """'; int8state x86-64-v4, mixed x86-64-v4': the kernel modules built for another level
+    than the core loops (none in results from before the key was recorded)."""
+    mods = m.get("kernel_modules") or {}
+    other = [f"{name} {t}" for name, t in sorted(mods.items()) if t != m["cpu_target"]]
+    return "; " + ", ".join(other) if other else ""
+
+
 def format_report(results):
     """The machine header and the results table, as text."""
     m = results["machine"]
@@ -1418,7 +1430,8 @@ def format_report(results):
     lines = [
         f"fastlr bench: {m['cpu']}, {m['usable_cores']} usable of {m['cores']} cores",
         f"  python {m['python']}, numpy {m['numpy']}, {torch_part}, fastlr {m['fastlr']} "
-        f"(core loops {m['cpu_target']}, roofline loops {m.get('roofline_loops', '?')}, "
+        f"(core loops {m['cpu_target']}{_other_module_targets(m)}, "
+        f"roofline loops {m.get('roofline_loops', '?')}, "
         f"OpenMP {'on' if m['openmp'] else 'off'}), "
         f"OMP_WAIT_POLICY={m.get('omp_wait_policy') or 'unset'}, "
         f"GOMP_SPINCOUNT={m.get('gomp_spincount') or 'unset'}",

@@ -1,7 +1,9 @@
 """CPU dispatch: every compiled variant of the core loops gives the same bits."""
 
+import importlib
 import itertools
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -22,9 +24,20 @@ def restore_target():
     _kernels._set_cores(before)
 
 
+def _table_under(level):
+    """The core-loop table's variant under ``level``: the fastest built at most it."""
+    return next(v for v in VARIANTS
+                if _dispatch.LEVELS.index(v) >= _dispatch.LEVELS.index(level))
+
+
 def test_default_is_the_fastest_available():
     assert VARIANTS and VARIANTS[-1] == "baseline"
-    assert _kernels.cpu_target() == (os.environ.get("FASTLR_CPU") or VARIANTS[0])
+    forced = os.environ.get("FASTLR_CPU")
+    # the table has no x86-64-v4 build: FASTLR_CPU=x86-64-v4 gives its x86-64-v3 loops
+    assert _kernels.cpu_target() == (_table_under(forced) if forced else VARIANTS[0])
+    assert _kernels.cpu_target() == _dispatch.default_target()
+    assert set(VARIANTS) <= set(_dispatch.cpu_levels())
+    assert _dispatch.level() == (forced or _dispatch.cpu_levels()[0])
 
 
 def _run_all(seed=3):
@@ -138,6 +151,22 @@ for shape in ((37, 211), (70001,)):       # 8-bit state (int8state): two threads
                                        decoupled_weight_decay=True, n_threads=2)
     for a in [p] + st:
         h.update(a.tobytes())
+for fmt in (np.float16, np.uint16):       # 16-bit params (mixed): bfloat16 as uint16 bits
+    for master, sdt in ((True, np.uint16), (False, np.uint16), (False, np.float32)):
+        x = rng.standard_normal(70001).astype(np.float32)
+        p = x.astype(np.float16) if fmt is np.float16 else (x.view(np.uint32) >> 16).astype(
+            np.uint16)
+        m, v = np.zeros(p.shape, sdt), np.zeros(p.shape, sdt)
+        w = x.copy() if master else None
+        for t in range(1, 4):
+            g = (rng.standard_normal(p.shape) * 0.1).astype(np.float32)
+            g = g.astype(np.float16) if fmt is np.float16 else (g.view(np.uint32) >> 16).astype(
+                np.uint16)
+            fastlr.kernels.adam_mixed(p, g, m, v, w, step=t, lr=0.01, weight_decay=0.1,
+                                      decoupled_weight_decay=True, n_threads=2)
+        for a in (p, m, v, w):
+            if a is not None:
+                h.update(a.tobytes())
 names = sorted({m.__name__ for m in map(dispatch.module, dispatch.MODULES)})
 print(h.hexdigest(), ",".join(names))
 """
@@ -155,15 +184,82 @@ def _module_run(target):
     return digest, names.split(",")
 
 
-@pytest.mark.skipif(len(VARIANTS) < 2, reason="only one variant of the core loops is built "
-                                              "for this CPU")
+def _expected(name, level):
+    """The build of kernel module ``name`` dispatch.module picks under ``level``: the
+    fastest level built for it (MODULE_TARGETS, all built here) at most ``level``."""
+    target = next((t for t in _dispatch.MODULE_TARGETS[name]
+                   if _dispatch.LEVELS.index(t) >= _dispatch.LEVELS.index(level)), "baseline")
+    return _dispatch._module_name(name, target)
+
+
+def _expected_names(level):
+    return sorted(_expected(name, level) for name in _dispatch.MODULES)
+
+
+# every level the CPU runs and something is built for: x86-64-v4 (int8state and mixed only)
+# on an AVX-512 CPU, x86-64-v3 (the table and every kernel module) on an AVX2 one
+LEVELS_RUN = [lv for lv in _dispatch.cpu_levels() if _dispatch._built(lv)]
+
+
+@pytest.mark.skipif(len(LEVELS_RUN) < 2, reason="only the baseline is built for this CPU")
 def test_module_variants_give_identical_bits():
+    """Each level forced in turn (FASTLR_CPU), and the default: the modules it picks, and
+    the same bytes from every optimizer and kernel that uses them."""
     baseline, base_names = _module_run("baseline")
-    assert all("_x86_64_v3" not in n for n in base_names)
+    assert base_names == _expected_names("baseline")
+    assert all("_x86_64_" not in n for n in base_names)
+    for level in LEVELS_RUN[:-1]:
+        digest, names = _module_run(level)
+        assert names == _expected_names(level), (level, names)
+        assert digest == baseline, level
     fastest, names = _module_run(None)
-    if VARIANTS[0] == "x86-64-v3":
-        assert all(n.endswith("_x86_64_v3") for n in names), names
+    assert names == _expected_names(LEVELS_RUN[0])
     assert fastest == baseline
+
+
+def test_forcing_a_level_caps_the_table_and_the_modules():
+    """FASTLR_CPU=x86-64-v3 on an AVX-512 CPU: the x86-64-v3 table and modules;
+    FASTLR_CPU=x86-64-v4: the x86-64-v4 modules where built, the x86-64-v3 table (it has no
+    x86-64-v4 build)."""
+    code = ("import fastlr; from fastlr._core import dispatch; "
+            "print(fastlr._kernels.cpu_target(), dispatch.module('int8state').__name__, "
+            "dispatch.module('mixed').__name__, dispatch.module('ema').__name__)")
+    for level in LEVELS_RUN:
+        env = dict(os.environ, FASTLR_CPU=level)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd="/")
+        assert out.returncode == 0, out.stderr
+        table, *mods = out.stdout.split()
+        assert table == _table_under(level)
+        assert mods == [_expected(name, level) for name in ("int8state", "mixed", "ema")]
+    for level in _dispatch.LEVELS:
+        if level in LEVELS_RUN:
+            continue
+        env = dict(os.environ, FASTLR_CPU=level)    # not built, or the CPU lacks it
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd="/")
+        assert out.returncode != 0 and f"FASTLR_CPU={level!r}" in out.stderr
+
+
+def test_module_targets_match_the_sources():
+    """dispatch.MODULE_TARGETS names exactly the <name>_x86_64_v*.pyx files there are (and
+    setup.py builds), and every level it names is built when the CPU runs it."""
+    core = pathlib.Path(_dispatch.__file__).parent
+    sources = {p.stem for p in core.glob("*_x86_64_v*.pyx")} - {"cores_x86_64_v3"}
+    if not sources:
+        pytest.skip("no .pyx sources next to fastlr._core (an installed wheel)")
+    assert sources == {_dispatch._module_name(name, t).split(".")[-1]
+                       for name, targets in _dispatch.MODULE_TARGETS.items() for t in targets}
+    setup_py = core.parent.parent / "setup.py"
+    if setup_py.exists():
+        text = setup_py.read_text()
+        for stem in sources:
+            assert f'("fastlr._core.{stem}", ["fastlr/_core/{stem}.pyx"])' in text, stem
+    cpu = _dispatch.cpu_levels()
+    for name, targets in _dispatch.MODULE_TARGETS.items():
+        for t in targets:
+            if t in cpu and t in LEVELS_RUN:
+                importlib.import_module(_dispatch._module_name(name, t))
 
 
 def test_module_refuses_unknown_names():

@@ -75,6 +75,56 @@ def test_thread_count_does_not_change_the_bits():
             assert _same_bits(a, b)
 
 
+def _edge_grad(n, t):
+    """Step ``t``'s grad for ``n`` elements: heavy-tailed, and past 2048 elements a NaN, an
+    Inf and a -Inf block (one step each), an all-zero block, a block of subnormals and one
+    of tiny normals; the last element subnormal (but for n = 1)."""
+    rng = np.random.default_rng([n, t, 9])
+    g = (rng.standard_normal(n) * rng.exponential(1.0, n) ** 3).astype(np.float32)
+    if n > 2048:
+        g[5] = np.nan if t == 2 else g[5]
+        g[700] = np.inf if t == 3 else g[700]
+        g[1000] = -np.inf if t == 4 else g[1000]
+        g[1280:1536] = 0.0
+        g[1536:1792] *= np.float32(1e-41)
+        g[1792:2048] *= np.float32(1e-30)
+    if n > 1:
+        g[-1] = np.float32(-3e-42)
+    return g
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_built_variant_gives_identical_bits(case):
+    """fastlr._core.int8state compiled for baseline x86-64, x86-64-v3 (AVX2) and x86-64-v4
+    (AVX-512; fastlr.kernels' on such CPUs), those built that this CPU runs: the same bits
+    over several steps, at sizes around the 256-element block, with NaN / Inf / zero /
+    subnormal grads."""
+    from fastlr._core import dispatch
+    builds = dispatch.variants("int8state")
+    if len(builds) < 2:
+        pytest.skip("only the baseline build is built or runs on this CPU")
+    for n in (1, 255, 256, 300, 7807):
+        p0 = np.random.default_rng([n, 1]).standard_normal(n).astype(np.float32)
+        outs = {}
+        for level, build in builds.items():
+            p, st = p0.copy(), _state((n,))
+            for t in range(1, 7):
+                with np.errstate(invalid="ignore", over="ignore"):
+                    build.adam_int8_state(p, _edge_grad(n, t), *st, step=t, lr=0.01,
+                                          n_threads=1, **CASES[case])
+            outs[level] = [p] + st
+        first, *others = outs
+        for level in others:
+            for a, b in zip(outs[first], outs[level]):
+                assert _same_bits(a, b), (n, level)
+        assert np.isfinite(outs[first][0]).any() and not np.array_equal(outs[first][0], p0)
+        if n > 2048:     # the non-finite grads (blocks 0, 2 and 3) reached their blocks only
+            q = outs[first][0]
+            blocks = np.isfinite(q[:n // BLOCK * BLOCK]).reshape(-1, BLOCK)
+            assert (blocks.any(axis=1) == blocks.all(axis=1)).all()
+            assert np.flatnonzero(~blocks.all(axis=1)).tolist() == [0, 2, 3]
+
+
 def test_first_step_is_float32_adams():
     # step 1 uses the unrounded moments: the param moves as with float32 state
     rng = np.random.default_rng(2)

@@ -109,17 +109,18 @@ def test_same_bits_for_any_thread_count(fmt, master):
 
 
 
-def test_baseline_and_x86_64_v3_builds_give_identical_bits():
-    """fastlr._core.mixed compiled for baseline x86-64 and for x86-64-v3 (AVX2; the one
-    fastlr.kernels uses on such CPUs): every combination, the same bits."""
-    import importlib
-
+def test_every_built_variant_gives_identical_bits():
+    """fastlr._core.mixed compiled for baseline x86-64, x86-64-v3 (AVX2) and x86-64-v4
+    (AVX-512; the one fastlr.kernels uses on such CPUs), those built that this CPU runs:
+    every combination, non-finite, zero and tiny grads included, the same bits."""
     from fastlr._core import dispatch
-    if "x86-64-v3" not in dispatch.available():
-        pytest.skip("the x86-64-v3 build is not built or this CPU does not run it")
-    builds = [importlib.import_module("fastlr._core.mixed"),
-              importlib.import_module("fastlr._core.mixed_x86_64_v3")]
+    builds = list(dispatch.variants("mixed").values())
+    if len(builds) < 2:
+        pytest.skip("only the baseline build is built or runs on this CPU")
     shape = (5001,)
+    # NaN, Inf, signed zeros, a float32 / bfloat16 subnormal (0 in float16), the smallest
+    # float16 subnormal
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-38, -6e-8], np.float32)
     for fmt in ("float16", "bf16-bits"):
         for grad32 in (False, True):
             for state32 in (False, True):
@@ -129,11 +130,15 @@ def test_baseline_and_x86_64_v3_builds_give_identical_bits():
                         for build in builds:
                             bufs = _buffers(fmt, grad32, state32, master, shape, seed=4)
                             for t in range(1, 4):
-                                build.adam_mixed(bufs[0], _grad(t, fmt, grad32, shape),
-                                                 *bufs[1:], step=t, **kw)
+                                g = _grad(t, fmt, grad32, shape)
+                                if t == 2:
+                                    g[:len(special)] = special if grad32 else _to16(special,
+                                                                                    fmt)
+                                build.adam_mixed(bufs[0], g, *bufs[1:], step=t, **kw)
                             outs.append(bufs)
-                        for a, b in zip(*outs):
-                            assert a is None and b is None or _same_bits(a, b)
+                        for other in outs[1:]:
+                            for a, b in zip(outs[0], other):
+                                assert a is None and b is None or _same_bits(a, b)
 
 @pytest.mark.parametrize("fmt", ["float16", "bf16-bits"])
 @pytest.mark.parametrize("option", sorted(OPTIONS))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastlr import reference
+from fastlr._core import dispatch
 from fastlr._tools import bench
 from fastlr._tools import roofline as _roofline
 
@@ -255,8 +256,11 @@ def test_run_quick_is_well_formed(quick_results):
     assert cfg["sizes"] == list(bench.QUICK_SIZES)
     assert cfg["threads"] == [1, 2]
     m = r["machine"]
-    for key in ("cpu", "cores", "numpy", "fastlr", "cpu_target", "roofline_loops", "openmp"):
+    for key in ("cpu", "cores", "numpy", "fastlr", "cpu_target", "kernel_modules",
+                "roofline_loops", "openmp"):
         assert key in m
+    assert set(m["kernel_modules"]) == set(dispatch.MODULES)
+    assert all(t in dispatch.cpu_levels() for t in m["kernel_modules"].values())
     rows = r["rows"]
     assert len(rows) == len(cfg["optimizers"]) * len(cfg["sizes"]) * len(cfg["dtypes"]) * 2
     seen = {(row["optimizer"], row["dtype"], row["n"], row["threads"]) for row in rows}
