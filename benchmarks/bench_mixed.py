@@ -45,6 +45,10 @@ from .common import n_samples, per_call_time, steady_state_malloc
 #: mode -> (master kept, moments' dtype)
 MODES = {"master-f32state": (True, "float32"), "master-bf16state": (True, "bfloat16"),
          "nomaster-f32state": (False, "float32"), "nomaster-bf16state": (False, "bfloat16")}
+#: the class's modes: those, and int8 state (fastlr.kernels.adam_int8_state; with masters
+#: on them, without masters per chunk of the widened param: fastlr/optim/direct16.py)
+CLASS_MODES = dict(MODES, **{"master-int8state": (True, "int8"),
+                             "nomaster-int8state": (False, "int8")})
 VERSUS = ["torch-fused", "torch-fused-bf16"]
 _CACHE = {}
 
@@ -68,9 +72,9 @@ def _bf16_bits(x):
 def step_fn(impl, size):
     """One AdamW step (lr 1e-3, weight_decay 0.01), 1 thread, of ``impl``: a key of
     :data:`MODES` (fastlr.kernels.adam_mixed on bfloat16 params and grads, per param by
-    hand), ``"class-" + mode`` (:class:`fastlr.AdamW` in that mode on ``ml_dtypes``
-    bfloat16 params and grads), "torch-fused" (float32) or "torch-fused-bf16" (cached per
-    process)."""
+    hand), ``"class-" + mode`` (:class:`fastlr.AdamW` in a mode of :data:`CLASS_MODES` on
+    ``ml_dtypes`` bfloat16 params and grads), "torch-fused" (float32) or
+    "torch-fused-bf16" (cached per process)."""
     key = (impl, size)
     if key in _CACHE:
         return _CACHE[key]
@@ -94,7 +98,7 @@ def step_fn(impl, size):
             import ml_dtypes
         except ImportError:
             raise NotImplementedError("ml_dtypes is not installed") from None
-        master, state = MODES[impl[len("class-"):]]
+        master, state = CLASS_MODES[impl[len("class-"):]]
         p16 = [p.astype(ml_dtypes.bfloat16) for p in params]
         g16 = [g.astype(ml_dtypes.bfloat16) for g in grads]
         del params, grads
@@ -155,12 +159,13 @@ class TrackMixedSpeedup:
 
 class TrackMixedClassSpeedup:
     """:class:`fastlr.AdamW` on bfloat16 params and grads (``master_weights`` True or
-    False: one fused pass per param): torch fused float32 time / the class's time
+    False: one fused pass per param; int8 state: in passes): torch fused float32 time / the
+    class's time
     (``versus="kernel-loop"``: the kernel looped by hand / the class, its overhead; not in
     the default set, to keep the run short), interleaved samples, best of up to 7."""
 
-    params = [["torch-fused"], ["master-f32state", "nomaster-f32state", "nomaster-bf16state"],
-              list(SIZES)]
+    params = [["torch-fused"], ["master-f32state", "nomaster-f32state", "nomaster-bf16state",
+                                "master-int8state", "nomaster-int8state"], list(SIZES)]
     param_names = ["versus", "mode", "size"]
     unit = "x"
     timeout = 900
@@ -231,7 +236,7 @@ if __name__ == "__main__":          # python -m benchmarks.bench_mixed [16M|gpt2
     import sys
 
     size = sys.argv[1] if len(sys.argv) > 1 else "16M"
-    impls = ["torch-fused", *("class-" + m for m in MODES if m != "master-bf16state"),
+    impls = ["torch-fused", *("class-" + m for m in CLASS_MODES if m != "master-bf16state"),
              *MODES]
     samplers = {k: per_call_time(step_fn(k, size), min_sample=0.05)[1] for k in impls}
     best = _best(samplers, seconds=60.0)

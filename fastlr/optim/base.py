@@ -171,8 +171,8 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         self._snapshot_id = uuid.uuid4().hex   # marks this object's own state dicts
         self._busy = threading.Lock()   # held while stepping or changing the layout
         self._engine = Engine(self._kernel, self._name)
-        if self._state_dtype == "int8":     # a kernel call per param (fastlr/optim/int8.py)
-            self._engine = Int8Step(self, self._engine)
+        if self._state_dtype == "int8" and self._master_weights is not False:
+            self._engine = Int8Step(self, self._engine)  # a kernel call per param (int8.py)
         elif self._master_weights is False and self._fused16_ok():
             # 16-bit params without masters, one pass per param (fastlr/optim/fused16.py;
             # with masters, _configure makes the front when the first 16-bit param comes:
@@ -180,8 +180,8 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
             # step, CPython's shared-key instance dicts holding up to 30 names)
             self._engine = self._fused16 = Fused16Step(self, self._engine)
         elif self._master_weights is False and self._direct16_ok():
-            # the other optimizers of the table: their float32 kernel per chunk of a 16-bit
-            # param, then stochastic rounding (fastlr/optim/direct16.py)
+            # the other optimizers of the table, and int8 state: their float32 kernel per
+            # chunk of a 16-bit param, then stochastic rounding (fastlr/optim/direct16.py)
             self._engine = self._fused16 = Direct16Step(self, self._engine)
         groups = self._groups_arg(params)
         for group in groups:

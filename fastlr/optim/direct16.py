@@ -31,6 +31,7 @@ from fastlr import kernels, reference
 from fastlr.optim.front import run_per_param
 from fastlr.optim.fused16 import Fused16Step
 from fastlr.optim.master import _loops, is_16bit
+from fastlr.reference.int8state import BLOCK
 from fastlr.reference.mixed import round_stochastic_into as _round_twin
 
 __all__ = ["CHUNK", "Direct16Step", "run"]
@@ -86,12 +87,49 @@ def _update16(front, p, grad, kwargs, step, fn, twin):
     return out
 
 
+def _update16_int8(front, p, grad, st, kwargs, step, fn, twin):
+    """One 16-bit param's update with int8 state, chunk by chunk (whole blocks: CHUNK is a
+    multiple of BLOCK; the codes' random bits take the element's index in its chunk)."""
+    bits = _flat(p).view(np.uint16)
+    g = _flat(grad)
+    wide_grad = g.dtype == np.float32
+    gkey = g if wide_grad else g.view(np.uint16)
+    codes = [_flat(st[k]) for k in ("exp_avg", "exp_avg_sq")]
+    scales = [st["exp_avg_scale"], st["exp_avg_sq_scale"]]
+    rounding = _round_twin if twin else _round()
+    bf16 = p.dtype.name == "bfloat16"
+    for a in range(0, bits.size, CHUNK):
+        b = min(a + CHUNK, bits.size)
+        sa, sb = a // BLOCK, (b + BLOCK - 1) // BLOCK
+        w = _widened(bits[a:b], p.dtype, front.scratch[0][:b - a], twin)
+        gw = g[a:b] if wide_grad else _widened(gkey[a:b], p.dtype,
+                                               front.scratch[1][:b - a], twin)
+        fn(w, gw, codes[0][a:b], scales[0][sa:sb], codes[1][a:b], scales[1][sa:sb],
+           **kwargs)
+        rounding(bits[a:b], w, gkey[a:b], step, bf16)
+
+
 def run(opt, grads, values, twin=False, n_threads=None):
     """Every param's update (``twin``: by the NumPy twins) with its group's values at this
     step, then the counts (:func:`fastlr.optim.front.run_per_param`)."""
     where = reference if twin else kernels
-    fn = getattr(where, opt._kernel)
     front = opt._fused16
+    if opt._state_dtype == "int8":
+        fn8 = where.adam_int8_state
+
+        def call8(i, grad, st, kwargs):
+            p = opt._params[i]
+            if twin:
+                kwargs.pop("n_threads", None)
+            if is_16bit(p.dtype):
+                _update16_int8(front, p, grad, st, kwargs, kwargs["step"], fn8, twin)
+            else:
+                fn8(p, grad, st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
+                    st["exp_avg_sq_scale"], **kwargs)
+
+        run_per_param(opt, grads, values, call8, n_threads)
+        return
+    fn = getattr(where, opt._kernel)
 
     def call(i, grad, st, kwargs):
         p = opt._params[i]

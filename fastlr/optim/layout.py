@@ -157,7 +157,7 @@ class LayoutMixin(_OptimizerAttrs):
                 # grads against the params, their 16-bit arrays and the state
                 users = [u for u in map(self._user, self._params) if u is not None]
                 self._engine.regions = regions(
-                    self._params + users +
+                    self._params + users + int8_blocks +
                     [b for *_, slots in spans for b in slots if b is not None])
                 self._engine.configure([], [], groups, self._counts, self._started,
                                        self._used, self._mu_product, self._lr_scale)

@@ -115,7 +115,7 @@ class MasterWeightsMixin:
                     f"param updated in place, rounded stochastically) is available in "
                     f"the optimizers of the table (SGD, RMSprop, Adam, AdamW, Adagrad, "
                     f"Adadelta, Adamax, NAdam, RAdam, Lion, Rprop, ASGD) with float32 "
-                    f"state, and in Adam and AdamW with bfloat16 state; keep "
+                    f"state, and in Adam and AdamW with bfloat16 or int8 state; keep "
                     f"master_weights=True (the default) here")
             if not (p.flags.c_contiguous or p.flags.f_contiguous):
                 raise ValueError(f"{self._name}: {label} must be contiguous (C or F order), "
@@ -144,10 +144,12 @@ class MasterWeightsMixin:
 
     def _direct16_ok(self) -> bool:
         """Whether 16-bit params without masters may take fastlr/optim/direct16.py's step:
-        the other optimizers of the table (element-wise kernels), float32 state."""
-        return (getattr(self, "_family", None) is not None
-                and getattr(self, "_kernel", None) != "adam"
-                and getattr(self, "_state_dtype", "float32") == "float32")
+        the other optimizers of the table (element-wise kernels) with float32 state, and
+        Adam/AdamW with int8 state."""
+        state = getattr(self, "_state_dtype", "float32")
+        if getattr(self, "_kernel", None) == "adam":
+            return state == "int8" and self._fused16_class
+        return getattr(self, "_family", None) is not None and state == "float32"
 
     def _direct_16bit(self) -> bool:
         """Whether 16-bit params are stepped in place without masters (master_weights=False

@@ -296,10 +296,10 @@ class StepMixin(_OptimizerAttrs):
                          else g.astype(np.float32) * np.float32(scale) for g in grads]
         values = self._values_at(self._t, "step_reference")
         if self._state_dtype == "int8" or direct:
-            if self._state_dtype == "int8":
-                int8.run(self, grads, values, reference.adam_int8_state)
-            else:
+            if direct:
                 self._fused16.update(self, grads, values, twin=True)
+            else:
+                int8.run(self, grads, values, reference.adam_int8_state)
             self._t += 1
             return True if self._skip_nonfinite else None
         index = 0

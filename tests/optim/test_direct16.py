@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastlr
-from fastlr import kernels, reference
+from fastlr import kernels
 from fastlr._core import dispatch
 from fastlr.optim import direct16
 from fastlr.reference.mixed import round_stochastic_into as round_twin
@@ -239,4 +239,100 @@ def test_quality_close_to_float32(name, kw):
         return float(np.mean(r * r))
 
     ref, low = final_loss(np.float32), final_loss(np.float16)
+    assert abs(low - ref) <= 0.02 * ref, (low, ref)
+
+
+# ---- Adam/AdamW with int8 state and no master ------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float16, BF16])
+def test_int8_state_matches_its_twin_bit_for_bit(dtype):
+    rng = np.random.default_rng(21)
+    a = _params(rng, dtype)[:5]
+    a[0] = rng.standard_normal(700).astype(dtype)          # several blocks
+    b = [p.copy(order="A") for p in a]
+    groups = lambda ps: [{"params": ps[:2], "weight_decay": 0.1},  # noqa: E731
+                         {"params": ps[2:], "lr": fastlr.schedules.cosine(0.01, 9)}]
+    o1 = fastlr.AdamW(groups(a), lr=0.02, state_dtype="int8", master_weights=False,
+                      n_threads=2, max_grad_norm=2.0)
+    o2 = fastlr.AdamW(groups(b), lr=0.02, state_dtype="int8", master_weights=False,
+                      max_grad_norm=2.0)
+    assert type(o1._engine) is direct16.Direct16Step
+    for t in range(5):
+        g = _grads(rng, a, wide=t % 2 == 1)
+        o1.step(g)
+        o2.step_reference([x.copy(order="A") for x in g])
+    for i, (p, q) in enumerate(zip(a, b)):
+        assert _same(p, q), i
+        for k, v in o1.state[i].items():
+            assert np.array_equal(v, o2.state[i][k]), (i, k)
+    assert o1.params[0] is a[0] and "master" not in o1.state_dict()
+
+
+def test_int8_state_update_is_the_kernel_then_stochastic_rounding():
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal((40, 30)).astype(BF16)
+    opt = fastlr.AdamW([p], lr=0.01, state_dtype="int8", master_weights=False)
+    for step in range(1, 4):
+        g = (rng.standard_normal(p.shape) * 0.1).astype(BF16)
+        w = p.astype(np.float32)
+        st = [opt.state[0][k].copy() for k in ("exp_avg", "exp_avg_scale", "exp_avg_sq",
+                                               "exp_avg_sq_scale")]
+        kernels.adam_int8_state(w, g.astype(np.float32), *st, step=step, lr=0.01,
+                                weight_decay=0.01, decoupled_weight_decay=True)
+        want = p.view(np.uint16).copy().reshape(-1)
+        round_twin(want, w.reshape(-1), g.view(np.uint16).reshape(-1), step, True)
+        opt.step([g])
+        assert np.array_equal(p.view(np.uint16).reshape(-1), want)
+        for k, v in zip(("exp_avg", "exp_avg_scale", "exp_avg_sq", "exp_avg_sq_scale"), st):
+            assert np.array_equal(opt.state[0][k], v)
+
+
+def test_int8_state_without_master_owns_about_two_bytes_per_param():
+    p = np.zeros((512, 1000), BF16)
+    opt = fastlr.AdamW([p], lr=0.01, state_dtype="int8", master_weights=False)
+    opt.step([np.ones(p.shape, BF16)])
+    owned = sum(v.nbytes for v in opt.state[0].values() if isinstance(v, np.ndarray))
+    assert owned / p.size <= 2.1 and "master" not in opt.state_dict()
+    assert opt.param_groups[0]["params"][0] is p
+
+
+def test_int8_state_without_master_checkpoints():
+    rng = np.random.default_rng(8)
+    a = [rng.standard_normal((30, 20)).astype(np.float16)]
+    opt = fastlr.AdamW(a, lr=0.01, state_dtype="int8", master_weights=False)
+    for _ in range(2):
+        opt.step(_grads(rng, a, wide=False))
+    sd = opt.state_dict()
+    b = [a[0].copy()]
+    again = fastlr.AdamW(b, lr=0.01, state_dtype="int8", master_weights=False)
+    again.load_state_dict(sd)
+    floats = fastlr.AdamW([a[0].copy()], lr=0.01, master_weights=False)
+    floats.load_state_dict(sd)           # int8 state decoded into float32 state
+    assert floats.state[0]["exp_avg"].dtype == np.float32
+    for _ in range(2):
+        g = _grads(rng, a, wide=True)
+        opt.step(g)
+        again.step(g)
+    assert _same(a[0], b[0])
+
+
+def test_int8_state_without_master_quality():
+    """AdamW + warmup-cosine on a least-squares problem: float16 params with int8 state and
+    no master end within 2% of float32 params and state (docs/lowprecision.rst)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 64)).astype(np.float32)
+    y = X @ rng.standard_normal(64).astype(np.float32) + \
+        0.1 * rng.standard_normal(512).astype(np.float32)
+
+    def final_loss(dtype, **kw):
+        w = np.zeros(64, dtype)
+        sched = fastlr.schedules.warmup_cosine(0.05, warmup_steps=30, total_steps=800)
+        opt = fastlr.AdamW([w], lr=sched, **kw)
+        for _ in range(800):
+            w32 = w.astype(np.float32)
+            opt.step([(X.T @ (X @ w32 - y) / len(y)).astype(np.float32)])
+        r = X @ w.astype(np.float32) - y
+        return float(np.mean(r * r))
+
+    ref = final_loss(np.float32)
+    low = final_loss(np.float16, state_dtype="int8", master_weights=False)
     assert abs(low - ref) <= 0.02 * ref, (low, ref)
