@@ -90,15 +90,17 @@ MODULES = [
     ("fastlr._core.mixed", ["fastlr/_core/mixed.pyx"]),  # Adam on 16-bit params (issue #19)
     ("fastlr._core.mixed_x86_64_v3", ["fastlr/_core/mixed_x86_64_v3.pyx"]),
     # x86-64-v4 (AVX-512) builds only where they pay: int8state and mixed measured 1.35-1.65x
-    # faster than x86-64-v3 (hashes, integer bit tricks, register pressure); the other
-    # modules and the core loops gained nothing (memory- or divider-bound). The list is
-    # fastlr/_core/dispatch.py's MODULE_TARGETS (tests/core/test_dispatch.py checks)
+    # faster than x86-64-v3 (hashes, integer bit tricks, register pressure), the core loops'
+    # bfloat16-state steps 1.43x; the other modules gained nothing (memory- or
+    # divider-bound). The list is fastlr/_core/dispatch.py's MODULE_TARGETS and TARGETS
+    # (tests/core/test_dispatch.py checks)
     ("fastlr._core.int8state_x86_64_v4", ["fastlr/_core/int8state_x86_64_v4.pyx"]),
     ("fastlr._core.mixed_x86_64_v4", ["fastlr/_core/mixed_x86_64_v4.pyx"]),
     # the core loops, once per instruction-set level (fastlr/_core/dispatch.py picks one at
     # run time)
     ("fastlr._core.cores_baseline", ["fastlr/_core/cores_baseline.pyx"]),
     ("fastlr._core.cores_x86_64_v3", ["fastlr/_core/cores_x86_64_v3.pyx"]),
+    ("fastlr._core.cores_x86_64_v4", ["fastlr/_core/cores_x86_64_v4.pyx"]),
     # the benchmark's roofline loops
     ("fastlr._tools.roofline", ["fastlr/_tools/roofline.pyx"]),
 ]

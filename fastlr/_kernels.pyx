@@ -478,11 +478,11 @@ def cpu_target():
     Returns
     -------
     str
-        ``'x86-64-v3'`` or ``'baseline'``.
+        ``'x86-64-v4'``, ``'x86-64-v3'`` or ``'baseline'``.
 
     Examples
     --------
-    >>> fastlr._kernels.cpu_target() in ("x86-64-v3", "baseline")
+    >>> fastlr._kernels.cpu_target() in ("x86-64-v4", "x86-64-v3", "baseline")
     True
     """
     return _cpu_target

@@ -33,7 +33,6 @@ def _table_under(level):
 def test_default_is_the_fastest_available():
     assert VARIANTS and VARIANTS[-1] == "baseline"
     forced = os.environ.get("FASTLR_CPU")
-    # the table has no x86-64-v4 build: FASTLR_CPU=x86-64-v4 gives its x86-64-v3 loops
     assert _kernels.cpu_target() == (_table_under(forced) if forced else VARIANTS[0])
     assert _kernels.cpu_target() == _dispatch.default_target()
     assert set(VARIANTS) <= set(_dispatch.cpu_levels())
@@ -68,6 +67,15 @@ def _run_all(seed=3):
                     kw["step"] = step
                 getattr(kernels, name)(p, g, **st, **kw)
             out.append(p.tobytes() + b"".join(b.tobytes() for b in st.values()))
+        if dtype == np.float32:         # bfloat16 state (stochastic rounding), AMSGrad too
+            p, m, v, vmax = arr(), np.zeros(n, np.uint16), np.zeros(n, np.uint16), \
+                np.zeros(n, np.uint16)
+            for step in (1, 2, 3):
+                kernels.adam_bf16_state(p, g, m, v, vmax, step=step, lr=0.01,
+                                        weight_decay=0.1)
+                kernels.adam_bf16_state(p, g, m, v, step=step, lr=0.01, maximize=True,
+                                        weight_decay=0.1, decoupled_weight_decay=True)
+            out.append(p.tobytes() + m.tobytes() + v.tobytes() + vmax.tobytes())
     return out
 
 
@@ -196,8 +204,8 @@ def _expected_names(level):
     return sorted(_expected(name, level) for name in _dispatch.MODULES)
 
 
-# every level the CPU runs and something is built for: x86-64-v4 (int8state and mixed only)
-# on an AVX-512 CPU, x86-64-v3 (the table and every kernel module) on an AVX2 one
+# every level the CPU runs and something is built for: x86-64-v4 (the table, int8state and
+# mixed) on an AVX-512 CPU, x86-64-v3 (the table and every kernel module) on an AVX2 one
 LEVELS_RUN = [lv for lv in _dispatch.cpu_levels() if _dispatch._built(lv)]
 
 
@@ -219,8 +227,8 @@ def test_module_variants_give_identical_bits():
 
 def test_forcing_a_level_caps_the_table_and_the_modules():
     """FASTLR_CPU=x86-64-v3 on an AVX-512 CPU: the x86-64-v3 table and modules;
-    FASTLR_CPU=x86-64-v4: the x86-64-v4 modules where built, the x86-64-v3 table (it has no
-    x86-64-v4 build)."""
+    FASTLR_CPU=x86-64-v4: the x86-64-v4 table and the x86-64-v4 modules where built (the
+    x86-64-v3 ones elsewhere)."""
     code = ("import fastlr; from fastlr._core import dispatch; "
             "print(fastlr._kernels.cpu_target(), dispatch.module('int8state').__name__, "
             "dispatch.module('mixed').__name__, dispatch.module('ema').__name__)")
@@ -245,7 +253,10 @@ def test_module_targets_match_the_sources():
     """dispatch.MODULE_TARGETS names exactly the <name>_x86_64_v*.pyx files there are (and
     setup.py builds), and every level it names is built when the CPU runs it."""
     core = pathlib.Path(_dispatch.__file__).parent
-    sources = {p.stem for p in core.glob("*_x86_64_v*.pyx")} - {"cores_x86_64_v3"}
+    tables = {m.split(".")[-1] for t, m in _dispatch.TARGETS.items() if t != "baseline"}
+    assert tables == {p.stem for p in core.glob("cores_x86_64_v*.pyx")} or not list(
+        core.glob("*.pyx"))
+    sources = {p.stem for p in core.glob("*_x86_64_v*.pyx")} - tables
     if not sources:
         pytest.skip("no .pyx sources next to fastlr._core (an installed wheel)")
     assert sources == {_dispatch._module_name(name, t).split(".")[-1]
