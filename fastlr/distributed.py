@@ -485,7 +485,8 @@ class ShardedOptimizer:
             raise ValueError(f"{name}: state_dtype='int8' is not supported (its blocks "
                              f"would be cut at the shards' bounds); use 'float32' or "
                              f"'bfloat16'")
-        if hyperparameters.get("master_weights") is False:
+        mw = hyperparameters.get("master_weights")
+        if mw is not None and not mw:        # (np.False_ too, as the optimizers read it)
             # the shards are float32 views of one flat buffer: nothing to keep in 16 bits
             # (param_comm="bfloat16" sends 16-bit params and keeps float32 masters)
             raise ValueError(f"{name}: master_weights=False is not supported (the shards "

@@ -555,9 +555,9 @@ cdef inline void _round_loop(uint16_t* p, const float* x, const grad_t* grad, Py
                 else _f16_round_stochastic(x[i], r))
 
 
-def round_stochastic_into(uint16_t[::1] param,     # IN/OUT: 16-bit bits (old in, new out)
-                          const float[::1] value,  # IN: the new values, float32
-                          const grad_t[::1] grad,  # IN: the step's grad (16-bit bits or float32)
+def round_stochastic_into(uint16_t[::1] param not None,  # IN/OUT: 16-bit bits (old in, new out)
+                          const float[::1] value not None,  # IN: the new values, float32
+                          const grad_t[::1] grad not None,  # IN: the grad (16-bit bits or float32)
                           step, bint bfloat16):
     """``param[i]`` (float16 or bfloat16 bits) = ``value[i]`` rounded stochastically, with
     the random bits adam_mixed's rounding of a param without master takes: a hash of the

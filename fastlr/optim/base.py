@@ -81,8 +81,8 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         step widens the state
         exactly, updates it in float32, uses the unrounded values for the param update and
         stores them rounded stochastically. 20 bytes move per element instead of 28.
-        ``"int8"`` (Adam and AdamW, float32 params or 16-bit params' float32 masters;
-        no AMSGrad): each moment block-wise quantized, ``uint8`` codes of the param's
+        ``"int8"`` (Adam and AdamW, float32 params or 16-bit ones, with or without
+        masters; no AMSGrad): each moment block-wise quantized, ``uint8`` codes of the param's
         shape (``exp_avg``, ``exp_avg_sq``) and one float32 scale per block of 256 of the
         param's elements (``exp_avg_scale``, ``exp_avg_sq_scale``): 2 bytes per param
         plus 8 per 256, a quarter of float32 state; the step runs
@@ -95,12 +95,14 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         default, every optimizer): the optimizer keeps a float32 copy, the master weights:
         the optimizer's param (in ``param_groups`` and the state dict's ``"master"``); a
         step updates it from the grads (16-bit or float32) exactly as for float32 params
-        and writes it into the 16-bit param rounded to nearest even. False (Adam and AdamW;
-        ``state_dtype`` float32 or bfloat16; no AMSGrad): no copy; each step updates the
-        16-bit param in place from its widened value, in float32, and stores the result
-        rounded stochastically (:func:`fastlr.kernels.adam_mixed`), one kernel call per
-        param: 8 bytes of state per param with float32 state, 4 with bfloat16 (master
-        weights add 4). See :doc:`/lowprecision`.
+        and writes it into the 16-bit param rounded to nearest even. False (no AMSGrad):
+        no copy; each step updates the 16-bit param in place from its widened value, in
+        float32, and stores the result rounded stochastically. Adam and AdamW with float32
+        or bfloat16 state: one pass per param (:func:`fastlr.kernels.adam_mixed`), 8 bytes
+        of state per param with float32 state, 4 with bfloat16 (master weights add 4); with
+        int8 state, and the other optimizers of the table with float32 state: their own
+        float32 kernel on the widened param, chunk by chunk (fastlr/optim/direct16.py). See
+        :doc:`/lowprecision`.
 
     Attributes
     ----------
@@ -189,7 +191,7 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         self._configure()
 
     def _validate_group(self, group):
-        if group.get("amsgrad") and self._direct_16bit():
+        if group.get("amsgrad") and self._direct_16bit() and self._state_dtype != "int8":
             raise ValueError(f"{self._name}: amsgrad=True is not available with "
                              f"master_weights=False (fastlr.kernels.adam_mixed keeps no "
                              f"running maximum); use master_weights=True for AMSGrad")

@@ -11,8 +11,10 @@ rounded stochastically: up with probability (the dropped part) / (the gap), so t
 stored value is the float32 result, with the random bits of
 :func:`fastlr.kernels.adam_mixed`'s param without master (a hash of the element's value
 before the update, its grad and the step: no random state, reproducible, the same for any
-thread count). The kernels are element-wise, so chunks give the bits one call would. The
-optimizer keeps the state only (4 bytes per param and buffer); the scratch buffers are
+thread count). The kernels are element-wise, so chunks give the bits one call would
+(except int8 state, whose codes' random bits take the element's index in its chunk, and
+whose blocks the chunks keep whole: Adam/AdamW with ``state_dtype="int8"`` come here too).
+The optimizer keeps the state only (4 bytes per param and buffer); the scratch buffers are
 :data:`CHUNK` elements each, kept by the front.
 
 The front is :class:`Fused16Step`'s (:mod:`fastlr.optim.fused16`: the grads' checks,
@@ -135,6 +137,10 @@ def run(opt, grads, values, twin=False, n_threads=None):
         p = opt._params[i]
         if not twin:
             kwargs["n_threads"] = n_threads
+        if opt._kernel == "rmsprop" and not kwargs.get("momentum"):
+            # a scheduled momentum keeps its buffer; the kernel takes none at momentum 0
+            # (the engine leaves it alone then)
+            kwargs["momentum_buffer"] = None
         if is_16bit(p.dtype):
             out = _update16(front, p, grad, kwargs, int(opt._counts[i]) + 1, fn, twin)
         else:

@@ -69,11 +69,12 @@ def run_per_param(opt: Any, grads: Sequence[np.ndarray], values: List[Dict[str, 
                   own_kwargs: bool = False) -> None:
     """``call(i, grad, state, kwargs)`` for every param ``i`` (a kernel or its twin on it)
     with its group's values at this step and its step number, then the counts and the
-    groups' used values. ``own_kwargs``: kwargs are the optimizer's
-    ``_reference_kwargs`` for the param (its state buffers and step included), made
-    per param (SGD's marks its momentum buffer started), without ``n_threads``. The params and groups are the layout the engine checked
+    groups' used values. The params and groups are the layout the engine checked
     (``opt._layout``), not the ``param_groups`` lists, which a caller may have edited
-    since; every param's next step number is checked before any is updated."""
+    since; every param's next step number is checked before any is updated.
+    ``own_kwargs``: kwargs are the optimizer's ``_reference_kwargs`` for the param (its
+    state buffers and step included), made per param (SGD's marks its momentum buffer
+    started), without ``n_threads``."""
     counts = opt._counts.tolist()
     if counts and max(counts) >= STEP_LIMIT:
         i = counts.index(max(counts))

@@ -310,6 +310,10 @@ def lazy_step(opt: Optimizer, grads: Sequence[Any], reference: bool = False) -> 
                          f"this optimizer keeps state_dtype={opt._state_dtype!r}")
     if len(grads) != len(opt._params):
         raise ValueError(f"{fn}: got {len(grads)} grads for {len(opt._params)} params")
+    if getattr(opt, "_master_weights", None) is False:
+        # (16-bit params without masters: the lazy kernels run float32/float64 params only)
+        raise ValueError(f"{fn}: row-sparse grads (grads[{first}]) are not supported with "
+                         f"master_weights=False; keep master weights (the default) for them")
     values = opt._engine.group_values(opt._t)
     written = _written(opt)
     plan, index = [], 0

@@ -222,6 +222,8 @@ def round_stochastic_into(param, value, grad, step, bfloat16):
             return a
         return bf16_widen(a) if bfloat16 else f16_widen(a)
 
+    if int(step) < 1:
+        raise ValueError(f"round_stochastic_into: step must be >= 1, got {step}")
     p = widen(param)
     g = widen(grad)
     key = (p.view(np.uint32) ^ (g.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(np.float32)

@@ -336,3 +336,57 @@ def test_int8_state_without_master_quality():
     ref = final_loss(np.float32)
     low = final_loss(np.float16, state_dtype="int8", master_weights=False)
     assert abs(low - ref) <= 0.02 * ref, (low, ref)
+
+
+# ---- review fixes ----------------------------------------------------------------------
+def test_rmsprop_momentum_scheduled_from_zero():
+    """A scheduled momentum keeps its buffer; at momentum 0 the kernel takes none (the
+    step raised after updating the first group's params)."""
+    warm = lambda t: 0.0 if t < 2 else 0.9      # noqa: E731
+    a, b = np.ones(4, np.float16), np.linspace(1, 2, 4).astype(np.float16)
+    c, d = a.copy(), b.copy()
+    groups = lambda x, y: [{"params": [x], "momentum": 0.5},   # noqa: E731
+                           {"params": [y], "momentum": warm}]
+    opt = fastlr.RMSprop(groups(a, b), lr=0.01, master_weights=False)
+    ref = fastlr.RMSprop(groups(c, d), lr=0.01, master_weights=False)
+    for _ in range(4):
+        g = [np.linspace(-1, 1, 4).astype(np.float16)] * 2
+        opt.step(g)
+        ref.step_reference(g)
+    assert _same(a, c) and _same(b, d) and opt.steps == 4
+    assert np.array_equal(opt.state[1]["momentum_buffer"], ref.state[1]["momentum_buffer"])
+
+
+def test_row_sparse_grads_refused_before_anything_is_written():
+    emb, w16 = np.ones((6, 3), np.float32), np.ones((2, 3), np.float16)
+    for cls in (fastlr.SGD, fastlr.Adagrad, fastlr.Adam):
+        opt = cls([emb, w16], lr=0.1, master_weights=False)
+        grads = [fastlr.RowSparseGrad(np.array([1]), np.ones((1, 3), np.float32)),
+                 np.ones((2, 3), np.float16)]
+        for step in (opt.step, opt.step_reference):
+            with pytest.raises(ValueError, match=r"row-sparse grads \(grads\[0\].*\) are "
+                                                 r"not supported with master_weights=False"):
+                step(grads)
+        assert (emb == 1).all() and (w16 == 1).all() and opt.steps == 0
+
+
+def test_amsgrad_refusal_with_int8_state_names_int8():
+    with pytest.raises(ValueError, match="state_dtype='int8'"):
+        fastlr.Adam([np.ones(3, np.float16)], lr=0.1, amsgrad=True, state_dtype="int8",
+                    master_weights=False)
+
+
+def test_sharded_optimizer_refuses_numpy_false():
+    from fastlr import distributed
+    with pytest.raises(ValueError, match="master_weights=False is not supported"):
+        distributed.ShardedOptimizer(fastlr.SGD, [np.ones(4, np.float32)], lr=0.1,
+                                     master_weights=np.False_)
+
+
+def test_rounding_refuses_none_and_step_zero():
+    with pytest.raises(TypeError):
+        MIXED.round_stochastic_into(None, np.zeros(2, np.float32), np.zeros(2, np.float32),
+                                    1, True)
+    with pytest.raises(ValueError, match="step"):
+        round_twin(np.zeros(2, np.uint16), np.zeros(2, np.float32), np.zeros(2, np.float32),
+                   0, True)
