@@ -163,6 +163,16 @@ ctypedef fused state_t:
     float
 
 
+cdef inline uint32_t _round_key(float pi, float g) noexcept nogil:
+    """The random bits' key of a 16-bit param without master (note c): its widened value's
+    bits with the widened grad's mixed in (a 16-bit param alone takes few distinct values,
+    and elements sharing a key share their random bits)."""
+    cdef uint32_t key, gkey
+    memcpy(&key, &pi, 4)
+    memcpy(&gkey, &g, 4)
+    return key ^ (gkey * <uint32_t>0x2C1B3C6Du)
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float* master,
@@ -174,7 +184,7 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
     # unswitch on them by calling the one inline loop (_run) with constant flags, so each
     # inlined loop body is straight-line code.
     cdef float pi, g, mo, vo, mi, vi, pn
-    cdef uint32_t key, gkey, r = 0
+    cdef uint32_t key, r = 0
     if has_master:
         pi = master[i]
     else:
@@ -183,11 +193,10 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
         g = grad[i]
     else:
         g = _widen16(grad[i], fmt)
-    memcpy(&key, &pi, 4)
-    if not has_master:
-        # a 16-bit param's bits are shared by many elements: mix in the grad's
-        memcpy(&gkey, &g, 4)
-        key = key ^ (gkey * <uint32_t>0x2C1B3C6Du)
+    if has_master:
+        memcpy(&key, &pi, 4)
+    else:
+        key = _round_key(pi, g)
     if state_t is uint16_t:
         r = random_bits(key, salt_state)           # low half rounds m, high half v
         mo = bf16_widen(m[i])
@@ -529,14 +538,7 @@ def f16_pack(const float[::1] x,              # IN: float32
 
 # ---- the stochastic rounding of 16-bit params without masters in the other optimizers ----
 # (fastlr/optim/direct16.py: the optimizer's float32 kernel runs on the param's widened
-# values, then this stores them; the random bits are adam_mixed's, note c)
-cdef inline uint32_t _round_key(float pi, float g) noexcept nogil:
-    cdef uint32_t key, gkey
-    memcpy(&key, &pi, 4)
-    memcpy(&gkey, &g, 4)
-    return key ^ (gkey * <uint32_t>0x2C1B3C6Du)
-
-
+# values, then this stores them; the random bits are adam_mixed's, note c: _round_key)
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef inline void _round_loop(uint16_t* p, const float* x, const grad_t* grad, Py_ssize_t n,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fastlr import kernels, reference
-from fastlr.optim.front import run_per_param
+from fastlr.optim.front import memory_order, run_per_param
 from fastlr.optim.fused16 import Fused16Step
 from fastlr.optim.master import _loops, is_16bit
 from fastlr.reference.int8state import BLOCK
@@ -53,8 +53,7 @@ def _round():
 
 def _flat(a):
     """A contiguous array as a 1-D view in memory order."""
-    return a.reshape(-1, order="F" if a.flags.f_contiguous and not a.flags.c_contiguous
-                     else "C")
+    return a.reshape(-1, order=memory_order(a))
 
 
 def _widened(bits, dtype, out, twin):
@@ -65,50 +64,27 @@ def _widened(bits, dtype, out, twin):
     return out
 
 
-def _update16(front, p, grad, kwargs, step, fn, twin):
-    """One 16-bit param's update, chunk by chunk; returns the kernel's last result."""
+def _chunked(front, p, grad, step, twin, kernel):
+    """One 16-bit param's update, chunk by chunk: each chunk of the param (and of its grad
+    when 16-bit) widened into the scratch, ``kernel(a, b, w, gw)`` on elements [a, b),
+    then the param rounded stochastically. At least one call (a zero-size param's gives
+    its scalar state: NAdam's mu_product); returns the last call's result."""
     bits = _flat(p).view(np.uint16)
     g = _flat(grad)
     wide_grad = g.dtype == np.float32
     gkey = g if wide_grad else g.view(np.uint16)
-    state = {k: _flat(v) for k, v in kwargs.items()
-             if isinstance(v, np.ndarray) and v.shape == p.shape}
-    rest = {k: v for k, v in kwargs.items() if k not in state}
     rounding = _round_twin if twin else _round()
     bf16 = p.dtype.name == "bfloat16"
     out = None
-    # (a zero-size param's kernel call still gives its scalar state: NAdam's mu_product)
     for a in range(0, max(bits.size, 1), CHUNK):
         b = min(a + CHUNK, bits.size)
         w = _widened(bits[a:b], p.dtype, front.scratch[0][:b - a], twin)
         gw = g[a:b] if wide_grad else _widened(gkey[a:b], p.dtype,
                                                front.scratch[1][:b - a], twin)
-        out = fn(w, gw, **{k: v[a:b] for k, v in state.items()}, **rest)
+        out = kernel(a, b, w, gw)
         if b > a:
             rounding(bits[a:b], w, gkey[a:b], step, bf16)
     return out
-
-
-def _update16_int8(front, p, grad, st, kwargs, step, fn, twin):
-    """One 16-bit param's update with int8 state, chunk by chunk (whole blocks: CHUNK is a
-    multiple of BLOCK; the codes' random bits take the element's index in its chunk)."""
-    bits = _flat(p).view(np.uint16)
-    g = _flat(grad)
-    wide_grad = g.dtype == np.float32
-    gkey = g if wide_grad else g.view(np.uint16)
-    codes = [_flat(st[k]) for k in ("exp_avg", "exp_avg_sq")]
-    scales = [st["exp_avg_scale"], st["exp_avg_sq_scale"]]
-    rounding = _round_twin if twin else _round()
-    bf16 = p.dtype.name == "bfloat16"
-    for a in range(0, bits.size, CHUNK):
-        b = min(a + CHUNK, bits.size)
-        sa, sb = a // BLOCK, (b + BLOCK - 1) // BLOCK
-        w = _widened(bits[a:b], p.dtype, front.scratch[0][:b - a], twin)
-        gw = g[a:b] if wide_grad else _widened(gkey[a:b], p.dtype,
-                                               front.scratch[1][:b - a], twin)
-        fn(w, gw, codes[0][a:b], scales[0][sa:sb], codes[1][a:b], scales[1][sa:sb],
-           **kwargs)
-        rounding(bits[a:b], w, gkey[a:b], step, bf16)
 
 
 def run(opt, grads, values, twin=False, n_threads=None):
@@ -124,7 +100,17 @@ def run(opt, grads, values, twin=False, n_threads=None):
             if twin:
                 kwargs.pop("n_threads", None)
             if is_16bit(p.dtype):
-                _update16_int8(front, p, grad, st, kwargs, kwargs["step"], fn8, twin)
+                # whole blocks: CHUNK is a multiple of BLOCK (the codes' random bits take
+                # the element's index in its chunk)
+                codes = [_flat(st[k]) for k in ("exp_avg", "exp_avg_sq")]
+                scales = [st["exp_avg_scale"], st["exp_avg_sq_scale"]]
+
+                def kernel(a, b, w, gw):
+                    sa, sb = a // BLOCK, (b + BLOCK - 1) // BLOCK
+                    fn8(w, gw, codes[0][a:b], scales[0][sa:sb], codes[1][a:b],
+                        scales[1][sa:sb], **kwargs)
+
+                _chunked(front, p, grad, kwargs["step"], twin, kernel)
             else:
                 fn8(p, grad, st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
                     st["exp_avg_sq_scale"], **kwargs)
@@ -137,12 +123,15 @@ def run(opt, grads, values, twin=False, n_threads=None):
         p = opt._params[i]
         if not twin:
             kwargs["n_threads"] = n_threads
-        if opt._kernel == "rmsprop" and not kwargs.get("momentum"):
-            # a scheduled momentum keeps its buffer; the kernel takes none at momentum 0
-            # (the engine leaves it alone then)
-            kwargs["momentum_buffer"] = None
         if is_16bit(p.dtype):
-            out = _update16(front, p, grad, kwargs, int(opt._counts[i]) + 1, fn, twin)
+            state = {k: _flat(v) for k, v in kwargs.items()
+                     if isinstance(v, np.ndarray) and v.shape == p.shape}
+            rest = {k: v for k, v in kwargs.items() if k not in state}
+
+            def kernel(a, b, w, gw):
+                return fn(w, gw, **{k: v[a:b] for k, v in state.items()}, **rest)
+
+            out = _chunked(front, p, grad, int(opt._counts[i]) + 1, twin, kernel)
         else:
             out = fn(p, grad, **kwargs)
         if opt._scalar:

@@ -276,8 +276,19 @@ class _SGDSemantics:
         return kwargs
 
 
+class _RMSpropSemantics:
+    """RMSprop's own rule: a scheduled momentum keeps its buffer, which a step at momentum 0
+    leaves alone (the kernels take no buffer then)."""
+
+    def _reference_kwargs(self, group, v, i):
+        kwargs = super()._reference_kwargs(group, v, i)
+        if not v["momentum"]:
+            kwargs["momentum_buffer"] = None
+        return kwargs
+
+
 #: Per-optimizer semantics that the table does not describe: mixins, by class name.
-_SEMANTICS = {"SGD": _SGDSemantics}
+_SEMANTICS = {"SGD": _SGDSemantics, "RMSprop": _RMSpropSemantics}
 
 
 def _build():

@@ -14,9 +14,16 @@ import numpy as np
 from fastlr.reference.lowprecision import (_adam_f32, bf16_round, bf16_round_stochastic,
                                            bf16_widen, random_bits, step_salt)
 
-__all__ = ["adam_mixed", "f16_round", "f16_round_stochastic", "f16_widen", "round_stochastic_into"]
+__all__ = ["adam_mixed", "f16_round", "f16_round_stochastic", "f16_widen",
+           "round_stochastic_into"]
 
 _PARAM_STREAM = 2           # the salt stream of the param's stochastic rounding
+
+
+def _param_key(p, g):
+    """The random bits' key of a 16-bit param without master: its widened value's bits with
+    the (widened) grad's mixed in (a 16-bit param alone takes few distinct values)."""
+    return (p.view(np.uint32) ^ (g.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(np.float32)
 
 
 def _bits(a):
@@ -175,10 +182,7 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
 
     p = master.copy() if master is not None else widen(param)
     graw = widen(grad)
-    key = p
-    if master is None:      # the grad's bits mixed into the 16-bit param's
-        key = (p.view(np.uint32) ^ (graw.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(
-            np.float32)
+    key = p if master is not None else _param_key(p, graw)
     state16 = exp_avg.dtype != np.float32
     m = bf16_widen(_bits(exp_avg)) if state16 else exp_avg
     v = bf16_widen(_bits(exp_avg_sq)) if state16 else exp_avg_sq
@@ -197,9 +201,7 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
         master[...] = p1
         _bits(param)[...] = bf16_round(p1) if bf16 else f16_round(p1)
     else:
-        r = random_bits(key, step_salt(step, _PARAM_STREAM))
-        _bits(param)[...] = (bf16_round_stochastic(p1, r >> np.uint32(16)) if bf16
-                             else f16_round_stochastic(p1, r))
+        round_stochastic_into(_bits(param), p1, graw, step, bf16)
 
 
 def round_stochastic_into(param, value, grad, step, bfloat16):
@@ -224,10 +226,7 @@ def round_stochastic_into(param, value, grad, step, bfloat16):
 
     if int(step) < 1:
         raise ValueError(f"round_stochastic_into: step must be >= 1, got {step}")
-    p = widen(param)
-    g = widen(grad)
-    key = (p.view(np.uint32) ^ (g.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(np.float32)
-    r = random_bits(key, step_salt(step, _PARAM_STREAM))
+    r = random_bits(_param_key(widen(param), widen(grad)), step_salt(step, _PARAM_STREAM))
     value = np.asarray(value, dtype=np.float32)
     param[...] = (bf16_round_stochastic(value, r >> np.uint32(16)) if bfloat16
                   else f16_round_stochastic(value, r))
