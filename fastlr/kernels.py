@@ -38,6 +38,7 @@ adafactor = _variant("adafactor").adafactor
 adam_bf16_state = _kernels.adam_bf16_state      # Adam / AdamW with bfloat16 state
 adam_int8_state = _variant("int8state").adam_int8_state   # ... with 8-bit block-wise state
 adam_mixed = _variant("mixed").adam_mixed       # Adam / AdamW on float16 / bfloat16 params
+adam_mixed_int8_state = _variant("mixed").adam_mixed_int8_state     # ... with 8-bit state
 
 # the validated kernels (sgd, rmsprop, adam, ...): one per row of the table
 globals().update({_name: getattr(_kernels, _name) for _name in _specs.kernels()})
@@ -61,6 +62,7 @@ __all__ = [
     "adam_bf16_state",
     "adam_int8_state",
     "adam_mixed",
+    "adam_mixed_int8_state",
 ]
 
 #: The kernel names, the same in ``fastlr.kernels`` and ``fastlr.reference`` (the table's).

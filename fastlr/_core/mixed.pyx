@@ -46,7 +46,7 @@
 
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
 from fastlr._core.args cimport NONNEG, UNIT, checked_real, flag_arg, step_arg, threads_arg
@@ -54,6 +54,7 @@ from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
                                   check_overlap, check_param_layout)
 from fastlr._core.bfloat cimport (bf16_round, bf16_round_stochastic, bf16_widen, random_bits,
                                   step_salt)
+from fastlr._core.int8core cimport BLOCK_, Coef, check_scales, coef_args, int8_block
 from fastlr._core.loops cimport AdamCoef, adam_coef, fsqrt, lerp
 from fastlr._kernels cimport AdamHyper, parallel_spans
 
@@ -63,7 +64,7 @@ import numpy as np
 
 cnp.import_array()
 
-__all__ = ["adam_mixed"]
+__all__ = ["adam_mixed", "adam_mixed_int8_state"]
 
 cdef enum:
     # The GIL is released for params at least this long (as in _kernels).
@@ -348,6 +349,39 @@ cdef str _got(cnp.ndarray a):
 _BF16_ARRAYS = "bfloat16 (ml_dtypes.bfloat16, or uint16 holding bfloat16 bits)"
 
 
+cdef str _param_format(str fn, cnp.ndarray a):
+    """The 16-bit param's format ('float16' or 'bfloat16'), after its dtype and layout
+    checks."""
+    cdef str fmt = _format(a)
+    if fmt not in ("float16", "bfloat16"):
+        raise TypeError(f"{fn}: param must have dtype float16 or {_BF16_ARRAYS}, got "
+                        f"{_got(a)}")
+    check_param_layout(fn, a)
+    return fmt
+
+
+cdef int _check_grad_or_master(str fn, str name, cnp.ndarray a, str pfmt) except -1:
+    """The grad: the param's format or float32; the master: float32."""
+    cdef str fmt = _format(a)
+    if name == "grad" and fmt != pfmt and fmt != "float32":
+        raise TypeError(f"{fn}: grad must have the param's dtype ({pfmt}) or float32, got "
+                        f"{_got(a)}")
+    if name == "master" and fmt != "float32":
+        raise TypeError(f"{fn}: master must have dtype float32 (or be None), got {_got(a)}")
+    return 0
+
+
+cdef int _no_overlap(str fn, tuple names, list arrays) except -1:
+    """No two of the (non-empty) arrays share memory, the grad included."""
+    cdef char* lo[8]
+    cdef char* hi[8]
+    cdef int k
+    for k in range(len(arrays)):
+        lo[k] = <char*>cnp.PyArray_DATA(arrays[k])
+        hi[k] = lo[k] + cnp.PyArray_NBYTES(arrays[k])
+    return check_overlap(fn, names, lo, hi, len(arrays))
+
+
 def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1=0.9,
                beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
                maximize=False, n_threads=None):
@@ -453,17 +487,12 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
         a = <cnp.ndarray>obj
         fmt = _format(a)
         if k == 0:
-            if fmt not in ("float16", "bfloat16"):
-                raise TypeError(f"{fn}: param must have dtype float16 or {_BF16_ARRAYS}, got "
-                                f"{_got(a)}")
             p = a
-            pfmt = fmt
-            check_param_layout(fn, a)
+            pfmt = _param_format(fn, a)
             c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
         else:
-            if k == 1 and fmt != pfmt and fmt != "float32":
-                raise TypeError(f"{fn}: grad must have the param's dtype ({pfmt}) or float32, "
-                                f"got {_got(a)}")
+            if k == 1 or k == 4:
+                _check_grad_or_master(fn, name, a, pfmt)
             if k == 2 and fmt not in ("float32", "bfloat16"):
                 raise TypeError(f"{fn}: exp_avg must have dtype float32 or {_BF16_ARRAYS}, "
                                 f"got {_got(a)}")
@@ -472,22 +501,13 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
             if k == 3 and fmt != sfmt:
                 raise TypeError(f"{fn}: exp_avg_sq must have exp_avg's dtype ({sfmt}), got "
                                 f"{_got(a)}")
-            if k == 4 and fmt != "float32":
-                raise TypeError(f"{fn}: master must have dtype float32 (or be None), got "
-                                f"{_got(a)}")
             check_like_param(fn, name, a, p, c_order, k != 1)
         check_buffer(fn, name, a, k != 1)
         arrays.append(a)
-    # Overlap: no buffer may share memory with another (the grad included).
     cdef Py_ssize_t size = cnp.PyArray_SIZE(p)
-    cdef char* lo[5]
-    cdef char* hi[5]
     if size == 0:
         return None
-    for k in range(len(arrays)):
-        lo[k] = <char*>cnp.PyArray_DATA(arrays[k])
-        hi[k] = lo[k] + size * cnp.PyArray_ITEMSIZE(arrays[k])
-    check_overlap(fn, names, lo, hi, len(arrays))
+    _no_overlap(fn, names, arrays)
 
     adam_coef(&h, &mc.adam)
     mc.salt_param = step_salt(h.step, PARAM_STREAM)
@@ -579,3 +599,234 @@ def round_stochastic_into(uint16_t[::1] param not None,  # IN/OUT: 16-bit bits (
             _round_loop(&param[0], &value[0], &grad[0], n, salt, FMT_BF16)
         else:
             _round_loop(&param[0], &value[0], &grad[0], n, salt, FMT_F16)
+
+
+# ---------------------------------------------------------------------------------------
+# 16-bit params with 8-bit block-wise state (fastlr/_core/int8core.pxd), in one pass
+# ---------------------------------------------------------------------------------------
+# Per block of BLOCK elements (fastlr/_core/int8state.pyx, note a), in L1-sized stack
+# buffers: the grad widened (16-bit grads), the param's float32 values (the master's, or the
+# 16-bit param widened), int8core's int8_block on them (decode, update, new absmax, encode:
+# the bits of fastlr.kernels.adam_int8_state on float32 arrays holding the same values),
+# then the param stored: rounded to nearest even from the master, or stochastically as
+# round_stochastic_into rounds (the random bits of adam_mixed without master, note c).
+# The codes' random bits take the element's index in the param with a master, and its
+# index modulo CHUNK_16 without one: the bits of fastlr/optim/direct16.py's chunked passes
+# (the widened param, adam_int8_state and round_stochastic_into per chunk of 65536
+# elements), which its NumPy twin (fastlr.reference.adam_mixed_int8_state) still runs.
+cdef enum:
+    CHUNK_16 = 65536        # a multiple of BLOCK_
+
+
+ctypedef struct Job8:
+    uint16_t* p
+    char* grad
+    float* master           # NULL: no master
+    uint8_t* m
+    uint8_t* v
+    float* sm
+    float* sv
+    Coef c
+    uint32_t salt_param
+    int fmt, grad32
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+cdef inline void _blocks8(Job8* job, const grad_t* grad, Py_ssize_t start, Py_ssize_t stop,
+                          int fmt, bint has_master) noexcept nogil:
+    # fmt and has_master come in as constants (_span8): straight-line block loops
+    cdef float pw[BLOCK_]
+    cdef float gw[BLOCK_]
+    cdef const float* gp
+    cdef float* pp
+    cdef uint16_t* p
+    cdef Py_ssize_t b = start, nb, j
+    cdef uint32_t r
+    while b < stop:
+        nb = min(<Py_ssize_t>BLOCK_, stop - b)
+        p = job.p + b
+        if grad_t is float:
+            gp = grad + b
+        else:
+            for j in range(nb):
+                gw[j] = _widen16(grad[b + j], fmt)
+            gp = gw
+        if has_master:
+            pp = job.master + b
+        else:
+            for j in range(nb):
+                pw[j] = _widen16(p[j], fmt)
+            pp = pw
+        int8_block(pp, gp, job.m + b, job.v + b, job.sm + b // BLOCK_, job.sv + b // BLOCK_,
+                   b if has_master else b % CHUNK_16, nb, &job.c)
+        if has_master:
+            for j in range(nb):
+                p[j] = bf16_round(pp[j]) if fmt == FMT_BF16 else _f16_round(pp[j])
+        else:
+            # the key: the param's value before the update (still in p) and the grad's
+            for j in range(nb):
+                r = random_bits(_round_key(_widen16(p[j], fmt), gp[j]), job.salt_param)
+                p[j] = (bf16_round_stochastic(pp[j], r >> 16) if fmt == FMT_BF16
+                        else _f16_round_stochastic(pp[j], r))
+        b += BLOCK_
+
+
+cdef inline void _span8_grad(Job8* job, const grad_t* grad, Py_ssize_t start,
+                             Py_ssize_t stop) noexcept nogil:
+    if job.fmt == FMT_BF16 and job.master != NULL:
+        _blocks8(job, grad, start, stop, FMT_BF16, True)
+    elif job.fmt == FMT_BF16:
+        _blocks8(job, grad, start, stop, FMT_BF16, False)
+    elif job.master != NULL:
+        _blocks8(job, grad, start, stop, FMT_F16, True)
+    else:
+        _blocks8(job, grad, start, stop, FMT_F16, False)
+
+
+cdef void _span8(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
+    # start is a multiple of BLOCK_ (parallel_spans' chunks are multiples of SPAN_CHUNK)
+    cdef Job8* job = <Job8*>ctx
+    if job.grad32:
+        _span8_grad(job, <const float*>job.grad, start, stop)
+    else:
+        _span8_grad(job, <const uint16_t*>job.grad, start, stop)
+
+
+_NAMES8 = ("param", "grad", "exp_avg", "exp_avg_scale", "exp_avg_sq", "exp_avg_sq_scale",
+           "master")
+
+
+def adam_mixed_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale,
+                          master=None, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                          weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
+                          amsgrad=False, n_threads=None):
+    """Adam / AdamW on a 16-bit param (float16 or bfloat16) with 8-bit block-wise quantized
+    moments, in place, in one pass.
+
+    Per block of 256 elements: the grad is widened exactly (a float32 grad is read as is),
+    the param's float32 values are the master's (when given) or the 16-bit param widened
+    exactly, and the block is updated as :func:`adam_int8_state` updates float32 arrays
+    holding those values (the moments decoded, updated, re-encoded; the same bits)::
+
+        m = beta1 * m + (1 - beta1) * g,  v = beta2 * v + (1 - beta2) * g * g,
+        p1 = p * (1 - lr * wd) - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    (``1 - lr * wd`` only with ``decoupled_weight_decay``). With ``master``: ``master = p1``
+    and ``param = p1`` rounded to nearest even. Without: ``param = p1`` rounded
+    stochastically with :func:`adam_mixed`'s random bits (the expected stored value is
+    ``p1``). The codes' random bits take the element's index in the param with a master,
+    and its index modulo 65536 without one (the bits of ``fastlr.AdamW(...,
+    state_dtype="int8", master_weights=False)``'s steps before this kernel). Optimizer-owned
+    bytes per element: 2.03 without a master (codes and scales), 6.03 with one. Its NumPy
+    twin is :func:`fastlr.reference.adam_mixed_int8_state` (bit for bit). Returns None.
+
+    Parameters
+    ----------
+    param : numpy.ndarray
+        float16, or bfloat16 (``ml_dtypes.bfloat16``, or ``uint16`` bfloat16 bits); C- or
+        F-contiguous, writeable; updated in place.
+    grad : numpy.ndarray
+        The param's format or float32, the param's shape and layout; only read.
+    exp_avg, exp_avg_sq : numpy.ndarray
+        uint8 codes, the param's shape and layout, updated in place; start at zeros.
+    exp_avg_scale, exp_avg_sq_scale : numpy.ndarray
+        float32, 1-D of ``ceil(param.size / 256)`` elements, updated in place; start at
+        zeros.
+    master : numpy.ndarray, optional
+        float32 master weights (the param's shape and layout), updated in place. None:
+        update the 16-bit param directly.
+    step : int
+        The 1-based update number, >= 1.
+    lr : float
+        learning rate (parameter units per unit of ``m / sqrt(v)``), a finite number >= 0.
+    beta1, beta2 : float, default 0.9, 0.999
+        moment decays, in [0, 1).
+    eps : float, default 1e-8
+        added to the denominator (gradient units), a finite number >= 0.
+    weight_decay : float, default 0.0
+        a finite number >= 0 (L2, or decoupled with ``decoupled_weight_decay``).
+    decoupled_weight_decay : bool, default False
+        ``p *= 1 - lr * wd`` (AdamW) instead of L2.
+    maximize : bool, default False
+        ascend instead of descend.
+    amsgrad : bool, default False
+        not available with 8-bit state: True raises ValueError.
+    n_threads : int, optional
+        threads to use (None: :func:`get_num_threads`); the result does not depend on it.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type or dtype.
+    ValueError
+        If shapes, lengths or layouts differ, a written buffer is read-only, buffers
+        overlap, a hyperparameter is out of range, or ``amsgrad`` is True (nothing is
+        written).
+
+    Examples
+    --------
+    >>> p = np.ones(3, np.float16); g = np.full(3, 0.5, np.float16)
+    >>> m = np.zeros(3, np.uint8); v = np.zeros(3, np.uint8)
+    >>> ms = np.zeros(1, np.float32); vs = np.zeros(1, np.float32)
+    >>> w = p.astype(np.float32)
+    >>> kernels.adam_mixed_int8_state(p, g, m, ms, v, vs, w, step=1, lr=0.1)
+    >>> p, w
+    (array([0.9, 0.9, 0.9], dtype=float16), array([0.9, 0.9, 0.9], dtype=float32))
+    """
+    cdef str fn = "fastlr.kernels.adam_mixed_int8_state"
+    cdef Job8 job
+    cdef int64_t t = coef_args(fn, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize,
+                               amsgrad, "use bfloat16 or float32 state "
+                               "(fastlr.kernels.adam_mixed) for AMSGrad", &job.c)
+    cdef int nt = threads_arg(fn, n_threads)
+    objs = (param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, master)
+    cdef list arrays = []
+    cdef cnp.ndarray a, p = None
+    cdef str pfmt = ""
+    cdef bint c_order = True
+    cdef Py_ssize_t n = 0
+    cdef int k
+    for k in range(7):
+        obj = objs[k]
+        name = _NAMES8[k]
+        if obj is None and k == 6:
+            break
+        check_ndarray(fn, name, obj, "")
+        a = <cnp.ndarray>obj
+        if k == 0:
+            p = a
+            pfmt = _param_format(fn, a)
+            c_order = cnp.PyArray_IS_C_CONTIGUOUS(a)
+            n = cnp.PyArray_SIZE(a)
+        elif k == 3 or k == 5:
+            check_scales(fn, name, a, n)
+        else:
+            if k == 1 or k == 6:
+                _check_grad_or_master(fn, name, a, pfmt)
+            elif cnp.PyArray_TYPE(a) != cnp.NPY_UINT8:
+                raise TypeError(f"{fn}: {name} must have dtype uint8 (8-bit state codes), got "
+                                f"{_got(a)}")
+            check_like_param(fn, name, a, p, c_order, k != 1)
+        check_buffer(fn, name, a, k != 1)
+        arrays.append(a)
+    if n == 0:          # every buffer is empty
+        return None
+    _no_overlap(fn, _NAMES8, arrays)
+
+    job.salt_param = step_salt(t, PARAM_STREAM)
+    job.fmt = FMT_BF16 if pfmt == "bfloat16" else FMT_F16
+    job.p = <uint16_t*>cnp.PyArray_DATA(arrays[0])
+    job.grad = <char*>cnp.PyArray_DATA(arrays[1])
+    job.grad32 = cnp.PyArray_TYPE(arrays[1]) == cnp.NPY_FLOAT
+    job.m = <uint8_t*>cnp.PyArray_DATA(arrays[2])
+    job.sm = <float*>cnp.PyArray_DATA(arrays[3])
+    job.v = <uint8_t*>cnp.PyArray_DATA(arrays[4])
+    job.sv = <float*>cnp.PyArray_DATA(arrays[5])
+    job.master = <float*>cnp.PyArray_DATA(arrays[6]) if len(arrays) == 7 else NULL
+    if n >= NOGIL_MIN_SIZE:
+        with nogil:
+            parallel_spans(_span8, &job, n, nt)
+    else:
+        parallel_spans(_span8, &job, n, nt)

@@ -11,11 +11,14 @@ rounded stochastically: up with probability (the dropped part) / (the gap), so t
 stored value is the float32 result, with the random bits of
 :func:`fastlr.kernels.adam_mixed`'s param without master (a hash of the element's value
 before the update, its grad and the step: no random state, reproducible, the same for any
-thread count). The kernels are element-wise, so chunks give the bits one call would
-(except int8 state, whose codes' random bits take the element's index in its chunk, and
-whose blocks the chunks keep whole: Adam/AdamW with ``state_dtype="int8"`` come here too).
+thread count). The kernels are element-wise, so chunks give the bits one call would.
 The optimizer keeps the state only (4 bytes per param and buffer); the scratch buffers are
 :data:`CHUNK` elements each, kept by the front.
+
+Adam/AdamW with ``state_dtype="int8"`` come here too, and take one pass per 16-bit param:
+:func:`fastlr.kernels.adam_mixed_int8_state` (widening, the 8-bit block update and the
+stochastic rounding per block of 256 elements in L1), whose twin runs the passes above
+(the codes' random bits take the element's index in its chunk of 65536: the same bits).
 
 The front is :class:`Fused16Step`'s (:mod:`fastlr.optim.fused16`: the grads' checks,
 schedules, clipping and the layout are the same); only the per-param update differs. The
@@ -33,7 +36,6 @@ from fastlr import kernels, reference
 from fastlr.optim.front import memory_order, run_per_param
 from fastlr.optim.fused16 import Fused16Step
 from fastlr.optim.master import _loops, is_16bit
-from fastlr.reference.int8state import BLOCK
 from fastlr.reference.mixed import round_stochastic_into as _round_twin
 
 __all__ = ["CHUNK", "Direct16Step", "run"]
@@ -93,27 +95,14 @@ def run(opt, grads, values, twin=False, n_threads=None):
     where = reference if twin else kernels
     front = opt._fused16
     if opt._state_dtype == "int8":
-        fn8 = where.adam_int8_state
+        fn16, fn8 = where.adam_mixed_int8_state, where.adam_int8_state
 
         def call8(i, grad, st, kwargs):
             p = opt._params[i]
-            if twin:
-                kwargs.pop("n_threads", None)
-            if is_16bit(p.dtype):
-                # whole blocks: CHUNK is a multiple of BLOCK (the codes' random bits take
-                # the element's index in its chunk)
-                codes = [_flat(st[k]) for k in ("exp_avg", "exp_avg_sq")]
-                scales = [st["exp_avg_scale"], st["exp_avg_sq_scale"]]
-
-                def kernel(a, b, w, gw):
-                    sa, sb = a // BLOCK, (b + BLOCK - 1) // BLOCK
-                    fn8(w, gw, codes[0][a:b], scales[0][sa:sb], codes[1][a:b],
-                        scales[1][sa:sb], **kwargs)
-
-                _chunked(front, p, grad, kwargs["step"], twin, kernel)
-            else:
-                fn8(p, grad, st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
-                    st["exp_avg_sq_scale"], **kwargs)
+            # a 16-bit param in one pass (its twin: the chunked passes, the same bits)
+            fn = fn16 if is_16bit(p.dtype) else fn8
+            fn(p, grad, st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
+               st["exp_avg_sq_scale"], **kwargs)
 
         run_per_param(opt, grads, values, call8, n_threads)
         return

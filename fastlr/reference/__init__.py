@@ -60,6 +60,7 @@ from fastlr.reference.dadapt import dadapt_adagrad_step, dadapt_adam_step, dadap
 from fastlr.reference.muon import muon  # noqa: F401  (Muon's twin; its own module)
 from fastlr.reference.adafactor import adafactor
 from fastlr.reference.mixed import adam_mixed  # noqa: F401  (16-bit params; fastlr.kernels.adam_mixed)
+from fastlr.reference.mixed import adam_mixed_int8_state  # noqa: F401  (... with 8-bit state)
 
 __all__ = ["sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta", "adamax", "nadam", "radam",
            "lion", "rprop", "asgd", "sgd_sklearn", "adam_sklearn", "ema_update", "swap_buffers",

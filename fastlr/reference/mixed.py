@@ -14,8 +14,8 @@ import numpy as np
 from fastlr.reference.lowprecision import (_adam_f32, bf16_round, bf16_round_stochastic,
                                            bf16_widen, random_bits, step_salt)
 
-__all__ = ["adam_mixed", "f16_round", "f16_round_stochastic", "f16_widen",
-           "round_stochastic_into"]
+__all__ = ["adam_mixed", "adam_mixed_int8_state", "f16_round", "f16_round_stochastic",
+           "f16_widen", "round_stochastic_into"]
 
 _PARAM_STREAM = 2           # the salt stream of the param's stochastic rounding
 
@@ -230,3 +230,87 @@ def round_stochastic_into(param, value, grad, step, bfloat16):
     value = np.asarray(value, dtype=np.float32)
     param[...] = (bf16_round_stochastic(value, r >> np.uint32(16)) if bfloat16
                   else f16_round_stochastic(value, r))
+
+
+#: Elements per chunk of the twin's passes without a master (the codes' random bits take
+#: the element's index in its chunk; fastlr/optim/direct16.py's CHUNK)
+CHUNK = 1 << 16
+
+
+def adam_mixed_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale,
+                          master=None, *, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                          weight_decay=0.0, decoupled_weight_decay=False, maximize=False,
+                          amsgrad=False, n_threads=None):
+    """Twin of :func:`fastlr.kernels.adam_mixed_int8_state`: Adam / AdamW on a 16-bit param
+    with 8-bit block-wise state, in place, bit for bit, as passes of the other twins.
+
+    With ``master``: :func:`fastlr.reference.adam_int8_state` on the master with the grad
+    widened exactly, then the param = the master rounded to nearest even. Without: per
+    chunk of :data:`CHUNK` elements (memory order), the param and grad widened exactly,
+    :func:`fastlr.reference.adam_int8_state` on the widened values and the chunk's codes
+    and scales (so the codes' random bits take the index in the chunk), then
+    :func:`round_stochastic_into`.
+
+    Parameters
+    ----------
+    param : ndarray
+        float16 or bfloat16 (``ml_dtypes.bfloat16`` or ``uint16`` bits), updated in place.
+    grad : ndarray
+        The param's format or float32; not modified.
+    exp_avg, exp_avg_sq : ndarray of uint8
+        The codes, updated in place.
+    exp_avg_scale, exp_avg_sq_scale : ndarray of float32
+        One scale per block of 256 elements, updated in place.
+    master : ndarray of float32, optional
+        Updated in place.
+    step : int
+        1-based update number.
+    lr, beta1, beta2, eps, weight_decay : float
+    decoupled_weight_decay, maximize, amsgrad : bool
+        ``amsgrad`` must be False.
+    n_threads : int, optional
+        Ignored (signature compatibility).
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> p = np.ones(2, np.float16); g = np.full(2, 0.5, np.float16)
+    >>> m = np.zeros(2, np.uint8); v = np.zeros(2, np.uint8)
+    >>> s = np.zeros(1, np.float32); t = np.zeros(1, np.float32)
+    >>> from fastlr.reference.mixed import adam_mixed_int8_state
+    >>> adam_mixed_int8_state(p, g, m, s, v, t, step=1, lr=0.1)
+    >>> p
+    array([0.9, 0.9], dtype=float16)
+    """
+    from fastlr.reference.int8state import BLOCK, adam_int8_state
+
+    bf16 = param.dtype != np.float16
+
+    def widen(a):
+        if a.dtype == np.float32:
+            return a
+        return bf16_widen(_bits(a)) if bf16 else f16_widen(_bits(a))
+
+    kw = dict(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+              decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+              amsgrad=amsgrad)
+    order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
+    if master is not None:
+        adam_int8_state(master, widen(grad), exp_avg, exp_avg_scale, exp_avg_sq,
+                        exp_avg_sq_scale, **kw)
+        _bits(param)[...] = bf16_round(master) if bf16 else f16_round(master)
+        return
+    bits = _bits(param).reshape(-1, order=order)
+    g = grad.reshape(-1, order=order)
+    gkey = g if g.dtype == np.float32 else _bits(g)
+    codes = [c.reshape(-1, order=order) for c in (exp_avg, exp_avg_sq)]
+    for a in range(0, bits.size, CHUNK):
+        b = min(a + CHUNK, bits.size)
+        w = widen(bits[a:b]).astype(np.float32)     # a copy (the param's old bits are kept)
+        sa, sb = a // BLOCK, (b + BLOCK - 1) // BLOCK
+        adam_int8_state(w, widen(g[a:b]), codes[0][a:b], exp_avg_scale[sa:sb], codes[1][a:b],
+                        exp_avg_sq_scale[sa:sb], **kw)
+        round_stochastic_into(bits[a:b], w, gkey[a:b], step, bf16)
