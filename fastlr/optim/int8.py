@@ -24,6 +24,7 @@ from fastlr import kernels
 from fastlr.kernels import zeros_like_many
 from fastlr.optim.front import (EngineFront, check_overlap, clipped, memory_order, regions,
                                  run_per_param, split_flat)
+from fastlr.optim.master import _same_layout
 from fastlr.reference.int8state import (BLOCK, int8_decode, int8_decode_signed,
                                        int8_encode)
 
@@ -73,7 +74,7 @@ class Int8Step(EngineFront):
     (``begin_windows``); ``step`` then runs the kernel per param (the float32 step pays
     nothing for this mode)."""
 
-    __slots__ = ("last_grad_norm", "regions")
+    __slots__ = ("last_grad_norm", "published", "regions")
 
     def __init__(self, owner: Any, engine: Any) -> None:
         super().__init__(owner, engine)
@@ -81,6 +82,8 @@ class Int8Step(EngineFront):
         self.regions = regions([])
         #: the grads' norm of the last step that clipped (NaN before)
         self.last_grad_norm = math.nan
+        #: indices of the params whose 16-bit param the last step stored (run)
+        self.published: set = set()
 
     def step(self, grads: Any, t: int, n_threads: int, max_grad_norm: float,
              skip_nonfinite: bool) -> bool:
@@ -100,16 +103,28 @@ class Int8Step(EngineFront):
         grads = clipped(self, list(grads), n_threads, max_grad_norm, skip_nonfinite)
         if grads is None:
             return False
-        run(opt, grads, values, kernels.adam_int8_state, n_threads)
+        self.published = set()
+        run(opt, grads, values, kernels.adam_int8_state, n_threads, self.published)
         return True
 
 
-def run(opt, grads, values, fn, n_threads=None):
+def run(opt, grads, values, fn, n_threads=None, published=None):
     """``fn`` (the kernel or its twin) on every param with its group's values at this step,
-    then the counts (:func:`fastlr.optim.front.run_per_param`)."""
+    then the counts (:func:`fastlr.optim.front.run_per_param`). With ``published`` (a set;
+    the compiled step), a float32 master of a 16-bit param in its layout is stepped by
+    :func:`fastlr.kernels.adam_mixed_int8_state` instead, which also stores the param
+    (the master rounded to nearest even: what publishing the masters would store, in the
+    same pass), and its index is added to ``published``."""
     def call(i, grad, st, kwargs):
-        fn(opt._params[i], grad, st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"],
-           st["exp_avg_sq_scale"], **kwargs)
+        p = opt._params[i]
+        state = (st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"], st["exp_avg_sq_scale"])
+        user = opt._user(p) if published is not None and getattr(opt, "_masters_of", None) \
+            else None
+        if user is not None and _same_layout(user, p):
+            kernels.adam_mixed_int8_state(user, grad, *state, p, **kwargs)
+            published.add(i)
+        else:
+            fn(p, grad, *state, **kwargs)
 
     run_per_param(opt, grads, values, call, n_threads)
 

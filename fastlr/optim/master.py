@@ -189,11 +189,12 @@ class MasterWeightsMixin:
             out[i] = buf
         return out
 
-    def _publish_masters(self) -> None:
-        """Every 16-bit param = its master rounded to nearest even."""
-        for p in self._params:
+    def _publish_masters(self, done=()) -> None:
+        """Every 16-bit param = its master rounded to nearest even (but those whose index is
+        in ``done``: stored by the step itself)."""
+        for i, p in enumerate(self._params):
             user = self._user(p)
-            if user is not None:
+            if user is not None and i not in done:
                 _round_into(user, p)
 
     def _masters_state(self) -> Dict[int, np.ndarray]:

@@ -105,8 +105,8 @@ class StepMixin(_OptimizerAttrs):
                 applied = lazy_step(self, grads)
             if applied:
                 self._t += 1
-                if masters:
-                    self._publish_masters()
+                if masters:     # (int8 state stores most of them itself: Int8Step.published)
+                    self._publish_masters(getattr(self._engine, "published", ()))
             else:
                 self._skipped += 1
         except (TypeError, ValueError) as error:

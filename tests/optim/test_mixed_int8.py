@@ -241,3 +241,43 @@ def test_adamw_without_master_steps_through_the_kernel(fmt, monkeypatch):
         assert _same_bits(p, q), i
         for k, v in o1.state[i].items():
             assert np.array_equal(v, o2.state[i][k]), (i, k)
+
+
+@pytest.mark.parametrize("fmt", ["float16", "bf16-ml_dtypes"])
+def test_adamw_with_masters_stores_the_params_in_the_kernel(fmt, monkeypatch):
+    """fastlr.AdamW(state_dtype="int8") on 16-bit params keeps float32 masters; its compiled
+    step runs this kernel with the master (one pass: the param stored there, not published
+    again), bit for bit its step_reference (adam_int8_state on the masters, then the masters
+    published), clipping, a NaN grad, an F-ordered param and a float32 grad included."""
+    dt = _dtype(fmt)
+    rng = np.random.default_rng(8)
+    shapes = [(300, 251), (40, 9), (77,)]
+    a = [np.asarray(rng.standard_normal(s).astype(np.float32).astype(dt)) for s in shapes]
+    a[1] = np.asfortranarray(a[1])
+    b = [p.copy(order="A") for p in a]
+    kw = dict(lr=0.01, weight_decay=0.1, state_dtype="int8", max_grad_norm=5.0)
+    o1 = fastlr.AdamW(a, n_threads=2, **kw)
+    o2 = fastlr.AdamW(b, **kw)
+    calls, rounded = [], []
+    real = kernels.adam_mixed_int8_state
+    monkeypatch.setattr(kernels, "adam_mixed_int8_state",
+                        lambda *x, **k: calls.append(1) or real(*x, **k))
+    from fastlr.optim import master
+    real_round = master._round_into
+    monkeypatch.setattr(master, "_round_into",
+                        lambda *x: rounded.append(1) or real_round(*x))
+    for t in range(4):
+        g = [np.array((0.1 * rng.standard_normal(p.shape)).astype(
+            np.float32 if (t == 2 and i == 2) else dt), order="A") for i, p in enumerate(a)]
+        g[1] = np.asfortranarray(g[1])
+        if t == 1:
+            g[2][3] = np.nan
+        o1.step(g)
+        o2.step_reference([x.copy(order="A") for x in g])
+    assert len(calls) == 12 and len(rounded) == 12      # 12: the twin's publishing only
+    for i, (p, q) in enumerate(zip(a, b)):
+        assert _same_bits(p, q), i
+        assert _same_bits(o1.param_groups[0]["params"][i], o2.param_groups[0]["params"][i])
+        for k, v in o1.state[i].items():
+            w = o2.state[i][k]
+            assert _same_bits(v, w) if isinstance(v, np.ndarray) else v == w, (i, k)
