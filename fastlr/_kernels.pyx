@@ -785,6 +785,71 @@ include "_kernels_api.pxi"
 def _init_cores():
     from fastlr._core import dispatch as _dispatch
     _set_cores(_dispatch.default_target())
+    _init_low_precision()
+
+
+# =======================================================================================
+# The C API of the 8-bit state and 16-bit params: their loops live in fastlr._core.int8state
+# and fastlr._core.mixed (built per instruction set, fastlr/_core/dispatch.py); these entry
+# points call the build dispatch.module picks, through the pointers its _c_api gives
+# (set once, when this module is imported; FASTLR_CPU caps the level as for fastlr.kernels).
+# =======================================================================================
+from libc.stdint cimport uint8_t, uint16_t
+
+ctypedef void (*int8_f32_fn)(float*, const float*, uint8_t*, float*, uint8_t*, float*,
+                             Py_ssize_t, const AdamHyper*, int) noexcept nogil
+ctypedef void (*p16_f32_fn)(const Param16*, float*, float*, Py_ssize_t, const AdamHyper*,
+                            int) noexcept nogil
+ctypedef void (*p16_bf16_fn)(const Param16*, uint16_t*, uint16_t*, Py_ssize_t,
+                             const AdamHyper*, int) noexcept nogil
+ctypedef void (*p16_int8_fn)(const Param16*, uint8_t*, float*, uint8_t*, float*, Py_ssize_t,
+                             const AdamHyper*, int) noexcept nogil
+
+cdef int8_f32_fn _ADAM_F32_INT8 = NULL
+cdef p16_f32_fn _ADAM_16_F32 = NULL
+cdef p16_bf16_fn _ADAM_16_BF16 = NULL
+cdef p16_int8_fn _ADAM_16_INT8 = NULL
+_LOW_PRECISION_API = {}         # the capsules (and so their modules), kept alive
+
+
+def _init_low_precision():
+    global _ADAM_F32_INT8, _ADAM_16_F32, _ADAM_16_BF16, _ADAM_16_INT8
+    from fastlr._core import dispatch as _dispatch
+    for name in ("int8state", "mixed"):
+        _LOW_PRECISION_API.update(_dispatch.module(name)._c_api())
+
+    _ADAM_F32_INT8 = <int8_f32_fn>_c_api_pointer("adam_f32_int8state")
+    _ADAM_16_F32 = <p16_f32_fn>_c_api_pointer("adam_16_f32state")
+    _ADAM_16_BF16 = <p16_bf16_fn>_c_api_pointer("adam_16_bf16state")
+    _ADAM_16_INT8 = <p16_int8_fn>_c_api_pointer("adam_16_int8state")
+
+
+cdef void* _c_api_pointer(str name) except NULL:
+    return PyCapsule_GetPointer(_LOW_PRECISION_API[name], b"fastlr.c_api")
+
+
+cdef void adam_f32_int8state(float* param, const float* grad, uint8_t* exp_avg,
+                             float* exp_avg_scale, uint8_t* exp_avg_sq,
+                             float* exp_avg_sq_scale, Py_ssize_t n, const AdamHyper* h,
+                             int n_threads) noexcept nogil:
+    _ADAM_F32_INT8(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, n, h,
+                   n_threads)
+
+
+cdef void adam_16_f32state(const Param16* p, float* exp_avg, float* exp_avg_sq, Py_ssize_t n,
+                           const AdamHyper* h, int n_threads) noexcept nogil:
+    _ADAM_16_F32(p, exp_avg, exp_avg_sq, n, h, n_threads)
+
+
+cdef void adam_16_bf16state(const Param16* p, uint16_t* exp_avg, uint16_t* exp_avg_sq,
+                            Py_ssize_t n, const AdamHyper* h, int n_threads) noexcept nogil:
+    _ADAM_16_BF16(p, exp_avg, exp_avg_sq, n, h, n_threads)
+
+
+cdef void adam_16_int8state(const Param16* p, uint8_t* exp_avg, float* exp_avg_scale,
+                            uint8_t* exp_avg_sq, float* exp_avg_sq_scale, Py_ssize_t n,
+                            const AdamHyper* h, int n_threads) noexcept nogil:
+    _ADAM_16_INT8(p, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, n, h, n_threads)
 
 
 # =======================================================================================

@@ -18,12 +18,18 @@ per-dtype function in a ``with nogil`` block.
 import numpy as np
 
 from cython cimport floating
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 
 from fastlr._kernels cimport (
+    INT8_BLOCK,
     AdamHyper,
+    Param16,
+    adam_16_bf16state,
+    adam_16_f32state,
+    adam_16_int8state,
     adam_f32,
     adam_f32_bf16state,
+    adam_f32_int8state,
     adam_f32_parallel,
     adam_f64,
     adam_f64_parallel,
@@ -36,7 +42,8 @@ from fastlr._schedules cimport (
     schedule_value,
 )
 
-__all__ = ["adam_step", "adam_bf16_state_step", "adam_run", "schedule_at", "default_threads"]
+__all__ = ["adam_step", "adam_bf16_state_step", "adam_int8_state_step", "adam_bf16_params_step",
+           "adam_run", "schedule_at", "default_threads"]
 
 
 def default_threads():
@@ -250,6 +257,128 @@ def adam_bf16_state_step(param, grad, exp_avg, exp_avg_sq, *, int64_t step, doub
         return
     with nogil:
         adam_f32_bf16state(&p[0], &g[0], &m[0], &v[0], NULL, n, &h, threads)
+
+
+def adam_int8_state_step(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, *,
+                         int64_t step, double lr, double beta1=0.9, double beta2=0.999,
+                         double eps=1e-8, double weight_decay=0.0,
+                         bint decoupled_weight_decay=False, n_threads=1):
+    """One Adam update with 8-bit state, in place, as ``fastlr.kernels.adam_int8_state``:
+    float32 ``param`` and ``grad``; per moment ``uint8`` codes (param's shape) and float32
+    scales, one per block of INT8_BLOCK elements; 1-D, C-contiguous."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the 1-based update number), got {step}")
+    cdef AdamHyper h = _adam_hyper(lr, beta1, beta2, eps, weight_decay,
+                                   decoupled_weight_decay, False)
+    h.step = step
+    cdef int threads = _threads(n_threads)
+    if not isinstance(param, np.ndarray) or param.dtype != np.float32:
+        raise TypeError("param must be a float32 numpy.ndarray")
+    shape = param.shape
+    _check_array("param", param, np.dtype(np.float32), shape, True)
+    _check_array("grad", grad, np.dtype(np.float32), shape, False)
+    _check_int8_state(exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, shape, param.size)
+    _check_no_overlap([("param", param), ("grad", grad), ("exp_avg", exp_avg),
+                       ("exp_avg_scale", exp_avg_scale), ("exp_avg_sq", exp_avg_sq),
+                       ("exp_avg_sq_scale", exp_avg_sq_scale)])
+    cdef float[::1] p = param.reshape(-1)
+    cdef const float[::1] g = grad.reshape(-1)
+    cdef uint8_t[::1] m = exp_avg.reshape(-1)
+    cdef float[::1] ms = exp_avg_scale
+    cdef uint8_t[::1] v = exp_avg_sq.reshape(-1)
+    cdef float[::1] vs = exp_avg_sq_scale
+    cdef Py_ssize_t n = p.shape[0]
+    if n == 0:
+        return
+    with nogil:
+        adam_f32_int8state(&p[0], &g[0], &m[0], &ms[0], &v[0], &vs[0], n, &h, threads)
+
+
+def _check_int8_state(exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, shape, size):
+    nblk = (size + INT8_BLOCK - 1) // INT8_BLOCK
+    _check_array("exp_avg", exp_avg, np.dtype(np.uint8), shape, True)
+    _check_array("exp_avg_sq", exp_avg_sq, np.dtype(np.uint8), shape, True)
+    _check_array("exp_avg_scale", exp_avg_scale, np.dtype(np.float32), (nblk,), True)
+    _check_array("exp_avg_sq_scale", exp_avg_sq_scale, np.dtype(np.float32), (nblk,), True)
+
+
+def adam_bf16_params_step(param, grad, state, master=None, *, int64_t step, double lr,
+                          double beta1=0.9, double beta2=0.999, double eps=1e-8,
+                          double weight_decay=0.0, bint decoupled_weight_decay=False,
+                          n_threads=1):
+    """One Adam update of a bfloat16 param, in place: ``param`` the ``uint16`` bfloat16 bits,
+    ``grad`` bfloat16 bits or float32, ``master`` float32 or None (then the param is rounded
+    stochastically), ``state`` the moments: ``(exp_avg, exp_avg_sq)`` float32 or ``uint16``
+    bfloat16 bits (``fastlr.kernels.adam_mixed``), or ``(exp_avg, exp_avg_scale,
+    exp_avg_sq, exp_avg_sq_scale)`` 8-bit (``fastlr.kernels.adam_mixed_int8_state``);
+    1-D, C-contiguous."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the 1-based update number), got {step}")
+    cdef AdamHyper h = _adam_hyper(lr, beta1, beta2, eps, weight_decay,
+                                   decoupled_weight_decay, False)
+    h.step = step
+    cdef int threads = _threads(n_threads)
+    if not isinstance(param, np.ndarray) or param.dtype != np.uint16:
+        raise TypeError("param must be a uint16 numpy.ndarray (bfloat16 bits)")
+    shape = param.shape
+    _check_array("param", param, np.dtype(np.uint16), shape, True)
+    gdt = grad.dtype if isinstance(grad, np.ndarray) else None
+    _check_array("grad", grad, np.dtype(np.float32 if gdt == np.float32 else np.uint16),
+                 shape, False)
+    named = [("param", param), ("grad", grad)]
+    if master is not None:
+        _check_array("master", master, np.dtype(np.float32), shape, True)
+        named.append(("master", master))
+    state = tuple(state)
+    if len(state) == 4:
+        _check_int8_state(*state, shape, param.size)
+        names = ("exp_avg", "exp_avg_scale", "exp_avg_sq", "exp_avg_sq_scale")
+    elif len(state) == 2:
+        sdt = state[0].dtype if isinstance(state[0], np.ndarray) else None
+        sdt = np.dtype(np.uint16 if sdt == np.uint16 else np.float32)
+        _check_array("exp_avg", state[0], sdt, shape, True)
+        _check_array("exp_avg_sq", state[1], sdt, shape, True)
+        names = ("exp_avg", "exp_avg_sq")
+    else:
+        raise ValueError(f"state must hold 2 (float32 or bfloat16) or 4 (8-bit) arrays, got "
+                         f"{len(state)}")
+    _check_no_overlap(named + list(zip(names, state)))
+    if param.size == 0:
+        return
+    cdef Param16 q
+    cdef uint16_t[::1] p = param.reshape(-1)
+    cdef float[::1] w
+    q.param = &p[0]
+    q.bfloat16 = 1
+    q.grad_f32 = gdt == np.float32
+    cdef const float[::1] g32
+    cdef const uint16_t[::1] g16
+    if q.grad_f32:
+        g32 = grad.reshape(-1)
+        q.grad = &g32[0]
+    else:
+        g16 = grad.reshape(-1)
+        q.grad = &g16[0]
+    q.master = NULL
+    if master is not None:
+        w = master.reshape(-1)
+        q.master = &w[0]
+    cdef Py_ssize_t n = p.shape[0]
+    cdef uint8_t[::1] m8, v8
+    cdef float[::1] ms, vs, m32, v32
+    cdef uint16_t[::1] m16, v16
+    if len(state) == 4:
+        m8, ms, v8, vs = state[0].reshape(-1), state[1], state[2].reshape(-1), state[3]
+        with nogil:
+            adam_16_int8state(&q, &m8[0], &ms[0], &v8[0], &vs[0], n, &h, threads)
+    elif state[0].dtype == np.uint16:
+        m16, v16 = state[0].reshape(-1), state[1].reshape(-1)
+        with nogil:
+            adam_16_bf16state(&q, &m16[0], &v16[0], n, &h, threads)
+    else:
+        m32, v32 = state[0].reshape(-1), state[1].reshape(-1)
+        with nogil:
+            adam_16_f32state(&q, &m32[0], &v32[0], n, &h, threads)
 
 
 def adam_run(param, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, schedule,

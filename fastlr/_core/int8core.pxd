@@ -15,6 +15,7 @@ from libc.string cimport memcpy
 from fastlr._core.args cimport NONNEG, UNIT, checked_real, flag_arg, layout_hint, step_arg
 from fastlr._core.bfloat cimport random_bits, step_salt
 from fastlr._core.loops cimport lerp
+from fastlr._kernels cimport AdamHyper
 
 cdef enum:
     BLOCK_ = 256
@@ -174,25 +175,30 @@ cdef inline void coef_of(double lr, double beta1, double beta2, double eps, doub
 
 
 # ---- the validated kernels' shared checks (Python level) --------------------------------
-cdef inline int64_t coef_args(str fn, object step, object lr, object beta1, object beta2,
-                              object eps, object weight_decay, object decoupled_weight_decay,
-                              object maximize, object amsgrad, str amsgrad_hint,
-                              Coef* c) except -1:
-    """Check Adam's hyperparameters by the argument policy and fill c (coef_of); returns
-    the step. amsgrad=True raises ValueError, ending with amsgrad_hint."""
-    cdef int64_t t = step_arg(fn, step)
-    cdef double lr_ = checked_real(fn, "lr", lr, NONNEG)
-    cdef double b1 = checked_real(fn, "beta1", beta1, UNIT)
-    cdef double b2 = checked_real(fn, "beta2", beta2, UNIT)
-    cdef double eps_ = checked_real(fn, "eps", eps, NONNEG)
-    cdef double wd = checked_real(fn, "weight_decay", weight_decay, NONNEG)
-    cdef bint dec = flag_arg(fn, "decoupled_weight_decay", decoupled_weight_decay)
-    cdef bint mx = flag_arg(fn, "maximize", maximize)
+cdef inline void coef_from(const AdamHyper* h, Coef* c) noexcept nogil:
+    coef_of(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, h.step, h.decoupled_weight_decay,
+            h.maximize, c)
+
+
+# ---- the validated kernels' shared checks (Python level) --------------------------------
+cdef inline int hyper_args(str fn, object step, object lr, object beta1, object beta2,
+                           object eps, object weight_decay, object decoupled_weight_decay,
+                           object maximize, object amsgrad, str amsgrad_hint,
+                           AdamHyper* h) except -1:
+    """Check Adam's hyperparameters by the argument policy into h (the C API's struct);
+    amsgrad=True raises ValueError, ending with amsgrad_hint."""
+    h.step = step_arg(fn, step)
+    h.lr = checked_real(fn, "lr", lr, NONNEG)
+    h.beta1 = checked_real(fn, "beta1", beta1, UNIT)
+    h.beta2 = checked_real(fn, "beta2", beta2, UNIT)
+    h.eps = checked_real(fn, "eps", eps, NONNEG)
+    h.weight_decay = checked_real(fn, "weight_decay", weight_decay, NONNEG)
+    h.decoupled_weight_decay = flag_arg(fn, "decoupled_weight_decay", decoupled_weight_decay)
+    h.maximize = flag_arg(fn, "maximize", maximize)
     if flag_arg(fn, "amsgrad", amsgrad):
         raise ValueError(f"{fn}: amsgrad=True is not available with 8-bit (int8) state; "
                          f"{amsgrad_hint}")
-    coef_of(lr_, b1, b2, eps_, wd, t, dec, mx, c)
-    return t
+    return 0
 
 
 cdef inline int check_scales(str fn, str name, cnp.ndarray a, Py_ssize_t n) except -1:

@@ -57,8 +57,10 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t
 from fastlr._core.args cimport threads_arg
 from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
                                   check_overlap, check_param_layout)
-from fastlr._core.int8core cimport BLOCK_, Coef, check_scales, coef_args, int8_block
-from fastlr._kernels cimport parallel_spans
+from fastlr._core.int8core cimport (BLOCK_, Coef, check_scales, coef_from, hyper_args,
+                                    int8_block)
+from cpython.pycapsule cimport PyCapsule_New
+from fastlr._kernels cimport AdamHyper, parallel_spans
 
 import numpy as np
 
@@ -95,6 +97,29 @@ cdef void int8_span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil
         int8_block(job.p + b, job.g + b, job.m + b, job.v + b, job.sm + b // BLOCK_,
                    job.sv + b // BLOCK_, b, min(<Py_ssize_t>BLOCK_, stop - b), &job.c)
         b += BLOCK_
+
+
+cdef void c_adam_f32_int8state(float* param, const float* grad, uint8_t* exp_avg,
+                               float* exp_avg_scale, uint8_t* exp_avg_sq,
+                               float* exp_avg_sq_scale, Py_ssize_t n, const AdamHyper* h,
+                               int n_threads) noexcept nogil:
+    # the C API's adam_f32_int8state (fastlr/_kernels.pxd) of this build: fastlr._kernels
+    # calls it through the pointer _c_api gives
+    cdef Job job
+    coef_from(h, &job.c)
+    job.p = param
+    job.g = grad
+    job.m = exp_avg
+    job.sm = exp_avg_scale
+    job.v = exp_avg_sq
+    job.sv = exp_avg_sq_scale
+    parallel_spans(int8_span, &job, n, n_threads)
+
+
+def _c_api():
+    """{C API function name: a capsule of this build's implementation} (fastlr._kernels)."""
+    return {"adam_f32_int8state": PyCapsule_New(<void*>c_adam_f32_int8state,
+                                                b"fastlr.c_api", NULL)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,9 +224,9 @@ def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_
     (array([0.05], dtype=float32), array([0.00025], dtype=float32))
     """
     cdef str fn = "fastlr.kernels.adam_int8_state"
-    cdef Job job
-    coef_args(fn, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize,
-              amsgrad, "use state_dtype='bfloat16' or float32 state for AMSGrad", &job.c)
+    cdef AdamHyper h
+    hyper_args(fn, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize,
+               amsgrad, "use state_dtype='bfloat16' or float32 state for AMSGrad", &h)
     cdef int nt = threads_arg(fn, n_threads)
     cdef tuple objs = (param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale)
     cdef cnp.ndarray p = _array(fn, "param", param, cnp.NPY_FLOAT, "float32")
@@ -229,14 +254,14 @@ def adam_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_
             lo[k] = <char*>cnp.PyArray_DATA(arrs[k])
             hi[k] = lo[k] + cnp.PyArray_NBYTES(arrs[k])
         check_overlap(fn, _NAMES, lo, hi, 6)
-    job.p = <float*>cnp.PyArray_DATA(arrs[0])
-    job.g = <const float*>cnp.PyArray_DATA(arrs[1])
-    job.m = <uint8_t*>cnp.PyArray_DATA(arrs[2])
-    job.sm = <float*>cnp.PyArray_DATA(arrs[3])
-    job.v = <uint8_t*>cnp.PyArray_DATA(arrs[4])
-    job.sv = <float*>cnp.PyArray_DATA(arrs[5])
+    cdef float* pp = <float*>cnp.PyArray_DATA(arrs[0])
+    cdef const float* gp = <const float*>cnp.PyArray_DATA(arrs[1])
+    cdef uint8_t* mp = <uint8_t*>cnp.PyArray_DATA(arrs[2])
+    cdef float* smp = <float*>cnp.PyArray_DATA(arrs[3])
+    cdef uint8_t* vp = <uint8_t*>cnp.PyArray_DATA(arrs[4])
+    cdef float* svp = <float*>cnp.PyArray_DATA(arrs[5])
     if n >= NOGIL_MIN_SIZE:
         with nogil:
-            parallel_spans(int8_span, &job, n, nt)
+            c_adam_f32_int8state(pp, gp, mp, smp, vp, svp, n, &h, nt)
     else:
-        parallel_spans(int8_span, &job, n, nt)
+        c_adam_f32_int8state(pp, gp, mp, smp, vp, svp, n, &h, nt)

@@ -49,14 +49,16 @@ cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
-from fastlr._core.args cimport NONNEG, UNIT, checked_real, flag_arg, step_arg, threads_arg
+from fastlr._core.args cimport step_arg, threads_arg
 from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
                                   check_overlap, check_param_layout)
 from fastlr._core.bfloat cimport (bf16_round, bf16_round_stochastic, bf16_widen, random_bits,
                                   step_salt)
-from fastlr._core.int8core cimport BLOCK_, Coef, check_scales, coef_args, int8_block
+from fastlr._core.int8core cimport (BLOCK_, Coef, check_scales, coef_from, hyper_args,
+                                    int8_block)
 from fastlr._core.loops cimport AdamCoef, adam_coef, fsqrt, lerp
-from fastlr._kernels cimport AdamHyper, parallel_spans
+from cpython.pycapsule cimport PyCapsule_New
+from fastlr._kernels cimport AdamHyper, Param16, parallel_spans
 
 import sys
 
@@ -317,6 +319,36 @@ cdef void _span(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
         _loop(p, <uint16_t*>g, <uint16_t*>m, <uint16_t*>v, master, n, job.coef)
 
 
+cdef void _adam_16(const Param16* q, char* m, char* v, bint state32, Py_ssize_t n,
+                   const AdamHyper* h, int n_threads) noexcept nogil:
+    cdef MixedCoef mc
+    cdef Job job
+    adam_coef(h, &mc.adam)
+    mc.salt_param = step_salt(h.step, PARAM_STREAM)
+    mc.fmt = FMT_BF16 if q.bfloat16 else FMT_F16
+    job.p = <char*>q.param
+    job.grad = <char*>q.grad
+    job.m = m
+    job.v = v
+    job.master = <char*>q.master
+    job.grad32 = q.grad_f32
+    job.state32 = state32
+    job.coef = &mc
+    parallel_spans(_span, &job, n, n_threads)
+
+
+# The C API's adam_16_f32state and adam_16_bf16state (fastlr/_kernels.pxd) of this build:
+# fastlr._kernels calls them through the pointers _c_api gives.
+cdef void c_adam_16_f32state(const Param16* q, float* exp_avg, float* exp_avg_sq, Py_ssize_t n,
+                             const AdamHyper* h, int n_threads) noexcept nogil:
+    _adam_16(q, <char*>exp_avg, <char*>exp_avg_sq, True, n, h, n_threads)
+
+
+cdef void c_adam_16_bf16state(const Param16* q, uint16_t* exp_avg, uint16_t* exp_avg_sq,
+                              Py_ssize_t n, const AdamHyper* h, int n_threads) noexcept nogil:
+    _adam_16(q, <char*>exp_avg, <char*>exp_avg_sq, False, n, h, n_threads)
+
+
 # ---------------------------------------------------------------------------------------
 # Validation and the Python kernel
 # ---------------------------------------------------------------------------------------
@@ -459,16 +491,8 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
     """
     cdef str fn = "fastlr.kernels.adam_mixed"
     cdef AdamHyper h
-    cdef MixedCoef mc
-    cdef Job job
-    h.step = step_arg(fn, step)
-    h.lr = checked_real(fn, "lr", lr, NONNEG)
-    h.beta1 = checked_real(fn, "beta1", beta1, UNIT)
-    h.beta2 = checked_real(fn, "beta2", beta2, UNIT)
-    h.eps = checked_real(fn, "eps", eps, NONNEG)
-    h.weight_decay = checked_real(fn, "weight_decay", weight_decay, NONNEG)
-    h.decoupled_weight_decay = flag_arg(fn, "decoupled_weight_decay", decoupled_weight_decay)
-    h.maximize = flag_arg(fn, "maximize", maximize)
+    hyper_args(fn, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize,
+               False, "", &h)
     cdef int nt = threads_arg(fn, n_threads)
 
     names = ("param", "grad", "exp_avg", "exp_avg_sq", "master")
@@ -509,22 +533,20 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
         return None
     _no_overlap(fn, names, arrays)
 
-    adam_coef(&h, &mc.adam)
-    mc.salt_param = step_salt(h.step, PARAM_STREAM)
-    mc.fmt = FMT_BF16 if pfmt == "bfloat16" else FMT_F16
-    job.p = <char*>cnp.PyArray_DATA(arrays[0])
-    job.grad = <char*>cnp.PyArray_DATA(arrays[1])
-    job.m = <char*>cnp.PyArray_DATA(arrays[2])
-    job.v = <char*>cnp.PyArray_DATA(arrays[3])
-    job.master = <char*>cnp.PyArray_DATA(arrays[4]) if len(arrays) == 5 else NULL
-    job.grad32 = cnp.PyArray_TYPE(arrays[1]) == cnp.NPY_FLOAT
-    job.state32 = sfmt == "float32"
-    job.coef = &mc
+    cdef Param16 q
+    q.param = <uint16_t*>cnp.PyArray_DATA(arrays[0])
+    q.grad = <const void*>cnp.PyArray_DATA(arrays[1])
+    q.master = <float*>cnp.PyArray_DATA(arrays[4]) if len(arrays) == 5 else NULL
+    q.bfloat16 = pfmt == "bfloat16"
+    q.grad_f32 = cnp.PyArray_TYPE(arrays[1]) == cnp.NPY_FLOAT
+    cdef char* mp = <char*>cnp.PyArray_DATA(arrays[2])
+    cdef char* vp = <char*>cnp.PyArray_DATA(arrays[3])
+    cdef bint state32 = sfmt == "float32"
     if size >= NOGIL_MIN_SIZE:
         with nogil:
-            parallel_spans(_span, &job, size, nt)
+            _adam_16(&q, mp, vp, state32, size, &h, nt)
     else:
-        parallel_spans(_span, &job, size, nt)
+        _adam_16(&q, mp, vp, state32, size, &h, nt)
 
 
 # ---- float16 conversions for the optimizers' master weights (fastlr/optim/master.py) ----
@@ -694,6 +716,34 @@ cdef void _span8(void* ctx, Py_ssize_t start, Py_ssize_t stop) noexcept nogil:
         _span8_grad(job, <const uint16_t*>job.grad, start, stop)
 
 
+cdef void c_adam_16_int8state(const Param16* q, uint8_t* exp_avg, float* exp_avg_scale,
+                              uint8_t* exp_avg_sq, float* exp_avg_sq_scale, Py_ssize_t n,
+                              const AdamHyper* h, int n_threads) noexcept nogil:
+    # the C API's adam_16_int8state (fastlr/_kernels.pxd) of this build
+    cdef Job8 job
+    coef_from(h, &job.c)
+    job.salt_param = step_salt(h.step, PARAM_STREAM)
+    job.fmt = FMT_BF16 if q.bfloat16 else FMT_F16
+    job.p = q.param
+    job.grad = <char*>q.grad
+    job.grad32 = q.grad_f32
+    job.master = q.master
+    job.m = exp_avg
+    job.sm = exp_avg_scale
+    job.v = exp_avg_sq
+    job.sv = exp_avg_sq_scale
+    parallel_spans(_span8, &job, n, n_threads)
+
+
+def _c_api():
+    """{C API function name: a capsule of this build's implementation} (fastlr._kernels)."""
+    return {"adam_16_f32state": PyCapsule_New(<void*>c_adam_16_f32state, b"fastlr.c_api", NULL),
+            "adam_16_bf16state": PyCapsule_New(<void*>c_adam_16_bf16state, b"fastlr.c_api",
+                                               NULL),
+            "adam_16_int8state": PyCapsule_New(<void*>c_adam_16_int8state, b"fastlr.c_api",
+                                               NULL)}
+
+
 _NAMES8 = ("param", "grad", "exp_avg", "exp_avg_scale", "exp_avg_sq", "exp_avg_sq_scale",
            "master")
 
@@ -776,10 +826,10 @@ def adam_mixed_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_a
     (array([0.9, 0.9, 0.9], dtype=float16), array([0.9, 0.9, 0.9], dtype=float32))
     """
     cdef str fn = "fastlr.kernels.adam_mixed_int8_state"
-    cdef Job8 job
-    cdef int64_t t = coef_args(fn, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize,
-                               amsgrad, "use bfloat16 or float32 state "
-                               "(fastlr.kernels.adam_mixed) for AMSGrad", &job.c)
+    cdef AdamHyper h
+    hyper_args(fn, step, lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize,
+               amsgrad, "use bfloat16 or float32 state (fastlr.kernels.adam_mixed) for AMSGrad",
+               &h)
     cdef int nt = threads_arg(fn, n_threads)
     objs = (param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, master)
     cdef list arrays = []
@@ -815,18 +865,18 @@ def adam_mixed_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_a
         return None
     _no_overlap(fn, _NAMES8, arrays)
 
-    job.salt_param = step_salt(t, PARAM_STREAM)
-    job.fmt = FMT_BF16 if pfmt == "bfloat16" else FMT_F16
-    job.p = <uint16_t*>cnp.PyArray_DATA(arrays[0])
-    job.grad = <char*>cnp.PyArray_DATA(arrays[1])
-    job.grad32 = cnp.PyArray_TYPE(arrays[1]) == cnp.NPY_FLOAT
-    job.m = <uint8_t*>cnp.PyArray_DATA(arrays[2])
-    job.sm = <float*>cnp.PyArray_DATA(arrays[3])
-    job.v = <uint8_t*>cnp.PyArray_DATA(arrays[4])
-    job.sv = <float*>cnp.PyArray_DATA(arrays[5])
-    job.master = <float*>cnp.PyArray_DATA(arrays[6]) if len(arrays) == 7 else NULL
+    cdef Param16 q
+    q.param = <uint16_t*>cnp.PyArray_DATA(arrays[0])
+    q.grad = <const void*>cnp.PyArray_DATA(arrays[1])
+    q.grad_f32 = cnp.PyArray_TYPE(arrays[1]) == cnp.NPY_FLOAT
+    q.master = <float*>cnp.PyArray_DATA(arrays[6]) if len(arrays) == 7 else NULL
+    q.bfloat16 = pfmt == "bfloat16"
+    cdef uint8_t* mp = <uint8_t*>cnp.PyArray_DATA(arrays[2])
+    cdef float* smp = <float*>cnp.PyArray_DATA(arrays[3])
+    cdef uint8_t* vp = <uint8_t*>cnp.PyArray_DATA(arrays[4])
+    cdef float* svp = <float*>cnp.PyArray_DATA(arrays[5])
     if n >= NOGIL_MIN_SIZE:
         with nogil:
-            parallel_spans(_span8, &job, n, nt)
+            c_adam_16_int8state(&q, mp, smp, vp, svp, n, &h, nt)
     else:
-        parallel_spans(_span8, &job, n, nt)
+        c_adam_16_int8state(&q, mp, smp, vp, svp, n, &h, nt)

@@ -186,6 +186,69 @@ def test_adam_bf16_state_step_is_the_kernel_bit_for_bit(backend, n_threads):
         backend.adam_bf16_state_step(param, grad, np.zeros(n, np.float32), v, step=1, lr=0.1)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_adam_int8_state_step_is_the_kernel_bit_for_bit(backend, n_threads):
+    """The C API's adam_f32_int8state (8-bit state) gives fastlr.kernels.adam_int8_state's
+    bits."""
+    rng = np.random.default_rng(12)
+    n = 70001
+    nblk = -(-n // 256)
+    param = rng.standard_normal(n).astype(np.float32)
+    want = param.copy()
+    state = [np.zeros(n, np.uint8), np.zeros(nblk, np.float32)] * 2
+    state = [a.copy() for a in state]
+    wstate = [a.copy() for a in state]
+    for step in range(1, 4):
+        grad = rng.standard_normal(n).astype(np.float32)
+        backend.adam_int8_state_step(param, grad, *state, step=step, lr=0.01,
+                                     weight_decay=0.01, decoupled_weight_decay=True,
+                                     n_threads=n_threads)
+        kernels.adam_int8_state(want, grad, *wstate, step=step, lr=0.01, weight_decay=0.01,
+                                decoupled_weight_decay=True, n_threads=n_threads)
+    assert np.array_equal(param.view(np.uint32), want.view(np.uint32))
+    for a, b in zip(state, wstate):
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8)) and a.any()
+    with pytest.raises(ValueError, match=r"exp_avg_scale has shape \(1,\)"):
+        backend.adam_int8_state_step(param, grad, state[0], state[1][:1], *state[2:], step=1,
+                                     lr=0.1)
+
+
+@pytest.mark.parametrize("state_kind", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("master", [True, False], ids=["master", "no-master"])
+@pytest.mark.parametrize("grad32", [False, True], ids=["grad-bf16", "grad-f32"])
+def test_adam_bf16_params_step_is_the_kernel_bit_for_bit(backend, state_kind, master, grad32):
+    """The C API's adam_16_f32state / adam_16_bf16state / adam_16_int8state (16-bit params)
+    give fastlr.kernels.adam_mixed's and adam_mixed_int8_state's bits."""
+    rng = np.random.default_rng(13)
+    n = 70001
+    bits = (rng.standard_normal(n).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    nblk = -(-n // 256)
+    if state_kind == "int8":
+        state = [np.zeros(n, np.uint8), np.zeros(nblk, np.float32),
+                 np.zeros(n, np.uint8), np.zeros(nblk, np.float32)]
+        fn = kernels.adam_mixed_int8_state
+    else:
+        dt = np.float32 if state_kind == "float32" else np.uint16
+        state = [np.zeros(n, dt), np.zeros(n, dt)]
+        fn = kernels.adam_mixed
+    w = (bits.astype(np.uint32) << 16).view(np.float32).copy() if master else None
+    mine = [bits.copy(), [a.copy() for a in state], None if w is None else w.copy()]
+    want = [bits.copy(), [a.copy() for a in state], None if w is None else w.copy()]
+    for step in range(1, 4):
+        g = rng.standard_normal(n).astype(np.float32) * 0.1
+        grad = g if grad32 else (g.view(np.uint32) >> 16).astype(np.uint16)
+        backend.adam_bf16_params_step(mine[0], grad, mine[1], mine[2], step=step, lr=0.01,
+                                      weight_decay=0.01, decoupled_weight_decay=True,
+                                      n_threads=2)
+        fn(want[0], grad, *want[1], want[2], step=step, lr=0.01, weight_decay=0.01,
+           decoupled_weight_decay=True, n_threads=2)
+    assert np.array_equal(mine[0], want[0]) and not np.array_equal(mine[0], bits)
+    for a, b in zip(mine[1], want[1]):
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    if master:
+        assert np.array_equal(mine[2].view(np.uint32), want[2].view(np.uint32))
+
+
 def test_adam_step_reads_a_read_only_grad_and_sizes_zero(backend):
     param, grads, state = adam_buffers(5, np.float64, True, seed=1)
     want_param, want_state = copies(param, state)

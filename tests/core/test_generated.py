@@ -105,16 +105,19 @@ def test_kernels_pxd_declares_every_family_of_the_table(specs):
     for fam in specs.FAMILIES.values():
         check_family_declared(pxd, fam)
     # the hand-written part of the C API is there too
+    low_precision = ("adam_f32_bf16state", "adam_f32_int8state", "adam_16_f32state",
+                     "adam_16_bf16state", "adam_16_int8state")
     for name in ("parallel_spans", "max_threads", "usable_threads", "nadam_mu",
-                 "adam_f32_bf16state"):
+                 *low_precision):
         assert re.search(rf"cdef \w+ {name}\(", pxd)
     assert "PARALLEL_MIN_SIZE = 32768" in pxd
-    # ... and nothing else: one struct per family, four functions per family
+    # ... and nothing else: one struct per family (and the 16-bit param's), four functions
+    # per family
     structs = re.findall(r"^ctypedef struct (\w+):", pxd, re.M)
-    assert structs == [fam.struct for fam in specs.FAMILIES.values()]
+    assert structs == [fam.struct for fam in specs.FAMILIES.values()] + ["Param16"]
     kernels = re.findall(r"^cdef void (\w+)\(", pxd, re.M)
-    # + parallel_spans and Adam's bfloat16-state function
-    assert len(kernels) == 4 * len(specs.FAMILIES) + 2
+    # + parallel_spans and Adam's low-precision functions
+    assert len(kernels) == 4 * len(specs.FAMILIES) + 1 + len(low_precision)
 
 
 def test_kernel_stubs_follow_the_table(specs):
