@@ -795,6 +795,8 @@ def _init_cores():
 # (set once, when this module is imported; FASTLR_CPU caps the level as for fastlr.kernels).
 # =======================================================================================
 from libc.stdint cimport uint8_t, uint16_t
+from libc.stdio cimport fprintf, stderr
+from libc.stdlib cimport abort
 
 ctypedef void (*int8_f32_fn)(float*, const float*, uint8_t*, float*, uint8_t*, float*,
                              Py_ssize_t, const AdamHyper*, int) noexcept nogil
@@ -828,27 +830,43 @@ cdef void* _c_api_pointer(str name) except NULL:
     return PyCapsule_GetPointer(_LOW_PRECISION_API[name], b"fastlr.c_api")
 
 
+cdef void _unset(const char* name) noexcept nogil:
+    # a call before `import fastlr` finished (it sets the pointers): say so rather than
+    # jump to NULL
+    fprintf(stderr, b"fastlr: %s was called before fastlr was imported (import fastlr "
+            b"first)\n", name)
+    abort()
+
+
 cdef void adam_f32_int8state(float* param, const float* grad, uint8_t* exp_avg,
                              float* exp_avg_scale, uint8_t* exp_avg_sq,
                              float* exp_avg_sq_scale, Py_ssize_t n, const AdamHyper* h,
                              int n_threads) noexcept nogil:
+    if _ADAM_F32_INT8 == NULL:
+        _unset(b"adam_f32_int8state")
     _ADAM_F32_INT8(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, n, h,
                    n_threads)
 
 
 cdef void adam_16_f32state(const Param16* p, float* exp_avg, float* exp_avg_sq, Py_ssize_t n,
                            const AdamHyper* h, int n_threads) noexcept nogil:
+    if _ADAM_16_F32 == NULL:
+        _unset(b"adam_16_f32state")
     _ADAM_16_F32(p, exp_avg, exp_avg_sq, n, h, n_threads)
 
 
 cdef void adam_16_bf16state(const Param16* p, uint16_t* exp_avg, uint16_t* exp_avg_sq,
                             Py_ssize_t n, const AdamHyper* h, int n_threads) noexcept nogil:
+    if _ADAM_16_BF16 == NULL:
+        _unset(b"adam_16_bf16state")
     _ADAM_16_BF16(p, exp_avg, exp_avg_sq, n, h, n_threads)
 
 
 cdef void adam_16_int8state(const Param16* p, uint8_t* exp_avg, float* exp_avg_scale,
                             uint8_t* exp_avg_sq, float* exp_avg_sq_scale, Py_ssize_t n,
                             const AdamHyper* h, int n_threads) noexcept nogil:
+    if _ADAM_16_INT8 == NULL:
+        _unset(b"adam_16_int8state")
     _ADAM_16_INT8(p, exp_avg, exp_avg_scale, exp_avg_sq, exp_avg_sq_scale, n, h, n_threads)
 
 

@@ -80,10 +80,13 @@ def run_per_param(opt: Any, grads: Sequence[np.ndarray], values: List[Dict[str, 
         i = counts.index(max(counts))
         raise ValueError(f"{opt._name}.step: params[{i}] has taken {counts[i]} steps; "
                          f"its next step number must be < 2**63. Nothing was updated")
+    user_of = getattr(opt, "_user", None) if getattr(opt, "_masters_of", None) else None
     for i, p in enumerate(opt._params):
         # the engine writes through its own pointers; the kernels refuse read-only views
-        # (a master in param_groups, a live state view), so they are refused here first
-        if not p.flags.writeable:
+        # (a master in param_groups, a live state view), so they are refused here first;
+        # so is a 16-bit param kept with a master (the step stores it: int8.run)
+        user = user_of(p) if user_of is not None else None
+        if not p.flags.writeable or (user is not None and not user.flags.writeable):
             raise ValueError(f"{opt._name}.step: params[{i}] is read-only "
                              f"(flags.writeable=False) but is updated in place. Nothing "
                              f"was updated")

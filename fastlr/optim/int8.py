@@ -112,15 +112,18 @@ def run(opt, grads, values, fn, n_threads=None, published=None):
     """``fn`` (the kernel or its twin) on every param with its group's values at this step,
     then the counts (:func:`fastlr.optim.front.run_per_param`). With ``published`` (a set;
     the compiled step), a float32 master of a 16-bit param in its layout is stepped by
-    :func:`fastlr.kernels.adam_mixed_int8_state` instead, which also stores the param
-    (the master rounded to nearest even: what publishing the masters would store, in the
-    same pass), and its index is added to ``published``."""
+    :func:`fastlr.kernels.adam_mixed_int8_state` instead (when it is aligned and native),
+    which also stores the param (the master rounded to nearest even: what publishing the
+    masters would store, in the same pass), and its index is added to ``published``."""
     def call(i, grad, st, kwargs):
         p = opt._params[i]
         state = (st["exp_avg"], st["exp_avg_scale"], st["exp_avg_sq"], st["exp_avg_sq_scale"])
         user = opt._user(p) if published is not None and getattr(opt, "_masters_of", None) \
             else None
-        if user is not None and _same_layout(user, p):
+        # (a misaligned or non-native 16-bit array is published as before: the kernel
+        # refuses it, and nothing may be refused after the first param is updated)
+        if user is not None and _same_layout(user, p) and user.flags.aligned and \
+                user.dtype.isnative:
             kernels.adam_mixed_int8_state(user, grad, *state, p, **kwargs)
             published.add(i)
         else:

@@ -281,3 +281,34 @@ def test_adamw_with_masters_stores_the_params_in_the_kernel(fmt, monkeypatch):
         for k, v in o1.state[i].items():
             w = o2.state[i][k]
             assert _same_bits(v, w) if isinstance(v, np.ndarray) else v == w, (i, k)
+
+
+def test_masters_step_refuses_a_read_only_16bit_param_before_writing():
+    """A 16-bit param kept with a master is stored by the step itself: read-only, it is
+    refused before any param is updated (not after the first ones)."""
+    a = [np.ones(1000, np.float16), np.ones(1000, np.float16)]
+    opt = fastlr.AdamW(a, lr=0.1, state_dtype="int8")
+    a[1].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[1\] .*read-only.*Nothing was updated"):
+        opt.step([np.full(1000, 0.5, np.float16)] * 2)
+    assert np.all(a[0] == 1) and opt.state[0]["step"] == 0 and not opt.state[0][
+        "exp_avg_scale"].any()
+
+
+def test_masters_step_publishes_a_misaligned_16bit_param():
+    """A misaligned 16-bit param (which the kernel refuses) is stepped on its master and
+    published as before, bit for bit the twin."""
+    def misaligned():
+        raw = np.zeros(2002, np.uint8)
+        x = raw[1:2001].view(np.float16)
+        x[:] = 1
+        return x
+    a, b = [np.ones(1000, np.float16), misaligned()], [np.ones(1000, np.float16), misaligned()]
+    o1 = fastlr.AdamW(a, lr=0.1, state_dtype="int8")
+    o2 = fastlr.AdamW(b, lr=0.1, state_dtype="int8")
+    g = [np.full(1000, 0.5, np.float16)] * 2
+    o1.step(g)
+    o2.step_reference(g)
+    assert o1.state[1]["step"] == 1 and not np.all(a[1] == 1)
+    for p, q in zip(a, b):
+        assert _same_bits(p, q)
