@@ -31,6 +31,14 @@ def _bits(a):
     return a.view(np.uint16)
 
 
+def _widen(a, bf16):
+    """float32 values of a 16-bit array (bfloat16 when ``bf16``, else float16; exact), or
+    a float32 array itself."""
+    if a.dtype == np.float32:
+        return a
+    return bf16_widen(_bits(a)) if bf16 else f16_widen(_bits(a))
+
+
 def f16_widen(bits):
     """float32 values of IEEE half bit patterns: exact, NaN payloads kept as they are.
 
@@ -175,13 +183,8 @@ def adam_mixed(param, grad, exp_avg, exp_avg_sq, master=None, *, step, lr, beta1
     """
     bf16 = param.dtype != np.float16
 
-    def widen(a):
-        if a.dtype == np.float32:
-            return a
-        return bf16_widen(_bits(a)) if bf16 else f16_widen(_bits(a))
-
-    p = master.copy() if master is not None else widen(param)
-    graw = widen(grad)
+    p = master.copy() if master is not None else _widen(param, bf16)
+    graw = _widen(grad, bf16)
     key = p if master is not None else _param_key(p, graw)
     state16 = exp_avg.dtype != np.float32
     m = bf16_widen(_bits(exp_avg)) if state16 else exp_avg
@@ -219,14 +222,10 @@ def round_stochastic_into(param, value, grad, step, bfloat16):
     >>> bits.view(np.float16)
     array([0.5, 0.5, 0.5], dtype=float16)
     """
-    def widen(a):
-        if a.dtype == np.float32:
-            return a
-        return bf16_widen(a) if bfloat16 else f16_widen(a)
-
     if int(step) < 1:
         raise ValueError(f"round_stochastic_into: step must be >= 1, got {step}")
-    r = random_bits(_param_key(widen(param), widen(grad)), step_salt(step, _PARAM_STREAM))
+    r = random_bits(_param_key(_widen(param, bfloat16), _widen(grad, bfloat16)),
+                    step_salt(step, _PARAM_STREAM))
     value = np.asarray(value, dtype=np.float32)
     param[...] = (bf16_round_stochastic(value, r >> np.uint32(16)) if bfloat16
                   else f16_round_stochastic(value, r))
@@ -289,17 +288,12 @@ def adam_mixed_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_a
 
     bf16 = param.dtype != np.float16
 
-    def widen(a):
-        if a.dtype == np.float32:
-            return a
-        return bf16_widen(_bits(a)) if bf16 else f16_widen(_bits(a))
-
     kw = dict(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
               decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
               amsgrad=amsgrad)
     order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
     if master is not None:
-        adam_int8_state(master, widen(grad), exp_avg, exp_avg_scale, exp_avg_sq,
+        adam_int8_state(master, _widen(grad, bf16), exp_avg, exp_avg_scale, exp_avg_sq,
                         exp_avg_sq_scale, **kw)
         _bits(param)[...] = bf16_round(master) if bf16 else f16_round(master)
         return
@@ -309,8 +303,8 @@ def adam_mixed_int8_state(param, grad, exp_avg, exp_avg_scale, exp_avg_sq, exp_a
     codes = [c.reshape(-1, order=order) for c in (exp_avg, exp_avg_sq)]
     for a in range(0, bits.size, CHUNK):
         b = min(a + CHUNK, bits.size)
-        w = widen(bits[a:b]).astype(np.float32)     # a copy (the param's old bits are kept)
+        w = _widen(bits[a:b], bf16).astype(np.float32)   # a copy (the old bits are kept)
         sa, sb = a // BLOCK, (b + BLOCK - 1) // BLOCK
-        adam_int8_state(w, widen(g[a:b]), codes[0][a:b], exp_avg_scale[sa:sb], codes[1][a:b],
-                        exp_avg_sq_scale[sa:sb], **kw)
+        adam_int8_state(w, _widen(g[a:b], bf16), codes[0][a:b], exp_avg_scale[sa:sb],
+                        codes[1][a:b], exp_avg_sq_scale[sa:sb], **kw)
         round_stochastic_into(bits[a:b], w, gkey[a:b], step, bf16)
