@@ -48,6 +48,7 @@ cdef _reduce_arrays(str fn, list arrays, int nt, int want_norm, int want_scan, b
             pieces[i].n = cnp.PyArray_SIZE(a)
             pieces[i].itemsize = cnp.PyArray_ITEMSIZE(a)
             pieces[i].state_itemsize = pieces[i].itemsize
+            pieces[i].grad_itemsize = pieces[i].itemsize
             pieces[i].start = total
             total += pieces[i].n
         with nogil:

@@ -25,12 +25,18 @@
 #    values are an array of HyperSrc in the family's hyperparameter order. The maths
 #    (coefficients, core loops) is hand-written in loops.pxd; the CPU variant's core loops
 #    arrive as a CoreTable (families.pxd) indexed by family number.
-# e) Files: this one (the Engine class), pieces.pxi (the piece runner and the gradient
+# e) 16-bit params kept with float32 masters (fastlr/optim/master.py): the masters are the
+#    engine's float32 params, and `set_users` gives each its 16-bit param (the caller's
+#    array). Its grad may then be 16-bit (or float32); a step widens the grad, updates the
+#    master and rounds it into the 16-bit param block by block in one pass (master16.pxd),
+#    and the 16-bit params count among the memory a step writes (a grad may not overlap
+#    them). The flat grad buffer stays float32.
+# f) Files: this one (the Engine class), pieces.pxi (the piece runner and the gradient
 #    reductions), clip.pxi (clip_grad_norm, grad_stats), engine_families.pxi (generated).
 
 cimport cython
 from libc.math cimport isfinite, sqrt
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -43,6 +49,7 @@ from fastlr._core.args cimport (POSITIVE, checked_real, flag_arg, layout_hint, n
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastlr._core.families cimport CoefU, CoreTable, MAX_HYPERS, MAX_STATE, N_FAMILIES, K_SGD
+from fastlr._core.half cimport FMT_BF16, FMT_F16
 from fastlr._core.loops cimport core_fn
 from fastlr._kernels cimport PARALLEL_MIN_SIZE, parallel_spans
 from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
@@ -99,11 +106,23 @@ ctypedef struct ParamC:
     int type_num
     int ndim
     int f_order               # 1 when only F-contiguous (multi-dimensional F layout)
+    Py_ssize_t itemsize
+    char* user                # a master's 16-bit param (note e), else NULL
+    int user_fmt              # its format (FMT_F16, FMT_BF16)
+    int user_type_num         # its dtype's number (a 16-bit grad has it)
+    Py_ssize_t grad_itemsize  # this step's grad: the param's itemsize, or 2 (16-bit)
 
 ctypedef struct Region:        # memory a step writes: a param or a state block
     char* lo
     char* hi
     Py_ssize_t tag            # param index, or -1 for an optimizer state buffer
+
+
+class WidenFirst(Exception):
+    """Raised by a step (before anything is written) for a 16-bit grad of a 16-bit param
+    (note e) that is not laid out as its master (the other memory order, strided,
+    misaligned, byte-swapped): the caller widens the 16-bit grads into float32 arrays laid
+    out as the masters and steps again. args[0]: the grad's index."""
 
 
 include "pieces.pxi"
@@ -129,6 +148,7 @@ cdef class Engine:
     cdef char** grad_ptrs         # per param, this step
     cdef object _keep             # arrays and schedules the pointers refer to
     cdef object _param_arrays     # list of param ndarrays (for shape checks)
+    cdef object _users            # per param: its 16-bit param (note e) or None; or None
     cdef int64_t[::1] counts      # per-param update counts (owned by optim.py)
     cdef unsigned char[::1] started   # the param's first-use state buffer is in use (SGD's
                                       # momentum: torch's "buffer is not None"); optim's
@@ -214,6 +234,7 @@ cdef class Engine:
             self._free()
             raise MemoryError()
         self._param_arrays = list(params)
+        self._users = None
         self.counts = counts
         self.started = started
         self.used = used
@@ -228,6 +249,7 @@ cdef class Engine:
             pp.type_num = cnp.PyArray_TYPE(a)
             pp.ndim = cnp.PyArray_NDIM(a)
             pp.f_order = not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            pp.itemsize = cnp.PyArray_ITEMSIZE(a)
             self.total_size += cnp.PyArray_SIZE(a)
         n_blocks = max(1, (self.total_size + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
         self.block_sums = <double*>calloc(n_blocks, sizeof(double))
@@ -276,12 +298,59 @@ cdef class Engine:
         self._set_written()
         self._set_groups(groups)
 
+    def set_users(self, list users):
+        """Per param, None or the 16-bit param (float16 or bfloat16, native, writeable,
+        aligned, its shape and layout) whose float32 master the engine's param is (note e);
+        until the next configure. The optimizer checked them when it made the masters;
+        checked again here as the pointers' safety needs."""
+        cdef Py_ssize_t i
+        cdef cnp.ndarray u, p
+        cdef ParamC* pp
+        if len(users) != self.n_params:
+            raise ValueError(f"{self.name}: set_users got {len(users)} arrays for "
+                             f"{self.n_params} params")
+        for i in range(self.n_params):
+            if users[i] is None:
+                continue
+            u = <cnp.ndarray?>users[i]
+            p = <cnp.ndarray>self._param_arrays[i]
+            if (u.dtype.itemsize != 2 or not u.dtype.isnative or u.dtype.name not in
+                    ("float16", "bfloat16") or cnp.PyArray_TYPE(p) != cnp.NPY_FLOAT or
+                    not same_shape(u, p) or not cnp.PyArray_ISALIGNED(u) or
+                    not (cnp.PyArray_IS_F_CONTIGUOUS(u) if self.params[i].f_order
+                         else cnp.PyArray_IS_C_CONTIGUOUS(u))):
+                raise ValueError(f"{self.name}: users[{i}] must be a float16 or bfloat16 "
+                                 f"array laid out as its float32 master params[{i}]")
+        for i in range(self.n_params):
+            pp = &self.params[i]
+            if users[i] is None:
+                pp.user = NULL
+                continue
+            u = <cnp.ndarray>users[i]
+            pp.user = <char*>cnp.PyArray_DATA(u)
+            pp.user_fmt = FMT_BF16 if u.dtype.name == "bfloat16" else FMT_F16
+            pp.user_type_num = cnp.PyArray_TYPE(u)
+        self._users = list(users)
+        free(self.written)
+        self.written = NULL
+        self._set_written()
+
+    @property
+    def published(self):
+        """The indices of the params whose 16-bit param a step stores (set_users)."""
+        if self._users is None:
+            return ()
+        return tuple(i for i, u in enumerate(self._users) if u is not None)
+
     cdef int _set_written(self) except -1:
         """The sorted table of written regions, so a grad overlapping any of them (another
-        param, a state buffer) is refused in O(log n) per grad."""
+        param, a 16-bit param, a state buffer) is refused in O(log n) per grad."""
         cdef Py_ssize_t i, k
         regions = [(<Py_ssize_t>self.params[i].data, self.params[i].nbytes, i)
                    for i in range(self.n_params) if self.params[i].nbytes]
+        regions += [(<Py_ssize_t>self.params[i].user, self.params[i].nbytes // 2, i)
+                    for i in range(self.n_params)
+                    if self.params[i].user != NULL and self.params[i].nbytes]
         for i in range(self.n_spans):
             for k in range(MAX_STATE):
                 if self.spans[i].state[k] != NULL and self.spans[i].n:
@@ -439,11 +508,14 @@ cdef class Engine:
         cdef ParamC* pp
         cdef char* base
         cdef char* gp
-        cdef Py_ssize_t expected_bytes = 0, hit
+        cdef Py_ssize_t expected_bytes = 0, hit, gbytes
         for i in range(n):
-            if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._param_arrays[i]):
+            if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._param_arrays[i]) or (
+                    self.params[i].user != NULL and
+                    not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._users[i])):
                 raise ValueError(f"{self.name}.step: params[{i}] is read-only "
                                  f"(flags.writeable=False) but is updated in place")
+            self.params[i].grad_itemsize = self.params[i].itemsize
         if cnp.PyArray_Check(grads):
             # one flat gradient buffer covering every param, in param order
             g = <cnp.ndarray>grads
@@ -480,14 +552,29 @@ cdef class Engine:
                 raise TypeError(f"{self.name}.step: grads[{i}] must be a numpy.ndarray, got "
                                 f"{type(obj).__name__}{ndarray_hint(obj)}")
             g = <cnp.ndarray>obj
+            gbytes = pp.nbytes
             if cnp.PyArray_TYPE(g) != pp.type_num:
-                raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
-                                f"params[{i}] has dtype "
-                                f"{(<object>self._param_arrays[i]).dtype}")
+                if pp.user != NULL and cnp.PyArray_TYPE(g) == pp.user_type_num:
+                    pp.grad_itemsize = 2            # widened block by block (note e)
+                    gbytes = pp.nbytes // 2
+                elif pp.user != NULL:
+                    user = self._users[i]
+                    raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
+                                    f"params[{i}] is {user.dtype} (kept with float32 master "
+                                    f"weights): pass its grad in {user.dtype} or float32")
+                else:
+                    raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
+                                    f"params[{i}] has dtype "
+                                    f"{(<object>self._param_arrays[i]).dtype}")
             p = <cnp.ndarray>self._param_arrays[i]
-            if cnp.PyArray_NBYTES(g) != pp.nbytes or not same_shape(g, p):
+            if cnp.PyArray_NBYTES(g) != gbytes or not same_shape(g, p):
                 raise ValueError(f"{self.name}.step: grads[{i}] has shape {(<object>g).shape} "
                                  f"but params[{i}] has shape {(<object>p).shape}")
+            if pp.grad_itemsize == 2 and (
+                    not (cnp.PyArray_IS_F_CONTIGUOUS(g) if pp.f_order
+                         else cnp.PyArray_IS_C_CONTIGUOUS(g))
+                    or not cnp.PyArray_ISALIGNED(g) or cnp.PyArray_ISBYTESWAPPED(g)):
+                raise WidenFirst(i)
             if not (cnp.PyArray_IS_F_CONTIGUOUS(g) if pp.f_order
                     else cnp.PyArray_IS_C_CONTIGUOUS(g)):
                 raise ValueError(f"{self.name}.step: grads[{i}] must be "
@@ -498,9 +585,9 @@ cdef class Engine:
                 raise ValueError(f"{self.name}.step: grads[{i}] must be aligned and in native "
                                  f"byte order")
             gp = <char*>cnp.PyArray_DATA(g)
-            if pp.nbytes and gp < pp.data + pp.nbytes and pp.data < gp + pp.nbytes:
+            if pp.nbytes and gp < pp.data + pp.nbytes and pp.data < gp + gbytes:
                 raise ValueError(f"{self.name}.step: grads[{i}] overlaps params[{i}] in memory")
-            hit = self._written_hit(gp, gp + pp.nbytes)
+            hit = self._written_hit(gp, gp + gbytes)
             if hit >= 0:
                 self._refuse_overlap(f"grads[{i}]", hit)
             self.grad_ptrs[i] = gp
@@ -560,9 +647,10 @@ cdef class Engine:
         for i in range(self.n_spans):
             sp = &self.spans[i]
             dropped = self.groups[sp.group].dropped
-            adjacent = True
+            adjacent = self.params[sp.first].user == NULL   # masters: a piece each (note e)
             for j in range(sp.first + 1, sp.first + sp.n_params):
-                if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes:
+                if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes or \
+                        self.params[j].user != NULL:
                     adjacent = False
                     break
             if adjacent:
@@ -574,7 +662,9 @@ cdef class Engine:
                     pc.ptrs[2 + k] = NULL if (dropped >> k) & 1 else sp.state[k]
                 pc.n = sp.n
                 pc.itemsize = sp.itemsize
+                pc.grad_itemsize = sp.itemsize
                 pc.state_itemsize = sp.state_itemsize
+                pc.user = NULL
                 pc.core = sp.core
                 pc.coef = &self.coefs[i]
                 pc.start = start
@@ -592,7 +682,10 @@ cdef class Engine:
                                  * sp.state_itemsize)
                     pc.n = self.params[j].nbytes // sp.itemsize
                     pc.itemsize = sp.itemsize
+                    pc.grad_itemsize = self.params[j].grad_itemsize
                     pc.state_itemsize = sp.state_itemsize
+                    pc.user = self.params[j].user
+                    pc.user_fmt = self.params[j].user_fmt
                     pc.core = sp.core
                     pc.coef = &self.coefs[i]
                     pc.start = start

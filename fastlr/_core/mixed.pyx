@@ -34,10 +34,10 @@
 #    float16 the low 13 bits for normal results, and for subnormal results (below 2^-14)
 #    the low s bits for s dropped bits (s <= 31; a result below 2^-38 first drops its bits
 #    past 31 by truncation, so its probability of rounding up is exact to 2^-31 of an ulp).
-# d) float16 rounding is written out on the bits (no _Float16: its availability and
-#    conversions vary by compiler): nearest even, overflow (|x| >= 65520) to Inf, subnormal
-#    results rounded at 2^-24, NaN kept as a quiet NaN with its sign and top payload bits;
-#    widening is exact. Integer operations and selects only, so the loops vectorize.
+# d) float16 rounding is written out on the bits (fastlr/_core/half.pxd): nearest even,
+#    overflow (|x| >= 65520) to Inf, subnormal results rounded at 2^-24, NaN kept as a quiet
+#    NaN with its sign and top payload bits; widening is exact. Integer operations and
+#    selects only, so the loops vectorize.
 # e) Threads: element-wise, through the kernels' threaded loop (parallel_spans): the same
 #    bits for any thread count. Validation: everything (types, dtypes, shapes, layouts,
 #    writeability, alignment, byte order, overlap, hyperparameters) is checked before the
@@ -46,7 +46,7 @@
 
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
 from fastlr._core.args cimport step_arg, threads_arg
@@ -54,6 +54,8 @@ from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
                                   check_overlap, check_param_layout)
 from fastlr._core.bfloat cimport (bf16_round, bf16_round_stochastic, bf16_widen, random_bits,
                                   step_salt)
+from fastlr._core.half cimport (FMT_BF16, FMT_F16, f16_round, f16_round_stochastic, f16_widen,
+                               widen16)
 from fastlr._core.int8core cimport (BLOCK_, Coef, check_scales, coef_from, hyper_args,
                                     int8_block)
 from fastlr._core.loops cimport AdamCoef, adam_coef, fsqrt, lerp
@@ -71,87 +73,8 @@ __all__ = ["adam_mixed", "adam_mixed_int8_state"]
 cdef enum:
     # The GIL is released for params at least this long (as in _kernels).
     NOGIL_MIN_SIZE = 4096
-    FMT_F16 = 0
-    FMT_BF16 = 1
     # the salt stream of the param's stochastic rounding (0 and 1: the moments, AMSGrad)
     PARAM_STREAM = 2
-
-
-# ---------------------------------------------------------------------------------------
-# float16 <-> float32 on the bits
-# ---------------------------------------------------------------------------------------
-cdef inline uint32_t _sel(bint c, uint32_t a, uint32_t b) noexcept nogil:
-    """a if c else b, as a mask (no branch: Cython writes a conditional expression as an
-    if statement, and GCC does not vectorize a loop with nested ones)."""
-    return b ^ ((a ^ b) & (<uint32_t>0 - <uint32_t>c))
-
-
-cdef inline int32_t _clamp(int32_t x, int32_t lo, int32_t hi) noexcept nogil:
-    # a signed maximum, then minimum (integers only: one instruction each once vectorized)
-    x = lo if x < lo else x
-    return hi if x > hi else x
-
-
-cdef inline float _f16_widen(uint16_t h) noexcept nogil:
-    """The float32 value of IEEE half bits (exact; NaN payloads kept)."""
-    cdef uint32_t sign = (<uint32_t>(h & 0x8000)) << 16
-    cdef uint32_t e = (h >> 10) & 0x1F
-    cdef uint32_t mant = h & 0x3FF
-    cdef uint32_t u_norm = sign | ((e + 112) << 23) | (mant << 13)
-    cdef uint32_t u_special = sign | <uint32_t>0x7F800000 | (mant << 13)
-    cdef float sub = <float>(<int32_t>mant) * <float>5.9604644775390625e-08     # m * 2^-24
-    cdef uint32_t u_sub
-    memcpy(&u_sub, &sub, 4)
-    u_sub = u_sub | sign
-    cdef uint32_t u = _sel(e == 0, u_sub, _sel(e == 31, u_special, u_norm))
-    cdef float x
-    memcpy(&x, &u, 4)
-    return x
-
-
-cdef inline uint16_t _f16_round(float x) noexcept nogil:
-    """The IEEE half nearest x (ties to even), as bits: overflow to Inf, subnormals at
-    2^-24, NaN a quiet NaN with its sign and top payload bits."""
-    cdef uint32_t u
-    memcpy(&u, &x, 4)
-    cdef uint32_t sign = (u >> 16) & 0x8000
-    cdef uint32_t a = u & <uint32_t>0x7FFFFFFF
-    cdef int32_t e = <int32_t>(a >> 23)
-    # normal results: rebias the exponent (127 -> 15), round the 13 dropped bits
-    cdef uint32_t hn = (a - <uint32_t>0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
-    # subnormal results: the significand in units of 2^-24, rounded at s dropped bits
-    cdef int32_t s = _clamp(126 - e, 1, 25)
-    cdef uint32_t mant = (a & <uint32_t>0x7FFFFF) | <uint32_t>0x800000
-    cdef uint32_t hs = (mant + ((<uint32_t>1 << (s - 1)) - 1) + ((mant >> s) & 1)) >> s
-    cdef uint32_t r = _sel(a >= <uint32_t>0x477FF000, 0x7C00,
-                           _sel(a >= <uint32_t>0x38800000, hn, hs))
-    r = _sel(a > <uint32_t>0x7F800000, <uint32_t>0x7E00 | ((a >> 13) & 0x3FF), r)
-    return <uint16_t>(sign | r)
-
-
-cdef inline uint16_t _f16_round_stochastic(float x, uint32_t rnd) noexcept nogil:
-    """x rounded to one of its two neighbouring halves, up with probability (the dropped
-    part) / (the gap), for uniform 32-bit rnd; halves are kept; NaN and overflow as
-    _f16_round (a result past 65504 may round up to Inf)."""
-    cdef uint32_t u
-    memcpy(&u, &x, 4)
-    cdef uint32_t sign = (u >> 16) & 0x8000
-    cdef uint32_t a = u & <uint32_t>0x7FFFFFFF
-    cdef int32_t e = <int32_t>(a >> 23)
-    cdef uint32_t hn = (a - <uint32_t>0x38000000 + (rnd & 0x1FFF)) >> 13
-    cdef int32_t s = _clamp(126 - e, 1, 56)
-    cdef int32_t sd = _clamp(s - 31, 0, 25)         # bits past 31 dropped by truncation
-    s = s - sd
-    cdef uint32_t mant = ((a & <uint32_t>0x7FFFFF) | <uint32_t>0x800000) >> sd
-    cdef uint32_t hs = (mant + (rnd & ((<uint32_t>1 << s) - 1))) >> s
-    cdef uint32_t r = _sel(a >= <uint32_t>0x47800000, 0x7C00,
-                           _sel(a >= <uint32_t>0x38800000, hn, hs))
-    r = _sel(a > <uint32_t>0x7F800000, <uint32_t>0x7E00 | ((a >> 13) & 0x3FF), r)
-    return <uint16_t>(sign | r)
-
-
-cdef inline float _widen16(uint16_t h, int fmt) noexcept nogil:
-    return bf16_widen(h) if fmt == FMT_BF16 else _f16_widen(h)
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,11 +114,11 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
     if has_master:
         pi = master[i]
     else:
-        pi = _widen16(p[i], fmt)
+        pi = widen16(p[i], fmt)
     if grad_t is float:
         g = grad[i]
     else:
-        g = _widen16(grad[i], fmt)
+        g = widen16(grad[i], fmt)
     if has_master:
         memcpy(&key, &pi, 4)
     else:
@@ -221,11 +144,11 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
     pn = pi * decay - step_size * (mi / (fsqrt(vi) * inv_bc2s + eps))
     if has_master:
         master[i] = pn
-        p[i] = bf16_round(pn) if fmt == FMT_BF16 else _f16_round(pn)
+        p[i] = bf16_round(pn) if fmt == FMT_BF16 else f16_round(pn)
     else:
         r = random_bits(key, salt_param)
         p[i] = (bf16_round_stochastic(pn, r >> 16) if fmt == FMT_BF16
-                else _f16_round_stochastic(pn, r))
+                else f16_round_stochastic(pn, r))
 
 
 ctypedef struct MixedCoef:
@@ -561,7 +484,7 @@ def f16_unpack(const uint16_t[::1] bits,      # IN: IEEE half bits
     cdef Py_ssize_t i, n = bits.shape[0]
     with nogil:
         for i in range(n):
-            out[i] = _f16_widen(bits[i])
+            out[i] = f16_widen(bits[i])
 
 
 @cython.boundscheck(False)
@@ -575,7 +498,7 @@ def f16_pack(const float[::1] x,              # IN: float32
     cdef Py_ssize_t i, n = x.shape[0]
     with nogil:
         for i in range(n):
-            out[i] = _f16_round(x[i])
+            out[i] = f16_round(x[i])
 
 
 # ---- the stochastic rounding of 16-bit params without masters in the other optimizers ----
@@ -593,10 +516,10 @@ cdef inline void _round_loop(uint16_t* p, const float* x, const grad_t* grad, Py
         if grad_t is float:
             g = grad[i]
         else:
-            g = _widen16(grad[i], fmt)
-        r = random_bits(_round_key(_widen16(p[i], fmt), g), salt)
+            g = widen16(grad[i], fmt)
+        r = random_bits(_round_key(widen16(p[i], fmt), g), salt)
         p[i] = (bf16_round_stochastic(x[i], r >> 16) if fmt == FMT_BF16
-                else _f16_round_stochastic(x[i], r))
+                else f16_round_stochastic(x[i], r))
 
 
 def round_stochastic_into(uint16_t[::1] param not None,  # IN/OUT: 16-bit bits (old in, new out)
@@ -673,25 +596,25 @@ cdef inline void _blocks8(Job8* job, const grad_t* grad, Py_ssize_t start, Py_ss
             gp = grad + b
         else:
             for j in range(nb):
-                gw[j] = _widen16(grad[b + j], fmt)
+                gw[j] = widen16(grad[b + j], fmt)
             gp = gw
         if has_master:
             pp = job.master + b
         else:
             for j in range(nb):
-                pw[j] = _widen16(p[j], fmt)
+                pw[j] = widen16(p[j], fmt)
             pp = pw
         int8_block(pp, gp, job.m + b, job.v + b, job.sm + b // BLOCK_, job.sv + b // BLOCK_,
                    b if has_master else b % CHUNK_16, nb, &job.c)
         if has_master:
             for j in range(nb):
-                p[j] = bf16_round(pp[j]) if fmt == FMT_BF16 else _f16_round(pp[j])
+                p[j] = bf16_round(pp[j]) if fmt == FMT_BF16 else f16_round(pp[j])
         else:
             # the key: the param's value before the update (still in p) and the grad's
             for j in range(nb):
-                r = random_bits(_round_key(_widen16(p[j], fmt), gp[j]), job.salt_param)
+                r = random_bits(_round_key(widen16(p[j], fmt), gp[j]), job.salt_param)
                 p[j] = (bf16_round_stochastic(pp[j], r >> 16) if fmt == FMT_BF16
-                        else _f16_round_stochastic(pp[j], r))
+                        else f16_round_stochastic(pp[j], r))
         b += BLOCK_
 
 

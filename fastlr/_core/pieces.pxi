@@ -6,11 +6,14 @@
 ctypedef struct Piece:
     char* ptrs[5]             # param, grad, state...
     Py_ssize_t n
-    Py_ssize_t itemsize       # of the param and grad
+    Py_ssize_t itemsize       # of the param (and of the grad but for grad_itemsize)
+    Py_ssize_t grad_itemsize  # of the grad: itemsize, or 2 for a 16-bit param's grad
     Py_ssize_t state_itemsize # of the state buffers (2 for bfloat16 state, else itemsize)
     Py_ssize_t start          # first element in the concatenation of all pieces
     core_fn core
     const void* coef
+    char* user                # the param is the float32 master of these 16-bit bits (or NULL)
+    int user_fmt              # their format (FMT_F16, FMT_BF16): master16.pxd runs the piece
 
 
 cdef inline char* _off(char* p, Py_ssize_t nbytes) noexcept nogil:
@@ -36,10 +39,15 @@ cdef void run_piece_range(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t l
         e = hi - pc.start if hi - pc.start < pc.n else pc.n
         if e > s:
             ptrs[0] = _off(pc.ptrs[0], s * pc.itemsize)
-            ptrs[1] = _off(pc.ptrs[1], s * pc.itemsize)
+            ptrs[1] = _off(pc.ptrs[1], s * pc.grad_itemsize)
             for k in range(2, 5):
                 ptrs[k] = _off(pc.ptrs[k], s * pc.state_itemsize)
-            pc.core(ptrs, e - s, pc.coef)
+            if pc.user == NULL:
+                pc.core(ptrs, e - s, pc.coef)
+            else:               # the master, then its 16-bit param, block by block
+                CORES.master16[pc.user_fmt](pc.core, ptrs, e - s, pc.coef,
+                                            <uint16_t*>pc.user + s, pc.grad_itemsize == 2,
+                                            pc.state_itemsize)
         i += 1
 
 
@@ -101,11 +109,17 @@ cdef void reduce_block(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t lo, 
         e = hi - pc.start if hi - pc.start < pc.n else pc.n
         if e > s:
             f64 = pc.itemsize == 8
-            x = pc.ptrs[1] + s * pc.itemsize
-            if want_norm:
-                CORES.sumsq[f64](x, e - s, pc.start + s, acc)
-            if want_scan and not flag:
-                flag = CORES.nonfinite[f64](x, e - s)
+            x = pc.ptrs[1] + s * pc.grad_itemsize
+            if pc.grad_itemsize == 2:       # a 16-bit param's 16-bit grad (master16.pxd)
+                if want_norm:
+                    CORES.sumsq16[pc.user_fmt](x, e - s, pc.start + s, acc)
+                if want_scan and not flag:
+                    flag = CORES.nonfinite16[pc.user_fmt](x, e - s)
+            else:
+                if want_norm:
+                    CORES.sumsq[f64](x, e - s, pc.start + s, acc)
+                if want_scan and not flag:
+                    flag = CORES.nonfinite[f64](x, e - s)
         i += 1
     block_sum[0] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
     block_flag[0] = flag

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from fastlr._core.args import INT_MAX, int_arg
+from fastlr._core.engine import Engine
 from fastlr.kernels import zeros_like_many
 from fastlr.optim import int8
 from fastlr.optim import fused16
@@ -165,6 +166,10 @@ class LayoutMixin(_OptimizerAttrs):
                 self._engine.configure(self._params, spans, groups, self._counts,
                                        self._started, self._used, self._mu_product,
                                        self._lr_scale)
+                if type(self._engine) is Engine and getattr(self, "_masters_of", None):
+                    # 16-bit params with masters: the engine reads their 16-bit grads and
+                    # stores them in the same pass (fastlr/_core/master16.pxd)
+                    self._engine.set_users([self._user(p) for p in self._params])
         self._dirty = False
 
     @staticmethod

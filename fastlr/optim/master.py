@@ -2,13 +2,16 @@
 
 A param of dtype ``np.float16`` or ``ml_dtypes.bfloat16`` is kept by the optimizer as a
 float32 copy, its master weights: the optimizer's own param (in ``param_groups``, the state
-and the compiled step), created when the param is added. A step casts each 16-bit grad
-into a float32 buffer (exactly), updates the masters like any float32 params, then writes
-every master into its 16-bit param rounded to nearest even (the bits of NumPy's and
-ml_dtypes' casts, by compiled loops).
-float32 grads of a 16-bit param are used as they are. So the masters hold exactly the
-bits a float32 optimizer over float32 copies of the params would hold, on every optimizer
-of the table, and the caller's arrays follow them rounded.
+and the compiled step), created when the param is added. A step updates the masters from
+the grads widened exactly (float32 grads of a 16-bit param are used as they are), like any
+float32 params, and writes every master into its 16-bit param rounded to nearest even (the
+bits of NumPy's and ml_dtypes' casts). The step engine does it in one pass per param
+(``Engine.set_users``: fastlr/_core/master16.pxd, block by block in L1), Adam/AdamW's
+fused step in ``fastlr.kernels.adam_mixed``; the int8 front and the reference mode take
+passes (cast every grad into a float32 buffer: ``_master_grads``; step; round every
+master: ``_publish_masters``), as does a 16-bit grad laid out otherwise than its param.
+So the masters hold exactly the bits a float32 optimizer over float32 copies of the params
+would hold, on every optimizer of the table, and the caller's arrays follow them rounded.
 
 The masters are optimizer state: ``state_dict()["master"]`` (param index -> float32 array)
 and checkpoints hold them; loading restores them and rounds them into the params (a

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from fastlr import reference
+from fastlr._core.engine import Engine, WidenFirst
 from fastlr._kernels import get_num_threads as _default_threads
 from fastlr.optim import fused16, int8
 from fastlr.optim.front import split_flat
@@ -88,25 +89,41 @@ class StepMixin(_OptimizerAttrs):
                 grads = self._grads_list(grads, "step")
             if self._dirty:
                 self._configure()
-            # 16-bit params' masters stepped by the engine: float32 grads for them (the
-            # fused step of Adam/AdamW reads the 16-bit grads itself: fastlr/optim/fused16.py)
+            # 16-bit params' masters: the engine reads their 16-bit grads and stores the
+            # 16-bit params itself (set_users: Engine.published), as Adam/AdamW's fused
+            # step does (fastlr/optim/fused16.py); the int8 front takes float32 grads
             masters = getattr(self, "_masters_of", None) and \
                 type(self._engine) is not fused16.Fused16Step
-            if masters:
+            if masters and type(self._engine) is not Engine:
                 grads = self._master_grads(grads)
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
             try:
-                applied = self._engine.step(grads, self._t, n_threads,
-                                            self._max_grad_norm or 0.0, self._skip_nonfinite)
+                try:
+                    applied = self._engine.step(grads, self._t, n_threads,
+                                                self._max_grad_norm or 0.0,
+                                                self._skip_nonfinite)
+                except WidenFirst:  # (nothing written) a 16-bit grad not laid out as its
+                    # param: every one widened into a float32 buffer laid out as its master
+                    grads = self._master_grads(grads)
+                    applied = self._engine.step(grads, self._t, n_threads,
+                                                self._max_grad_norm or 0.0,
+                                                self._skip_nonfinite)
             except TypeError:       # nothing written; a fastlr.RowSparseGrad takes this path
                 from fastlr.optim.sparse_adam import has_row_sparse, lazy_step
                 if not has_row_sparse(self, grads):
                     raise
+                if masters:         # (the lazy kernels step the masters: float32 grads)
+                    grads = self._master_grads(grads)
                 applied = lazy_step(self, grads)
+                if masters:
+                    self._publish_masters()
+                    masters = False
             if applied:
                 self._t += 1
-                if masters:     # (int8 state stores most of them itself: Int8Step.published)
-                    self._publish_masters(getattr(self._engine, "published", ()))
+                if masters:     # those the step did not store (Engine / Int8Step.published)
+                    published = getattr(self._engine, "published", ())
+                    if len(published) < len(self._masters_of):
+                        self._publish_masters(published)
             else:
                 self._skipped += 1
         except (TypeError, ValueError) as error:

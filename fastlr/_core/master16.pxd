@@ -1,0 +1,128 @@
+# fastlr/_core/master16.pxd -- the step engine's 16-bit params kept with float32 master
+# weights (issue #19), as inline C (private; no module): one pass per piece, block by block.
+#
+# Design notes
+# ------------
+# a) A param of the engine that is the float32 master of a 16-bit param (float16 or
+#    bfloat16: fastlr/optim/master.py) runs through master16_run instead of its family's
+#    core alone. Per block of MASTER16_BLOCK elements: a 16-bit grad is widened (exactly)
+#    into a stack buffer (a float32 grad is read in place), the family's float32 core
+#    updates the master and the state from it, and the block of masters is rounded to
+#    nearest even into the 16-bit param, while the block is in L1. The same operations as
+#    the passes they replace (widen every grad, step the masters, round every master into
+#    its param), so the same bits; the 16-bit grads need no float32 copy.
+# b) The grad reductions over 16-bit grads (clipping's norm, the non-finite scan) widen the
+#    same way; sumsq_core adds element i into lane (start + i) % 8 in index order whatever
+#    the split, so the norm has the bits of the widened grads' norm. A 16-bit value is
+#    NaN or Inf exactly when its widened value is.
+# c) The pointers are the engine's piece's: [master, grad, state...] (2 + 3), the grad's
+#    elements 2 bytes (16-bit) or 4; a NULL state pointer stays NULL (a slot the step
+#    leaves out). The format comes in as a constant (one straight-line loop per format).
+
+cimport cython
+from libc.stdint cimport uint16_t, uint32_t
+
+from fastlr._core.bfloat cimport bf16_round
+from fastlr._core.half cimport FMT_BF16, FMT_F16, f16_round, widen16
+from fastlr._core.loops cimport core_fn, sumsq_core
+
+cdef enum:
+    MASTER16_BLOCK = 512      # elements per block: three float32 blocks stay in L1
+    PIECE_PTRS = 5            # master, grad, up to 3 state buffers
+
+ctypedef void (*master16_fn)(core_fn core, char** ptrs, Py_ssize_t n, const void* coef,
+                             uint16_t* user, bint grad16,
+                             Py_ssize_t state_itemsize) noexcept nogil
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void master16_run(core_fn core, char** ptrs, Py_ssize_t n,        # IN
+                              const void* coef, uint16_t* user, bint grad16,   # IN, OUT, IN
+                              Py_ssize_t state_itemsize, int fmt) noexcept nogil:
+    """Elements [0, n) of a piece (note a): ptrs = [master, grad, state...], user = the
+    16-bit param's bits."""
+    cdef float gb[MASTER16_BLOCK]
+    cdef char* b[PIECE_PTRS]
+    cdef const uint16_t* g16 = <const uint16_t*>ptrs[1]
+    cdef const float* m
+    cdef Py_ssize_t a = 0, nb, j, k
+    while a < n:
+        nb = n - a if n - a < MASTER16_BLOCK else MASTER16_BLOCK
+        b[0] = ptrs[0] + a * 4
+        if grad16:
+            for j in range(nb):
+                gb[j] = widen16(g16[a + j], fmt)
+            b[1] = <char*>gb
+        else:
+            b[1] = ptrs[1] + a * 4
+        for k in range(2, PIECE_PTRS):
+            b[k] = NULL if ptrs[k] == NULL else ptrs[k] + a * state_itemsize
+        core(b, nb, coef)
+        m = <const float*>b[0]
+        if fmt == FMT_BF16:
+            for j in range(nb):
+                user[a + j] = bf16_round(m[j])
+        else:
+            for j in range(nb):
+                user[a + j] = f16_round(m[j])
+        a += nb
+
+
+cdef inline void master16_bf16(core_fn core, char** ptrs, Py_ssize_t n, const void* coef,
+                               uint16_t* user, bint grad16,
+                               Py_ssize_t state_itemsize) noexcept nogil:
+    master16_run(core, ptrs, n, coef, user, grad16, state_itemsize, FMT_BF16)
+
+
+cdef inline void master16_f16(core_fn core, char** ptrs, Py_ssize_t n, const void* coef,
+                              uint16_t* user, bint grad16,
+                              Py_ssize_t state_itemsize) noexcept nogil:
+    master16_run(core, ptrs, n, coef, user, grad16, state_itemsize, FMT_F16)
+
+
+# ---- the grad reductions over 16-bit grads (note b); the signatures of loops.pxd's ----
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void sumsq16(const char* x, Py_ssize_t n, Py_ssize_t start, double* acc,
+                         int fmt) noexcept nogil:
+    cdef float gb[MASTER16_BLOCK]
+    cdef const uint16_t* h = <const uint16_t*>x
+    cdef Py_ssize_t a = 0, nb, j
+    while a < n:
+        nb = n - a if n - a < MASTER16_BLOCK else MASTER16_BLOCK
+        for j in range(nb):
+            gb[j] = widen16(h[a + j], fmt)
+        sumsq_core(gb, nb, start + a, acc)
+        a += nb
+
+
+cdef inline void sumsq_bf16(const char* x, Py_ssize_t n, Py_ssize_t start,
+                            double* acc) noexcept nogil:
+    sumsq16(x, n, start, acc, FMT_BF16)
+
+
+cdef inline void sumsq_f16(const char* x, Py_ssize_t n, Py_ssize_t start,
+                           double* acc) noexcept nogil:
+    sumsq16(x, n, start, acc, FMT_F16)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline bint nonfinite16(const char* x, Py_ssize_t n, uint32_t exponent) noexcept nogil:
+    """True when an element's exponent bits are all ones (NaN or +-Inf): an integer max."""
+    cdef const uint16_t* h = <const uint16_t*>x
+    cdef uint32_t m = 0, e
+    cdef Py_ssize_t i
+    for i in range(n):
+        e = h[i] & exponent
+        m = e if e > m else m
+    return m == exponent
+
+
+cdef inline bint nonfinite_bf16(const char* x, Py_ssize_t n) noexcept nogil:
+    return nonfinite16(x, n, 0x7F80u)
+
+
+cdef inline bint nonfinite_f16(const char* x, Py_ssize_t n) noexcept nogil:
+    return nonfinite16(x, n, 0x7C00u)

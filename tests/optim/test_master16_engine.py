@@ -1,0 +1,174 @@
+"""16-bit params with float32 masters in the step engine's optimizers (every optimizer of
+the table but Adam/AdamW, whose fused step is tests/optim/test_fused16.py): one pass per
+param (fastlr/_core/master16.pxd) reads the 16-bit grads, updates the masters and rounds
+them into the 16-bit params.
+
+The bits must be those of a float32 optimizer over float32 copies stepped with the grads
+widened exactly (the passes the engine replaces), at sizes spanning several blocks, with
+clipping and the non-finite scan over 16-bit grads, on 1-3 threads; misuse raises before
+anything is written.
+"""
+
+import numpy as np
+import pytest
+
+import fastlr
+from fastlr import _specs
+from fastlr.optim import master
+from test_master_weights import DTYPES  # noqa: E402 (float16, and bfloat16 when installed)
+
+ENGINE_CLASSES = [o.cls for o in _specs.OPTIMIZERS.values() if o.cls not in ("Adam", "AdamW")]
+#: several 512-element blocks and remainders, an F-ordered matrix, a 0-d and an empty param
+SHAPES = [(3001,), (37, 129), (), (0,), (1100,)]
+F_ORDERED = 1
+
+
+def _kw(cls):
+    return {"SGD": dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.01),
+            "Rprop": dict(lr=0.01), "Adadelta": dict(lr=0.5),
+            "ASGD": dict(lr=0.02)}.get(cls, dict(lr=0.01))
+
+
+def _layout(a, k):
+    return np.asfortranarray(a) if k == F_ORDERED else np.ascontiguousarray(a)
+
+
+def _params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [_layout(rng.standard_normal(s).astype(dtype), k) for k, s in enumerate(SHAPES)]
+
+
+def _grads(t, dtype, nan_at=None):
+    rng = np.random.default_rng([t, 11])
+    out = [_layout((rng.standard_normal(s) * 3).astype(dtype), k)
+           for k, s in enumerate(SHAPES)]
+    if nan_at is not None and t == nan_at:
+        out[4][17] = np.nan
+    return out
+
+
+def _widened(gs):
+    return [_layout(g.astype(np.float32), k) for k, g in enumerate(gs)]
+
+
+@pytest.mark.parametrize("options", [{}, {"max_grad_norm": 5.0},
+                                     {"skip_nonfinite": True}, {"n_threads": 2},
+                                     {"n_threads": 3, "max_grad_norm": 50.0}],
+                         ids=["plain", "clipped", "skip-nonfinite", "2-threads",
+                              "3-threads-clipped"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls", ENGINE_CLASSES)
+def test_one_pass_gives_the_bits_of_the_float32_optimizer(cls, dtype, options):
+    params = _params(dtype)
+    copies = [_layout(p.astype(np.float32), k) for k, p in enumerate(params)]
+    kw = dict(_kw(cls), **options)
+    opt = getattr(fastlr, cls)(params, **kw)
+    ref = getattr(fastlr, cls)(copies, **kw)
+    nan_at = 3 if options.get("skip_nonfinite") else None
+    for t in range(6):
+        gs = _grads(t, dtype, nan_at)
+        assert opt.step(gs) == ref.step(_widened(gs))
+    assert opt.steps == ref.steps and opt.skipped_steps == ref.skipped_steps
+    if "max_grad_norm" in options:
+        assert opt.last_grad_norm == ref.last_grad_norm
+    masters = opt.param_groups[0]["params"]
+    for k, (p, m, c) in enumerate(zip(params, masters, copies)):
+        assert np.array_equal(m, c, equal_nan=True), k
+        assert np.array_equal(p.view(np.uint16), c.astype(dtype).view(np.uint16)), k
+        assert p.flags.f_contiguous if k == F_ORDERED else p.flags.c_contiguous
+    for i, (a, b) in enumerate(zip(opt.state_dict()["state"].values(),
+                                   ref.state_dict()["state"].values())):
+        for key in a:
+            assert np.array_equal(a[key], b[key], equal_nan=True), (i, key)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_engine_reads_16bit_grads_and_stores_the_params_itself(dtype, monkeypatch):
+    calls = []
+    for name in ("_widen_into", "_round_into"):
+        real = getattr(master, name)
+        monkeypatch.setattr(master, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    params = _params(dtype)
+    opt = fastlr.SGD(params, lr=0.1, momentum=0.9)
+    opt.step(_grads(0, dtype))
+    opt.step(_widened(_grads(1, dtype)))
+    assert calls == []
+    assert opt._engine.published == tuple(range(len(SHAPES)))
+    # a 16-bit grad in the other memory order than its param: widened first (as before)
+    gs = _grads(2, dtype)
+    gs[F_ORDERED] = np.ascontiguousarray(gs[F_ORDERED])
+    opt.step(gs)
+    assert calls.count("_widen_into") == len(SHAPES)
+    assert "_round_into" not in calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_and_other_order_16bit_grads_are_still_taken(dtype):
+    params = _params(dtype)
+    copies = [_layout(p.astype(np.float32), k) for k, p in enumerate(params)]
+    opt = fastlr.RMSprop(params, lr=0.01)
+    ref = fastlr.RMSprop(copies, lr=0.01)
+    for t in range(3):
+        gs = _grads(t, dtype)
+        bent = list(gs)
+        bent[F_ORDERED] = np.ascontiguousarray(gs[F_ORDERED])
+        wide = np.empty(2 * gs[0].size, dtype)
+        wide[::2] = gs[0]
+        bent[0] = wide[::2]
+        opt.step(bent)
+        ref.step(_widened(gs))
+    for p, m, c in zip(params, opt.param_groups[0]["params"], copies):
+        assert np.array_equal(m, c) and np.array_equal(p, c.astype(dtype))
+
+
+def _snapshot(opt, params):
+    return ([p.copy() for p in params], [m.copy() for m in opt.param_groups[0]["params"]],
+            opt.state_dict())
+
+
+def _unchanged(opt, params, snap):
+    ps, ms, sd = snap
+    assert all(np.array_equal(a.view(np.uint16), b.view(np.uint16))
+               for a, b in zip(params, ps))
+    assert all(np.array_equal(a, b) for a, b in zip(opt.param_groups[0]["params"], ms))
+    now = opt.state_dict()
+    assert now["steps"] == sd["steps"]
+    for a, b in zip(now["state"].values(), sd["state"].values()):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_misuse_raises_before_anything_is_written(dtype):
+    params = _params(dtype)
+    opt = fastlr.SGD(params, lr=0.1, momentum=0.9)
+    opt.step(_grads(0, dtype))
+    snap = _snapshot(opt, params)
+    gs = _grads(1, dtype)
+    with pytest.raises(TypeError, match=r"grads\[4\].* has dtype float64 but params\[4\]"
+                                        r".* is .*kept with float32 master weights"):
+        opt.step(gs[:4] + [gs[4].astype(np.float64)])
+    with pytest.raises(ValueError, match=r"grads\[4\].* has shape"):
+        opt.step(gs[:4] + [gs[4][:-1]])
+    # a grad in another 16-bit param's memory (written by the step) is refused
+    with pytest.raises(ValueError, match=r"grads\[4\].* overlaps params\[0\]"):
+        opt.step(gs[:4] + [params[0][:1100]])
+    # a 16-bit param made read-only after construction
+    params[4].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[4\].* is read-only"):
+        opt.step(gs)
+    params[4].flags.writeable = True
+    _unchanged(opt, params, snap)
+    opt.step(gs)
+    assert opt.steps == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_sparse_grads_still_reach_the_16bit_params(dtype):
+    w = np.zeros((6, 3), dtype)
+    opt = fastlr.SGD([w], lr=0.5)
+    opt.step([fastlr.RowSparseGrad(np.array([1, 4]), np.ones((2, 3), np.float32))])
+    expected = np.zeros((6, 3), np.float32)
+    expected[[1, 4]] = -0.5
+    assert np.array_equal(w, expected.astype(dtype))
+    assert np.array_equal(opt.param_groups[0]["params"][0], expected)
