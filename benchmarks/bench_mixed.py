@@ -232,10 +232,80 @@ class TrackMixedBytesPerParam:
         return sum(b.nbytes for b in bufs) / n
 
 
-if __name__ == "__main__":          # python -m benchmarks.bench_mixed [16M|gpt2-small]
+#: the other optimizers of the table on 16-bit params (one pass per param in the step
+#: engine: fastlr/_core/master16.pxd), by name: their hyperparameters
+OTHERS = {"SGD": dict(lr=1e-3, momentum=0.9), "RMSprop": dict(lr=1e-3)}
+#: their modes: float32 params and grads, or bfloat16 ones with or without masters
+OTHER_MODES = {"float32": None, "master": True, "nomaster": False}
+
+
+def other_step_fn(name, mode, size):
+    """One step of ``fastlr.<name>`` (:data:`OTHERS`, 1 thread) over ``size``'s shapes in
+    ``mode`` (:data:`OTHER_MODES`; cached per process)."""
+    key = ("other", name, mode, size)
+    if key in _CACHE:
+        return _CACHE[key]
+    import fastlr
+
+    params, grads = _data(size)
+    if mode != "float32":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise NotImplementedError("ml_dtypes is not installed") from None
+        params = [p.astype(ml_dtypes.bfloat16) for p in params]
+        grads = [g.astype(ml_dtypes.bfloat16) for g in grads]
+        kw = {"master_weights": OTHER_MODES[mode]}
+    else:
+        kw = {}
+    opt = getattr(fastlr, name)(params, n_threads=1, **OTHERS[name], **kw)
+
+    def fn():
+        opt.step(grads)
+    fn()
+    _CACHE[key] = fn
+    return fn
+
+
+class TrackOther16Speedup:
+    """SGD (momentum) and RMSprop on bfloat16 params and grads, with master weights or
+    without: the same optimizer's time on float32 params and grads / this time
+    (interleaved samples, best of up to 7). Bytes per element: float32 20; masters 26
+    (param 2 + 2, grad 2, master 4 + 4, state 4 + 4 per buffer); no master 14."""
+
+    params = [list(OTHERS), ["master", "nomaster"], list(SIZES)]
+    param_names = ["optimizer", "mode", "size"]
+    unit = "x"
+    timeout = 900
+
+    def setup(self, optimizer, mode, size):
+        steady_state_malloc()
+        self.samplers = {m: per_call_time(other_step_fn(optimizer, m, size),
+                                          min_sample=0.05)[1] for m in (mode, "float32")}
+
+    def track_speedup(self, optimizer, mode, size):
+        best = _best(self.samplers)
+        return round(best["float32"] / best[mode], 2)
+
+
+def _others_table(size):
+    impls = [(n, m) for n in OTHERS for m in OTHER_MODES]
+    samplers = {k: per_call_time(other_step_fn(*k, size), min_sample=0.05)[1] for k in impls}
+    best = _best(samplers, seconds=60.0)
+    print(f"bfloat16 params and grads, {size}, 1 thread: the optimizer's float32 time / "
+          f"this time (best of interleaved samples)")
+    for n, m in impls:
+        print(f"  {n:8s} {m:9s} {best[n, m] * 1e3:8.1f} ms  "
+              f"{best[n, 'float32'] / best[n, m]:5.2f}x")
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_mixed [16M|gpt2-small] [others]
     import sys
 
     size = sys.argv[1] if len(sys.argv) > 1 else "16M"
+    if sys.argv[2:] == ["others"]:
+        _others_table(size)
+        sys.exit()
     impls = ["torch-fused", *("class-" + m for m in CLASS_MODES if m != "master-bf16state"),
              *MODES]
     samplers = {k: per_call_time(step_fn(k, size), min_sample=0.05)[1] for k in impls}

@@ -31,12 +31,17 @@
 #    master and rounds it into the 16-bit param block by block in one pass (master16.pxd),
 #    and the 16-bit params count among the memory a step writes (a grad may not overlap
 #    them). The flat grad buffer stays float32.
-# f) Files: this one (the Engine class), pieces.pxi (the piece runner and the gradient
+# f) 16-bit params without masters (master_weights=False, float32 state): the engine's param
+#    is the 16-bit array; its grad is 16-bit or float32 (a flat grad buffer: all 16-bit of
+#    one dtype, or float32). A step widens a block of the param (and grad), runs the
+#    family's float32 core on it and stores it rounded stochastically (master16.pxd), with
+#    the random bits of fastlr/optim/direct16.py's chunked passes (its NumPy twin).
+# g) Files: this one (the Engine class), pieces.pxi (the piece runner and the gradient
 #    reductions), clip.pxi (clip_grad_norm, grad_stats), engine_families.pxi (generated).
 
 cimport cython
 from libc.math cimport isfinite, sqrt
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int64_t, uint16_t, uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -49,7 +54,8 @@ from fastlr._core.args cimport (POSITIVE, checked_real, flag_arg, layout_hint, n
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 from fastlr._core.families cimport CoefU, CoreTable, MAX_HYPERS, MAX_STATE, N_FAMILIES, K_SGD
-from fastlr._core.half cimport FMT_BF16, FMT_F16
+from fastlr._core.bfloat cimport step_salt
+from fastlr._core.half cimport FMT_BF16, FMT_F16, PARAM_STREAM
 from fastlr._core.loops cimport core_fn
 from fastlr._kernels cimport PARALLEL_MIN_SIZE, parallel_spans
 from fastlr._schedules cimport (check_schedule_error, schedule_handle, schedule_needs_gil,
@@ -97,6 +103,8 @@ ctypedef struct SpanC:
     Py_ssize_t n_params
     int group
     core_fn core
+    int direct16              # 16-bit params, float32 state (note f)
+    int fmt16
 
 ctypedef struct ParamC:
     char* data
@@ -108,7 +116,8 @@ ctypedef struct ParamC:
     int f_order               # 1 when only F-contiguous (multi-dimensional F layout)
     Py_ssize_t itemsize
     char* user                # a master's 16-bit param (note e), else NULL
-    int user_fmt              # its format (FMT_F16, FMT_BF16)
+    int direct16              # the param itself is 16-bit (note f)
+    int fmt16                 # the format (FMT_F16, FMT_BF16) of user or param
     int user_type_num         # its dtype's number (a 16-bit grad has it)
     Py_ssize_t grad_itemsize  # this step's grad: the param's itemsize, or 2 (16-bit)
 
@@ -116,6 +125,16 @@ ctypedef struct Region:        # memory a step writes: a param or a state block
     char* lo
     char* hi
     Py_ssize_t tag            # param index, or -1 for an optimizer state buffer
+
+
+cdef int _format16(cnp.ndarray a):
+    """FMT_F16 or FMT_BF16 for a native float16 / bfloat16 (ml_dtypes) array, else -1."""
+    dt = a.dtype
+    if cnp.PyArray_ITEMSIZE(a) != 2 or not dt.isnative:
+        return -1
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT16:
+        return FMT_F16
+    return FMT_BF16 if dt.name == "bfloat16" else -1
 
 
 class WidenFirst(Exception):
@@ -250,6 +269,8 @@ cdef class Engine:
             pp.ndim = cnp.PyArray_NDIM(a)
             pp.f_order = not cnp.PyArray_IS_C_CONTIGUOUS(a)
             pp.itemsize = cnp.PyArray_ITEMSIZE(a)
+            pp.fmt16 = _format16(a)
+            pp.direct16 = pp.fmt16 >= 0
             self.total_size += cnp.PyArray_SIZE(a)
         n_blocks = max(1, (self.total_size + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
         self.block_sums = <double*>calloc(n_blocks, sizeof(double))
@@ -276,10 +297,19 @@ cdef class Engine:
             f64 = cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE
             sp.core = CORES.cores[self.kind][f64]
             sp.state_itemsize = sp.itemsize
+            sp.direct16 = self.params[first].direct16
+            sp.fmt16 = self.params[first].fmt16
+            if sp.direct16:                 # note f: float32 state
+                sp.state_itemsize = 4
             for j in range(len(states)):
                 if states[j] is not None:
                     st = <cnp.ndarray>states[j]
-                    if cnp.PyArray_TYPE(st) == cnp.NPY_UINT16:
+                    if sp.direct16:
+                        if cnp.PyArray_TYPE(st) != cnp.NPY_FLOAT:
+                            self._free()
+                            raise TypeError(f"{self.name}: 16-bit params need float32 state "
+                                            f"buffers")
+                    elif cnp.PyArray_TYPE(st) == cnp.NPY_UINT16:
                         # bfloat16 state (fastlr.optim checks the family and param dtype;
                         # this only refuses what would run a core on the wrong types)
                         if f64 or CORES.bf16_state[self.kind] == NULL:
@@ -328,7 +358,7 @@ cdef class Engine:
                 continue
             u = <cnp.ndarray>users[i]
             pp.user = <char*>cnp.PyArray_DATA(u)
-            pp.user_fmt = FMT_BF16 if u.dtype.name == "bfloat16" else FMT_F16
+            pp.fmt16 = FMT_BF16 if u.dtype.name == "bfloat16" else FMT_F16
             pp.user_type_num = cnp.PyArray_TYPE(u)
         self._users = list(users)
         free(self.written)
@@ -508,7 +538,7 @@ cdef class Engine:
         cdef ParamC* pp
         cdef char* base
         cdef char* gp
-        cdef Py_ssize_t expected_bytes = 0, hit, gbytes
+        cdef Py_ssize_t expected_bytes = 0, hit, gbytes, widen = 1
         for i in range(n):
             if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._param_arrays[i]) or (
                     self.params[i].user != NULL and
@@ -519,14 +549,17 @@ cdef class Engine:
         if cnp.PyArray_Check(grads):
             # one flat gradient buffer covering every param, in param order
             g = <cnp.ndarray>grads
-            if n and (cnp.PyArray_TYPE(g) != self.params[0].type_num):
+            if n and self.params[0].direct16 and cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT:
+                widen = 2                   # float32 grads of 16-bit params (note f)
+            elif n and (cnp.PyArray_TYPE(g) != self.params[0].type_num):
                 raise TypeError(f"{self.name}.step: the flat grad buffer has dtype {g.dtype} "
                                 f"but the params are {(<object>self._param_arrays[0]).dtype}")
             for i in range(n):
                 if self.params[i].type_num != self.params[0].type_num:
                     raise TypeError(f"{self.name}.step: a single grad array needs params of "
                                     f"one dtype; pass a list of grads instead")
-                expected_bytes += self.params[i].nbytes
+                expected_bytes += self.params[i].nbytes * widen
+                self.params[i].grad_itemsize = self.params[i].itemsize * widen
             if cnp.PyArray_NBYTES(g) != expected_bytes:
                 raise ValueError(f"{self.name}.step: the flat grad buffer has "
                                  f"{cnp.PyArray_SIZE(g)} elements but the params have "
@@ -538,7 +571,7 @@ cdef class Engine:
             base = <char*>cnp.PyArray_DATA(g)
             for i in range(n):
                 self.grad_ptrs[i] = base
-                base += self.params[i].nbytes
+                base += self.params[i].nbytes * widen
             return self._check_grad_overlap(<char*>cnp.PyArray_DATA(g), expected_bytes)
         if not isinstance(grads, (list, tuple)):
             raise TypeError(f"{self.name}.step: grads must be a list of arrays (one per param) "
@@ -557,6 +590,14 @@ cdef class Engine:
                 if pp.user != NULL and cnp.PyArray_TYPE(g) == pp.user_type_num:
                     pp.grad_itemsize = 2            # widened block by block (note e)
                     gbytes = pp.nbytes // 2
+                elif pp.direct16 and cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT:
+                    pp.grad_itemsize = 4            # note f
+                    gbytes = pp.nbytes * 2
+                elif pp.direct16:
+                    raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
+                                    f"params[{i}] has dtype "
+                                    f"{(<object>self._param_arrays[i]).dtype} (its grad must be "
+                                    f"{(<object>self._param_arrays[i]).dtype} or float32)")
                 elif pp.user != NULL:
                     user = self._users[i]
                     raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
@@ -570,7 +611,7 @@ cdef class Engine:
             if cnp.PyArray_NBYTES(g) != gbytes or not same_shape(g, p):
                 raise ValueError(f"{self.name}.step: grads[{i}] has shape {(<object>g).shape} "
                                  f"but params[{i}] has shape {(<object>p).shape}")
-            if pp.grad_itemsize == 2 and (
+            if pp.user != NULL and pp.grad_itemsize == 2 and (
                     not (cnp.PyArray_IS_F_CONTIGUOUS(g) if pp.f_order
                          else cnp.PyArray_IS_C_CONTIGUOUS(g))
                     or not cnp.PyArray_ISALIGNED(g) or cnp.PyArray_ISBYTESWAPPED(g)):
@@ -644,12 +685,17 @@ cdef class Engine:
         cdef Piece* pc
         cdef bint adjacent
         cdef unsigned int dropped
+        cdef uint32_t salt = 0
         for i in range(self.n_spans):
             sp = &self.spans[i]
             dropped = self.groups[sp.group].dropped
+            if sp.direct16:     # the update's number, as fastlr/optim/direct16.py (note f)
+                salt = step_salt(self.counts[sp.first] + 1, PARAM_STREAM)
             adjacent = self.params[sp.first].user == NULL   # masters: a piece each (note e)
             for j in range(sp.first + 1, sp.first + sp.n_params):
-                if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes or \
+                if self.grad_ptrs[j] != self.grad_ptrs[j - 1] + self.params[j - 1].nbytes \
+                        // self.params[j - 1].itemsize * self.params[j - 1].grad_itemsize or \
+                        self.params[j].grad_itemsize != self.params[j - 1].grad_itemsize or \
                         self.params[j].user != NULL:
                     adjacent = False
                     break
@@ -662,9 +708,13 @@ cdef class Engine:
                     pc.ptrs[2 + k] = NULL if (dropped >> k) & 1 else sp.state[k]
                 pc.n = sp.n
                 pc.itemsize = sp.itemsize
-                pc.grad_itemsize = sp.itemsize
+                pc.grad_itemsize = self.params[sp.first].grad_itemsize
                 pc.state_itemsize = sp.state_itemsize
                 pc.user = NULL
+                pc.direct16 = sp.direct16
+                pc.fmt16 = sp.fmt16
+                pc.salt = salt
+                pc.grad_scale = 1
                 pc.core = sp.core
                 pc.coef = &self.coefs[i]
                 pc.start = start
@@ -685,7 +735,10 @@ cdef class Engine:
                     pc.grad_itemsize = self.params[j].grad_itemsize
                     pc.state_itemsize = sp.state_itemsize
                     pc.user = self.params[j].user
-                    pc.user_fmt = self.params[j].user_fmt
+                    pc.direct16 = sp.direct16
+                    pc.fmt16 = self.params[j].fmt16
+                    pc.salt = salt
+                    pc.grad_scale = 1
                     pc.core = sp.core
                     pc.coef = &self.coefs[i]
                     pc.start = start
@@ -698,7 +751,7 @@ cdef class Engine:
         max_grad_norm > 0 clips by the global norm (fused: one reduction pass over the grads,
         the factor applied inside the update). skip_nonfinite: when a grad element is NaN or
         Inf, nothing is written and False is returned. Returns True when the update ran."""
-        cdef Py_ssize_t n_pieces
+        cdef Py_ssize_t n_pieces, i
         cdef double sumsq = 0.0, scale = 1.0
         cdef int nonfinite = 0
         cdef int want_norm = max_grad_norm > 0.0
@@ -726,6 +779,8 @@ cdef class Engine:
         self._coefs(t)
         if scale != 1.0:
             self._scale_grads(scale)
+            for i in range(n_pieces):       # (the rounding's key: the clipped grad, note f)
+                self.pieces[i].grad_scale = <float>scale
         if self.total_size >= 4096:
             with nogil:
                 run_pieces(self.pieces, n_pieces, self.total_size, n_threads)

@@ -1,22 +1,26 @@
 # fastlr/_core/half.pxd -- IEEE float16 <-> float32 on the bits, as inline C (private; no
-# module), and the widening of either 16-bit format (float16, bfloat16) by a format number.
+# module); the widening and the stochastic rounding of either 16-bit format (float16,
+# bfloat16) by a format number, and the random bits' key of a 16-bit param without master.
 #
 # Written out on the bits (no _Float16: its availability and conversions vary by compiler):
 # nearest even, overflow (|x| >= 65520) to Inf, subnormal results rounded at 2^-24, NaN kept
 # as a quiet NaN with its sign and top payload bits; widening is exact. Integer operations
 # and selects only, so the loops that use them vectorize. Used by fastlr/_core/mixed.pyx
 # (16-bit params: adam_mixed, the stochastic rounding of the other optimizers) and by
-# fastlr/_core/master16.pxd (the engine's 16-bit params kept with master weights).
+# fastlr/_core/master16.pxd (the engine's 16-bit params, with or without master weights).
 
 from libc.stdint cimport int32_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 
-from fastlr._core.bfloat cimport bf16_widen
+from fastlr._core.bfloat cimport bf16_round_stochastic, bf16_widen
 
 cdef enum:
     # a 16-bit param's format number
     FMT_F16 = 0
     FMT_BF16 = 1
+    # the salt stream of a 16-bit param's stochastic rounding (bfloat.pxd step_salt; 0 and
+    # 1 salt the moments, AMSGrad)
+    PARAM_STREAM = 2
 
 
 cdef inline uint32_t sel32(bint c, uint32_t a, uint32_t b) noexcept nogil:
@@ -91,3 +95,20 @@ cdef inline uint16_t f16_round_stochastic(float x, uint32_t rnd) noexcept nogil:
 
 cdef inline float widen16(uint16_t h, int fmt) noexcept nogil:
     return bf16_widen(h) if fmt == FMT_BF16 else f16_widen(h)
+
+
+cdef inline uint16_t round16_stochastic(float x, uint32_t r, int fmt) noexcept nogil:
+    """x rounded stochastically to the format's bits with 32 random bits r (bfloat16 takes
+    the high 16, float16 what f16_round_stochastic takes)."""
+    return bf16_round_stochastic(x, r >> 16) if fmt == FMT_BF16 else f16_round_stochastic(x, r)
+
+
+cdef inline uint32_t round_key(float pi, float g) noexcept nogil:
+    """The random bits' key of a 16-bit param without master (fastlr/_core/mixed.pyx, note
+    c): its widened value's bits with the grad's (widened, as the step applies it) mixed in
+    (a 16-bit param alone takes few distinct values, and elements sharing a key share their
+    random bits)."""
+    cdef uint32_t key, gkey
+    memcpy(&key, &pi, 4)
+    memcpy(&gkey, &g, 4)
+    return key ^ (gkey * <uint32_t>0x2C1B3C6Du)

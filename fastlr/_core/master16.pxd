@@ -1,5 +1,6 @@
-# fastlr/_core/master16.pxd -- the step engine's 16-bit params kept with float32 master
-# weights (issue #19), as inline C (private; no module): one pass per piece, block by block.
+# fastlr/_core/master16.pxd -- the step engine's 16-bit params (issue #19), kept with float32
+# master weights or without, as inline C (private; no module): one pass per piece, block by
+# block.
 #
 # Design notes
 # ------------
@@ -15,15 +16,24 @@
 #    same way; sumsq_core adds element i into lane (start + i) % 8 in index order whatever
 #    the split, so the norm has the bits of the widened grads' norm. A 16-bit value is
 #    NaN or Inf exactly when its widened value is.
-# c) The pointers are the engine's piece's: [master, grad, state...] (2 + 3), the grad's
-#    elements 2 bytes (16-bit) or 4; a NULL state pointer stays NULL (a slot the step
-#    leaves out). The format comes in as a constant (one straight-line loop per format).
+# c) Without masters (master_weights=False), the engine's param is the 16-bit array and its
+#    state is float32: direct16_run widens a block of the param (and of a 16-bit grad) into
+#    stack buffers, the family's float32 core updates them and the state, and the block is
+#    stored rounded stochastically with the random bits of fastlr.kernels.adam_mixed's
+#    param without master (half.pxd round_key: the element's value before the update and
+#    the grad as the step applies it, times the clipping factor when there is one; salt
+#    step_salt(the param's update number, PARAM_STREAM)): the bits of the chunked passes of
+#    fastlr/optim/direct16.py (widen, the float32 kernel, round_stochastic_into).
+# d) The pointers are the engine's piece's: [param or master, grad, state...] (2 + 3), the
+#    grad's elements 2 bytes (16-bit) or 4; a NULL state pointer stays NULL (a slot the
+#    step leaves out). The format comes in as a constant (one straight-line loop per
+#    format).
 
 cimport cython
 from libc.stdint cimport uint16_t, uint32_t
 
-from fastlr._core.bfloat cimport bf16_round
-from fastlr._core.half cimport FMT_BF16, FMT_F16, f16_round, widen16
+from fastlr._core.bfloat cimport bf16_round, random_bits
+from fastlr._core.half cimport FMT_BF16, FMT_F16, f16_round, round16_stochastic, round_key, widen16
 from fastlr._core.loops cimport core_fn, sumsq_core
 
 cdef enum:
@@ -33,6 +43,9 @@ cdef enum:
 ctypedef void (*master16_fn)(core_fn core, char** ptrs, Py_ssize_t n, const void* coef,
                              uint16_t* user, bint grad16,
                              Py_ssize_t state_itemsize) noexcept nogil
+ctypedef void (*direct16_fn)(core_fn core, char** ptrs, Py_ssize_t n, const void* coef,
+                             bint grad16, Py_ssize_t state_itemsize, uint32_t salt,
+                             float grad_scale) noexcept nogil
 
 
 @cython.boundscheck(False)
@@ -79,6 +92,62 @@ cdef inline void master16_f16(core_fn core, char** ptrs, Py_ssize_t n, const voi
                               uint16_t* user, bint grad16,
                               Py_ssize_t state_itemsize) noexcept nogil:
     master16_run(core, ptrs, n, coef, user, grad16, state_itemsize, FMT_F16)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void direct16_run(core_fn core, char** ptrs, Py_ssize_t n,         # IN
+                              const void* coef, bint grad16,                   # IN
+                              Py_ssize_t state_itemsize, uint32_t salt,        # IN
+                              float grad_scale, int fmt) noexcept nogil:       # IN
+    """Elements [0, n) of a piece whose param is 16-bit (note c): ptrs = [param bits, grad,
+    state...]; grad_scale: the clipping factor folded into the coefficients (1: none)."""
+    cdef float pb[MASTER16_BLOCK]
+    cdef float gb[MASTER16_BLOCK]
+    cdef char* b[PIECE_PTRS]
+    cdef uint16_t* p16 = <uint16_t*>ptrs[0]
+    cdef const uint16_t* g16 = <const uint16_t*>ptrs[1]
+    cdef const float* g
+    cdef Py_ssize_t a = 0, nb, j, k
+    while a < n:
+        nb = n - a if n - a < MASTER16_BLOCK else MASTER16_BLOCK
+        for j in range(nb):
+            pb[j] = widen16(p16[a + j], fmt)
+        if grad16:
+            for j in range(nb):
+                gb[j] = widen16(g16[a + j], fmt)
+            g = gb
+        else:
+            g = <const float*>(ptrs[1] + a * 4)
+        b[0] = <char*>pb
+        b[1] = <char*>g
+        for k in range(2, PIECE_PTRS):
+            b[k] = NULL if ptrs[k] == NULL else ptrs[k] + a * state_itemsize
+        core(b, nb, coef)
+        # (the key reads the param's old bits before they are overwritten, element by
+        # element; the grad as the step applied it)
+        if grad_scale == 1:
+            for j in range(nb):
+                p16[a + j] = round16_stochastic(
+                    pb[j], random_bits(round_key(widen16(p16[a + j], fmt), g[j]), salt), fmt)
+        else:
+            for j in range(nb):
+                p16[a + j] = round16_stochastic(
+                    pb[j], random_bits(round_key(widen16(p16[a + j], fmt), g[j] * grad_scale),
+                                       salt), fmt)
+        a += nb
+
+
+cdef inline void direct16_bf16(core_fn core, char** ptrs, Py_ssize_t n, const void* coef,
+                               bint grad16, Py_ssize_t state_itemsize, uint32_t salt,
+                               float grad_scale) noexcept nogil:
+    direct16_run(core, ptrs, n, coef, grad16, state_itemsize, salt, grad_scale, FMT_BF16)
+
+
+cdef inline void direct16_f16(core_fn core, char** ptrs, Py_ssize_t n, const void* coef,
+                              bint grad16, Py_ssize_t state_itemsize, uint32_t salt,
+                              float grad_scale) noexcept nogil:
+    direct16_run(core, ptrs, n, coef, grad16, state_itemsize, salt, grad_scale, FMT_F16)
 
 
 # ---- the grad reductions over 16-bit grads (note b); the signatures of loops.pxd's ----

@@ -54,8 +54,8 @@ from fastlr._core.arrays cimport (check_buffer, check_like_param, check_ndarray,
                                   check_overlap, check_param_layout)
 from fastlr._core.bfloat cimport (bf16_round, bf16_round_stochastic, bf16_widen, random_bits,
                                   step_salt)
-from fastlr._core.half cimport (FMT_BF16, FMT_F16, f16_round, f16_round_stochastic, f16_widen,
-                               widen16)
+from fastlr._core.half cimport (FMT_BF16, FMT_F16, PARAM_STREAM, f16_round, f16_round_stochastic,
+                               f16_widen, round_key, widen16)
 from fastlr._core.int8core cimport (BLOCK_, Coef, check_scales, coef_from, hyper_args,
                                     int8_block)
 from fastlr._core.loops cimport AdamCoef, adam_coef, fsqrt, lerp
@@ -73,8 +73,6 @@ __all__ = ["adam_mixed", "adam_mixed_int8_state"]
 cdef enum:
     # The GIL is released for params at least this long (as in _kernels).
     NOGIL_MIN_SIZE = 4096
-    # the salt stream of the param's stochastic rounding (0 and 1: the moments, AMSGrad)
-    PARAM_STREAM = 2
 
 
 # ---------------------------------------------------------------------------------------
@@ -87,16 +85,6 @@ ctypedef fused grad_t:
 ctypedef fused state_t:
     uint16_t
     float
-
-
-cdef inline uint32_t _round_key(float pi, float g) noexcept nogil:
-    """The random bits' key of a 16-bit param without master (note c): its widened value's
-    bits with the widened grad's mixed in (a 16-bit param alone takes few distinct values,
-    and elements sharing a key share their random bits)."""
-    cdef uint32_t key, gkey
-    memcpy(&key, &pi, 4)
-    memcpy(&gkey, &g, 4)
-    return key ^ (gkey * <uint32_t>0x2C1B3C6Du)
 
 
 @cython.boundscheck(False)
@@ -122,7 +110,7 @@ cdef inline void _elem(uint16_t* p, grad_t* grad, state_t* m, state_t* v, float*
     if has_master:
         memcpy(&key, &pi, 4)
     else:
-        key = _round_key(pi, g)
+        key = round_key(pi, g)
     if state_t is uint16_t:
         r = random_bits(key, salt_state)           # low half rounds m, high half v
         mo = bf16_widen(m[i])
@@ -503,7 +491,7 @@ def f16_pack(const float[::1] x,              # IN: float32
 
 # ---- the stochastic rounding of 16-bit params without masters in the other optimizers ----
 # (fastlr/optim/direct16.py: the optimizer's float32 kernel runs on the param's widened
-# values, then this stores them; the random bits are adam_mixed's, note c: _round_key)
+# values, then this stores them; the random bits are adam_mixed's, note c: round_key)
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef inline void _round_loop(uint16_t* p, const float* x, const grad_t* grad, Py_ssize_t n,
@@ -517,7 +505,7 @@ cdef inline void _round_loop(uint16_t* p, const float* x, const grad_t* grad, Py
             g = grad[i]
         else:
             g = widen16(grad[i], fmt)
-        r = random_bits(_round_key(widen16(p[i], fmt), g), salt)
+        r = random_bits(round_key(widen16(p[i], fmt), g), salt)
         p[i] = (bf16_round_stochastic(x[i], r >> 16) if fmt == FMT_BF16
                 else f16_round_stochastic(x[i], r))
 
@@ -612,7 +600,7 @@ cdef inline void _blocks8(Job8* job, const grad_t* grad, Py_ssize_t start, Py_ss
         else:
             # the key: the param's value before the update (still in p) and the grad's
             for j in range(nb):
-                r = random_bits(_round_key(widen16(p[j], fmt), gp[j]), job.salt_param)
+                r = random_bits(round_key(widen16(p[j], fmt), gp[j]), job.salt_param)
                 p[j] = (bf16_round_stochastic(pp[j], r >> 16) if fmt == FMT_BF16
                         else f16_round_stochastic(pp[j], r))
         b += BLOCK_

@@ -13,7 +13,10 @@ ctypedef struct Piece:
     core_fn core
     const void* coef
     char* user                # the param is the float32 master of these 16-bit bits (or NULL)
-    int user_fmt              # their format (FMT_F16, FMT_BF16): master16.pxd runs the piece
+    int direct16              # the param is 16-bit itself, its state float32
+    int fmt16                 # the 16-bit format (FMT_F16, FMT_BF16) of user or param
+    uint32_t salt             # direct16: the stochastic rounding's salt this step
+    float grad_scale          # direct16: the clipping factor folded into coef (else 1)
 
 
 cdef inline char* _off(char* p, Py_ssize_t nbytes) noexcept nogil:
@@ -42,12 +45,15 @@ cdef void run_piece_range(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t l
             ptrs[1] = _off(pc.ptrs[1], s * pc.grad_itemsize)
             for k in range(2, 5):
                 ptrs[k] = _off(pc.ptrs[k], s * pc.state_itemsize)
-            if pc.user == NULL:
+            if pc.user != NULL:     # the master, then its 16-bit param, block by block
+                CORES.master16[pc.fmt16](pc.core, ptrs, e - s, pc.coef,
+                                         <uint16_t*>pc.user + s, pc.grad_itemsize == 2,
+                                         pc.state_itemsize)
+            elif pc.direct16:       # the 16-bit param widened, updated, rounded, by block
+                CORES.direct16[pc.fmt16](pc.core, ptrs, e - s, pc.coef, pc.grad_itemsize == 2,
+                                         pc.state_itemsize, pc.salt, pc.grad_scale)
+            else:
                 pc.core(ptrs, e - s, pc.coef)
-            else:               # the master, then its 16-bit param, block by block
-                CORES.master16[pc.user_fmt](pc.core, ptrs, e - s, pc.coef,
-                                            <uint16_t*>pc.user + s, pc.grad_itemsize == 2,
-                                            pc.state_itemsize)
         i += 1
 
 
@@ -112,9 +118,9 @@ cdef void reduce_block(const Piece* pieces, Py_ssize_t n_pieces, Py_ssize_t lo, 
             x = pc.ptrs[1] + s * pc.grad_itemsize
             if pc.grad_itemsize == 2:       # a 16-bit param's 16-bit grad (master16.pxd)
                 if want_norm:
-                    CORES.sumsq16[pc.user_fmt](x, e - s, pc.start + s, acc)
+                    CORES.sumsq16[pc.fmt16](x, e - s, pc.start + s, acc)
                 if want_scan and not flag:
-                    flag = CORES.nonfinite16[pc.user_fmt](x, e - s)
+                    flag = CORES.nonfinite16[pc.fmt16](x, e - s)
             else:
                 if want_norm:
                     CORES.sumsq[f64](x, e - s, pc.start + s, acc)

@@ -182,9 +182,13 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
             # step, CPython's shared-key instance dicts holding up to 30 names)
             self._engine = self._fused16 = Fused16Step(self, self._engine)
         elif self._master_weights is False and self._direct16_ok():
-            # the other optimizers of the table, and int8 state: their float32 kernel per
-            # chunk of a 16-bit param, then stochastic rounding (fastlr/optim/direct16.py)
-            self._engine = self._fused16 = Direct16Step(self, self._engine)
+            # the other optimizers of the table: the engine steps 16-bit params itself
+            # (fastlr/_core/master16.pxd), the front runs their twin (step_reference) and
+            # int8 state's step: the float32 kernel per chunk of a 16-bit param, then
+            # stochastic rounding (fastlr/optim/direct16.py)
+            self._fused16 = Direct16Step(self, self._engine)
+            if self._state_dtype == "int8":
+                self._engine = self._fused16
         groups = self._groups_arg(params)
         for group in groups:
             self._add_group(group)

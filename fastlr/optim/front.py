@@ -152,8 +152,10 @@ def check_overlap(opt, grads, what, owned):
     names the grad, with ``{}`` for its index, ``owned`` those arrays) is refused before
     anything is written. A grad whose memory belongs to another array that owns it (a
     fresh array, or a view of one) cannot overlap: only the others' addresses are looked
-    at (an address costs a microsecond; an attribute, a tenth of that)."""
-    roots, starts, spans = opt._engine.regions
+    at (an address costs a microsecond; an attribute, a tenth of that). (Where the step
+    engine steps 16-bit params itself, their twin's front holds the regions.)"""
+    front = opt._engine if isinstance(opt._engine, EngineFront) else opt._fused16
+    roots, starts, spans = front.regions
     for i, g in enumerate(grads):
         r = _root(g)
         if r.base is None and r.flags.owndata and id(r) not in roots or not g.nbytes:

@@ -14,6 +14,7 @@ from fastlr._core.engine import Engine
 from fastlr.kernels import zeros_like_many
 from fastlr.optim import int8
 from fastlr.optim import fused16
+from fastlr.optim.direct16 import Direct16Step
 from fastlr.optim.front import regions
 from fastlr.optim.groups import _OptimizerAttrs
 from fastlr.optim.master import is_16bit
@@ -131,7 +132,8 @@ class LayoutMixin(_OptimizerAttrs):
             front = getattr(self, "_fused16", None)
             if front is None and getattr(self, "_masters_of", None) and self._fused16_ok():
                 front = self._fused16 = fused16.Fused16Step(self, self._engine)
-            if front is not None:       # Adam/AdamW: 16-bit params in one pass per param?
+            if front is not None and not isinstance(front, Direct16Step):
+                # Adam/AdamW: 16-bit params in one pass per param?
                 use = front if fused16.wanted(self) else front._engine
                 if use is front and self._engine is not front:
                     front.last_grad_norm = self._engine.last_grad_norm
@@ -166,6 +168,11 @@ class LayoutMixin(_OptimizerAttrs):
                 self._engine.configure(self._params, spans, groups, self._counts,
                                        self._started, self._used, self._mu_product,
                                        self._lr_scale)
+                if isinstance(self._fused16, Direct16Step):
+                    # (16-bit params stepped by the engine: the twin's checks, step_reference)
+                    self._fused16.regions = regions(
+                        self._params + [b for *_, slots in spans for b in slots
+                                        if b is not None])
                 if type(self._engine) is Engine and getattr(self, "_masters_of", None):
                     # 16-bit params with masters: the engine reads their 16-bit grads and
                     # stores them in the same pass (fastlr/_core/master16.pxd)

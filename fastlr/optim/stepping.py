@@ -337,13 +337,14 @@ class StepMixin(_OptimizerAttrs):
 
 def supports_windows(optimizer: Any) -> bool:
     """Whether ``optimizer`` can step in element windows (WindowedStep): a family of the
-    step engine, element-wise, with its own params (no 16-bit masters, no sparse or
-    layer-wise step) and its state in the params' dtype or bfloat16 (int8 state's engine
+    step engine, element-wise, with its own params (no 16-bit masters, no
+    master_weights=False, no sparse or layer-wise step) and its state in the params' dtype or bfloat16 (int8 state's engine
     is :class:`fastlr.optim.int8.Int8Step`: blocks and a kernel call per param)."""
     from fastlr._core.engine import Engine
     return (type(getattr(optimizer, "_engine", None)) is Engine
             and type(optimizer).step is StepMixin.step
-            and not getattr(optimizer, "_masters_of", None))
+            and not getattr(optimizer, "_masters_of", None)
+            and getattr(optimizer, "_master_weights", None) is not False)
 
 
 class WindowedStep:

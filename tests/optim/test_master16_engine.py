@@ -172,3 +172,79 @@ def test_row_sparse_grads_still_reach_the_16bit_params(dtype):
     expected[[1, 4]] = -0.5
     assert np.array_equal(w, expected.astype(dtype))
     assert np.array_equal(opt.param_groups[0]["params"][0], expected)
+
+
+# ---- master_weights=False: the engine steps the 16-bit params themselves ----------------
+# (bit for bit against their twin, the chunked passes of fastlr/optim/direct16.py, with
+# groups, schedules, clipping and float32 grads: tests/optim/test_direct16.py)
+@pytest.mark.parametrize("grad_dtype", ["param", "float32"])
+@pytest.mark.parametrize("options", [{}, {"max_grad_norm": 5.0}, {"skip_nonfinite": True},
+                                     {"n_threads": 3, "max_grad_norm": 50.0}],
+                         ids=["plain", "clipped", "skip-nonfinite", "3-threads-clipped"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls", ["SGD", "RMSprop", "NAdam", "Rprop"])
+def test_without_masters_one_pass_gives_the_twins_bits(cls, dtype, options, grad_dtype):
+    a = _params(dtype)
+    b = [p.copy(order="A") for p in a]
+    kw = dict(_kw(cls), master_weights=False, **options)
+    o1 = getattr(fastlr, cls)(a, **kw)
+    o2 = getattr(fastlr, cls)(b, **kw)
+    assert o1._engine.published == ()
+    nan_at = 3 if options.get("skip_nonfinite") else None
+    for t in range(6):
+        gs = _grads(t, dtype, nan_at)
+        if grad_dtype == "float32":
+            gs = _widened(gs)
+        assert o1.step(gs) == o2.step_reference([g.copy(order="A") for g in gs])
+    assert o1.steps == o2.steps and o1.skipped_steps == o2.skipped_steps
+    for k, (p, q) in enumerate(zip(a, b)):
+        assert p.dtype == dtype and np.array_equal(p.view(np.uint16), q.view(np.uint16)), k
+        for key, v in o1.state[k].items():
+            assert np.array_equal(v, o2.state[k][key], equal_nan=True), (k, key)
+
+
+@pytest.mark.parametrize("grad_dtype", ["param", "float32"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_without_masters_a_flat_grad_buffer(dtype, grad_dtype):
+    gdt = dtype if grad_dtype == "param" else np.float32
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal(40 * 30 + 1001).astype(dtype)   # two params, one buffer
+    views = [data[:1200].reshape(40, 30), data[1200:]]
+    copies = [v.copy() for v in views]
+    o1 = fastlr.RMSprop(views, lr=0.01, master_weights=False)
+    o2 = fastlr.RMSprop(copies, lr=0.01, master_weights=False)
+    for t in range(3):
+        g = rng.standard_normal(data.size).astype(gdt)
+        o1.step(g)
+        o2.step_reference(g.copy())
+    for p, q in zip(views, copies):
+        assert np.array_equal(p.view(np.uint16), q.view(np.uint16))
+    with pytest.raises(TypeError, match="flat grad buffer has dtype float64"):
+        o1.step(np.ones(data.size))
+    with pytest.raises(ValueError, match="flat grad buffer has 5 elements"):
+        o1.step(np.ones(5, gdt))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_without_masters_misuse_raises_before_anything_is_written(dtype):
+    params = _params(dtype)
+    opt = fastlr.SGD(params, lr=0.1, momentum=0.9, master_weights=False)
+    opt.step(_grads(0, dtype))
+    snap = ([p.copy() for p in params], opt.state_dict())
+    gs = _grads(1, dtype)
+    with pytest.raises(TypeError, match=r"grads\[4\].* has dtype float64 but params\[4\].*"
+                                        r"\(its grad must be .* or float32\)"):
+        opt.step(gs[:4] + [gs[4].astype(np.float64)])
+    with pytest.raises(ValueError, match=r"grads\[4\].* overlaps params\[0\]"):
+        opt.step(gs[:4] + [params[0][:1100]])
+    with pytest.raises(ValueError, match=r"grads\[1\].* must be F-contiguous"):
+        opt.step([gs[0], np.ascontiguousarray(gs[1])] + gs[2:])
+    params[0].flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[0\].* is read-only"):
+        opt.step(gs)
+    params[0].flags.writeable = True
+    assert all(np.array_equal(p.view(np.uint16), q.view(np.uint16))
+               for p, q in zip(params, snap[0]))
+    for a, b in zip(opt.state_dict()["state"].values(), snap[1]["state"].values()):
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert opt.steps == 1
