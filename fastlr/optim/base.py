@@ -99,9 +99,10 @@ class Optimizer(MasterWeightsMixin, GroupsMixin, LayoutMixin, StepMixin, Checkpo
         no copy; each step updates the 16-bit param in place from its widened value, in
         float32, and stores the result rounded stochastically. Adam and AdamW with float32
         or bfloat16 state: one pass per param (:func:`fastlr.kernels.adam_mixed`), 8 bytes
-        of state per param with float32 state, 4 with bfloat16 (master weights add 4); with
-        int8 state, and the other optimizers of the table with float32 state: their own
-        float32 kernel on the widened param, chunk by chunk (fastlr/optim/direct16.py). See
+        of state per param with float32 state, 4 with bfloat16 (master weights add 4); the
+        other optimizers of the table with float32 state: the step engine, one pass per
+        block of the param (fastlr/_core/master16.pxd); int8 state: its kernel on the
+        widened param, chunk by chunk (fastlr/optim/direct16.py). See
         :doc:`/lowprecision`.
 
     Attributes

@@ -3,8 +3,10 @@ RMSprop, Adagrad, Adadelta, Adamax, NAdam, RAdam, Lion, Rprop, ASGD): a float16 
 (``ml_dtypes.bfloat16``) param is the optimizer's own param, with float32 state, and no
 float32 master copy is kept (part of :class:`fastlr.Optimizer`).
 
-Per step and 16-bit param, in chunks of :data:`CHUNK` elements (in memory order): the
-param's values are widened (exactly) into a float32 scratch buffer, the grad too when it is
+The step engine steps these params itself, in one pass per block of 512 elements
+(``fastlr/_core/master16.pxd``); this module is their NumPy twin (``step_reference``) and
+what Adam/AdamW with int8 state run. The update, per step and 16-bit param, in chunks of
+:data:`CHUNK` elements (in memory order): the param's values are widened (exactly) into a float32 scratch buffer, the grad too when it is
 16-bit, the optimizer's own compiled kernel (``fastlr.kernels.<name>``, the step engine's
 bits) updates the scratch and the chunk's state, and the result is stored into the param
 rounded stochastically: up with probability (the dropped part) / (the gap), so the expected
@@ -20,10 +22,12 @@ Adam/AdamW with ``state_dtype="int8"`` come here too, and take one pass per 16-b
 stochastic rounding per block of 256 elements in L1), whose twin runs the passes above
 (the codes' random bits take the element's index in its chunk of 65536: the same bits).
 
-The front is :class:`Fused16Step`'s (:mod:`fastlr.optim.fused16`: the grads' checks,
-schedules, clipping and the layout are the same); only the per-param update differs. The
-NumPy twin (``step_reference``) runs :mod:`fastlr.reference`'s kernel and
-``fastlr.reference.mixed.round_stochastic_into`` the same way, bit for bit.
+The front (int8 state's engine; the twin's checks) is :class:`Fused16Step`'s
+(:mod:`fastlr.optim.fused16`: the grads' checks, schedules, clipping and the layout are the
+same); only the per-param update differs. The NumPy twin (``step_reference``) runs
+:mod:`fastlr.reference`'s kernel and ``fastlr.reference.mixed.round_stochastic_into`` the
+same way, bit for bit (with the clipping factor, the key takes the clipped grad, as the
+engine's pass does).
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ bfloat16 (``ml_dtypes.bfloat16``) param, with or without its float32 master.
   step: no random state, reproducible, the same for any thread count.
 - Master weights (the default; fastlr/optim/master.py): the master is the optimizer's param,
   the kernel updates it and writes it into the 16-bit param rounded to nearest even in the
-  same pass, reading 16-bit grads as they are: the bits of the three passes the other
-  optimizers take (cast the grads, step the masters, round), without the float32 grad
-  buffers. Used while no group has AMSGrad (which adam_mixed does not have).
+  same pass, reading 16-bit grads as they are: the bits of three passes (cast the grads,
+  step the masters, round), without the float32 grad buffers. Used while no group has
+  AMSGrad (which adam_mixed does not have; the step engine then takes the masters, one
+  pass per block: fastlr/_core/master16.pxd).
 
-The step engine runs float32/float64 params only, so the optimizer's engine is then
+The step engine runs Adam's moments as float32/float64 arrays, so the optimizer's engine is then
 :class:`Fused16Step`, a front (:mod:`fastlr.optim.front`): the engine keeps the groups and
 schedules; the front checks every grad first (nothing written on an error), then runs one
 kernel call per param: ``adam_mixed`` for a 16-bit param, ``adam`` or ``adam_bf16_state``
