@@ -271,6 +271,7 @@ cdef class Engine:
             pp.itemsize = cnp.PyArray_ITEMSIZE(a)
             pp.fmt16 = _format16(a)
             pp.direct16 = pp.fmt16 >= 0
+            pp.user_type_num = -1               # (set_users)
             self.total_size += cnp.PyArray_SIZE(a)
         n_blocks = max(1, (self.total_size + REDUCE_BLOCK - 1) // REDUCE_BLOCK)
         self.block_sums = <double*>calloc(n_blocks, sizeof(double))
@@ -329,10 +330,10 @@ cdef class Engine:
         self._set_groups(groups)
 
     def set_users(self, list users):
-        """Per param, None or the 16-bit param (float16 or bfloat16, native, writeable,
-        aligned, its shape and layout) whose float32 master the engine's param is (note e);
-        until the next configure. The optimizer checked them when it made the masters;
-        checked again here as the pointers' safety needs."""
+        """Per param, None or the 16-bit param (float16 or bfloat16, its shape) whose
+        float32 master the engine's param is (note e), until the next configure. One that
+        is not aligned and laid out as its master is left to the caller: a 16-bit grad of
+        it raises WidenFirst, and the step does not store it (not in `published`)."""
         cdef Py_ssize_t i
         cdef cnp.ndarray u, p
         cdef ParamC* pp
@@ -344,22 +345,22 @@ cdef class Engine:
                 continue
             u = <cnp.ndarray?>users[i]
             p = <cnp.ndarray>self._param_arrays[i]
-            if (u.dtype.itemsize != 2 or not u.dtype.isnative or u.dtype.name not in
-                    ("float16", "bfloat16") or cnp.PyArray_TYPE(p) != cnp.NPY_FLOAT or
-                    not same_shape(u, p) or not cnp.PyArray_ISALIGNED(u) or
-                    not (cnp.PyArray_IS_F_CONTIGUOUS(u) if self.params[i].f_order
-                         else cnp.PyArray_IS_C_CONTIGUOUS(u))):
+            if (_format16(u) < 0 or cnp.PyArray_TYPE(p) != cnp.NPY_FLOAT or
+                    not same_shape(u, p)):
                 raise ValueError(f"{self.name}: users[{i}] must be a float16 or bfloat16 "
-                                 f"array laid out as its float32 master params[{i}]")
+                                 f"array of the shape of its float32 master params[{i}]")
         for i in range(self.n_params):
             pp = &self.params[i]
+            pp.user = NULL
+            pp.user_type_num = -1
             if users[i] is None:
-                pp.user = NULL
                 continue
             u = <cnp.ndarray>users[i]
-            pp.user = <char*>cnp.PyArray_DATA(u)
-            pp.fmt16 = FMT_BF16 if u.dtype.name == "bfloat16" else FMT_F16
+            pp.fmt16 = _format16(u)
             pp.user_type_num = cnp.PyArray_TYPE(u)
+            if cnp.PyArray_ISALIGNED(u) and (cnp.PyArray_IS_F_CONTIGUOUS(u) if pp.f_order
+                                             else cnp.PyArray_IS_C_CONTIGUOUS(u)):
+                pp.user = <char*>cnp.PyArray_DATA(u)
         self._users = list(users)
         free(self.written)
         self.written = NULL
@@ -368,9 +369,7 @@ cdef class Engine:
     @property
     def published(self):
         """The indices of the params whose 16-bit param a step stores (set_users)."""
-        if self._users is None:
-            return ()
-        return tuple(i for i, u in enumerate(self._users) if u is not None)
+        return tuple(i for i in range(self.n_params) if self.params[i].user != NULL)
 
     cdef int _set_written(self) except -1:
         """The sorted table of written regions, so a grad overlapping any of them (another
@@ -544,7 +543,8 @@ cdef class Engine:
                     self.params[i].user != NULL and
                     not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._users[i])):
                 raise ValueError(f"{self.name}.step: params[{i}] is read-only "
-                                 f"(flags.writeable=False) but is updated in place")
+                                 f"(flags.writeable=False) but is updated in place. "
+                                 f"Nothing was updated")
             self.params[i].grad_itemsize = self.params[i].itemsize
         if cnp.PyArray_Check(grads):
             # one flat gradient buffer covering every param, in param order
@@ -587,7 +587,9 @@ cdef class Engine:
             g = <cnp.ndarray>obj
             gbytes = pp.nbytes
             if cnp.PyArray_TYPE(g) != pp.type_num:
-                if pp.user != NULL and cnp.PyArray_TYPE(g) == pp.user_type_num:
+                if pp.user_type_num >= 0 and cnp.PyArray_TYPE(g) == pp.user_type_num:
+                    if pp.user == NULL:             # (a 16-bit param the caller stores)
+                        raise WidenFirst(i)
                     pp.grad_itemsize = 2            # widened block by block (note e)
                     gbytes = pp.nbytes // 2
                 elif pp.direct16 and cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT:
@@ -598,7 +600,7 @@ cdef class Engine:
                                     f"params[{i}] has dtype "
                                     f"{(<object>self._param_arrays[i]).dtype} (its grad must be "
                                     f"{(<object>self._param_arrays[i]).dtype} or float32)")
-                elif pp.user != NULL:
+                elif pp.user_type_num >= 0:
                     user = self._users[i]
                     raise TypeError(f"{self.name}.step: grads[{i}] has dtype {g.dtype} but "
                                     f"params[{i}] is {user.dtype} (kept with float32 master "

@@ -126,8 +126,8 @@ def run(opt, grads, values, fn, n_threads=None, published=None):
                 user.dtype.isnative:
             kernels.adam_mixed_int8_state(user, grad, *state, p, **kwargs)
             published.add(i)
-        else:
-            fn(p, grad, *state, **kwargs)
+        else:           # (a 16-bit grad of a master, laid out as it: widened exactly)
+            fn(p, grad if grad.dtype == p.dtype else grad.astype(p.dtype), *state, **kwargs)
 
     run_per_param(opt, grads, values, call, n_threads)
 

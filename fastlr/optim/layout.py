@@ -173,10 +173,14 @@ class LayoutMixin(_OptimizerAttrs):
                     self._fused16.regions = regions(
                         self._params + [b for *_, slots in spans for b in slots
                                         if b is not None])
-                if type(self._engine) is Engine and getattr(self, "_masters_of", None):
+                if getattr(self, "_masters_of", None) and type(self._engine) in (
+                        Engine, int8.Int8Step):
                     # 16-bit params with masters: the engine reads their 16-bit grads and
-                    # stores them in the same pass (fastlr/_core/master16.pxd)
-                    self._engine.set_users([self._user(p) for p in self._params])
+                    # stores them in the same pass (fastlr/_core/master16.pxd); int8
+                    # state's engine checks them (its kernel reads them, int8.run)
+                    engine = self._engine if type(self._engine) is Engine else \
+                        self._engine._engine
+                    engine.set_users([self._user(p) for p in self._params])
         self._dirty = False
 
     @staticmethod

@@ -7,9 +7,11 @@ the grads widened exactly (float32 grads of a 16-bit param are used as they are)
 float32 params, and writes every master into its 16-bit param rounded to nearest even (the
 bits of NumPy's and ml_dtypes' casts). The step engine does it in one pass per param
 (``Engine.set_users``: fastlr/_core/master16.pxd, block by block in L1), Adam/AdamW's
-fused step in ``fastlr.kernels.adam_mixed``; the int8 front and the reference mode take
-passes (cast every grad into a float32 buffer: ``_master_grads``; step; round every
-master: ``_publish_masters``), as does a 16-bit grad laid out otherwise than its param.
+fused step in ``fastlr.kernels.adam_mixed``, int8 state's in
+``fastlr.kernels.adam_mixed_int8_state``; the reference mode takes passes (cast every grad
+into a float32 buffer: ``_master_grads``; step; round every master:
+``_publish_masters``), as do a 16-bit grad laid out otherwise than its param and a
+misaligned 16-bit param (the engine raises ``WidenFirst`` for them, before writing).
 So the masters hold exactly the bits a float32 optimizer over float32 copies of the params
 would hold, on every optimizer of the table, and the caller's arrays follow them rounded.
 

@@ -91,10 +91,11 @@ class StepMixin(_OptimizerAttrs):
                 self._configure()
             # 16-bit params' masters: the engine reads their 16-bit grads and stores the
             # 16-bit params itself (set_users: Engine.published), as Adam/AdamW's fused
-            # step does (fastlr/optim/fused16.py); the int8 front takes float32 grads
+            # step (fastlr/optim/fused16.py) and the int8 front (Int8Step.published) do
             masters = getattr(self, "_masters_of", None) and \
                 type(self._engine) is not fused16.Fused16Step
-            if masters and type(self._engine) is not Engine:
+            if masters and type(self._engine) is not Engine and \
+                    type(self._engine) is not int8.Int8Step:
                 grads = self._master_grads(grads)
             n_threads = self._n_threads if self._n_threads is not None else _default_threads()
             try:
@@ -338,8 +339,9 @@ class StepMixin(_OptimizerAttrs):
 def supports_windows(optimizer: Any) -> bool:
     """Whether ``optimizer`` can step in element windows (WindowedStep): a family of the
     step engine, element-wise, with its own params (no 16-bit masters, no
-    master_weights=False, no sparse or layer-wise step) and its state in the params' dtype or bfloat16 (int8 state's engine
-    is :class:`fastlr.optim.int8.Int8Step`: blocks and a kernel call per param)."""
+    master_weights=False, no sparse or layer-wise step) and its state in the params' dtype
+    or bfloat16 (int8 state's engine is :class:`fastlr.optim.int8.Int8Step`: blocks and a
+    kernel call per param)."""
     from fastlr._core.engine import Engine
     return (type(getattr(optimizer, "_engine", None)) is Engine
             and type(optimizer).step is StepMixin.step

@@ -248,3 +248,52 @@ def test_without_masters_misuse_raises_before_anything_is_written(dtype):
     for a, b in zip(opt.state_dict()["state"].values(), snap[1]["state"].values()):
         assert all(np.array_equal(a[k], b[k]) for k in a)
     assert opt.steps == 1
+
+
+def _misaligned(values, dtype):
+    raw = np.zeros(values.size * 2 + 2, np.uint8)
+    x = raw[1:1 + values.size * 2].view(dtype)
+    x[...] = values
+    assert not x.flags.aligned
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_misaligned_16bit_param_is_widened_and_published_as_before(dtype):
+    rng = np.random.default_rng(9)
+    values = [rng.standard_normal(700).astype(dtype) for _ in range(2)]
+    params = [values[0].copy(), _misaligned(values[1], dtype)]
+    copies = [v.astype(np.float32) for v in values]
+    opt = fastlr.RMSprop(params, lr=0.01, momentum=0.5)
+    ref = fastlr.RMSprop(copies, lr=0.01, momentum=0.5)
+    assert opt._engine.published == (0,)
+    for t in range(4):
+        gs = [(rng.standard_normal(700) * 0.1).astype(dtype) for _ in range(2)]
+        opt.step(gs)
+        ref.step([g.astype(np.float32) for g in gs])
+    for p, m, c in zip(params, opt.param_groups[0]["params"], copies):
+        assert np.array_equal(m, c) and np.array_equal(p, c.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_state_with_masters_reads_the_16bit_grads(dtype, monkeypatch):
+    """AdamW(state_dtype="int8") keeps float32 masters; its step reads the 16-bit grads
+    (fastlr.kernels.adam_mixed_int8_state) instead of casting them first: the bits of its
+    twin (tests/optim/test_mixed_int8.py), no float32 grad copies."""
+    calls = []
+    real = master._widen_into
+    monkeypatch.setattr(master, "_widen_into", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(2)
+    a = [rng.standard_normal((40, 30)).astype(dtype), rng.standard_normal(777).astype(dtype)]
+    b = [p.copy() for p in a]
+    o1 = fastlr.AdamW(a, lr=0.01, state_dtype="int8", max_grad_norm=3.0)
+    o2 = fastlr.AdamW(b, lr=0.01, state_dtype="int8", max_grad_norm=3.0)
+    for t in range(3):
+        gs = [(rng.standard_normal(p.shape) * (1 + 3 * t)).astype(dtype) for p in a]
+        o1.step(gs)
+        n = len(calls)
+        o2.step_reference(gs)
+        del calls[n:]           # (the twin casts them)
+    assert calls == []
+    for p, q in zip(a, b):
+        assert np.array_equal(p.view(np.uint16), q.view(np.uint16))
