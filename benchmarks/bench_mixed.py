@@ -270,8 +270,10 @@ def other_step_fn(name, mode, size):
 class TrackOther16Speedup:
     """SGD (momentum) and RMSprop on bfloat16 params and grads, with master weights or
     without: the same optimizer's time on float32 params and grads / this time
-    (interleaved samples, best of up to 7). Bytes per element: float32 20; masters 26
-    (param 2 + 2, grad 2, master 4 + 4, state 4 + 4 per buffer); no master 14."""
+    (interleaved samples, best of up to 7). Bytes per element, one state buffer: float32
+    20 (param 4 + 4, grad 4, state 4 + 4); masters 20 (param 2 written, grad 2, master
+    4 + 4, state 4 + 4; +2 for the written param's cache lines); no master 14 (param
+    2 + 2, grad 2, state 4 + 4)."""
 
     params = [list(OTHERS), ["master", "nomaster"], list(SIZES)]
     param_names = ["optimizer", "mode", "size"]

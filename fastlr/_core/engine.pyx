@@ -13,7 +13,8 @@
 #    from each span's own update count), then release the GIL and run every piece in one
 #    pass -- serial below PARALLEL_MIN_SIZE elements in total, else the kernels'
 #    parallel_spans shares chunks of the concatenated elements between this thread and pool
-#    threads. Element-wise updates make the result independent of the split. Nothing is allocated per step.
+#    threads. Element-wise updates make the result independent of the split. Nothing is
+#    allocated per step.
 # c) Grads that are adjacent views of one buffer (or one flat grad array) let a coalesced
 #    span run as one piece; otherwise the span runs param by param, with the same bits.
 # d) Nothing here is written per optimizer family. What differs per family comes from the
@@ -140,8 +141,9 @@ cdef int _format16(cnp.ndarray a):
 class WidenFirst(Exception):
     """Raised by a step (before anything is written) for a 16-bit grad of a 16-bit param
     (note e) that is not laid out as its master (the other memory order, strided,
-    misaligned, byte-swapped): the caller widens the 16-bit grads into float32 arrays laid
-    out as the masters and steps again. args[0]: the grad's index."""
+    misaligned, byte-swapped), or whose 16-bit param is misaligned (set_users): the caller
+    widens the 16-bit grads into float32 arrays laid out as the masters (its checks refuse
+    a byte-swapped one) and steps again. args[0]: the grad's index."""
 
 
 include "pieces.pxi"
@@ -537,10 +539,11 @@ cdef class Engine:
         cdef ParamC* pp
         cdef char* base
         cdef char* gp
-        cdef Py_ssize_t expected_bytes = 0, hit, gbytes, widen = 1
+        cdef Py_ssize_t expected_bytes = 0, hit, gbytes
+        cdef bint f32
         for i in range(n):
             if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._param_arrays[i]) or (
-                    self.params[i].user != NULL and
+                    self.params[i].user_type_num >= 0 and     # (stored here or by the caller)
                     not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._users[i])):
                 raise ValueError(f"{self.name}.step: params[{i}] is read-only "
                                  f"(flags.writeable=False) but is updated in place. "
@@ -549,17 +552,20 @@ cdef class Engine:
         if cnp.PyArray_Check(grads):
             # one flat gradient buffer covering every param, in param order
             g = <cnp.ndarray>grads
-            if n and self.params[0].direct16 and cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT:
-                widen = 2                   # float32 grads of 16-bit params (note f)
-            elif n and (cnp.PyArray_TYPE(g) != self.params[0].type_num):
+            f32 = cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT     # (16-bit params take it: note f)
+            if n and (cnp.PyArray_TYPE(g) != self.params[0].type_num) and not (
+                    f32 and self.params[0].direct16):
                 raise TypeError(f"{self.name}.step: the flat grad buffer has dtype {g.dtype} "
                                 f"but the params are {(<object>self._param_arrays[0]).dtype}")
             for i in range(n):
-                if self.params[i].type_num != self.params[0].type_num:
+                pp = &self.params[i]
+                if f32 and pp.direct16:
+                    pp.grad_itemsize = 4
+                elif pp.type_num != cnp.PyArray_TYPE(g):
                     raise TypeError(f"{self.name}.step: a single grad array needs params of "
-                                    f"one dtype; pass a list of grads instead")
-                expected_bytes += self.params[i].nbytes * widen
-                self.params[i].grad_itemsize = self.params[i].itemsize * widen
+                                    f"one dtype (or float32 grads for float32 and 16-bit "
+                                    f"params); pass a list of grads instead")
+                expected_bytes += pp.nbytes // pp.itemsize * pp.grad_itemsize
             if cnp.PyArray_NBYTES(g) != expected_bytes:
                 raise ValueError(f"{self.name}.step: the flat grad buffer has "
                                  f"{cnp.PyArray_SIZE(g)} elements but the params have "
@@ -571,7 +577,8 @@ cdef class Engine:
             base = <char*>cnp.PyArray_DATA(g)
             for i in range(n):
                 self.grad_ptrs[i] = base
-                base += self.params[i].nbytes * widen
+                base += self.params[i].nbytes // self.params[i].itemsize * \
+                    self.params[i].grad_itemsize
             return self._check_grad_overlap(<char*>cnp.PyArray_DATA(g), expected_bytes)
         if not isinstance(grads, (list, tuple)):
             raise TypeError(f"{self.name}.step: grads must be a list of arrays (one per param) "

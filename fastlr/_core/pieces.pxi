@@ -6,9 +6,11 @@
 ctypedef struct Piece:
     char* ptrs[5]             # param, grad, state...
     Py_ssize_t n
-    Py_ssize_t itemsize       # of the param (and of the grad but for grad_itemsize)
-    Py_ssize_t grad_itemsize  # of the grad: itemsize, or 2 for a 16-bit param's grad
-    Py_ssize_t state_itemsize # of the state buffers (2 for bfloat16 state, else itemsize)
+    Py_ssize_t itemsize       # of the param
+    Py_ssize_t grad_itemsize  # of the grad: itemsize; 2 for a 16-bit grad of a master; 4
+                              # for a float32 grad of a 16-bit param
+    Py_ssize_t state_itemsize # of the state buffers: itemsize; 2 for bfloat16 state; 4
+                              # for a 16-bit param's (float32)
     Py_ssize_t start          # first element in the concatenation of all pieces
     core_fn core
     const void* coef

@@ -6,11 +6,12 @@ float32 master copy is kept (part of :class:`fastlr.Optimizer`).
 The step engine steps these params itself, in one pass per block of 512 elements
 (``fastlr/_core/master16.pxd``); this module is their NumPy twin (``step_reference``) and
 what Adam/AdamW with int8 state run. The update, per step and 16-bit param, in chunks of
-:data:`CHUNK` elements (in memory order): the param's values are widened (exactly) into a float32 scratch buffer, the grad too when it is
-16-bit, the optimizer's own compiled kernel (``fastlr.kernels.<name>``, the step engine's
-bits) updates the scratch and the chunk's state, and the result is stored into the param
-rounded stochastically: up with probability (the dropped part) / (the gap), so the expected
-stored value is the float32 result, with the random bits of
+:data:`CHUNK` elements (in memory order): the param's values are widened (exactly) into a
+float32 scratch buffer, the grad too when it is 16-bit, the optimizer's own compiled kernel
+(``fastlr.kernels.<name>``, the step engine's bits) updates the scratch and the chunk's
+state, and the result is stored into the param rounded stochastically: up with
+probability (the dropped part) / (the gap), so the expected stored value is the float32
+result, with the random bits of
 :func:`fastlr.kernels.adam_mixed`'s param without master (a hash of the element's value
 before the update, its grad and the step: no random state, reproducible, the same for any
 thread count). The kernels are element-wise, so chunks give the bits one call would.

@@ -297,3 +297,33 @@ def test_int8_state_with_masters_reads_the_16bit_grads(dtype, monkeypatch):
     assert calls == []
     for p, q in zip(a, b):
         assert np.array_equal(p.view(np.uint16), q.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_without_masters_a_float32_flat_buffer_over_params_of_several_dtypes(dtype):
+    """One float32 grad buffer serves 16-bit params of both formats and float32 ones."""
+    rng = np.random.default_rng(12)
+    a = [rng.standard_normal(600).astype(dtype), rng.standard_normal(300).astype(np.float32),
+         rng.standard_normal(700).astype(np.float16)]
+    b = [p.copy() for p in a]
+    o1 = fastlr.SGD(a, lr=0.1, momentum=0.9, master_weights=False)
+    o2 = fastlr.SGD(b, lr=0.1, momentum=0.9, master_weights=False)
+    for t in range(3):
+        g = rng.standard_normal(1600).astype(np.float32)
+        o1.step(g)
+        o2.step_reference(g.copy())
+    for p, q in zip(a, b):
+        assert p.dtype == q.dtype and p.tobytes() == q.tobytes()
+    with pytest.raises(TypeError, match="needs params of one dtype"):
+        fastlr.SGD([np.ones(3, dtype), np.ones(2)], lr=0.1,
+                   master_weights=False).step(np.ones(5, np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_misaligned_16bit_param_made_read_only_is_refused_before_writing(dtype):
+    w = _misaligned(np.ones(600, np.float32).astype(dtype), dtype)
+    opt = fastlr.SGD([w], lr=0.1, momentum=0.9)
+    w.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\[0\].* is read-only"):
+        opt.step([np.ones(600, dtype)])
+    assert opt.steps == 0 and np.all(opt.param_groups[0]["params"][0] == 1)
