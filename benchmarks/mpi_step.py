@@ -24,7 +24,8 @@ one with ``overlap=True`` (``--bucket-size`` elements per bucket). It prints the
 then the overlapped one: its step; the control, the same overlapped exchange with the
 updates skipped ("exchange alone", a third optimizer in the same rotation); its update;
 and the fraction of the plain update hidden behind the messages,
-``1 - median(overlapped step - exchange alone) / plain update`` (the difference taken
+``1 - median(overlapped step - exchange alone) / plain update`` (with the quartiles of
+those differences, their spread; the difference taken
 within each rotation).
 """
 
@@ -118,13 +119,18 @@ def main():
                                                  for total, t in out]), axis=0) * 1e3
                              for out in rows[1:])
             # paired within each rotation (the link's slow drifts cancel), then the median
-            exposed = np.median([o[0] - c[0] for o, c in zip(rows[1], rows[2])]) * 1e3
+            diffs = np.array([o[0] - c[0] for o, c in zip(rows[1], rows[2])]) * 1e3
+            exposed = np.median(diffs)
             hidden = 1.0 - exposed / plain[2] if plain[2] else float("nan")
             extra = f"  step/bound {over[0] / bound:5.2f}" if bound else ""
+            q1, q3 = np.percentile(diffs, [25, 75])
             if rank == 0:
                 print(f"{'overlap':>10} {size:>5} {over[0]:8.2f}  exchange alone "
                       f"{control[0]:8.2f}  update {over[2]:7.2f}  hidden {hidden:5.2f}  "
                       f"({opts[1].n_buckets} buckets){extra}")
+                # the spread of the paired differences: how well "hidden" is known
+                print(f"{'':>10} overlapped - exchange alone: median {exposed:.1f} ms, "
+                      f"quartiles {q1:.1f} / {q3:.1f} ms over {len(diffs)} rotations")
 
 
 if __name__ == "__main__":
