@@ -170,6 +170,7 @@ cdef class Engine:
     cdef object _keep             # arrays and schedules the pointers refer to
     cdef object _param_arrays     # list of param ndarrays (for shape checks)
     cdef object _users            # per param: its 16-bit param (note e) or None; or None
+    cdef tuple _published         # the params whose 16-bit param a step stores (set_users)
     cdef int64_t[::1] counts      # per-param update counts (owned by optim.py)
     cdef unsigned char[::1] started   # the param's first-use state buffer is in use (SGD's
                                       # momentum: torch's "buffer is not None"); optim's
@@ -223,6 +224,7 @@ cdef class Engine:
         self.n_params = self.n_spans = self.n_groups = 0
         self.last_grad_norm = float("nan")
         self.n_window_pieces = -1
+        self._published = ()
 
     def configure(self, list params, list spans, list groups, counts, started, used,
                   mu_product, lr_scale):
@@ -240,6 +242,7 @@ cdef class Engine:
         if CORES == NULL:
             raise RuntimeError("fastlr's core loops are not initialised (import fastlr)")
         self._free()
+        self._published = ()
         keep = []
         self.n_params = len(params)
         self.n_spans = len(spans)
@@ -364,14 +367,16 @@ cdef class Engine:
                                              else cnp.PyArray_IS_C_CONTIGUOUS(u)):
                 pp.user = <char*>cnp.PyArray_DATA(u)
         self._users = list(users)
+        self._published = tuple(i for i in range(self.n_params) if self.params[i].user != NULL)
         free(self.written)
         self.written = NULL
         self._set_written()
 
     @property
     def published(self):
-        """The indices of the params whose 16-bit param a step stores (set_users)."""
-        return tuple(i for i in range(self.n_params) if self.params[i].user != NULL)
+        """The indices of the params whose 16-bit param a step stores (set_users; () after
+        configure until set_users)."""
+        return self._published
 
     cdef int _set_written(self) except -1:
         """The sorted table of written regions, so a grad overlapping any of them (another

@@ -27,7 +27,7 @@
 # d) The pointers are the engine's piece's: [param or master, grad, state...] (2 + 3), the
 #    grad's elements 2 bytes (16-bit) or 4; a NULL state pointer stays NULL (a slot the
 #    step leaves out). The format comes in as a constant (one straight-line loop per
-#    format).
+#    format). block16_ptrs sets a block's grad and state pointers for both runs.
 
 cimport cython
 from libc.stdint cimport uint16_t, uint32_t
@@ -50,6 +50,28 @@ ctypedef void (*direct16_fn)(core_fn core, char** ptrs, Py_ssize_t n, const void
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef inline const float* block16_ptrs(char** b, char** ptrs, Py_ssize_t a,       # OUT, IN, IN
+                                      Py_ssize_t nb, float* gb, bint grad16,    # IN, OUT, IN
+                                      Py_ssize_t state_itemsize,                # IN
+                                      int fmt) noexcept nogil:                  # IN
+    """Block [a, a + nb) of a piece (note d): b[1] = its grad as float32 (a 16-bit grad
+    widened into gb, a float32 grad in place), b[2:] = its state (NULL stays NULL); returns
+    b[1]. b[0] is the caller's."""
+    cdef const uint16_t* g16 = <const uint16_t*>ptrs[1]
+    cdef Py_ssize_t j, k
+    if grad16:
+        for j in range(nb):
+            gb[j] = widen16(g16[a + j], fmt)
+        b[1] = <char*>gb
+    else:
+        b[1] = ptrs[1] + a * 4
+    for k in range(2, PIECE_PTRS):
+        b[k] = NULL if ptrs[k] == NULL else ptrs[k] + a * state_itemsize
+    return <const float*>b[1]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef inline void master16_run(core_fn core, char** ptrs, Py_ssize_t n,        # IN
                               const void* coef, uint16_t* user, bint grad16,   # IN, OUT, IN
                               Py_ssize_t state_itemsize, int fmt) noexcept nogil:
@@ -57,20 +79,12 @@ cdef inline void master16_run(core_fn core, char** ptrs, Py_ssize_t n,        # 
     16-bit param's bits."""
     cdef float gb[MASTER16_BLOCK]
     cdef char* b[PIECE_PTRS]
-    cdef const uint16_t* g16 = <const uint16_t*>ptrs[1]
     cdef const float* m
-    cdef Py_ssize_t a = 0, nb, j, k
+    cdef Py_ssize_t a = 0, nb, j
     while a < n:
         nb = n - a if n - a < MASTER16_BLOCK else MASTER16_BLOCK
         b[0] = ptrs[0] + a * 4
-        if grad16:
-            for j in range(nb):
-                gb[j] = widen16(g16[a + j], fmt)
-            b[1] = <char*>gb
-        else:
-            b[1] = ptrs[1] + a * 4
-        for k in range(2, PIECE_PTRS):
-            b[k] = NULL if ptrs[k] == NULL else ptrs[k] + a * state_itemsize
+        block16_ptrs(b, ptrs, a, nb, gb, grad16, state_itemsize, fmt)
         core(b, nb, coef)
         m = <const float*>b[0]
         if fmt == FMT_BF16:
@@ -106,23 +120,14 @@ cdef inline void direct16_run(core_fn core, char** ptrs, Py_ssize_t n,         #
     cdef float gb[MASTER16_BLOCK]
     cdef char* b[PIECE_PTRS]
     cdef uint16_t* p16 = <uint16_t*>ptrs[0]
-    cdef const uint16_t* g16 = <const uint16_t*>ptrs[1]
     cdef const float* g
-    cdef Py_ssize_t a = 0, nb, j, k
+    cdef Py_ssize_t a = 0, nb, j
     while a < n:
         nb = n - a if n - a < MASTER16_BLOCK else MASTER16_BLOCK
         for j in range(nb):
             pb[j] = widen16(p16[a + j], fmt)
-        if grad16:
-            for j in range(nb):
-                gb[j] = widen16(g16[a + j], fmt)
-            g = gb
-        else:
-            g = <const float*>(ptrs[1] + a * 4)
         b[0] = <char*>pb
-        b[1] = <char*>g
-        for k in range(2, PIECE_PTRS):
-            b[k] = NULL if ptrs[k] == NULL else ptrs[k] + a * state_itemsize
+        g = block16_ptrs(b, ptrs, a, nb, gb, grad16, state_itemsize, fmt)
         core(b, nb, coef)
         # (the key reads the param's old bits before they are overwritten, element by
         # element; the grad as the step applied it)

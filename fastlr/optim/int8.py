@@ -126,7 +126,11 @@ def run(opt, grads, values, fn, n_threads=None, published=None):
                 user.dtype.isnative:
             kernels.adam_mixed_int8_state(user, grad, *state, p, **kwargs)
             published.add(i)
-        else:           # (a 16-bit grad of a master, laid out as it: widened exactly)
+        else:
+            # grads here are p's dtype: the engine (Int8Step.step) passes a 16-bit grad only
+            # for a 16-bit param stored above (else WidenFirst: the caller widens it), and
+            # the reference mode widens every one first (_master_grads). The cast is a guard
+            # for a caller that passes a 16-bit grad of a master unchecked: widened exactly.
             fn(p, grad if grad.dtype == p.dtype else grad.astype(p.dtype), *state, **kwargs)
 
     run_per_param(opt, grads, values, call, n_threads)
