@@ -27,6 +27,12 @@ and the fraction of the plain update hidden behind the messages,
 ``1 - median(overlapped step - exchange alone) / plain update`` (with the quartiles of
 those differences, their spread; the difference taken
 within each rotation).
+
+``--compare16`` steps two plain optimizers side by side instead, one step each in turn:
+float32 communication and 16-bit communication (``grad_comm`` and ``param_comm``
+"bfloat16"). It prints both rows, each against its own bound, then the 16-bit
+communication time over the float32 one: the ratio of the medians, and the median and
+quartiles of the ratios paired within each rotation.
 """
 
 import argparse
@@ -62,27 +68,39 @@ def main():
                              "param_comm: master weights, a 16-bit all-gather)")
     parser.add_argument("--overlap", action="store_true",
                         help="also step an overlap=True optimizer, side by side")
+    parser.add_argument("--compare16", action="store_true",
+                        help="step a float32-communication and a 16-bit-communication "
+                             "optimizer side by side and print the ratio")
     parser.add_argument("--bucket-size", type=int, default=1 << 20,
                         help="elements per bucket of the overlapped optimizer")
     parser.add_argument("--link-gbit", type=float, default=None,
                         help="each host's link rate, to print the bandwidth bound")
     args = parser.parse_args()
+    if args.overlap and args.compare16:
+        parser.error("--overlap and --compare16 each step their own rotation; pick one")
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank == 0:
         bound = f" {'bound':>7} {'comm/bound':>10}" if args.link_gbit else ""
         print(f"{'params':>10} {'ranks':>5} {'step ms':>8} {'reduce-scatter':>15} "
               f"{'update':>8} {'all-gather':>11} {'other':>7}{bound}  (ms, median)")
+    grad_comm = None if args.grad_comm == "none" else args.grad_comm
+    param_comm = None if args.param_comm == "none" else args.param_comm
+    if args.compare16:
+        # (grad_comm, param_comm, overlap) of each optimizer in the rotation
+        configs = [(None, None, False), ("bfloat16", "bfloat16", False)]
+    elif args.overlap:
+        configs = [(grad_comm, param_comm, overlap) for overlap in (False, True, True)]
+    else:
+        configs = [(grad_comm, param_comm, False)]
     for n in args.sizes:
         opts = []
-        for overlap in (False, True, True) if args.overlap else (False,):
+        for g_comm, p_comm, overlap in configs:
             flat, views = fastlr.flat_buffer([(n,)], np.float32)
             flat[:] = np.random.default_rng(0).standard_normal(n)
             opts.append(distributed.ShardedOptimizer(
-                fastlr.Adam, views, comm, lr=1e-4, n_threads=1,
-                grad_comm=None if args.grad_comm == "none" else args.grad_comm,
-                param_comm=None if args.param_comm == "none" else args.param_comm,
-                overlap=overlap, bucket_size=args.bucket_size))
+                fastlr.Adam, views, comm, lr=1e-4, n_threads=1, grad_comm=g_comm,
+                param_comm=p_comm, overlap=overlap, bucket_size=args.bucket_size))
         if args.overlap:
             # the control: the overlapped exchange alone (its updates skipped)
             opts[2].optimizer._windowed_step = lambda grads: _NoUpdate()
@@ -96,24 +114,45 @@ def main():
                 total = MPI.Wtime() - t0
                 if i >= 2:
                     out.append((total, dict(opt.timings)))
-        extra = ""
-        bound = None
-        if args.link_gbit:
-            counts, _ = distributed.shard_bounds(n, size)
-            grad_bytes = 2 if args.grad_comm == "bfloat16" else 4
-            param_bytes = 2 if args.param_comm == "bfloat16" else 4
+        counts, _ = distributed.shard_bounds(n, size)
+
+        def link_bound(g_comm, p_comm):
+            """ms to send this rank's bytes of one step at the link rate (None: no rate)."""
+            if not args.link_gbit:
+                return None
+            grad_bytes = 2 if g_comm == "bfloat16" else 4
+            param_bytes = 2 if p_comm == "bfloat16" else 4
             sent = ((sum(counts) - counts[rank]) * grad_bytes
                     + (size - 1) / size * n * param_bytes)
-            bound = sent * 8 / (args.link_gbit * 1e9) * 1e3
-        plain = np.median(np.array([(total, t["reduce_scatter"], t["update"], t["all_gather"],
-                                     total - t["reduce_scatter"] - t["update"]
-                                     - t["all_gather"]) for total, t in rows[0]]),
-                          axis=0) * 1e3
-        if bound:
-            extra = f" {bound:7.2f} {(plain[1] + plain[3]) / bound:10.2f}"
-        if rank == 0:
-            print(f"{n:>10} {size:>5} {plain[0]:8.2f} {plain[1]:15.2f} {plain[2]:8.2f} "
-                  f"{plain[3]:11.2f} {plain[4]:7.2f}{extra}")
+            return sent * 8 / (args.link_gbit * 1e9) * 1e3
+
+        def plain_row(out, g_comm, p_comm, label=""):
+            """Print the medians of a plain optimizer's steps; return them (ms)."""
+            plain = np.median(np.array([(total, t["reduce_scatter"], t["update"],
+                                         t["all_gather"], total - t["reduce_scatter"]
+                                         - t["update"] - t["all_gather"])
+                                        for total, t in out]), axis=0) * 1e3
+            bound = link_bound(g_comm, p_comm)
+            extra = f" {bound:7.2f} {(plain[1] + plain[3]) / bound:10.2f}" if bound else ""
+            if rank == 0:
+                print(f"{n:>10} {size:>5} {plain[0]:8.2f} {plain[1]:15.2f} {plain[2]:8.2f} "
+                      f"{plain[3]:11.2f} {plain[4]:7.2f}{extra}{label}")
+            return plain
+
+        plain = plain_row(rows[0], *configs[0][:2],
+                          "  float32 comm" if args.compare16 else "")
+        bound = link_bound(*configs[0][:2])
+        if args.compare16:
+            half = plain_row(rows[1], *configs[1][:2], "  16-bit comm")
+            ratios = np.array([(h["reduce_scatter"] + h["all_gather"])
+                               / (f["reduce_scatter"] + f["all_gather"])
+                               for (_, f), (_, h) in zip(rows[0], rows[1])])
+            q1, med, q3 = np.percentile(ratios, [25, 50, 75])
+            of_medians = (half[1] + half[3]) / (plain[1] + plain[3])
+            if rank == 0:
+                print(f"{'':>10} 16-bit / float32 communication: {of_medians:.3f} "
+                      f"(medians); paired median {med:.3f}, "
+                      f"quartiles {q1:.3f} / {q3:.3f} over {len(ratios)} rotations")
         if args.overlap:
             over, control = (np.median(np.array([(total, t.get("wait", 0.0), t["update"])
                                                  for total, t in out]), axis=0) * 1e3
