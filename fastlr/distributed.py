@@ -234,6 +234,22 @@ _TAG_GATHER = 13
 #: moves a message along only while this rank is inside an MPI call)
 _PROGRESS_ELEMENTS = 1 << 18
 _DEFAULT_TIMEOUT = 1800.0
+#: bytes per message of the plain step's 16-bit exchange between hosts (its rounding,
+#: widening and additions run on one piece while the next ones travel)
+_PIPELINE_BYTES = 1 << 20
+#: messages of the plain step's exchange posted ahead each way (ShardedOptimizer._in_pieces).
+#: Over the 1 Gbit/s test bed 1 MiB x 4 moved 124 MB within 2% of one message's time and
+#: 512 KiB x 4 took 18% longer; at 10 Gbit/s, where the CPU bounds the exchange, x 16 cost
+#: 9% over one message and x 4 11-22%
+_PIPELINE_WINDOW = 16
+
+
+def _piece_bounds(count, itemsize, piece_bytes):
+    """[(first, end)] of the pieces of ``piece_bytes`` (in elements of ``itemsize`` bytes,
+    at least one; None: one piece) covering ``range(count)``; none for 0: a rank with an
+    empty shard sends and receives nothing."""
+    step = max(1, count if piece_bytes is None else piece_bytes // itemsize)
+    return [(s, min(s + step, count)) for s in range(0, count, step)]
 
 
 def _dropped_masters(name):
@@ -604,6 +620,15 @@ class ShardedOptimizer:
         # fastlr's own messages travel on a duplicate of comm, so they never match a
         # message of the caller's
         self._wire = comm.Dup()
+        # the plain step's exchange travels in pieces (see _in_pieces) between hosts; between
+        # ranks that all share one host's memory in one piece per round (there the ranks'
+        # own cores copy the messages, and pieces made the exchange about 5% slower). The
+        # ranks agree: Open MPI's view of who shares memory can differ between them (seen
+        # on the network-namespace test bed), and the pieces must match on both ends.
+        local = self._wire.Split_type(MPI.COMM_TYPE_SHARED)
+        one_host = self._wire.allreduce(local.Get_size() == self.world_size, op=MPI.LAND)
+        local.Free()
+        self._pipeline_bytes = None if one_host else _PIPELINE_BYTES
         self._grad_comm = grad_comm
         self._send16 = self._recv16 = None      # bfloat16 buffers, made on first use
         self._agree_rows = np.zeros((self.world_size, 4), dtype=np.float64)
@@ -662,41 +687,151 @@ class ShardedOptimizer:
             start += n
         return self._flat_grad
 
+    def _in_pieces(self, dst, src, tag, T, outgoing, incoming, prepare=None, arrived=None):
+        """Send ``outgoing`` (a list of contiguous arrays) to rank ``dst`` and receive
+        ``incoming`` (as many arrays, give or take one) from rank ``src``, one message per
+        array, in order: ``_PIPELINE_WINDOW`` receives and sends posted first, then one
+        more of each every time a receive completes (the rest of the sends at the end).
+
+        ``prepare(j)`` fills outgoing[j] just before it is posted; ``arrived(j)`` runs as
+        soon as incoming[j] is here, while the next ones travel. Posting in step with the
+        arrivals keeps the messages in order: with every piece posted at once Open MPI
+        interleaves them, so they all complete near the end and the work on them cannot
+        hide behind the link. Receive j waits only on the sender's send j, posted at the
+        start or after the sender's own receive j - W: the exchange cannot wait on itself.
+        The caller arms the watchdog and disarms it (also when this raises)."""
+        comm, W = self._wire, _PIPELINE_WINDOW
+        sends, receives = [], []
+
+        def post_send():
+            j = len(sends)
+            if prepare is not None:
+                prepare(j)
+            sends.append(comm.Isend([outgoing[j], T], dst, tag=tag))
+
+        def post_receive():
+            receives.append(comm.Irecv([incoming[len(receives)], T], src, tag=tag))
+
+        for _ in range(min(W, len(incoming))):
+            post_receive()
+        for _ in range(min(W, len(outgoing))):
+            post_send()
+        for j in range(len(incoming)):
+            receives[j].Wait()
+            if len(receives) < len(incoming):
+                post_receive()
+            if len(sends) < len(outgoing):
+                post_send()
+            if arrived is not None:
+                arrived(j)
+        while len(sends) < len(outgoing):
+            post_send()
+        self._MPI.Request.Waitall(sends)
+
     def _reduce_scatter(self, flat):
-        """self._shard_grad = the sum over ranks of their flat[lo:hi]. Direct exchange: in
+        """self._shard_grad = the mean over ranks of their flat[lo:hi]. Direct exchange: in
         round k each rank sends the shard of rank r+k and receives its own shard from rank
-        r-k, adding it in (a fixed order, so repeatable). Open MPI's Reduce_scatter over
-        shared memory measured ~9x slower for 64 MB on the development machine."""
-        comm, T = self._wire, self._mpi_type
+        r-k, adding it in (a fixed order, so repeatable); the sum is then divided by the
+        rank count. Open MPI's Reduce_scatter over shared memory measured ~9x slower for
+        64 MB on the development machine.
+
+        Between hosts each round travels in pieces of ``_PIPELINE_BYTES``, in order
+        (:meth:`_in_pieces`): piece j is rounded (with ``grad_comm``) as it is posted, and
+        each received piece is added in (in the last round, then divided by the rank count:
+        the mean) while the next ones travel. The rounding, the additions and the division
+        thus hide behind the link instead of adding to it; the arithmetic per element is
+        the same, so are the bits."""
+        MPI, T = self._MPI, self._mpi_type
         r, n = self.rank, self.world_size
         lo, hi = self.bounds
         acc = self._shard_grad
-        watchdog = self._watchdog
-        if self._grad_comm == "bfloat16":
+        bf16 = self._grad_comm == "bfloat16"
+        if bf16:
             if self._send16 is None:
                 self._send16 = np.empty(self.total_size, dtype=np.uint16)
                 self._recv16 = np.empty(hi - lo, dtype=np.uint16)
             # rounded per round: only the shards sent, never this rank's own
-            send, recv, T = self._send16, self._recv16, self._MPI.UINT16_T
+            send, recv, T = self._send16, self._recv16, MPI.UINT16_T
         else:
             if self._recv is None:
                 self._recv = np.empty(len(acc), dtype=self._dtype)
             send, recv = flat, self._recv
+        # float32 and float64 grads go in one message per round: pieces made them slower
+        # where the CPU bounds the exchange (10 Gbit/s on the test bed) and saved nothing
+        # clear at 1 Gbit/s, with no conversion to hide
+        pieces = self._pipeline_bytes if bf16 else None
+        mine = _piece_bounds(hi - lo, recv.itemsize, pieces)
         for k in range(1, n):
             dst, src = (r + k) % n, (r - k) % n
             a = self._displs[dst]
-            if send is self._send16:
-                _bf16.pack(flat[a:a + self._counts[dst]], send[a:a + self._counts[dst]])
-            watchdog.arm(self._calls, f"the reduce-scatter (round {k}: receiving from rank "
-                         f"{src}, sending to rank {dst})", [src])
-            comm.Sendrecv([send[a:a + self._counts[dst]], T], dst, sendtag=_TAG_EXCHANGE,
-                          recvbuf=[recv, T], source=src, recvtag=_TAG_EXCHANGE)
-            base = flat[lo:hi] if k == 1 else acc
-            if recv is self._recv:
-                np.add(base, recv, out=acc)
-            else:
-                _bf16.add(acc, base, recv)
-        watchdog.disarm()
+            theirs = [(a + s, a + e)
+                      for s, e in _piece_bounds(self._counts[dst], send.itemsize, pieces)]
+
+            def prepare(j):
+                s, e = theirs[j]
+                _bf16.pack(flat[s:e], send[s:e])
+
+            def arrived(j, k=k):
+                s, e = mine[j]
+                base = flat[lo + s:lo + e] if k == 1 else acc[s:e]
+                if bf16:
+                    _bf16.add(acc[s:e], base, recv[s:e])
+                else:
+                    np.add(base, recv[s:e], out=acc[s:e])
+                if k == n - 1:      # the piece's sum is complete: its mean
+                    np.divide(acc[s:e], self._dtype.type(n), out=acc[s:e])
+
+            self._watchdog.arm(self._calls, f"the reduce-scatter (round {k}: receiving from "
+                               f"rank {src}, sending to rank {dst})", [src])
+            try:
+                self._in_pieces(dst, src, _TAG_EXCHANGE, T, [send[s:e] for s, e in theirs],
+                                [recv[s:e] for s, e in mine], prepare if bf16 else None,
+                                arrived)
+            finally:
+                self._watchdog.disarm()
+
+    def _gather16(self):
+        """Every param = the bfloat16 rounding of its master (``param_comm``), the
+        all-gather of ``step`` in rounds of the direct exchange: in round k this rank's
+        shard goes to rank r+k and rank r-k's comes in, in pieces, in order
+        (:meth:`_in_pieces`). The shard's pieces are rounded as round 1 posts them and
+        widened into the params one per piece received; the pieces received are widened
+        as they arrive. So the rounding and the widening hide behind the link."""
+        T = self._MPI.UINT16_T
+        r, n = self.rank, self.world_size
+        lo, hi = self.bounds
+        p16, params, master = self._p16_buffer(), self._flat, self._master
+        mine = [(lo + s, lo + e) for s, e in _piece_bounds(hi - lo, 2, self._pipeline_bytes)]
+        own = mine[::-1]            # this rank's pieces not yet widened (next one last)
+
+        def prepare(j):
+            s, e = mine[j]
+            _bf16.pack(master[s - lo:e - lo], p16[s:e])
+
+        for k in range(1, n):
+            dst, src = (r + k) % n, (r - k) % n
+            a = self._displs[src]
+            theirs = [(a + s, a + e)
+                      for s, e in _piece_bounds(self._counts[src], 2, self._pipeline_bytes)]
+
+            def arrived(j):
+                s, e = theirs[j]
+                _bf16.unpack(p16[s:e], params[s:e])
+                if own:                     # rounded: posted before this arrival
+                    s, e = own.pop()
+                    _bf16.unpack(p16[s:e], params[s:e])
+
+            self._watchdog.arm(self._calls, f"the all-gather of the updated params (round "
+                               f"{k}: receiving from rank {src}, sending to rank {dst})",
+                               [src])
+            try:
+                self._in_pieces(dst, src, _TAG_GATHER, T, [p16[s:e] for s, e in mine],
+                                [p16[s:e] for s, e in theirs], prepare if k == 1 else None,
+                                arrived)
+            finally:
+                self._watchdog.disarm()
+        for s, e in own[::-1]:
+            _bf16.unpack(p16[s:e], params[s:e])
 
     def _agree(self, mine):
         """The sum over ranks of each rank's 4-vector ``mine`` (in rank order, so the same
@@ -798,7 +933,6 @@ class ShardedOptimizer:
             self.timings["check"] = t1 - t0
             return True if self.skip_nonfinite else None
         self._reduce_scatter(flat)
-        np.divide(self._shard_grad, self._dtype.type(self.world_size), out=self._shard_grad)
         t2 = time.perf_counter()
         if self.max_grad_norm is not None:
             sumsq = np.array([grad_stats(self._shard_grad, n_threads=self._n_threads)[0]])
@@ -813,18 +947,13 @@ class ShardedOptimizer:
         t3 = time.perf_counter()
         self.optimizer.step(self._shard_grad)
         t4 = time.perf_counter()
-        self._watchdog.arm(self._calls, "the all-gather of the updated params", None)
         if self._master is None:
+            self._watchdog.arm(self._calls, "the all-gather of the updated params", None)
             self._wire.Allgatherv(MPI.IN_PLACE,
                                   [self._flat, self._counts, self._displs, self._mpi_type])
+            self._watchdog.disarm()
         else:
-            lo, hi = self.bounds
-            p16 = self._p16_buffer()
-            to_bfloat16(self._master, p16[lo:hi])
-            self._wire.Allgatherv(MPI.IN_PLACE,
-                                  [p16, self._counts, self._displs, MPI.UINT16_T])
-            self._publish(p16)
-        self._watchdog.disarm()
+            self._gather16()
         t5 = time.perf_counter()
         self.timings = {"check": t1 - t0, "reduce_scatter": t2 - t1, "clip": t3 - t2,
                         "update": t4 - t3, "all_gather": t5 - t4}
@@ -963,9 +1092,19 @@ class ShardedOptimizer:
         finally:
             if stepper is not None:
                 stepper.abandon()
-        wait(gathering, "the overlapped all-gather of the updated params")
-        if self._master is not None:
-            self._publish(gather)
+        if self._master is None:
+            wait(gathering, "the overlapped all-gather of the updated params")
+        else:
+            # bucket by bucket (post_gather's requests, in bucket order): its params
+            # widened from their bfloat16 roundings while the later buckets arrive
+            per = 2 * (n - 1)
+            for c in range(C):
+                wait(gathering[c * per:(c + 1) * per],
+                     f"the overlapped all-gather of the updated params (bucket {c} of {C})")
+                for k in range(n):
+                    a, b = self._bucket(k, c)
+                    a, b = a + self._displs[k], b + self._displs[k]
+                    _bf16.unpack(gather[a:b], self._flat[a:b])
         timings["exchange"] = time.perf_counter() - t_start
         self.timings = timings
 

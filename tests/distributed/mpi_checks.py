@@ -282,6 +282,47 @@ def check_grad_comm_bfloat16():
         raise AssertionError("grad_comm='float16' was accepted")
 
 
+def check_pipelined_pieces():
+    """The plain step's exchange in many uneven pieces (8 to 24 bytes: 1 to 12 elements
+    of a 32-element model, windows of 1 to 4 messages, more pieces than the window): the
+    bits of the overlapped exchange, which does not cut its messages so, with float32 and
+    16-bit grads and params; and the 16-bit checks' own expectations. (Ranks of one host
+    exchange whole shards unless told otherwise: ``_pipeline_bytes`` is None there.)"""
+    saved = distributed._PIPELINE_BYTES, distributed._PIPELINE_WINDOW
+    variants = [dict(), dict(grad_comm="bfloat16"), dict(param_comm="bfloat16"),
+                dict(grad_comm="bfloat16", param_comm="bfloat16"),
+                dict(grad_comm="bfloat16", param_comm="bfloat16", max_grad_norm=0.5)]
+    local = COMM.Split_type(MPI.COMM_TYPE_SHARED)
+    one_host = COMM.allreduce(local.Get_size() == N, op=MPI.LAND)
+    local.Free()
+    # across the test bed's hosts, MPI must see several nodes (else pieces go unused)
+    assert one_host == (int(os.environ.get("FASTLR_EXPECT_HOSTS", "1")) == 1), one_host
+    try:
+        for i, (pieces, window) in enumerate(((12, 4), (20, 4), (8, 1), (24, 2))):
+            distributed._PIPELINE_BYTES = pieces
+            distributed._PIPELINE_WINDOW = window
+            for dtype in (np.float32, np.float64) if i == 0 else (np.float32,):
+                for extra in variants:
+                    flat, dist = build("AdamW", dtype, lr=1e-2, **extra)
+                    assert dist._pipeline_bytes == (None if one_host else pieces)
+                    dist._pipeline_bytes = pieces
+                    oflat, over = build("AdamW", dtype, lr=1e-2, overlap=True,
+                                        bucket_size=1000, **extra)
+                    for t in range(8):
+                        g = rank_grads(t, flat.size, dtype)[RANK]
+                        dist.step(g.copy())
+                        over.step(g.copy())
+                        assert np.array_equal(flat, oflat), (pieces, window, dtype, extra,
+                                                             t)
+                    if "param_comm" in extra:
+                        assert np.array_equal(dist.master, over.master), (pieces, extra)
+            if i == 0 and not one_host:
+                check_grad_comm_bfloat16()
+                check_param_comm_bfloat16()
+    finally:
+        distributed._PIPELINE_BYTES, distributed._PIPELINE_WINDOW = saved
+
+
 def _exchange_mean(gs, dtype):
     """The mean grad as the direct exchange builds it: each shard's owner adds the other
     ranks' shards to its own in round order, then divides (bit for bit fastlr's)."""
@@ -509,7 +550,9 @@ def check_zero_size_param_state():
         assert np.array_equal(flat, sflat)
 
 
-CHECKS = [check_hosts, check_overlap, check_zero_size_param_state, check_parity, check_grad_comm_bfloat16, check_param_comm_bfloat16, check_state_memory, check_params_broadcast_and_identical,
+CHECKS = [check_hosts, check_overlap, check_zero_size_param_state, check_parity,
+          check_grad_comm_bfloat16, check_param_comm_bfloat16, check_pipelined_pieces,
+          check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model]
 
