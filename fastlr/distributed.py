@@ -967,6 +967,11 @@ class ShardedOptimizer:
         n = self._counts[k]
         return n * c // self._n_buckets, n * (c + 1) // self._n_buckets
 
+    def _bucket_span(self, k, c):
+        """Bucket c of rank k's shard: (first, end) offsets in the flat buffer."""
+        a, b = self._bucket(k, c)
+        return a + self._displs[k], b + self._displs[k]
+
     def _overlapped_step(self, flat):
         """The reduce-scatter, update and all-gather of ``step``, bucket by bucket.
 
@@ -1009,8 +1014,7 @@ class ShardedOptimizer:
             requests = []
             for k in range(1, n):
                 dst, src = (r + k) % n, (r - k) % n
-                a, b = self._bucket(dst, c)
-                a, b = a + self._displs[dst], b + self._displs[dst]
+                a, b = self._bucket_span(dst, c)
                 if bf16:
                     _bf16.pack(flat[a:b], send[a:b])
                 requests.append(comm.Isend([send[a:b], T], dst, tag=_TAG_EXCHANGE))
@@ -1062,8 +1066,7 @@ class ShardedOptimizer:
             for k in range(1, n):
                 dst, src = (r + k) % n, (r - k) % n
                 requests.append(comm.Isend([gather[lo + a:lo + b], GT], dst, tag=_TAG_GATHER))
-                sa, sb = self._bucket(src, c)
-                sa, sb = sa + self._displs[src], sb + self._displs[src]
+                sa, sb = self._bucket_span(src, c)
                 requests.append(comm.Irecv([gather[sa:sb], GT], src, tag=_TAG_GATHER))
             return requests
 
@@ -1111,8 +1114,7 @@ class ShardedOptimizer:
                 wait(gathering[c * per:(c + 1) * per],
                      f"the overlapped all-gather of the updated params (bucket {c} of {C})")
                 for k in range(n):
-                    a, b = self._bucket(k, c)
-                    a, b = a + self._displs[k], b + self._displs[k]
+                    a, b = self._bucket_span(k, c)
                     _bf16.unpack(gather[a:b], self._flat[a:b])
         timings["exchange"] = time.perf_counter() - t_start
         self.timings = timings
