@@ -119,6 +119,17 @@ def memory_order(p: np.ndarray) -> str:
     return "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
 
 
+def check_flat_size_and_layout(fn: str, flat: np.ndarray, total: int) -> None:
+    """Raise unless the flat grad buffer ``flat`` holds ``total`` elements, C-contiguous,
+    aligned and in native byte order (``fn``: the caller's name for the message)."""
+    if flat.size != total:
+        raise ValueError(f"{fn}: the flat grad buffer has {flat.size} elements but the "
+                         f"params have {total} in all")
+    if not (flat.flags.c_contiguous and flat.flags.aligned and flat.dtype.isnative):
+        raise ValueError(f"{fn}: the flat grad buffer must be C-contiguous, aligned and "
+                         f"in native byte order")
+
+
 def split_flat(params: Sequence[np.ndarray], flat: np.ndarray) -> List[np.ndarray]:
     """A flat grad buffer as per-param views, each in its param's memory order."""
     flat, out, off = flat.reshape(-1), [], 0

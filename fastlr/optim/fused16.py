@@ -32,9 +32,9 @@ import numpy as np
 
 from fastlr import kernels, reference
 from fastlr._core.args import layout_hint
-from fastlr.optim.front import (EngineFront, check_overlap, clipped, memory_order, regions,
-                                 run_per_param, split_flat)
-from fastlr.optim.master import is_16bit
+from fastlr.optim.front import (EngineFront, check_flat_size_and_layout, check_overlap,
+                                 clipped, memory_order, regions, run_per_param, split_flat)
+from fastlr.optim.master import _round_into, is_16bit
 
 __all__ = ["Fused16Step", "run", "check_grads", "wanted"]
 
@@ -55,7 +55,14 @@ def run(opt, grads, values, twin=False, n_threads=None):
     def call(i, grad, st, kwargs):
         p = opt._params[i]
         user = opt._user(p)
-        if user is not None:                 # 16-bit param and its float32 master
+        if user is not None and not (twin or user.flags.aligned):
+            # the kernel refuses a misaligned array: the master stepped from the grad
+            # widened exactly, then rounded into the param (adam_mixed's bits: its passes)
+            if grad.dtype != np.float32:
+                grad = grad.astype(np.float32, order="K")
+            plain(p, grad, st["exp_avg"], st["exp_avg_sq"], **kwargs)
+            _round_into(user, p)
+        elif user is not None:               # 16-bit param and its float32 master
             mixed(user, grad, st["exp_avg"], st["exp_avg_sq"], p, **kwargs)
         elif is_16bit(p.dtype):              # master_weights=False
             mixed(p, grad, st["exp_avg"], st["exp_avg_sq"], **kwargs)
@@ -105,12 +112,7 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
                             f"params[{i}] has dtype {params[i].dtype} (its grad must be "
                             f"{_wants(params[i])}); pass a list of grads for params of "
                             f"several dtypes")
-        if grads.size != total:
-            raise ValueError(f"{fn}: the flat grad buffer has {grads.size} elements but the "
-                             f"params have {total} in all")
-        if not (grads.flags.c_contiguous and grads.flags.aligned and grads.dtype.isnative):
-            raise ValueError(f"{fn}: the flat grad buffer must be C-contiguous, aligned and "
-                             f"in native byte order")
+        check_flat_size_and_layout(fn, grads, total)
         check_overlap(opt, [grads], "the flat grad buffer", "params or state")
         return split_flat(params, grads)
     if not isinstance(grads, (list, tuple)):

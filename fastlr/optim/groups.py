@@ -14,7 +14,7 @@ import numpy as np
 
 from fastlr._core.args import (INT_MAX, POSITIVE, checked_real, flag_arg, int_arg,
                                layout_hint, ndarray_hint)
-from fastlr.optim.master import is_16bit
+from fastlr.optim.master import MasterWeightsMixin, is_16bit
 from fastlr.schedules import Schedule
 
 
@@ -199,8 +199,11 @@ class GroupsMixin(_OptimizerAttrs):
         direct = is_16bit(p.dtype) and getattr(self, "_master_weights", None) is False \
             and self._direct_16bit()        # (fastlr/optim/fused16.py)
         if (p.dtype not in (np.float32, np.float64) or not p.dtype.isnative) and not direct:
-            raise TypeError(f"{self._name}: {label} must have dtype float32 or float64 "
-                            f"(native byte order), got {p.dtype}")
+            # (16-bit params: the classes that keep float32 master weights, or step them)
+            dtypes = "float32, float64, float16 or ml_dtypes.bfloat16" \
+                if isinstance(self, MasterWeightsMixin) else "float32 or float64"
+            raise TypeError(f"{self._name}: {label} must have dtype {dtypes} (native byte "
+                            f"order), got {p.dtype}")
         state_dtype = getattr(self, "_state_dtype", "float32")
         if p.dtype == np.float64 and state_dtype != "float32":
             # (getattr: LBFGS borrows this check and keeps no state dtype)

@@ -194,6 +194,23 @@ class MasterWeightsMixin:
             out[i] = buf
         return out
 
+    def _split_flat16(self, grads, what="step"):
+        """A flat 16-bit grad buffer as one view per param, each in its param's memory
+        order (the step engine reads a 16-bit param's grad per param; a flat buffer it
+        takes in float32 only), checked as a flat buffer is: nothing is written."""
+        from fastlr.optim.front import check_flat_size_and_layout, split_flat
+        fn = f"{self._name}.{what}"
+        for i, p in enumerate(self._params):
+            user = self._user(p)
+            face = p if user is None else user
+            if face.dtype != grads.dtype:
+                raise TypeError(f"{fn}: the flat grad buffer has dtype {grads.dtype} but "
+                                f"params[{i}] has dtype {face.dtype}; pass a list of grads "
+                                f"for params of several dtypes (or a float32 flat buffer)")
+        total = sum(p.size for p in self._params)
+        check_flat_size_and_layout(fn, grads, total)
+        return split_flat(self._params, grads)
+
     def _publish_masters(self, done=()) -> None:
         """Every 16-bit param = its master rounded to nearest even (but those whose index is
         in ``done``: stored by the step itself)."""

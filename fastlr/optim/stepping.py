@@ -13,6 +13,7 @@ from fastlr._kernels import get_num_threads as _default_threads
 from fastlr.optim import fused16, int8
 from fastlr.optim.front import split_flat
 from fastlr.optim.groups import _OptimizerAttrs, by_name
+from fastlr.optim.master import is_16bit
 
 #: What ``step`` takes: a list of grads in param order, one flat grad array, or (named
 #: params) a mapping of name -> grad.
@@ -94,6 +95,8 @@ class StepMixin(_OptimizerAttrs):
             # step (fastlr/optim/fused16.py) and the int8 front (Int8Step.published) do
             masters = getattr(self, "_masters_of", None) and \
                 type(self._engine) is not fused16.Fused16Step
+            if masters and isinstance(grads, np.ndarray) and is_16bit(grads.dtype):
+                grads = self._split_flat16(grads)
             if masters and type(self._engine) is not Engine and \
                     type(self._engine) is not int8.Int8Step:
                 grads = self._master_grads(grads)
@@ -113,12 +116,15 @@ class StepMixin(_OptimizerAttrs):
                 from fastlr.optim.sparse_adam import has_row_sparse, lazy_step
                 if not has_row_sparse(self, grads):
                     raise
-                if masters:         # (the lazy kernels step the masters: float32 grads)
+                # the lazy kernels step the masters (Adam/AdamW's fused front's too) from
+                # float32 grads; every master is then rounded into its param
+                lazy_masters = bool(getattr(self, "_masters_of", None))
+                if lazy_masters:
                     grads = self._master_grads(grads)
                 applied = lazy_step(self, grads)
-                if masters:
+                if lazy_masters:
                     self._publish_masters()
-                    masters = False
+                masters = False
             if applied:
                 self._t += 1
                 if masters:     # those the step did not store (Engine / Int8Step.published)
@@ -279,7 +285,8 @@ class StepMixin(_OptimizerAttrs):
             grads = self._grads_list(grads, "step_reference")
         if getattr(self, "_masters_of", None):
             if isinstance(grads, np.ndarray):       # a flat buffer: per param, then widened
-                grads = split_flat(self._params, grads)
+                grads = self._split_flat16(grads, "step_reference") \
+                    if is_16bit(grads.dtype) else split_flat(self._params, grads)
             applied = StepMixin._step_reference(self, self._master_grads(grads,
                                                                          "step_reference"))
             if applied is not False:
@@ -301,6 +308,10 @@ class StepMixin(_OptimizerAttrs):
             getattr(self, "_fused16", None) is not None      # 16-bit params, no masters
         if direct:
             grads = fused16.check_grads(self, grads, "step_reference")
+        for i, (g, p) in enumerate(zip(grads, self._params)):
+            if np.shape(g) != p.shape:      # before anything is written, as the step
+                raise ValueError(f"{self._name}.step_reference: grads[{i}] has shape "
+                                 f"{np.shape(g)} but params[{i}] has shape {p.shape}")
         grads = [np.asarray(g) for g in grads]
         if self._skip_nonfinite and not all(np.isfinite(g).all() for g in grads):
             self._skipped += 1

@@ -94,11 +94,13 @@ def random_bits(key, salt):
     ndarray of uint32
     """
     k = np.asarray(key, dtype=np.float32).view(np.uint32)
-    h = (k * np.uint32(0x9E3779B1)) ^ np.uint32(salt)
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
+    # the products wrap modulo 2**32 by design (NumPy warns of it for a 0-d key)
+    with np.errstate(over="ignore"):
+        h = (k * np.uint32(0x9E3779B1)) ^ np.uint32(salt)
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
     return h ^ (h >> np.uint32(16))
 
 

@@ -23,7 +23,9 @@ _PARAM_STREAM = 2           # the salt stream of the param's stochastic rounding
 def _param_key(p, g):
     """The random bits' key of a 16-bit param without master: its widened value's bits with
     the (widened) grad's mixed in (a 16-bit param alone takes few distinct values)."""
-    return (p.view(np.uint32) ^ (g.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(np.float32)
+    with np.errstate(over="ignore"):        # (wraps modulo 2**32 by design)
+        return (p.view(np.uint32) ^ (g.view(np.uint32) * np.uint32(0x2C1B3C6D))).view(
+            np.float32)
 
 
 def _bits(a):

@@ -331,8 +331,12 @@ def test_refusals():
     with pytest.raises(TypeError, match=r"cannot step in windows \(master_weights=False"):
         opt._windowed_step(np.ones(4, np.float16))
     # uint16 arrays are not taken as bfloat16 params by the classes (only by the kernel)
-    with pytest.raises(TypeError, match="must have dtype float32 or float64"):
+    # the message names the 16-bit dtypes the class does take
+    match = r"must have dtype float32, float64, float16 or ml_dtypes.bfloat16 \(native"
+    with pytest.raises(TypeError, match=match):
         fastlr.Adam([np.ones(3, np.uint16)], lr=1e-2, master_weights=False)
+    with pytest.raises(TypeError, match=match + r" byte order\), got >f2"):
+        fastlr.SGD([np.ones(3, ">f2")], lr=1e-2)
 
 
 def test_stochastic_rounding_tracks_the_float32_trajectory_on_average():

@@ -2,6 +2,8 @@
 layout paths (coalesced spans, per-param pieces, threads), checkpoints across state dtypes,
 the argument checks, and the quality against float32 state on a small problem."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -399,3 +401,35 @@ def test_kernel_refuses_overlap_and_read_only_state():
     with pytest.raises(ValueError, match="overlap"):
         kernels.adam_bf16_state(p, g, p.view(np.uint16)[:8], np.zeros(8, np.uint16), step=1,
                                 lr=0.1)
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
+def test_step_reference_checks_the_grads_shapes_before_writing(state_dtype):
+    """The twin once updated params[0] and its state, then failed on params[1]'s grad with
+    NumPy's broadcasting error."""
+    a, b = np.ones(300, np.float32), np.ones(10, np.float32)
+    opt = fastlr.AdamW([a, b], lr=0.1, state_dtype=state_dtype)
+    with pytest.raises(ValueError, match=r"step_reference: grads\[1\] has shape \(11,\) but "
+                                         r"params\[1\] has shape \(10,\)"):
+        opt.step_reference([np.ones(300, np.float32), np.ones(11, np.float32)])
+    assert (a == 1).all() and opt.steps == 0 and opt.state[0]["step"] == 0
+    assert not np.asarray(opt.state[0]["exp_avg"]).any()
+
+
+@pytest.mark.parametrize("dtype, kw", [(np.float32, dict(state_dtype="bfloat16")),
+                                       (np.float32, dict(state_dtype="int8")),
+                                       (np.float16, dict(master_weights=False)),
+                                       (np.float16, dict(master_weights=False,
+                                                         state_dtype="int8"))])
+def test_0d_params_step_their_twins_without_warnings(dtype, kw):
+    """The twins' hashes wrap modulo 2**32 by design; on a 0-d array NumPy warned of the
+    overflow (an error under -W error)."""
+    p, q = np.array(1.5, dtype), np.array(1.5, dtype)
+    opt, twin = fastlr.AdamW([p], lr=0.1, **kw), fastlr.AdamW([q], lr=0.1, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(3):
+            g = np.array(0.3 + t, dtype)
+            opt.step([g])
+            twin.step_reference([g])
+    assert p.tobytes() == q.tobytes() and p != 1.5

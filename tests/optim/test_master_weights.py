@@ -254,3 +254,100 @@ def test_masters_in_a_checkpoint_are_checked_and_never_dropped_silently():
     with pytest.warns(UserWarning, match=r"master weights for params \[0\]"):
         plain.load_state_dict(sd)
     assert plain.steps == 1
+
+
+# ---- found by a review: the fused Adam/AdamW step with masters, flat 16-bit buffers ----
+def _bits(a):
+    return a.view(np.uint16) if a.itemsize == 2 else a.view(np.uint32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_row_sparse_grads_reach_the_16bit_params_of_adams_fused_step(cls, dtype):
+    """The lazy update steps the masters; every master is then rounded into its param (the
+    fused front once left the caller's array stale until a later dense step)."""
+    w, w_twin = np.ones((4, 3), dtype), np.ones((4, 3), dtype)
+    opt = getattr(fastlr, cls)([w], lr=0.1, weight_decay=0.0)
+    twin = getattr(fastlr, cls)([w_twin], lr=0.1, weight_decay=0.0)
+    for t in range(3):
+        g = fastlr.RowSparseGrad(np.array([1, 3 - t]), np.full((2, 3), 0.5 + t, np.float32))
+        opt.step([g])
+        twin.step_reference([g])
+        assert np.array_equal(_bits(w), _bits(w_twin)), t
+        master = opt.param_groups[0]["params"][0]
+        assert np.array_equal(_bits(w), _bits(master.astype(dtype)))
+    assert w[1, 0] != 1 and w[0, 0] == 1
+
+
+def _misaligned(values):
+    raw = np.zeros(values.size * 2 + 2, np.uint8)
+    x = raw[1:1 + values.size * 2].view(values.dtype).reshape(values.shape)
+    x[...] = values
+    assert not x.flags.aligned
+    return x
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_a_misaligned_16bit_param_in_adams_fused_step(cls, dtype, state_dtype):
+    """adam_mixed refuses a misaligned array: its master is stepped and rounded into it
+    in passes, with the bits of an aligned copy (the step once updated the params before
+    it and then raised)."""
+    rng = np.random.default_rng(4)
+    values = [rng.standard_normal(s).astype(dtype) for s in ((40,), (300,), (9, 7))]
+    params = [values[0].copy(), _misaligned(values[1]), _misaligned(values[2])]
+    copies = [v.copy() for v in values]
+    kw = dict(lr=0.05, weight_decay=0.1, state_dtype=state_dtype)
+    opt, ref = getattr(fastlr, cls)(params, **kw), getattr(fastlr, cls)(copies, **kw)
+    for t in range(4):
+        gs = [rng.standard_normal(v.shape).astype(dtype if t % 2 else np.float32)
+              for v in values]
+        opt.step(gs)
+        ref.step(gs)
+        for p, c in zip(params, copies):
+            assert np.array_equal(_bits(p), _bits(c)), t
+    assert opt.steps == 4
+
+
+FLAT_CASES = [("SGD", dict(lr=0.01, momentum=0.9)), ("RMSprop", dict(lr=0.01)),
+              ("Adam", dict(lr=0.01, amsgrad=True)), ("AdamW", dict(lr=0.01, state_dtype="int8")),
+              ("AdamW", dict(lr=0.01))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls, kw", FLAT_CASES)
+def test_a_flat_16bit_grad_buffer_with_masters(cls, kw, dtype):
+    """One 16-bit grad buffer over 16-bit params (views of one buffer, as the docs show)
+    steps as the list of its views does, in every front (the engine's once refused it,
+    naming the masters' float32 dtype); misuse names the buffer, nothing written."""
+    shapes, sizes = [(100,), (20, 10), (300,)], [100, 200, 300]
+    rng = np.random.default_rng(2)
+
+    def views(buf):
+        starts = np.cumsum([0] + sizes)
+        return [buf[a:b].reshape(s) for a, b, s in zip(starts, starts[1:], shapes)]
+
+    bufs = [rng.standard_normal(600).astype(dtype)]
+    bufs += [bufs[0].copy(), bufs[0].copy()]
+    flat, listed, twin = (getattr(fastlr, cls)(views(b), **kw) for b in bufs)
+    for t in range(3):
+        g = rng.standard_normal(600).astype(dtype)
+        flat.step(g)
+        listed.step(views(g))
+        twin.step_reference(g)
+        assert np.array_equal(_bits(bufs[0]), _bits(bufs[1])), t
+    other = np.float16 if np.dtype(dtype) != np.float16 else DTYPES[1].values[0]
+    bad = [(np.ones(599, dtype), ValueError, "the flat grad buffer has 599 elements but "
+                                             "the params have 600 in all"),
+           (np.ones(1200, dtype)[::2], ValueError, "must be C-contiguous"),
+           (np.ones(600, other) if other is not None else None, TypeError,
+            f"the flat grad buffer has dtype {np.dtype(other)} but params.0. .*has dtype")]
+    before = bufs[0].copy()
+    for g, exc, match in bad:
+        if g is None:
+            continue
+        for step in (flat.step, flat.step_reference):
+            with pytest.raises(exc, match=match):
+                step(g)
+    assert np.array_equal(_bits(before), _bits(bufs[0])) and flat.steps == 3
