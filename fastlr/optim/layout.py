@@ -32,8 +32,9 @@ def flat_buffer(shapes: Sequence[Union[int, Sequence[int]]],
     ----------
     shapes : sequence of tuple of int (or int)
         The views' shapes, in order (an int is a 1-d shape).
-    dtype : numpy.float32 or numpy.float64, default numpy.float32
-        The buffer's dtype.
+    dtype : numpy.float32, numpy.float64, numpy.float16 or ml_dtypes.bfloat16, default float32
+        The buffer's dtype (16-bit: params kept with float32 master weights, or stepped
+        in place with ``master_weights=False``, and their grads).
 
     Returns
     -------
@@ -45,7 +46,7 @@ def flat_buffer(shapes: Sequence[Union[int, Sequence[int]]],
     Raises
     ------
     TypeError
-        If ``dtype`` is not float32/float64 or ``shapes`` is not a list of shapes.
+        If ``dtype`` is not one of those or ``shapes`` is not a list of shapes.
     ValueError
         If a dimension is negative or too large.
 
@@ -56,8 +57,9 @@ def flat_buffer(shapes: Sequence[Union[int, Sequence[int]]],
     ((9,), (2, 3), (3,), True)
     """
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"fastlr.flat_buffer: dtype must be float32 or float64, got {dtype}")
+    if dtype not in (np.float32, np.float64) and not is_16bit(dtype):
+        raise TypeError(f"fastlr.flat_buffer: dtype must be float32, float64, float16 or "
+                        f"ml_dtypes.bfloat16 (native byte order), got {dtype}")
     fn = "fastlr.flat_buffer"
     try:
         shapes = list(shapes)

@@ -328,9 +328,12 @@ def test_a_flat_16bit_grad_buffer_with_masters(cls, kw, dtype):
         starts = np.cumsum([0] + sizes)
         return [buf[a:b].reshape(s) for a, b, s in zip(starts, starts[1:], shapes)]
 
-    bufs = [rng.standard_normal(600).astype(dtype)]
-    bufs += [bufs[0].copy(), bufs[0].copy()]
-    flat, listed, twin = (getattr(fastlr, cls)(views(b), **kw) for b in bufs)
+    made = [fastlr.flat_buffer(shapes, dtype) for _ in range(3)]     # 16-bit buffers too
+    bufs = [b for b, _ in made]
+    bufs[0][...] = rng.standard_normal(600).astype(dtype)
+    bufs[1][...] = bufs[2][...] = bufs[0]
+    assert all(b.dtype == dtype and np.shares_memory(b, v[-1]) for b, v in made)
+    flat, listed, twin = (getattr(fastlr, cls)(v, **kw) for _, v in made)
     for t in range(3):
         g = rng.standard_normal(600).astype(dtype)
         flat.step(g)
@@ -351,3 +354,6 @@ def test_a_flat_16bit_grad_buffer_with_masters(cls, kw, dtype):
             with pytest.raises(exc, match=match):
                 step(g)
     assert np.array_equal(_bits(before), _bits(bufs[0])) and flat.steps == 3
+    with pytest.raises(TypeError, match=r"dtype must be float32, float64, float16 or "
+                                        r"ml_dtypes.bfloat16 \(native byte order\), got >f2"):
+        fastlr.flat_buffer(shapes, ">f2")
