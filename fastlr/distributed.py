@@ -1395,7 +1395,7 @@ class ShardedOptimizer:
             _root_arg(name, root, self.world_size)
         sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
         error = None
-        master = None
+        master = snapshot = None
         try:
             inner = self._shard_state(name, sd, strict)
             skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
@@ -1403,16 +1403,23 @@ class ShardedOptimizer:
                 master = self._master_shard(name, sd["master"])
             elif isinstance(sd, dict) and sd.get("master") is not None:
                 _dropped_masters(name)
-        except (TypeError, ValueError, KeyError) as e:
+            # the shard's optimizer checks its part (buffers its options need,
+            # hyperparameters) only as it loads it, and a checkpoint can fit one rank's part
+            # and not another's: load here, inside what the ranks agree on, and put this
+            # rank's own state back below if another rank failed (a copy of the shard's
+            # state while loading; loading its own state dict is an exact rollback)
+            snapshot = self.optimizer.state_dict()
+            self.optimizer.load_state_dict(inner, strict=strict)
+        except Exception as e:      # any error: the other ranks must hear of it
             error = e
         failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
         if failed:
-            if error is not None:
-                raise error if not isinstance(error, KeyError) else ValueError(
-                    f"{name}: the state has no {error}")
-            raise ValueError(f"{name}: the state does not fit another rank's shard; nothing "
-                             f"was loaded")
-        self.optimizer.load_state_dict(inner, strict=strict)
+            if error is None:
+                self.optimizer.load_state_dict(snapshot)
+                raise ValueError(f"{name}: the state does not fit another rank's shard; "
+                                 f"nothing was loaded")
+            raise error if not isinstance(error, KeyError) else ValueError(
+                f"{name}: the state has no {error}")
         self.skipped_steps = skipped
         if self._master is not None:
             lo, hi = self.bounds
@@ -1453,10 +1460,19 @@ class ShardedOptimizer:
             raise ValueError(f"{name}: expected a gathered (single-process format) state dict")
         state = {}
         scalar = self.optimizer._scalar    # the per-param scalar state (NAdam's mu_product)
+        pieces_per_group = self._inner_group_sizes()
+        group_of = [g for g, n in enumerate(pieces_per_group) for _ in range(n)]
+        first_param = np.concatenate([[0], np.cumsum(self._group_param_counts)]).astype(int)
         for j, (k, offset, length) in enumerate(self._pieces):
             if k is None:
+                # a group this rank holds no element of: empty buffers of the names its
+                # first param has (the group's options decide them, e.g. amsgrad's
+                # max_exp_avg_sq; another group's names would not load)
                 st = {"step": 0}
-                ref = sd["state"].get(0, sd["state"].get("0", {}))
+                first = int(first_param[group_of[j]])
+                ref = sd["state"].get(first, sd["state"].get(str(first), {}))
+                if not isinstance(ref, dict):
+                    raise ValueError(f"{name}: the state has no entry for param {first}")
                 for n, v in ref.items():
                     if isinstance(v, np.ndarray) and v.ndim > 0:
                         st[n] = np.zeros(0, dtype=self._dtype)
@@ -1480,7 +1496,6 @@ class ShardedOptimizer:
             state[j] = st
         groups = []
         index = 0
-        pieces_per_group = self._inner_group_sizes()
         if len(sd["param_groups"]) != len(pieces_per_group):
             raise ValueError(f"{name}: the state has {len(sd['param_groups'])} param groups, "
                              f"the model {len(pieces_per_group)}")
