@@ -352,6 +352,40 @@ def _install_excepthook(optimizer):
     _hook_state["installed"] = True
 
 
+#: the optimizers a shard can run: element-wise, of the step engine (a shard is a slice of
+#: the flat params; each element's update must not depend on the others)
+_SUPPORTED = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam",
+              "RAdam", "Lion", "Rprop", "ASGD")
+
+
+def _optimizer_class(name, optimizer):
+    """The fastlr optimizer class ``optimizer`` (a class or its name) if a shard can run it."""
+    cls = getattr(_optim, optimizer, None) if isinstance(optimizer, str) else optimizer
+    if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)) or \
+            cls is _optim.Optimizer:
+        raise TypeError(f"{name}: optimizer must be a fastlr optimizer class or its name, "
+                        f"got {optimizer!r}")
+    if not issubclass(cls, tuple(getattr(_optim, n) for n in _SUPPORTED)):
+        raise ValueError(f"{name}: optimizer must be one of {', '.join(_SUPPORTED)} (or a "
+                         f"subclass), got {cls.__name__}")
+    return cls
+
+
+def _raise_if_any(name, own, message, everyone):
+    """Raise on every rank when any rank's check failed (``everyone``: each rank's message
+    or None): this rank's own error ``own`` as it is, else one naming the rank(s) that
+    failed and the first one's message."""
+    failed = [r for r, e in enumerate(everyone) if e is not None]
+    if not failed:
+        return
+    if own is not None:
+        raise own
+    if message is not None:     # this rank's params were invalid (a message, no error)
+        raise ValueError(f"{name}: {message}")
+    raise ValueError(f"{name}: rank(s) {failed} failed: rank {failed[0]}: "
+                     f"{everyone[failed[0]]}")
+
+
 class ShardedOptimizer:
     """A fastlr optimizer data-parallel over MPI ranks, its state sharded (ZeRO stage 1).
 
@@ -442,8 +476,12 @@ class ShardedOptimizer:
         If ``optimizer`` is not a fastlr optimizer class or name, or an argument has the
         wrong type.
     ValueError
-        If any rank's params are invalid (empty, not views of one flat buffer, wrong
-        dtype), or the ranks' models differ; every rank raises.
+        If ``optimizer`` is not one a shard can run (SGD, Adam, AdamW, RMSprop, Adagrad,
+        Adadelta, Adamax, NAdam, RAdam, Lion, Rprop, ASGD or a subclass; not SparseAdam),
+        any rank's params are invalid (empty, not views of one flat buffer, wrong dtype),
+        or the ranks' models differ. Every rank raises when any rank's arguments, params
+        or hyperparameters are invalid: that rank its own error, the others a
+        ``ValueError`` naming the rank(s) that failed.
 
     Examples
     --------
@@ -478,57 +516,58 @@ class ShardedOptimizer:
         self.comm = comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.world_size = comm.Get_rank(), comm.Get_size()
         name = "fastlr.distributed.ShardedOptimizer"
-        cls = getattr(_optim, optimizer, None) if isinstance(optimizer, str) else optimizer
-        if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)) or \
-                cls is _optim.Optimizer:
-            raise TypeError(f"{name}: optimizer must be a fastlr optimizer class or its name, "
-                            f"got {optimizer!r}")
-        # scalar arguments first: every rank raises alike, before any collective call
-        skip_nonfinite = flag_arg(name, "skip_nonfinite", skip_nonfinite)
-        max_grad_norm = _max_norm_arg(name, max_grad_norm)
-        timeout = _timeout_arg(name, timeout)
-        abort_on_exception = flag_arg(name, "abort_on_exception", abort_on_exception)
-        grad_comm = GRAD_COMM[choice_arg(name, "grad_comm", grad_comm, GRAD_COMM)]
-        param_comm = PARAM_COMM[choice_arg(name, "param_comm", param_comm, PARAM_COMM)]
-        overlap = flag_arg(name, "overlap", overlap)
-        bucket_size = int_arg(name, "bucket_size", bucket_size, 1, INT_MAX)
-        if n_threads is not None:
-            n_threads = threads_arg(name, n_threads)
-        if hyperparameters.get("state_dtype") == "int8":
-            # its blocks of 256 elements belong to one param: a shard cut through a block
-            # would quantize differently from one process, and gathered state could not
-            # be put together
-            raise ValueError(f"{name}: state_dtype='int8' is not supported (its blocks "
-                             f"would be cut at the shards' bounds); use 'float32' or "
-                             f"'bfloat16'")
-        mw = hyperparameters.get("master_weights")
-        if mw is not None and not mw:        # (np.False_ too, as the optimizers read it)
-            # the shards are float32 views of one flat buffer: nothing to keep in 16 bits
-            # (param_comm="bfloat16" sends 16-bit params and keeps float32 masters)
-            raise ValueError(f"{name}: master_weights=False is not supported (the shards "
-                             f"are float32; param_comm='bfloat16' keeps float32 master "
-                             f"weights and gathers bfloat16 params)")
-        # every rank checks its own params, then all compare what they have
-        local_error = None
+        # every rank checks its arguments and its params, then all compare what they have:
+        # a rank that raised alone would leave the others waiting in the next collective
+        own = None                  # this rank's error, raised here as it is
+        local_error = None          # its message, for the other ranks
         signature = None
         names: Any
         groups, group_params, names = [], [], []
         try:
-            groups = groups_arg(name, params)
-            for k, g in enumerate(groups):
-                if not isinstance(g, dict) or "params" not in g:
-                    raise TypeError("a param group must be a dict with a 'params' entry")
-                ps, ns = split_named(name, g["params"], f"param_groups[{k}]['params']")
-                group_params.append(ps)
-                names.append(ns)
-            if len({ns is None for ns in names}) > 1:
-                raise ValueError("name all params or none")
-            names = None if names[0] is None else [n for ns in names for n in ns]
-            if names is not None and len(set(names)) != len(names):
-                raise ValueError("param names must be unique")
+            cls = _optimizer_class(name, optimizer)
+            skip_nonfinite = flag_arg(name, "skip_nonfinite", skip_nonfinite)
+            max_grad_norm = _max_norm_arg(name, max_grad_norm)
+            timeout = _timeout_arg(name, timeout)
+            abort_on_exception = flag_arg(name, "abort_on_exception", abort_on_exception)
+            grad_comm = GRAD_COMM[choice_arg(name, "grad_comm", grad_comm, GRAD_COMM)]
+            param_comm = PARAM_COMM[choice_arg(name, "param_comm", param_comm, PARAM_COMM)]
+            overlap = flag_arg(name, "overlap", overlap)
+            bucket_size = int_arg(name, "bucket_size", bucket_size, 1, INT_MAX)
+            if n_threads is not None:
+                n_threads = threads_arg(name, n_threads)
+            if hyperparameters.get("state_dtype") == "int8":
+                # its blocks of 256 elements belong to one param: a shard cut through a
+                # block would quantize differently from one process, and gathered state
+                # could not be put together
+                raise ValueError(f"{name}: state_dtype='int8' is not supported (its blocks "
+                                 f"would be cut at the shards' bounds); use 'float32' or "
+                                 f"'bfloat16'")
+            mw = hyperparameters.get("master_weights")
+            if mw is not None and not mw:        # (np.False_ too, as the optimizers read it)
+                # the shards are float32 views of one flat buffer: nothing to keep in 16
+                # bits (param_comm="bfloat16" sends 16-bit params and keeps float32 masters)
+                raise ValueError(f"{name}: master_weights=False is not supported (the "
+                                 f"shards are float32; param_comm='bfloat16' keeps float32 "
+                                 f"master weights and gathers bfloat16 params)")
         except (TypeError, ValueError) as error:
-            local_error = str(error).replace(f"{name}: ", "")
-            group_params, names = [], None
+            own, local_error = error, str(error).replace(f"{name}: ", "")
+        if own is None:
+            try:
+                groups = groups_arg(name, params)
+                for k, g in enumerate(groups):
+                    if not isinstance(g, dict) or "params" not in g:
+                        raise TypeError("a param group must be a dict with a 'params' entry")
+                    ps, ns = split_named(name, g["params"], f"param_groups[{k}]['params']")
+                    group_params.append(ps)
+                    names.append(ns)
+                if len({ns is None for ns in names}) > 1:
+                    raise ValueError("name all params or none")
+                names = None if names[0] is None else [n for ns in names for n in ns]
+                if names is not None and len(set(names)) != len(names):
+                    raise ValueError("param names must be unique")
+            except (TypeError, ValueError) as error:
+                local_error = str(error).replace(f"{name}: ", "")
+                group_params, names = [], None
         flat_params = [p for ps in group_params for p in ps]
         if local_error is not None:
             pass                    # shared with every rank below
@@ -546,10 +585,7 @@ class ShardedOptimizer:
                              [tuple(p.shape) for p in flat_params], cls.__name__, names,
                              grad_comm, param_comm, overlap, bucket_size)
         everyone = comm.allgather((local_error, signature))
-        errors = [(r, e) for r, (e, _) in enumerate(everyone) if e is not None]
-        if errors:
-            r, e = errors[0]
-            raise ValueError(f"{name}: rank {r}: {e}" if r != self.rank else f"{name}: {e}")
+        _raise_if_any(name, own, local_error, [e for e, _ in everyone])
         for r, (_, sig) in enumerate(everyone):
             if sig != everyone[0][1]:
                 raise ValueError(f"{name}: rank {r} has params {sig} but rank 0 has "
@@ -597,12 +633,18 @@ class ShardedOptimizer:
             inner_groups.append(dict({k: v for k, v in g.items() if k != "params"},
                                      params=views) if isinstance(g, dict) else
                                 {"params": views})
-        self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
-        if overlap and not _supports_windows(self.optimizer):
-            # the class decides: every rank raises here alike
-            raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of the "
-                             f"step engine (SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, "
-                             f"Adamax, NAdam, RAdam, Lion, Rprop, ASGD), got {cls.__name__}")
+        # the hyperparameters are the optimizer's to check, on each rank's own: the ranks
+        # agree on the outcome, as on the params
+        own = local_error = None
+        try:
+            self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
+            if overlap and not _supports_windows(self.optimizer):
+                raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of "
+                                 f"the step engine ({', '.join(_SUPPORTED)}), got "
+                                 f"{cls.__name__}")
+        except Exception as error:      # any error: the other ranks must hear of it
+            own, local_error = error, str(error).replace(f"{name}: ", "")
+        _raise_if_any(name, own, local_error, comm.allgather(local_error))
         self._overlap = overlap
         self._bucket_size = bucket_size
         # overlap: each shard in n_buckets equal parts (bucket c of rank k's shard is
