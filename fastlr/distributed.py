@@ -1584,13 +1584,24 @@ class ShardedOptimizer:
         ValueError
             If ``root`` is not a rank of the communicator.
         OSError
-            If the file cannot be written.
+            If the file cannot be written (on every rank: rank ``root`` its own error).
         """
-        _root_arg("fastlr.distributed.ShardedOptimizer.save", root, self.world_size)
+        name = "fastlr.distributed.ShardedOptimizer.save"
+        _root_arg(name, root, self.world_size)
         sd = self.gathered_state_dict(root=root)
+        error = None
         if self.rank == root:
-            _optim.write_checkpoint(sd, path)
-        self.comm.Barrier()
+            try:
+                _optim.write_checkpoint(sd, path)
+            except Exception as e:      # any error: the other ranks must hear of it
+                error = e
+        # root's outcome goes to every rank (and no rank returns before the file is there)
+        outcome = self.comm.bcast(None if error is None else
+                                  f"{type(error).__name__}: {error}", root=root)
+        if error is not None:
+            raise error
+        if outcome is not None:
+            raise OSError(f"{name}: rank {root} could not write the checkpoint ({outcome})")
 
     def load(self, path: Union[str, os.PathLike[str]], strict: bool = True) -> None:
         """Collective: every rank reads ``path`` and takes its shard.
