@@ -518,8 +518,8 @@ class ShardedOptimizer:
         name = "fastlr.distributed.ShardedOptimizer"
         # every rank checks its arguments and its params, then all compare what they have:
         # a rank that raised alone would leave the others waiting in the next collective
-        own = None                  # this rank's error, raised here as it is
-        local_error = None          # its message, for the other ranks
+        own: Optional[Exception] = None     # this rank's error, raised here as it is
+        local_error = None                  # its message, for the other ranks
         signature = None
         names: Any
         groups, group_params, names = [], [], []
@@ -1590,7 +1590,7 @@ class ShardedOptimizer:
         _root_arg(name, root, self.world_size)
         sd = self.gathered_state_dict(root=root)
         error = None
-        if self.rank == root:
+        if sd is not None:          # rank root
             try:
                 _optim.write_checkpoint(sd, path)
             except Exception as e:      # any error: the other ranks must hear of it
