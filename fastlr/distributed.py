@@ -3,9 +3,9 @@
 Every rank holds all the params (views of one flat buffer) and computes grads on its part
 of the batch. :meth:`ShardedOptimizer.step` then
 
-1. agrees with every rank, by sending each other rank four numbers, that the grads are
-   valid, that all ranks passed the same number of arrays, and whether any grad holds a
-   NaN or Inf (``skip_nonfinite``): a rank that errs makes every rank raise, nobody hangs;
+1. agrees with every rank, by sending each other rank two numbers, that the grads are
+   valid and whether any grad holds a NaN or Inf (``skip_nonfinite``): a rank that errs
+   makes every rank raise, nobody hangs;
 2. reduce-scatters the flat grad (a direct exchange with each other rank), so each rank
    holds the mean grad of its contiguous shard (shards differ by at most one element when
    sizes do not divide);
@@ -352,6 +352,40 @@ def _install_excepthook(optimizer):
     _hook_state["installed"] = True
 
 
+#: the optimizers a shard can run: element-wise, of the step engine (a shard is a slice of
+#: the flat params; each element's update must not depend on the others)
+_SUPPORTED = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam",
+              "RAdam", "Lion", "Rprop", "ASGD")
+
+
+def _optimizer_class(name, optimizer):
+    """The fastlr optimizer class ``optimizer`` (a class or its name) if a shard can run it."""
+    cls = getattr(_optim, optimizer, None) if isinstance(optimizer, str) else optimizer
+    if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)) or \
+            cls is _optim.Optimizer:
+        raise TypeError(f"{name}: optimizer must be a fastlr optimizer class or its name, "
+                        f"got {optimizer!r}")
+    if not issubclass(cls, tuple(getattr(_optim, n) for n in _SUPPORTED)):
+        raise ValueError(f"{name}: optimizer must be one of {', '.join(_SUPPORTED)} (or a "
+                         f"subclass), got {cls.__name__}")
+    return cls
+
+
+def _raise_if_any(name, own, message, everyone):
+    """Raise on every rank when any rank's check failed (``everyone``: each rank's message
+    or None): this rank's own error ``own`` as it is, else one naming the rank(s) that
+    failed and the first one's message."""
+    failed = [r for r, e in enumerate(everyone) if e is not None]
+    if not failed:
+        return
+    if own is not None:
+        raise own
+    if message is not None:     # this rank's params were invalid (a message, no error)
+        raise ValueError(f"{name}: {message}")
+    raise ValueError(f"{name}: rank(s) {failed} failed: rank {failed[0]}: "
+                     f"{everyone[failed[0]]}")
+
+
 class ShardedOptimizer:
     """A fastlr optimizer data-parallel over MPI ranks, its state sharded (ZeRO stage 1).
 
@@ -442,8 +476,12 @@ class ShardedOptimizer:
         If ``optimizer`` is not a fastlr optimizer class or name, or an argument has the
         wrong type.
     ValueError
-        If any rank's params are invalid (empty, not views of one flat buffer, wrong
-        dtype), or the ranks' models differ; every rank raises.
+        If ``optimizer`` is not one a shard can run (SGD, Adam, AdamW, RMSprop, Adagrad,
+        Adadelta, Adamax, NAdam, RAdam, Lion, Rprop, ASGD or a subclass; not SparseAdam),
+        any rank's params are invalid (empty, not views of one flat buffer, wrong dtype),
+        or the ranks' models differ. Every rank raises when any rank's arguments, params
+        or hyperparameters are invalid: that rank its own error, the others a
+        ``ValueError`` naming the rank(s) that failed.
 
     Examples
     --------
@@ -478,57 +516,58 @@ class ShardedOptimizer:
         self.comm = comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.world_size = comm.Get_rank(), comm.Get_size()
         name = "fastlr.distributed.ShardedOptimizer"
-        cls = getattr(_optim, optimizer, None) if isinstance(optimizer, str) else optimizer
-        if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)) or \
-                cls is _optim.Optimizer:
-            raise TypeError(f"{name}: optimizer must be a fastlr optimizer class or its name, "
-                            f"got {optimizer!r}")
-        # scalar arguments first: every rank raises alike, before any collective call
-        skip_nonfinite = flag_arg(name, "skip_nonfinite", skip_nonfinite)
-        max_grad_norm = _max_norm_arg(name, max_grad_norm)
-        timeout = _timeout_arg(name, timeout)
-        abort_on_exception = flag_arg(name, "abort_on_exception", abort_on_exception)
-        grad_comm = GRAD_COMM[choice_arg(name, "grad_comm", grad_comm, GRAD_COMM)]
-        param_comm = PARAM_COMM[choice_arg(name, "param_comm", param_comm, PARAM_COMM)]
-        overlap = flag_arg(name, "overlap", overlap)
-        bucket_size = int_arg(name, "bucket_size", bucket_size, 1, INT_MAX)
-        if n_threads is not None:
-            n_threads = threads_arg(name, n_threads)
-        if hyperparameters.get("state_dtype") == "int8":
-            # its blocks of 256 elements belong to one param: a shard cut through a block
-            # would quantize differently from one process, and gathered state could not
-            # be put together
-            raise ValueError(f"{name}: state_dtype='int8' is not supported (its blocks "
-                             f"would be cut at the shards' bounds); use 'float32' or "
-                             f"'bfloat16'")
-        mw = hyperparameters.get("master_weights")
-        if mw is not None and not mw:        # (np.False_ too, as the optimizers read it)
-            # the shards are float32 views of one flat buffer: nothing to keep in 16 bits
-            # (param_comm="bfloat16" sends 16-bit params and keeps float32 masters)
-            raise ValueError(f"{name}: master_weights=False is not supported (the shards "
-                             f"are float32; param_comm='bfloat16' keeps float32 master "
-                             f"weights and gathers bfloat16 params)")
-        # every rank checks its own params, then all compare what they have
-        local_error = None
+        # every rank checks its arguments and its params, then all compare what they have:
+        # a rank that raised alone would leave the others waiting in the next collective
+        own: Optional[Exception] = None     # this rank's error, raised here as it is
+        local_error = None                  # its message, for the other ranks
         signature = None
         names: Any
         groups, group_params, names = [], [], []
         try:
-            groups = groups_arg(name, params)
-            for k, g in enumerate(groups):
-                if not isinstance(g, dict) or "params" not in g:
-                    raise TypeError("a param group must be a dict with a 'params' entry")
-                ps, ns = split_named(name, g["params"], f"param_groups[{k}]['params']")
-                group_params.append(ps)
-                names.append(ns)
-            if len({ns is None for ns in names}) > 1:
-                raise ValueError("name all params or none")
-            names = None if names[0] is None else [n for ns in names for n in ns]
-            if names is not None and len(set(names)) != len(names):
-                raise ValueError("param names must be unique")
+            cls = _optimizer_class(name, optimizer)
+            skip_nonfinite = flag_arg(name, "skip_nonfinite", skip_nonfinite)
+            max_grad_norm = _max_norm_arg(name, max_grad_norm)
+            timeout = _timeout_arg(name, timeout)
+            abort_on_exception = flag_arg(name, "abort_on_exception", abort_on_exception)
+            grad_comm = GRAD_COMM[choice_arg(name, "grad_comm", grad_comm, GRAD_COMM)]
+            param_comm = PARAM_COMM[choice_arg(name, "param_comm", param_comm, PARAM_COMM)]
+            overlap = flag_arg(name, "overlap", overlap)
+            bucket_size = int_arg(name, "bucket_size", bucket_size, 1, INT_MAX)
+            if n_threads is not None:
+                n_threads = threads_arg(name, n_threads)
+            if hyperparameters.get("state_dtype") == "int8":
+                # its blocks of 256 elements belong to one param: a shard cut through a
+                # block would quantize differently from one process, and gathered state
+                # could not be put together
+                raise ValueError(f"{name}: state_dtype='int8' is not supported (its blocks "
+                                 f"would be cut at the shards' bounds); use 'float32' or "
+                                 f"'bfloat16'")
+            mw = hyperparameters.get("master_weights")
+            if mw is not None and not mw:        # (np.False_ too, as the optimizers read it)
+                # the shards are float32 views of one flat buffer: nothing to keep in 16
+                # bits (param_comm="bfloat16" sends 16-bit params and keeps float32 masters)
+                raise ValueError(f"{name}: master_weights=False is not supported (the "
+                                 f"shards are float32; param_comm='bfloat16' keeps float32 "
+                                 f"master weights and gathers bfloat16 params)")
         except (TypeError, ValueError) as error:
-            local_error = str(error).replace(f"{name}: ", "")
-            group_params, names = [], None
+            own, local_error = error, str(error).replace(f"{name}: ", "")
+        if own is None:
+            try:
+                groups = groups_arg(name, params)
+                for k, g in enumerate(groups):
+                    if not isinstance(g, dict) or "params" not in g:
+                        raise TypeError("a param group must be a dict with a 'params' entry")
+                    ps, ns = split_named(name, g["params"], f"param_groups[{k}]['params']")
+                    group_params.append(ps)
+                    names.append(ns)
+                if len({ns is None for ns in names}) > 1:
+                    raise ValueError("name all params or none")
+                names = None if names[0] is None else [n for ns in names for n in ns]
+                if names is not None and len(set(names)) != len(names):
+                    raise ValueError("param names must be unique")
+            except (TypeError, ValueError) as error:
+                local_error = str(error).replace(f"{name}: ", "")
+                group_params, names = [], None
         flat_params = [p for ps in group_params for p in ps]
         if local_error is not None:
             pass                    # shared with every rank below
@@ -546,10 +585,7 @@ class ShardedOptimizer:
                              [tuple(p.shape) for p in flat_params], cls.__name__, names,
                              grad_comm, param_comm, overlap, bucket_size)
         everyone = comm.allgather((local_error, signature))
-        errors = [(r, e) for r, (e, _) in enumerate(everyone) if e is not None]
-        if errors:
-            r, e = errors[0]
-            raise ValueError(f"{name}: rank {r}: {e}" if r != self.rank else f"{name}: {e}")
+        _raise_if_any(name, own, local_error, [e for e, _ in everyone])
         for r, (_, sig) in enumerate(everyone):
             if sig != everyone[0][1]:
                 raise ValueError(f"{name}: rank {r} has params {sig} but rank 0 has "
@@ -597,12 +633,18 @@ class ShardedOptimizer:
             inner_groups.append(dict({k: v for k, v in g.items() if k != "params"},
                                      params=views) if isinstance(g, dict) else
                                 {"params": views})
-        self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
-        if overlap and not _supports_windows(self.optimizer):
-            # the class decides: every rank raises here alike
-            raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of the "
-                             f"step engine (SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, "
-                             f"Adamax, NAdam, RAdam, Lion, Rprop, ASGD), got {cls.__name__}")
+        # the hyperparameters are the optimizer's to check, on each rank's own: the ranks
+        # agree on the outcome, as on the params
+        own = local_error = None
+        try:
+            self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
+            if overlap and not _supports_windows(self.optimizer):
+                raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of "
+                                 f"the step engine ({', '.join(_SUPPORTED)}), got "
+                                 f"{cls.__name__}")
+        except Exception as error:      # any error: the other ranks must hear of it
+            own, local_error = error, str(error).replace(f"{name}: ", "")
+        _raise_if_any(name, own, local_error, comm.allgather(local_error))
         self._overlap = overlap
         self._bucket_size = bucket_size
         # overlap: each shard in n_buckets equal parts (bucket c of rank k's shard is
@@ -631,7 +673,7 @@ class ShardedOptimizer:
         self._pipeline_bytes = None if one_host else _PIPELINE_BYTES
         self._grad_comm = grad_comm
         self._send16 = self._recv16 = None      # bfloat16 buffers, made on first use
-        self._agree_rows = np.zeros((self.world_size, 4), dtype=np.float64)
+        self._agree_rows = np.zeros((self.world_size, 2), dtype=np.float64)
         self._others = [k for k in range(self.world_size) if k != self.rank]
         self._agree_requests = None     # persistent requests, made on the first step
         self._calls = 0             # step() calls so far (the step a message names is +1)
@@ -656,9 +698,9 @@ class ShardedOptimizer:
             grads = by_name(name, self._names, grads, "the grads",
                             "nothing was updated on any rank")
         if isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.size == self.total_size:
-            arrays = [grads]
+            arrays, sizes = [grads], [self.total_size]
         elif isinstance(grads, (list, tuple)):
-            arrays = list(grads)
+            arrays, sizes = list(grads), self._sizes
             if len(arrays) != len(self._shapes):
                 raise ValueError(f"{name}: got {len(arrays)} grads for {len(self._shapes)} "
                                  f"params")
@@ -684,7 +726,7 @@ class ShardedOptimizer:
         if self._flat_grad is None:
             self._flat_grad = np.empty(self.total_size, dtype=self._dtype)
         start = 0
-        for g, n in zip(arrays, self._sizes):
+        for g, n in zip(arrays, sizes):        # (a strided flat buffer: copied whole)
             self._flat_grad[start:start + n] = g.reshape(-1)
             start += n
         return self._flat_grad
@@ -836,7 +878,7 @@ class ShardedOptimizer:
             _bf16.unpack(p16[s:e], params[s:e])
 
     def _agree(self, mine):
-        """The sum over ranks of each rank's 4-vector ``mine`` (in rank order, so the same
+        """The sum over ranks of each rank's 2-vector ``mine`` (in rank order, so the same
         bits on every rank), by point-to-point messages (persistent requests, one blocking
         wait) so that a rank that does not arrive can be named: the rows of the ranks not
         heard from still hold NaN (see _Watchdog)."""
@@ -873,7 +915,8 @@ class ShardedOptimizer:
         grads : numpy.ndarray, list of numpy.ndarray or dict of str to numpy.ndarray
             This rank's grads: the flat grad buffer (``total_size`` elements), one array
             per param (views of one buffer are used in place, others copied), or a dict by
-            param name.
+            param name; ranks may pass different ones of these forms. A flat buffer that
+            is not C-contiguous (a strided view) is copied.
 
         Returns
         -------
@@ -899,18 +942,17 @@ class ShardedOptimizer:
                 nonfinite = grad_stats(flat, n_threads=self._n_threads)[1]
         except (TypeError, ValueError) as e:
             error = e
-        n_arrays = len(grads) if isinstance(grads, (list, tuple, dict)) else 1
-        agree = self._agree((error is not None, n_arrays, n_arrays * n_arrays, nonfinite))
+        # valid grads cover the agreed model's params on every rank, whatever their form
+        # (flat, list, dict): nothing more to compare (the number of arrays was, and
+        # refused valid grads given in different forms)
+        agree = self._agree((error is not None, nonfinite))
         if agree[0]:
             if error is not None:
                 raise error
             raise ValueError(f"fastlr.distributed.ShardedOptimizer.step: {int(agree[0])} "
                              f"other rank(s) passed invalid grads (this rank's were fine); "
                              f"nothing was updated on any rank")
-        if agree[2] * self.world_size != agree[1] * agree[1]:
-            raise ValueError("fastlr.distributed.ShardedOptimizer.step: the ranks passed "
-                             "different numbers of grad arrays; nothing was updated")
-        if agree[3]:
+        if agree[1]:
             self.skipped_steps += 1
             self.timings = {"check": time.perf_counter() - t0}
             return False
@@ -1395,7 +1437,7 @@ class ShardedOptimizer:
             _root_arg(name, root, self.world_size)
         sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
         error = None
-        master = None
+        master = snapshot = None
         try:
             inner = self._shard_state(name, sd, strict)
             skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
@@ -1403,16 +1445,23 @@ class ShardedOptimizer:
                 master = self._master_shard(name, sd["master"])
             elif isinstance(sd, dict) and sd.get("master") is not None:
                 _dropped_masters(name)
-        except (TypeError, ValueError, KeyError) as e:
+            # the shard's optimizer checks its part (buffers its options need,
+            # hyperparameters) only as it loads it, and a checkpoint can fit one rank's part
+            # and not another's: load here, inside what the ranks agree on, and put this
+            # rank's own state back below if another rank failed (a copy of the shard's
+            # state while loading; loading its own state dict is an exact rollback)
+            snapshot = self.optimizer.state_dict()
+            self.optimizer.load_state_dict(inner, strict=strict)
+        except Exception as e:      # any error: the other ranks must hear of it
             error = e
         failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
         if failed:
-            if error is not None:
-                raise error if not isinstance(error, KeyError) else ValueError(
-                    f"{name}: the state has no {error}")
-            raise ValueError(f"{name}: the state does not fit another rank's shard; nothing "
-                             f"was loaded")
-        self.optimizer.load_state_dict(inner, strict=strict)
+            if error is None:
+                self.optimizer.load_state_dict(snapshot)
+                raise ValueError(f"{name}: the state does not fit another rank's shard; "
+                                 f"nothing was loaded")
+            raise error if not isinstance(error, KeyError) else ValueError(
+                f"{name}: the state has no {error}")
         self.skipped_steps = skipped
         if self._master is not None:
             lo, hi = self.bounds
@@ -1453,10 +1502,19 @@ class ShardedOptimizer:
             raise ValueError(f"{name}: expected a gathered (single-process format) state dict")
         state = {}
         scalar = self.optimizer._scalar    # the per-param scalar state (NAdam's mu_product)
+        pieces_per_group = self._inner_group_sizes()
+        group_of = [g for g, n in enumerate(pieces_per_group) for _ in range(n)]
+        first_param = np.concatenate([[0], np.cumsum(self._group_param_counts)]).astype(int)
         for j, (k, offset, length) in enumerate(self._pieces):
             if k is None:
+                # a group this rank holds no element of: empty buffers of the names its
+                # first param has (the group's options decide them, e.g. amsgrad's
+                # max_exp_avg_sq; another group's names would not load)
                 st = {"step": 0}
-                ref = sd["state"].get(0, sd["state"].get("0", {}))
+                first = int(first_param[group_of[j]])
+                ref = sd["state"].get(first, sd["state"].get(str(first), {}))
+                if not isinstance(ref, dict):
+                    raise ValueError(f"{name}: the state has no entry for param {first}")
                 for n, v in ref.items():
                     if isinstance(v, np.ndarray) and v.ndim > 0:
                         st[n] = np.zeros(0, dtype=self._dtype)
@@ -1480,7 +1538,6 @@ class ShardedOptimizer:
             state[j] = st
         groups = []
         index = 0
-        pieces_per_group = self._inner_group_sizes()
         if len(sd["param_groups"]) != len(pieces_per_group):
             raise ValueError(f"{name}: the state has {len(sd['param_groups'])} param groups, "
                              f"the model {len(pieces_per_group)}")
@@ -1527,13 +1584,24 @@ class ShardedOptimizer:
         ValueError
             If ``root`` is not a rank of the communicator.
         OSError
-            If the file cannot be written.
+            If the file cannot be written (on every rank: rank ``root`` its own error).
         """
-        _root_arg("fastlr.distributed.ShardedOptimizer.save", root, self.world_size)
+        name = "fastlr.distributed.ShardedOptimizer.save"
+        _root_arg(name, root, self.world_size)
         sd = self.gathered_state_dict(root=root)
-        if self.rank == root:
-            _optim.write_checkpoint(sd, path)
-        self.comm.Barrier()
+        error = None
+        if sd is not None:          # rank root
+            try:
+                _optim.write_checkpoint(sd, path)
+            except Exception as e:      # any error: the other ranks must hear of it
+                error = e
+        # root's outcome goes to every rank (and no rank returns before the file is there)
+        outcome = self.comm.bcast(None if error is None else
+                                  f"{type(error).__name__}: {error}", root=root)
+        if error is not None:
+            raise error
+        if outcome is not None:
+            raise OSError(f"{name}: rank {root} could not write the checkpoint ({outcome})")
 
     def load(self, path: Union[str, os.PathLike[str]], strict: bool = True) -> None:
         """Collective: every rank reads ``path`` and takes its shard.

@@ -10,10 +10,12 @@ FASTLR_CHECK_DEADLINE=<seconds>: past it, every rank prints its Python stacks an
 (faulthandler), so a hang shows where each rank was instead of only timing out.
 """
 
+import contextlib
 import faulthandler
 import os
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 
@@ -174,6 +176,25 @@ def check_resume_other_rank_counts():
         os.unlink(path)
 
 
+#: when main's FASTLR_CHECK_DEADLINE expires (time.monotonic()), or None
+DEADLINE_AT = None
+
+
+@contextlib.contextmanager
+def _no_hang(seconds=60):
+    """Past ``seconds``, print this rank's stacks and exit (faulthandler): a regression that
+    leaves a rank waiting for the others fails the run instead of hanging it. Then
+    FASTLR_CHECK_DEADLINE's timer again, if set (faulthandler keeps one)."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        if DEADLINE_AT is not None:
+            faulthandler.dump_traceback_later(max(1.0, DEADLINE_AT - time.monotonic()),
+                                              exit=True)
+
+
 def _raises_everywhere(fn, match):
     try:
         fn()
@@ -195,14 +216,6 @@ def check_misuse():
     bad = good.astype(np.float32) if RANK == N - 1 else good
     _raises_everywhere(lambda: dist.step(bad), "dtype" if RANK == N - 1 else "other rank")
     if N > 1:
-        # valid grads, but rank 0 passes one array per param and the others the flat buffer
-        views, pos = [], 0
-        for shape in SHAPES:
-            n = int(np.prod(shape))
-            views.append(good[pos:pos + n].reshape(shape))
-            pos += n
-        _raises_everywhere(lambda: dist.step(views if RANK == 0 else good),
-                           "different numbers")
         short = good[:-1] if RANK == 0 else good
         _raises_everywhere(lambda: dist.step(short), "other rank" if RANK else "grad")
     assert np.array_equal(flat, before) and dist.steps == 0
@@ -556,11 +569,157 @@ def check_zero_size_param_state():
         assert np.array_equal(flat, sflat)
 
 
+def _own_or_named(fn, failing, own_type, match):
+    """fn() raises on every rank: on the ranks in ``failing`` ``own_type`` with ``match``,
+    on the others a ValueError naming the failing ranks."""
+    try:
+        fn()
+    except Exception as error:         # noqa: BLE001 (the type is the check)
+        if RANK in failing:
+            assert type(error) is own_type and match in str(error), repr(error)
+        else:
+            assert type(error) is ValueError, repr(error)
+            assert f"rank(s) {sorted(failing)} failed" in str(error), str(error)
+            assert match in str(error), str(error)
+        return
+    raise AssertionError(f"rank {RANK}: nothing raised ({match})")
+
+
+def check_construction_errors_on_one_rank():
+    """An invalid hyperparameter, a misspelled keyword or argument on one rank: every rank
+    raises (that rank its own error, the others one naming it), none waits in the
+    construction's collectives; optimizers a shard cannot run are refused up front."""
+    last = N - 1
+    with _no_hang():
+        _own_or_named(lambda: build("Adam", lr=-1.0 if RANK == last else 1e-3, timeout=30),
+                      [last], ValueError, "lr must be >= 0")
+        _own_or_named(lambda: build("Adam", timeout=30, **({"lrr": 1e-3} if RANK == 0 else
+                                                           {"lr": 1e-3})),
+                      [0], TypeError, "unexpected keyword argument 'lrr'")
+        _own_or_named(lambda: build("Adam" if RANK else "Adamm", lr=1e-3, timeout=30),
+                      [0], TypeError, "optimizer must be a fastlr optimizer class")
+        _own_or_named(lambda: build("Adam", lr=1e-3, timeout=30,
+                                    grad_comm="float16" if RANK == last else None),
+                      [last], ValueError, "grad_comm")
+        _own_or_named(lambda: build("SparseAdam", lr=1e-3, timeout=30), list(range(N)),
+                      ValueError, "optimizer must be one of SGD, Adam")
+        flat, dist = build("Adam", lr=1e-3, timeout=30)     # and the world is still usable
+        dist.step(rank_grads(0, flat.size)[RANK])
+        assert dist.steps == 1
+
+
+def check_grad_forms_mixed():
+    """The documented forms of grads may differ between ranks (flat, a list, a strided flat
+    view, a tuple): the same step as every rank passing its flat buffer."""
+    forms = ["flat", "list", "strided", "tuple"]
+    for shift in range(len(forms)):
+        flat, dist = build("Adam", lr=1e-2, timeout=30)
+        rflat, ref = reference("Adam", lr=1e-2)
+        for t in range(3):
+            gs = rank_grads(t, flat.size)
+            g = gs[RANK].copy()
+            form = forms[(RANK + shift + t) % len(forms)]
+            if form == "strided":
+                wide = np.zeros(2 * g.size)
+                wide[::2] = g
+                g = wide[::2]
+            elif form in ("list", "tuple"):
+                parts = np.split(g, np.cumsum([int(np.prod(s)) for s in SHAPES])[:-1])
+                g = [a.reshape(s).copy() for a, s in zip(parts, SHAPES)]
+                g = tuple(g) if form == "tuple" else g
+            dist.step(g)
+            ref.step(mean_of(gs))
+        assert rel(flat, rflat) < 1e-12, (shift, rel(flat, rflat))
+
+
+def check_save_error_everywhere():
+    """save() to a path the root rank cannot write: every rank raises OSError (the root
+    its own), none waits for it; the next step runs."""
+    flat, dist = build("Adam", lr=1e-3, timeout=30)
+    dist.step(rank_grads(0, flat.size)[RANK])
+    path = os.path.join(tempfile.gettempdir(), f"fastlr-no-such-dir-{os.getppid()}", "x.npz")
+    with _no_hang():
+        for root in sorted({0, N - 1}):
+            try:
+                dist.save(path, root=root)
+            except OSError as error:
+                if RANK == root:
+                    assert isinstance(error, FileNotFoundError), repr(error)
+                else:
+                    assert f"rank {root} could not write" in str(error), str(error)
+            else:
+                raise AssertionError(f"rank {RANK}: save to {path} did not raise")
+        dist.step(rank_grads(1, flat.size)[RANK])
+    assert dist.steps == 2
+
+
+def check_load_fits_every_rank_or_none():
+    """A gathered state loads on every rank or on none. A valid one-process checkpoint whose
+    groups differ in options (amsgrad in one) loads on ranks that hold no element of a
+    group; a damaged one (a buffer deleted) raises on every rank and leaves every rank's
+    state, params and masters as they were (also with param_comm, whose load ends in a
+    collective)."""
+    shapes = [(4,), (1,)]
+    for opts in ([{}, {"amsgrad": True}], [{"amsgrad": True}, {}]):
+        def model(views):
+            return [dict(params=[v], **o) for v, o in zip(views, opts)]
+        sflat, sviews = fastlr.flat_buffer(shapes, np.float64)
+        single = fastlr.Adam(model(sviews), lr=0.1)
+        single.step(np.arange(1.0, 6.0))
+        flat, views = fastlr.flat_buffer(shapes, np.float64)
+        flat[:] = sflat
+        dist = distributed.ShardedOptimizer("Adam", model(views), lr=0.1, timeout=30)
+        try:
+            dist.load_gathered_state_dict(single.state_dict())
+            error = None
+        except ValueError as e:
+            error = str(e)
+        assert COMM.allreduce(error is None, op=MPI.LAND), (opts, RANK, dist.bounds, error)
+        dist.step(np.full(5, 0.5))
+        single.step(np.full(5, 0.5))
+        assert np.array_equal(flat, sflat), (opts, flat, sflat)
+    for param_comm in (None, "bfloat16"):
+        sflat, sviews = fastlr.flat_buffer([(4,), (4,)], np.float64)
+        single = fastlr.Adam(sviews, lr=0.1)
+        single.step(np.ones(8))
+        damaged = single.state_dict()
+        del damaged["state"][1]["exp_avg_sq"]
+        flat, views = fastlr.flat_buffer([(4,), (4,)], np.float64)
+        dist = distributed.ShardedOptimizer("Adam", views, lr=0.1, timeout=30,
+                                            param_comm=param_comm)
+        for t in range(2):
+            dist.step(rank_grads(t, flat.size)[RANK])
+        before = dist.optimizer.state_dict()
+        saved = flat.copy()
+        master = None if dist.master is None else dist.master.copy()
+        with _no_hang():
+            try:
+                dist.load_gathered_state_dict(damaged)
+                raised = False
+            except ValueError:
+                raised = True
+            # every rank raised, or the check fails here (before any further collective)
+            assert COMM.allreduce(raised, op=MPI.LAND), (param_comm, RANK, raised)
+        after = dist.optimizer.state_dict()
+        assert after["steps"] == before["steps"] == 2 and dist.steps == 2
+        for j, st in before["state"].items():
+            assert st.keys() == after["state"][j].keys(), (j, st.keys())
+            for n in st:
+                assert np.array_equal(st[n], after["state"][j][n]), (param_comm, j, n)
+        assert np.array_equal(flat, saved)
+        assert master is None or np.array_equal(dist.master, master)
+        with _no_hang():
+            dist.step(rank_grads(2, flat.size)[RANK])       # nobody is stuck
+        assert dist.steps == 3
+
+
 CHECKS = [check_hosts, check_overlap, check_zero_size_param_state, check_parity,
           check_grad_comm_bfloat16, check_param_comm_bfloat16, check_pipelined_pieces,
           check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
-          check_skip_nonfinite, check_tiny_model]
+          check_skip_nonfinite, check_tiny_model, check_construction_errors_on_one_rank,
+          check_grad_forms_mixed, check_save_error_everywhere,
+          check_load_fits_every_rank_or_none]
 
 
 def main():
@@ -569,6 +728,8 @@ def main():
     checks = [c for c in CHECKS if not wanted or c.__name__ in wanted]
     deadline = float(os.environ.get("FASTLR_CHECK_DEADLINE", "0"))
     if deadline > 0:
+        global DEADLINE_AT
+        DEADLINE_AT = time.monotonic() + deadline
         faulthandler.dump_traceback_later(deadline, exit=True)
     for check in checks:
         if RANK == 0:
