@@ -44,7 +44,8 @@ on the CPU, dtypes other than float32/float64 (float16, bfloat16, complex, integ
 gradients, non-contiguous parameters or gradients (C or F order is fine; gradient and state
 must share the parameter's layout), gradients whose dtype or shape differ from the
 parameter's, state buffers sharing memory with the parameter, its gradient or one another,
-out-of-range hyperparameters set in ``param_groups`` after construction, and
+out-of-range hyperparameters set in ``param_groups`` after construction (and ones that are
+not a number or a one-element tensor, or a pair such as ``betas`` that is not a pair), and
 ``foreach=True``, ``fused=True``, ``capturable=True``, ``differentiable=True`` (refused at
 construction and in ``add_param_group``).
 """
@@ -135,6 +136,7 @@ class _FastlrStep:
     _fields = ()            # its hyperparameter struct's fields (the compiled step's row)
     _fixed: Dict[str, Any] = {}     # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
     _fast_path = True       # step() tries the compiled step first (False: Python path only)
+    _settings = ()          # (group key, a pair's names or (), is a flag) read by _hyper ...
 
     # -- construction ---------------------------------------------------------------------
     n_threads: Optional[int]
@@ -215,10 +217,12 @@ class _FastlrStep:
         ------
         TypeError
             A parameter, its gradient or a state tensor is not a dense float32/float64 CPU
-            tensor, or their dtypes differ.
+            tensor, or their dtypes differ; a group setting is not a number or a one-element
+            tensor (a flag: not True or False; a pair such as ``betas``: not a sequence).
         ValueError
             Shapes or layouts differ, a tensor is not contiguous, state shares memory,
-            a hyperparameter set in ``param_groups`` is out of range, or a group sets
+            a hyperparameter set in ``param_groups`` is out of range or missing, a pair
+            has another length, or a group sets
             ``foreach``, ``fused``, ``capturable`` or ``differentiable`` to a refused value.
         """
         loss = None
@@ -285,8 +289,15 @@ class _FastlrStep:
         index = -1
         for gi, group in enumerate(self.param_groups):
             _check_options(f"{cls}: param_groups[{gi}]", group)
-            hyper = self._hyper(group)
-            names = self._state_names(group)
+            try:
+                hyper = self._hyper(group)
+                names = self._state_names(group)
+                fills = None
+                if self._fills:
+                    fills = {name: float(_number(group[option]))
+                             for name, option in self._fills}
+            except Exception as exc:
+                self._bad_setting(f"{cls}: param_groups[{gi}]", group, exc)
             self._check_hyper(cls, gi, hyper, names)
             work = []
             for k, p in enumerate(group["params"]):
@@ -331,9 +342,6 @@ class _FastlrStep:
                         extra = self._read_scalar(self._where, (gi, k, index), st)
                     _check_disjoint(self._where, (gi, k, index), pv, gv, bufs, keys)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
-            fills = None
-            if self._fills:
-                fills = {name: float(_number(group[option])) for name, option in self._fills}
             plan.append((hyper, names, work, fills))
         return plan
 
@@ -399,6 +407,34 @@ class _FastlrStep:
                          n_threads=self.n_threads, **kw)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{cls}: param_groups[{gi}]: {exc}") from None
+
+    def _bad_setting(self, where, group, exc):
+        """Raise the precise error for a group setting that ``_hyper``, ``_state_names`` or
+        the fills could not read (``exc``): a missing key, a pair that is not a pair, a
+        value that is not a number or a one-element tensor."""
+        for key, members, flag in self._settings:
+            if key not in group:
+                raise ValueError(f"{where}: it has no {key!r} setting") from None
+            value = group[key]
+            items = [(key, value)]
+            if members:
+                pair = f"{key} must be a pair ({', '.join(members)})"
+                try:
+                    values = list(value)
+                except (TypeError, RuntimeError):
+                    raise TypeError(f"{where}: {pair}, got {value!r}") from None
+                if len(values) != len(members):
+                    raise ValueError(f"{where}: {pair}, got {value!r} ({len(values)} "
+                                     f"value{'s' if len(values) != 1 else ''})") from None
+                items = [(f"{key}[{i}]", v) for i, v in enumerate(values)]
+            for label, v in items:
+                try:
+                    bool(v) if flag else _number(v)
+                except Exception:
+                    kind = "True or False" if flag else "a number or a one-element tensor"
+                    raise TypeError(f"{where}: {label} must be {kind}, got {v!r}") from None
+        raise TypeError(f"{where}: its settings could not be read ({type(exc).__name__}: "
+                        f"{exc})") from exc
 
     @staticmethod
     def _diagnose(where, p, g):
@@ -716,13 +752,30 @@ def _bridge(row):
     # _hyper(group) and _state_names(group) run once per group and step: written out
     # (straight-line code from the row, as a hand-written class would have them)
     items = []
+    lines = ["def _hyper(group):"]
+    members = {}            # a pair's group key -> its hyperparameters, in order
+    for h in family.hypers:
+        if h.pair:
+            members.setdefault(h.pair, []).append(h.name)
+    for key in dict.fromkeys(key for _, key, index, _ in hypers if index is not None):
+        # unpacked as torch does (beta1, beta2 = group["betas"]): a pair of another length
+        # is refused, not cut short
+        lines.append(f"    {', '.join(members[key])}, = group[{key!r}]")
     for name, key, index, flag in hypers:
-        value = f"group[{key!r}]" + (f"[{index}]" if index is not None else "")
+        value = name if index is not None else f"group[{key!r}]"
         items.append(f"{name}={value}" if flag else f"{name}=_number({value})")
-    lines = ["def _hyper(group):", f"    return dict({', '.join(items)})",
-             "def _state_names(group):"]
+    lines += [f"    return dict({', '.join(items)})", "def _state_names(group):"]
     flags = {h.name for h in family.hypers if h.check == "flag"} | \
         {name for name, default in row.options if isinstance(default, bool)}
+    # every group setting those read, for the error when one cannot be read:
+    # (group key, a pair's member names or (), is a flag)
+    settings = {key: (tuple(members[key]) if index is not None else (), flag)
+                for _, key, index, flag in hypers}
+    for n in _specs.state_options(family.name):
+        settings.setdefault(n, ((), n in flags))
+    for st in family.state:
+        if st.fill:
+            settings.setdefault(st.fill, ((), False))
     lines += [f"    {n} = group[{n!r}]" if n in flags else f"    {n} = _number(group[{n!r}])"
               for n in _specs.state_options(family.name)]
     lines.append("    names = ()")
@@ -764,6 +817,7 @@ def _bridge(row):
         _fixed=dict(row.fixed),
         _step_state=row.torch_state.get("step", "step") == "step",
         _hyper=staticmethod(_hyper),
+        _settings=tuple((key, members, flag) for key, (members, flag) in settings.items()),
         **({"_scalar_in": staticmethod(_SCALAR_IN[family.name])}
            if family.name in _SCALAR_IN else {}),
         **({"_after_update": staticmethod(_AFTER_UPDATE[family.name]), "_fast_path": False}

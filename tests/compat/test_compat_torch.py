@@ -719,6 +719,65 @@ def test_bad_group_settings_change_nothing(cls_name, key, value, match):
     _assert_unchanged(opt, snap)
 
 
+@pytest.mark.parametrize("cls_name, key, value, exc, match", [
+    ("Adam", "lr", torch.tensor([0.1, 0.2]), TypeError,
+     r"lr must be a number or a one-element tensor, got tensor\(\[0\.1000, 0\.2000\]\)"),
+    ("Adam", "betas", (0.9,), ValueError, r"betas must be a pair \(beta1, beta2\), got \(0\.9,\)"),
+    ("AdamW", "betas", (0.9, 0.99, 0.5), ValueError, r"betas must be a pair .*\(3 values\)"),
+    ("NAdam", "betas", 0.9, TypeError, r"betas must be a pair \(beta1, beta2\), got 0\.9"),
+    ("Adamax", "betas", (0.9, torch.ones(2)), TypeError,
+     r"betas\[1\] must be a number or a one-element tensor"),
+    ("SGD", "momentum", torch.tensor([0.9, 0.8]), TypeError,
+     r"momentum must be a number or a one-element tensor"),
+    ("RMSprop", "centered", torch.tensor([True, False]), TypeError,
+     r"centered must be True or False"),
+    ("Rprop", "etas", (0.5,), ValueError, r"etas must be a pair \(etaminus, etaplus\)"),
+    ("Rprop", "step_sizes", 1.0, TypeError, r"step_sizes must be a pair"),
+    ("Adagrad", "lr", torch.ones(2), TypeError, r"lr must be a number or a one-element"),
+    ("RAdam", "eps", None, ValueError, r"it has no 'eps' setting"),     # deleted
+])
+def test_unreadable_group_settings_change_nothing(cls_name, key, value, exc, match):
+    """A group setting that is not a number (or a one-element tensor), or a pair that is not
+    a pair, raises the bridge's error naming the group (not torch's or Python's raw one),
+    from the compiled step's fallback and from a group whose state is still to create."""
+    opt, ps = _stepped(cls_name, ERROR_KW[cls_name])
+    if value is None:
+        del opt.param_groups[1][key]
+    else:
+        opt.param_groups[1][key] = value
+    new = torch.nn.Parameter(torch.randn(3))
+    new.grad = torch.ones(3)
+    opt.add_param_group({"params": [new]})
+    if value is None:
+        del opt.param_groups[2][key]
+    else:
+        opt.param_groups[2][key] = value
+    snap = _snapshot(opt)
+    with pytest.raises(exc, match=match) as info:
+        opt.step()
+    assert f"fastlr.compat.torch.{cls_name}: param_groups[1]: " in str(info.value)
+    _assert_unchanged(opt, snap)
+    opt.param_groups[1][key] = opt.param_groups[0][key]
+    with pytest.raises(exc, match=match) as info:   # the group with state still to create
+        opt.step()
+    assert "param_groups[2]: " in str(info.value)
+    _assert_unchanged(opt, snap)
+
+
+def test_one_element_tensor_and_tensor_pair_settings_still_step():
+    out = []
+    for lr, betas in [(0.01, (0.9, 0.99)), (torch.tensor([0.01], dtype=torch.float64),
+                      torch.tensor([0.9, 0.99], dtype=torch.float64))]:
+        p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        opt = ft.Adam([p])
+        opt.param_groups[0].update(lr=lr, betas=betas)
+        for _ in range(3):
+            p.grad = torch.full_like(p, 0.5)
+            opt.step()
+        out.append(p.detach().clone())
+    assert torch.equal(out[0], out[1])
+
+
 def test_bad_state_changes_nothing():
     opt, ps = _stepped("Adam", {})
     opt.state[ps[3]]["exp_avg"] = torch.zeros(3)
