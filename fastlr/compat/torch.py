@@ -44,7 +44,9 @@ on the CPU, dtypes other than float32/float64 (float16, bfloat16, complex, integ
 gradients, non-contiguous parameters or gradients (C or F order is fine; gradient and state
 must share the parameter's layout), gradients whose dtype or shape differ from the
 parameter's, state buffers sharing memory with the parameter, its gradient or one another,
-out-of-range hyperparameters set in ``param_groups`` after construction (and ones that are
+inference tensors (made in ``torch.inference_mode()``) as a parameter or in its state when
+stepping outside inference mode (torch refuses those in-place updates too; inside inference
+mode both update them), out-of-range hyperparameters set in ``param_groups`` after construction (and ones that are
 not a number or a one-element tensor, or a pair such as ``betas`` that is not a pair), and
 ``foreach=True``, ``fused=True``, ``capturable=True``, ``differentiable=True`` (refused at
 construction and in ``add_param_group``).
@@ -84,6 +86,8 @@ __all__ = list(TORCH_CLASSES) + ["SparseAdam"]
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 _STRIDED = torch.strided
+_inference_mode = torch.is_inference_mode_enabled
+_is_inference = torch.Tensor.is_inference
 # torch options that select another implementation; only these values are accepted.
 # (name, whether None is accepted too): torch's defaults are foreach=None, fused=None,
 # capturable=False, differentiable=False.
@@ -137,6 +141,11 @@ class _FastlrStep:
     _fixed: Dict[str, Any] = {}     # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
     _fast_path = True       # step() tries the compiled step first (False: Python path only)
     _settings = ()          # (group key, a pair's names or (), is a flag) read by _hyper ...
+    # Whether state may hold inference tensors (made in torch.inference_mode()): set by a
+    # step or add_param_group in inference mode, load_state_dict and unpickling; while set,
+    # a step outside inference mode takes the Python path, which checks every state tensor
+    # (and clears it when none is one). Parameters are checked at every step.
+    _inference_state = False
 
     # -- construction ---------------------------------------------------------------------
     n_threads: Optional[int]
@@ -152,6 +161,8 @@ class _FastlrStep:
             merged = {**getattr(self, "defaults", {}), **param_group}
             _check_options(f"fastlr.compat.torch.{type(self).__name__}.add_param_group",
                            merged)
+        if _inference_mode():
+            self._inference_state = True        # (Adagrad makes its state here)
         super().add_param_group(param_group)
 
     def __getstate__(self):
@@ -162,10 +173,12 @@ class _FastlrStep:
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("n_threads", None)
+        self._inference_state = True
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        self._inference_state = True
         # Loaded state tensors are cast to each parameter's dtype and device by torch (and
         # kept, not copied, when they already match). A buffer whose memory layout differs
         # from the parameter's, or that shares memory with the parameter or with another
@@ -217,7 +230,8 @@ class _FastlrStep:
         ------
         TypeError
             A parameter, its gradient or a state tensor is not a dense float32/float64 CPU
-            tensor, or their dtypes differ; a group setting is not a number or a one-element
+            tensor, or their dtypes differ; the parameter or a state tensor is an inference
+            tensor and the step runs outside ``torch.inference_mode()``; a group setting is not a number or a one-element
             tensor (a flag: not True or False; a pair such as ``betas``: not a sequence).
         ValueError
             Shapes or layouts differ, a tensor is not contiguous, state shares memory,
@@ -229,6 +243,8 @@ class _FastlrStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if _inference_mode():
+            self._inference_state = True        # the state it makes is inference tensors
         if not (self._fast_path and self._fast_step()):
             self._apply(self._plan())
         return loss
@@ -243,10 +259,17 @@ class _FastlrStep:
         lazy = self._lazy
         fixed = self._fixed
         fields = self._fields
+        # outside inference mode torch refuses to update inference tensors in place: the
+        # Python path raises that error (state: see _inference_state)
+        outside = not _inference_mode()
+        if outside and self._inference_state:
+            return False
         try:
             groups = []
             for group in self.param_groups:
                 _check_options("", group)
+                if outside and any(map(_is_inference, group["params"])):
+                    return False
                 hyper = self._hyper(group)
                 names = self._state_names(group)
                 self._check_hyper("", 0, hyper, names)
@@ -285,6 +308,8 @@ class _FastlrStep:
         keys = self._keys
         scalar = self._scalar
         lazy = self._lazy
+        outside = not _inference_mode()     # inference tensors are refused (as torch does)
+        inference_state = False             # a skipped param's state holds one
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
@@ -304,12 +329,15 @@ class _FastlrStep:
                 index += 1
                 g = p.grad
                 if g is None:
+                    if outside and self._inference_state and not inference_state:
+                        inference_state = _inference_key(self.state.get(p)) is not None
                     continue
                 try:
                     if not (isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor)
                             and p.is_cpu and g.is_cpu and p.dtype in _FLOAT_DTYPES
                             and g.dtype is p.dtype and p.layout is _STRIDED
-                            and g.layout is _STRIDED):
+                            and g.layout is _STRIDED
+                            and not (outside and p.is_inference())):
                         raise _Unusual
                     pv = p.detach().numpy()
                     gv = g.numpy() if not g.requires_grad else g.detach().numpy()
@@ -320,13 +348,21 @@ class _FastlrStep:
                     # a neg-bit grad is only read: a resolved copy is fine
                     if isinstance(g, torch.Tensor) and g.is_neg() and not p.is_neg():
                         g = g.resolve_neg()
-                    pv, gv = self._diagnose(self._where(gi, k, index), p, g)
+                    pv, gv = self._diagnose(self._where(gi, k, index), p, g, outside)
                 st = self.state.get(p)
                 bufs = dict.fromkeys(positional)
                 step = 0
                 step_view = None
                 extra = None
                 if st:
+                    if outside:
+                        key = _inference_key(st)
+                        if key is not None:
+                            raise TypeError(
+                                f"{self._where(gi, k, index)}: state[{key!r}] is an inference "
+                                f"tensor (made in torch.inference_mode()); as torch, it is "
+                                f"not updated in place outside inference mode (step inside "
+                                f"torch.inference_mode(), or replace the state with a clone)")
                     for name in names:
                         t = st.get(keys[name])
                         if t is not None:
@@ -343,6 +379,8 @@ class _FastlrStep:
                     _check_disjoint(self._where, (gi, k, index), pv, gv, bufs, keys)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
             plan.append((hyper, names, work, fills))
+        if outside and not inference_state:
+            self._inference_state = False       # no state tensor is an inference tensor
         return plan
 
     def _apply(self, plan):
@@ -437,9 +475,10 @@ class _FastlrStep:
                         f"{exc})") from exc
 
     @staticmethod
-    def _diagnose(where, p, g):
+    def _diagnose(where, p, g, outside=False):
         """The checks of the fast path one by one, raising the first that fails; returns
-        the NumPy views when all pass."""
+        the NumPy views when all pass. ``outside``: not in inference mode (an inference
+        tensor is refused)."""
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"{where} is a {type(p).__name__}, not a torch.Tensor")
         if p.device.type != "cpu":
@@ -467,6 +506,10 @@ class _FastlrStep:
         if p.is_neg():
             raise TypeError(f"{where} is a negative view (torch._neg_view); it cannot be "
                             f"updated in place through NumPy")
+        if outside and p.is_inference():
+            raise TypeError(f"{where} is an inference tensor (made in torch.inference_mode()); "
+                            f"as torch, it is not updated in place outside inference mode "
+                            f"(step inside torch.inference_mode(), or optimize a clone)")
         try:
             pv = p.detach().numpy()
             gv = g.detach().numpy()
@@ -562,6 +605,15 @@ def _scalar_state(where_fn, at, st, key):
         raise TypeError(f"{where_fn(*at)}: state[{key!r}] must be a number or a one-element tensor, "
                         f"got {s!r}") from None
     return v, view
+
+
+def _inference_key(st):
+    """The key of the first inference tensor in the state dict ``st`` (None if none)."""
+    if st:
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor) and value.is_inference():
+                return key
+    return None
 
 
 def _check_disjoint(where_fn, at, pv, gv, bufs, keys):
