@@ -34,7 +34,11 @@ tensor; ASGD's ``eta`` and ``mu`` scalar tensors), so a state dict saved by
 the Python path, which also writes torch's ``mu`` after each update; its kernel derives
 ``mu`` from the step and ``t0`` in double and starts ``eta`` at ``lr``, where torch rounds
 both to its default dtype: with a float32 default and float64 parameters they differ by
-that rounding (about 1e-8 relative). Like torch, ``load_state_dict`` keeps (does not copy)
+that rounding (about 1e-8 relative). Hyperparameters given as float32 tensors are read as
+numbers (``.item()``) and used in double, where torch forms some coefficients from them in
+float32 (AdamW's ``1 - lr * weight_decay``): with float64 parameters the results differ by
+float32 roundings (up to 4e-7 after 10 AdamW steps); pass floats or float64 tensors for
+float64 parity. Like torch, ``load_state_dict`` keeps (does not copy)
 loaded state tensors that already have the parameter's dtype and device; ones whose memory
 layout differs from the parameter's are copied into its layout.
 
