@@ -34,7 +34,11 @@ tensor; ASGD's ``eta`` and ``mu`` scalar tensors), so a state dict saved by
 the Python path, which also writes torch's ``mu`` after each update; its kernel derives
 ``mu`` from the step and ``t0`` in double and starts ``eta`` at ``lr``, where torch rounds
 both to its default dtype: with a float32 default and float64 parameters they differ by
-that rounding (about 1e-8 relative). Like torch, ``load_state_dict`` keeps (does not copy)
+that rounding (about 1e-8 relative). Hyperparameters given as float32 tensors are read as
+numbers (``.item()``) and used in double, where torch forms some coefficients from them in
+float32 (AdamW's ``1 - lr * weight_decay``): with float64 parameters the results differ by
+float32 roundings (up to 4e-7 after 10 AdamW steps); pass floats or float64 tensors for
+float64 parity. Like torch, ``load_state_dict`` keeps (does not copy)
 loaded state tensors that already have the parameter's dtype and device; ones whose memory
 layout differs from the parameter's are copied into its layout.
 
@@ -44,7 +48,10 @@ on the CPU, dtypes other than float32/float64 (float16, bfloat16, complex, integ
 gradients, non-contiguous parameters or gradients (C or F order is fine; gradient and state
 must share the parameter's layout), gradients whose dtype or shape differ from the
 parameter's, state buffers sharing memory with the parameter, its gradient or one another,
-out-of-range hyperparameters set in ``param_groups`` after construction, and
+inference tensors (made in ``torch.inference_mode()``) as a parameter or in its state when
+stepping outside inference mode (torch refuses those in-place updates too; inside inference
+mode both update them), out-of-range hyperparameters set in ``param_groups`` after construction (and ones that are
+not a number or a one-element tensor, or a pair such as ``betas`` that is not a pair), and
 ``foreach=True``, ``fused=True``, ``capturable=True``, ``differentiable=True`` (refused at
 construction and in ``add_param_group``).
 """
@@ -83,6 +90,8 @@ __all__ = list(TORCH_CLASSES) + ["SparseAdam"]
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 _STRIDED = torch.strided
+_inference_mode = torch.is_inference_mode_enabled
+_is_inference = torch.Tensor.is_inference
 # torch options that select another implementation; only these values are accepted.
 # (name, whether None is accepted too): torch's defaults are foreach=None, fused=None,
 # capturable=False, differentiable=False.
@@ -135,6 +144,12 @@ class _FastlrStep:
     _fields = ()            # its hyperparameter struct's fields (the compiled step's row)
     _fixed: Dict[str, Any] = {}     # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
     _fast_path = True       # step() tries the compiled step first (False: Python path only)
+    _settings = ()          # (group key, a pair's names or (), is a flag) read by _hyper ...
+    # Whether state may hold inference tensors (made in torch.inference_mode()): set by a
+    # step or add_param_group in inference mode, load_state_dict and unpickling; while set,
+    # a step outside inference mode takes the Python path, which checks every state tensor
+    # (and clears it when none is one). Parameters are checked at every step.
+    _inference_state = False
 
     # -- construction ---------------------------------------------------------------------
     n_threads: Optional[int]
@@ -150,6 +165,8 @@ class _FastlrStep:
             merged = {**getattr(self, "defaults", {}), **param_group}
             _check_options(f"fastlr.compat.torch.{type(self).__name__}.add_param_group",
                            merged)
+        if _inference_mode():
+            self._inference_state = True        # (Adagrad makes its state here)
         super().add_param_group(param_group)
 
     def __getstate__(self):
@@ -160,10 +177,12 @@ class _FastlrStep:
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("n_threads", None)
+        self._inference_state = True
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        self._inference_state = True
         # Loaded state tensors are cast to each parameter's dtype and device by torch (and
         # kept, not copied, when they already match). A buffer whose memory layout differs
         # from the parameter's, or that shares memory with the parameter or with another
@@ -215,16 +234,21 @@ class _FastlrStep:
         ------
         TypeError
             A parameter, its gradient or a state tensor is not a dense float32/float64 CPU
-            tensor, or their dtypes differ.
+            tensor, or their dtypes differ; the parameter or a state tensor is an inference
+            tensor and the step runs outside ``torch.inference_mode()``; a group setting is not a number or a one-element
+            tensor (a flag: not True or False; a pair such as ``betas``: not a sequence).
         ValueError
             Shapes or layouts differ, a tensor is not contiguous, state shares memory,
-            a hyperparameter set in ``param_groups`` is out of range, or a group sets
+            a hyperparameter set in ``param_groups`` is out of range or missing, a pair
+            has another length, or a group sets
             ``foreach``, ``fused``, ``capturable`` or ``differentiable`` to a refused value.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if _inference_mode():
+            self._inference_state = True        # the state it makes is inference tensors
         if not (self._fast_path and self._fast_step()):
             self._apply(self._plan())
         return loss
@@ -239,10 +263,17 @@ class _FastlrStep:
         lazy = self._lazy
         fixed = self._fixed
         fields = self._fields
+        # outside inference mode torch refuses to update inference tensors in place: the
+        # Python path raises that error (state: see _inference_state)
+        outside = not _inference_mode()
+        if outside and self._inference_state:
+            return False
         try:
             groups = []
             for group in self.param_groups:
                 _check_options("", group)
+                if outside and any(map(_is_inference, group["params"])):
+                    return False
                 hyper = self._hyper(group)
                 names = self._state_names(group)
                 self._check_hyper("", 0, hyper, names)
@@ -281,24 +312,36 @@ class _FastlrStep:
         keys = self._keys
         scalar = self._scalar
         lazy = self._lazy
+        outside = not _inference_mode()     # inference tensors are refused (as torch does)
+        inference_state = False             # a skipped param's state holds one
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
             _check_options(f"{cls}: param_groups[{gi}]", group)
-            hyper = self._hyper(group)
-            names = self._state_names(group)
+            try:
+                hyper = self._hyper(group)
+                names = self._state_names(group)
+                fills = None
+                if self._fills:
+                    fills = {name: float(_number(group[option]))
+                             for name, option in self._fills}
+            except Exception as exc:
+                self._bad_setting(f"{cls}: param_groups[{gi}]", group, exc)
             self._check_hyper(cls, gi, hyper, names)
             work = []
             for k, p in enumerate(group["params"]):
                 index += 1
                 g = p.grad
                 if g is None:
+                    if outside and self._inference_state and not inference_state:
+                        inference_state = _inference_key(self.state.get(p)) is not None
                     continue
                 try:
                     if not (isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor)
                             and p.is_cpu and g.is_cpu and p.dtype in _FLOAT_DTYPES
                             and g.dtype is p.dtype and p.layout is _STRIDED
-                            and g.layout is _STRIDED):
+                            and g.layout is _STRIDED
+                            and not (outside and p.is_inference())):
                         raise _Unusual
                     pv = p.detach().numpy()
                     gv = g.numpy() if not g.requires_grad else g.detach().numpy()
@@ -309,13 +352,21 @@ class _FastlrStep:
                     # a neg-bit grad is only read: a resolved copy is fine
                     if isinstance(g, torch.Tensor) and g.is_neg() and not p.is_neg():
                         g = g.resolve_neg()
-                    pv, gv = self._diagnose(self._where(gi, k, index), p, g)
+                    pv, gv = self._diagnose(self._where(gi, k, index), p, g, outside)
                 st = self.state.get(p)
                 bufs = dict.fromkeys(positional)
                 step = 0
                 step_view = None
                 extra = None
                 if st:
+                    if outside:
+                        key = _inference_key(st)
+                        if key is not None:
+                            raise TypeError(
+                                f"{self._where(gi, k, index)}: state[{key!r}] is an inference "
+                                f"tensor (made in torch.inference_mode()); as torch, it is "
+                                f"not updated in place outside inference mode (step inside "
+                                f"torch.inference_mode(), or replace the state with a clone)")
                     for name in names:
                         t = st.get(keys[name])
                         if t is not None:
@@ -331,10 +382,9 @@ class _FastlrStep:
                         extra = self._read_scalar(self._where, (gi, k, index), st)
                     _check_disjoint(self._where, (gi, k, index), pv, gv, bufs, keys)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
-            fills = None
-            if self._fills:
-                fills = {name: float(_number(group[option])) for name, option in self._fills}
             plan.append((hyper, names, work, fills))
+        if outside and not inference_state:
+            self._inference_state = False       # no state tensor is an inference tensor
         return plan
 
     def _apply(self, plan):
@@ -400,10 +450,39 @@ class _FastlrStep:
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"{cls}: param_groups[{gi}]: {exc}") from None
 
+    def _bad_setting(self, where, group, exc):
+        """Raise the precise error for a group setting that ``_hyper``, ``_state_names`` or
+        the fills could not read (``exc``): a missing key, a pair that is not a pair, a
+        value that is not a number or a one-element tensor."""
+        for key, members, flag in self._settings:
+            if key not in group:
+                raise ValueError(f"{where}: it has no {key!r} setting") from None
+            value = group[key]
+            items = [(key, value)]
+            if members:
+                pair = f"{key} must be a pair ({', '.join(members)})"
+                try:
+                    values = list(value)
+                except (TypeError, RuntimeError):
+                    raise TypeError(f"{where}: {pair}, got {value!r}") from None
+                if len(values) != len(members):
+                    raise ValueError(f"{where}: {pair}, got {value!r} ({len(values)} "
+                                     f"value{'s' if len(values) != 1 else ''})") from None
+                items = [(f"{key}[{i}]", v) for i, v in enumerate(values)]
+            for label, v in items:
+                try:
+                    bool(v) if flag else _number(v)
+                except Exception:
+                    kind = "True or False" if flag else "a number or a one-element tensor"
+                    raise TypeError(f"{where}: {label} must be {kind}, got {v!r}") from None
+        raise TypeError(f"{where}: its settings could not be read ({type(exc).__name__}: "
+                        f"{exc})") from exc
+
     @staticmethod
-    def _diagnose(where, p, g):
+    def _diagnose(where, p, g, outside=False):
         """The checks of the fast path one by one, raising the first that fails; returns
-        the NumPy views when all pass."""
+        the NumPy views when all pass. ``outside``: not in inference mode (an inference
+        tensor is refused)."""
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"{where} is a {type(p).__name__}, not a torch.Tensor")
         if p.device.type != "cpu":
@@ -431,6 +510,10 @@ class _FastlrStep:
         if p.is_neg():
             raise TypeError(f"{where} is a negative view (torch._neg_view); it cannot be "
                             f"updated in place through NumPy")
+        if outside and p.is_inference():
+            raise TypeError(f"{where} is an inference tensor (made in torch.inference_mode()); "
+                            f"as torch, it is not updated in place outside inference mode "
+                            f"(step inside torch.inference_mode(), or optimize a clone)")
         try:
             pv = p.detach().numpy()
             gv = g.detach().numpy()
@@ -526,6 +609,15 @@ def _scalar_state(where_fn, at, st, key):
         raise TypeError(f"{where_fn(*at)}: state[{key!r}] must be a number or a one-element tensor, "
                         f"got {s!r}") from None
     return v, view
+
+
+def _inference_key(st):
+    """The key of the first inference tensor in the state dict ``st`` (None if none)."""
+    if st:
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor) and value.is_inference():
+                return key
+    return None
 
 
 def _check_disjoint(where_fn, at, pv, gv, bufs, keys):
@@ -716,13 +808,30 @@ def _bridge(row):
     # _hyper(group) and _state_names(group) run once per group and step: written out
     # (straight-line code from the row, as a hand-written class would have them)
     items = []
+    lines = ["def _hyper(group):"]
+    members = {}            # a pair's group key -> its hyperparameters, in order
+    for h in family.hypers:
+        if h.pair:
+            members.setdefault(h.pair, []).append(h.name)
+    for key in dict.fromkeys(key for _, key, index, _ in hypers if index is not None):
+        # unpacked as torch does (beta1, beta2 = group["betas"]): a pair of another length
+        # is refused, not cut short
+        lines.append(f"    {', '.join(members[key])}, = group[{key!r}]")
     for name, key, index, flag in hypers:
-        value = f"group[{key!r}]" + (f"[{index}]" if index is not None else "")
+        value = name if index is not None else f"group[{key!r}]"
         items.append(f"{name}={value}" if flag else f"{name}=_number({value})")
-    lines = ["def _hyper(group):", f"    return dict({', '.join(items)})",
-             "def _state_names(group):"]
+    lines += [f"    return dict({', '.join(items)})", "def _state_names(group):"]
     flags = {h.name for h in family.hypers if h.check == "flag"} | \
         {name for name, default in row.options if isinstance(default, bool)}
+    # every group setting those read, for the error when one cannot be read:
+    # (group key, a pair's member names or (), is a flag)
+    settings = {key: (tuple(members[key]) if index is not None else (), flag)
+                for _, key, index, flag in hypers}
+    for n in _specs.state_options(family.name):
+        settings.setdefault(n, ((), n in flags))
+    for st in family.state:
+        if st.fill:
+            settings.setdefault(st.fill, ((), False))
     lines += [f"    {n} = group[{n!r}]" if n in flags else f"    {n} = _number(group[{n!r}])"
               for n in _specs.state_options(family.name)]
     lines.append("    names = ()")
@@ -764,6 +873,7 @@ def _bridge(row):
         _fixed=dict(row.fixed),
         _step_state=row.torch_state.get("step", "step") == "step",
         _hyper=staticmethod(_hyper),
+        _settings=tuple((key, members, flag) for key, (members, flag) in settings.items()),
         **({"_scalar_in": staticmethod(_SCALAR_IN[family.name])}
            if family.name in _SCALAR_IN else {}),
         **({"_after_update": staticmethod(_AFTER_UPDATE[family.name]), "_fast_path": False}

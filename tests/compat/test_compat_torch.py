@@ -719,6 +719,154 @@ def test_bad_group_settings_change_nothing(cls_name, key, value, match):
     _assert_unchanged(opt, snap)
 
 
+@pytest.mark.parametrize("cls_name, key, value, exc, match", [
+    ("Adam", "lr", torch.tensor([0.1, 0.2]), TypeError,
+     r"lr must be a number or a one-element tensor, got tensor\(\[0\.1000, 0\.2000\]\)"),
+    ("Adam", "betas", (0.9,), ValueError, r"betas must be a pair \(beta1, beta2\), got \(0\.9,\)"),
+    ("AdamW", "betas", (0.9, 0.99, 0.5), ValueError, r"betas must be a pair .*\(3 values\)"),
+    ("NAdam", "betas", 0.9, TypeError, r"betas must be a pair \(beta1, beta2\), got 0\.9"),
+    ("Adamax", "betas", (0.9, torch.ones(2)), TypeError,
+     r"betas\[1\] must be a number or a one-element tensor"),
+    ("SGD", "momentum", torch.tensor([0.9, 0.8]), TypeError,
+     r"momentum must be a number or a one-element tensor"),
+    ("RMSprop", "centered", torch.tensor([True, False]), TypeError,
+     r"centered must be True or False"),
+    ("Rprop", "etas", (0.5,), ValueError, r"etas must be a pair \(etaminus, etaplus\)"),
+    ("Rprop", "step_sizes", 1.0, TypeError, r"step_sizes must be a pair"),
+    ("Adagrad", "lr", torch.ones(2), TypeError, r"lr must be a number or a one-element"),
+    ("RAdam", "eps", None, ValueError, r"it has no 'eps' setting"),     # deleted
+])
+def test_unreadable_group_settings_change_nothing(cls_name, key, value, exc, match):
+    """A group setting that is not a number (or a one-element tensor), or a pair that is not
+    a pair, raises the bridge's error naming the group (not torch's or Python's raw one),
+    from the compiled step's fallback and from a group whose state is still to create."""
+    opt, ps = _stepped(cls_name, ERROR_KW[cls_name])
+    if value is None:
+        del opt.param_groups[1][key]
+    else:
+        opt.param_groups[1][key] = value
+    new = torch.nn.Parameter(torch.randn(3))
+    new.grad = torch.ones(3)
+    opt.add_param_group({"params": [new]})
+    if value is None:
+        del opt.param_groups[2][key]
+    else:
+        opt.param_groups[2][key] = value
+    snap = _snapshot(opt)
+    with pytest.raises(exc, match=match) as info:
+        opt.step()
+    assert f"fastlr.compat.torch.{cls_name}: param_groups[1]: " in str(info.value)
+    _assert_unchanged(opt, snap)
+    opt.param_groups[1][key] = opt.param_groups[0][key]
+    with pytest.raises(exc, match=match) as info:   # the group with state still to create
+        opt.step()
+    assert "param_groups[2]: " in str(info.value)
+    _assert_unchanged(opt, snap)
+
+
+def test_one_element_tensor_and_tensor_pair_settings_still_step():
+    out = []
+    for lr, betas in [(0.01, (0.9, 0.99)), (torch.tensor([0.01], dtype=torch.float64),
+                      torch.tensor([0.9, 0.99], dtype=torch.float64))]:
+        p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+        opt = ft.Adam([p])
+        opt.param_groups[0].update(lr=lr, betas=betas)
+        for _ in range(3):
+            p.grad = torch.full_like(p, 0.5)
+            opt.step()
+        out.append(p.detach().clone())
+    assert torch.equal(out[0], out[1])
+
+
+# inference tensors (made in torch.inference_mode()): torch refuses to update them in place
+# outside inference mode, and updates them inside it
+
+def _inference_scenario(module, cls_name, where):
+    """Step cls_name from ``module`` (torch.optim or the bridge) with an inference tensor in
+    the param (where="param") or in the state (where="state": constructed and stepped once
+    in inference mode), then once outside inference mode; returns the optimizer and params
+    (the error of the last step propagates)."""
+    kw = ERROR_KW[cls_name]
+    if where == "param":
+        with torch.inference_mode():
+            p = torch.randn(5)
+        p.grad = torch.ones(5)
+        opt = getattr(module, cls_name)([p], **kw)
+    else:
+        p = torch.nn.Parameter(torch.randn(5))
+        with torch.inference_mode():
+            opt = getattr(module, cls_name)([p], **kw)
+            p.grad = torch.ones(5)
+            opt.step()
+        assert all(v.is_inference() for v in opt.state[p].values()
+                   if isinstance(v, torch.Tensor))
+    return opt, p
+
+
+@pytest.mark.parametrize("where", ["param", "state"])
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_inference_tensors_are_refused_outside_inference_mode(cls_name, where):
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+        opt, p = _inference_scenario(torch.optim, cls_name, where)
+        opt.step()                                      # torch refuses it
+    opt, p = _inference_scenario(ft, cls_name, where)
+    snap = _snapshot(opt)
+    before = torch_step.fast_steps()
+    match = (r"parameter 0 \(param_groups\[0\]\['params'\]\[0\]\)"
+             + (" is an inference tensor" if where == "param"
+                else r": state\['\w+'\] is an inference tensor"))
+    with pytest.raises(TypeError, match=match):
+        opt.step()
+    with pytest.raises(TypeError, match=match):      # the compiled step declines it too
+        opt.step()
+    assert torch_step.fast_steps() == before
+    _assert_unchanged(opt, snap)
+    with torch.inference_mode():                       # inside inference mode: updated
+        opt.step()
+    assert not torch.equal(p.detach(), snap[0][1])
+
+
+def test_inference_state_replaced_by_clones_steps_and_the_compiled_step_resumes():
+    opt, p = _inference_scenario(ft, "Adam", "state")
+    with pytest.raises(TypeError, match=r"state\['\w+'\] is an inference tensor"):
+        opt.step()
+    opt.state[p] = {k: v.clone() for k, v in opt.state[p].items()}
+    assert not any(v.is_inference() for v in opt.state[p].values())
+    assert not _fast_taken(opt)          # the Python path checks the state once ...
+    assert _fast_taken(opt)              # ... and the compiled step takes over again
+
+
+def test_inference_state_loaded_by_load_state_dict_is_refused():
+    p = torch.nn.Parameter(torch.randn(5))
+    with torch.inference_mode():
+        src = torch.optim.Adam([torch.nn.Parameter(torch.randn(5))])
+        src.param_groups[0]["params"][0].grad = torch.ones(5)
+        src.step()
+        sd = src.state_dict()
+    opt = ft.Adam([p])
+    p.grad = torch.ones(5)
+    opt.step()
+    opt.step()                                          # the compiled step runs
+    opt.load_state_dict(sd)                             # keeps the inference tensors
+    snap = _snapshot(opt)
+    with pytest.raises(TypeError, match=r"state\['\w+'\] is an inference tensor"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+
+
+def test_inference_params_without_grad_are_skipped_and_grads_may_be_inference():
+    with torch.inference_mode():
+        frozen = torch.randn(3)
+        g = torch.ones(4)
+    a = torch.nn.Parameter(torch.randn(4))
+    opt = ft.Adam([a, frozen], lr=0.1)
+    a.grad = g                                 # an inference grad is only read (as torch)
+    a0 = a.detach().clone()
+    opt.step()
+    opt.step()
+    assert not torch.equal(a.detach(), a0) and frozen not in opt.state
+
+
 def test_bad_state_changes_nothing():
     opt, ps = _stepped("Adam", {})
     opt.state[ps[3]]["exp_avg"] = torch.zeros(3)
