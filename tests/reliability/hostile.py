@@ -1373,7 +1373,7 @@ def flat_buffer_cases():
     cases = []
     for label, shapes, dtype, needle in (
             ("dtype int", [(3,)], np.int64, "dtype"), ("dtype str", [(3,)], "abc", None),
-            ("dtype float16", [(3,)], np.float16, "dtype"),
+            ("dtype big-endian float16", [(3,)], ">f2", "dtype"),
             ("negative dim", [(-3, 2)], np.float32, "shapes"),
             ("two negative dims", [(-3, -2)], np.float32, "shapes"),
             ("shape str", ["ab"], np.float32, None), ("shapes None", None, np.float32, None),
