@@ -28,10 +28,16 @@ and the fraction of the plain update hidden behind the messages,
 those differences, their spread; the difference taken
 within each rotation). That difference carries the link's noise between rotations; the
 last line does not: the overlapped optimizer's update time with none of the messages its
-rank watched in flight (``timings["exposed"]``, an upper bound on the update not hidden),
-on the rank where that is the largest fraction, and the fraction of the update that ran
-behind messages. It does not show whether running the update slowed the messages down:
-the difference above does.
+rank watched pending (``timings["exposed"]``), on the rank where that is the largest
+fraction, and the fraction of the update that ran while messages were pending. Whether
+those messages moved meanwhile (over TCP, Open MPI moves data only inside MPI calls,
+beyond what the sockets buffer) only the paired difference above shows.
+
+``--compare16`` steps two plain optimizers side by side instead, one step each in turn:
+float32 communication and 16-bit communication (``grad_comm`` and ``param_comm``
+"bfloat16"). It prints both rows, each against its own bound, then the 16-bit
+communication time over the float32 one: the ratio of the medians, and the median and
+quartiles of the ratios paired within each rotation.
 """
 
 import argparse
@@ -171,14 +177,14 @@ def main():
                 print(f"{'':>10} overlapped - exchange alone: median {exposed:.1f} ms, "
                       f"quartiles {q1:.1f} / {q3:.1f} ms over {len(diffs)} rotations")
             # within each step, without the link's noise: the update windows that ended
-            # with none of the messages a rank watched in flight (timings "exposed", an
-            # upper bound), so at least the rest ran behind messages; the worst rank
+            # with none of the messages a rank watched pending (timings "exposed"); the
+            # rest ran while messages were pending; the worst rank
             worst = comm.allreduce((over[3] / over[2] if over[2] else 0.0, rank, over[3],
                                     over[2]), op=MPI.MAX)
             if rank == 0:
-                print(f"{'':>10} update with no message in flight (upper bound, worst rank "
-                      f"{worst[1]}): {worst[2]:.1f} of {worst[3]:.1f} ms; ran behind "
-                      f"messages {1.0 - worst[0]:.2f}")
+                print(f"{'':>10} update with no message pending (worst rank {worst[1]}): "
+                      f"{worst[2]:.1f} of {worst[3]:.1f} ms; ran while messages were "
+                      f"pending {1.0 - worst[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -549,7 +549,7 @@ class ShardedOptimizer:
                 raise ValueError(f"{name}: master_weights=False is not supported (the "
                                  f"shards are float32; param_comm='bfloat16' keeps float32 "
                                  f"master weights and gathers bfloat16 params)")
-        except (TypeError, ValueError) as error:
+        except Exception as error:      # any error: the other ranks must hear of it
             own, local_error = error, str(error).replace(f"{name}: ", "")
         if own is None:
             try:
@@ -565,8 +565,11 @@ class ShardedOptimizer:
                 names = None if names[0] is None else [n for ns in names for n in ns]
                 if names is not None and len(set(names)) != len(names):
                     raise ValueError("param names must be unique")
-            except (TypeError, ValueError) as error:
+            except Exception as error:      # any error: the other ranks must hear of it
                 local_error = str(error).replace(f"{name}: ", "")
+                # raised here as its own type, the message named as this class's
+                own = type(error)(f"{name}: {local_error}") \
+                    if isinstance(error, (TypeError, ValueError)) else error
                 group_params, names = [], None
         flat_params = [p for ps in group_params for p in ps]
         if local_error is not None:
@@ -685,8 +688,8 @@ class ShardedOptimizer:
         #: seconds of the last step: {"check", "reduce_scatter", "clip", "update",
         #: "all_gather"}; with overlap (over several ranks) {"check", "update" (the update
         #: windows), "exposed" (the update windows at whose end none of the messages this
-        #: rank watched was in flight: an upper bound on the update not hidden, as this
-        #: rank sees it), "wait" (blocked on messages), "exchange" (the pipelined part)}
+        #: rank watched was pending: the link may have idled through them), "wait"
+        #: (blocked on messages), "exchange" (the pipelined part)}
         self.timings = {}
 
     # ---- the step -------------------------------------------------------------------------
@@ -1090,8 +1093,9 @@ class ShardedOptimizer:
             for w in range(a, b, _PROGRESS_ELEMENTS):
                 t_window = time.perf_counter()
                 stepper.run(w, min(w + _PROGRESS_ELEMENTS, b))
-                # a window at whose end none of the messages watched is in flight may have
-                # left the link idle: counted whole as exposed (an upper bound)
+                # a window at whose end none of the messages watched is pending may have
+                # left the link idle: counted whole as exposed (one that ends with a
+                # message pending is not, though the message may have stalled in it)
                 if not in_flight or MPI.Request.Testall(in_flight):
                     in_flight = []
                     timings["exposed"] += time.perf_counter() - t_window
@@ -1449,15 +1453,22 @@ class ShardedOptimizer:
             # hyperparameters) only as it loads it, and a checkpoint can fit one rank's part
             # and not another's: load here, inside what the ranks agree on, and put this
             # rank's own state back below if another rank failed (a copy of the shard's
-            # state while loading; loading its own state dict is an exact rollback)
-            snapshot = self.optimizer.state_dict()
-            self.optimizer.load_state_dict(inner, strict=strict)
+            # state while loading; loading its own state dict is an exact rollback, with
+            # what it does not hold: a plateau state waiting for its scheduler, the values
+            # last used)
+            opt = self.optimizer
+            if self.world_size > 1:
+                snapshot = (opt.state_dict(), opt._pending_plateau, opt._used.copy())
+            opt.load_state_dict(inner, strict=strict)
         except Exception as e:      # any error: the other ranks must hear of it
             error = e
         failed = self.comm.allreduce(int(error is not None), op=MPI.SUM)
         if failed:
             if error is None:
-                self.optimizer.load_state_dict(snapshot)
+                own_state, pending, used = snapshot
+                self.optimizer.load_state_dict(own_state)
+                self.optimizer._pending_plateau = pending
+                self.optimizer._used[...] = used
                 raise ValueError(f"{name}: the state does not fit another rank's shard; "
                                  f"nothing was loaded")
             raise error if not isinstance(error, KeyError) else ValueError(

@@ -272,8 +272,9 @@ class _FastlrStep:
             groups = []
             for group in self.param_groups:
                 _check_options("", group)
-                if outside and any(map(_is_inference, group["params"])):
-                    return False
+                if outside and any(map(_is_inference, group["params"])) and any(
+                        p.grad is not None for p in group["params"] if p.is_inference()):
+                    return False        # (one without a grad is skipped: no matter)
                 hyper = self._hyper(group)
                 names = self._state_names(group)
                 self._check_hyper("", 0, hyper, names)
@@ -359,7 +360,7 @@ class _FastlrStep:
                 step_view = None
                 extra = None
                 if st:
-                    if outside:
+                    if outside and self._inference_state:   # (else none is one)
                         key = _inference_key(st)
                         if key is not None:
                             raise TypeError(

@@ -863,7 +863,10 @@ def test_inference_params_without_grad_are_skipped_and_grads_may_be_inference():
     a.grad = g                                 # an inference grad is only read (as torch)
     a0 = a.detach().clone()
     opt.step()
-    opt.step()
+    from fastlr._core import torch_step
+    before = torch_step.fast_steps()
+    opt.step()              # the compiled step: the inference param without a grad is no
+    assert torch_step.fast_steps() == before + 1    # reason to decline it
     assert not torch.equal(a.detach(), a0) and frozen not in opt.state
 
 

@@ -603,6 +603,13 @@ def check_construction_errors_on_one_rank():
                       [last], ValueError, "grad_comm")
         _own_or_named(lambda: build("SparseAdam", lr=1e-3, timeout=30), list(range(N)),
                       ValueError, "optimizer must be one of SGD, Adam")
+
+        def bad_group():        # params of the wrong type on one rank: its own TypeError
+            flat, views = fastlr.flat_buffer(SHAPES, np.float64)
+            return distributed.ShardedOptimizer(
+                "Adam", [{"no params": views}] if RANK == last else views, lr=1e-3,
+                timeout=30)
+        _own_or_named(bad_group, [last], TypeError, "a param group must be a dict")
         flat, dist = build("Adam", lr=1e-3, timeout=30)     # and the world is still usable
         dist.step(rank_grads(0, flat.size)[RANK])
         assert dist.steps == 1
@@ -681,8 +688,11 @@ def check_load_fits_every_rank_or_none():
     for param_comm in (None, "bfloat16"):
         sflat, sviews = fastlr.flat_buffer([(4,), (4,)], np.float64)
         single = fastlr.Adam(sviews, lr=0.1)
+        plateau = fastlr.ReduceLROnPlateau(single)
         single.step(np.ones(8))
-        damaged = single.state_dict()
+        plateau.step(1.0)
+        damaged = single.state_dict()           # with a plateau state (kept pending by a
+        assert "plateau" in damaged             # load without a scheduler attached)
         del damaged["state"][1]["exp_avg_sq"]
         flat, views = fastlr.flat_buffer([(4,), (4,)], np.float64)
         dist = distributed.ShardedOptimizer("Adam", views, lr=0.1, timeout=30,
@@ -690,6 +700,7 @@ def check_load_fits_every_rank_or_none():
         for t in range(2):
             dist.step(rank_grads(t, flat.size)[RANK])
         before = dist.optimizer.state_dict()
+        used = dist.optimizer._used.copy()
         saved = flat.copy()
         master = None if dist.master is None else dist.master.copy()
         with _no_hang():
@@ -708,6 +719,9 @@ def check_load_fits_every_rank_or_none():
                 assert np.array_equal(st[n], after["state"][j][n]), (param_comm, j, n)
         assert np.array_equal(flat, saved)
         assert master is None or np.array_equal(dist.master, master)
+        # the ranks that had loaded put back what their state dict does not hold too
+        assert dist.optimizer._pending_plateau is None, RANK
+        assert np.array_equal(dist.optimizer._used, used, equal_nan=True), RANK
         with _no_hang():
             dist.step(rank_grads(2, flat.size)[RANK])       # nobody is stuck
         assert dist.steps == 3
