@@ -75,8 +75,10 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -1640,9 +1642,20 @@ def _relaunch(argv, openmp_env):
     code = ("import sys; sys.path.pop(0); from fastlr._tools.bench import main; "
             "sys.exit(main(sys.argv[1:]))")
     try:
-        return subprocess.call([sys.executable, "-c", code, *argv], env=env)
+        code = subprocess.call([sys.executable, "-c", code, *argv], env=env)
     except KeyboardInterrupt:
         return 130
+    if code < 0:                                  # killed by a signal
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = (": the system may have run out of memory (try smaller --sizes)"
+                if -code == signal.SIGKILL else "")
+        print(f"fastlr bench: the benchmark process was killed by {name}{hint}",
+              file=sys.stderr)
+        return 128 - code
+    return code
 
 
 def main(argv=None):
@@ -1662,6 +1675,10 @@ def main(argv=None):
         except ImportError as e:
             print(f"fastlr bench: {e}", file=sys.stderr)
             return 2
+    if args.min_sample is not None and not 0 < args.min_sample < math.inf:
+        print(f"fastlr bench: --min-sample must be a positive number of seconds, got "
+              f"{args.min_sample:g}", file=sys.stderr)
+        return 2
     if args.spin_count is not None and args.spin_count < 0:
         print("fastlr bench: --spin-count must be >= 0", file=sys.stderr)
         return 2

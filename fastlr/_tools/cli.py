@@ -134,6 +134,10 @@ def make_optimizer(name, params, lr):
     return cls(params, lr=lr, **DEMO_OPTIONS.get(name, {}))
 
 
+class TooFewSteps(ValueError):
+    """The demo's run is too short for its schedule (raised before any training)."""
+
+
 def make_schedule(name, peak, total_steps):
     from fastlr import schedules
 
@@ -222,6 +226,15 @@ def demo(optimizer="adamw", schedule="warmup_cosine", epochs=30, batch_size=64, 
     n_params = sum(p.size for p in init)
     steps_per_epoch = -(-len(y_tr) // batch_size)
     total_steps = epochs * steps_per_epoch
+    try:                                      # before the range test: fail at once
+        make_schedule(schedule, 1.0, total_steps)
+    except ValueError as error:
+        raise TooFewSteps(f"--schedule {schedule} cannot run {total_steps} step"
+                          f"{'s' if total_steps > 1 else ''} ({epochs} epoch"
+                          f"{'s' if epochs > 1 else ''} of {steps_per_epoch} batch"
+                          f"{'es' if steps_per_epoch > 1 else ''} of {batch_size} out of "
+                          f"{len(y_tr)} samples): use more --epochs or a smaller "
+                          f"--batch-size ({error})") from None
     print(f"fastlr demo: {name}", file=out)
     print(f"  {len(y_tr)} training / {len(y_te)} held-out samples; a {x_tr.shape[1]}-{hidden}-10 "
           f"MLP ({n_params} {dtype.name} parameters); {optimizer}, {epochs} "
@@ -531,6 +544,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.hidden < 1:
         parser.error("--epochs, --batch-size and --hidden must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     try:
         demo(optimizer=args.optimizer, schedule=args.schedule, epochs=args.epochs,
              batch_size=args.batch_size, hidden=args.hidden, seed=args.seed,
@@ -539,6 +554,8 @@ def main(argv=None):
         where = f" {error.filename}" if error.filename else ""
         raise SystemExit(f"fastlr demo: cannot write{where}: "
                          f"{error.strerror or error}") from None
+    except TooFewSteps as error:
+        parser.error(str(error))
     return 0
 
 

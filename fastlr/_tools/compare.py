@@ -993,6 +993,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for option, n in (("--epochs", args.epochs), ("--steps", args.steps)):
         if n is not None and n < 1:
             parser.error(f"{option} must be >= 1, got {n}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    warmup = [m for m in (args.methods or list(METHODS))
+              if METHODS[m].schedule == "warmup_cosine"]
+    if args.steps == 1 and warmup:
+        parser.error(f"--steps must be >= 2 for {', '.join(warmup)} (a warmup-cosine "
+                     f"schedule needs a step after its warmup step), got 1")
     _writable(parser, "--png", args.png)
     _writable(parser, "--json", args.json)
     if args.png is not None:        # before the study: a missing matplotlib fails at once

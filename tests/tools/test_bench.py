@@ -361,6 +361,22 @@ def test_main_usage_errors(capsys, monkeypatch):
     assert bench.main(["--sizes", "12Q"]) == 2
     assert bench.main(["--repeat", "0"]) == 2
     assert bench.main(["--spin-count", "-1"]) == 2
+    for bad in ("-1", "0", "nan", "inf"):
+        assert bench.main(["--min-sample", bad]) == 2
+        assert "--min-sample must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_a_relaunched_child_killed_by_a_signal_is_reported(monkeypatch, capsys):
+    """A child killed by SIGKILL (the kernel's out-of-memory killer) is named, with a
+    hint, and the exit status is the shell's 128 + signal (not a bare 247)."""
+    monkeypatch.delenv("FASTLR_BENCH_CHILD", raising=False)
+    monkeypatch.setattr(bench.subprocess, "call", lambda *a, **k: -9)
+    assert bench._relaunch(["--sizes", "1G"], {}) == 137
+    err = capsys.readouterr().err
+    assert "killed by SIGKILL: the system may have run out of memory" in err
+    monkeypatch.setattr(bench.subprocess, "call", lambda *a, **k: -15)
+    assert bench._relaunch([], {}) == 143
+    assert "killed by SIGTERM" in capsys.readouterr().err
     assert bench.main(["--help"]) == 0
 
 

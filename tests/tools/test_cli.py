@@ -222,6 +222,24 @@ def test_a_bad_out_path_is_a_one_line_error(argv, message, tmp_path):
     assert "epoch" not in proc.stdout        # the demo fails before training
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "100000", "--epochs", "1"],
+     "--schedule warmup_cosine cannot run 1 step (1 epoch of 1 batch of 100000 out of "),
+    (["--batch-size", "1000", "--epochs", "1", "--schedule", "one_cycle"],
+     "--schedule one_cycle cannot run 2 steps (1 epoch of 2 batches of 1000 out of "),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+], ids=["warmup-cosine-1-step", "one-cycle-2-steps", "negative-seed"])
+def test_demo_refuses_what_it_cannot_run_before_training(argv, message, capsys):
+    """A run too short for its schedule, or a negative seed, is a usage error (exit 2),
+    before the range test: not a traceback after it."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", "--hidden", "8", "--no-plots", *argv])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert f"error: {message}" in captured.err
+    assert "Traceback" not in captured.err and "range test" not in captured.out
+
+
 def test_schedule_command_takes_schedule_expressions(capsys):
     """Compositions take schedules: an expression of fastlr.schedules constructors, a list
     for the variadic ones (minimum, maximum, chained), evaluated without anything else."""

@@ -333,6 +333,9 @@ def test_command_png(tmp_path, capsys):
     (["--epochs", "2", "--steps", "3"], "argument --steps: not allowed with argument "
                                         "--epochs"),
     (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--steps", "1"], "--steps must be >= 2 for adamw, sgd (a warmup-cosine schedule needs "
+                       "a step after its warmup step), got 1"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--decades", "-1"], "--decades must be in (0, 12], got -1"),
     (["--png", "/no/such/folder/x.png"], "--png: cannot write /no/such/folder/x.png: no "
                                          "folder /no/such/folder"),
@@ -379,7 +382,7 @@ def test_command_png_without_matplotlib_says_how_to_install(monkeypatch, tmp_pat
 
     monkeypatch.setattr(plot, "require_matplotlib", missing)
     with pytest.raises(SystemExit) as info:
-        compare.main(["--png", str(tmp_path / "x.png"), "--steps", "1"])
+        compare.main(["--png", str(tmp_path / "x.png"), "--steps", "2"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "fastlr compare: error: --png: fastlr's plots need matplotlib: pip install" in err
