@@ -36,6 +36,10 @@ Faults never leave a job hanging silently:
 
 Checkpoints (:meth:`ShardedOptimizer.save`) are written atomically, so the last complete
 one resumes on any number of ranks.
+
+:meth:`ShardedOptimizer.close` (or a ``with`` block) frees the communicator an optimizer
+makes; garbage collection does not (freeing is collective, and the ranks collect garbage at
+different moments).
 """
 
 from __future__ import annotations
@@ -402,6 +406,11 @@ class ShardedOptimizer:
     (views of one buffer are used in place; other arrays are copied into an internal flat
     buffer). It is collective: every rank calls it once per step.
 
+    The optimizer duplicates ``comm`` for its own messages; :meth:`close` frees that
+    communicator (collective), as does leaving ``with ShardedOptimizer(...) as opt:``.
+    Garbage collection does not (see :meth:`close`): a program that builds many
+    optimizers closes each.
+
     ``max_grad_norm`` clips by the norm of the mean grad over all params and ranks;
     ``skip_nonfinite`` skips the step on every rank when any rank's grad holds a NaN or
     Inf. The shard's optimizer is :attr:`optimizer` (a plain fastlr optimizer over this
@@ -663,8 +672,9 @@ class ShardedOptimizer:
         self.skipped_steps = 0
         self.last_grad_norm = math.nan
         # fastlr's own messages travel on a duplicate of comm, so they never match a
-        # message of the caller's
+        # message of the caller's; close() frees it (never a finalizer: see close)
         self._wire = comm.Dup()
+        self._closed = False
         # the plain step's 16-bit exchange travels in pieces (see _in_pieces) between hosts;
         # between ranks that all share one host's memory in one piece per round (there the
         # ranks' own cores copy the messages, and pieces made the exchange about 5% slower). The
@@ -691,6 +701,58 @@ class ShardedOptimizer:
         #: rank watched was pending: the link may have idled through them), "wait"
         #: (blocked on messages), "exchange" (the pipelined part)}
         self.timings = {}
+
+    # ---- closing -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Collective: free the communicator this optimizer made (a duplicate of ``comm``,
+        where its own messages travel) and stop its watchdog.
+
+        Every rank calls it (or leaves a ``with`` block), once the optimizer is done with;
+        calling it again does nothing. Afterwards ``step``, ``save``, ``load``,
+        ``gathered_state_dict``, ``load_gathered_state_dict`` and ``load_state_dict``
+        raise ``ValueError``; ``state_dict()``, the params and the attributes stay
+        readable. ``comm`` itself is the caller's and stays open.
+
+        MPI has a limited number of communicators (Open MPI 4.1: about 65500 per process),
+        so a program that builds many optimizers (a hyperparameter sweep, tests) closes
+        each. Garbage collection does not free it: freeing a communicator is collective in
+        MPI, and the ranks collect their garbage at different moments (or during
+        interpreter shutdown, after ``MPI_Finalize``), so a finalizer that freed it could
+        wait forever for the other ranks or fail; an optimizer never closed keeps its
+        communicator until the program ends.
+
+        Open MPI frees a communicator without waiting for the other ranks (the MPI
+        standard allows it), so a rank that leaves a ``with`` block by an exception
+        closes its optimizer and goes on; the exception then aborts every rank if
+        uncaught (``abort_on_exception``), as before.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._watchdog.stop()
+        if self._agree_requests is not None:
+            for request in self._agree_requests:
+                request.Free()
+            self._agree_requests = None
+        self._wire.Free()           # mpi4py sets it to MPI.COMM_NULL
+        # the exchange's buffers (a shard per other rank with overlap) go now
+        self._recv = self._rounds = self._send16 = self._recv16 = self._flat_grad = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> "ShardedOptimizer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _check_open(self, name):
+        if self._closed:
+            raise ValueError(f"{name}: the optimizer is closed (close() freed its "
+                             f"communicator); build a new ShardedOptimizer")
 
     # ---- the step -------------------------------------------------------------------------
     def _grad_buffer(self, grads):
@@ -934,6 +996,8 @@ class ShardedOptimizer:
             If the grads do not fit the params (count, shapes, names), share memory with
             them, or another rank's grads are invalid; nothing is updated on any rank.
         """
+        if self._closed:
+            self._check_open("fastlr.distributed.ShardedOptimizer.step")
         MPI = self._MPI
         t0 = time.perf_counter()
         self._calls += 1
@@ -1275,6 +1339,7 @@ class ShardedOptimizer:
             If an entry has the wrong type.
         """
         name = "fastlr.distributed.ShardedOptimizer.load_state_dict"
+        self._check_open(name)
         sd = state_dict
         if not isinstance(sd, dict) or sd.get("format") != "fastlr-sharded-1":
             raise ValueError(f"{name}: not a sharded state dict (use "
@@ -1325,10 +1390,11 @@ class ShardedOptimizer:
         TypeError
             If ``root`` is not an int.
         ValueError
-            If ``root`` is not a rank of the communicator.
+            If ``root`` is not a rank of the communicator, or the optimizer is closed.
         """
-        _root_arg("fastlr.distributed.ShardedOptimizer.gathered_state_dict", root,
-                  self.world_size)
+        name = "fastlr.distributed.ShardedOptimizer.gathered_state_dict"
+        self._check_open(name)
+        _root_arg(name, root, self.world_size)
         mine = self.optimizer.state_dict()
         scalar = self.optimizer._scalar    # the per-param scalar state (NAdam's mu_product)
         info = []
@@ -1429,9 +1495,10 @@ class ShardedOptimizer:
             If an argument has the wrong type.
         ValueError
             If the state does not fit this model (on any rank); nothing is loaded on any
-            rank.
+            rank. Also if the optimizer is closed.
         """
         name = "fastlr.distributed.ShardedOptimizer.load_gathered_state_dict"
+        self._check_open(name)
         self._load_gathered(name, state_dict, root, strict)
 
     def _load_gathered(self, name, state_dict, root, strict):
@@ -1593,11 +1660,12 @@ class ShardedOptimizer:
         Raises
         ------
         ValueError
-            If ``root`` is not a rank of the communicator.
+            If ``root`` is not a rank of the communicator, or the optimizer is closed.
         OSError
             If the file cannot be written (on every rank: rank ``root`` its own error).
         """
         name = "fastlr.distributed.ShardedOptimizer.save"
+        self._check_open(name)
         _root_arg(name, root, self.world_size)
         sd = self.gathered_state_dict(root=root)
         error = None
@@ -1631,8 +1699,9 @@ class ShardedOptimizer:
         ------
         ValueError
             If any rank cannot read the file, or it does not fit this model; nothing is
-            loaded on any rank.
+            loaded on any rank. Also if the optimizer is closed.
         """
+        self._check_open("fastlr.distributed.ShardedOptimizer.load")
         error = sd = None
         try:
             sd = _optim.read_checkpoint(path, "fastlr.distributed.ShardedOptimizer.load")
