@@ -37,15 +37,19 @@ Faults never leave a job hanging silently:
 Checkpoints (:meth:`ShardedOptimizer.save`) are written atomically, so the last complete
 one resumes on any number of ranks.
 
-:meth:`ShardedOptimizer.close` (or a ``with`` block) frees the communicator an optimizer
-makes; garbage collection does not (freeing is collective, and the ranks collect garbage at
-different moments).
+At construction the ranks compare their params and their optimizers' settings (every
+group's hyperparameters, schedules by their repr): a rank built otherwise makes every rank
+raise, naming the setting, the group and the ranks. :meth:`ShardedOptimizer.close` (or a
+``with`` block) frees the communicator an optimizer makes; garbage collection does not
+(freeing is collective, and the ranks collect garbage at different moments).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import re
 import sys
 import threading
 import time
@@ -63,6 +67,7 @@ from fastlr._core import bf16 as _bf16
 from fastlr._core.engine import grad_stats
 from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
 from fastlr.optim.stepping import supports_windows as _supports_windows
+from fastlr.schedules import Schedule
 
 __all__ = ["ShardedOptimizer", "shard_bounds", "to_bfloat16", "from_bfloat16"]
 
@@ -390,6 +395,77 @@ def _raise_if_any(name, own, message, everyone):
                      f"{everyone[failed[0]]}")
 
 
+#: a memory address in a repr (a Python function's, inside a schedule's repr)
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _setting(value):
+    """A hyperparameter as the ranks compare it (picklable): a number as it is (floats
+    exactly), a pair as a tuple, a schedule or callable as its repr without memory addresses
+    (so a Python function in it is compared by its name only: fastlr cannot tell two
+    functions apart, as when a checkpoint is loaded), anything else by its repr."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_setting(v) for v in value)
+    if isinstance(value, Schedule) or callable(value):
+        return ("schedule", _ADDRESS.sub("", repr(value)))
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return ("repr", _ADDRESS.sub("", repr(value)))
+
+
+def _shown(value):
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in ("schedule", "repr"):
+        return value[1]
+    return repr(value)
+
+
+def _settings(optimizer, max_grad_norm, skip_nonfinite):
+    """What every rank's shard optimizer must share: ({option: value}, per group
+    {hyperparameter: value}), as :func:`_setting` makes them."""
+    options = {"max_grad_norm": max_grad_norm, "skip_nonfinite": skip_nonfinite,
+               "state_dtype": getattr(optimizer, "_state_dtype", None)}
+    groups = [{k: _setting(v) for k, v in g.items() if k not in ("params", "param_names")}
+              for g in optimizer.param_groups]
+    return {k: _setting(v) for k, v in options.items()}, groups
+
+
+def _settings_diff(everyone):
+    """One line per setting that differs between ranks (``everyone``: each rank's
+    :func:`_settings`), naming it, its group and which ranks have which value."""
+    lines = []
+
+    def compare(label, values):
+        distinct = []           # (value, ranks), in order of the first rank that has it
+        for r, v in enumerate(values):
+            for value, ranks in distinct:
+                if value == v:      # (1 and 1.0 are the same setting, as are True and 1)
+                    ranks.append(r)
+                    break
+            else:
+                distinct.append((v, [r]))
+        if len(distinct) > 1:
+            lines.append(f"{label} is " + ", ".join(
+                f"{_shown(v)} on rank(s) {ranks}" for v, ranks in distinct))
+
+    missing = ("repr", "(not set)")
+    for key in everyone[0][0]:
+        compare(key, [options.get(key, missing) for options, _ in everyone])
+    for g in range(max(len(groups) for _, groups in everyone)):
+        per_rank = [groups[g] if g < len(groups) else {} for _, groups in everyone]
+        keys = sorted({k for d in per_rank for k in d})
+        for key in keys:
+            compare(f"param_groups[{g}][{key!r}]", [d.get(key, missing) for d in per_rank])
+    return lines
+
+
 class ShardedOptimizer:
     """A fastlr optimizer data-parallel over MPI ranks, its state sharded (ZeRO stage 1).
 
@@ -488,8 +564,11 @@ class ShardedOptimizer:
         If ``optimizer`` is not one a shard can run (SGD, Adam, AdamW, RMSprop, Adagrad,
         Adadelta, Adamax, NAdam, RAdam, Lion, Rprop, ASGD or a subclass; not SparseAdam),
         any rank's params are invalid (empty, not views of one flat buffer, wrong dtype),
-        or the ranks' models differ. Every rank raises when any rank's arguments, params
-        or hyperparameters are invalid: that rank its own error, the others a
+        or the ranks' models differ, or their settings differ (any group's
+        hyperparameters, numbers compared exactly and schedules by their repr;
+        ``max_grad_norm``, ``skip_nonfinite``, ``state_dtype``: the message names the
+        setting, its group and the ranks). Every rank raises when any rank's arguments,
+        params or hyperparameters are invalid: that rank its own error, the others a
         ``ValueError`` naming the rank(s) that failed.
 
     Examples
@@ -646,17 +725,28 @@ class ShardedOptimizer:
                                      params=views) if isinstance(g, dict) else
                                 {"params": views})
         # the hyperparameters are the optimizer's to check, on each rank's own: the ranks
-        # agree on the outcome, as on the params
-        own = local_error = None
+        # agree on the outcome, as on the params, and then compare what each rank's
+        # optimizer holds (its groups' hyperparameters, schedules by their repr, and the
+        # options that change the update): each rank updates its own shard, so a setting
+        # that differed would train the shards otherwise, silently. Compared here only,
+        # in the all-gather the construction makes anyway (nothing per step)
+        own = local_error = settings = None
         try:
             self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
             if overlap and not _supports_windows(self.optimizer):
                 raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of "
                                  f"the step engine ({', '.join(_SUPPORTED)}), got "
                                  f"{cls.__name__}")
+            settings = _settings(self.optimizer, max_grad_norm, skip_nonfinite)
         except Exception as error:      # any error: the other ranks must hear of it
             own, local_error = error, str(error).replace(f"{name}: ", "")
-        _raise_if_any(name, own, local_error, comm.allgather(local_error))
+        everyone = comm.allgather((local_error, settings))
+        _raise_if_any(name, own, local_error, [e for e, _ in everyone])
+        differ = _settings_diff([s for _, s in everyone])
+        if differ:
+            raise ValueError(f"{name}: the ranks' optimizers differ: {'; '.join(differ)}. "
+                             f"Each rank updates its own shard with its own settings: every "
+                             f"rank must pass the same hyperparameters")
         self._overlap = overlap
         self._bucket_size = bucket_size
         # overlap: each shard in n_buckets equal parts (bucket c of rank k's shard is

@@ -791,13 +791,75 @@ def check_close():
         os.unlink(path)
 
 
+def _differ_everywhere(fn, *parts):
+    """fn() raises a ValueError on every rank, whose message holds every one of parts."""
+    try:
+        fn()
+    except ValueError as error:
+        for part in parts:
+            assert part in str(error), (part, str(error))
+        return
+    raise AssertionError(f"rank {RANK}: nothing raised ({parts})")
+
+
+def check_hyperparameters_agree():
+    """The shard optimizers' settings are compared across ranks at construction (floats
+    exactly, schedules by their repr): one that differs on a rank raises a ValueError on
+    every rank naming the setting, its group and the ranks. The same settings spelled
+    otherwise (a list for a tuple, a schedule built on each rank, a Python function whose
+    address differs) agree."""
+    if N == 1:
+        return
+    last = N - 1
+    odd = RANK == last
+    others = list(range(N - 1))
+    where = f"rank(s) {others}"
+    with _no_hang():
+        _differ_everywhere(lambda: build("Adam", lr=2e-3 if odd else 1e-3, timeout=30),
+                           "param_groups[0]['lr']", where, f"rank(s) [{last}]",
+                           "0.001", "0.002")
+        # floats exactly: one ulp apart
+        lr = np.nextafter(1e-3, 1.0) if odd else 1e-3
+        _differ_everywhere(lambda: build("Adam", lr=lr, timeout=30), "param_groups[0]['lr']",
+                           f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("AdamW", betas=(0.9, 0.99 if odd else 0.999),
+                                         timeout=30),
+                           "param_groups[0]['betas']", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("SGD", lr=schedules.cosine(0.1, 40 + odd),
+                                         timeout=30),
+                           "param_groups[0]['lr']", "cosine(0.1, 41)", "cosine(0.1, 40)")
+
+        def grouped(wd):
+            flat, views = fastlr.flat_buffer(SHAPES)
+            return distributed.ShardedOptimizer(
+                "AdamW", [{"params": views[:2]}, {"params": views[2:], "weight_decay": wd}],
+                lr=1e-3, timeout=30)
+        _differ_everywhere(lambda: grouped(0.2 if odd else 0.1),
+                           "param_groups[1]['weight_decay']", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("Adam", lr=1e-3, max_grad_norm=2.0 if odd else 1.0,
+                                         timeout=30), "max_grad_norm", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("Adam", lr=1e-3, skip_nonfinite=odd, timeout=30),
+                           "skip_nonfinite", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("Adam", np.float32, lr=1e-3, timeout=30, state_dtype=(
+            "bfloat16" if odd else "float32")), "state_dtype", f"rank(s) [{last}]")
+        # the same settings, spelled otherwise on some ranks
+        build("Adam", betas=[0.9, 0.999] if odd else (0.9, 0.999), lr=1 if odd else 1.0,
+              timeout=30)[1].close()
+        build("SGD", lr=schedules.warmup_cosine(0.1, warmup_steps=5, total_steps=40),
+              timeout=30)[1].close()
+        fn = (lambda step: 0.1) if odd else (lambda step: 0.1)    # two objects
+        build("SGD", lr=schedules.from_callable(fn), timeout=30)[1].close()
+        # settings each rank may choose for itself
+        build("Adam", lr=1e-3, timeout=30 + RANK, n_threads=1 + RANK % 2)[1].close()
+
+
 CHECKS = [check_hosts, check_overlap, check_zero_size_param_state, check_parity,
           check_grad_comm_bfloat16, check_param_comm_bfloat16, check_pipelined_pieces,
           check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model, check_construction_errors_on_one_rank,
           check_grad_forms_mixed, check_save_error_everywhere,
-          check_load_fits_every_rank_or_none, check_close]
+          check_load_fits_every_rank_or_none, check_close, check_hyperparameters_agree]
 
 
 def main():
