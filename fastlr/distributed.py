@@ -35,7 +35,10 @@ Faults never leave a job hanging silently:
   process rank 1 ... exited on signal 9"), or else the others time out as above.
 
 Checkpoints (:meth:`ShardedOptimizer.save`) are written atomically, so the last complete
-one resumes on any number of ranks.
+one resumes on any number of ranks. ``save``, ``load`` and the gathered state's methods
+agree on their arguments before any rank waits for another (a rank whose arguments are
+wrong makes every rank raise); outside the step there is no watchdog, so a rank that never
+calls one of them (or dies in it) leaves the others waiting until the launcher ends the job.
 
 At construction the ranks compare their params and their optimizers' settings (every
 group's hyperparameters, schedules by their repr): a rank built otherwise makes every rank
@@ -49,6 +52,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import pickle
 import re
 import sys
 import threading
@@ -243,6 +247,8 @@ _TAG_GATHER = 13
 #: moves a message along only while this rank is inside an MPI call)
 _PROGRESS_ELEMENTS = 1 << 18
 _DEFAULT_TIMEOUT = 1800.0
+#: bytes per message of load_gathered_state_dict's broadcast of a pickled state
+_BCAST_BYTES = 1 << 30
 #: bytes per message of the plain step's 16-bit exchange between hosts (its rounding,
 #: widening and additions run on one piece while the next ones travel)
 _PIPELINE_BYTES = 1 << 20
@@ -1478,13 +1484,40 @@ class ShardedOptimizer:
         Raises
         ------
         TypeError
-            If ``root`` is not an int.
+            If ``root`` is not an int (on every rank: the others a ``ValueError`` naming
+            the rank).
         ValueError
-            If ``root`` is not a rank of the communicator, or the optimizer is closed.
+            If ``root`` is not a rank of the communicator, or the ranks passed different
+            roots (on every rank), or the optimizer is closed.
         """
         name = "fastlr.distributed.ShardedOptimizer.gathered_state_dict"
         self._check_open(name)
-        _root_arg(name, root, self.world_size)
+        error = None
+        try:
+            _root_arg(name, root, self.world_size)
+        except Exception as e:      # any error: the other ranks must hear of it
+            error = e
+        self._agree_args(name, error, root)
+        return self._gathered(root)
+
+    def _agree_args(self, name, error, root=None):
+        """Collective (one small all-gather on ``comm``), before a collective method's own
+        collectives: raise on every rank when any rank's arguments were invalid
+        (``error``: this rank's error, or None), that rank its own error and the others a
+        ValueError naming it; and when the ranks passed different roots. Without it a
+        rank that raised alone would leave the others waiting in the method's first
+        collective, with no watchdog (only the step arms one)."""
+        message = None if error is None else str(error).replace(f"{name}: ", "")
+        everyone = self.comm.allgather((message, None if error is not None else root))
+        _raise_if_any(name, error, message, [m for m, _ in everyone])
+        roots = [r for _, r in everyone]
+        if any(r != roots[0] for r in roots):
+            shown = ", ".join(f"rank {k}: {r!r}" for k, r in enumerate(roots))
+            raise ValueError(f"{name}: the ranks passed different roots ({shown}); every "
+                             f"rank must pass the same root")
+
+    def _gathered(self, root):
+        """gathered_state_dict, its arguments agreed on."""
         mine = self.optimizer.state_dict()
         scalar = self.optimizer._scalar    # the per-param scalar state (NAdam's mu_product)
         info = []
@@ -1582,24 +1615,56 @@ class ShardedOptimizer:
         Raises
         ------
         TypeError
-            If an argument has the wrong type.
+            If an argument has the wrong type, or rank ``root`` cannot pickle the state to
+            broadcast it (on every rank: the others a ``ValueError`` naming the rank).
         ValueError
-            If the state does not fit this model (on any rank); nothing is loaded on any
-            rank. Also if the optimizer is closed.
+            If the state does not fit this model (on any rank), or the ranks passed
+            different roots (or None on some); nothing is loaded on any rank. Also if the
+            optimizer is closed.
         """
         name = "fastlr.distributed.ShardedOptimizer.load_gathered_state_dict"
         self._check_open(name)
-        self._load_gathered(name, state_dict, root, strict)
+        error: Optional[Exception] = None
+        payload = b""               # on rank root with a root: the pickled state
+        try:
+            strict = flag_arg(name, "strict", strict)
+            if root is not None:
+                _root_arg(name, root, self.world_size)
+                if self.rank == root and self.world_size > 1:
+                    # pickled before any rank waits for it: a state that cannot be pickled
+                    # raises here, inside what the ranks agree on
+                    try:
+                        payload = pickle.dumps(state_dict, protocol=pickle.HIGHEST_PROTOCOL)
+                    except Exception as e:
+                        raise TypeError(f"{name}: rank {root} cannot pickle the state to "
+                                        f"broadcast it ({type(e).__name__}: {e})") from e
+        except Exception as e:      # any error: the other ranks must hear of it
+            error = e
+        self._agree_args(name, error, root)
+        received: Optional[bytearray] = None
+        if root is not None and self.world_size > 1:
+            # the pickled state from rank root: its size, then its bytes (in pieces of
+            # at most 1 GiB: an MPI count is an int)
+            size = self.comm.bcast(len(payload) if self.rank == root else None, root=root)
+            if self.rank != root:
+                received = bytearray(size)
+            view = memoryview(payload if received is None else received)
+            for start in range(0, size, _BCAST_BYTES):
+                self.comm.Bcast([view[start:start + _BCAST_BYTES], self._MPI.BYTE],
+                                root=root)
+        self._load_gathered(name, state_dict if received is None else None, strict,
+                            received)
 
-    def _load_gathered(self, name, state_dict, root, strict):
-        strict = flag_arg(name, "strict", strict)
+    def _load_gathered(self, name, state_dict, strict, received=None):
+        """Collective: load a gathered state (``received``: pickled, from another rank),
+        the arguments agreed on; every rank loads or none."""
         MPI = self._MPI
-        if root is not None:
-            _root_arg(name, root, self.world_size)
-        sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
         error = None
         master = snapshot = None
+        sd = state_dict
         try:
+            if received is not None:
+                sd = pickle.loads(received)
             inner = self._shard_state(name, sd, strict)
             skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
             if self._master is not None and sd.get("master") is not None:
@@ -1749,15 +1814,24 @@ class ShardedOptimizer:
 
         Raises
         ------
+        TypeError
+            If ``root`` is not an int (on every rank: the others a ``ValueError`` naming
+            the rank).
         ValueError
-            If ``root`` is not a rank of the communicator, or the optimizer is closed.
+            If ``root`` is not a rank of the communicator, or the ranks passed different
+            roots (on every rank), or the optimizer is closed.
         OSError
             If the file cannot be written (on every rank: rank ``root`` its own error).
         """
         name = "fastlr.distributed.ShardedOptimizer.save"
         self._check_open(name)
-        _root_arg(name, root, self.world_size)
-        sd = self.gathered_state_dict(root=root)
+        error = None
+        try:
+            _root_arg(name, root, self.world_size)
+        except Exception as e:      # any error: the other ranks must hear of it
+            error = e
+        self._agree_args(name, error, root)
+        sd = self._gathered(root)
         error = None
         if sd is not None:          # rank root
             try:
@@ -1787,18 +1861,21 @@ class ShardedOptimizer:
 
         Raises
         ------
+        TypeError
+            If ``strict`` is not a bool (on every rank: the others a ``ValueError`` naming
+            the rank).
         ValueError
-            If any rank cannot read the file, or it does not fit this model; nothing is
-            loaded on any rank. Also if the optimizer is closed.
+            If any rank cannot read the file (that rank its own error, the others one
+            naming it), or it does not fit this model; nothing is loaded on any rank. Also
+            if the optimizer is closed.
         """
-        self._check_open("fastlr.distributed.ShardedOptimizer.load")
+        name = "fastlr.distributed.ShardedOptimizer.load"
+        self._check_open(name)
         error = sd = None
         try:
-            sd = _optim.read_checkpoint(path, "fastlr.distributed.ShardedOptimizer.load")
-        except ValueError as e:
+            strict = flag_arg(name, "strict", strict)
+            sd = _optim.read_checkpoint(path, name)
+        except Exception as e:      # any error: the other ranks must hear of it
             error = e
-        if self.comm.allreduce(int(error is not None), op=self._MPI.SUM):
-            raise error if error is not None else ValueError(
-                "fastlr.distributed.ShardedOptimizer.load: another rank could not read the "
-                "checkpoint")
-        self._load_gathered("fastlr.distributed.ShardedOptimizer.load", sd, None, strict)
+        self._agree_args(name, error)
+        self._load_gathered(name, sd, strict)

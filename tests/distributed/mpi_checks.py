@@ -853,13 +853,73 @@ def check_hyperparameters_agree():
         build("Adam", lr=1e-3, timeout=30 + RANK, n_threads=1 + RANK % 2)[1].close()
 
 
+def _hangs_nowhere(fn, failing, own_type, match):
+    """fn() raises on every rank within the guard's time: on the ranks in ``failing`` its
+    own error, on the others one naming them; then a step runs on every rank."""
+    with _no_hang(30):
+        _own_or_named(fn, failing, own_type, match)
+
+
+def check_checkpoint_errors_on_one_rank():
+    """save, load, gathered_state_dict and load_gathered_state_dict with an argument that
+    is wrong on one rank only (a root out of range or of the wrong type, a strict that is
+    not a flag, a state that cannot be pickled, different roots): every rank raises (that
+    rank its own error, the others one naming it), nothing is loaded, and the next step
+    runs on every rank (none waits in the call's collectives)."""
+    path = COMM.bcast(os.path.join(tempfile.gettempdir(), f"fastlr-args-{os.getppid()}.npz"))
+    last = N - 1
+    flat, dist = build("Adam", lr=1e-2, timeout=30)
+    dist.step(rank_grads(0, flat.size)[RANK])
+    with _no_hang(30):
+        dist.save(path)
+        gathered = dist.gathered_state_dict()
+    before, state = flat.copy(), dist.state_dict()
+    _hangs_nowhere(lambda: dist.save(path, root=N if RANK == last else 0), [last],
+                   ValueError, "root")
+    _hangs_nowhere(lambda: dist.save(path, root="0" if RANK == last else 0), [last],
+                   TypeError, "root")
+    _hangs_nowhere(lambda: dist.gathered_state_dict(root=-1 if RANK == last else 0), [last],
+                   ValueError, "root")
+    _hangs_nowhere(lambda: dist.load(path, strict="yes" if RANK == last else True), [last],
+                   TypeError, "strict")
+    _hangs_nowhere(lambda: dist.load(path if RANK != last else path + ".missing"), [last],
+                   ValueError, "not a readable")
+    _hangs_nowhere(lambda: dist.load_gathered_state_dict(gathered if RANK == 0 else None,
+                                                         root=0,
+                                                         strict=None if RANK == last else True),
+                   [last], TypeError, "strict")
+    if N > 1:
+        # the root of a broadcast state cannot pickle it
+        unpicklable = dict(gathered or {}, extra=lambda: None)
+        _hangs_nowhere(lambda: dist.load_gathered_state_dict(
+            unpicklable if RANK == 0 else None, root=0), [0], TypeError, "pickle")
+        # the ranks disagree on the root (or on whether there is one)
+        with _no_hang(30):
+            _differ_everywhere(lambda: dist.save(path, root=RANK), "root")
+            _differ_everywhere(lambda: dist.gathered_state_dict(root=RANK), "root")
+            _differ_everywhere(lambda: dist.load_gathered_state_dict(
+                gathered, root=0 if RANK == 0 else None), "root")
+    assert np.array_equal(flat, before) and dist.steps == 1
+    after = dist.state_dict()
+    for j, st in state["optimizer"]["state"].items():
+        for n in st:
+            assert np.array_equal(st[n], after["optimizer"]["state"][j][n]), (j, n)
+    with _no_hang(30):
+        dist.step(rank_grads(1, flat.size)[RANK])       # nobody is stuck
+    assert dist.steps == 2
+    COMM.Barrier()
+    if RANK == 0 and os.path.exists(path):
+        os.unlink(path)
+
+
 CHECKS = [check_hosts, check_overlap, check_zero_size_param_state, check_parity,
           check_grad_comm_bfloat16, check_param_comm_bfloat16, check_pipelined_pieces,
           check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model, check_construction_errors_on_one_rank,
           check_grad_forms_mixed, check_save_error_everywhere,
-          check_load_fits_every_rank_or_none, check_close, check_hyperparameters_agree]
+          check_load_fits_every_rank_or_none, check_close, check_hyperparameters_agree,
+          check_checkpoint_errors_on_one_rank]
 
 
 def main():
