@@ -35,13 +35,25 @@ Faults never leave a job hanging silently:
   process rank 1 ... exited on signal 9"), or else the others time out as above.
 
 Checkpoints (:meth:`ShardedOptimizer.save`) are written atomically, so the last complete
-one resumes on any number of ranks.
+one resumes on any number of ranks. ``save``, ``load`` and the gathered state's methods
+agree on their arguments before any rank waits for another (a rank whose arguments are
+wrong makes every rank raise); outside the step there is no watchdog, so a rank that never
+calls one of them (or dies in it) leaves the others waiting until the launcher ends the job.
+
+At construction the ranks compare their params and their optimizers' settings (every
+group's hyperparameters, schedules by their repr): a rank built otherwise makes every rank
+raise, naming the setting, the group and the ranks. :meth:`ShardedOptimizer.close` (or a
+``with`` block) frees the communicator an optimizer makes; garbage collection does not
+(freeing is collective, and the ranks collect garbage at different moments).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import pickle
+import re
 import sys
 import threading
 import time
@@ -59,6 +71,7 @@ from fastlr._core import bf16 as _bf16
 from fastlr._core.engine import grad_stats
 from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
 from fastlr.optim.stepping import supports_windows as _supports_windows
+from fastlr.schedules import Schedule
 
 __all__ = ["ShardedOptimizer", "shard_bounds", "to_bfloat16", "from_bfloat16"]
 
@@ -234,6 +247,8 @@ _TAG_GATHER = 13
 #: moves a message along only while this rank is inside an MPI call)
 _PROGRESS_ELEMENTS = 1 << 18
 _DEFAULT_TIMEOUT = 1800.0
+#: bytes per message of load_gathered_state_dict's broadcast of a pickled state
+_BCAST_BYTES = 1 << 30
 #: bytes per message of the plain step's 16-bit exchange between hosts (its rounding,
 #: widening and additions run on one piece while the next ones travel)
 _PIPELINE_BYTES = 1 << 20
@@ -386,6 +401,77 @@ def _raise_if_any(name, own, message, everyone):
                      f"{everyone[failed[0]]}")
 
 
+#: a memory address in a repr (a Python function's, inside a schedule's repr)
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _setting(value):
+    """A hyperparameter as the ranks compare it (picklable): a number as it is (floats
+    exactly), a pair as a tuple, a schedule or callable as its repr without memory addresses
+    (so a Python function in it is compared by its name only: fastlr cannot tell two
+    functions apart, as when a checkpoint is loaded), anything else by its repr."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_setting(v) for v in value)
+    if isinstance(value, Schedule) or callable(value):
+        return ("schedule", _ADDRESS.sub("", repr(value)))
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return ("repr", _ADDRESS.sub("", repr(value)))
+
+
+def _shown(value):
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in ("schedule", "repr"):
+        return value[1]
+    return repr(value)
+
+
+def _settings(optimizer, max_grad_norm, skip_nonfinite):
+    """What every rank's shard optimizer must share: ({option: value}, per group
+    {hyperparameter: value}), as :func:`_setting` makes them."""
+    options = {"max_grad_norm": max_grad_norm, "skip_nonfinite": skip_nonfinite,
+               "state_dtype": getattr(optimizer, "_state_dtype", None)}
+    groups = [{k: _setting(v) for k, v in g.items() if k not in ("params", "param_names")}
+              for g in optimizer.param_groups]
+    return {k: _setting(v) for k, v in options.items()}, groups
+
+
+def _settings_diff(everyone):
+    """One line per setting that differs between ranks (``everyone``: each rank's
+    :func:`_settings`), naming it, its group and which ranks have which value."""
+    lines = []
+
+    def compare(label, values):
+        distinct = []           # (value, ranks), in order of the first rank that has it
+        for r, v in enumerate(values):
+            for value, ranks in distinct:
+                if value == v:      # (1 and 1.0 are the same setting, as are True and 1)
+                    ranks.append(r)
+                    break
+            else:
+                distinct.append((v, [r]))
+        if len(distinct) > 1:
+            lines.append(f"{label} is " + ", ".join(
+                f"{_shown(v)} on rank(s) {ranks}" for v, ranks in distinct))
+
+    missing = ("repr", "(not set)")
+    for key in everyone[0][0]:
+        compare(key, [options.get(key, missing) for options, _ in everyone])
+    for g in range(max(len(groups) for _, groups in everyone)):
+        per_rank = [groups[g] if g < len(groups) else {} for _, groups in everyone]
+        keys = sorted({k for d in per_rank for k in d})
+        for key in keys:
+            compare(f"param_groups[{g}][{key!r}]", [d.get(key, missing) for d in per_rank])
+    return lines
+
+
 class ShardedOptimizer:
     """A fastlr optimizer data-parallel over MPI ranks, its state sharded (ZeRO stage 1).
 
@@ -401,6 +487,11 @@ class ShardedOptimizer:
     ``step(grads)`` takes this rank's grads: the flat grad buffer, or one array per param
     (views of one buffer are used in place; other arrays are copied into an internal flat
     buffer). It is collective: every rank calls it once per step.
+
+    The optimizer duplicates ``comm`` for its own messages; :meth:`close` frees that
+    communicator (collective), as does leaving ``with ShardedOptimizer(...) as opt:``.
+    Garbage collection does not (see :meth:`close`): a program that builds many
+    optimizers closes each.
 
     ``max_grad_norm`` clips by the norm of the mean grad over all params and ranks;
     ``skip_nonfinite`` skips the step on every rank when any rank's grad holds a NaN or
@@ -479,8 +570,11 @@ class ShardedOptimizer:
         If ``optimizer`` is not one a shard can run (SGD, Adam, AdamW, RMSprop, Adagrad,
         Adadelta, Adamax, NAdam, RAdam, Lion, Rprop, ASGD or a subclass; not SparseAdam),
         any rank's params are invalid (empty, not views of one flat buffer, wrong dtype),
-        or the ranks' models differ. Every rank raises when any rank's arguments, params
-        or hyperparameters are invalid: that rank its own error, the others a
+        or the ranks' models differ, or their settings differ (any group's
+        hyperparameters, numbers compared exactly and schedules by their repr;
+        ``max_grad_norm``, ``skip_nonfinite``, ``state_dtype``: the message names the
+        setting, its group and the ranks). Every rank raises when any rank's arguments,
+        params or hyperparameters are invalid: that rank its own error, the others a
         ``ValueError`` naming the rank(s) that failed.
 
     Examples
@@ -637,17 +731,28 @@ class ShardedOptimizer:
                                      params=views) if isinstance(g, dict) else
                                 {"params": views})
         # the hyperparameters are the optimizer's to check, on each rank's own: the ranks
-        # agree on the outcome, as on the params
-        own = local_error = None
+        # agree on the outcome, as on the params, and then compare what each rank's
+        # optimizer holds (its groups' hyperparameters, schedules by their repr, and the
+        # options that change the update): each rank updates its own shard, so a setting
+        # that differed would train the shards otherwise, silently. Compared here only,
+        # in the all-gather the construction makes anyway (nothing per step)
+        own = local_error = settings = None
         try:
             self.optimizer = cls(inner_groups, n_threads=n_threads, **hyperparameters)
             if overlap and not _supports_windows(self.optimizer):
                 raise ValueError(f"{name}: overlap=True needs an element-wise optimizer of "
                                  f"the step engine ({', '.join(_SUPPORTED)}), got "
                                  f"{cls.__name__}")
+            settings = _settings(self.optimizer, max_grad_norm, skip_nonfinite)
         except Exception as error:      # any error: the other ranks must hear of it
             own, local_error = error, str(error).replace(f"{name}: ", "")
-        _raise_if_any(name, own, local_error, comm.allgather(local_error))
+        everyone = comm.allgather((local_error, settings))
+        _raise_if_any(name, own, local_error, [e for e, _ in everyone])
+        differ = _settings_diff([s for _, s in everyone])
+        if differ:
+            raise ValueError(f"{name}: the ranks' optimizers differ: {'; '.join(differ)}. "
+                             f"Each rank updates its own shard with its own settings: every "
+                             f"rank must pass the same hyperparameters")
         self._overlap = overlap
         self._bucket_size = bucket_size
         # overlap: each shard in n_buckets equal parts (bucket c of rank k's shard is
@@ -663,8 +768,9 @@ class ShardedOptimizer:
         self.skipped_steps = 0
         self.last_grad_norm = math.nan
         # fastlr's own messages travel on a duplicate of comm, so they never match a
-        # message of the caller's
+        # message of the caller's; close() frees it (never a finalizer: see close)
         self._wire = comm.Dup()
+        self._closed = False
         # the plain step's 16-bit exchange travels in pieces (see _in_pieces) between hosts;
         # between ranks that all share one host's memory in one piece per round (there the
         # ranks' own cores copy the messages, and pieces made the exchange about 5% slower). The
@@ -691,6 +797,58 @@ class ShardedOptimizer:
         #: rank watched was pending: the link may have idled through them), "wait"
         #: (blocked on messages), "exchange" (the pipelined part)}
         self.timings = {}
+
+    # ---- closing -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Collective: free the communicator this optimizer made (a duplicate of ``comm``,
+        where its own messages travel) and stop its watchdog.
+
+        Every rank calls it (or leaves a ``with`` block), once the optimizer is done with;
+        calling it again does nothing. Afterwards ``step``, ``save``, ``load``,
+        ``gathered_state_dict``, ``load_gathered_state_dict`` and ``load_state_dict``
+        raise ``ValueError``; ``state_dict()``, the params and the attributes stay
+        readable. ``comm`` itself is the caller's and stays open.
+
+        MPI has a limited number of communicators (Open MPI 4.1: about 65500 per process),
+        so a program that builds many optimizers (a hyperparameter sweep, tests) closes
+        each. Garbage collection does not free it: freeing a communicator is collective in
+        MPI, and the ranks collect their garbage at different moments (or during
+        interpreter shutdown, after ``MPI_Finalize``), so a finalizer that freed it could
+        wait forever for the other ranks or fail; an optimizer never closed keeps its
+        communicator until the program ends.
+
+        Open MPI frees a communicator without waiting for the other ranks (the MPI
+        standard allows it), so a rank that leaves a ``with`` block by an exception
+        closes its optimizer and goes on; the exception then aborts every rank if
+        uncaught (``abort_on_exception``), as before.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._watchdog.stop()
+        if self._agree_requests is not None:
+            for request in self._agree_requests:
+                request.Free()
+            self._agree_requests = None
+        self._wire.Free()           # mpi4py sets it to MPI.COMM_NULL
+        # the exchange's buffers (a shard per other rank with overlap) go now
+        self._recv = self._rounds = self._send16 = self._recv16 = self._flat_grad = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> "ShardedOptimizer":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _check_open(self, name):
+        if self._closed:
+            raise ValueError(f"{name}: the optimizer is closed (close() freed its "
+                             f"communicator); build a new ShardedOptimizer")
 
     # ---- the step -------------------------------------------------------------------------
     def _grad_buffer(self, grads):
@@ -934,6 +1092,8 @@ class ShardedOptimizer:
             If the grads do not fit the params (count, shapes, names), share memory with
             them, or another rank's grads are invalid; nothing is updated on any rank.
         """
+        if self._closed:
+            self._check_open("fastlr.distributed.ShardedOptimizer.step")
         MPI = self._MPI
         t0 = time.perf_counter()
         self._calls += 1
@@ -1275,6 +1435,7 @@ class ShardedOptimizer:
             If an entry has the wrong type.
         """
         name = "fastlr.distributed.ShardedOptimizer.load_state_dict"
+        self._check_open(name)
         sd = state_dict
         if not isinstance(sd, dict) or sd.get("format") != "fastlr-sharded-1":
             raise ValueError(f"{name}: not a sharded state dict (use "
@@ -1323,12 +1484,40 @@ class ShardedOptimizer:
         Raises
         ------
         TypeError
-            If ``root`` is not an int.
+            If ``root`` is not an int (on every rank: the others a ``ValueError`` naming
+            the rank).
         ValueError
-            If ``root`` is not a rank of the communicator.
+            If ``root`` is not a rank of the communicator, or the ranks passed different
+            roots (on every rank), or the optimizer is closed.
         """
-        _root_arg("fastlr.distributed.ShardedOptimizer.gathered_state_dict", root,
-                  self.world_size)
+        name = "fastlr.distributed.ShardedOptimizer.gathered_state_dict"
+        self._check_open(name)
+        error = None
+        try:
+            _root_arg(name, root, self.world_size)
+        except Exception as e:      # any error: the other ranks must hear of it
+            error = e
+        self._agree_args(name, error, root)
+        return self._gathered(root)
+
+    def _agree_args(self, name, error, root=None):
+        """Collective (one small all-gather on ``comm``), before a collective method's own
+        collectives: raise on every rank when any rank's arguments were invalid
+        (``error``: this rank's error, or None), that rank its own error and the others a
+        ValueError naming it; and when the ranks passed different roots. Without it a
+        rank that raised alone would leave the others waiting in the method's first
+        collective, with no watchdog (only the step arms one)."""
+        message = None if error is None else str(error).replace(f"{name}: ", "")
+        everyone = self.comm.allgather((message, None if error is not None else root))
+        _raise_if_any(name, error, message, [m for m, _ in everyone])
+        roots = [r for _, r in everyone]
+        if any(r != roots[0] for r in roots):
+            shown = ", ".join(f"rank {k}: {r!r}" for k, r in enumerate(roots))
+            raise ValueError(f"{name}: the ranks passed different roots ({shown}); every "
+                             f"rank must pass the same root")
+
+    def _gathered(self, root):
+        """gathered_state_dict, its arguments agreed on."""
         mine = self.optimizer.state_dict()
         scalar = self.optimizer._scalar    # the per-param scalar state (NAdam's mu_product)
         info = []
@@ -1426,23 +1615,56 @@ class ShardedOptimizer:
         Raises
         ------
         TypeError
-            If an argument has the wrong type.
+            If an argument has the wrong type, or rank ``root`` cannot pickle the state to
+            broadcast it (on every rank: the others a ``ValueError`` naming the rank).
         ValueError
-            If the state does not fit this model (on any rank); nothing is loaded on any
-            rank.
+            If the state does not fit this model (on any rank), or the ranks passed
+            different roots (or None on some); nothing is loaded on any rank. Also if the
+            optimizer is closed.
         """
         name = "fastlr.distributed.ShardedOptimizer.load_gathered_state_dict"
-        self._load_gathered(name, state_dict, root, strict)
+        self._check_open(name)
+        error: Optional[Exception] = None
+        payload = b""               # on rank root with a root: the pickled state
+        try:
+            strict = flag_arg(name, "strict", strict)
+            if root is not None:
+                _root_arg(name, root, self.world_size)
+                if self.rank == root and self.world_size > 1:
+                    # pickled before any rank waits for it: a state that cannot be pickled
+                    # raises here, inside what the ranks agree on
+                    try:
+                        payload = pickle.dumps(state_dict, protocol=pickle.HIGHEST_PROTOCOL)
+                    except Exception as e:
+                        raise TypeError(f"{name}: rank {root} cannot pickle the state to "
+                                        f"broadcast it ({type(e).__name__}: {e})") from e
+        except Exception as e:      # any error: the other ranks must hear of it
+            error = e
+        self._agree_args(name, error, root)
+        received: Optional[bytearray] = None
+        if root is not None and self.world_size > 1:
+            # the pickled state from rank root: its size, then its bytes (in pieces of
+            # at most 1 GiB: an MPI count is an int)
+            size = self.comm.bcast(len(payload) if self.rank == root else None, root=root)
+            if self.rank != root:
+                received = bytearray(size)
+            view = memoryview(payload if received is None else received)
+            for start in range(0, size, _BCAST_BYTES):
+                self.comm.Bcast([view[start:start + _BCAST_BYTES], self._MPI.BYTE],
+                                root=root)
+        self._load_gathered(name, state_dict if received is None else None, strict,
+                            received)
 
-    def _load_gathered(self, name, state_dict, root, strict):
-        strict = flag_arg(name, "strict", strict)
+    def _load_gathered(self, name, state_dict, strict, received=None):
+        """Collective: load a gathered state (``received``: pickled, from another rank),
+        the arguments agreed on; every rank loads or none."""
         MPI = self._MPI
-        if root is not None:
-            _root_arg(name, root, self.world_size)
-        sd = self.comm.bcast(state_dict, root=root) if root is not None else state_dict
         error = None
         master = snapshot = None
+        sd = state_dict
         try:
+            if received is not None:
+                sd = pickle.loads(received)
             inner = self._shard_state(name, sd, strict)
             skipped = int_arg(name, "skipped_steps", sd.get("skipped_steps", 0), 0, INT_MAX)
             if self._master is not None and sd.get("master") is not None:
@@ -1592,14 +1814,24 @@ class ShardedOptimizer:
 
         Raises
         ------
+        TypeError
+            If ``root`` is not an int (on every rank: the others a ``ValueError`` naming
+            the rank).
         ValueError
-            If ``root`` is not a rank of the communicator.
+            If ``root`` is not a rank of the communicator, or the ranks passed different
+            roots (on every rank), or the optimizer is closed.
         OSError
             If the file cannot be written (on every rank: rank ``root`` its own error).
         """
         name = "fastlr.distributed.ShardedOptimizer.save"
-        _root_arg(name, root, self.world_size)
-        sd = self.gathered_state_dict(root=root)
+        self._check_open(name)
+        error = None
+        try:
+            _root_arg(name, root, self.world_size)
+        except Exception as e:      # any error: the other ranks must hear of it
+            error = e
+        self._agree_args(name, error, root)
+        sd = self._gathered(root)
         error = None
         if sd is not None:          # rank root
             try:
@@ -1629,17 +1861,21 @@ class ShardedOptimizer:
 
         Raises
         ------
+        TypeError
+            If ``strict`` is not a bool (on every rank: the others a ``ValueError`` naming
+            the rank).
         ValueError
-            If any rank cannot read the file, or it does not fit this model; nothing is
-            loaded on any rank.
+            If any rank cannot read the file (that rank its own error, the others one
+            naming it), or it does not fit this model; nothing is loaded on any rank. Also
+            if the optimizer is closed.
         """
+        name = "fastlr.distributed.ShardedOptimizer.load"
+        self._check_open(name)
         error = sd = None
         try:
-            sd = _optim.read_checkpoint(path, "fastlr.distributed.ShardedOptimizer.load")
-        except ValueError as e:
+            strict = flag_arg(name, "strict", strict)
+            sd = _optim.read_checkpoint(path, name)
+        except Exception as e:      # any error: the other ranks must hear of it
             error = e
-        if self.comm.allreduce(int(error is not None), op=self._MPI.SUM):
-            raise error if error is not None else ValueError(
-                "fastlr.distributed.ShardedOptimizer.load: another rank could not read the "
-                "checkpoint")
-        self._load_gathered("fastlr.distributed.ShardedOptimizer.load", sd, None, strict)
+        self._agree_args(name, error)
+        self._load_gathered(name, sd, strict)

@@ -727,13 +727,199 @@ def check_load_fits_every_rank_or_none():
         assert dist.steps == 3
 
 
+def check_close():
+    """close() frees the communicator the optimizer duplicated (collective, idempotent); a
+    ``with`` block closes it, also when an exception leaves the block; after close every
+    collective method raises on every rank, naming the closed optimizer. Building and
+    closing 3000 optimizers keeps the slots of the MPI communicator table (the Fortran
+    handles) in place, where optimizers left open take one more each (Open MPI has about
+    65500 communicators, so a sweep without close runs out)."""
+    path = COMM.bcast(os.path.join(tempfile.gettempdir(), f"fastlr-close-{os.getppid()}.npz"))
+    with _no_hang():
+        flat, dist = build("Adam", lr=1e-3, timeout=30)
+        g = rank_grads(0, flat.size)[RANK]
+        dist.step(g)
+        dist.save(path)
+        sd, gathered, before = dist.state_dict(), dist.gathered_state_dict(), flat.copy()
+        wire = dist._wire
+        dist.close()
+        assert wire == MPI.COMM_NULL and dist.closed
+        dist.close()                                # again: nothing
+        for call in (lambda: dist.step(g), lambda: dist.save(path),
+                     lambda: dist.load(path), lambda: dist.gathered_state_dict(),
+                     lambda: dist.load_gathered_state_dict(gathered, root=0),
+                     lambda: dist.load_state_dict(sd)):
+            try:
+                call()
+                raised = False
+            except ValueError as error:
+                assert "the optimizer is closed" in str(error), str(error)
+                raised = True
+            assert COMM.allreduce(raised, op=MPI.LAND), RANK
+        assert np.array_equal(flat, before) and dist.steps == 1
+        assert dist.state_dict()["optimizer"]["steps"] == 1      # still readable
+        # with: closed at the end of the block, and when an exception leaves it
+        flat, views = fastlr.flat_buffer(SHAPES, np.float64)
+        with distributed.ShardedOptimizer("SGD", views, lr=0.1, timeout=30) as opt:
+            opt.step(rank_grads(1, flat.size)[RANK])
+        assert opt.closed and opt._wire == MPI.COMM_NULL
+        try:
+            with distributed.ShardedOptimizer("SGD", views, lr=0.1, timeout=30) as opt:
+                raise KeyError("inside")
+        except KeyError:
+            pass
+        assert opt.closed and opt._wire == MPI.COMM_NULL
+        # left open, each optimizer holds a communicator of its own
+        kept = [build("SGD", lr=0.1, timeout=30)[1] for _ in range(20)]
+        assert len({o._wire.py2f() for o in kept}) == 20
+        for o in kept:
+            o.close()
+    # closed, the same few slots are reused (about 2 ms an optimizer on one host; more
+    # between the test bed's hosts)
+    with _no_hang(300):
+        handles = set()
+        for _ in range(3000):
+            with distributed.ShardedOptimizer("SGD", views, lr=0.1, timeout=30) as opt:
+                handles.add(opt._wire.py2f())
+        assert len(handles) <= 3, sorted(handles)
+    with _no_hang():
+        opt = build("Adam", lr=1e-3, timeout=30)[1]     # the world is still usable
+        opt.step(rank_grads(2, flat.size)[RANK])
+        opt.close()
+    COMM.Barrier()
+    if RANK == 0 and os.path.exists(path):
+        os.unlink(path)
+
+
+def _differ_everywhere(fn, *parts):
+    """fn() raises a ValueError on every rank, whose message holds every one of parts."""
+    try:
+        fn()
+    except ValueError as error:
+        for part in parts:
+            assert part in str(error), (part, str(error))
+        return
+    raise AssertionError(f"rank {RANK}: nothing raised ({parts})")
+
+
+def check_hyperparameters_agree():
+    """The shard optimizers' settings are compared across ranks at construction (floats
+    exactly, schedules by their repr): one that differs on a rank raises a ValueError on
+    every rank naming the setting, its group and the ranks. The same settings spelled
+    otherwise (a list for a tuple, a schedule built on each rank, a Python function whose
+    address differs) agree."""
+    if N == 1:
+        return
+    last = N - 1
+    odd = RANK == last
+    others = list(range(N - 1))
+    where = f"rank(s) {others}"
+    with _no_hang():
+        _differ_everywhere(lambda: build("Adam", lr=2e-3 if odd else 1e-3, timeout=30),
+                           "param_groups[0]['lr']", where, f"rank(s) [{last}]",
+                           "0.001", "0.002")
+        # floats exactly: one ulp apart
+        lr = np.nextafter(1e-3, 1.0) if odd else 1e-3
+        _differ_everywhere(lambda: build("Adam", lr=lr, timeout=30), "param_groups[0]['lr']",
+                           f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("AdamW", betas=(0.9, 0.99 if odd else 0.999),
+                                         timeout=30),
+                           "param_groups[0]['betas']", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("SGD", lr=schedules.cosine(0.1, 40 + odd),
+                                         timeout=30),
+                           "param_groups[0]['lr']", "cosine(0.1, 41)", "cosine(0.1, 40)")
+
+        def grouped(wd):
+            flat, views = fastlr.flat_buffer(SHAPES)
+            return distributed.ShardedOptimizer(
+                "AdamW", [{"params": views[:2]}, {"params": views[2:], "weight_decay": wd}],
+                lr=1e-3, timeout=30)
+        _differ_everywhere(lambda: grouped(0.2 if odd else 0.1),
+                           "param_groups[1]['weight_decay']", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("Adam", lr=1e-3, max_grad_norm=2.0 if odd else 1.0,
+                                         timeout=30), "max_grad_norm", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("Adam", lr=1e-3, skip_nonfinite=odd, timeout=30),
+                           "skip_nonfinite", f"rank(s) [{last}]")
+        _differ_everywhere(lambda: build("Adam", np.float32, lr=1e-3, timeout=30, state_dtype=(
+            "bfloat16" if odd else "float32")), "state_dtype", f"rank(s) [{last}]")
+        # the same settings, spelled otherwise on some ranks
+        build("Adam", betas=[0.9, 0.999] if odd else (0.9, 0.999), lr=1 if odd else 1.0,
+              timeout=30)[1].close()
+        build("SGD", lr=schedules.warmup_cosine(0.1, warmup_steps=5, total_steps=40),
+              timeout=30)[1].close()
+        fn = (lambda step: 0.1) if odd else (lambda step: 0.1)    # two objects
+        build("SGD", lr=schedules.from_callable(fn), timeout=30)[1].close()
+        # settings each rank may choose for itself
+        build("Adam", lr=1e-3, timeout=30 + RANK, n_threads=1 + RANK % 2)[1].close()
+
+
+def _hangs_nowhere(fn, failing, own_type, match):
+    """fn() raises on every rank within the guard's time: on the ranks in ``failing`` its
+    own error, on the others one naming them; then a step runs on every rank."""
+    with _no_hang(30):
+        _own_or_named(fn, failing, own_type, match)
+
+
+def check_checkpoint_errors_on_one_rank():
+    """save, load, gathered_state_dict and load_gathered_state_dict with an argument that
+    is wrong on one rank only (a root out of range or of the wrong type, a strict that is
+    not a flag, a state that cannot be pickled, different roots): every rank raises (that
+    rank its own error, the others one naming it), nothing is loaded, and the next step
+    runs on every rank (none waits in the call's collectives)."""
+    path = COMM.bcast(os.path.join(tempfile.gettempdir(), f"fastlr-args-{os.getppid()}.npz"))
+    last = N - 1
+    flat, dist = build("Adam", lr=1e-2, timeout=30)
+    dist.step(rank_grads(0, flat.size)[RANK])
+    with _no_hang(30):
+        dist.save(path)
+        gathered = dist.gathered_state_dict()
+    before, state = flat.copy(), dist.state_dict()
+    _hangs_nowhere(lambda: dist.save(path, root=N if RANK == last else 0), [last],
+                   ValueError, "root")
+    _hangs_nowhere(lambda: dist.save(path, root="0" if RANK == last else 0), [last],
+                   TypeError, "root")
+    _hangs_nowhere(lambda: dist.gathered_state_dict(root=-1 if RANK == last else 0), [last],
+                   ValueError, "root")
+    _hangs_nowhere(lambda: dist.load(path, strict="yes" if RANK == last else True), [last],
+                   TypeError, "strict")
+    _hangs_nowhere(lambda: dist.load(path if RANK != last else path + ".missing"), [last],
+                   ValueError, "not a readable")
+    _hangs_nowhere(lambda: dist.load_gathered_state_dict(gathered if RANK == 0 else None,
+                                                         root=0,
+                                                         strict=None if RANK == last else True),
+                   [last], TypeError, "strict")
+    if N > 1:
+        # the root of a broadcast state cannot pickle it
+        unpicklable = dict(gathered or {}, extra=lambda: None)
+        _hangs_nowhere(lambda: dist.load_gathered_state_dict(
+            unpicklable if RANK == 0 else None, root=0), [0], TypeError, "pickle")
+        # the ranks disagree on the root (or on whether there is one)
+        with _no_hang(30):
+            _differ_everywhere(lambda: dist.save(path, root=RANK), "root")
+            _differ_everywhere(lambda: dist.gathered_state_dict(root=RANK), "root")
+            _differ_everywhere(lambda: dist.load_gathered_state_dict(
+                gathered, root=0 if RANK == 0 else None), "root")
+    assert np.array_equal(flat, before) and dist.steps == 1
+    after = dist.state_dict()
+    for j, st in state["optimizer"]["state"].items():
+        for n in st:
+            assert np.array_equal(st[n], after["optimizer"]["state"][j][n]), (j, n)
+    with _no_hang(30):
+        dist.step(rank_grads(1, flat.size)[RANK])       # nobody is stuck
+    assert dist.steps == 2
+    COMM.Barrier()
+    if RANK == 0 and os.path.exists(path):
+        os.unlink(path)
+
+
 CHECKS = [check_hosts, check_overlap, check_zero_size_param_state, check_parity,
           check_grad_comm_bfloat16, check_param_comm_bfloat16, check_pipelined_pieces,
           check_state_memory, check_params_broadcast_and_identical,
           check_resume_same_ranks, check_resume_other_rank_counts, check_misuse,
           check_skip_nonfinite, check_tiny_model, check_construction_errors_on_one_rank,
           check_grad_forms_mixed, check_save_error_everywhere,
-          check_load_fits_every_rank_or_none]
+          check_load_fits_every_rank_or_none, check_close, check_hyperparameters_agree,
+          check_checkpoint_errors_on_one_rank]
 
 
 def main():
