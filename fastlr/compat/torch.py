@@ -145,11 +145,13 @@ class _FastlrStep:
     _fixed: Dict[str, Any] = {}     # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
     _fast_path = True       # step() tries the compiled step first (False: Python path only)
     _settings = ()          # (group key, a pair's names or (), is a flag) read by _hyper ...
-    # Whether state may hold inference tensors (made in torch.inference_mode()): set by a
-    # step or add_param_group in inference mode, load_state_dict and unpickling; while set,
-    # a step outside inference mode takes the Python path, which checks every state tensor
-    # (and clears it when none is one). Parameters are checked at every step.
-    _inference_state = False
+    # Whether state may hold inference tensors (made in torch.inference_mode()): True after
+    # a step or add_param_group in inference mode, load_state_dict and unpickling; while
+    # True, a step outside inference mode takes the Python path, which checks every state
+    # tensor and then sets it to False when none is one, or to the tuple of the params it
+    # skipped (no grad) whose state holds one: the compiled step runs while none of those
+    # has a grad. Parameters are checked at every step.
+    _inference_state: Any = False
 
     # -- construction ---------------------------------------------------------------------
     n_threads: Optional[int]
@@ -266,7 +268,9 @@ class _FastlrStep:
         # outside inference mode torch refuses to update inference tensors in place: the
         # Python path raises that error (state: see _inference_state)
         outside = not _inference_mode()
-        if outside and self._inference_state:
+        frozen = self._inference_state
+        if outside and frozen and (frozen is True or any([p.grad is not None
+                                                          for p in frozen])):
             return False
         try:
             groups = []
@@ -314,7 +318,7 @@ class _FastlrStep:
         scalar = self._scalar
         lazy = self._lazy
         outside = not _inference_mode()     # inference tensors are refused (as torch does)
-        inference_state = False             # a skipped param's state holds one
+        frozen = []                         # skipped params whose state holds one
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
@@ -334,8 +338,9 @@ class _FastlrStep:
                 index += 1
                 g = p.grad
                 if g is None:
-                    if outside and self._inference_state and not inference_state:
-                        inference_state = _inference_key(self.state.get(p)) is not None
+                    if outside and self._inference_state and \
+                            _inference_key(self.state.get(p)) is not None:
+                        frozen.append(p)
                     continue
                 try:
                     if not (isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor)
@@ -380,8 +385,8 @@ class _FastlrStep:
                     _check_disjoint(self._where, (gi, k, index), pv, gv, bufs, keys)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
             plan.append((hyper, names, work, fills))
-        if outside and not inference_state:
-            self._inference_state = False       # no state tensor is an inference tensor
+        if outside:     # every state tensor was checked (while the flag was set)
+            self._inference_state = tuple(frozen) or False
         return plan
 
     def _apply(self, plan):
