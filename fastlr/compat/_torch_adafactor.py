@@ -64,7 +64,9 @@ class Adafactor(torch.optim.Adafactor):
         (see :mod:`fastlr.compat.torch`), a hyperparameter set in ``param_groups`` out of
         range, ``foreach=True``; nothing is written then.
     TypeError
-        From ``step()``: a tensor that is not a dense float32/float64 CPU tensor.
+        From ``step()``: a tensor that is not a dense float32/float64 CPU tensor, or,
+        outside ``torch.inference_mode()``, an inference tensor as the parameter or in its
+        state (torch refuses to update those in place too); nothing is written then.
     """
 
     def __init__(self, params: Any, lr: Any = 1e-2, beta2_decay: float = -0.8,
@@ -112,6 +114,7 @@ class Adafactor(torch.optim.Adafactor):
         bridge = _bridge_module()
         cls = "fastlr.compat.torch.Adafactor"
         plan, index = [], -1
+        outside = not torch.is_inference_mode_enabled()    # inference tensors are refused
         for gi, group in enumerate(self.param_groups):
             where = f"{cls}: param_groups[{gi}]"
             bridge._check_options(where, group)
@@ -126,11 +129,13 @@ class Adafactor(torch.optim.Adafactor):
                 if p.grad is None:
                     continue
                 at = (gi, k, index)
-                pv, gv = bridge._FastlrStep._diagnose(
-                    bridge._FastlrStep._where(self, *at), p, p.grad)
+                where = bridge._FastlrStep._where(self, *at)
+                pv, gv = bridge._FastlrStep._diagnose(where, p, p.grad)
                 if hyper[2] is None:        # torch: the first param's machine epsilon
                     hyper[2] = float(np.finfo(pv.dtype).eps)
                 st = self.state.get(p)
+                if outside:
+                    bridge._refuse_inference(str, (where,), p, st)
                 step, bufs = 0, {}
                 if st:
                     step = self._read_step(at, st)

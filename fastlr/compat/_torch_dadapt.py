@@ -4,7 +4,10 @@ package's optimizers (3.2) whose step runs fastlr's D-Adaptation kernels
 
 Imported by :mod:`fastlr.compat.torch` when ``dadaptation`` is installed (import them from
 there). Not rows of the optimizer table (the step size needs global sums), so they are
-written out here; they use that module's checks of tensors.
+written out here; they use that module's checks of tensors. Outside
+``torch.inference_mode()`` they refuse inference tensors as parameters or as state the step
+writes, as that module's classes do (the package writes inference parameters, and
+DAdaptSGD's and DAdaptAdaGrad's state, through ``.data``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ class _Bridge:
         -------
         object
             The closure's loss, or None without a closure.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A tensor the kernel cannot update in place (an inference tensor as the
+            parameter or in the state it writes, outside ``torch.inference_mode()``, too),
+            or a group setting it refuses, naming the group and parameter.
         """
         loss = None
         if closure is not None:
@@ -80,6 +90,7 @@ class _Bridge:
         gvs: List[np.ndarray] = []
         sizes: List[int] = []
         index = -1
+        outside = not torch.is_inference_mode_enabled()    # inference tensors are refused
         for gi, group in enumerate(self.param_groups):
             n = 0
             for k, p in enumerate(group["params"]):
@@ -87,6 +98,9 @@ class _Bridge:
                 if p.grad is None:
                     continue
                 pv, gv = bridge._FastlrStep._diagnose(self._where(gi, k, index), p, p.grad)
+                if outside:     # (x0 is only read, as by the package)
+                    bridge._refuse_inference(self._where, (gi, k, index), p,
+                                             self.state.get(p), ("x0",))
                 params.append(p)
                 pvs.append(pv)
                 gvs.append(gv)

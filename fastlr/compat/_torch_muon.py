@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fastlr._core import muon as _muon
+from fastlr.compat._torch_adafactor import _bridge_module
 
 __all__ = ["Muon"]
 
@@ -50,7 +51,9 @@ class Muon(torch.optim.Muon):
         "TypeError, ValueError\n"
         "    From ``step``, naming the group and parameter: a tensor not on the CPU, of\n"
         "    another dtype, sparse or non-contiguous, a grad or buffer that does not match,\n"
-        "    shared memory, or an out-of-range hyperparameter set after construction.\n")
+        "    shared memory, an out-of-range hyperparameter set after construction, or,\n"
+        "    outside ``torch.inference_mode()``, an inference tensor as the parameter or its\n"
+        "    buffer (torch refuses to update those in place too).\n")
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
@@ -69,8 +72,9 @@ class Muon(torch.optim.Muon):
         Raises
         ------
         TypeError
-            If a tensor has an unsupported dtype or is sparse, or a hyperparameter has the
-            wrong type.
+            If a tensor has an unsupported dtype or is sparse, a hyperparameter has the
+            wrong type, or (outside ``torch.inference_mode()``) the parameter or its buffer
+            is an inference tensor.
         ValueError
             If a tensor is not on the CPU, not contiguous, does not match its parameter,
             shares memory with another, or a hyperparameter is out of range.
@@ -81,6 +85,7 @@ class Muon(torch.optim.Muon):
                 loss = closure()
         fn = "fastlr.compat.torch.Muon.step"
         plan: List[Tuple[torch.Tensor, np.ndarray, np.ndarray, Optional[np.ndarray], tuple]] = []
+        outside = not torch.is_inference_mode_enabled()    # inference tensors are refused
         for g, group in enumerate(self.param_groups):
             hypers = _muon.check_hypers(
                 fn, f"param_groups[{g}]", _number(group["lr"]), group["weight_decay"],
@@ -89,7 +94,8 @@ class Muon(torch.optim.Muon):
             for j, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                plan.append(self._checked(fn, f"param_groups[{g}]['params'][{j}]", p, hypers))
+                plan.append(self._checked(fn, f"param_groups[{g}]['params'][{j}]", p, hypers,
+                                          outside))
         # everything checked: create the missing buffers (torch's zeros_like of the grad),
         # then update
         for p, pv, gv, bv, hypers in plan:
@@ -100,7 +106,8 @@ class Muon(torch.optim.Muon):
             _muon.run(pv, gv, bv, *hypers)
         return loss
 
-    def _checked(self, fn: str, at: str, p: torch.Tensor, hypers: tuple):
+    def _checked(self, fn: str, at: str, p: torch.Tensor, hypers: tuple,
+                 outside: bool = False):
         grad = p.grad
         for what, t in (("parameter", p), ("grad", grad)):
             if t.device.type != "cpu":
@@ -120,9 +127,12 @@ class Muon(torch.optim.Muon):
         if not _layout_ok(p):
             raise ValueError(f"{fn}: {at}: the parameter is not contiguous (strides "
                              f"{p.stride()}); an update applied to a copy is lost")
+        st = self.state.get(p)
+        if outside:     # (not in torch.inference_mode(): an inference tensor is refused)
+            _bridge_module()._refuse_inference("{}: {}".format, (fn, at), p, st)
         pv = p.detach().numpy()
         gv = grad.detach().numpy()
-        buf = self.state.get(p, {}).get("momentum_buffer")
+        buf = (st or {}).get("momentum_buffer")
         bv = None
         if buf is not None:
             if not isinstance(buf, torch.Tensor) or buf.device.type != "cpu" or \

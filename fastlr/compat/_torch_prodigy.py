@@ -71,7 +71,9 @@ safeguard_warmup, d0, d_coef, growth_rate, fsdp_in_use, slice_p
     before anything is written. Refused before anything is written, naming the group and
     parameter: tensors not on the CPU, dtypes other than float32/float64, sparse grads,
     non-contiguous parameters, grads or state not matching the parameter, state sharing
-    memory, FSDP-flattened parameters or ``fsdp_in_use``, and group scalars out of range.
+    memory, FSDP-flattened parameters or ``fsdp_in_use``, group scalars out of range, and
+    outside ``torch.inference_mode()`` inference tensors as parameters or as state the step
+    writes (all but ``p0``; the package writes inference parameters through ``.data``).
     A parameter of more than one dimension that is not C-contiguous (e.g. a transposed
     weight) is stepped on C-ordered copies written back (``s`` and ``p0`` are in C order).
     """
@@ -217,6 +219,7 @@ safeguard_warmup, d0, d_coef, growth_rate, fsdp_in_use, slice_p
         per = self._group_scalars(fn)
         has_m = sc["betas"][0] > 0
         work, index = [], -1
+        outside = not torch.is_inference_mode_enabled()    # inference tensors are refused
         for gi, group in enumerate(self.param_groups):
             sp = per["slice_p"][gi]
             for k, p in enumerate(group["params"]):
@@ -230,6 +233,8 @@ safeguard_warmup, d0, d_coef, growth_rate, fsdp_in_use, slice_p
                 pv, gv = bridge._FastlrStep._diagnose(where, p, p.grad)
                 size = (pv.size + sp - 1) // sp
                 st = self.state.get(p)
+                if outside:     # (p0 is only read, as by the package)
+                    bridge._refuse_inference(str, (where,), p, st, ("p0",))
                 if st and "step" in st:
                     step = st["step"]
                     if isinstance(step, torch.Tensor) and step.numel() == 1:

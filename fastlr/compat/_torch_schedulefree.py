@@ -191,8 +191,9 @@ class _ScheduleFreeStep:
             If the optimizer is in eval mode (``param_groups[0]['train_mode']`` False; the
             package raises a plain ``Exception``).
         TypeError, ValueError
-            A tensor the kernel cannot update in place, or a scalar of a group out of
-            range, naming the group and parameter.
+            A tensor the kernel cannot update in place (an inference tensor outside
+            ``torch.inference_mode()`` too), or a scalar of a group out of range, naming the
+            group and parameter.
         """
         if not self.param_groups[0]["train_mode"]:      # type: ignore[attr-defined]
             raise RuntimeError(f"{self._cls}.step: the optimizer is in eval mode; call "
@@ -209,6 +210,7 @@ class _ScheduleFreeStep:
         bridge = _bridge_module()
         fn = f"{self._cls}.step"
         plan, index = [], -1
+        outside = not torch.is_inference_mode_enabled()    # inference tensors are refused
         for gi, group in enumerate(self.param_groups):      # type: ignore[attr-defined]
             coef = self._coefficients(fn, gi, group)
             work = []
@@ -219,6 +221,8 @@ class _ScheduleFreeStep:
                 where = self._where(gi, k, index)
                 pv, gv = bridge._FastlrStep._diagnose(where, p, p.grad)
                 st = self.state.get(p)                      # type: ignore[attr-defined]
+                if outside:
+                    bridge._refuse_inference(str, (where,), p, st)
                 bufs = None
                 if st and "z" in st:
                     bufs = [bridge._FastlrStep._check_buffer(lambda *a: where, (), key,
@@ -280,6 +284,9 @@ class _ScheduleFreeStep:
         fn = f"{self._cls}.{'train' if to_train else 'eval'}"
         bridge = _bridge_module()
         jobs, updated, index = [], [], -1
+        # outside inference mode an inference parameter is refused (the package's p.lerp_
+        # refuses it); z is only read, as by the package
+        outside = not torch.is_inference_mode_enabled()
         for gi, group in enumerate(self.param_groups):      # type: ignore[attr-defined]
             if bool(group["train_mode"]) == to_train:
                 index += len(group["params"])
@@ -293,6 +300,8 @@ class _ScheduleFreeStep:
                     continue
                 where = self._where(gi, k, index).replace(self._cls, fn, 1)
                 pv = _param_view(where, p)
+                if outside:
+                    bridge._refuse_inference(str, (where,), p, None)
                 zv = bridge._FastlrStep._check_buffer(lambda *a: where, (), "z", st["z"], pv)
                 if pv.size and np.may_share_memory(pv, zv):
                     raise ValueError(f"{where}: state['z'] shares memory with the parameter")
@@ -338,9 +347,11 @@ _DOC = """{package} (schedulefree 1.4.1) whose ``step``, ``train`` and ``eval`` 
     parameter, before anything is written: tensors not on the CPU, dtypes other than
     float32/float64, sparse grads, non-contiguous parameters, grads or state not of the
     parameter's dtype, shape and layout, state sharing memory with the parameter or its
-    grad, and group scalars out of range (``lr``, ``weight_decay``, ``eps``,
+    grad, group scalars out of range (``lr``, ``weight_decay``, ``eps``,
     ``weight_lr_power``, ``weight_sum`` ``< 0``; ``beta1`` / ``momentum`` outside (0, 1),
-    ``beta2`` outside [0, 1)).
+    ``beta2`` outside [0, 1)), and outside ``torch.inference_mode()`` inference tensors as
+    parameters or state (``train`` / ``eval``: as parameters; the package refuses to update
+    those in place too).
     """
 
 

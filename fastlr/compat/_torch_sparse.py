@@ -13,7 +13,8 @@ Refused before anything is written (``TypeError`` / ``ValueError`` naming the gr
 param; a dense grad is torch's ``RuntimeError``): params not on the CPU, not float32/float64,
 not 2-D or not C-contiguous; grads with other than one sparse and one dense dimension, or of
 another dtype; state tensors not like their param; out-of-range hyperparameters written to
-``param_groups`` after construction.
+``param_groups`` after construction; outside ``torch.inference_mode()``, inference tensors
+as params or state (``TypeError``; torch refuses to update those in place too).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from fastlr._core.args import POSITIVE, UNIT, checked_real
 from fastlr._core.sparse import check_rows, sparse_adam
+from fastlr.compat._torch_adafactor import _bridge_module
 
 __all__ = ["SparseAdam"]
 
@@ -117,6 +119,7 @@ class SparseAdam(torch.optim.SparseAdam):
     def _checked(self) -> List[Tuple[torch.Tensor, np.ndarray, np.ndarray, dict]]:
         """Every param with a grad, checked with its grad, state and hyperparameters."""
         work = []
+        outside = not torch.is_inference_mode_enabled()    # inference tensors are refused
         for g, group in enumerate(self.param_groups):
             lr = group["lr"]
             lr = float(lr.item()) if isinstance(lr, torch.Tensor) else lr
@@ -136,6 +139,9 @@ class SparseAdam(torch.optim.SparseAdam):
                     raise RuntimeError("SparseAdam does not support dense gradients, please "
                                        "consider Adam instead")
                 self._check_tensor(label, p)
+                st = self.state.get(p, {})  # (a defaultdict: no entry made here)
+                if outside:
+                    _bridge_module()._refuse_inference("{}: {}".format, (_NAME, label), p, st)
                 if grad.sparse_dim() != 1 or grad.dense_dim() != 1 or \
                         grad.shape != p.shape or grad.dtype != p.dtype or \
                         grad.device.type != "cpu":
@@ -149,7 +155,6 @@ class SparseAdam(torch.optim.SparseAdam):
                 indices = grad._indices()[0].contiguous().numpy()
                 rows = grad._values().contiguous().numpy()
                 check_rows(_NAME, label, f"the grad of {label}", _plain(p), indices, rows)
-                st = self.state.get(p, {})  # (a defaultdict: no entry made here)
                 for key in ("exp_avg", "exp_avg_sq"):
                     buf = st.get(key)
                     if st and (not isinstance(buf, torch.Tensor) or buf.shape != p.shape or

@@ -145,11 +145,13 @@ class _FastlrStep:
     _fixed: Dict[str, Any] = {}     # hyperparameters the row fixes (AdamW: decoupled_weight_decay)
     _fast_path = True       # step() tries the compiled step first (False: Python path only)
     _settings = ()          # (group key, a pair's names or (), is a flag) read by _hyper ...
-    # Whether state may hold inference tensors (made in torch.inference_mode()): set by a
-    # step or add_param_group in inference mode, load_state_dict and unpickling; while set,
-    # a step outside inference mode takes the Python path, which checks every state tensor
-    # (and clears it when none is one). Parameters are checked at every step.
-    _inference_state = False
+    # Whether state may hold inference tensors (made in torch.inference_mode()): True after
+    # a step or add_param_group in inference mode, load_state_dict and unpickling; while
+    # True, a step outside inference mode takes the Python path, which checks every state
+    # tensor and then sets it to False when none is one, or to the tuple of the params it
+    # skipped (no grad) whose state holds one: the compiled step runs while none of those
+    # has a grad. Parameters are checked at every step.
+    _inference_state: Any = False
 
     # -- construction ---------------------------------------------------------------------
     n_threads: Optional[int]
@@ -266,7 +268,9 @@ class _FastlrStep:
         # outside inference mode torch refuses to update inference tensors in place: the
         # Python path raises that error (state: see _inference_state)
         outside = not _inference_mode()
-        if outside and self._inference_state:
+        frozen = self._inference_state
+        if outside and frozen and (frozen is True or any([p.grad is not None
+                                                          for p in frozen])):
             return False
         try:
             groups = []
@@ -314,7 +318,7 @@ class _FastlrStep:
         scalar = self._scalar
         lazy = self._lazy
         outside = not _inference_mode()     # inference tensors are refused (as torch does)
-        inference_state = False             # a skipped param's state holds one
+        frozen = []                         # skipped params whose state holds one
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
@@ -334,8 +338,9 @@ class _FastlrStep:
                 index += 1
                 g = p.grad
                 if g is None:
-                    if outside and self._inference_state and not inference_state:
-                        inference_state = _inference_key(self.state.get(p)) is not None
+                    if outside and self._inference_state and \
+                            _inference_key(self.state.get(p)) is not None:
+                        frozen.append(p)
                     continue
                 try:
                     if not (isinstance(p, torch.Tensor) and isinstance(g, torch.Tensor)
@@ -363,11 +368,7 @@ class _FastlrStep:
                     if outside and self._inference_state:   # (else none is one)
                         key = _inference_key(st)
                         if key is not None:
-                            raise TypeError(
-                                f"{self._where(gi, k, index)}: state[{key!r}] is an inference "
-                                f"tensor (made in torch.inference_mode()); as torch, it is "
-                                f"not updated in place outside inference mode (step inside "
-                                f"torch.inference_mode(), or replace the state with a clone)")
+                            raise _inference_state_error(self._where(gi, k, index), key)
                     for name in names:
                         t = st.get(keys[name])
                         if t is not None:
@@ -384,8 +385,8 @@ class _FastlrStep:
                     _check_disjoint(self._where, (gi, k, index), pv, gv, bufs, keys)
                 work.append((p, pv, gv, st, bufs, step, step_view, extra))
             plan.append((hyper, names, work, fills))
-        if outside and not inference_state:
-            self._inference_state = False       # no state tensor is an inference tensor
+        if outside:     # every state tensor was checked (while the flag was set)
+            self._inference_state = tuple(frozen) or False
         return plan
 
     def _apply(self, plan):
@@ -512,9 +513,7 @@ class _FastlrStep:
             raise TypeError(f"{where} is a negative view (torch._neg_view); it cannot be "
                             f"updated in place through NumPy")
         if outside and p.is_inference():
-            raise TypeError(f"{where} is an inference tensor (made in torch.inference_mode()); "
-                            f"as torch, it is not updated in place outside inference mode "
-                            f"(step inside torch.inference_mode(), or optimize a clone)")
+            raise _inference_param_error(where)
         try:
             pv = p.detach().numpy()
             gv = g.detach().numpy()
@@ -612,13 +611,47 @@ def _scalar_state(where_fn, at, st, key):
     return v, view
 
 
-def _inference_key(st):
-    """The key of the first inference tensor in the state dict ``st`` (None if none)."""
+def _inference_key(st, read_only=()):
+    """The key of the first inference tensor in the state dict ``st`` (None if none), not
+    counting the keys in ``read_only`` (state the step only reads)."""
     if st:
         for key, value in st.items():
-            if isinstance(value, torch.Tensor) and value.is_inference():
+            if isinstance(value, torch.Tensor) and value.is_inference() and \
+                    key not in read_only:
                 return key
     return None
+
+
+def _inference_param_error(where):
+    return TypeError(f"{where} is an inference tensor (made in torch.inference_mode()); "
+                     f"as torch, it is not updated in place outside inference mode "
+                     f"(step inside torch.inference_mode(), or optimize a clone)")
+
+
+def _inference_state_error(where, key):
+    return TypeError(f"{where}: state[{key!r}] is an inference tensor (made in "
+                     f"torch.inference_mode()); as torch, it is not updated in place outside "
+                     f"inference mode (step inside torch.inference_mode(), or replace the "
+                     f"state with a clone)")
+
+
+def _refuse_inference(where_fn, at, p, st, read_only=()):
+    """The inference-tensor check of the bridges that step in Python (Adafactor, Muon,
+    SparseAdam, the schedule-free, D-Adaptation and Prodigy bridges), for a step outside
+    ``torch.inference_mode()`` (the caller asks ``torch.is_inference_mode_enabled()`` once
+    per step): raise the ``TypeError`` this module raises when the parameter ``p`` or a
+    tensor of its state dict ``st`` (None: no state) is an inference tensor; torch refuses
+    to update those in place outside inference mode. ``read_only``: state keys the step only
+    reads (torch reads inference tensors fine). ``where_fn(*at)`` names the parameter
+    (formatted only for the error). About 0.5 us a parameter with three state entries; it
+    checks every step (no flag as ``_FastlrStep._inference_state``: those steps cost tens of
+    microseconds a tensor, and state put into ``optimizer.state`` by hand is checked too)."""
+    if p.is_inference():
+        raise _inference_param_error(where_fn(*at))
+    if st:
+        key = _inference_key(st, read_only)
+        if key is not None:
+            raise _inference_state_error(where_fn(*at), key)
 
 
 def _check_disjoint(where_fn, at, pv, gv, bufs, keys):

@@ -870,6 +870,29 @@ def test_inference_params_without_grad_are_skipped_and_grads_may_be_inference():
     assert not torch.equal(a.detach(), a0) and frozen not in opt.state
 
 
+def test_a_frozen_param_with_inference_state_keeps_the_compiled_step_until_it_has_a_grad():
+    a = torch.nn.Parameter(torch.randn(4))
+    frozen = torch.nn.Parameter(torch.randn(3))
+    opt = ft.Adam([a, frozen], lr=0.1)
+    a.grad = torch.ones(4)
+    opt.step()
+    with torch.inference_mode():
+        a.grad, frozen.grad = None, torch.ones(3)
+        opt.step()                              # frozen's state: inference tensors
+    frozen.grad, a.grad = None, torch.ones(4)
+    frozen.requires_grad_(False)
+    assert not _fast_taken(opt)                 # the Python path checks the state once ...
+    assert _fast_taken(opt) and _fast_taken(opt)    # ... then the compiled step runs
+    frozen.grad = torch.ones(3)                 # stepped again: its state is refused
+    snap = _snapshot(opt)
+    with pytest.raises(TypeError, match=r"parameter 1 .*state\['\w+'\] is an inference"):
+        opt.step()
+    _assert_unchanged(opt, snap)
+    opt.state[frozen] = {k: v.clone() for k, v in opt.state[frozen].items()}
+    assert not _fast_taken(opt)                 # checked once more, then compiled again
+    assert _fast_taken(opt)
+
+
 def test_bad_state_changes_nothing():
     opt, ps = _stepped("Adam", {})
     opt.state[ps[3]]["exp_avg"] = torch.zeros(3)
