@@ -565,7 +565,7 @@ cdef class Engine:
         cdef char* base
         cdef char* gp
         cdef Py_ssize_t expected_bytes = 0, hit, gbytes
-        cdef bint f32, one = False
+        cdef bint f32
         for i in range(n):
             if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>self._param_arrays[i]) or (
                     self.params[i].user_type_num >= 0 and     # (stored here or by the caller)
@@ -576,7 +576,7 @@ cdef class Engine:
             self.params[i].grad_itemsize = self.params[i].itemsize
         if cnp.PyArray_Check(grads) and n == 1 and same_shape(
                 <cnp.ndarray>grads, <cnp.ndarray>self._param_arrays[0]):
-            one = True          # the one param's grad: checked as the list [grads] is
+            grads = (grads,)    # the one param's grad: checked as the list [grads] is
         elif cnp.PyArray_Check(grads):
             # one flat gradient buffer covering every param, in param order: 1-D (as
             # fastlr.flat_buffer makes it), each param's part in its memory order
@@ -613,13 +613,13 @@ cdef class Engine:
                 base += self.params[i].nbytes // self.params[i].itemsize * \
                     self.params[i].grad_itemsize
             return self._check_grad_overlap(<char*>cnp.PyArray_DATA(g), expected_bytes)
-        if not one and not isinstance(grads, (list, tuple)):
+        if not isinstance(grads, (list, tuple)):
             raise TypeError(f"{self.name}.step: grads must be a list of arrays (one per param) "
                             f"or one flat array, got {type(grads).__name__}")
-        if not one and len(grads) != n:
+        if len(grads) != n:
             raise ValueError(f"{self.name}.step: got {len(grads)} grads for {n} params")
         for i in range(n):
-            obj = grads if one else grads[i]
+            obj = grads[i]
             pp = &self.params[i]
             if not cnp.PyArray_Check(obj):
                 raise TypeError(f"{self.name}.step: grads[{i}] must be a numpy.ndarray, got "
