@@ -69,6 +69,7 @@ from fastlr._core.args import (INT_MAX, POSITIVE, checked_real, choice_arg, flag
                                threads_arg)
 from fastlr._core import bf16 as _bf16
 from fastlr._core.engine import grad_stats
+from fastlr.optim.front import bare_grad as _bare_grad
 from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
 from fastlr.optim.stepping import supports_windows as _supports_windows
 from fastlr.schedules import Schedule
@@ -858,7 +859,12 @@ class ShardedOptimizer:
         if isinstance(grads, dict):
             grads = by_name(name, self._names, grads, "the grads",
                             "nothing was updated on any rank")
-        if isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.size == self.total_size:
+        if isinstance(grads, np.ndarray):   # the one param's grad, or a 1-D flat buffer
+            grads = _bare_grad(name, grads, self._shapes, self.total_size)
+        if isinstance(grads, np.ndarray):
+            if grads.size != self.total_size:
+                raise ValueError(f"{name}: the flat grad buffer has {grads.size} elements but "
+                                 f"the params have {self.total_size} in all")
             arrays, sizes = [grads], [self.total_size]
         elif isinstance(grads, (list, tuple)):
             arrays, sizes = list(grads), self._sizes
@@ -1074,10 +1080,11 @@ class ShardedOptimizer:
         Parameters
         ----------
         grads : numpy.ndarray, list of numpy.ndarray or dict of str to numpy.ndarray
-            This rank's grads: the flat grad buffer (``total_size`` elements), one array
-            per param (views of one buffer are used in place, others copied), or a dict by
-            param name; ranks may pass different ones of these forms. A flat buffer that
-            is not C-contiguous (a strided view) is copied.
+            This rank's grads: the flat grad buffer (1-D, ``total_size`` elements), one
+            array per param (views of one buffer are used in place, others copied), or a
+            dict by param name; ranks may pass different ones of these forms. With one
+            param, an array of its shape is its grad. A flat buffer that is not
+            C-contiguous (a strided view) is copied.
 
         Returns
         -------

@@ -7,6 +7,8 @@ from numpy.typing import NDArray
 KINDS: Dict[str, int]
 
 def _set_cores(capsule: object) -> None: ...
+def bare_grad_error(fn: str, shape: Tuple[int, ...], n: int, shape0: Tuple[int, ...],
+                    total: int) -> ValueError: ...
 
 @final          # cython.final: cannot be subclassed (so no @disjoint_base)
 class Engine:

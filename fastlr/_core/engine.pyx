@@ -17,6 +17,10 @@
 #    allocated per step.
 # c) Grads that are adjacent views of one buffer (or one flat grad array) let a coalesced
 #    span run as one piece; otherwise the span runs param by param, with the same bits.
+#    One grad array (not a list) is the one param's grad when there is one param and it
+#    has its shape (checked as the list [grads] is); else it is a flat grad buffer, which
+#    must be 1-D (as fastlr.flat_buffer makes it): any other shape is refused
+#    (bare_grad_error; fastlr/optim/front.py's bare_grad is the Python fronts' rule).
 # d) Nothing here is written per optimizer family. What differs per family comes from the
 #    optimizer table (fastlr/_specs.py) through engine_families.pxi (generated from
 #    engine_families.pxi.tp by setup.py): a FamilyOps per family number with the function
@@ -77,6 +81,22 @@ def _set_cores(capsule):
     global CORES, _CAPSULE
     CORES = <const CoreTable*>PyCapsule_GetPointer(capsule, b"fastlr.CoreTable")
     _CAPSULE = capsule
+
+
+def bare_grad_error(str fn, tuple shape, Py_ssize_t n, object shape0, Py_ssize_t total):
+    """The ValueError for one grad array (not a list) that is neither the one param's grad
+    (an array of its shape) nor a 1-D flat grad buffer (``fn``: the caller's name; ``n``
+    params, the first of shape ``shape0``, ``total`` elements in all). Shared by the step
+    engine and the Python fronts (fastlr/optim/front.py: bare_grad), for one wording."""
+    if n == 1:
+        return ValueError(f"{fn}: grads has shape {shape} but params[0] has shape "
+                          f"{tuple(shape0)}; one grad array is the one param's grad (its "
+                          f"shape) or a 1-D flat grad buffer of {total} elements (see "
+                          f"fastlr.flat_buffer). Nothing was updated")
+    return ValueError(f"{fn}: grads has shape {shape} but one grad array for {n} params "
+                      f"must be a 1-D flat grad buffer of {total} elements (see "
+                      f"fastlr.flat_buffer); otherwise pass a list with one grad per param. "
+                      f"Nothing was updated")
 
 
 cdef enum:
@@ -554,9 +574,17 @@ cdef class Engine:
                                  f"(flags.writeable=False) but is updated in place. "
                                  f"Nothing was updated")
             self.params[i].grad_itemsize = self.params[i].itemsize
-        if cnp.PyArray_Check(grads):
-            # one flat gradient buffer covering every param, in param order
+        if cnp.PyArray_Check(grads) and n == 1 and same_shape(
+                <cnp.ndarray>grads, <cnp.ndarray>self._param_arrays[0]):
+            grads = (grads,)    # the one param's grad: checked as the list [grads] is
+        elif cnp.PyArray_Check(grads):
+            # one flat gradient buffer covering every param, in param order: 1-D (as
+            # fastlr.flat_buffer makes it), each param's part in its memory order
             g = <cnp.ndarray>grads
+            if cnp.PyArray_NDIM(g) != 1:
+                raise bare_grad_error(f"{self.name}.step", (<object>g).shape, n,
+                                      (<object>self._param_arrays[0]).shape if n else (),
+                                      self.total_size)
             f32 = cnp.PyArray_TYPE(g) == cnp.NPY_FLOAT     # (16-bit params take it: note f)
             if n and (cnp.PyArray_TYPE(g) != self.params[0].type_num) and not (
                     f32 and self.params[0].direct16):

@@ -30,8 +30,9 @@ class's docstring says which) takes a number, a :mod:`fastlr.schedules` schedule
 in C each step, its value checked there against the argument's range) or a Python callable
 ``step -> float`` (slower). Update ``t + 1`` uses ``schedule(t)``.
 
-``opt.step(grads)`` takes the grads in param order (or one flat grad array when the params
-are views of one flat buffer, see :func:`flat_buffer`), checks them in compiled code and
+``opt.step(grads)`` takes the grads in param order (or one 1-D flat grad array when the
+params are views of one flat buffer, see :func:`flat_buffer`; with a single param, an array
+of its shape is its grad), checks them in compiled code and
 updates every array of every group in one C call. Params that are adjacent views of one
 buffer (same group and dtype) are updated as one span.
 """

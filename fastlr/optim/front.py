@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fastlr._core.engine import grad_stats
+from fastlr._core.engine import bare_grad_error, grad_stats
 
 
 class EngineFront:
@@ -130,9 +130,38 @@ def check_flat_size_and_layout(fn: str, flat: np.ndarray, total: int) -> None:
                          f"in native byte order")
 
 
-def split_flat(params: Sequence[np.ndarray], flat: np.ndarray) -> List[np.ndarray]:
-    """A flat grad buffer as per-param views, each in its param's memory order."""
-    flat, out, off = flat.reshape(-1), [], 0
+def bare_grad(fn: str, grads: np.ndarray, shapes: Sequence[Any], total: int) -> Any:
+    """One grad array (not a list) passed for params of ``shapes`` (``total`` elements in
+    all), as the step engine takes it: ``[grads]`` when there is one param and the array
+    has its shape (the one param's grad: the list form's checks follow), else ``grads``, a
+    flat grad buffer, which must be 1-D (its size, dtype and layout are the caller's to
+    check). Raises ValueError (bare_grad_error: the engine's wording) for any other shape;
+    ``fn`` names the caller in the message."""
+    if len(shapes) == 1 and grads.shape == tuple(shapes[0]):
+        return [grads]
+    if grads.ndim != 1:
+        raise bare_grad_error(fn, grads.shape, len(shapes),
+                              tuple(shapes[0]) if shapes else (), total)
+    return grads
+
+
+def split_flat(params: Sequence[np.ndarray], flat: np.ndarray, fn: str,
+               layout: bool = True) -> List[np.ndarray]:
+    """One grad array as per-param grads (:func:`bare_grad`): the one param's own grad (an
+    array of its shape) as ``[flat]``, else a 1-D flat grad buffer of the params' total
+    size as per-param views, each in its param's memory order; with ``layout``, the buffer
+    must also be C-contiguous, aligned and native (:func:`check_flat_size_and_layout`).
+    ``fn`` names the caller in the messages. Raises before anything is written."""
+    total = sum(p.size for p in params)
+    one = bare_grad(fn, flat, [p.shape for p in params], total)
+    if one is not flat:
+        return one
+    if layout:
+        check_flat_size_and_layout(fn, flat, total)
+    elif flat.size != total:
+        raise ValueError(f"{fn}: the flat grad buffer has {flat.size} elements but the "
+                         f"params have {total} in all")
+    out, off = [], 0
     for p in params:
         out.append(flat[off:off + p.size].reshape(p.shape, order=memory_order(p)))
         off += p.size

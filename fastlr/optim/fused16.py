@@ -32,8 +32,9 @@ import numpy as np
 
 from fastlr import kernels, reference
 from fastlr._core.args import layout_hint
-from fastlr.optim.front import (EngineFront, check_flat_size_and_layout, check_overlap,
-                                 clipped, memory_order, regions, run_per_param, split_flat)
+from fastlr.optim.front import (EngineFront, bare_grad, check_flat_size_and_layout,
+                                 check_overlap, clipped, memory_order, regions, run_per_param,
+                                 split_flat)
 from fastlr.optim.master import _round_into, is_16bit
 
 __all__ = ["Fused16Step", "run", "check_grads", "wanted"]
@@ -95,8 +96,10 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
     """The grads as one array per param, each checked as the kernels check them (type,
     dtype: the param's, or float32 for a 16-bit param; shape; the param's memory order;
     alignment; no overlap with a param or the state); raises before anything is
-    written. A flat array (of any shape, C-contiguous) is split in param order; its dtype
-    must be one every param takes."""
+    written. One array (not a list) is the one param's grad when it has that param's shape
+    (checked as the list ``[grads]``), else a 1-D flat grad buffer (C-contiguous, the
+    params' total size: fastlr.flat_buffer), split in param order; its dtype must be one
+    every param takes."""
     fn = f"{opt._name}.{what}"
     params = [_face(opt, p) for p in opt._params]
     for i, p in enumerate(params):
@@ -105,6 +108,8 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
                              f"updated in place")
     if isinstance(grads, np.ndarray):
         total = sum(p.size for p in params)
+        grads = bare_grad(fn, grads, [p.shape for p in params], total)
+    if isinstance(grads, np.ndarray):
         refused = [i for i, p in enumerate(params) if not _grad_dtype_ok(p, grads)]
         if refused:
             i = refused[0]
@@ -114,7 +119,7 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
                             f"several dtypes")
         check_flat_size_and_layout(fn, grads, total)
         check_overlap(opt, [grads], "the flat grad buffer", "params or state")
-        return split_flat(params, grads)
+        return split_flat(params, grads, fn)
     if not isinstance(grads, (list, tuple)):
         raise TypeError(f"{fn}: grads must be a list of arrays (one per param) or one flat "
                         f"array, got {type(grads).__name__}")

@@ -195,11 +195,16 @@ class MasterWeightsMixin:
         return out
 
     def _split_flat16(self, grads, what="step"):
-        """A flat 16-bit grad buffer as one view per param, each in its param's memory
-        order (the step engine reads a 16-bit param's grad per param; a flat buffer it
-        takes in float32 only), checked as a flat buffer is: nothing is written."""
-        from fastlr.optim.front import check_flat_size_and_layout, split_flat
+        """One 16-bit grad array as one grad per param: the one param's own grad (an array
+        of its shape) as ``[grads]``, checked later as the list form is; else a 1-D flat
+        buffer as one view per param, each in its param's memory order (the step engine
+        reads a 16-bit param's grad per param; a flat buffer it takes in float32 only),
+        checked as a flat buffer is: nothing is written."""
+        from fastlr.optim.front import bare_grad, split_flat
         fn = f"{self._name}.{what}"
+        if isinstance(bare_grad(fn, grads, [p.shape for p in self._params],
+                                sum(p.size for p in self._params)), list):
+            return [grads]
         for i, p in enumerate(self._params):
             user = self._user(p)
             face = p if user is None else user
@@ -207,9 +212,7 @@ class MasterWeightsMixin:
                 raise TypeError(f"{fn}: the flat grad buffer has dtype {grads.dtype} but "
                                 f"params[{i}] has dtype {face.dtype}; pass a list of grads "
                                 f"for params of several dtypes (or a float32 flat buffer)")
-        total = sum(p.size for p in self._params)
-        check_flat_size_and_layout(fn, grads, total)
-        return split_flat(self._params, grads)
+        return split_flat(self._params, grads, fn)
 
     def _publish_masters(self, done=()) -> None:
         """Every 16-bit param = its master rounded to nearest even (but those whose index is

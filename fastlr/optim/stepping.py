@@ -45,9 +45,12 @@ class StepMixin(_OptimizerAttrs):
         ----------
         grads : list of numpy.ndarray, numpy.ndarray or dict of str -> numpy.ndarray
             The grads, one per param with its shape and dtype: a list in param order, one
-            flat array when the params are views of one buffer (see
-            :func:`fastlr.flat_buffer`), or, when the params are named, a dict of name ->
-            grad with exactly the params' names, in any order. :class:`fastlr.SGD`,
+            1-D flat array of the params' total size when the params are views of one
+            buffer (see :func:`fastlr.flat_buffer`), or, when the params are named, a dict
+            of name -> grad with exactly the params' names, in any order. With a single
+            param, one array of its shape is its grad, checked as the list ``[grad]`` is
+            (its shape, dtype and memory order); any other array that is not 1-D is
+            refused. :class:`fastlr.SGD`,
             :class:`fastlr.Adagrad` and :class:`fastlr.Adam` also take a
             :class:`fastlr.RowSparseGrad` for a 2-D param: its rows only are updated (see
             the docs' sparse page).
@@ -64,8 +67,10 @@ class StepMixin(_OptimizerAttrs):
             If a grad has the wrong type, dtype or layout, or the grads are not a list,
             an array or (named params) a dict.
         ValueError
-            If the number, shapes or names of the grads do not match the params, or a
-            scheduled hyperparameter gives an invalid value.
+            If the number, shapes or names of the grads do not match the params (one
+            array that is neither the single param's grad nor a 1-D flat buffer of the
+            params' total size included), or a scheduled hyperparameter gives an invalid
+            value.
         RuntimeError
             If another thread is stepping or changing this optimizer at the same time.
 
@@ -284,9 +289,10 @@ class StepMixin(_OptimizerAttrs):
         if isinstance(grads, dict):
             grads = self._grads_list(grads, "step_reference")
         if getattr(self, "_masters_of", None):
-            if isinstance(grads, np.ndarray):       # a flat buffer: per param, then widened
+            if isinstance(grads, np.ndarray):       # one array: per param, then widened
                 grads = self._split_flat16(grads, "step_reference") \
-                    if is_16bit(grads.dtype) else split_flat(self._params, grads)
+                    if is_16bit(grads.dtype) else \
+                    split_flat(self._params, grads, f"{self._name}.step_reference", False)
             applied = StepMixin._step_reference(self, self._master_grads(grads,
                                                                          "step_reference"))
             if applied is not False:
@@ -295,8 +301,9 @@ class StepMixin(_OptimizerAttrs):
         return StepMixin._step_reference(self, grads)
 
     def _step_reference(self, grads):
-        if isinstance(grads, np.ndarray):       # each param's grad in its memory order
-            grads = split_flat(self._params, grads)
+        if isinstance(grads, np.ndarray):   # the one param's grad, or a 1-D flat buffer
+            # (each param's part in its memory order)
+            grads = split_flat(self._params, grads, f"{self._name}.step_reference", False)
         if len(grads) != len(self._params):
             raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
                              f"{len(self._params)} params")

@@ -2,6 +2,7 @@
 uneven shards), skipped cleanly without mpirun or mpi4py; and what works without MPI."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,40 @@ def test_one_rank_equals_the_plain_optimizer():
     assert dist.state_elements == 2 * flat.size
     assert set(dist.timings) == {"check", "reduce_scatter", "clip", "update", "all_gather"}
 
+
+
+def test_one_grad_array_is_the_single_params_grad_or_a_1d_flat_buffer():
+    """As the optimizers' step: with one param, an array of its shape is its grad; else one
+    array is a 1-D flat buffer of the total size; any other shape is refused, nothing
+    written (once, a (2, 3) grad of a single (2, 3) param was a TypeError)."""
+    if _mpi_missing():
+        pytest.skip(_mpi_missing())
+    from mpi4py import MPI
+
+    runs = []
+    for form in ("bare", "list"):
+        flat, (w,) = fastlr.flat_buffer([(2, 3)], np.float64)
+        flat[:] = 1.0
+        dist = distributed.ShardedOptimizer(fastlr.SGD, [w], MPI.COMM_SELF, lr=0.5)
+        g = np.arange(6.0).reshape(2, 3)
+        dist.step(g if form == "bare" else [g])
+        runs.append(w.copy())
+        for bad in (g.T.copy(), np.ones((6, 1))):
+            with pytest.raises(ValueError, match=rf"grads has shape {re.escape(str(bad.shape))}"
+                                                 rf" but params\[0\] has shape \(2, 3\)"):
+                dist.step(bad)
+        np.testing.assert_array_equal(w, runs[-1])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], 1.0 - 0.5 * np.arange(6.0).reshape(2, 3))
+    flat, views = fastlr.flat_buffer([(4, 3), (5,)], np.float64)
+    dist = distributed.ShardedOptimizer(fastlr.SGD, views, MPI.COMM_SELF, lr=0.5)
+    with pytest.raises(ValueError, match=r"grads has shape \(1, 17\) but one grad array for 2 "
+                                         r"params must be a 1-D flat grad buffer of 17"):
+        dist.step(np.ones((1, 17)))
+    with pytest.raises(ValueError, match="the flat grad buffer has 16 elements but the params "
+                                         "have 17 in all"):
+        dist.step(np.ones(16))
+    assert not flat.any()
 
 
 @pytest.mark.parametrize("overlap", [False, True])

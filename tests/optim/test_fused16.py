@@ -467,18 +467,25 @@ def test_a_read_only_master_or_state_view_is_refused_before_anything_is_written(
     assert all(_same_bits(x, y) for x, y in zip(a, before)) and opt.steps == 1
 
 
-def test_flat_grads_of_params_of_several_dtypes_and_any_shape():
+def test_flat_grads_of_params_of_several_dtypes_1d_only():
     buf = np.random.default_rng(0).standard_normal(10).astype(np.float16)
     a = [buf[:4], buf[4:]]
     b = [x.copy() for x in a]
     opt = fastlr.Adam(a, lr=1e-2)
     ref = fastlr.Adam(b, lr=1e-2)
-    flat = np.linspace(-1, 1, 10, dtype=np.float32).reshape(2, 5)
+    flat = np.linspace(-1, 1, 10, dtype=np.float32)
     opt.step(flat)
     ref.step_reference(flat)
     opt.step(flat.astype(np.float16))
     ref.step_reference(flat.astype(np.float16))      # (split, then widened)
     assert all(_same_bits(x, y) for x, y in zip(a, b))
+    # a flat buffer is 1-D (as fastlr.flat_buffer makes it): a (2, 5) one is refused
+    for g in (flat.reshape(2, 5), flat.astype(np.float16).reshape(2, 5)):
+        for step in (opt.step, ref.step_reference):
+            with pytest.raises(ValueError, match=r"grads has shape \(2, 5\) but one grad "
+                                                 r"array for 2 params must be a 1-D flat"):
+                step(g)
+    assert all(_same_bits(x, y) for x, y in zip(a, b)) and opt.steps == ref.steps == 2
     mixed = fastlr.Adam([np.ones(3, np.float16), np.ones(2, np.float32)], lr=1e-2)
     mixed.step(np.ones(5, np.float32))
     with pytest.raises(TypeError, match=r"flat grad buffer has dtype float16 but params\[1\] .*"
