@@ -55,7 +55,8 @@ class ParamList(list):
 class ParamGroup(dict):
     """A param group: a dict like torch's whose writes are checked.
 
-    Writing a hyperparameter takes effect at the next step. The ``params``
+    Writing a hyperparameter takes effect at the next step (writing ``lr`` also resets the
+    group's ReduceLROnPlateau factor: the next step uses the lr as written). The ``params``
     entry (and ``param_names``) cannot be replaced or edited (use ``add_param_group``), and
     no entry can be removed. Built by the optimizer, not by the caller.
 
@@ -117,6 +118,12 @@ class ParamGroup(dict):
                 dict.__setitem__(self, key, old)
             raise
         owner._dirty = True
+        if key == "lr":
+            # the lr as written, as in torch: the group's ReduceLROnPlateau factor starts
+            # again at 1 (later cuts scale the written lr; fastlr/plateau.py)
+            scales = getattr(owner, "_lr_scale", None)
+            if scales is not None and g is not None and g < len(scales):
+                scales[g] = 1.0
         fills = getattr(owner, "_hyper_fills", ())    # (LBFGS owns groups too, without)
         if fills and any(key == option for _, option in fills):
             owner._refill_unstarted(self)
