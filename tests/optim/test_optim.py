@@ -20,6 +20,7 @@ import copy
 import functools
 import os
 import pickle
+import re
 import zlib
 
 import numpy as np
@@ -1519,6 +1520,38 @@ def test_load_damaged_file_raises_value_error_and_changes_nothing(damage, tmp_pa
     assert not _open_fds_to(bad), f"load left {bad.name} open after the error"
     opt.load(good)                 # the intact file loads
     assert opt.steps == 6
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"not a zip at all", r"it starts with b'not '"), (b"", "it is empty"),
+    ("npy", r"it starts with b'\\x93NUM'"), ("pickle", r"it starts with b'\\x80"),
+    ("object member", r"its member 'format' holds pickled Python objects")])
+def test_a_file_that_is_no_checkpoint_is_named_without_pickle_advice(content, says,
+                                                                    tmp_path):
+    """NumPy's message for such files suggests allow_pickle; a checkpoint is never loaded
+    that way, and the message says the file is not a fastlr checkpoint (.npz) instead."""
+    bad = tmp_path / "bad.npz"
+    if content == "npy":
+        with open(bad, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif content == "pickle":
+        bad.write_bytes(pickle.dumps({"steps": 1}))
+    elif content == "object member":
+        with open(bad, "wb") as f:
+            np.savez(f, format=np.array([{"a": 1}], dtype=object))
+    else:
+        bad.write_bytes(content)
+    opt = fastlr.SGD([np.zeros(3)], lr=0.1)
+    for call in (opt.load, fastlr.optim.read_checkpoint):
+        with pytest.raises(ValueError) as info:
+            call(bad)
+        message = str(info.value)
+        assert f"{bad} is not a readable fastlr checkpoint" in message
+        assert re.search(says, message), message
+        if content != "object member":
+            assert "not a .npz file" in message
+        assert "allow_pickle" not in message and "unsafe" not in message
+        assert "allow_pickle" not in str(info.value.__cause__ or "")
 
 
 def _open_fds_to(path):
