@@ -634,6 +634,15 @@ def test_adagrad_initial_accumulator_value_per_group(torch):
         assert_close(a, ta.detach().numpy(), dtype, "group 0")
         assert_close(b, tb.detach().numpy(), dtype, "group 1")
         assert_close(opt.state[0]["state_sum"], oa.state[ta]["sum"].numpy(), dtype, "sum 0")
+        # torch over the same groups fills both sums with the constructor's value: the
+        # difference README and docs/migrating.rst document (update them if this changes)
+        tc, td = (torch.nn.Parameter(torch.tensor(x)) for x in (a0, b0))
+        both = torch.optim.Adagrad([{"params": [tc], "initial_accumulator_value": 0.5},
+                                    {"params": [td]}], lr=0.05,
+                                   initial_accumulator_value=0.01, foreach=False)
+        assert both.param_groups[0]["initial_accumulator_value"] == 0.5
+        assert float(both.state[tc]["sum"].max()) == float(both.state[tc]["sum"].min()) \
+            == 0.01
 
 
 def test_nadam_mu_product_is_state(torch):
