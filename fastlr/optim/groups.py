@@ -96,8 +96,8 @@ class ParamGroup(dict):
     def __setitem__(self, key: str, value: Any) -> None:
         owner = getattr(self, "_owner", None)
         if key in _FIXED_KEYS:
-            g = None if owner is None else self._index(owner)
-            where = "a param group" if g is None else f"{owner._name}: param_groups[{g}]"
+            where = "a param group" if owner is None else \
+                f"{owner._name}: param_groups[{self._index(owner)}]"
             raise TypeError(f"{where}[{key!r}] cannot be replaced; add params with "
                             f"add_param_group, or build a new optimizer over other arrays")
         if owner is None:
@@ -133,7 +133,7 @@ class ParamGroup(dict):
         for k, v in dict(*args, **kwargs).items():
             self[k] = v
 
-    def __ior__(self, other: Any) -> "ParamGroup":
+    def __ior__(self, other: Any) -> "ParamGroup":  # type: ignore[misc]
         self.update(other)
         return self
 
