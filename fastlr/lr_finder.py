@@ -361,7 +361,9 @@ def find_lr(optimizer: Optimizer, loss_and_grads: Callable[[int], tuple[float, A
     every group's hyperparameters (the original objects: a schedule stays that schedule)
     are put back bit for bit afterwards, also when ``loss_and_grads`` or a step raises.
     With ``restore=False`` the params and state keep the sweep's updates, but the groups'
-    hyperparameters are still put back (the swept lr is not left behind).
+    hyperparameters are still put back (the swept lr is not left behind). Each step of
+    the sweep uses its lr as written (a :class:`fastlr.ReduceLROnPlateau` factor does not
+    scale it); the factors are put back with the groups either way.
 
     The params and state are copied once (memory: about one extra copy of each).
 
@@ -420,6 +422,9 @@ def find_lr(optimizer: Optimizer, loss_and_grads: Callable[[int], tuple[float, A
     opt = optimizer
     sweep = _lr_sweep(start_lr, end_lr, num_steps, mode)
     groups = [dict(g) for g in opt.param_groups]          # the original objects
+    # a ReduceLROnPlateau's factors: writing the swept lr sets them to 1 (the sweep runs
+    # each lr as written), putting the groups back keeps them
+    scales = np.array(opt._lr_scale, copy=True)
     if restore:
         saved_state = opt.state_dict()                    # arrays copied
         saved_params = [np.array(p, copy=True, order="K") for p in opt._params]
@@ -456,6 +461,7 @@ def find_lr(optimizer: Optimizer, loss_and_grads: Callable[[int], tuple[float, A
             for key, value in original.items():
                 if key != "params" and group.get(key) is not value:
                     group[key] = value
+        np.copyto(opt._lr_scale, scales)
         if restore:
             np.copyto(opt._used, saved_used)
             for p, saved in zip(opt._params, saved_params):

@@ -48,6 +48,12 @@ class ReduceLROnPlateau:
     schedule(t) * scale``. ``min_lr`` (a number, or one per group) bounds the lr at the
     moment of a cut, as in torch; a schedule may still go lower afterwards.
 
+    A cut changes the group's factor (:attr:`scales`), not its ``"lr"`` entry, which keeps
+    the value or schedule it was given (``optimizer.next_lr``: the lr in use). Writing
+    ``optimizer.param_groups[i]["lr"]`` sets the lr of the next step as written, as in
+    torch: that group's factor goes back to 1.0, and later cuts scale the written lr (a
+    written schedule likewise). The factors are part of the optimizer's checkpoint.
+
     Parameters
     ----------
     optimizer : fastlr.Optimizer

@@ -45,7 +45,9 @@ COMMON_ARGS = {
 OPTION_DOCS = {
     "centered": "normalise by an estimate of the variance (keeps ``grad_avg``)",
     "amsgrad": "use the maximum of past second moments (keeps ``max_exp_avg_sq``)",
-    "initial_accumulator_value": "the value ``state_sum`` starts at",
+    "initial_accumulator_value": "the value ``state_sum`` starts at; a param group's own "
+                                 "value applies to that group's params (torch 2.13 ignores "
+                                 "a group's value: every param starts at the constructor's)",
 }
 
 #: One example call per schedule constructor, and the steps its picture covers.

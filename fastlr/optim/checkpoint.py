@@ -93,6 +93,27 @@ def write_npz_atomic(arrays: Mapping[str, Any], path: PathLike) -> None:
         raise
 
 
+#: how a zip archive (an .npz) starts: a local file header, or the end record of an empty one
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+class _Refused(Exception):
+    """(read_npz_members) Not a checkpoint: the message says why."""
+
+
+def _member(data, key, path, what):
+    """One member of an open ``.npz``, read without pickle; an object array (pickled
+    data, which fastlr never writes) is refused without NumPy's hint at allow_pickle."""
+    try:
+        return data[key]
+    except ValueError as error:
+        if "pickle" not in str(error):
+            raise
+        raise _Refused(f"{path!s} is not a readable {what}: its member {key!r} holds "
+                       f"pickled Python objects, which a fastlr checkpoint never does "
+                       f"(fastlr reads checkpoints without unpickling anything)") from None
+
+
 def read_npz_members(path: PathLike, name: str, what: str) -> Dict[str, np.ndarray]:
     """Every member of the ``.npz`` at ``path``, read without pickle.
 
@@ -117,8 +138,19 @@ def read_npz_members(path: PathLike, name: str, what: str) -> Dict[str, np.ndarr
         ``what``).
     """
     try:
-        with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        with open(os.fspath(path), "rb") as f:
+            head = f.read(4)
+            if head not in _ZIP_MAGIC:
+                # (NumPy would go on to a .npy or a pickle, and its message about pickled
+                # data suggests allow_pickle: never, for a checkpoint)
+                start = f"it starts with {head!r}" if head else "it is empty"
+                raise _Refused(f"{path!s} is not a readable {what}: it is not a .npz file "
+                               f"(the zip archive of .npy arrays that save writes); {start}")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as data:
+                return {k: _member(data, k, path, what) for k in data.files}
+    except _Refused as error:
+        raise ValueError(f"{name}: {error}") from None
     except (OSError, ValueError, EOFError) as error:
         raise ValueError(f"{name}: {path!s} is not a readable {what} ({error})") from error
     except Exception as error:      # zipfile.BadZipFile and friends

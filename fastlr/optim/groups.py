@@ -18,31 +18,94 @@ from fastlr.optim.master import MasterWeightsMixin, is_16bit
 from fastlr.schedules import Schedule
 
 
+class ParamList(list):
+    """A param group's ``params`` (or ``param_names``): a list that cannot be changed.
+
+    It reads like the list torch keeps (indexing, slicing, iteration, ``len``, equality
+    with a list, ``isinstance(..., list)``), but the optimizer's arrays are fixed when the
+    group is added, so an edit in place raises ``TypeError`` instead of being ignored: add
+    params with ``add_param_group``, or build a new optimizer over other arrays. A copy
+    (``list(...)``, a slice, ``copy.copy``, pickling) is a plain list.
+    """
+
+    __slots__ = ("_where",)
+
+    def __init__(self, items: Any = (), where: str = "a param group's 'params'") -> None:
+        list.__init__(self, items)
+        self._where = where
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        where = getattr(self, "_where", "a param group's 'params'")
+        what = "names the params" if where.endswith("['param_names']") else \
+            "lists the arrays"
+        raise TypeError(f"{where} cannot be changed in place: it {what} the optimizer "
+                        f"steps, fixed when the group was added; add params with "
+                        f"add_param_group, or build a new optimizer over other arrays")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __reduce__(self):
+        return (list, (list(self),))
+
+    def __copy__(self) -> List[Any]:
+        return list(self)
+
+
 class ParamGroup(dict):
     """A param group: a dict like torch's whose writes are checked.
 
-    Writing a hyperparameter takes effect at the next step; the ``params`` entry cannot be
-    replaced (use ``add_param_group``). Built by the optimizer, not by the caller.
+    Writing a hyperparameter takes effect at the next step (writing ``lr`` also resets the
+    group's ReduceLROnPlateau factor: the next step uses the lr as written). The ``params``
+    entry (and ``param_names``) cannot be replaced or edited (use ``add_param_group``), and
+    no entry can be removed. Built by the optimizer, not by the caller.
 
     Raises
     ------
     TypeError
-        On writing ``params`` or ``param_names``, or a hyperparameter of the wrong type.
+        On writing, editing or removing ``params`` or ``param_names``, removing a
+        hyperparameter, or writing one of the wrong type.
     ValueError
-        On writing a hyperparameter out of its range (the group is left as it was).
+        On writing a hyperparameter out of its range, or an unknown one (the group is left
+        as it was).
     """
 
     __slots__ = ("_owner",)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        dict.__init__(self)
+        if args or kwargs:
+            self.update(*args, **kwargs)
+
+    def _set_params(self, fn: str, g: int, params: Sequence[Any],
+                    names: Optional[Sequence[str]] = None) -> None:
+        """(The optimizer's construction.) Store ``params`` (and ``param_names`` when
+        named) as read-only lists: :class:`ParamList`."""
+        dict.__setitem__(self, "params", ParamList(params, f"{fn}: param_groups[{g}]['params']"))
+        if names is not None:
+            dict.__setitem__(self, "param_names",
+                             ParamList(names, f"{fn}: param_groups[{g}]['param_names']"))
+
+    def _index(self, owner: Any) -> Optional[int]:
+        """This group's place in its optimizer's ``param_groups`` (None: not there yet)."""
+        for g, group in enumerate(owner.param_groups):
+            if group is self:
+                return g
+        return None
+
     def __setitem__(self, key: str, value: Any) -> None:
-        if key in _FIXED_KEYS:
-            raise TypeError(f"a param group's {key!r} cannot be replaced; build a new "
-                            f"optimizer or use add_param_group")
         owner = getattr(self, "_owner", None)
+        if key in _FIXED_KEYS:
+            where = "a param group" if owner is None else \
+                f"{owner._name}: param_groups[{self._index(owner)}]"
+            raise TypeError(f"{where}[{key!r}] cannot be replaced; add params with "
+                            f"add_param_group, or build a new optimizer over other arrays")
         if owner is None:
             dict.__setitem__(self, key, value)
             return
-        value = owner._check_hyper(key, value, where="param_groups[...]")
+        g = self._index(owner)
+        value = owner._check_hyper(key, value,
+                                   where=f"param_groups[{'...' if g is None else g}]")
         missing = object()
         old = self.get(key, missing)
         dict.__setitem__(self, key, value)
@@ -55,6 +118,12 @@ class ParamGroup(dict):
                 dict.__setitem__(self, key, old)
             raise
         owner._dirty = True
+        if key == "lr":
+            # the lr as written, as in torch: the group's ReduceLROnPlateau factor starts
+            # again at 1 (later cuts scale the written lr; fastlr/plateau.py)
+            scales = getattr(owner, "_lr_scale", None)
+            if scales is not None and g is not None and g < len(scales):
+                scales[g] = 1.0
         fills = getattr(owner, "_hyper_fills", ())    # (LBFGS owns groups too, without)
         if fills and any(key == option for _, option in fills):
             owner._refill_unstarted(self)
@@ -63,6 +132,53 @@ class ParamGroup(dict):
         """``dict.update``, each entry written (and checked) as by ``group[key] = value``."""
         for k, v in dict(*args, **kwargs).items():
             self[k] = v
+
+    def __ior__(self, other: Any) -> "ParamGroup":  # type: ignore[misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``; a key the group lacks is written (and checked) as by
+        ``group[key] = default``."""
+        if key in self:
+            return dict.__getitem__(self, key)
+        self[key] = default
+        return dict.__getitem__(self, key)
+
+    def _refuse_removal(self, key: Any = None) -> TypeError:
+        owner = getattr(self, "_owner", None)
+        g = None if owner is None else self._index(owner)
+        where = f"param_groups[{g}]" if g is not None else "a param group"
+        if key is None:
+            what = f"the entries of {where}"
+        else:
+            what = f"{where}[{key!r}]"
+        how = ("write new values instead (group[key] = value), or build a new optimizer"
+               if key is None else "build a new optimizer over other arrays"
+               if key in _FIXED_KEYS else "write a new value instead (group[key] = value)")
+        fn = f"{owner._name}: " if owner is not None else ""
+        return TypeError(f"{fn}{what} cannot be removed: a group keeps its params and "
+                         f"every hyperparameter; {how}")
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        raise self._refuse_removal(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        """Refused for a key the group has (``TypeError``); else ``dict.pop``'s default
+        or ``KeyError``."""
+        if key in self:
+            raise self._refuse_removal(key)
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> Tuple[str, Any]:
+        """Refused (``TypeError``): a group's entries cannot be removed."""
+        raise self._refuse_removal()
+
+    def clear(self) -> None:
+        """Refused (``TypeError``): a group's entries cannot be removed."""
+        raise self._refuse_removal()
 
     def __reduce__(self):
         return (dict, (dict(self),))
@@ -288,13 +404,11 @@ class GroupsMixin(_OptimizerAttrs):
         for j, p in enumerate(params):
             self._check_param(self._label(start + j, all_names, g, j), p)
         full = ParamGroup()
-        checked = {key: self._check_hyper(key, value, where="param group ")
+        checked = {key: self._check_hyper(key, value, where=f"param_groups[{g}]")
                    for key, value in group.items() if key != "params"}
         for key, value in self.defaults.items():
             dict.__setitem__(full, key, checked.get(key, value))
-        dict.__setitem__(full, "params", params)
-        if names is not None:
-            dict.__setitem__(full, "param_names", names)
+        full._set_params(self._name, g, params, names)
         self._validate_group(full)
         self._check_overlap(self._params + params, all_names)
         self._params.extend(params)

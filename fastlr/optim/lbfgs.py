@@ -330,7 +330,7 @@ class LBFGS(StateFileMixin):
                     "tolerance_grad": tolerance_grad, "tolerance_change": tolerance_change,
                     "history_size": history_size, "line_search_fn": line_search_fn}
         hypers = {k: self._check_hyper(k, v, "") for k, v in defaults.items()}
-        overrides = {k: self._check_hyper(k, v, "param group ")
+        overrides = {k: self._check_hyper(k, v, "param_groups[0]")
                      for k, v in group.items() if k not in _FIXED_KEYS}
         if hypers["max_eval"] is None:
             hypers["max_eval"] = hypers["max_iter"] * 5 // 4
@@ -341,9 +341,7 @@ class LBFGS(StateFileMixin):
         full = ParamGroup()
         for k in _HYPERS:
             dict.__setitem__(full, k, hypers[k])
-        dict.__setitem__(full, "params", list(arrays))
-        if names is not None:
-            dict.__setitem__(full, "param_names", names)
+        full._set_params(name, 0, arrays, names)
         full._owner = self      # type: ignore[attr-defined]  # (a slot)
         self.param_groups.append(full)
         self._params: List[np.ndarray] = list(arrays)

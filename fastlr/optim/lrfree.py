@@ -206,9 +206,7 @@ class Prodigy(StateFileMixin):
                 if key not in _FIXED_KEYS:
                     dict.__setitem__(full, key, self._check_hyper(key, value,
                                                                   f"param_groups[{g}]"))
-            dict.__setitem__(full, "params", list(arrays))
-            if names is not None:
-                dict.__setitem__(full, "param_names", names)
+            full._set_params(name, g, arrays, names)
             built.append(full)
             params_all.extend(arrays)
         if names_all is not None and len(set(names_all)) != len(names_all):

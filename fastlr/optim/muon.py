@@ -233,15 +233,14 @@ class Muon(StateFileMixin):
         all_names = None if names is None else (self._names or []) + names
         for j, p in enumerate(arrays):
             self._check_param(self._label(start + j, all_names, g, j), p)
-        checked = {key: self._check_hyper(key, value, "param group ")
+        checked = {key: self._check_hyper(key, value, f"param_groups[{g}]")
                    for key, value in group.items() if key not in _FIXED_KEYS}
         self._check_overlap(self._params + arrays, all_names)
         full = ParamGroup()
         for key in _HYPERS:
             dict.__setitem__(full, key, checked.get(key, self.defaults[key]))
-        dict.__setitem__(full, "params", list(arrays))
+        full._set_params(name, g, arrays, names)
         if names is not None:
-            dict.__setitem__(full, "param_names", names)
             self._names = all_names
             self._name_index.update((k, start + j) for j, k in enumerate(names))
             self._getter = operator.itemgetter(*all_names)

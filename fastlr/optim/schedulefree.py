@@ -91,9 +91,7 @@ class _ScheduleFree(StateFileMixin):
                             for k, v in group.items() if k not in _FIXED_KEYS}
             for k in self._HYPERS:
                 dict.__setitem__(full, k, given_hypers.get(k, checked[k]))
-            dict.__setitem__(full, "params", list(arrays))
-            if names is not None:
-                dict.__setitem__(full, "param_names", names)
+            full._set_params(name, g, arrays, names)
             full._owner = self      # type: ignore[attr-defined]  # (a slot)
             self.param_groups.append(full)
             self._params.extend(arrays)

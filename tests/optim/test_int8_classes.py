@@ -407,8 +407,9 @@ def test_a_checkpoint_keeps_its_blocks_across_param_layouts(source, tmp_path):
 
 
 def test_the_step_runs_the_params_it_was_built_with():
-    """param_groups[g]["params"] is a list the caller can edit; like the float32 step, the
-    int8 step updates the optimizer's own params with their own grads and state."""
+    """param_groups[g]["params"] cannot be edited (TypeError, nothing changes); the int8
+    step, like the float32 one, then updates the optimizer's own params with their own
+    grads and state."""
     def build(state_dtype):
         a, b, c = (np.zeros(4, np.float32) for _ in range(3))
         opt = fastlr.Adam([{"params": [a, b]}, {"params": [c]}], lr=0.1,
@@ -416,14 +417,16 @@ def test_the_step_runs_the_params_it_was_built_with():
         return opt, (a, b, c)
     grads = [np.ones(4, np.float32), -np.ones(4, np.float32), np.ones(4, np.float32)]
     want, (a32, b32, c32) = build("float32")
-    want.param_groups[0]["params"].pop()
     want.step(grads)
     for edit in ("pop", "append"):
         opt, (a, b, c) = build("int8")
-        if edit == "pop":
-            opt.param_groups[0]["params"].pop()
-        else:
-            opt.param_groups[0]["params"].append(np.zeros(4, np.float32))
+        with pytest.raises(TypeError, match=r"param_groups\[0\]\['params'\] cannot be "
+                                            r"changed in place"):
+            if edit == "pop":
+                opt.param_groups[0]["params"].pop()
+            else:
+                opt.param_groups[0]["params"].append(np.zeros(4, np.float32))
+        assert [id(p) for p in opt.param_groups[0]["params"]] == [id(a), id(b)]
         opt.step(grads)
         assert opt.steps == 1
         for x, y in ((a, a32), (b, b32), (c, c32)):

@@ -250,9 +250,14 @@ def test_param_names_beside_the_arrays_as_torch_writes_them():
 
 def test_param_names_cannot_be_replaced():
     opt = fastlr.Adam({"w": np.zeros(2)}, lr=0.1)
-    with pytest.raises(TypeError, match="'param_names' cannot be replaced"):
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['param_names'\] cannot be "
+                                        r"replaced"):
         opt.param_groups[0]["param_names"] = ["v"]
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['param_names'\] cannot be "
+                                        r"changed in place"):
+        opt.param_groups[0]["param_names"][0] = "v"
     assert opt.param_groups[0]["param_names"] == ["w"]
+    opt.step({"w": np.ones(2)})                 # the optimizer's names are unchanged
 
 
 # ---------------------------------------------------------------------------------------

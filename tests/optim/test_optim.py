@@ -16,8 +16,11 @@ What is held to what (docs/design.md: Numerics, Arguments):
 """
 
 import contextlib
+import copy
 import functools
 import os
+import pickle
+import re
 import zlib
 
 import numpy as np
@@ -588,6 +591,132 @@ def test_param_group_write_is_validated():
         opt.param_groups[0]["params"] = [np.ones(3)]
     opt.step([np.ones(3)])
     assert opt.steps == 1
+
+
+def _edits_of_a_list():
+    x = np.zeros(2)
+    return [("item", lambda ps: ps.__setitem__(0, x)), ("slice", lambda ps: ps.__setitem__(
+        slice(0, 1), [x])), ("del", lambda ps: ps.__delitem__(0)),
+        ("append", lambda ps: ps.append(x)), ("extend", lambda ps: ps.extend([x])),
+        ("insert", lambda ps: ps.insert(0, x)), ("pop", lambda ps: ps.pop()),
+        ("remove", lambda ps: ps.remove(ps[0])), ("clear", lambda ps: ps.clear()),
+        ("sort", lambda ps: ps.sort(key=id)), ("reverse", lambda ps: ps.reverse()),
+        ("+=", lambda ps: ps.__iadd__([x])), ("*=", lambda ps: ps.__imul__(2))]
+
+
+def _built(kind):
+    """An optimizer of each kind that owns param groups (two groups where it may), its
+    arrays per group and a step with grads."""
+    a, b, c = np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((3, 2))
+    named = {"a": a, "b": b}
+    grads = [np.ones((2, 3)), np.ones((2, 3)), np.ones((3, 2))]
+    if kind == "LBFGS":
+        opt = fastlr.LBFGS([a, b, c], lr=0.1)
+        return opt, [[a, b, c]], lambda: opt.step(lambda: (0.0, grads))
+    if kind == "named":
+        opt = fastlr.Adam([{"params": named}, {"params": {"c": c}, "lr": 0.01}], lr=0.1)
+        return opt, [[a, b], [c]], lambda: opt.step(dict(a=grads[0], b=grads[1], c=grads[2]))
+    cls = getattr(fastlr, kind)
+    lr1 = 0.1 if kind in ("DAdaptAdam", "Prodigy") else 0.01   # (one lr for all groups)
+    opt = cls([{"params": [a, b]}, {"params": [c], "lr": lr1}], lr=0.1)
+    if kind.startswith("ScheduleFree"):
+        opt.train()
+    return opt, [[a, b], [c]], lambda: opt.step(grads)
+
+
+GROUP_OWNERS = ["SGD", "Adam", "named", "Adafactor", "LAMB", "Muon", "ScheduleFreeAdamW",
+                "DAdaptAdam", "Prodigy", "LBFGS"]
+
+
+@pytest.mark.parametrize("kind", GROUP_OWNERS)
+def test_param_group_params_cannot_be_edited(kind):
+    """A group's "params" (and "param_names") is a read-only list: every edit in place
+    raises TypeError saying what to do, and changes nothing; the optimizer then steps
+    the arrays it lists (torch would step an edited list: fastlr never ignores an edit)."""
+    opt, arrays, step = _built(kind)
+    for g, group in enumerate(opt.param_groups):
+        ps = group["params"]
+        # it reads like torch's list
+        assert isinstance(ps, list) and len(ps) == len(arrays[g])
+        assert [id(p) for p in ps] == [id(p) for p in arrays[g]]
+        assert ps == list(ps) and list(ps) == ps and type(ps[:]) is list
+        assert type(copy.copy(ps)) is list and type(pickle.loads(pickle.dumps(ps))) is list
+        entries = ["params"] + (["param_names"] if "param_names" in group else [])
+        for key in entries:
+            for label, edit in _edits_of_a_list():
+                before = list(group[key])
+                with pytest.raises(TypeError, match=rf"param_groups\[{g}\]\[{key!r}\] "
+                                   rf"cannot be changed in place.*add_param_group"):
+                    edit(group[key])
+                assert [id(v) for v in group[key]] == [id(v) for v in before], (key, label)
+    if kind == "named":
+        assert opt.param_groups[0]["param_names"] == ["a", "b"]
+    with pytest.raises(TypeError, match="cannot be replaced"):
+        opt.param_groups[0]["params"] = [np.zeros(2)]
+    step()
+    for ps in arrays:                       # every listed array was stepped
+        for p in ps:
+            assert np.all(p != 0), kind
+
+
+@pytest.mark.parametrize("kind", GROUP_OWNERS)
+def test_param_group_entries_cannot_be_removed(kind):
+    """del / pop / popitem / clear of a group's entry raise TypeError (the step would
+    otherwise keep the removed value); setdefault and |= write through the checks."""
+    opt, _, step = _built(kind)
+    group = opt.param_groups[-1]
+    lr = group["lr"]
+    before = dict(group)
+    removals = [("del", lambda: group.__delitem__("lr")), ("pop", lambda: group.pop("lr")),
+                ("pop default", lambda: group.pop("lr", None)),
+                ("pop params", lambda: group.pop("params")),
+                ("popitem", group.popitem), ("clear", group.clear)]
+    g = len(opt.param_groups) - 1
+    for label, remove in removals:
+        with pytest.raises(TypeError, match=rf"param_groups\[{g}\].*cannot be removed"):
+            remove()
+        assert group == before, label
+    with pytest.raises(KeyError):
+        del group["no such key"]
+    assert group.pop("no such key", 7) == 7
+    # setdefault: a present key gives its value; a missing one is written (checked)
+    assert group.setdefault("lr", -5.0) == lr and group["lr"] == lr
+    with pytest.raises(ValueError, match="unknown hyperparameter 'bogus'"):
+        group.setdefault("bogus", 1.0)
+    assert "bogus" not in group
+    with pytest.raises(ValueError, match=rf"param_groups\[{g}\]\['lr'\] must be >= 0"):
+        group |= {"lr": -1.0}
+    assert group["lr"] == lr
+    group |= {"lr": lr}
+    assert group["lr"] == lr
+    if hasattr(opt, "next_lr"):
+        group |= {"lr": lr * 2}
+        assert group["lr"] == lr * 2 and opt.next_lr[-1] == lr * 2
+    step()
+
+
+def test_a_written_hyperparameter_error_names_its_group():
+    """The group's index, not "param_groups[...]" nor "param group [...]": for a write, at
+    construction and in add_param_group (the index the new group would get)."""
+    opt = fastlr.Adam([{"params": [np.zeros(2)]}, {"params": [np.zeros(2)]}], lr=0.1)
+    with pytest.raises(ValueError, match=r"^fastlr\.Adam: param_groups\[1\]\['lr'\] must "
+                                         r"be >= 0"):
+        opt.param_groups[1]["lr"] = -1.0
+    with pytest.raises(TypeError, match=r"^fastlr\.Adam: param_groups\[0\]\['betas'\] must "
+                                        r"be a pair"):
+        opt.param_groups[0]["betas"] = 0.9
+    with pytest.raises(ValueError, match=r"^fastlr\.Adam: param_groups\[2\]\['eps'\] must "
+                                         r"be >= 0"):
+        opt.add_param_group({"params": [np.zeros(2)], "eps": -1.0})
+    with pytest.raises(ValueError, match=r"^fastlr\.SGD: param_groups\[1\]\['lr'\] must "
+                                         r"be >= 0"):
+        fastlr.SGD([{"params": [np.zeros(2)]}, {"params": [np.zeros(2)], "lr": -1.0}],
+                   lr=0.1)
+    with pytest.raises(ValueError, match=r"^fastlr\.Muon: param_groups\[1\]\['lr'\]"):
+        fastlr.Muon([{"params": [np.zeros((2, 2))]},
+                     {"params": [np.zeros((2, 2))], "lr": -1.0}])
+    with pytest.raises(ValueError, match=r"^fastlr\.LBFGS: param_groups\[0\]\['lr'\]"):
+        fastlr.LBFGS([{"params": [np.zeros(2)], "lr": -1.0}])
 
 
 @pytest.mark.parametrize("cls_name", ["SGD", "Adam"])
@@ -1391,6 +1520,38 @@ def test_load_damaged_file_raises_value_error_and_changes_nothing(damage, tmp_pa
     assert not _open_fds_to(bad), f"load left {bad.name} open after the error"
     opt.load(good)                 # the intact file loads
     assert opt.steps == 6
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"not a zip at all", r"it starts with b'not '"), (b"", "it is empty"),
+    ("npy", r"it starts with b'\\x93NUM'"), ("pickle", r"it starts with b'\\x80"),
+    ("object member", r"its member 'format' holds pickled Python objects")])
+def test_a_file_that_is_no_checkpoint_is_named_without_pickle_advice(content, says,
+                                                                    tmp_path):
+    """NumPy's message for such files suggests allow_pickle; a checkpoint is never loaded
+    that way, and the message says the file is not a fastlr checkpoint (.npz) instead."""
+    bad = tmp_path / "bad.npz"
+    if content == "npy":
+        with open(bad, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif content == "pickle":
+        bad.write_bytes(pickle.dumps({"steps": 1}))
+    elif content == "object member":
+        with open(bad, "wb") as f:
+            np.savez(f, format=np.array([{"a": 1}], dtype=object))
+    else:
+        bad.write_bytes(content)
+    opt = fastlr.SGD([np.zeros(3)], lr=0.1)
+    for call in (opt.load, fastlr.optim.read_checkpoint):
+        with pytest.raises(ValueError) as info:
+            call(bad)
+        message = str(info.value)
+        assert f"{bad} is not a readable fastlr checkpoint" in message
+        assert re.search(says, message), message
+        if content != "object member":
+            assert "not a .npz file" in message
+        assert "allow_pickle" not in message and "unsafe" not in message
+        assert "allow_pickle" not in str(info.value.__cause__ or "")
 
 
 def _open_fds_to(path):

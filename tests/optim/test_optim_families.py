@@ -634,6 +634,15 @@ def test_adagrad_initial_accumulator_value_per_group(torch):
         assert_close(a, ta.detach().numpy(), dtype, "group 0")
         assert_close(b, tb.detach().numpy(), dtype, "group 1")
         assert_close(opt.state[0]["state_sum"], oa.state[ta]["sum"].numpy(), dtype, "sum 0")
+        # torch over the same groups fills both sums with the constructor's value: the
+        # difference README and docs/migrating.rst document (update them if this changes)
+        tc, td = (torch.nn.Parameter(torch.tensor(x)) for x in (a0, b0))
+        both = torch.optim.Adagrad([{"params": [tc], "initial_accumulator_value": 0.5},
+                                    {"params": [td]}], lr=0.05,
+                                   initial_accumulator_value=0.01, foreach=False)
+        assert both.param_groups[0]["initial_accumulator_value"] == 0.5
+        assert float(both.state[tc]["sum"].max()) == float(both.state[tc]["sum"].min()) \
+            == 0.01
 
 
 def test_nadam_mu_product_is_state(torch):
@@ -1218,6 +1227,107 @@ def test_plateau_matches_torch(torch, kw):
         assert [g["lr"] for g in opt.param_groups] == lrs
     if kw.get("patience", 10) <= 3:         # plateaus last 9 calls
         assert cuts >= (1 if kw.get("factor") in (0.0, 0.9) else 2)
+
+
+def test_a_written_lr_is_used_as_written_after_a_cut(torch):
+    """torch: a group's lr written after a ReduceLROnPlateau cut is the lr of the next step,
+    and later cuts scale it. fastlr: the write puts that group's factor back to 1 (the
+    other group keeps its cut)."""
+    metrics = [1.0, 2.0, 2.0, 0.5, 3.0, 3.0, 0.1, 4.0]
+    writes = {2: (0, 0.3), 5: (1, 0.07)}       # after metric k: group, lr
+    twp = [torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)) for _ in range(2)]
+    topt = torch.optim.SGD([{"params": [twp[0]]}, {"params": [twp[1]], "lr": 0.2}], lr=1.0,
+                           momentum=0.5)
+    tsched = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, factor=0.5, patience=0)
+    ws = [np.zeros(3), np.zeros(3)]
+    opt = fastlr.SGD([{"params": [ws[0]]}, {"params": [ws[1]], "lr": 0.2}], lr=1.0,
+                     momentum=0.5)
+    plateau = fastlr.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    for k, m in enumerate(metrics):
+        grads = [np.full(3, 0.1 * (k + 1)), np.full(3, -0.2 * (k + 1))]
+        for p, g in zip(twp, grads):
+            p.grad = torch.from_numpy(g.copy())
+        topt.step()
+        opt.step(grads)
+        tsched.step(m)
+        plateau.step(m)
+        if k in writes:
+            g, lr = writes[k]
+            topt.param_groups[g]["lr"] = lr
+            opt.param_groups[g]["lr"] = lr
+            assert opt.param_groups[g]["lr"] == lr and plateau.scales[g] == 1.0
+        assert opt.next_lr == pytest.approx([g["lr"] for g in topt.param_groups],
+                                            rel=1e-12, abs=0), k
+        for w, p in zip(ws, twp):
+            np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-12, atol=0)
+    assert plateau.scales[0] < 1 and plateau.scales[1] < 1    # cut after the writes too
+
+
+def test_a_written_schedule_after_a_cut_starts_unscaled():
+    s = S.cosine(0.2, 50)
+    opt = fastlr.Adam([np.zeros(2)], lr=0.1)
+    plateau = fastlr.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    plateau.step(1.0)
+    plateau.step(2.0)
+    assert opt.next_lr == [0.05]
+    opt.step([np.ones(2)])
+    opt.param_groups[0]["lr"] = s
+    assert opt.next_lr == [s(1)] and plateau.scales == [1.0]
+    plateau.step(3.0)                               # then cuts scale the schedule
+    opt.step([np.ones(2)])
+    assert opt.last_lr == [s(1) * 0.5] and opt.next_lr == [s(2) * 0.5]
+
+
+@pytest.mark.parametrize("via", ["state_dict", "save"])
+def test_a_written_lr_after_a_cut_resumes_bit_exact(via, tmp_path):
+    """The factor a write reset, and the cuts after it, are in the checkpoint: a resumed
+    run (built as the original, the same lr written) goes on bit for bit. A rollback to
+    the optimizer's own state dict from before the write restores the cut factor."""
+    rng = np.random.default_rng(5)
+    grads = [[rng.standard_normal(3), rng.standard_normal(2)] for _ in range(12)]
+    metrics = [1.0, 2.0, 2.0, 0.5, 3.0, 3.0, 3.0, 0.2, 4.0, 4.0, 4.0, 4.0]
+
+    def build():
+        ps = [np.zeros(3), np.zeros(2)]
+        opt = fastlr.Adam([{"params": [ps[0]]}, {"params": [ps[1]], "lr": 0.05}], lr=0.1)
+        return opt, ps, fastlr.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+
+    opt, ps, plateau = build()
+    before_write = None
+    for t in range(6):
+        opt.step(grads[t])
+        plateau.step(metrics[t])
+        if t == 2:
+            before_write = opt.state_dict()
+            opt.param_groups[0]["lr"] = 0.3
+    assert plateau.scales[0] < 1                 # cut again after the write
+    saved = opt.state_dict()
+    opt.save(tmp_path / "ck.npz")
+    snap = [p.copy() for p in ps]
+    history = []
+    for t in range(6, 12):
+        opt.step(grads[t])
+        plateau.step(metrics[t])
+        history.append((opt.next_lr, [p.tobytes() for p in ps]))
+
+    opt2, ps2, plateau2 = build()
+    for p, q in zip(ps2, snap):
+        p[...] = q
+    opt2.param_groups[0]["lr"] = 0.3             # the lr the checkpoint recorded
+    if via == "state_dict":
+        opt2.load_state_dict(saved)
+    else:
+        opt2.load(tmp_path / "ck.npz")
+    assert opt2.state_dict()["lr_scale"] == saved["lr_scale"]
+    for k, t in enumerate(range(6, 12)):
+        opt2.step(grads[t])
+        plateau2.step(metrics[t])
+        assert (opt2.next_lr, [p.tobytes() for p in ps2]) == history[k], t
+    # a rollback to the optimizer's own state from before the write (after two cuts)
+    assert before_write["lr_scale"][0] == 0.25
+    opt.load_state_dict(before_write)
+    assert opt.param_groups[0]["lr"] == 0.1
+    assert opt.state_dict()["lr_scale"] == before_write["lr_scale"]
 
 
 def test_plateau_composes_with_a_schedule():

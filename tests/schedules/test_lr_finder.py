@@ -408,6 +408,28 @@ def test_restore_false_keeps_training_but_not_the_swept_lr():
     assert opt.param_groups[0]["lr"] is sched
 
 
+@pytest.mark.parametrize("restore", [True, False])
+def test_after_a_plateau_cut_the_sweep_runs_each_lr_as_written_and_keeps_the_cut(restore):
+    """The swept lr is the lr of each step (a written lr: not scaled by the plateau's
+    factor); the factor is put back with the groups, with or without restore."""
+    w = np.ones(3)
+    opt = fastlr.SGD([w], lr=1.0)
+    plateau = fastlr.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    plateau.step(1.0)
+    plateau.step(2.0)
+    assert opt.next_lr == [0.5]
+    seen = []
+
+    def loss_and_grads(step):
+        seen.append(opt.next_lr[0])
+        return 1.0, [np.zeros(3)]
+
+    r = find_lr(opt, loss_and_grads, start_lr=1e-3, end_lr=1.0, num_steps=5, restore=restore)
+    assert seen == list(r.lrs)
+    assert plateau.scales == [0.5] and opt.next_lr == [0.5]
+    assert opt.state_dict()["lr_scale"] == [0.5]
+
+
 # ---------------------------------------------------------------------------------------
 # arguments
 # ---------------------------------------------------------------------------------------
