@@ -1498,6 +1498,12 @@ class ShardedOptimizer:
             roots (on every rank), or the optimizer is closed.
         """
         name = "fastlr.distributed.ShardedOptimizer.gathered_state_dict"
+        self._agree_root(name, root)
+        return self._gathered(root)
+
+    def _agree_root(self, name, root):
+        """Collective: the open check, then every rank's ``root`` checked and agreed on (a
+        bad or differing root raises on every rank)."""
         self._check_open(name)
         error = None
         try:
@@ -1505,7 +1511,6 @@ class ShardedOptimizer:
         except Exception as e:      # any error: the other ranks must hear of it
             error = e
         self._agree_args(name, error, root)
-        return self._gathered(root)
 
     def _agree_args(self, name, error, root=None):
         """Collective (one small all-gather on ``comm``), before a collective method's own
@@ -1831,13 +1836,7 @@ class ShardedOptimizer:
             If the file cannot be written (on every rank: rank ``root`` its own error).
         """
         name = "fastlr.distributed.ShardedOptimizer.save"
-        self._check_open(name)
-        error = None
-        try:
-            _root_arg(name, root, self.world_size)
-        except Exception as e:      # any error: the other ranks must hear of it
-            error = e
-        self._agree_args(name, error, root)
+        self._agree_root(name, root)
         sd = self._gathered(root)
         error = None
         if sd is not None:          # rank root
