@@ -119,12 +119,18 @@ def memory_order(p: np.ndarray) -> str:
     return "F" if (p.flags.f_contiguous and not p.flags.c_contiguous) else "C"
 
 
-def check_flat_size_and_layout(fn: str, flat: np.ndarray, total: int) -> None:
-    """Raise unless the flat grad buffer ``flat`` holds ``total`` elements, C-contiguous,
-    aligned and in native byte order (``fn``: the caller's name for the message)."""
+def check_flat_size(fn: str, flat: np.ndarray, total: int) -> None:
+    """Raise unless the flat grad buffer ``flat`` holds ``total`` elements (``fn``: the
+    caller's name for the message)."""
     if flat.size != total:
         raise ValueError(f"{fn}: the flat grad buffer has {flat.size} elements but the "
                          f"params have {total} in all")
+
+
+def check_flat_size_and_layout(fn: str, flat: np.ndarray, total: int) -> None:
+    """Raise unless the flat grad buffer ``flat`` holds ``total`` elements, C-contiguous,
+    aligned and in native byte order (``fn``: the caller's name for the message)."""
+    check_flat_size(fn, flat, total)
     if not (flat.flags.c_contiguous and flat.flags.aligned and flat.dtype.isnative):
         raise ValueError(f"{fn}: the flat grad buffer must be C-contiguous, aligned and "
                          f"in native byte order")
@@ -158,9 +164,15 @@ def split_flat(params: Sequence[np.ndarray], flat: np.ndarray, fn: str,
         return one
     if layout:
         check_flat_size_and_layout(fn, flat, total)
-    elif flat.size != total:
-        raise ValueError(f"{fn}: the flat grad buffer has {flat.size} elements but the "
-                         f"params have {total} in all")
+    else:
+        check_flat_size(fn, flat, total)
+    return flat_views(params, flat)
+
+
+def flat_views(params: Sequence[np.ndarray], flat: np.ndarray) -> List[np.ndarray]:
+    """A flat grad buffer already checked (1-D, the params' total size: :func:`split_flat`
+    without its checks, for a caller that ran them) as per-param views, each in its param's
+    memory order."""
     out, off = [], 0
     for p in params:
         out.append(flat[off:off + p.size].reshape(p.shape, order=memory_order(p)))
