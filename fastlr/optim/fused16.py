@@ -33,8 +33,8 @@ import numpy as np
 from fastlr import kernels, reference
 from fastlr._core.args import layout_hint
 from fastlr.optim.front import (EngineFront, bare_grad, check_flat_size_and_layout,
-                                 check_overlap, clipped, memory_order, regions, run_per_param,
-                                 split_flat)
+                                 check_overlap, clipped, flat_views, memory_order, regions,
+                                 run_per_param)
 from fastlr.optim.master import _round_into, is_16bit
 
 __all__ = ["Fused16Step", "run", "check_grads", "wanted"]
@@ -119,7 +119,7 @@ def check_grads(opt, grads, what="step") -> List[np.ndarray]:
                             f"several dtypes")
         check_flat_size_and_layout(fn, grads, total)
         check_overlap(opt, [grads], "the flat grad buffer", "params or state")
-        return split_flat(params, grads, fn)
+        return flat_views(params, grads)
     if not isinstance(grads, (list, tuple)):
         raise TypeError(f"{fn}: grads must be a list of arrays (one per param) or one flat "
                         f"array, got {type(grads).__name__}")

@@ -22,8 +22,8 @@ import numpy as np
 
 from fastlr import kernels
 from fastlr.kernels import zeros_like_many
-from fastlr.optim.front import (EngineFront, bare_grad, check_overlap, clipped, memory_order,
-                                 regions, run_per_param, split_flat)
+from fastlr.optim.front import (EngineFront, bare_grad, check_overlap, clipped, flat_views,
+                                 memory_order, regions, run_per_param)
 from fastlr.optim.master import _same_layout
 from fastlr.reference.int8state import (BLOCK, int8_decode, int8_decode_signed,
                                        int8_encode)
@@ -98,9 +98,9 @@ class Int8Step(EngineFront):
         if isinstance(grads, np.ndarray):   # (checked by the engine: the rule of bare_grad)
             grads = bare_grad(f"{opt._name}.step", grads, [p.shape for p in opt._params],
                               engine.total_size)
-        if isinstance(grads, np.ndarray):
+        if isinstance(grads, np.ndarray):   # (its size and layout too: split unchecked)
             check_overlap(opt, [grads], "the flat grad buffer", "int8 state")
-            grads = split_flat(opt._params, grads, f"{opt._name}.step")
+            grads = flat_views(opt._params, grads)
         else:
             check_overlap(opt, grads, "grads[{}]", "int8 state")
         grads = clipped(self, list(grads), n_threads, max_grad_norm, skip_nonfinite)

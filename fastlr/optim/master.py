@@ -200,10 +200,10 @@ class MasterWeightsMixin:
         buffer as one view per param, each in its param's memory order (the step engine
         reads a 16-bit param's grad per param; a flat buffer it takes in float32 only),
         checked as a flat buffer is: nothing is written."""
-        from fastlr.optim.front import bare_grad, split_flat
+        from fastlr.optim.front import bare_grad, check_flat_size_and_layout, flat_views
         fn = f"{self._name}.{what}"
-        if isinstance(bare_grad(fn, grads, [p.shape for p in self._params],
-                                sum(p.size for p in self._params)), list):
+        total = sum(p.size for p in self._params)
+        if isinstance(bare_grad(fn, grads, [p.shape for p in self._params], total), list):
             return [grads]
         for i, p in enumerate(self._params):
             user = self._user(p)
@@ -212,7 +212,8 @@ class MasterWeightsMixin:
                 raise TypeError(f"{fn}: the flat grad buffer has dtype {grads.dtype} but "
                                 f"params[{i}] has dtype {face.dtype}; pass a list of grads "
                                 f"for params of several dtypes (or a float32 flat buffer)")
-        return split_flat(self._params, grads, fn)
+        check_flat_size_and_layout(fn, grads, total)
+        return flat_views(self._params, grads)
 
     def _publish_masters(self, done=()) -> None:
         """Every 16-bit param = its master rounded to nearest even (but those whose index is
