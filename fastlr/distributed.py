@@ -69,7 +69,7 @@ from fastlr._core.args import (INT_MAX, POSITIVE, checked_real, choice_arg, flag
                                threads_arg)
 from fastlr._core import bf16 as _bf16
 from fastlr._core.engine import grad_stats
-from fastlr.optim.front import bare_grad as _bare_grad
+from fastlr.optim.front import bare_grad as _bare_grad, check_flat_size as _check_flat_size
 from fastlr.optim.groups import by_name, groups_arg, names_diff, split_named
 from fastlr.optim.stepping import supports_windows as _supports_windows
 from fastlr.schedules import Schedule
@@ -861,10 +861,8 @@ class ShardedOptimizer:
                             "nothing was updated on any rank")
         if isinstance(grads, np.ndarray):   # the one param's grad, or a 1-D flat buffer
             grads = _bare_grad(name, grads, self._shapes, self.total_size)
-        if isinstance(grads, np.ndarray):
-            if grads.size != self.total_size:
-                raise ValueError(f"{name}: the flat grad buffer has {grads.size} elements but "
-                                 f"the params have {self.total_size} in all")
+        if isinstance(grads, np.ndarray):   # (any layout: a strided one is copied below)
+            _check_flat_size(name, grads, self.total_size)
             arrays, sizes = [grads], [self.total_size]
         elif isinstance(grads, (list, tuple)):
             arrays, sizes = list(grads), self._sizes
