@@ -27,13 +27,20 @@ import numpy as np
 
 from fastlr._core import bf16 as _bf16
 
-__all__ = ["is_16bit", "MasterWeightsMixin"]
+__all__ = ["is_16bit", "is_16bit_any_order", "MasterWeightsMixin"]
 
 
 def is_16bit(dtype: np.dtype) -> bool:
     """float16 or bfloat16 (``ml_dtypes.bfloat16``), native byte order."""
     return dtype.isnative and dtype.itemsize == 2 and (
         dtype == np.float16 or dtype.name == "bfloat16")
+
+
+def is_16bit_any_order(dtype: np.dtype) -> bool:
+    """float16 or bfloat16 in either byte order: one grad array of such a dtype is split
+    per param (``_split_flat16``), so that a byte-swapped one meets the checks of the list
+    form (the engine's ``WidenFirst`` for it is answered by widening a list only)."""
+    return dtype.itemsize == 2 and is_16bit(dtype.newbyteorder("="))
 
 
 def _same_layout(a, b):

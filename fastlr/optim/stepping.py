@@ -13,7 +13,7 @@ from fastlr._kernels import get_num_threads as _default_threads
 from fastlr.optim import fused16, int8
 from fastlr.optim.front import split_flat
 from fastlr.optim.groups import _OptimizerAttrs, by_name
-from fastlr.optim.master import is_16bit
+from fastlr.optim.master import is_16bit_any_order
 
 #: What ``step`` takes: a list of grads in param order, one flat grad array, or (named
 #: params) a mapping of name -> grad.
@@ -100,7 +100,7 @@ class StepMixin(_OptimizerAttrs):
             # step (fastlr/optim/fused16.py) and the int8 front (Int8Step.published) do
             masters = getattr(self, "_masters_of", None) and \
                 type(self._engine) is not fused16.Fused16Step
-            if masters and isinstance(grads, np.ndarray) and is_16bit(grads.dtype):
+            if masters and isinstance(grads, np.ndarray) and is_16bit_any_order(grads.dtype):
                 grads = self._split_flat16(grads)
             if masters and type(self._engine) is not Engine and \
                     type(self._engine) is not int8.Int8Step:
@@ -291,7 +291,7 @@ class StepMixin(_OptimizerAttrs):
         if getattr(self, "_masters_of", None):
             if isinstance(grads, np.ndarray):       # one array: per param, then widened
                 grads = self._split_flat16(grads, "step_reference") \
-                    if is_16bit(grads.dtype) else \
+                    if is_16bit_any_order(grads.dtype) else \
                     split_flat(self._params, grads, f"{self._name}.step_reference", False)
             applied = StepMixin._step_reference(self, self._master_grads(grads,
                                                                          "step_reference"))
