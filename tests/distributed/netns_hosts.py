@@ -40,6 +40,23 @@ shows the error). The agent gives every remote host its own tmpdir
 (``OMPI_MCA_orte_tmpdir_base``); host 0, mpirun's, keeps the default (set in mpirun's
 environment it would reach every daemon's command line, where it beats the agent's).
 0 of 200 launches hung with it.
+Separate hosts have separate CPUs; these share one machine's. Open MPI binds a lone rank to
+the first core of the topology it sees, and every host's daemon sees the whole machine, so
+by default every host's rank sat on CPU 0 and the others idled (2 hosts on 2 cores: both
+ranks on CPU 0, the update and the busy-polling exchange of one rank taking turns with the
+other's). So ranks are never bound by Open MPI (``--bind-to none``), and where the machine
+has a CPU for every rank each host gets its own CPUs (``taskset``: host i the i-th equal
+part of the CPUs this process may use; :func:`host_cpus`); where it has not (3 hosts on 2
+cores, or 2 ranks per host), every rank may run on every CPU and the kernel spreads them.
+``congestion`` (``--congestion``) sets TCP's congestion control inside the hosts; by
+default they keep the machine's. Measurements use ``reno``: with this machine's default,
+BBR, a 124M-param step over 1 Gbit/s links (4.3 s) varied by hundreds of ms from one step
+to the next (quartiles of ``benchmarks/mpi_step.py --overlap``'s paired differences
+-177 / +131 ms), with reno by a few (-1 / +3 ms). BBR probes the link's rate and
+round-trip time in cycles (among them a window of 4 packets for 200 ms about every 10 s),
+probably the cause. (Only reno and BBR could be chosen in
+a namespace here: the others need the module allowed by the machine's
+``net.ipv4.tcp_allowed_congestion_control``.)
 
 Command line (root, Linux)::
 
@@ -82,6 +99,17 @@ def probe():
         return f"cannot create a network namespace: {made.stderr.strip()}"
     _ip("netns", "del", name, check=False)
     return None
+
+
+def host_cpus(n_hosts, ranks_per_host=1, cpus=None):
+    """Each host's own CPUs (a list of lists: host i gets the i-th of ``n_hosts`` equal
+    parts of ``cpus``, default the CPUs this process may run on), or None when there are
+    fewer than ``ranks_per_host`` CPUs per host: then the hosts share every CPU."""
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else sorted(cpus)
+    per = len(cpus) // n_hosts
+    if per < max(1, ranks_per_host):
+        return None
+    return [cpus[i * per:(i + 1) * per] for i in range(n_hosts)]
 
 
 def _pid_alive(pid):
@@ -130,14 +158,18 @@ class NetnsHosts:
         Each host's egress link rate in tc's units (``"10gbit"``, ``"1gbit"``, ``"100mbit"``).
     delay : str or None
         One-way latency added by the switch (tc's units, ``"100us"``), or None for none.
+    congestion : str or None
+        TCP congestion control in every host (``"cubic"``, ``"bbr"``; the kernel's
+        ``net.ipv4.tcp_congestion_control`` in that namespace), or None: the machine's.
     """
 
-    def __init__(self, n_hosts, rate="10gbit", delay=None):
+    def __init__(self, n_hosts, rate="10gbit", delay=None, congestion=None):
         if not 1 <= n_hosts <= 250:
             raise ValueError(f"n_hosts must be in [1, 250], got {n_hosts}")
         self.n_hosts = n_hosts
         self.rate = rate
         self.delay = delay
+        self.congestion = congestion
         self.tag = f"{PREFIX}{os.getpid()}"
         self.switch = f"{self.tag}-sw"
         self.hosts = [f"{self.tag}-h{i}" for i in range(n_hosts)]
@@ -170,6 +202,9 @@ class NetnsHosts:
             _ip("-n", host, "addr", "add", f"{addr}/24", "dev", "eth0")
             _ip("-n", host, "link", "set", "eth0", "up")
             _ip("-n", host, "link", "set", "lo", "up")
+            if self.congestion:
+                _ip("netns", "exec", host, "sysctl", "-q", "-w",
+                    f"net.ipv4.tcp_congestion_control={self.congestion}")
             _ip("netns", "exec", host, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
                 "rate", self.rate, "burst", "512kb", "latency", "50ms")
             if self.delay:
@@ -184,17 +219,26 @@ class NetnsHosts:
         self.session_dirs = [os.path.join(self._dir, f"h{i}") for i in range(self.n_hosts)]
         for d in self.session_dirs:
             os.mkdir(d)
-        cases = "\n".join(f"  {addr}) ns={host}; tmp={shlex.quote(d)} ;;" for host, addr, d in
-                          zip(self.hosts, self.addresses, self.session_dirs))
+        # host i's CPUs when pinned (run()'s agent is "agent pinned": host_cpus' parts for
+        # one rank per host; with more ranks per host the split is the same while it fits)
+        self._cpu_parts = host_cpus(self.n_hosts) or [[] for _ in self.hosts]
+        cases = "\n".join(
+            f"  {addr}) ns={host}; tmp={shlex.quote(d)}; cpus={','.join(map(str, cpus)) or '-'} ;;"
+            for host, addr, d, cpus in zip(self.hosts, self.addresses, self.session_dirs,
+                                           self._cpu_parts))
         with open(self.agent, "w") as f:
             f.write(f"""#!/bin/sh
-# Open MPI's rsh agent for the test bed: "agent HOST COMMAND..." runs COMMAND in HOST's
-# network namespace (as ssh would run it on HOST), with HOST's own session directory.
-host=$1; shift
+# Open MPI's rsh agent for the test bed: "agent MODE HOST COMMAND..." runs COMMAND in
+# HOST's network namespace (as ssh would run it on HOST), with HOST's own session
+# directory; MODE "pinned": on HOST's own CPUs, "shared": on every CPU.
+mode=$1; host=$2; shift 2
 case "$host" in
 {cases}
   *) echo "fastlr test bed agent: unknown host $host" >&2; exit 1 ;;
 esac
+if [ "$mode" = pinned ]; then
+  OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" taskset -c "$cpus" /bin/sh -c "$*"
+fi
 OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
 """)
         os.chmod(self.agent, 0o755)
@@ -219,6 +263,13 @@ OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
         """tc's description of host i's egress shaping."""
         return _ip("netns", "exec", self.hosts[i], "tc", "qdisc", "show", "dev", "eth0").stdout
 
+    def cpus(self, ranks_per_host=1):
+        """Each host's own CPUs for ``ranks_per_host`` ranks a host (:func:`host_cpus`),
+        or None: the hosts share every CPU."""
+        if host_cpus(self.n_hosts, ranks_per_host) is None:
+            return None
+        return self._cpu_parts
+
     def mpirun_command(self, command, ranks_per_host=1, mpirun="mpirun", tcp_links=1,
                        job_timeout=None):
         """The argv that runs ``command`` (a list) on every host under mpirun, from host 0,
@@ -226,14 +277,19 @@ OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
         mpirun ends the job itself past it, after printing the state of every process and
         (with gdb installed) their native stacks."""
         hosts = ",".join(f"{addr}:{ranks_per_host}" for addr in self.addresses)
+        cpus = self.cpus(ranks_per_host)
+        # host 0's ranks are mpirun's children: mpirun runs on host 0's CPUs
+        pin0 = ["taskset", "-c", ",".join(map(str, cpus[0]))] if cpus else []
         net = f"{SUBNET}.0/24"
         limit = []
         if job_timeout:
             limit = ["--timeout", str(int(job_timeout)), "--report-state-on-timeout",
                      "--get-stack-traces"]
-        return ["ip", "netns", "exec", self.hosts[0], mpirun, *limit,
+        return ["ip", "netns", "exec", self.hosts[0], *pin0, mpirun, *limit,
                 "-n", str(self.n_hosts * ranks_per_host), "--host", hosts, "--map-by", "node",
-                "--mca", "plm_rsh_agent", self.agent, "--mca", "plm_rsh_no_tree_spawn", "1",
+                "--bind-to", "none",
+                "--mca", "plm_rsh_agent", f"{self.agent} {'pinned' if cpus else 'shared'}",
+                "--mca", "plm_rsh_no_tree_spawn", "1",
                 "--mca", "routed", "direct",
                 "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", net,
                 "--mca", "oob_tcp_if_include", net, "--mca", "btl_tcp_links", str(tcp_links), *command]
@@ -257,6 +313,9 @@ def main(argv=None):
     parser.add_argument("--rate", default="10gbit")
     parser.add_argument("--delay", default=None)
     parser.add_argument("--ranks-per-host", type=int, default=1)
+    parser.add_argument("--congestion", default=None,
+                        help="TCP congestion control in every host (cubic, bbr, ...; "
+                             "default: the machine's)")
     parser.add_argument("--tcp-links", type=int, default=1,
                         help="TCP connections per pair of ranks (Open MPI's btl_tcp_links)")
     parser.add_argument("--timeout", type=float, default=600,
@@ -278,9 +337,13 @@ def main(argv=None):
         return 0
     if not command:
         parser.error("give the command to run after --")
-    with NetnsHosts(args.hosts, args.rate, args.delay) as bed:
+    with NetnsHosts(args.hosts, args.rate, args.delay, args.congestion) as bed:
+        cpus = bed.cpus(args.ranks_per_host)
+        where = ("CPUs " + " | ".join(",".join(map(str, c)) for c in cpus) if cpus
+                 else "every CPU shared")
         print(f"netns_hosts: {args.hosts} hosts at {args.rate}"
-              f"{' + ' + args.delay if args.delay else ''}: {shlex.join(command)}", flush=True)
+              f"{' + ' + args.delay if args.delay else ''} ({where}): {shlex.join(command)}",
+              flush=True)
         return bed.run(command, args.ranks_per_host, args.timeout, tcp_links=args.tcp_links,
                        job_timeout=args.job_timeout).returncode
 

@@ -11,6 +11,7 @@ process's state and native stacks, then a kill), so a hang fails and says where 
 """
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -141,3 +142,64 @@ def test_killed_rank_ends_the_job_across_hosts():
                      if netns_hosts._ip("netns", "pids", ns, check=False).stdout.strip()]
         assert not leftovers, leftovers
 
+
+
+def test_host_cpus_splits_the_cpus_while_every_rank_has_one():
+    assert netns_hosts.host_cpus(2, 1, [0, 1]) == [[0], [1]]
+    assert netns_hosts.host_cpus(2, 1, [3, 1, 2, 0]) == [[0, 1], [2, 3]]
+    assert netns_hosts.host_cpus(2, 2, [0, 1, 2, 3]) == [[0, 1], [2, 3]]
+    assert netns_hosts.host_cpus(3, 1, [0, 1, 2, 3]) == [[0], [1], [2]]
+    # fewer CPUs than ranks: every host on every CPU
+    assert netns_hosts.host_cpus(3, 1, [0, 1]) is None
+    assert netns_hosts.host_cpus(2, 2, [0, 1, 2]) is None
+
+
+_SHOW_CPUS = [sys.executable, "-c", "import os; print('cpus=' + ','.join("
+              "map(str, sorted(os.sched_getaffinity(0)))) + ';')"]
+
+
+@pytest.mark.parametrize("n_hosts, ranks_per_host", [(2, 1), (3, 1), (2, 2)])
+def test_ranks_run_on_their_own_hosts_cpus(n_hosts, ranks_per_host):
+    """Every host's daemon sees the whole machine, and Open MPI bound a lone rank to the
+    first core it saw: every host's rank sat on CPU 0 (2 hosts on 2 cores: the two ranks
+    took turns on one core while the other idled). Now each host has its own CPUs where
+    there is one for every rank, and otherwise every rank may use every CPU."""
+    missing = _bed_missing()
+    if missing:
+        pytest.skip(missing)
+    allowed = sorted(os.sched_getaffinity(0))
+    with netns_hosts.NetnsHosts(n_hosts, "1gbit") as bed:
+        result = _run(bed, _SHOW_CPUS, 120, ranks_per_host=ranks_per_host, job_timeout=60,
+                      env=_env(n_hosts))
+        cpus = bed.cpus(ranks_per_host)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    # (the ranks' lines may interleave in mpirun's output)
+    seen = sorted(tuple(map(int, c.split(","))) for c in re.findall(r"cpus=([0-9,]+);",
+                                                                      result.stdout))
+    assert len(seen) == n_hosts * ranks_per_host, out[-4000:]
+    if cpus is None:
+        assert cpus == netns_hosts.host_cpus(n_hosts, ranks_per_host, allowed)
+        assert all(list(s) == allowed for s in seen), seen
+    else:
+        # one set per host, ranks_per_host ranks each, the sets disjoint
+        assert sorted(set(seen)) == sorted(tuple(c) for c in cpus), (seen, cpus)
+        assert all(seen.count(tuple(c)) == ranks_per_host for c in cpus), seen
+        flat = [c for s in set(seen) for c in s]
+        assert len(flat) == len(set(flat)) and set(flat) <= set(allowed), seen
+
+
+def test_congestion_control_is_set_in_the_hosts_only():
+    missing = _bed_missing()
+    if missing:
+        pytest.skip(missing)
+    key = "/proc/sys/net/ipv4/tcp_congestion_control"
+    with open(key) as f:
+        before = f.read().strip()
+    # reno is built into every kernel and may be chosen inside any namespace
+    with netns_hosts.NetnsHosts(2, "1gbit", congestion="reno") as bed:
+        inside = [netns_hosts._ip("netns", "exec", h, "cat", key).stdout.strip()
+                  for h in bed.hosts]
+    assert inside == ["reno", "reno"]
+    with open(key) as f:
+        assert f.read().strip() == before
