@@ -8,10 +8,11 @@ Adam, float32, one OpenMP thread per rank; sizes 1M and 16M parameters; the medi
 ``--repeat`` steps after a warm-up. Prints one line per size from rank 0.
 
 Across hosts (the network-namespace test bed, root on Linux; each host's link shaped to
-the rate given):
+the rate given, each host on its own CPUs where there is one per rank, TCP's congestion
+control set to reno: with BBR the step varied far more; see the bed's docstring):
 
-    python tests/distributed/netns_hosts.py --hosts 2 --rate 1gbit --tcp-links 2 -- \
-        python benchmarks/mpi_step.py --link-gbit 1
+    python tests/distributed/netns_hosts.py --hosts 2 --rate 1gbit --tcp-links 2 \
+        --congestion reno -- python benchmarks/mpi_step.py --link-gbit 1
 
 ``--link-gbit`` adds the bandwidth bound: the bytes one rank sends per step (its
 reduce-scatter sends, in bfloat16 with ``--grad-comm bfloat16``, plus an all-gather's
