@@ -26,8 +26,8 @@ rounds) reached half the link rate (32 MB each way over 1 Gbit/s: 530 ms; with t
 ms; the bound: 268 ms). Measurements use two; the tests keep Open MPI's default: one of
 about fifteen runs of the 3-host checks with two links hung (Open MPI 4.1.4, a loaded
 machine), before the session-directory race below was found (it hung launches with any
-number of links); since that fix, seven benchmark runs with two links (2 and 3 hosts)
-finished without a hang.
+number of links); since that fix, 26 benchmark runs with two links (2 and 3 hosts, 1 and
+10 Gbit/s) finished without a hang.
 mpirun reaches every daemon directly (``--mca routed direct``): with its default tree, a
 daemon that exited with a killed rank could no longer relay the order to stop to the
 daemons below it, and mpirun waited for them forever.
@@ -40,11 +40,11 @@ shows the error). The agent gives every remote host its own tmpdir
 (``OMPI_MCA_orte_tmpdir_base``); host 0, mpirun's, keeps the default (set in mpirun's
 environment it would reach every daemon's command line, where it beats the agent's).
 0 of 200 launches hung with it.
-Separate hosts have separate CPUs; these share one machine's. Open MPI binds a lone rank to
-the first core of the topology it sees, and every host's daemon sees the whole machine, so
-by default every host's rank sat on CPU 0 and the others idled (2 hosts on 2 cores: both
-ranks on CPU 0, the update and the busy-polling exchange of one rank taking turns with the
-other's). So ranks are never bound by Open MPI (``--bind-to none``), and where the machine
+Separate hosts have separate CPUs; these share one machine's. In a job of at most 2 ranks
+Open MPI binds each rank to a core, the first free one of the topology its daemon sees;
+every host's daemon sees the whole machine, so a job of one rank on each of 2 hosts had
+both ranks on CPU 0 while the other CPUs idled (the update and the busy-polling exchange
+of one rank taking turns with the other's). (Larger jobs are bound to the socket.) So ranks are never bound by Open MPI (``--bind-to none``), and where the machine
 has a CPU for every rank each host gets its own CPUs (``taskset``: host i the i-th equal
 part of the CPUs this process may use; :func:`host_cpus`); where it has not (3 hosts on 2
 cores, or 2 ranks per host), every rank may run on every CPU and the kernel spreads them.
@@ -52,7 +52,7 @@ cores, or 2 ranks per host), every rank may run on every CPU and the kernel spre
 default they keep the machine's. Measurements use ``reno``: with this machine's default,
 BBR, a 124M-param step over 1 Gbit/s links (4.3 s) varied by hundreds of ms from one step
 to the next (quartiles of ``benchmarks/mpi_step.py --overlap``'s paired differences
--177 / +131 ms), with reno by a few (-1 / +3 ms). BBR probes the link's rate and
+-177 / +131 ms), with reno by a few (within -1.2 / +3.2 ms in three runs). BBR probes the link's rate and
 round-trip time in cycles (among them a window of 4 packets for 200 ms about every 10 s),
 probably the cause. (Only reno and BBR could be chosen in
 a namespace here: the others need the module allowed by the machine's
@@ -84,15 +84,15 @@ def _ip(*args, check=True):
 
 
 def probe():
-    """None when this machine can build a test bed (Linux, root, ``ip`` and ``tc``, network
-    namespaces allowed), else the reason it cannot."""
+    """None when this machine can build a test bed (Linux, root, ``ip``, ``tc`` and
+    ``taskset``, network namespaces allowed), else the reason it cannot."""
     if not sys.platform.startswith("linux"):
         return "network namespaces are Linux only"
     if os.geteuid() != 0:
         return "building network namespaces needs root (CAP_NET_ADMIN)"
-    for tool in ("ip", "tc"):
+    for tool, package in (("ip", "iproute2"), ("tc", "iproute2"), ("taskset", "util-linux")):
         if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian: apt install iproute2)"
+            return f"'{tool}' is not installed (Debian: apt install {package})"
     name = f"{PREFIX}{os.getpid()}-probe"
     made = _ip("netns", "add", name, check=False)
     if made.returncode != 0:
@@ -159,7 +159,7 @@ class NetnsHosts:
     delay : str or None
         One-way latency added by the switch (tc's units, ``"100us"``), or None for none.
     congestion : str or None
-        TCP congestion control in every host (``"cubic"``, ``"bbr"``; the kernel's
+        TCP congestion control in every host (``"reno"``, ``"bbr"``; the kernel's
         ``net.ipv4.tcp_congestion_control`` in that namespace), or None: the machine's.
     """
 
@@ -203,15 +203,19 @@ class NetnsHosts:
             _ip("-n", host, "link", "set", "eth0", "up")
             _ip("-n", host, "link", "set", "lo", "up")
             if self.congestion:
-                _ip("netns", "exec", host, "sysctl", "-q", "-w",
-                    f"net.ipv4.tcp_congestion_control={self.congestion}")
+                _ip("netns", "exec", host, "/bin/sh", "-c",
+                    'echo "$1" > /proc/sys/net/ipv4/tcp_congestion_control', "-",
+                    self.congestion)
             _ip("netns", "exec", host, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
                 "rate", self.rate, "burst", "512kb", "latency", "50ms")
             if self.delay:
                 _ip("netns", "exec", self.switch, "tc", "qdisc", "add", "dev", f"p{i}", "root",
                     "netem", "delay", self.delay)
         self._dir = tempfile.mkdtemp(prefix="fastlr-netns-")
+        # the agents Open MPI's rsh launcher runs ("AGENT HOST COMMAND..."), one word each
+        # (a value with spaces is not passed on to the daemons): on every CPU, or pinned
         self.agent = os.path.join(self._dir, "agent")
+        self.agent_pinned = os.path.join(self._dir, "agent-pinned")
         # every host's own directory for Open MPI's session files (the module's doc), set
         # by the agent; host 0 runs mpirun, not launched by the agent, and keeps the default
         # (a value in mpirun's environment would reach every daemon's command line, where it
@@ -219,29 +223,30 @@ class NetnsHosts:
         self.session_dirs = [os.path.join(self._dir, f"h{i}") for i in range(self.n_hosts)]
         for d in self.session_dirs:
             os.mkdir(d)
-        # host i's CPUs when pinned (run()'s agent is "agent pinned": host_cpus' parts for
-        # one rank per host; with more ranks per host the split is the same while it fits)
-        self._cpu_parts = host_cpus(self.n_hosts) or [[] for _ in self.hosts]
-        cases = "\n".join(
-            f"  {addr}) ns={host}; tmp={shlex.quote(d)}; cpus={','.join(map(str, cpus)) or '-'} ;;"
-            for host, addr, d, cpus in zip(self.hosts, self.addresses, self.session_dirs,
-                                           self._cpu_parts))
-        with open(self.agent, "w") as f:
-            f.write(f"""#!/bin/sh
-# Open MPI's rsh agent for the test bed: "agent MODE HOST COMMAND..." runs COMMAND in
-# HOST's network namespace (as ssh would run it on HOST), with HOST's own session
-# directory; MODE "pinned": on HOST's own CPUs, "shared": on every CPU.
-mode=$1; host=$2; shift 2
+        # host i's own CPUs (host_cpus for one rank per host, decided once: cpus()), or None
+        self._cpu_parts = host_cpus(self.n_hosts)
+        for agent, parts in ((self.agent, None), (self.agent_pinned, self._cpu_parts)):
+            if agent == self.agent_pinned and parts is None:
+                continue
+            cases = "\n".join(
+                f"  {addr}) ns={host}; tmp={shlex.quote(d)}"
+                f"{'; cpus=' + ','.join(map(str, parts[i])) if parts else ''} ;;"
+                for i, (host, addr, d) in enumerate(zip(self.hosts, self.addresses,
+                                                        self.session_dirs)))
+            pin = 'taskset -c "$cpus" ' if parts else ""
+            with open(agent, "w") as f:
+                f.write(f"""#!/bin/sh
+# Open MPI's rsh agent for the test bed: "{os.path.basename(agent)} HOST COMMAND..." runs
+# COMMAND in HOST's network namespace (as ssh would run it on HOST), with HOST's own
+# session directory{", on HOST's own CPUs" if parts else ""}.
+host=$1; shift
 case "$host" in
 {cases}
   *) echo "fastlr test bed agent: unknown host $host" >&2; exit 1 ;;
 esac
-if [ "$mode" = pinned ]; then
-  OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" taskset -c "$cpus" /bin/sh -c "$*"
-fi
-OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
+OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" {pin}/bin/sh -c "$*"
 """)
-        os.chmod(self.agent, 0o755)
+            os.chmod(agent, 0o755)
         if shutil.which("gdb"):
             # mpirun --get-stack-traces asks each daemon for "gstack PID" (not in Debian's
             # gdb): a hang inside Open MPI (not in Python) then shows its native stacks
@@ -266,9 +271,10 @@ OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
     def cpus(self, ranks_per_host=1):
         """Each host's own CPUs for ``ranks_per_host`` ranks a host (:func:`host_cpus`),
         or None: the hosts share every CPU."""
-        if host_cpus(self.n_hosts, ranks_per_host) is None:
+        parts = self._cpu_parts
+        if parts is None or len(parts[0]) < max(1, ranks_per_host):
             return None
-        return self._cpu_parts
+        return parts
 
     def mpirun_command(self, command, ranks_per_host=1, mpirun="mpirun", tcp_links=1,
                        job_timeout=None):
@@ -288,7 +294,7 @@ OMPI_MCA_orte_tmpdir_base=$tmp exec ip netns exec "$ns" /bin/sh -c "$*"
         return ["ip", "netns", "exec", self.hosts[0], *pin0, mpirun, *limit,
                 "-n", str(self.n_hosts * ranks_per_host), "--host", hosts, "--map-by", "node",
                 "--bind-to", "none",
-                "--mca", "plm_rsh_agent", f"{self.agent} {'pinned' if cpus else 'shared'}",
+                "--mca", "plm_rsh_agent", self.agent_pinned if cpus else self.agent,
                 "--mca", "plm_rsh_no_tree_spawn", "1",
                 "--mca", "routed", "direct",
                 "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", net,
@@ -314,7 +320,7 @@ def main(argv=None):
     parser.add_argument("--delay", default=None)
     parser.add_argument("--ranks-per-host", type=int, default=1)
     parser.add_argument("--congestion", default=None,
-                        help="TCP congestion control in every host (cubic, bbr, ...; "
+                        help="TCP congestion control in every host (reno, bbr, ...; "
                              "default: the machine's)")
     parser.add_argument("--tcp-links", type=int, default=1,
                         help="TCP connections per pair of ranks (Open MPI's btl_tcp_links)")
