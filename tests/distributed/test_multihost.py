@@ -122,10 +122,25 @@ def test_every_host_has_its_own_open_mpi_session_directory():
 
 def test_killed_rank_ends_the_job_across_hosts():
     """SIGKILL to rank 1 on host 1 (tests/distributed/mpi_faults.py): the job ends on every
-    host within the bound, and the launcher names the rank."""
+    host within the bound, and the launcher names the rank.
+
+    Open MPI 4.1.4's own daemon once crashed while the job was torn down (a segmentation
+    fault in ``pmix_server_log_fn``, forwarding a rank's message to mpirun; one CI run,
+    none in 13 local ones): the job still ended within the bound, but the launcher's line
+    naming the rank never came. That crash, and only it, gets one more run."""
     missing = _bed_missing()
     if missing:
         pytest.skip(missing)
+    for attempt in (1, 2):
+        out = _killed_rank_run()
+        if "signal 9" in out or "pmix_server_log_fn" not in out or attempt == 2:
+            break
+    assert "rank 1" in out and "signal 9" in out, out[-4000:]
+
+
+def _killed_rank_run():
+    """One run of test_killed_rank_ends_the_job_across_hosts: its output, once the job
+    has ended within the bound with nothing left running."""
     import time
     with netns_hosts.NetnsHosts(3, "1gbit") as bed, tempfile.TemporaryDirectory() as d:
         t0 = time.monotonic()
@@ -136,11 +151,11 @@ def test_killed_rank_ends_the_job_across_hosts():
         out = result.stdout + result.stderr
         assert result.returncode != 0, out[-4000:]
         assert elapsed < 60, (elapsed, out[-4000:])
-        assert "rank 1" in out and "signal 9" in out, out[-4000:]
         assert not os.path.exists(os.path.join(d, "final.npy"))
         leftovers = [ns for ns in bed.hosts
                      if netns_hosts._ip("netns", "pids", ns, check=False).stdout.strip()]
         assert not leftovers, leftovers
+    return out
 
 
 
