@@ -1,16 +1,18 @@
-"""One grad array (not a list) passed to the step of LAMB and LARS, optimizers outside the
-table (tests/optim/test_bare_grad.py holds the table's to the same rule,
-fastlr/optim/front.py: bare_grad).
+"""One grad array (not a list) passed to the step of LAMB, LARS, Muon and Adafactor, the
+optimizers outside the table (tests/optim/test_bare_grad.py holds the table's to the same
+rule, fastlr/optim/front.py: bare_grad).
 
 With a single param, an array of that param's shape is its grad, checked as the list
 ``[g]`` is (the same error or the same bits, state included); any other array is a flat grad
 buffer over the params (:func:`fastlr.flat_buffer`), 1-D, of their dtype and total size,
 which gives the bits of its per-param views; anything else is refused with an error naming
 the grads and what was expected, before anything is written. ``step`` and
-``step_reference`` raise the same error type and wording, and ``step_reference`` checks a
-list of grads as the compiled step does. (Once, ``step_reference`` took a bare array for a
-list of its rows: a ``(1,)`` param stepped with a 0-d grad, a ``(2, 3)`` grad was "2 grads
-for 1 params"; ``step`` refused every bare array; a list with a wrong dtype or layout passed
+``step_reference`` (LAMB, LARS, Muon; Adafactor has no twin path: its NumPy twin is not
+bit-exact with its kernel) raise the same error type and wording, and LAMB's and LARS's
+``step_reference`` checks a list of grads as their compiled step does. (Once, LAMB's and
+LARS's ``step_reference`` took a bare array for a list of its rows: a ``(1,)`` param
+stepped with a 0-d grad, a ``(2, 3)`` grad was "2 grads for 1 params"; their ``step``,
+Muon's and Adafactor's refused every bare array; a list with a wrong dtype or layout passed
 ``step_reference`` unchecked, and a mis-shaped second grad raised after the first param had
 been updated.)
 """
@@ -24,7 +26,7 @@ import fastlr
 
 from test_bare_grad import _grad, _snapshot  # noqa: E402 (the table's bits and state)
 
-CLASSES = ["LAMB", "LARS"]
+CLASSES = ["LAMB", "LARS", "Muon", "Adafactor"]
 STEPS = ["step", "step_reference"]
 #: the paths each class has
 PATHS = [(c, how) for c in CLASSES for how in STEPS if hasattr(getattr(fastlr, c), how)]
@@ -32,7 +34,7 @@ paths = pytest.mark.parametrize("cls, how", PATHS, ids=[f"{c}-{h}" for c, h in P
 both = pytest.mark.parametrize("cls", [c for c in CLASSES
                                        if hasattr(getattr(fastlr, c), "step_reference")])
 F64 = np.float64
-#: several params
+#: several params (2-D: Muon takes no others)
 SHAPES = [(2, 3), (4, 2), (1, 5)]
 
 
