@@ -26,6 +26,7 @@ from fastlr._core.dispatch import module as _variant
 from fastlr._core.args import FINITE, NONNEG, flag_arg
 from fastlr.optim.base import Optimizer
 from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _plain)
+from fastlr.optim.front import split_flat_same_dtype
 from fastlr.optim.groups import GroupsMixin, _nonneg_int, groups_arg
 from fastlr.optim.stepping import StepMixin
 from fastlr.schedules import Schedule
@@ -34,7 +35,7 @@ __all__ = ["Adafactor", "adafactor"]
 
 _FORMAT = "fastlr-adafactor-1"
 
-Grads = Union[Sequence[np.ndarray], Mapping[str, np.ndarray]]
+Grads = Union[Sequence[np.ndarray], np.ndarray, Mapping[str, np.ndarray]]
 
 
 # the kernel for this CPU (fastlr._core.adafactor, or its x86-64-v3 build)
@@ -258,12 +259,15 @@ class Adafactor(GroupsMixin, StateFileMixin):
             labels = [f"grads[{k!r}]" for k in self._names]
         elif isinstance(grads, dict):
             grads = self._grads_list(grads, "step")     # raises: the params have no names
-        elif isinstance(grads, (list, tuple)):
+        elif isinstance(grads, (list, tuple, np.ndarray)):
+            if isinstance(grads, np.ndarray):   # the one param's grad, or a flat buffer
+                grads = split_flat_same_dtype(self._params, grads, fn)
             labels = [f"grads[{i}]" for i in range(n)]
         else:
             raise TypeError(f"{fn}: grads must be a list of {n} arrays in param order"
-                            f"{' or a dict of name -> array' if self._names else ''}, got "
-                            f"{type(grads).__name__}")
+                            f"{' or a dict of name -> array' if self._names else ''} (or "
+                            f"one array: the one param's grad or a 1-D flat grad buffer), "
+                            f"got {type(grads).__name__}")
         if len(grads) != n:
             raise ValueError(f"{fn}: got {len(grads)} grads for {n} params")
         for i, (g, p) in enumerate(zip(grads, self._params)):
@@ -298,17 +302,22 @@ class Adafactor(GroupsMixin, StateFileMixin):
 
         Parameters
         ----------
-        grads : list of numpy.ndarray or dict of str -> numpy.ndarray
+        grads : list of numpy.ndarray, numpy.ndarray or dict of str -> numpy.ndarray
             One grad per param, with its dtype, shape and layout: a list in param order,
-            or (named params) a dict of name -> grad in any order.
+            or (named params) a dict of name -> grad in any order. One array (not a list)
+            is the one param's grad when there is one param and it has its shape (checked
+            as the list ``[grads]`` is), else a 1-D flat grad buffer of the params' dtype
+            and total size (:func:`fastlr.flat_buffer`), split in param order.
 
         Raises
         ------
         TypeError
             If a grad has the wrong type or dtype.
         ValueError
-            If the number, shapes, layouts or names of the grads do not match the params,
-            a grad overlaps a written buffer, or a schedule gives a value out of range.
+            If the number, shapes, layouts or names of the grads do not match the params
+            (one array: neither the one param's shape nor a 1-D flat grad buffer of their
+            size), a grad overlaps a written buffer, or a schedule gives a value out of
+            range.
         RuntimeError
             If another thread is stepping or changing this optimizer at the same time.
 

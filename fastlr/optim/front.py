@@ -169,6 +169,24 @@ def split_flat(params: Sequence[np.ndarray], flat: np.ndarray, fn: str,
     return flat_views(params, flat)
 
 
+def split_flat_same_dtype(params: Sequence[np.ndarray], flat: np.ndarray,
+                          fn: str) -> List[np.ndarray]:
+    """:func:`split_flat` (the buffer's layout checked) for a front whose every param takes
+    a grad of its own dtype only (LAMB, LARS, Muon, Adafactor): a 1-D flat grad buffer
+    over the params must also have the dtype of each (checked after its shape, before its
+    size, as the step engine checks one), else a TypeError naming the first param that has
+    another. The one param's own grad (an array of its shape) is left to the list form's
+    checks. Raises before anything is written."""
+    if flat.ndim == 1 and not (len(params) == 1 and flat.shape == params[0].shape):
+        for i, p in enumerate(params):
+            if p.dtype != flat.dtype:
+                raise TypeError(f"{fn}: the flat grad buffer has dtype {flat.dtype} but "
+                                f"params[{i}] has dtype {p.dtype}; a flat grad buffer has "
+                                f"the dtype of every param (pass a list of grads for params "
+                                f"of several dtypes). Nothing was updated")
+    return split_flat(params, flat, fn)
+
+
 def flat_views(params: Sequence[np.ndarray], flat: np.ndarray) -> List[np.ndarray]:
     """A flat grad buffer already checked (1-D, the params' total size: :func:`split_flat`
     without its checks, for a caller that ran them) as per-param views, each in its param's

@@ -13,26 +13,30 @@ torch has neither optimizer, so there is no ``fastlr.compat.torch`` bridge.
 
 from __future__ import annotations
 
+import bisect
 import numbers
 import threading
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from fastlr import reference
-from fastlr._core.args import NONNEG, UNIT, checked_real, threads_arg
+from fastlr._core.args import (NONNEG, UNIT, checked_real, layout_hint, ndarray_hint,
+                                threads_arg)
 from fastlr._core.dispatch import module as _variant
+from fastlr._core.ema import check_arrays
 from fastlr._kernels import get_num_threads
 from fastlr.optim.base import Optimizer
 from fastlr.optim.checkpoint import CheckpointMixin
+from fastlr.optim.front import split_flat_same_dtype
 from fastlr.optim.groups import GroupsMixin
 from fastlr.optim.stepping import StepMixin
 
 __all__ = ["LAMB", "LARS"]
 
 Params = Union[np.ndarray, Sequence[Any], Mapping[str, np.ndarray]]
-Grads = Union[Sequence[np.ndarray], Mapping[str, np.ndarray]]
+Grads = Union[Sequence[np.ndarray], np.ndarray, Mapping[str, np.ndarray]]
 
 
 # the kernels for this CPU (fastlr._core.layerwise, or its x86-64-v3 build)
@@ -165,18 +169,23 @@ class _Layerwise(GroupsMixin, CheckpointMixin):
 
         Parameters
         ----------
-        grads : list of numpy.ndarray or dict of str -> numpy.ndarray
+        grads : list of numpy.ndarray, numpy.ndarray or dict of str -> numpy.ndarray
             One grad per param, with its dtype, shape and layout: a list in param order,
-            or (named params) a dict of name -> grad in any order.
+            or (named params) a dict of name -> grad in any order. One array (not a list)
+            is the one param's grad when there is one param and it has its shape (checked
+            as the list ``[grads]`` is), else a 1-D flat grad buffer of the params' dtype
+            and total size (:func:`fastlr.flat_buffer`), split in param order.
 
         Raises
         ------
         TypeError
-            If a grad has the wrong type, dtype or layout, or the grads are not a list or
-            (named params) a dict.
+            If a grad has the wrong type, dtype or layout, or the grads are not a list,
+            an array or (named params) a dict.
         ValueError
-            If the number, shapes or names of the grads do not match the params, a grad
-            overlaps a param or a state buffer, or a schedule gives an invalid value.
+            If the number, shapes or names of the grads do not match the params (one
+            array: neither the one param's shape nor a 1-D flat grad buffer of their
+            size), a grad overlaps a param or a state buffer, or a schedule gives an
+            invalid value.
         RuntimeError
             If another thread is stepping or changing this optimizer at the same time.
         """
@@ -184,9 +193,7 @@ class _Layerwise(GroupsMixin, CheckpointMixin):
             raise self._busy_error("step")
         given = grads
         try:
-            if self._getter is not None and type(grads) is not list and \
-                    isinstance(grads, dict):
-                grads = self._grads_list(grads, "step")
+            grads = self._grads_arg(grads, "step")
             if self._dirty:
                 self._configure()
             table = self._table(self._group_values(self._t))
@@ -198,10 +205,7 @@ class _Layerwise(GroupsMixin, CheckpointMixin):
             self._used[:, 0] = table[:, COLUMNS[self._kind]["lr"]]
             self._t += 1
         except (TypeError, ValueError) as error:
-            relabelled = self._relabelled(error, given)
-            if relabelled is error:
-                raise
-            raise relabelled from None
+            self._raise_labelled(error, given)
         finally:
             self._busy.release()
 
@@ -212,22 +216,24 @@ class _Layerwise(GroupsMixin, CheckpointMixin):
 
         Parameters
         ----------
-        grads : list of numpy.ndarray or dict of str -> numpy.ndarray
-            As for :meth:`step` (not checked beyond their number).
+        grads : list of numpy.ndarray, numpy.ndarray or dict of str -> numpy.ndarray
+            As for :meth:`step`, and checked as :meth:`step` checks them (the same errors,
+            before anything is written).
 
         Raises
         ------
-        ValueError
-            If the number of grads does not match the params.
+        TypeError, ValueError
+            As for :meth:`step`.
         """
-        if isinstance(grads, dict):
-            grads = self._grads_list(grads, "step_reference")
-        if len(grads) != len(self._params):
-            raise ValueError(f"{self._name}.step_reference: got {len(grads)} grads for "
-                             f"{len(self._params)} params")
-        if self._dirty:
-            self._configure()
-        values = self._group_values(self._t)
+        given = grads
+        try:
+            grads = self._grads_arg(grads, "step_reference")
+            if self._dirty:
+                self._configure()
+            values = self._group_values(self._t)
+            self._check_grads(grads, f"{self._name}.step_reference")
+        except (TypeError, ValueError) as error:
+            self._raise_labelled(error, given)
         twin = getattr(reference, self._twin)
         index = 0
         for g, (group, v) in enumerate(zip(self.param_groups, values)):
@@ -241,6 +247,74 @@ class _Layerwise(GroupsMixin, CheckpointMixin):
             self._used[g, 0] = v["lr"]
         self._counts += 1
         self._t += 1
+
+    def _raise_labelled(self, error: Exception, given: Any) -> NoReturn:
+        """Raise ``error`` (a TypeError/ValueError that :meth:`step` or
+        :meth:`step_reference` caught) with its params and grads named as the optim layer
+        names them (StepMixin._relabelled; ``given``: the grads as passed)."""
+        relabelled = self._relabelled(error, given)
+        if relabelled is error:
+            raise error
+        raise relabelled from None
+
+    def _grads_arg(self, grads: Any, what: str) -> Any:
+        """The grads as the engine takes them: a dict of name -> grad (named params) as the
+        list in param order; one array as per-param grads (the one param's own grad as
+        ``[grads]``, else a 1-D flat grad buffer of the params' dtype and total size, split
+        in param order: front.split_flat_same_dtype); anything else as given (the engine,
+        or :meth:`_check_grads`, refuses what is not a list)."""
+        if type(grads) is list:
+            return grads
+        if isinstance(grads, dict):
+            return self._grads_list(grads, what)
+        if isinstance(grads, np.ndarray):
+            return split_flat_same_dtype(self._params, grads, f"{self._name}.{what}")
+        return grads
+
+    def _check_grads(self, grads: Any, fn: str) -> None:
+        """The engine's checks of the grads (fastlr._core.layerwise, Layerwise._check_grads:
+        the same order and wording), for the NumPy twin: a list of float32/float64
+        contiguous, aligned, native arrays (fastlr._core.ema.check_arrays, the engine's
+        own), one per param, each of its param's dtype, shape and contiguous layout, none
+        overlapping a param or a state buffer (which the step writes)."""
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"{fn}: grads must be a list of numpy.ndarray (one per param), "
+                            f"got {type(grads).__name__}{ndarray_hint(grads)}")
+        grads = check_arrays(fn, "grads", grads, False)
+        n = len(self._params)
+        if len(grads) != n:
+            raise ValueError(f"{fn}: got {len(grads)} grads for {n} params; one grad per "
+                             f"param. Nothing was updated")
+        written = sorted((a.__array_interface__["data"][0], a.nbytes, label)
+                         for i, (p, st) in enumerate(zip(self._params, self._state))
+                         if p.nbytes
+                         for a, label in [(p, f"params[{i}]"),
+                                          *((st[k], f"state[{i}][{k!r}]")
+                                            for k in self._slots)])
+        starts = [lo for lo, _, _ in written]
+        for i, (g, p) in enumerate(zip(grads, self._params)):
+            name = f"grads[{i}]"
+            if g.dtype != p.dtype:
+                raise TypeError(f"{fn}: {name} has dtype {g.dtype} but params[{i}] has dtype "
+                                f"{p.dtype}; they must be equal (float32 or float64)")
+            if g.shape != p.shape:
+                raise ValueError(f"{fn}: {name} has shape {g.shape} but params[{i}] has "
+                                 f"shape {p.shape}; they must be equal")
+            c_order = p.flags.c_contiguous
+            if not (g.flags.c_contiguous if c_order else g.flags.f_contiguous):
+                raise ValueError(f"{fn}: {name} is {'F' if c_order else 'C'}-contiguous but "
+                                 f"params[{i}] is {'C' if c_order else 'F'}-contiguous; they "
+                                 f"must share one contiguous layout"
+                                 f"{layout_hint(name, not c_order, False)}")
+            if g.nbytes:
+                # the last written buffer starting below the grad's end is the only one
+                # that can reach its start (they are disjoint)
+                lo = g.__array_interface__["data"][0]
+                k = bisect.bisect_left(starts, lo + g.nbytes)
+                if k and written[k - 1][0] + written[k - 1][1] > lo:
+                    raise ValueError(f"{fn}: {name} overlaps {written[k - 1][2]}, which the "
+                                     f"step writes; pass a grad of its own. Nothing was "
+                                     f"updated")
 
     def _twin_kwargs(self, v: Dict[str, float]) -> Dict[str, Any]:
         raise NotImplementedError

@@ -23,6 +23,7 @@ from fastlr._core import muon as _kernel
 from fastlr._core.args import NONNEG, checked_real, choice_arg, flag_arg, int_arg
 from fastlr.optim.checkpoint import (CheckpointMixin, StateFileMixin, _hyper_diff,
                                      _names_diff, _plain)
+from fastlr.optim.front import split_flat_same_dtype
 from fastlr.optim.groups import (GroupsMixin, ParamGroup, _FIXED_KEYS, _nonneg_int, _some,
                                  by_name, groups_arg, split_named)
 from fastlr.optim.lbfgs import _same_hyper
@@ -37,7 +38,8 @@ _HYPERS = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps
 _SCHEDULABLE = ("lr", "weight_decay", "momentum")
 _DEFAULT_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 
-Grads = Union[Sequence[Optional[np.ndarray]], Mapping[str, Optional[np.ndarray]]]
+Grads = Union[Sequence[Optional[np.ndarray]], np.ndarray,
+              Mapping[str, Optional[np.ndarray]]]
 
 
 class Muon(StateFileMixin):
@@ -317,12 +319,15 @@ class Muon(StateFileMixin):
             grads = list(by_name(fn, self._names, grads, "grads",
                                  "step takes one grad per param", self._getter))
             labels = [f"grads[{k!r}]" for k in self._names or ()]
-        elif isinstance(grads, (list, tuple)):
+        elif isinstance(grads, (list, tuple, np.ndarray)):
+            if isinstance(grads, np.ndarray):   # the one param's grad, or a flat buffer
+                grads = split_flat_same_dtype(self._params, grads, fn)
             labels = [f"grads[{i}]" for i in range(n)]
         else:
             raise TypeError(f"{fn}: grads must be a list of {n} arrays in param order"
-                            f"{' or a dict of name -> array' if self._names else ''}, got "
-                            f"{type(grads).__name__}")
+                            f"{' or a dict of name -> array' if self._names else ''} (or "
+                            f"one array: the one param's grad or a 1-D flat grad buffer), "
+                            f"got {type(grads).__name__}")
         if len(grads) != n:
             raise ValueError(f"{fn}: got {len(grads)} grads for {n} params")
         spans = []
@@ -376,10 +381,13 @@ class Muon(StateFileMixin):
 
         Parameters
         ----------
-        grads : list of numpy.ndarray or None, or dict of str -> numpy.ndarray
+        grads : list of numpy.ndarray or None, numpy.ndarray, or dict of str -> numpy.ndarray
             One grad per param, in param order (a dict of name -> grad for named params),
             each of its param's dtype, shape and layout; None skips the param (torch's
-            ``p.grad is None``).
+            ``p.grad is None``). One array (not a list) is the one param's grad when there
+            is one param and it has its shape (checked as the list ``[grads]`` is), else a
+            1-D flat grad buffer of the params' dtype and total size
+            (:func:`fastlr.flat_buffer`), split in param order.
 
         Returns
         -------
@@ -390,7 +398,8 @@ class Muon(StateFileMixin):
         TypeError
             If a grad has the wrong type or dtype.
         ValueError
-            If the number, shapes, layouts or names of the grads do not match, a grad
+            If the number, shapes, layouts or names of the grads do not match (one array:
+            neither the one param's shape nor a 1-D flat grad buffer of their size), a grad
             overlaps a param or a buffer, or a schedule gives an invalid value.
         RuntimeError
             If another thread is stepping or changing this optimizer at the same time.
@@ -413,7 +422,7 @@ class Muon(StateFileMixin):
 
         Parameters
         ----------
-        grads : list of numpy.ndarray or None, or dict of str -> numpy.ndarray
+        grads : list of numpy.ndarray or None, numpy.ndarray, or dict of str -> numpy.ndarray
             As for :meth:`step`.
 
         Returns

@@ -387,7 +387,8 @@ def test_torch_rejects_what_fastlr_rejects():
     (lambda g: [g[0], np.ones(4)], ValueError, r"grads\[1\] has shape \(4,\)"),
     (lambda g: [np.asfortranarray(g[0]), g[1]], ValueError, r"grads\[0\] must have the layout"),
     (lambda g: [g[0], [1.0, 2.0, 3.0]], TypeError, r"grads\[1\] must be a numpy\.ndarray"),
-    (lambda g: g[0], TypeError, r"grads must be a list"),
+    (lambda g: g[0], ValueError, r"grads has shape \(3, 2\) but one grad array for 2"),
+    (lambda g: iter(g), TypeError, r"grads must be a list"),
     (lambda g: {"a": g[0]}, TypeError, r"the params have no names"),
 ])
 def test_step_checks_grads_and_writes_nothing(bad, exc, match):

@@ -372,7 +372,9 @@ def test_bad_grads_change_nothing(cls):
            ([np.ones(3), np.ones((2, 2), dtype=np.float32)], TypeError, r"grads\[1\]"),
            ([np.ones(3), np.ones((2, 2), order="F")[:, :1]], ValueError, r"grads\[1\]"),
            ([np.ones(3), [[1.0, 1.0], [1.0, 1.0]]], TypeError, r"grads\[1\]"),
-           (np.ones(3), TypeError, "grads"),
+           (np.ones(3), ValueError, "the flat grad buffer has 3 elements"),
+           (np.ones((3, 1)), ValueError, r"grads has shape \(3, 1\) but one grad array"),
+           (iter([np.ones(3), np.ones((2, 2))]), TypeError, "grads must be a list"),
            ([params[0], np.ones((2, 2))], ValueError, "overlaps"),
            ([np.ones(3), opt.state[1][cls._slots[0]]], ValueError, "overlaps")]
     for grads, exc, what in bad:

@@ -297,7 +297,8 @@ def test_step_errors_change_nothing():
         ([params[0], np.ones((5, 2))], ValueError, r"grads\[0\] overlaps params\[0\]"),
         ([np.ones((3, 4)), opt.state[1]["momentum_buffer"]], ValueError,
          r"grads\[1\] overlaps params\[1\]"),
-        (np.ones((3, 4)), TypeError, "must be a list"),
+        (np.ones((3, 4)), ValueError, r"grads has shape \(3, 4\) but one grad array for 2"),
+        (iter([np.ones((3, 4)), np.ones((5, 2))]), TypeError, "must be a list"),
         ([np.ones((3, 4)), np.ones((5, 2))], ValueError, r"param_groups\[1\]\['lr'\]"),
     ]
     for grads, exc, words in cases:
