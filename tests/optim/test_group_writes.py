@@ -194,3 +194,186 @@ def test_update_and_a_group_its_check_sets():
     assert list(opt.param_groups[0].items()) == before
     opt.param_groups[0].update({"max_iter": 4, "max_eval": None})
     assert opt.param_groups[0]["max_eval"] == 5
+
+
+# ---- a write between steps: what the next step uses ---------------------------------------
+# A hyperparameter write refreshes the engine's values of the groups (the spans and state
+# buffers stay where they are unless the write changes which buffers exist): the next step
+# must use every written value.
+
+def _many_params(dtype, seed):
+    """Three groups of 2-D and 1-D params: views of one flat buffer (one span), separate
+    arrays (a span each) and both."""
+    rng = np.random.default_rng(seed)
+    flat, views = fastlr.flat_buffer([(4, 3)] * 6 + [(5,)] * 6, dtype)
+    flat[...] = rng.standard_normal(flat.size)
+    separate = [rng.standard_normal(s).astype(dtype) for s in [(3, 2)] * 8 + [(7,)] * 4]
+    return [views[:8], separate[:8], views[8:] + separate[8:]]
+
+
+#: (class, defaults, {step: [(group, entries)]}): the writes before that step
+WRITES = {
+    "Adam": (dict(lr=0.01), {
+        1: [(1, {"lr": 0.02})],
+        2: [(1, {"weight_decay": 0.1}), (0, {"lr": 0.005})],     # 0 -> nonzero
+        3: [(1, {"betas": (0.8, 0.99)}), (2, {"eps": 1e-3})],
+        4: [(1, {"weight_decay": 0.0})],                         # and back
+        5: [(2, {"maximize": True, "lr": 0.03})],
+        6: [(0, {"decoupled_weight_decay": True, "weight_decay": 0.05})],
+        7: [(1, {"lr": 0.001, "betas": (0.95, 0.9)}), (0, {"weight_decay": 0.0})],
+    }),
+    "AdamW": (dict(lr=0.01, amsgrad=True), {
+        1: [(1, {"weight_decay": 0.0}), (2, {"lr": 0.05})],
+        3: [(1, {"weight_decay": 0.3, "betas": (0.5, 0.9)})],
+        5: [(0, {"lr": 0.0}), (2, {"eps": 0.1})],
+    }),
+    "SGD": (dict(lr=0.05), {
+        1: [(1, {"lr": 0.1})],
+        2: [(1, {"momentum": 0.9}), (2, {"weight_decay": 0.1})],  # a buffer appears
+        3: [(1, {"dampening": 0.5}), (0, {"momentum": 0.5, "nesterov": True})],
+        4: [(2, {"weight_decay": 0.0}), (1, {"dampening": 0.0, "nesterov": True})],
+        5: [(0, {"maximize": True, "lr": 0.01})],
+        6: [(1, {"momentum": 0.7, "nesterov": False})],
+        7: [(1, {"momentum": 0.3}), (2, {"momentum": 0.9})],
+    }),
+    "RMSprop": (dict(lr=0.01, momentum=0.5, centered=True), {
+        1: [(1, {"lr": 0.02}), (0, {"alpha": 0.9})],
+        3: [(2, {"weight_decay": 0.1, "eps": 1e-4}), (1, {"momentum": 0.9})],
+        5: [(2, {"weight_decay": 0.0}), (0, {"maximize": True})],
+    }),
+}
+
+
+class _Torch:
+    """torch's optimizer of the same name over copies of the groups' params."""
+
+    def __init__(self, torch, cls_name, groups, defaults):
+        self.torch = torch
+        self.params = [[torch.nn.Parameter(torch.tensor(p)) for p in ps] for ps in groups]
+        self.opt = getattr(torch.optim, cls_name)([{"params": ps} for ps in self.params],
+                                                  foreach=False, **defaults)
+
+    def step(self, grads):
+        for p, g in zip((p for ps in self.params for p in ps), grads):
+            p.grad = self.torch.tensor(g)
+        self.opt.step()
+
+
+@pytest.mark.parametrize("cls_name", list(WRITES))
+def test_written_hyperparameters_are_used_by_the_next_step(cls_name):
+    """Writes between steps to params in spans of one and of many (lr, betas, eps, weight
+    decay from 0 and back, maximize, a momentum that starts a buffer, update and single
+    writes), float64: torch's values after every step, within 1e-10."""
+    torch = pytest.importorskip("torch", reason="the parity test needs torch 2.13")
+    defaults, writes = WRITES[cls_name]
+    groups = _many_params(np.float64, 5)
+    opt = getattr(fastlr, cls_name)([{"params": ps} for ps in groups], **defaults)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        twin = _Torch(torch, cls_name, groups, defaults)
+        rng = np.random.default_rng(9)
+        for t in range(9):
+            for g, entries in writes.get(t, ()):
+                opt.param_groups[g].update(entries)
+                twin.opt.param_groups[g].update(entries)
+            grads = [rng.standard_normal(p.shape) for ps in groups for p in ps]
+            opt.step(grads)
+            twin.step(grads)
+            mine = [p for ps in groups for p in ps]
+            theirs = [p.detach().numpy() for ps in twin.params for p in ps]
+            for i, (x, y) in enumerate(zip(mine, theirs)):
+                err = np.max(np.abs(x - y)) / max(1.0, np.max(np.abs(y)))
+                assert err <= 1e-10, f"{cls_name} step {t + 1} params[{i}]: {err:.3e}"
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _scheduled(values):
+    """A callable of the step count giving ``values[t]`` (the value a write set by then)."""
+    return lambda t: values[t]
+
+
+@pytest.mark.parametrize("cls_name, key", [("Adam", "lr"), ("Adam", "weight_decay"),
+                                           ("Adam", "betas"), ("SGD", "momentum"),
+                                           ("SGD", "weight_decay"), ("RMSprop", "lr"),
+                                           ("Lion", "weight_decay"), ("NAdam", "lr")])
+def test_a_write_per_step_gives_the_bits_of_the_same_values_scheduled(cls_name, key):
+    """A value written before each step, float32 over many spans: the bits of an optimizer
+    given the same values by a schedule (weight decay through 0 and back, a momentum
+    buffer starting mid-run)."""
+    values = {"lr": [0.01, 0.02, 0.0, 0.005, 0.03, 0.01, 0.2, 0.01],
+              "weight_decay": [0.0, 0.1, 0.1, 0.0, 0.0, 0.3, 0.0, 0.05],
+              "momentum": [0.0, 0.0, 0.9, 0.5, 0.1, 0.9, 0.3, 0.6],
+              "betas": [0.9, 0.5, 0.8, 0.0, 0.95, 0.9, 0.7, 0.99]}[key]
+    written_groups, scheduled_groups = _many_params(np.float32, 7), _many_params(np.float32, 7)
+    cls = getattr(fastlr, cls_name)
+    written = cls([{"params": ps} for ps in written_groups])
+    entry = (lambda v: (v, 0.999)) if key == "betas" else (lambda v: v)
+    scheduled = cls([{"params": ps} for ps in scheduled_groups[:2]] + [
+        {"params": scheduled_groups[2], key: entry(_scheduled(values))}])
+    rng = np.random.default_rng(11)
+    for t, v in enumerate(values):
+        written.param_groups[2][key] = entry(v)
+        grads = [rng.standard_normal(p.shape).astype(np.float32)
+                 for ps in written_groups for p in ps]
+        written.step(grads)
+        scheduled.step(grads)
+        assert_same_bits(written, scheduled, f"{cls_name} {key} step {t + 1}")
+    assert written.last_lr == scheduled.last_lr
+
+
+def test_a_write_keeps_the_state_where_it_is_unless_its_buffers_change():
+    """A write that leaves the buffers as they are leaves every state view live (no new
+    layout); one that adds a buffer (AMSGrad) keeps the others' values; add_param_group
+    after writes keeps a new group's adjacent params out of the last group's span."""
+    flat, views = fastlr.flat_buffer([(3,)] * 6, np.float32)
+    opt = fastlr.Adam(views[:4], lr=0.01)
+    grads = [np.full(3, 0.5, np.float32)] * 4
+    opt.step(grads)
+    bufs = {(i, k): v for i, st in opt.state.items() for k, v in st.items() if k != "step"}
+    for k, value in [("lr", 0.02), ("betas", (0.8, 0.9)), ("weight_decay", 0.1),
+                     ("maximize", True), ("eps", 1e-3)]:
+        opt.param_groups[0][k] = value
+        opt.step(grads)
+        for (i, name), view in bufs.items():
+            assert np.shares_memory(view, opt.state[i][name]), (k, i, name)
+    assert len(opt._spans) == 1
+    before = {key: view.copy() for key, view in bufs.items()}
+    opt.param_groups[0]["amsgrad"] = True
+    assert opt.next_lr == [0.02]
+    for (i, name), view in before.items():
+        np.testing.assert_array_equal(opt.state[i][name], view)
+    assert np.all(opt.state[0]["max_exp_avg_sq"] == 0)
+    opt.add_param_group({"params": views[4:]})
+    opt.param_groups[1]["lr"] = 0.5
+    opt.step([np.full(3, 0.5, np.float32)] * 6)
+    assert len(opt._spans) == 2 and opt.last_lr == [0.02, 0.5]
+
+
+def test_spans_follow_per_param_counts_through_writes():
+    """A checkpoint whose params took different numbers of steps splits a flat buffer's
+    span (each param's bias correction uses its own count); a write then keeps the split:
+    the bits of the same params in separate arrays."""
+    flat, views = fastlr.flat_buffer([(5,)] * 4, np.float32)
+    flat[...] = np.linspace(-1.0, 1.0, flat.size)
+    separate = [v.copy() for v in views]
+    source = fastlr.Adam([v.copy() for v in views], lr=0.01)
+    source.step([np.full(5, 0.3, np.float32)] * 4)
+    sd = source.state_dict()
+    for i in range(4):
+        sd["state"][i]["step"] = [1, 1, 7, 2][i]
+    spanned, apart = fastlr.Adam(views, lr=0.01), fastlr.Adam(separate, lr=0.01)
+    for opt in (spanned, apart):
+        opt.load_state_dict(sd)
+        opt.param_groups[0]["lr"] = 0.02
+    assert len(spanned._spans) == 3             # counts 1, 1 | 7 | 2
+    rng = np.random.default_rng(4)
+    for t in range(3):
+        grads = [rng.standard_normal(5).astype(np.float32) for _ in range(4)]
+        spanned.step(grads)
+        apart.step(grads)
+        spanned.param_groups[0]["betas"] = (0.8, 0.99 - 0.01 * t)
+        apart.param_groups[0]["betas"] = (0.8, 0.99 - 0.01 * t)
+        assert_same_bits(spanned, apart, f"step {t + 1}")
+    assert [s["step"] for s in spanned.state.values()] == [4, 4, 10, 5]
