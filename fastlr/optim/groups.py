@@ -56,9 +56,10 @@ class ParamGroup(dict):
     """A param group: a dict like torch's whose writes are checked.
 
     Writing a hyperparameter takes effect at the next step (writing ``lr`` also resets the
-    group's ReduceLROnPlateau factor: the next step uses the lr as written). The ``params``
-    entry (and ``param_names``) cannot be replaced or edited (use ``add_param_group``), and
-    no entry can be removed. Built by the optimizer, not by the caller.
+    group's ReduceLROnPlateau factor: the next step uses the lr as written). ``update`` and
+    ``|=`` write all their entries or none. The ``params`` entry (and ``param_names``)
+    cannot be replaced or edited (use ``add_param_group``), and no entry can be removed.
+    Built by the optimizer, not by the caller.
 
     Raises
     ------
@@ -94,44 +95,52 @@ class ParamGroup(dict):
         return None
 
     def __setitem__(self, key: str, value: Any) -> None:
+        self._write({key: value})
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update``, all or nothing: every entry is checked as by ``group[key] =
+        value``, and the group with all of them by the optimizer's checks of a whole group,
+        before any is written; on an error the group is left as it was."""
+        self._write(dict(*args, **kwargs))
+
+    def _write(self, entries: Dict[str, Any]) -> None:
+        """Write ``entries`` (key -> value), all or nothing: each is checked (a fixed key
+        refused, a hyperparameter's type and range), then the group with all of them
+        (``_validate_group``), before the writes take effect; an error leaves the group as
+        it was and is the one ``group[key] = value`` raises for the offending entry."""
         owner = getattr(self, "_owner", None)
-        if key in _FIXED_KEYS:
-            where = "a param group" if owner is None else \
-                f"{owner._name}: param_groups[{self._index(owner)}]"
-            raise TypeError(f"{where}[{key!r}] cannot be replaced; add params with "
-                            f"add_param_group, or build a new optimizer over other arrays")
-        if owner is None:
-            dict.__setitem__(self, key, value)
+        g = None if owner is None else self._index(owner)
+        checked = {}
+        for key, value in entries.items():
+            if key in _FIXED_KEYS:
+                where = "a param group" if owner is None else \
+                    f"{owner._name}: param_groups[{g}]"
+                raise TypeError(f"{where}[{key!r}] cannot be replaced; add params with "
+                                f"add_param_group, or build a new optimizer over other arrays")
+            checked[key] = value if owner is None else owner._check_hyper(
+                key, value, where=f"param_groups[{'...' if g is None else g}]")
+        if owner is None or not checked:
+            dict.update(self, checked)
             return
-        g = self._index(owner)
-        value = owner._check_hyper(key, value,
-                                   where=f"param_groups[{'...' if g is None else g}]")
-        missing = object()
-        old = self.get(key, missing)
-        dict.__setitem__(self, key, value)
+        before = dict(self)
+        dict.update(self, checked)
         try:
             owner._validate_group(self)
-        except ValueError:
-            if old is missing:
-                dict.__delitem__(self, key)
-            else:
-                dict.__setitem__(self, key, old)
+        except BaseException:
+            # (the group as it was, its order too; _validate_group may have set an entry)
+            dict.clear(self)
+            dict.update(self, before)
             raise
         owner._dirty = True
-        if key == "lr":
+        if "lr" in checked:
             # the lr as written, as in torch: the group's ReduceLROnPlateau factor starts
             # again at 1 (later cuts scale the written lr; fastlr/plateau.py)
             scales = getattr(owner, "_lr_scale", None)
             if scales is not None and g is not None and g < len(scales):
                 scales[g] = 1.0
         fills = getattr(owner, "_hyper_fills", ())    # (LBFGS owns groups too, without)
-        if fills and any(key == option for _, option in fills):
+        if fills and any(option in checked for _, option in fills):
             owner._refill_unstarted(self)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        """``dict.update``, each entry written (and checked) as by ``group[key] = value``."""
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
 
     def __ior__(self, other: Any) -> "ParamGroup":  # type: ignore[misc]
         self.update(other)

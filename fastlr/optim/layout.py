@@ -79,6 +79,26 @@ def flat_buffer(shapes: Sequence[Union[int, Sequence[int]]],
     return flat, views
 
 
+class Layout(list):
+    """The span structure the state blocks were made for: ``(first param, params, group,
+    state names)`` per span, with what it was derived from, so that a configure after a
+    hyperparameter write learns whether it still holds without visiting every param.
+
+    Attributes
+    ----------
+    adjacent : numpy.ndarray of bool
+        Per param after the first: whether it lies right after the one before it in
+        memory, in the same group (fixed once the params are added; they only grow).
+    joins : numpy.ndarray of bool
+        Per param after the first: whether it continues the span of the one before it
+        (adjacent, and the same update count, first-use flag and scalar state).
+    names : list of tuple of str
+        Per group, its state buffers.
+    """
+
+    __slots__ = ("adjacent", "joins", "names")
+
+
 class LayoutMixin(_OptimizerAttrs):
     """Spans, state buffers and the engine's configuration (part of :class:`Optimizer`)."""
 
@@ -110,26 +130,26 @@ class LayoutMixin(_OptimizerAttrs):
         return as_schedule(value)
 
     def _configure(self):
-        layout, index = [], 0
-        for g, group in enumerate(self.param_groups):
-            names = self._state_names(group)
-            params = group["params"]
-            j = 0
-            while j < len(params):
-                k = j + 1
-                while k < len(params) and self._adjacent(params[k - 1], params[k]) and \
-                        self._counts[index + k] == self._counts[index + j] and \
-                        self._started[index + k] == self._started[index + j] and \
-                        self._mu_product[index + k] == self._mu_product[index + j]:
-                    k += 1
-                layout.append((index + j, k - j, g, names))
-                j = k
-            index += len(params)
+        old = self._layout
+        names = [self._state_names(group) for group in self.param_groups]
+        adjacent = self._adjacency(old)
+        counts, started, scalar = self._counts, self._started, self._mu_product
+        joins = adjacent & (counts[1:] == counts[:-1]) & (started[1:] == started[:-1]) & \
+            (scalar[1:] == scalar[:-1])
         groups = [self._resolved(g) for g in self.param_groups]
-        if layout == self._layout:
+        if old is not None and old.names == names and np.array_equal(old.joins, joins):
             # same spans and buffers: new hyperparameters only, state stays where it is
             self._engine.set_groups(groups)
         else:
+            layout, index = Layout(), 0
+            layout.adjacent, layout.joins, layout.names = adjacent, joins, names
+            for g, group in enumerate(self.param_groups):
+                n = len(group["params"])
+                # a span starts at the group's first param and at each that does not join
+                cuts = [index, *(index + 1 + np.flatnonzero(
+                    ~joins[index:index + n - 1])).tolist(), index + n]
+                layout.extend((a, b - a, g, names[g]) for a, b in zip(cuts, cuts[1:]))
+                index += n
             spans, int8_blocks = [], []
             front = getattr(self, "_fused16", None)
             if front is None and getattr(self, "_masters_of", None) and self._fused16_ok():
@@ -184,6 +204,20 @@ class LayoutMixin(_OptimizerAttrs):
                         self._engine._engine
                     engine.set_users([self._user(p) for p in self._params])
         self._dirty = False
+
+    def _adjacency(self, layout):
+        """:attr:`Layout.adjacent` for the params now: ``layout``'s while it covers them
+        all (the params only grow: add_param_group), else found again."""
+        n = len(self._params)
+        if layout is not None and len(layout.adjacent) == max(n - 1, 0):
+            return layout.adjacent
+        adjacent, index = np.zeros(max(n - 1, 0), dtype=bool), 0
+        for group in self.param_groups:
+            params = group["params"]
+            for k in range(1, len(params)):
+                adjacent[index + k - 1] = self._adjacent(params[k - 1], params[k])
+            index += len(params)
+        return adjacent
 
     @staticmethod
     def _adjacent(a, b):
