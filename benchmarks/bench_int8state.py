@@ -4,8 +4,12 @@ AdamW over a model's parameter shapes, 1 thread, against float32 state and again
 
 The shapes, data and the float32 / torch steps are bench_lowprecision's (``16M``: 8 tensors of
 2M elements; ``gpt2-small``: GPT-2 small's 148 tensors, 124M elements). The int8 step calls
-the kernel once per tensor (the class path does not offer ``state_dtype="int8"`` yet).
-Samples are interleaved in one process and the best of each kept.
+the kernel once per tensor, as ``fastlr.AdamW(state_dtype="int8")`` does after checking the
+whole step. Samples are interleaved in one process and the best of each kept.
+
+``python -m benchmarks.bench_int8state [16M|gpt2-small]`` prints the table of the state
+dtypes (the class with float32, bfloat16 and int8 state, and the kernel looped by hand)
+against torch fused float32.
 
 Bytes moved per element: param r/w 8, grad 4, two 1-byte codes r/w 4, the two float32
 scales per 256-element block r/w 2 * 2 * 4 / 256: 16.0625 (float32 state: 28). The roofline
@@ -115,3 +119,19 @@ class TrackInt8StateBytesPerParam:
         p = np.zeros((64, 1024), np.float32)
         nb = (p.size + 255) // 256
         return (2 * p.size * np.dtype(np.uint8).itemsize + 2 * nb * 4) / p.size
+
+
+if __name__ == "__main__":  # python -m benchmarks.bench_int8state [16M|gpt2-small]
+    import sys
+
+    size = sys.argv[1] if len(sys.argv) > 1 else "16M"
+    # the state dtypes through fastlr.AdamW (float32 params and grads), the int8 kernel
+    # looped by hand, and torch fused float32: samples interleaved, best of each
+    impls = ["torch-fused", "fastlr-float32", "fastlr-bfloat16", "fastlr-int8"]
+    samplers = {k: per_call_time(step_fn(k, size), min_sample=0.05)[1] for k in impls}
+    samplers["kernel-int8"] = per_call_time(int8_step_fn(size)[0], min_sample=0.05)[1]
+    best = _best(samplers, budget=60.0)
+    print(f"AdamW, float32 params and grads, {size}, 1 thread: torch fused float32 time / "
+          f"this time (best of interleaved samples)")
+    for k in samplers:
+        print(f"  {k:16s} {best[k] * 1e3:8.1f} ms  {best['torch-fused'] / best[k]:5.2f}x")
