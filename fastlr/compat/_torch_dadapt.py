@@ -109,19 +109,27 @@ class _Bridge:
         if not params:
             return loss
         # the state: checked where it exists, made (not yet stored) where it does not
+        # (``index`` numbers every param across groups, as in the loop above and in the
+        # other bridges' messages; ``at`` counts the params with a grad, the kernel's lists)
         bufs: List[List[np.ndarray]] = [[] for _ in self._STATE]
         fresh = []
         at = 0
+        index = -1
+        keys = {key: key for key, _ in self._STATE}
         for gi, group in enumerate(self.param_groups):
             for k, p in enumerate(group["params"]):
+                index += 1
                 if p.grad is None:
                     continue
                 pv = pvs[at]
                 st = self.state.get(p)
                 if st and self._STATE[0][0] in st:
-                    for j, (key, _) in enumerate(self._STATE):
-                        bufs[j].append(bridge._FastlrStep._check_buffer(
-                            self._where, (gi, k, at), key, st.get(key), pv))
+                    mine = {key: bridge._FastlrStep._check_buffer(
+                        self._where, (gi, k, index), key, st.get(key), pv) for key in keys}
+                    bridge._check_disjoint(self._where, (gi, k, index), pv, gvs[at], mine,
+                                           keys)
+                    for j, key in enumerate(keys):
+                        bufs[j].append(mine[key])
                 else:
                     made = {key: torch.from_numpy(start(pv)) for key, start in self._STATE}
                     fresh.append((p, made))

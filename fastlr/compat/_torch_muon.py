@@ -98,12 +98,20 @@ class Muon(torch.optim.Muon):
                                           outside))
         # everything checked: create the missing buffers (torch's zeros_like of the grad),
         # then update
+        updated: List[torch.Tensor] = []
         for p, pv, gv, bv, hypers in plan:
+            st = self.state[p]
             if bv is None:
-                buf = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-                self.state[p]["momentum_buffer"] = buf
-                bv = buf.detach().numpy()
+                st["momentum_buffer"] = torch.zeros_like(p.grad,
+                                                         memory_format=torch.preserve_format)
+                bv = st["momentum_buffer"].detach().numpy()
             _muon.run(pv, gv, bv, *hypers)
+            updated += (p, st["momentum_buffer"])
+        if updated:
+            # the update went through NumPy views: tell autograd the parameters and buffers
+            # changed, as torch's in-place ops do (a graph that saved one then refuses to
+            # backward)
+            torch.autograd.graph.increment_version(updated)
         return loss
 
     def _checked(self, fn: str, at: str, p: torch.Tensor, hypers: tuple,

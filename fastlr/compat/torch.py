@@ -50,7 +50,9 @@ must share the parameter's layout), gradients whose dtype or shape differ from t
 parameter's, state buffers sharing memory with the parameter, its gradient or one another,
 inference tensors (made in ``torch.inference_mode()``) as a parameter or in its state when
 stepping outside inference mode (torch refuses those in-place updates too; inside inference
-mode both update them), out-of-range hyperparameters set in ``param_groups`` after construction (and ones that are
+mode both update them; a tensor put into ``optimizer.state`` by hand is seen at the next step,
+unless written through a parameter's state dict kept from before the last step),
+out-of-range hyperparameters set in ``param_groups`` after construction (and ones that are
 not a number or a one-element tensor, or a pair such as ``betas`` that is not a pair), and
 ``foreach=True``, ``fused=True``, ``capturable=True``, ``differentiable=True`` (refused at
 construction and in ``add_param_group``).
@@ -70,6 +72,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 import inspect
 import math
 import textwrap
+import weakref
+from collections import defaultdict
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -122,6 +126,73 @@ def _layout(a):
     return f"not contiguous (strides {a.strides})"
 
 
+#: ``_FastlrStep._inference_state`` once code outside the step reached into the state (see
+#: _State): the next step outside inference mode first looks through the state for
+#: inference tensors (``_inference_scan``, under 1 us a parameter), then goes on as the
+#: Python path would have left the flag.
+_TOUCHED = "touched"
+
+
+class _State(defaultdict):
+    """``optimizer.state`` of the bridge classes: torch's ``defaultdict(dict)`` (the compiled
+    step reads it and the per-parameter dicts in it as plain dicts: they stay plain dicts),
+    which notes in its optimizer's ``_inference_state`` that a tensor may have been put into
+    the state by hand when code gets hold of a parameter's state dict or stores one
+    (``opt.state[p]["exp_avg"] = t``, ``opt.state[p] = {...}``, ``.get``, ``.items()``,
+    ``.values()``, ``.setdefault``, ``.update``, copies), so that the next step looks for
+    inference tensors. Not seen: a per-parameter dict kept from before the last step and
+    written into later, or copies made by ``dict(opt.state)``. Pickled and copied as a plain
+    ``defaultdict`` (``__setstate__`` makes a new one watched; a copy put back as
+    ``opt.state`` is looked through at every step, see ``_FastlrStep._inference_state``)."""
+
+    _owner = None           # weakref.ref to the optimizer (set by _watch_state)
+
+    def _touch(self):
+        opt = self._owner() if self._owner is not None else None
+        if opt is not None and opt._inference_state is not True:
+            opt._inference_state = _TOUCHED     # (a tuple of params, too: it may be stale)
+
+    def __reduce__(self):
+        return defaultdict, (self.default_factory,), None, None, iter(dict.items(self))
+
+    def copy(self):
+        self._touch()                           # (the copy holds the same dicts)
+        return defaultdict(self.default_factory, self)
+
+    __copy__ = copy
+
+    def __or__(self, other):
+        return self.copy().__or__(other)
+
+    def __ror__(self, other):
+        return self.copy().__ror__(other)
+
+
+def _reader(state):
+    """``state.get``, without _State's note (the step's own reads)."""
+    return super(_State, state).get if type(state) is _State else state.get
+
+
+def _noting(name):
+    """defaultdict's method ``name``, which first notes (_State._touch) that the state is
+    reached."""
+    plain = getattr(defaultdict, name)
+
+    def method(self, *args, **kwargs):
+        self._touch()
+        return plain(self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__qualname__ = f"_State.{name}"
+    method.__doc__ = plain.__doc__
+    return method
+
+
+for _name in ("__getitem__", "__setitem__", "get", "setdefault", "update", "__ior__", "items",
+              "values"):
+    setattr(_State, _name, _noting(_name))
+
+
 class _FastlrStep:
     """The step shared by the bridge classes (mixed in before the torch class).
 
@@ -150,7 +221,11 @@ class _FastlrStep:
     # True, a step outside inference mode takes the Python path, which checks every state
     # tensor and then sets it to False when none is one, or to the tuple of the params it
     # skipped (no grad) whose state holds one: the compiled step runs while none of those
-    # has a grad. Parameters are checked at every step.
+    # has a grad. _TOUCHED after code reached into the state (``opt.state[p][key] = t``:
+    # see _State), or at every step while ``opt.state`` is another object than the _State
+    # made for it (replaced by hand: not watched): the next step outside inference mode
+    # first finds that tuple or False (_inference_scan), without the Python path. Parameters
+    # are checked at every step.
     _inference_state: Any = False
 
     # -- construction ---------------------------------------------------------------------
@@ -179,7 +254,22 @@ class _FastlrStep:
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("n_threads", None)
+        self._watch_state()
         self._inference_state = True
+
+    def _watch_state(self):
+        """Make ``self.state`` (torch's defaultdict, made at construction, by load_state_dict
+        and by unpickling) a _State of this optimizer holding the same per-parameter dicts."""
+        state = _State(dict, self.state)
+        state._owner = weakref.ref(self)
+        self.state = state
+
+    def _inference_scan(self):
+        """The params whose state holds an inference tensor, a tuple, or False when none
+        does (what the Python path leaves in _inference_state), found without a step."""
+        get = _reader(self.state)
+        return tuple([p for group in self.param_groups for p in group["params"]
+                      if _inference_key(get(p)) is not None]) or False
 
     # -- checkpoints ----------------------------------------------------------------------
     def load_state_dict(self, state_dict):
@@ -251,6 +341,8 @@ class _FastlrStep:
                 loss = closure()
         if _inference_mode():
             self._inference_state = True        # the state it makes is inference tensors
+        elif type(self.state) is not _State and self._inference_state is not True:
+            self._inference_state = _TOUCHED    # replaced by hand: looked through each step
         if not (self._fast_path and self._fast_step()):
             self._apply(self._plan())
         return loss
@@ -269,9 +361,11 @@ class _FastlrStep:
         # Python path raises that error (state: see _inference_state)
         outside = not _inference_mode()
         frozen = self._inference_state
-        if outside and frozen and (frozen is True or any([p.grad is not None
-                                                          for p in frozen])):
-            return False
+        if outside and frozen:
+            if frozen is _TOUCHED:
+                frozen = self._inference_state = self._inference_scan()
+            if frozen is True or (frozen and any([p.grad is not None for p in frozen])):
+                return False
         try:
             groups = []
             for group in self.param_groups:
@@ -319,6 +413,7 @@ class _FastlrStep:
         lazy = self._lazy
         outside = not _inference_mode()     # inference tensors are refused (as torch does)
         frozen = []                         # skipped params whose state holds one
+        get = _reader(self.state)
         plan = []
         index = -1
         for gi, group in enumerate(self.param_groups):
@@ -339,7 +434,7 @@ class _FastlrStep:
                 g = p.grad
                 if g is None:
                     if outside and self._inference_state and \
-                            _inference_key(self.state.get(p)) is not None:
+                            _inference_key(get(p)) is not None:
                         frozen.append(p)
                     continue
                 try:
@@ -359,7 +454,7 @@ class _FastlrStep:
                     if isinstance(g, torch.Tensor) and g.is_neg() and not p.is_neg():
                         g = g.resolve_neg()
                     pv, gv = self._diagnose(self._where(gi, k, index), p, g, outside)
-                st = self.state.get(p)
+                st = get(p)
                 bufs = dict.fromkeys(positional)
                 step = 0
                 step_view = None
@@ -883,6 +978,7 @@ def _bridge(row):
         bound.apply_defaults()
         self._fastlr_init(n_threads, {k: bound.arguments[k] for k in switches})
         base.__init__(self, params, *args, **kwargs)
+        self._watch_state()
 
     __init__.__signature__ = sig.replace(parameters=[
         *sig.parameters.values(),

@@ -9,10 +9,12 @@ state dicts moved between torch and fastlr in both directions; and every refused
 which must raise before anything is written.
 """
 
+import collections
 import copy
 import inspect
 import io
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -889,8 +891,8 @@ def test_a_frozen_param_with_inference_state_keeps_the_compiled_step_until_it_ha
         opt.step()
     _assert_unchanged(opt, snap)
     opt.state[frozen] = {k: v.clone() for k, v in opt.state[frozen].items()}
-    assert not _fast_taken(opt)                 # checked once more, then compiled again
-    assert _fast_taken(opt)
+    assert _fast_taken(opt)                     # the state, reached, was looked through:
+    assert _fast_taken(opt)                     # no inference tensor, compiled at once
 
 
 def test_bad_state_changes_nothing():
@@ -1217,6 +1219,117 @@ def test_compiled_step_declines_a_bad_group_and_the_error_is_the_python_paths():
     with pytest.raises(ValueError, match=r"param_groups\[1\]: .*lr must be >= 0"):
         opt.step()
     assert torch_step.fast_steps() == before
+
+
+# inference tensors put into optimizer.state by hand, after the compiled step took over: no
+# step or load in inference mode set the flag (_inference_state) that makes a step look for
+# them, the state (a _State) sets it when code reaches into it
+
+def _inference_zeros(like):
+    with torch.inference_mode():
+        return torch.zeros_like(like)
+
+
+def _put_by_hand(how, opt, p, key):
+    """opt.state[p][key] = an inference tensor, the way ``how`` says."""
+    if how == "item":
+        opt.state[p][key] = _inference_zeros(p)
+    elif how == "dict":
+        opt.state[p] = {**opt.state[p], key: _inference_zeros(p)}
+    elif how == "get":
+        opt.state.get(p)[key] = _inference_zeros(p)
+    elif how == "items":
+        dict(opt.state.items())[p][key] = _inference_zeros(p)
+    elif how in ("replaced", "copy"):  # opt.state replaced wholesale: not watched, looked
+        opt.state = (copy.copy(opt.state) if how == "copy" else      # through at each step
+                     collections.defaultdict(dict, {q: dict(st) for q, st in opt.state.items()}))
+        opt.state[p][key] = _inference_zeros(p)
+    else:
+        raise AssertionError(how)
+
+
+def _state_bytes(opt, ps):
+    return [(t.detach().numpy().tobytes(), t.is_inference()) for q in ps
+            for t in (q, *opt.state[q].values())]
+
+
+@pytest.mark.parametrize("how", ["item", "dict", "get", "items", "replaced", "copy"])
+def test_inference_state_put_in_by_hand_is_refused_by_the_compiled_step_too(how):
+    """torch refuses the in-place update of an inference tensor in the state outside
+    inference mode; the bridge raises the Python path's TypeError, writes nothing (no
+    param, no state tensor), and steps it inside inference mode, as torch does."""
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+        ps = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
+        ref = torch.optim.Adam(ps, foreach=False)
+        for p in ps:
+            p.grad = torch.ones(5)
+        ref.step()
+        _put_by_hand(how, ref, ps[1], "exp_avg")
+        ref.step()
+    ps, opt = _stepped_c("Adam")                # the compiled step has taken over
+    _put_by_hand(how, opt, ps[2], "exp_avg")
+    before = _state_bytes(opt, ps)
+    n_fast = torch_step.fast_steps()
+    with pytest.raises(TypeError) as info:
+        opt.step()
+    assert ("fastlr.compat.torch.Adam: parameter 2 (param_groups[1]['params'][0]): "
+            "state['exp_avg'] is an inference tensor") in str(info.value)
+    assert torch_step.fast_steps() == n_fast
+    assert _state_bytes(opt, ps) == before
+    opt._fast_path = False                      # the Python path: the same error
+    with pytest.raises(TypeError) as python_path:
+        opt.step()
+    del opt._fast_path
+    assert str(python_path.value) == str(info.value)
+    assert _state_bytes(opt, ps) == before
+    with torch.inference_mode():                # inside inference mode: updated
+        opt.step()
+    assert _state_bytes(opt, ps)[0] != before[0]
+
+
+def test_inference_state_put_in_by_hand_costs_no_python_path():
+    """State read or written by hand is looked through at the next step (no inference
+    tensor: the compiled step runs at once); a param without a grad whose state holds one
+    is skipped by the compiled step until it has a grad, then refused."""
+    ps, opt = _stepped_c("Adam")
+    assert float(opt.state[ps[0]]["step"]) == 2             # read
+    opt.state[ps[1]]["exp_avg"] = opt.state[ps[1]]["exp_avg"].clone()   # written
+    assert _fast_taken(opt)
+    ps[3].grad = None
+    opt.state[ps[3]]["exp_avg_sq"] = _inference_zeros(ps[3])
+    assert _fast_taken(opt) and _fast_taken(opt)
+    ps[3].grad = torch.ones_like(ps[3])
+    before = _state_bytes(opt, ps)
+    with pytest.raises(TypeError, match=r"parameter 3 .*state\['exp_avg_sq'\] is an "
+                                        r"inference tensor"):
+        opt.step()
+    assert _state_bytes(opt, ps) == before
+    opt.state[ps[3]]["exp_avg_sq"] = opt.state[ps[3]]["exp_avg_sq"].clone()
+    assert _fast_taken(opt)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "load_state_dict"])
+def test_state_of_a_copied_or_loaded_optimizer_is_watched_and_pickles_as_torchs(how):
+    ps, opt = _stepped_c("AdamW")
+    if how == "load_state_dict":
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    else:
+        blob = pickle.dumps(opt)
+        assert b"_State" not in blob                # a plain defaultdict, as torch's
+        opt = pickle.loads(blob) if how == "pickle" else copy.deepcopy(opt)
+        ps = [p for g in opt.param_groups for p in g["params"]]
+        for p in ps:                                # (copies have no grads)
+            p.grad = torch.ones_like(p)
+    assert type(opt.state[ps[0]]) is dict
+    assert type(copy.deepcopy(opt.state)) is collections.defaultdict
+    opt.step()
+    assert _fast_taken(opt)
+    opt.state[ps[1]]["exp_avg_sq"] = _inference_zeros(ps[1])
+    before = _state_bytes(opt, ps)
+    with pytest.raises(TypeError, match=r"parameter 1 .*state\['exp_avg_sq'\] is an "
+                                        r"inference tensor"):
+        opt.step()
+    assert _state_bytes(opt, ps) == before
 
 
 # ---------------------------------------------------------------------------------------

@@ -146,3 +146,49 @@ def test_errors_change_nothing():
 def test_exported():
     for name in CASES:
         assert name in fct.__all__ and issubclass(getattr(fct, name), getattr(dadaptation, name))
+
+
+FIRST_KEYS = {"DAdaptAdam": ("exp_avg", "exp_avg_sq"), "DAdaptSGD": ("s", "x0"),
+              "DAdaptAdaGrad": ("alphak", "sk"), "Adam": ("exp_avg", "exp_avg_sq")}
+
+
+def _state_error(cls, bad):
+    """Two groups of two params, stepped; then the first param has no grad and the last
+    one's state is bad (``bad``: "shape" or "shared"): the step's error message, after
+    checking that nothing was written."""
+    ps = [torch.nn.Parameter(torch.randn(3, dtype=torch.float64)) for _ in range(4)]
+    opt = getattr(fct, cls)([{"params": ps[:2]}, {"params": ps[2:]}])
+    for p in ps:
+        p.grad = torch.randn(3, dtype=torch.float64)
+    opt.step()
+    ps[0].grad = None
+    one, two = FIRST_KEYS[cls]
+    st = opt.state[ps[3]]
+    if bad == "shape":
+        st[one] = torch.zeros(5, dtype=torch.float64)
+    else:
+        st[two] = st[one]
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(ValueError) as info:
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(ps, before))
+    return str(info.value)
+
+
+def _place(message):
+    """The parameter a message names: "parameter N (param_groups[g]['params'][k])"."""
+    return message.split(": ", 1)[1].split(": state[", 1)[0]
+
+
+@pytest.mark.parametrize("bad", ["shape", "shared"])
+@pytest.mark.parametrize("cls", list(CASES))
+def test_state_errors_number_the_param_as_the_other_bridges(cls, bad):
+    """The parameter's number counts every param across groups (with or without a grad),
+    as fastlr.compat.torch.Adam's messages do."""
+    one, two = FIRST_KEYS[cls]
+    message = _state_error(cls, bad)
+    assert message.startswith(f"fastlr.compat.torch.{cls}: ")
+    assert {"shape": f"state[{one!r}] has shape (5,) but the parameter has shape (3,)",
+            "shared": f"state[{two!r}] shares memory with state[{one!r}]"}[bad] in message
+    assert _place(message) == "parameter 3 (param_groups[1]['params'][1])"
+    assert _place(message) == _place(_state_error("Adam", bad))     # the table bridges'
