@@ -283,12 +283,28 @@ class _SGDSemantics:
         return names
 
     def _load_state_dict(self, state_dict, strict, what):
-        super()._load_state_dict(state_dict, strict, what)
+        # a checkpoint taken while momentum was 0 may hold buffers (torch's does) that this
+        # optimizer, at momentum 0 and never started, has no room for: room while loading
+        # (the loaded layout keeps what was loaded; a failed load drops it again)
+        state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        saved = [state.get(i, state.get(str(i))) if isinstance(state, dict) else None
+                 for i in range(len(self._params))]
+        added = []
+        for i, (p, st) in enumerate(zip(self._params, saved)):
+            if isinstance(st, dict) and "momentum_buffer" in st and \
+                    "momentum_buffer" not in self._state[i]:
+                self._state[i]["momentum_buffer"] = np.zeros(p.shape, self._buffer_dtype(p))
+                added.append(i)
+        try:
+            super()._load_state_dict(state_dict, strict, what)
+        except BaseException:
+            for i in added:
+                del self._state[i]["momentum_buffer"]
+            raise
         # the load counts a param it had no buffer for as started: one the checkpoint holds
         # no buffer for has not (its group would keep a buffer for it, shown in ``state``)
-        state = state_dict["state"]
-        unstarted = [i for i in range(len(self._params)) if self._started[i] and
-                     "momentum_buffer" not in state.get(i, state.get(str(i)))]
+        unstarted = [i for i, st in enumerate(saved)
+                     if self._started[i] and "momentum_buffer" not in st]
         if unstarted:
             self._started[unstarted] = 0
             self._dirty = True

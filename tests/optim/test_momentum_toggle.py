@@ -174,6 +174,96 @@ def test_groups_keep_their_own_stale_buffers(torch, dtype):
             _step_both(opt, twin, params, g, dtype, f"step {t + 1}")
 
 
+def _run_to_zero(torch, dtype):
+    """fastlr and torch after steps at momentum 0.9, 0.9 then 0 (a stale buffer)."""
+    moms = [0.9, 0.9, 0.0]
+    params, opt = _built(moms, dict(lr=0.05), dtype, False)
+    twin = _torch_twin(torch, params, moms, dict(lr=0.05))
+    for m, g in zip(moms, _grads(dtype, len(moms))):
+        opt.param_groups[0]["momentum"] = m
+        twin.opt.param_groups[0]["momentum"] = m
+        opt.step(list(g))
+        twin.step(g)
+    return params, opt, twin
+
+
+@dtype_ids
+@pytest.mark.parametrize("how", ["state_dict", "save"])
+def test_a_checkpoint_at_momentum_zero_carries_the_stale_buffer(torch, dtype, how, tmp_path):
+    with torch_default_dtype(torch, dtype):
+        params, opt, twin = _run_to_zero(torch, dtype)
+        sd = copy.deepcopy(opt.state_dict())
+        tsd = twin.opt.state_dict()
+        for i in range(len(SHAPES)):
+            assert_close(sd["state"][i]["momentum_buffer"],
+                         tsd["state"][i]["momentum_buffer"].numpy(), dtype,
+                         f"state_dict state[{i}]")
+        # built with the checkpoint's values (momentum 0: no buffer of its own), loaded
+        mine = copies(params)
+        loaded = fastlr.SGD(mine, lr=0.05, momentum=0.0)
+        if how == "save":
+            opt.save(tmp_path / "ckpt.npz")
+            loaded.load(tmp_path / "ckpt.npz")
+        else:
+            loaded.load_state_dict(sd)
+        for i in range(len(SHAPES)):
+            assert_same_bits([loaded.state[i]["momentum_buffer"]],
+                             [sd["state"][i]["momentum_buffer"]], f"loaded state[{i}]")
+        # and on, from the stale buffer, as torch (the one saved and the one loaded)
+        for t, (m, g) in enumerate(zip([0.0, 0.5, 0.6], _grads(dtype, 6)[3:])):
+            for o in (opt, loaded):
+                o.param_groups[0]["momentum"] = m
+            twin.opt.param_groups[0]["momentum"] = m
+            opt.step(list(g))
+            loaded.step(list(g))
+            twin.step(g)
+            assert_same_bits(mine, params, f"step {t + 4} loaded vs saved")
+            for i, (x, y) in enumerate(zip(params, twin.params())):
+                assert_close(x, y, dtype, f"step {t + 4} params[{i}]")
+
+
+def test_a_failed_load_of_a_stale_buffer_changes_nothing():
+    dtype = np.float64
+    params = make_params(SHAPES, dtype, 41)
+    opt = fastlr.SGD(copies(params), lr=0.05, momentum=0.9)
+    for g in _grads(dtype, 2):
+        opt.step(list(g))
+    opt.param_groups[0]["momentum"] = 0.0
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][2]["momentum_buffer"] = np.zeros(7)          # the wrong shape
+    fresh = fastlr.SGD(copies(params), lr=0.05, momentum=0.0)
+    with pytest.raises(ValueError, match=r"state\[2\]\['momentum_buffer'\]"):
+        fresh.load_state_dict(sd)
+    assert all(set(st) == {"step"} for st in fresh.state.values())
+    # it still steps as a fresh optimizer: momentum on later starts from the grads
+    other = fastlr.SGD(copies(params), lr=0.05, momentum=0.0)
+    for m, g in zip([0.0, 0.9, 0.9], _grads(dtype, 3)):
+        for o in (fresh, other):
+            o.param_groups[0]["momentum"] = m
+            o.step(list(g))
+    assert_same_bits([p for g in fresh.param_groups for p in g["params"]],
+                     [p for g in other.param_groups for p in g["params"]], "params")
+
+
+@dtype_ids
+def test_loading_a_checkpoint_without_a_buffer_drops_the_stale_one(torch, dtype):
+    """torch's load replaces the state: a param whose checkpoint has no buffer starts it
+    from the grad at its next momentum step."""
+    with torch_default_dtype(torch, dtype):
+        params, opt, twin = _run_to_zero(torch, dtype)
+        start = copies(params)
+        blank = fastlr.SGD(copies(start), lr=0.05, momentum=0.0)
+        sd = blank.state_dict()
+        tblank = _torch_twin(torch, start, [0.0], dict(lr=0.05))
+        opt.load_state_dict(sd)
+        twin.opt.load_state_dict(tblank.opt.state_dict())
+        assert all(set(st) == {"step"} for st in opt.state.values())
+        for t, g in enumerate(_grads(dtype, 5)[3:]):
+            opt.param_groups[0]["momentum"] = 0.8
+            twin.opt.param_groups[0]["momentum"] = 0.8
+            _step_both(opt, twin, params, g, dtype, f"step {t + 4}")
+
+
 @dtype_ids
 def test_a_buffer_not_yet_started_stays_unstarted_through_a_checkpoint(torch, dtype):
     """Loaded at momentum 0 before any buffer: the first momentum step after the load
