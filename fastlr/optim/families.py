@@ -7,7 +7,7 @@ and range checks, the state buffers (in the kernel's argument order), when each 
 what it starts at, the per-param scalar state, the keyword arguments of the NumPy twin and
 the docstring. What is left here per class is what is genuinely that optimizer's semantics:
 SGD's rule that Nesterov needs momentum and no dampening, and SGD's momentum buffer, which
-torch creates at the first update that uses it.
+torch creates at the first update that uses it and keeps while momentum is 0.
 """
 
 from __future__ import annotations
@@ -253,7 +253,8 @@ def _make_class(row, bases, namespace=None):
 
 class _SGDSemantics:
     """SGD's own rules (torch.optim.SGD): Nesterov needs momentum > 0 and no dampening;
-    the momentum buffer starts lazily, at the first update that applies momentum."""
+    the momentum buffer starts lazily, at the first update that applies momentum, and stays
+    (untouched while momentum is 0, in checkpoints too) once it has started."""
 
     def _validate_group(self, group):
         # a scheduled momentum or dampening: the engine checks its value each step
@@ -263,6 +264,51 @@ class _SGDSemantics:
             raise ValueError(f"{self._name}: nesterov=True requires momentum > 0 and "
                              f"dampening == 0, got momentum={m!r}, "
                              f"dampening={group['dampening']!r}")
+
+    def _state_names(self, group):
+        # torch keeps a param's buffer while momentum is 0 (such a step neither reads nor
+        # writes it) and goes on from it once momentum is nonzero again: a group whose
+        # params hold one keeps the buffer, whatever its momentum now (the engine and the
+        # twin pass it only while momentum != 0; a param not started has it hidden)
+        names = super()._state_names(group)
+        if "momentum_buffer" in names:
+            return names
+        first = 0
+        for g in self.param_groups:
+            if g is group:
+                break
+            first += len(g["params"])
+        if self._started[first:first + len(group["params"])].any():
+            names += ("momentum_buffer",)
+        return names
+
+    def _load_state_dict(self, state_dict, strict, what):
+        # a checkpoint taken while momentum was 0 may hold buffers (torch's does) that this
+        # optimizer, at momentum 0 and never started, has no room for: room while loading
+        # (the loaded layout keeps what was loaded; a failed load drops it again)
+        state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        saved = [state.get(i, state.get(str(i))) if isinstance(state, dict) else None
+                 for i in range(len(self._params))]
+        added = []
+        for i, (p, st) in enumerate(zip(self._params, saved)):
+            if isinstance(st, dict) and "momentum_buffer" in st and \
+                    "momentum_buffer" not in self._state[i]:
+                self._state[i]["momentum_buffer"] = np.zeros(p.shape, self._buffer_dtype(p))
+                added.append(i)
+        try:
+            super()._load_state_dict(state_dict, strict, what)
+        except BaseException:
+            for i in added:
+                del self._state[i]["momentum_buffer"]
+            raise
+        # the load counts a param it had no buffer for as started: one the checkpoint holds
+        # no buffer for has not (its group would keep a buffer for it, shown in ``state``)
+        unstarted = [i for i, st in enumerate(saved)
+                     if self._started[i] and "momentum_buffer" not in st]
+        if unstarted:
+            self._started[unstarted] = 0
+            self._dirty = True
+            self._configure()
 
     def _reference_kwargs(self, group, v, i):
         buf = self._state[i].get("momentum_buffer")

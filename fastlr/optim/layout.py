@@ -229,6 +229,13 @@ class LayoutMixin(_OptimizerAttrs):
         """Initial values of state buffers that do not start at zero: {name: value}."""
         return {}
 
+    def _buffer_dtype(self, p):
+        """The dtype of param ``p``'s state buffers."""
+        # bfloat16 state: bits in uint16 (the engine picks the bfloat16 core for them)
+        # 16-bit params (master_weights=False): float32 state
+        return np.uint16 if self._state_dtype == "bfloat16" else \
+            np.float32 if is_16bit(p.dtype) else p.dtype
+
     def _span_state(self, first, params, names, fill):
         """One contiguous block per state buffer for a span, viewed per param; existing
         buffers are kept (copied into the new block). Returns {name: block}."""
@@ -236,11 +243,7 @@ class LayoutMixin(_OptimizerAttrs):
         sizes = [p.size for p in params]
         # one allocation for all the span's buffers, staggered when large (see
         # fastlr.kernels.STAGGER_BYTES)
-        # bfloat16 state: bits in uint16 (the engine picks the bfloat16 core for them)
-        # 16-bit params (master_weights=False): float32 state
-        dtype = np.uint16 if self._state_dtype == "bfloat16" else \
-            np.float32 if is_16bit(params[0].dtype) else params[0].dtype
-        fresh = zeros_like_many(len(names), (sum(sizes),), dtype)
+        fresh = zeros_like_many(len(names), (sum(sizes),), self._buffer_dtype(params[0]))
         for name, block in zip(names, fresh):
             offset = 0
             for j, (p, n) in enumerate(zip(params, sizes)):
