@@ -251,7 +251,72 @@ def _make_class(row, bases, namespace=None):
     return cls
 
 
-class _SGDSemantics:
+class _KeptMomentumBuffer:
+    """torch's momentum buffer (SGD, RMSprop) once it exists: kept while momentum is 0 (such
+    a step neither reads nor writes it), gone on from once momentum is nonzero again, and
+    carried by checkpoints taken at momentum 0. A class says which params keep one
+    (``_kept``) and what its load settles afterwards (``_loaded``)."""
+
+    def _kept(self, first, n):
+        """Whether params ``first .. first + n - 1`` (a group at momentum 0) keep their
+        momentum buffer."""
+        raise NotImplementedError
+
+    def _loaded(self, saved):
+        """After a load of per-param checkpoint state ``saved``."""
+
+    def _state_names(self, group):
+        # a group whose params keep a buffer keeps it, whatever its momentum now (the engine
+        # and the twin pass it only while momentum != 0); in the slots' order, so that a
+        # write of 0 leaves the layout as it is
+        names = super()._state_names(group)
+        if "momentum_buffer" in names:
+            return names
+        first = 0
+        for g in self.param_groups:
+            if g is group:
+                break
+            first += len(g["params"])
+        if self._kept(first, len(group["params"])):
+            names = tuple(n for n in self._slots if n in names or n == "momentum_buffer")
+        return names
+
+    def _load_state_dict(self, state_dict, strict, what):
+        # torch's load replaces the state: a checkpoint taken while momentum was 0 may hold
+        # buffers (torch's does) that this optimizer, at momentum 0 and without one of its
+        # own, has no room for, and one that holds none drops the stale buffer this
+        # optimizer keeps. Room is made (zeros of the layout's dtype) and stale buffers the
+        # load would ask for are taken out while loading; the loaded layout keeps what was
+        # loaded, a failed load puts everything back
+        state = state_dict.get("state") if isinstance(state_dict, dict) else None
+        saved = [state.get(i, state.get(str(i))) if isinstance(state, dict) else None
+                 for i in range(len(self._params))]
+        used = []
+        for group in self.param_groups:
+            used += ["momentum_buffer" in super()._state_names(group)] * len(group["params"])
+        before = {}
+        for i, (p, st) in enumerate(zip(self._params, saved)):
+            if not isinstance(st, dict):
+                continue
+            mine = self._state[i]
+            if "momentum_buffer" in st and "momentum_buffer" not in mine:
+                before[i] = dict(mine)
+                mine["momentum_buffer"] = np.zeros(p.shape, self._buffer_dtype(p))
+            elif "momentum_buffer" in mine and "momentum_buffer" not in st and \
+                    not used[i] and "momentum_buffer" not in self._optional_state:
+                before[i] = dict(mine)
+                del mine["momentum_buffer"]
+        try:
+            super()._load_state_dict(state_dict, strict, what)
+        except BaseException:
+            for i, st in before.items():
+                self._state[i].clear()
+                self._state[i].update(st)
+            raise
+        self._loaded(saved)
+
+
+class _SGDSemantics(_KeptMomentumBuffer):
     """SGD's own rules (torch.optim.SGD): Nesterov needs momentum > 0 and no dampening;
     the momentum buffer starts lazily, at the first update that applies momentum, and stays
     (untouched while momentum is 0, in checkpoints too) once it has started."""
@@ -265,42 +330,12 @@ class _SGDSemantics:
                              f"dampening == 0, got momentum={m!r}, "
                              f"dampening={group['dampening']!r}")
 
-    def _state_names(self, group):
-        # torch keeps a param's buffer while momentum is 0 (such a step neither reads nor
-        # writes it) and goes on from it once momentum is nonzero again: a group whose
-        # params hold one keeps the buffer, whatever its momentum now (the engine and the
-        # twin pass it only while momentum != 0; a param not started has it hidden)
-        names = super()._state_names(group)
-        if "momentum_buffer" in names:
-            return names
-        first = 0
-        for g in self.param_groups:
-            if g is group:
-                break
-            first += len(g["params"])
-        if self._started[first:first + len(group["params"])].any():
-            names += ("momentum_buffer",)
-        return names
+    def _kept(self, first, n):
+        # the params that have started one (a param not started has it hidden and starts it
+        # from the grad, as torch's "buffer is None")
+        return bool(self._started[first:first + n].any())
 
-    def _load_state_dict(self, state_dict, strict, what):
-        # a checkpoint taken while momentum was 0 may hold buffers (torch's does) that this
-        # optimizer, at momentum 0 and never started, has no room for: room while loading
-        # (the loaded layout keeps what was loaded; a failed load drops it again)
-        state = state_dict.get("state") if isinstance(state_dict, dict) else None
-        saved = [state.get(i, state.get(str(i))) if isinstance(state, dict) else None
-                 for i in range(len(self._params))]
-        added = []
-        for i, (p, st) in enumerate(zip(self._params, saved)):
-            if isinstance(st, dict) and "momentum_buffer" in st and \
-                    "momentum_buffer" not in self._state[i]:
-                self._state[i]["momentum_buffer"] = np.zeros(p.shape, self._buffer_dtype(p))
-                added.append(i)
-        try:
-            super()._load_state_dict(state_dict, strict, what)
-        except BaseException:
-            for i in added:
-                del self._state[i]["momentum_buffer"]
-            raise
+    def _loaded(self, saved):
         # the load counts a param it had no buffer for as started: one the checkpoint holds
         # no buffer for has not (its group would keep a buffer for it, shown in ``state``)
         unstarted = [i for i, st in enumerate(saved)
