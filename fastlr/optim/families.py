@@ -6,8 +6,9 @@ signature and defaults, the kernel family, which hyperparameters take a schedule
 and range checks, the state buffers (in the kernel's argument order), when each exists and
 what it starts at, the per-param scalar state, the keyword arguments of the NumPy twin and
 the docstring. What is left here per class is what is genuinely that optimizer's semantics:
-SGD's rule that Nesterov needs momentum and no dampening, and SGD's momentum buffer, which
-torch creates at the first update that uses it and keeps while momentum is 0.
+SGD's rule that Nesterov needs momentum and no dampening, SGD's momentum buffer, which torch
+creates at the first update that uses it, and SGD's and RMSprop's momentum buffers, which
+torch keeps while momentum is 0.
 """
 
 from __future__ import annotations
@@ -357,9 +358,16 @@ class _SGDSemantics(_KeptMomentumBuffer):
         return kwargs
 
 
-class _RMSpropSemantics:
-    """RMSprop's own rule: a scheduled momentum keeps its buffer, which a step at momentum 0
-    leaves alone (the kernels take no buffer then)."""
+class _RMSpropSemantics(_KeptMomentumBuffer):
+    """RMSprop's own rule: the momentum buffer (created, as torch's, by an update with
+    momentum > 0 at the param's first) stays, untouched, while momentum is 0, and a step at
+    momentum 0 leaves it alone (the kernels take no buffer then)."""
+
+    def _kept(self, first, n):
+        # params that hold one and have been updated: torch made it at their first update
+        # (a buffer written away before that is gone, as torch makes none then)
+        return any("momentum_buffer" in self._state[first + j]
+                   for j in np.flatnonzero(self._counts[first:first + n]))
 
     def _reference_kwargs(self, group, v, i):
         kwargs = super()._reference_kwargs(group, v, i)
