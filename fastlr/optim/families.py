@@ -14,8 +14,10 @@ torch keeps while momentum is 0.
 from __future__ import annotations
 
 import numbers
+import operator
 import re
 import textwrap
+from itertools import repeat
 from typing import Any, Dict, List, Tuple, Type
 
 import numpy as np
@@ -364,10 +366,11 @@ class _RMSpropSemantics(_KeptMomentumBuffer):
     momentum 0 leaves it alone (the kernels take no buffer then)."""
 
     def _kept(self, first, n):
-        # params that hold one and have been updated: torch made it at their first update
-        # (a buffer written away before that is gone, as torch makes none then)
-        return any("momentum_buffer" in self._state[first + j]
-                   for j in np.flatnonzero(self._counts[first:first + n]))
+        # params that hold one, in a group that has been updated: torch made it at their
+        # first update (a buffer written away before that is gone, as torch makes none
+        # then). At C speed: a group at momentum 0 (the default) runs this at each write
+        return bool(self._counts[first:first + n].any()) and \
+            any(map(operator.contains, self._state[first:first + n], repeat("momentum_buffer")))
 
     def _reference_kwargs(self, group, v, i):
         kwargs = super()._reference_kwargs(group, v, i)
