@@ -254,6 +254,11 @@ def _make_class(row, bases, namespace=None):
     return cls
 
 
+#: {id(optimizer): {id(group): index of its first param}} while the optimizer's
+#: _configure runs (_KeptMomentumBuffer)
+_GROUP_FIRSTS: Dict[int, Dict[int, int]] = {}
+
+
 class _KeptMomentumBuffer:
     """torch's momentum buffer (SGD, RMSprop) once it exists: kept while momentum is 0 (such
     a step neither reads nor writes it), gone on from once momentum is nonzero again, and
@@ -268,6 +273,30 @@ class _KeptMomentumBuffer:
     def _loaded(self, saved):
         """After a load of per-param checkpoint state ``saved``."""
 
+    def _configure(self):
+        # each group's first param index, found once: _state_names asks per group
+        firsts, first = {}, 0
+        for g in self.param_groups:
+            firsts[id(g)] = first
+            first += len(g["params"])
+        _GROUP_FIRSTS[id(self)] = firsts
+        try:
+            super()._configure()
+        finally:
+            _GROUP_FIRSTS.pop(id(self), None)
+
+    def _first_index(self, group):
+        """The index of ``group``'s first param among all the optimizer's params."""
+        firsts = _GROUP_FIRSTS.get(id(self))
+        if firsts is not None and id(group) in firsts:
+            return firsts[id(group)]
+        first = 0
+        for g in self.param_groups:
+            if g is group:
+                break
+            first += len(g["params"])
+        return first
+
     def _state_names(self, group):
         # a group whose params keep a buffer keeps it, whatever its momentum now (the engine
         # and the twin pass it only while momentum != 0); in the slots' order, so that a
@@ -275,12 +304,7 @@ class _KeptMomentumBuffer:
         names = super()._state_names(group)
         if "momentum_buffer" in names:
             return names
-        first = 0
-        for g in self.param_groups:
-            if g is group:
-                break
-            first += len(g["params"])
-        if self._kept(first, len(group["params"])):
+        if self._kept(self._first_index(group), len(group["params"])):
             names = tuple(n for n in self._slots if n in names or n == "momentum_buffer")
         return names
 
@@ -309,6 +333,11 @@ class _KeptMomentumBuffer:
                     not used[i] and "momentum_buffer" not in self._optional_state:
                 before[i] = dict(mine)
                 del mine["momentum_buffer"]
+        if before:
+            # buffers added or taken out: the next configure lays the spans out afresh (a
+            # group's state names may stay as they were while one param's buffer changed,
+            # and the spans would keep the stale buffer it no longer shows)
+            self._layout = None
         try:
             super()._load_state_dict(state_dict, strict, what)
         except BaseException:
@@ -369,8 +398,9 @@ class _RMSpropSemantics(_KeptMomentumBuffer):
         # params that hold one, in a group that has been updated: torch made it at their
         # first update (a buffer written away before that is gone, as torch makes none
         # then). At C speed: a group at momentum 0 (the default) runs this at each write
-        return bool(self._counts[first:first + n].any()) and \
-            any(map(operator.contains, self._state[first:first + n], repeat("momentum_buffer")))
+        # (the dicts first: at momentum 0 from the start none holds one)
+        return any(map(operator.contains, self._state[first:first + n],
+                       repeat("momentum_buffer"))) and bool(self._counts[first:first + n].any())
 
     def _reference_kwargs(self, group, v, i):
         kwargs = super()._reference_kwargs(group, v, i)

@@ -300,6 +300,49 @@ def test_loading_a_checkpoint_without_a_buffer_drops_the_stale_one(torch, dtype,
             _step_both(opt, twin, params, g, dtype, f"step {t + 4}")
 
 
+@classes
+@pytest.mark.parametrize("flat", [False, True], ids=["separate", "flat"])
+def test_a_checkpoint_missing_one_params_buffer_loads_as_into_a_fresh_optimizer(cls, flat):
+    """One param's buffer left out of a checkpoint taken at momentum 0, while the others
+    keep theirs (the group's state names stay): the optimizer must step from what it
+    loaded, as a fresh one loading the same checkpoint does, and show it in its own
+    checkpoints (not the stale buffer its spans held)."""
+    dtype = np.float64
+    values = make_params(SHAPES, dtype, 45)
+
+    def build(momentum):
+        params = copies(values)
+        if flat:
+            buf, params = fastlr.flat_buffer([p.shape for p in values], dtype)
+            for v, p in zip(values, params):
+                p[...] = v
+        return params, getattr(fastlr, cls)(params, **dict(KW[cls], momentum=momentum))
+
+    params, opt = build(0.9)
+    for g in _grads(dtype, 2):
+        opt.step(list(g))
+    opt.param_groups[0]["momentum"] = 0.0
+    sd = copy.deepcopy(opt.state_dict())
+    del sd["state"][1]["momentum_buffer"]
+    opt.load_state_dict(sd)
+    fresh_params, fresh = build(0.0)
+    for p, q in zip(fresh_params, params):
+        p[...] = q
+    fresh.load_state_dict(sd)
+    for m, g in zip([0.0, 0.5, 0.5], _grads(dtype, 3)):
+        for o in (opt, fresh):
+            o.param_groups[0]["momentum"] = m
+            o.step(list(g))
+    assert_same_bits(params, fresh_params, "params")
+    mine, theirs = opt.state_dict()["state"], fresh.state_dict()["state"]
+    assert mine.keys() == theirs.keys()
+    for i in mine:
+        assert sorted(mine[i]) == sorted(theirs[i]), f"state[{i}]"
+        for k in mine[i]:
+            assert_same_bits([np.asarray(mine[i][k])], [np.asarray(theirs[i][k])],
+                             f"state[{i}][{k!r}]")
+
+
 @dtype_ids
 def test_a_buffer_not_yet_started_stays_unstarted_through_a_checkpoint(torch, dtype):
     """Loaded at momentum 0 before any buffer: the first momentum step after the load
